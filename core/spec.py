@@ -1,0 +1,160 @@
+"""The job spec: one type from the request body to the database, the worker, the engine and the CLI.
+
+`CompressionSpec` is what a user asks for. `TrainRecipe` is the fully resolved schedule of one training
+stage, derived from the spec's preset plus its explicit overrides (`CompressionSpec.recipe(stage)`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_SPARSITY = 0.75
+
+Method = Literal["skill", "dphubert"]
+Preset = Literal["quick", "paper"]
+
+
+class TrainRecipe(BaseModel):
+    """Resolved hyper-parameters of one training stage (all step counts are optimiser steps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    lr: float = Field(gt=0, description="weights and projections")
+    lr_masks: float = Field(ge=0, description="Hard Concrete log_alpha (stage 1 only)")
+    lr_lambda: float = Field(ge=0, description="Lagrange multipliers, gradient ascent (stage 1 only)")
+    sparsity_warmup_steps: int = Field(ge=0, description="target sparsity ramps 0 -> final over these steps")
+    batch_seconds: float = Field(gt=0, description="audio seconds per optimiser step (per GPU)")
+    min_utterance_s: float = Field(gt=0)
+    max_utterance_s: float = Field(gt=0)
+    grad_clip: float = Field(gt=0)
+    checkpoint_every: int = Field(gt=0)
+
+
+# Paper recipe (DPHuBERT, algorithm.md §3 and §5): 50k + 25k steps, 160 s of audio per GPU per step.
+_PAPER = {
+    1: dict(steps=50_000, warmup_steps=15_000, lr=2e-4, lr_masks=0.02, lr_lambda=0.02,
+            sparsity_warmup_steps=5_000, batch_seconds=160.0, min_utterance_s=2.0, max_utterance_s=15.6,
+            grad_clip=10.0, checkpoint_every=1_000),
+    2: dict(steps=25_000, warmup_steps=5_000, lr=1e-4, lr_masks=0.0, lr_lambda=0.0,
+            sparsity_warmup_steps=0, batch_seconds=160.0, min_utterance_s=2.0, max_utterance_s=15.6,
+            grad_clip=10.0, checkpoint_every=1_000),
+}
+# Quick recipe: finishes on a 2-core CPU for an 11M-parameter teacher in minutes. Same shape of
+# schedule, scaled down; mask and multiplier learning rates raised so the size converges in few steps.
+_QUICK = {
+    1: dict(steps=240, warmup_steps=24, lr=5e-4, lr_masks=0.05, lr_lambda=0.05,
+            sparsity_warmup_steps=100, batch_seconds=8.0, min_utterance_s=1.0, max_utterance_s=4.0,
+            grad_clip=10.0, checkpoint_every=40),
+    2: dict(steps=120, warmup_steps=12, lr=3e-4, lr_masks=0.0, lr_lambda=0.0,
+            sparsity_warmup_steps=0, batch_seconds=8.0, min_utterance_s=1.0, max_utterance_s=4.0,
+            grad_clip=10.0, checkpoint_every=40),
+}
+PRESETS: dict[str, dict[int, dict]] = {"paper": _PAPER, "quick": _QUICK}
+
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*$")
+
+
+def parse_param_count(value: str | int | float) -> int:
+    """'24M' -> 24_000_000, '950k' -> 950_000, 1234 -> 1234."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"cannot read a parameter count from {value!r}; expected e.g. 24M, 950k or 23600000")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    return int(round(float(m.group(1)) * scale))
+
+
+class CompressionSpec(BaseModel):
+    """What to compress to, and how. Defaults reproduce SKILL at 75% sparsity with the quick preset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = "skill"
+    sparsity: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="fraction of the teacher's parameters to remove (default 0.75 unless target_params)",
+    )
+    target_params: int | None = Field(default=None, gt=0, description="parameter count to reach instead")
+    clusters: int | Literal["auto"] | list[list[int]] = Field(
+        default=4, description="k, 'auto', or explicit layer groups over r[0..L] e.g. [[0],[4],[8],[12]]",
+    )
+    linkage: Literal["average", "single", "complete", "ward"] = "average"
+    contiguous: bool = Field(default=True, description="clusters are runs of adjacent layers")
+    student_mapping: Literal["mean", "last"] = Field(
+        default="mean", description="student side of a cluster target: mean of its layers, or its last layer",
+    )
+    prune_layers: bool = Field(default=False, description="also learn whole-attention / whole-FFN masks")
+    preset: Preset = "quick"
+    stage1_steps: int | None = Field(default=None, gt=0)
+    stage2_steps: int | None = Field(default=None, ge=0, description="0 skips the final distillation")
+    batch_seconds: float | None = Field(default=None, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    calibration_utterances: int = Field(default=200, gt=0)
+    calibration_seconds: float = Field(default=1800.0, gt=0)
+    seed: int = Field(default=0, ge=0)
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    gpus: int = Field(default=1, ge=1, le=64)
+    compile: bool = Field(default=False, description="torch.compile the training step where it helps")
+    export_onnx: bool = False
+    evaluate: bool = False
+
+    @field_validator("clusters")
+    @classmethod
+    def _check_clusters(cls, v: int | str | list[list[int]]) -> int | str | list[list[int]]:
+        if isinstance(v, int) and not 1 <= v <= 64:
+            raise ValueError("clusters must be between 1 and 64")
+        if isinstance(v, list):
+            if not v or any(not group for group in v):
+                raise ValueError("explicit clusters must be non-empty lists of layer indices")
+            flat = [i for group in v for i in group]
+            if any(i < 0 for i in flat):
+                raise ValueError("layer indices are >= 0")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CompressionSpec:
+        if self.sparsity is not None and self.target_params is not None:
+            raise ValueError("give either sparsity or target_params, not both")
+        return self
+
+    def target_sparsity(self, teacher_params: int) -> float:
+        """Sparsity to reach, from `sparsity` or `target_params` (relative to the teacher's count)."""
+        if self.target_params is not None:
+            if self.target_params >= teacher_params:
+                raise ValueError(
+                    f"target_params={self.target_params} is not smaller than the teacher ({teacher_params})"
+                )
+            return 1.0 - self.target_params / teacher_params
+        return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
+
+    def recipe(self, stage: int) -> TrainRecipe:
+        """The resolved schedule of stage 1 or 2: preset, then explicit overrides, scaled consistently."""
+        base = dict(PRESETS[self.preset][stage])
+        override = self.stage1_steps if stage == 1 else self.stage2_steps
+        if override:
+            scale = override / base["steps"]
+            base["steps"] = override
+            base["warmup_steps"] = int(round(base["warmup_steps"] * scale))
+            base["sparsity_warmup_steps"] = int(round(base["sparsity_warmup_steps"] * scale))
+            base["checkpoint_every"] = max(1, min(base["checkpoint_every"], override // 4 or 1))
+        if self.batch_seconds is not None:
+            base["batch_seconds"] = self.batch_seconds
+        if self.checkpoint_every is not None:
+            base["checkpoint_every"] = self.checkpoint_every
+        return TrainRecipe(**base)
+
+
+__all__ = ["CompressionSpec", "TrainRecipe", "PRESETS", "DEFAULT_SPARSITY", "parse_param_count"]
