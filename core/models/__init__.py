@@ -1,0 +1,55 @@
+"""Our prunable implementation of the wav2vec 2.0 family and the ways in: Hugging Face teachers and our
+own exported students."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import TeacherError
+from .config import ConvConfig, LayerConfig, ModelConfig
+from .encoder import SpeechEncoder, build_model, make_student
+from .hardconcrete import HardConcrete
+from .import_huggingface import load_huggingface
+
+STUDENT_FORMAT = "skillkd-student"
+
+
+def is_student_dir(path: Path) -> bool:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("format") == STUDENT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_model(path: Path | str) -> SpeechEncoder:
+    """Load a teacher (Hugging Face directory) or an exported skillkd student; eval mode, on CPU."""
+    path = Path(path)
+    if is_student_dir(path):
+        from ..export import load_student
+
+        return load_student(path)
+    return load_huggingface(path)
+
+
+def inspect_teacher(path: Path | str) -> dict[str, Any]:
+    """Validate a teacher directory by importing it; returns what the service shows about it."""
+    model = load_model(path)
+    cfg = model.config
+    return {
+        "architecture": cfg.architecture,
+        "layout": "large" if cfg.layer_norm_first else "base",
+        "num_layers": cfg.num_layers,
+        "hidden_size": cfg.hidden_size,
+        "num_params": model.num_params(),
+        "sample_rate": cfg.sample_rate,
+        "is_student": is_student_dir(Path(path)),
+    }
+
+
+__all__ = [
+    "ConvConfig", "LayerConfig", "ModelConfig", "SpeechEncoder", "HardConcrete", "build_model",
+    "make_student", "load_huggingface", "load_model", "inspect_teacher", "is_student_dir", "STUDENT_FORMAT",
+    "TeacherError",
+]

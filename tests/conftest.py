@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random-init Hugging Face teachers (milliseconds to build) and paths to assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SKILLKD_SHARED", REPO.parent / "shared"))
+DEMO_TEACHER = REPO / "core" / "assets" / "demo-teacher"
+DEMO_AUDIO = REPO / "core" / "assets" / "demo-audio"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_hf_config(arch: str = "hubert", large: bool = False, **overrides):
+    """A 2-layer, 32-wide config of the given architecture (Base or Large layout)."""
+    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig
+
+    cls = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config, "wavlm": WavLMConfig}[arch]
+    kwargs = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        conv_dim=(16, 16, 16), conv_kernel=(10, 3, 2), conv_stride=(5, 2, 2),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer" if large else "group", do_stable_layer_norm=large,
+        conv_bias=large, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False,
+    )
+    if arch == "wavlm":
+        kwargs.update(num_buckets=32, max_bucket_distance=64)
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def save_tiny_teacher(directory: Path, arch: str = "hubert", large: bool = False, seed: int = 0,
+                      **overrides) -> Path:
+    from transformers import HubertModel, Wav2Vec2Model, WavLMModel
+
+    torch.manual_seed(seed)
+    cls = {"hubert": HubertModel, "wav2vec2": Wav2Vec2Model, "wavlm": WavLMModel}[arch]
+    model = cls(tiny_hf_config(arch, large, **overrides)).eval()
+    with torch.no_grad():  # random LayerNorm/GroupNorm affine so parity tests see non-trivial norms
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path: Path) -> Path:
+    return save_tiny_teacher(tmp_path / "teacher", "hubert")
+
+
+@pytest.fixture
+def tiny_wavlm_dir(tmp_path: Path) -> Path:
+    return save_tiny_teacher(tmp_path / "teacher-wavlm", "wavlm")
