@@ -33,6 +33,8 @@ class TrainRecipe(BaseModel):
     max_utterance_s: float = Field(gt=0)
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
+    lambda_betas: tuple[float, float] = Field(
+        default=(0.9, 0.999), description="Adam betas of the multipliers' ascent (quick runs need a short memory)")
 
 
 # Paper recipe (DPHuBERT, algorithm.md §3 and §5): 50k + 25k steps, 160 s of audio per GPU per step.
@@ -47,12 +49,12 @@ _PAPER = {
 # Quick recipe: finishes on a 2-core CPU for an 11M-parameter teacher in minutes. Same shape of
 # schedule, scaled down; mask and multiplier learning rates raised so the size converges in few steps.
 _QUICK = {
-    1: dict(steps=240, warmup_steps=24, lr=5e-4, lr_masks=0.05, lr_lambda=0.05,
-            sparsity_warmup_steps=100, batch_seconds=8.0, min_utterance_s=1.0, max_utterance_s=4.0,
-            grad_clip=10.0, checkpoint_every=40),
-    2: dict(steps=120, warmup_steps=12, lr=3e-4, lr_masks=0.0, lr_lambda=0.0,
-            sparsity_warmup_steps=0, batch_seconds=8.0, min_utterance_s=1.0, max_utterance_s=4.0,
-            grad_clip=10.0, checkpoint_every=40),
+    1: dict(steps=200, warmup_steps=20, lr=5e-4, lr_masks=0.5, lr_lambda=0.1,
+            sparsity_warmup_steps=100, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
+            grad_clip=10.0, checkpoint_every=25),
+    2: dict(steps=80, warmup_steps=8, lr=3e-4, lr_masks=0.0, lr_lambda=0.0,
+            sparsity_warmup_steps=0, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
+            grad_clip=10.0, checkpoint_every=25),
 }
 PRESETS: dict[str, dict[int, dict]] = {"paper": _PAPER, "quick": _QUICK}
 

@@ -61,22 +61,34 @@ class ConvLayerBlock(nn.Module):
     def out_channels(self) -> int:
         return self.conv.out_channels
 
-    def forward(self, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """x: (batch, channel, time) -> (batch, channel', time'), lengths in frames of the output."""
-        x = self.conv(x)
+    def forward(self, x: Tensor, lengths: Tensor | None,
+                in_gate: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x: (batch, channel, time) -> (batch, channel', time'), lengths in frames of the output.
+
+        The channel gate of this layer is *not* applied here: the caller samples it (`gate()`) and passes it
+        to the next layer as `in_gate`, which scales that conv's input weights instead of the activations.
+        conv(W, z * h) == conv(W * z, h) exactly, and scaling a (out, in, kernel) weight is far cheaper than
+        a (batch, channel, time) activation at 1.6 kHz frame rates, forward and backward.
+        """
+        if in_gate is None:
+            x = self.conv(x)
+        else:
+            x = F.conv1d(x, self.conv.weight * in_gate[None, :, None], self.conv.bias, stride=self.stride)
         if self.norm_kind == "group":
             x = self.norm(x)  # type: ignore[misc]
         elif self.norm_kind == "layer":
             x = self.norm(x.transpose(1, 2)).transpose(1, 2)  # type: ignore[misc]
         x = F.gelu(x)
-        if self.hard_concrete is not None:
-            x = x * self.hard_concrete()[None, :, None]
         if self.output_scale is not None:
             x = x * self.output_scale[None, :, None]
         if lengths is not None:
             lengths = torch.div(lengths - self.kernel, self.stride, rounding_mode="floor") + 1
             lengths = torch.clamp(lengths, min=0)
         return x, lengths
+
+    def gate(self) -> Tensor | None:
+        """This layer's channel gate for one forward pass (a sample in training), or None if unmasked."""
+        return self.hard_concrete() if self.hard_concrete is not None else None
 
     def expected_out(self) -> Count:
         return self.hard_concrete.l0_norm() if self.hard_concrete is not None else float(self.out_channels)
@@ -138,9 +150,14 @@ class FeatureExtractor(nn.Module):
         if waveforms.ndim != 2:
             raise ValueError(f"expected waveforms of shape (batch, time), found {tuple(waveforms.shape)}")
         x = waveforms.unsqueeze(1)  # (batch, channel=1, time)
+        gate: Tensor | None = None
         for layer in self.conv_layers:
-            x, lengths = layer(x, lengths)  # (batch, channel, frame)
-        return x.transpose(1, 2), lengths  # (batch, frame, channel)
+            x, lengths = layer(x, lengths, in_gate=gate)  # (batch, channel, frame)
+            gate = layer.gate()
+        x = x.transpose(1, 2)  # (batch, frame, channel)
+        if gate is not None:  # the last layer's gate has no following conv: apply it to the features
+            x = x * gate
+        return x, lengths
 
     def num_params(self) -> tuple[Tensor, Count]:
         total: Tensor | None = None

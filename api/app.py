@@ -1,0 +1,119 @@
+"""The FastAPI application: `create_app(settings)`.
+
+Startup runs the reaper once (jobs lost by a broker or API restart are re-enqueued) and then every
+`reaper_interval_s` in a background task. Migrations are not run here: `skillkd serve` and the compose
+`migrate` service apply them first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.db import make_engine, make_sessionmaker
+from api.deps import Services
+from api.errors import ApiError
+from api.metrics import Metrics, MetricsMiddleware
+from api.routes import datasets, health, jobs, teachers
+from api.settings import Settings, get_settings
+from api.storage import LocalStorage
+from worker.engine import Engine
+from worker.queue import Enqueuer
+
+log = logging.getLogger(__name__)
+
+
+def _field(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None,
+               engine: Engine | None = None, run_reaper: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    storage = LocalStorage(settings.storage)
+    storage.ensure()
+    db_engine = make_engine(settings.database_url)
+    if enqueuer is None:
+        from worker.celery_app import make_celery
+        from worker.queue import CeleryEnqueuer
+
+        enqueuer = CeleryEnqueuer(make_celery(settings))
+    services = Services(settings=settings, factory=make_sessionmaker(db_engine), storage=storage,
+                        enqueuer=enqueuer, engine=engine)
+
+    async def reap_once(**kwargs) -> None:
+        from worker.reaper import reap
+
+        try:
+            await run_in_threadpool(reap, services.factory, services.enqueuer, settings, storage, **kwargs)
+        except Exception as exc:
+            log.warning("reaper failed: %s", exc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = None
+        if run_reaper:
+            await reap_once(queued_age_s=0)
+
+            async def loop() -> None:
+                while True:
+                    await asyncio.sleep(settings.reaper_interval_s)
+                    await reap_once()
+
+            task = asyncio.create_task(loop())
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        db_engine.dispose()
+
+    app = FastAPI(
+        title="skillkd", version="0.1.0", lifespan=lifespan,
+        description="Compress speech SSL encoders (WavLM, HuBERT, wav2vec 2.0) as a service. "
+                    "Every /v1 request needs `Authorization: Bearer <API key>`. "
+                    "Errors answer `{\"error\": {\"code\", \"message\"}}`.",
+    )
+    app.state.services = services
+    app.state.metrics = Metrics(services)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        parts = [f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+        body = {"error": {"code": "validation_error", "message": "; ".join(parts) or "invalid request",
+                          "fields": [_field(e.get("loc", ())) for e in errors]}}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+    for module in (health, teachers, datasets, jobs):
+        app.include_router(module.router)
+    return app
+
+
+__all__ = ["create_app"]

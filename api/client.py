@@ -1,0 +1,145 @@
+"""HTTP client of the service (used by the `skillkd` service commands, tests and benchmarks)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ClientError(Exception):
+    """A 4xx/5xx answer: `status`, the service's stable `code` and `message`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def zip_directory(source: Path, dest: Path) -> Path:
+    """Zip `source` with its files at the archive root (symlinks followed only inside `source`)."""
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and path.resolve().is_relative_to(source.resolve()):
+                zf.write(path, str(path.relative_to(source)))
+    return dest
+
+
+def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+class SkillkdClient:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 600.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
+                                 headers={"Authorization": f"Bearer {api_key}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> SkillkdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+                raise ClientError(response.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ClientError(response.status_code, "http_error", response.text[:500]) from None
+        return response
+
+    # uploads -------------------------------------------------------------------------------------------
+    def upload_archive(self, kind: str, archive: Path, *, name: str = "") -> dict[str, Any]:
+        headers = {"Content-Type": "application/zip" if archive.suffix == ".zip" else "application/octet-stream",
+                   "Content-Length": str(archive.stat().st_size)}
+        return self._check(self.http.post(f"/v1/{kind}", params={"name": name}, headers=headers,
+                                          content=_file_chunks(archive))).json()
+
+    def upload_directory(self, kind: str, directory: Path, *, name: str = "") -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = zip_directory(directory, Path(tmp) / "upload.zip")
+            return self.upload_archive(kind, archive, name=name or directory.name)
+
+    def register_dataset(self, path: str, *, name: str = "") -> dict[str, Any]:
+        return self._check(self.http.post("/v1/datasets", json={"path": path, "name": name})).json()
+
+    # jobs ----------------------------------------------------------------------------------------------
+    def create_job(self, teacher_id: str, dataset_id: str, spec: dict[str, Any] | None = None, *,
+                   calibration_dataset_id: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": spec or {}}
+        if calibration_dataset_id:
+            body["calibration_dataset_id"] = calibration_dataset_id
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._check(self.http.post("/v1/jobs", json=body, headers=headers)).json()
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 50, after: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "limit": limit, "after": after}.items() if v is not None}
+        return self._check(self.http.get("/v1/jobs", params=params)).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+
+    def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit})).json()
+
+    def stream_events(self, job_id: str, *, after: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event kind, data) from the Server-Sent Events stream, until the job ends ('end', {status})."""
+        headers = {"Accept": "text/event-stream"}
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", params={"after": after}, headers=headers,
+                              timeout=httpx.Timeout(30.0, read=None)) as response:
+            self._check_stream(response)
+            kind, data = "message", ""
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+                elif line == "" and data:
+                    yield kind, json.loads(data)
+                    if kind == "end":
+                        return
+                    kind, data = "message", ""
+
+    def _check_stream(self, response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            response.read()
+            self._check(response)
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}/artifacts")).json()["items"]
+
+    def download(self, job_id: str, name: str, dest: Path) -> Path:
+        """Download an artifact to `dest` (file path) and check its sha256 against the service's."""
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+            self._check_stream(response)
+            expected = response.headers.get("x-content-sha256", "")
+            digest = hashlib.sha256()
+            tmp = dest.with_name(dest.name + ".part")
+            with open(tmp, "wb") as out:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+        if expected and digest.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise ClientError(0, "checksum_mismatch", f"{name}: sha256 {digest.hexdigest()} != {expected}")
+        os.replace(tmp, dest)
+        return dest
+
+
+__all__ = ["SkillkdClient", "ClientError", "zip_directory"]

@@ -1,0 +1,94 @@
+"""POST/GET /v1/teachers: upload a Hugging Face teacher directory as an archive; validated at once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from api.archives import ArchiveLimits, content_root, extract
+from api.deps import CurrentOwner, ServicesDep, SessionDep
+from api.errors import NotFound, UnprocessableInput
+from api.models import Teacher, new_id
+from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE
+from api.schemas import TeacherList, TeacherPublic
+from api.uploads import receive
+from core.errors import SkillkdError
+
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=ERRORS)
+
+_REQUIRED = ("architecture", "layout", "num_layers", "hidden_size", "num_params", "sample_rate")
+
+
+def limits_of(services) -> ArchiveLimits:
+    s = services.settings
+    return ArchiveLimits(max_entries=s.max_archive_entries, max_total_bytes=s.max_extracted_bytes,
+                         max_ratio=s.max_compression_ratio)
+
+
+@router.post("", status_code=201, response_model=TeacherPublic, openapi_extra=ARCHIVE_BODY,
+             summary="Upload a teacher (zip/tar of a Hugging Face model directory)")
+async def upload_teacher(
+    request: Request, services: ServicesDep, owner: CurrentOwner,
+    name: Annotated[str, Query(max_length=200)] = "",
+) -> Teacher:
+    storage = services.storage
+    tmp = storage.new_tmp()
+    final = None
+    try:
+        received = await receive(request.stream(), tmp / "upload", limit=services.settings.max_upload_bytes,
+                                 declared=request.headers.get("content-length"))
+        teacher_id = new_id("tch")
+
+        def validate_and_store() -> Teacher:
+            nonlocal final
+            extract(received.path, tmp / "x", limits_of(services))
+            root = content_root(tmp / "x")
+            try:
+                info = services.get_engine().inspect_teacher(root)
+            except SkillkdError as exc:
+                raise UnprocessableInput(exc.message, code=exc.code) from exc
+            missing = [k for k in _REQUIRED if k not in info]
+            if missing:
+                raise UnprocessableInput(f"teacher inspection lacks {missing}", code="teacher_invalid")
+            final = storage.teacher_dir(teacher_id)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            root.rename(final)
+            row = Teacher(id=teacher_id, owner_id=owner.id, name=name, sha256=received.sha256,
+                          size_bytes=received.size, **{k: info[k] for k in _REQUIRED})
+            with services.factory() as session:
+                session.add(row)
+                session.commit()
+            return row
+
+        return await run_in_threadpool(validate_and_store)
+    except BaseException:
+        if final is not None:
+            storage.remove(final)
+        raise
+    finally:
+        storage.remove(tmp)
+
+
+@router.get("", response_model=TeacherList)
+def list_teachers(session: SessionDep, owner: CurrentOwner,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+                  after: Annotated[str | None, Query(max_length=64)] = None) -> TeacherList:
+    query = select(Teacher).where(Teacher.owner_id == owner.id).order_by(Teacher.id.desc()).limit(limit + 1)
+    if after:
+        query = query.where(Teacher.id < after)
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return TeacherList(items=[TeacherPublic.model_validate(r) for r in rows],
+                       next_cursor=rows[-1].id if more else None)
+
+
+@router.get("/{teacher_id}", response_model=TeacherPublic)
+def get_teacher(teacher_id: str, session: SessionDep, owner: CurrentOwner) -> Teacher:
+    row = session.get(Teacher, teacher_id)
+    if row is None or row.owner_id != owner.id:
+        raise NotFound(f"teacher {teacher_id} not found")
+    return row

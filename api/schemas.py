@@ -1,0 +1,159 @@
+"""Request and response bodies: one schema family per entity (`JobCreate`, `JobPublic`, ...).
+
+The job spec is `core.spec.CompressionSpec` itself: the same type the engine and the CLI use.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.spec import CompressionSpec
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+ID_PATTERN = r"^[a-z]{2,4}_[0-9a-f]{28}$"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TeacherPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    architecture: str
+    layout: str
+    num_layers: int
+    hidden_size: int
+    num_params: int
+    sample_rate: int
+    created_at: datetime
+
+
+class TeacherList(BaseModel):
+    items: list[TeacherPublic]
+    next_cursor: str | None = None
+
+
+class DatasetRegister(BaseModel):
+    """Register audio already on the server (admins only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096, description="absolute directory path on the server")
+    name: str = Field(default="", max_length=200)
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    name: str
+    source: Literal["upload", "server_path"]
+    sha256: str | None
+    size_bytes: int
+    files: int
+    hours: float
+    sample_rates: list[int]
+    skipped: dict[str, int]
+    examples: dict[str, list[str]]
+    created_at: datetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]
+    next_cursor: str | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_id: str = Field(pattern=ID_PATTERN)
+    dataset_id: str = Field(pattern=ID_PATTERN)
+    calibration_dataset_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    spec: CompressionSpec = Field(default_factory=CompressionSpec)
+
+
+class JobProgress(BaseModel):
+    stage: str | None = None
+    step: int = 0
+    total_steps: int = 0
+    eta_s: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    stage: str | None
+    progress: JobProgress | None
+    metrics: dict[str, Any]
+    clusters: Any | None
+    error: ErrorDetail | None
+    attempts: int
+    spec: CompressionSpec
+    teacher_id: str
+    dataset_id: str
+    calibration_dataset_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = None
+
+
+class JobEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    kind: str
+    stage: str
+    step: int
+    total: int
+    eta_s: float | None
+    duration_s: float | None
+    metrics: dict[str, Any]
+    message: str
+
+
+class JobEventList(BaseModel):
+    items: list[JobEventPublic]
+    next_cursor: int | None = None
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    media_type: str
+    sha256: str
+    size_bytes: int
+    url: str
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactPublic]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+__all__ = [
+    "ErrorDetail", "ErrorBody", "TeacherPublic", "TeacherList", "DatasetRegister", "DatasetPublic",
+    "DatasetList", "JobCreate", "JobProgress", "JobPublic", "JobList", "JobEventPublic", "JobEventList",
+    "ArtifactPublic", "ArtifactList", "Health", "JobStatus",
+]

@@ -1,0 +1,371 @@
+"""Engine commands of the `skillkd` CLI: compress, analyze, inspect, export (+ evaluate, compare).
+
+They need no service. The console script (`api.cli:main`) adds the service commands to this group.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import SkillkdError, StopRequested
+from .events import Event
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_TEACHER = PACKAGE_DIR / "assets" / "demo-teacher"
+DEMO_AUDIO = PACKAGE_DIR / "assets" / "demo-audio"
+
+
+def _fail(exc: SkillkdError) -> None:
+    click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+    sys.exit(2 if exc.code in ("spec_invalid", "teacher_invalid", "audio_invalid") else 1)
+
+
+class ProgressPrinter:
+    """Turns engine events into one tqdm bar per stage (stderr), or JSON lines with --json."""
+
+    def __init__(self, json_lines: bool = False, quiet: bool = False) -> None:
+        self.json_lines = json_lines
+        self.quiet = quiet
+        self.bar: Any = None
+        self.stage = ""
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        if self.json_lines:
+            click.echo(json.dumps({"event": event.to_dict()}, default=str), err=True)
+            return
+        from tqdm import tqdm
+
+        if event.kind == "stage_started":
+            self.close()
+            self.stage = event.stage
+            click.echo(f"» {event.stage}", err=True)
+        elif event.kind == "progress":
+            if self.bar is None or self.stage != event.stage:
+                self.close()
+                self.stage = event.stage
+                self.bar = tqdm(total=event.total, desc=event.stage, unit="step", file=sys.stderr,
+                                dynamic_ncols=True, leave=True)
+            self.bar.n = event.step
+            m = event.metrics
+            post = {k: f"{m[k]:.3f}" for k in ("distill", "sparsity", "target_sparsity") if k in m}
+            if "lambda1" in m:
+                post["λ1"] = f"{m['lambda1']:.2f}"
+            if post:
+                self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
+        elif event.kind == "clusters":
+            click.echo(f"  clusters: {event.metrics.get('clusters')}", err=True)
+        elif event.kind in ("log", "skipped_audio"):
+            click.echo(f"  {event.message}", err=True)
+        elif event.kind == "stage_finished":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _stop_on_sigint() -> Callable[[], bool]:
+    """First Ctrl-C asks the engine to stop cleanly (it saves a checkpoint); a second one aborts."""
+    state = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["stop"]:
+            raise KeyboardInterrupt
+        state["stop"] = True
+        click.echo("\nstopping after the current step (Ctrl-C again to abort)…", err=True)
+
+    signal.signal(signal.SIGINT, handler)
+    return lambda: state["stop"]
+
+
+def _parse_clusters(value: str | None) -> Any:
+    """'4', 'auto', or explicit groups '0;1-4;5,6,7;8-12'."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "auto" or value.isdigit():
+        return value if value == "auto" else int(value)
+    groups = []
+    for part in value.split(";"):
+        members: list[int] = []
+        for item in part.split(","):
+            item = item.strip()
+            if "-" in item:
+                a, b = item.split("-", 1)
+                members.extend(range(int(a), int(b) + 1))
+            elif item:
+                members.append(int(item))
+        groups.append(members)
+    return groups
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="skillkd", prog_name="skillkd")
+def cli() -> None:
+    """skillkd: compress speech SSL encoders (WavLM, HuBERT, wav2vec 2.0) with SKILL / DPHuBERT."""
+
+
+_SPEC_OPTIONS = [
+    click.option("--method", type=click.Choice(["skill", "dphubert"]), default="skill", show_default=True,
+                 help="SKILL (clustered targets) or DPHuBERT (fixed layers)."),
+    click.option("--sparsity", type=float, default=None,
+                 help="Fraction of the teacher's parameters to remove (default 0.75)."),
+    click.option("--target-params", default=None, help="Reach this many parameters instead, e.g. 24M."),
+    click.option("--clusters", default=None,
+                 help="k (default 4), 'auto', or explicit groups of r0..rL like '0;1-4;5-8;9-12'."),
+    click.option("--linkage", type=click.Choice(["average", "single", "complete", "ward"]), default="average",
+                 show_default=True),
+    click.option("--non-contiguous", is_flag=True, help="Allow clusters that are not runs of adjacent layers."),
+    click.option("--student-mapping", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
+                 help="Student side of a cluster target."),
+    click.option("--prune-layers", is_flag=True, help="Also learn whole-attention/FFN masks."),
+    click.option("--preset", type=click.Choice(["quick", "paper"]), default="quick", show_default=True),
+    click.option("--stage1-steps", type=int, default=None),
+    click.option("--stage2-steps", type=int, default=None, help="0 skips the final distillation."),
+    click.option("--batch-seconds", type=float, default=None, help="Audio seconds per step (per GPU)."),
+    click.option("--calibration-utterances", type=int, default=None),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
+    click.option("--onnx", "export_onnx", is_flag=True, help="Also export model.onnx (checked with onnxruntime)."),
+    click.option("--evaluate", is_flag=True, help="Run the probes (needs a manifest with phones/speakers)."),
+]
+
+
+def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_SPEC_OPTIONS):
+        f = option(f)
+    return f
+
+
+def build_spec(**kw: Any) -> Any:
+    """CompressionSpec from CLI options; pydantic's message names the bad field."""
+    from pydantic import ValidationError
+
+    from .spec import CompressionSpec, parse_param_count
+
+    data: dict[str, Any] = {
+        "method": kw["method"], "sparsity": kw["sparsity"], "linkage": kw["linkage"],
+        "contiguous": not kw["non_contiguous"], "student_mapping": kw["student_mapping"],
+        "prune_layers": kw["prune_layers"], "preset": kw["preset"], "stage1_steps": kw["stage1_steps"],
+        "stage2_steps": kw["stage2_steps"], "batch_seconds": kw["batch_seconds"], "seed": kw["seed"],
+        "device": kw["device"], "export_onnx": kw["export_onnx"], "evaluate": kw["evaluate"],
+    }
+    try:
+        if kw["target_params"] is not None:
+            data["target_params"] = parse_param_count(kw["target_params"])
+        clusters = _parse_clusters(kw["clusters"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if clusters is not None:
+        data["clusters"] = clusters
+    if kw.get("calibration_utterances") is not None:
+        data["calibration_utterances"] = kw["calibration_utterances"]
+    try:
+        return CompressionSpec(**{k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise click.BadParameter(f"{field}: {first['msg']}") from None
+
+
+@cli.command()
+@click.argument("teacher", required=False, type=click.Path(path_type=Path))
+@click.argument("audio", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory (default runs/<teacher>-<method>-<time>).")
+@click.option("--demo", is_flag=True, help="Use the bundled demo teacher (hubert-mini) and demo audio.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@click.option("--calibration-audio", type=click.Path(path_type=Path), default=None,
+              help="Separate audio for CKA calibration (default: AUDIO).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout; events as JSON lines.")
+@click.option("--quiet", is_flag=True)
+@spec_options
+def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: bool, resume: bool,
+             calibration_audio: Path | None, as_json: bool, quiet: bool, **spec_kw: Any) -> None:
+    """Compress TEACHER (a Hugging Face directory) using the audio in AUDIO (a directory or manifest)."""
+    if demo:
+        teacher = teacher or DEMO_TEACHER
+        audio = audio or DEMO_AUDIO
+    if teacher is None or audio is None:
+        raise click.UsageError("give TEACHER and AUDIO, or --demo")
+    spec = build_spec(**spec_kw)
+    if out is None:
+        if resume:
+            raise click.UsageError("--resume needs --out (the run directory to continue)")
+        out = Path("runs") / f"{teacher.resolve().name}-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    elif out.exists() and any(out.iterdir()) and not resume:
+        raise click.UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    from .pipeline import run
+
+    printer = ProgressPrinter(json_lines=as_json, quiet=quiet)
+    should_stop = _stop_on_sigint()
+    started = time.monotonic()
+    try:
+        result = run(spec, teacher, audio, out, calibration_audio=calibration_audio, on_event=printer,
+                     should_stop=should_stop)
+    except StopRequested as exc:
+        printer.close()
+        click.echo(f"{exc.message}\nresume with: skillkd compress {teacher} {audio} --out {out} --resume "
+                   "(and the same options)", err=True)
+        sys.exit(130)
+    except SkillkdError as exc:
+        printer.close()
+        _fail(exc)
+        return
+    printer.close()
+    report = result.report
+    summary = {
+        "student": str(result.export_dir), "report": str(result.export_dir / "report.json"),
+        "teacher_params": report["teacher"]["num_params"], "student_params": report["student"]["num_params"],
+        "achieved_sparsity": round(report["achieved_sparsity"], 4), "clusters": report["clusters"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        t, s = summary["teacher_params"], summary["student_params"]
+        click.echo(f"\nstudent: {summary['student']}\nreport:  {summary['report']}\n"
+                   f"params:  {s:,} of {t:,} ({100 * s / t:.1f}% of the teacher, sparsity "
+                   f"{summary['achieved_sparsity']:.3f})\nclusters: {summary['clusters']}\n"
+                   f"time:    {summary['seconds']} s")
+
+
+@cli.command()
+@click.argument("teacher", type=click.Path(path_type=Path))
+@click.argument("audio", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--clusters", default="4", show_default=True, help="k, 'auto', or explicit groups.")
+@click.option("--linkage", type=click.Choice(["average", "single", "complete", "ward"]), default="average")
+@click.option("--non-contiguous", is_flag=True)
+@click.option("--calibration-utterances", type=int, default=200, show_default=True)
+@click.option("--calibration-seconds", type=float, default=1800.0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, non_contiguous: bool,
+            calibration_utterances: int, calibration_seconds: float, device: str, as_json: bool) -> None:
+    """Measure linear CKA between all of TEACHER's layers on AUDIO and cluster them (plots + clusters.json)."""
+    from pydantic import ValidationError
+
+    from .audio import scan_audio
+    from .models import load_model
+    from .pipeline import _Stopper, calibrate, select_device
+    from .spec import CompressionSpec
+
+    try:
+        spec = CompressionSpec(clusters=_parse_clusters(clusters), linkage=linkage,  # type: ignore[arg-type]
+                               contiguous=not non_contiguous, calibration_utterances=calibration_utterances,
+                               calibration_seconds=calibration_seconds, device=device)
+    except (ValidationError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    printer = ProgressPrinter(json_lines=as_json)
+    try:
+        dev = select_device(spec.device)
+        model = load_model(teacher).to(dev)
+        catalog = scan_audio(audio)
+        info = calibrate(spec, model, catalog, out, dev, printer, _Stopper(_stop_on_sigint()))
+    except SkillkdError as exc:
+        printer.close()
+        _fail(exc)
+        return
+    printer.close()
+    result = {"clusters": info["clusters"], "cka_png": str(out / "cka.png"),
+              "clusters_json": str(out / "clusters.json"), "utterances": info["utterances"],
+              "seconds": round(info["seconds"], 1)}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"clusters: {result['clusters']}\nplot:     {result['cka_png']}\n"
+                   f"data:     {result['clusters_json']} ({result['utterances']} utterances, "
+                   f"{result['seconds']} s of audio)")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect(path: Path, as_json: bool) -> None:
+    """Print the architecture of a teacher or an exported student, per layer, with parameter counts."""
+    from .models import is_student_dir, load_model
+
+    try:
+        model = load_model(path)
+    except SkillkdError as exc:
+        _fail(exc)
+        return
+    cfg = model.config
+    layers = []
+    for i, layer in enumerate(model.encoder.layers):
+        att = sum(p.numel() for p in layer.attention.parameters())
+        ffn = sum(p.numel() for p in layer.feed_forward.parameters())
+        layers.append({"layer": i + 1, "heads": layer.attention.num_heads, "ffn": layer.feed_forward.ffn_dim,
+                       "attention_params": att, "ffn_params": ffn})
+    conv = [{"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride}
+            for i, c in enumerate(cfg.conv)]
+    info = {"path": str(path), "kind": "student" if is_student_dir(path) else "teacher",
+            "architecture": cfg.architecture, "layout": "large" if cfg.layer_norm_first else "base",
+            "hidden_size": cfg.hidden_size, "num_params": model.num_params(),
+            "feature_extractor_params": sum(p.numel() for p in model.feature_extractor.parameters()),
+            "conv": conv, "layers": layers}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{info['kind']} {cfg.architecture} ({info['layout']} layout), hidden {cfg.hidden_size}, "
+               f"{info['num_params']:,} parameters")
+    click.echo(f"conv extractor ({info['feature_extractor_params']:,} params): channels "
+               + " ".join(str(c["channels"]) for c in conv))
+    click.echo(f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12}")
+    for row in layers:
+        click.echo(f"{row['layer']:>5} {row['heads']:>5} {row['ffn']:>6} {row['attention_params']:>12,} "
+                   f"{row['ffn_params']:>12,}")
+
+
+@cli.command("export")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, is_flag=False,
+              flag_value="", help="Write ONNX (default PATH/model.onnx) and check it with onnxruntime.")
+@click.option("--json", "as_json", is_flag=True)
+def export_cmd(path: Path, onnx_path: Path | None, as_json: bool) -> None:
+    """Export a student (or teacher) to ONNX, verified against PyTorch."""
+    from .export import export_onnx
+    from .models import load_model
+
+    if onnx_path is None:
+        raise click.UsageError("nothing to export: pass --onnx [FILE]")
+    target = Path(onnx_path) if str(onnx_path) else (path / "model.onnx" if path.is_dir() else Path("model.onnx"))
+    try:
+        model = load_model(path)
+        info = export_onnx(model, target)
+    except SkillkdError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"wrote {info['path']} (max |onnx - torch| = {info['max_abs_diff']:.2e})")
+
+
+def _register_evaluation() -> None:
+    try:
+        from .evaluation.cli import compare_command, evaluate_command
+    except ImportError:  # pragma: no cover - evaluation is part of the package; keep the CLI usable if broken
+        return
+    cli.add_command(evaluate_command, "evaluate")
+    cli.add_command(compare_command, "compare")
+
+
+_register_evaluation()
+
+
+def main() -> None:  # pragma: no cover
+    cli()

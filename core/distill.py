@@ -1,0 +1,90 @@
+"""Distillation targets and loss (algorithm.md §3).
+
+SKILL: for each cluster C of teacher representations, the target is the mean of r_T[i] over i in C and the
+prediction is P_C(mean of r_S[i] over i in C) (or P_C(r_S[max C]) with `student_mapping="last"`), with P_C a
+Linear(D, D) initialised to the identity. DPHuBERT is the same code with clusters [[0],[L/3],[2L/3],[L]] and
+one projection shared by the non-zero layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ClusterTargets(nn.Module):
+    """Turns teacher and student representations into (target, prediction) pairs, one per cluster."""
+
+    def __init__(self, clusters: Sequence[Sequence[int]], dim: int, *, student_mapping: str = "mean",
+                 shared_projection: bool = False) -> None:
+        super().__init__()
+        if student_mapping not in ("mean", "last"):
+            raise ValueError(f"student_mapping must be 'mean' or 'last', found {student_mapping!r}")
+        self.clusters = [sorted(int(i) for i in c) for c in clusters]
+        self.student_mapping = student_mapping
+        self.shared_projection = shared_projection
+        # DPHuBERT: r[0] keeps its own projection, the transformer layers share one.
+        n_proj = (2 if any(c == [0] for c in self.clusters) else 1) if shared_projection else len(self.clusters)
+        self.projections = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_proj))
+        for p in self.projections:
+            nn.init.eye_(p.weight)
+            nn.init.zeros_(p.bias)
+
+    @property
+    def max_layer(self) -> int:
+        """Highest representation index any target needs: the teacher need not run beyond it."""
+        return max(max(c) for c in self.clusters)
+
+    def _projection(self, k: int) -> nn.Linear:
+        if not self.shared_projection:
+            return self.projections[k]  # type: ignore[return-value]
+        if len(self.projections) == 2:
+            return self.projections[0 if self.clusters[k] == [0] else 1]  # type: ignore[return-value]
+        return self.projections[0]  # type: ignore[return-value]
+
+    def teacher_targets(self, reps: Sequence[Tensor]) -> list[Tensor]:
+        """[(batch, frame, feature)] per cluster: the mean of the cluster's teacher representations."""
+        return [torch.stack([reps[i] for i in c]).mean(0) if len(c) > 1 else reps[c[0]] for c in self.clusters]
+
+    def student_predictions(self, reps: Sequence[Tensor]) -> list[Tensor]:
+        out = []
+        for k, c in enumerate(self.clusters):
+            if self.student_mapping == "last" or len(c) == 1:
+                x = reps[c[-1]]
+            else:
+                x = torch.stack([reps[i] for i in c]).mean(0)
+            out.append(self._projection(k)(x))
+        return out
+
+
+def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
+                 frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, float | Tensor]]:
+    """Mean over targets of (mean L1 - mean cosine similarity), padded frames excluded.
+
+    predictions, targets: [(batch, frame, feature)]; frame_mask: (batch, frame) bool or None.
+    Returns the loss and per-part values (kept as tensors so the caller decides when to synchronise).
+    """
+    l1_sum: Tensor | None = None
+    cos_sum: Tensor | None = None
+    for pred, tgt in zip(predictions, targets):
+        pred = pred.float()
+        tgt = tgt.float()
+        frames = min(pred.shape[1], tgt.shape[1])
+        pred, tgt = pred[:, :frames], tgt[:, :frames]
+        l1 = (pred - tgt).abs().mean(-1)  # (batch, frame)
+        cos = F.cosine_similarity(pred, tgt, dim=-1)  # (batch, frame)
+        if frame_mask is not None:
+            m = frame_mask[:, :frames].to(l1.dtype)
+            denom = m.sum().clamp(min=1.0)
+            l1_m, cos_m = (l1 * m).sum() / denom, (cos * m).sum() / denom
+        else:
+            l1_m, cos_m = l1.mean(), cos.mean()
+        l1_sum = l1_m if l1_sum is None else l1_sum + l1_m
+        cos_sum = cos_m if cos_sum is None else cos_sum + cos_m
+    assert l1_sum is not None and cos_sum is not None
+    n = len(predictions)
+    loss = (l1_sum - cos_sum) / n
+    return loss, {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}

@@ -1,0 +1,386 @@
+"""The compression job, end to end: calibrate -> distill_prune -> finalize -> final_distill -> export
+(-> evaluate).
+
+Each stage writes `workdir/<stage>/` and, when complete, `workdir/<stage>/done.json`. Calling `run` again on
+the same workdir (after a crash, a kill or a stop) skips finished stages and resumes a training stage from its
+last checkpoint. This module is the engine's one entry point for the CLI and the service worker; it never
+imports the service (the dependency rule is a test).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .audio import AudioCatalog, TrainBatches, iter_padded_batches, scan_audio
+from .cka import StreamingCKA
+from .clustering import Clustering, cluster_layers, dphubert_clusters, validate_clusters
+from .distill import ClusterTargets
+from .errors import AudioError, SpecError, StopRequested
+from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
+from .export import export_onnx, save_student
+from .models import ModelConfig, SpeechEncoder, build_model, load_model, make_student
+from .spec import CompressionSpec
+from .train import CHECKPOINT, StageContext, load_checkpoint, train_stage
+
+STAGE_ORDER = ("calibrate", "distill_prune", "finalize", "final_distill", "export", "evaluate")
+
+
+@dataclass
+class PipelineResult:
+    export_dir: Path
+    report: dict[str, Any]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device {name!r} was asked for but CUDA is not available on this machine")
+    return device
+
+
+def _done(workdir: Path, stage: str) -> dict[str, Any] | None:
+    marker = workdir / stage / "done.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _mark_done(workdir: Path, stage: str, info: dict[str, Any]) -> None:
+    marker = workdir / stage / "done.json"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=_json_default))
+    tmp.replace(marker)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _check_spec(workdir: Path, spec: CompressionSpec, teacher: Path, audio: Path) -> None:
+    """A workdir belongs to one job: resuming it with a different spec or input would mix two runs."""
+    path = workdir / "job.json"
+    current = {"spec": spec.model_dump(exclude={"device", "gpus", "compile", "evaluate", "export_onnx"}),
+               "teacher": str(teacher.resolve()), "audio": str(audio.resolve())}
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("spec") != current["spec"]:
+            raise SpecError(f"{workdir} holds a run with a different spec; use a new output directory")
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2))
+
+
+class _Stopper:
+    """Polls should_stop between calibration batches and stage boundaries."""
+
+    def __init__(self, should_stop: ShouldStop) -> None:
+        self.should_stop = should_stop
+
+    def check(self, where: str) -> None:
+        if self.should_stop():
+            raise StopRequested(f"stopped during {where}")
+
+
+def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: Path | str, *,
+        calibration_audio: Path | str | None = None, on_event: OnEvent | None = None,
+        should_stop: ShouldStop | None = None) -> PipelineResult:
+    """Compress `teacher` on `audio` as `spec` says, in `workdir` (created, or resumed if it exists)."""
+    teacher, audio, workdir = Path(teacher), Path(audio), Path(workdir)
+    emit = on_event or ignore_event
+    stop = _Stopper(should_stop or never_stop)
+    device = select_device(spec.device)
+    _check_spec(workdir, spec, teacher, audio)
+    timings: dict[str, float] = {}
+
+    # 0. Inputs -------------------------------------------------------------------------------------------------
+    teacher_model = load_model(teacher).to(device)
+    teacher_params = teacher_model.num_params()
+    target_sparsity = spec.target_sparsity(teacher_params)
+    sr = teacher_model.config.sample_rate
+    catalog = scan_audio(audio)
+    if catalog.skipped:
+        emit(Event("skipped_audio", "calibrate", metrics=catalog.summary(),
+                   message=f"{len(catalog.skipped)} audio files skipped"))
+    cal_catalog = scan_audio(calibration_audio) if calibration_audio else catalog
+
+    # 1. Calibrate ----------------------------------------------------------------------------------------------
+    cal = _done(workdir, "calibrate")
+    if cal is None:
+        t0 = time.monotonic()
+        emit(Event("stage_started", "calibrate"))
+        cal = calibrate(spec, teacher_model, cal_catalog, workdir / "calibrate", device, emit, stop)
+        timings["calibrate"] = time.monotonic() - t0
+        _mark_done(workdir, "calibrate", cal)
+    clusters: list[list[int]] = cal["clusters"]
+    emit(Event("clusters", "calibrate", metrics={"clusters": clusters, "k": len(clusters)}))
+    emit(Event("stage_finished", "calibrate"))
+    stop.check("calibrate")
+
+    dim = teacher_model.config.hidden_size
+    shared = spec.method == "dphubert"
+
+    # 2. Stage 1: distillation + structured pruning ------------------------------------------------------------
+    s1 = _done(workdir, "distill_prune")
+    if s1 is None:
+        t0 = time.monotonic()
+        emit(Event("stage_started", "distill_prune"))
+        recipe = spec.recipe(1)
+        student = make_student(teacher_model, layers=spec.prune_layers)
+        targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
+                                 shared_projection=shared).to(device)
+        batches = _train_batches(catalog, sr, recipe, spec.seed)
+        ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune", target_sparsity,
+                           teacher_params, emit, stop.should_stop, spec.seed)
+        s1 = train_stage(student, teacher_model, targets, batches, ctx)
+        timings["distill_prune"] = time.monotonic() - t0
+        _mark_done(workdir, "distill_prune", s1)
+    emit(Event("stage_finished", "distill_prune", metrics=s1.get("final", {})))
+
+    # 3. Finalise: physical pruning ----------------------------------------------------------------------------
+    fin = _done(workdir, "finalize")
+    if fin is None:
+        t0 = time.monotonic()
+        emit(Event("stage_started", "finalize"))
+        fin = finalize(workdir, teacher_model, clusters, dim, spec, cal_catalog, sr)
+        timings["finalize"] = time.monotonic() - t0
+        _mark_done(workdir, "finalize", fin)
+    emit(Event("stage_finished", "finalize", metrics={"num_params": fin["num_params"]}))
+    stop.check("finalize")
+
+    # 4. Stage 2: distillation of the fixed student ------------------------------------------------------------
+    s2 = _done(workdir, "final_distill")
+    if s2 is None:
+        t0 = time.monotonic()
+        emit(Event("stage_started", "final_distill"))
+        student, targets = _load_finalized(workdir, clusters, dim, spec, device)
+        recipe2 = spec.recipe(2)
+        if spec.stage2_steps == 0:
+            s2 = {"steps": 0, "final": {}, "seconds": 0.0}
+            _save_stage2_result(workdir, student, targets)
+        else:
+            batches = _train_batches(catalog, sr, recipe2, spec.seed + 1)
+            ctx = StageContext(workdir / "final_distill", recipe2, device, "final_distill", seed=spec.seed + 1)
+            s2 = train_stage(student, teacher_model, targets, batches, ctx)
+            _save_stage2_result(workdir, student, targets)
+        timings["final_distill"] = time.monotonic() - t0
+        _mark_done(workdir, "final_distill", s2)
+    emit(Event("stage_finished", "final_distill", metrics=s2.get("final", {})))
+
+    # 5. Export --------------------------------------------------------------------------------------------------
+    export_dir = workdir / "student"
+    ex = _done(workdir, "export")
+    if ex is None or not export_dir.exists():
+        t0 = time.monotonic()
+        emit(Event("stage_started", "export"))
+        student, targets = _load_stage2(workdir, clusters, dim, spec)
+        report = {
+            "skillkd_version": __version__,
+            "method": spec.method,
+            "spec": spec.model_dump(),
+            "teacher": {"path": str(teacher), "architecture": teacher_model.config.architecture,
+                        "layout": "large" if teacher_model.config.layer_norm_first else "base",
+                        "num_layers": teacher_model.config.num_layers, "num_params": teacher_params},
+            "student": {"num_params": student.num_params(),
+                        "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in student.config.layers],
+                        "conv_channels": [c.out_channels for c in student.config.conv]},
+            "target_sparsity": target_sparsity,
+            "achieved_sparsity": 1.0 - student.num_params() / teacher_params,
+            "clusters": clusters,
+            "cka": cal["cka"],
+            "calibration": {k: cal[k] for k in ("utterances", "seconds", "frames") if k in cal},
+            "audio": catalog.summary(),
+            "stage1": s1, "finalize": fin, "stage2": s2,
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "device": str(device)},
+        }
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        save_student(student, export_dir, heads=targets, metadata={
+            "teacher": report["teacher"], "clusters": clusters, "method": spec.method})
+        for name in ("cka.png", "clusters.json"):
+            src = workdir / "calibrate" / name
+            if src.exists():
+                shutil.copy2(src, export_dir / name)
+        _merge_logs(workdir, export_dir / "train_log.jsonl")
+        if spec.export_onnx:
+            report["onnx"] = export_onnx(student, export_dir / "model.onnx")
+        (export_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        timings["export"] = time.monotonic() - t0
+        ex = {"export_dir": str(export_dir)}
+        _mark_done(workdir, "export", ex)
+    emit(Event("stage_finished", "export"))
+    report = json.loads((export_dir / "report.json").read_text())
+
+    # 6. Evaluate (optional) -------------------------------------------------------------------------------------
+    if spec.evaluate and _done(workdir, "evaluate") is None:
+        emit(Event("stage_started", "evaluate"))
+        from .evaluation.run import evaluate
+
+        result = evaluate(export_dir, audio, out_dir=workdir / "evaluate", seed=spec.seed)
+        shutil.copy2(workdir / "evaluate" / "evaluation.json", export_dir / "evaluation.json")
+        report["evaluation"] = result
+        (export_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        _mark_done(workdir, "evaluate", {"ok": True})
+        emit(Event("stage_finished", "evaluate"))
+
+    artifacts = {"model": export_dir, "report.json": export_dir / "report.json"}
+    for name, file in (("cka.png", "cka.png"), ("clusters.json", "clusters.json"),
+                       ("train_log", "train_log.jsonl"), ("onnx", "model.onnx"),
+                       ("evaluation.json", "evaluation.json")):
+        if (export_dir / file).exists():
+            artifacts[name] = export_dir / file
+    return PipelineResult(export_dir, report, artifacts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatalog, out: Path,
+              device: torch.device, emit: OnEvent = ignore_event, stop: _Stopper | None = None) -> dict[str, Any]:
+    """Streaming linear CKA over the teacher's L+1 representations, then the layer clusters."""
+    out.mkdir(parents=True, exist_ok=True)
+    num_reps = teacher.num_layers + 1
+    cal = catalog.subset(spec.calibration_utterances, spec.calibration_seconds, seed=spec.seed)
+    acc = StreamingCKA(num_reps, teacher.config.hidden_size, device=device)
+    sr = teacher.config.sample_rate
+    batch_seconds = 160.0 if device.type == "cuda" else 40.0
+    batches = list(iter_padded_batches(cal, sample_rate=sr, batch_seconds=batch_seconds, max_utterance_s=30.0))
+    teacher.eval()
+    for i, batch in enumerate(batches):
+        with torch.inference_mode():
+            reps, frames = teacher(batch.waveforms.to(device), batch.lengths.to(device))
+            acc.update(reps, frames)
+        emit(Event("progress", "calibrate", i + 1, len(batches)))
+        if stop is not None:
+            stop.check("calibrate")
+    cka = acc.compute()
+    np.save(out / "cka.npy", cka)
+    clustering: Clustering | None = None
+    if isinstance(spec.clusters, list):
+        try:
+            clusters = validate_clusters(spec.clusters, num_reps)
+        except ValueError as exc:
+            raise SpecError(f"clusters: {exc}") from None
+    elif spec.method == "dphubert":
+        clusters = dphubert_clusters(teacher.num_layers)
+    else:
+        k = spec.clusters
+        if isinstance(k, int) and k > num_reps:
+            raise SpecError(f"clusters={k} but the teacher has only {num_reps} representations")
+        clustering = cluster_layers(cka, k, spec.linkage, spec.contiguous)
+        clusters = clustering.clusters
+    if clustering is None:  # still draw the similarity structure; boxes show the fixed clusters
+        clustering = cluster_layers(cka, min(len(clusters), num_reps), spec.linkage, spec.contiguous)
+        clustering = Clustering(clusters, clustering.linkage, clustering.method, len(clusters), False)
+    from .plots import plot_cka
+
+    plot_cka(cka, clustering, out / "cka.png",
+             title=f"{teacher.config.architecture}: linear CKA of r0..r{teacher.num_layers}")
+    info = {"clusters": clusters, "cka": cka.tolist(), "clustering": clustering.to_dict(),
+            "utterances": len(cal.items), "seconds": cal.total_seconds, "frames": int(acc.count)
+            if hasattr(acc, "count") else None}
+    (out / "clusters.json").write_text(json.dumps(info, indent=2, default=_json_default))
+    return info
+
+
+def _train_batches(catalog: AudioCatalog, sr: int, recipe: Any, seed: int) -> TrainBatches:
+    try:
+        return TrainBatches(catalog, sample_rate=sr, batch_seconds=recipe.batch_seconds,
+                            min_utterance_s=recipe.min_utterance_s, max_utterance_s=recipe.max_utterance_s,
+                            seed=seed)
+    except AudioError:
+        raise
+    except ValueError as exc:
+        raise AudioError(str(exc)) from None
+
+
+def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], dim: int,
+             spec: CompressionSpec, catalog: AudioCatalog, sr: int) -> dict[str, Any]:
+    """Load stage 1's final state, prune physically, check the pruned model against the masked one."""
+    state = load_checkpoint(workdir / "distill_prune" / CHECKPOINT)
+    student = build_model(ModelConfig.from_dict(state["config"]))
+    student.load_state_dict(state["student"])
+    targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
+                             shared_projection=spec.method == "dphubert")
+    targets.load_state_dict(state["targets"])
+    student.eval()
+    expected = float(student.expected_num_params())
+    probe = torch.from_numpy(_probe_audio(catalog, sr))[None]
+    with torch.no_grad():
+        before, _ = student(probe)
+    config = student.prune()
+    with torch.no_grad():
+        after, _ = student(probe)
+    diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    out = workdir / "finalize"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": config.to_dict(), "student": student.state_dict(), "targets": targets.state_dict()},
+               out / "student.pt")
+    return {"num_params": student.num_params(), "expected_params_before": expected,
+            "max_abs_diff_masked_vs_pruned": diff,
+            "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in config.layers],
+            "conv_channels": [c.out_channels for c in config.conv]}
+
+
+def _probe_audio(catalog: AudioCatalog, sr: int) -> np.ndarray:
+    from .audio import load_waveform
+
+    wave = load_waveform(catalog.items[0], sr)
+    return wave[: 4 * sr].astype(np.float32)
+
+
+def _load_student_file(path: Path, clusters: list[list[int]], dim: int,
+                       spec: CompressionSpec) -> tuple[SpeechEncoder, ClusterTargets]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    student = build_model(ModelConfig.from_dict(state["config"]))
+    student.load_state_dict(state["student"])
+    targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
+                             shared_projection=spec.method == "dphubert")
+    targets.load_state_dict(state["targets"])
+    return student, targets
+
+
+def _load_finalized(workdir: Path, clusters: list[list[int]], dim: int, spec: CompressionSpec,
+                    device: torch.device) -> tuple[SpeechEncoder, ClusterTargets]:
+    student, targets = _load_student_file(workdir / "finalize" / "student.pt", clusters, dim, spec)
+    return student.to(device), targets.to(device)
+
+
+def _save_stage2_result(workdir: Path, student: SpeechEncoder, targets: ClusterTargets) -> None:
+    out = workdir / "final_distill"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": student.config.to_dict(),
+                "student": {k: v.cpu() for k, v in student.state_dict().items()},
+                "targets": {k: v.cpu() for k, v in targets.state_dict().items()}}, out / "student.pt")
+
+
+def _load_stage2(workdir: Path, clusters: list[list[int]], dim: int,
+                 spec: CompressionSpec) -> tuple[SpeechEncoder, ClusterTargets]:
+    student, targets = _load_student_file(workdir / "final_distill" / "student.pt", clusters, dim, spec)
+    return student.eval(), targets
+
+
+def _merge_logs(workdir: Path, out: Path) -> None:
+    with open(out, "w") as f:
+        for stage in ("distill_prune", "final_distill"):
+            log = workdir / stage / "train_log.jsonl"
+            if log.exists():
+                for line in log.read_text().splitlines():
+                    if line.strip():
+                        f.write(json.dumps({"stage": stage, **json.loads(line)}) + "\n")

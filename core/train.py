@@ -1,0 +1,264 @@
+"""The training loop of stage 1 (joint distillation + pruning) and stage 2 (distillation of the fixed student).
+
+Read top to bottom in numbered phases. The learning rate and the sparsity target are pure functions of the
+step. A checkpoint holds everything needed to continue bit-for-bit on the same device: student (with masks),
+projections, multipliers, optimiser, step, RNG states, data position and the loss log. The raw module is
+saved, never a compiled or DDP wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .audio import Batch, TrainBatches
+from .distill import ClusterTargets, distill_loss
+from .errors import CheckpointError, StopRequested, TrainingError
+from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
+from .models import SpeechEncoder
+from .spec import TrainRecipe
+
+CHECKPOINT = "checkpoint.pt"
+STOP_POLL_EVERY = 5  # steps between should_stop() calls (a DB read in the service)
+
+
+def lr_factor(step: int, recipe: TrainRecipe) -> float:
+    """Linear warmup to 1 over `warmup_steps`, then linear decay to 0 at `steps`."""
+    if recipe.warmup_steps and step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    span = max(1, recipe.steps - recipe.warmup_steps)
+    return max(0.0, 1.0 - (step - recipe.warmup_steps) / span)
+
+
+def sparsity_target(step: int, final: float, recipe: TrainRecipe) -> float:
+    """Ramps linearly from 0 to `final` over `sparsity_warmup_steps` (DPHuBERT), then stays."""
+    if recipe.sparsity_warmup_steps <= 0:
+        return final
+    return final * min(1.0, step / recipe.sparsity_warmup_steps)
+
+
+class Lagrangian(nn.Module):
+    """lambda1 (s - t) + lambda2 (s - t)^2, minimised by the model and *maximised* over the multipliers.
+
+    The ascent is explicit: `flip_gradients()` negates the multipliers' gradients before the optimiser step,
+    so every parameter group uses an ordinary positive learning rate.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lambda1 = nn.Parameter(torch.zeros(()))
+        self.lambda2 = nn.Parameter(torch.zeros(()))
+
+    def forward(self, expected_sparsity: Tensor, target: float) -> Tensor:
+        gap = expected_sparsity - target
+        return self.lambda1 * gap + self.lambda2 * gap * gap
+
+    def flip_gradients(self) -> None:
+        for p in (self.lambda1, self.lambda2):
+            if p.grad is not None:
+                p.grad.neg_()
+
+
+@dataclass
+class StageContext:
+    """What a training stage needs besides its models."""
+
+    workdir: Path
+    recipe: TrainRecipe
+    device: torch.device
+    stage: str
+    target_sparsity: float = 0.0
+    teacher_params: int = 0
+    on_event: OnEvent = ignore_event
+    should_stop: ShouldStop = never_stop
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file and rename: a crash mid-write never leaves a torn checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn or foreign file: the caller decides whether to restart the stage
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
+                batches: TrainBatches, ctx: StageContext) -> dict[str, Any]:
+    """Run (or resume) one training stage in `ctx.workdir`; returns a summary. Raises StopRequested when
+    `ctx.should_stop()` says so, after saving a checkpoint."""
+    recipe, device = ctx.recipe, ctx.device
+    pruning = student.config.has_masks
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = ctx.workdir / CHECKPOINT
+    log_path = ctx.workdir / "train_log.jsonl"
+
+    # 1. Models and optimiser ------------------------------------------------------------------------------
+    teacher.eval().requires_grad_(False)
+    student.train()
+    targets.train()
+    lagrangian = Lagrangian().to(device)
+    groups = [{"params": student.weight_parameters() + list(targets.parameters()), "lr": recipe.lr,
+               "base_lr": recipe.lr}]
+    if pruning:
+        groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks, "base_lr": recipe.lr_masks})
+        groups.append({"params": list(lagrangian.parameters()), "lr": recipe.lr_lambda,
+                       "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas)})
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=fused)
+    clip_params = [p for g in groups[:2] for p in g["params"]]
+
+    # 2. Resume ---------------------------------------------------------------------------------------------
+    step = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        student.load_state_dict(state["student"])
+        targets.load_state_dict(state["targets"])
+        lagrangian.load_state_dict(state["lagrangian"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["batches"])
+        _set_rng_state(state["rng"])
+        step = int(state["step"])
+        _truncate_log(log_path, step)
+        ctx.on_event(Event("log", ctx.stage, step, recipe.steps, message=f"resumed at step {step}"))
+    else:
+        torch.manual_seed(ctx.seed + 1000 * ctx.rank)
+        log_path.unlink(missing_ok=True)
+
+    def save(at_step: int) -> None:
+        if not ctx.is_main:
+            return
+        atomic_save({
+            "step": at_step, "student": student.state_dict(), "targets": targets.state_dict(),
+            "lagrangian": lagrangian.state_dict(), "optimizer": optimizer.state_dict(),
+            "batches": batches.state_dict(), "rng": _rng_state(), "config": student.config.to_dict(),
+            "recipe": recipe.model_dump(), **ctx.extra_state,
+        }, ckpt_path)
+
+    # 3. Loop -----------------------------------------------------------------------------------------------
+    data: Iterator[Batch] = iter(batches)
+    started = time.monotonic()
+    start_step = step
+    last: dict[str, float] = {}
+    log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in finally)
+    try:
+        while step < recipe.steps:
+            factor = lr_factor(step, recipe)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            batch = next(data)
+            waveforms = batch.waveforms.to(device, non_blocking=True)
+
+            with torch.inference_mode(), _autocast(device):
+                teacher_reps, _ = teacher(waveforms, None, max_layer=targets.max_layer)
+                wanted = targets.teacher_targets(teacher_reps)
+            wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
+
+            with _autocast(device):
+                student_reps, _ = student(waveforms, None, max_layer=targets.max_layer)
+                predictions = targets.student_predictions(student_reps)
+            loss, parts = distill_loss(predictions, wanted)
+            total = loss
+            t_now = 0.0
+            if pruning:
+                expected = student.expected_num_params()
+                sparsity = 1.0 - expected / ctx.teacher_params
+                t_now = sparsity_target(step, ctx.target_sparsity, recipe)
+                total = loss + lagrangian(sparsity, t_now)
+
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if pruning:
+                lagrangian.flip_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(clip_params, recipe.grad_clip)
+            optimizer.step()
+            step += 1
+
+            # 4. Book-keeping: one host sync per step, for the loss check and the log --------------------------
+            values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
+                      "grad_norm": grad_norm.detach()}
+            if pruning:
+                values.update(sparsity=sparsity.detach(), expected_params=expected.detach(),
+                              lambda1=lagrangian.lambda1.detach(), lambda2=lagrangian.lambda2.detach())
+            last = {k: float(v) for k, v in zip(values, torch.stack([v.float() for v in values.values()]).tolist())}
+            if not math.isfinite(last["loss"]):
+                raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {step}")
+            if pruning:
+                last["target_sparsity"] = t_now
+            last["lr"] = recipe.lr * factor
+            elapsed = time.monotonic() - started
+            rate = (step - start_step) / max(elapsed, 1e-9)
+            eta = (recipe.steps - step) / rate if rate > 0 else None
+            last["audio_s_per_s"] = float(batch.waveforms.numel()) / student.config.sample_rate * rate * ctx.world_size
+            if log is not None:
+                log.write(json.dumps({"step": step, **last}) + "\n")
+                log.flush()
+            ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(last)))
+
+            if step % recipe.checkpoint_every == 0 and step < recipe.steps:
+                save(step)
+            if step % STOP_POLL_EVERY == 0 and step < recipe.steps and ctx.should_stop():
+                save(step)
+                raise StopRequested(f"stopped at step {step} of {ctx.stage}; the checkpoint was saved")
+    finally:
+        if log is not None:
+            log.close()
+
+    # 5. Final state ----------------------------------------------------------------------------------------
+    save(step)
+    return {"steps": step, "final": last, "seconds": time.monotonic() - started}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,195 @@
+"""Teacher and dataset uploads: happy paths, and every bad input answers 4xx leaving nothing behind."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from servicekit import make_audio, make_teacher, safetensors_bytes, tar_dir, tar_with, zip_dir, zip_entries
+from sqlalchemy import func, select
+
+from api.models import Dataset, Teacher
+
+
+def post(client, kind, body, headers, **params):
+    return client.post(f"/v1/{kind}", content=body, params=params,
+                       headers={**headers, "Content-Type": "application/octet-stream"})
+
+
+def assert_nothing_left(app, settings):
+    assert list((settings.storage / "tmp").iterdir()) == []
+    assert list((settings.storage / "teachers").iterdir()) == []
+    assert list((settings.storage / "datasets").iterdir()) == []
+    with app.state.services.factory() as s:
+        assert s.scalar(select(func.count()).select_from(Teacher)) == 0
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 0
+
+
+def test_teacher_upload_answers_architecture_and_params(client, alice, teacher_zip, settings):
+    r = post(client, "teachers", teacher_zip, alice, name="mini")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["architecture"] == "hubert" and body["num_params"] == 32 * 32 + 32
+    assert body["name"] == "mini" and len(body["sha256"]) == 64
+    assert (settings.storage / "teachers" / body["id"] / "config.json").is_file()
+    assert list((settings.storage / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("packer", ["zip_top_folder", "tar_gz", "tar_top_folder"])
+def test_teacher_archive_layouts(client, alice, tmp_path, packer):
+    src = make_teacher(tmp_path / "t")
+    body = {"zip_top_folder": lambda: zip_dir(src, top="hubert-mini/"),
+            "tar_gz": lambda: tar_dir(src),
+            "tar_top_folder": lambda: tar_dir(src, top="x/", mode="w")}[packer]()
+    r = post(client, "teachers", body, alice)
+    assert r.status_code == 201, r.text
+
+
+def _teacher_variant(tmp_path, kind):
+    src = make_teacher(tmp_path / kind)
+    if kind == "truncated_safetensors":
+        data = (src / "model.safetensors").read_bytes()
+        (src / "model.safetensors").write_bytes(data[:-10])
+    elif kind == "corrupt_safetensors":
+        (src / "model.safetensors").write_bytes(b"\xff" * 64)
+    elif kind == "bad_architecture":
+        (src / "config.json").write_text('{"model_type": "bert"}')
+    elif kind == "no_weights":
+        (src / "model.safetensors").unlink()
+    elif kind == "bad_config":
+        (src / "config.json").write_text("{not json")
+    return zip_dir(src)
+
+
+@pytest.mark.parametrize("kind", ["truncated_safetensors", "corrupt_safetensors", "bad_architecture", "no_weights",
+                                  "bad_config"])
+def test_invalid_teacher_is_422_teacher_invalid(client, alice, tmp_path, app, settings, kind):
+    r = post(client, "teachers", _teacher_variant(tmp_path, kind), alice)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "teacher_invalid"
+    assert r.json()["error"]["message"]
+    assert_nothing_left(app, settings)
+
+
+HOSTILE = {
+    "not_an_archive": (b"hello, this is not an archive" * 10, "archive_invalid"),
+    "truncated_zip": (None, "archive_invalid"),
+    "zip_traversal": (zip_entries({"../evil.txt": b"x"}), "archive_unsafe_entry"),
+    "zip_absolute": (zip_entries({"/etc/evil": b"x"}), "archive_unsafe_entry"),
+    "zip_symlink": (zip_entries({"a.txt": b"x"}, symlink="link"), "archive_unsafe_entry"),
+    "tar_symlink": (tar_with("symlink"), "archive_unsafe_entry"),
+    "tar_hardlink": (tar_with("hardlink"), "archive_unsafe_entry"),
+    "tar_device": (tar_with("device"), "archive_unsafe_entry"),
+    "tar_traversal": (tar_with("traversal"), "archive_unsafe_entry"),
+    "tar_absolute": (tar_with("absolute"), "archive_unsafe_entry"),
+    "zip_bomb": (zip_entries({"zeros.bin": b"\0" * (8 * 1024 * 1024)}), "archive_too_large"),
+    "too_many_entries": (zip_entries({f"f{i}.txt": b"x" for i in range(60)}), "archive_too_large"),
+    "empty_archive": (zip_entries({}), "archive_invalid"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("resource", ["teachers", "datasets"])
+def test_hostile_archives_are_refused(client, alice, app, settings, teacher_zip, kind, resource):
+    body, code = HOSTILE[kind]
+    if body is None:
+        body = teacher_zip[: len(teacher_zip) // 2]
+    r = post(client, resource, body, alice)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == code, r.json()
+    assert_nothing_left(app, settings)
+    assert not (settings.storage.parent / "evil.txt").exists()
+
+
+def test_oversize_upload_is_413(client, alice, app, settings):
+    r = post(client, "teachers", b"\0" * (settings.max_upload_bytes + 1), alice)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "upload_too_large"
+    assert_nothing_left(app, settings)
+
+
+def test_oversize_upload_without_content_length_is_413(client, alice, app, settings):
+    def chunks():
+        for _ in range(5):
+            yield b"\0" * (1024 * 1024)
+
+    r = client.post("/v1/datasets", content=chunks(), headers=alice)
+    assert r.status_code == 413
+    assert_nothing_left(app, settings)
+
+
+def test_empty_upload_is_422(client, alice):
+    r = post(client, "datasets", b"", alice)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "upload_empty"
+
+
+def test_dataset_upload_reports_counts_and_rejections(client, alice, tmp_path, settings):
+    src = make_audio(tmp_path / "a", n=3)
+    (src / "notes.txt").write_text("not audio")
+    (src / "broken.wav").write_bytes(b"RIFF....garbage")
+    make_audio(tmp_path / "short", n=1, seconds=0.2)
+    (tmp_path / "short" / "u0.wav").rename(src / "short.wav")
+    r = post(client, "datasets", zip_dir(src), alice)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["files"] == 3 and body["sample_rates"] == [16000]
+    assert abs(body["hours"] - 3 / 3600) < 1e-6
+    assert body["skipped"] == {"not_audio": 1, "unreadable": 1, "too_short": 1}
+    assert body["examples"]["not_audio"] == ["notes.txt"]
+
+
+def test_non_audio_dataset_is_422_audio_invalid(client, alice, app, settings):
+    body = zip_entries({"a.txt": b"hello", "b.csv": b"1,2"})
+    r = post(client, "datasets", body, alice)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "audio_invalid"
+    assert_nothing_left(app, settings)
+
+
+def test_server_path_dataset_is_admin_only(client, keys, tmp_path):
+    src = make_audio(tmp_path / "server-audio", n=2)
+    r = client.post("/v1/datasets", json={"path": str(src)}, headers=keys["alice"])
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = client.post("/v1/datasets", json={"path": str(src), "name": "srv"}, headers=keys["root"])
+    assert r.status_code == 201, r.text
+    assert r.json()["source"] == "server_path" and r.json()["files"] == 2
+    r = client.post("/v1/datasets", json={"path": "relative/dir"}, headers=keys["root"])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "dataset_path_invalid"
+    r = client.post("/v1/datasets", json={"paht": "/x"}, headers=keys["root"])
+    assert r.status_code == 422 and "path" in r.json()["error"]["message"]
+
+
+def test_uploads_need_a_key(client, teacher_zip):
+    r = client.post("/v1/teachers", content=teacher_zip)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = client.post("/v1/teachers", content=teacher_zip, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+
+
+def test_teacher_and_dataset_owner_isolation(client, keys, teacher, dataset):
+    assert client.get(f"/v1/teachers/{teacher['id']}", headers=keys["alice"]).status_code == 200
+    assert client.get(f"/v1/teachers/{teacher['id']}", headers=keys["bob"]).status_code == 404
+    assert client.get(f"/v1/datasets/{dataset['id']}", headers=keys["bob"]).status_code == 404
+    assert client.get("/v1/teachers", headers=keys["bob"]).json()["items"] == []
+    assert [t["id"] for t in client.get("/v1/teachers", headers=keys["alice"]).json()["items"]] == [teacher["id"]]
+
+
+def test_pickle_only_teacher_is_refused(client, alice, tmp_path):
+    src = make_teacher(tmp_path / "t")
+    (src / "model.safetensors").unlink()
+    (src / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    r = post(client, "teachers", zip_dir(src), alice)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "teacher_invalid"
+
+
+def test_zip_with_duplicate_entries_is_refused(client, alice):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("config.json", "{}")
+        with pytest.warns(UserWarning):
+            zf.writestr("config.json", "{}")
+    r = post(client, "teachers", buf.getvalue(), alice)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "archive_unsafe_entry"
+
+
+def test_safetensors_builder_sanity():
+    assert len(safetensors_bytes({"w": [2]})) > 8

@@ -1,0 +1,109 @@
+"""Training-loop pieces: schedules, the Lagrangian's ascent, the distillation loss and targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.distill import ClusterTargets, distill_loss
+from core.spec import CompressionSpec, TrainRecipe, parse_param_count
+from core.train import Lagrangian, lr_factor, sparsity_target
+
+
+def _recipe(**kw) -> TrainRecipe:
+    base = dict(steps=100, warmup_steps=10, lr=1e-3, lr_masks=0.1, lr_lambda=0.1, sparsity_warmup_steps=20,
+                batch_seconds=4.0, min_utterance_s=0.5, max_utterance_s=2.0, grad_clip=10.0, checkpoint_every=10)
+    base.update(kw)
+    return TrainRecipe(**base)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    r = _recipe()
+    values = [lr_factor(s, r) for s in range(r.steps + 1)]
+    assert values[0] == pytest.approx(0.1)
+    assert values[9] == pytest.approx(1.0)
+    assert max(values) == pytest.approx(1.0)
+    assert values[-1] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_sparsity_target_ramps_linearly() -> None:
+    r = _recipe()
+    assert sparsity_target(0, 0.75, r) == 0.0
+    assert sparsity_target(10, 0.75, r) == pytest.approx(0.375)
+    assert sparsity_target(50, 0.75, r) == pytest.approx(0.75)
+
+
+def test_lagrangian_multipliers_ascend() -> None:
+    """Below target, the model is pushed up: lambda1 must move so that lambda1 * (s - t) grows."""
+    lag = Lagrangian()
+    opt = torch.optim.SGD(lag.parameters(), lr=0.1)
+    s = torch.tensor(0.2)
+    for _ in range(3):
+        opt.zero_grad()
+        lag(s, 0.75).backward()
+        lag.flip_gradients()
+        opt.step()
+    # ascent on lambda1 * (0.2 - 0.75): lambda1 goes negative, the penalty term becomes positive
+    assert lag.lambda1.item() < 0
+    assert lag.lambda2.item() > 0
+    assert lag(s, 0.75).item() > 0
+
+
+def test_distill_loss_is_minus_one_at_perfect_prediction_and_ignores_padding() -> None:
+    x = torch.randn(2, 7, 5)
+    loss, parts = distill_loss([x], [x.clone()])
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
+    y = x.clone()
+    y[1, 5:] += 100.0  # garbage in padded frames
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    masked, _ = distill_loss([y], [x], mask)
+    assert masked.item() == pytest.approx(-1.0, abs=1e-6)
+    unmasked, _ = distill_loss([y], [x])
+    assert unmasked.item() > -0.5
+
+
+def test_cluster_targets_average_and_identity_projection() -> None:
+    reps = [torch.randn(1, 4, 3) for _ in range(5)]
+    targets = ClusterTargets([[0], [1, 2], [3, 4]], 3)
+    t = targets.teacher_targets(reps)
+    assert torch.allclose(t[1], (reps[1] + reps[2]) / 2)
+    p = targets.student_predictions(reps)
+    assert all(torch.allclose(a, b) for a, b in zip(p, t))  # identity init
+    assert targets.max_layer == 4
+    last = ClusterTargets([[0], [1, 2]], 3, student_mapping="last").student_predictions(reps)
+    assert torch.allclose(last[1], reps[2])
+
+
+def test_dphubert_shares_one_projection_over_transformer_layers() -> None:
+    targets = ClusterTargets([[0], [4], [8], [12]], 8, shared_projection=True)
+    assert len(targets.projections) == 2
+    assert targets._projection(1) is targets._projection(3)
+    assert targets._projection(0) is not targets._projection(1)
+
+
+def test_spec_validation_and_target_forms() -> None:
+    assert CompressionSpec().target_sparsity(1000) == 0.75
+    assert CompressionSpec(target_params=250).target_sparsity(1000) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="not both"):
+        CompressionSpec(sparsity=0.5, target_params=10)
+    with pytest.raises(ValueError):
+        CompressionSpec(sparsity=1.5)
+    with pytest.raises(ValueError):
+        CompressionSpec(unknown_field=1)
+    with pytest.raises(ValueError, match="not smaller"):
+        CompressionSpec(target_params=2000).target_sparsity(1000)
+    assert parse_param_count("24M") == 24_000_000
+    assert parse_param_count("950k") == 950_000
+    with pytest.raises(ValueError):
+        parse_param_count("lots")
+
+
+def test_recipe_overrides_scale_the_schedule() -> None:
+    paper = CompressionSpec(preset="paper").recipe(1)
+    assert (paper.steps, paper.warmup_steps, paper.sparsity_warmup_steps) == (50_000, 15_000, 5_000)
+    assert paper.batch_seconds == 160.0
+    assert CompressionSpec(preset="paper").recipe(2).steps == 25_000
+    short = CompressionSpec(preset="paper", stage1_steps=500).recipe(1)
+    assert (short.steps, short.warmup_steps, short.sparsity_warmup_steps) == (500, 150, 50)

@@ -1,0 +1,96 @@
+"""The embedded default, as a user runs it: `skillkd serve` (API + one worker, SQLite, filesystem broker) and
+`skillkd submit --wait`, `status`, `logs`, `download`, `keys`. Fast with the fake engine; the real-engine
+version is in test_e2e_real_engine.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from servicekit import DEMO_AUDIO, DEMO_TEACHER, REPO, free_port, service_env, wait_for
+
+
+class Served:
+    def __init__(self, tmp: Path, env_extra: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = service_env({"SKILLKD_HOME": str(tmp / "home"), "SKILLKD_URL": self.url,
+                                "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1", **env_extra})
+        self.log = open(tmp / "serve.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
+                                     env=self.env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for(self._up, timeout=60, interval=0.2, what="skillkd serve")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited: {Path(self.log.name).read_text()}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=self.env, cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    s = Served(tmp_path, {"SKILLKD_ENGINE": "worker.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "5"})
+    yield s
+    s.stop()
+
+
+def test_serve_submit_wait_status_logs_download(served, tmp_path):
+    r = served.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--preset", "quick", "--stage1-steps", "6",
+                   "--stage2-steps", "3", "--batch-seconds", "4", "--wait")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("job_")
+    assert "teacher tch_" in r.stderr and "hubert" in r.stderr and "36 files" in r.stderr
+
+    status = json.loads(served.cli("status", job_id).stdout)
+    assert status["status"] == "succeeded" and status["spec"]["stage1_steps"] == 6
+    assert job_id in served.cli("status").stdout
+    logs = served.cli("logs", job_id).stdout
+    assert "stage_started" in logs and "succeeded" in logs
+    follow = served.cli("logs", job_id, "--follow")
+    assert follow.returncode == 0 and "job succeeded" in follow.stdout
+
+    out = tmp_path / "out"
+    r = served.cli("download", job_id, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(out / "model.zip") as zf:
+        assert any(n.endswith("model.safetensors") for n in zf.namelist())
+    assert (out / "report.json").is_file()
+
+    r = served.cli("cancel", job_id)
+    assert r.returncode != 0 and "job_finished" in r.stderr
+
+
+def test_keys_and_bad_spec(served):
+    key = served.cli("keys", "create", "--owner", "carol").stdout.strip()
+    assert key.startswith("skd_")
+    listing = served.cli("keys", "list").stdout
+    assert "carol" in listing and "admin (admin)" in listing
+    r = served.cli("status", "--api-key", key)
+    assert r.returncode == 0 and r.stdout == ""  # carol sees none of admin's jobs
+    r = served.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--sparsity", "2")
+    assert r.returncode != 0 and "sparsity" in r.stderr
+    assert "revoked 1" in served.cli("keys", "revoke", key[:12]).stdout
+    r = served.cli("status", "--api-key", key)
+    assert r.returncode != 0 and "unauthorized" in r.stderr

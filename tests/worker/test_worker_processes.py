@@ -1,0 +1,135 @@
+"""Real `skillkd worker` processes (Celery, no eager mode) with the fake engine.
+
+Each scenario runs on the embedded stack (SQLite + filesystem broker) and, marked `services`, on
+PostgreSQL + Redis. Reliability: SIGKILL of the whole worker mid stage 1 resumes from the checkpoint and
+completes once; a job that kills every worker fails with too_many_attempts; cancel while running; Redis and
+API restart with queued jobs lose nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from servicekit import wait_for
+from sqlalchemy import select
+
+from api.db import make_engine, make_sessionmaker
+from api.models import JobEvent
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+STACKS = [pytest.param("embedded_stack", id="embedded"),
+          pytest.param("services_stack", id="postgres-redis", marks=pytest.mark.services)]
+
+
+@pytest.fixture(params=STACKS)
+def stack(request):
+    return request.getfixturevalue(request.param)
+
+
+def create_job(client, stack, teacher_id, dataset_id, **spec):
+    r = client.post("/v1/jobs", json={"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": spec},
+                    headers=stack.headers)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def get(client, stack, job_id):
+    return client.get(f"/v1/jobs/{job_id}", headers=stack.headers).json()
+
+
+def wait_terminal(client, stack, job_id, timeout=60):
+    try:
+        return wait_for(lambda: (j := get(client, stack, job_id))["status"] in TERMINAL and j,
+                        timeout=timeout, what=f"job {job_id} to end")
+    except AssertionError:
+        print(stack.logs())
+        raise
+
+
+def progress_steps(stack, job_id):
+    engine = make_engine(stack.settings.database_url)
+    with make_sessionmaker(engine)() as s:
+        steps = s.scalars(select(JobEvent.step).where(JobEvent.job_id == job_id, JobEvent.kind == "progress",
+                                                      JobEvent.stage == "distill_prune").order_by(JobEvent.id)).all()
+    engine.dispose()
+    return list(steps)
+
+
+def test_sigkill_mid_stage1_resumes_and_completes_once(stack):
+    stack.fake.update(SKILLKD_FAKE_STEPS="30", SKILLKD_FAKE_STEP_S="0.1")
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    worker = stack.start_worker()
+    job_id = create_job(client, stack, teacher_id, dataset_id)
+    wait_for(lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 5
+             and get(client, stack, job_id)["stage"] == "distill_prune", timeout=60, what="stage 1 step 5")
+    worker.kill()  # SIGKILL parent and child: no clean shutdown, no ack, no status write
+    killed_at = max(progress_steps(stack, job_id))
+    assert get(client, stack, job_id)["status"] == "running"
+    stack.start_worker()
+    job = wait_terminal(client, stack, job_id)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    steps = progress_steps(stack, job_id)
+    resumed = steps[steps.index(killed_at) + 1]
+    assert 1 < resumed <= killed_at + 1, steps  # resumed from the last checkpoint, not from step 1
+    assert len(stack.ledger()) == 1  # completed exactly once
+    assert {a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.headers).json()["items"]} >= {
+        "model", "report.json"}
+
+
+def test_job_that_kills_its_worker_fails_after_max_attempts(stack):
+    stack.settings.max_attempts = 2
+    stack.fake.update(SKILLKD_FAKE_KILL_AT="2")
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    stack.start_worker()
+    job_id = create_job(client, stack, teacher_id, dataset_id)
+    job = wait_terminal(client, stack, job_id, timeout=90)
+    assert job["status"] == "failed" and job["error"]["code"] == "too_many_attempts", job
+    assert stack.ledger() == []
+
+
+def test_cancel_running_job(stack):
+    stack.fake.update(SKILLKD_FAKE_STEPS="400", SKILLKD_FAKE_STEP_S="0.05")
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    stack.start_worker()
+    job_id = create_job(client, stack, teacher_id, dataset_id)
+    wait_for(lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 2, timeout=60,
+             what="training to start")
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=stack.headers).json()["status"] == "cancelling"
+    job = wait_terminal(client, stack, job_id, timeout=30)
+    assert job["status"] == "cancelled"
+    assert not (stack.settings.storage / "jobs" / job_id).exists()
+
+
+@pytest.mark.services
+def test_redis_and_api_restart_with_queued_jobs_lose_nothing(services_stack):
+    stack = services_stack
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    ids = [create_job(client, stack, teacher_id, dataset_id) for _ in range(3)]
+    stack.stop_api(client)  # API down
+    stack.redis.stop()  # Redis restarts empty: the three messages are gone
+    stack.redis.start()
+    client = stack.start_api()  # startup reaper re-enqueues from the database
+    stack.start_worker()
+    for job_id in ids:
+        assert wait_terminal(client, stack, job_id, timeout=60)["status"] == "succeeded"
+    assert len(stack.ledger()) == 3
+
+
+def test_embedded_broker_queued_jobs_survive_an_api_restart(embedded_stack):
+    stack = embedded_stack
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    ids = [create_job(client, stack, teacher_id, dataset_id) for _ in range(2)]
+    stack.stop_api(client)
+    for path in (stack.settings.broker_dir / "queue").iterdir():  # the broker lost its messages
+        path.unlink()
+    client = stack.start_api()
+    stack.start_worker()
+    for job_id in ids:
+        assert wait_terminal(client, stack, job_id)["status"] == "succeeded"
+    assert len(stack.ledger()) == 2

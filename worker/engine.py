@@ -1,0 +1,287 @@
+"""The boundary between the service and the compression engine.
+
+`Engine` is what the API (upload validation) and the worker (jobs) need from `core`. `CoreEngine` calls the
+real engine (imported lazily: torch is loaded only in the process that runs a job or checks an upload);
+`FakeEngine` is a tiny in-process stand-in for tests, with the same resumable-workdir, event, stop and error
+behaviour and no torch. `load_engine(path)` picks one from the `SKILLKD_ENGINE` setting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from core.errors import AudioError, SkillkdError, StopRequested, TeacherError
+from core.events import Event
+from core.spec import CompressionSpec
+
+
+@dataclass
+class EngineResult:
+    export_dir: Path
+    report: dict[str, Any]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    def inspect_teacher(self, path: Path) -> dict[str, Any]:
+        """architecture, layout, num_layers, hidden_size, num_params, sample_rate; raises TeacherError."""
+        ...
+
+    def scan_audio(self, source: Path) -> dict[str, Any]:
+        """AudioCatalog.summary(): files, hours, sample_rates (list), skipped (by reason), skipped_examples
+        ([{path, reason}]); raises AudioError if nothing usable."""
+        ...
+
+    def run(
+        self,
+        spec: CompressionSpec,
+        teacher: Path,
+        audio: Path,
+        workdir: Path,
+        *,
+        calibration_audio: Path | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> EngineResult:
+        """Resumable in `workdir`; raises StopRequested or another SkillkdError."""
+        ...
+
+
+class CoreEngine:
+    """The real engine (`core.pipeline`, `core.models`, `core.audio`)."""
+
+    def inspect_teacher(self, path: Path) -> dict[str, Any]:
+        from core.models import inspect_teacher
+
+        return dict(inspect_teacher(path))
+
+    def scan_audio(self, source: Path) -> dict[str, Any]:
+        from core.audio import scan_audio
+
+        return dict(scan_audio(source).summary())
+
+    def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
+        from core.pipeline import run
+
+        result = run(
+            spec, teacher, audio, workdir,
+            calibration_audio=calibration_audio, on_event=on_event, should_stop=should_stop,
+        )
+        return EngineResult(export_dir=result.export_dir, report=dict(result.report),
+                            artifacts=dict(result.artifacts))
+
+
+_ARCHITECTURES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm"}
+_AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class FakeEngine:
+    """A stand-in engine for tests: checks teachers and audio cheaply, 'trains' a counter in the workdir.
+
+    Behaviour knobs (constructor or env, so a worker subprocess can be steered):
+    `steps` (SKILLKD_FAKE_STEPS) per training stage, `step_s` (SKILLKD_FAKE_STEP_S) sleep per step,
+    `kill_at` (SKILLKD_FAKE_KILL_AT) SIGKILL the own process at that distill step, every attempt,
+    `fail_code` (SKILLKD_FAKE_FAIL) raise that error, `ledger` (SKILLKD_FAKE_LEDGER) a file that gets one
+    line per completed run (to prove no job completes twice).
+    """
+
+    def __init__(self, *, steps: int | None = None, step_s: float | None = None, kill_at: int | None = None,
+                 fail_code: str | None = None, ledger: Path | None = None) -> None:
+        self.steps = steps if steps is not None else _env_int("SKILLKD_FAKE_STEPS", 8)
+        self.step_s = step_s if step_s is not None else float(os.environ.get("SKILLKD_FAKE_STEP_S", "0"))
+        env_kill = os.environ.get("SKILLKD_FAKE_KILL_AT")
+        self.kill_at = kill_at if kill_at is not None else (int(env_kill) if env_kill else None)
+        self.fail_code = fail_code or os.environ.get("SKILLKD_FAKE_FAIL") or None
+        env_ledger = os.environ.get("SKILLKD_FAKE_LEDGER")
+        self.ledger = ledger or (Path(env_ledger) if env_ledger else None)
+        self.runs = 0
+
+    # -- validation ------------------------------------------------------------------------------------
+    def inspect_teacher(self, path: Path) -> dict[str, Any]:
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise TeacherError("config.json not found at the teacher's root")
+        try:
+            config = json.loads(config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TeacherError(f"config.json is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise TeacherError("config.json is not a JSON object")
+        arch = _ARCHITECTURES.get(str(config.get("model_type", "")))
+        if arch is None:
+            raise TeacherError(f"unsupported model_type {config.get('model_type')!r}; expected wav2vec2, hubert or wavlm")
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            if (path / "pytorch_model.bin").is_file():
+                raise TeacherError("pytorch_model.bin: the fake engine reads safetensors only")
+            raise TeacherError("no model.safetensors or pytorch_model.bin next to config.json")
+        num_params = _safetensors_numel(weights)
+        hidden = int(config.get("hidden_size", 768))
+        return {
+            "architecture": arch, "layout": "large" if hidden >= 1024 else "base",
+            "num_layers": int(config.get("num_hidden_layers", 12)), "hidden_size": hidden,
+            "num_params": num_params, "sample_rate": 16000,
+        }
+
+    def scan_audio(self, source: Path) -> dict[str, Any]:
+        import soundfile
+
+        files, seconds = 0, 0.0
+        rates: set[int] = set()
+        skipped: dict[str, int] = {}
+        examples: list[dict[str, str]] = []
+
+        def skip(reason: str, p: Path) -> None:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            if len(examples) < 20:
+                examples.append({"path": str(p.relative_to(source)), "reason": reason})
+
+        for p in sorted(source.rglob("*")):
+            if not p.is_file() or p.name == "manifest.jsonl":
+                continue
+            if p.suffix.lower() not in _AUDIO_SUFFIXES:
+                skip("not_audio", p)
+                continue
+            try:
+                info = soundfile.info(str(p))
+            except Exception:
+                skip("unreadable", p)
+                continue
+            if info.duration < 0.5:
+                skip("too_short", p)
+                continue
+            files += 1
+            seconds += info.duration
+            rates.add(int(info.samplerate))
+        if files == 0:
+            raise AudioError(f"no usable audio in the dataset (skipped: {skipped or 'no files'})")
+        return {"files": files, "hours": seconds / 3600, "sample_rates": sorted(rates), "skipped": skipped,
+                "skipped_examples": examples}
+
+    # -- the job ---------------------------------------------------------------------------------------
+    def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
+        emit = on_event or (lambda e: None)
+        stop = should_stop or (lambda: False)
+        workdir.mkdir(parents=True, exist_ok=True)
+        state_path = workdir / "fake_state.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else {"done": [], "step": {}}
+        self.runs += 1
+
+        def save() -> None:
+            tmp = state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(state_path)
+
+        stages = ["calibrate", "distill_prune", "finalize", "final_distill", "export"]
+        for stage in stages:
+            if stage in state["done"]:
+                continue
+            emit(Event("stage_started", stage))
+            if stage == "calibrate":
+                clusters = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+                (workdir / "clusters.json").write_text(json.dumps({"clusters": clusters}))
+                emit(Event("clusters", stage, metrics={"clusters": clusters}))
+            if stage in ("distill_prune", "final_distill"):
+                total = self.steps
+                for step in range(int(state["step"].get(stage, 0)) + 1, total + 1):
+                    if stop():
+                        raise StopRequested(f"stopped at {stage} step {step - 1}")
+                    if self.fail_code == "training_diverged" and step == 2:
+                        from core.errors import TrainingError
+
+                        raise TrainingError(f"loss is nan at {stage} step {step}")
+                    if self.fail_code == "internal" and step == 2:
+                        raise RuntimeError("fake engine bug")
+                    if stage == "distill_prune" and self.kill_at is not None and step == self.kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    time.sleep(self.step_s)
+                    state["step"][stage] = step  # the checkpoint
+                    save()
+                    with open(workdir / "train_log.jsonl", "a") as log:
+                        log.write(json.dumps({"stage": stage, "step": step, "loss": 1.0 / step}) + "\n")
+                    emit(Event("progress", stage, step=step, total=total, eta_s=(total - step) * self.step_s,
+                               metrics={"loss": 1.0 / step, "sparsity": 0.75 * step / total}))
+            if stage == "export":
+                export = workdir / "export"
+                export.mkdir(exist_ok=True)
+                (export / "config.json").write_text(json.dumps({"model_type": "hubert", "fake": True}))
+                (export / "model.safetensors").write_bytes(_tiny_safetensors())
+                report = {"teacher": str(teacher.name), "sparsity": spec.target_sparsity(1000), "fake": True}
+                (export / "report.json").write_text(json.dumps(report))
+                (workdir / "report.json").write_text(json.dumps(report))
+                (workdir / "cka.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+            emit(Event("stage_finished", stage))
+            state["done"].append(stage)
+            save()
+        if self.ledger is not None:
+            with open(self.ledger, "a") as f:
+                f.write(f"{workdir}\n")
+        artifacts = {
+            "model": workdir / "export", "report.json": workdir / "report.json", "cka.png": workdir / "cka.png",
+            "clusters.json": workdir / "clusters.json", "train_log": workdir / "train_log.jsonl",
+        }
+        return EngineResult(export_dir=workdir / "export", report=json.loads((workdir / "report.json").read_text()),
+                            artifacts=artifacts)
+
+
+def _safetensors_numel(path: Path) -> int:
+    """Parameter count from a safetensors header; a truncated or corrupt file is a TeacherError."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise TeacherError("model.safetensors is truncated (no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise TeacherError("model.safetensors header is corrupt or truncated")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TeacherError(f"model.safetensors header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise TeacherError("model.safetensors header is not an object")
+    end, numel = 0, 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(meta["data_offsets"][1]))
+            count = 1
+            for d in meta["shape"]:
+                count *= int(d)
+            numel += count
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise TeacherError(f"model.safetensors entry {name!r} is malformed") from exc
+    if 8 + n + end != size:
+        raise TeacherError(f"model.safetensors is truncated: {size} bytes, header promises {8 + n + end}")
+    if numel == 0:
+        raise TeacherError("model.safetensors holds no tensors")
+    return numel
+
+
+def _tiny_safetensors() -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\x00" * 8
+
+
+def load_engine(path: str) -> Engine:
+    """`module:Class` -> an instance (Class() with no arguments)."""
+    module_name, _, attr = path.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr or "CoreEngine")
+    return cls()
+
+
+__all__ = ["Engine", "EngineResult", "CoreEngine", "FakeEngine", "load_engine", "SkillkdError"]
