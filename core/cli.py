@@ -331,18 +331,18 @@ def inspect(path: Path, as_json: bool) -> None:
 
 
 @cli.command("export")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None, is_flag=False,
-              flag_value="", help="Write ONNX (default PATH/model.onnx) and check it with onnxruntime.")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--onnx", "onnx_path", type=str, default=None, is_flag=False, flag_value="",
+              help="Write ONNX (default PATH/model.onnx) and check it with onnxruntime.")
 @click.option("--json", "as_json", is_flag=True)
-def export_cmd(path: Path, onnx_path: Path | None, as_json: bool) -> None:
+def export_cmd(path: Path, onnx_path: str | None, as_json: bool) -> None:
     """Export a student (or teacher) to ONNX, verified against PyTorch."""
     from .export import export_onnx
     from .models import load_model
 
     if onnx_path is None:
         raise click.UsageError("nothing to export: pass --onnx [FILE]")
-    target = Path(onnx_path) if str(onnx_path) else (path / "model.onnx" if path.is_dir() else Path("model.onnx"))
+    target = Path(onnx_path) if onnx_path else path / "model.onnx"
     try:
         model = load_model(path)
         info = export_onnx(model, target)

@@ -143,6 +143,7 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         t0 = time.monotonic()
         emit(Event("stage_started", "distill_prune"))
         recipe = spec.recipe(1)
+        torch.manual_seed(spec.seed)  # mask initialisation is random: same seed, same run
         student = make_student(teacher_model, layers=spec.prune_layers)
         targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
                                  shared_projection=shared).to(device)
@@ -282,7 +283,9 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
     else:
         k = spec.clusters
         if isinstance(k, int) and k > num_reps:
-            raise SpecError(f"clusters={k} but the teacher has only {num_reps} representations")
+            if "clusters" in spec.model_fields_set:
+                raise SpecError(f"clusters={k} but the teacher has only {num_reps} representations")
+            k = num_reps  # the default k=4 on a teacher with fewer layers: one cluster per representation
         clustering = cluster_layers(cka, k, spec.linkage, spec.contiguous)
         clusters = clustering.clusters
     if clustering is None:  # still draw the similarity structure; boxes show the fixed clusters
@@ -320,7 +323,8 @@ def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], d
                              shared_projection=spec.method == "dphubert")
     targets.load_state_dict(state["targets"])
     student.eval()
-    expected = float(student.expected_num_params())
+    with torch.no_grad():
+        expected = float(student.expected_num_params())
     probe = torch.from_numpy(_probe_audio(catalog, sr))[None]
     with torch.no_grad():
         before, _ = student(probe)

@@ -1,0 +1,156 @@
+"""The job end to end on a tiny random-init teacher: stages, export, stop/resume, bad inputs, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from core.errors import AudioError, SpecError, StopRequested
+from core.export import load_student
+from core.pipeline import run
+from core.spec import CompressionSpec
+from tests.conftest import save_tiny_teacher
+
+SPEC = dict(stage1_steps=8, stage2_steps=4, batch_seconds=2.0, checkpoint_every=2)
+
+
+def _write_audio(directory: Path, n: int = 8, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        length = int(16000 * rng.uniform(1.0, 1.6))
+        t = np.arange(length) / 16000
+        x = sum(np.sin(2 * np.pi * f * t) * a for f, a in zip(rng.uniform(100, 3000, 4), rng.uniform(0.1, 0.4, 4)))
+        sf.write(directory / f"u{i}.wav", (x + 0.02 * rng.standard_normal(length)).astype(np.float32), 16000)
+    return directory
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    return _write_audio(tmp_path / "audio")
+
+
+def test_full_run_exports_a_loadable_smaller_student(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
+    events = []
+    result = run(CompressionSpec(**SPEC, export_onnx=True), tiny_teacher_dir, audio_dir, tmp_path / "w",
+                 on_event=events.append)
+    report = result.report
+    student = load_student(result.export_dir)
+    assert student.num_params() == report["student"]["num_params"]
+    assert report["student"]["num_params"] < report["teacher"]["num_params"]
+    assert report["finalize"]["max_abs_diff_masked_vs_pruned"] < 1e-4
+    assert len(report["cka"]) == 3 and abs(report["cka"][0][0] - 1.0) < 1e-6
+    assert sorted(i for c in report["clusters"] for i in c) == [0, 1, 2]
+    for name in ("model", "report.json", "cka.png", "clusters.json", "train_log", "onnx"):
+        assert result.artifacts[name].exists(), name
+    assert report["onnx"]["max_abs_diff"] < 1e-3
+    stages = [e.stage for e in events if e.kind == "stage_finished"]
+    assert stages == ["calibrate", "distill_prune", "finalize", "final_distill", "export"]
+    progress = [e for e in events if e.kind == "progress" and e.stage == "distill_prune"]
+    assert progress[-1].step == progress[-1].total == 8 and "sparsity" in progress[-1].metrics
+    with torch.no_grad():
+        reps, frames = student(torch.randn(2, 8000), torch.tensor([8000, 6000]))
+    assert len(reps) == 3 and frames.tolist()[0] > frames.tolist()[1]
+    # the log is one continuous record of both stages
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert [r["step"] for r in log if r["stage"] == "distill_prune"] == list(range(1, 9))
+
+
+def test_a_second_run_on_a_finished_workdir_does_nothing_again(tmp_path: Path, tiny_teacher_dir: Path,
+                                                                audio_dir: Path) -> None:
+    first = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio_dir, tmp_path / "w")
+    events = []
+    again = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio_dir, tmp_path / "w", on_event=events.append)
+    assert not [e for e in events if e.kind == "progress"]
+    assert again.report["student"] == first.report["student"]
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, tiny_teacher_dir: Path,
+                                                          audio_dir: Path) -> None:
+    spec = CompressionSpec(stage1_steps=12, stage2_steps=4, batch_seconds=2.0, checkpoint_every=3)
+    straight = run(spec, tiny_teacher_dir, audio_dir, tmp_path / "a")
+
+    log = tmp_path / "b" / "distill_prune" / "train_log.jsonl"
+
+    def stop_soon() -> bool:  # polled between batches and every 5 training steps: stops stage 1 at step 5
+        return log.exists() and len(log.read_text().splitlines()) >= 5
+
+    with pytest.raises(StopRequested):
+        run(spec, tiny_teacher_dir, audio_dir, tmp_path / "b", should_stop=stop_soon)
+    ckpt = torch.load(tmp_path / "b" / "distill_prune" / "checkpoint.pt", weights_only=False)
+    assert 0 < ckpt["step"] < 12
+    resumed = run(spec, tiny_teacher_dir, audio_dir, tmp_path / "b")
+    a, b = load_student(straight.export_dir), load_student(resumed.export_dir)
+    assert a.config == b.config
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), name
+
+
+def test_dphubert_mode_uses_fixed_layers(tmp_path: Path, audio_dir: Path) -> None:
+    teacher = save_tiny_teacher(tmp_path / "t", "hubert", num_hidden_layers=3)
+    result = run(CompressionSpec(**SPEC, method="dphubert"), teacher, audio_dir, tmp_path / "w")
+    assert result.report["clusters"] == [[0], [1], [2], [3]]
+
+
+def test_explicit_clusters_and_target_params(tmp_path: Path, tiny_wavlm_dir: Path, audio_dir: Path) -> None:
+    spec = CompressionSpec(**SPEC, clusters=[[0], [1, 2]], target_params=15_000)
+    result = run(spec, tiny_wavlm_dir, audio_dir, tmp_path / "w")
+    assert result.report["clusters"] == [[0], [1, 2]]
+    assert result.report["target_sparsity"] == pytest.approx(1 - 15_000 / result.report["teacher"]["num_params"])
+
+
+def test_bad_inputs_raise_engine_errors(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no audio here")
+    with pytest.raises(AudioError):
+        run(CompressionSpec(**SPEC), tiny_teacher_dir, empty, tmp_path / "w1")
+    with pytest.raises(SpecError, match="representations"):
+        run(CompressionSpec(**SPEC, clusters=9), tiny_teacher_dir, audio_dir, tmp_path / "w2")
+    with pytest.raises(SpecError, match="clusters"):
+        run(CompressionSpec(**SPEC, clusters=[[0], [5]]), tiny_teacher_dir, audio_dir, tmp_path / "w3")
+    run(CompressionSpec(**SPEC), tiny_teacher_dir, audio_dir, tmp_path / "w4")
+    with pytest.raises(SpecError, match="different spec"):
+        run(CompressionSpec(**SPEC, sparsity=0.5), tiny_teacher_dir, audio_dir, tmp_path / "w4")
+
+
+def test_cli_compress_inspect_export(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
+    from core.cli import cli
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--out", str(out),
+                              "--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--json",
+                              "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["student_params"] < summary["teacher_params"]
+    res = runner.invoke(cli, ["inspect", summary["student"], "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["num_params"] == summary["student_params"]
+    res = runner.invoke(cli, ["export", summary["student"], "--onnx", "--json"])
+    assert res.exit_code == 0, res.output
+    assert Path(json.loads(res.stdout)["path"]).exists()
+    # existing run without --resume: a usage error, not a traceback
+    res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--out", str(out)])
+    assert res.exit_code == 2 and "--resume" in res.output
+    # a bad teacher: a clear message and exit code 2
+    res = runner.invoke(cli, ["compress", str(tmp_path / "missing"), str(audio_dir), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "error [teacher_invalid]" in res.output
+    res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--sparsity", "1.5"])
+    assert res.exit_code == 2 and "sparsity" in res.output
+
+
+def test_core_pipeline_does_not_import_the_service() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, core.pipeline, core.cli; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'redis') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
