@@ -57,7 +57,7 @@ class ProgressPrinter:
                                 dynamic_ncols=True, leave=True)
             self.bar.n = event.step
             m = event.metrics
-            post = {k: f"{m[k]:.3f}" for k in ("distill", "sparsity", "target_sparsity") if k in m}
+            post: dict[str, str] = {k: f"{m[k]:.3f}" for k in ("distill", "sparsity", "target_sparsity") if k in m}
             if "lambda1" in m:
                 post["λ1"] = f"{m['lambda1']:.2f}"
             if post:
@@ -305,7 +305,7 @@ def inspect(path: Path, as_json: bool) -> None:
         return
     cfg = model.config
     layers = []
-    for i, layer in enumerate(model.encoder.layers):
+    for i, layer in enumerate(model.layers()):
         att = sum(p.numel() for p in layer.attention.parameters())
         ffn = sum(p.numel() for p in layer.feed_forward.parameters())
         layers.append({"layer": i + 1, "heads": layer.attention.num_heads, "ffn": layer.feed_forward.ffn_dim,

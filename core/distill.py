@@ -28,10 +28,11 @@ class ClusterTargets(nn.Module):
         self.shared_projection = shared_projection
         # DPHuBERT: r[0] keeps its own projection, the transformer layers share one.
         n_proj = (2 if any(c == [0] for c in self.clusters) else 1) if shared_projection else len(self.clusters)
-        self.projections = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_proj))
-        for p in self.projections:
+        linears = [nn.Linear(dim, dim) for _ in range(n_proj)]
+        for p in linears:
             nn.init.eye_(p.weight)
             nn.init.zeros_(p.bias)
+        self.projections = nn.ModuleList(linears)
 
     @property
     def max_layer(self) -> int:

@@ -33,6 +33,8 @@ class TrainRecipe(BaseModel):
     max_utterance_s: float = Field(gt=0)
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
+    mask_betas: tuple[float, float] = Field(
+        default=(0.9, 0.999), description="Adam betas of log_alpha (quick runs need a short memory)")
     lambda_betas: tuple[float, float] = Field(
         default=(0.9, 0.999), description="Adam betas of the multipliers' ascent (quick runs need a short memory)")
 

@@ -144,10 +144,11 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     student.train()
     targets.train()
     lagrangian = Lagrangian().to(device)
-    groups = [{"params": student.weight_parameters() + list(targets.parameters()), "lr": recipe.lr,
+    groups: list[dict[str, Any]] = [{"params": student.weight_parameters() + list(targets.parameters()), "lr": recipe.lr,
                "base_lr": recipe.lr}]
     if pruning:
-        groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks, "base_lr": recipe.lr_masks})
+        groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks, "base_lr": recipe.lr_masks,
+                       "betas": tuple(recipe.mask_betas)})
         groups.append({"params": list(lagrangian.parameters()), "lr": recipe.lr_lambda,
                        "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas)})
     fused = device.type == "cuda"

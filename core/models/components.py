@@ -556,5 +556,6 @@ class Transformer(nn.Module):
             fixed += self.rel_attn_embed.weight.numel()
         total = torch.tensor(float(fixed))
         for layer in self.layers:
-            total = total.to(layer.final_layer_norm.weight.device) + layer.num_params()
+            n = layer.num_params()
+            total = total.to(n.device) + n
         return total

@@ -7,6 +7,7 @@ masked units physically and returns the new `ModelConfig`.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +51,13 @@ class SpeechEncoder(nn.Module):
         self.feature_extractor = feature_extractor
         self.feature_projection = feature_projection
         self.encoder = transformer
+
+    def layers(self) -> list[EncoderLayer]:
+        """The transformer layers, typed (nn.ModuleList items are typed as Module)."""
+        return [cast(EncoderLayer, layer) for layer in self.encoder.layers]
+
+    def conv_blocks(self) -> list[ConvLayerBlock]:
+        return [cast(ConvLayerBlock, block) for block in self.feature_extractor.conv_layers]
 
     @property
     def num_layers(self) -> int:
@@ -117,15 +125,15 @@ class SpeechEncoder(nn.Module):
             folded = self.feature_projection.prune_inputs(keep, scale)
             if not folded:
                 self.feature_extractor.conv_layers[-1].set_output_scale(scale)
-        for layer in self.encoder.layers:
+        for layer in self.layers():
             layer.attention.prune()
             layer.feed_forward.prune()
         conv = []
-        for c, block in zip(cfg.conv, self.feature_extractor.conv_layers):
+        for c, block in zip(cfg.conv, self.conv_blocks()):
             conv.append(ConvConfig(block.out_channels, c.kernel, c.stride,
                                    has_output_scale=block.output_scale is not None))
         layers = []
-        for layer in self.encoder.layers:
+        for layer in self.layers():
             att = layer.attention
             layers.append(LayerConfig(att.num_heads, layer.feed_forward.ffn_dim,
                                       list(att.head_indices) if att.wavlm else None))

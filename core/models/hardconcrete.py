@@ -26,7 +26,7 @@ class HardConcrete(nn.Module):
         beta, l, r: the distribution's temperature and stretch (paper values 2/3, -0.1, 1.1).
     """
 
-    def __init__(self, n: int, init_prob: float = 0.01, beta: float = 2.0 / 3.0, l: float = -0.1,
+    def __init__(self, n: int, init_prob: float = 0.01, beta: float = 2.0 / 3.0, l: float = -0.1,  # noqa: E741
                  r: float = 1.1, eps: float = 1e-6) -> None:
         super().__init__()
         if n <= 0:

@@ -1,0 +1,306 @@
+"""`compare`: compress one teacher with several methods and seeds, then probe everything the same way.
+
+The question it answers is the paper's: at the same sparsity, do SKILL's cluster targets keep more of the
+teacher than DPHuBERT's hand-picked layers? So every model (teacher, each student, FBANK) gets the same probes,
+the same seeds and the same test split, and the table reports mean ± standard deviation over seeds: one
+seed per compression run (student seed s is probed with seed s), and the teacher and FBANK probed with every
+seed so their spread shows how much of a difference is probe noise.
+
+Compression sees the train split only: the pipeline takes a directory, so a train-only view of the dataset is
+written into the output directory (audio hard-linked, copied where linking is impossible), keeping the test
+utterances out of calibration and distillation.
+
+Phases: 1. labels and the train view; 2. teacher features and probes (all seeds); 3. FBANK (all seeds);
+4. per method and seed: compress, then probe the student (its seed) and measure CKA to the teacher on the
+test split per distillation cluster; 5. aggregate and write `comparison.json`, `comparison.md`, `comparison.png`.
+Probe results are deterministic given the seeds; timings (RTF) are measurements and vary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from core.audio import MANIFEST_NAME
+from core.errors import AudioError
+from core.evaluation.dataset import TASKS, load_probe_data
+from core.evaluation.facts import cluster_cka
+from core.evaluation.fbank import Fbank
+from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
+from core.evaluation.run import (
+    STAGE,
+    clusters_from_export,
+    describe_model,
+    environment,
+    extract,
+    format_count,
+    format_rtf,
+    load_representation_model,
+    run_probes,
+    select_device,
+)
+from core.events import Event, OnEvent, ignore_event
+
+FORMAT = "skillkd-comparison"
+METHODS = ("skill", "dphubert")
+
+
+def write_split_view(dataset: Path, split: str, dest: Path) -> Path:
+    """A dataset directory at `dest` holding only the rows of `split` (same relative paths, same fields).
+
+    Audio is hard-linked (no extra disk) or copied when the two directories are on different file systems.
+    Rows whose path could leave the dataset are left out here as the audio scan would leave them out.
+    Rewriting an existing view gives the same content, so a resumed comparison finds its workdirs unchanged.
+    """
+    manifest = dataset / MANIFEST_NAME
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise AudioError(f"cannot read {manifest}: {exc}") from exc
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or row.get("split") != split or not isinstance(row.get("path"), str):
+            continue
+        relative = Path(row["path"])
+        if relative.is_absolute() or ".." in relative.parts:
+            continue
+        source, target = dataset / relative, dest / relative
+        if not source.is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+        kept.append(json.dumps(row, ensure_ascii=False))
+    if not kept:
+        raise AudioError(f"{manifest}: no row with split {split!r} to compress on")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST_NAME).write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return dest
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for a single value); (None, None) for none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    mine = [run for run in runs if run["group"] == group]
+    per = [run["pr"]["per"] for run in mine if "pr" in run]
+    acc = [run["sid"]["accuracy"] for run in mine if "sid" in run]
+    cka = [statistics.fmean(run["cka"]["values"]) for run in mine if run.get("cka")]
+    rtf = [run["speed"]["cpu"]["rtf"] for run in mine if "cpu" in run.get("speed", {})]
+    gpu = [run["speed"]["cuda"]["rtf"] for run in mine if "cuda" in run.get("speed", {})]
+    per_mean, per_std = _mean_std(per)
+    acc_mean, acc_std = _mean_std(acc)
+    return {
+        "model": group,
+        "runs": len(mine),
+        "params": statistics.fmean(run["params"] for run in mine),
+        "per_mean": per_mean, "per_std": per_std,
+        "sid_accuracy_mean": acc_mean, "sid_accuracy_std": acc_std,
+        "macs_per_second": statistics.fmean(run["macs_per_second"] for run in mine),
+        "rtf_cpu": _mean_std(rtf)[0],
+        "rtf_cuda": _mean_std(gpu)[0],
+        "cka_mean": _mean_std(cka)[0],
+    }
+
+
+def compare(
+    teacher: Path | str,
+    dataset: Path | str,
+    *,
+    out_dir: Path | str,
+    methods: Sequence[str] = METHODS,
+    sparsity: float = 0.75,
+    seeds: int = 3,
+    preset: str = "quick",
+    stage1_steps: int | None = None,
+    stage2_steps: int | None = None,
+    tasks: Sequence[str] = TASKS,
+    phone_field: str = "arpabet",
+    train_split: str = "train",
+    test_split: str = "test",
+    include_fbank: bool = True,
+    device: str = "auto",
+    measure_speed: bool = True,
+    spec_overrides: dict[str, Any] | None = None,
+    phone_config: PhoneProbeConfig = PhoneProbeConfig(),
+    speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
+    on_event: OnEvent | None = None,
+) -> dict[str, Any]:
+    """Compress `teacher` with each method × seed (0..seeds-1) on the train split, probe all, write the report."""
+    from core import pipeline
+    from core.spec import CompressionSpec
+
+    emit = on_event or ignore_event
+    teacher, dataset, out_dir = Path(teacher), Path(dataset), Path(out_dir)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {METHODS}, found {list(methods)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, found {seeds}")
+    seed_list = list(range(seeds))
+    run_device = select_device(device)
+    # Built up front so a bad spec fails before any minute is spent.
+    specs = {
+        (method, seed): CompressionSpec(**{
+            "sparsity": sparsity, "preset": preset, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+            "device": device, **(spec_overrides or {}), "method": method, "seed": seed,
+        })
+        for method in methods for seed in seed_list
+    }
+
+    # 1. Labels, and the train-only view compression runs on
+    data = load_probe_data(dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
+                           test_split=test_split)
+    train_view = write_split_view(dataset, train_split, out_dir / "train-data")
+    test_ids = [item.id for item in data.test]
+    runs: list[dict[str, Any]] = []
+
+    def probe_all(model: Any, name: str, group: str, probe_seeds: list[int], **extra: Any) -> Any:
+        features = extract(model, data, name=name, device=run_device, on_event=emit)
+        facts = describe_model(model, measure_speed=measure_speed)
+        for seed in probe_seeds:
+            runs.append({
+                "model": name, "group": group, "seed": seed, "num_representations": features.num_reps,
+                "dim": features.dim, **facts, **extra,
+                **run_probes(features, data, seed=seed, phone_config=phone_config,
+                             speaker_config=speaker_config, on_event=emit),
+            })
+        return features
+
+    # 2. Teacher (features kept for CKA)
+    teacher_model, teacher_name, _ = load_representation_model(teacher)
+    teacher_features = probe_all(teacher_model, teacher_name, "teacher", seed_list, source=str(teacher))
+    del teacher_model
+    # 3. FBANK
+    if include_fbank:
+        probe_all(Fbank(), "fbank", "fbank", seed_list, source="fbank")  # features dropped on return
+    # 4. Students
+    for (method, seed), spec in specs.items():
+        emit(Event("log", STAGE, message=f"compress {method} seed {seed}"))
+        result = pipeline.run(spec, teacher, train_view, out_dir / "runs" / f"{method}-seed{seed}", on_event=emit)
+        student, name, _ = load_representation_model(result.export_dir, f"{method}-seed{seed}")
+        clusters = result.report.get("clusters") or clusters_from_export(result.export_dir)
+        student_features = extract(student, data, name=name, device=run_device, on_event=emit)
+        facts = describe_model(student, measure_speed=measure_speed)
+        cka = None
+        if clusters:
+            cka = {"clusters": clusters,
+                   "values": cluster_cka(teacher_features, student_features, clusters, test_ids)}
+        runs.append({
+            "model": name, "group": method, "seed": seed, "source": str(result.export_dir),
+            "num_representations": student_features.num_reps, "dim": student_features.dim,
+            "achieved_sparsity": result.report.get("achieved_sparsity"), **facts, "cka": cka,
+            **run_probes(student_features, data, seed=seed, phone_config=phone_config,
+                         speaker_config=speaker_config, on_event=emit),
+        })
+        del student, student_features
+
+    # 5. Aggregate and write
+    groups = ["teacher"] + (["fbank"] if include_fbank else []) + list(methods)
+    comparison = {
+        "format": FORMAT,
+        "teacher": str(teacher),
+        "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split, **data.summary()},
+        "methods": list(methods), "sparsity": sparsity, "seeds": seed_list, "preset": preset,
+        "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "spec_overrides": spec_overrides or {},
+        "tasks": list(data.tasks), "phone_field": phone_field if "pr" in data.tasks else None,
+        "rows": [_aggregate(group, runs) for group in groups],
+        "runs": runs,
+        "notes": list(data.notes),
+        "environment": environment(),
+    }
+    write_comparison(comparison, out_dir)
+    return comparison
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report files
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    return "—" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+
+
+def render_comparison(comparison: dict[str, Any]) -> str:
+    data = comparison["dataset"]
+    lines = [
+        f"# Comparison on `{data['path']}`",
+        "",
+        f"Teacher `{comparison['teacher']}`; methods {', '.join(comparison['methods'])} at sparsity "
+        f"{comparison['sparsity']} (preset {comparison['preset']}), seeds {comparison['seeds']}. Compression on "
+        f"split `{data['train_split']}` only; probes trained on `{data['train_split']}` "
+        f"({data['train_utterances']} utterances) and scored on `{data['test_split']}` "
+        f"({data['test_utterances']} utterances). Mean ± standard deviation over seeds.",
+        "",
+        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | CPU RTF | GPU RTF | CKA to teacher |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison["rows"]:
+        rtf, gpu = format_rtf(row["rtf_cpu"]), format_rtf(row["rtf_cuda"])
+        cka = "—" if row["cka_mean"] is None else f"{row['cka_mean']:.3f}"
+        lines.append(
+            f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per_mean'], row['per_std'])} | "
+            f"{_pm(row['sid_accuracy_mean'], row['sid_accuracy_std'])} | {format_count(row['macs_per_second'])} | "
+            f"{rtf} | {gpu} | {cka} |"
+        )
+    lines += ["", "CKA to teacher: linear CKA between the teacher's and the student's cluster-mean representations "
+              "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
+              "RTF: median time to encode 10 s of audio / 10 s; CPU threads as set "
+              f"({comparison['environment']['threads']})."]
+    if comparison["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in comparison["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
+    """Bars with standard-deviation whiskers: PER, SID accuracy, parameters, per model."""
+    rows = comparison["rows"]
+    names = [row["model"] for row in rows]
+    panels: list[tuple[str, str, str | None, float]] = []
+    if any(row["per_mean"] is not None for row in rows):
+        panels.append(("PER % (lower is better)", "per_mean", "per_std", 100.0))
+    if any(row["sid_accuracy_mean"] is not None for row in rows):
+        panels.append(("SID accuracy % (higher is better)", "sid_accuracy_mean", "sid_accuracy_std", 100.0))
+    panels.append(("parameters (M)", "params", None, 1e-6))
+    figure = Figure(figsize=(4.0 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    colours = [f"C{i}" for i in range(len(rows))]
+    for ax, (title, key, err, scale) in zip(axes, panels, strict=True):
+        values = [(row[key] or 0.0) * scale for row in rows]
+        errors = [(row[err] or 0.0) * scale for row in rows] if err else None
+        ax.bar(range(len(rows)), values, yerr=errors, color=colours, capsize=4)
+        ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    figure.suptitle(f"sparsity {comparison['sparsity']}, seeds {comparison['seeds']}", fontsize=10)
+    figure.savefig(path, dpi=120)
+
+
+def write_comparison(comparison: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=str) + "\n")
+    (out_dir / "comparison.md").write_text(render_comparison(comparison))
+    plot_comparison(comparison, out_dir / "comparison.png")
+
+
+__all__ = ["METHODS", "compare", "plot_comparison", "render_comparison", "write_comparison", "write_split_view"]

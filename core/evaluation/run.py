@@ -1,0 +1,346 @@
+"""`evaluate`: probe one model (and optionally the FBANK baseline) on a labelled dataset, write the report.
+
+Phases, in order: 1. read and check the labels; 2. load the model; 3. extract its features once;
+4. train and score the probes; 5. model facts (parameters, MACs/s, real-time factor; CKA to a teacher if one
+is given); 6. write `evaluation.json` and `evaluation.md`. `compare` reuses the same pieces with several seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.evaluation.dataset import TASKS, ProbeData, load_probe_data
+from core.evaluation.facts import (
+    cluster_cka,
+    count_macs,
+    count_parameters,
+    device_of,
+    real_time_factor,
+    sample_rate_of,
+)
+from core.evaluation.fbank import Fbank
+from core.evaluation.features import FeatureSet, RepresentationModel, extract_features
+from core.evaluation.probes import (
+    PhoneProbeConfig,
+    SpeakerProbeConfig,
+    train_phone_probe,
+    train_speaker_probe,
+)
+from core.events import Event, OnEvent, ignore_event
+
+STAGE = "evaluate"
+FORMAT = "skillkd-evaluation"
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_representation_model(model: Path | str | RepresentationModel, name: str | None = None) -> tuple[RepresentationModel, str, str]:
+    """(model, display name, source) from a module or a path (a teacher HF dir or an exported student dir)."""
+    if isinstance(model, (str, Path)):
+        from core.models import load_model
+
+        path = Path(model)
+        return load_model(path), name or path.name, str(path)
+    return model, name or type(model).__name__, "module"
+
+
+class _Progress:
+    """Emits `progress` events for one phase of one model ("extract hubert-mini", "pr hubert-mini seed 0")."""
+
+    def __init__(self, on_event: OnEvent, message: str) -> None:
+        self.on_event = on_event
+        self.message = message
+
+    def items(self, done: int, total: int) -> None:
+        self.on_event(Event("progress", STAGE, step=done, total=total, message=self.message))
+
+    def epochs(self, epoch: int, epochs: int, loss: float) -> None:
+        self.on_event(Event("progress", STAGE, step=epoch, total=epochs, message=self.message,
+                            metrics={"loss": loss}))
+
+
+def extract(
+    model: RepresentationModel, data: ProbeData, *, name: str, device: torch.device, on_event: OnEvent,
+    batch_seconds: float | None = None,
+) -> FeatureSet:
+    """Features of every train and test utterance, the model temporarily on `device`.
+
+    Batches hold up to 160 s of padded audio on a GPU and 32 s on a CPU (default), as in calibration.
+    """
+    if batch_seconds is None:
+        batch_seconds = 160.0 if device.type == "cuda" else 32.0
+    module = model if isinstance(model, torch.nn.Module) else None
+    home = device_of(model)
+    if module is not None:
+        module.to(device)
+    try:
+        return extract_features(
+            model, data.catalog, name=name, device=device, batch_seconds=batch_seconds,
+            sample_rate=sample_rate_of(model), progress=_Progress(on_event, f"extract {name}").items,
+        )
+    finally:
+        if module is not None:
+            module.to(home)
+
+
+def run_probes(
+    features: FeatureSet,
+    data: ProbeData,
+    *,
+    seed: int,
+    phone_config: PhoneProbeConfig = PhoneProbeConfig(),
+    speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
+    on_event: OnEvent = ignore_event,
+) -> dict[str, Any]:
+    """{"pr": PhoneProbeResult dict, "sid": SpeakerProbeResult dict} for the tasks `data` can run."""
+    results: dict[str, Any] = {}
+    if "pr" in data.tasks:
+        results["pr"] = train_phone_probe(
+            features, data.phone_pairs(data.train), data.phone_pairs(data.test), config=phone_config, seed=seed,
+            progress=_Progress(on_event, f"pr {features.name} seed {seed}").epochs,
+        ).to_dict()
+    if "sid" in data.tasks:
+        results["sid"] = train_speaker_probe(
+            features, data.speaker_pairs(data.train), data.speaker_pairs(data.test), config=speaker_config,
+            seed=seed, progress=_Progress(on_event, f"sid {features.name} seed {seed}").epochs,
+        ).to_dict()
+    return results
+
+
+def describe_model(
+    model: RepresentationModel, *, measure_speed: bool = True, rtf_seconds: float = 10.0, rtf_runs: int = 5,
+) -> dict[str, Any]:
+    """Parameters, MACs per second of audio, and CPU (and CUDA, when present) real-time factors."""
+    macs = count_macs(model)
+    facts: dict[str, Any] = {
+        "params": count_parameters(model),
+        "macs_per_second": macs.macs_per_second,
+        "macs_by_kind": macs.by_kind,
+        "speed": {},
+    }
+    if measure_speed:
+        facts["speed"]["cpu"] = real_time_factor(model, device="cpu", seconds=rtf_seconds, runs=rtf_runs).to_dict()
+        if torch.cuda.is_available():
+            facts["speed"]["cuda"] = real_time_factor(
+                model, device="cuda", seconds=rtf_seconds, runs=rtf_runs
+            ).to_dict()
+    return facts
+
+
+def clusters_from_export(path: Path | str) -> list[list[int]] | None:
+    """The clusters a student was distilled with, from its `report.json` (None when absent or unreadable)."""
+    report = Path(path) / "report.json"
+    try:
+        clusters = json.loads(report.read_text()).get("clusters")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(clusters, list) and clusters and all(
+        isinstance(c, list) and c and all(isinstance(i, int) for i in c) for c in clusters
+    ):
+        return clusters
+    return None
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def evaluate(
+    model_path_or_module: Path | str | RepresentationModel,
+    dataset: Path | str,
+    *,
+    tasks: Sequence[str] = TASKS,
+    phone_field: str = "arpabet",
+    train_split: str = "train",
+    test_split: str = "test",
+    seed: int = 0,
+    out_dir: Path | str | None = None,
+    include_fbank: bool = False,
+    name: str | None = None,
+    teacher: Path | str | RepresentationModel | None = None,
+    clusters: Sequence[Sequence[int]] | None = None,
+    device: str = "auto",
+    measure_speed: bool = True,
+    phone_config: PhoneProbeConfig = PhoneProbeConfig(),
+    speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
+    on_event: OnEvent | None = None,
+) -> dict[str, Any]:
+    """Probe a model on `dataset` (manifest.jsonl with split, phones, speaker); returns the JSON-ready report.
+
+    With `teacher`, also reports linear CKA between the teacher's and the model's cluster-mean representations
+    on the test split (`clusters` default: those in the model's `report.json`, else one per representation).
+    With `out_dir`, writes `evaluation.json` and `evaluation.md` there.
+    """
+    emit = on_event or ignore_event
+    run_device = select_device(device)
+
+    # 1. Labels
+    data = load_probe_data(
+        Path(dataset), tasks=tasks, phone_field=phone_field, train_split=train_split, test_split=test_split
+    )
+    # 2. Model
+    model, model_name, source = load_representation_model(model_path_or_module, name)
+
+    # 3-5. Features, probes, facts
+    entries = []
+    features = extract(model, data, name=model_name, device=run_device, on_event=emit)
+    entry = _entry(model, features, source, data, seed, phone_config, speaker_config, emit, measure_speed)
+    notes = list(data.notes)
+    if teacher is not None:
+        teacher_model, teacher_name, _ = load_representation_model(teacher)
+        teacher_features = extract(teacher_model, data, name=teacher_name, device=run_device, on_event=emit)
+        if clusters is None and isinstance(model_path_or_module, (str, Path)):
+            clusters = clusters_from_export(model_path_or_module)
+        if clusters is None:
+            clusters = [[i] for i in range(min(features.num_reps, teacher_features.num_reps))]
+            notes.append("no clusters given or found in the model's report.json: CKA per representation")
+        entry["cka"] = {
+            "teacher": teacher_name, "clusters": [list(c) for c in clusters],
+            "values": cluster_cka(teacher_features, features, clusters, [item.id for item in data.test]),
+        }
+        del teacher_features
+    entries.append(entry)
+    del features
+    if include_fbank:
+        fbank = Fbank()
+        fbank_features = extract(fbank, data, name="fbank", device=torch.device("cpu"), on_event=emit)
+        entries.append(
+            _entry(fbank, fbank_features, "fbank", data, seed, phone_config, speaker_config, emit, measure_speed)
+        )
+
+    result = {
+        "format": FORMAT,
+        "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split, **data.summary()},
+        "tasks": list(data.tasks),
+        "requested_tasks": list(tasks),
+        "phone_field": phone_field if "pr" in data.tasks else None,
+        "seed": seed,
+        "probes": {"pr": asdict(phone_config), "sid": asdict(speaker_config)},
+        "models": entries,
+        "notes": notes,
+        "environment": environment(),
+    }
+    # 6. Report
+    if out_dir is not None:
+        write_evaluation(result, Path(out_dir))
+    return result
+
+
+def _entry(
+    model: RepresentationModel, features: FeatureSet, source: str, data: ProbeData, seed: int,
+    phone_config: PhoneProbeConfig, speaker_config: SpeakerProbeConfig, emit: OnEvent, measure_speed: bool,
+) -> dict[str, Any]:
+    return {
+        "name": features.name,
+        "source": source,
+        "num_representations": features.num_reps,
+        "dim": features.dim,
+        **describe_model(model, measure_speed=measure_speed),
+        **run_probes(features, data, seed=seed, phone_config=phone_config, speaker_config=speaker_config,
+                     on_event=emit),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report files
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100.0 * value:.2f}"
+
+
+def format_count(value: float | None) -> str:
+    """12_345_678 -> '12.35M'; None -> '—'."""
+    if value is None:
+        return "—"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+def format_rtf(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _rtf(entry: dict[str, Any], device: str) -> str:
+    speed = entry.get("speed", {}).get(device)
+    return format_rtf(speed["rtf"] if speed else None)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.2f} h" if hours >= 1.0 else f"{60.0 * hours:.1f} min"
+
+
+def _weights(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The human summary of an `evaluate` result."""
+    data = result["dataset"]
+    lines = [
+        f"# Evaluation on `{data['path']}`",
+        "",
+        f"Probes trained on split `{data['train_split']}` ({data['train_utterances']} utterances, "
+        f"{_duration(data['train_hours'])}), scored on `{data['test_split']}` ({data['test_utterances']} utterances, "
+        f"{_duration(data['test_hours'])}); seed {result['seed']}. PR: {result['probes']['pr']['head']} CTC probe on "
+        f"`{result['phone_field']}`, greedy decoding, PER. SID: mean-pooled linear probe, accuracy. Both read a "
+        "softmax-weighted sum of all layer-normalised representations (SUPERB).",
+        "",
+        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | CPU RTF | GPU RTF |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in result["models"]:
+        per = entry.get("pr", {}).get("per")
+        acc = entry.get("sid", {}).get("accuracy")
+        lines.append(
+            f"| {entry['name']} | {format_count(entry['params'])} | {_percent(per)} | {_percent(acc)} | "
+            f"{format_count(entry['macs_per_second'])} | {_rtf(entry, 'cpu')} | {_rtf(entry, 'cuda')} |"
+        )
+    lines += ["", "Learned layer weights (softmax over r[0..L]):", ""]
+    for entry in result["models"]:
+        for task in ("pr", "sid"):
+            if task in entry:
+                lines.append(f"- {entry['name']} {task.upper()}: {_weights(entry[task]['layer_weights'])}")
+    for entry in result["models"]:
+        if "sid" in entry and entry["sid"]["unseen_test_speakers"]:
+            sid = entry["sid"]
+            lines.append(f"- {entry['name']} SID: {sid['unseen_test_speakers']} test speakers "
+                         f"({sid['unseen_test_utterances']} utterances) never seen in training, counted as errors")
+        if "cka" in entry:
+            cka = entry["cka"]
+            pairs = ", ".join(f"{c}: {v:.3f}" for c, v in zip(cka["clusters"], cka["values"], strict=True))
+            lines.append(f"- {entry['name']} linear CKA to {cka['teacher']} per cluster: {pairs}")
+    if result["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in result["notes"]]
+    env = result["environment"]
+    lines += ["", f"torch {env['torch']}, {env['threads']} CPU threads" + (f", {env['cuda']}" if env["cuda"] else "")]
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation(result: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "evaluation.md").write_text(render_markdown(result))
+
+
+__all__ = [
+    "describe_model", "evaluate", "extract", "format_count", "format_rtf", "load_representation_model", "render_markdown", "run_probes",
+    "write_evaluation",
+]

@@ -1,0 +1,130 @@
+"""compare(): the train-only view, the orchestration (with a stand-in pipeline), the report files, and one
+slow end-to-end run through the real pipeline on a tiny random teacher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_dataset
+from transformers import HubertConfig, HubertModel
+
+from core.errors import AudioError
+from core.evaluation.cli import compare_command
+from core.evaluation.compare import compare, write_split_view
+from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
+
+FAST = dict(phone_config=PhoneProbeConfig(epochs=2), speaker_config=SpeakerProbeConfig(epochs=5))
+
+
+def save_teacher(path: Path, **overrides: Any) -> Path:
+    """The tiny random teacher of the issue: hidden 32, 2 layers, 2 heads, a 2-layer conv stack."""
+    settings: dict[str, Any] = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
+        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )
+    settings.update(overrides)
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(**settings)).save_pretrained(path)
+    return path
+
+
+def test_split_view_keeps_only_that_split(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data")
+    view = write_split_view(dataset, "train", tmp_path / "view")
+    rows = [json.loads(line) for line in (view / "manifest.jsonl").read_text().splitlines()]
+    source = [json.loads(line) for line in (dataset / "manifest.jsonl").read_text().splitlines()]
+    assert rows == [row for row in source if row["split"] == "train"]  # every field kept, order kept
+    for row in rows:
+        assert (view / row["path"]).read_bytes() == (dataset / row["path"]).read_bytes()
+    assert not any((view / row["path"]).exists() for row in source if row["split"] == "test")
+    again = write_split_view(dataset, "train", tmp_path / "view")  # idempotent (resumed comparisons)
+    assert (again / "manifest.jsonl").read_text() == (view / "manifest.jsonl").read_text()
+    with pytest.raises(AudioError, match="'dev'"):
+        write_split_view(dataset, "dev", tmp_path / "dev")
+
+
+class FakePipeline:
+    """Stands in for core.pipeline.run: 'compresses' by copying the teacher and records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, spec: Any, teacher: Path, audio: Path, workdir: Path, **kwargs: Any) -> Any:
+        from core.pipeline import PipelineResult
+
+        splits = {json.loads(line)["split"] for line in (audio / "manifest.jsonl").read_text().splitlines()}
+        self.calls.append({"method": spec.method, "seed": spec.seed, "sparsity": spec.sparsity,
+                           "steps": (spec.stage1_steps, spec.stage2_steps), "splits": splits})
+        export = workdir / "student"
+        shutil.copytree(teacher, export, dirs_exist_ok=True)
+        report = {"clusters": [[0], [1, 2]], "achieved_sparsity": 0.5}
+        return PipelineResult(export, report, {})
+
+
+def test_compare_orchestrates_methods_and_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.pipeline
+
+    fake = FakePipeline()
+    monkeypatch.setattr(core.pipeline, "run", fake)
+    teacher = save_teacher(tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4),
+                           conv_stride=(5, 8, 8))
+    dataset = write_dataset(tmp_path / "data")
+    out = tmp_path / "cmp"
+    result = compare(teacher, dataset, out_dir=out, seeds=2, stage1_steps=4, stage2_steps=2,
+                     measure_speed=False, **FAST)
+    assert [(c["method"], c["seed"]) for c in fake.calls] == [
+        ("skill", 0), ("skill", 1), ("dphubert", 0), ("dphubert", 1)]
+    assert all(c["splits"] == {"train"} and c["steps"] == (4, 2) and c["sparsity"] == 0.75 for c in fake.calls)
+    assert [row["model"] for row in result["rows"]] == ["teacher", "fbank", "skill", "dphubert"]
+    assert all(row["runs"] == 2 for row in result["rows"])
+    runs = {(run["group"], run["seed"]): run for run in result["runs"]}
+    # A copied teacher probed with the same seed is the teacher: same numbers, CKA 1.
+    for seed in (0, 1):
+        assert runs[("skill", seed)]["pr"] == runs[("teacher", seed)]["pr"]
+        assert runs[("skill", seed)]["cka"]["values"] == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert runs[("teacher", 0)]["pr"] != runs[("teacher", 1)]["pr"]  # seeds differ
+    for name in ("comparison.json", "comparison.md", "comparison.png"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "comparison.md").read_text()
+    assert "| skill |" in table and "±" in table
+    assert json.loads((out / "comparison.json").read_text())["rows"] == result["rows"]
+
+    again = compare(teacher, dataset, out_dir=tmp_path / "cmp2", seeds=2, stage1_steps=4, stage2_steps=2,
+                    measure_speed=False, **FAST)
+    for first, second in zip(result["runs"], again["runs"], strict=True):
+        assert first.get("pr") == second.get("pr") and first.get("sid") == second.get("sid")
+
+
+def test_compare_cli_refuses_unknown_methods(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "data")
+    result = CliRunner().invoke(compare_command, [str(dataset), str(dataset), "--methods", "skill,lora",
+                                                  "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--methods" in result.output
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_with_the_pipeline(tmp_path: Path) -> None:
+    teacher = save_teacher(tmp_path / "teacher")
+    dataset = write_dataset(tmp_path / "data", per_speaker={"train": 3, "test": 1})
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(compare_command, [
+        str(teacher), str(dataset), "--methods", "skill,dphubert", "--sparsity", "0.5", "--seeds", "2",
+        "--stage1-steps", "4", "--stage2-steps", "2", "--clusters", "2", "--device", "cpu", "--out", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    comparison = json.loads(result.stdout)
+    assert [row["model"] for row in comparison["rows"]] == ["teacher", "fbank", "skill", "dphubert"]
+    students = [run for run in comparison["runs"] if run["group"] in ("skill", "dphubert")]
+    assert len(students) == 4
+    for run in students:
+        assert run["params"] < comparison["rows"][0]["params"]
+        assert run["cka"] and all(0.0 <= v <= 1.0 + 1e-6 for v in run["cka"]["values"])
+        assert run["pr"]["per"] >= 0.0 and 0.0 <= run["sid"]["accuracy"] <= 1.0
+    for name in ("comparison.json", "comparison.md", "comparison.png"):
+        assert (out / name).exists()
