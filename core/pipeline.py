@@ -77,7 +77,7 @@ def _json_default(obj: Any) -> Any:
 def _check_spec(workdir: Path, spec: CompressionSpec, teacher: Path, audio: Path) -> None:
     """A workdir belongs to one job: resuming it with a different spec or input would mix two runs."""
     path = workdir / "job.json"
-    current = {"spec": spec.model_dump(exclude={"device", "gpus", "compile", "evaluate", "export_onnx"}),
+    current = {"spec": spec.model_dump(exclude={"device", "gpus", "evaluate", "export_onnx"}),
                "teacher": str(teacher.resolve()), "audio": str(audio.resolve())}
     if path.exists():
         previous = json.loads(path.read_text())
@@ -120,6 +120,9 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         emit(Event("skipped_audio", "calibrate", metrics=catalog.summary(),
                    message=f"{len(catalog.skipped)} audio files skipped"))
     cal_catalog = scan_audio(calibration_audio) if calibration_audio else catalog
+    if spec.evaluate and not any(item.extra.get("arpabet") for item in catalog.items):
+        raise SpecError("evaluate=true needs a dataset manifest with an 'arpabet' phone field and 'split' rows "
+                        "(train/test); this audio has none. Run without evaluation, or `skillkd evaluate` later")
 
     # 1. Calibrate ----------------------------------------------------------------------------------------------
     cal = _done(workdir, "calibrate")

@@ -48,12 +48,15 @@ _PAPER = {
             sparsity_warmup_steps=0, batch_seconds=160.0, min_utterance_s=2.0, max_utterance_s=15.6,
             grad_clip=10.0, checkpoint_every=1_000),
 }
-# Quick recipe: finishes on a 2-core CPU for an 11M-parameter teacher in minutes. Same shape of
-# schedule, scaled down; mask and multiplier learning rates raised so the size converges in few steps.
+# Quick recipe: finishes on a 2-core CPU for an 11M-parameter teacher in minutes. Same shape of schedule,
+# scaled down. In a few hundred steps the paper's Adam settings let the multipliers wind up and then drive
+# masks deep into the Hard Concrete's flat tail, where they never come back (measured: 0.83 sparsity for a
+# 0.75 target on a tiny teacher). Short Adam memories for log_alpha and the multipliers make both follow the
+# sparsity ramp closely instead (0.75 +- 0.01 in the same test), so the quick preset uses them.
 _QUICK = {
-    1: dict(steps=200, warmup_steps=20, lr=5e-4, lr_masks=0.5, lr_lambda=0.1,
+    1: dict(steps=200, warmup_steps=20, lr=5e-4, lr_masks=0.2, lr_lambda=0.5,
             sparsity_warmup_steps=100, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
-            grad_clip=10.0, checkpoint_every=25),
+            grad_clip=10.0, checkpoint_every=25, mask_betas=(0.5, 0.9), lambda_betas=(0.0, 0.9)),
     2: dict(steps=80, warmup_steps=8, lr=3e-4, lr_masks=0.0, lr_lambda=0.0,
             sparsity_warmup_steps=0, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
             grad_clip=10.0, checkpoint_every=25),
@@ -104,7 +107,6 @@ class CompressionSpec(BaseModel):
     seed: int = Field(default=0, ge=0)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     gpus: int = Field(default=1, ge=1, le=64)
-    compile: bool = Field(default=False, description="torch.compile the training step where it helps")
     export_onnx: bool = False
     evaluate: bool = False
 

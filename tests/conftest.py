@@ -13,7 +13,9 @@ SHARED = Path(os.environ.get("SKILLKD_SHARED", REPO.parent / "shared"))
 DEMO_TEACHER = REPO / "core" / "assets" / "demo-teacher"
 DEMO_AUDIO = REPO / "core" / "assets" / "demo-audio"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the tests' models are tiny, and with two OpenMP threads on a 2-core machine that is also running
+# worker subprocesses, threads spin-wait on each other and small steps get 10-100x slower (bench/README.md).
+torch.set_num_threads(1)
 
 
 def tiny_hf_config(arch: str = "hubert", large: bool = False, **overrides):

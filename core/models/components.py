@@ -331,6 +331,8 @@ class SelfAttention(nn.Module):
         if wavlm:
             self.gate_heads = gate_heads
             self.head_indices = list(range(num_heads)) if head_indices is None else list(head_indices)
+            # all original heads in order: no gather (a copy of the activations and the bias) needed
+            self._all_heads = self.head_indices == list(range(gate_heads))
             self.gru_rel_pos_linear = nn.Linear(embed_dim // gate_heads, 8)
             self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
 
@@ -349,11 +351,14 @@ class SelfAttention(nn.Module):
             if position_bias is None:
                 raise ValueError("WavLM attention needs the relative position bias")
             idx = self.head_indices
-            split = x.view(batch, frames, self.gate_heads, -1).transpose(1, 2)[:, idx]  # (batch, head, frame, d)
+            split = x.view(batch, frames, self.gate_heads, -1).transpose(1, 2)  # (batch, head, frame, d)
+            table = position_bias
+            if not self._all_heads:
+                split, table = split[:, idx], position_bias[idx]
             proj = self.gru_rel_pos_linear(split).view(batch, len(idx), frames, 2, 4).sum(-1)
             gate_a, gate_b = torch.sigmoid(proj).chunk(2, dim=-1)  # (batch, head, frame, 1) each
             gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
-            bias = gate * position_bias[idx].unsqueeze(0)  # (batch, head, frame, frame)
+            bias = gate * table.unsqueeze(0)  # (batch, head, frame, frame)
             mask = bias if key_mask is None else bias + key_mask
         if mask is not None:
             mask = mask.to(q.dtype)
@@ -412,6 +417,7 @@ class SelfAttention(nn.Module):
         self.out_proj = out
         if self.wavlm:
             self.head_indices = [self.head_indices[i] for i in keep.tolist()]
+            self._all_heads = self.head_indices == list(range(self.gate_heads))
             self.gru_rel_pos_const = nn.Parameter(self.gru_rel_pos_const.data[:, keep].contiguous())
         self.num_heads = int(keep.numel())
         self.hard_concrete = None
@@ -554,7 +560,7 @@ class Transformer(nn.Module):
         fixed = self.pos_conv.num_params() + sum(p.numel() for p in self.layer_norm.parameters())
         if self.rel_attn_embed is not None:
             fixed += self.rel_attn_embed.weight.numel()
-        total = torch.tensor(float(fixed))
+        total = torch.tensor(float(fixed), device=self.layer_norm.weight.device)  # no host->device copy
         for layer in self.layers:
             n = layer.num_params()
             total = total.to(n.device) + n
