@@ -138,6 +138,8 @@ _SPEC_OPTIONS = [
     click.option("--calibration-utterances", type=int, default=None),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
+    click.option("--gpus", type=int, default=1, show_default=True,
+                 help="Data-parallel processes for the training stages (one per GPU; gloo on CPU)."),
     click.option("--onnx", "export_onnx", is_flag=True, help="Also export model.onnx (checked with onnxruntime)."),
     click.option("--evaluate", is_flag=True, help="Run the probes (needs a manifest with phones/speakers)."),
 ]
@@ -160,7 +162,7 @@ def build_spec(**kw: Any) -> Any:
         "contiguous": not kw["non_contiguous"], "student_mapping": kw["student_mapping"],
         "prune_layers": kw["prune_layers"], "preset": kw["preset"], "stage1_steps": kw["stage1_steps"],
         "stage2_steps": kw["stage2_steps"], "batch_seconds": kw["batch_seconds"], "seed": kw["seed"],
-        "device": kw["device"], "export_onnx": kw["export_onnx"], "evaluate": kw["evaluate"],
+        "device": kw["device"], "gpus": kw["gpus"], "export_onnx": kw["export_onnx"], "evaluate": kw["evaluate"],
     }
     try:
         if kw["target_params"] is not None:

@@ -29,6 +29,7 @@ from .errors import AudioError, SpecError, StopRequested
 from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from .export import export_onnx, save_student
 from .models import ModelConfig, SpeechEncoder, build_model, load_model, make_student
+from .parallel import StageJob, run_parallel_stage
 from .spec import CompressionSpec
 from .train import CHECKPOINT, StageContext, load_checkpoint, train_stage
 
@@ -146,14 +147,19 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         t0 = time.monotonic()
         emit(Event("stage_started", "distill_prune"))
         recipe = spec.recipe(1)
-        torch.manual_seed(spec.seed)  # mask initialisation is random: same seed, same run
-        student = make_student(teacher_model, layers=spec.prune_layers)
-        targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                                 shared_projection=shared).to(device)
-        batches = _train_batches(catalog, sr, recipe, spec.seed)
-        ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune", target_sparsity,
-                           teacher_params, emit, stop.should_stop, spec.seed)
-        s1 = train_stage(student, teacher_model, targets, batches, ctx)
+        if spec.gpus > 1:
+            s1 = run_parallel_stage(StageJob("distill_prune", spec.model_dump_json(), str(teacher), str(audio),
+                                             str(workdir), clusters, target_sparsity, teacher_params),
+                                    spec.gpus, emit, stop.should_stop)
+        else:
+            torch.manual_seed(spec.seed)  # mask initialisation is random: same seed, same run
+            student = make_student(teacher_model, layers=spec.prune_layers)
+            targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
+                                     shared_projection=shared).to(device)
+            batches = _train_batches(catalog, sr, recipe, spec.seed)
+            ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune", target_sparsity,
+                               teacher_params, emit, stop.should_stop, spec.seed)
+            s1 = train_stage(student, teacher_model, targets, batches, ctx)
         timings["distill_prune"] = time.monotonic() - t0
         _mark_done(workdir, "distill_prune", s1)
     emit(Event("stage_finished", "distill_prune", metrics=s1.get("final", {})))
@@ -178,6 +184,13 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         recipe2 = spec.recipe(2)
         if spec.stage2_steps == 0:
             s2 = {"steps": 0, "final": {}, "seconds": 0.0}
+            _save_stage2_result(workdir, student, targets)
+        elif spec.gpus > 1:
+            s2 = run_parallel_stage(StageJob("final_distill", spec.model_dump_json(), str(teacher), str(audio),
+                                             str(workdir), clusters), spec.gpus, emit, stop.should_stop)
+            state = load_checkpoint(workdir / "final_distill" / CHECKPOINT)
+            student.load_state_dict(state["student"])
+            targets.load_state_dict(state["targets"])
             _save_stage2_result(workdir, student, targets)
         else:
             batches = _train_batches(catalog, sr, recipe2, spec.seed + 1)
@@ -305,11 +318,12 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
     return info
 
 
-def _train_batches(catalog: AudioCatalog, sr: int, recipe: Any, seed: int) -> TrainBatches:
+def _train_batches(catalog: AudioCatalog, sr: int, recipe: Any, seed: int, rank: int = 0,
+                   world_size: int = 1) -> TrainBatches:
     try:
         return TrainBatches(catalog, sample_rate=sr, batch_seconds=recipe.batch_seconds,
                             min_utterance_s=recipe.min_utterance_s, max_utterance_s=recipe.max_utterance_s,
-                            seed=seed)
+                            seed=seed, rank=rank, world_size=world_size)
     except AudioError:
         raise
     except ValueError as exc:

@@ -7,7 +7,7 @@ stage, derived from the spec's preset plus its explicit overrides (`CompressionS
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,7 +40,7 @@ class TrainRecipe(BaseModel):
 
 
 # Paper recipe (DPHuBERT, algorithm.md §3 and §5): 50k + 25k steps, 160 s of audio per GPU per step.
-_PAPER = {
+_PAPER: dict[int, dict[str, Any]] = {
     1: dict(steps=50_000, warmup_steps=15_000, lr=2e-4, lr_masks=0.02, lr_lambda=0.02,
             sparsity_warmup_steps=5_000, batch_seconds=160.0, min_utterance_s=2.0, max_utterance_s=15.6,
             grad_clip=10.0, checkpoint_every=1_000),
@@ -53,7 +53,7 @@ _PAPER = {
 # masks deep into the Hard Concrete's flat tail, where they never come back (measured: 0.83 sparsity for a
 # 0.75 target on a tiny teacher). Short Adam memories for log_alpha and the multipliers make both follow the
 # sparsity ramp closely instead (0.75 +- 0.01 in the same test), so the quick preset uses them.
-_QUICK = {
+_QUICK: dict[int, dict[str, Any]] = {
     1: dict(steps=200, warmup_steps=20, lr=5e-4, lr_masks=0.2, lr_lambda=0.5,
             sparsity_warmup_steps=100, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
             grad_clip=10.0, checkpoint_every=25, mask_betas=(0.5, 0.9), lambda_betas=(0.0, 0.9)),
@@ -61,7 +61,7 @@ _QUICK = {
             sparsity_warmup_steps=0, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
             grad_clip=10.0, checkpoint_every=25),
 }
-PRESETS: dict[str, dict[int, dict]] = {"paper": _PAPER, "quick": _QUICK}
+PRESETS: dict[str, dict[int, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK}
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*$")
 

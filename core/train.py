@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .audio import Batch, TrainBatches
@@ -129,6 +130,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
 
 
+def _average_across_ranks(tensors: list[Tensor], world_size: int) -> None:
+    """Data parallel: average gradients (or logged values) over ranks in one collective.
+
+    Every rank then applies the same update to the same weights, masks and multipliers with the same
+    optimiser state, so masks and lambdas stay in sync without being broadcast."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n
+
+
+def _any_rank(flag: bool, ctx: StageContext, device: torch.device) -> bool:
+    if ctx.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
                 batches: TrainBatches, ctx: StageContext) -> dict[str, Any]:
     """Run (or resume) one training stage in `ctx.workdir`; returns a summary. Raises StopRequested when
@@ -169,8 +193,10 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
         _truncate_log(log_path, step)
         ctx.on_event(Event("log", ctx.stage, step, recipe.steps, message=f"resumed at step {step}"))
     else:
-        torch.manual_seed(ctx.seed + 1000 * ctx.rank)
-        log_path.unlink(missing_ok=True)
+        # The same seed on every rank: mask samples must be identical across data-parallel ranks.
+        torch.manual_seed(ctx.seed)
+        if ctx.is_main:
+            log_path.unlink(missing_ok=True)
 
     def save(at_step: int) -> None:
         if not ctx.is_main:
@@ -215,6 +241,9 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
 
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if ctx.world_size > 1:
+                _average_across_ranks([p.grad for g in groups for p in g["params"] if p.grad is not None],
+                                      ctx.world_size)
             if pruning:
                 lagrangian.flip_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(clip_params, recipe.grad_clip)
@@ -227,7 +256,10 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             if pruning:
                 values.update(sparsity=sparsity.detach(), expected_params=expected.detach(),
                               lambda1=lagrangian.lambda1.detach(), lambda2=lagrangian.lambda2.detach())
-            last = {k: float(v) for k, v in zip(values, torch.stack([v.float() for v in values.values()]).tolist())}
+            stacked = torch.stack([v.float() for v in values.values()])
+            if ctx.world_size > 1:
+                _average_across_ranks([stacked], ctx.world_size)
+            last = {k: float(v) for k, v in zip(values, stacked.tolist())}
             if not math.isfinite(last["loss"]):
                 raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {step}")
             if pruning:
@@ -240,11 +272,13 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             if log is not None:
                 log.write(json.dumps({"step": step, **last}) + "\n")
                 log.flush()
-            ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(last)))
+            if ctx.is_main:
+                ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(last)))
 
             if step % recipe.checkpoint_every == 0 and step < recipe.steps:
                 save(step)
-            if step % STOP_POLL_EVERY == 0 and step < recipe.steps and ctx.should_stop():
+            if (step % STOP_POLL_EVERY == 0 and step < recipe.steps
+                    and _any_rank(ctx.is_main and ctx.should_stop(), ctx, device)):
                 save(step)
                 raise StopRequested(f"stopped at step {step} of {ctx.stage}; the checkpoint was saved")
     finally:
