@@ -35,6 +35,8 @@ class TrainRecipe(BaseModel):
     checkpoint_every: int = Field(gt=0)
     mask_betas: tuple[float, float] = Field(
         default=(0.9, 0.999), description="Adam betas of log_alpha (quick runs need a short memory)")
+    lambda_constant_lr: bool = Field(
+        default=False, description="keep the multipliers' lr constant instead of following the schedule")
     lambda_betas: tuple[float, float] = Field(
         default=(0.9, 0.999), description="Adam betas of the multipliers' ascent (quick runs need a short memory)")
 
@@ -52,11 +54,15 @@ _PAPER: dict[int, dict[str, Any]] = {
 # scaled down. In a few hundred steps the paper's Adam settings let the multipliers wind up and then drive
 # masks deep into the Hard Concrete's flat tail, where they never come back (measured: 0.83 sparsity for a
 # 0.75 target on a tiny teacher). Short Adam memories for log_alpha and the multipliers make both follow the
-# sparsity ramp closely instead (0.75 +- 0.01 in the same test), so the quick preset uses them.
+# sparsity ramp closely instead (0.744-0.757 over the last 90 of 200 steps in the same test), so the quick
+# preset uses them. On hubert-mini the multipliers still wound up where the heads resist pruning, and with
+# their lr decaying with the schedule they unwound too slowly (0.79 for 0.75): the quick preset keeps their
+# lr constant so lambda1 can return to zero before the end.
 _QUICK: dict[int, dict[str, Any]] = {
     1: dict(steps=200, warmup_steps=20, lr=5e-4, lr_masks=0.2, lr_lambda=0.5,
             sparsity_warmup_steps=100, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
-            grad_clip=10.0, checkpoint_every=25, mask_betas=(0.5, 0.9), lambda_betas=(0.0, 0.9)),
+            grad_clip=10.0, checkpoint_every=25, mask_betas=(0.5, 0.9), lambda_betas=(0.0, 0.9),
+            lambda_constant_lr=True),
     2: dict(steps=80, warmup_steps=8, lr=3e-4, lr_masks=0.0, lr_lambda=0.0,
             sparsity_warmup_steps=0, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
             grad_clip=10.0, checkpoint_every=25),

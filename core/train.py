@@ -174,7 +174,8 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
         groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks, "base_lr": recipe.lr_masks,
                        "betas": tuple(recipe.mask_betas)})
         groups.append({"params": list(lagrangian.parameters()), "lr": recipe.lr_lambda,
-                       "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas)})
+                       "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas),
+                       "constant_lr": recipe.lambda_constant_lr})
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=fused)
     clip_params = [p for g in groups[:2] for p in g["params"]]
@@ -218,7 +219,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
         while step < recipe.steps:
             factor = lr_factor(step, recipe)
             for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
+                g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else factor)
             batch = next(data)
             waveforms = batch.waveforms.to(device, non_blocking=True)
 
