@@ -452,10 +452,10 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
                 archive = client.download(job["id"], "model", out / "student.zip")  # sha256 checked
             except ClientError as exc:
                 _fail(exc)
-        student_dir = out / "student"
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(student_dir)
-        candidates = [p.parent for p in student_dir.rglob("config.json")]
+        with zipfile.ZipFile(archive) as zf:  # the archive holds one folder, "student/"
+            zf.extractall(out)
+        archive.unlink()
+        candidates = sorted(p.parent for p in out.rglob("config.json"))
         student = load_student(candidates[0])
         report = json.loads((candidates[0] / "report.json").read_text())
         t = report["teacher"]["num_params"]
