@@ -214,6 +214,9 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     started = time.monotonic()
     start_step = step
     last: dict[str, float] = {}
+    pending: list[tuple[int, Tensor, float, float]] = []
+    sync_every = 1 if device.type == "cpu" else 10
+    audio_s = 0.0
     log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in finally)
     try:
         while step < recipe.steps:
@@ -221,6 +224,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else factor)
             batch = next(data)
+            audio_s = batch.waveforms.numel() / student.config.sample_rate
             waveforms = batch.waveforms.to(device, non_blocking=True)
 
             with torch.inference_mode(), _autocast(device):
@@ -251,35 +255,44 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             optimizer.step()
             step += 1
 
-            # 4. Book-keeping: one host sync per step, for the loss check and the log --------------------------
+            # 4. Book-keeping. The step's figures stay on the device; they are read (one host sync) every
+            #    `sync_every` steps, before a checkpoint or stop check, and at the end: on a GPU the next steps
+            #    are queued meanwhile. The loss check for NaN happens at each read.
             values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
                       "grad_norm": grad_norm.detach()}
             if pruning:
                 values.update(sparsity=sparsity.detach(), expected_params=expected.detach(),
                               lambda1=lagrangian.lambda1.detach(), lambda2=lagrangian.lambda2.detach())
-            stacked = torch.stack([v.float() for v in values.values()])
-            if ctx.world_size > 1:
-                _average_across_ranks([stacked], ctx.world_size)
-            last = {k: float(v) for k, v in zip(values, stacked.tolist())}
-            if not math.isfinite(last["loss"]):
-                raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {step}")
-            if pruning:
-                last["target_sparsity"] = t_now
-            last["lr"] = recipe.lr * factor
-            elapsed = time.monotonic() - started
-            rate = (step - start_step) / max(elapsed, 1e-9)
-            eta = (recipe.steps - step) / rate if rate > 0 else None
-            last["audio_s_per_s"] = float(batch.waveforms.numel()) / student.config.sample_rate * rate * ctx.world_size
-            if log is not None:
-                log.write(json.dumps({"step": step, **last}) + "\n")
-                log.flush()
-            if ctx.is_main:
-                ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(last)))
+            names = list(values)
+            pending.append((step, torch.stack([v.float() for v in values.values()]), t_now, factor))
+            checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps
+            poll_now = step % STOP_POLL_EVERY == 0 and step < recipe.steps
+            if step % sync_every == 0 or checkpoint_now or poll_now or step == recipe.steps:
+                rows = torch.stack([p[1] for p in pending])
+                if ctx.world_size > 1:
+                    _average_across_ranks([rows], ctx.world_size)
+                elapsed = time.monotonic() - started
+                rate = (step - start_step) / max(elapsed, 1e-9)
+                eta = (recipe.steps - step) / rate if rate > 0 else None
+                for (at, _, target_now, lr_now), row in zip(pending, rows.tolist()):
+                    last = dict(zip(names, row))
+                    if not math.isfinite(last["loss"]):
+                        raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {at}")
+                    if pruning:
+                        last["target_sparsity"] = target_now
+                    last["lr"] = recipe.lr * lr_now
+                    last["audio_s_per_s"] = audio_s * rate * ctx.world_size
+                    if log is not None:
+                        log.write(json.dumps({"step": at, **last}) + "\n")
+                pending.clear()
+                if log is not None:
+                    log.flush()
+                if ctx.is_main:
+                    ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(last)))
 
-            if step % recipe.checkpoint_every == 0 and step < recipe.steps:
+            if checkpoint_now:
                 save(step)
-            if (step % STOP_POLL_EVERY == 0 and step < recipe.steps
-                    and _any_rank(ctx.is_main and ctx.should_stop(), ctx, device)):
+            if poll_now and _any_rank(ctx.is_main and ctx.should_stop(), ctx, device):
                 save(step)
                 raise StopRequested(f"stopped at step {step} of {ctx.stage}; the checkpoint was saved")
     finally:
