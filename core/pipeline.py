@@ -254,9 +254,13 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         result = evaluate(export_dir, audio, out_dir=workdir / "evaluate", seed=spec.seed)
         shutil.copy2(workdir / "evaluate" / "evaluation.json", export_dir / "evaluation.json")
         report["evaluation"] = result
+        headline = evaluation_headline(result)
+        report["evaluation_headline"] = headline
         (export_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         _mark_done(workdir, "evaluate", {"ok": True})
-        emit(Event("stage_finished", "evaluate"))
+        # a progress event carries the headline into the job's latest metrics (the service merges those)
+        emit(Event("progress", "evaluate", 1, 1, 0.0, headline))
+        emit(Event("stage_finished", "evaluate", metrics=headline))
 
     artifacts = {"model": export_dir, "report.json": export_dir / "report.json"}
     for name, file in (("cka.png", "cka.png"), ("clusters.json", "clusters.json"),
@@ -316,6 +320,19 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
             if hasattr(acc, "count") else None}
     (out / "clusters.json").write_text(json.dumps(info, indent=2, default=_json_default))
     return info
+
+
+def evaluation_headline(result: dict[str, Any]) -> dict[str, float]:
+    """The evaluation's headline numbers (student's PER and SID accuracy) for job metrics."""
+    headline: dict[str, float] = {}
+    models = result.get("models") or []
+    if models:
+        student = models[0]
+        if "pr" in student:
+            headline["eval_per"] = float(student["pr"]["per"])
+        if "sid" in student:
+            headline["eval_sid_accuracy"] = float(student["sid"]["accuracy"])
+    return headline
 
 
 def _train_batches(catalog: AudioCatalog, sr: int, recipe: Any, seed: int, rank: int = 0,

@@ -128,3 +128,35 @@ def test_compare_end_to_end_with_the_pipeline(tmp_path: Path) -> None:
         assert run["pr"]["per"] >= 0.0 and 0.0 <= run["sid"]["accuracy"] <= 1.0
     for name in ("comparison.json", "comparison.md", "comparison.png"):
         assert (out / name).exists()
+
+
+def test_pipeline_evaluate_stage_reports_headline_numbers(tmp_path: Path) -> None:
+    """spec.evaluate runs the probes as the job's last stage; the headline reaches report and events."""
+    from core.pipeline import run
+    from core.spec import CompressionSpec
+    from tests.core.evaluation.conftest import write_dataset
+
+    teacher = save_teacher(tmp_path / "teacher")
+    dataset = write_dataset(tmp_path / "data")
+    events = []
+    spec = CompressionSpec(stage1_steps=2, stage2_steps=1, batch_seconds=2.0, evaluate=True, clusters=2)
+    result = run(spec, teacher, dataset, tmp_path / "w", on_event=events.append)
+    headline = result.report["evaluation_headline"]
+    assert 0.0 <= headline["eval_per"] and 0.0 <= headline["eval_sid_accuracy"] <= 1.0
+    assert result.artifacts["evaluation.json"].exists()
+    assert any(e.kind == "progress" and e.stage == "evaluate" and e.metrics == headline for e in events)
+
+
+def test_pipeline_refuses_evaluate_without_phone_labels(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from core.errors import SpecError
+    from core.pipeline import run
+    from core.spec import CompressionSpec
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    with pytest.raises(SpecError, match="arpabet"):
+        run(CompressionSpec(evaluate=True, stage1_steps=2), save_teacher(tmp_path / "t"), audio, tmp_path / "w")
