@@ -142,7 +142,7 @@ def test_pipeline_evaluate_stage_reports_headline_numbers(tmp_path: Path) -> Non
     spec = CompressionSpec(stage1_steps=2, stage2_steps=1, batch_seconds=2.0, evaluate=True, clusters=2)
     result = run(spec, teacher, dataset, tmp_path / "w", on_event=events.append)
     headline = result.report["evaluation_headline"]
-    assert 0.0 <= headline["eval_per"] and 0.0 <= headline["eval_sid_accuracy"] <= 1.0
+    assert headline["eval_per"] >= 0.0 and 0.0 <= headline["eval_sid_accuracy"] <= 1.0
     assert result.artifacts["evaluation.json"].exists()
     assert any(e.kind == "progress" and e.stage == "evaluate" and e.metrics == headline for e in events)
 
