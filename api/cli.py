@@ -463,11 +463,16 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
                    f"{100 * student.num_params() / t:.1f}% of the teacher's {t:,})\n"
                    f"report:  {candidates[0] / 'report.json'}\nclusters: {report['clusters']}")
     finally:
-        server.send_signal(signal.SIGTERM)
+        # The service and its worker share one process group: stop both, then make sure nothing is left.
         try:
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
             os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         log.close()
 
 

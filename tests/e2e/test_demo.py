@@ -26,3 +26,17 @@ def test_demo_round_trip_downloads_and_loads_a_smaller_student(tmp_path: Path) -
     student = load_student(out / "student")
     assert 0 < student.num_params() < 11_120_128
     assert (out / "student" / "report.json").exists()
+    assert not _processes_with_home(tmp_path / "home"), "the demo left its service or worker running"
+
+
+def _processes_with_home(home: Path) -> list[int]:
+    marker = f"SKILLKD_HOME={home.resolve()}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
