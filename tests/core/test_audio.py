@@ -25,7 +25,7 @@ from core.audio import (
 )
 from core.errors import AudioError, CheckpointError
 
-DEMO = Path("/work/shared/data/demo")
+DEMO = Path(__file__).resolve().parents[2] / "core" / "assets" / "demo-audio"  # bundled copy of shared/data/demo
 
 
 def tone(
