@@ -77,16 +77,37 @@ def serve(host: str, port: int, worker: bool) -> None:
     _ensure_admin_key(settings, make_sessionmaker(make_engine(settings.database_url)))
     proc = None
     if worker:
-        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=_package_env())
+        # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
+        # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=_package_env(),
+                                start_new_session=True, preexec_fn=_terminate_with_parent)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end
+    # this process before the `finally` below stops the worker. A no-op handler lets the cleanup run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # warm shutdown; a running job resumes from its checkpoint later
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def _terminate_with_parent() -> None:
+    """Linux: ask the kernel to send SIGTERM to this child when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _ensure_admin_key(settings, factory) -> None:
