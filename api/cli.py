@@ -70,6 +70,7 @@ def serve(host: str, port: int, worker: bool) -> None:
 
     from api.app import create_app
     from api.db import make_engine, make_sessionmaker, upgrade
+    from core.processes import die_with_parent
 
     settings = _settings()
     settings.ensure_dirs()
@@ -80,7 +81,7 @@ def serve(host: str, port: int, worker: bool) -> None:
         # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
         # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
         proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=_package_env(),
-                                start_new_session=True, preexec_fn=_terminate_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end
     # this process before the `finally` below stops the worker. A no-op handler lets the cleanup run.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -98,16 +99,6 @@ def serve(host: str, port: int, worker: bool) -> None:
             except ProcessLookupError:
                 pass
             proc.wait()
-
-
-def _terminate_with_parent() -> None:
-    """Linux: ask the kernel to send SIGTERM to this child when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def _ensure_admin_key(settings, factory) -> None:

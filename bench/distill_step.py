@@ -5,11 +5,14 @@ stage 2 (distillation of the pruned student), on random-init `tiny` and Base-siz
     python bench/distill_step.py --size base --arch hubert --steps 1      # CPU, minutes (slow)
     python bench/distill_step.py --size all --device cuda --json bench/results/distill_step_gpu.json
 
-One step is what `core.train.train_stage` does per step, built from its own pieces (`_autocast`,
-`Lagrangian`, `lr_factor`, `sparsity_target`, `ClusterTargets`, `distill_loss`): teacher forward in
-inference mode up to the highest target layer, student forward (masked in stage 1) and backward, the
-Lagrangian on the expected sparsity (stage 1), AdamW over the same parameter groups, gradient clipping, and
-the loop's one host synchronisation for the logged values. Checkpointing and logging are left out.
+One step is what `core.train.train_stage` does per step: the same `core.train.DistillStep` (teacher forward
+in inference mode up to the highest target layer, student forward (masked in stage 1) and backward, the
+Lagrangian on the expected sparsity (stage 1), AdamW over the same parameter groups, gradient clipping), and
+the loop's host synchronisation for the logged values. Checkpointing and logging are left out.
+
+`--profile` adds a per-step profile of each case (torch.profiler): time per region of the step
+(`teacher_forward`, `student_forward`, `loss`, `backward`, `optimizer`, on the host and on the device) and
+the operators that take most of it.
 
 On CUDA it also times a "plain" step (issue #5): transformers' `HubertModel` / `WavLMModel` at the same
 size, teacher in inference mode with `output_hidden_states`, full-size student forward + backward with
@@ -49,7 +52,7 @@ from torch import Tensor, nn  # noqa: E402
 from core.distill import ClusterTargets, distill_loss  # noqa: E402
 from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student  # noqa: E402
 from core.spec import DEFAULT_SPARSITY, CompressionSpec, TrainRecipe  # noqa: E402
-from core.train import Lagrangian, _autocast, lr_factor, sparsity_target  # noqa: E402
+from core.train import DistillStep, _autocast  # noqa: E402
 
 SAMPLE_RATE = 16_000
 STANDARD_KERNELS = (10, 3, 3, 3, 3, 2, 2)
@@ -262,7 +265,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _maybe_compile(module: nn.Module, enabled: bool) -> Callable[..., Any]:
-    return torch.compile(module) if enabled else module  # type: ignore[return-value]
+    return torch.compile(module, dynamic=True) if enabled else module  # type: ignore[return-value]
 
 
 def randomise_masks(student: SpeechEncoder, keep_fraction: float, generator: torch.Generator) -> None:
@@ -277,65 +280,24 @@ def randomise_masks(student: SpeechEncoder, keep_fraction: float, generator: tor
 
 
 class OursStep:
-    """One step of `core.train.train_stage`, without its checkpointing and logging."""
+    """One step of `core.train.train_stage`: its `DistillStep`, then the loop's host sync of the logged values
+    (the loop does that once per 10 steps on a GPU; here once per step, so this is slightly pessimistic)."""
 
     def __init__(self, teacher: SpeechEncoder, student: SpeechEncoder, targets: ClusterTargets,
                  recipe: TrainRecipe, device: torch.device, teacher_params: int, compile_models: bool,
                  compiled_teacher: Callable[..., Any] | None = None) -> None:
-        self.teacher_fn = compiled_teacher if compiled_teacher is not None else teacher
         self.student = student
-        self.student_fn = _maybe_compile(student, compile_models)
-        self.targets = targets
-        self.recipe = recipe
-        self.device = device
-        self.teacher_params = teacher_params
-        self.pruning = student.config.has_masks
-        self.lagrangian = Lagrangian().to(device)
-        # the same parameter groups as train_stage
-        groups: list[dict[str, Any]] = [{"params": student.weight_parameters() + list(targets.parameters()),
-                                         "lr": recipe.lr, "base_lr": recipe.lr}]
-        if self.pruning:
-            groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks,
-                           "base_lr": recipe.lr_masks})
-            groups.append({"params": list(self.lagrangian.parameters()), "lr": recipe.lr_lambda,
-                           "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas)})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=device.type == "cuda")
-        self.clip_params = [p for g in groups[:2] for p in g["params"]]
+        self.inner = DistillStep(student, teacher, targets, recipe, device, target_sparsity=DEFAULT_SPARSITY,
+                                 teacher_params=teacher_params, compile=False)
+        if compile_models:  # the teacher is compiled once per architecture and shared by the cases
+            self.inner.student_fn = _maybe_compile(student, True)
+            self.inner.teacher_fn = compiled_teacher if compiled_teacher is not None else teacher
+            self.inner.compiled = True
         self.step_index = 0
-        teacher.eval().requires_grad_(False)
-        student.train()
-        targets.train()
 
     def __call__(self, waveforms: Tensor) -> dict[str, float]:
-        recipe, device = self.recipe, self.device
-        factor = lr_factor(self.step_index, recipe)
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * factor
-        with torch.inference_mode(), _autocast(device):
-            teacher_reps, _ = self.teacher_fn(waveforms, None, max_layer=self.targets.max_layer)
-            wanted = self.targets.teacher_targets(teacher_reps)
-        wanted = [t.clone().float() for t in wanted]
-        with _autocast(device):
-            student_reps, _ = self.student_fn(waveforms, None, max_layer=self.targets.max_layer)
-            predictions = self.targets.student_predictions(student_reps)
-        loss, parts = distill_loss(predictions, wanted)
-        total = loss
-        values: dict[str, Tensor] = {}
-        if self.pruning:
-            expected = self.student.expected_num_params()
-            sparsity = 1.0 - expected / self.teacher_params
-            t_now = sparsity_target(self.step_index, DEFAULT_SPARSITY, recipe)
-            total = loss + self.lagrangian(sparsity, t_now)
-            values["sparsity"] = sparsity.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.pruning:
-            self.lagrangian.flip_gradients()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.clip_params, recipe.grad_clip)
-        self.optimizer.step()
+        values, _, _ = self.inner(self.step_index, waveforms)
         self.step_index += 1
-        values.update(loss=total.detach(), l1=parts["l1"], cos=parts["cos"], grad_norm=grad_norm.detach())  # type: ignore[arg-type]
-        # the training loop's one host sync per step
         floats = torch.stack([v.float() for v in values.values()]).tolist()
         return dict(zip(values, floats, strict=True))
 
@@ -425,6 +387,43 @@ def time_steps(step: Callable[[Tensor], dict[str, float]], waveforms: Tensor, st
     return times, last
 
 
+REGIONS = ("teacher_forward", "student_forward", "loss", "backward", "optimizer")
+
+
+def profile_steps(step: Callable[[Tensor], dict[str, float]], waveforms: Tensor, device: torch.device,
+                  steps: int = 3, top: int = 12) -> dict[str, Any]:
+    """Per-step profile (torch.profiler) of `steps` already warmed-up steps: milliseconds per step in each
+    labelled region of `DistillStep` (host and device time), and the operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    wall = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(waveforms)
+        _sync(device)
+    wall = (time.perf_counter() - wall) / steps
+
+    def device_ms(e: Any, self_only: bool) -> float:
+        name = ("self_" if self_only else "") + "device_time_total"
+        legacy = ("self_" if self_only else "") + "cuda_time_total"
+        return float(getattr(e, name, getattr(e, legacy, 0.0)) or 0.0) / 1000.0 / steps
+
+    averages = prof.key_averages()
+    regions = {e.key: {"host_ms": e.cpu_time_total / 1000.0 / steps, "device_ms": device_ms(e, False)}
+               for e in averages if e.key in REGIONS}
+    on_device = device.type == "cuda"
+    ops = [e for e in averages if e.key not in REGIONS and not e.key.startswith("ProfilerStep")]
+    ops.sort(key=lambda e: device_ms(e, True) if on_device else e.self_cpu_time_total, reverse=True)
+    top_ops = [{"op": e.key, "calls_per_step": e.count / steps,
+                "self_ms": device_ms(e, True) if on_device else e.self_cpu_time_total / 1000.0 / steps}
+               for e in ops[:top]]
+    return {"steps": steps, "wall_ms_per_step": 1000.0 * wall,
+            "regions": {k: regions[k] for k in REGIONS if k in regions}, "top_ops": top_ops,
+            "time_basis": "device (CUDA kernels)" if on_device else "host (CPU)"}
+
+
 def _waveforms(case: Case, device: torch.device, seed: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     return (0.1 * torch.randn(case.batch, case.samples, generator=generator)).to(device)  # (batch, time)
@@ -472,6 +471,8 @@ def run_case(case: Case, teacher: SpeechEncoder | None, teacher_fn: Callable[...
             if case.stage == "stage2":
                 result["student_sparsity"] = 1.0 - student.num_params() / teacher_params
         times, last = time_steps(step, waveforms, args.steps, args.warmup, device)
+        if args.profile:
+            result["profile"] = profile_steps(step, waveforms, device, steps=min(3, args.steps))
     del step
     flops = step_flops(cfg, student_cfg, case.batch, case.samples, max_layer, n_proj)
     step_time = statistics.median(times)
@@ -573,6 +574,18 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  {r['size']:<5} {r['arch']:<6} {r['batch_seconds']:>5g} s  "
                          f"{r['ours_over_plain_step_time']:.2f}x  ({1000 * r['ours_stage1_step_s']:.1f} ms vs "
                          f"{1000 * r['plain_step_s']:.1f} ms)")
+    for c in report["cases"]:
+        profile = c.get("profile")
+        if not profile:
+            continue
+        lines += ["", f"Profile {c['size']}/{c['arch']}/{c['stage']}/{c['batch_seconds']:g}s "
+                      f"({profile['wall_ms_per_step']:.1f} ms/step wall while profiled; ms per step):"]
+        for name, r in profile["regions"].items():
+            on_device = f"   device {r['device_ms']:>9.1f}" if profile["time_basis"].startswith("device") else ""
+            lines.append(f"  {name:<16} host {r['host_ms']:>9.1f}{on_device}")
+        lines.append(f"  top operators by self time ({profile['time_basis']}):")
+        for op in profile["top_ops"]:
+            lines.append(f"    {op['self_ms']:>9.2f}  {op['calls_per_step']:>6.0f}x  {op['op'][:60]}")
     lines.append("")
     lines.append(f"peak memory: {report['settings']['memory_method']}")
     return "\n".join(lines)
@@ -593,6 +606,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1; 3 with --compile)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the students")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 3 steps per case: time per step region and the top operators")
     p.add_argument("--plain", choices=["auto", "on", "off"], default="auto",
                    help="transformers baseline step (auto: on CUDA only)")
     p.add_argument("--threads", type=int, default=None,
@@ -661,7 +676,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
             "settings": {
                 "sizes": sizes, "archs": archs, "batch_seconds": args.batch_seconds,
                 "utterance_seconds": args.utterance_seconds, "steps": requested_steps, "warmup": requested_warmup,
-                "compile": args.compile, "plain": plain, "autocast": "bf16" if device.type == "cuda" else "fp32",
+                "compile": args.compile, "profile": args.profile, "plain": plain, "autocast": "bf16" if device.type == "cuda" else "fp32",
                 "stage2_keep_fraction": STAGE2_KEEP_FRACTION, "memory_method": memory_method,
                 "flops": "analytic: 2 x MACs of (teacher forward + 3 x student forward); convs, linears, "
                          "attention matmuls; element-wise work not counted",

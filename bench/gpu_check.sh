@@ -6,7 +6,7 @@
 # Parts (each under its own `timeout`; a failed or timed-out part is reported and the others still run):
 #   1. nvidia-smi and the torch / CUDA versions
 #   2. python -m pytest -m gpu -q                                   (tests/test_gpu.py and other gpu tests)
-#   3. bench/distill_step.py --size all --device cuda              -> $OUT/distill_step_gpu.json
+#   3. bench/distill_step.py --size all --device cuda --profile    -> $OUT/distill_step_gpu.json
 #   4. a short real compression of the demo teacher (quick preset, 200 + 100 steps, 40 s batches)
 #                                                                   -> $OUT/compress_gpu.json (the result; events are in the log)
 #                                                                      $OUT/compress_gpu_report.json
@@ -17,7 +17,8 @@
 #   GPU_RUN_DIR        run directory of part 4 (default: a fresh temporary directory; its checkpoints are
 #                      hundreds of MB, so they are kept out of $OUT, which should hold only a few small files)
 #   T_TESTS, T_BENCH, T_COMPRESS   time limits in seconds of parts 2-4 (default 90, 270, 150)
-#   BENCH_ARGS         extra arguments for part 3 (e.g. "--steps 5")
+#   BENCH_ARGS         extra arguments for part 3 (e.g. "--steps 5", or "--compile --arch wavlm" to time the
+#                      torch.compile path; compiling Base-size models takes minutes: raise T_BENCH)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,7 +86,7 @@ run_part "gpu tests" "$T_TESTS" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovide
 
 # shellcheck disable=SC2086  # BENCH_ARGS is a word list on purpose
 run_part "distill step benchmark" "$T_BENCH" \
-    "$PYTHON" bench/distill_step.py --size all --device cuda --json "$OUT/distill_step_gpu.json" $BENCH_ARGS
+    "$PYTHON" bench/distill_step.py --size all --device cuda --profile --json "$OUT/distill_step_gpu.json" $BENCH_ARGS
 
 RUN_DIR="${GPU_RUN_DIR:-$(mktemp -d)/gpu-run}"
 compress() {

@@ -503,6 +503,10 @@ class Batch:
     lengths: torch.Tensor
     ids: list[str]
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copy (what `DataLoader(pin_memory=True)` calls), so the copy to the GPU is asynchronous."""
+        return Batch(self.waveforms.pin_memory(), self.lengths.pin_memory(), self.ids)
+
 
 def _planned_samples(item: AudioItem, sample_rate: int) -> int:
     """The item's length at `sample_rate` as soxr will produce it; serving re-checks against the decoded array."""
@@ -647,13 +651,31 @@ class TrainBatches:
         return self
 
     def __next__(self) -> Batch:
-        batch_index, members = self._epoch_plan(self.epoch)[self.position]
-        batch = self._serve(self.epoch, batch_index, members)
-        self.position += 1
-        if self.position == self.batches_per_epoch:
-            self.epoch += 1
-            self.position = 0
+        batch = self.serve(self.consumed)
+        self.seek(self.consumed + 1)
         return batch
+
+    @property
+    def consumed(self) -> int:
+        """Batches served since epoch 0 began: the stream's position as one number."""
+        return self.epoch * self.batches_per_epoch + self.position
+
+    def seek(self, consumed: int) -> None:
+        """Make `consumed` batches count as served (the next one is `serve(consumed)`)."""
+        self.epoch, self.position = divmod(consumed, self.batches_per_epoch)
+
+    def serve(self, index: int) -> Batch:
+        """Batch number `index` of the stream (0-based over all epochs), without moving the stream. A pure
+        function of the plan, so a worker process holding a copy of this object serves the same batch."""
+        epoch, position = divmod(index, self.batches_per_epoch)
+        batch_index, members = self._epoch_plan(epoch)[position]
+        return self._serve(epoch, batch_index, members)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies sent to loader worker processes start with an empty cache of the same budget."""
+        state = self.__dict__.copy()
+        state["cache"] = WaveformCache(self.cache.max_bytes)
+        return state
 
     def _serve(self, epoch: int, batch_index: int, members: Sequence[int]) -> Batch:
         waveforms = [self.cache.get(self.items[i], self.sample_rate) for i in members]

@@ -140,6 +140,10 @@ _SPEC_OPTIONS = [
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
     click.option("--gpus", type=int, default=1, show_default=True,
                  help="Data-parallel processes for the training stages (one per GPU; gloo on CPU)."),
+    click.option("--compile", "compile_models", is_flag=True,
+                 help="torch.compile teacher and student in training (GPU; falls back to eager if it fails)."),
+    click.option("--data-workers", type=int, default=None,
+                 help="Loader processes per GPU [default: 0 on CPU, up to 4 on a GPU]."),
     click.option("--onnx", "export_onnx", is_flag=True, help="Also export model.onnx (checked with onnxruntime)."),
     click.option("--evaluate", is_flag=True, help="Run the probes (needs a manifest with phones/speakers)."),
 ]
@@ -163,6 +167,7 @@ def build_spec(**kw: Any) -> Any:
         "prune_layers": kw["prune_layers"], "preset": kw["preset"], "stage1_steps": kw["stage1_steps"],
         "stage2_steps": kw["stage2_steps"], "batch_seconds": kw["batch_seconds"], "seed": kw["seed"],
         "device": kw["device"], "gpus": kw["gpus"], "export_onnx": kw["export_onnx"], "evaluate": kw["evaluate"],
+        "compile": kw.get("compile_models", False), "data_workers": kw.get("data_workers"),
     }
     try:
         if kw["target_params"] is not None:

@@ -62,7 +62,7 @@ class ClusterTargets(nn.Module):
 
 
 def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
-                 frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, float | Tensor]]:
+                 frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean over targets of (mean L1 - mean cosine similarity), padded frames excluded.
 
     predictions, targets: [(batch, frame, feature)]; frame_mask: (batch, frame) bool or None.

@@ -10,6 +10,7 @@ writes the checkpoints and sends progress events to the parent through a queue; 
 from __future__ import annotations
 
 import queue as queue_mod
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch.multiprocessing as mp
 
 from .errors import SkillkdError, StopRequested, TrainingError
 from .events import Event, OnEvent, ShouldStop
+from .processes import die_with_parent
 
 
 @dataclass
@@ -44,6 +46,7 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
+    die_with_parent(signal.SIGKILL)
     from .audio import scan_audio
     from .distill import ClusterTargets
     from .models import load_model, make_student
@@ -79,7 +82,8 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
         batches = _train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
         ctx = StageContext(workdir / job.stage, recipe, device, job.stage, job.target_sparsity,
                            job.teacher_params, on_event=lambda e: events.put(("event", e.to_dict())),
-                           should_stop=stop.is_set, seed=seed, rank=rank, world_size=world_size)
+                           should_stop=stop.is_set, seed=seed, rank=rank, world_size=world_size,
+                           compile=spec.compile, data_workers=spec.data_workers)
         summary = train_stage(student, teacher, targets, batches, ctx)
         if rank == 0:
             events.put(("result", summary))
@@ -102,7 +106,9 @@ def run_parallel_stage(job: StageJob, world_size: int, on_event: OnEvent, should
     events = ctx.Queue()
     stop = ctx.Event()
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(rank, world_size, port, job, events, stop), daemon=True)
+    # Not daemonic: a daemonic process may not start children, and each rank starts data-loader workers.
+    # The ranks die with this process instead (`die_with_parent`), and are joined or terminated below.
+    procs = [ctx.Process(target=_rank_main, args=(rank, world_size, port, job, events, stop), daemon=False)
              for rank in range(world_size)]
     for p in procs:
         p.start()

@@ -158,7 +158,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
                                      shared_projection=shared).to(device)
             batches = _train_batches(catalog, sr, recipe, spec.seed)
             ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune", target_sparsity,
-                               teacher_params, emit, stop.should_stop, spec.seed)
+                               teacher_params, emit, stop.should_stop, spec.seed, compile=spec.compile,
+                               data_workers=spec.data_workers)
             s1 = train_stage(student, teacher_model, targets, batches, ctx)
         timings["distill_prune"] = time.monotonic() - t0
         _mark_done(workdir, "distill_prune", s1)
@@ -194,7 +195,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
             _save_stage2_result(workdir, student, targets)
         else:
             batches = _train_batches(catalog, sr, recipe2, spec.seed + 1)
-            ctx = StageContext(workdir / "final_distill", recipe2, device, "final_distill", seed=spec.seed + 1)
+            ctx = StageContext(workdir / "final_distill", recipe2, device, "final_distill", seed=spec.seed + 1,
+                               compile=spec.compile, data_workers=spec.data_workers)
             s2 = train_stage(student, teacher_model, targets, batches, ctx)
             _save_stage2_result(workdir, student, targets)
         timings["final_distill"] = time.monotonic() - t0

@@ -113,6 +113,10 @@ class CompressionSpec(BaseModel):
     seed: int = Field(default=0, ge=0)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     gpus: int = Field(default=1, ge=1, le=64)
+    compile: bool = Field(default=False, description="torch.compile teacher and student in training (falls back "
+                          "to eager if compiling fails)")
+    data_workers: int | None = Field(default=None, ge=0, le=32, description="loader processes per GPU; default "
+                                     "0 on CPU, up to 4 on a GPU")
     export_onnx: bool = False
     evaluate: bool = False
 

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.profiler import record_function
 
-from .audio import Batch, TrainBatches
+from .audio import Batch
 from .distill import ClusterTargets, distill_loss
 from .errors import CheckpointError, StopRequested, TrainingError
 from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
+from .loader import BatchLoader, BatchStream, default_workers
 from .models import SpeechEncoder
 from .spec import TrainRecipe
 
@@ -87,6 +89,8 @@ class StageContext:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+    compile: bool = False
+    data_workers: int | None = None  # None: loader.default_workers
     extra_state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -153,8 +157,121 @@ def _any_rank(flag: bool, ctx: StageContext, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+class DistillStep:
+    """One optimiser step of stage 1 or stage 2, shared by `train_stage` and `bench/distill_step.py`.
+
+    Teacher forward in inference mode up to the highest target layer, student forward (masked in stage 1),
+    distillation loss, Lagrangian on the expected sparsity (stage 1), backward, data-parallel gradient
+    averaging, the multipliers' ascent, clipping and AdamW. Every figure it returns stays on the device: the
+    caller decides when to read them (one host sync for many steps). Regions are labelled for
+    `torch.profiler` (`teacher_forward`, `student_forward`, `loss`, `backward`, `optimizer`).
+
+    `compile=True` wraps teacher and student in `torch.compile(dynamic=True)` (batches change shape from step
+    to step). A new `DistillStep` is built per stage, so the pruned student of stage 2 is compiled afresh; if
+    compiling fails (no compiler, an unsupported op), the step reports it through `on_event` and continues
+    eagerly rather than failing the job.
+    """
+
+    def __init__(self, student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
+                 recipe: TrainRecipe, device: torch.device, *, target_sparsity: float = 0.0,
+                 teacher_params: int = 0, world_size: int = 1, compile: bool = False,
+                 on_event: OnEvent = ignore_event, stage: str = "") -> None:
+        self.student, self.teacher, self.targets = student, teacher, targets
+        self.recipe, self.device = recipe, device
+        self.target_sparsity, self.teacher_params = target_sparsity, teacher_params
+        self.world_size = world_size
+        self.pruning = student.config.has_masks
+        self.on_event, self.stage = on_event, stage
+        teacher.eval().requires_grad_(False)
+        student.train()
+        targets.train()
+        self.lagrangian = Lagrangian().to(device)
+        groups: list[dict[str, Any]] = [{"params": student.weight_parameters() + list(targets.parameters()),
+                                         "lr": recipe.lr, "base_lr": recipe.lr}]
+        if self.pruning:
+            groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks,
+                           "base_lr": recipe.lr_masks, "betas": tuple(recipe.mask_betas)})
+            groups.append({"params": list(self.lagrangian.parameters()), "lr": recipe.lr_lambda,
+                           "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas),
+                           "constant_lr": recipe.lambda_constant_lr})
+        self.groups = groups
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=device.type == "cuda")
+        self.clip_params = [p for g in groups[:2] for p in g["params"]]
+        self.teacher_fn: Any = teacher
+        self.student_fn: Any = student
+        self.compiled = False
+        if compile:
+            self.teacher_fn = torch.compile(teacher, dynamic=True)
+            self.student_fn = torch.compile(student, dynamic=True)
+            self.compiled = True
+
+    def _eager_fallback(self, exc: Exception) -> None:
+        self.teacher_fn, self.student_fn, self.compiled = self.teacher, self.student, False
+        self.on_event(Event("log", self.stage, message=(
+            f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "continuing without it")))
+
+    def _forward(self, waveforms: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        device, max_layer = self.device, self.targets.max_layer
+        with record_function("teacher_forward"), torch.inference_mode(), _autocast(device):
+            teacher_reps, _ = self.teacher_fn(waveforms, None, max_layer=max_layer)
+            wanted = self.targets.teacher_targets(teacher_reps)
+        wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
+        with record_function("student_forward"), _autocast(device):
+            student_reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
+            predictions = self.targets.student_predictions(student_reps)
+        return predictions, wanted
+
+    def __call__(self, step: int, waveforms: Tensor) -> tuple[dict[str, Tensor], float, float]:
+        """Run step `step` on `waveforms` (already on the device). Returns (figures on the device, sparsity
+        target, lr factor)."""
+        recipe = self.recipe
+        factor = lr_factor(step, recipe)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else factor)
+        if self.compiled:
+            rng = torch.get_rng_state()
+            try:
+                predictions, wanted = self._forward(waveforms)
+            except Exception as exc:  # compilation problems surface at the first call with a new shape
+                torch.set_rng_state(rng)
+                self._eager_fallback(exc)
+                predictions, wanted = self._forward(waveforms)
+        else:
+            predictions, wanted = self._forward(waveforms)
+
+        with record_function("loss"):
+            loss, parts = distill_loss(predictions, wanted)
+            total = loss
+            t_now = 0.0
+            if self.pruning:
+                expected = self.student.expected_num_params()
+                sparsity = 1.0 - expected / self.teacher_params
+                t_now = sparsity_target(step, self.target_sparsity, recipe)
+                total = loss + self.lagrangian(sparsity, t_now)
+
+        with record_function("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+        with record_function("optimizer"):
+            if self.world_size > 1:
+                _average_across_ranks([p.grad for g in self.groups for p in g["params"] if p.grad is not None],
+                                      self.world_size)
+            if self.pruning:
+                self.lagrangian.flip_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.clip_params, recipe.grad_clip)
+            self.optimizer.step()
+
+        values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
+                  "grad_norm": grad_norm.detach()}
+        if self.pruning:
+            values.update(sparsity=sparsity.detach(), expected_params=expected.detach(),
+                          lambda1=self.lagrangian.lambda1.detach(), lambda2=self.lagrangian.lambda2.detach())
+        return values, t_now, factor
+
+
 def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
-                batches: TrainBatches, ctx: StageContext) -> dict[str, Any]:
+                batches: BatchStream, ctx: StageContext) -> dict[str, Any]:
     """Run (or resume) one training stage in `ctx.workdir`; returns a summary. Raises StopRequested when
     `ctx.should_stop()` says so, after saving a checkpoint."""
     recipe, device = ctx.recipe, ctx.device
@@ -163,22 +280,11 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     ckpt_path = ctx.workdir / CHECKPOINT
     log_path = ctx.workdir / "train_log.jsonl"
 
-    # 1. Models and optimiser ------------------------------------------------------------------------------
-    teacher.eval().requires_grad_(False)
-    student.train()
-    targets.train()
-    lagrangian = Lagrangian().to(device)
-    groups: list[dict[str, Any]] = [{"params": student.weight_parameters() + list(targets.parameters()), "lr": recipe.lr,
-               "base_lr": recipe.lr}]
-    if pruning:
-        groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks, "base_lr": recipe.lr_masks,
-                       "betas": tuple(recipe.mask_betas)})
-        groups.append({"params": list(lagrangian.parameters()), "lr": recipe.lr_lambda,
-                       "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas),
-                       "constant_lr": recipe.lambda_constant_lr})
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=fused)
-    clip_params = [p for g in groups[:2] for p in g["params"]]
+    # 1. Models, optimiser and the step --------------------------------------------------------------------
+    runner = DistillStep(student, teacher, targets, recipe, device, target_sparsity=ctx.target_sparsity,
+                         teacher_params=ctx.teacher_params, world_size=ctx.world_size, compile=ctx.compile,
+                         on_event=ctx.on_event if ctx.is_main else ignore_event, stage=ctx.stage)
+    lagrangian, optimizer = runner.lagrangian, runner.optimizer
 
     # 2. Resume ---------------------------------------------------------------------------------------------
     step = 0
@@ -210,7 +316,9 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
         }, ckpt_path)
 
     # 3. Loop -----------------------------------------------------------------------------------------------
-    data: Iterator[Batch] = iter(batches)
+    workers = default_workers(device, ctx.world_size) if ctx.data_workers is None else ctx.data_workers
+    loader = BatchLoader(batches, workers=workers, pin_memory=device.type == "cuda")
+    data: Iterator[Batch] = iter(loader)
     started = time.monotonic()
     start_step = step
     last: dict[str, float] = {}
@@ -220,49 +328,15 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in finally)
     try:
         while step < recipe.steps:
-            factor = lr_factor(step, recipe)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else factor)
             batch = next(data)
             audio_s = batch.waveforms.numel() / student.config.sample_rate
             waveforms = batch.waveforms.to(device, non_blocking=True)
-
-            with torch.inference_mode(), _autocast(device):
-                teacher_reps, _ = teacher(waveforms, None, max_layer=targets.max_layer)
-                wanted = targets.teacher_targets(teacher_reps)
-            wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
-
-            with _autocast(device):
-                student_reps, _ = student(waveforms, None, max_layer=targets.max_layer)
-                predictions = targets.student_predictions(student_reps)
-            loss, parts = distill_loss(predictions, wanted)
-            total = loss
-            t_now = 0.0
-            if pruning:
-                expected = student.expected_num_params()
-                sparsity = 1.0 - expected / ctx.teacher_params
-                t_now = sparsity_target(step, ctx.target_sparsity, recipe)
-                total = loss + lagrangian(sparsity, t_now)
-
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if ctx.world_size > 1:
-                _average_across_ranks([p.grad for g in groups for p in g["params"] if p.grad is not None],
-                                      ctx.world_size)
-            if pruning:
-                lagrangian.flip_gradients()
-            grad_norm = torch.nn.utils.clip_grad_norm_(clip_params, recipe.grad_clip)
-            optimizer.step()
+            values, t_now, factor = runner(step, waveforms)
             step += 1
 
             # 4. Book-keeping. The step's figures stay on the device; they are read (one host sync) every
             #    `sync_every` steps, before a checkpoint or stop check, and at the end: on a GPU the next steps
             #    are queued meanwhile. The loss check for NaN happens at each read.
-            values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
-                      "grad_norm": grad_norm.detach()}
-            if pruning:
-                values.update(sparsity=sparsity.detach(), expected_params=expected.detach(),
-                              lambda1=lagrangian.lambda1.detach(), lambda2=lagrangian.lambda2.detach())
             names = list(values)
             pending.append((step, torch.stack([v.float() for v in values.values()]), t_now, factor))
             checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps
@@ -296,6 +370,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
                 save(step)
                 raise StopRequested(f"stopped at step {step} of {ctx.stage}; the checkpoint was saved")
     finally:
+        loader.close()
         if log is not None:
             log.close()
 

@@ -21,7 +21,7 @@ def test_distill_step_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     report = distill_step.main(["--size", "tiny", "--steps", "1", "--warmup", "0", "--batch-seconds", "1",
                                 "--utterance-seconds", "0.5", "--device", "cpu", "--threads", "1",
-                                "--json", str(out)])
+                                "--profile", "--json", str(out)])
     assert torch.get_num_threads() == threads  # restored
     saved = json.loads(out.read_text())
     assert saved["cases"] == json.loads(json.dumps(report["cases"]))
@@ -34,6 +34,10 @@ def test_distill_step_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
             assert case[key] > 0, key
         assert case["peak_memory_bytes"] >= 0
         assert case["peak_fraction"] is None  # no bf16 peak on CPU
+        profile = case["profile"]
+        assert list(profile["regions"]) == ["teacher_forward", "student_forward", "loss", "backward", "optimizer"]
+        assert all(r["host_ms"] > 0 for r in profile["regions"].values())
+        assert profile["top_ops"] and all(op["self_ms"] >= 0 for op in profile["top_ops"])
     for arch in ("hubert", "wavlm"):
         s1, s2 = cases[(arch, "stage1")], cases[(arch, "stage2")]
         assert s2["student_params"] < s1["student_params"] == s1["teacher_params"]

@@ -23,19 +23,23 @@ GLOBAL_BATCH = 4
 
 
 class FixedBatches:
-    """The same global batches every run; a rank takes its contiguous share of each."""
+    """The same global batches every run; a rank takes its contiguous share of each (the stream interface
+    `core.loader.BatchLoader` reads)."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.batches = [torch.randn(GLOBAL_BATCH, 6000, generator=g) for _ in range(STEPS)]
         self.rank, self.world_size, self.position = rank, world_size, 0
 
-    def __iter__(self) -> FixedBatches:
-        return self
+    @property
+    def consumed(self) -> int:
+        return self.position
 
-    def __next__(self) -> Batch:
-        full = self.batches[self.position % len(self.batches)]
-        self.position += 1
+    def seek(self, consumed: int) -> None:
+        self.position = consumed
+
+    def serve(self, index: int) -> Batch:
+        full = self.batches[index % len(self.batches)]
         share = GLOBAL_BATCH // self.world_size
         rows = full[self.rank * share:(self.rank + 1) * share]
         return Batch(rows, torch.full((rows.shape[0],), rows.shape[1]), [])
