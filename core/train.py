@@ -34,7 +34,7 @@ from .models import SpeechEncoder
 from .spec import TrainRecipe
 
 CHECKPOINT = "checkpoint.pt"
-STOP_POLL_EVERY = 5  # steps between should_stop() calls (a DB read in the service)
+STOP_POLL_EVERY = 5  # steps between should_stop() calls on CPU (a DB read in the service); 10 on GPU
 
 
 def lr_factor(step: int, recipe: TrainRecipe) -> float:
@@ -324,6 +324,8 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     last: dict[str, float] = {}
     pending: list[tuple[int, Tensor, float, float]] = []
     sync_every = 1 if device.type == "cpu" else 10
+    # A stop check on several ranks is a collective with a host read: on a GPU it waits for the figures' read.
+    poll_every = STOP_POLL_EVERY if device.type == "cpu" else max(STOP_POLL_EVERY, sync_every)
     audio_s = 0.0
     log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in finally)
     try:
@@ -340,7 +342,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             names = list(values)
             pending.append((step, torch.stack([v.float() for v in values.values()]), t_now, factor))
             checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps
-            poll_now = step % STOP_POLL_EVERY == 0 and step < recipe.steps
+            poll_now = step % poll_every == 0 and step < recipe.steps
             if step % sync_every == 0 or checkpoint_now or poll_now or step == recipe.steps:
                 rows = torch.stack([p[1] for p in pending])
                 if ctx.world_size > 1:

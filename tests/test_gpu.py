@@ -164,3 +164,30 @@ def test_loader_pins_batches_and_compiled_steps_run(tmp_path: Path) -> None:
     summary = train_stage(student, teacher, targets, _Batches(4, 16_000), ctx)  # type: ignore[arg-type]
     assert not [e for e in events if e.kind == "log" and "torch.compile failed" in (e.message or "")]
     assert math.isfinite(summary["final"]["loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["hubert", "wavlm"])
+def test_training_step_never_synchronises_with_the_host(arch: str) -> None:
+    """Issue #5: the step (sparsity terms included) queues work without waiting for the GPU; torch raises on
+    any synchronising call while the debug mode is "error"."""
+    from core.train import DistillStep
+
+    teacher = small_teacher(arch)
+    student = make_student(teacher)
+    targets = ClusterTargets([[0], [1, 2], [3, 4]], teacher.config.hidden_size).to(DEVICE)
+    recipe = TrainRecipe(steps=10, warmup_steps=2, lr=2e-4, lr_masks=0.02, lr_lambda=0.02, sparsity_warmup_steps=5,
+                         batch_seconds=2.0, min_utterance_s=0.5, max_utterance_s=2.0, grad_clip=10.0,
+                         checkpoint_every=100)
+    step = DistillStep(student, teacher, targets, recipe, DEVICE, target_sparsity=0.75,
+                       teacher_params=teacher.num_params())
+    waveforms = 0.1 * torch.randn(2, 16_000, device=DEVICE)
+    step(0, waveforms)  # first step: one-off allocations and lazy initialisation may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 4):
+            values, _, _ = step(i, waveforms)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(float(values["loss"]))

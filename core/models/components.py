@@ -22,7 +22,9 @@ Count = Tensor | float
 
 
 def _as_tensor(x: Count, like: Tensor) -> Tensor:
-    return x if isinstance(x, Tensor) else torch.tensor(float(x), dtype=torch.float32, device=like.device)
+    # torch.full launches a fill on the device; torch.tensor(x, device=cuda) would copy from pageable host
+    # memory, which synchronises the stream: one stall per counted module per step.
+    return x if isinstance(x, Tensor) else torch.full((), float(x), dtype=torch.float32, device=like.device)
 
 
 def _keep_indices(gate: Tensor) -> Tensor:
@@ -560,7 +562,7 @@ class Transformer(nn.Module):
         fixed = self.pos_conv.num_params() + sum(p.numel() for p in self.layer_norm.parameters())
         if self.rel_attn_embed is not None:
             fixed += self.rel_attn_embed.weight.numel()
-        total = torch.tensor(float(fixed), device=self.layer_norm.weight.device)  # no host->device copy
+        total = torch.full((), float(fixed), device=self.layer_norm.weight.device)  # a fill, not a synchronising copy
         for layer in self.layers:
             n = layer.num_params()
             total = total.to(n.device) + n
