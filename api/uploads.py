@@ -1,12 +1,18 @@
-"""Receiving an upload: streamed to a temp file with a size limit, sha256 computed while streaming."""
+"""Receiving an upload: streamed to a temp file with a size limit, sha256 computed while streaming; and the
+whole archive flow shared by teachers and datasets (`ingest_archive`)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+
+from api.archives import ArchiveLimits, Extracted, extract
 from api.errors import PayloadTooLarge, UnprocessableInput
 
 
@@ -40,4 +46,48 @@ async def receive(chunks: AsyncIterator[bytes], dest: Path, *, limit: int, decla
     return Received(path=dest, sha256=digest.hexdigest(), size=size)
 
 
-__all__ = ["receive", "Received"]
+def limits_of(services: Any) -> ArchiveLimits:
+    s = services.settings
+    return ArchiveLimits(max_entries=s.max_archive_entries, max_total_bytes=s.max_extracted_bytes,
+                         max_ratio=s.max_compression_ratio)
+
+
+Prepare = Callable[[Received, Extracted, Path], tuple[Path, Any]]
+
+
+async def ingest_archive(request: Request, services: Any, final_dir: Path, prepare: Prepare) -> Any:
+    """Upload flow of an archive resource: stream the body to a private temporary folder (size limit, sha256),
+    extract it safely, let `prepare(received, extracted, folder)` validate it and return (the directory to
+    keep, the database row), move that directory to `final_dir` and insert the row.
+
+    All or nothing: on any error, including a client disconnect, no row is written and neither the temporary
+    folder nor `final_dir` is left behind. The blocking part runs in a worker thread."""
+    storage = services.storage
+    tmp = storage.new_tmp()
+    moved = False
+    try:
+        received = await receive(request.stream(), tmp / "upload", limit=services.settings.max_upload_bytes,
+                                 declared=request.headers.get("content-length"))
+
+        def validate_and_store() -> Any:
+            nonlocal moved
+            extracted = extract(received.path, tmp / "x", limits_of(services))
+            content, row = prepare(received, extracted, tmp / "x")
+            final_dir.parent.mkdir(parents=True, exist_ok=True)
+            content.rename(final_dir)
+            moved = True
+            with services.factory() as session:
+                session.add(row)
+                session.commit()
+            return row
+
+        return await run_in_threadpool(validate_and_store)
+    except BaseException:
+        if moved:
+            storage.remove(final_dir)
+        raise
+    finally:
+        storage.remove(tmp)
+
+
+__all__ = ["receive", "Received", "ingest_archive", "limits_of"]

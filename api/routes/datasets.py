@@ -10,14 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from api.archives import extract
+from api.archives import Extracted
 from api.deps import CurrentOwner, Forbidden, ServicesDep, SessionDep
 from api.errors import NotFound, UnprocessableInput
 from api.models import Dataset, new_id
 from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE
-from api.routes.teachers import limits_of
 from api.schemas import DatasetList, DatasetPublic, DatasetRegister
-from api.uploads import receive
+from api.uploads import Received, ingest_archive
 from core.errors import SkillkdError
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
@@ -71,36 +70,16 @@ async def create_dataset(
 ) -> DatasetPublic:
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
         return await _register(request, services, owner)
-    storage = services.storage
-    tmp = storage.new_tmp()
-    final = None
-    try:
-        received = await receive(request.stream(), tmp / "upload", limit=services.settings.max_upload_bytes,
-                                 declared=request.headers.get("content-length"))
-        dataset_id = new_id("ds")
+    dataset_id = new_id("ds")
 
-        def validate_and_store() -> Dataset:
-            nonlocal final
-            extracted = extract(received.path, tmp / "x", limits_of(services))
-            summary = _scan(services, tmp / "x")
-            final = storage.dataset_dir(dataset_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            (tmp / "x").rename(final)
-            row = Dataset(id=dataset_id, owner_id=owner.id, name=name, source="upload", sha256=received.sha256,
-                          size_bytes=extracted.total_bytes, files=int(summary.get("files", 0)),
-                          hours=float(summary.get("hours", 0.0)), summary=summary)
-            with services.factory() as session:
-                session.add(row)
-                session.commit()
-            return row
+    def prepare(received: Received, extracted: Extracted, folder: Path) -> tuple[Path, Dataset]:
+        summary = _scan(services, folder)
+        return folder, Dataset(id=dataset_id, owner_id=owner.id, name=name, source="upload",
+                               sha256=received.sha256, size_bytes=extracted.total_bytes,
+                               files=int(summary.get("files", 0)), hours=float(summary.get("hours", 0.0)),
+                               summary=summary)
 
-        return public(await run_in_threadpool(validate_and_store))
-    except BaseException:
-        if final is not None:
-            storage.remove(final)
-        raise
-    finally:
-        storage.remove(tmp)
+    return public(await ingest_archive(request, services, services.storage.dataset_dir(dataset_id), prepare))
 
 
 async def _register(request: Request, services, owner) -> DatasetPublic:

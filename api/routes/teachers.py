@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from api.archives import ArchiveLimits, content_root, extract
+from api.archives import Extracted, content_root
 from api.deps import CurrentOwner, ServicesDep, SessionDep
 from api.errors import NotFound, UnprocessableInput
 from api.models import Teacher, new_id
 from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE
 from api.schemas import TeacherList, TeacherPublic
-from api.uploads import receive
+from api.uploads import Received, ingest_archive
 from core.errors import SkillkdError
 
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=ERRORS)
 
 _REQUIRED = ("architecture", "layout", "num_layers", "hidden_size", "num_params", "sample_rate")
-
-
-def limits_of(services) -> ArchiveLimits:
-    s = services.settings
-    return ArchiveLimits(max_entries=s.max_archive_entries, max_total_bytes=s.max_extracted_bytes,
-                         max_ratio=s.max_compression_ratio)
 
 
 @router.post("", status_code=201, response_model=TeacherPublic, openapi_extra=ARCHIVE_BODY,
@@ -34,42 +28,21 @@ async def upload_teacher(
     request: Request, services: ServicesDep, owner: CurrentOwner,
     name: Annotated[str, Query(max_length=200)] = "",
 ) -> Teacher:
-    storage = services.storage
-    tmp = storage.new_tmp()
-    final = None
-    try:
-        received = await receive(request.stream(), tmp / "upload", limit=services.settings.max_upload_bytes,
-                                 declared=request.headers.get("content-length"))
-        teacher_id = new_id("tch")
+    teacher_id = new_id("tch")
 
-        def validate_and_store() -> Teacher:
-            nonlocal final
-            extract(received.path, tmp / "x", limits_of(services))
-            root = content_root(tmp / "x")
-            try:
-                info = services.get_engine().inspect_teacher(root)
-            except SkillkdError as exc:
-                raise UnprocessableInput(exc.message, code=exc.code) from exc
-            missing = [k for k in _REQUIRED if k not in info]
-            if missing:
-                raise UnprocessableInput(f"teacher inspection lacks {missing}", code="teacher_invalid")
-            final = storage.teacher_dir(teacher_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            root.rename(final)
-            row = Teacher(id=teacher_id, owner_id=owner.id, name=name, sha256=received.sha256,
-                          size_bytes=received.size, **{k: info[k] for k in _REQUIRED})
-            with services.factory() as session:
-                session.add(row)
-                session.commit()
-            return row
+    def prepare(received: Received, extracted: Extracted, folder: Path) -> tuple[Path, Teacher]:
+        root = content_root(folder)
+        try:
+            info = services.get_engine().inspect_teacher(root)
+        except SkillkdError as exc:
+            raise UnprocessableInput(exc.message, code=exc.code) from exc
+        missing = [k for k in _REQUIRED if k not in info]
+        if missing:
+            raise UnprocessableInput(f"teacher inspection lacks {missing}", code="teacher_invalid")
+        return root, Teacher(id=teacher_id, owner_id=owner.id, name=name, sha256=received.sha256,
+                             size_bytes=received.size, **{k: info[k] for k in _REQUIRED})
 
-        return await run_in_threadpool(validate_and_store)
-    except BaseException:
-        if final is not None:
-            storage.remove(final)
-        raise
-    finally:
-        storage.remove(tmp)
+    return await ingest_archive(request, services, services.storage.teacher_dir(teacher_id), prepare)
 
 
 @router.get("", response_model=TeacherList)
