@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -78,9 +79,24 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     return methods
 
 
-def _fail(exc: SkillkdError) -> None:
+def _fail(exc: SkillkdError) -> NoReturn:
     click.echo(f"error [{exc.code}]: {exc.message}", err=True)
     sys.exit(2 if exc.code in _INPUT_ERRORS else 1)
+
+
+def _run(bars: EventBars, work: Callable[[], Any]) -> Any:
+    """Run `work` with progress bars; engine errors become one line and an exit status, bad values a usage
+    error (never a traceback)."""
+    try:
+        return work()
+    except SkillkdError as exc:
+        bars.close()
+        _fail(exc)
+    except ValueError as exc:  # a bad option value the engine refused (e.g. a spec field out of range)
+        bars.close()
+        raise click.UsageError(str(exc)) from exc
+    finally:
+        bars.close()
 
 
 _PATH = click.Path(exists=True, path_type=Path)
@@ -111,20 +127,11 @@ def evaluate_command(
     from core.evaluation.run import evaluate, render_markdown
 
     bars = EventBars()
-    try:
-        result = evaluate(
-            model, dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
-            test_split=test_split, seed=seed, out_dir=out_dir, include_fbank=fbank, teacher=teacher,
-            device=device, phone_config=PhoneProbeConfig(head=head), on_event=bars,  # type: ignore[arg-type]
-        )
-    except SkillkdError as exc:
-        bars.close()
-        _fail(exc)
-        return
-    except ValueError as exc:  # a bad option value the engine refused (e.g. a spec field out of range)
-        bars.close()
-        raise click.UsageError(str(exc)) from exc
-    bars.close()
+    result = _run(bars, lambda: evaluate(
+        model, dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
+        test_split=test_split, seed=seed, out_dir=out_dir, include_fbank=fbank, teacher=teacher,
+        device=device, phone_config=PhoneProbeConfig(head=head), on_event=bars,  # type: ignore[arg-type]
+    ))
     click.echo(json.dumps(result, indent=2) if as_json else render_markdown(result))
 
 
@@ -161,21 +168,12 @@ def compare_command(
     if clusters is not None:
         overrides["clusters"] = int(clusters) if clusters.strip().isdigit() else clusters.strip()
     bars = EventBars()
-    try:
-        result = compare(
-            teacher, dataset, out_dir=out_dir, methods=methods, sparsity=sparsity, seeds=seeds, preset=preset,
-            stage1_steps=stage1_steps, stage2_steps=stage2_steps, tasks=tasks, phone_field=phone_field,
-            train_split=train_split, test_split=test_split, include_fbank=fbank, device=device, on_event=bars,
-            spec_overrides=overrides,
-        )
-    except SkillkdError as exc:
-        bars.close()
-        _fail(exc)
-        return
-    except ValueError as exc:  # a bad option value the engine refused (e.g. a spec field out of range)
-        bars.close()
-        raise click.UsageError(str(exc)) from exc
-    bars.close()
+    result = _run(bars, lambda: compare(
+        teacher, dataset, out_dir=out_dir, methods=methods, sparsity=sparsity, seeds=seeds, preset=preset,
+        stage1_steps=stage1_steps, stage2_steps=stage2_steps, tasks=tasks, phone_field=phone_field,
+        train_split=train_split, test_split=test_split, include_fbank=fbank, device=device, on_event=bars,
+        spec_overrides=overrides,
+    ))
     click.echo(json.dumps(result, indent=2, default=str) if as_json else render_comparison(result))
 
 
