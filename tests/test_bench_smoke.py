@@ -65,3 +65,23 @@ def test_analytic_macs_match_counted_macs(arch: str) -> None:
         student(waveforms, None)
     assert counter.total == sum(distill_step.forward_macs(pruned, 2, 4000).values())
     assert [layer.num_heads for layer in pruned.layers] == [1, 1]
+
+
+def test_target_cka_script_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from bench import target_cka
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        sf.write(tmp_path / f"u{i}.wav", (0.2 * rng.standard_normal(16000)).astype(np.float32), 16000)
+        rows.append(json.dumps({"path": f"u{i}.wav", "split": "train", "speaker": "s"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    result = target_cka.main([str(tiny_teacher_dir), str(tmp_path), "--clusters", "0;1-2"])
+    assert result["utterances"] == 3 and result["dphubert_layers"] == [0, 1, 1, 2]
+    values = result["target_vs_cluster_mean"]
+    assert values["r0 vs mean(r0..r0)"] == pytest.approx(1.0)
+    assert 0.0 < values["r1 vs mean(r1..r2)"] <= 1.0 + 1e-9
+    assert len(result["adjacent"]) == 2
