@@ -8,13 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from api.archives import Extracted
 from api.deps import CurrentOwner, Forbidden, ServicesDep, SessionDep
 from api.errors import NotFound, UnprocessableInput
 from api.models import Dataset, new_id
-from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE
+from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE, owned, page
 from api.schemas import DatasetList, DatasetPublic, DatasetRegister
 from api.uploads import Received, ingest_archive
 from core.errors import SkillkdError
@@ -118,18 +117,13 @@ async def _register(request: Request, services, owner) -> DatasetPublic:
 def list_datasets(session: SessionDep, owner: CurrentOwner,
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                   after: Annotated[str | None, Query(max_length=64)] = None) -> DatasetList:
-    query = select(Dataset).where(Dataset.owner_id == owner.id).order_by(Dataset.id.desc()).limit(limit + 1)
-    if after:
-        query = query.where(Dataset.id < after)
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return DatasetList(items=[public(r) for r in rows], next_cursor=rows[-1].id if more else None)
+    rows, cursor = page(session, Dataset, owner, limit, after)
+    return DatasetList(items=[public(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetPublic:
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.owner_id != owner.id:
+    row = owned(session, Dataset, dataset_id, owner)
+    if row is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return public(row)

@@ -19,7 +19,7 @@ from api.deps import CurrentOwner, ServicesDep, SessionDep
 from api.errors import Conflict, NotFound, TooManyRequests, UnprocessableInput
 from api.jobstore import add_event, count_in_flight, transition
 from api.models import TERMINAL_STATUSES, Artifact, Dataset, Job, JobEvent, Owner, Teacher, new_id, utcnow
-from api.routes._common import ERRORS, MAX_PAGE
+from api.routes._common import ERRORS, MAX_PAGE, owned, page
 from api.schemas import (
     ArtifactList,
     ArtifactPublic,
@@ -50,8 +50,8 @@ def job_public(job: Job) -> JobPublic:
 
 
 def owned_job(session: Session, owner: Owner, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.owner_id != owner.id:
+    job = owned(session, Job, job_id, owner)
+    if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
 
@@ -62,15 +62,15 @@ def _same_request(job: Job, body: JobCreate) -> bool:
 
 
 def _check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
-    teacher = session.get(Teacher, body.teacher_id)
-    if teacher is None or teacher.owner_id != owner.id:
+    teacher = owned(session, Teacher, body.teacher_id, owner)
+    if teacher is None:
         raise UnprocessableInput(f"teacher_id: teacher {body.teacher_id} not found", code="teacher_not_found")
     for field in ("dataset_id", "calibration_dataset_id"):
         value = getattr(body, field)
         if value is None:
             continue
-        dataset = session.get(Dataset, value)
-        if dataset is None or dataset.owner_id != owner.id:
+        dataset = owned(session, Dataset, value, owner)
+        if dataset is None:
             raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
     spec = body.spec
     try:
@@ -136,15 +136,8 @@ def list_jobs(session: SessionDep, owner: CurrentOwner, status: JobStatus | None
               limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
               after: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
               ) -> JobList:
-    query = select(Job).where(Job.owner_id == owner.id).order_by(Job.id.desc()).limit(limit + 1)
-    if status:
-        query = query.where(Job.status == status)
-    if after:
-        query = query.where(Job.id < after)
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return JobList(items=[job_public(r) for r in rows], next_cursor=rows[-1].id if more else None)
+    rows, cursor = page(session, Job, owner, limit, after, [Job.status == status] if status else None)
+    return JobList(items=[job_public(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

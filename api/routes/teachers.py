@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import select
 
 from api.archives import Extracted, content_root
 from api.deps import CurrentOwner, ServicesDep, SessionDep
 from api.errors import NotFound, UnprocessableInput
 from api.models import Teacher, new_id
-from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE
+from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE, owned, page
 from api.schemas import TeacherList, TeacherPublic
 from api.uploads import Received, ingest_archive
 from core.errors import SkillkdError
@@ -49,19 +48,13 @@ async def upload_teacher(
 def list_teachers(session: SessionDep, owner: CurrentOwner,
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                   after: Annotated[str | None, Query(max_length=64)] = None) -> TeacherList:
-    query = select(Teacher).where(Teacher.owner_id == owner.id).order_by(Teacher.id.desc()).limit(limit + 1)
-    if after:
-        query = query.where(Teacher.id < after)
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return TeacherList(items=[TeacherPublic.model_validate(r) for r in rows],
-                       next_cursor=rows[-1].id if more else None)
+    rows, cursor = page(session, Teacher, owner, limit, after)
+    return TeacherList(items=[TeacherPublic.model_validate(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{teacher_id}", response_model=TeacherPublic)
 def get_teacher(teacher_id: str, session: SessionDep, owner: CurrentOwner) -> Teacher:
-    row = session.get(Teacher, teacher_id)
-    if row is None or row.owner_id != owner.id:
+    row = owned(session, Teacher, teacher_id, owner)
+    if row is None:
         raise NotFound(f"teacher {teacher_id} not found")
     return row
