@@ -3,6 +3,7 @@ worker processes serve exactly the stream's batches, resume exactly, and `compil
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,7 @@ def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path: Path, tiny
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor needs a C++ compiler on CPU")
 def test_compiled_training_runs_and_tracks_eager(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     """Real torch.compile (inductor) on CPU: no fallback, finite figures, weights close to an eager run.
     Stage 1 samples masks with random numbers that compiled code draws differently, so compare loosely."""
