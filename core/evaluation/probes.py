@@ -19,7 +19,7 @@ global RNG is untouched) and batches are shuffled with a dedicated generator.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -334,31 +334,22 @@ def train_phone_probe(
     frame_counts = [features[i].shape[1] for i in train_ids]
     targets = [torch.tensor(vocabulary.encode(phones), dtype=torch.int64) for _, phones in train]
 
+    def ctc(rows: list[int]) -> torch.Tensor:
+        reps, frame_lengths = batcher([train_ids[r] for r in rows])
+        batch_targets = [targets[r] for r in rows]
+        log_probs = probe(reps, frame_lengths, normalised=True).log_softmax(dim=-1)  # (batch, frame, vocab)
+        return F.ctc_loss(
+            log_probs.transpose(0, 1),  # (frame, batch, vocab)
+            torch.cat(batch_targets),
+            frame_lengths,
+            torch.tensor([len(t) for t in batch_targets], dtype=torch.int64),
+            blank=0,
+            zero_infinity=True,  # an utterance with fewer frames than phones adds nothing, not inf
+        )
+
     probe.train()
-    step, epoch_loss = 0, math.nan
-    for epoch in range(config.epochs):
-        losses = []
-        for rows in _length_bucketed_batches(frame_counts, config.batch_size, generator):
-            reps, frame_lengths = batcher([train_ids[r] for r in rows])
-            batch_targets = [targets[r] for r in rows]
-            log_probs = probe(reps, frame_lengths, normalised=True).log_softmax(dim=-1)  # (batch, frame, vocab)
-            loss = F.ctc_loss(
-                log_probs.transpose(0, 1),  # (frame, batch, vocab)
-                torch.cat(batch_targets),
-                frame_lengths,
-                torch.tensor([len(t) for t in batch_targets], dtype=torch.int64),
-                blank=0,
-                zero_infinity=True,  # an utterance with fewer frames than phones adds nothing, not inf
-            )
-            _check_finite(loss, "phone", step)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            step += 1
-            losses.append(loss.item())
-        epoch_loss = sum(losses) / len(losses)
-        if progress is not None:
-            progress(epoch + 1, config.epochs, epoch_loss)
+    step, epoch_loss = _fit("phone", optimiser, config.epochs, ctc, progress,
+                            lambda: _length_bucketed_batches(frame_counts, config.batch_size, generator))
 
     probe.eval()
     references: list[list[str]] = []
@@ -387,6 +378,27 @@ def train_phone_probe(
     )
 
 
+def _fit(name: str, optimiser: torch.optim.Optimizer, epochs: int, batch_loss: Callable[[Any], torch.Tensor],
+         progress: EpochProgress | None, epoch_batches: Callable[[], Iterable[Any]]) -> tuple[int, float]:
+    """The probes' training loop: per epoch, one optimiser step per batch of `epoch_batches()`; returns the step
+    count and the last epoch's mean loss. A non-finite loss stops it with a TrainingError naming the probe."""
+    step, epoch_loss = 0, math.nan
+    for epoch in range(epochs):
+        losses = []
+        for batch in epoch_batches():
+            loss = batch_loss(batch)
+            _check_finite(loss, name, step)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            step += 1
+            losses.append(loss.item())
+        epoch_loss = sum(losses) / len(losses)
+        if progress is not None:
+            progress(epoch + 1, epochs, epoch_loss)
+    return step, epoch_loss
+
+
 def train_speaker_probe(
     features: FeatureSet,
     train: Sequence[tuple[str, str]],
@@ -413,23 +425,15 @@ def train_speaker_probe(
     optimiser = torch.optim.Adam(probe.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
 
-    probe.train()
-    step, epoch_loss = 0, math.nan
-    for epoch in range(config.epochs):
+    def shuffled_batches() -> Iterator[torch.Tensor]:
         order = torch.randperm(len(train), generator=generator)
-        losses = []
         for start in range(0, len(order), config.batch_size):
-            rows = order[start : start + config.batch_size]
-            loss = F.cross_entropy(probe(train_pooled[rows]), labels[rows])
-            _check_finite(loss, "speaker", step)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            step += 1
-            losses.append(loss.item())
-        epoch_loss = sum(losses) / len(losses)
-        if progress is not None:
-            progress(epoch + 1, config.epochs, epoch_loss)
+            yield order[start : start + config.batch_size]
+
+    probe.train()
+    step, epoch_loss = _fit("speaker", optimiser, config.epochs,
+                            lambda rows: F.cross_entropy(probe(train_pooled[rows]), labels[rows]), progress,
+                            shuffled_batches)
 
     probe.eval()
     seen = [(i, speaker) for i, speaker in test if speaker in index]
