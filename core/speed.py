@@ -1,0 +1,167 @@
+"""What a student bought: its size, compute and measured speed next to its teacher's, in one process.
+
+Parameters and MACs say how much a model *should* cost; only a clock says what it does cost, and the two
+disagree (a conv extractor holds half of a small teacher's MACs and under a tenth of its parameters). So every
+report measures both models the same way:
+
+- MACs per second of audio, counted on a forward pass over the reference utterance
+  (`core.evaluation.facts.count_macs`; attention grows with the square of the length, so the utterance length
+  is stated with the figure);
+- real-time factor (processing time / audio duration, below 1 is faster than real time): the median of `runs`
+  forward passes of one fixed `seconds`-long utterance, teacher and student *interleaved* (T S S T T S ...,
+  after `warmup` untimed passes of each), so a machine that gets busier or cooler during the measurement
+  affects both alike. On the CPU with one thread (the comparable figure) and with every core this process
+  may use, and on the given CUDA device when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .evaluation.facts import count_macs, count_parameters, device_of, sample_rate_of
+from .models import SpeechEncoder
+
+SECONDS = 10.0  # the reference utterance of every speed figure
+RUNS = 5
+WARMUP = 1
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` intra-op threads, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _utterance(seconds: float, sample_rate: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = int(round(seconds * sample_rate))
+    generator = torch.Generator().manual_seed(0)
+    waveforms = 0.1 * torch.randn(1, samples, generator=generator)  # (batch, time)
+    return waveforms.to(device), torch.tensor([samples], device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_times(models: dict[str, SpeechEncoder], *, device: torch.device | str = "cpu", seconds: float = SECONDS,
+                      runs: int = RUNS, warmup: int = WARMUP) -> dict[str, list[float]]:
+    """Seconds per forward pass of each model over the same `seconds`-long utterance, `runs` each.
+
+    Rounds alternate the order (A B, B A, A B, ...), so neither model always runs right after the other. The
+    models are moved to `device` for the measurement and back afterwards; eval mode, no autograd.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, found runs={runs}, warmup={warmup}")
+    device = torch.device(device)
+    rates = {sample_rate_of(m) for m in models.values()}
+    if len(rates) != 1:
+        raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
+    waveforms, lengths = _utterance(seconds, rates.pop(), device)
+    homes = {name: device_of(m) for name, m in models.items()}
+    modes = {name: m.training for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    try:
+        for m in models.values():
+            m.to(device).eval()
+        with torch.inference_mode():
+            for round_index in range(warmup + runs):
+                order = names if round_index % 2 == 0 else names[::-1]
+                for name in order:
+                    _sync(device)
+                    start = time.perf_counter()
+                    models[name](waveforms, lengths)
+                    _sync(device)
+                    if round_index >= warmup:
+                        times[name].append(time.perf_counter() - start)
+    finally:
+        for name, m in models.items():
+            m.to(homes[name]).train(modes[name])
+    return times
+
+
+def _setting(times: dict[str, list[float]], seconds: float, threads: int | None) -> dict[str, Any]:
+    rtf = {name: statistics.median(values) / seconds for name, values in times.items()}
+    out: dict[str, Any] = {"threads": threads, **{f"{name}_rtf": value for name, value in rtf.items()}}
+    if "teacher" in rtf and "student" in rtf:
+        out["speedup"] = rtf["teacher"] / rtf["student"]
+    out["times_s"] = {name: [round(t, 6) for t in values] for name, values in times.items()}
+    return out
+
+
+def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.device | str | None = None,
+            seconds: float = SECONDS, runs: int = RUNS, warmup: int = WARMUP) -> dict[str, Any]:
+    """Teacher and student side by side: parameters, MACs per audio second, and real-time factors.
+
+    Returns `{"protocol", "teacher": {params, macs_per_second}, "student": {...}, "params_ratio",
+    "macs_ratio", "cpu_1_thread", "cpu_all_threads", ["cuda"]}`; each speed setting holds `teacher_rtf`,
+    `student_rtf`, `speedup` (teacher RTF / student RTF), the thread count and every timed pass.
+    `device`: a CUDA device adds a measurement there (a CPU device adds nothing: the CPU is always measured).
+    """
+    models = {"teacher": teacher, "student": student}
+    result: dict[str, Any] = {
+        "protocol": {
+            "utterance_seconds": seconds, "runs": runs, "warmup": warmup,
+            "statistic": "median of interleaved forward passes (batch 1, fp32, inference mode)",
+            "macs": "counted on a forward pass over the same utterance, per second of audio",
+        },
+    }
+    for name, model in models.items():
+        macs = count_macs(model, seconds=seconds)
+        result[name] = {"params": count_parameters(model), "macs_per_second": macs.macs_per_second,
+                        "macs_by_kind": macs.by_kind}
+    result["params_ratio"] = result["teacher"]["params"] / max(1, result["student"]["params"])
+    result["macs_ratio"] = result["teacher"]["macs_per_second"] / max(1, result["student"]["macs_per_second"])
+    with torch_threads(1):
+        result["cpu_1_thread"] = _setting(
+            interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup), seconds, 1)
+    cores = available_cores()
+    if cores > 1:
+        with torch_threads(cores):
+            result["cpu_all_threads"] = _setting(
+                interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup), seconds, cores)
+    else:  # one core: the same measurement
+        result["cpu_all_threads"] = result["cpu_1_thread"]
+    if device is not None and torch.device(device).type == "cuda":
+        result["cuda"] = _setting(
+            interleaved_times(models, device=device, seconds=seconds, runs=runs, warmup=warmup), seconds, None)
+        result["cuda"]["device"] = torch.cuda.get_device_name(torch.device(device))
+    return result
+
+
+def headline(speed: dict[str, Any]) -> dict[str, float]:
+    """The few numbers a job's metrics carry: sizes, compute and speed-ups (teacher time / student time)."""
+    out: dict[str, float] = {
+        "teacher_params": float(speed["teacher"]["params"]), "student_params": float(speed["student"]["params"]),
+        "teacher_macs_per_s": float(speed["teacher"]["macs_per_second"]),
+        "student_macs_per_s": float(speed["student"]["macs_per_second"]),
+    }
+    for setting in ("cpu_1_thread", "cpu_all_threads", "cuda"):
+        if setting in speed:
+            out[f"student_rtf_{setting}"] = float(speed[setting]["student_rtf"])
+            out[f"speedup_{setting}"] = float(speed[setting]["speedup"])
+    return out
+
+
+__all__ = ["SECONDS", "available_cores", "headline", "interleaved_times", "measure", "torch_threads"]

@@ -1,0 +1,69 @@
+"""core.speed: teacher vs student sizes, MACs and interleaved real-time factors on tiny random-init models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import speed
+from core.evaluation import count_macs
+from core.models import SpeechEncoder, load_huggingface, make_student
+from tests.conftest import save_tiny_teacher
+
+
+def tiny_pair(directory: Path, keep: float = 0.3, seed: int = 0) -> tuple[SpeechEncoder, SpeechEncoder]:
+    """A tiny teacher and a student pruned to roughly `keep` of its conv channels, heads and FFN units."""
+    teacher = load_huggingface(save_tiny_teacher(directory, "hubert"))
+    student = make_student(teacher)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for hc in student.hard_concretes():
+            kept = torch.randperm(hc.n, generator=g)[: max(1, round(keep * hc.n))]
+            log_alpha = torch.full((hc.n,), -20.0)
+            log_alpha[kept] = 6.0
+            hc.log_alpha.copy_(log_alpha)
+    student.prune()
+    return teacher.eval(), student.eval()
+
+
+def test_measure_gives_sizes_macs_and_interleaved_speed(tmp_path: Path) -> None:
+    teacher, student = tiny_pair(tmp_path / "t")
+    threads = torch.get_num_threads()
+    result = speed.measure(teacher, student, seconds=1.0, runs=3, warmup=1)
+    assert torch.get_num_threads() == threads  # restored
+    assert result["teacher"]["params"] == teacher.num_params()
+    assert result["student"]["params"] == student.num_params() < teacher.num_params()
+    assert result["teacher"]["macs_per_second"] == count_macs(teacher, seconds=1.0).macs_per_second
+    assert result["student"]["macs_per_second"] < result["teacher"]["macs_per_second"]
+    assert result["macs_ratio"] == pytest.approx(
+        result["teacher"]["macs_per_second"] / result["student"]["macs_per_second"])
+    one = result["cpu_1_thread"]
+    assert one["threads"] == 1
+    assert len(one["times_s"]["teacher"]) == len(one["times_s"]["student"]) == 3
+    assert one["teacher_rtf"] > 0 and one["student_rtf"] > 0
+    assert one["speedup"] == pytest.approx(one["teacher_rtf"] / one["student_rtf"])
+    assert result["cpu_all_threads"]["threads"] == speed.available_cores()
+    assert "cuda" not in result
+    assert result["protocol"]["utterance_seconds"] == 1.0
+    head = speed.headline(result)
+    assert head["student_params"] == student.num_params()
+    assert head["speedup_cpu_1_thread"] == one["speedup"]
+    assert "speedup_cuda" not in head
+    # the models are left where and as they were
+    assert not teacher.training and next(student.parameters()).device.type == "cpu"
+
+
+def test_interleaved_times_alternate_order_and_restore_modes(tmp_path: Path) -> None:
+    teacher, student = tiny_pair(tmp_path / "t")
+    calls: list[str] = []
+    teacher.register_forward_hook(lambda *_: calls.append("t"))
+    student.register_forward_hook(lambda *_: calls.append("s"))
+    student.train()
+    times = speed.interleaved_times({"teacher": teacher, "student": student}, seconds=0.5, runs=2, warmup=1)
+    assert calls == ["t", "s", "s", "t", "t", "s"]
+    assert [len(v) for v in times.values()] == [2, 2]
+    assert student.training and not teacher.training
+    with pytest.raises(ValueError, match="runs"):
+        speed.interleaved_times({"teacher": teacher}, runs=0)
