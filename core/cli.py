@@ -1,6 +1,7 @@
 """Engine commands of the `skillkd` CLI: compress, analyze, inspect, export (+ evaluate, compare).
 
-They need no service. The console script (`api.cli:main`) adds the service commands to this group.
+They need no service. The console script (`api.cli:main`) adds the service commands to this group. The spec
+options are generated from `CompressionSpec` (core/spec_options.py), the same for `skillkd submit`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 
 from .errors import SkillkdError, StopRequested
 from .events import Event
+from .spec_options import build_spec, parse_clusters, spec_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_TEACHER = PACKAGE_DIR / "assets" / "demo-teacher"
@@ -90,101 +92,10 @@ def _stop_on_sigint() -> Callable[[], bool]:
     return lambda: state["stop"]
 
 
-def _parse_clusters(value: str | None) -> Any:
-    """'4', 'auto', or explicit groups '0;1-4;5,6,7;8-12'."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value == "auto" or value.isdigit():
-        return value if value == "auto" else int(value)
-    groups = []
-    for part in value.split(";"):
-        members: list[int] = []
-        for item in part.split(","):
-            item = item.strip()
-            if "-" in item:
-                a, b = item.split("-", 1)
-                members.extend(range(int(a), int(b) + 1))
-            elif item:
-                members.append(int(item))
-        groups.append(members)
-    return groups
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="skillkd", prog_name="skillkd")
 def cli() -> None:
     """skillkd: compress speech SSL encoders (WavLM, HuBERT, wav2vec 2.0) with SKILL / DPHuBERT."""
-
-
-_SPEC_OPTIONS = [
-    click.option("--method", type=click.Choice(["skill", "dphubert"]), default="skill", show_default=True,
-                 help="SKILL (clustered targets) or DPHuBERT (fixed layers)."),
-    click.option("--sparsity", type=float, default=None,
-                 help="Fraction of the teacher's parameters to remove (default 0.75)."),
-    click.option("--target-params", default=None, help="Reach this many parameters instead, e.g. 24M."),
-    click.option("--clusters", default=None,
-                 help="k (default 4), 'auto', or explicit groups of r0..rL like '0;1-4;5-8;9-12'."),
-    click.option("--linkage", type=click.Choice(["average", "single", "complete", "ward"]), default="average",
-                 show_default=True),
-    click.option("--non-contiguous", is_flag=True, help="Allow clusters that are not runs of adjacent layers."),
-    click.option("--student-mapping", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
-                 help="Student side of a cluster target."),
-    click.option("--prune-layers", is_flag=True, help="Also learn whole-attention/FFN masks."),
-    click.option("--preset", type=click.Choice(["quick", "paper"]), default="quick", show_default=True),
-    click.option("--stage1-steps", type=int, default=None),
-    click.option("--stage2-steps", type=int, default=None, help="0 skips the final distillation."),
-    click.option("--batch-seconds", type=float, default=None, help="Audio seconds per step (per GPU)."),
-    click.option("--calibration-utterances", type=int, default=None),
-    click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
-    click.option("--gpus", type=int, default=1, show_default=True,
-                 help="Data-parallel processes for the training stages (one per GPU; gloo on CPU)."),
-    click.option("--compile", "compile_models", is_flag=True,
-                 help="torch.compile teacher and student in training (GPU; falls back to eager if it fails)."),
-    click.option("--data-workers", type=int, default=None,
-                 help="Loader processes per GPU [default: 0 on CPU, up to 4 on a GPU]."),
-    click.option("--onnx", "export_onnx", is_flag=True, help="Also export model.onnx (checked with onnxruntime)."),
-    click.option("--evaluate", is_flag=True, help="Run the probes (needs a manifest with phones/speakers)."),
-]
-
-
-def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_SPEC_OPTIONS):
-        f = option(f)
-    return f
-
-
-def build_spec(**kw: Any) -> Any:
-    """CompressionSpec from CLI options; pydantic's message names the bad field."""
-    from pydantic import ValidationError
-
-    from .spec import CompressionSpec, parse_param_count
-
-    data: dict[str, Any] = {
-        "method": kw["method"], "sparsity": kw["sparsity"], "linkage": kw["linkage"],
-        "contiguous": not kw["non_contiguous"], "student_mapping": kw["student_mapping"],
-        "prune_layers": kw["prune_layers"], "preset": kw["preset"], "stage1_steps": kw["stage1_steps"],
-        "stage2_steps": kw["stage2_steps"], "batch_seconds": kw["batch_seconds"], "seed": kw["seed"],
-        "device": kw["device"], "gpus": kw["gpus"], "export_onnx": kw["export_onnx"], "evaluate": kw["evaluate"],
-        "compile": kw.get("compile_models", False), "data_workers": kw.get("data_workers"),
-    }
-    try:
-        if kw["target_params"] is not None:
-            data["target_params"] = parse_param_count(kw["target_params"])
-        clusters = _parse_clusters(kw["clusters"])
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if clusters is not None:
-        data["clusters"] = clusters
-    if kw.get("calibration_utterances") is not None:
-        data["calibration_utterances"] = kw["calibration_utterances"]
-    try:
-        return CompressionSpec(**{k: v for k, v in data.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "spec"
-        raise click.BadParameter(f"{field}: {first['msg']}") from None
 
 
 @cli.command()
@@ -207,7 +118,7 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
         audio = audio or DEMO_AUDIO
     if teacher is None or audio is None:
         raise click.UsageError("give TEACHER and AUDIO, or --demo")
-    spec = build_spec(**spec_kw)
+    spec = build_spec(spec_kw)
     if out is None:
         if resume:
             raise click.UsageError("--resume needs --out (the run directory to continue)")
@@ -271,7 +182,7 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
     from .spec import CompressionSpec
 
     try:
-        spec = CompressionSpec(clusters=_parse_clusters(clusters), linkage=linkage,  # type: ignore[arg-type]
+        spec = CompressionSpec(clusters=parse_clusters(clusters), linkage=linkage,  # type: ignore[arg-type]
                                contiguous=not non_contiguous, calibration_utterances=calibration_utterances,
                                calibration_seconds=calibration_seconds, device=device)
     except (ValidationError, ValueError) as exc:
@@ -289,13 +200,13 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
     printer.close()
     result = {"clusters": info["clusters"], "cka_png": str(out / "cka.png"),
               "clusters_json": str(out / "clusters.json"), "utterances": info["utterances"],
-              "seconds": round(info["seconds"], 1)}
+              "audio_seconds": round(info["audio_seconds"], 1)}
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(f"clusters: {result['clusters']}\nplot:     {result['cka_png']}\n"
                    f"data:     {result['clusters_json']} ({result['utterances']} utterances, "
-                   f"{result['seconds']} s of audio)")
+                   f"{result['audio_seconds']} s of audio)")
 
 
 @cli.command()

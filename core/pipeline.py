@@ -20,20 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, speed
 from .audio import AudioCatalog, TrainBatches, iter_padded_batches, scan_audio
 from .cka import StreamingCKA
 from .clustering import Clustering, cluster_layers, dphubert_clusters, validate_clusters
 from .distill import ClusterTargets
 from .errors import AudioError, SpecError, StopRequested
-from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
-from .export import export_onnx, save_student
+from .events import STAGES, Event, OnEvent, ShouldStop, ignore_event, never_stop
+from .export import export_for_users, save_student
+from .landing import land
 from .models import ModelConfig, SpeechEncoder, build_model, load_model, make_student
 from .parallel import StageJob, run_parallel_stage
-from .spec import CompressionSpec
+from .spec import Budget, CompressionSpec
 from .train import CHECKPOINT, StageContext, load_checkpoint, train_stage
-
-STAGE_ORDER = ("calibrate", "distill_prune", "finalize", "final_distill", "export", "evaluate")
 
 
 @dataclass
@@ -100,22 +99,38 @@ class _Stopper:
             raise StopRequested(f"stopped during {where}")
 
 
-def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: Path | str, *,
-        calibration_audio: Path | str | None = None, on_event: OnEvent | None = None,
-        should_stop: ShouldStop | None = None) -> PipelineResult:
-    """Compress `teacher` on `audio` as `spec` says, in `workdir` (created, or resumed if it exists)."""
-    teacher, audio, workdir = Path(teacher), Path(audio), Path(workdir)
-    emit = on_event or ignore_event
-    stop = _Stopper(should_stop or never_stop)
-    device = select_device(spec.device)
-    _check_spec(workdir, spec, teacher, audio)
-    timings: dict[str, float] = {}
+@dataclass
+class JobInputs:
+    """Everything a run checks and loads before its first stage (`prepare_inputs`)."""
 
-    # 0. Inputs -------------------------------------------------------------------------------------------------
+    device: torch.device
+    teacher: SpeechEncoder
+    teacher_params: int
+    target_sparsity: float | None  # of parameters; None when only a MACs target is given
+    teacher_macs: float  # per audio second, for an utterance of spec.macs_reference_seconds
+    budgets: list[Budget]  # stage 1's size constraints, resolved against the teacher
+    catalog: AudioCatalog
+    cal_catalog: AudioCatalog
+
+
+def prepare_inputs(spec: CompressionSpec, teacher: Path, audio: Path, *, calibration_audio: Path | str | None = None,
+                   emit: OnEvent = ignore_event) -> JobInputs:
+    """Check the device, load the teacher, resolve the target, scan the audio and check the spec against them.
+
+    The one validation of a job's inputs: `run` and the dry run (`core.estimate`) both call it, so a dry run
+    refuses exactly what a real run would refuse, with the same errors.
+    """
+    device = select_device(spec.device)
     teacher_model = load_model(teacher).to(device)
     teacher_params = teacher_model.num_params()
-    target_sparsity = spec.target_sparsity(teacher_params)
-    sr = teacher_model.config.sample_rate
+    with torch.no_grad():
+        teacher_macs = float(teacher_model.expected_macs(spec.macs_reference_seconds))
+    try:
+        target_sparsity = spec.target_sparsity(teacher_params)
+        budgets = spec.budgets(teacher_params, teacher_macs)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    fixed_clusters(spec, teacher_model.num_layers + 1)
     catalog = scan_audio(audio)
     if catalog.skipped:
         emit(Event("skipped_audio", "calibrate", metrics=catalog.summary(),
@@ -124,6 +139,59 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
     if spec.evaluate and not any(item.extra.get("arpabet") for item in catalog.items):
         raise SpecError("evaluate=true needs a dataset manifest with an 'arpabet' phone field and 'split' rows "
                         "(train/test); this audio has none. Run without evaluation, or `skillkd evaluate` later")
+    return JobInputs(device, teacher_model, teacher_params, target_sparsity, teacher_macs, budgets, catalog,
+                     cal_catalog)
+
+
+def fixed_clusters(spec: CompressionSpec, num_reps: int) -> list[list[int]] | None:
+    """The spec's explicit clusters checked against the teacher's `num_reps` representations (None when the
+    clusters come from CKA or DPHuBERT's fixed layers); a k above `num_reps` given explicitly is an error."""
+    if isinstance(spec.clusters, list):
+        try:
+            return validate_clusters(spec.clusters, num_reps)
+        except ValueError as exc:
+            raise SpecError(f"clusters: {exc}") from None
+    if isinstance(spec.clusters, int) and spec.clusters > num_reps and "clusters" in spec.model_fields_set:
+        raise SpecError(f"clusters={spec.clusters} but the teacher has only {num_reps} representations")
+    return None
+
+
+class _Timings(dict[str, float]):
+    """Wall seconds per stage, kept in `workdir/timings.json` so a resumed run still reports the stages an
+    earlier attempt finished (each stage counts the attempt that finished it)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / "timings.json"
+        super().__init__(json.loads(self.path.read_text()) if self.path.exists() else {})
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        super().__setitem__(stage, round(seconds, 3))
+        self.path.write_text(json.dumps(dict(self), indent=2))
+
+    def report(self) -> dict[str, float]:
+        stages = {stage: self[stage] for stage in ("inputs", *STAGES) if stage in self}
+        return {**stages, "total": round(sum(stages.values()), 3)}
+
+
+def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: Path | str, *,
+        calibration_audio: Path | str | None = None, on_event: OnEvent | None = None,
+        should_stop: ShouldStop | None = None) -> PipelineResult:
+    """Compress `teacher` on `audio` as `spec` says, in `workdir` (created, or resumed if it exists)."""
+    teacher, audio, workdir = Path(teacher), Path(audio), Path(workdir)
+    emit = on_event or ignore_event
+    stop = _Stopper(should_stop or never_stop)
+    select_device(spec.device)
+    _check_spec(workdir, spec, teacher, audio)
+    timings = _Timings(workdir)
+
+    # 0. Inputs -------------------------------------------------------------------------------------------------
+    t0 = time.monotonic()
+    inputs = prepare_inputs(spec, teacher, audio, calibration_audio=calibration_audio, emit=emit)
+    device, teacher_model, teacher_params = inputs.device, inputs.teacher, inputs.teacher_params
+    target_sparsity, catalog, cal_catalog = inputs.target_sparsity, inputs.catalog, inputs.cal_catalog
+    sr = teacher_model.config.sample_rate
+    if _done(workdir, "export") is None:
+        timings["inputs"] = time.monotonic() - t0
 
     # 1. Calibrate ----------------------------------------------------------------------------------------------
     cal = _done(workdir, "calibrate")
@@ -149,7 +217,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         recipe = spec.recipe(1)
         if spec.gpus > 1:
             s1 = run_parallel_stage(StageJob("distill_prune", spec.model_dump_json(), str(teacher), str(audio),
-                                             str(workdir), clusters, target_sparsity, teacher_params),
+                                             str(workdir), clusters,
+                                             budgets=[b.to_dict() for b in inputs.budgets]),
                                     spec.gpus, emit, stop.should_stop)
         else:
             torch.manual_seed(spec.seed)  # mask initialisation is random: same seed, same run
@@ -157,9 +226,10 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
             targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
                                      shared_projection=shared).to(device)
             batches = _train_batches(catalog, sr, recipe, spec.seed)
-            ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune", target_sparsity,
-                               teacher_params, emit, stop.should_stop, spec.seed, compile=spec.compile,
-                               data_workers=spec.data_workers)
+            ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune",
+                               on_event=emit, should_stop=stop.should_stop, seed=spec.seed, compile=spec.compile,
+                               data_workers=spec.data_workers, budgets=inputs.budgets,
+                               macs_seconds=spec.macs_reference_seconds)
             s1 = train_stage(student, teacher_model, targets, batches, ctx)
         timings["distill_prune"] = time.monotonic() - t0
         _mark_done(workdir, "distill_prune", s1)
@@ -170,7 +240,7 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
     if fin is None:
         t0 = time.monotonic()
         emit(Event("stage_started", "finalize"))
-        fin = finalize(workdir, teacher_model, clusters, dim, spec, cal_catalog, sr)
+        fin = finalize(workdir, teacher_model, clusters, dim, spec, cal_catalog, sr, inputs.budgets)
         timings["finalize"] = time.monotonic() - t0
         _mark_done(workdir, "finalize", fin)
     emit(Event("stage_finished", "finalize", metrics={"num_params": fin["num_params"]}))
@@ -216,19 +286,24 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
             "spec": spec.model_dump(),
             "teacher": {"path": str(teacher), "architecture": teacher_model.config.architecture,
                         "layout": "large" if teacher_model.config.layer_norm_first else "base",
-                        "num_layers": teacher_model.config.num_layers, "num_params": teacher_params},
+                        "num_layers": teacher_model.config.num_layers, "num_params": teacher_params,
+                        "macs_per_second": inputs.teacher_macs},
             "student": {"num_params": student.num_params(),
+                        "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
                         "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in student.config.layers],
                         "conv_channels": [c.out_channels for c in student.config.conv]},
             "target_sparsity": target_sparsity,
             "achieved_sparsity": 1.0 - student.num_params() / teacher_params,
+            "targets": _resolved_targets(spec, inputs, student),
             "clusters": clusters,
             "cka": cal["cka"],
-            "calibration": {k: cal[k] for k in ("utterances", "seconds", "frames") if k in cal},
+            "calibration": {"utterances": cal.get("utterances"), "frames": cal.get("frames"),
+                            "audio_seconds": cal.get("audio_seconds", cal.get("seconds"))},
             "audio": catalog.summary(),
             "stage1": s1, "finalize": fin, "stage2": s2,
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "device": str(device)},
+            "speed": speed.measure(teacher_model, student, device=device),
         }
         if export_dir.exists():
             shutil.rmtree(export_dir)
@@ -239,17 +314,22 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
             if src.exists():
                 shutil.copy2(src, export_dir / name)
         _merge_logs(workdir, export_dir / "train_log.jsonl")
-        if spec.export_onnx:
-            report["onnx"] = export_onnx(student, export_dir / "model.onnx")
-        (export_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        # the Hugging Face export (always) and the verified ONNX variants asked for (export.export_for_users)
+        report.update(export_for_users(student.cpu(), export_dir, workdir / "student-hf", spec.export_onnx,
+                                       audio=audio, seed=spec.seed, metadata={"teacher": report["teacher"]}))
         timings["export"] = time.monotonic() - t0
+        report["timings_s"] = timings.report()
+        (export_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         ex = {"export_dir": str(export_dir)}
         _mark_done(workdir, "export", ex)
-    emit(Event("stage_finished", "export"))
+        # a progress event carries the speed headline into the job's latest metrics (the service merges those)
+        emit(Event("progress", "export", 1, 1, 0.0, speed.headline(report["speed"])))
     report = json.loads((export_dir / "report.json").read_text())
+    emit(Event("stage_finished", "export", metrics=speed.headline(report["speed"]) if "speed" in report else {}))
 
     # 6. Evaluate (optional) -------------------------------------------------------------------------------------
     if spec.evaluate and _done(workdir, "evaluate") is None:
+        t0 = time.monotonic()
         emit(Event("stage_started", "evaluate"))
         from .evaluation.run import evaluate
 
@@ -258,6 +338,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         report["evaluation"] = result
         headline = evaluation_headline(result)
         report["evaluation_headline"] = headline
+        timings["evaluate"] = time.monotonic() - t0
+        report["timings_s"] = timings.report()
         (export_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
         _mark_done(workdir, "evaluate", {"ok": True})
         # a progress event carries the headline into the job's latest metrics (the service merges those)
@@ -266,10 +348,12 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
 
     artifacts = {"model": export_dir, "report.json": export_dir / "report.json"}
     for name, file in (("cka.png", "cka.png"), ("clusters.json", "clusters.json"),
-                       ("train_log", "train_log.jsonl"), ("onnx", "model.onnx"),
-                       ("evaluation.json", "evaluation.json")):
+                       ("train_log", "train_log.jsonl"), ("onnx", "model.onnx"), ("onnx_fp16", "model_fp16.onnx"),
+                       ("onnx_int8", "model_quantized.onnx"), ("evaluation.json", "evaluation.json")):
         if (export_dir / file).exists():
             artifacts[name] = export_dir / file
+    if (workdir / "student-hf").is_dir():
+        artifacts["hf"] = workdir / "student-hf"
     return PipelineResult(export_dir, report, artifacts)
 
 
@@ -295,18 +379,15 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
     cka = acc.compute()
     np.save(out / "cka.npy", cka)
     clustering: Clustering | None = None
-    if isinstance(spec.clusters, list):
-        try:
-            clusters = validate_clusters(spec.clusters, num_reps)
-        except ValueError as exc:
-            raise SpecError(f"clusters: {exc}") from None
+    fixed = fixed_clusters(spec, num_reps)
+    if fixed is not None:
+        clusters = fixed
     elif spec.method == "dphubert":
         clusters = dphubert_clusters(teacher.num_layers)
     else:
         k = spec.clusters
+        assert not isinstance(k, list)  # explicit groups are `fixed`
         if isinstance(k, int) and k > num_reps:
-            if "clusters" in spec.model_fields_set:
-                raise SpecError(f"clusters={k} but the teacher has only {num_reps} representations")
             k = num_reps  # the default k=4 on a teacher with fewer layers: one cluster per representation
         clustering = cluster_layers(cka, k, spec.linkage, spec.contiguous)
         clusters = clustering.clusters
@@ -318,7 +399,7 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
     plot_cka(cka, clustering, out / "cka.png",
              title=f"{teacher.config.architecture}: linear CKA of r0..r{teacher.num_layers}")
     info = {"clusters": clusters, "cka": cka.tolist(), "clustering": clustering.to_dict(),
-            "utterances": len(cal.items), "seconds": cal.total_seconds, "frames": int(acc.count)
+            "utterances": len(cal.items), "audio_seconds": cal.total_seconds, "frames": int(acc.count)
             if hasattr(acc, "count") else None}
     (out / "clusters.json").write_text(json.dumps(info, indent=2, default=_json_default))
     return info
@@ -350,8 +431,10 @@ def _train_batches(catalog: AudioCatalog, sr: int, recipe: Any, seed: int, rank:
 
 
 def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], dim: int,
-             spec: CompressionSpec, catalog: AudioCatalog, sr: int) -> dict[str, Any]:
-    """Load stage 1's final state, prune physically, check the pruned model against the masked one."""
+             spec: CompressionSpec, catalog: AudioCatalog, sr: int,
+             budgets: list[Budget] | None = None) -> dict[str, Any]:
+    """Load stage 1's final state, land the eval gates on the budgets (core/landing.py), prune physically
+    and check the pruned model against the masked one."""
     state = load_checkpoint(workdir / "distill_prune" / CHECKPOINT)
     student = build_model(ModelConfig.from_dict(state["config"]))
     student.load_state_dict(state["student"])
@@ -359,6 +442,7 @@ def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], d
                              shared_projection=spec.method == "dphubert")
     targets.load_state_dict(state["targets"])
     student.eval()
+    landing = land(student, budgets or [], seconds=spec.macs_reference_seconds)
     with torch.no_grad():
         expected = float(student.expected_num_params())
     probe = torch.from_numpy(_probe_audio(catalog, sr))[None]
@@ -373,9 +457,22 @@ def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], d
     torch.save({"config": config.to_dict(), "student": student.state_dict(), "targets": targets.state_dict()},
                out / "student.pt")
     return {"num_params": student.num_params(), "expected_params_before": expected,
+            "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)), "landing": landing,
             "max_abs_diff_masked_vs_pruned": diff,
             "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in config.layers],
             "conv_channels": [c.out_channels for c in config.conv]}
+
+
+def _resolved_targets(spec: CompressionSpec, inputs: JobInputs, student: SpeechEncoder) -> dict[str, Any]:
+    """What the spec asked for, resolved against the teacher, next to what the student achieved."""
+    achieved = {"params": float(student.num_params()),
+                "macs": float(student.expected_macs(spec.macs_reference_seconds))}
+    out: dict[str, Any] = {"macs_reference_seconds": spec.macs_reference_seconds}
+    for budget in inputs.budgets:
+        out[budget.kind] = {**budget.to_dict(), "achieved": achieved[budget.kind],
+                            "achieved_sparsity": 1.0 - achieved[budget.kind] / budget.teacher,
+                            "relative_error": achieved[budget.kind] / budget.target - 1.0}
+    return out
 
 
 def _probe_audio(catalog: AudioCatalog, sr: int) -> np.ndarray:

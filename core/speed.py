@@ -12,6 +12,10 @@ report measures both models the same way:
   after `warmup` untimed passes of each), so a machine that gets busier or cooler during the measurement
   affects both alike. On the CPU with one thread (the comparable figure) and with every core this process
   may use, and on the given CUDA device when there is one.
+
+`SKILLKD_SPEED_RUNS` (environment) sets the default number of timed passes (5); 0 skips the timing, leaving
+parameters and MACs (the test suite does that: on a shared 2-core machine the all-cores passes alone take
+half a minute per run).
 """
 
 from __future__ import annotations
@@ -31,6 +35,17 @@ from .models import SpeechEncoder
 SECONDS = 10.0  # the reference utterance of every speed figure
 RUNS = 5
 WARMUP = 1
+RUNS_ENV = "SKILLKD_SPEED_RUNS"
+
+
+def default_runs() -> int:
+    """`SKILLKD_SPEED_RUNS` if set (a whole number >= 0), else 5."""
+    value = os.environ.get(RUNS_ENV, "").strip()
+    if not value:
+        return RUNS
+    if not value.isdigit():
+        raise ValueError(f"{RUNS_ENV} must be a whole number >= 0, found {value!r}")
+    return int(value)
 
 
 def available_cores() -> int:
@@ -111,14 +126,16 @@ def _setting(times: dict[str, list[float]], seconds: float, threads: int | None)
 
 
 def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.device | str | None = None,
-            seconds: float = SECONDS, runs: int = RUNS, warmup: int = WARMUP) -> dict[str, Any]:
+            seconds: float = SECONDS, runs: int | None = None, warmup: int = WARMUP) -> dict[str, Any]:
     """Teacher and student side by side: parameters, MACs per audio second, and real-time factors.
 
     Returns `{"protocol", "teacher": {params, macs_per_second}, "student": {...}, "params_ratio",
     "macs_ratio", "cpu_1_thread", "cpu_all_threads", ["cuda"]}`; each speed setting holds `teacher_rtf`,
     `student_rtf`, `speedup` (teacher RTF / student RTF), the thread count and every timed pass.
     `device`: a CUDA device adds a measurement there (a CPU device adds nothing: the CPU is always measured).
+    `runs`: timed passes per model and setting (default `default_runs()`); 0 measures no speed.
     """
+    runs = default_runs() if runs is None else runs
     models = {"teacher": teacher, "student": student}
     result: dict[str, Any] = {
         "protocol": {
@@ -133,6 +150,9 @@ def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.dev
                         "macs_by_kind": macs.by_kind}
     result["params_ratio"] = result["teacher"]["params"] / max(1, result["student"]["params"])
     result["macs_ratio"] = result["teacher"]["macs_per_second"] / max(1, result["student"]["macs_per_second"])
+    if runs == 0:
+        result["protocol"]["timing"] = f"skipped ({RUNS_ENV}=0)"
+        return result
     with torch_threads(1):
         result["cpu_1_thread"] = _setting(
             interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup), seconds, 1)
@@ -164,4 +184,4 @@ def headline(speed: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-__all__ = ["SECONDS", "available_cores", "headline", "interleaved_times", "measure", "torch_threads"]
+__all__ = ["RUNS_ENV", "SECONDS", "available_cores", "default_runs", "headline", "interleaved_times", "measure", "torch_threads"]

@@ -67,3 +67,16 @@ def test_interleaved_times_alternate_order_and_restore_modes(tmp_path: Path) -> 
     assert student.training and not teacher.training
     with pytest.raises(ValueError, match="runs"):
         speed.interleaved_times({"teacher": teacher}, runs=0)
+
+
+def test_zero_runs_gives_sizes_and_macs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher, student = tiny_pair(tmp_path / "t")
+    monkeypatch.setenv(speed.RUNS_ENV, "0")
+    result = speed.measure(teacher, student, seconds=1.0)
+    assert result["student"]["params"] == student.num_params()
+    assert "cpu_1_thread" not in result and "skipped" in result["protocol"]["timing"]
+    assert set(speed.headline(result)) == {"teacher_params", "student_params", "teacher_macs_per_s",
+                                           "student_macs_per_s"}
+    monkeypatch.setenv(speed.RUNS_ENV, "many")
+    with pytest.raises(ValueError, match=speed.RUNS_ENV):
+        speed.default_runs()

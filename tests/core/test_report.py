@@ -1,0 +1,55 @@
+"""What report.json tells a user about a run: measured speed of teacher and student, wall times per stage, and
+the calibration audio; and the speed headline in the job's events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.pipeline import run
+from core.spec import CompressionSpec
+from tests.core.test_pipeline import SPEC, _write_audio
+
+
+def test_report_has_speed_timings_and_calibration_audio(tmp_path: Path, tiny_teacher_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLKD_SPEED_RUNS", "2")  # the suite skips the timing by default (conftest)
+    audio = _write_audio(tmp_path / "audio")
+    events = []
+    result = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio, tmp_path / "w", on_event=events.append)
+    report = json.loads((result.export_dir / "report.json").read_text())
+
+    speed = report["speed"]
+    assert speed["teacher"]["params"] == report["teacher"]["num_params"]
+    assert speed["student"]["params"] == report["student"]["num_params"]
+    assert speed["teacher"]["macs_per_second"] > speed["student"]["macs_per_second"] > 0
+    for setting in ("cpu_1_thread", "cpu_all_threads"):
+        assert speed[setting]["teacher_rtf"] > 0 and speed[setting]["student_rtf"] > 0
+        assert len(speed[setting]["times_s"]["teacher"]) == speed["protocol"]["runs"]
+    assert speed["cpu_1_thread"]["threads"] == 1
+    assert speed["protocol"]["utterance_seconds"] == 10.0
+
+    timings = report["timings_s"]
+    stages = ["inputs", "calibrate", "distill_prune", "finalize", "final_distill", "export"]
+    assert list(timings) == [*stages, "total"]
+    assert all(timings[s] > 0 for s in stages)
+    assert abs(timings["total"] - sum(timings[s] for s in stages)) < 1e-2
+
+    calibration = report["calibration"]
+    assert set(calibration) == {"utterances", "frames", "audio_seconds"}
+    assert 8.0 < calibration["audio_seconds"] < 8 * 1.6 + 1e-6  # 8 utterances of 1-1.6 s
+
+    # the job's metrics: a progress event of the export stage carries the headline
+    export = [e for e in events if e.stage == "export" and e.kind in ("progress", "stage_finished")]
+    assert [e.kind for e in export] == ["progress", "stage_finished"]
+    headline = export[0].metrics
+    assert headline == export[1].metrics
+    assert headline["student_params"] == report["student"]["num_params"]
+    assert headline["speedup_cpu_1_thread"] == speed["cpu_1_thread"]["speedup"]
+    assert all(isinstance(v, float) for v in headline.values())
+
+    # a second call on the finished workdir keeps the recorded times
+    again = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio, tmp_path / "w")
+    assert again.report["timings_s"] == timings
