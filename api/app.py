@@ -113,6 +113,9 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
 
     for module in (health, teachers, datasets, jobs):
         app.include_router(module.router)
+    from api.ui import mount_dashboard  # the web dashboard at /ui (static files; it calls /v1 like any client)
+
+    mount_dashboard(app)
     return app
 
 

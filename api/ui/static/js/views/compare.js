@@ -1,0 +1,133 @@
+// #/compare[?jobs=a,b]: finished jobs of one teacher side by side: size, MACs, speed, PER / speaker ID,
+// and their training curves overlaid.
+
+import { get, getAll } from "../api.js";
+import { errorBox, fill, h, table } from "../dom.js";
+import * as fmt from "../format.js";
+import { lineChart } from "../plot.js";
+import { trainingSeries } from "./job.js";
+import { describeTarget } from "./jobs.js";
+
+export async function renderCompare(main, params, signal) {
+  const chosen = (params.get("jobs") || "").split(",").filter(Boolean);
+  const finished = await getAll("/v1/jobs?status=succeeded", { signal, max: 400 });
+  const byTeacher = new Map();
+  for (const j of finished) {
+    if (!byTeacher.has(j.teacher_id)) byTeacher.set(j.teacher_id, []);
+    byTeacher.get(j.teacher_id).push(j);
+  }
+  const status = h("p", { id: "compare-status", "aria-live": "polite", class: "muted" });
+  const compareButton = h("button", { type: "submit", class: "primary", disabled: true }, "Compare");
+  const boxes = [];
+  const groups = [...byTeacher.entries()].map(([teacherId, jobs]) => h("fieldset", { class: "compare-group" },
+    h("legend", {}, "Teacher ", h("span", { class: "mono" }, teacherId), ` (${jobs.length} finished job${jobs.length > 1 ? "s" : ""})`),
+    h("ul", { class: "checks" }, jobs.map((j) => {
+      const box = h("input", { type: "checkbox", id: `cmp-${j.id}`, value: j.id, checked: chosen.includes(j.id), dataset: { teacher: teacherId },
+        onchange: check });
+      boxes.push(box);
+      const achieved = j.metrics && j.metrics.report ? j.metrics.report.achieved_sparsity : null;
+      return h("li", {}, box, h("label", { for: `cmp-${j.id}` }, h("span", { class: "mono" }, fmt.shortId(j.id)),
+        ` ${j.spec.method}, ${describeTarget(j.spec)}`, achieved !== null && achieved !== undefined ? `, achieved ${fmt.percent(achieved)}` : "",
+        `, ${fmt.time(j.finished_at)}`));
+    }))));
+
+  function check() {
+    const picked = boxes.filter((b) => b.checked);
+    const teachers = new Set(picked.map((b) => b.dataset.teacher));
+    compareButton.disabled = picked.length < 2 || teachers.size !== 1;
+    status.textContent = picked.length < 2 ? "Pick two or more finished jobs of one teacher."
+      : teachers.size > 1 ? "These jobs compress different teachers: pick jobs of one teacher." : `${picked.length} jobs picked.`;
+  }
+  check();
+
+  const picker = h("form", { class: "card", onsubmit: (e) => {
+    e.preventDefault();
+    const ids = boxes.filter((b) => b.checked).map((b) => b.value);
+    location.hash = `#/compare?jobs=${ids.map(encodeURIComponent).join(",")}`;
+  } }, groups.length ? groups : h("p", {}, "No finished jobs yet."), h("div", { class: "submit-row" }, compareButton, status));
+
+  const result = h("div", { id: "comparison" });
+  fill(main, h("h1", {}, "Compare jobs"), picker, result);
+  if (chosen.length < 2) return;
+
+  fill(result, h("p", { class: "loading" }, "Loading the jobs…"));
+  let jobs;
+  try {
+    jobs = await Promise.all(chosen.map((id) => get(`/v1/jobs/${encodeURIComponent(id)}`, { signal })));
+  } catch (err) {
+    fill(result, errorBox(err, "Comparison"));
+    return;
+  }
+  if (new Set(jobs.map((j) => j.teacher_id)).size !== 1) {
+    fill(result, errorBox({ code: "different_teachers", message: "the chosen jobs compress different teachers" }));
+    return;
+  }
+  const events = await Promise.all(jobs.map((j) => allEvents(j.id, signal)));
+  fill(result, comparison(jobs, events));
+}
+
+async function allEvents(id, signal) {
+  const out = [];
+  let after = 0;
+  for (;;) {
+    const page = await get(`/v1/jobs/${encodeURIComponent(id)}/events?after=${after}&limit=1000`, { signal });
+    out.push(...page.items);
+    if (!page.next_cursor) return out;
+    after = page.next_cursor;
+  }
+}
+
+function studentEval(report) {
+  const models = (report.evaluation && report.evaluation.models) || [];
+  return models[0] || null;
+}
+
+function comparison(jobs, events) {
+  const reports = jobs.map((j) => (j.metrics && j.metrics.report) || {});
+  const teacherParams = reports.map((r) => r.teacher && r.teacher.num_params).find(Boolean);
+  const rows = [
+    ["Method", (j) => `${j.spec.method} (${j.spec.preset})`],
+    ["Target", (j) => describeTarget(j.spec)],
+    ["Achieved sparsity", (j, r) => fmt.percent(r.achieved_sparsity, 2)],
+    ["Student parameters", (j, r) => (r.student ? `${fmt.si(r.student.num_params)} (${fmt.percent(r.student.num_params / teacherParams)} of ${fmt.si(teacherParams)})` : "–")],
+    ["MACs / s of audio", (j, r) => {
+      const e = studentEval(r);
+      const macs = (r.student && (r.student.macs_per_second ?? r.student.macs)) ?? (e && e.macs_per_second);
+      return macs ? fmt.si(macs) : "–";
+    }],
+    ["CPU real-time factor", (j, r) => {
+      const e = studentEval(r);
+      return e && e.speed && e.speed.cpu ? fmt.num(e.speed.cpu.rtf, 3) : "–";
+    }],
+    ["PER (%)", (j, r) => {
+      const per = (r.evaluation_headline || {}).eval_per;
+      return per !== undefined ? (100 * per).toFixed(2) : "–";
+    }],
+    ["Speaker ID accuracy (%)", (j, r) => {
+      const acc = (r.evaluation_headline || {}).eval_sid_accuracy;
+      return acc !== undefined ? (100 * acc).toFixed(2) : "–";
+    }],
+    ["Clusters", (j, r) => (r.clusters ? JSON.stringify(r.clusters) : "–")],
+    ["Training audio / s (stage 1)", (j, r) => {
+      const v = r.stage1 && r.stage1.final && r.stage1.final.audio_s_per_s;
+      return v ? `${fmt.num(v, 3)} s/s` : "–";
+    }],
+    ["Wall time", (j) => (j.started_at && j.finished_at ? fmt.duration((fmt.parseTime(j.finished_at) - fmt.parseTime(j.started_at)) / 1000) : "–")],
+  ];
+  const head = h("tr", {}, h("th", { scope: "col" }, ""), jobs.map((j) => h("th", { scope: "col" },
+    h("a", { href: `#/jobs/${encodeURIComponent(j.id)}`, class: "mono" }, fmt.shortId(j.id)))));
+  const body = rows.map(([label, cell]) => h("tr", {}, h("th", { scope: "row" }, label),
+    jobs.map((j, i) => h("td", {}, cell(j, reports[i])))));
+  const grid = h("div", { class: "table-wrap" }, h("table", { id: "compare-table" },
+    h("caption", {}, "Finished jobs side by side"), h("thead", {}, head), h("tbody", {}, body)));
+
+  const series = events.map((ev) => trainingSeries(ev).points);
+  const name = (j) => `${fmt.shortId(j.id)} ${j.spec.method}`;
+  const loss = lineChart({ title: "Distillation loss, overlaid", xLabel: "optimiser step", yLabel: "loss (no unit)",
+    series: jobs.map((j, i) => ({ name: name(j), points: (series[i].distill || series[i].loss || []).map(([x, y]) => [x, y]) })) });
+  const sparsity = lineChart({ title: "Expected sparsity, overlaid", xLabel: "optimiser step", yLabel: "sparsity (%)", yMin: 0, yMax: 100,
+    yFormat: (v) => `${v}%`,
+    series: jobs.map((j, i) => ({ name: name(j), points: (series[i].sparsity || []).map(([x, y]) => [x, 100 * y]) })) });
+  return [h("section", { "aria-labelledby": "cmp-table-h" }, h("h2", { id: "cmp-table-h" }, "Side by side"), grid),
+    h("section", { "aria-labelledby": "cmp-curves-h" }, h("h2", { id: "cmp-curves-h" }, "Curves"), h("div", { class: "charts" }, loss, sparsity))];
+}

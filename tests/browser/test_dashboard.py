@@ -1,0 +1,268 @@
+"""The web dashboard in a real headless Chromium against `skillkd serve` (fake engine): sign in with a key,
+create a job through the form (with a 422 shown at its field), watch it advance without a reload, read the
+finished job's plots and architecture, download an artifact and check its sha256, cancel a running job,
+compare finished jobs, and check that another owner's key sees none of it. Screenshots of every page go to
+test-artifacts/dashboard/."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from servicekit import make_audio, safetensors_bytes, zip_dir
+
+pytestmark = pytest.mark.browser
+
+TEACHER_CONFIG = {"model_type": "hubert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                  "intermediate_size": 3072, "conv_dim": [512] * 7}
+
+
+def teacher_zip(path: Path) -> Path:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("hubert-test/config.json", json.dumps(TEACHER_CONFIG))
+        zf.writestr("hubert-test/model.safetensors", safetensors_bytes({"w": [8, 8]}))
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def audio_zip(path: Path, tmp: Path) -> Path:
+    folder = make_audio(tmp / "audio", n=3)
+    (folder / "notes.txt").write_text("not audio")
+    path.write_bytes(zip_dir(folder))
+    return path
+
+
+def upload(client, kind: str, data: bytes) -> dict:
+    r = client.post(f"/v1/{kind}", content=data, headers={"Content-Type": "application/zip"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def wait_job(client, job_id: str, statuses: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not reach {statuses}: {job['status']}")
+
+
+@pytest.fixture(scope="module")
+def inputs(service, tmp_path_factory) -> dict:
+    """alice's teacher and dataset, uploaded through the API."""
+    tmp = tmp_path_factory.mktemp("inputs")
+    with service.client("alice") as c:
+        teacher = upload(c, "teachers", teacher_zip(tmp / "t.zip").read_bytes())
+        dataset = upload(c, "datasets", audio_zip(tmp / "a.zip", tmp).read_bytes())
+    return {"teacher": teacher, "dataset": dataset, "dir": tmp}
+
+
+@pytest.fixture(scope="module")
+def finished(service, inputs) -> list[dict]:
+    """Two finished jobs of alice's teacher (skill and dphubert), made through the API."""
+    jobs = []
+    with service.client("alice") as c:
+        for method, sparsity in (("skill", 0.75), ("dphubert", 0.7)):
+            body = {"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
+                    "spec": {"method": method, "sparsity": sparsity, "stage1_steps": 12, "stage2_steps": 4,
+                             "evaluate": method == "skill"}}
+            r = c.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            jobs.append(r.json())
+        return [wait_job(c, j["id"], {"succeeded"}) for j in jobs]
+
+
+def no_js_errors(page) -> None:
+    assert page.js_errors == [], page.js_errors
+
+
+def test_create_job_through_the_form_and_watch_it_finish(page_for, service, inputs, shots):
+    tmp = inputs["dir"]
+    page = page_for("alice")
+    page.goto(f"{service.url}/ui/#/new")
+    page.wait_for_selector("#spec-device")
+
+    # uploads: progress, then the server's validation result
+    page.set_input_files("#teacher-file", str(teacher_zip(tmp / "form-teacher.zip")))
+    page.wait_for_selector("#teacher-info dl")
+    assert "hubert" in page.inner_text("#teacher-info")
+    assert page.get_attribute("#teacher-progress", "hidden") is None
+    page.set_input_files("#dataset-file", str(audio_zip(tmp / "form-audio.zip", tmp / "form")))
+    page.wait_for_selector("#dataset-info dl")
+    assert "not_audio" in page.inner_text("#dataset-info")  # skipped files, by reason
+    assert page.input_value("#teacher-select").startswith("tch_")
+
+    # a value only the server rejects: shown at its field
+    page.fill("#spec-stage1_steps", "40")
+    page.fill("#spec-stage2_steps", "10")
+    page.fill("#spec-device", "tpu")
+    page.click("#submit-job")
+    page.wait_for_selector("#spec-device-error:not([hidden])")
+    assert "device must be" in page.inner_text("#spec-device-error")
+    assert page.get_attribute("#spec-device", "aria-invalid") == "true"
+    assert "validation_error" in page.inner_text("#form-status")
+    page.screenshot(path=str(shots / "new-job-422.png"), full_page=True)
+
+    page.fill("#spec-device", "cpu")
+    page.click("#submit-job")
+    page.wait_for_url("**/ui/#/jobs/job_*")
+    job_id = page.url.rsplit("/", 1)[-1]
+    page.evaluate("window.__sameDocument = true")
+
+    # progress advances on the page without a reload
+    page.wait_for_selector("#progress progress")
+    first = float(page.get_attribute("#progress progress", "value") or 0)
+    page.wait_for_function(
+        "v => { const p = document.querySelector('#progress progress');"
+        " return p && p.closest('#progress') && p.value > v && document.querySelector('#progress-text').textContent.includes('distill_prune'); }",
+        arg=first)
+    page.wait_for_selector("#curves svg path.line[d^='M']")
+    page.screenshot(path=str(shots / "job-running.png"), full_page=True)
+
+    page.wait_for_selector(".badge[data-status=succeeded]", timeout=60_000)
+    assert page.evaluate("window.__sameDocument") is True
+    page.wait_for_selector("#architecture table")
+
+    with service.client("alice") as c:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+    report = job["metrics"]["report"]
+    # plots: loss, sparsity against the target, λ, MACs; each with drawn lines
+    charts = page.locator("#curves figure.chart")
+    assert charts.count() == 4
+    for i in range(4):
+        assert charts.nth(i).locator("path.line[d^='M']").count() >= 1
+    assert "Sparsity against the target" in page.inner_text("#curves")
+    # the CKA heatmap from report.json's matrix, with the clusters boxed
+    n = len(report["cka"])
+    assert page.locator("#cka svg .cells rect").count() == n * n
+    assert page.locator("#cka svg rect.cluster-box").count() == len(report["clusters"])
+    # the pruned architecture, per layer, against the teacher's
+    rows = page.locator("#architecture table").first.locator("tbody tr")
+    assert rows.count() == len(report["student"]["layers"]) == 12
+    first_layer = report["student"]["layers"][0]
+    assert f"{first_layer['ffn']} / 3072" in rows.first.inner_text()
+    stages = page.locator("ol.timeline li[data-state=done]")
+    assert stages.count() == 5
+    assert page.locator("#sizes").inner_text().count("Parameters") == 1
+    page.screenshot(path=str(shots / "job-finished.png"), full_page=True)
+    no_js_errors(page)
+
+
+def test_download_an_artifact_and_check_its_sha256(page_for, service, finished, shots):
+    job = finished[0]
+    page = page_for("alice")
+    page.goto(f"{service.url}/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("button.download[data-artifact=model]")
+    with service.client("alice") as c:
+        listed = {a["name"]: a for a in c.get(f"/v1/jobs/{job['id']}/artifacts").json()["items"]}
+    for name in ("model", "report.json"):
+        with page.expect_download() as info:
+            page.click(f"button.download[data-artifact='{name}']")
+        path = info.value.path()
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == listed[name]["sha256"]
+        page.wait_for_selector(f"#download-status:has-text('{name}')")
+        assert "sha256 verified" in page.inner_text("#download-status")
+    assert listed["model"]["sha256"] in page.inner_text("#artifacts")
+    # evaluation results are shown when the job has them
+    assert "Speaker ID accuracy" in page.text_content("#evaluation")
+    page.screenshot(path=str(shots / "job-artifacts.png"), full_page=True)
+    no_js_errors(page)
+
+
+def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service, inputs, finished, shots):
+    with service.client("alice") as c:
+        r = c.post("/v1/jobs", json={"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
+                                     "spec": {"stage1_steps": 600}})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        wait_job(c, job_id, {"running"})
+    page = page_for("alice")
+    row = f"tr[data-job-id='{job_id}']"
+    page.wait_for_selector(f"{row} progress")
+    page.evaluate("window.__sameDocument = true")
+    first = float(page.get_attribute(f"{row} progress", "value") or 0)
+    page.wait_for_function(f"v => document.querySelector(\"{row} progress\").value > v + 2", arg=first)
+    assert page.evaluate("window.__sameDocument") is True
+    assert "running" in page.inner_text(row)
+    assert "ETA" in page.inner_text("thead")
+    page.screenshot(path=str(shots / "jobs-list.png"), full_page=True)
+
+    # filter by status: only the running job is listed
+    page.select_option("#status-filter", "running")
+    page.wait_for_selector("caption:has-text('status running')")
+    assert page.locator("tbody tr[data-job-id]").count() == 1
+
+    # keyboard: Tab to the job's link and open it with Enter
+    page.locator(f"{row} a").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#action-cancel")
+    assert page.locator("#action-delete").count() == 0  # delete is for finished jobs only
+    page.click("#action-cancel")
+    page.wait_for_selector(".badge[data-status=cancelled]", timeout=30_000)
+    assert page.locator("#action-cancel").count() == 0
+    assert page.locator("#action-delete").count() == 1
+    with service.client("alice") as c:
+        assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    page.screenshot(path=str(shots / "job-cancelled.png"), full_page=True)
+    no_js_errors(page)
+
+
+def test_compare_two_finished_jobs(page_for, service, finished, shots):
+    page = page_for("alice")
+    page.goto(f"{service.url}/ui/#/compare")
+    for job in finished:
+        page.check(f"#cmp-{job['id']}")
+    page.click("form.card button[type=submit]")
+    page.wait_for_selector("#compare-table")
+    header = page.locator("#compare-table thead th")
+    assert header.count() == 3  # the row labels and two jobs
+    text = page.inner_text("#compare-table")
+    assert "dphubert" in text and "skill" in text
+    loss = page.locator("#comparison figure.chart").first
+    assert loss.locator("path.line[d^='M']").count() == 2  # curves overlaid
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+    no_js_errors(page)
+
+
+def test_another_owner_sees_none_of_alices_jobs(page_for, service, finished, shots):
+    page = page_for(None)
+    page.fill("#api-key", "skd_not_a_key")
+    page.click("form.login button[type=submit]")
+    page.wait_for_selector("#login-status .error")
+    assert "unauthorized" in page.inner_text("#login-status")
+    page.fill("#api-key", service.keys["bob"])
+    page.click("form.login button[type=submit]")
+    page.wait_for_selector("td.empty")
+    assert page.locator("tbody tr[data-job-id]").count() == 0
+    page.screenshot(path=str(shots / "jobs-list-bob.png"), full_page=True)
+    page.goto(f"{service.url}/ui/#/jobs/{finished[0]['id']}")
+    page.wait_for_selector("h1:has-text('Job not found')")
+    page.goto(f"{service.url}/ui/#/compare")
+    page.wait_for_selector("text=No finished jobs yet.")
+    page.goto(f"{service.url}/ui/#/new")
+    page.wait_for_selector("#teacher-select")
+    assert page.locator("#teacher-select option").count() == 1  # only "choose"
+    with service.client("bob") as c:
+        assert c.get("/v1/jobs").json()["items"] == []
+    no_js_errors(page)
+
+
+def test_phone_width_and_security_headers(page_for, service, finished, shots):
+    page = page_for("alice", width=390, height=844)
+    page.goto(f"{service.url}/ui/#/jobs/{finished[0]['id']}")
+    page.wait_for_selector("#cka svg")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 1, f"the page is {overflow}px wider than a phone screen"
+    page.screenshot(path=str(shots / "job-finished-phone.png"), full_page=True)
+    response = page.request.get(f"{service.url}/ui/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    # the key stays in session storage and never reaches a URL
+    assert service.keys["alice"] not in page.url
+    no_js_errors(page)
