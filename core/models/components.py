@@ -27,6 +27,19 @@ def _as_tensor(x: Count, like: Tensor) -> Tensor:
     return x if isinstance(x, Tensor) else torch.full((), float(x), dtype=torch.float32, device=like.device)
 
 
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """nn.Linear; without its random init when it holds no weights (a layer pruned to zero heads or units),
+    which torch would warn about on every build ("Initializing zero-element tensors is a no-op"). The bias
+    then starts at zero, which is what nn.Linear's own init gives it when in_features is 0."""
+    if in_features > 0 and out_features > 0:
+        return nn.Linear(in_features, out_features)
+    linear = nn.Linear(1, 1)
+    linear.weight = nn.Parameter(torch.empty(out_features, in_features))
+    linear.bias = nn.Parameter(torch.zeros(out_features))
+    linear.in_features, linear.out_features = in_features, out_features
+    return linear
+
+
 def _keep_indices(gate: Tensor) -> Tensor:
     """Indices with a non-zero eval gate; at least one (its gate may be 0, which keeps pruning exact)."""
     keep = torch.nonzero(gate, as_tuple=False).flatten()
@@ -323,10 +336,10 @@ class SelfAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(embed_dim, inner)
-        self.k_proj = nn.Linear(embed_dim, inner)
-        self.v_proj = nn.Linear(embed_dim, inner)
-        self.out_proj = nn.Linear(inner, embed_dim)
+        self.q_proj = _linear(embed_dim, inner)
+        self.k_proj = _linear(embed_dim, inner)
+        self.v_proj = _linear(embed_dim, inner)
+        self.out_proj = _linear(inner, embed_dim)
         self.hard_concrete = HardConcrete(num_heads, init_prob=0.01) if prune_heads and num_heads > 0 else None
         self.layer_hard_concrete = HardConcrete(1, init_prob=0.01) if prune_layer and num_heads > 0 else None
         self.wavlm = wavlm
@@ -408,12 +421,12 @@ class SelfAttention(nn.Module):
         rows = (keep[:, None] * self.head_dim + torch.arange(self.head_dim, device=keep.device)).flatten()
         for name in ("q_proj", "k_proj", "v_proj"):
             lin: nn.Linear = getattr(self, name)
-            new = nn.Linear(self.embed_dim, int(rows.numel())).to(lin.weight.device)
+            new = _linear(self.embed_dim, int(rows.numel())).to(lin.weight.device)
             new.weight.data.copy_(lin.weight.data[rows])
             new.bias.data.copy_(lin.bias.data[rows])
             setattr(self, name, new)
         col_scale = scale[keep].repeat_interleave(self.head_dim) * layer_scale
-        out = nn.Linear(int(rows.numel()), self.embed_dim).to(self.out_proj.weight.device)
+        out = _linear(int(rows.numel()), self.embed_dim).to(self.out_proj.weight.device)
         out.weight.data.copy_(self.out_proj.weight.data[:, rows] * col_scale[None, :])
         out.bias.data.copy_(self.out_proj.bias.data * layer_scale)
         self.out_proj = out
@@ -433,8 +446,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.ffn_dim = ffn_dim
-        self.intermediate_dense = nn.Linear(embed_dim, ffn_dim)
-        self.output_dense = nn.Linear(ffn_dim, embed_dim)
+        self.intermediate_dense = _linear(embed_dim, ffn_dim)
+        self.output_dense = _linear(ffn_dim, embed_dim)
         self.hard_concrete = HardConcrete(ffn_dim, init_prob=0.5) if prune_units and ffn_dim > 0 else None
         self.layer_hard_concrete = HardConcrete(1, init_prob=0.01) if prune_layer and ffn_dim > 0 else None
 
@@ -478,10 +491,10 @@ class FeedForward(nn.Module):
             if layer_scale == 0.0:
                 keep = keep[:0]
         n = int(keep.numel())
-        inter = nn.Linear(self.embed_dim, n).to(scale.device)
+        inter = _linear(self.embed_dim, n).to(scale.device)
         inter.weight.data.copy_(self.intermediate_dense.weight.data[keep])
         inter.bias.data.copy_(self.intermediate_dense.bias.data[keep])
-        out = nn.Linear(n, self.embed_dim).to(scale.device)
+        out = _linear(n, self.embed_dim).to(scale.device)
         out.weight.data.copy_(self.output_dense.weight.data[:, keep] * (scale[keep] * layer_scale)[None, :])
         out.bias.data.copy_(self.output_dense.bias.data * layer_scale)
         self.intermediate_dense, self.output_dense = inter, out

@@ -53,3 +53,28 @@ def test_report_has_speed_timings_and_calibration_audio(tmp_path: Path, tiny_tea
     # a second call on the finished workdir keeps the recorded times
     again = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio, tmp_path / "w")
     assert again.report["timings_s"] == timings
+
+
+def test_a_student_with_zero_width_layers_loads_without_warnings(tmp_path: Path, tiny_wavlm_dir: Path) -> None:
+    import warnings
+
+    import torch
+
+    from core.export import load_student, save_student
+    from core.models import load_huggingface, make_student
+
+    student = make_student(load_huggingface(tiny_wavlm_dir))
+    with torch.no_grad():
+        for layer in student.layers():  # every head of every layer, and every FFN unit of the last, pruned
+            layer.attention.hard_concrete.log_alpha.fill_(-100.0)
+        student.layers()[-1].feed_forward.hard_concrete.log_alpha.fill_(-100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        student.eval().prune()
+        save_student(student, tmp_path / "student")
+        loaded = load_student(tmp_path / "student")
+    assert [layer.attention.num_heads for layer in loaded.layers()] == [0, 0]
+    assert loaded.layers()[-1].feed_forward.ffn_dim == 0
+    with torch.no_grad():
+        x = torch.randn(1, 4000)
+        assert torch.equal(loaded(x)[0][-1], student(x)[0][-1])
