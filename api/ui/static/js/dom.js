@@ -1,4 +1,4 @@
-// Building DOM nodes without innerHTML: every value from the API goes in as text, never as markup.
+// Building DOM nodes from values, never from markup strings: every value from the API goes in as text.
 
 /**
  * h("a", {href: "#/jobs", class: "btn", onclick: fn}, "text", child, [more]) -> element.
