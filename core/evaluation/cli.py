@@ -118,10 +118,12 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.option("--head", type=click.Choice(["linear", "lstm"]), default="linear", show_default=True,
               help="PR probe head: linear, or one BiLSTM layer of 128.")
 @click.option("--device", default="auto", show_default=True, help="Feature extraction device: auto, cpu, cuda.")
+@click.option("--name", default=None, help="The model's name in the results [default: for a student, teacher, "
+              "method and size from its report.json, e.g. 'hubert-mini SKILL 2.9M'; else the folder name].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def evaluate_command(
     model: Path, dataset: Path, tasks: tuple[str, ...], phone_field: str, train_split: str, test_split: str, seed: int,
-    out_dir: Path, fbank: bool, teacher: Path | None, head: str, device: str, as_json: bool,
+    out_dir: Path, fbank: bool, teacher: Path | None, head: str, device: str, name: str | None, as_json: bool,
 ) -> None:
     """Probe MODEL (a teacher or an exported student) on DATASET: phoneme recognition and speaker ID."""
     from core.evaluation.run import evaluate, render_markdown
@@ -129,7 +131,7 @@ def evaluate_command(
     bars = EventBars()
     result = _run(bars, lambda: evaluate(
         model, dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
-        test_split=test_split, seed=seed, out_dir=out_dir, include_fbank=fbank, teacher=teacher,
+        test_split=test_split, seed=seed, out_dir=out_dir, include_fbank=fbank, teacher=teacher, name=name,
         device=device, phone_config=PhoneProbeConfig(head=head), on_event=bars,  # type: ignore[arg-type]
     ))
     click.echo(json.dumps(result, indent=2) if as_json else render_markdown(result))

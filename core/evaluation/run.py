@@ -52,8 +52,26 @@ def load_representation_model(model: Path | str | RepresentationModel, name: str
         from core.models import load_model
 
         path = Path(model)
-        return load_model(path), name or path.name, str(path)
+        return load_model(path), name or default_name(path), str(path)
     return model, name or type(model).__name__, "module"
+
+
+_METHOD_NAMES = {"skill": "SKILL", "dphubert": "DPHuBERT"}
+
+
+def default_name(path: Path | str) -> str:
+    """What a model is called in results: for an exported student, its teacher, method and size from its
+    `report.json` ("hubert-mini SKILL 2.9M"); otherwise (a teacher, or no readable report) the folder name."""
+    path = Path(path)
+    try:
+        report = json.loads((path / "report.json").read_text())
+        teacher = Path(str(report["teacher"]["path"]).rstrip("/")).name
+        method = _METHOD_NAMES.get(report["method"], str(report["method"]))
+        params = int(report["student"]["num_params"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return path.resolve().name
+    size = f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params / 1e3:.0f}k"
+    return f"{teacher} {method} {size}"
 
 
 class _Progress:
@@ -341,6 +359,6 @@ def write_evaluation(result: dict[str, Any], out_dir: Path) -> None:
 
 
 __all__ = [
-    "describe_model", "evaluate", "extract", "format_count", "format_rtf", "load_representation_model", "render_markdown", "run_probes",
+    "default_name", "describe_model", "evaluate", "extract", "format_count", "format_rtf", "load_representation_model", "render_markdown", "run_probes",
     "write_evaluation",
 ]
