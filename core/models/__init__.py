@@ -17,14 +17,17 @@ STUDENT_FORMAT = "skillkd-student"
 
 
 def is_student_dir(path: Path) -> bool:
+    """Our own export directory, or its Hugging Face export (config.json with model_type "skillkd")."""
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("format") == STUDENT_FORMAT
+        config = json.loads((Path(path) / "config.json").read_text())
+        return config.get("format") == STUDENT_FORMAT or config.get("model_type") == "skillkd"
     except (OSError, ValueError, AttributeError):
         return False
 
 
 def load_model(path: Path | str) -> SpeechEncoder:
-    """Load a teacher (Hugging Face directory) or an exported skillkd student; eval mode, on CPU."""
+    """Load a teacher (Hugging Face directory) or an exported skillkd student (ours or its Hugging Face
+    export); eval mode, on CPU."""
     path = Path(path)
     if is_student_dir(path):
         from ..export import load_student

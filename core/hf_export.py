@@ -1,0 +1,176 @@
+"""The Hugging Face export: a student as a `trust_remote_code` transformers model directory.
+
+    config.json                 model_type "skillkd", auto_map to the two files below, per-layer heads /
+                                FFN widths / conv channels and everything else the architecture needs
+    configuration_skillkd.py    SkillkdConfig   (copied from core/hf_template: torch + transformers only)
+    modeling_skillkd.py         SkillkdModel
+    model.safetensors           the weights, float32, under the same names as our own model's state dict
+    preprocessor_config.json    Wav2Vec2FeatureExtractor: sampling rate and do_normalize
+    onnx/                       model.onnx, model_fp16.onnx, model_quantized.onnx when exported and verified
+
+`AutoModel.from_pretrained(DIR, trust_remote_code=True)` returns transformers' hidden states: hidden_states[0]
+is taken after the positional convolution (and the encoder LayerNorm in the Base layout), not our r0, which
+is the projection output before it (docs/algorithm.md §0). The weights keep our names, so `load_student`
+reads the directory back into our `SpeechEncoder` without any renaming.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .errors import CheckpointError
+from .models.config import ConvConfig, LayerConfig, ModelConfig
+from .models.encoder import SpeechEncoder, build_model
+
+MODEL_TYPE = "skillkd"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "hf_template"
+TEMPLATE_FILES = ("configuration_skillkd.py", "modeling_skillkd.py")
+AUTO_MAP = {"AutoConfig": "configuration_skillkd.SkillkdConfig", "AutoModel": "modeling_skillkd.SkillkdModel"}
+
+
+def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """Our architecture config as SkillkdConfig's keyword arguments."""
+    if config.has_masks:
+        raise ValueError("finalise (prune) the student before exporting it")
+    wavlm = config.architecture == "wavlm"
+    return {
+        "architecture": config.architecture,
+        "conv_dim": [c.out_channels for c in config.conv],
+        "conv_kernel": [c.kernel for c in config.conv],
+        "conv_stride": [c.stride for c in config.conv],
+        "conv_output_scale": [c.has_output_scale for c in config.conv],
+        "conv_bias": config.conv_bias,
+        "feat_extract_norm": "layer" if config.extractor_mode == "layer_norm" else "group",
+        "feat_proj_layer_norm": config.feat_proj_layer_norm,
+        "feat_proj_phantom_channels": config.feat_proj_phantom_channels,
+        "hidden_size": config.hidden_size,
+        "head_dim": config.head_dim,
+        "layer_num_heads": [lc.num_heads for lc in config.layers],
+        "layer_intermediate_size": [lc.ffn_dim for lc in config.layers],
+        "layer_head_indices": ([list(lc.head_indices) if lc.head_indices is not None else
+                                list(range(lc.num_heads)) for lc in config.layers] if wavlm else None),
+        "gate_heads": config.gate_heads if wavlm else 0,
+        "num_conv_pos_embeddings": config.pos_conv_kernel,
+        "num_conv_pos_embedding_groups": config.pos_conv_groups,
+        "do_stable_layer_norm": config.layer_norm_first,
+        "layer_norm_eps": config.layer_norm_eps,
+        "num_buckets": config.num_buckets,
+        "max_bucket_distance": config.max_distance,
+    }
+
+
+def model_config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> ModelConfig:
+    """The inverse of `hf_config_dict` (plus the preprocessor's sampling rate and do_normalize)."""
+    try:
+        wavlm = hf["architecture"] == "wavlm"
+        heads, ffn = hf["layer_num_heads"], hf["layer_intermediate_size"]
+        indices = hf.get("layer_head_indices") or [None] * len(heads)
+        scales = hf.get("conv_output_scale") or [False] * len(hf["conv_dim"])
+        pre = preprocessor or {}
+        return ModelConfig(
+            architecture=hf["architecture"],
+            conv=[ConvConfig(int(d), int(k), int(s), bool(o)) for d, k, s, o in
+                  zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"], scales, strict=True)],
+            layers=[LayerConfig(int(h), int(f), list(i) if wavlm and i is not None else None)
+                    for h, f, i in zip(heads, ffn, indices, strict=True)],
+            hidden_size=int(hf["hidden_size"]),
+            head_dim=int(hf["head_dim"]),
+            extractor_mode="layer_norm" if hf["feat_extract_norm"] == "layer" else "group_norm",
+            conv_bias=bool(hf["conv_bias"]),
+            feat_proj_layer_norm=bool(hf["feat_proj_layer_norm"]),
+            feat_proj_phantom_channels=int(hf.get("feat_proj_phantom_channels", 0)),
+            pos_conv_kernel=int(hf["num_conv_pos_embeddings"]),
+            pos_conv_groups=int(hf["num_conv_pos_embedding_groups"]),
+            layer_norm_first=bool(hf["do_stable_layer_norm"]),
+            layer_norm_eps=float(hf["layer_norm_eps"]),
+            num_buckets=int(hf["num_buckets"]),
+            max_distance=int(hf["max_bucket_distance"]),
+            gate_heads=int(hf.get("gate_heads", 0)) if wavlm else 0,
+            normalize_waveform=bool(pre.get("do_normalize", False)),
+            sample_rate=int(pre.get("sampling_rate", 16_000)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"config.json of the Hugging Face export is incomplete or malformed: {exc!r}") from None
+
+
+def is_hf_export_dir(path: Path | str) -> bool:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def preprocessor_dict(config: ModelConfig) -> dict[str, Any]:
+    """preprocessor_config.json for Wav2Vec2FeatureExtractor."""
+    return {"do_normalize": config.normalize_waveform, "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+            "feature_size": 1, "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
+            "sampling_rate": config.sample_rate}
+
+
+def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write `model` (finalised, no masks) as a transformers model directory; returns `directory`."""
+    from .hf_template.configuration_skillkd import SkillkdConfig
+
+    config = model.config
+    hf_config = SkillkdConfig(**hf_config_dict(config))
+    hf_config.architectures = ["SkillkdModel"]
+    hf_config.auto_map = dict(AUTO_MAP)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = hf_config.to_dict()
+    data["skillkd"] = {"num_params": model.num_params(), **(metadata or {})}
+    (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True))
+    for name in TEMPLATE_FILES:
+        shutil.copyfile(TEMPLATE_DIR / name, directory / name)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
+    return directory
+
+
+def load_hf_export(path: Path | str) -> SpeechEncoder:
+    """Read a Hugging Face export back into our encoder (strict about keys and shapes)."""
+    path = Path(path)
+    try:
+        hf = json.loads((path / "config.json").read_text())
+        pre_path = path / "preprocessor_config.json"
+        pre = json.loads(pre_path.read_text()) if pre_path.exists() else None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable Hugging Face export: {exc}") from None
+    config = model_config_from_hf(hf, pre)
+    try:
+        model = build_model(config)
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"cannot load the Hugging Face export {path.name}: {exc}") from None
+    return model.eval()
+
+
+def hf_module(model: SpeechEncoder) -> Any:
+    """The transformers module (`SkillkdModel`) computing what `model` computes, with transformers' hidden
+    states; built in-process from the template (used to export ONNX and in tests)."""
+    from .hf_template.configuration_skillkd import SkillkdConfig
+    from .hf_template.modeling_skillkd import SkillkdModel
+
+    module = SkillkdModel(SkillkdConfig(**hf_config_dict(model.config)))
+    module.load_state_dict(model.state_dict(), strict=True)
+    return module.eval()
+
+
+def hidden_states_from_reps(model: SpeechEncoder, reps: list[Tensor]) -> list[Tensor]:
+    """Our r0..rL -> transformers' hidden_states[0..L]: only index 0 differs (positional conv, and the encoder
+    LayerNorm in the Base layout, applied to r0)."""
+    enc = model.encoder
+    h0 = reps[0] + enc.pos_conv(reps[0])
+    if not model.config.layer_norm_first:
+        h0 = enc.layer_norm(h0)
+    return [h0, *reps[1:]]
+
+
+__all__ = ["MODEL_TYPE", "hf_config_dict", "model_config_from_hf", "is_hf_export_dir", "save_hf_export",
+           "load_hf_export", "hf_module", "hidden_states_from_reps", "preprocessor_dict"]
