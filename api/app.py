@@ -18,15 +18,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.db import make_engine, make_sessionmaker
 from api.deps import Services
 from api.errors import ApiError
+from api.http import ErrorMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.reaper import reap
 from api.routes import datasets, health, jobs, teachers
-from api.settings import Settings, get_settings
-from api.storage import LocalStorage
-from worker.engine import Engine
-from worker.queue import Enqueuer
+from service.db import make_engine, make_sessionmaker
+from service.engine import Engine
+from service.queue import CeleryEnqueuer, Enqueuer
+from service.settings import Settings, get_settings
+from service.storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,12 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     storage = LocalStorage(settings.storage)
     storage.ensure()
     db_engine = make_engine(settings.database_url)
-    if enqueuer is None:
-        from worker.celery_app import make_celery
-        from worker.queue import CeleryEnqueuer
-
-        enqueuer = CeleryEnqueuer(make_celery(settings))
+    if enqueuer is None:  # publishes by task name: the API never imports the worker
+        enqueuer = CeleryEnqueuer.from_settings(settings)
     services = Services(settings=settings, factory=make_sessionmaker(db_engine), storage=storage,
                         enqueuer=enqueuer, engine=engine)
 
     async def reap_once(**kwargs) -> None:
-        from worker.reaper import reap
-
         try:
             await run_in_threadpool(reap, services.factory, services.enqueuer, settings, storage, **kwargs)
         except Exception as exc:
@@ -85,11 +82,14 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     )
     app.state.services = services
     app.state.metrics = Metrics(services)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ErrorMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees ErrorMiddleware's 500s
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -106,14 +106,11 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
-
     for module in (health, teachers, datasets, jobs):
         app.include_router(module.router)
-    from api.ui import mount_dashboard  # the web dashboard at /ui (static files; it calls /v1 like any client)
+    from api.ui import (
+        mount_dashboard,  # the web dashboard at /ui (static files; it calls /v1 like any client)
+    )
 
     mount_dashboard(app)
     return app

@@ -2,8 +2,11 @@
 
 Refused, with code `archive_unsafe_entry`: absolute names, `..` components, backslashes or NUL in names,
 symlinks, hardlinks, devices, FIFOs, duplicate names. Refused with code `archive_too_large`: more entries
-than allowed, more bytes than allowed (counted while writing, never trusting headers), or a compression
-ratio above the limit (zip bombs). Anything unreadable: `archive_invalid`.
+than allowed, more bytes than allowed, or a compression ratio above the limit (zip bombs). Sizes are checked
+twice: first the sizes the archive declares (zip central directory, tar headers), before anything is written,
+then the bytes actually written (a lying header cannot get past the count). The ratio applies only above a
+floor (`ratio_floor_bytes`): a small archive of silence (a 5 s silent wav compresses ~500 times) is fine,
+and a bomb has to expand past the floor to do harm. Anything unreadable: `archive_invalid`.
 
 On any error the partly extracted tree is the caller's to remove (it extracts into a private temp dir).
 """
@@ -40,6 +43,20 @@ class ArchiveLimits:
     max_entries: int
     max_total_bytes: int
     max_ratio: float
+    ratio_floor_bytes: int = 64 * 1024 * 1024  # below this many extracted bytes the ratio is not checked
+
+    def check_declared(self, sizes: list[tuple[str, int, int | None]], archive_size: int) -> None:
+        """Refuse on the sizes the archive declares ((name, size, compressed size or None) per file), before
+        anything is extracted."""
+        total = 0
+        for name, size, compressed in sizes:
+            total += max(size, 0)
+            if total > self.max_total_bytes:
+                raise ArchiveTooLarge(f"the archive declares more than {self.max_total_bytes} bytes when extracted")
+            if compressed is not None and size > self.ratio_floor_bytes and size / max(compressed, 1) > self.max_ratio:
+                raise ArchiveTooLarge(f"entry {name!r} declares a compression ratio above {self.max_ratio:g}")
+        if total > self.ratio_floor_bytes and total / max(archive_size, 1) > self.max_ratio:
+            raise ArchiveTooLarge(f"the archive declares a compression ratio above {self.max_ratio:g}")
 
 
 @dataclass(frozen=True)
@@ -103,11 +120,12 @@ class _Writer:
                 self.total += len(chunk)
                 if self.total > self.limits.max_total_bytes:
                     raise ArchiveTooLarge(f"more than {self.limits.max_total_bytes} bytes when extracted")
-                if self.total / self.archive_size > self.limits.max_ratio:
+                floor = self.limits.ratio_floor_bytes
+                if self.total > floor and self.total / self.archive_size > self.limits.max_ratio:
                     raise ArchiveTooLarge(
                         f"compression ratio above {self.limits.max_ratio:g} (entry {str(name)!r})"
                     )
-                if compressed_size is not None and written > 1 << 20 and written / max(compressed_size, 1) > self.limits.max_ratio:
+                if compressed_size is not None and written > floor and written / max(compressed_size, 1) > self.limits.max_ratio:
                     raise ArchiveTooLarge(
                         f"entry {str(name)!r} expands more than {self.limits.max_ratio:g} times"
                     )
@@ -124,6 +142,8 @@ def _extract_zip(archive: Path, writer: _Writer) -> None:
         infos = zf.infolist()
         if len(infos) > writer.limits.max_entries:
             raise ArchiveTooLarge(f"{len(infos)} entries, more than {writer.limits.max_entries}")
+        writer.limits.check_declared([(i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir()],
+                                     writer.archive_size)
         for info in infos:
             name = _safe_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
             writer.count_entry(name)
@@ -148,6 +168,7 @@ def _extract_tar(archive: Path, writer: _Writer) -> None:
         tf = tarfile.open(archive, mode="r:*")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArchiveError(f"not a readable archive (zip or tar): {exc}") from exc
+    declared = 0
     try:
         with tf:
             for member in tf:  # streaming: members are read one by one, so limits apply early
@@ -160,6 +181,8 @@ def _extract_tar(archive: Path, writer: _Writer) -> None:
                     continue
                 if not member.isfile():
                     raise UnsafeEntry(f"entry {member.name!r} is a device, FIFO or other special file")
+                declared += member.size  # tar headers come before their data: checked before writing it
+                writer.limits.check_declared([(member.name, declared, None)], writer.archive_size)
                 source = tf.extractfile(member)
                 if source is None:
                     raise ArchiveError(f"entry {member.name!r} cannot be read")

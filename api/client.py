@@ -93,7 +93,19 @@ class SkillkdClient:
         return self._check(self.http.get("/v1/jobs", params=params)).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+        return self.job_action(job_id, "cancel")
+
+    def job_action(self, job_id: str, action: str) -> dict[str, Any]:
+        """POST /v1/jobs/{id}/{action}: cancel, pause or resume; the job afterwards."""
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/{action}")).json()
+
+    def list_resources(self, kind: str, *, limit: int = 200) -> dict[str, Any]:
+        """GET /v1/teachers or /v1/datasets (first page)."""
+        return self._check(self.http.get(f"/v1/{kind}", params={"limit": limit})).json()
+
+    def delete_resource(self, kind: str, resource_id: str) -> None:
+        """DELETE /v1/teachers/{id} or /v1/datasets/{id}."""
+        self._check(self.http.delete(f"/v1/{kind}/{resource_id}"))
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit})).json()

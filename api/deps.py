@@ -13,12 +13,12 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
-from api.keys import hash_key
-from api.models import ApiKey, Owner, utcnow
-from api.settings import Settings
-from api.storage import LocalStorage
-from worker.engine import Engine, load_engine
-from worker.queue import Enqueuer
+from service.engine import Engine, load_engine
+from service.keys import hash_key
+from service.models import ApiKey, Owner, utcnow
+from service.queue import Enqueuer
+from service.settings import Settings
+from service.storage import LocalStorage
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Services:
 
     def get_engine(self) -> Engine:
         if self.engine is None:
-            self.engine = load_engine(self.settings.engine)
+            self.engine = load_engine(self.settings)
         return self.engine
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from sqlalchemy import func, select
 
-from api.models import JOB_STATUSES, Job, JobEvent
+from service.models import JOB_STATUSES, Job, JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = {"code": 500}
+        status = {"code": 499}  # no answer sent and no error raised: the client went away (ErrorMiddleware)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -81,6 +81,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except BaseException:
+            if status["code"] == 499:
+                status["code"] = 500
+            raise
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"

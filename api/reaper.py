@@ -1,11 +1,13 @@
 """Recovering jobs the broker forgot or whose worker died. The database decides; the broker is refilled.
 
-- running or cancelling with a heartbeat older than `heartbeat_stale_s`: the worker died. Running jobs go
-  back to queued and are re-enqueued (they resume from their workdir); cancelling ones end cancelled.
+- running, cancelling or pausing with a heartbeat older than `heartbeat_stale_s`: the worker died. Running
+  jobs go back to queued and are re-enqueued (they resume from their workdir); cancelling ones end cancelled;
+  pausing ones end paused (their last checkpoint is where a resume continues).
 - queued for longer than `requeue_queued_after_s` while the broker holds fewer messages than there are
   queued jobs (a broker restart lost them): re-enqueued. A duplicate delivery is harmless: the worker's
-  claim (api.jobstore.claim) lets only one delivery run a job.
-Runs on API startup and every `reaper_interval_s` in the API process; safe to run in several processes.
+  claim (service.jobstore.claim) lets only one delivery run a job.
+Runs on API startup and every `reaper_interval_s` in the API process (so it lives in api/); safe to run in
+several processes.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.jobstore import add_event, stale_cutoff, transition
-from api.models import Job, utcnow
-from api.settings import Settings
-from api.storage import LocalStorage
-from worker.queue import Enqueuer
+from service.jobstore import add_event, stale_cutoff, transition, updated
+from service.models import Job, utcnow
+from service.queue import Enqueuer
+from service.settings import Settings
+from service.storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,11 @@ def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings,
     stale = stale_cutoff(settings.heartbeat_stale_s)
     now = utcnow()
     to_enqueue: list[str] = []
-    counts = {"requeued": 0, "cancelled": 0, "failed": 0, "reenqueued": 0}
+    counts = {"requeued": 0, "cancelled": 0, "paused": 0, "failed": 0, "reenqueued": 0}
     with factory() as session:
         dead = session.execute(
             select(Job.id, Job.status, Job.attempts).where(
-                Job.status.in_(("running", "cancelling")),
+                Job.status.in_(("running", "cancelling", "pausing")),
                 (Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < stale),
             )
         ).all()
@@ -46,6 +48,10 @@ def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings,
                     add_event(session, job_id=job_id, kind="status", message="cancelled (worker gone)")
                     storage.remove(storage.job_dir(job_id))
                     counts["cancelled"] += 1
+            elif status == "pausing":
+                if _guarded(session, job_id, ("pausing",), still_dead, status="paused", worker=None):
+                    add_event(session, job_id=job_id, kind="status", message="paused (worker gone)")
+                    counts["paused"] += 1
             elif attempts >= settings.max_attempts:
                 if _guarded(session, job_id, ("running",), still_dead, status="failed", finished_at=now,
                             worker=None, error_code="too_many_attempts",
@@ -89,14 +95,9 @@ def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings,
 
 
 def _guarded(session: Session, job_id: str, statuses: tuple[str, ...], condition, **values) -> bool:
-    from sqlalchemy import update
-
     values.setdefault("updated_at", utcnow())
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(statuses), condition).values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    return updated(session, update(Job).where(Job.id == job_id, Job.status.in_(statuses), condition)
+                   .values(**values)) == 1
 
 
 __all__ = ["reap"]

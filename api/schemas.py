@@ -11,9 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.spec import CompressionSpec
-
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-ID_PATTERN = r"^[a-z]{2,4}_[0-9a-f]{28}$"
+from service.models import ID_PATTERN, Dataset, Job, JobStatus
 
 
 class ErrorDetail(BaseModel):
@@ -69,6 +67,17 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+    @classmethod
+    def from_row(cls, row: Dataset) -> DatasetPublic:
+        summary = row.summary or {}
+        return cls(
+            id=row.id, name=row.name, source=row.source, sha256=row.sha256,  # type: ignore[arg-type]
+            size_bytes=row.size_bytes, files=row.files, hours=row.hours,
+            sample_rates=summary.get("sample_rates", []), skipped=summary.get("skipped", {}),
+            examples=summary.get("examples", {}), created_at=row.created_at,
+        )
+
+
 class DatasetList(BaseModel):
     items: list[DatasetPublic]
     next_cursor: str | None = None
@@ -108,6 +117,20 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
+            progress=JobProgress(**job.progress) if job.progress else None,
+            metrics=job.metrics or {}, clusters=job.clusters,
+            error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            attempts=job.attempts, spec=CompressionSpec.model_validate(job.spec), teacher_id=job.teacher_id,
+            dataset_id=job.dataset_id, calibration_dataset_id=job.calibration_dataset_id,
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            updated_at=job.updated_at,
+        )
 
 
 class JobList(BaseModel):

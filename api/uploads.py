@@ -4,6 +4,7 @@ whole archive flow shared by teachers and datasets (`ingest_archive`)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.archives import ArchiveLimits, Extracted, extract
 from api.errors import PayloadTooLarge, UnprocessableInput
+from core.errors import SkillkdError
+from service import crud
+from service.storage import public_message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,18 @@ async def receive(chunks: AsyncIterator[bytes], dest: Path, *, limit: int, decla
     return Received(path=dest, sha256=digest.hexdigest(), size=size)
 
 
+def input_error(exc: SkillkdError, folder: Path) -> UnprocessableInput:
+    """The engine's verdict on an upload, for the client: its stable code and a message about the archive, with
+    no server path in it (the extraction folder reads "the archive"); the full message goes to the log."""
+    log.info("upload refused (%s): %s", exc.code, exc.message)
+    message = exc.message.replace(str(folder.resolve()), "the archive").replace(str(folder), "the archive")
+    return UnprocessableInput(public_message(message), code=exc.code)
+
+
 def limits_of(services: Any) -> ArchiveLimits:
     s = services.settings
     return ArchiveLimits(max_entries=s.max_archive_entries, max_total_bytes=s.max_extracted_bytes,
-                         max_ratio=s.max_compression_ratio)
+                         max_ratio=s.max_compression_ratio, ratio_floor_bytes=s.archive_ratio_floor_bytes)
 
 
 Prepare = Callable[[Received, Extracted, Path], tuple[Path, Any]]
@@ -77,9 +91,7 @@ async def ingest_archive(request: Request, services: Any, final_dir: Path, prepa
             content.rename(final_dir)
             moved = True
             with services.factory() as session:
-                session.add(row)
-                session.commit()
-            return row
+                return crud.insert(session, row=row)
 
         return await run_in_threadpool(validate_and_store)
     except BaseException:

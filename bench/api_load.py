@@ -31,11 +31,11 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
 from api.app import create_app  # noqa: E402
-from api.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from api.keys import create_key  # noqa: E402
-from api.models import Dataset, Job, Teacher, new_id, utcnow  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from worker.queue import MemoryEnqueuer  # noqa: E402
+from service.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
+from service.keys import create_key  # noqa: E402
+from service.models import Dataset, Job, Teacher, new_id, utcnow  # noqa: E402
+from service.queue import MemoryEnqueuer  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 
 def seed(settings: Settings, n_jobs: int) -> tuple[str, str, str, list[str]]:

@@ -22,8 +22,8 @@ if str(REPO) not in sys.path:
 
 from core.audio import load_waveform, scan_audio  # noqa: E402
 from core.cka import linear_cka  # noqa: E402
-from core.cli import _parse_clusters  # noqa: E402
 from core.models import load_model  # noqa: E402
+from core.spec_options import parse_clusters  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
             for i, r in enumerate(reps):
                 feats[i].append(r[0].double().numpy())
     x = [np.concatenate(f) for f in feats]  # (frames, dim) per representation
-    clusters = _parse_clusters(args.clusters)
+    clusters = parse_clusters(args.clusters)
     dphubert = [0, round(num_layers / 3), round(2 * num_layers / 3), num_layers]
     result = {
         "teacher": str(args.teacher), "utterances": len(items), "frames": int(x[0].shape[0]),

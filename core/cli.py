@@ -109,9 +109,11 @@ def cli() -> None:
               help="Separate audio for CKA calibration (default: AUDIO).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout; events as JSON lines.")
 @click.option("--quiet", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="Check the inputs as a real run would, then print the teacher's and "
+              "the target student's size, the work and an estimated time from a few timed steps; write nothing.")
 @spec_options
 def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: bool, resume: bool,
-             calibration_audio: Path | None, as_json: bool, quiet: bool, **spec_kw: Any) -> None:
+             calibration_audio: Path | None, as_json: bool, quiet: bool, dry_run: bool, **spec_kw: Any) -> None:
     """Compress TEACHER (a Hugging Face directory) using the audio in AUDIO (a directory or manifest)."""
     if demo:
         teacher = teacher or DEMO_TEACHER
@@ -119,6 +121,9 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
     if teacher is None or audio is None:
         raise click.UsageError("give TEACHER and AUDIO, or --demo")
     spec = build_spec(spec_kw)
+    if dry_run:
+        _dry_run(spec, teacher, audio, calibration_audio, as_json, quiet)
+        return
     if out is None:
         if resume:
             raise click.UsageError("--resume needs --out (the run directory to continue)")
@@ -158,6 +163,20 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
                    f"params:  {s:,} of {t:,} ({100 * s / t:.1f}% of the teacher, sparsity "
                    f"{summary['achieved_sparsity']:.3f})\nclusters: {summary['clusters']}\n"
                    f"time:    {summary['seconds']} s")
+
+
+def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | None, as_json: bool,
+             quiet: bool) -> None:
+    from .estimate import estimate, render
+
+    printer = ProgressPrinter(json_lines=as_json, quiet=quiet)
+    try:
+        result = estimate(spec, teacher, audio, calibration_audio=calibration_audio, on_event=printer)
+    except SkillkdError as exc:
+        printer.close()
+        _fail(exc)
+        return
+    click.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from `api.db.upgrade(url)` or from the deployment settings."""
+"""Alembic environment: the URL comes from `service.db.upgrade(url)` or from the deployment settings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.db import make_engine
-from api.models import Base
+from service.db import make_engine
+from service.models import Base
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("url"):
@@ -20,7 +20,7 @@ def _url() -> str:
     url = config.attributes.get("url")
     if url:
         return url
-    from api.settings import get_settings
+    from service.settings import get_settings
 
     return get_settings().database_url
 

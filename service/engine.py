@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import AudioError, SkillkdError, StopRequested, TeacherError
-from core.events import Event
+from core.events import STAGES, Event
 from core.spec import CompressionSpec
+from service.settings import Settings
 
 
 @dataclass
@@ -84,30 +85,25 @@ _ARCHITECTURES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm"}
 _AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 class FakeEngine:
     """A stand-in engine for tests: checks teachers and audio cheaply, 'trains' a counter in the workdir.
 
-    Behaviour knobs (constructor or env, so a worker subprocess can be steered):
-    `steps` (SKILLKD_FAKE_STEPS) per training stage, `step_s` (SKILLKD_FAKE_STEP_S) sleep per step,
-    `kill_at` (SKILLKD_FAKE_KILL_AT) SIGKILL the own process at that distill step, every attempt,
-    `fail_code` (SKILLKD_FAKE_FAIL) raise that error, `ledger` (SKILLKD_FAKE_LEDGER) a file that gets one
-    line per completed run (to prove no job completes twice).
+    Behaviour knobs (constructor, or `Settings.fake_*` = SKILLKD_FAKE_* so a worker subprocess can be steered):
+    `steps` per training stage, `step_s` sleep per step, `kill_at` SIGKILL the own process at that distill
+    step, every attempt, `fail_code` raise that error, `ledger` a file that gets one line per completed run (to
+    prove no job completes twice).
     """
 
-    def __init__(self, *, steps: int | None = None, step_s: float | None = None, kill_at: int | None = None,
+    def __init__(self, *, steps: int = 8, step_s: float = 0.0, kill_at: int | None = None,
                  fail_code: str | None = None, ledger: Path | None = None) -> None:
-        self.steps = steps if steps is not None else _env_int("SKILLKD_FAKE_STEPS", 8)
-        self.step_s = step_s if step_s is not None else float(os.environ.get("SKILLKD_FAKE_STEP_S", "0"))
-        env_kill = os.environ.get("SKILLKD_FAKE_KILL_AT")
-        self.kill_at = kill_at if kill_at is not None else (int(env_kill) if env_kill else None)
-        self.fail_code = fail_code or os.environ.get("SKILLKD_FAKE_FAIL") or None
-        env_ledger = os.environ.get("SKILLKD_FAKE_LEDGER")
-        self.ledger = ledger or (Path(env_ledger) if env_ledger else None)
+        self.steps, self.step_s, self.kill_at = steps, step_s, kill_at
+        self.fail_code, self.ledger = fail_code or None, ledger
         self.runs = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FakeEngine:
+        return cls(steps=settings.fake_steps, step_s=settings.fake_step_s, kill_at=settings.fake_kill_at,
+                   fail_code=settings.fake_fail, ledger=settings.fake_ledger)
 
     # -- validation ------------------------------------------------------------------------------------
     def inspect_teacher(self, path: Path) -> dict[str, Any]:
@@ -185,7 +181,7 @@ class FakeEngine:
             tmp.write_text(json.dumps(state))
             tmp.replace(state_path)
 
-        stages = ["calibrate", "distill_prune", "finalize", "final_distill", "export"]
+        stages = [s for s in STAGES if s != "evaluate"]
         for stage in stages:
             if stage in state["done"]:
                 continue
@@ -277,11 +273,13 @@ def _tiny_safetensors() -> bytes:
     return struct.pack("<Q", len(header)) + header + b"\x00" * 8
 
 
-def load_engine(path: str) -> Engine:
-    """`module:Class` -> an instance (Class() with no arguments)."""
-    module_name, _, attr = path.partition(":")
+def load_engine(settings: Settings) -> Engine:
+    """`settings.engine` (`module:Class`) -> an instance: `Class.from_settings(settings)` where the class has
+    it, else `Class()`."""
+    module_name, _, attr = settings.engine.partition(":")
     cls = getattr(importlib.import_module(module_name), attr or "CoreEngine")
-    return cls()
+    factory = getattr(cls, "from_settings", None)
+    return factory(settings) if factory is not None else cls()
 
 
 __all__ = ["Engine", "EngineResult", "CoreEngine", "FakeEngine", "load_engine", "SkillkdError"]

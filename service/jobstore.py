@@ -8,24 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.orm import Session
 
-from api.models import ACTIVE_STATUSES, Job, JobEvent, utcnow
+from service.crud import delete_jobs
+from service.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Artifact, Job, JobEvent, new_id, utcnow
+
+
+def updated(session: Session, statement: Update) -> int:
+    """Run an UPDATE; the number of rows it changed."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount
 
 
 def transition(session: Session, *, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
     """Set `values` on the job if its status is one of `from_statuses`; True if it was."""
     values.setdefault("updated_at", utcnow())
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(from_statuses))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    return updated(session, update(Job).where(Job.id == job_id, Job.status.in_(from_statuses)).values(**values)) == 1
 
 
 def count_in_flight(session: Session, *, owner_id: str) -> int:
@@ -53,14 +54,10 @@ def claim(session: Session, *, job_id: str, worker: str, stale_before: datetime,
     claimable = (Job.status == "queued") | (
         (Job.status == "running") & ((Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < stale_before))
     )
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, claimable)
-        .values(status="running", attempts=Job.attempts + 1, worker=worker, heartbeat_at=now, updated_at=now,
-                started_at=func.coalesce(Job.started_at, now))
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    claimed = updated(session, update(Job).where(Job.id == job_id, claimable).values(
+        status="running", attempts=Job.attempts + 1, worker=worker, heartbeat_at=now, updated_at=now,
+        started_at=func.coalesce(Job.started_at, now)))
+    if claimed != 1:
         job = session.get(Job, job_id)
         session.commit()
         return Claim(False, "missing" if job is None else f"status {job.status}")
@@ -78,14 +75,11 @@ def claim(session: Session, *, job_id: str, worker: str, stale_before: datetime,
 
 
 def heartbeat(session: Session, *, job_id: str, worker: str) -> bool:
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status.in_(("running", "cancelling")))
-        .values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    beat = updated(session, update(Job).where(
+        Job.id == job_id, Job.worker == worker, Job.status.in_(("running", "cancelling", "pausing"))
+    ).values(heartbeat_at=utcnow()))
     session.commit()
-    return result.rowcount == 1
+    return beat == 1
 
 
 def add_event(session: Session, *, job_id: str, kind: str, stage: str = "", step: int = 0, total: int = 0,
@@ -101,4 +95,96 @@ def stale_cutoff(seconds: float) -> datetime:
     return utcnow() - timedelta(seconds=seconds)
 
 
-__all__ = ["transition", "count_in_flight", "Claim", "claim", "heartbeat", "add_event", "stale_cutoff"]
+# -- what the routes call -------------------------------------------------------------------------------------
+def by_idempotency_key(session: Session, *, owner_id: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
+
+
+def create_job(session: Session, *, owner_id: str, teacher_id: str, dataset_id: str,
+               calibration_dataset_id: str | None, spec: dict[str, Any], idempotency_key: str | None) -> Job:
+    """Insert a queued job and its first event and COMMIT (raises IntegrityError on a concurrent duplicate
+    Idempotency-Key; the session is rolled back then). Enqueue only after this returns."""
+    now = utcnow()
+    job = Job(id=new_id("job"), owner_id=owner_id, teacher_id=teacher_id, dataset_id=dataset_id,
+              calibration_dataset_id=calibration_dataset_id, spec=spec, status="queued", progress={}, metrics={},
+              attempts=0, idempotency_key=idempotency_key, enqueued_at=now, created_at=now, updated_at=now)
+    session.add(job)
+    add_event(session, job_id=job.id, kind="status", message="queued")
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    return job
+
+
+def _change(session: Session, job: Job, steps: list[tuple[tuple[str, ...], dict[str, Any], str]]) -> str | None:
+    """Try each (from statuses, values, event message) in order; commit the first that applies. Returns the
+    status reached, or None when none applied (the job is refreshed so the caller sees why)."""
+    for from_statuses, values, message in steps:
+        if transition(session, job_id=job.id, from_statuses=from_statuses, **values):
+            add_event(session, job_id=job.id, kind="status", message=message)
+            session.commit()
+            session.refresh(job)
+            return str(values["status"])
+    session.rollback()
+    session.refresh(job)
+    return None
+
+
+def cancel(session: Session, *, job: Job) -> str | None:
+    """queued or paused -> cancelled at once; running or pausing -> cancelling (the worker stops at its next
+    check). None if the job is already finished."""
+    return _change(session, job, [
+        (("queued", "paused"), {"status": "cancelled", "finished_at": utcnow()}, "cancelled before running"),
+        (("running", "pausing"), {"status": "cancelling"}, "cancelling"),
+    ])
+
+
+def pause(session: Session, *, job: Job) -> str | None:
+    """queued -> paused at once; running -> pausing (the worker checkpoints and stops at its next check, then
+    the job is paused). None if the job cannot be paused (finished, cancelling, already paused)."""
+    return _change(session, job, [
+        (("queued",), {"status": "paused"}, "paused before running"),
+        (("running",), {"status": "pausing"}, "pausing"),
+    ])
+
+
+def resume(session: Session, *, job: Job) -> str | None:
+    """paused -> queued (the caller enqueues it; it continues from its checkpoint). None if not paused."""
+    return _change(session, job, [
+        (("paused",), {"status": "queued", "enqueued_at": utcnow(), "worker": None}, "resumed: queued"),
+    ])
+
+
+def delete_finished(session: Session, *, job: Job) -> bool:
+    """Delete a finished job's rows; False (nothing deleted) if it is not finished."""
+    if job.status not in TERMINAL_STATUSES:
+        return False
+    delete_jobs(session, job_ids=[job.id])
+    session.commit()
+    return True
+
+
+def events_page(session: Session, *, job_id: str, after: int, limit: int) -> list[JobEvent]:
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                                .order_by(JobEvent.id).limit(limit)))
+
+
+def status_of(session: Session, *, job_id: str) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def artifacts(session: Session, *, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+def artifact(session: Session, *, job_id: str, name: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+
+
+__all__ = [
+    "updated", "transition", "count_in_flight", "Claim", "claim", "heartbeat", "add_event", "stale_cutoff",
+    "by_idempotency_key", "create_job", "cancel", "pause", "resume", "delete_finished", "events_page",
+    "status_of", "artifacts", "artifact",
+]

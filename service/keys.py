@@ -6,10 +6,10 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, Owner, new_id, utcnow
+from service.models import ApiKey, Owner, new_id, utcnow
 
 KEY_PREFIX = "skd_"
 
@@ -42,6 +42,10 @@ def create_key(session: Session, *, owner_name: str, admin: bool = False, key_na
     return NewKey(owner_id=owner.id, key_id=row.id, prefix=row.prefix, key=key)
 
 
+def key_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(ApiKey)) or 0
+
+
 def owner_for_key(session: Session, *, key: str) -> Owner | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
     if row is None:
@@ -62,4 +66,4 @@ def revoke_key(session: Session, *, key_id_or_prefix: str) -> int:
     return len(rows)
 
 
-__all__ = ["create_key", "owner_for_key", "list_keys", "revoke_key", "hash_key", "NewKey"]
+__all__ = ["key_count", "create_key", "owner_for_key", "list_keys", "revoke_key", "hash_key", "NewKey"]

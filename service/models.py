@@ -1,7 +1,15 @@
 """Database tables (SQLAlchemy 2 typed ORM). Every user-owned row carries `owner_id`.
 
-Ids are strings `<prefix>_<12 hex ms time><16 hex random>`: sortable by creation time, so the id is the
-pagination cursor.
+Ids are strings `<prefix>_<12 hex ms time><16 hex random>` (`ID_PATTERN`): sortable by creation time, so the
+id is the pagination cursor.
+
+The job status vocabulary is defined here once (`JobStatus`); the schemas, the CLI and the metrics use it:
+
+    queued ──> running ──> succeeded | failed
+      │  ▲        │ ├──> cancelling ──> cancelled
+      │  │        │ └──> pausing ──> paused ──(resume)──> queued
+      │  └────────┴── (I/O error, lost worker: requeued)
+      └──> cancelled | paused
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -28,9 +36,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running", "cancelling")
+JobStatus = Literal["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+ACTIVE_STATUSES = ("queued", "running", "cancelling", "pausing")  # count against max_jobs_in_flight
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+NON_TERMINAL_STATUSES = tuple(s for s in JOB_STATUSES if s not in TERMINAL_STATUSES)
+
+ID_PATTERN = r"^[a-z]{2,4}_[0-9a-f]{28}$"
 
 
 def utcnow() -> datetime:
@@ -59,6 +71,9 @@ class UTCDateTime(TypeDecorator):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# 64-bit autoincrement keys; SQLite's INTEGER PRIMARY KEY is already 64-bit and autoincrements only under that
+# exact type name, hence the variant.
+BigIntegerId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -114,7 +129,7 @@ class Dataset(Base):
     server_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    files: Mapped[int] = mapped_column(Integer)
+    files: Mapped[int] = mapped_column(BigInteger)
     hours: Mapped[float] = mapped_column(Float)
     summary: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -157,13 +172,13 @@ class Job(Base):
 class JobEvent(Base):
     __tablename__ = "job_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     stage: Mapped[str] = mapped_column(String(32), default="")
-    step: Mapped[int] = mapped_column(Integer, default=0)
-    total: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
     eta_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -174,7 +189,7 @@ class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # relative to the storage root
@@ -186,5 +201,6 @@ class Artifact(Base):
 
 __all__ = [
     "Base", "Owner", "ApiKey", "Teacher", "Dataset", "Job", "JobEvent", "Artifact",
-    "JOB_STATUSES", "ACTIVE_STATUSES", "TERMINAL_STATUSES", "new_id", "utcnow",
+    "JobStatus", "JOB_STATUSES", "ACTIVE_STATUSES", "TERMINAL_STATUSES", "NON_TERMINAL_STATUSES", "ID_PATTERN",
+    "new_id", "utcnow",
 ]

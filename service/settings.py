@@ -23,13 +23,15 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite in `home`")
     broker_url: str = Field(default="", description="Celery broker; default a filesystem broker in `home`")
     storage_dir: Path | None = Field(default=None, description="uploads, datasets, job files; default home/storage")
-    engine: str = Field(default="worker.engine:CoreEngine", description="import path of the Engine implementation")
+    engine: str = Field(default="service.engine:CoreEngine", description="import path of the Engine implementation")
 
     # uploads and archives
     max_upload_bytes: int = Field(default=20 * GiB, gt=0)
     max_archive_entries: int = Field(default=200_000, gt=0)
     max_extracted_bytes: int = Field(default=200 * GiB, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1.0)
+    archive_ratio_floor_bytes: int = Field(default=64 * 1024 * 1024, ge=0,
+                                           description="the compression ratio is checked above this many bytes")
     server_dataset_roots: list[Path] = Field(
         default_factory=list, description="if set, admin-registered dataset paths must lie under one of these"
     )
@@ -45,6 +47,18 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=1.0, ge=0, description="throttle of progress writes")
     stop_poll_interval_s: float = Field(default=1.0, ge=0, description="throttle of cancel-flag reads")
     keep_workdir: bool = Field(default=False, description="keep checkpoints after a successful job")
+
+    # upper bounds of a job spec (POST /v1/jobs answers 422 above them)
+    max_stage_steps: int = Field(default=1_000_000, gt=0, description="stage1_steps and stage2_steps")
+    max_calibration_utterances: int = Field(default=100_000, gt=0)
+    max_batch_seconds: float = Field(default=3600.0, gt=0, description="audio seconds per optimiser step")
+
+    # the fake engine of the tests (service.engine.FakeEngine); read here so a worker subprocess can be steered
+    fake_steps: int = Field(default=8, ge=0, description="steps per training stage")
+    fake_step_s: float = Field(default=0.0, ge=0, description="sleep per step")
+    fake_kill_at: int | None = Field(default=None, description="SIGKILL the own process at this stage-1 step")
+    fake_fail: str | None = Field(default=None, description="raise this error code at step 2")
+    fake_ledger: Path | None = Field(default=None, description="one line per completed run")
     broker_poll_interval_s: float = Field(default=0.5, gt=0, description="filesystem broker polling")
 
     @model_validator(mode="after")
@@ -102,4 +116,14 @@ def get_settings() -> Settings:
     return Settings()
 
 
-__all__ = ["Settings", "get_settings"]
+class ClientSettings(BaseSettings):
+    """What the client commands (`skillkd submit`, `status`, ...) read from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SKILLKD_", extra="ignore")
+
+    url: str = Field(default="http://127.0.0.1:8000", description="the service's base URL")
+    api_key: str | None = Field(default=None, description="API key; default the local admin key of `serve`")
+    home: Path = Field(default=Path("~/.skillkd"), description="where `skillkd serve` wrote admin.key")
+
+
+__all__ = ["Settings", "ClientSettings", "get_settings"]

@@ -14,13 +14,24 @@ import secrets
 import shutil
 from pathlib import Path
 
-_ID_RE = re.compile(r"^[a-z]{2,4}_[0-9a-f]{28}$")
+from service.models import ID_PATTERN
+
+_ID_RE = re.compile(ID_PATTERN)
 
 
 def _checked(resource_id: str) -> str:
     if not _ID_RE.fullmatch(resource_id):
         raise ValueError(f"not a resource id: {resource_id!r}")
     return resource_id
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])(/[^\s/'\"`]+)+/?")
+
+
+def public_message(message: str) -> str:
+    """A message for clients: every absolute path cut to its last component (`/srv/x/storage/tmp/ab/config.json`
+    -> `config.json`), so errors never show the server's layout; the full message goes to the log."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", message)
 
 
 class LocalStorage:
@@ -69,4 +80,4 @@ class LocalStorage:
             path.unlink(missing_ok=True)
 
 
-__all__ = ["LocalStorage"]
+__all__ = ["LocalStorage", "public_message"]

@@ -2,7 +2,8 @@
 
 Outcomes (job status, error code):
     engine returns            succeeded; artifacts recorded with sha256 and size; checkpoints removed
-    StopRequested             cancelled; the job's files removed
+    StopRequested             cancelled (the job's files removed), or paused when the stop was a pause (the engine
+                              saved a checkpoint; the workdir is kept for the resume)
     SkillkdError              failed, the error's stable code (deterministic: not retried)
     OSError                   queued again while attempts remain (I/O is the only thing retried), else failed "io_error"
     anything else             failed "internal"
@@ -25,21 +26,22 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.jobstore import add_event, claim, heartbeat, stale_cutoff, transition
-from api.models import Artifact, Dataset, Job, utcnow
-from api.settings import Settings
-from api.storage import LocalStorage
 from core.errors import SkillkdError, StopRequested
 from core.events import Event
 from core.spec import CompressionSpec
-from worker.engine import Engine, EngineResult
-from worker.queue import Enqueuer
+from service.engine import Engine, EngineResult
+from service.jobstore import add_event, claim, heartbeat, stale_cutoff, transition
+from service.models import Artifact, Dataset, Job, utcnow
+from service.queue import Enqueuer
+from service.settings import Settings
+from service.storage import LocalStorage, public_message
 
 log = logging.getLogger(__name__)
 
 _MEDIA_TYPES = {".zip": "application/zip", ".json": "application/json", ".png": "image/png",
                 ".jsonl": "application/x-ndjson", ".onnx": "application/octet-stream"}
-_FILE_NAMES = {"model": "model.zip", "train_log": "train_log.jsonl", "onnx": "model.onnx"}
+_FILE_NAMES = {"model": "model.zip", "train_log": "train_log.jsonl", "onnx": "model.onnx",
+               "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_quantized.onnx", "hf": "hf.zip"}
 
 
 @dataclass
@@ -79,17 +81,21 @@ class JobRunner:
             sink.flush()
         except StopRequested:
             sink.flush()
-            return self._finish_cancelled(job_id)
+            return self._finish_stopped(job_id)
         except SkillkdError as exc:
             sink.flush()
-            return self._finish_failed(job_id, exc.code, exc.message, remove_workdir=True)
+            log.info("job %s failed (%s): %s", job_id, exc.code, exc.message)
+            return self._finish_failed(job_id, exc.code, public_message(exc.message), remove_workdir=True)
         except OSError as exc:
             sink.flush()
+            log.warning("job %s: I/O error (attempt %d)", job_id, outcome.attempts, exc_info=True)
             return self._retry_io(job_id, exc, outcome.attempts)
-        except Exception as exc:
+        except Exception:
+            # The exception text may hold SQL, parameters or paths: it goes to the log, the client gets the code.
             log.exception("job %s: engine bug", job_id)
             sink.flush()
-            return self._finish_failed(job_id, "internal", f"{type(exc).__name__}: {exc}", remove_workdir=False)
+            return self._finish_failed(job_id, "internal", "internal error while running the job; the worker's "
+                                       f"log has the details (job {job_id})", remove_workdir=False)
         finally:
             beat.stop()
         return self._finish_succeeded(job_id, result)
@@ -99,6 +105,16 @@ class JobRunner:
         if dataset is not None and dataset.source == "server_path" and dataset.server_path:
             return Path(dataset.server_path)
         return self.storage.dataset_dir(dataset_id)
+
+    def _finish_stopped(self, job_id: str) -> str:
+        with self.factory() as session:
+            if transition(session, job_id=job_id, from_statuses=("pausing",), status="paused", worker=None,
+                          heartbeat_at=None):
+                add_event(session, job_id=job_id, kind="status", message="paused at a checkpoint")
+                session.commit()
+                return "paused"
+            session.rollback()
+        return self._finish_cancelled(job_id)
 
     def _finish_cancelled(self, job_id: str) -> str:
         with self.factory() as session:
@@ -113,7 +129,7 @@ class JobRunner:
 
     def _finish_failed(self, job_id: str, code: str, message: str, *, remove_workdir: bool) -> str:
         with self.factory() as session:
-            ok = transition(session, job_id=job_id, from_statuses=("running", "cancelling"), status="failed",
+            ok = transition(session, job_id=job_id, from_statuses=("running", "cancelling", "pausing"), status="failed",
                             error_code=code, error_message=message, finished_at=utcnow(), worker=None)
             if ok:
                 add_event(session, job_id=job_id, kind="status", message=f"failed: {code}: {message}")
@@ -124,12 +140,15 @@ class JobRunner:
 
     def _retry_io(self, job_id: str, exc: OSError, attempts: int) -> str:
         if attempts >= self.settings.max_attempts:
-            return self._finish_failed(job_id, "io_error", f"{type(exc).__name__}: {exc}", remove_workdir=False)
+            return self._finish_failed(job_id, "io_error", f"I/O error on the server ({type(exc).__name__}) in "
+                                       f"each of {attempts} attempts; the worker's log has the details",
+                                       remove_workdir=False)
         with self.factory() as session:
             ok = transition(session, job_id=job_id, from_statuses=("running",), status="queued", worker=None,
                             enqueued_at=utcnow())
             if ok:
-                add_event(session, job_id=job_id, kind="status", message=f"requeued after I/O error: {exc}")
+                add_event(session, job_id=job_id, kind="status",
+                          message=f"requeued after an I/O error ({type(exc).__name__})")
             session.commit()
         if ok:
             self.enqueuer.enqueue(job_id, countdown=5)
@@ -148,7 +167,7 @@ class JobRunner:
                                  media_type=_MEDIA_TYPES.get(target.suffix, "application/octet-stream"),
                                  sha256=digest, size_bytes=size))
         with self.factory() as session:
-            ok = transition(session, job_id=job_id, from_statuses=("running", "cancelling"), status="succeeded",
+            ok = transition(session, job_id=job_id, from_statuses=("running", "cancelling", "pausing"), status="succeeded",
                             finished_at=utcnow(), worker=None, error_code=None, error_message=None)
             if not ok:
                 session.rollback()
@@ -213,7 +232,8 @@ class _Heartbeat:
 
 
 class _StopFlag:
-    """should_stop(): True once the job is `cancelling` (or taken by another worker). DB read throttled."""
+    """should_stop(): True once the job is `cancelling` or `pausing` (or taken by another worker). DB read
+    throttled."""
 
     def __init__(self, factory: sessionmaker[Session], job_id: str, worker: str, interval_s: float,
                  beat: _Heartbeat) -> None:
@@ -229,7 +249,7 @@ class _StopFlag:
             self._last = now
             with self.factory() as session:
                 row = session.execute(select(Job.status, Job.worker).where(Job.id == self.job_id)).one_or_none()
-            self._stop = row is None or row.status == "cancelling" or row.worker != self.worker
+            self._stop = row is None or row.status in ("cancelling", "pausing") or row.worker != self.worker
         return self._stop
 
 

@@ -12,12 +12,12 @@ from functools import lru_cache
 
 from celery import shared_task
 
-from api.db import make_engine, make_sessionmaker
-from api.settings import Settings, get_settings
-from api.storage import LocalStorage
+from service.db import make_engine, make_sessionmaker
+from service.engine import load_engine
+from service.queue import CeleryEnqueuer
+from service.settings import Settings, get_settings
+from service.storage import LocalStorage
 from worker.celery_app import TASK_NAME
-from worker.engine import load_engine
-from worker.queue import CeleryEnqueuer
 from worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def build_runner(settings: Settings, worker: str, celery_app) -> JobRunner:
     storage = LocalStorage(settings.storage)
     storage.ensure()
     return JobRunner(factory=_sessionmaker(settings.database_url), storage=storage,
-                     engine=load_engine(settings.engine), enqueuer=CeleryEnqueuer(celery_app),
+                     engine=load_engine(settings), enqueuer=CeleryEnqueuer(celery_app),
                      settings=settings, worker=worker)
 
 

@@ -1,22 +1,25 @@
-"""POST/GET /v1/datasets: upload audio as an archive (safe extraction), or register a server path (admin)."""
+"""POST/GET/DELETE /v1/datasets: upload audio as an archive (safe extraction), or register a server path
+(admin); delete (409 while a job uses it; a registered server directory is never removed, only its row)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from api.archives import Extracted
 from api.deps import CurrentOwner, Forbidden, ServicesDep, SessionDep
-from api.errors import NotFound, UnprocessableInput
-from api.models import Dataset, new_id
-from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE, owned, page
+from api.errors import Conflict, NotFound, UnprocessableInput
+from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE
+from api.routes.teachers import in_use_message
 from api.schemas import DatasetList, DatasetPublic, DatasetRegister
-from api.uploads import Received, ingest_archive
+from api.uploads import Received, ingest_archive, input_error
 from core.errors import SkillkdError
+from service import crud
+from service.models import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
 
@@ -27,15 +30,6 @@ _BODY = {"requestBody": {
     "content": {**ARCHIVE_BODY["requestBody"]["content"],
                 "application/json": {"schema": DatasetRegister.model_json_schema()}},
 }}
-
-
-def public(row: Dataset) -> DatasetPublic:
-    summary = row.summary or {}
-    return DatasetPublic(
-        id=row.id, name=row.name, source=row.source, sha256=row.sha256, size_bytes=row.size_bytes,
-        files=row.files, hours=row.hours, sample_rates=summary.get("sample_rates", []),
-        skipped=summary.get("skipped", {}), examples=summary.get("examples", {}), created_at=row.created_at,
-    )
 
 
 def normalise_summary(summary: dict) -> dict:
@@ -57,7 +51,7 @@ def _scan(services, path: Path) -> dict:
     try:
         summary = services.get_engine().scan_audio(path)
     except SkillkdError as exc:
-        raise UnprocessableInput(exc.message, code=exc.code) from exc
+        raise input_error(exc, path) from exc
     return normalise_summary(summary)
 
 
@@ -78,7 +72,7 @@ async def create_dataset(
                                files=int(summary.get("files", 0)), hours=float(summary.get("hours", 0.0)),
                                summary=summary)
 
-    return public(await ingest_archive(request, services, services.storage.dataset_dir(dataset_id), prepare))
+    return DatasetPublic.from_row(await ingest_archive(request, services, services.storage.dataset_dir(dataset_id), prepare))
 
 
 async def _register(request: Request, services, owner) -> DatasetPublic:
@@ -106,24 +100,36 @@ async def _register(request: Request, services, owner) -> DatasetPublic:
                       server_path=str(path), size_bytes=0, files=int(summary.get("files", 0)),
                       hours=float(summary.get("hours", 0.0)), summary=summary)
         with services.factory() as session:
-            session.add(row)
-            session.commit()
-        return row
+            return crud.insert(session, row=row)
 
-    return public(await run_in_threadpool(scan_and_store))
+    return DatasetPublic.from_row(await run_in_threadpool(scan_and_store))
 
 
 @router.get("", response_model=DatasetList)
 def list_datasets(session: SessionDep, owner: CurrentOwner,
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                   after: Annotated[str | None, Query(max_length=64)] = None) -> DatasetList:
-    rows, cursor = page(session, Dataset, owner, limit, after)
-    return DatasetList(items=[public(r) for r in rows], next_cursor=cursor)
+    rows, cursor = crud.page(session, model=Dataset, owner_id=owner.id, limit=limit, after=after)
+    return DatasetList(items=[DatasetPublic.from_row(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> DatasetPublic:
-    row = owned(session, Dataset, dataset_id, owner)
+    row = crud.owned(session, model=Dataset, row_id=dataset_id, owner_id=owner.id)
     if row is None:
         raise NotFound(f"dataset {dataset_id} not found")
-    return public(row)
+    return DatasetPublic.from_row(row)
+
+
+@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset and its files (409 while a job uses it)")
+def delete_dataset(dataset_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
+    row = crud.owned(session, model=Dataset, row_id=dataset_id, owner_id=owner.id)
+    if row is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    uploaded = row.source == "upload"
+    users = crud.delete_resource(session, model=Dataset, row_id=dataset_id)
+    if users:
+        raise Conflict(in_use_message(f"dataset {dataset_id}", users), code="dataset_in_use")
+    if uploaded:  # a registered server directory belongs to the server's admin, not to the service
+        services.storage.remove(services.storage.dataset_dir(dataset_id))
+    return Response(status_code=204)

@@ -1,56 +1,45 @@
-"""/v1/jobs: create (202, Idempotency-Key), list (cursor), get, events (paginated or SSE), cancel, delete,
-artifacts (Range, ETag, X-Content-SHA256)."""
+"""/v1/jobs: create (202, Idempotency-Key), list (cursor), get, events (paginated or SSE), cancel, pause, resume,
+delete, artifacts (Range, ETag / If-None-Match, HEAD, X-Content-SHA256). Data access is service.jobstore's."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from typing import Annotated
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import delete, select
+from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentOwner, ServicesDep, SessionDep
-from api.errors import Conflict, NotFound, TooManyRequests, UnprocessableInput
-from api.jobstore import add_event, count_in_flight, transition
-from api.models import TERMINAL_STATUSES, Artifact, Dataset, Job, JobEvent, Owner, Teacher, new_id, utcnow
-from api.routes._common import ERRORS, MAX_PAGE, owned, page
+from api.errors import ApiError, Conflict, NotFound, TooManyRequests, UnprocessableInput
+from api.routes.common import ERRORS, MAX_EVENT_ID, MAX_PAGE
 from api.schemas import (
     ArtifactList,
     ArtifactPublic,
-    ErrorDetail,
     JobCreate,
     JobEventList,
     JobEventPublic,
     JobList,
-    JobProgress,
     JobPublic,
     JobStatus,
 )
+from service import crud, jobstore
+from service.models import TERMINAL_STATUSES, Dataset, Job, JobEvent, Owner, Teacher
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
 
 
-def job_public(job: Job) -> JobPublic:
-    return JobPublic(
-        id=job.id, status=job.status, stage=job.stage,
-        progress=JobProgress(**job.progress) if job.progress else None,
-        metrics=job.metrics or {}, clusters=job.clusters,
-        error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-        attempts=job.attempts, spec=job.spec, teacher_id=job.teacher_id, dataset_id=job.dataset_id,
-        calibration_dataset_id=job.calibration_dataset_id, created_at=job.created_at,
-        started_at=job.started_at, finished_at=job.finished_at, updated_at=job.updated_at,
-    )
-
-
 def owned_job(session: Session, owner: Owner, job_id: str) -> Job:
-    job = owned(session, Job, job_id, owner)
+    job = crud.owned(session, model=Job, row_id=job_id, owner_id=owner.id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
@@ -61,31 +50,48 @@ def _same_request(job: Job, body: JobCreate) -> bool:
         body.teacher_id, body.dataset_id, body.calibration_dataset_id, body.spec.model_dump(mode="json"))
 
 
-def _check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
-    teacher = owned(session, Teacher, body.teacher_id, owner)
+def _spec_error(field: str, message: str) -> UnprocessableInput:
+    return UnprocessableInput(f"spec.{field}: {message}", code="spec_invalid")
+
+
+def check_spec_bounds(body: JobCreate, settings: Any) -> None:
+    """Limits of this deployment (settings), so a job cannot ask for 10^12 steps."""
+    spec = body.spec
+    for field in ("stage1_steps", "stage2_steps", "checkpoint_every"):
+        value = getattr(spec, field)
+        if value is not None and value > settings.max_stage_steps:
+            raise _spec_error(field, f"{value} is above this service's limit of {settings.max_stage_steps}")
+    if spec.calibration_utterances > settings.max_calibration_utterances:
+        raise _spec_error("calibration_utterances", f"{spec.calibration_utterances} is above this service's "
+                          f"limit of {settings.max_calibration_utterances}")
+    if spec.batch_seconds is not None and spec.batch_seconds > settings.max_batch_seconds:
+        raise _spec_error("batch_seconds", f"{spec.batch_seconds:g} is above this service's limit of "
+                          f"{settings.max_batch_seconds:g}")
+
+
+def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
+    """The teacher and datasets exist for this owner, and the spec fits the teacher (what only the teacher
+    can tell: its size, its number of layers). Spec-only checks are CompressionSpec's validators."""
+    teacher = crud.owned(session, model=Teacher, row_id=body.teacher_id, owner_id=owner.id)
     if teacher is None:
         raise UnprocessableInput(f"teacher_id: teacher {body.teacher_id} not found", code="teacher_not_found")
     for field in ("dataset_id", "calibration_dataset_id"):
         value = getattr(body, field)
-        if value is None:
-            continue
-        dataset = owned(session, Dataset, value, owner)
-        if dataset is None:
+        if value is not None and crud.owned(session, model=Dataset, row_id=value, owner_id=owner.id) is None:
             raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
     spec = body.spec
     try:
         spec.target_sparsity(teacher.num_params)
     except ValueError as exc:
-        raise UnprocessableInput(f"spec.target_params: {exc}", code="spec_invalid") from exc
+        raise _spec_error("target_params", str(exc)) from exc
+    layers = teacher.num_layers
     if isinstance(spec.clusters, list):
-        bad = [i for group in spec.clusters for i in group if i > teacher.num_layers]
+        bad = sorted({i for group in spec.clusters for i in group if i > layers})
         if bad:
-            raise UnprocessableInput(
-                f"spec.clusters: layer indices {bad} above the teacher's {teacher.num_layers} layers",
-                code="spec_invalid")
-    elif isinstance(spec.clusters, int) and spec.clusters > teacher.num_layers + 1:
-        raise UnprocessableInput(
-            f"spec.clusters: {spec.clusters} clusters for {teacher.num_layers + 1} layer outputs", code="spec_invalid")
+            raise _spec_error("clusters", f"layer indices {bad} above the teacher's last representation "
+                              f"r{layers} (it has {layers} layers)")
+    elif isinstance(spec.clusters, int) and spec.clusters > layers + 1 and "clusters" in spec.model_fields_set:
+        raise _spec_error("clusters", f"{spec.clusters} clusters for {layers + 1} layer outputs")
     return teacher
 
 
@@ -95,40 +101,40 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
 ) -> JobPublic:
     if idempotency_key:
-        existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
+        existing = jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, body, response)
-    _check_references(session, owner, body)
-    if count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
+    check_spec_bounds(body, services.settings)
+    check_references(session, owner, body)
+    if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
         raise TooManyRequests(f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
                               "wait for one to finish or cancel one")
-    now = utcnow()
-    job = Job(id=new_id("job"), owner_id=owner.id, teacher_id=body.teacher_id, dataset_id=body.dataset_id,
-              calibration_dataset_id=body.calibration_dataset_id, spec=body.spec.model_dump(mode="json"),
-              status="queued", progress={}, metrics={}, attempts=0, idempotency_key=idempotency_key,
-              enqueued_at=now, created_at=now, updated_at=now)
-    session.add(job)
-    add_event(session, job_id=job.id, kind="status", message="queued")
     try:
-        session.commit()
+        job = jobstore.create_job(session, owner_id=owner.id, teacher_id=body.teacher_id,
+                                  dataset_id=body.dataset_id, calibration_dataset_id=body.calibration_dataset_id,
+                                  spec=body.spec.model_dump(mode="json"), idempotency_key=idempotency_key)
     except IntegrityError:
-        session.rollback()
-        existing = session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
+        existing = (jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
+                    if idempotency_key else None)
         if existing is None:
             raise
         return _replay(existing, body, response)
+    _enqueue(services, job.id)
+    return JobPublic.from_row(job)
+
+
+def _enqueue(services: Any, job_id: str) -> None:
     try:  # after COMMIT: a worker never sees an id whose row is not there
-        services.enqueuer.enqueue(job.id)
+        services.enqueuer.enqueue(job_id)
     except Exception as exc:  # the row is queued; the reaper re-enqueues it once the broker is back
-        log.warning("enqueue of %s failed (%s); the reaper will retry", job.id, exc)
-    return job_public(job)
+        log.warning("enqueue of %s failed (%s); the reaper will retry", job_id, exc)
 
 
 def _replay(existing: Job, body: JobCreate, response: Response) -> JobPublic:
     if not _same_request(existing, body):
         raise Conflict("Idempotency-Key was already used with a different request", code="idempotency_key_reused")
     response.headers["Idempotent-Replayed"] = "true"
-    return job_public(existing)
+    return JobPublic.from_row(existing)
 
 
 @router.get("", response_model=JobList)
@@ -136,18 +142,14 @@ def list_jobs(session: SessionDep, owner: CurrentOwner, status: JobStatus | None
               limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
               after: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
               ) -> JobList:
-    rows, cursor = page(session, Job, owner, limit, after, [Job.status == status] if status else None)
-    return JobList(items=[job_public(r) for r in rows], next_cursor=cursor)
+    rows, cursor = crud.page(session, model=Job, owner_id=owner.id, limit=limit, after=after,
+                             where=[Job.status == status] if status else None)
+    return JobList(items=[JobPublic.from_row(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
-    return job_public(owned_job(session, owner, job_id))
-
-
-def _events_page(session: Session, job_id: str, after: int, limit: int) -> list[JobEvent]:
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
-                                .order_by(JobEvent.id).limit(limit)))
+    return JobPublic.from_row(owned_job(session, owner, job_id))
 
 
 @router.get("/{job_id}/events", response_model=JobEventList,
@@ -155,31 +157,36 @@ def _events_page(session: Session, job_id: str, after: int, limit: int) -> list[
             summary="Job events: a page of JSON, or Server-Sent Events with `Accept: text/event-stream`")
 async def job_events(
     job_id: str, request: Request, services: ServicesDep, owner: CurrentOwner,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="id of the last event seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    last_event_id: Annotated[str | None, Header(max_length=20, description="SSE resume point (an event id)")] = None,
 ):
+    start = after
+    if last_event_id is not None and last_event_id.strip():
+        value = last_event_id.strip()
+        if not value.isdigit() or int(value) > MAX_EVENT_ID:
+            raise UnprocessableInput(f"header.last-event-id: expected an event id between 0 and {MAX_EVENT_ID}",
+                                     code="validation_error")
+        start = int(value)
+
     def first_page() -> list[JobEvent]:
         with services.factory() as session:
             owned_job(session, owner, job_id)
-            return _events_page(session, job_id, after, limit)
+            return jobstore.events_page(session, job_id=job_id, after=start, limit=limit)
 
+    rows = await run_in_threadpool(first_page)  # 404 before a stream starts
     if "text/event-stream" not in request.headers.get("accept", ""):
-        rows = await run_in_threadpool(first_page)
         return JobEventList(items=[JobEventPublic.model_validate(r) for r in rows],
                             next_cursor=rows[-1].id if len(rows) == limit else None)
-    await run_in_threadpool(first_page)  # 404 before the stream starts
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     return StreamingResponse(_sse(request, services, job_id, start), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(request: Request, services, job_id: str, last: int, poll_s: float = 0.5):
+async def _sse(request: Request, services: Any, job_id: str, last: int, poll_s: float = 0.5):
     def poll(after: int) -> tuple[list[JobEvent], str | None]:
         with services.factory() as session:
-            rows = _events_page(session, job_id, after, 500)
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
-            return rows, status
+            return (jobstore.events_page(session, job_id=job_id, after=after, limit=500),
+                    jobstore.status_of(session, job_id=job_id))
 
     quiet = 0.0
     while True:
@@ -188,7 +195,7 @@ async def _sse(request: Request, services, job_id: str, last: int, poll_s: float
             data = JobEventPublic.model_validate(row).model_dump_json()
             yield f"id: {row.id}\nevent: {row.kind}\ndata: {data}\n\n"
             last = row.id
-        if not rows and (status is None or status in TERMINAL_STATUSES):
+        if not rows and (status is None or status in TERMINAL_STATUSES or status == "paused"):
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         if rows:
@@ -204,63 +211,144 @@ async def _sse(request: Request, services, job_id: str, last: int, poll_s: float
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic,
-             summary="Cancel: a queued job ends cancelled at once; a running one becomes cancelling")
+             summary="Cancel: a queued or paused job ends cancelled at once; a running one becomes cancelling")
 def cancel_job(job_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> JobPublic:
     job = owned_job(session, owner, job_id)
-    if transition(session, job_id=job_id, from_statuses=("queued",), status="cancelled", finished_at=utcnow()):
-        add_event(session, job_id=job_id, kind="status", message="cancelled while queued")
-        session.commit()
+    reached = jobstore.cancel(session, job=job)
+    if reached == "cancelled":
         services.storage.remove(services.storage.job_dir(job_id))
-    elif transition(session, job_id=job_id, from_statuses=("running",), status="cancelling"):
-        add_event(session, job_id=job_id, kind="status", message="cancelling")
-        session.commit()
-    else:
-        session.rollback()
-        session.refresh(job)
-        if job.status in TERMINAL_STATUSES:
-            raise Conflict(f"job {job_id} already {job.status}", code="job_finished")
-    session.refresh(job)
-    return job_public(job)
+    elif reached is None and job.status in TERMINAL_STATUSES:
+        raise Conflict(f"job {job_id} already {job.status}", code="job_finished")
+    return JobPublic.from_row(job)
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic,
+             summary="Pause: a queued job is paused at once; a running one stops at its next checkpoint (pausing "
+                     "-> paused) and frees its worker")
+def pause_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+    job = owned_job(session, owner, job_id)
+    if jobstore.pause(session, job=job) is None and job.status not in ("paused", "pausing"):
+        raise Conflict(f"job {job_id} is {job.status}; only queued or running jobs can be paused",
+                       code="job_not_pausable")
+    return JobPublic.from_row(job)
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic,
+             summary="Resume a paused job: queued again, it continues from its last checkpoint")
+def resume_job(job_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+    job = owned_job(session, owner, job_id)
+    if job.status != "paused":
+        raise Conflict(f"job {job_id} is {job.status}; only paused jobs can be resumed", code="job_not_paused")
+    if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
+        raise TooManyRequests(f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
+                              "wait for one to finish or cancel one")
+    if jobstore.resume(session, job=job) == "queued":
+        _enqueue(services, job_id)
+    return JobPublic.from_row(job)
 
 
 @router.delete("/{job_id}", status_code=204, summary="Delete a finished job and its files")
 def delete_job(job_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
     job = owned_job(session, owner, job_id)
-    if job.status not in TERMINAL_STATUSES:
+    if not jobstore.delete_finished(session, job=job):
         raise Conflict(f"job {job_id} is {job.status}; cancel it first", code="job_active")
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-    session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
-    session.execute(delete(Job).where(Job.id == job_id))
-    session.commit()
     services.storage.remove(services.storage.job_dir(job_id))
     return Response(status_code=204)
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList)
-def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: CurrentOwner) -> ArtifactList:
+def list_artifacts(job_id: str, session: SessionDep, owner: CurrentOwner) -> ArtifactList:
     owned_job(session, owner, job_id)
-    rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name))
     return ArtifactList(items=[
         ArtifactPublic(name=r.name, media_type=r.media_type, sha256=r.sha256, size_bytes=r.size_bytes,
-                       url=f"/v1/jobs/{job_id}/artifacts/{r.name}") for r in rows])
+                       url=f"/v1/jobs/{job_id}/artifacts/{r.name}") for r in jobstore.artifacts(session, job_id=job_id)])
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                       206: {"description": "partial content (Range)"}, 304: {"description": "not modified"}},
-            summary="Download an artifact (Range, ETag / If-None-Match, X-Content-SHA256)")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """RFC 9110 §14.2: (first, last) of a satisfiable single byte range; None when the header is absent,
+    malformed, of another unit or several ranges (a server then ignores it and sends the whole content);
+    "unsatisfiable" when it is well-formed but starts beyond the end."""
+    if not header:
+        return None
+    m = _RANGE.fullmatch(header.strip())
+    if m is None or (not m.group(1) and not m.group(2)):
+        return None
+    first_s, last_s = m.groups()
+    if not first_s:  # suffix range: the last N bytes
+        n = int(last_s)
+        if n == 0:
+            return "unsatisfiable"
+        return (max(0, size - n), size - 1) if size else "unsatisfiable"
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
+        return None  # invalid: ignored
+    if first >= size:
+        return "unsatisfiable"
+    return first, min(last, size - 1)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match: `*` or a list of (weak) entity tags, compared weakly (RFC 9110 §13.1.2)."""
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
+
+
+def _file_chunks(path: Path, first: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(first)
+        while length > 0:
+            data = f.read(min(chunk, length))
+            if not data:
+                return
+            length -= len(data)
+            yield data
+
+
+@router.get("/{job_id}/artifacts/{name}",
+                  responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                        "format": "binary"}}}},
+                             206: {"description": "partial content (Range)"}, 304: {"description": "not modified"},
+                             416: {"description": "range not satisfiable"}},
+                  summary="Download an artifact (Range, ETag / If-None-Match, HEAD, X-Content-SHA256)")
 def download_artifact(job_id: str, name: str, request: Request, services: ServicesDep, session: SessionDep,
                       owner: CurrentOwner) -> Response:
     owned_job(session, owner, job_id)
-    row = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    row = jobstore.artifact(session, job_id=job_id, name=name)
     if row is None:
         raise NotFound(f"artifact {name!r} not found for job {job_id}")
     path = services.storage.absolute(row.path)
-    if not path.is_file():
-        raise NotFound(f"artifact {name!r} is gone from storage")
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        raise NotFound(f"artifact {name!r} is gone from storage") from None
     etag = f'"{row.sha256}"'
-    headers = {"ETag": etag, "X-Content-SHA256": row.sha256, "Cache-Control": "private, max-age=0"}
+    headers = {"ETag": etag, "X-Content-SHA256": row.sha256, "Cache-Control": "private, max-age=0",
+               "Accept-Ranges": "bytes",
+               "Content-Disposition": f'attachment; filename="{path.name}"'}
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+    if if_none_match and _etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type=row.media_type, filename=path.name, headers=headers)
+    wanted = byte_range(request.headers.get("range"), size)
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != etag:
+        wanted = None  # the client's copy is another version: send it all
+    if wanted == "unsatisfiable":
+        raise ApiError(f"range {request.headers.get('range')!r} starts beyond the artifact's {size} bytes",
+                       code="range_not_satisfiable", status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    first, last = wanted if isinstance(wanted, tuple) else (0, size - 1)
+    length = last - first + 1 if size else 0
+    status = 206 if isinstance(wanted, tuple) else 200
+    headers["Content-Length"] = str(length)
+    if status == 206:
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=row.media_type)
+    return StreamingResponse(_file_chunks(path, first, length), status_code=status, headers=headers,
+                             media_type=row.media_type)
+
+
+router.add_api_route("/{job_id}/artifacts/{name}", download_artifact, methods=["HEAD"], include_in_schema=False)

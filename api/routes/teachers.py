@@ -1,20 +1,22 @@
-"""POST/GET /v1/teachers: upload a Hugging Face teacher directory as an archive; validated at once."""
+"""POST/GET/DELETE /v1/teachers: upload a Hugging Face teacher directory as an archive (validated at once),
+list, get, delete (409 while a job uses it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from api.archives import Extracted, content_root
 from api.deps import CurrentOwner, ServicesDep, SessionDep
-from api.errors import NotFound, UnprocessableInput
-from api.models import Teacher, new_id
-from api.routes._common import ARCHIVE_BODY, ERRORS, MAX_PAGE, owned, page
+from api.errors import Conflict, NotFound, UnprocessableInput
+from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE
 from api.schemas import TeacherList, TeacherPublic
-from api.uploads import Received, ingest_archive
+from api.uploads import Received, ingest_archive, input_error
 from core.errors import SkillkdError
+from service import crud
+from service.models import Teacher, new_id
 
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=ERRORS)
 
@@ -34,7 +36,7 @@ async def upload_teacher(
         try:
             info = services.get_engine().inspect_teacher(root)
         except SkillkdError as exc:
-            raise UnprocessableInput(exc.message, code=exc.code) from exc
+            raise input_error(exc, folder) from exc
         missing = [k for k in _REQUIRED if k not in info]
         if missing:
             raise UnprocessableInput(f"teacher inspection lacks {missing}", code="teacher_invalid")
@@ -48,13 +50,29 @@ async def upload_teacher(
 def list_teachers(session: SessionDep, owner: CurrentOwner,
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                   after: Annotated[str | None, Query(max_length=64)] = None) -> TeacherList:
-    rows, cursor = page(session, Teacher, owner, limit, after)
+    rows, cursor = crud.page(session, model=Teacher, owner_id=owner.id, limit=limit, after=after)
     return TeacherList(items=[TeacherPublic.model_validate(r) for r in rows], next_cursor=cursor)
 
 
 @router.get("/{teacher_id}", response_model=TeacherPublic)
 def get_teacher(teacher_id: str, session: SessionDep, owner: CurrentOwner) -> Teacher:
-    row = owned(session, Teacher, teacher_id, owner)
+    row = crud.owned(session, model=Teacher, row_id=teacher_id, owner_id=owner.id)
     if row is None:
         raise NotFound(f"teacher {teacher_id} not found")
     return row
+
+
+@router.delete("/{teacher_id}", status_code=204, summary="Delete a teacher and its files (409 while a job uses it)")
+def delete_teacher(teacher_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
+    if crud.owned(session, model=Teacher, row_id=teacher_id, owner_id=owner.id) is None:
+        raise NotFound(f"teacher {teacher_id} not found")
+    users = crud.delete_resource(session, model=Teacher, row_id=teacher_id)
+    if users:
+        raise Conflict(in_use_message(f"teacher {teacher_id}", users), code="teacher_in_use")
+    services.storage.remove(services.storage.teacher_dir(teacher_id))
+    return Response(status_code=204)
+
+
+def in_use_message(what: str, job_ids: list[str]) -> str:
+    shown = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
+    return f"{what} is used by job(s) {shown}; cancel and delete those jobs first"

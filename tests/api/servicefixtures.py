@@ -11,16 +11,16 @@ from fastapi.testclient import TestClient
 from servicekit import make_audio, make_teacher, zip_dir
 
 from api.app import create_app
-from api.db import upgrade
-from api.keys import create_key
-from api.settings import Settings
-from worker.engine import FakeEngine
-from worker.queue import MemoryEnqueuer
+from service.db import upgrade
+from service.engine import FakeEngine
+from service.keys import create_key
+from service.queue import MemoryEnqueuer
+from service.settings import Settings
 
 
 def small_settings(home: Path, **overrides) -> Settings:
     values = dict(
-        home=home, engine="worker.engine:FakeEngine", max_upload_bytes=4 * 1024 * 1024,
+        home=home, engine="service.engine:FakeEngine", max_upload_bytes=4 * 1024 * 1024,
         max_archive_entries=50, max_extracted_bytes=16 * 1024 * 1024, max_compression_ratio=50.0,
         max_jobs_in_flight=3, max_attempts=3, heartbeat_interval_s=0.2, heartbeat_stale_s=1.5,
         requeue_queued_after_s=1.0, reaper_interval_s=0.5, progress_interval_s=0.0, stop_poll_interval_s=0.0,

@@ -183,7 +183,7 @@ def test_server_sent_events_stream_until_the_end(client, alice, teacher, dataset
 
 
 def test_failed_job_reports_its_code(client, alice, teacher, dataset, drain):
-    from worker.engine import FakeEngine
+    from service.engine import FakeEngine
 
     job = create(client, alice, teacher, dataset).json()
     assert drain(FakeEngine(steps=3, fail_code="training_diverged")) == ["failed: training_diverged"]
@@ -211,7 +211,7 @@ def test_health_ready_metrics(client, alice, teacher, dataset, drain, enqueuer):
 
 
 def test_enqueue_failure_keeps_the_job_queued_for_the_reaper(client, alice, teacher, dataset, enqueuer, app):
-    from worker.reaper import reap
+    from api.reaper import reap
 
     enqueuer.fail = True
     job = create(client, alice, teacher, dataset).json()

@@ -8,8 +8,8 @@ from alembic.migration import MigrationContext
 from servicekit import fresh_postgres, postgres_available
 from sqlalchemy import inspect, text
 
-from api.db import make_engine, upgrade
-from api.models import Base
+from service.db import make_engine, upgrade
+from service.models import Base
 
 TABLES = {"owners", "api_keys", "teachers", "datasets", "jobs", "job_events", "artifacts", "alembic_version"}
 

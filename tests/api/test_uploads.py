@@ -9,7 +9,7 @@ import pytest
 from servicekit import make_audio, make_teacher, safetensors_bytes, tar_dir, tar_with, zip_dir, zip_entries
 from sqlalchemy import func, select
 
-from api.models import Dataset, Teacher
+from service.models import Dataset, Teacher
 
 
 def post(client, kind, body, headers, **params):

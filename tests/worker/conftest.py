@@ -27,10 +27,10 @@ from servicekit import (  # noqa: E402
 )
 
 from api.app import create_app  # noqa: E402
-from api.db import upgrade  # noqa: E402
-from api.keys import create_key  # noqa: E402
+from service.db import upgrade  # noqa: E402
+from service.keys import create_key  # noqa: E402
+from service.queue import CeleryEnqueuer  # noqa: E402
 from worker.celery_app import make_celery  # noqa: E402
-from worker.queue import CeleryEnqueuer  # noqa: E402
 
 _FIELDS = ("home", "database_url", "broker_url", "engine", "max_attempts", "heartbeat_interval_s",
            "heartbeat_stale_s", "progress_interval_s", "stop_poll_interval_s", "broker_poll_interval_s")
@@ -90,7 +90,7 @@ class Stack:
 def _stack(settings, tmp: Path):
     upgrade(settings.database_url)
     stack = Stack(settings, tmp)
-    from api.db import make_engine, make_sessionmaker
+    from service.db import make_engine, make_sessionmaker
 
     engine = make_engine(settings.database_url)
     with make_sessionmaker(engine)() as session:

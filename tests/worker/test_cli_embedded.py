@@ -50,7 +50,7 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path):
-    s = Served(tmp_path, {"SKILLKD_ENGINE": "worker.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "5"})
+    s = Served(tmp_path, {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "5"})
     yield s
     s.stop()
 

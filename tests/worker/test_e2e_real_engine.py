@@ -29,7 +29,7 @@ def _engine_present():
 
 
 def real_engine(stack):
-    stack.settings.engine = "worker.engine:CoreEngine"
+    stack.settings.engine = "service.engine:CoreEngine"
     stack.settings.heartbeat_stale_s = 20.0
     stack.settings.max_upload_bytes = 512 * 1024 * 1024
     stack.settings.max_extracted_bytes = 1024 * 1024 * 1024

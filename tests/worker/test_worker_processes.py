@@ -12,10 +12,9 @@ import pytest
 from servicekit import wait_for
 from sqlalchemy import select
 
-from api.db import make_engine, make_sessionmaker
-from api.models import JobEvent
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+from service.db import make_engine, make_sessionmaker
+from service.models import TERMINAL_STATUSES as TERMINAL
+from service.models import JobEvent
 
 STACKS = [pytest.param("embedded_stack", id="embedded"),
           pytest.param("services_stack", id="postgres-redis", marks=pytest.mark.services)]

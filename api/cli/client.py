@@ -1,0 +1,323 @@
+"""Client commands (any machine that reaches the service): `submit`, `status`, `logs`, `cancel`, `pause`,
+`resume`, `download`, `teachers`, `datasets`.
+
+The service URL and API key come from `service.settings.ClientSettings` (SKILLKD_URL, SKILLKD_API_KEY) or
+`--url` / `--api-key`; on the machine running `skillkd serve`, its admin key ($SKILLKD_HOME/admin.key) is used
+when no key is given. The spec options are generated from `CompressionSpec` (core/spec_options.py), the same
+as `skillkd compress`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from core.spec_options import build_spec, spec_options
+
+
+def client(url: str | None, api_key: str | None) -> Any:
+    from api.client import SkillkdClient
+    from service.settings import ClientSettings
+
+    cs = ClientSettings()
+    key = api_key or cs.api_key
+    if not key:
+        key_file = cs.home.expanduser() / "admin.key"
+        if key_file.is_file():
+            key = key_file.read_text().strip()
+    if not key:
+        raise click.UsageError("no API key: set SKILLKD_API_KEY or pass --api-key (create one with `skillkd keys create`)")
+    return SkillkdClient(url or cs.url, key)
+
+
+def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--api-key", default=None, help="API key [default: SKILLKD_API_KEY]")(f)
+    f = click.option("--url", default=None, help="service URL [default: SKILLKD_URL or http://127.0.0.1:8000]")(f)
+    return f
+
+
+def fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc))
+
+
+def _base_spec(spec_json: str | None) -> dict[str, Any]:
+    if not spec_json:
+        return {}
+    text = Path(spec_json[1:]).read_text() if spec_json.startswith("@") else spec_json
+    try:
+        base = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--spec") from None
+    if not isinstance(base, dict):
+        raise click.BadParameter("expected a JSON object", param_hint="--spec")
+    return base
+
+
+@click.command()
+@click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("audio_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--spec", "spec_json", default=None, help="spec as JSON, or @file.json (options below override it)")
+@click.option("--idempotency-key", default=None)
+@click.option("--wait", is_flag=True, help="follow progress until the job ends; exit 1 unless it succeeded")
+@client_options
+@spec_options
+def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_json: str | None,
+           idempotency_key: str | None, wait: bool, url: str | None, api_key: str | None, **spec_kw: Any) -> None:
+    """Upload TEACHER_DIR and AUDIO_DIR, create a job, print its id (and follow it with --wait)."""
+    from api.client import ClientError
+
+    spec = build_spec(spec_kw, _base_spec(spec_json)).model_dump(mode="json", exclude_defaults=True)
+    with client(url, api_key) as c:
+        try:
+            teacher = c.upload_directory("teachers", teacher_dir)
+            click.echo(f"teacher {teacher['id']}: {teacher['architecture']} {teacher['layout']}, "
+                       f"{teacher['num_params']:,} parameters", err=True)
+            dataset = c.upload_directory("datasets", audio_dir)
+            click.echo(f"dataset {dataset['id']}: {dataset['files']} files, {dataset['hours']:.3f} h, "
+                       f"skipped {dataset['skipped']}", err=True)
+            calibration_id = c.upload_directory("datasets", calibration)["id"] if calibration else None
+            job = c.create_job(teacher["id"], dataset["id"], spec, calibration_dataset_id=calibration_id,
+                               idempotency_key=idempotency_key)
+        except ClientError as exc:
+            fail(exc)
+        click.echo(job["id"])
+        if wait:
+            final = follow(c, job["id"])
+            if final["status"] != "succeeded":
+                err = final.get("error") or {}
+                raise click.ClickException(f"job {final['status']}: {err.get('code')}: {err.get('message')}")
+
+
+def _count(value: Any) -> str:
+    """12345678 -> '12.3M'."""
+    value = float(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def postfix(stage: str | None, metrics: dict[str, Any]) -> dict[str, str]:
+    """What a compression user watches on a stage's bar: in stage 1 the achieved vs target sparsity, the
+    expected parameters (and MACs when the engine reports them) and the multiplier λ; the loss elsewhere."""
+    out: dict[str, str] = {}
+    loss = metrics.get("distill", metrics.get("loss"))
+    if loss is not None:
+        out["loss"] = f"{float(loss):.4g}"
+    if stage == "distill_prune":
+        if "sparsity" in metrics:
+            target = metrics.get("target_sparsity")
+            out["sparsity"] = f"{float(metrics['sparsity']):.3f}" + (f"→{float(target):.3f}" if target is not None else "")
+        if "expected_params" in metrics:
+            out["params"] = _count(metrics["expected_params"])
+        if "expected_macs" in metrics:
+            out["MACs/s"] = _count(metrics["expected_macs"])
+        if "macs_sparsity" in metrics:
+            target = metrics.get("target_macs_sparsity")
+            out["MACs sparsity"] = (f"{float(metrics['macs_sparsity']):.3f}"
+                                    + (f"→{float(target):.3f}" if target is not None else ""))
+        if "lambda1" in metrics:
+            out["λ"] = f"{float(metrics['lambda1']):.3g}"
+    return out
+
+
+class JobProgressView:
+    """One tqdm bar per stage from polled job JSON. A bar is (re)made when the stage changes or when its total
+    becomes known, so a stage whose first poll saw no total (the stage_started row) still gets a bar that
+    counts to its total instead of an open-ended `0it`."""
+
+    def __init__(self, file: Any = None) -> None:
+        self.file = file if file is not None else sys.stderr
+        self.bar: Any = None
+        self.stage: str | None = None
+        self.total: int | None = None
+
+    def update(self, job: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        progress = job.get("progress") or {}
+        stage = progress.get("stage") or job.get("stage")
+        total = int(progress.get("total_steps") or 0) or None
+        if stage != self.stage or (total is not None and total != self.total):
+            if stage != self.stage:
+                self.close()
+            elif self.bar is not None:  # same stage, total now known: replace the open-ended bar
+                self.bar.leave = False
+                self.close()
+            self.stage, self.total = stage, total
+            self.bar = tqdm(total=total, desc=stage or job["status"], unit="step", file=self.file, leave=True,
+                            dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.n = int(progress.get("step") or 0)
+            self.bar.set_postfix(postfix(stage, progress.get("metrics") or {}), refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def follow(c: Any, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
+    from service.models import TERMINAL_STATUSES
+
+    view = JobProgressView()
+    while True:
+        job = c.get_job(job_id)
+        view.update(job)
+        if job["status"] in TERMINAL_STATUSES or job["status"] == "paused":
+            view.close()
+            click.echo(f"{job_id}: {job['status']}", err=True)
+            return job
+        time.sleep(poll_s)
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@click.option("--status", "status_filter", default=None, help="filter the list by status")
+@client_options
+def status(job_id: str | None, status_filter: str | None, url: str | None, api_key: str | None) -> None:
+    """Show one job (JSON), or list jobs."""
+    from api.client import ClientError
+
+    with client(url, api_key) as c:
+        try:
+            if job_id:
+                click.echo(json.dumps(c.get_job(job_id), indent=2))
+                return
+            for job in c.list_jobs(status=status_filter)["items"]:
+                p = job.get("progress") or {}
+                click.echo(f"{job['id']}  {job['status']:<10}  {job.get('stage') or '-':<14} "
+                           f"{p.get('step', 0)}/{p.get('total_steps', 0)}  {job['created_at']}")
+        except ClientError as exc:
+            fail(exc)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (e.get("metrics") or {}).items())
+    step = f"{e['step']}/{e['total']}" if e.get("total") else ""
+    return f"{e['created_at']}  {e['kind']:<14} {e['stage']:<14} {step:>9}  {metrics} {e.get('message', '')}".rstrip()
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="stream new events until the job ends")
+@client_options
+def logs(job_id: str, follow_: bool, url: str | None, api_key: str | None) -> None:
+    """Print a job's events."""
+    from api.client import ClientError
+
+    with client(url, api_key) as c:
+        try:
+            if follow_:
+                for kind, data in c.stream_events(job_id):
+                    click.echo(f"job {data.get('status')}" if kind == "end" else _event_line(data))
+                return
+            after = 0
+            while True:
+                page = c.events(job_id, after=after, limit=500)
+                for e in page["items"]:
+                    click.echo(_event_line(e))
+                if not page["next_cursor"]:
+                    break
+                after = page["next_cursor"]
+        except ClientError as exc:
+            fail(exc)
+
+
+def _job_action(name: str, doc: str) -> click.Command:
+    @click.command(name, help=doc)
+    @click.argument("job_id")
+    @client_options
+    def command(job_id: str, url: str | None, api_key: str | None) -> None:
+        from api.client import ClientError
+
+        with client(url, api_key) as c:
+            try:
+                click.echo(c.job_action(job_id, name)["status"])
+            except ClientError as exc:
+                fail(exc)
+
+    return command
+
+
+cancel = _job_action("cancel", "Cancel a job (queued or paused: at once; running: at the next stop check).")
+pause = _job_action("pause", "Pause a job (queued: at once; running: at its next checkpoint, freeing its worker).")
+resume = _job_action("resume", "Resume a paused job: queued again, it continues from its last checkpoint.")
+
+
+@click.command()
+@click.argument("job_id")
+@click.argument("names", nargs=-1)
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@client_options
+def download(job_id: str, names: tuple[str, ...], output: Path, url: str | None, api_key: str | None) -> None:
+    """Download artifacts (all by default); each file's sha256 is checked."""
+    from api.client import ClientError
+
+    output.mkdir(parents=True, exist_ok=True)
+    with client(url, api_key) as c:
+        try:
+            items = c.artifacts(job_id)
+            wanted = [a for a in items if not names or a["name"] in names]
+            if names and len(wanted) != len(set(names)):
+                raise click.ClickException(f"unknown artifact; available: {[a['name'] for a in items]}")
+            for a in wanted:
+                filename = a["url"].rsplit("/", 1)[-1]
+                suffix = {"application/zip": ".zip", "application/x-ndjson": ".jsonl"}.get(a["media_type"], "")
+                if suffix and not filename.endswith(suffix):
+                    filename += suffix
+                path = c.download(job_id, a["name"], output / filename)
+                click.echo(f"{path}  sha256 {a['sha256']}")
+        except ClientError as exc:
+            fail(exc)
+
+
+def _resource_group(kind: str) -> click.Group:
+    singular = kind[:-1]
+
+    @click.group(kind, help=f"List or delete your uploaded {kind}.")
+    def group() -> None:
+        pass
+
+    @group.command("list")
+    @client_options
+    def list_cmd(url: str | None, api_key: str | None) -> None:
+        from api.client import ClientError
+
+        with client(url, api_key) as c:
+            try:
+                for item in c.list_resources(kind)["items"]:
+                    click.echo(f"{item['id']}  {item.get('name') or '-':<24} {item['created_at']}")
+            except ClientError as exc:
+                fail(exc)
+
+    @group.command("delete")
+    @click.argument("resource_id")
+    @client_options
+    def delete_cmd(resource_id: str, url: str | None, api_key: str | None) -> None:
+        from api.client import ClientError
+
+        with client(url, api_key) as c:
+            try:
+                c.delete_resource(kind, resource_id)
+            except ClientError as exc:
+                fail(exc)
+        click.echo(f"deleted {singular} {resource_id}")
+
+    return group
+
+
+teachers = _resource_group("teachers")
+datasets = _resource_group("datasets")
+
+COMMANDS = (submit, status, logs, cancel, pause, resume, download, teachers, datasets)
+
+__all__ = ["COMMANDS", "client", "follow", "JobProgressView", "postfix"]

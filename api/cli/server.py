@@ -1,0 +1,168 @@
+"""Server-side commands (run on the service's machine): `serve`, `worker`, `migrate`, `keys`.
+
+`skillkd worker` starts Celery on `worker.celery_app` as a command line (like docker-compose does), so the API
+package never imports the worker's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def settings() -> Any:
+    from service.settings import get_settings
+
+    return get_settings()
+
+
+def package_env() -> dict[str, str]:
+    """The environment for a child process, with this checkout importable."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--worker/--no-worker", default=True, help="also start one worker process (embedded mode)")
+def serve(host: str, port: int, worker: bool) -> None:
+    """Run the API (and one worker): migrations applied, an admin key created on first start."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.http import uvicorn_options
+    from core.processes import die_with_parent
+    from service.db import make_engine, make_sessionmaker, upgrade
+
+    s = settings()
+    s.ensure_dirs()
+    upgrade(s.database_url)
+    ensure_admin_key(s, make_sessionmaker(make_engine(s.database_url)))
+    proc = None
+    if worker:
+        # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
+        # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=package_env(),
+                                start_new_session=True, preexec_fn=die_with_parent)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end
+    # this process before the `finally` below stops the worker. A no-op handler lets the cleanup run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    click.echo(f"dashboard: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ui/", err=True)
+    try:
+        uvicorn.run(create_app(s), host=host, port=port, log_level="info", **uvicorn_options())
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)  # warm shutdown; a running job resumes from its checkpoint later
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def ensure_admin_key(s: Any, factory: Any) -> None:
+    from service.keys import create_key, key_count
+
+    key_file = s.home / "admin.key"
+    with factory() as session:
+        if key_count(session):
+            return
+        new = create_key(session, owner_name="admin", admin=True, key_name="created by skillkd serve")
+        session.commit()
+    key_file.touch(mode=0o600)
+    key_file.write_text(new.key + "\n")
+    click.echo(f"created admin API key {new.prefix}... (saved to {key_file})", err=True)
+
+
+@click.command("worker")
+@click.option("--concurrency", default=1, show_default=True, type=int, help="jobs at once (one per GPU)")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker_cmd(concurrency: int, loglevel: str) -> None:
+    """Run a Celery worker on queue `gpu` (SKILLKD_BROKER_URL, SKILLKD_DATABASE_URL)."""
+    from service.queue import QUEUE
+
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", QUEUE,
+            "-c", str(concurrency), "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+            "-n", f"skillkd-{os.getpid()}@%h"]
+    os.execve(sys.executable, argv, package_env())
+
+
+@click.command()
+def migrate() -> None:
+    """Apply database migrations (SKILLKD_DATABASE_URL)."""
+    from service.db import upgrade
+
+    s = settings()
+    s.ensure_dirs()
+    upgrade(s.database_url)
+    click.echo("database is at head")
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys (admin; direct database access)."""
+
+
+def _session() -> Any:
+    from service.db import make_engine, make_sessionmaker, upgrade
+
+    s = settings()
+    s.ensure_dirs()
+    upgrade(s.database_url)
+    return make_sessionmaker(make_engine(s.database_url))()
+
+
+@keys.command("create")
+@click.option("--owner", required=True, help="owner name (created if new)")
+@click.option("--admin", is_flag=True, help="the owner may register server-side datasets")
+@click.option("--name", default="", help="a label for the key")
+def keys_create(owner: str, admin: bool, name: str) -> None:
+    """Create a key; it is printed once and stored only hashed."""
+    from service.keys import create_key
+
+    with _session() as session:
+        new = create_key(session, owner_name=owner, admin=admin, key_name=name)
+        session.commit()
+    click.echo(new.key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from service.keys import list_keys
+
+    with _session() as session:
+        for key, owner in list_keys(session):
+            state = "revoked" if key.revoked_at else "active"
+            click.echo(f"{key.id}  {key.prefix}...  {owner.name}{' (admin)' if owner.is_admin else ''}  {state}  {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke by key id or prefix."""
+    from service.keys import revoke_key
+
+    with _session() as session:
+        n = revoke_key(session, key_id_or_prefix=key)
+        session.commit()
+    if not n:
+        raise click.ClickException(f"no active key {key}")
+    click.echo(f"revoked {n} key(s)")
+
+
+COMMANDS = (serve, worker_cmd, migrate, keys)
+
+__all__ = ["COMMANDS", "serve", "worker_cmd", "migrate", "keys", "package_env", "settings", "ensure_admin_key"]

@@ -1,0 +1,78 @@
+"""Data access for the owned resources (teachers, datasets, jobs' read side): keyword-only functions the routes
+call, so no route builds a query or commits by itself. Job state changes are in service/jobstore.py."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, delete, select
+from sqlalchemy.orm import Session
+
+from service.models import NON_TERMINAL_STATUSES, Artifact, Dataset, Job, JobEvent, Teacher
+
+Row = TypeVar("Row")
+
+
+def owned(session: Session, *, model: type[Row], row_id: str, owner_id: str) -> Row | None:
+    """The row with this id if it belongs to `owner_id`; None otherwise (another owner's row does not exist)."""
+    row = session.get(model, row_id)
+    return row if row is not None and row.owner_id == owner_id else None  # type: ignore[attr-defined]
+
+
+def page(session: Session, *, model: type[Row], owner_id: str, limit: int, after: str | None,
+         where: list[Any] | None = None) -> tuple[list[Row], str | None]:
+    """One page of the owner's rows, newest id first, and the cursor of the next page (None on the last).
+    Ids are time-ordered, so `after` (the previous page's last id) is a stable cursor under inserts."""
+    column = model.id  # type: ignore[attr-defined]
+    query: Select[Any] = select(model).where(model.owner_id == owner_id, *(where or []))  # type: ignore[attr-defined]
+    if after:
+        query = query.where(column < after)
+    rows = list(session.scalars(query.order_by(column.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)  # type: ignore[attr-defined]
+
+
+def insert(session: Session, *, row: Any) -> Any:
+    session.add(row)
+    session.commit()
+    return row
+
+
+def jobs_using(session: Session, *, teacher_id: str | None = None, dataset_id: str | None = None,
+               non_terminal: bool = False) -> list[str]:
+    """Ids of the jobs that reference this teacher or dataset (as training or calibration audio)."""
+    if teacher_id is not None:
+        condition = Job.teacher_id == teacher_id
+    else:
+        condition = (Job.dataset_id == dataset_id) | (Job.calibration_dataset_id == dataset_id)
+    query = select(Job.id).where(condition)
+    if non_terminal:
+        query = query.where(Job.status.in_(NON_TERMINAL_STATUSES))
+    return list(session.scalars(query.order_by(Job.id)))
+
+
+def delete_jobs(session: Session, *, job_ids: list[str]) -> None:
+    """Remove finished jobs' rows (events and artifacts first); the caller removes their files."""
+    if job_ids:
+        session.execute(delete(Artifact).where(Artifact.job_id.in_(job_ids)))
+        session.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids)))
+        session.execute(delete(Job).where(Job.id.in_(job_ids)))
+
+
+def delete_resource(session: Session, *, model: type[Teacher] | type[Dataset], row_id: str) -> list[str]:
+    """Delete a teacher or dataset row unless a job references it; returns the ids of the jobs that do (nothing
+    is deleted then). Finished jobs block it too: their rows point at it (the database keeps that reference),
+    and deleting a user's results as a side effect of deleting an input would be a surprise. The check and the
+    delete are one transaction; the caller removes the files after the commit."""
+    users = (jobs_using(session, teacher_id=row_id) if model is Teacher
+             else jobs_using(session, dataset_id=row_id))
+    if users:
+        session.rollback()
+        return users
+    session.execute(delete(model).where(model.id == row_id))
+    session.commit()
+    return []
+
+
+__all__ = ["owned", "page", "insert", "jobs_using", "delete_jobs", "delete_resource"]

@@ -1,0 +1,87 @@
+"""The dependency rules of the layout (docs/design.md), as tests:
+
+    core  <-  service  <-  api
+                      <-  worker
+
+core imports none of api, service, worker; service imports neither api nor worker; the API never imports the
+worker (it enqueues by task name); the worker never imports the API. Checked twice: statically over every
+module's import statements (including imports inside functions), and by importing the entry points in a fresh
+interpreter. No private name (`_x`) is imported from another module of these packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"core": ("api", "service", "worker"), "service": ("api", "worker"), "api": ("worker",),
+             "worker": ("api",)}
+
+
+def imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, module, imported names) of every import in the file, relative imports resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module] if module else base)
+            out.append((node.lineno, module, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_against_the_dependency_direction(package: str) -> None:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, module, _ in imports(path):
+            top = module.split(".")[0]
+            if top in FORBIDDEN[package]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_private_names_imported_across_modules() -> None:
+    bad = []
+    for package in ("api", "service", "worker"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, module, names in imports(path):
+                if module.split(".")[0] not in ("core", "api", "service", "worker"):
+                    continue
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+                    bad.append(f"{path.relative_to(ROOT)}:{line} from {module} import {names}")
+    assert not bad, "\n".join(bad)
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {m.split(".")[0] for m in result.stdout.split()}
+
+
+def test_the_api_process_never_loads_the_worker() -> None:
+    loaded = loaded_after("import api.app, api.cli, api.reaper; api.app.create_app")
+    assert "worker" not in loaded
+    assert "torch" not in loaded  # the engine is loaded lazily, where a job or an upload check needs it
+
+
+def test_the_engine_loads_no_service_package() -> None:
+    loaded = loaded_after("import core.pipeline, core.cli, core.spec_options")
+    assert not loaded & {"api", "service", "worker", "fastapi", "celery", "sqlalchemy", "redis"}
+
+
+def test_the_worker_never_loads_the_api() -> None:
+    loaded = loaded_after("import worker.tasks, worker.runner")
+    assert not loaded & {"api", "fastapi"}
