@@ -7,6 +7,7 @@ options are generated from `CompressionSpec` (core/spec_options.py), the same fo
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -269,27 +270,70 @@ def inspect(path: Path, as_json: bool) -> None:
 
 @cli.command("export")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--onnx", "onnx_path", type=str, default=None, is_flag=False, flag_value="",
-              help="Write ONNX (default PATH/model.onnx) and check it with onnxruntime.")
+@click.option("--format", "fmt", type=click.Choice(["hf"]), default=None,
+              help="hf: a transformers model directory (AutoModel with trust_remote_code=True) in --out.")
+@click.option("--onnx", "onnx_variants", type=str, default=None, is_flag=False, flag_value="fp32",
+              help="ONNX variants, e.g. fp32,fp16,int8 (alone: fp32), each verified against PyTorch fp32 and "
+                   "written only if it passes its gate. Files go to --out (with --format hf: --out/onnx/), "
+                   "else PATH.")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Output directory (required with --format hf).")
+@click.option("--audio", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Audio for the ONNX checks (held-out utterances, int8 calibration, PER when it has phone "
+                   "labels); default: the bundled demo audio.")
+@click.option("--int8-mode", type=click.Choice(["dynamic", "static"]), default=None,
+              help="int8 quantisation: dynamic (default) or static calibrated on --audio.")
 @click.option("--json", "as_json", is_flag=True)
-def export_cmd(path: Path, onnx_path: str | None, as_json: bool) -> None:
-    """Export a student (or teacher) to ONNX, verified against PyTorch."""
-    from .export import export_onnx
+def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path | None, audio: Path | None,
+               int8_mode: str | None, as_json: bool) -> None:
+    """Export a student (or teacher) as a transformers model directory and/or verified ONNX files."""
+    from .export import DEFAULT_INT8_MODE, ONNX_FILES, export_for_users, parse_onnx_variants
+    from .hf_export import is_hf_export_dir
     from .models import load_model
 
-    if onnx_path is None:
-        raise click.UsageError("nothing to export: pass --onnx [FILE]")
-    target = Path(onnx_path) if onnx_path else path / "model.onnx"
+    if fmt is None and onnx_variants is None:
+        raise click.UsageError("nothing to export: pass --format hf --out DIR and/or --onnx [fp32,fp16,int8]")
+    if fmt == "hf" and out is None:
+        raise click.UsageError("--format hf needs --out DIR")
+    try:
+        variants = parse_onnx_variants(onnx_variants)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--onnx") from None
+    hf_dir = out if fmt == "hf" else None
+    onnx_dir = out if out is not None and hf_dir is None else path
+    if hf_dir is not None and (hf_dir.resolve() == path.resolve()):
+        raise click.UsageError("--out must differ from the student directory")
+    if hf_dir is not None and hf_dir.is_dir() and any(hf_dir.iterdir()) and not is_hf_export_dir(hf_dir):
+        raise click.UsageError(f"--out {hf_dir.name} is not empty and is not a skillkd Hugging Face export: "
+                               "choose a new or empty directory")
+    audio = audio if audio is not None else DEMO_AUDIO
     try:
         model = load_model(path)
-        info = export_onnx(model, target)
+        if hf_dir is not None and variants:  # the ONNX files go inside the hf export, under their Hub names
+            onnx_dir = hf_dir / "onnx.tmp"
+        info = export_for_users(model, onnx_dir, hf_dir, variants, audio=audio,
+                                int8_mode=int8_mode or DEFAULT_INT8_MODE)
+        if hf_dir is not None and variants:
+            shutil.rmtree(onnx_dir, ignore_errors=True)
+            if "onnx" in info:
+                info["onnx"]["files"] = {v: str(hf_dir / "onnx" / ONNX_FILES[v]) for v in info["onnx"]["files"]}
     except SkillkdError as exc:
         _fail(exc)
         return
     if as_json:
         click.echo(json.dumps(info, indent=2))
-    else:
-        click.echo(f"wrote {info['path']} (max |onnx - torch| = {info['max_abs_diff']:.2e})")
+        return
+    if "hf" in info:
+        click.echo(f"wrote {info['hf']['path']} (transformers: AutoModel.from_pretrained(DIR, "
+                   "trust_remote_code=True))")
+    for variant, figures in info.get("onnx", {}).get("variants", {}).items():
+        line = (f"{variant:>4}: {figures['file']:<22} {figures['size_bytes'] / 1e6:7.2f} MB  min CKA "
+                f"{figures['min_cka']:.5f}  min cosine {figures['min_cosine']:.5f}")
+        if "per" in figures:
+            line += f"  PER {figures['per']:.4f}"
+        if "rtf_cpu_1_thread" in figures:
+            line += f"  RTF 1 thread {figures['rtf_cpu_1_thread']:.4f}"
+        click.echo(line + ("  ok" if figures["status"] == "ok" else f"  NOT WRITTEN: {figures['reason']}"))
 
 
 def _register_evaluation() -> None:

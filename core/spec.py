@@ -117,8 +117,26 @@ class CompressionSpec(BaseModel):
                           "to eager if compiling fails)")
     data_workers: int | None = Field(default=None, ge=0, le=32, description="loader processes per GPU; default "
                                      "0 on CPU, up to 4 on a GPU")
-    export_onnx: bool = False
+    export_onnx: list[Literal["fp32", "fp16", "int8"]] = Field(
+        default_factory=list, description="ONNX variants to export, each verified before it is offered: fp32, "
+        "fp16, int8 (a list or 'fp16,int8'; true means fp32, false none)")
     evaluate: bool = False
+
+    @field_validator("export_onnx", mode="before")
+    @classmethod
+    def _onnx_variants(cls, v: Any) -> Any:
+        """Older specs said true/false; a comma-separated string is the CLI's spelling."""
+        if v is None or v is False:
+            return []
+        if v is True:
+            return ["fp32"]
+        if isinstance(v, str):
+            v = [part.strip().lower() for part in v.split(",") if part.strip()]
+        if isinstance(v, (list, tuple)):
+            v = [part.lower() if isinstance(part, str) else part for part in v]
+            return [name for name in ("fp32", "fp16", "int8") if name in v] + [
+                part for part in v if part not in ("fp32", "fp16", "int8")]  # unknown ones fail validation
+        return v
 
     @field_validator("clusters")
     @classmethod

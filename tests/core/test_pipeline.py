@@ -47,7 +47,7 @@ def test_full_run_exports_a_loadable_smaller_student(tmp_path: Path, tiny_teache
     assert report["finalize"]["max_abs_diff_masked_vs_pruned"] < 1e-4
     assert len(report["cka"]) == 3 and abs(report["cka"][0][0] - 1.0) < 1e-6
     assert sorted(i for c in report["clusters"] for i in c) == [0, 1, 2]
-    for name in ("model", "report.json", "cka.png", "clusters.json", "train_log", "onnx"):
+    for name in ("model", "report.json", "cka.png", "clusters.json", "train_log", "onnx", "hf"):
         assert result.artifacts[name].exists(), name
     assert report["onnx"]["max_abs_diff"] < 1e-3
     stages = [e.stage for e in events if e.kind == "stage_finished"]
@@ -136,7 +136,7 @@ def test_cli_compress_inspect_export(tmp_path: Path, tiny_teacher_dir: Path, aud
     assert json.loads(res.stdout)["num_params"] == summary["student_params"]
     res = runner.invoke(cli, ["export", summary["student"], "--onnx", "--json"])
     assert res.exit_code == 0, res.output
-    assert Path(json.loads(res.stdout)["path"]).exists()
+    assert Path(json.loads(res.stdout)["onnx"]["files"]["fp32"]).exists()
     # existing run without --resume: a usage error, not a traceback
     res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--out", str(out)])
     assert res.exit_code == 2 and "--resume" in res.output
