@@ -1,0 +1,350 @@
+"""Estimate a compression job before running it: `skillkd compress ... --dry-run`, `POST /v1/jobs?dry_run=true`.
+
+A dry run does what a real run does up to its first stage, and no more:
+
+1. Inputs: `core.pipeline.prepare_inputs`, the real run's own validation (device, teacher, target against the
+   teacher, explicit clusters, audio, evaluation labels), then the training batches of both stages are built
+   as the real stages build them (an audio set with no utterance long enough fails here, as it would there).
+2. Sizes: the teacher's parameters and MACs per audio second, the targets, and two students of the target
+   size that bracket what a run learns: `uniform`, every prunable unit kind (conv channels where the layout
+   allows, heads, FFN units) kept in the same fraction, the largest that meets every target; and
+   `conv_kept`, the same with every conv channel kept (what parameter targets tend to learn: the extractor
+   holds much compute and few parameters). Stage 2 is timed on `uniform` when a MACs target is given, else
+   on `conv_kept`.
+3. Work: steps, audio seconds per stage and the calibration subset, from the spec's recipe.
+4. Time: a few real steps (`core.train.DistillStep`) of stage 1 (the masked student) and stage 2 (the uniform
+   student) on the chosen device, on batches from the real loader, after one untimed step each; one
+   calibration batch through the teacher and the CKA accumulator; one forward pass of each model for the
+   report's speed measurement. Stage time = steps x median step time. Eager mode (a `compile` run adds its
+   compilation time), one process (a `gpus` > 1 run adds its gradient all-reduce).
+
+Nothing is written: no workdir, no checkpoint, no output directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .audio import iter_padded_batches
+from .cka import StreamingCKA
+from .clustering import dphubert_clusters
+from .distill import ClusterTargets
+from .errors import SpecError
+from .events import OnEvent, ignore_event
+from .models import SpeechEncoder, make_student
+from .pipeline import JobInputs, _train_batches, fixed_clusters, prepare_inputs
+from .spec import Budget, CompressionSpec
+from .speed import RUNS, SECONDS, WARMUP, available_cores, default_runs, interleaved_times, torch_threads
+from .train import DistillStep
+
+TIMED_STEPS = 3
+
+
+def default_clusters(spec: CompressionSpec, num_layers: int) -> list[list[int]]:
+    """The clusters a run would most likely use, before calibration decides: explicit ones as given, DPHuBERT's
+    fixed layers, else k contiguous groups over r[0..L] (the usual outcome; the cost hardly depends on it)."""
+    num_reps = num_layers + 1
+    fixed = fixed_clusters(spec, num_reps)
+    if fixed is not None:
+        return fixed
+    if spec.method == "dphubert":
+        return dphubert_clusters(num_layers)
+    k = min(spec.clusters if isinstance(spec.clusters, int) else 4, num_reps)
+    bounds = [round(i * num_reps / k) for i in range(k + 1)]
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The uniform student
+
+
+def _keep_fraction(student: SpeechEncoder, fraction: float, conv: bool = True) -> None:
+    """Set every mask so that its eval gate keeps the first round(fraction * n) units (at least one conv
+    channel; every conv channel with `conv=False`; whole-layer gates stay open)."""
+    with torch.no_grad():
+        for module in student.modules():
+            for name in ("hard_concrete", "layer_hard_concrete"):
+                hc = getattr(module, name, None)
+                if hc is None or not hasattr(hc, "log_alpha"):
+                    continue
+                keep = hc.n if name == "layer_hard_concrete" else round(fraction * hc.n)
+                if "conv" in type(module).__name__.lower():
+                    keep = max(1, keep) if conv else hc.n
+                log_alpha = torch.full((hc.n,), -30.0)
+                log_alpha[:keep] = 30.0
+                hc.log_alpha.copy_(log_alpha.to(hc.log_alpha.device))
+
+
+def _sizes(student: SpeechEncoder, seconds: float) -> dict[str, float]:
+    with torch.no_grad():
+        return {"params": float(student.expected_num_params()), "macs": float(student.expected_macs(seconds))}
+
+
+def uniform_student(student: SpeechEncoder, budgets: list[Budget], seconds: float,
+                    conv: bool = True) -> dict[str, Any] | None:
+    """Set `student`'s masks (eval mode) to the largest uniform keep fraction that meets every budget;
+    returns that fraction and the sizes it gives (None if even keeping nothing prunable misses a target).
+    `conv=False` keeps every conv channel and prunes only heads and FFN units."""
+    student.eval()
+
+    def fits(fraction: float) -> bool:
+        _keep_fraction(student, fraction, conv)
+        sizes = _sizes(student, seconds)
+        return all(sizes[b.kind] <= b.target for b in budgets)
+
+    if not fits(0.0):
+        return None
+    low, high = 0.0, 1.0
+    if fits(high):
+        low = high
+    else:
+        for _ in range(30):  # the sizes are step functions of the fraction: bisect to well below one unit
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+    _keep_fraction(student, low, conv)
+    sizes = _sizes(student, seconds)
+    return {"keep_fraction": round(low, 4), "num_params": round(sizes["params"]),
+            "macs_per_second": round(sizes["macs"])}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: DistillStep, batches: Any, device: torch.device, steps: int) -> dict[str, Any]:
+    """Median seconds of `steps` real steps (batch loading included, as in the loop), after one untimed."""
+    times, audio = [], []
+    for i in range(steps + 1):
+        _sync(device)
+        start = time.perf_counter()
+        batch = batches.serve(i)
+        values, _, _ = step(i, batch.waveforms.to(device))
+        float(values["loss"])  # the loop reads the figures back: wait for the step
+        _sync(device)
+        if i > 0:
+            times.append(time.perf_counter() - start)
+            audio.append(batch.waveforms.numel() / step.student.config.sample_rate)
+    return {"step_s": statistics.median(times), "times_s": [round(t, 4) for t in times],
+            "batch_audio_s": statistics.mean(audio)}
+
+
+def time_calibration(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any]:
+    """Seconds per audio second of calibration (teacher forward + CKA update), from its first batch."""
+    teacher, device = inputs.teacher, inputs.device
+    cal = inputs.cal_catalog.subset(spec.calibration_utterances, spec.calibration_seconds, seed=spec.seed)
+    sr = teacher.config.sample_rate
+    batch_seconds = 160.0 if device.type == "cuda" else 40.0
+    batch = next(iter(iter_padded_batches(cal, sample_rate=sr, batch_seconds=batch_seconds, max_utterance_s=30.0)))
+    acc = StreamingCKA(teacher.num_layers + 1, teacher.config.hidden_size, device=device)
+    teacher.eval()
+    _sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        reps, frames = teacher(batch.waveforms.to(device), batch.lengths.to(device))
+        acc.update(reps, frames)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    batch_audio = float(batch.lengths.sum()) / sr
+    return {"utterances": len(cal.items), "audio_seconds": cal.total_seconds,
+            "s_per_audio_s": seconds / max(batch_audio, 1e-9)}
+
+
+def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> float:
+    """What the report's speed measurement (core.speed.measure) will take: one timed pass of each model per
+    setting, times the passes it makes, plus the two MACs-counting passes."""
+    runs = default_runs()
+    if runs == 0:
+        return 0.0
+    passes = WARMUP + runs
+    models = {"teacher": teacher, "student": student}
+    with torch_threads(1):
+        one = interleaved_times(models, seconds=SECONDS, runs=1, warmup=0)
+    total = passes * sum(v[0] for v in one.values())
+    total += sum(v[0] for v in one.values())  # count_macs: one pass each
+    if available_cores() > 1:
+        with torch_threads(available_cores()):
+            every = interleaved_times(models, seconds=SECONDS, runs=1, warmup=0)
+        total += passes * sum(v[0] for v in every.values())
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The estimate
+
+
+def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
+             calibration_audio: Path | str | None = None, timed_steps: int = TIMED_STEPS,
+             on_event: OnEvent | None = None) -> dict[str, Any]:
+    """Validate the job as a real run would and estimate what it will produce, process and take. Writes nothing."""
+    if timed_steps < 1:
+        raise ValueError(f"timed_steps must be >= 1, found {timed_steps}")
+    started = time.monotonic()
+    teacher, audio = Path(teacher), Path(audio)
+
+    # 1. Inputs, as the real run checks them -----------------------------------------------------------------
+    inputs = prepare_inputs(spec, teacher, audio, calibration_audio=calibration_audio,
+                            emit=on_event or ignore_event)
+    inputs_s = time.monotonic() - started
+    model, device = inputs.teacher, inputs.device
+    sr = model.config.sample_rate
+    recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
+    stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
+    batches1 = _train_batches(inputs.catalog, sr, recipe1, spec.seed)
+    batches2 = _train_batches(inputs.catalog, sr, recipe2, spec.seed + 1)
+
+    # 2. Sizes ---------------------------------------------------------------------------------------------------
+    seconds = spec.macs_reference_seconds
+    torch.manual_seed(spec.seed)
+    student = make_student(model, layers=spec.prune_layers)
+    shapes = {"conv_kept": uniform_student(student, inputs.budgets, seconds, conv=False),
+              "uniform": uniform_student(student, inputs.budgets, seconds)}
+    timed_shape = "uniform" if any(b.kind == "macs" for b in inputs.budgets) or shapes["conv_kept"] is None \
+        else "conv_kept"
+    if shapes[timed_shape] is None:  # not even an empty transformer meets the targets
+        raise SpecError("no student of this teacher's layout meets the targets "
+                        f"({', '.join(f'{b.kind} <= {b.target:.4g}' for b in inputs.budgets)})")
+    uniform_student(student, inputs.budgets, seconds, conv=timed_shape == "uniform")
+    pruned = copy.deepcopy(student)
+    pruned.prune()
+
+    # 3-4. Work and time -----------------------------------------------------------------------------------------
+    clusters = default_clusters(spec, model.num_layers)
+    shared = spec.method == "dphubert"
+    calibration = time_calibration(spec, inputs)
+    for hc in student.hard_concretes():  # stage 1 starts from the masks' initial state
+        hc.reset_parameters()
+    targets = ClusterTargets(clusters, model.config.hidden_size, student_mapping=spec.student_mapping,
+                             shared_projection=shared).to(device)
+    step1 = DistillStep(student, model, targets, recipe1, device, budgets=inputs.budgets, macs_seconds=seconds)
+    timing1 = time_steps(step1, batches1, device, timed_steps)
+    del step1, student, targets
+    timing2: dict[str, Any] | None = None
+    if stage2_steps:
+        pruned.to(device)
+        targets = ClusterTargets(clusters, model.config.hidden_size, student_mapping=spec.student_mapping,
+                                 shared_projection=shared).to(device)
+        step2 = DistillStep(pruned, model, targets, recipe2, device)
+        timing2 = time_steps(step2, batches2, device, timed_steps)
+        del step2, targets
+    pruned.cpu().eval()
+    export_s = time_speed_measurement(model, pruned)
+
+    world = spec.gpus
+    estimated = {
+        "inputs": inputs_s,
+        "calibrate": calibration["audio_seconds"] * calibration["s_per_audio_s"],
+        "distill_prune": recipe1.steps * timing1["step_s"],
+        "final_distill": stage2_steps * timing2["step_s"] if timing2 else 0.0,
+        "export": export_s,
+    }
+    estimated = {k: round(v, 1) for k, v in estimated.items()}
+    estimated["total"] = round(sum(estimated.values()), 1)
+    teacher_cfg = model.config
+    return {
+        "dry_run": True,
+        "teacher": {"path": str(teacher), "architecture": teacher_cfg.architecture,
+                    "layout": "large" if teacher_cfg.layer_norm_first else "base",
+                    "num_layers": teacher_cfg.num_layers, "num_params": inputs.teacher_params,
+                    "macs_per_second": inputs.teacher_macs},
+        "macs_reference_seconds": seconds,
+        "targets": [b.to_dict() for b in inputs.budgets],
+        "student_estimate": {
+            **shapes, "stage2_timed_on": timed_shape,
+            "basis": "uniform: every prunable unit kind kept in the same fraction, the largest that meets every "
+                     "target; conv_kept: the same with every conv channel kept. A run learns its own shape "
+                     "under the same targets",
+        },
+        "audio": inputs.catalog.summary(),
+        "work": {
+            "calibration_utterances": calibration["utterances"],
+            "calibration_audio_seconds": round(calibration["audio_seconds"], 1),
+            "stage1_steps": recipe1.steps, "stage2_steps": stage2_steps, "gpus": world,
+            "batch_seconds": {"stage1": recipe1.batch_seconds, "stage2": recipe2.batch_seconds},
+            "stage1_audio_seconds": round(recipe1.steps * timing1["batch_audio_s"] * world, 1),
+            "stage2_audio_seconds": round(stage2_steps * (timing2["batch_audio_s"] if timing2 else 0.0) * world, 1),
+        },
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "timing": {
+            "timed_steps": timed_steps, "stage1": timing1, "stage2": timing2,
+            "calibration_s_per_audio_s": round(calibration["s_per_audio_s"], 5),
+            "speed_measurement_runs": default_runs(),
+            "notes": "eager steps in one process: compilation (--compile) and multi-GPU all-reduce not included; "
+                     f"the report's speed measurement makes {WARMUP} + {RUNS} passes per setting by default",
+        },
+        "estimated_seconds": estimated,
+        "dry_run_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    """The estimate as a few lines for a terminal."""
+    from .evaluation.run import format_count
+
+    t, w, e = result["teacher"], result["work"], result["estimated_seconds"]
+    timing = result["timing"]
+    ref = f"{result['macs_reference_seconds']:g} s utterance"
+    targets = ", ".join(
+        f"{b['kind']} <= {format_count(b['target'])}{' MACs/s' if b['kind'] == 'macs' else ''} "
+        f"(sparsity {b['sparsity']:.3f})" for b in result["targets"]) or "none"
+    audio = result["audio"]
+    stage2 = (f"{w['stage2_steps']} steps x {w['batch_seconds']['stage2']:g} s" if w["stage2_steps"] else "skipped")
+    timed2 = f", stage 2 {timing['stage2']['step_s']:.3f} s/step" if timing["stage2"] else ""
+    lines = [
+        "dry run: inputs checked as a real run checks them; nothing was written",
+        f"teacher:  {Path(t['path']).name} ({t['architecture']}, {t['layout']} layout, {t['num_layers']} layers): "
+        f"{format_count(t['num_params'])} params, {format_count(t['macs_per_second'])} MACs per audio second ({ref})",
+        f"targets:  {targets}",
+        *_student_lines(result["student_estimate"]),
+        f"audio:    {audio.get('files')} files, {audio.get('hours', 0.0):.2f} h"
+        + (f" ({sum(audio['skipped'].values())} skipped)" if audio.get("skipped") else ""),
+        f"work:     calibration {w['calibration_utterances']} utterances ({w['calibration_audio_seconds']:g} s of "
+        f"audio); stage 1 {w['stage1_steps']} steps x {w['batch_seconds']['stage1']:g} s; stage 2 {stage2}"
+        + (f"; x {w['gpus']} GPUs" if w["gpus"] > 1 else ""),
+        f"          {w['stage1_audio_seconds'] + w['stage2_audio_seconds']:g} s of audio through the training "
+        f"stages ({w['stage1_audio_seconds']:g} + {w['stage2_audio_seconds']:g})",
+        f"timed:    on {result['device']} ({result['threads']} threads), median of {timing['timed_steps']} steps "
+        f"after one: stage 1 {timing['stage1']['step_s']:.3f} s/step{timed2}",
+        f"estimate: {_duration(e['total'])} (inputs {e['inputs']:g} s, calibrate {e['calibrate']:g} s, stage 1 "
+        f"{e['distill_prune']:g} s, stage 2 {e['final_distill']:g} s, export {e['export']:g} s)",
+        f"(this dry run took {result['dry_run_seconds']:g} s)",
+    ]
+    return "\n".join(lines)
+
+
+def _student_lines(estimate: dict[str, Any]) -> list[str]:
+    from .evaluation.run import format_count
+
+    labels = {"uniform": "pruned alike", "conv_kept": "conv kept"}
+    lines: list[str] = []
+    for shape, label in labels.items():
+        s = estimate.get(shape)
+        text = ("no such student meets the targets" if s is None else
+                f"~{format_count(s['num_params'])} params, ~{format_count(s['macs_per_second'])} MACs/s "
+                f"(keep {s['keep_fraction']:.3f} of heads, FFN units{' and conv channels' if shape == 'uniform' else ''})")
+        timed = ", stage 2 timed on it" if estimate.get("stage2_timed_on") == shape else ""
+        lines.append(f"{'student:' if not lines else '':<10}{label}: {text}{timed}")
+    lines.append(f"{'':<10}(a run learns its own shape under the same targets)")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+__all__ = ["default_clusters", "estimate", "render", "time_steps", "uniform_student"]
