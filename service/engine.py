@@ -56,6 +56,12 @@ class Engine(Protocol):
         """Resumable in `workdir`; raises StopRequested or another SkillkdError."""
         ...
 
+    def estimate(self, spec: CompressionSpec, teacher: Path, audio: Path, *,
+                 calibration_audio: Path | None = None) -> dict[str, Any]:
+        """A dry run (`core.estimate`): the job's inputs checked as a run checks them, the teacher's and the
+        target student's sizes, the work and an estimated time; writes nothing; raises SkillkdError."""
+        ...
+
 
 class CoreEngine:
     """The real engine (`core.pipeline`, `core.models`, `core.audio`)."""
@@ -79,6 +85,21 @@ class CoreEngine:
         )
         return EngineResult(export_dir=result.export_dir, report=dict(result.report),
                             artifacts=dict(result.artifacts))
+
+    def estimate(self, spec, teacher, audio, *, calibration_audio=None):
+        import torch
+
+        from core.estimate import estimate
+
+        note = None
+        if spec.device.startswith("cuda") and not torch.cuda.is_available():
+            # the API host may have no GPU while the workers do: check and time on this CPU instead
+            note = f"timed on this host's CPU: the job's device {spec.device!r} is not available here"
+            spec = spec.model_copy(update={"device": "cpu"})
+        result = estimate(spec, teacher, audio, calibration_audio=calibration_audio)
+        if note:
+            result["note"] = note
+        return result
 
 
 _ARCHITECTURES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm"}
@@ -166,6 +187,14 @@ class FakeEngine:
             raise AudioError(f"no usable audio in the dataset (skipped: {skipped or 'no files'})")
         return {"files": files, "hours": seconds / 3600, "sample_rates": sorted(rates), "skipped": skipped,
                 "skipped_examples": examples}
+
+    def estimate(self, spec, teacher, audio, *, calibration_audio=None):
+        """The dry run's shape, from the cheap checks: a fake step takes `step_s`."""
+        info = self.inspect_teacher(teacher)
+        summary = self.scan_audio(audio)
+        steps = {"stage1_steps": self.steps, "stage2_steps": 0 if spec.stage2_steps == 0 else self.steps}
+        return {"dry_run": True, "engine": "fake", "teacher": info, "audio": summary, "work": steps,
+                "estimated_seconds": {"total": (steps["stage1_steps"] + steps["stage2_steps"]) * self.step_s}}
 
     # -- the job ---------------------------------------------------------------------------------------
     def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):

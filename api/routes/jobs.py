@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,8 @@ from api.schemas import (
     JobPublic,
     JobStatus,
 )
+from api.uploads import input_error
+from core.errors import SkillkdError
 from service import crud, jobstore
 from service.models import TERMINAL_STATUSES, Dataset, Job, JobEvent, Owner, Teacher
 
@@ -95,11 +97,17 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
     return teacher
 
 
-@router.post("", status_code=202, response_model=JobPublic, summary="Create a compression job")
+@router.post("", status_code=202, response_model=JobPublic, summary="Create a compression job",
+             responses={200: {"description": "dry_run=true: the estimate; nothing was created",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}})
 def create_job(
     body: JobCreate, response: Response, services: ServicesDep, session: SessionDep, owner: CurrentOwner,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
-) -> JobPublic:
+    dry_run: Annotated[bool, Query(description="check the job as a run would and estimate its sizes, work and "
+                                   "time (a few timed steps on this host); create nothing")] = False,
+) -> Any:
+    if dry_run:
+        return _dry_run(body, services, session, owner)
     if idempotency_key:
         existing = jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
         if existing is not None:
@@ -121,6 +129,28 @@ def create_job(
         return _replay(existing, body, response)
     _enqueue(services, job.id)
     return JobPublic.from_row(job)
+
+
+def _dry_run(body: JobCreate, services: Any, session: Session, owner: Owner) -> JSONResponse:
+    """POST /v1/jobs?dry_run=true: the same checks as a job creation, then the engine's estimate (core.estimate);
+    no row, no file, no queue message."""
+    check_spec_bounds(body, services.settings)
+    teacher = check_references(session, owner, body)
+
+    def audio_path(dataset_id: str) -> Path:
+        dataset = session.get(Dataset, dataset_id)
+        if dataset is not None and dataset.source == "server_path" and dataset.server_path:
+            return Path(dataset.server_path)
+        return services.storage.dataset_dir(dataset_id)
+
+    calibration = audio_path(body.calibration_dataset_id) if body.calibration_dataset_id else None
+    try:
+        result = services.get_engine().estimate(body.spec, services.storage.teacher_dir(teacher.id),
+                                                audio_path(body.dataset_id), calibration_audio=calibration)
+    except SkillkdError as exc:
+        raise input_error(exc, services.storage.root) from exc
+    result.get("teacher", {}).pop("path", None)  # a server path
+    return JSONResponse({**result, "teacher_id": teacher.id, "dataset_id": body.dataset_id}, status_code=200)
 
 
 def _enqueue(services: Any, job_id: str) -> None:
