@@ -265,8 +265,9 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
             _save_stage2_result(workdir, student, targets)
         else:
             batches = _train_batches(catalog, sr, recipe2, spec.seed + 1)
-            ctx = StageContext(workdir / "final_distill", recipe2, device, "final_distill", seed=spec.seed + 1,
-                               compile=spec.compile, data_workers=spec.data_workers)
+            ctx = StageContext(workdir / "final_distill", recipe2, device, "final_distill", on_event=emit,
+                               should_stop=stop.should_stop, seed=spec.seed + 1, compile=spec.compile,
+                               data_workers=spec.data_workers)
             s2 = train_stage(student, teacher_model, targets, batches, ctx)
             _save_stage2_result(workdir, student, targets)
         timings["final_distill"] = time.monotonic() - t0

@@ -36,6 +36,22 @@ def audio_dir(tmp_path: Path) -> Path:
     return _write_audio(tmp_path / "audio")
 
 
+def test_final_distillation_reports_progress_and_stops_when_asked(tmp_path: Path, tiny_teacher_dir: Path,
+                                                                   audio_dir: Path) -> None:
+    """Stage 2 emits progress and honours should_stop like stage 1 (it once did neither: the service showed
+    no progress and could not cancel a job in its final distillation)."""
+    seen: list = []
+
+    def stop_in_stage2() -> bool:
+        return any(e.kind == "progress" and e.stage == "final_distill" for e in seen)
+
+    with pytest.raises(StopRequested):
+        run(CompressionSpec(**{**SPEC, "stage2_steps": 40}), tiny_teacher_dir, audio_dir, tmp_path / "w",
+            on_event=seen.append, should_stop=stop_in_stage2)
+    steps = [e.step for e in seen if e.kind == "progress" and e.stage == "final_distill"]
+    assert steps and max(steps) < 40
+
+
 def test_full_run_exports_a_loadable_smaller_student(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
     events = []
     result = run(CompressionSpec(**SPEC, export_onnx=True), tiny_teacher_dir, audio_dir, tmp_path / "w",
@@ -44,6 +60,9 @@ def test_full_run_exports_a_loadable_smaller_student(tmp_path: Path, tiny_teache
     student = load_student(result.export_dir)
     assert student.num_params() == report["student"]["num_params"]
     assert report["student"]["num_params"] < report["teacher"]["num_params"]
+    for kept, full in zip(report["student"]["layers"], report["teacher"]["layers"], strict=True):  # per layer
+        assert kept["heads"] <= full["heads"] and kept["ffn"] <= full["ffn"]
+    assert len(report["teacher"]["conv_channels"]) == len(report["student"]["conv_channels"])
     assert report["finalize"]["max_abs_diff_masked_vs_pruned"] < 1e-4
     assert len(report["cka"]) == 3 and abs(report["cka"][0][0] - 1.0) < 1e-6
     assert sorted(i for c in report["clusters"] for i in c) == [0, 1, 2]
