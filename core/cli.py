@@ -231,41 +231,65 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True, max=600), default=10.0, show_default=True,
+              help="Utterance length the MACs are counted for (attention grows with its square).")
 @click.option("--json", "as_json", is_flag=True)
-def inspect(path: Path, as_json: bool) -> None:
-    """Print the architecture of a teacher or an exported student, per layer, with parameter counts."""
+def inspect(path: Path, seconds: float, as_json: bool) -> None:
+    """Print the architecture of a teacher or an exported student, per layer, with parameter counts and
+    multiply-accumulates per second of audio (for a SECONDS-long utterance: attention grows with its square)."""
+    from .evaluation.run import format_count
     from .models import is_student_dir, load_model
 
     try:
         model = load_model(path)
+        macs = model.macs_by_part(seconds)
     except SkillkdError as exc:
         _fail(exc)
         return
+    except ValueError as exc:  # an utterance shorter than one frame
+        raise click.BadParameter(str(exc), param_hint="--seconds") from None
     cfg = model.config
     layers = []
-    for i, layer in enumerate(model.layers()):
+    for i, (layer, layer_macs) in enumerate(zip(model.layers(), macs["layers"])):
         att = sum(p.numel() for p in layer.attention.parameters())
         ffn = sum(p.numel() for p in layer.feed_forward.parameters())
         layers.append({"layer": i + 1, "heads": layer.attention.num_heads, "ffn": layer.feed_forward.ffn_dim,
-                       "attention_params": att, "ffn_params": ffn})
-    conv = [{"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride}
-            for i, c in enumerate(cfg.conv)]
+                       "attention_params": att, "ffn_params": ffn,
+                       "attention_macs_per_second": layer_macs["attention"], "ffn_macs_per_second": layer_macs["ffn"]})
+    conv = [{"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride, "macs_per_second": m}
+            for i, (c, m) in enumerate(zip(cfg.conv, macs["conv"]))]
+    by_part = {"conv": sum(macs["conv"]), "feature_projection": macs["feature_projection"],
+               "positional_conv": macs["positional_conv"],
+               "attention": sum(row["attention_macs_per_second"] for row in layers),
+               "ffn": sum(row["ffn_macs_per_second"] for row in layers)}
     info = {"path": str(path), "kind": "student" if is_student_dir(path) else "teacher",
             "architecture": cfg.architecture, "layout": "large" if cfg.layer_norm_first else "base",
             "hidden_size": cfg.hidden_size, "num_params": model.num_params(),
             "feature_extractor_params": sum(p.numel() for p in model.feature_extractor.parameters()),
+            "macs": {"utterance_seconds": seconds, "per_second": macs["total"], "by_part": by_part},
             "conv": conv, "layers": layers}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    total = macs["total"]
     click.echo(f"{info['kind']} {cfg.architecture} ({info['layout']} layout), hidden {cfg.hidden_size}, "
-               f"{info['num_params']:,} parameters")
-    click.echo(f"conv extractor ({info['feature_extractor_params']:,} params): channels "
-               + " ".join(str(c["channels"]) for c in conv))
-    click.echo(f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12}")
+               f"{info['num_params']:,} parameters, {format_count(total)} MACs per second of audio "
+               f"({seconds:g} s utterance)")
+    labels = {"conv": "conv", "feature_projection": "feature projection", "positional_conv": "positional conv",
+              "attention": "attention", "ffn": "FFN"}
+    click.echo("MACs by part: " + ", ".join(f"{labels[name]} {format_count(value)} "
+                                            f"({100 * value / max(total, 1e-9):.1f}%)" for name, value in by_part.items()))
+    click.echo(f"conv extractor ({info['feature_extractor_params']:,} params):")
+    click.echo(f"{'conv':>5} {'channels':>8} {'kernel':>6} {'stride':>6} {'MACs/s':>9}")
+    for c in conv:
+        click.echo(f"{c['layer']:>5} {c['channels']:>8} {c['kernel']:>6} {c['stride']:>6} "
+                   f"{format_count(c['macs_per_second']):>9}")
+    click.echo(f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12} {'attn MACs/s':>12} "
+               f"{'ffn MACs/s':>11}")
     for row in layers:
         click.echo(f"{row['layer']:>5} {row['heads']:>5} {row['ffn']:>6} {row['attention_params']:>12,} "
-                   f"{row['ffn_params']:>12,}")
+                   f"{row['ffn_params']:>12,} {format_count(row['attention_macs_per_second']):>12} "
+                   f"{format_count(row['ffn_macs_per_second']):>11}")
 
 
 @cli.command("export")
