@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue as queue_mod
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,7 @@ class StageJob:
     audio: str
     workdir: str
     clusters: list[list[int]]
-    target_sparsity: float = 0.0
-    teacher_params: int = 0
+    budgets: list[dict[str, Any]] = field(default_factory=list)  # core.spec.Budget.to_dict() of stage 1
 
 
 def _free_port() -> int:
@@ -51,7 +50,7 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
     from .distill import ClusterTargets
     from .models import load_model, make_student
     from .pipeline import _load_finalized, _train_batches
-    from .spec import CompressionSpec
+    from .spec import Budget, CompressionSpec
     from .train import StageContext, train_stage
 
     cuda = torch.cuda.is_available()
@@ -80,8 +79,10 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
             student, targets = _load_finalized(workdir, job.clusters, dim, spec, device)
             seed = spec.seed + 1
         batches = _train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
-        ctx = StageContext(workdir / job.stage, recipe, device, job.stage, job.target_sparsity,
-                           job.teacher_params, on_event=lambda e: events.put(("event", e.to_dict())),
+        ctx = StageContext(workdir / job.stage, recipe, device, job.stage,
+                           budgets=[Budget.from_dict(b) for b in job.budgets],
+                           macs_seconds=spec.macs_reference_seconds,
+                           on_event=lambda e: events.put(("event", e.to_dict())),
                            should_stop=stop.is_set, seed=seed, rank=rank, world_size=world_size,
                            compile=spec.compile, data_workers=spec.data_workers)
         summary = train_stage(student, teacher, targets, batches, ctx)

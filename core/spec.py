@@ -7,6 +7,7 @@ stage, derived from the spec's preset plus its explicit overrides (`CompressionS
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,6 +16,26 @@ DEFAULT_SPARSITY = 0.75
 
 Method = Literal["skill", "dphubert"]
 Preset = Literal["quick", "paper"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One size constraint: remove `sparsity` of the teacher's `kind` ("params", or "macs" per audio second)."""
+
+    kind: Literal["params", "macs"]
+    teacher: float
+    sparsity: float
+
+    @property
+    def target(self) -> float:
+        return self.teacher * (1.0 - self.sparsity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "teacher": self.teacher, "sparsity": self.sparsity, "target": self.target}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Budget:
+        return cls(data["kind"], float(data["teacher"]), float(data["sparsity"]))
 
 
 class TrainRecipe(BaseModel):
@@ -72,13 +93,13 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUIC
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*$")
 
 
-def parse_param_count(value: str | int | float) -> int:
-    """'24M' -> 24_000_000, '950k' -> 950_000, 1234 -> 1234."""
+def parse_param_count(value: str | int | float, what: str = "a parameter count") -> int:
+    """'24M' -> 24_000_000, '950k' -> 950_000, '2.5G' -> 2_500_000_000, 1234 -> 1234."""
     if isinstance(value, (int, float)):
         return int(value)
     m = _SIZE_RE.match(value)
     if not m:
-        raise ValueError(f"cannot read a parameter count from {value!r}; expected e.g. 24M, 950k or 23600000")
+        raise ValueError(f"cannot read {what} from {value!r}; expected e.g. 24M, 950k, 2.5G or 23600000")
     scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
     return int(round(float(m.group(1)) * scale))
 
@@ -94,6 +115,14 @@ class CompressionSpec(BaseModel):
         description="fraction of the teacher's parameters to remove (default 0.75 unless target_params)",
     )
     target_params: int | None = Field(default=None, gt=0, description="parameter count to reach instead")
+    target_macs: int | None = Field(
+        default=None, gt=0, description="multiply-accumulates per second of audio to reach, e.g. 2.5G (alone or "
+        "with a parameter target: then both hold)")
+    macs_sparsity: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="fraction of the teacher's MACs per audio second to remove")
+    macs_reference_seconds: float = Field(
+        default=10.0, gt=0.0, le=600.0, description="utterance length that MACs are counted for (attention "
+        "grows with its square), in seconds")
     clusters: int | Literal["auto"] | list[list[int]] = Field(
         default=4, description="k, 'auto', or explicit layer groups over r[0..L] e.g. [[0],[4],[8],[12]]",
     )
@@ -155,6 +184,11 @@ class CompressionSpec(BaseModel):
                                  "more than one cluster (or twice in one)")
         return v
 
+    @field_validator("target_macs", "target_params", mode="before")
+    @classmethod
+    def _parse_count(cls, v: Any) -> Any:
+        return parse_param_count(v, "a count") if isinstance(v, str) else v
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:
@@ -166,17 +200,46 @@ class CompressionSpec(BaseModel):
     def _one_target(self) -> CompressionSpec:
         if self.sparsity is not None and self.target_params is not None:
             raise ValueError("give either sparsity or target_params, not both")
+        if self.macs_sparsity is not None and self.target_macs is not None:
+            raise ValueError("give either macs_sparsity or target_macs, not both")
         return self
 
-    def target_sparsity(self, teacher_params: int) -> float:
-        """Sparsity to reach, from `sparsity` or `target_params` (relative to the teacher's count)."""
+    @property
+    def has_macs_target(self) -> bool:
+        return self.macs_sparsity is not None or self.target_macs is not None
+
+    def target_sparsity(self, teacher_params: int) -> float | None:
+        """Fraction of the teacher's parameters to remove, from `sparsity` or `target_params`; the default
+        0.75 when no target at all is given; None when only a MACs target is given."""
         if self.target_params is not None:
             if self.target_params >= teacher_params:
                 raise ValueError(
                     f"target_params={self.target_params} is not smaller than the teacher ({teacher_params})"
                 )
             return 1.0 - self.target_params / teacher_params
+        if self.sparsity is None and self.has_macs_target:
+            return None
         return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
+
+    def target_macs_sparsity(self, teacher_macs: float) -> float | None:
+        """Fraction of the teacher's MACs per audio second to remove, or None without a MACs target."""
+        if self.target_macs is not None:
+            if self.target_macs >= teacher_macs:
+                raise ValueError(f"target_macs={self.target_macs:.4g} is not smaller than the teacher's "
+                                 f"{teacher_macs:.4g} MACs per audio second")
+            return 1.0 - self.target_macs / teacher_macs
+        return self.macs_sparsity
+
+    def budgets(self, teacher_params: int, teacher_macs: float) -> list[Budget]:
+        """The size constraints of stage 1, resolved against the teacher (one or two)."""
+        out = []
+        params = self.target_sparsity(teacher_params)
+        if params is not None:
+            out.append(Budget("params", float(teacher_params), params))
+        macs = self.target_macs_sparsity(teacher_macs)
+        if macs is not None:
+            out.append(Budget("macs", float(teacher_macs), macs))
+        return out
 
     def recipe(self, stage: int) -> TrainRecipe:
         """The resolved schedule of stage 1 or 2: preset, then explicit overrides, scaled consistently."""
@@ -195,4 +258,4 @@ class CompressionSpec(BaseModel):
         return TrainRecipe(**base)
 
 
-__all__ = ["CompressionSpec", "TrainRecipe", "PRESETS", "DEFAULT_SPARSITY", "parse_param_count"]
+__all__ = ["Budget", "CompressionSpec", "TrainRecipe", "PRESETS", "DEFAULT_SPARSITY", "parse_param_count"]

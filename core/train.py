@@ -31,7 +31,7 @@ from .errors import CheckpointError, StopRequested, TrainingError
 from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from .loader import BatchLoader, BatchStream, default_workers
 from .models import SpeechEncoder
-from .spec import TrainRecipe
+from .spec import Budget, TrainRecipe
 
 CHECKPOINT = "checkpoint.pt"
 STOP_POLL_EVERY = 5  # steps between should_stop() calls on CPU (a DB read in the service); 10 on GPU
@@ -82,7 +82,7 @@ class StageContext:
     recipe: TrainRecipe
     device: torch.device
     stage: str
-    target_sparsity: float = 0.0
+    target_sparsity: float = 0.0  # shorthand for one params budget when `budgets` is None
     teacher_params: int = 0
     on_event: OnEvent = ignore_event
     should_stop: ShouldStop = never_stop
@@ -91,6 +91,8 @@ class StageContext:
     world_size: int = 1
     compile: bool = False
     data_workers: int | None = None  # None: loader.default_workers
+    budgets: list[Budget] | None = None  # stage 1's size constraints (params and/or MACs)
+    macs_seconds: float = 10.0  # reference utterance length of the MACs count
     extra_state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,24 +176,29 @@ class DistillStep:
 
     def __init__(self, student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
                  recipe: TrainRecipe, device: torch.device, *, target_sparsity: float = 0.0,
-                 teacher_params: int = 0, world_size: int = 1, compile: bool = False,
-                 on_event: OnEvent = ignore_event, stage: str = "") -> None:
+                 teacher_params: int = 0, budgets: list[Budget] | None = None, macs_seconds: float = 10.0,
+                 world_size: int = 1, compile: bool = False, on_event: OnEvent = ignore_event,
+                 stage: str = "") -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
         self.recipe, self.device = recipe, device
-        self.target_sparsity, self.teacher_params = target_sparsity, teacher_params
+        if budgets is None:
+            budgets = [Budget("params", float(teacher_params), target_sparsity)] if teacher_params else []
+        self.budgets = {b.kind: b for b in budgets}
+        self.macs_seconds = macs_seconds
         self.world_size = world_size
         self.pruning = student.config.has_masks
         self.on_event, self.stage = on_event, stage
         teacher.eval().requires_grad_(False)
         student.train()
         targets.train()
-        self.lagrangian = Lagrangian().to(device)
+        # One pair of multipliers per constraint, each maximised over its own gap (algorithm.md §3).
+        self.lagrangians = nn.ModuleDict({kind: Lagrangian() for kind in self.budgets}).to(device)
         groups: list[dict[str, Any]] = [{"params": student.weight_parameters() + list(targets.parameters()),
                                          "lr": recipe.lr, "base_lr": recipe.lr}]
         if self.pruning:
             groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks,
                            "base_lr": recipe.lr_masks, "betas": tuple(recipe.mask_betas)})
-            groups.append({"params": list(self.lagrangian.parameters()), "lr": recipe.lr_lambda,
+            groups.append({"params": list(self.lagrangians.parameters()), "lr": recipe.lr_lambda,
                            "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas),
                            "constant_lr": recipe.lambda_constant_lr})
         self.groups = groups
@@ -222,9 +229,9 @@ class DistillStep:
             predictions = self.targets.student_predictions(student_reps)
         return predictions, wanted
 
-    def __call__(self, step: int, waveforms: Tensor) -> tuple[dict[str, Tensor], float, float]:
-        """Run step `step` on `waveforms` (already on the device). Returns (figures on the device, sparsity
-        target, lr factor)."""
+    def __call__(self, step: int, waveforms: Tensor) -> tuple[dict[str, Tensor], dict[str, float], float]:
+        """Run step `step` on `waveforms` (already on the device). Returns (figures on the device, the
+        sparsity targets of this step by name, lr factor)."""
         recipe = self.recipe
         factor = lr_factor(step, recipe)
         for g in self.optimizer.param_groups:
@@ -243,12 +250,16 @@ class DistillStep:
         with record_function("loss"):
             loss, parts = distill_loss(predictions, wanted)
             total = loss
-            t_now = 0.0
+            targets_now: dict[str, float] = {}
+            sizes: dict[str, Tensor] = {}
             if self.pruning:
-                expected = self.student.expected_num_params()
-                sparsity = 1.0 - expected / self.teacher_params
-                t_now = sparsity_target(step, self.target_sparsity, recipe)
-                total = loss + self.lagrangian(sparsity, t_now)
+                sizes = {"params": self.student.expected_num_params()}
+                if "macs" in self.budgets:
+                    sizes["macs"] = self.student.expected_macs(self.macs_seconds)
+                for kind, budget in self.budgets.items():
+                    t_kind = sparsity_target(step, budget.sparsity, recipe)
+                    targets_now["target_sparsity" if kind == "params" else f"target_{kind}_sparsity"] = t_kind
+                    total = total + self.lagrangians[kind](1.0 - sizes[kind] / budget.teacher, t_kind)
 
         with record_function("backward"):
             self.optimizer.zero_grad(set_to_none=True)
@@ -258,16 +269,25 @@ class DistillStep:
                 _average_across_ranks([p.grad for g in self.groups for p in g["params"] if p.grad is not None],
                                       self.world_size)
             if self.pruning:
-                self.lagrangian.flip_gradients()
+                for lagrangian in self.lagrangians.values():
+                    lagrangian.flip_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.clip_params, recipe.grad_clip)
             self.optimizer.step()
 
         values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
                   "grad_norm": grad_norm.detach()}
         if self.pruning:
-            values.update(sparsity=sparsity.detach(), expected_params=expected.detach(),
-                          lambda1=self.lagrangian.lambda1.detach(), lambda2=self.lagrangian.lambda2.detach())
-        return values, t_now, factor
+            values.update(expected_params=sizes["params"].detach())
+            if "params" in self.budgets:
+                values.update(sparsity=1.0 - sizes["params"].detach() / self.budgets["params"].teacher)
+            if "macs" in sizes:
+                values.update(expected_macs=sizes["macs"].detach(),
+                              macs_sparsity=1.0 - sizes["macs"].detach() / self.budgets["macs"].teacher)
+            for name, lagrangian in self.lagrangians.items():
+                prefix = "" if name == "params" else f"{name}_"
+                values[f"{prefix}lambda1"] = lagrangian.lambda1.detach()
+                values[f"{prefix}lambda2"] = lagrangian.lambda2.detach()
+        return values, targets_now, factor
 
 
 def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
@@ -275,16 +295,15 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     """Run (or resume) one training stage in `ctx.workdir`; returns a summary. Raises StopRequested when
     `ctx.should_stop()` says so, after saving a checkpoint."""
     recipe, device = ctx.recipe, ctx.device
-    pruning = student.config.has_masks
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = ctx.workdir / CHECKPOINT
     log_path = ctx.workdir / "train_log.jsonl"
 
     # 1. Models, optimiser and the step --------------------------------------------------------------------
     runner = DistillStep(student, teacher, targets, recipe, device, target_sparsity=ctx.target_sparsity,
-                         teacher_params=ctx.teacher_params, world_size=ctx.world_size, compile=ctx.compile,
+                         teacher_params=ctx.teacher_params, budgets=ctx.budgets, macs_seconds=ctx.macs_seconds, world_size=ctx.world_size, compile=ctx.compile,
                          on_event=ctx.on_event if ctx.is_main else ignore_event, stage=ctx.stage)
-    lagrangian, optimizer = runner.lagrangian, runner.optimizer
+    lagrangians, optimizer = runner.lagrangians, runner.optimizer
 
     # 2. Resume ---------------------------------------------------------------------------------------------
     step = 0
@@ -292,7 +311,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
         state = load_checkpoint(ckpt_path)
         student.load_state_dict(state["student"])
         targets.load_state_dict(state["targets"])
-        lagrangian.load_state_dict(state["lagrangian"])
+        lagrangians.load_state_dict(state["lagrangians"])
         optimizer.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["batches"])
         _set_rng_state(state["rng"])
@@ -310,7 +329,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             return
         atomic_save({
             "step": at_step, "student": student.state_dict(), "targets": targets.state_dict(),
-            "lagrangian": lagrangian.state_dict(), "optimizer": optimizer.state_dict(),
+            "lagrangians": lagrangians.state_dict(), "optimizer": optimizer.state_dict(),
             "batches": batches.state_dict(), "rng": _rng_state(), "config": student.config.to_dict(),
             "recipe": recipe.model_dump(), **ctx.extra_state,
         }, ckpt_path)
@@ -322,7 +341,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
     started = time.monotonic()
     start_step = step
     last: dict[str, float] = {}
-    pending: list[tuple[int, Tensor, float, float]] = []
+    pending: list[tuple[int, Tensor, dict[str, float], float]] = []
     sync_every = 1 if device.type == "cpu" else 10
     # A stop check on several ranks is a collective with a host read: on a GPU it waits for the figures' read.
     poll_every = STOP_POLL_EVERY if device.type == "cpu" else max(STOP_POLL_EVERY, sync_every)
@@ -333,14 +352,14 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
             batch = next(data)
             audio_s = batch.waveforms.numel() / student.config.sample_rate
             waveforms = batch.waveforms.to(device, non_blocking=True)
-            values, t_now, factor = runner(step, waveforms)
+            values, targets_now, factor = runner(step, waveforms)
             step += 1
 
             # 4. Book-keeping. The step's figures stay on the device; they are read (one host sync) every
             #    `sync_every` steps, before a checkpoint or stop check, and at the end: on a GPU the next steps
             #    are queued meanwhile. The loss check for NaN happens at each read.
             names = list(values)
-            pending.append((step, torch.stack([v.float() for v in values.values()]), t_now, factor))
+            pending.append((step, torch.stack([v.float() for v in values.values()]), targets_now, factor))
             checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps
             poll_now = step % poll_every == 0 and step < recipe.steps
             if step % sync_every == 0 or checkpoint_now or poll_now or step == recipe.steps:
@@ -354,8 +373,7 @@ def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: Cluster
                     last = dict(zip(names, row))
                     if not math.isfinite(last["loss"]):
                         raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {at}")
-                    if pruning:
-                        last["target_sparsity"] = target_now
+                    last.update(target_now)
                     last["lr"] = recipe.lr * lr_now
                     last["audio_s_per_s"] = audio_s * rate * ctx.world_size
                     if log is not None:

@@ -106,7 +106,15 @@ class ConvLayerBlock(nn.Module):
         return self.hard_concrete() if self.hard_concrete is not None else None
 
     def expected_out(self) -> Count:
-        return self.hard_concrete.l0_norm() if self.hard_concrete is not None else float(self.out_channels)
+        if self.hard_concrete is None:
+            return float(self.out_channels)
+        n = self.hard_concrete.count()
+        # in eval, prune_outputs keeps at least one channel (see _keep_indices)
+        return n if self.hard_concrete.training else n.clamp(min=1.0)
+
+    def num_macs(self, in_channels: Count, out_frames: int) -> Tensor:
+        """Multiply-accumulates over `out_frames` output frames: each costs in x out channels x kernel."""
+        return _as_tensor(in_channels, self.conv.weight) * self.expected_out() * (self.kernel * out_frames)
 
     def num_params(self, in_channels: Count) -> Tensor:
         out = self.expected_out()
@@ -252,6 +260,9 @@ class FeatureProjection(nn.Module):
             out = out + zero * self.phantom_direction
         return out
 
+    def num_macs(self, in_features: Count, frames: int) -> Tensor:
+        return _as_tensor(in_features, self.projection.weight) * (self.projection.out_features * frames)
+
     def num_params(self, in_features: Count) -> Tensor:
         ref = self.projection.weight
         d = self.projection.out_features
@@ -307,6 +318,13 @@ class ConvolutionalPositionalEmbedding(nn.Module):
 
     def num_params(self) -> float:
         return float(sum(p.numel() for p in self.parameters()))
+
+    def num_macs(self, frames: int) -> float:
+        """A grouped conv: each output element costs (feature / groups) x kernel. An even kernel with
+        padding kernel // 2 computes one extra frame that forward() drops."""
+        out_frames = frames + (1 if self.kernel % 2 == 0 else 0)
+        conv = self.conv
+        return float(out_frames * conv.out_channels * (conv.in_channels // conv.groups) * self.kernel)
 
 
 def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: int,
@@ -387,10 +405,21 @@ class SelfAttention(nn.Module):
         return out
 
     def expected_heads(self) -> Count:
-        h: Count = self.hard_concrete.l0_norm() if self.hard_concrete is not None else float(self.num_heads)
+        h: Count = self.hard_concrete.count() if self.hard_concrete is not None else float(self.num_heads)
         if self.layer_hard_concrete is not None:
-            h = h * self.layer_hard_concrete.l0_norm()
+            h = h * self.layer_hard_concrete.count()
         return h
+
+    def num_macs(self, frames: int) -> Tensor:
+        """q, k, v and output projections per frame, Q Kᵀ and the weighted sum of V per pair of frames
+        (the T² term, hence MACs depend on the utterance length), and WavLM's gate (a Linear(D / heads, 8)
+        on each kept head's slice of every frame)."""
+        d, hd = self.embed_dim, self.head_dim
+        h = _as_tensor(self.expected_heads(), self.out_proj.weight)
+        n = h * (4 * d * hd * frames) + h * (2 * hd * frames * frames)
+        if self.wavlm:
+            n = n + h * (frames * self.gru_rel_pos_linear.in_features * self.gru_rel_pos_linear.out_features)
+        return n
 
     def num_params(self) -> Tensor:
         ref = self.out_proj.weight
@@ -464,10 +493,13 @@ class FeedForward(nn.Module):
         return out
 
     def expected_units(self) -> Count:
-        n: Count = self.hard_concrete.l0_norm() if self.hard_concrete is not None else float(self.ffn_dim)
+        n: Count = self.hard_concrete.count() if self.hard_concrete is not None else float(self.ffn_dim)
         if self.layer_hard_concrete is not None:
-            n = n * self.layer_hard_concrete.l0_norm()
+            n = n * self.layer_hard_concrete.count()
         return n
+
+    def num_macs(self, frames: int) -> Tensor:
+        return _as_tensor(self.expected_units(), self.output_dense.weight) * (2 * self.embed_dim * frames)
 
     def num_params(self) -> Tensor:
         d = self.embed_dim

@@ -7,7 +7,7 @@ masked units physically and returns the new `ModelConfig`.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -98,10 +98,72 @@ class SpeechEncoder(nn.Module):
         return sum(p.numel() for name, p in self.named_parameters() if "hard_concrete" not in name)
 
     def expected_num_params(self) -> Tensor:
-        """Differentiable expected parameter count under the current masks (== num_params() without masks)."""
+        """Differentiable expected parameter count under the current masks (== num_params() without masks).
+        In eval mode it is the exact count of what `prune()` keeps."""
         conv, last_channels = self.feature_extractor.num_params()
         proj = self.feature_projection.num_params(last_channels)
+        last = self.conv_blocks()[-1]
+        projection = self.feature_projection
+        if (not self.training and last.hard_concrete is not None and projection.layer_norm is not None
+                and projection.phantom_direction is None and float(last_channels) < last.out_channels):
+            # removing channels under the projection LayerNorm adds its phantom direction (components.py)
+            proj = proj + projection.projection.out_features
         return conv + proj + self.encoder.num_params().to(conv.device)
+
+    def conv_frames(self, samples: int) -> list[int]:
+        """Output frames of each conv layer for one utterance of `samples` samples."""
+        frames = []
+        for c in self.config.conv:
+            samples = max(0, (samples - c.kernel) // c.stride + 1)
+            frames.append(samples)
+        return frames
+
+    def _macs_parts(self, seconds: float) -> dict[str, Any]:
+        samples = int(round(seconds * self.config.sample_rate))
+        frames = self.conv_frames(samples)
+        if frames[-1] < 1:
+            raise ValueError(f"{seconds} s of audio is shorter than one frame of this model")
+        num_frames = frames[-1]
+        conv: list[Tensor] = []
+        in_channels: Tensor | float = 1.0
+        for block, out_frames in zip(self.conv_blocks(), frames):
+            conv.append(block.num_macs(in_channels, out_frames))
+            in_channels = block.expected_out()
+        ref = self.feature_projection.projection.weight
+        return {
+            "conv": conv,
+            "feature_projection": self.feature_projection.num_macs(in_channels, num_frames),
+            "positional_conv": torch.full((), self.encoder.pos_conv.num_macs(num_frames), device=ref.device),
+            "layers": [{"attention": layer.attention.num_macs(num_frames),
+                        "ffn": layer.feed_forward.num_macs(num_frames)} for layer in self.layers()],
+        }
+
+    def expected_macs(self, seconds: float = 10.0) -> Tensor:
+        """Multiply-accumulates per second of audio for one `seconds`-long utterance, differentiable in the
+        masks (expected counts in training, exact eval-gate counts in eval); equals
+        `core.evaluation.facts.count_macs(model, seconds=seconds)` for a model without masks. Attention's
+        T² term makes the figure depend on `seconds` (the spec's `macs_reference_seconds`). Counted: conv,
+        projection, q/k/v/out, attention products, WavLM's gate, FFN, positional conv; not element-wise work."""
+        parts = self._macs_parts(seconds)
+        total = torch.stack(parts["conv"]).sum() + parts["feature_projection"] + parts["positional_conv"]
+        for layer in parts["layers"]:
+            total = total + layer["attention"] + layer["ffn"]
+        return total / seconds
+
+    def macs_by_part(self, seconds: float = 10.0) -> dict[str, Any]:
+        """`expected_macs` per part, per second of audio, as floats: {"conv": [per conv layer],
+        "feature_projection", "positional_conv", "layers": [{"attention", "ffn"}], "total"}."""
+        with torch.no_grad():
+            parts = self._macs_parts(seconds)
+            out: dict[str, Any] = {
+                "conv": [float(x) / seconds for x in parts["conv"]],
+                "feature_projection": float(parts["feature_projection"]) / seconds,
+                "positional_conv": float(parts["positional_conv"]) / seconds,
+                "layers": [{k: float(v) / seconds for k, v in layer.items()} for layer in parts["layers"]],
+            }
+        out["total"] = (sum(out["conv"]) + out["feature_projection"] + out["positional_conv"]
+                        + sum(v for layer in out["layers"] for v in layer.values()))
+        return out
 
     def hard_concretes(self) -> list[HardConcrete]:
         return [m for m in self.modules() if isinstance(m, HardConcrete)]

@@ -38,6 +38,10 @@ class HardConcrete(nn.Module):
         self.eps = eps
         self.log_alpha = nn.Parameter(torch.empty(n))
         self.init_prob = init_prob
+        # Exact landing (core/landing.py) may overrule which units the eval gate keeps: a bool (n,) or None.
+        self.keep_override: Tensor | None = None
+        # ... and may ask what one unit more or less costs: a leaf tensor that `count()` returns instead.
+        self.count_override: Tensor | None = None
         self.reset_parameters()
         # log(-l/r): the shift that turns log_alpha into the log-odds of a non-zero gate.
         self._bias = -beta * math.log(-l / r)
@@ -53,6 +57,15 @@ class HardConcrete(nn.Module):
         """Expected number of non-zero gates (differentiable), a 0-dim tensor."""
         return torch.sigmoid(self.log_alpha + self._bias).sum()
 
+    def count(self) -> Tensor:
+        """Units kept, a 0-dim tensor: the expected L0 norm in training (differentiable), the exact number of
+        non-zero deterministic gates in eval (what `prune()` keeps)."""
+        if self.count_override is not None:
+            return self.count_override
+        if self.training:
+            return self.l0_norm()
+        return (self.deterministic() != 0).sum().to(self.log_alpha.dtype)
+
     def forward(self) -> Tensor:
         """A gate vector (n,): a fresh sample in training mode, the deterministic gate in eval mode."""
         if self.training:
@@ -63,9 +76,12 @@ class HardConcrete(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> Tensor:
-        """Keep the round(L0) largest gates with value sigmoid(log_alpha / beta * 0.8); zero the rest."""
-        keep = int(round(float(self.l0_norm())))
+        """Keep the round(L0) largest gates with value sigmoid(log_alpha / beta * 0.8); zero the rest.
+        With `keep_override` set, keep exactly the units it marks (same soft values)."""
         soft = torch.sigmoid(self.log_alpha / self.beta * 0.8)
+        if self.keep_override is not None:
+            return soft * self.keep_override.to(soft.dtype)
+        keep = int(round(float(self.l0_norm())))
         gate = torch.zeros_like(soft)
         if keep > 0:
             idx = torch.topk(soft, k=min(keep, self.n)).indices
