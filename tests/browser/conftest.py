@@ -120,8 +120,8 @@ def service(chromium_ready, tmp_path_factory) -> Iterator[Service]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
+        try:  # nothing to keep: a short grace, then the worker goes with its parent (parent-death signal)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -69,9 +69,9 @@ def finished(service, inputs) -> list[dict]:
     """Two finished jobs of alice's teacher (skill and dphubert), made through the API."""
     jobs = []
     with service.client("alice") as c:
-        for method, sparsity in (("skill", 0.75), ("dphubert", 0.7)):
+        for seed, (method, sparsity) in enumerate((("skill", 0.75), ("dphubert", 0.7))):
             body = {"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
-                    "spec": {"method": method, "sparsity": sparsity, "stage1_steps": 12, "stage2_steps": 4,
+                    "spec": {"method": method, "sparsity": sparsity, "stage1_steps": 12, "stage2_steps": 4, "seed": seed,
                              "evaluate": method == "skill"}}
             r = c.post("/v1/jobs", json=body)
             assert r.status_code == 202, r.text
@@ -204,6 +204,15 @@ def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service,
     page.keyboard.press("Enter")
     page.wait_for_selector("#action-cancel")
     assert page.locator("#action-delete").count() == 0  # delete is for finished jobs only
+    with service.client("alice") as c:
+        pausable = "/v1/jobs/{job_id}/pause" in c.get("/openapi.json").json()["paths"]
+    assert page.locator("#action-pause").count() == int(pausable)  # shown only when the API has it
+    if pausable:
+        page.click("#action-pause")
+        page.wait_for_selector(".badge[data-status=paused]", timeout=30_000)
+        assert page.locator("#action-resume").count() == 1
+        page.click("#action-resume")
+        page.wait_for_selector(".badge[data-status=running]", timeout=30_000)
     page.click("#action-cancel")
     page.wait_for_selector(".badge[data-status=cancelled]", timeout=30_000)
     assert page.locator("#action-cancel").count() == 0
@@ -265,4 +274,5 @@ def test_phone_width_and_security_headers(page_for, service, finished, shots):
     assert "script-src 'self'" in response.headers["content-security-policy"]
     # the key stays in session storage and never reaches a URL
     assert service.keys["alice"] not in page.url
+    assert f"dashboard: {service.url}/ui/" in service.log.read_text()  # `skillkd serve` prints where it is
     no_js_errors(page)

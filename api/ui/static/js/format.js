@@ -63,6 +63,8 @@ export function parseTime(iso) {
   return new Date(iso.endsWith("Z") || /[+-]\d\d:\d\d$/.test(iso) ? iso : iso + "Z").getTime();
 }
 
+/** "job_01a2337f36963349a7853fbcd5c2" -> "job_…53fbcd5c2": ids start with their creation time, so the
+ *  distinguishing part is the random tail. */
 export function shortId(id) {
-  return id ? id.replace(/^([a-z]+_)([0-9a-f]{8}).*$/, "$1$2…") : "–";
+  return id ? id.replace(/^([a-z]+_)[0-9a-f]+([0-9a-f]{9})$/, "$1…$2") : "–";
 }

@@ -60,7 +60,10 @@ export function lineChart(opts) {
   const H = opts.height || 260;
   const M = { left: 58, right: 14, top: 14, bottom: 44 };
   const id = `chart${++uid}`;
-  const series = opts.series.filter((sr) => sr.points && sr.points.length);
+  // colours follow the position in opts.series, so a series keeps its colour (and matches the legend) while
+  // another one has no points yet
+  const series = opts.series.map((sr, i) => ({ ...sr, color: sr.color || PALETTE[i % PALETTE.length] }))
+    .filter((sr) => sr.points && sr.points.length);
   const xs = series.flatMap((sr) => sr.points.map((p) => p[0]));
   const ys = series.flatMap((sr) => sr.points.map((p) => p[1]));
   for (const l of opts.hLines || []) ys.push(l.y);
@@ -111,8 +114,8 @@ export function lineChart(opts) {
     plot.append(s("line", { x1: px(l.x), x2: px(l.x), y1: M.top, y2: H - M.bottom, class: "ref" }));
     plot.append(s("text", { x: px(l.x) + 4, y: M.top + 10, class: "ref-label" }, l.label));
   }
-  series.forEach((sr, i) => {
-    const color = sr.color || PALETTE[i % PALETTE.length];
+  series.forEach((sr) => {
+    const color = sr.color;
     let d = "";
     let pen = false;
     for (const [x, y] of sr.points) {

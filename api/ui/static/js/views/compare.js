@@ -95,7 +95,11 @@ function comparison(jobs, events) {
       const macs = (r.student && (r.student.macs_per_second ?? r.student.macs)) ?? (e && e.macs_per_second);
       return macs ? fmt.si(macs) : "–";
     }],
-    ["CPU real-time factor", (j, r) => {
+    ["CPU real-time factor (lower is faster)", (j, r) => {
+      const cpu = r.speed && (r.speed.cpu_1_thread || r.speed.cpu_all_threads);
+      if (cpu && cpu.student_rtf !== undefined) {
+        return `${fmt.num(cpu.student_rtf, 3)}${cpu.speedup ? ` (${fmt.num(cpu.speedup, 3)}× the teacher's speed)` : ""}`;
+      }
       const e = studentEval(r);
       return e && e.speed && e.speed.cpu ? fmt.num(e.speed.cpu.rtf, 3) : "–";
     }],

@@ -82,7 +82,7 @@ export async function renderJob(main, jobId, signal) {
           e.target.disabled = false;
         }
       } }, label);
-    if (can.cancel && ["queued", "running", "paused"].includes(job.status)) buttons.push(act("Cancel", "post", "cancel", null, "danger"));
+    if (can.cancel && ["queued", "running", "pausing", "paused"].includes(job.status)) buttons.push(act("Cancel", "post", "cancel", null, "danger"));
     if (can.pause && ["queued", "running"].includes(job.status)) buttons.push(act("Pause", "post", "pause"));
     if (can.resume && job.status === "paused") buttons.push(act("Resume", "post", "resume"));
     if (can.delete && TERMINAL.has(job.status)) {
@@ -315,14 +315,12 @@ export function trainingCharts(events, job, report) {
   const pick = (k, stage) => (points[k] || []).filter((p) => !stage || p[2] === stage).map(([x, y]) => [x, y]);
   const vLines = boundary ? [{ x: boundary, label: "stage 2" }] : [];
   const charts = [];
-  const lossSeries = [
-    { name: "distillation loss, stage 1", points: pick("distill", "distill_prune") },
-    { name: "distillation loss, stage 2", points: pick("distill", "final_distill") },
-    { name: "objective with Lagrangian (stage 1)", points: pick("loss", "distill_prune"), dash: "5 3" },
-  ];
-  if (!points.distill) {
-    lossSeries.splice(0, 3, { name: "loss", points: pick("loss") });
-  }
+  // The distillation loss alone: stage 1's objective adds the Lagrangian term, whose scale would flatten it
+  // (the multipliers have their own chart).
+  const lossSeries = points.distill
+    ? [{ name: "distillation loss, stage 1", points: pick("distill", "distill_prune") },
+      { name: "distillation loss, stage 2", points: pick("distill", "final_distill") }]
+    : [{ name: "loss", points: pick("loss") }];
   charts.push(lineChart({ title: "Distillation loss", xLabel: "optimiser step", yLabel: "loss (no unit)", series: lossSeries, vLines }));
 
   const target = (report && report.target_sparsity) ?? job.spec.sparsity ?? null;
@@ -340,7 +338,10 @@ export function trainingCharts(events, job, report) {
     series: sparsity, hLines, yMin: 0, yMax: 100, yFormat: (v) => `${v}%` }));
 
   charts.push(lineChart({ title: "Lagrange multipliers λ", xLabel: "optimiser step", yLabel: "λ (no unit)",
-    series: [{ name: "λ1", points: pick("lambda1", "distill_prune") }, { name: "λ2", points: pick("lambda2", "distill_prune"), dash: "5 3" }],
+    series: [{ name: "λ1 (params)", points: pick("lambda1", "distill_prune") },
+      { name: "λ2 (params)", points: pick("lambda2", "distill_prune"), dash: "5 3" },
+      ...(points.macs_lambda1 ? [{ name: "λ1 (MACs)", points: pick("macs_lambda1", "distill_prune") },
+        { name: "λ2 (MACs)", points: pick("macs_lambda2", "distill_prune"), dash: "5 3" }] : [])],
     empty: "λ exists in stage 1 only" }));
 
   if (points.expected_macs) {
@@ -391,12 +392,18 @@ export function resultSections(report, job) {
   const tm = macsOf(t);
   const sm = macsOf(st);
   if (tm !== null || sm !== null) rows.push({ what: "MACs per second of audio", teacher: tm, student: sm, unit: "" });
+  const cpu = report.speed && (report.speed.cpu_1_thread || report.speed.cpu_all_threads);
+  if (cpu && cpu.teacher_rtf !== undefined) {
+    rows.push({ what: `CPU real-time factor (${cpu.threads || "all"} thread${cpu.threads === 1 ? "" : "s"}; lower is faster)`,
+      teacher: cpu.teacher_rtf, student: cpu.student_rtf, format: (v) => fmt.num(v, 3),
+      kept: cpu.speedup ? `${fmt.num(cpu.speedup, 3)}× faster` : null });
+  }
   out.push(h("section", { id: "sizes", "aria-labelledby": "sizes-h" }, h("h2", { id: "sizes-h" }, "Size before and after"),
     table([
       { label: "", cell: (r) => r.what },
-      { label: "Teacher", class: "num", cell: (r) => (r.teacher === null || r.teacher === undefined ? "–" : fmt.count(r.teacher)) },
-      { label: "Student", class: "num", cell: (r) => (r.student === null || r.student === undefined ? "–" : fmt.count(r.student)) },
-      { label: "Kept", class: "num", cell: (r) => (r.teacher && r.student ? fmt.percent(r.student / r.teacher) : "–") },
+      { label: "Teacher", class: "num", cell: (r) => (r.teacher === null || r.teacher === undefined ? "–" : (r.format || fmt.count)(r.teacher)) },
+      { label: "Student", class: "num", cell: (r) => (r.student === null || r.student === undefined ? "–" : (r.format || fmt.count)(r.student)) },
+      { label: "Kept", class: "num", cell: (r) => (r.kept !== undefined ? r.kept || "–" : r.teacher && r.student ? fmt.percent(r.student / r.teacher) : "–") },
     ], rows, { caption: "Teacher and student sizes" }),
     h("p", {}, "Sparsity: target ", h("strong", {}, fmt.percent(report.target_sparsity)), ", achieved ",
       h("strong", { id: "achieved-sparsity" }, fmt.percent(report.achieved_sparsity, 2)),

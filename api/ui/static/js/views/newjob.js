@@ -107,6 +107,10 @@ function f(label, value) {
   return [h("dt", {}, label), h("dd", {}, value)];
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 function hours(x) {
   return x >= 1 ? `${x.toFixed(2)} h` : `${(60 * x).toFixed(1)} min`;
 }
@@ -119,7 +123,7 @@ function datasetSummary(d) {
       f("Sample rates", (d.sample_rates || []).map((r) => `${r} Hz`).join(", ") || "–"),
       f("Size", fmt.bytes(d.size_bytes))),
     skipped.length
-      ? h("div", { class: "skipped" }, h("p", {}, `Skipped ${skipped.reduce((a, [, n]) => a + n, 0)} files:`),
+      ? h("div", { class: "skipped" }, h("p", {}, `Skipped ${plural(skipped.reduce((a, [, n]) => a + n, 0), "file")}, by reason:`),
         h("ul", {}, skipped.map(([reason, n]) => h("li", {}, h("code", {}, reason), `: ${n}`,
           (d.examples && d.examples[reason] && d.examples[reason].length) ? ` (e.g. ${d.examples[reason].slice(0, 3).join(", ")})` : ""))))
       : h("p", { class: "muted" }, "No file was skipped."));
