@@ -156,6 +156,11 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
         "achieved_sparsity": round(report["achieved_sparsity"], 4), "clusters": report["clusters"],
         "seconds": round(time.monotonic() - started, 1),
     }
+    speed = report.get("speed") or {}
+    if speed:
+        summary["macs_ratio"] = round(speed["macs_ratio"], 3)
+        if "cpu_1_thread" in speed:
+            summary["speedup_cpu_1_thread"] = round(speed["cpu_1_thread"]["speedup"], 3)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -164,6 +169,11 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
                    f"params:  {s:,} of {t:,} ({100 * s / t:.1f}% of the teacher, sparsity "
                    f"{summary['achieved_sparsity']:.3f})\nclusters: {summary['clusters']}\n"
                    f"time:    {summary['seconds']} s")
+        if speed:
+            faster = (f", {summary['speedup_cpu_1_thread']:.2f}x faster on one CPU thread (measured, "
+                      f"{speed['protocol']['utterance_seconds']:g} s utterance)" if "speedup_cpu_1_thread" in summary
+                      else "")
+            click.echo(f"speed:   {summary['macs_ratio']:.2f}x fewer MACs than the teacher{faster}")
 
 
 def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | None, as_json: bool,

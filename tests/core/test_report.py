@@ -78,3 +78,20 @@ def test_a_student_with_zero_width_layers_loads_without_warnings(tmp_path: Path,
     with torch.no_grad():
         x = torch.randn(1, 4000)
         assert torch.equal(loaded(x)[0][-1], student(x)[0][-1])
+
+
+def test_cli_compress_prints_the_measured_speed(tmp_path: Path, tiny_teacher_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from core.cli import cli
+
+    monkeypatch.setenv("SKILLKD_SPEED_RUNS", "1")
+    audio = _write_audio(tmp_path / "audio", n=4)
+    res = CliRunner().invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), "--out", str(tmp_path / "run"),
+                                   "--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "run" / "student" / "report.json").read_text())
+    speed = report["speed"]
+    assert (f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher, "
+            f"{speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread") in res.stdout
