@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.deps import Services
+from api.deps import KeyCache, Services
 from api.errors import ApiError
 from api.http import ErrorMiddleware
 from api.metrics import Metrics, MetricsMiddleware
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     if enqueuer is None:  # publishes by task name: the API never imports the worker
         enqueuer = CeleryEnqueuer.from_settings(settings)
     services = Services(settings=settings, factory=make_sessionmaker(db_engine), storage=storage,
-                        enqueuer=enqueuer, engine=engine)
+                        enqueuer=enqueuer, engine=engine, owners=KeyCache(settings.auth_cache_s))
 
     async def reap_once(**kwargs) -> None:
         try:

@@ -120,7 +120,8 @@ class JobPublic(BaseModel):
 
 
     @classmethod
-    def from_row(cls, job: Job) -> JobPublic:
+    def from_row(cls, job: Job | Any) -> JobPublic:
+        """From the ORM object or a Core row of the jobs table (the same attribute names)."""
         return cls(
             id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
             progress=JobProgress(**job.progress) if job.progress else None,

@@ -1,23 +1,34 @@
-"""API load benchmark: requests/s and p50/p99 latency of GET /v1/jobs/{id} and of job creation, with
-1000 jobs already in the database.
+"""API load benchmark: requests/s and p50/p99 latency of GET /v1/jobs/{id} (and of job creation), with 1000
+jobs in the database, for the code *before* a git revision and *after* (this checkout), on SQLite and
+PostgreSQL, in one run:
 
-    python bench/api_load.py                                  # SQLite (embedded default), in-memory queue
-    python bench/api_load.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
+    python bench/api_load.py                          # before = --before (default 33c1efa), after = this tree
+    python bench/api_load.py --databases sqlite --before ''     # this tree only
+    python bench/api_load.py --profile                # also: cProfile of the server under the GET load
 
-The API runs in uvicorn (one process) on a free port and is driven over real HTTP by `--concurrency`
-client threads. The queue is in-memory so the numbers measure the API and the database, not the broker.
-Writes bench/results/api_load.json.
+Each server runs in its own process (uvicorn, one worker, the service's own options), seeded through its own
+code and a fresh database (SQLite file, or a new PostgreSQL database created via --pg-admin-url); the queue is
+in memory, so the numbers measure the API and the database, not the broker. The client is another process
+with `--concurrency` threads on keep-alive connections. "before" is the tree of `--before` exported with
+`git archive` (the working tree is not touched). The machine is shared: the load average before and after
+each measurement is recorded next to it. Writes bench/results/api_load.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import secrets
+import shutil
+import signal
 import socket
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -25,44 +36,73 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
+# Run inside the server process, with the tree under test first on sys.path. Knows both layouts: before issue
+# 11 the state lived in api/ (api.db, api.models, api.keys), after it in service/.
+SERVER = r'''
+import json, sys, time
+cfg = json.loads(sys.argv[1])
+sys.path.insert(0, cfg["tree"])
+import uvicorn
+from api.app import create_app
+try:
+    from service.db import make_engine, make_sessionmaker, upgrade
+    from service.keys import create_key
+    from service.models import Dataset, Job, Teacher, new_id, utcnow
+    from service.queue import MemoryEnqueuer
+    from service.settings import Settings
+    from api.http import uvicorn_options
+    options = uvicorn_options()
+except ImportError:
+    from api.db import make_engine, make_sessionmaker, upgrade
+    from api.keys import create_key
+    from api.models import Dataset, Job, Teacher, new_id, utcnow
+    from api.settings import Settings
+    from worker.queue import MemoryEnqueuer
+    options = {"access_log": False}
 
-from api.app import create_app  # noqa: E402
-from service.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from service.keys import create_key  # noqa: E402
-from service.models import Dataset, Job, Teacher, new_id, utcnow  # noqa: E402
-from service.queue import MemoryEnqueuer  # noqa: E402
-from service.settings import Settings  # noqa: E402
-
-
-def seed(settings: Settings, n_jobs: int) -> tuple[str, str, str, list[str]]:
-    engine = make_engine(settings.database_url)
-    factory = make_sessionmaker(engine)
-    with factory() as session:
-        key = create_key(session, owner_name=f"bench-{new_id('own')}")
-        teacher = Teacher(id=new_id("tch"), owner_id=key.owner_id, name="t", sha256="0" * 64, size_bytes=1,
-                          architecture="hubert", layout="base", num_layers=12, hidden_size=768,
-                          num_params=94_000_000, sample_rate=16000)
-        dataset = Dataset(id=new_id("ds"), owner_id=key.owner_id, name="d", source="upload", files=1, hours=1.0,
-                          summary={})
-        session.add_all([teacher, dataset])
-        session.flush()
-        now = utcnow()
-        ids = []
-        statuses = ["succeeded"] * 8 + ["failed", "cancelled"]
-        for i in range(n_jobs):
-            job_id = new_id("job")
-            ids.append(job_id)
-            session.add(Job(id=job_id, owner_id=key.owner_id, teacher_id=teacher.id, dataset_id=dataset.id,
-                            spec={"sparsity": 0.75}, status=statuses[i % len(statuses)], stage="export",
-                            progress={"stage": "export", "step": 1, "total_steps": 1, "eta_s": 0, "metrics": {}},
-                            metrics={"loss": 0.1}, attempts=1, created_at=now, updated_at=now))
-        session.commit()
-    engine.dispose()
-    return key.key, teacher.id, dataset.id, ids
+settings = Settings(home=cfg["home"], database_url=cfg["database_url"], max_jobs_in_flight=10**9)
+upgrade(settings.database_url)
+engine = make_engine(settings.database_url)
+with make_sessionmaker(engine)() as session:
+    key = create_key(session, owner_name="bench")
+    teacher = Teacher(id=new_id("tch"), owner_id=key.owner_id, name="t", sha256="0" * 64, size_bytes=1,
+                      architecture="hubert", layout="base", num_layers=12, hidden_size=768, num_params=94_000_000,
+                      sample_rate=16000)
+    dataset = Dataset(id=new_id("ds"), owner_id=key.owner_id, name="d", source="upload", files=1, hours=1.0,
+                      summary={})
+    session.add_all([teacher, dataset])
+    session.flush()
+    now, ids, statuses = utcnow(), [], ["succeeded"] * 8 + ["failed", "cancelled"]
+    metrics = {"loss": 0.1, "distill": 0.09, "sparsity": 0.75, "lambda1": 0.01, "report": {"k": list(range(40))}}
+    for i in range(cfg["jobs"]):
+        ids.append(new_id("job"))
+        session.add(Job(id=ids[-1], owner_id=key.owner_id, teacher_id=teacher.id, dataset_id=dataset.id,
+                        spec={"sparsity": 0.75, "clusters": [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]},
+                        status=statuses[i % len(statuses)], stage="export",
+                        progress={"stage": "export", "step": 1, "total_steps": 1, "eta_s": 0, "metrics": {}},
+                        metrics=metrics, clusters=[[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], attempts=1,
+                        created_at=now, updated_at=now))
+    session.commit()
+engine.dispose()
+app = create_app(settings, enqueuer=MemoryEnqueuer(), run_reaper=False)
+server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg["port"], log_level="warning", **options))
+profiler = None
+if cfg["profile"]:
+    import cProfile
+    profiler = cProfile.Profile()
+    profiler.enable()
+try:
+    with open(cfg["ready"] + ".tmp", "w") as f:
+        json.dump({"key": key.key, "teacher_id": teacher.id, "dataset_id": dataset.id, "ids": ids}, f)
+    import os
+    os.replace(cfg["ready"] + ".tmp", cfg["ready"])
+    server.run()
+finally:
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(cfg["profile"])
+'''
 
 
 def free_port() -> int:
@@ -71,7 +111,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def drive(url: str, key: str, requests: int, concurrency: int, make_request) -> dict:
+def export_tree(ref: str, dest: Path) -> Path:
+    """The tree of git revision `ref` in `dest` (git archive; the working tree is untouched)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True,
+                             capture_output=True).stdout
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tf:
+        tf.extractall(dest, filter="data")
+    return dest
+
+
+class Database:
+    """A fresh database for one server: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+
+    def __init__(self, kind: str, home: Path, pg_admin_url: str) -> None:
+        self.kind, self.admin_url = kind, pg_admin_url
+        if kind == "sqlite":
+            self.url = f"sqlite:///{home / 'bench.db'}"
+        else:
+            import sqlalchemy
+
+            self.name = f"skillkd_bench_{secrets.token_hex(4)}"
+            admin = sqlalchemy.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(sqlalchemy.text(f'CREATE DATABASE "{self.name}"'))
+            admin.dispose()
+            self.url = pg_admin_url.rsplit("/", 1)[0] + f"/{self.name}"
+
+    def drop(self) -> None:
+        if self.kind != "sqlite":
+            import sqlalchemy
+
+            admin = sqlalchemy.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(url: str, key: str, requests: int, concurrency: int, make_request, server_pid: int) -> dict:
+    import httpx
+
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -81,6 +166,7 @@ def drive(url: str, key: str, requests: int, concurrency: int, make_request) -> 
         nonlocal errors
         rng = random.Random(seed_)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            make_request(client, rng)  # warm the connection
             for _ in range(per_thread):
                 start = time.perf_counter()
                 r = make_request(client, rng)
@@ -90,56 +176,118 @@ def drive(url: str, key: str, requests: int, concurrency: int, make_request) -> 
                     if r.status_code >= 400:
                         errors += 1
 
+    load_before = os.getloadavg()[0]
+    cpu_before = cpu_seconds(server_pid)
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(worker, range(concurrency)))
     wall = time.perf_counter() - start
+    cpu = cpu_seconds(server_pid) - cpu_before
     latencies.sort()
     return {
         "requests": len(latencies), "errors": errors, "concurrency": concurrency,
         "requests_per_s": round(len(latencies) / wall, 1),
         "p50_ms": round(1000 * statistics.median(latencies), 2),
         "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # CPU the server process spent per request (warm-up requests included): what the service costs,
+        # much less sensitive to the other jobs on a shared machine than the wall-clock figures
+        "server_cpu_ms_per_request": round(1000 * cpu / (len(latencies) + concurrency), 3),
     }
+
+
+def measure(tree: Path, kind: str, args: argparse.Namespace, profile: Path | None) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="skillkd-bench-"))
+    db = Database(kind, home, args.pg_admin_url)
+    port = free_port()
+    cfg = {"tree": str(tree), "home": str(home), "database_url": db.url, "port": port, "jobs": args.jobs,
+           "ready": str(home / "ready.json"), "profile": str(profile) if profile else ""}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(cfg)], cwd=tree, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        ready = home / "ready.json"
+        while not ready.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {tree.name} server did not start on {kind}")
+            time.sleep(0.1)
+        info = json.loads(ready.read_text())
+        url = f"http://127.0.0.1:{port}"
+        import httpx
+
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        ids = info["ids"]
+        result = {"database": kind}
+        for c in args.concurrency:
+            result[f"get_job_c{c}"] = drive(url, info["key"], args.requests, c,
+                                            lambda cl, rng: cl.get(f"/v1/jobs/{rng.choice(ids)}"), server.pid)
+        body = {"teacher_id": info["teacher_id"], "dataset_id": info["dataset_id"], "spec": {"preset": "quick"}}
+        result["create_job"] = drive(url, info["key"], args.creates, max(args.concurrency),
+                                     lambda cl, rng: cl.post("/v1/jobs", json=body), server.pid)
+        return result
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        db.drop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def print_profile(path: Path, limit: int = 30) -> str:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("tottime").print_stats(limit)
+    return out.getvalue()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database-url", default="")
+    parser.add_argument("--before", default="33c1efa", help="git revision of the 'before' figures ('' to skip)")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--creates", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--creates", type=int, default=400)
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8],
+                        help="client threads, comma-separated (each is one GET measurement)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="directory for a cProfile of each 'after' server (top functions printed)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.json")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="skillkd-bench-"))
-    settings = Settings(home=home, database_url=args.database_url, max_jobs_in_flight=10**9)
-    upgrade(settings.database_url)
-    key, teacher_id, dataset_id, ids = seed(settings, args.jobs)
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, enqueuer=MemoryEnqueuer(), run_reaper=False),
-                                           host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-
-    get = drive(url, key, args.requests, args.concurrency,
-                lambda c, rng: c.get(f"/v1/jobs/{rng.choice(ids)}"))
-    body = {"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": {"preset": "quick"}}
-    create = drive(url, key, args.creates, args.concurrency, lambda c, rng: c.post("/v1/jobs", json=body))
-    server.should_exit = True
-    thread.join(timeout=10)
-
-    result = {
-        "database": settings.database_url.split(":", 1)[0], "jobs_in_db": args.jobs,
-        "get_job": get, "create_job": create,
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
-                    "platform": platform.platform()},
-    }
+    scratch = Path(tempfile.mkdtemp(prefix="skillkd-bench-trees-"))
+    trees = {"after": REPO}
+    if args.before:
+        trees = {"before": export_tree(args.before, scratch / "before"), "after": REPO}
+    result: dict = {"before_revision": args.before or None,
+                    "after_revision": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                                     capture_output=True, text=True).stdout.strip() + " + working tree",
+                    "jobs_in_db": args.jobs, "results": {}}
+    try:
+        # interleaved (before, after per database) so both see the same machine load as far as possible
+        for kind in args.databases.split(","):
+            for label, tree in trees.items():
+                profile = args.profile / f"{label}-{kind}.prof" if args.profile and label == "after" else None
+                if profile is not None:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                print(f"{label} / {kind} ...", file=sys.stderr, flush=True)
+                result["results"].setdefault(kind, {})[label] = measure(tree, kind, args, profile)
+                if profile is not None and profile.exists():
+                    print(print_profile(profile), file=sys.stderr)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                         "note": "shared with other jobs; see loadavg_1min_before_after of each measurement"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

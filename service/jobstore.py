@@ -166,6 +166,13 @@ def delete_finished(session: Session, *, job: Job) -> bool:
     return True
 
 
+def owned_job_row(session: Session, *, job_id: str, owner_id: str) -> Any | None:
+    """The job as a read-only row (attribute access like the ORM object) if `owner_id` owns it: one Core
+    SELECT, without the ORM's identity map and instance construction (the hot path of GET /v1/jobs/{id})."""
+    table = Job.__table__
+    return session.execute(select(table).where(table.c.id == job_id, table.c.owner_id == owner_id)).first()
+
+
 def events_page(session: Session, *, job_id: str, after: int, limit: int) -> list[JobEvent]:
     return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
                                 .order_by(JobEvent.id).limit(limit)))
@@ -186,5 +193,5 @@ def artifact(session: Session, *, job_id: str, name: str) -> Artifact | None:
 __all__ = [
     "updated", "transition", "count_in_flight", "Claim", "claim", "heartbeat", "add_event", "stale_cutoff",
     "by_idempotency_key", "create_job", "cancel", "pause", "resume", "delete_finished", "events_page",
-    "status_of", "artifacts", "artifact",
+    "status_of", "artifacts", "artifact", "owned_job_row",
 ]

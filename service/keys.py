@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.models import ApiKey, Owner, new_id, utcnow
@@ -46,6 +47,20 @@ def key_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(ApiKey)) or 0
 
 
+def authenticate(session: Session, *, key_hash: str, touch_every: timedelta = timedelta(minutes=1)) -> Owner | None:
+    """The owner of an active key with this digest (None if unknown or revoked); records its use, at most
+    once per `touch_every` (a write per request would serialise SQLite)."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
+    if row is None:
+        return None
+    owner = session.get(Owner, row.owner_id)
+    now = utcnow()
+    if owner is not None and (row.last_used_at is None or now - row.last_used_at > touch_every):
+        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        session.commit()
+    return owner
+
+
 def owner_for_key(session: Session, *, key: str) -> Owner | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
     if row is None:
@@ -66,4 +81,4 @@ def revoke_key(session: Session, *, key_id_or_prefix: str) -> int:
     return len(rows)
 
 
-__all__ = ["key_count", "create_key", "owner_for_key", "list_keys", "revoke_key", "hash_key", "NewKey"]
+__all__ = ["authenticate", "key_count", "create_key", "owner_for_key", "list_keys", "revoke_key", "hash_key", "NewKey"]

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         default_factory=list, description="if set, admin-registered dataset paths must lie under one of these"
     )
 
+    auth_cache_s: float = Field(default=5.0, ge=0, description="an API key's owner is cached this long; a "
+                                "revoked key stops working within it (0: no cache)")
+
     # jobs
     max_jobs_in_flight: int = Field(default=4, gt=0, description="queued + running + cancelling per owner")
     max_attempts: int = Field(default=3, gt=0, description="deliveries of a job before too_many_attempts")

@@ -179,7 +179,10 @@ def list_jobs(session: SessionDep, owner: CurrentOwner, status: JobStatus | None
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
-    return JobPublic.from_row(owned_job(session, owner, job_id))
+    row = jobstore.owned_job_row(session, job_id=job_id, owner_id=owner.id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return JobPublic.from_row(row)
 
 
 @router.get("/{job_id}/events", response_model=JobEventList,

@@ -22,6 +22,7 @@ def small_settings(home: Path, **overrides) -> Settings:
     values = dict(
         home=home, engine="service.engine:FakeEngine", max_upload_bytes=4 * 1024 * 1024,
         max_archive_entries=50, max_extracted_bytes=16 * 1024 * 1024, max_compression_ratio=50.0,
+        archive_ratio_floor_bytes=1024 * 1024,
         max_jobs_in_flight=3, max_attempts=3, heartbeat_interval_s=0.2, heartbeat_stale_s=1.5,
         requeue_queued_after_s=1.0, reaper_interval_s=0.5, progress_interval_s=0.0, stop_poll_interval_s=0.0,
         broker_poll_interval_s=0.1,

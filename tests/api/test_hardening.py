@@ -223,11 +223,11 @@ def test_client_disconnect_mid_upload_is_499_without_a_traceback(app, keys, capl
 
 
 @contextlib.contextmanager
-def live_server(app):
+def live_server(app, http: str = "auto"):
     """The app behind a real uvicorn (the service's protocol options) on a free port, in a thread."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", **uvicorn_options())
+    config = uvicorn.Config(app, log_level="warning", **uvicorn_options(http))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -261,9 +261,13 @@ def http_exchange(conn: socket.socket, request: bytes) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def test_oversized_authorization_header_gets_the_json_envelope(settings, enqueuer):
+PROTOCOLS = pytest.mark.parametrize("http", ["auto", "h11"])  # httptools where installed, and h11
+
+
+@PROTOCOLS
+def test_oversized_authorization_header_gets_the_json_envelope(settings, enqueuer, http):
     app = create_app(settings, enqueuer=enqueuer, engine=FakeEngine(steps=3), run_reaper=False)
-    with live_server(app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    with live_server(app, http) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         response = http_exchange(conn, b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                                  + b"a" * 200_000 + b"\r\n\r\n")
     head, _, body = response.partition(b"\r\n\r\n")
@@ -277,7 +281,8 @@ class ExplodingEngine(FakeEngine):
         raise RuntimeError("a bug")
 
 
-def test_keep_alive_survives_a_500(settings, enqueuer):
+@PROTOCOLS
+def test_keep_alive_survives_a_500(settings, enqueuer, http):
     app = create_app(settings, enqueuer=enqueuer, engine=ExplodingEngine(steps=3), run_reaper=False)
     with app.state.services.factory() as session:
         key = create_key(session, owner_name="alice").key
@@ -286,7 +291,7 @@ def test_keep_alive_survives_a_500(settings, enqueuer):
     upload = (f"POST /v1/teachers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
               f"Content-Type: application/zip\r\nContent-Length: {len(archive)}\r\n\r\n").encode() + archive
     get = f"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
-    with live_server(app) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+    with live_server(app, http) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         first = http_exchange(conn, upload)
         assert first.startswith(b"HTTP/1.1 500"), first[:200]
         assert json.loads(first.partition(b"\r\n\r\n")[2])["error"]["code"] == "internal"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -50,7 +51,8 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path):
-    s = Served(tmp_path, {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "5"})
+    s = Served(tmp_path, {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "5",
+                          "SKILLKD_AUTH_CACHE_S": "1"})
     yield s
     s.stop()
 
@@ -92,5 +94,6 @@ def test_keys_and_bad_spec(served):
     r = served.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--sparsity", "2")
     assert r.returncode != 0 and "sparsity" in r.stderr
     assert "revoked 1" in served.cli("keys", "revoke", key[:12]).stdout
+    time.sleep(1.2)  # the API caches a key's owner for SKILLKD_AUTH_CACHE_S; a revocation applies after it
     r = served.cli("status", "--api-key", key)
     assert r.returncode != 0 and "unauthorized" in r.stderr
