@@ -143,6 +143,9 @@ def evaluate_command(
 @click.option("--methods", default="skill,dphubert", show_default=True, callback=_methods,
               help="Comma-separated methods.")
 @click.option("--sparsity", type=float, default=0.75, show_default=True)
+@click.option("--budgets", default=None,
+              help="Compare size budgets instead of one sparsity: ';'-separated, each ','-separated spec targets, "
+                   "e.g. 'sparsity=0.75;macs_sparsity=0.75;sparsity=0.75,macs_sparsity=0.75'.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Runs per method, seeds 0..N-1 (compression and probes).")
 @click.option("--preset", type=click.Choice(["quick", "paper"]), default="quick", show_default=True)
@@ -159,22 +162,23 @@ def evaluate_command(
               help="Directory for runs/, comparison.json, comparison.md and comparison.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison JSON on stdout.")
 def compare_command(
-    teacher: Path, dataset: Path, methods: list[str], sparsity: float, seeds: int, preset: str,
+    teacher: Path, dataset: Path, methods: list[str], sparsity: float, budgets: str | None, seeds: int, preset: str,
     stage1_steps: int | None, stage2_steps: int | None, clusters: str | None, tasks: tuple[str, ...], phone_field: str, train_split: str,
     test_split: str, fbank: bool, device: str, out_dir: Path, as_json: bool,
 ) -> None:
     """Compress TEACHER with each method and seed on DATASET's train split; probe all models alike."""
-    from core.evaluation.compare import compare, render_comparison
+    from core.evaluation.compare import compare, parse_budgets, render_comparison
 
     overrides: dict[str, Any] = {}
     if clusters is not None:
         overrides["clusters"] = int(clusters) if clusters.strip().isdigit() else clusters.strip()
     bars = EventBars()
+    budget_list = _run(bars, lambda: parse_budgets(budgets)) if budgets else None
     result = _run(bars, lambda: compare(
         teacher, dataset, out_dir=out_dir, methods=methods, sparsity=sparsity, seeds=seeds, preset=preset,
         stage1_steps=stage1_steps, stage2_steps=stage2_steps, tasks=tasks, phone_field=phone_field,
         train_split=train_split, test_split=test_split, include_fbank=fbank, device=device, on_event=bars,
-        spec_overrides=overrides,
+        spec_overrides=overrides, budgets=budget_list,
     ))
     click.echo(json.dumps(result, indent=2, default=str) if as_json else render_comparison(result))
 

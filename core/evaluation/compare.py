@@ -51,6 +51,31 @@ from core.events import Event, OnEvent, ignore_event
 
 FORMAT = "skillkd-comparison"
 METHODS = ("skill", "dphubert")
+BUDGET_FIELDS = ("sparsity", "target_params", "macs_sparsity", "target_macs")
+
+
+def parse_budgets(text: str) -> list[dict[str, Any]]:
+    """'sparsity=0.75;macs_sparsity=0.75;sparsity=0.75,macs_sparsity=0.75' -> one dict of spec target fields
+    per budget (values as written: the spec parses counts such as 2.5G and checks ranges)."""
+    budgets: list[dict[str, Any]] = []
+    for part in text.split(";"):
+        budget: dict[str, Any] = {}
+        for item in part.split(","):
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in BUDGET_FIELDS or not value.strip():
+                raise ValueError(f"cannot read budget {part.strip()!r}: expected field=value pairs of "
+                                 f"{', '.join(BUDGET_FIELDS)}, e.g. 'sparsity=0.75;macs_sparsity=0.75'")
+            try:
+                budget[key] = float(value) if key.endswith("sparsity") else value.strip()
+            except ValueError:
+                raise ValueError(f"budget {part.strip()!r}: {key} must be a number, found {value!r}") from None
+        budgets.append(budget)
+    return budgets
+
+
+def budget_label(budget: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items())
 
 
 def write_split_view(dataset: Path, split: str, dest: Path) -> Path:
@@ -91,6 +116,10 @@ def write_split_view(dataset: Path, split: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / MANIFEST_NAME).write_text("\n".join(kept) + "\n", encoding="utf-8")
     return dest
+
+
+def _budget_of(spec: Any) -> dict[str, Any]:
+    return {k: getattr(spec, k) for k in BUDGET_FIELDS if getattr(spec, k) is not None}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -141,11 +170,15 @@ def compare(
     device: str = "auto",
     measure_speed: bool = True,
     spec_overrides: dict[str, Any] | None = None,
+    budgets: Sequence[dict[str, Any]] | None = None,
     phone_config: PhoneProbeConfig = PhoneProbeConfig(),
     speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
     on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
-    """Compress `teacher` with each method × seed (0..seeds-1) on the train split, probe all, write the report."""
+    """Compress `teacher` with each method × seed (0..seeds-1) on the train split, probe all, write the report.
+
+    With `budgets` (each a dict of spec target fields, e.g. {"macs_sparsity": 0.75}) every method is also run
+    at every budget instead of at `sparsity`; the groups are then named "method [budget]"."""
     from core import pipeline
     from core.spec import CompressionSpec
 
@@ -159,13 +192,20 @@ def compare(
     seed_list = list(range(seeds))
     run_device = select_device(device)
     # Built up front so a bad spec fails before any minute is spent.
+    budget_list = list(budgets) if budgets else [{"sparsity": sparsity}]
+    named = len(budget_list) > 1 or budgets is not None
+
+    def group_name(method: str, budget: dict[str, Any]) -> str:
+        return f"{method} [{budget_label(budget)}]" if named else method
+
     specs = {
-        (method, seed): CompressionSpec(**{
-            "sparsity": sparsity, "preset": preset, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-            "device": device, **(spec_overrides or {}), "method": method, "seed": seed,
+        (group_name(method, budget), method, seed): CompressionSpec(**{
+            "preset": preset, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+            "device": device, **(spec_overrides or {}), **budget, "method": method, "seed": seed,
         })
-        for method in methods for seed in seed_list
+        for method in methods for budget in budget_list for seed in seed_list
     }
+    student_groups = list(dict.fromkeys(group for group, _, _ in specs))
 
     # 1. Labels, and the train-only view compression runs on
     data = load_probe_data(dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
@@ -194,10 +234,12 @@ def compare(
     if include_fbank:
         probe_all(Fbank(), "fbank", "fbank", seed_list, source="fbank")  # features dropped on return
     # 4. Students
-    for (method, seed), spec in specs.items():
-        emit(Event("log", STAGE, message=f"compress {method} seed {seed}"))
-        result = pipeline.run(spec, teacher, train_view, out_dir / "runs" / f"{method}-seed{seed}", on_event=emit)
-        student, name, _ = load_representation_model(result.export_dir, f"{method}-seed{seed}")
+    for (group, method, seed), spec in specs.items():
+        emit(Event("log", STAGE, message=f"compress {group} seed {seed}"))
+        run_name = f"{method}-seed{seed}" if group == method else (
+            f"{method}-{budget_label(_budget_of(spec)).replace('=', '').replace(',', '-')}-seed{seed}")
+        result = pipeline.run(spec, teacher, train_view, out_dir / "runs" / run_name, on_event=emit)
+        student, name, _ = load_representation_model(result.export_dir, run_name)
         clusters = result.report.get("clusters") or clusters_from_export(result.export_dir)
         student_features = extract(student, data, name=name, device=run_device, on_event=emit)
         facts = describe_model(student, measure_speed=measure_speed)
@@ -206,21 +248,23 @@ def compare(
             cka = {"clusters": clusters,
                    "values": cluster_cka(teacher_features, student_features, clusters, test_ids)}
         runs.append({
-            "model": name, "group": method, "seed": seed, "source": str(result.export_dir),
+            "model": name, "group": group, "method": method, "seed": seed, "source": str(result.export_dir),
             "num_representations": student_features.num_reps, "dim": student_features.dim,
-            "achieved_sparsity": result.report.get("achieved_sparsity"), **facts, "cka": cka,
+            "achieved_sparsity": result.report.get("achieved_sparsity"), "targets": result.report.get("targets"),
+            **facts, "cka": cka,
             **run_probes(student_features, data, seed=seed, phone_config=phone_config,
                          speaker_config=speaker_config, on_event=emit),
         })
         del student, student_features
 
     # 5. Aggregate and write
-    groups = ["teacher"] + (["fbank"] if include_fbank else []) + list(methods)
+    groups = ["teacher"] + (["fbank"] if include_fbank else []) + student_groups
     comparison = {
         "format": FORMAT,
         "teacher": str(teacher),
         "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split, **data.summary()},
-        "methods": list(methods), "sparsity": sparsity, "seeds": seed_list, "preset": preset,
+        "methods": list(methods), "sparsity": None if budgets else sparsity,
+        "budgets": [budget_label(b) for b in budget_list] if budgets else None, "seeds": seed_list, "preset": preset,
         "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "spec_overrides": spec_overrides or {},
         "tasks": list(data.tasks), "phone_field": phone_field if "pr" in data.tasks else None,
         "rows": [_aggregate(group, runs) for group in groups],
@@ -240,13 +284,18 @@ def _pm(mean: float | None, std: float | None) -> str:
     return "—" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
 
 
+def _budget_text(comparison: dict[str, Any]) -> str:
+    budgets = comparison.get("budgets")
+    return f"budgets {'; '.join(budgets)}" if budgets else f"sparsity {comparison['sparsity']}"
+
+
 def render_comparison(comparison: dict[str, Any]) -> str:
     data = comparison["dataset"]
     lines = [
         f"# Comparison on `{data['path']}`",
         "",
-        f"Teacher `{comparison['teacher']}`; methods {', '.join(comparison['methods'])} at sparsity "
-        f"{comparison['sparsity']} (preset {comparison['preset']}), seeds {comparison['seeds']}. Compression on "
+        f"Teacher `{comparison['teacher']}`; methods {', '.join(comparison['methods'])} at "
+        f"{_budget_text(comparison)} (preset {comparison['preset']}), seeds {comparison['seeds']}. Compression on "
         f"split `{data['train_split']}` only; probes trained on `{data['train_split']}` "
         f"({data['train_utterances']} utterances) and scored on `{data['test_split']}` "
         f"({data['test_utterances']} utterances). Mean ± standard deviation over seeds.",
@@ -292,7 +341,7 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(rows)), names, rotation=20, ha="right")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    figure.suptitle(f"sparsity {comparison['sparsity']}, seeds {comparison['seeds']}", fontsize=10)
+    figure.suptitle(f"{_budget_text(comparison)}, seeds {comparison['seeds']}", fontsize=10)
     figure.savefig(path, dpi=120)
 
 

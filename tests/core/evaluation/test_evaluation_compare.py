@@ -101,6 +101,26 @@ def test_compare_orchestrates_methods_and_seeds(tmp_path: Path, monkeypatch: pyt
         assert first.get("pr") == second.get("pr") and first.get("sid") == second.get("sid")
 
 
+def test_compare_budgets_runs_each_method_at_each_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.pipeline
+    from core.evaluation.compare import parse_budgets
+
+    budgets = parse_budgets("sparsity=0.75;macs_sparsity=0.75;sparsity=0.5,target_macs=2.5G")
+    assert budgets == [{"sparsity": 0.75}, {"macs_sparsity": 0.75}, {"sparsity": 0.5, "target_macs": "2.5G"}]
+    with pytest.raises(ValueError, match="field=value"):
+        parse_budgets("params=0.75")
+    fake = FakePipeline()
+    monkeypatch.setattr(core.pipeline, "run", fake)
+    teacher = save_teacher(tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4),
+                           conv_stride=(5, 8, 8))
+    result = compare(teacher, write_dataset(tmp_path / "data"), out_dir=tmp_path / "cmp", methods=["skill"],
+                     seeds=1, budgets=budgets[:2], include_fbank=False, measure_speed=False, **FAST)
+    assert [row["model"] for row in result["rows"]] == [
+        "teacher", "skill [sparsity=0.75]", "skill [macs_sparsity=0.75]"]
+    assert [c["sparsity"] for c in fake.calls] == [0.75, None]
+    assert "budgets sparsity=0.75; macs_sparsity=0.75" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
 def test_compare_cli_refuses_unknown_methods(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "data")
     result = CliRunner().invoke(compare_command, [str(dataset), str(dataset), "--methods", "skill,lora",
