@@ -7,7 +7,8 @@ PostgreSQL, in one run:
     python bench/api_load.py --profile                # also: cProfile of the server under the GET load
 
 Each server runs in its own process (uvicorn, one worker, the service's own options), seeded through its own
-code and a fresh database (SQLite file, or a new PostgreSQL database created via --pg-admin-url); the queue is
+code and a fresh database; the before and after servers of a database run side by side and are measured in
+alternation for `--rounds` rounds (the summary is the median) (SQLite file, or a new PostgreSQL database created via --pg-admin-url); the queue is
 in memory, so the numbers measure the API and the database, not the broker. The client is another process
 with `--concurrency` threads on keep-alive connections. "before" is the tree of `--before` exported with
 `git archive` (the working tree is not touched). The machine is shared: the load average before and after
@@ -98,6 +99,8 @@ try:
     import os
     os.replace(cfg["ready"] + ".tmp", cfg["ready"])
     server.run()
+except KeyboardInterrupt:  # uvicorn re-raises the SIGINT that stopped it
+    pass
 finally:
     if profiler is not None:
         profiler.disable()
@@ -196,49 +199,66 @@ def drive(url: str, key: str, requests: int, concurrency: int, make_request, ser
     }
 
 
-def measure(tree: Path, kind: str, args: argparse.Namespace, profile: Path | None) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="skillkd-bench-"))
-    db = Database(kind, home, args.pg_admin_url)
-    port = free_port()
-    cfg = {"tree": str(tree), "home": str(home), "database_url": db.url, "port": port, "jobs": args.jobs,
-           "ready": str(home / "ready.json"), "profile": str(profile) if profile else ""}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(cfg)], cwd=tree, env=env)
-    try:
+class Server:
+    """One API server process on a fresh, seeded database."""
+
+    def __init__(self, tree: Path, kind: str, args: argparse.Namespace, profile: Path | None) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="skillkd-bench-"))
+        self.db = Database(kind, self.home, args.pg_admin_url)
+        port = free_port()
+        cfg = {"tree": str(tree), "home": str(self.home), "database_url": self.db.url, "port": port,
+               "jobs": args.jobs, "ready": str(self.home / "ready.json"), "profile": str(profile) if profile else ""}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(cfg)], cwd=tree, env=env)
+        self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300
-        ready = home / "ready.json"
+        ready = self.home / "ready.json"
         while not ready.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"the {tree.name} server did not start on {kind}")
             time.sleep(0.1)
-        info = json.loads(ready.read_text())
-        url = f"http://127.0.0.1:{port}"
+        self.info = json.loads(ready.read_text())
         import httpx
 
         while True:
             try:
-                httpx.get(f"{url}/healthz", timeout=2)
+                httpx.get(f"{self.url}/healthz", timeout=2)
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        ids = info["ids"]
-        result = {"database": kind}
+
+    def measure(self, args: argparse.Namespace) -> dict:
+        ids, key = self.info["ids"], self.info["key"]
+        result = {}
         for c in args.concurrency:
-            result[f"get_job_c{c}"] = drive(url, info["key"], args.requests, c,
-                                            lambda cl, rng: cl.get(f"/v1/jobs/{rng.choice(ids)}"), server.pid)
-        body = {"teacher_id": info["teacher_id"], "dataset_id": info["dataset_id"], "spec": {"preset": "quick"}}
-        result["create_job"] = drive(url, info["key"], args.creates, max(args.concurrency),
-                                     lambda cl, rng: cl.post("/v1/jobs", json=body), server.pid)
+            result[f"get_job_c{c}"] = drive(self.url, key, args.requests, c,
+                                            lambda cl, rng: cl.get(f"/v1/jobs/{rng.choice(ids)}"), self.proc.pid)
+        body = {"teacher_id": self.info["teacher_id"], "dataset_id": self.info["dataset_id"],
+                "spec": {"preset": "quick"}}
+        result["create_job"] = drive(self.url, key, args.creates, max(args.concurrency),
+                                     lambda cl, rng: cl.post("/v1/jobs", json=body), self.proc.pid)
         return result
-    finally:
-        server.send_signal(signal.SIGINT)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
         try:
-            server.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        db.drop()
-        shutil.rmtree(home, ignore_errors=True)
+            self.proc.kill()
+            self.proc.wait()
+        self.db.drop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def medians(rounds: list[dict]) -> dict:
+    """Per measurement, the median over rounds of each figure."""
+    out: dict = {}
+    for name in rounds[0]:
+        out[name] = {k: round(statistics.median(r[name][k] for r in rounds), 3)
+                     for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")}
+        out[name]["errors"] = sum(r[name]["errors"] for r in rounds)
+    return out
 
 
 def print_profile(path: Path, limit: int = 30) -> str:
@@ -260,6 +280,7 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=400)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8],
                         help="client threads, comma-separated (each is one GET measurement)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating before/after measurements")
     parser.add_argument("--profile", type=Path, default=None,
                         help="directory for a cProfile of each 'after' server (top functions printed)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.json")
@@ -274,16 +295,29 @@ def main() -> None:
                                                      capture_output=True, text=True).stdout.strip() + " + working tree",
                     "jobs_in_db": args.jobs, "results": {}}
     try:
-        # interleaved (before, after per database) so both see the same machine load as far as possible
+        # Both servers of a database run side by side and are measured in alternation, round after round, so
+        # that before and after see the same machine load as far as a shared machine allows; the summary is
+        # the median over rounds.
         for kind in args.databases.split(","):
-            for label, tree in trees.items():
-                profile = args.profile / f"{label}-{kind}.prof" if args.profile and label == "after" else None
-                if profile is not None:
-                    args.profile.mkdir(parents=True, exist_ok=True)
-                print(f"{label} / {kind} ...", file=sys.stderr, flush=True)
-                result["results"].setdefault(kind, {})[label] = measure(tree, kind, args, profile)
-                if profile is not None and profile.exists():
-                    print(print_profile(profile), file=sys.stderr)
+            servers = {}
+            try:
+                for label, tree in trees.items():
+                    profile = args.profile / f"{label}-{kind}.prof" if args.profile and label == "after" else None
+                    if profile is not None:
+                        args.profile.mkdir(parents=True, exist_ok=True)
+                    servers[label] = Server(tree, kind, args, profile)
+                rounds: dict[str, list[dict]] = {label: [] for label in servers}
+                for r in range(args.rounds):
+                    for label, server in servers.items():
+                        print(f"{kind} round {r + 1}/{args.rounds}: {label} ...", file=sys.stderr, flush=True)
+                        rounds[label].append(server.measure(args))
+                result["results"][kind] = {label: {"median": medians(rs), "rounds": rs} for label, rs in rounds.items()}
+            finally:
+                for server in servers.values():
+                    server.stop()
+            if args.profile:
+                for prof in sorted(args.profile.glob(f"*-{kind}.prof")):
+                    print(print_profile(prof), file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),

@@ -39,7 +39,8 @@ class Engine(Protocol):
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         """AudioCatalog.summary(): files, hours, sample_rates (list), skipped (by reason), skipped_examples
-        ([{path, reason}]); raises AudioError if nothing usable."""
+        ([{path, reason}]), and optionally phone_labelled (items with phone labels); raises AudioError if nothing
+        usable."""
         ...
 
     def run(
@@ -74,7 +75,10 @@ class CoreEngine:
     def scan_audio(self, source: Path) -> dict[str, Any]:
         from core.audio import scan_audio
 
-        return dict(scan_audio(source).summary())
+        catalog = scan_audio(source)
+        # whether a job with evaluate=true can run on it (the engine needs phone labels): checked at POST /v1/jobs
+        labelled = sum(1 for item in catalog.items if item.extra.get("arpabet"))
+        return {**catalog.summary(), "phone_labelled": labelled}
 
     def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
         from core.pipeline import run

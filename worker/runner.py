@@ -108,8 +108,9 @@ class JobRunner:
 
     def _finish_stopped(self, job_id: str) -> str:
         with self.factory() as session:
+            # a clean pause is not a failed attempt: it does not count towards max_attempts
             if transition(session, job_id=job_id, from_statuses=("pausing",), status="paused", worker=None,
-                          heartbeat_at=None):
+                          heartbeat_at=None, attempts=Job.attempts - 1):
                 add_event(session, job_id=job_id, kind="status", message="paused at a checkpoint")
                 session.commit()
                 return "paused"

@@ -44,6 +44,7 @@ def normalise_summary(summary: dict) -> dict:
         "sample_rates": sorted(int(r) for r in rates),
         "skipped": {str(k): int(v) for k, v in (summary.get("skipped") or {}).items()},
         "examples": examples,
+        **({"phone_labelled": int(summary["phone_labelled"])} if "phone_labelled" in summary else {}),
     }
 
 

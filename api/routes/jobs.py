@@ -77,11 +77,17 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
     teacher = crud.owned(session, model=Teacher, row_id=body.teacher_id, owner_id=owner.id)
     if teacher is None:
         raise UnprocessableInput(f"teacher_id: teacher {body.teacher_id} not found", code="teacher_not_found")
+    spec = body.spec
     for field in ("dataset_id", "calibration_dataset_id"):
         value = getattr(body, field)
-        if value is not None and crud.owned(session, model=Dataset, row_id=value, owner_id=owner.id) is None:
+        if value is None:
+            continue
+        dataset = crud.owned(session, model=Dataset, row_id=value, owner_id=owner.id)
+        if dataset is None:
             raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
-    spec = body.spec
+        if field == "dataset_id" and spec.evaluate and (dataset.summary or {}).get("phone_labelled") == 0:
+            raise _spec_error("evaluate", "evaluation needs a dataset manifest with an 'arpabet' phone field and "
+                              f"'split' rows; dataset {value} has none (run without evaluate, or upload one)")
     try:
         spec.target_sparsity(teacher.num_params)
     except ValueError as exc:

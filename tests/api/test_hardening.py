@@ -298,3 +298,25 @@ def test_keep_alive_survives_a_500(settings, enqueuer, http):
         assert b"connection: close" not in first.lower()
         second = http_exchange(conn, get)  # the same connection still serves
         assert second.startswith(b"HTTP/1.1 200"), second[:200]
+
+
+class LabelCountingEngine(FakeEngine):
+    """Reports, like CoreEngine, how many items carry phone labels."""
+
+    labelled = 0
+
+    def scan_audio(self, source: Path):
+        return {**super().scan_audio(source), "phone_labelled": self.labelled}
+
+
+def test_evaluate_without_phone_labels_is_422_at_post(client, alice, teacher, app, audio_zip, enqueuer):
+    engine = LabelCountingEngine(steps=3)
+    app.state.services.engine = engine
+    headers = {**alice, "Content-Type": "application/zip"}
+    unlabelled = client.post("/v1/datasets", content=audio_zip, headers=headers).json()
+    r = create(client, alice, teacher, unlabelled, {"evaluate": True})
+    assert r.status_code == 422 and "spec.evaluate" in r.json()["error"]["message"], r.text
+    engine.labelled = 3
+    labelled = client.post("/v1/datasets", content=audio_zip, headers=headers).json()
+    assert create(client, alice, teacher, labelled, {"evaluate": True}).status_code == 202
+    assert create(client, alice, teacher, unlabelled, {"evaluate": False}).status_code == 202

@@ -87,7 +87,7 @@ def test_pause_running_stops_at_a_checkpoint_and_resume_continues(client, alice,
     with app.state.services.factory() as session:
         steps = session.scalars(select(JobEvent.step).where(
             JobEvent.job_id == job["id"], JobEvent.kind == "progress", JobEvent.stage == "distill_prune")).all()
-        assert session.get(Job, job["id"]).attempts == 2
+        assert session.get(Job, job["id"]).attempts == 1  # a clean pause is not a failed attempt
     assert steps == list(range(1, 9))  # continued at 4: no step ran twice
 
 
