@@ -9,6 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 cur
 WORKDIR /app
 COPY pyproject.toml README.md* ./
 COPY core core
+COPY service service
 COPY api api
 COPY worker worker
 COPY migrations migrations
