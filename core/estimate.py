@@ -314,7 +314,7 @@ def render(result: dict[str, Any]) -> str:
         + (f"; x {w['gpus']} GPUs" if w["gpus"] > 1 else ""),
         f"          {w['stage1_audio_seconds'] + w['stage2_audio_seconds']:g} s of audio through the training "
         f"stages ({w['stage1_audio_seconds']:g} + {w['stage2_audio_seconds']:g})",
-        f"timed:    on {result['device']} ({result['threads']} threads), median of {timing['timed_steps']} steps "
+        f"timed:    on {result['device']} ({result['threads']} thread{'s' if result['threads'] != 1 else ''}), median of {timing['timed_steps']} steps "
         f"after one: stage 1 {timing['stage1']['step_s']:.3f} s/step{timed2}",
         f"estimate: {_duration(e['total'])} (inputs {e['inputs']:g} s, calibrate {e['calibrate']:g} s, stage 1 "
         f"{e['distill_prune']:g} s, stage 2 {e['final_distill']:g} s, export {e['export']:g} s)",
