@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import AudioError, StopRequested, TeacherError
+from core.errors import AudioError, SpecError, StopRequested, TeacherError
 from core.events import Event
 
 _AUDIO = {".wav", ".flac", ".ogg", ".mp3"}
@@ -95,6 +95,8 @@ class DashboardFakeEngine:
     def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
         emit = on_event or (lambda e: None)
         stop = should_stop or (lambda: False)
+        if spec.device.startswith("cuda"):  # as the real engine answers on a machine without CUDA
+            raise SpecError(f"device {spec.device!r} was asked for but CUDA is not available on this machine")
         workdir.mkdir(parents=True, exist_ok=True)
         config = json.loads((teacher / "config.json").read_text())
         rng = random.Random(spec.seed)

@@ -89,7 +89,13 @@ def test_create_job_through_the_form_and_watch_it_finish(page_for, service, inpu
     page.goto(f"{service.url}/ui/#/new")
     page.wait_for_selector("#spec-device")
 
-    # uploads: progress, then the server's validation result
+    # uploads: a rejected archive shows the server's code and message; a good one its validation result
+    bad = tmp / "not-a-teacher.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("readme.txt", "no model here")
+    page.set_input_files("#teacher-file", str(bad))
+    page.wait_for_selector("#teacher-info .error")
+    assert "teacher_invalid" in page.inner_text("#teacher-info .error code")
     page.set_input_files("#teacher-file", str(teacher_zip(tmp / "form-teacher.zip")))
     page.wait_for_selector("#teacher-info dl")
     assert "hubert" in page.inner_text("#teacher-info")
@@ -100,8 +106,8 @@ def test_create_job_through_the_form_and_watch_it_finish(page_for, service, inpu
     assert page.input_value("#teacher-select").startswith("tch_")
 
     # a value only the server rejects: shown at its field
-    page.fill("#spec-stage1_steps", "40")
-    page.fill("#spec-stage2_steps", "10")
+    page.fill("#spec-stage1_steps", "25")
+    page.fill("#spec-stage2_steps", "6")
     page.fill("#spec-device", "tpu")
     page.click("#submit-job")
     page.wait_for_selector("#spec-device-error:not([hidden])")
@@ -220,6 +226,21 @@ def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service,
     with service.client("alice") as c:
         assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
     page.screenshot(path=str(shots / "job-cancelled.png"), full_page=True)
+    no_js_errors(page)
+
+
+def test_a_failed_job_shows_its_error_code_and_message(page_for, service, inputs, finished, shots):
+    with service.client("alice") as c:
+        r = c.post("/v1/jobs", json={"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
+                                     "spec": {"device": "cuda"}})
+        job = wait_job(c, r.json()["id"], {"failed"})
+    page = page_for("alice")
+    page.goto(f"{service.url}/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("#job-error")
+    text = page.inner_text("#job-error")
+    assert job["error"]["code"] == "spec_invalid" and "spec_invalid" in text and "CUDA is not available" in text
+    assert page.locator("ol.timeline li[data-state=done]").count() == 0
+    page.screenshot(path=str(shots / "job-failed.png"), full_page=True)
     no_js_errors(page)
 
 

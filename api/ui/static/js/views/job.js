@@ -323,7 +323,10 @@ export function trainingCharts(events, job, report) {
     : [{ name: "loss", points: pick("loss") }];
   charts.push(lineChart({ title: "Distillation loss", xLabel: "optimiser step", yLabel: "loss (no unit)", series: lossSeries, vLines }));
 
-  const target = (report && report.target_sparsity) ?? job.spec.sparsity ?? null;
+  const spec = job.spec;
+  // without any size target, the spec's documented default: 75% of the parameters (core.spec.DEFAULT_SPARSITY)
+  const noTarget = spec.sparsity == null && spec.target_params == null && spec.target_macs == null && spec.macs_sparsity == null;
+  const target = (report && report.target_sparsity) ?? spec.sparsity ?? (noTarget ? 0.75 : null);
   const sparsity = [
     { name: "expected sparsity (params)", points: pick("sparsity", "distill_prune").map(([x, y]) => [x, 100 * y]) },
     { name: "target schedule", points: pick("target_sparsity", "distill_prune").map(([x, y]) => [x, 100 * y]), dash: "5 3" },

@@ -32,7 +32,6 @@ export async function renderJobs(main, params, signal) {
   if (status) query.set("status", status);
   if (after) query.set("after", after);
   const [page, all] = await Promise.all([get(`/v1/jobs?${query}`, { signal }), statuses()]);
-  const snapshot = Date.now();
 
   const filter = h("select", { id: "status-filter", name: "status", onchange: (e) => {
     newer.length = 0;
@@ -85,6 +84,7 @@ export async function renderJobs(main, params, signal) {
   const active = page.items.filter((j) => !TERMINAL.has(j.status)).slice(0, MAX_STREAMS);
   const note = document.getElementById("live-note");
   if (active.length) note.textContent = `live: following ${active.length} active job${active.length > 1 ? "s" : ""}`;
+  const since = new Map(active.map((j) => [j.id, fmt.parseTime(j.updated_at) || 0]));
   for (const job of active) {
     follow(job.id);
   }
@@ -93,8 +93,9 @@ export async function renderJobs(main, params, signal) {
     followEvents(id, 0, async (kind, data) => {
       const row = rows.get(id);
       if (!row) return;
-      // The stream starts at the job's first event; the page already shows the state as of `snapshot`.
-      if (kind !== "end" && fmt.parseTime(data.created_at) < snapshot - 2000 && !TERMINAL.has(row.job.status)) return;
+      // The stream starts at the job's first event; the row already shows the job as of its updated_at
+      // (both times are the server's clock).
+      if (kind !== "end" && fmt.parseTime(data.created_at) < since.get(id)) return;
       if (kind === "progress" || kind === "stage_started" || kind === "stage_finished") {
         update(id, { ...row.job, stage: data.stage,
           progress: { stage: data.stage, step: data.step, total_steps: data.total, eta_s: data.eta_s, metrics: data.metrics } });
