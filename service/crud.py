@@ -3,12 +3,14 @@ call, so no route builds a query or commits by itself. Job state changes are in 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from service.models import NON_TERMINAL_STATUSES, Artifact, Dataset, Job, JobEvent, Teacher
+from service.storage import LocalStorage
 
 Row = TypeVar("Row")
 
@@ -31,6 +33,14 @@ def page(session: Session, *, model: type[Row], owner_id: str, limit: int, after
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1].id if more else None)  # type: ignore[attr-defined]
+
+
+def dataset_path(session: Session, *, storage: LocalStorage, dataset_id: str) -> Path:
+    """Where a dataset's audio is: the registered server directory, or its folder in storage."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is not None and dataset.source == "server_path" and dataset.server_path:
+        return Path(dataset.server_path)
+    return storage.dataset_dir(dataset_id)
 
 
 def insert(session: Session, *, row: Any) -> Any:
@@ -75,4 +85,4 @@ def delete_resource(session: Session, *, model: type[Teacher] | type[Dataset], r
     return []
 
 
-__all__ = ["owned", "page", "insert", "jobs_using", "delete_jobs", "delete_resource"]
+__all__ = ["owned", "page", "dataset_path", "insert", "jobs_using", "delete_jobs", "delete_resource"]

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -56,6 +56,12 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+def ping(factory: sessionmaker[Session]) -> None:
+    """One round trip to the database (raises if it is unreachable): /readyz."""
+    with factory() as session:
+        session.execute(text("SELECT 1"))
+
+
 def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
@@ -75,4 +81,4 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-__all__ = ["make_engine", "make_sessionmaker", "session_scope", "upgrade", "alembic_config"]
+__all__ = ["make_engine", "make_sessionmaker", "session_scope", "ping", "upgrade", "alembic_config"]

@@ -85,3 +85,24 @@ def test_the_engine_loads_no_service_package() -> None:
 def test_the_worker_never_loads_the_api() -> None:
     loaded = loaded_after("import worker.tasks, worker.runner")
     assert not loaded & {"api", "fastapi"}
+
+
+def test_routes_leave_data_access_to_the_store() -> None:
+    """Routes call service.crud / service.jobstore; they do not query, add, delete or commit themselves."""
+    bad = []
+    for path in sorted((ROOT / "api" / "routes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("add", "add_all", "commit", "execute", "query", "scalar", "scalars",
+                                           "delete", "get", "refresh", "rollback")
+                    and isinstance(node.func.value, ast.Name) and "session" in node.func.value.id):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} session.{node.func.attr}()")
+    assert not bad, "\n".join(bad)
+
+
+def test_one_definition_of_the_vocabularies() -> None:
+    """The job statuses, the stage list and the id pattern are spelled out once."""
+    texts = {p: p.read_text() for pkg in ("core", "service", "api", "worker") for p in (ROOT / pkg).rglob("*.py")}
+    for needle in ('"queued", "running"', '"distill_prune", "finalize"', "[0-9a-f]{28}"):
+        where = [str(p.relative_to(ROOT)) for p, text in texts.items() if needle in text]
+        assert len(where) == 1, (needle, where)

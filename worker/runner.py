@@ -29,9 +29,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.errors import SkillkdError, StopRequested
 from core.events import Event
 from core.spec import CompressionSpec
+from service.crud import dataset_path
 from service.engine import Engine, EngineResult
 from service.jobstore import add_event, claim, heartbeat, stale_cutoff, transition
-from service.models import Artifact, Dataset, Job, utcnow
+from service.models import Artifact, Job, utcnow
 from service.queue import Enqueuer
 from service.settings import Settings
 from service.storage import LocalStorage, public_message
@@ -101,10 +102,7 @@ class JobRunner:
         return self._finish_succeeded(job_id, result)
 
     def _dataset_path(self, session: Session, dataset_id: str) -> Path:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is not None and dataset.source == "server_path" and dataset.server_path:
-            return Path(dataset.server_path)
-        return self.storage.dataset_dir(dataset_id)
+        return dataset_path(session, storage=self.storage, dataset_id=dataset_id)
 
     def _finish_stopped(self, job_id: str) -> str:
         with self.factory() as session:

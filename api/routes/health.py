@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from api.deps import ServicesDep
 from api.schemas import Health
+from service.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -24,8 +24,7 @@ def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(services: ServicesDep) -> Response:
     def check_db() -> None:
-        with services.factory() as session:
-            session.execute(text("SELECT 1"))
+        ping(services.factory)
 
     checks: dict[str, str] = {}
     for name, check in (("database", check_db), ("broker", services.enqueuer.depth)):

@@ -144,10 +144,7 @@ def _dry_run(body: JobCreate, services: Any, session: Session, owner: Owner) -> 
     teacher = check_references(session, owner, body)
 
     def audio_path(dataset_id: str) -> Path:
-        dataset = session.get(Dataset, dataset_id)
-        if dataset is not None and dataset.source == "server_path" and dataset.server_path:
-            return Path(dataset.server_path)
-        return services.storage.dataset_dir(dataset_id)
+        return crud.dataset_path(session, storage=services.storage, dataset_id=dataset_id)
 
     calibration = audio_path(body.calibration_dataset_id) if body.calibration_dataset_id else None
     try:
