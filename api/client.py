@@ -78,12 +78,15 @@ class SkillkdClient:
 
     # jobs ----------------------------------------------------------------------------------------------
     def create_job(self, teacher_id: str, dataset_id: str, spec: dict[str, Any] | None = None, *,
-                   calibration_dataset_id: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+                   calibration_dataset_id: str | None = None, idempotency_key: str | None = None,
+                   dry_run: bool = False) -> dict[str, Any]:
+        """The job; with `dry_run`, the service's estimate instead, and nothing is created."""
         body: dict[str, Any] = {"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": spec or {}}
         if calibration_dataset_id:
             body["calibration_dataset_id"] = calibration_dataset_id
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._check(self.http.post("/v1/jobs", json=body, headers=headers)).json()
+        params = {"dry_run": "true"} if dry_run else None
+        return self._check(self.http.post("/v1/jobs", json=body, headers=headers, params=params)).json()
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()

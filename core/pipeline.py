@@ -303,7 +303,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
             "calibration": {"utterances": cal.get("utterances"), "frames": cal.get("frames"),
                             "audio_seconds": cal.get("audio_seconds", cal.get("seconds"))},
             "audio": catalog.summary(),
-            "stage1": s1, "finalize": fin, "stage2": s2,
+            # the training loops' own `seconds` would be a second, partial clock: wall times are in timings_s
+            "stage1": _without_seconds(s1), "finalize": fin, "stage2": _without_seconds(s2),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "device": str(device)},
             "speed": speed.measure(teacher_model, student, device=device),
@@ -406,6 +407,10 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
             if hasattr(acc, "count") else None}
     (out / "clusters.json").write_text(json.dumps(info, indent=2, default=_json_default))
     return info
+
+
+def _without_seconds(stage: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stage.items() if k != "seconds"}
 
 
 def evaluation_headline(result: dict[str, Any]) -> dict[str, float]:

@@ -66,10 +66,13 @@ def _base_spec(spec_json: str | None) -> dict[str, Any]:
 @click.option("--spec", "spec_json", default=None, help="spec as JSON, or @file.json (options below override it)")
 @click.option("--idempotency-key", default=None)
 @click.option("--wait", is_flag=True, help="follow progress until the job ends; exit 1 unless it succeeded")
+@click.option("--dry-run", is_flag=True, help="upload, then print the service's estimate (JSON) instead of "
+              "creating a job")
 @client_options
 @spec_options
 def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_json: str | None,
-           idempotency_key: str | None, wait: bool, url: str | None, api_key: str | None, **spec_kw: Any) -> None:
+           idempotency_key: str | None, wait: bool, dry_run: bool, url: str | None, api_key: str | None,
+           **spec_kw: Any) -> None:
     """Upload TEACHER_DIR and AUDIO_DIR, create a job, print its id (and follow it with --wait)."""
     from api.client import ClientError
 
@@ -84,9 +87,12 @@ def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_js
                        f"skipped {dataset['skipped']}", err=True)
             calibration_id = c.upload_directory("datasets", calibration)["id"] if calibration else None
             job = c.create_job(teacher["id"], dataset["id"], spec, calibration_dataset_id=calibration_id,
-                               idempotency_key=idempotency_key)
+                               idempotency_key=idempotency_key, dry_run=dry_run)
         except ClientError as exc:
             fail(exc)
+        if dry_run:
+            click.echo(json.dumps(job, indent=2))
+            return
         click.echo(job["id"])
         if wait:
             final = follow(c, job["id"])
