@@ -37,6 +37,8 @@ def test_report_has_speed_timings_and_calibration_audio(tmp_path: Path, tiny_tea
     assert all(timings[s] > 0 for s in stages)
     assert abs(timings["total"] - sum(timings[s] for s in stages)) < 1e-2
 
+    assert "seconds" not in report["stage1"] and "seconds" not in report["stage2"]  # one clock: timings_s
+
     calibration = report["calibration"]
     assert set(calibration) == {"utterances", "frames", "audio_seconds"}
     assert 8.0 < calibration["audio_seconds"] < 8 * 1.6 + 1e-6  # 8 utterances of 1-1.6 s
