@@ -105,7 +105,8 @@ class SpeechEncoder(nn.Module):
         last = self.conv_blocks()[-1]
         projection = self.feature_projection
         if (not self.training and last.hard_concrete is not None and projection.layer_norm is not None
-                and projection.phantom_direction is None and float(last_channels) < last.out_channels):
+                and projection.phantom_direction is None and float(last_channels.detach() if isinstance(last_channels, Tensor) else last_channels)
+                < last.out_channels):
             # removing channels under the projection LayerNorm adds its phantom direction (components.py)
             proj = proj + projection.projection.out_features
         return conv + proj + self.encoder.num_params().to(conv.device)
