@@ -34,13 +34,13 @@ import torch
 from .audio import iter_padded_batches
 from .cka import StreamingCKA
 from .clustering import dphubert_clusters
-from .distill import ClusterTargets
 from .errors import SpecError
 from .events import OnEvent, ignore_event
 from .models import SpeechEncoder, make_student
-from .pipeline import JobInputs, _train_batches, fixed_clusters, prepare_inputs
+from .pipeline import JobInputs, fixed_clusters, prepare_inputs
 from .spec import Budget, CompressionSpec
 from .speed import RUNS, SECONDS, WARMUP, available_cores, default_runs, interleaved_times, torch_threads
+from .stages import cluster_targets, train_batches
 from .train import DistillStep
 
 TIMED_STEPS = 3
@@ -200,8 +200,9 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
     sr = model.config.sample_rate
     recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
     stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
-    batches1 = _train_batches(inputs.catalog, sr, recipe1, spec.seed)
-    batches2 = _train_batches(inputs.catalog, sr, recipe2, spec.seed + 1)
+    # built as the real stages build them (one rank's share when data parallel), which checks the audio again
+    batches1 = train_batches(inputs.catalog, sr, recipe1, spec.seed, world_size=spec.gpus)
+    batches2 = train_batches(inputs.catalog, sr, recipe2, spec.seed + 1, world_size=spec.gpus)
 
     # 2. Sizes ---------------------------------------------------------------------------------------------------
     seconds = spec.macs_reference_seconds
@@ -220,20 +221,17 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
 
     # 3-4. Work and time -----------------------------------------------------------------------------------------
     clusters = default_clusters(spec, model.num_layers)
-    shared = spec.method == "dphubert"
     calibration = time_calibration(spec, inputs)
     for hc in student.hard_concretes():  # stage 1 starts from the masks' initial state
         hc.reset_parameters()
-    targets = ClusterTargets(clusters, model.config.hidden_size, student_mapping=spec.student_mapping,
-                             shared_projection=shared).to(device)
+    targets = cluster_targets(clusters, model.config.hidden_size, spec).to(device)
     step1 = DistillStep(student, model, targets, recipe1, device, budgets=inputs.budgets, macs_seconds=seconds)
     timing1 = time_steps(step1, batches1, device, timed_steps)
     del step1, student, targets
     timing2: dict[str, Any] | None = None
     if stage2_steps:
         pruned.to(device)
-        targets = ClusterTargets(clusters, model.config.hidden_size, student_mapping=spec.student_mapping,
-                                 shared_projection=shared).to(device)
+        targets = cluster_targets(clusters, model.config.hidden_size, spec).to(device)
         step2 = DistillStep(pruned, model, targets, recipe2, device)
         timing2 = time_steps(step2, batches2, device, timed_steps)
         del step2, targets

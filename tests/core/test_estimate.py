@@ -111,3 +111,9 @@ def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     assert not out.exists()
     bad = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, "--target-params", "1G"])
     assert bad.exit_code == 2 and "error [spec_invalid]" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_too_few_batches_for_the_data_parallel_ranks_fails(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    audio = _write_audio(tmp_path / "audio", n=3)  # a few 2 s batches per epoch: not enough for 8 ranks
+    with pytest.raises(AudioError, match="cannot be shared by 8 ranks"):
+        estimate(CompressionSpec(**SPEC, gpus=8), tiny_teacher_dir, audio)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from click.testing import CliRunner
-from conftest import tiny_hubert_config
-from transformers import HubertModel
 
 from core.evaluation.cli import evaluate_command
 from core.evaluation.run import default_name
+from tests.conftest import save_tiny_teacher
 
 
 def test_default_name_of_a_student_comes_from_its_report(tmp_path: Path) -> None:
@@ -30,9 +28,7 @@ def test_default_name_of_a_student_comes_from_its_report(tmp_path: Path) -> None
 
 
 def test_cli_name_option(tmp_path: Path, tiny_dataset: Path) -> None:
-    torch.manual_seed(0)
-    teacher = tmp_path / "teacher"
-    HubertModel(tiny_hubert_config()).save_pretrained(teacher)
+    teacher = save_tiny_teacher(tmp_path / "teacher")
     result = CliRunner().invoke(evaluate_command, [str(teacher), str(tiny_dataset), "--tasks", "sid", "--name",
                                                    "my teacher", "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 0, result.output
