@@ -30,6 +30,18 @@ from transformers.modeling_outputs import BaseModelOutput
 from .configuration_skillkd import SkillkdConfig
 
 
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """nn.Linear; without its random init when it holds no weights (a layer pruned to zero heads or FFN units),
+    which torch would warn about on every load ("Initializing zero-element tensors is a no-op")."""
+    if in_features > 0 and out_features > 0:
+        return nn.Linear(in_features, out_features)
+    linear = nn.Linear(1, 1)
+    linear.weight = nn.Parameter(torch.empty(out_features, in_features))
+    linear.bias = nn.Parameter(torch.zeros(out_features))
+    linear.in_features, linear.out_features = in_features, out_features
+    return linear
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Feature extractor
 # --------------------------------------------------------------------------------------------------------------
@@ -182,10 +194,10 @@ class SelfAttention(nn.Module):
         self.num_heads = config.layer_num_heads[layer]
         self.head_dim = config.head_dim
         inner = self.num_heads * self.head_dim
-        self.q_proj = nn.Linear(self.embed_dim, inner)
-        self.k_proj = nn.Linear(self.embed_dim, inner)
-        self.v_proj = nn.Linear(self.embed_dim, inner)
-        self.out_proj = nn.Linear(inner, self.embed_dim)
+        self.q_proj = _linear(self.embed_dim, inner)
+        self.k_proj = _linear(self.embed_dim, inner)
+        self.v_proj = _linear(self.embed_dim, inner)
+        self.out_proj = _linear(inner, self.embed_dim)
         self.wavlm = config.architecture == "wavlm"
         if self.wavlm:
             self.gate_heads = config.gate_heads
@@ -230,8 +242,8 @@ class FeedForward(nn.Module):
         super().__init__()
         self.embed_dim = config.hidden_size
         self.ffn_dim = config.layer_intermediate_size[layer]
-        self.intermediate_dense = nn.Linear(self.embed_dim, self.ffn_dim)
-        self.output_dense = nn.Linear(self.ffn_dim, self.embed_dim)
+        self.intermediate_dense = _linear(self.embed_dim, self.ffn_dim)
+        self.output_dense = _linear(self.ffn_dim, self.embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.ffn_dim == 0:  # every unit pruned: only the output bias remains

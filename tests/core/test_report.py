@@ -97,3 +97,29 @@ def test_cli_compress_prints_the_measured_speed(tmp_path: Path, tiny_teacher_dir
     speed = report["speed"]
     assert (f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher, "
             f"{speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread") in res.stdout
+
+
+def test_the_hugging_face_export_of_zero_width_layers_loads_without_warnings(
+        tmp_path: Path, tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    import torch
+    from transformers import AutoModel
+
+    from core.hf_export import save_hf_export
+    from core.models import load_huggingface, make_student
+
+    student = make_student(load_huggingface(tiny_wavlm_dir))
+    with torch.no_grad():
+        for layer in student.layers():
+            layer.attention.hard_concrete.log_alpha.fill_(-100.0)
+        student.layers()[0].feed_forward.hard_concrete.log_alpha.fill_(-100.0)
+    student.eval().prune()
+    directory = save_hf_export(student, tmp_path / "hf")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = AutoModel.from_pretrained(directory, trust_remote_code=True)
+    assert not [w for w in caught if "zero-element" in str(w.message)]
+    assert model.config.layer_num_heads == [0, 0] and model.config.layer_intermediate_size[0] == 0
