@@ -320,3 +320,30 @@ def test_evaluate_without_phone_labels_is_422_at_post(client, alice, teacher, ap
     labelled = client.post("/v1/datasets", content=audio_zip, headers=headers).json()
     assert create(client, alice, teacher, labelled, {"evaluate": True}).status_code == 202
     assert create(client, alice, teacher, unlabelled, {"evaluate": False}).status_code == 202
+
+
+# -- artifacts per RFC 9110 -----------------------------------------------------------------------------------
+def test_artifact_ranges_conditionals_and_head_follow_rfc_9110(client, alice, teacher, dataset, drain):
+    job = create(client, alice, teacher, dataset).json()
+    assert drain() == ["succeeded"]
+    url = f"/v1/jobs/{job['id']}/artifacts/model"
+    full = client.get(url, headers=alice)
+    assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"
+    size, etag = len(full.content), full.headers["etag"]
+    for ignored in ("bytes=5-2", "bytes=abc", "items=0-9", "bytes=0-1,4-5"):  # invalid or unsupported: ignored
+        r = client.get(url, headers={**alice, "Range": ignored})
+        assert r.status_code == 200 and r.content == full.content, ignored
+    r = client.get(url, headers={**alice, "Range": "bytes=-4"})
+    assert r.status_code == 206 and r.content == full.content[-4:]
+    assert r.headers["content-range"] == f"bytes {size - 4}-{size - 1}/{size}"
+    r = client.get(url, headers={**alice, "Range": f"bytes={size}-"})
+    assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{size}"
+    assert r.json()["error"]["code"] == "range_not_satisfiable"
+    assert client.get(url, headers={**alice, "If-None-Match": "*"}).status_code == 304
+    assert client.get(url, headers={**alice, "If-None-Match": f'"x", W/{etag}'}).status_code == 304
+    r = client.get(url, headers={**alice, "Range": "bytes=0-3", "If-Range": '"another-version"'})
+    assert r.status_code == 200 and r.content == full.content
+    head = client.head(url, headers=alice)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(size) and head.headers["etag"] == etag
+    assert client.head(f"/v1/jobs/{job['id']}/artifacts/nope", headers=alice).status_code == 404
