@@ -7,9 +7,11 @@
 #   1. nvidia-smi and the torch / CUDA versions
 #   2. python -m pytest -m gpu -q                                   (tests/test_gpu.py and other gpu tests)
 #   3. bench/distill_step.py --size all --device cuda --profile    -> $OUT/distill_step_gpu.json
-#   4. a short real compression of the demo teacher (quick preset, 200 + 100 steps, 40 s batches)
+#   4. the dry run of part 5 (`compress --dry-run`: its estimate) -> $OUT/dry_run_gpu.json
+#   5. a short real compression of the demo teacher (quick preset, 200 + 100 steps, 40 s batches)
 #                                                                   -> $OUT/compress_gpu.json (the result; events are in the log)
-#                                                                      $OUT/compress_gpu_report.json
+#                                                                      $OUT/compress_gpu_report.json (its speed block
+#                                                                      has the student's RTF on the GPU)
 # Nothing is installed from the network; wheels in .whl/ (if any) are installed with --no-index.
 #
 # Environment overrides:
@@ -94,8 +96,13 @@ compress() {
     "$PYTHON" -m api.cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
         --batch-seconds 40 --device cuda --out "$RUN_DIR" --json >"$OUT/compress_gpu.json"
 }
-export -f compress
+dry_run() {
+    "$PYTHON" -m api.cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
+        --batch-seconds 40 --device cuda --dry-run --json >"$OUT/dry_run_gpu.json"
+}
+export -f compress dry_run
 export PYTHON TEACHER AUDIO RUN_DIR OUT
+run_part "dry run (estimate of the next part)" 120 bash -c dry_run
 run_part "compress demo teacher" "$T_COMPRESS" bash -c compress
 cat "$OUT/compress_gpu.json" 2>/dev/null || true
 if [[ -f "$RUN_DIR/student/report.json" ]]; then
