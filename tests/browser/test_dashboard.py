@@ -229,6 +229,21 @@ def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service,
     no_js_errors(page)
 
 
+def test_jobs_list_pages_newest_first(page_for, service, finished):
+    page = page_for("alice")
+    page.goto(f"{service.url}/ui/#/jobs?limit=1")
+    page.wait_for_selector("tbody tr[data-job-id]")
+    first = page.get_attribute("tbody tr[data-job-id]", "data-job-id")
+    page.click("#older")
+    page.wait_for_selector(f"tbody tr[data-job-id]:not([data-job-id='{first}'])")
+    second = page.get_attribute("tbody tr[data-job-id]", "data-job-id")
+    assert page.locator("tbody tr[data-job-id]").count() == 1
+    assert second < first  # ids are time-ordered: the older page holds the older job
+    page.click("#newer")
+    page.wait_for_selector(f"tbody tr[data-job-id='{first}']")
+    no_js_errors(page)
+
+
 def test_a_failed_job_shows_its_error_code_and_message(page_for, service, inputs, finished, shots):
     with service.client("alice") as c:
         r = c.post("/v1/jobs", json={"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],

@@ -57,6 +57,8 @@ export async function renderJob(main, jobId, signal) {
   const events = [];
   let lastId = 0;
   let reportShown = false;
+  let following = false;
+  let follow = () => {}; // set once the history is loaded
 
   function renderHeader() {
     fill(view.header, h("h1", {}, "Job ", h("span", { class: "mono" }, fmt.shortId(job.id))), badge(job.status));
@@ -77,6 +79,7 @@ export async function renderJob(main, jobId, signal) {
           fill(view.actionStatus);
           announce(`Job is ${job.status}`);
           renderAll();
+          follow();
         } catch (err) {
           fill(view.actionStatus, errorBox(err, `${label} failed`));
           e.target.disabled = false;
@@ -216,13 +219,28 @@ export async function renderJob(main, jobId, signal) {
   renderAll();
   if (TERMINAL.has(job.status)) return;
 
-  // 2. Live: the stream from the last event seen.
+  // 2. Live: the stream from the last event seen. The server ends it when the job finishes or is paused;
+  // a resume (here or elsewhere, seen by a slow check) follows again.
   const tick = setInterval(renderTimeline, 1000);
-  signal.addEventListener("abort", () => clearInterval(tick), { once: true });
-  await followEvents(job.id, lastId, async (kind, data) => {
+  const check = setInterval(async () => {
+    if (following || TERMINAL.has(job.status) || document.visibilityState !== "visible") return;
+    try {
+      const fresh = await get(path, { signal });
+      if (fresh.status !== job.status) {
+        job = fresh;
+        renderAll();
+        follow();
+      }
+    } catch {
+      // the next check retries
+    }
+  }, 10000);
+  signal.addEventListener("abort", () => { clearInterval(tick); clearInterval(check); }, { once: true });
+
+  async function onEvent(kind, data, id) {
+    if (id) lastId = id;
     if (kind === "end") {
       job = await get(path, { signal });
-      clearInterval(tick);
       announce(`Job ${job.status}`);
       renderAll();
       return;
@@ -243,10 +261,24 @@ export async function renderJob(main, jobId, signal) {
       renderSummary();
     }
     renderLog();
-  }, signal).catch((err) => {
-    if (!signal.aborted) view.progress.append(errorBox(err, "Live updates"));
-  });
-  clearInterval(tick);
+  }
+
+  follow = async () => {
+    if (following || signal.aborted || TERMINAL.has(job.status) || job.status === "paused") return;
+    following = true;
+    try {
+      await followEvents(job.id, lastId, onEvent, signal);
+    } catch (err) {
+      if (!signal.aborted) view.progress.append(errorBox(err, "Live updates"));
+    } finally {
+      following = false;
+    }
+    if (TERMINAL.has(job.status)) {
+      clearInterval(tick);
+      clearInterval(check);
+    }
+  };
+  follow(); // not awaited: the view is ready; the stream runs until the job ends or the user leaves
 }
 
 function fact(label, ...value) {

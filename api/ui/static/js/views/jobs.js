@@ -28,7 +28,8 @@ async function statuses() {
 export async function renderJobs(main, params, signal) {
   const status = params.get("status") || "";
   const after = params.get("after") || "";
-  const query = new URLSearchParams({ limit: String(PAGE) });
+  const limit = Math.min(200, Math.max(1, Number(params.get("limit")) || PAGE));
+  const query = new URLSearchParams({ limit: String(limit) });
   if (status) query.set("status", status);
   if (after) query.set("after", after);
   const [page, all] = await Promise.all([get(`/v1/jobs?${query}`, { signal }), statuses()]);
@@ -60,9 +61,9 @@ export async function renderJobs(main, params, signal) {
   }
 
   const paging = h("nav", { class: "paging", "aria-label": "Pages" },
-    after ? h("button", { type: "button", onclick: () => go(status, newer.pop() || "") }, "← Newer") : null,
-    after ? h("button", { type: "button", onclick: () => { newer.length = 0; go(status, ""); } }, "Newest") : null,
-    page.next_cursor ? h("button", { type: "button", id: "older", onclick: () => { newer.push(after); go(status, page.next_cursor); } }, "Older →") : null);
+    after ? h("button", { type: "button", id: "newer", onclick: () => go(status, newer.pop() || "", limit) }, "← Newer") : null,
+    after ? h("button", { type: "button", onclick: () => { newer.length = 0; go(status, "", limit); } }, "Newest") : null,
+    page.next_cursor ? h("button", { type: "button", id: "older", onclick: () => { newer.push(after); go(status, page.next_cursor, limit); } }, "Older →") : null);
 
   fill(main,
     h("div", { class: "title-row" }, h("h1", {}, "Jobs"),
@@ -122,7 +123,13 @@ export async function renderJobs(main, params, signal) {
     }
     for (const job of fresh.items) {
       const row = rows.get(job.id);
-      if (row && (job.status !== row.job.status || TERMINAL.has(job.status))) update(job.id, job);
+      if (!row || (job.status === row.job.status && !TERMINAL.has(job.status))) continue;
+      const resumed = row.job.status === "paused" && !TERMINAL.has(job.status);
+      update(job.id, job);
+      if (resumed) { // its stream ended when it paused
+        since.set(job.id, fmt.parseTime(job.updated_at) || 0);
+        follow(job.id);
+      }
     }
     const added = fresh.items.filter((j) => !rows.has(j.id)).length;
     if (added && !document.getElementById("new-jobs")) {
@@ -137,10 +144,11 @@ export async function renderJobs(main, params, signal) {
   signal.addEventListener("abort", () => clearInterval(timer), { once: true });
 }
 
-function go(status, after) {
+function go(status, after, limit = PAGE) {
   const q = new URLSearchParams();
   if (status) q.set("status", status);
   if (after) q.set("after", after);
+  if (limit !== PAGE) q.set("limit", String(limit));
   const s = q.toString();
   location.hash = s ? `#/jobs?${s}` : "#/jobs";
 }
