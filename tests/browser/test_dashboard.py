@@ -312,3 +312,37 @@ def test_phone_width_and_security_headers(page_for, service, finished, shots):
     assert service.keys["alice"] not in page.url
     assert f"dashboard: {service.url}/ui/" in service.log.read_text()  # `skillkd serve` prints where it is
     no_js_errors(page)
+
+
+def test_the_page_modules_small_functions(page_for, service):
+    """Tick values, thinning, cluster boxes and the 422 parser, run in the browser as the page runs them."""
+    page = page_for(None)
+    got = page.evaluate("""async () => {
+        const plot = await import('/ui/js/plot.js');
+        const job = await import('/ui/js/views/job.js');
+        const form = await import('/ui/js/specform.js');
+        const fmt = await import('/ui/js/format.js');
+        const many = Array.from({length: 10000}, (_, i) => [i, i * i]);
+        return {
+            ticks: plot.ticks(0, 1, 5), ticksNeg: plot.ticks(-0.83, -0.41, 4),
+            thin: [plot.thin(many).length, plot.thin(many).at(-1)[0], plot.thin(many.slice(0, 10)).length],
+            boxes: job.clusterBoxes([[0, 1, 2], [3], [5, 7, 8]]),
+            errors: form.fieldErrors({message: "body.spec.device: Value error, device must be auto; "
+                + "body.spec.sparsity: Input should be less than 1", fields: ["body.spec.device", "body.spec.sparsity"]}),
+            checkError: form.fieldErrors({message: "spec.target_params: 5000000000 is above the teacher's 94M"}),
+            stages: job.stageTimes([
+                {kind: "stage_started", stage: "calibrate", created_at: "2026-01-01T00:00:00Z"},
+                {kind: "stage_finished", stage: "calibrate", created_at: "2026-01-01T00:00:05Z", duration_s: 4.5},
+                {kind: "stage_started", stage: "distill_prune", created_at: "2026-01-01T00:00:06Z"}]),
+            shortId: fmt.shortId("job_01a2337f36963349a7853fbcd5c2"), duration: fmt.duration(3725),
+        };
+    }""")
+    assert got["ticks"] == [0, 0.2, 0.4, 0.6, 0.8, 1]
+    assert got["ticksNeg"] == [-0.8, -0.7, -0.6, -0.5]
+    assert got["thin"] == [1501, 9999, 10]
+    assert got["boxes"] == [[0, 2], [3, 3], [5, 5], [7, 8]]
+    assert got["errors"] == {"spec.device": "Value error, device must be auto",
+                             "spec.sparsity": "Input should be less than 1"}
+    assert got["checkError"] == {"spec.target_params": "5000000000 is above the teacher's 94M"}
+    assert got["stages"]["calibrate"]["duration"] == 4.5 and got["stages"]["distill_prune"]["finished"] is None
+    assert got["shortId"] == "job_…53fbcd5c2" and got["duration"] == "1 h 02 min"

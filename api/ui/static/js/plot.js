@@ -20,7 +20,9 @@ export function ticks(lo, hi, count = 5) {
   if (lo === hi) return [lo];
   const raw = (hi - lo) / Math.max(1, count);
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((v) => v >= raw) || 10 * mag;
+  // the round step nearest to the raw one (on a log scale), so a range gets about `count` ticks
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag)
+    .reduce((best, v) => (Math.abs(Math.log(v / raw)) < Math.abs(Math.log(best / raw)) ? v : best));
   const out = [];
   for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(Number(v.toPrecision(12)));
   return out;
@@ -49,6 +51,17 @@ function defaultFormat(v) {
   return String(+v.toPrecision(3));
 }
 
+/** At most `max` points, evenly spaced, the last one kept: a paper-preset job has tens of thousands of
+ *  progress events, more than a chart's width in pixels. */
+export function thin(points, max = 1500) {
+  if (points.length <= max) return points;
+  const step = points.length / max;
+  const out = [];
+  for (let i = 0; i < max; i++) out.push(points[Math.floor(i * step)]);
+  out.push(points[points.length - 1]);
+  return out;
+}
+
 /**
  * A line chart.
  * opts: title, xLabel, yLabel (with units), series [{name, points [[x, y]...], dash}], yFormat, xFormat,
@@ -62,8 +75,8 @@ export function lineChart(opts) {
   const id = `chart${++uid}`;
   // colours follow the position in opts.series, so a series keeps its colour (and matches the legend) while
   // another one has no points yet
-  const series = opts.series.map((sr, i) => ({ ...sr, color: sr.color || PALETTE[i % PALETTE.length] }))
-    .filter((sr) => sr.points && sr.points.length);
+  const series = opts.series.map((sr, i) => ({ ...sr, color: sr.color || PALETTE[i % PALETTE.length], points: thin(sr.points || []) }))
+    .filter((sr) => sr.points.length);
   const xs = series.flatMap((sr) => sr.points.map((p) => p[0]));
   const ys = series.flatMap((sr) => sr.points.map((p) => p[1]));
   for (const l of opts.hLines || []) ys.push(l.y);
