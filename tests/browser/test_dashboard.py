@@ -306,6 +306,12 @@ def test_phone_width_and_security_headers(page_for, service, finished, shots):
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1, f"the page is {overflow}px wider than a phone screen"
     page.screenshot(path=str(shots / "job-finished-phone.png"), full_page=True)
+    for route, ready in (("#/jobs", "tbody tr[data-job-id]"), ("#/new", "#spec-device"), ("#/compare", "form.card")):
+        page.goto(f"{service.url}/ui/{route}")
+        page.wait_for_selector(ready)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, f"{route} is {overflow}px wider than a phone screen"
+        page.screenshot(path=str(shots / f"phone-{route[2:]}.png"), full_page=True)
     response = page.request.get(f"{service.url}/ui/")
     assert "script-src 'self'" in response.headers["content-security-policy"]
     # the key stays in session storage and never reaches a URL
