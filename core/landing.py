@@ -46,7 +46,7 @@ def measure(student: SpeechEncoder, seconds: float) -> dict[str, float]:
     return sizes
 
 
-def _sizes_and_unit_costs(student: SpeechEncoder, masks: list[HardConcrete], kinds: list[str],
+def _sizes_and_unit_costs(student: SpeechEncoder, masks: list[HardConcrete], kinds: list[Any],
                           seconds: float) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Sizes now, and per mask the exact change of each size when the mask keeps one unit more."""
     leaves = []

@@ -46,10 +46,9 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
     die_with_parent(signal.SIGKILL)
+    from . import stages
     from .audio import scan_audio
-    from .distill import ClusterTargets
-    from .models import load_model, make_student
-    from .pipeline import _load_finalized, _train_batches
+    from .models import load_model
     from .spec import Budget, CompressionSpec
     from .train import StageContext, train_stage
 
@@ -66,19 +65,15 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
         catalog = scan_audio(job.audio)
         workdir = Path(job.workdir)
         dim = teacher.config.hidden_size
-        shared = spec.method == "dphubert"
         if job.stage == "distill_prune":
             recipe = spec.recipe(1)
-            torch.manual_seed(spec.seed)
-            student = make_student(teacher, layers=spec.prune_layers)
-            targets = ClusterTargets(job.clusters, dim, student_mapping=spec.student_mapping,
-                                     shared_projection=shared).to(device)
+            student, targets = stages.new_student(teacher, job.clusters, spec, device)
             seed = spec.seed
         else:
             recipe = spec.recipe(2)
-            student, targets = _load_finalized(workdir, job.clusters, dim, spec, device)
+            student, targets = stages.load_result(workdir, stages.FINALIZED, job.clusters, dim, spec, device)
             seed = spec.seed + 1
-        batches = _train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
+        batches = stages.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
         ctx = StageContext(workdir / job.stage, recipe, device, job.stage,
                            budgets=[Budget.from_dict(b) for b in job.budgets],
                            macs_seconds=spec.macs_reference_seconds,

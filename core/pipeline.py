@@ -20,16 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, speed
-from .audio import AudioCatalog, TrainBatches, iter_padded_batches, scan_audio
+from . import __version__, speed, stages
+from .audio import AudioCatalog, iter_padded_batches, scan_audio
 from .cka import StreamingCKA
 from .clustering import Clustering, cluster_layers, dphubert_clusters, validate_clusters
-from .distill import ClusterTargets
-from .errors import AudioError, SpecError, StopRequested
+from .errors import SpecError, StopRequested
 from .events import STAGES, Event, OnEvent, ShouldStop, ignore_event, never_stop
 from .export import export_for_users, save_student
 from .landing import land
-from .models import ModelConfig, SpeechEncoder, build_model, load_model, make_student
+from .models import SpeechEncoder, load_model
 from .parallel import StageJob, run_parallel_stage
 from .spec import Budget, CompressionSpec
 from .train import CHECKPOINT, StageContext, load_checkpoint, train_stage
@@ -207,7 +206,6 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
     stop.check("calibrate")
 
     dim = teacher_model.config.hidden_size
-    shared = spec.method == "dphubert"
 
     # 2. Stage 1: distillation + structured pruning ------------------------------------------------------------
     s1 = _done(workdir, "distill_prune")
@@ -221,11 +219,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
                                              budgets=[b.to_dict() for b in inputs.budgets]),
                                     spec.gpus, emit, stop.should_stop)
         else:
-            torch.manual_seed(spec.seed)  # mask initialisation is random: same seed, same run
-            student = make_student(teacher_model, layers=spec.prune_layers)
-            targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                                     shared_projection=shared).to(device)
-            batches = _train_batches(catalog, sr, recipe, spec.seed)
+            student, targets = stages.new_student(teacher_model, clusters, spec, device)
+            batches = stages.train_batches(catalog, sr, recipe, spec.seed)
             ctx = StageContext(workdir / "distill_prune", recipe, device, "distill_prune",
                                on_event=emit, should_stop=stop.should_stop, seed=spec.seed, compile=spec.compile,
                                data_workers=spec.data_workers, budgets=inputs.budgets,
@@ -251,25 +246,25 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
     if s2 is None:
         t0 = time.monotonic()
         emit(Event("stage_started", "final_distill"))
-        student, targets = _load_finalized(workdir, clusters, dim, spec, device)
+        student, targets = stages.load_result(workdir, stages.FINALIZED, clusters, dim, spec, device)
         recipe2 = spec.recipe(2)
         if spec.stage2_steps == 0:
             s2 = {"steps": 0, "final": {}, "seconds": 0.0}
-            _save_stage2_result(workdir, student, targets)
+            stages.save_result(workdir / stages.STAGE2_RESULT, student, targets)
         elif spec.gpus > 1:
             s2 = run_parallel_stage(StageJob("final_distill", spec.model_dump_json(), str(teacher), str(audio),
                                              str(workdir), clusters), spec.gpus, emit, stop.should_stop)
             state = load_checkpoint(workdir / "final_distill" / CHECKPOINT)
             student.load_state_dict(state["student"])
             targets.load_state_dict(state["targets"])
-            _save_stage2_result(workdir, student, targets)
+            stages.save_result(workdir / stages.STAGE2_RESULT, student, targets)
         else:
-            batches = _train_batches(catalog, sr, recipe2, spec.seed + 1)
+            batches = stages.train_batches(catalog, sr, recipe2, spec.seed + 1)
             ctx = StageContext(workdir / "final_distill", recipe2, device, "final_distill", on_event=emit,
                                should_stop=stop.should_stop, seed=spec.seed + 1, compile=spec.compile,
                                data_workers=spec.data_workers)
             s2 = train_stage(student, teacher_model, targets, batches, ctx)
-            _save_stage2_result(workdir, student, targets)
+            stages.save_result(workdir / stages.STAGE2_RESULT, student, targets)
         timings["final_distill"] = time.monotonic() - t0
         _mark_done(workdir, "final_distill", s2)
     emit(Event("stage_finished", "final_distill", metrics=s2.get("final", {})))
@@ -280,7 +275,8 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
     if ex is None or not export_dir.exists():
         t0 = time.monotonic()
         emit(Event("stage_started", "export"))
-        student, targets = _load_stage2(workdir, clusters, dim, spec)
+        student, targets = stages.load_result(workdir, stages.STAGE2_RESULT, clusters, dim, spec)
+        student.eval()
         report = {
             "skillkd_version": __version__,
             "method": spec.method,
@@ -426,29 +422,12 @@ def evaluation_headline(result: dict[str, Any]) -> dict[str, float]:
     return headline
 
 
-def _train_batches(catalog: AudioCatalog, sr: int, recipe: Any, seed: int, rank: int = 0,
-                   world_size: int = 1) -> TrainBatches:
-    try:
-        return TrainBatches(catalog, sample_rate=sr, batch_seconds=recipe.batch_seconds,
-                            min_utterance_s=recipe.min_utterance_s, max_utterance_s=recipe.max_utterance_s,
-                            seed=seed, rank=rank, world_size=world_size)
-    except AudioError:
-        raise
-    except ValueError as exc:
-        raise AudioError(str(exc)) from None
-
-
 def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], dim: int,
              spec: CompressionSpec, catalog: AudioCatalog, sr: int,
              budgets: list[Budget] | None = None) -> dict[str, Any]:
     """Load stage 1's final state, land the eval gates on the budgets (core/landing.py), prune physically
     and check the pruned model against the masked one."""
-    state = load_checkpoint(workdir / "distill_prune" / CHECKPOINT)
-    student = build_model(ModelConfig.from_dict(state["config"]))
-    student.load_state_dict(state["student"])
-    targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                             shared_projection=spec.method == "dphubert")
-    targets.load_state_dict(state["targets"])
+    student, targets = stages.restore(load_checkpoint(workdir / "distill_prune" / CHECKPOINT), clusters, dim, spec)
     student.eval()
     landing = land(student, budgets or [], seconds=spec.macs_reference_seconds)
     with torch.no_grad():
@@ -460,10 +439,7 @@ def finalize(workdir: Path, teacher: SpeechEncoder, clusters: list[list[int]], d
     with torch.no_grad():
         after, _ = student(probe)
     diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
-    out = workdir / "finalize"
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": config.to_dict(), "student": student.state_dict(), "targets": targets.state_dict()},
-               out / "student.pt")
+    stages.save_result(workdir / stages.FINALIZED, student, targets)
     return {"num_params": student.num_params(), "expected_params_before": expected,
             "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)), "landing": landing,
             "max_abs_diff_masked_vs_pruned": diff,
@@ -488,37 +464,6 @@ def _probe_audio(catalog: AudioCatalog, sr: int) -> np.ndarray:
 
     wave = load_waveform(catalog.items[0], sr)
     return wave[: 4 * sr].astype(np.float32)
-
-
-def _load_student_file(path: Path, clusters: list[list[int]], dim: int,
-                       spec: CompressionSpec) -> tuple[SpeechEncoder, ClusterTargets]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    student = build_model(ModelConfig.from_dict(state["config"]))
-    student.load_state_dict(state["student"])
-    targets = ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                             shared_projection=spec.method == "dphubert")
-    targets.load_state_dict(state["targets"])
-    return student, targets
-
-
-def _load_finalized(workdir: Path, clusters: list[list[int]], dim: int, spec: CompressionSpec,
-                    device: torch.device) -> tuple[SpeechEncoder, ClusterTargets]:
-    student, targets = _load_student_file(workdir / "finalize" / "student.pt", clusters, dim, spec)
-    return student.to(device), targets.to(device)
-
-
-def _save_stage2_result(workdir: Path, student: SpeechEncoder, targets: ClusterTargets) -> None:
-    out = workdir / "final_distill"
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": student.config.to_dict(),
-                "student": {k: v.cpu() for k, v in student.state_dict().items()},
-                "targets": {k: v.cpu() for k, v in targets.state_dict().items()}}, out / "student.pt")
-
-
-def _load_stage2(workdir: Path, clusters: list[list[int]], dim: int,
-                 spec: CompressionSpec) -> tuple[SpeechEncoder, ClusterTargets]:
-    student, targets = _load_student_file(workdir / "final_distill" / "student.pt", clusters, dim, spec)
-    return student.eval(), targets
 
 
 def _merge_logs(workdir: Path, out: Path) -> None:
