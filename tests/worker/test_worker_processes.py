@@ -134,3 +134,28 @@ def test_embedded_broker_queued_jobs_survive_an_api_restart(embedded_stack):
     for job_id in ids:
         assert wait_terminal(client, stack, job_id)["status"] == "succeeded"
     assert len(stack.ledger()) == 2
+
+
+def test_pause_frees_the_worker_and_resume_continues_from_the_checkpoint(stack):
+    """A real worker: pause mid stage 1 -> paused (the worker takes the next job meanwhile), resume -> the same
+    job continues from its checkpoint and completes once."""
+    stack.fake.update(SKILLKD_FAKE_STEPS="30", SKILLKD_FAKE_STEP_S="0.1")
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    stack.start_worker()
+    job_id = create_job(client, stack, teacher_id, dataset_id)
+    wait_for(lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 3
+             and get(client, stack, job_id)["stage"] == "distill_prune", timeout=60, what="stage 1 step 3")
+    assert client.post(f"/v1/jobs/{job_id}/pause", headers=stack.headers).json()["status"] == "pausing"
+    wait_for(lambda: get(client, stack, job_id)["status"] == "paused", timeout=60, what="paused")
+    paused_at = max(progress_steps(stack, job_id))
+    other = create_job(client, stack, teacher_id, dataset_id, stage1_steps=2)
+    assert wait_terminal(client, stack, other)["status"] == "succeeded"  # the one worker was free
+    assert client.post(f"/v1/jobs/{job_id}/resume", headers=stack.headers).json()["status"] == "queued"
+    job = wait_terminal(client, stack, job_id)
+    assert job["status"] == "succeeded", job
+    steps = progress_steps(stack, job_id)
+    resumed = steps[steps.index(paused_at) + 1]
+    assert paused_at < resumed <= paused_at + 5, steps  # from the checkpoint (progress rows may be throttled)
+    assert len(steps) == len(set(steps))  # no step ran twice
+    assert stack.ledger().count(str(stack.settings.storage / "jobs" / job_id / "work")) == 1
