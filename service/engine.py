@@ -37,6 +37,11 @@ class Engine(Protocol):
         """architecture, layout, num_layers, hidden_size, num_params, sample_rate; raises TeacherError."""
         ...
 
+    def teacher_macs(self, path: Path, seconds: float) -> float:
+        """The teacher's multiply-accumulates per second of audio for one `seconds`-long utterance (what a
+        `target_macs` is compared with); raises TeacherError."""
+        ...
+
     def scan_audio(self, source: Path) -> dict[str, Any]:
         """AudioCatalog.summary(): files, hours, sample_rates (list), skipped (by reason), skipped_examples
         ([{path, reason}]), and optionally phone_labelled (items with phone labels); raises AudioError if nothing
@@ -71,6 +76,11 @@ class CoreEngine:
         from core.models import inspect_teacher
 
         return dict(inspect_teacher(path))
+
+    def teacher_macs(self, path: Path, seconds: float) -> float:
+        from core.models import macs_per_second
+
+        return macs_per_second(path, seconds)
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         from core.audio import scan_audio
@@ -156,6 +166,10 @@ class FakeEngine:
             "num_layers": int(config.get("num_hidden_layers", 12)), "hidden_size": hidden,
             "num_params": num_params, "sample_rate": 16000,
         }
+
+    def teacher_macs(self, path: Path, seconds: float) -> float:
+        """A stand-in: 100 MACs per parameter per second of audio."""
+        return 100.0 * _safetensors_numel(path / "model.safetensors")
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         import soundfile

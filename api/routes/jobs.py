@@ -103,6 +103,23 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
     return teacher
 
 
+def check_macs_target(body: JobCreate, services: Any, teacher: Teacher) -> None:
+    """An absolute `target_macs` must be below the teacher's MACs at the spec's reference length (the teacher
+    row holds no MACs: they depend on that length, so the engine counts them from the architecture)."""
+    spec = body.spec
+    if spec.target_macs is None:
+        return
+    try:
+        teacher_macs = services.get_engine().teacher_macs(services.storage.teacher_dir(teacher.id),
+                                                          spec.macs_reference_seconds)
+    except SkillkdError as exc:
+        raise input_error(exc, services.storage.root) from exc
+    try:
+        spec.target_macs_sparsity(teacher_macs)
+    except ValueError as exc:
+        raise _spec_error("target_macs", str(exc)) from exc
+
+
 @router.post("", status_code=202, response_model=JobPublic, summary="Create a compression job",
              responses={200: {"description": "dry_run=true: the estimate; nothing was created",
                               "content": {"application/json": {"schema": {"type": "object"}}}}})
@@ -119,7 +136,8 @@ def create_job(
         if existing is not None:
             return _replay(existing, body, response)
     check_spec_bounds(body, services.settings)
-    check_references(session, owner, body)
+    teacher = check_references(session, owner, body)
+    check_macs_target(body, services, teacher)
     if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
         raise TooManyRequests(f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
                               "wait for one to finish or cancel one")
@@ -142,6 +160,7 @@ def _dry_run(body: JobCreate, services: Any, session: Session, owner: Owner) -> 
     no row, no file, no queue message."""
     check_spec_bounds(body, services.settings)
     teacher = check_references(session, owner, body)
+    check_macs_target(body, services, teacher)
 
     def audio_path(dataset_id: str) -> Path:
         return crud.dataset_path(session, storage=services.storage, dataset_id=dataset_id)

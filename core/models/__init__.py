@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import TeacherError
 from .config import ConvConfig, LayerConfig, ModelConfig
 from .encoder import SpeechEncoder, build_model, make_student
@@ -36,6 +38,25 @@ def load_model(path: Path | str) -> SpeechEncoder:
     return load_huggingface(path)
 
 
+def macs_per_second(path: Path | str, seconds: float = 10.0) -> float:
+    """MACs per second of audio of the teacher or student at `path` for one `seconds`-long utterance, from its
+    architecture alone for a Hugging Face teacher (the layers are built on the meta device: no weights read,
+    no memory spent), else from the loaded model."""
+    path = Path(path)
+    if is_student_dir(path):
+        model = load_model(path)
+    else:
+        from .import_huggingface import config_from_hf, read_json
+
+        pre_path = path / "preprocessor_config.json"
+        config = config_from_hf(read_json(path / "config.json"), read_json(pre_path) if pre_path.exists() else None)
+        with torch.device("meta"):
+            model = build_model(config)
+        model = model.to_empty(device="cpu")  # uninitialised storage: only the shapes are used
+    with torch.no_grad():
+        return float(model.expected_macs(seconds))
+
+
 def inspect_teacher(path: Path | str) -> dict[str, Any]:
     """Validate a teacher directory by importing it; returns what the service shows about it."""
     model = load_model(path)
@@ -53,6 +74,6 @@ def inspect_teacher(path: Path | str) -> dict[str, Any]:
 
 __all__ = [
     "ConvConfig", "LayerConfig", "ModelConfig", "SpeechEncoder", "HardConcrete", "build_model",
-    "make_student", "load_huggingface", "load_model", "inspect_teacher", "is_student_dir", "STUDENT_FORMAT",
+    "make_student", "load_huggingface", "load_model", "inspect_teacher", "macs_per_second", "is_student_dir", "STUDENT_FORMAT",
     "TeacherError",
 ]

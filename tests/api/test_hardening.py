@@ -53,6 +53,17 @@ def test_spec_counts_have_upper_bounds(client, alice, teacher, dataset, enqueuer
     assert enqueuer.ids == []
 
 
+def test_target_macs_not_below_the_teachers_is_422_at_post(client, alice, teacher, dataset, enqueuer):
+    """The teacher's MACs depend on the spec's reference length, so they are counted at POST, not stored."""
+    r = create(client, alice, teacher, dataset, {"target_macs": "1000T"})
+    assert r.status_code == 422, r.text  # '1000T' is not a count the spec reads
+    r = create(client, alice, teacher, dataset, {"target_macs": 10**15})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "spec_invalid" and "spec.target_macs" in r.json()["error"]["message"]
+    assert "not smaller" in r.json()["error"]["message"] and enqueuer.ids == []
+    assert create(client, alice, teacher, dataset, {"target_macs": 10}).status_code == 202
+
+
 # -- 64-bit event ids and counters; bounded cursors --------------------------------------------------------
 def test_event_cursor_and_last_event_id_are_bounded_and_validated(client, alice, teacher, dataset):
     job = create(client, alice, teacher, dataset).json()

@@ -128,3 +128,12 @@ def test_landing_hits_every_target_within_half_a_percent(tmp_path: Path, kinds: 
     for budget in budgets:
         assert abs(achieved[budget.kind] / budget.target - 1) <= 0.005, (budget, achieved)
         assert record["targets"][budget.kind]["after"] == pytest.approx(achieved[budget.kind], rel=1e-6)
+
+
+@pytest.mark.parametrize(("arch", "large"), [("hubert", False), ("wavlm", True)])
+def test_macs_from_the_architecture_alone(tmp_path: Path, arch: str, large: bool) -> None:
+    """What the service counts at POST (no weights read) equals the loaded model's count."""
+    from core.models import macs_per_second
+
+    directory = save_tiny_teacher(tmp_path / "t", arch, large)
+    assert macs_per_second(directory, 10.0) == float(load_huggingface(directory).expected_macs(10.0))
