@@ -84,11 +84,12 @@ ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_qu
 ONNX_ARTIFACTS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 # A variant is offered only if every hidden state keeps linear CKA >= min_cka with PyTorch fp32 on held-out
 # audio and, when the audio has phone labels, a probe trained on fp32 features loses at most
-# max_per_increase (absolute PER) when it reads the variant's features (docs/algorithm.md §6).
+# max_per_increase PER points (PER in percent, as the probes report it) when it reads the variant's features
+# (docs/algorithm.md §6).
 ONNX_GATES: dict[str, dict[str, float]] = {
-    "fp32": {"min_cka": 0.9999, "max_per_increase": 0.005},
-    "fp16": {"min_cka": 0.99, "max_per_increase": 0.01},
-    "int8": {"min_cka": 0.97, "max_per_increase": 0.03},
+    "fp32": {"min_cka": 0.9999, "max_per_increase": 0.5},
+    "fp16": {"min_cka": 0.99, "max_per_increase": 1.0},
+    "int8": {"min_cka": 0.97, "max_per_increase": 3.0},
 }
 INT8_MODES = ("dynamic", "static")
 DEFAULT_INT8_MODE = "dynamic"
@@ -138,7 +139,7 @@ def model_inputs(model: SpeechEncoder, waveforms: list[np.ndarray]) -> dict[str,
     return {"input_values": batch.numpy(), "attention_mask": mask.numpy()}
 
 
-def _session(path: Path, threads: int = 0) -> Any:
+def onnx_session(path: Path, threads: int = 0) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -171,7 +172,7 @@ def export_onnx(model: SpeechEncoder, path: Path, *, seconds: float = 2.0, atol:
                                  rng.standard_normal(int(seconds * sr * 0.81)).astype(np.float32)])
     with torch.no_grad():
         expected = [t.numpy() for t in graph(*(torch.from_numpy(v) for v in check.values()))]
-    got = _session(path).run(None, check)
+    got = onnx_session(path).run(None, check)
     diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     if not np.isfinite(diff) or diff > atol:
         raise CheckpointError(f"ONNX export differs from PyTorch by {diff:.3g} (> {atol})")
@@ -255,7 +256,7 @@ def onnx_rtf(path: Path, sample_rate: int, *, threads: int = 1, seconds: float =
     `seconds`-long utterance; threads=0 means onnxruntime's default (all cores)."""
     import time
 
-    session = _session(path, threads)
+    session = onnx_session(path, threads)
     x = np.random.default_rng(0).standard_normal((1, int(seconds * sample_rate))).astype(np.float32)
     feeds = {"input_values": x, "attention_mask": np.ones_like(x, dtype=np.int64)}
     session.run(None, feeds)
@@ -272,7 +273,7 @@ class OnnxRepresentations:
     states and frame lengths (used to score a probe on a variant's features)."""
 
     def __init__(self, path: Path, model: SpeechEncoder, threads: int = 0) -> None:
-        self.session = _session(path, threads)
+        self.session = onnx_session(path, threads)
         self.model = model
         self.config = model.config
 
@@ -372,7 +373,7 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
                 quantize_int8(fp32, target, int8_mode, calib)
             files[variant] = target
     for variant, target in files.items():
-        session = _session(target)
+        session = onnx_session(target)
         got = [session.run(None, b)[0] for b in batches]
         layers = compare_outputs(model, batches, reference, got)
         figures: dict[str, Any] = {
@@ -398,8 +399,8 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
             reasons.append(f"hidden state {worst} has linear CKA {figures['min_cka']:.4f} with PyTorch fp32 "
                            f"(gate {gate['min_cka']})")
         if "per" in figures and figures["per"] - report["per_pytorch_fp32"] > gate["max_per_increase"]:
-            reasons.append(f"probe PER {figures['per']:.4f} vs {report['per_pytorch_fp32']:.4f} with fp32 "
-                           f"features (gate +{gate['max_per_increase']})")
+            reasons.append(f"probe PER {figures['per']:.2f}% vs {report['per_pytorch_fp32']:.2f}% with fp32 "
+                           f"features (gate +{gate['max_per_increase']} points)")
         figures["status"] = "rejected" if reasons else "ok"
         if reasons:
             figures["reason"] = "; ".join(reasons)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import sysconfig
@@ -205,7 +206,9 @@ def test_export_loads_in_a_fresh_environment_without_skillkd(tmp_path: Path) -> 
     purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c",
                                    "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
-    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    # plain paths: a .pth line that is a path adds it to sys.path without running the .pth files inside it
+    # (skillkd's editable install is such a .pth), so only what is installed there as files can be imported
+    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
     (purelib / "system_site.pth").write_text("".join(p + "\n" for p in sorted(paths)))
     waves = _waves(2)
     for i, w in enumerate(waves):

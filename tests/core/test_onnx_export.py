@@ -1,0 +1,122 @@
+"""ONNX variants: the graph's inputs and outputs (padding, dynamic axes), verification before export, the
+gates, the spec field and the export CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from core import export as export_module
+from core.export import (
+    ONNX_FILES,
+    export_for_users,
+    model_inputs,
+    onnx_session,
+    parse_onnx_variants,
+    save_student,
+)
+from core.hf_export import hf_module
+from core.models import load_huggingface, make_student
+from core.spec import CompressionSpec
+from tests.conftest import save_tiny_teacher
+
+
+def _pruned(tmp_path: Path, arch: str = "wavlm", large: bool = True, seed: int = 0):
+    student = make_student(load_huggingface(save_tiny_teacher(tmp_path / f"t-{arch}", arch, large)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for hc in student.hard_concretes():
+            hc.log_alpha.copy_(torch.randn(hc.n, generator=g) * 3)
+    student.eval()
+    student.prune()
+    return student
+
+
+@pytest.mark.parametrize(("arch", "large"), [("wavlm", True), ("hubert", False)])
+def test_variants_are_written_verified_and_match_pytorch_with_padding(tmp_path: Path, arch: str, large: bool) -> None:
+    student = _pruned(tmp_path, arch, large)
+    info = export_for_users(student, tmp_path / "student", tmp_path / "hf", ["int8", "fp16", "fp32"])
+    report = info["onnx"]
+    assert list(report["variants"]) == ["fp32", "fp16", "int8"]
+    for variant, figures in report["variants"].items():
+        assert figures["status"] == "ok", figures
+        assert figures["min_cka"] >= export_module.ONNX_GATES[variant]["min_cka"]
+        assert len(figures["layers"]) == student.num_layers + 1
+        assert figures["size_bytes"] > 0 and figures["rtf_cpu_1_thread"] > 0 and figures["rtf_cpu_all_threads"] > 0
+        assert (tmp_path / "student" / ONNX_FILES[variant]).exists()
+        assert (tmp_path / "hf" / "onnx" / ONNX_FILES[variant]).exists()
+    assert report["check_batches"][-1][0] == 2  # the padded batch of two lengths
+    # fp32: a padded batch of three, a length never traced, against transformers' module
+    rng = np.random.default_rng(3)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (5100, 3300, 4000)]
+    inputs = model_inputs(student, waves)
+    session = onnx_session(tmp_path / "student" / "model.onnx", threads=1)
+    assert [i.name for i in session.get_inputs()] == ["input_values", "attention_mask"]
+    assert [o.name for o in session.get_outputs()] == ["hidden_states", "last_hidden_state"]
+    hidden, last = session.run(None, inputs)
+    with torch.no_grad():
+        ref = hf_module(student)(torch.from_numpy(inputs["input_values"]),
+                                 attention_mask=torch.from_numpy(inputs["attention_mask"]), output_hidden_states=True)
+    assert hidden.shape[:2] == (student.num_layers + 1, 3)
+    assert np.abs(hidden - torch.stack(ref.hidden_states).numpy()).max() < 1e-4
+    assert np.abs(last - ref.last_hidden_state.numpy()).max() < 1e-4
+
+
+def test_a_variant_below_its_gate_is_not_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    student = _pruned(tmp_path, "hubert", False)
+    gates = {**export_module.ONNX_GATES, "int8": {"min_cka": 1.01, "max_per_increase": 3.0}}
+    monkeypatch.setattr(export_module, "ONNX_GATES", gates)
+    info = export_for_users(student, tmp_path / "student", tmp_path / "hf", ["fp32", "int8"])
+    int8 = info["onnx"]["variants"]["int8"]
+    assert int8["status"] == "rejected" and "CKA" in int8["reason"] and "gate 1.01" in int8["reason"]
+    assert not (tmp_path / "student" / "model_quantized.onnx").exists()
+    assert not (tmp_path / "hf" / "onnx" / "model_quantized.onnx").exists()
+    assert set(info["onnx"]["files"]) == {"fp32"}
+
+
+def test_static_int8_and_per_on_labelled_audio(tmp_path: Path) -> None:
+    from tests.core.evaluation.conftest import write_dataset
+
+    dataset = write_dataset(tmp_path / "data", speakers=2, per_speaker={"train": 4, "test": 2})
+    student = _pruned(tmp_path, "hubert", False)
+    info = export_for_users(student, tmp_path / "student", None, ["int8"], audio=dataset, int8_mode="static")
+    report = info["onnx"]
+    assert "hf" not in info and report["int8_mode"] == "static"
+    assert report["check_utterances"] == 4  # the test split
+    int8 = report["variants"]["int8"]
+    assert 0.0 <= report["per_pytorch_fp32"] <= 150.0 and "per" in int8  # percent
+    assert int8["status"] == "ok" or "PER" in int8.get("reason", "")
+
+
+def test_spec_and_variant_lists() -> None:
+    assert CompressionSpec(export_onnx=True).export_onnx == ["fp32"]
+    assert CompressionSpec(export_onnx=False).export_onnx == []
+    assert CompressionSpec(export_onnx="int8, FP16").export_onnx == ["fp16", "int8"]
+    assert CompressionSpec().export_onnx == []
+    with pytest.raises(ValueError, match="export_onnx"):
+        CompressionSpec(export_onnx=["fp8"])
+    assert parse_onnx_variants("fp32,int8") == ["fp32", "int8"]
+    with pytest.raises(ValueError, match="fp8"):
+        parse_onnx_variants("fp8")
+
+
+def test_export_cli_onnx_list_and_hf(tmp_path: Path) -> None:
+    from core.cli import cli
+
+    student_dir = save_student(_pruned(tmp_path), tmp_path / "student")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["export", str(student_dir), "--onnx", "fp8"])
+    assert res.exit_code == 2 and "fp8" in res.output
+    res = runner.invoke(cli, ["export", str(student_dir), "--onnx", "fp16", "--out", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert Path(json.loads(res.stdout)["onnx"]["files"]["fp16"]).exists()
+    res = runner.invoke(cli, ["export", str(student_dir), "--format", "hf", "--onnx", "--out", str(tmp_path / "hf")])
+    assert res.exit_code == 0, res.output
+    assert "fp32" in res.output and "ok" in res.output
+    assert sorted(p.name for p in (tmp_path / "hf" / "onnx").iterdir()) == ["model.onnx"]
+    assert not (tmp_path / "hf" / "onnx.tmp").exists()
