@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     mid, last = result["middle"], result["num_hidden_states"] - 1
     head = (f"| variant | file | size (MB) | RTF CPU 1 thread | RTF CPU all | cosine h{mid} | CKA h{mid} | "
-            f"cosine h{last} | CKA h{last} | min CKA (all {last + 1}) | PER (%) |")
+            f"cosine h{last} | CKA h{last} | min CKA (all {last + 1}) | PER |")
     lines = [head, "|" + "---|" * 11]
     for name, row in result["rows"].items():
         layers = row.get("layers")

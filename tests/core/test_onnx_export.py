@@ -69,7 +69,7 @@ def test_variants_are_written_verified_and_match_pytorch_with_padding(tmp_path: 
 
 def test_a_variant_below_its_gate_is_not_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     student = _pruned(tmp_path, "hubert", False)
-    gates = {**export_module.ONNX_GATES, "int8": {"min_cka": 1.01, "max_per_increase": 3.0}}
+    gates = {**export_module.ONNX_GATES, "int8": {"min_cka": 1.01, "max_per_increase": 0.03}}
     monkeypatch.setattr(export_module, "ONNX_GATES", gates)
     info = export_for_users(student, tmp_path / "student", tmp_path / "hf", ["fp32", "int8"])
     int8 = info["onnx"]["variants"]["int8"]
@@ -89,7 +89,8 @@ def test_static_int8_and_per_on_labelled_audio(tmp_path: Path) -> None:
     assert "hf" not in info and report["int8_mode"] == "static"
     assert report["check_utterances"] == 4  # the test split
     int8 = report["variants"]["int8"]
-    assert 0.0 <= report["per_pytorch_fp32"] <= 150.0 and "per" in int8  # percent
+    # a fraction; above 1 is possible (a probe trained on 8 tiny utterances inserts many phones)
+    assert report["per_pytorch_fp32"] >= 0.0 and int8["per"] >= 0.0
     assert int8["status"] == "ok" or "PER" in int8.get("reason", "")
 
 
