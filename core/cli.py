@@ -368,6 +368,8 @@ def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path
         if "rtf_cpu_1_thread" in figures:
             line += f"  RTF 1 thread {figures['rtf_cpu_1_thread']:.4f}"
         click.echo(line + ("  ok" if figures["status"] == "ok" else f"  NOT WRITTEN: {figures['reason']}"))
+    for note in info.get("onnx", {}).get("notes", []):
+        click.echo(f"note: {note}")
 
 
 def _register_evaluation() -> None:
