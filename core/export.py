@@ -23,13 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .errors import CheckpointError
-from .models import STUDENT_FORMAT, ModelConfig, SpeechEncoder, build_model
-
-FORMAT_VERSION = 1
+from .models import FORMAT_VERSION, STUDENT_FORMAT, SpeechEncoder
 
 
 def save_student(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None,
@@ -47,32 +45,6 @@ def save_student(model: SpeechEncoder, directory: Path, *, metadata: dict[str, A
               "num_params": model.num_params(), **(metadata or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
-
-
-def load_student(path: Path | str) -> SpeechEncoder:
-    """Load an exported student (ours, or its Hugging Face export: core.hf_export); strict: a missing or
-    unexpected key, or a wrong shape, is an error."""
-    from .hf_export import is_hf_export_dir, load_hf_export
-
-    path = Path(path)
-    if is_hf_export_dir(path):
-        return load_hf_export(path)
-    try:
-        config_data = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not an exported student: {exc}") from None
-    if config_data.get("format") != STUDENT_FORMAT:
-        raise CheckpointError(f"{path}/config.json is not a {STUDENT_FORMAT} config")
-    if int(config_data.get("version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was exported by a newer skillkd (format {config_data['version']})")
-    try:
-        config = ModelConfig.from_dict(config_data["model"])
-        model = build_model(config)
-        state = load_file(str(path / "model.safetensors"))
-        model.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"cannot load student from {path}: {exc}") from None
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -21,14 +21,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from .errors import CheckpointError
-from .models.config import ConvConfig, LayerConfig, ModelConfig
-from .models.encoder import SpeechEncoder, build_model
+from .models.config import ModelConfig
+from .models.encoder import SpeechEncoder
+from .models.students import HF_MODEL_TYPE, is_hf_export_dir, load_hf_export, model_config_from_hf
 
-MODEL_TYPE = "skillkd"
+MODEL_TYPE = HF_MODEL_TYPE
 TEMPLATE_DIR = Path(__file__).resolve().parent / "hf_template"
 TEMPLATE_FILES = ("configuration_skillkd.py", "modeling_skillkd.py")
 AUTO_MAP = {"AutoConfig": "configuration_skillkd.SkillkdConfig", "AutoModel": "modeling_skillkd.SkillkdModel"}
@@ -65,47 +65,6 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def model_config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> ModelConfig:
-    """The inverse of `hf_config_dict` (plus the preprocessor's sampling rate and do_normalize)."""
-    try:
-        wavlm = hf["architecture"] == "wavlm"
-        heads, ffn = hf["layer_num_heads"], hf["layer_intermediate_size"]
-        indices = hf.get("layer_head_indices") or [None] * len(heads)
-        scales = hf.get("conv_output_scale") or [False] * len(hf["conv_dim"])
-        pre = preprocessor or {}
-        return ModelConfig(
-            architecture=hf["architecture"],
-            conv=[ConvConfig(int(d), int(k), int(s), bool(o)) for d, k, s, o in
-                  zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"], scales, strict=True)],
-            layers=[LayerConfig(int(h), int(f), list(i) if wavlm and i is not None else None)
-                    for h, f, i in zip(heads, ffn, indices, strict=True)],
-            hidden_size=int(hf["hidden_size"]),
-            head_dim=int(hf["head_dim"]),
-            extractor_mode="layer_norm" if hf["feat_extract_norm"] == "layer" else "group_norm",
-            conv_bias=bool(hf["conv_bias"]),
-            feat_proj_layer_norm=bool(hf["feat_proj_layer_norm"]),
-            feat_proj_phantom_channels=int(hf.get("feat_proj_phantom_channels", 0)),
-            pos_conv_kernel=int(hf["num_conv_pos_embeddings"]),
-            pos_conv_groups=int(hf["num_conv_pos_embedding_groups"]),
-            layer_norm_first=bool(hf["do_stable_layer_norm"]),
-            layer_norm_eps=float(hf["layer_norm_eps"]),
-            num_buckets=int(hf["num_buckets"]),
-            max_distance=int(hf["max_bucket_distance"]),
-            gate_heads=int(hf.get("gate_heads", 0)) if wavlm else 0,
-            normalize_waveform=bool(pre.get("do_normalize", False)),
-            sample_rate=int(pre.get("sampling_rate", 16_000)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"config.json of the Hugging Face export is incomplete or malformed: {exc!r}") from None
-
-
-def is_hf_export_dir(path: Path | str) -> bool:
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def preprocessor_dict(config: ModelConfig) -> dict[str, Any]:
     """preprocessor_config.json for Wav2Vec2FeatureExtractor."""
     return {"do_normalize": config.normalize_waveform, "feature_extractor_type": "Wav2Vec2FeatureExtractor",
@@ -131,24 +90,6 @@ def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str,
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
     return directory
-
-
-def load_hf_export(path: Path | str) -> SpeechEncoder:
-    """Read a Hugging Face export back into our encoder (strict about keys and shapes)."""
-    path = Path(path)
-    try:
-        hf = json.loads((path / "config.json").read_text())
-        pre_path = path / "preprocessor_config.json"
-        pre = json.loads(pre_path.read_text()) if pre_path.exists() else None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name} is not a readable Hugging Face export: {exc}") from None
-    config = model_config_from_hf(hf, pre)
-    try:
-        model = build_model(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"cannot load the Hugging Face export {path.name}: {exc}") from None
-    return model.eval()
 
 
 def hf_module(model: SpeechEncoder) -> Any:

@@ -106,3 +106,29 @@ def test_one_definition_of_the_vocabularies() -> None:
     for needle in ('"queued", "running"', '"distill_prune", "finalize"', "[0-9a-f]{28}"):
         where = [str(p.relative_to(ROOT)) for p, text in texts.items() if needle in text]
         assert len(where) == 1, (needle, where)
+
+
+def test_the_engine_has_no_import_cycle() -> None:
+    """No circle between core's modules, imports inside functions included (a function-level import only hides
+    a circle: core.models once reached back into core.export, core.parallel into core.pipeline)."""
+    modules: dict[str, Path] = {}
+    for path in (ROOT / "core").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {name: {candidate for _, module, names in imports(path)
+                    for candidate in (module, *(f"{module}.{n}" for n in names))
+                    if candidate in modules and candidate != name}
+             for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(name):], name]))
+        if name in done:
+            return
+        for dependency in sorted(graph[name]):
+            visit(dependency, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

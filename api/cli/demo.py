@@ -36,7 +36,7 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
 
     from api.client import ClientError, SkillkdClient
     from core.cli import DEMO_AUDIO, DEMO_TEACHER
-    from core.export import load_student
+    from core.models import load_student
 
     if not port:
         with socket.socket() as s:

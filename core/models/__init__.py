@@ -3,7 +3,6 @@ own exported students."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,7 @@ from .config import ConvConfig, LayerConfig, ModelConfig
 from .encoder import SpeechEncoder, build_model, make_student
 from .hardconcrete import HardConcrete
 from .import_huggingface import load_huggingface
-
-STUDENT_FORMAT = "skillkd-student"
-
-
-def is_student_dir(path: Path) -> bool:
-    """Our own export directory, or its Hugging Face export (config.json with model_type "skillkd")."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-        return config.get("format") == STUDENT_FORMAT or config.get("model_type") == "skillkd"
-    except (OSError, ValueError, AttributeError):
-        return False
+from .students import FORMAT_VERSION, STUDENT_FORMAT, is_student_dir, load_student
 
 
 def load_model(path: Path | str) -> SpeechEncoder:
@@ -32,8 +21,6 @@ def load_model(path: Path | str) -> SpeechEncoder:
     export); eval mode, on CPU."""
     path = Path(path)
     if is_student_dir(path):
-        from ..export import load_student
-
         return load_student(path)
     return load_huggingface(path)
 
@@ -74,6 +61,6 @@ def inspect_teacher(path: Path | str) -> dict[str, Any]:
 
 __all__ = [
     "ConvConfig", "LayerConfig", "ModelConfig", "SpeechEncoder", "HardConcrete", "build_model",
-    "make_student", "load_huggingface", "load_model", "inspect_teacher", "macs_per_second", "is_student_dir", "STUDENT_FORMAT",
+    "make_student", "load_huggingface", "load_model", "load_student", "FORMAT_VERSION", "inspect_teacher", "macs_per_second", "is_student_dir", "STUDENT_FORMAT",
     "TeacherError",
 ]

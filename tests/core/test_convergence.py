@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.evaluation.facts import count_macs
-from core.export import load_student
+from core.models import load_student
 from core.pipeline import run
 from core.spec import CompressionSpec
 from tests.conftest import save_tiny_teacher

@@ -98,7 +98,7 @@ def test_pipeline_with_two_processes_produces_a_student(tmp_path: Path) -> None:
     import numpy as np
     import soundfile as sf
 
-    from core.export import load_student
+    from core.models import load_student
     from core.pipeline import run
 
     audio = tmp_path / "audio"

@@ -17,9 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from core.export import load_student
 from core.hf_export import hidden_states_from_reps, is_hf_export_dir, save_hf_export
-from core.models import load_huggingface, load_model, make_student
+from core.models import load_huggingface, load_model, load_student, make_student
 from tests.conftest import save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]

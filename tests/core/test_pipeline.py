@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from core.errors import AudioError, SpecError, StopRequested
-from core.export import load_student
+from core.models import load_student
 from core.pipeline import run
 from core.spec import CompressionSpec
 from tests.conftest import save_tiny_teacher

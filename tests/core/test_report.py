@@ -62,8 +62,8 @@ def test_a_student_with_zero_width_layers_loads_without_warnings(tmp_path: Path,
 
     import torch
 
-    from core.export import load_student, save_student
-    from core.models import load_huggingface, make_student
+    from core.export import save_student
+    from core.models import load_huggingface, load_student, make_student
 
     student = make_student(load_huggingface(tiny_wavlm_dir))
     with torch.no_grad():

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_demo_round_trip_downloads_and_loads_a_smaller_student(tmp_path: Path) -> None:
-    from core.export import load_student
+    from core.models import load_student
 
     out = tmp_path / "out"
     proc = subprocess.run(

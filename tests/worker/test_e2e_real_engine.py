@@ -37,7 +37,7 @@ def real_engine(stack):
 
 
 def load_student_params(archive: Path, tmp: Path) -> int:
-    from core.export import load_student
+    from core.models import load_student
 
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(tmp / "student")
