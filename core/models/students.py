@@ -114,26 +114,5 @@ def load_student(path: Path | str) -> SpeechEncoder:
     return model.eval()
 
 
-# --------------------------------------------------------------------------------------------------------------
-# ONNX: fp32, fp16 and int8 variants, each verified against PyTorch fp32 before it is offered
-# --------------------------------------------------------------------------------------------------------------
-ONNX_VARIANTS = ("fp32", "fp16", "int8")
-# The Hub's names for these encoders' ONNX files (also used inside the hf export's onnx/ folder).
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_quantized.onnx"}
-ONNX_ARTIFACTS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
-# A variant is offered only if every hidden state keeps linear CKA >= min_cka with PyTorch fp32 on held-out
-# audio and, when the audio has phone labels, a probe trained on fp32 features loses at most
-# max_per_increase of PER (a fraction, as the probes report it: 0.01 = one point) when it reads the variant's
-# features (docs/algorithm.md §6).
-ONNX_GATES: dict[str, dict[str, float]] = {
-    "fp32": {"min_cka": 0.9999, "max_per_increase": 0.005},
-    "fp16": {"min_cka": 0.99, "max_per_increase": 0.01},
-    "int8": {"min_cka": 0.97, "max_per_increase": 0.03},
-}
-INT8_MODES = ("dynamic", "static")
-DEFAULT_INT8_MODE = "dynamic"
-OPSET = 17
-
-
 __all__ = ["FORMAT_VERSION", "HF_MODEL_TYPE", "STUDENT_FORMAT", "is_hf_export_dir", "is_student_dir",
            "load_hf_export", "load_student", "model_config_from_hf"]
