@@ -117,13 +117,16 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         hc.keep_override = hc.deterministic() != 0
         kept.append(hc.keep_override.cpu().numpy().copy())
     kinds = [b.kind for b in budgets]
+    # moves aim at half the tolerance, so a student does not stop on the edge of its band; `landed` is judged
+    # against the full tolerance
+    aim = tolerance / 2
     targets = np.array([b.target for b in budgets])
 
     def misses(values: np.ndarray) -> np.ndarray:
         return values / targets - 1.0  # (..., budget)
 
     def badness(values: np.ndarray) -> np.ndarray:
-        beyond = np.maximum(np.abs(misses(values)) - tolerance, 0.0)
+        beyond = np.maximum(np.abs(misses(values)) - aim, 0.0)
         return (beyond ** 2).sum(-1) + 1e-6 * (misses(values) ** 2).sum(-1)
 
     before = measure(student, seconds)
@@ -133,7 +136,7 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
     while budgets and moves < limit:
         sizes, costs = _sizes_and_unit_costs(student, masks, kinds, seconds)
         now = np.array([sizes[k] for k in kinds])
-        over, under = misses(now) > tolerance, misses(now) < -tolerance
+        over, under = misses(now) > aim, misses(now) < -aim
         history.append((float(badness(now)), [k.copy() for k in kept]))
         if not over.any() and not under.any():
             break
@@ -154,7 +157,7 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         if over.any() != under.any():  # one direction: follow the scores, staying inside the far side
             dropping = bool(over.any())
             fitting = [o for o in options if o[2] != dropping
-                       and not (misses(o[4]) < -tolerance if dropping else misses(o[4]) > tolerance).any()]
+                       and not (misses(o[4]) < -aim if dropping else misses(o[4]) > aim).any()]
             if fitting:
                 chosen = min(fitting, key=lambda o: o[3]) if dropping else max(fitting, key=lambda o: o[3])
         step: list[tuple[int, int, bool, float, np.ndarray]] = []
