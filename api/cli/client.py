@@ -158,8 +158,11 @@ class JobProgressView:
                 self.bar.leave = False
                 self.close()
             self.stage, self.total = stage, total
+            # a stage without steps (finalize, export) or whose total is not known yet shows its elapsed time,
+            # not an open-ended "0step [00:09, ?step/s]"
+            fmt = None if total is not None else "{desc}: {elapsed}"
             self.bar = tqdm(total=total, desc=stage or job["status"], unit="step", file=self.file, leave=True,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, bar_format=fmt)
         if self.bar is not None:
             self.bar.n = int(progress.get("step") or 0)
             self.bar.set_postfix(postfix(stage, progress.get("metrics") or {}), refresh=False)

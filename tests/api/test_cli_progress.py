@@ -24,6 +24,14 @@ def test_stage_two_bar_counts_to_its_total_after_a_first_poll_without_one():
     assert "40/80" in out.getvalue()
 
 
+def test_a_stage_without_steps_shows_its_elapsed_time_not_zero_steps():
+    out = io.StringIO()
+    view = JobProgressView(file=out)
+    view.update(job("export", 0, 0))
+    view.close()
+    assert "export: 00:00" in out.getvalue() and "0step" not in out.getvalue()
+
+
 def test_stage_one_postfix_shows_sparsity_params_macs_and_lambda():
     shown = postfix("distill_prune", {"distill": 0.25, "sparsity": 0.61, "target_sparsity": 0.7,
                                       "expected_params": 4_321_000, "expected_macs": 2.5e9, "macs_sparsity": 0.4,
