@@ -55,6 +55,25 @@ def save_tiny_teacher(directory: Path, arch: str = "hubert", large: bool = False
     return directory
 
 
+def randomise_masks(student, seed: int = 0, scale: float = 3.0) -> None:
+    """Spread the student's Hard Concrete scores (N(0, scale²), seeded) so eval gates keep and drop units."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for hc in student.hard_concretes():
+            hc.log_alpha.copy_(torch.randn(hc.n, generator=g) * scale)
+
+
+def pruned_student(teacher, seed: int = 0):
+    """A physically pruned copy of `teacher` with randomly spread masks (eval gates)."""
+    from core.models import make_student
+
+    student = make_student(teacher)
+    randomise_masks(student, seed)
+    student.eval()
+    student.prune()
+    return student
+
+
 @pytest.fixture
 def tiny_teacher_dir(tmp_path: Path) -> Path:
     return save_tiny_teacher(tmp_path / "teacher", "hubert")

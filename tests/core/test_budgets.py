@@ -13,16 +13,9 @@ from core.landing import land, measure
 from core.models import load_huggingface, make_student
 from core.spec import Budget, CompressionSpec
 from core.train import DistillStep
-from tests.conftest import save_tiny_teacher
+from tests.conftest import randomise_masks, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
-
-
-def _randomise_masks(student, seed: int = 0, scale: float = 3.0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for hc in student.hard_concretes():
-            hc.log_alpha.copy_(torch.randn(hc.n, generator=g) * scale)
 
 
 @pytest.mark.parametrize(("arch", "large"), ARCHS)
@@ -47,7 +40,7 @@ def test_eval_counts_equal_the_pruned_student(tmp_path: Path, arch: str, large: 
     """In eval mode the counts are exactly what `prune()` keeps: params, and MACs by the dispatch counter."""
     teacher = load_huggingface(save_tiny_teacher(tmp_path / "t", arch, large))
     student = make_student(teacher, layers=True)
-    _randomise_masks(student)
+    randomise_masks(student)
     student.eval()
     sizes = measure(student, 10.0)
     student.prune()
@@ -114,7 +107,7 @@ def test_landing_hits_every_target_within_half_a_percent(tmp_path: Path, kinds: 
                                                          large: bool) -> None:
     teacher = load_huggingface(_fine_teacher(tmp_path, arch, large))
     student = make_student(teacher)
-    _randomise_masks(student, scale=2.0)
+    randomise_masks(student, scale=2.0)
     student.eval()
     start = measure(student, 10.0)
     teacher_sizes = {"params": float(teacher.num_params()), "macs": float(teacher.expected_macs(10.0))}

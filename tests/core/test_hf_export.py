@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from core.hf_export import hidden_states_from_reps, is_hf_export_dir, save_hf_export
 from core.models import load_huggingface, load_model, load_student, make_student
-from tests.conftest import save_tiny_teacher
+from tests.conftest import pruned_student, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
 TOL = 1e-5
@@ -36,17 +36,6 @@ def _teacher(tmp_path: Path, arch: str, large: bool, normalize: bool = True) -> 
         {"do_normalize": normalize, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
          "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True, "sampling_rate": 16000}))
     return directory
-
-
-def _pruned_student(teacher_dir: Path, seed: int = 0):
-    student = make_student(load_huggingface(teacher_dir))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for hc in student.hard_concretes():
-            hc.log_alpha.copy_(torch.randn(hc.n, generator=g) * 3)
-    student.eval()
-    student.prune()
-    return student
 
 
 def _waves(seed: int = 0) -> list[np.ndarray]:
@@ -79,7 +68,7 @@ def _ours(student, waves: list[np.ndarray]):
 
 @pytest.mark.parametrize(("arch", "large"), ARCHS)
 def test_pruned_student_export_matches_load_student_with_padding(tmp_path: Path, arch: str, large: bool) -> None:
-    student = _pruned_student(_teacher(tmp_path, arch, large))
+    student = pruned_student(load_huggingface(_teacher(tmp_path, arch, large)))
     directory = save_hf_export(student, tmp_path / "hf")
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "skillkd" and set(config["auto_map"]) == {"AutoConfig", "AutoModel"}
@@ -125,7 +114,7 @@ def test_unpruned_export_matches_transformers_own_model(tmp_path: Path, arch: st
 def test_save_pretrained_round_trip_and_recompression(tmp_path: Path) -> None:
     from transformers import AutoModel
 
-    student = _pruned_student(_teacher(tmp_path, "wavlm", False))
+    student = pruned_student(load_huggingface(_teacher(tmp_path, "wavlm", False)))
     directory = save_hf_export(student, tmp_path / "hf")
     model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
     model.save_pretrained(tmp_path / "again")
@@ -149,7 +138,7 @@ def test_cli_export_hf_and_inspect(tmp_path: Path) -> None:
     from core.cli import cli
     from core.export import save_student
 
-    student = _pruned_student(_teacher(tmp_path, "hubert", True))
+    student = pruned_student(load_huggingface(_teacher(tmp_path, "hubert", True)))
     ours = save_student(student, tmp_path / "student")
     runner = CliRunner()
     res = runner.invoke(cli, ["export", str(ours), "--format", "hf", "--out", str(tmp_path / "hf"), "--json"])
@@ -198,7 +187,7 @@ FRESH_SCRIPT = textwrap.dedent('''
 def test_export_loads_in_a_fresh_environment_without_skillkd(tmp_path: Path) -> None:
     """A venv with torch and transformers (the system site-packages as a plain path, so skillkd's editable
     finder is not run) and a cwd outside the repository: the export must load and match."""
-    student = _pruned_student(_teacher(tmp_path, "wavlm", True))
+    student = pruned_student(load_huggingface(_teacher(tmp_path, "wavlm", True)))
     directory = save_hf_export(student, tmp_path / "hf")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

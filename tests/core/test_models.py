@@ -10,7 +10,7 @@ import torch
 
 from core.errors import TeacherError
 from core.models import build_model, load_huggingface, make_student
-from tests.conftest import save_tiny_teacher
+from tests.conftest import randomise_masks, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
 
@@ -96,19 +96,12 @@ def test_expected_params_is_differentiable(tiny_teacher_dir: Path) -> None:
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def _randomise_masks(student, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for hc in student.hard_concretes():
-            hc.log_alpha.copy_(torch.randn(hc.n, generator=g) * 3)
-
-
 @pytest.mark.parametrize(("arch", "large"), ARCHS)
 @pytest.mark.parametrize("layers", [False, True])
 def test_pruned_model_equals_masked_eval_model(tmp_path: Path, arch: str, large: bool, layers: bool) -> None:
     teacher = load_huggingface(save_tiny_teacher(tmp_path / "t", arch, large))
     student = make_student(teacher, layers=layers)
-    _randomise_masks(student)
+    randomise_masks(student)
     student.eval()
     x = torch.randn(2, 4000)
     with torch.no_grad():

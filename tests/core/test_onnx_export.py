@@ -21,20 +21,13 @@ from core.export import (
     save_student,
 )
 from core.hf_export import hf_module
-from core.models import load_huggingface, make_student
+from core.models import load_huggingface
 from core.spec import CompressionSpec
-from tests.conftest import save_tiny_teacher
+from tests.conftest import pruned_student, save_tiny_teacher
 
 
 def _pruned(tmp_path: Path, arch: str = "wavlm", large: bool = True, seed: int = 0):
-    student = make_student(load_huggingface(save_tiny_teacher(tmp_path / f"t-{arch}", arch, large)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for hc in student.hard_concretes():
-            hc.log_alpha.copy_(torch.randn(hc.n, generator=g) * 3)
-    student.eval()
-    student.prune()
-    return student
+    return pruned_student(load_huggingface(save_tiny_teacher(tmp_path / f"t-{arch}", arch, large)), seed)
 
 
 @pytest.mark.parametrize(("arch", "large"), [("wavlm", True), ("hubert", False)])
