@@ -123,3 +123,22 @@ def drain(make_runner, enqueuer):
         return [runner.run(job_id) for job_id in enqueuer.pop_all()]
 
     return run
+
+
+@pytest.fixture
+def cli_as_alice(client, alice, monkeypatch):
+    """The `skillkd` client commands talk to the in-process app as alice (the TestClient is an httpx.Client
+    on it), so CLI tests need no server."""
+    import api.cli.client as cli_client
+    from api.client import SkillkdClient
+
+    def in_process(url, api_key):
+        c = SkillkdClient("http://testserver", "unused")
+        c.http.close()
+        c.http = client
+        c.close = lambda: None  # type: ignore[method-assign]
+        return c
+
+    client.headers.update(alice)
+    monkeypatch.setattr(cli_client, "client", in_process)
+    return client

@@ -74,26 +74,15 @@ def test_dry_run_with_the_real_engine(tmp_path: Path) -> None:
         assert too_short.status_code == 422 and too_short.json()["error"]["code"] == "audio_invalid"
 
 
-def test_cli_submit_dry_run(client, alice, enqueuer, tmp_path, monkeypatch):
+def test_cli_submit_dry_run(cli_as_alice, client, alice, enqueuer, tmp_path):
     """`skillkd submit --dry-run` against the in-process app (the TestClient's transport): the estimate as JSON."""
     import json
 
     from click.testing import CliRunner
     from servicekit import make_teacher
 
-    import api.cli.client as cli_client
     from api.cli import build_cli
-    from api.client import SkillkdClient
 
-    def in_process(url, api_key):
-        c = SkillkdClient("http://testserver", "unused")
-        c.http.close()
-        c.http = client  # the TestClient is an httpx.Client on the app
-        c.close = lambda: None  # type: ignore[method-assign]
-        return c
-
-    client.headers.update(alice)
-    monkeypatch.setattr(cli_client, "client", in_process)
     teacher, audio = make_teacher(tmp_path / "teacher"), make_audio(tmp_path / "audio")
     result = CliRunner().invoke(build_cli(), ["submit", str(teacher), str(audio), "--stage1-steps", "5", "--dry-run"])
     assert result.exit_code == 0, (result.output, result.exception)

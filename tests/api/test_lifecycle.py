@@ -100,21 +100,10 @@ def test_cancel_a_paused_job_removes_its_checkpoint(client, alice, teacher, data
     assert not (settings.storage / "jobs" / job["id"]).exists()
 
 
-def test_cli_pause_resume_and_delete(client, alice, teacher, dataset, enqueuer, monkeypatch):
+def test_cli_pause_resume_and_delete(cli_as_alice, client, alice, teacher, dataset, enqueuer):
     """The client commands against the in-process app (the TestClient's transport)."""
-    import api.cli.client as cli_client
     from api.cli import build_cli
-    from api.client import SkillkdClient
 
-    def in_process(url, api_key):
-        c = SkillkdClient("http://testserver", "unused")
-        c.http.close()
-        c.http = client  # the TestClient is an httpx.Client on the app
-        c.close = lambda: None  # type: ignore[method-assign]
-        return c
-
-    client.headers.update(alice)
-    monkeypatch.setattr(cli_client, "client", in_process)
     job = create(client, alice, teacher, dataset).json()
     cli, runner = build_cli(), CliRunner()
     result = runner.invoke(cli, ["pause", job["id"]])
