@@ -4,9 +4,9 @@ call, so no route builds a query or commits by itself. Job state changes are in 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import ColumnElement, CursorResult, Select, delete, select
 from sqlalchemy.orm import Session
 
 from service.models import NON_TERMINAL_STATUSES, Artifact, Dataset, Job, JobEvent, Teacher
@@ -52,14 +52,16 @@ def insert(session: Session, *, row: Any) -> Any:
 def jobs_using(session: Session, *, teacher_id: str | None = None, dataset_id: str | None = None,
                non_terminal: bool = False) -> list[str]:
     """Ids of the jobs that reference this teacher or dataset (as training or calibration audio)."""
-    if teacher_id is not None:
-        condition = Job.teacher_id == teacher_id
-    else:
-        condition = (Job.dataset_id == dataset_id) | (Job.calibration_dataset_id == dataset_id)
-    query = select(Job.id).where(condition)
+    query = select(Job.id).where(_uses(teacher_id=teacher_id, dataset_id=dataset_id))
     if non_terminal:
         query = query.where(Job.status.in_(NON_TERMINAL_STATUSES))
     return list(session.scalars(query.order_by(Job.id)))
+
+
+def _uses(*, teacher_id: str | None = None, dataset_id: str | None = None) -> ColumnElement[bool]:
+    if teacher_id is not None:
+        return Job.teacher_id == teacher_id
+    return (Job.dataset_id == dataset_id) | (Job.calibration_dataset_id == dataset_id)
 
 
 def delete_jobs(session: Session, *, job_ids: list[str]) -> None:
@@ -71,18 +73,28 @@ def delete_jobs(session: Session, *, job_ids: list[str]) -> None:
 
 
 def delete_resource(session: Session, *, model: type[Teacher] | type[Dataset], row_id: str) -> list[str]:
-    """Delete a teacher or dataset row unless a job references it; returns the ids of the jobs that do (nothing
-    is deleted then). Finished jobs block it too: their rows point at it (the database keeps that reference),
-    and deleting a user's results as a side effect of deleting an input would be a surprise. The check and the
-    delete are one transaction; the caller removes the files after the commit."""
-    users = (jobs_using(session, teacher_id=row_id) if model is Teacher
-             else jobs_using(session, dataset_id=row_id))
-    if users:
-        session.rollback()
-        return users
-    session.execute(delete(model).where(model.id == row_id))
-    session.commit()
-    return []
+    """Delete a teacher or dataset row unless an unfinished job (queued, running, pausing, paused, cancelling:
+    a paused job resumes from its checkpoint and needs its inputs) uses it; returns the ids of those jobs
+    (nothing is deleted then). Finished jobs keep the input's id (`Job.teacher_id`, ...); the database clears
+    their foreign keys (`Job.teacher_ref`, ...: ON DELETE SET NULL). The caller removes the files after this
+    commits.
+
+    The check is inside the DELETE statement (`... WHERE NOT EXISTS (unfinished job)`), so no job created
+    between a check and the delete can lose its input: on SQLite the statement holds the database's write lock
+    throughout; on PostgreSQL the row is locked first (FOR UPDATE), so a job being inserted on it (its foreign
+    key check takes a share lock on the row) either committed before the statement's snapshot, and is seen, or
+    waits and then fails on the missing row (IntegrityError: the route answers teacher_not_found)."""
+    key = {"teacher_id": row_id} if model is Teacher else {"dataset_id": row_id}
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(model.id).where(model.id == row_id).with_for_update())
+    in_use = select(Job.id).where(_uses(**key), Job.status.in_(NON_TERMINAL_STATUSES)).exists()
+    result = session.execute(delete(model).where(model.id == row_id, ~in_use))
+    if cast(CursorResult[Any], result).rowcount == 1:
+        session.commit()
+        return []
+    users = jobs_using(session, non_terminal=True, **key)
+    session.rollback()
+    return users  # empty: someone else deleted it meanwhile, which is what the caller asked for
 
 
 __all__ = ["owned", "page", "dataset_path", "insert", "jobs_using", "delete_jobs", "delete_resource"]

@@ -103,10 +103,12 @@ def by_idempotency_key(session: Session, *, owner_id: str, key: str) -> Job | No
 def create_job(session: Session, *, owner_id: str, teacher_id: str, dataset_id: str,
                calibration_dataset_id: str | None, spec: dict[str, Any], idempotency_key: str | None) -> Job:
     """Insert a queued job and its first event and COMMIT (raises IntegrityError on a concurrent duplicate
-    Idempotency-Key; the session is rolled back then). Enqueue only after this returns."""
+    Idempotency-Key, or when the teacher or a dataset was deleted since the caller checked it; the session is
+    rolled back then). Enqueue only after this returns."""
     now = utcnow()
     job = Job(id=new_id("job"), owner_id=owner_id, teacher_id=teacher_id, dataset_id=dataset_id,
-              calibration_dataset_id=calibration_dataset_id, spec=spec, status="queued", progress={}, metrics={},
+              calibration_dataset_id=calibration_dataset_id, teacher_ref=teacher_id, dataset_ref=dataset_id,
+              calibration_dataset_ref=calibration_dataset_id, spec=spec, status="queued", progress={}, metrics={},
               attempts=0, idempotency_key=idempotency_key, enqueued_at=now, created_at=now, updated_at=now)
     session.add(job)
     add_event(session, job_id=job.id, kind="status", message="queued")

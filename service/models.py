@@ -145,11 +145,20 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
-    teacher_id: Mapped[str] = mapped_column(ForeignKey("teachers.id", ondelete="RESTRICT"))
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
-    calibration_dataset_id: Mapped[str | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="RESTRICT"), nullable=True
-    )
+    # The inputs the job was created with, as the API shows them: kept when the teacher or dataset is deleted
+    # later (a finished job still says where it came from; GET /v1/teachers/{id} then answers 404).
+    teacher_id: Mapped[str] = mapped_column(String(40))
+    dataset_id: Mapped[str] = mapped_column(String(40))
+    calibration_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # The same inputs as foreign keys while they exist: the database refuses a job on an input deleted since the
+    # route checked it, and deleting an input (allowed once no unfinished job uses it, service.crud) clears them.
+    teacher_ref: Mapped[str | None] = mapped_column(
+        ForeignKey("teachers.id", ondelete="SET NULL", name="fk_jobs_teacher_ref_teachers"), nullable=True)
+    dataset_ref: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_dataset_ref_datasets"), nullable=True)
+    calibration_dataset_ref: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_calibration_dataset_ref_datasets"),
+        nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     stage: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -308,7 +308,8 @@ def _resource_group(kind: str) -> click.Group:
             except ClientError as exc:
                 fail(exc)
 
-    @group.command("delete")
+    @group.command("delete", help=f"Delete one of your {kind} and its files on the server; refused while an "
+                   "unfinished job (queued, running, paused, ...) uses it. Finished jobs keep its id.")
     @click.argument("resource_id")
     @client_options
     def delete_cmd(resource_id: str, url: str | None, api_key: str | None) -> None:

@@ -1,5 +1,6 @@
 """POST/GET/DELETE /v1/datasets: upload audio as an archive (safe extraction), or register a server path
-(admin); delete (409 while a job uses it; a registered server directory is never removed, only its row)."""
+(admin); delete (409 while an unfinished job uses it; a registered server directory is never removed, only its
+row)."""
 
 from __future__ import annotations
 
@@ -122,7 +123,8 @@ def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> Da
     return DatasetPublic.from_row(row)
 
 
-@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset and its files (409 while a job uses it)")
+@router.delete("/{dataset_id}", status_code=204,
+                summary="Delete a dataset and its files (409 while an unfinished job uses it)")
 def delete_dataset(dataset_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
     row = crud.owned(session, model=Dataset, row_id=dataset_id, owner_id=owner.id)
     if row is None:

@@ -149,6 +149,7 @@ def create_job(
         existing = (jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
                     if idempotency_key else None)
         if existing is None:
+            check_references(session, owner, body)  # the teacher or a dataset was deleted meanwhile: 422
             raise
         return _replay(existing, body, response)
     _enqueue(services, job.id)

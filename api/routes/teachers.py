@@ -1,5 +1,5 @@
 """POST/GET/DELETE /v1/teachers: upload a Hugging Face teacher directory as an archive (validated at once),
-list, get, delete (409 while a job uses it)."""
+list, get, delete (409 while an unfinished job uses it; finished jobs keep its id)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def get_teacher(teacher_id: str, session: SessionDep, owner: CurrentOwner) -> Te
     return row
 
 
-@router.delete("/{teacher_id}", status_code=204, summary="Delete a teacher and its files (409 while a job uses it)")
+@router.delete("/{teacher_id}", status_code=204,
+                summary="Delete a teacher and its files (409 while an unfinished job uses it)")
 def delete_teacher(teacher_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
     if crud.owned(session, model=Teacher, row_id=teacher_id, owner_id=owner.id) is None:
         raise NotFound(f"teacher {teacher_id} not found")
@@ -75,4 +76,5 @@ def delete_teacher(teacher_id: str, services: ServicesDep, session: SessionDep, 
 
 def in_use_message(what: str, job_ids: list[str]) -> str:
     shown = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
-    return f"{what} is used by job(s) {shown}; cancel and delete those jobs first"
+    return (f"{what} is used by unfinished job(s) {shown}; it can be deleted once they have finished "
+            "(a paused job still needs it: resume or cancel it)")
