@@ -118,12 +118,15 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.option("--head", type=click.Choice(["linear", "lstm"]), default="linear", show_default=True,
               help="PR probe head: linear, or one BiLSTM layer of 128.")
 @click.option("--device", default="auto", show_default=True, help="Feature extraction device: auto, cpu, cuda.")
+@click.option("--per-layer", is_flag=True, help="Also the SID accuracy of each representation alone (one probe "
+              "per layer): where speaker identity lives.")
 @click.option("--name", default=None, help="The model's name in the results [default: for a student, teacher, "
               "method and size from its report.json, e.g. 'hubert-mini SKILL 2.9M'; else the folder name].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def evaluate_command(
     model: Path, dataset: Path, tasks: tuple[str, ...], phone_field: str, train_split: str, test_split: str, seed: int,
-    out_dir: Path, fbank: bool, teacher: Path | None, head: str, device: str, name: str | None, as_json: bool,
+    out_dir: Path, fbank: bool, teacher: Path | None, head: str, device: str, per_layer: bool, name: str | None,
+    as_json: bool,
 ) -> None:
     """Probe MODEL (a teacher or an exported student) on DATASET: phoneme recognition and speaker ID."""
     from core.evaluation.run import evaluate, render_markdown
@@ -132,7 +135,8 @@ def evaluate_command(
     result = _run(bars, lambda: evaluate(
         model, dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
         test_split=test_split, seed=seed, out_dir=out_dir, include_fbank=fbank, teacher=teacher, name=name,
-        device=device, phone_config=PhoneProbeConfig(head=head), on_event=bars,  # type: ignore[arg-type]
+        device=device, phone_config=PhoneProbeConfig(head=head),  # type: ignore[arg-type]
+        per_layer=per_layer, on_event=bars,
     ))
     click.echo(json.dumps(result, indent=2) if as_json else render_markdown(result))
 
@@ -156,6 +160,10 @@ def evaluate_command(
 @click.option("--phone-field", default="arpabet", show_default=True)
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--test-split", default="test", show_default=True)
+@click.option("--compress-split", default=None, help="The split compression sees [default: the train split]; "
+              "e.g. 'compress' on a held-out-speakers view (bench/heldout_speakers.py), whose probes then run "
+              "on speakers no compression saw.")
+@click.option("--per-layer", is_flag=True, help="Also the SID accuracy of each representation alone, per model.")
 @click.option("--fbank/--no-fbank", default=True, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
@@ -164,9 +172,11 @@ def evaluate_command(
 def compare_command(
     teacher: Path, dataset: Path, methods: list[str], sparsity: float, budgets: str | None, seeds: int, preset: str,
     stage1_steps: int | None, stage2_steps: int | None, clusters: str | None, tasks: tuple[str, ...], phone_field: str, train_split: str,
-    test_split: str, fbank: bool, device: str, out_dir: Path, as_json: bool,
+    test_split: str, compress_split: str | None, per_layer: bool, fbank: bool, device: str, out_dir: Path,
+    as_json: bool,
 ) -> None:
-    """Compress TEACHER with each method and seed on DATASET's train split; probe all models alike."""
+    """Compress TEACHER with each method and seed on DATASET's train split (or --compress-split); probe all
+    models alike."""
     from core.evaluation.compare import compare, parse_budgets, render_comparison
 
     overrides: dict[str, Any] = {}
@@ -177,8 +187,8 @@ def compare_command(
     result = _run(bars, lambda: compare(
         teacher, dataset, out_dir=out_dir, methods=methods, sparsity=sparsity, seeds=seeds, preset=preset,
         stage1_steps=stage1_steps, stage2_steps=stage2_steps, tasks=tasks, phone_field=phone_field,
-        train_split=train_split, test_split=test_split, include_fbank=fbank, device=device, on_event=bars,
-        spec_overrides=overrides, budgets=budget_list,
+        train_split=train_split, test_split=test_split, compress_split=compress_split, per_layer=per_layer,
+        include_fbank=fbank, device=device, on_event=bars, spec_overrides=overrides, budgets=budget_list,
     ))
     click.echo(json.dumps(result, indent=2, default=str) if as_json else render_comparison(result))
 

@@ -8,7 +8,9 @@ seed so their spread shows how much of a difference is probe noise.
 
 Compression sees the train split only: the pipeline takes a directory, so a train-only view of the dataset is
 written into the output directory (audio hard-linked, copied where linking is impossible), keeping the test
-utterances out of calibration and distillation.
+utterances out of calibration and distillation. `compress_split` names another split for compression, so the
+probes can run on speakers compression never heard (the held-out-speakers view of `bench/heldout_speakers.py`:
+compress on `compress`, probe on `probe_train` / `probe_test`).
 
 Phases: 1. labels and the train view; 2. teacher features and probes (all seeds); 3. FBANK (all seeds);
 4. per method and seed: compress, then probe the student (its seed) and measure CKA to the teacher on the
@@ -43,6 +45,7 @@ from core.evaluation.run import (
     extract,
     format_count,
     format_rtf,
+    layer_table,
     load_representation_model,
     run_probes,
     select_device,
@@ -78,6 +81,17 @@ def budget_label(budget: dict[str, Any]) -> str:
     return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items())
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (no extra disk), or a copy when the two are on different file
+    systems; an existing `target` is left as it is (rewriting a view is idempotent)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+
 def write_split_view(dataset: Path, split: str, dest: Path) -> Path:
     """A dataset directory at `dest` holding only the rows of `split` (same relative paths, same fields).
 
@@ -104,12 +118,7 @@ def write_split_view(dataset: Path, split: str, dest: Path) -> Path:
         source, target = dataset / relative, dest / relative
         if not source.is_file():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+        link_or_copy(source, target)
         kept.append(json.dumps(row, ensure_ascii=False))
     if not kept:
         raise AudioError(f"{manifest}: no row with split {split!r} to compress on")
@@ -134,6 +143,7 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     per = [run["pr"]["per"] for run in mine if "pr" in run]
     acc = [run["sid"]["accuracy"] for run in mine if "sid" in run]
     cka = [statistics.fmean(run["cka"]["values"]) for run in mine if run.get("cka")]
+    layers = [run["sid_per_layer"]["accuracy"] for run in mine if "sid_per_layer" in run]
     rtf = [run["speed"]["cpu"]["rtf"] for run in mine if "cpu" in run.get("speed", {})]
     gpu = [run["speed"]["cuda"]["rtf"] for run in mine if "cuda" in run.get("speed", {})]
     per_mean, per_std = _mean_std(per)
@@ -148,6 +158,8 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rtf_cpu": _mean_std(rtf)[0],
         "rtf_cuda": _mean_std(gpu)[0],
         "cka_mean": _mean_std(cka)[0],
+        # Mean over seeds of each layer's own SID accuracy (runs of one group share their layer count).
+        "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)] if layers else None,
     }
 
 
@@ -166,6 +178,8 @@ def compare(
     phone_field: str = "arpabet",
     train_split: str = "train",
     test_split: str = "test",
+    compress_split: str | None = None,
+    per_layer: bool = False,
     include_fbank: bool = True,
     device: str = "auto",
     measure_speed: bool = True,
@@ -175,7 +189,8 @@ def compare(
     speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
     on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
-    """Compress `teacher` with each method × seed (0..seeds-1) on the train split, probe all, write the report.
+    """Compress `teacher` with each method × seed (0..seeds-1) on the train split (or `compress_split`), probe
+    all (with `per_layer`, also each layer's own SID accuracy), write the report.
 
     With `budgets` (each a dict of spec target fields, e.g. {"macs_sparsity": 0.75}) every method is also run
     at every budget instead of at `sparsity`; the groups are then named "method [budget]"."""
@@ -210,7 +225,8 @@ def compare(
     # 1. Labels, and the train-only view compression runs on
     data = load_probe_data(dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
                            test_split=test_split)
-    train_view = write_split_view(dataset, train_split, out_dir / "train-data")
+    compress_split = compress_split or train_split
+    train_view = write_split_view(dataset, compress_split, out_dir / "train-data")
     test_ids = [item.id for item in data.test]
     runs: list[dict[str, Any]] = []
 
@@ -222,7 +238,7 @@ def compare(
                 "model": name, "group": group, "seed": seed, "num_representations": features.num_reps,
                 "dim": features.dim, **facts, **extra,
                 **run_probes(features, data, seed=seed, phone_config=phone_config,
-                             speaker_config=speaker_config, on_event=emit),
+                             speaker_config=speaker_config, per_layer=per_layer, on_event=emit),
             })
         return features
 
@@ -253,7 +269,7 @@ def compare(
             "achieved_sparsity": result.report.get("achieved_sparsity"), "targets": result.report.get("targets"),
             **facts, "cka": cka,
             **run_probes(student_features, data, seed=seed, phone_config=phone_config,
-                         speaker_config=speaker_config, on_event=emit),
+                         speaker_config=speaker_config, per_layer=per_layer, on_event=emit),
         })
         del student, student_features
 
@@ -262,7 +278,8 @@ def compare(
     comparison = {
         "format": FORMAT,
         "teacher": str(teacher),
-        "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split, **data.summary()},
+        "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split,
+                    "compress_split": compress_split, **data.summary()},
         "methods": list(methods), "sparsity": None if budgets else sparsity,
         "budgets": [budget_label(b) for b in budget_list] if budgets else None, "seeds": seed_list, "preset": preset,
         "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "spec_overrides": spec_overrides or {},
@@ -296,7 +313,7 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         "",
         f"Teacher `{comparison['teacher']}`; methods {', '.join(comparison['methods'])} at "
         f"{_budget_text(comparison)} (preset {comparison['preset']}), seeds {comparison['seeds']}. Compression on "
-        f"split `{data['train_split']}` only; probes trained on `{data['train_split']}` "
+        f"split `{data.get('compress_split') or data['train_split']}` only; probes trained on `{data['train_split']}` "
         f"({data['train_utterances']} utterances) and scored on `{data['test_split']}` "
         f"({data['test_utterances']} utterances). Mean ± standard deviation over seeds.",
         "",
@@ -315,6 +332,10 @@ def render_comparison(comparison: dict[str, Any]) -> str:
               "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
               "RTF: median time to encode 10 s of audio / 10 s; CPU threads as set "
               f"({comparison['environment']['threads']})."]
+    layered = [row for row in comparison["rows"] if row.get("sid_per_layer_mean")]
+    if layered:
+        lines += ["", "SID accuracy % of each representation alone (its own linear probe), mean over seeds:", "",
+                  *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in layered])]
     if comparison["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in comparison["notes"]]
     return "\n".join(lines) + "\n"
@@ -352,4 +373,7 @@ def write_comparison(comparison: dict[str, Any], out_dir: Path) -> None:
     plot_comparison(comparison, out_dir / "comparison.png")
 
 
-__all__ = ["METHODS", "compare", "plot_comparison", "render_comparison", "write_comparison", "write_split_view"]
+__all__ = [
+    "METHODS", "compare", "link_or_copy", "plot_comparison", "render_comparison", "write_comparison",
+    "write_split_view",
+]

@@ -11,6 +11,8 @@ weights show which layers carry the task.
 - SID: mean over frames of the mix, then a linear classifier over the train speakers with cross-entropy;
   accuracy on the test split. A test speaker the train split never saw cannot be predicted: it counts as an
   error and is reported, so a bad split is visible rather than silently inflating or deflating the number.
+- SID per layer (optional): the same speaker probe on each representation alone, to see where speaker identity
+  lives (the learned mix only says what the probe leaned on, not what each layer knows).
 
 Training is deterministic given a seed: parameters are initialised from `seed` inside a forked RNG (callers'
 global RNG is untouched) and batches are shuffled with a dedicated generator.
@@ -399,6 +401,46 @@ def _fit(name: str, optimiser: torch.optim.Optimizer, epochs: int, batch_loss: C
     return step, epoch_loss
 
 
+def _speaker_classes(train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Class index of each train speaker (sorted names); raises ValueError when a side is empty."""
+    if not train or not test:
+        raise ValueError(f"speaker probe needs train and test utterances, found {len(train)} and {len(test)}")
+    return {speaker: i for i, speaker in enumerate(sorted({speaker for _, speaker in train}))}
+
+
+def _fit_speaker_probe(
+    pooled: torch.Tensor, labels: torch.Tensor, num_speakers: int, *, config: SpeakerProbeConfig, seed: int,
+    progress: EpochProgress | None,
+) -> tuple[SpeakerProbe, int, float]:
+    """A speaker probe trained on `pooled` (utterance, rep, feature) with `labels` (utterance,); returns the
+    probe in eval mode, its step count and its last epoch's mean loss. Same seed = same init and batches."""
+    probe = _seeded_init(
+        seed, lambda: SpeakerProbe(pooled.shape[1], pooled.shape[2], num_speakers, layer_norm=config.layer_norm)
+    )
+    optimiser = torch.optim.Adam(probe.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(seed)
+
+    def shuffled_batches() -> Iterator[torch.Tensor]:
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(order), config.batch_size):
+            yield order[start : start + config.batch_size]
+
+    probe.train()
+    step, epoch_loss = _fit("speaker", optimiser, config.epochs,
+                            lambda rows: F.cross_entropy(probe(pooled[rows]), labels[rows]), progress,
+                            shuffled_batches)
+    probe.eval()
+    return probe, step, epoch_loss
+
+
+def _correct(probe: SpeakerProbe, pooled: torch.Tensor, truth: torch.Tensor) -> int:
+    """How many rows of `pooled` (utterance, rep, feature) the probe assigns to their `truth` class."""
+    if not len(truth):
+        return 0
+    with torch.no_grad():
+        return int((probe(pooled).argmax(dim=-1) == truth).sum())
+
+
 def train_speaker_probe(
     features: FeatureSet,
     train: Sequence[tuple[str, str]],
@@ -412,43 +454,22 @@ def train_speaker_probe(
 
     Classes are the train speakers. Test utterances of unseen speakers stay in the denominator as errors.
     """
-    if not train or not test:
-        raise ValueError(f"speaker probe needs train and test utterances, found {len(train)} and {len(test)}")
-    speakers = sorted({speaker for _, speaker in train})
-    index = {speaker: i for i, speaker in enumerate(speakers)}
-    probe = _seeded_init(
-        seed, lambda: SpeakerProbe(features.num_reps, features.dim, len(speakers), layer_norm=config.layer_norm)
-    )
+    index = _speaker_classes(train, test)
     batcher = _Batcher(features, layer_norm=config.layer_norm)
     train_pooled = _pooled(batcher, [i for i, _ in train])  # (utterance, rep, feature)
     labels = torch.tensor([index[speaker] for _, speaker in train], dtype=torch.int64)  # (utterance,)
-    optimiser = torch.optim.Adam(probe.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(seed)
-
-    def shuffled_batches() -> Iterator[torch.Tensor]:
-        order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            yield order[start : start + config.batch_size]
-
-    probe.train()
-    step, epoch_loss = _fit("speaker", optimiser, config.epochs,
-                            lambda rows: F.cross_entropy(probe(train_pooled[rows]), labels[rows]), progress,
-                            shuffled_batches)
-
-    probe.eval()
+    probe, step, epoch_loss = _fit_speaker_probe(train_pooled, labels, len(index), config=config, seed=seed,
+                                                 progress=progress)
     seen = [(i, speaker) for i, speaker in test if speaker in index]
     correct = 0
     if seen:
         test_pooled = _pooled(batcher, [i for i, _ in seen])  # (utterance, rep, feature)
-        with torch.no_grad():
-            predicted = probe(test_pooled).argmax(dim=-1)  # (utterance,)
-        truth = torch.tensor([index[speaker] for _, speaker in seen])
-        correct = int((predicted == truth).sum())
+        correct = _correct(probe, test_pooled, torch.tensor([index[speaker] for _, speaker in seen]))
     unseen_speakers = {speaker for _, speaker in test if speaker not in index}
     return SpeakerProbeResult(
         accuracy=correct / len(test),
         layer_weights=probe.mix.weights().tolist(),
-        train_speakers=len(speakers),
+        train_speakers=len(index),
         train_utterances=len(train),
         test_utterances=len(test),
         unseen_test_speakers=len(unseen_speakers),
@@ -460,8 +481,68 @@ def train_speaker_probe(
     )
 
 
+@dataclass
+class LayerSpeakerResult:
+    """Speaker accuracy of each representation r[0..L] on its own: where speaker identity lives.
+
+    The SUPERB probe's learned mix says which layers it leaned on; this says how much each layer alone knows
+    (its own linear probe on the frame mean of that layer), so the layers of a teacher and a student can be
+    compared one by one."""
+
+    accuracy: list[float]  # index l: accuracy of a probe on r[l] alone
+    best_layer: int
+    train_speakers: int
+    train_utterances: int
+    test_utterances: int
+    unseen_test_utterances: int
+    epochs: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_speaker_probes_per_layer(
+    features: FeatureSet,
+    train: Sequence[tuple[str, str]],
+    test: Sequence[tuple[str, str]],
+    *,
+    config: SpeakerProbeConfig = SpeakerProbeConfig(),
+    seed: int = 0,
+    progress: EpochProgress | None = None,
+) -> LayerSpeakerResult:
+    """One speaker probe per representation (the same probe as `train_speaker_probe` over a single layer, so
+    the mix is that layer): accuracy on `test` of each. Frames are pooled once for all layers; every layer's
+    probe gets the same seed (same init and batch order), so layers differ only by their features.
+    `progress(layer + 1, num_reps, final loss)` after each layer."""
+    index = _speaker_classes(train, test)
+    batcher = _Batcher(features, layer_norm=config.layer_norm)
+    train_pooled = _pooled(batcher, [i for i, _ in train])  # (utterance, rep, feature)
+    labels = torch.tensor([index[speaker] for _, speaker in train], dtype=torch.int64)  # (utterance,)
+    seen = [(i, speaker) for i, speaker in test if speaker in index]
+    test_pooled = _pooled(batcher, [i for i, _ in seen]) if seen else train_pooled[:0]  # (utterance, rep, feature)
+    truth = torch.tensor([index[speaker] for _, speaker in seen], dtype=torch.int64)  # (utterance,)
+    accuracy = []
+    for layer in range(features.num_reps):
+        probe, _, loss = _fit_speaker_probe(train_pooled[:, layer : layer + 1], labels, len(index), config=config,
+                                            seed=seed, progress=None)
+        accuracy.append(_correct(probe, test_pooled[:, layer : layer + 1], truth) / len(test))
+        if progress is not None:
+            progress(layer + 1, features.num_reps, loss)
+    return LayerSpeakerResult(
+        accuracy=accuracy,
+        best_layer=max(range(len(accuracy)), key=lambda layer: accuracy[layer]),
+        train_speakers=len(index),
+        train_utterances=len(train),
+        test_utterances=len(test),
+        unseen_test_utterances=len(test) - len(seen),
+        epochs=config.epochs,
+        config=asdict(config),
+    )
+
+
 __all__ = [
-    "BLANK", "EpochProgress", "PhoneProbe", "PhoneProbeConfig", "PhoneProbeResult", "PhoneVocabulary",
-    "SpeakerProbe", "SpeakerProbeConfig", "SpeakerProbeResult", "WeightedLayerSum", "train_phone_probe",
-    "train_speaker_probe",
+    "BLANK", "EpochProgress", "LayerSpeakerResult", "PhoneProbe", "PhoneProbeConfig", "PhoneProbeResult",
+    "PhoneVocabulary", "SpeakerProbe", "SpeakerProbeConfig", "SpeakerProbeResult", "WeightedLayerSum",
+    "train_phone_probe", "train_speaker_probe", "train_speaker_probes_per_layer",
 ]

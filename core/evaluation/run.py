@@ -32,6 +32,7 @@ from core.evaluation.probes import (
     SpeakerProbeConfig,
     train_phone_probe,
     train_speaker_probe,
+    train_speaker_probes_per_layer,
 )
 from core.events import Event, OnEvent, ignore_event
 
@@ -120,9 +121,11 @@ def run_probes(
     seed: int,
     phone_config: PhoneProbeConfig = PhoneProbeConfig(),
     speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
+    per_layer: bool = False,
     on_event: OnEvent = ignore_event,
 ) -> dict[str, Any]:
-    """{"pr": PhoneProbeResult dict, "sid": SpeakerProbeResult dict} for the tasks `data` can run."""
+    """{"pr": PhoneProbeResult dict, "sid": SpeakerProbeResult dict} for the tasks `data` can run, and with
+    `per_layer` (and SID) "sid_per_layer": a LayerSpeakerResult dict, the accuracy of each layer alone."""
     results: dict[str, Any] = {}
     if "pr" in data.tasks:
         results["pr"] = train_phone_probe(
@@ -134,6 +137,11 @@ def run_probes(
             features, data.speaker_pairs(data.train), data.speaker_pairs(data.test), config=speaker_config,
             seed=seed, progress=_Progress(on_event, f"sid {features.name} seed {seed}").epochs,
         ).to_dict()
+        if per_layer:
+            results["sid_per_layer"] = train_speaker_probes_per_layer(
+                features, data.speaker_pairs(data.train), data.speaker_pairs(data.test), config=speaker_config,
+                seed=seed, progress=_Progress(on_event, f"sid per layer {features.name} seed {seed}").epochs,
+            ).to_dict()
     return results
 
 
@@ -196,10 +204,12 @@ def evaluate(
     measure_speed: bool = True,
     phone_config: PhoneProbeConfig = PhoneProbeConfig(),
     speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
+    per_layer: bool = False,
     on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
     """Probe a model on `dataset` (manifest.jsonl with split, phones, speaker); returns the JSON-ready report.
 
+    With `per_layer`, also the speaker accuracy of each representation alone (`sid_per_layer` of each model).
     With `teacher`, also reports linear CKA between the teacher's and the model's cluster-mean representations
     on the test split (`clusters` default: those in the model's `report.json`, else one per representation).
     With `out_dir`, writes `evaluation.json` and `evaluation.md` there.
@@ -217,7 +227,8 @@ def evaluate(
     # 3-5. Features, probes, facts
     entries = []
     features = extract(model, data, name=model_name, device=run_device, on_event=emit)
-    entry = _entry(model, features, source, data, seed, phone_config, speaker_config, emit, measure_speed)
+    entry = _entry(model, features, source, data, seed, phone_config, speaker_config, emit, measure_speed,
+                   per_layer)
     notes = list(data.notes)
     if teacher is not None:
         teacher_model, teacher_name, _ = load_representation_model(teacher)
@@ -238,7 +249,8 @@ def evaluate(
         fbank = Fbank()
         fbank_features = extract(fbank, data, name="fbank", device=torch.device("cpu"), on_event=emit)
         entries.append(
-            _entry(fbank, fbank_features, "fbank", data, seed, phone_config, speaker_config, emit, measure_speed)
+            _entry(fbank, fbank_features, "fbank", data, seed, phone_config, speaker_config, emit, measure_speed,
+                   per_layer)
         )
 
     result = {
@@ -262,6 +274,7 @@ def evaluate(
 def _entry(
     model: RepresentationModel, features: FeatureSet, source: str, data: ProbeData, seed: int,
     phone_config: PhoneProbeConfig, speaker_config: SpeakerProbeConfig, emit: OnEvent, measure_speed: bool,
+    per_layer: bool = False,
 ) -> dict[str, Any]:
     return {
         "name": features.name,
@@ -270,7 +283,7 @@ def _entry(
         "dim": features.dim,
         **describe_model(model, measure_speed=measure_speed),
         **run_probes(features, data, seed=seed, phone_config=phone_config, speaker_config=speaker_config,
-                     on_event=emit),
+                     per_layer=per_layer, on_event=emit),
     }
 
 
@@ -336,6 +349,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         for task in ("pr", "sid"):
             if task in entry:
                 lines.append(f"- {entry['name']} {task.upper()}: {_weights(entry[task]['layer_weights'])}")
+    layered = [entry for entry in result["models"] if "sid_per_layer" in entry]
+    if layered:
+        lines += ["", "SID accuracy % of each representation alone (its own linear probe on that layer's frame mean):",
+                  "", *layer_table([(entry["name"], entry["sid_per_layer"]["accuracy"]) for entry in layered])]
     for entry in result["models"]:
         if "sid" in entry and entry["sid"]["unseen_test_speakers"]:
             sid = entry["sid"]
@@ -352,6 +369,18 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def layer_table(rows: Sequence[tuple[str, Sequence[float]]]) -> list[str]:
+    """Markdown lines: one row per (name, accuracy per representation), columns r0..rL (the widest row's
+    count; a model with fewer representations leaves its last cells empty), the best cell of each row bold."""
+    width = max(len(values) for _, values in rows)
+    lines = ["| model | " + " | ".join(f"r{i}" for i in range(width)) + " |", "|---" * (width + 1) + "|"]
+    for name, values in rows:
+        best = max(range(len(values)), key=lambda i: values[i])
+        cells = [(f"**{_percent(v)}**" if i == best else _percent(v)) for i, v in enumerate(values)]
+        lines.append(f"| {name} | " + " | ".join(cells + [""] * (width - len(values))) + " |")
+    return lines
+
+
 def write_evaluation(result: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -359,6 +388,6 @@ def write_evaluation(result: dict[str, Any], out_dir: Path) -> None:
 
 
 __all__ = [
-    "default_name", "describe_model", "evaluate", "extract", "format_count", "format_rtf", "load_representation_model", "render_markdown", "run_probes",
-    "write_evaluation",
+    "default_name", "describe_model", "evaluate", "extract", "format_count", "format_rtf", "layer_table",
+    "load_representation_model", "render_markdown", "run_probes", "write_evaluation",
 ]

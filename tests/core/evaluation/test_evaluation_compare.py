@@ -121,6 +121,32 @@ def test_compare_budgets_runs_each_method_at_each_budget(tmp_path: Path, monkeyp
     assert "budgets sparsity=0.75; macs_sparsity=0.75" in (tmp_path / "cmp" / "comparison.md").read_text()
 
 
+def test_compare_compresses_on_another_split_and_reports_layers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held-out-speakers view: compression sees split 'compress' only, probes run on the other two."""
+    import core.pipeline
+
+    fake = FakePipeline()
+    monkeypatch.setattr(core.pipeline, "run", fake)
+    teacher = save_teacher(tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4),
+                           conv_stride=(5, 8, 8))
+    dataset = write_dataset(tmp_path / "data", per_speaker={"compress": 2, "probe_train": 3, "probe_test": 2})
+    out = tmp_path / "cmp"
+    result = compare(teacher, dataset, out_dir=out, methods=["skill"], seeds=2, include_fbank=False,
+                     train_split="probe_train", test_split="probe_test", compress_split="compress",
+                     per_layer=True, measure_speed=False, **FAST)
+    assert [c["splits"] for c in fake.calls] == [{"compress"}, {"compress"}]
+    assert result["dataset"]["compress_split"] == "compress" and result["dataset"]["train_utterances"] == 9
+    runs = {(run["group"], run["seed"]): run for run in result["runs"]}
+    teacher_row, skill_row = result["rows"]
+    for row in (teacher_row, skill_row):
+        columns = [runs[(row["model"], seed)]["sid_per_layer"]["accuracy"] for seed in (0, 1)]
+        assert row["sid_per_layer_mean"] == pytest.approx([(a + b) / 2 for a, b in zip(*columns, strict=True)])
+    table = (out / "comparison.md").read_text()
+    assert "split `compress` only" in table and "| model | r0 | r1 | r2 |" in table
+
+
 def test_compare_cli_refuses_unknown_methods(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "data")
     result = CliRunner().invoke(compare_command, [str(dataset), str(dataset), "--methods", "skill,lora",

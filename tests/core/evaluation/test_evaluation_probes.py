@@ -15,6 +15,7 @@ from core.evaluation.probes import (
     layer_norm_,
     train_phone_probe,
     train_speaker_probe,
+    train_speaker_probes_per_layer,
 )
 
 NUM_REPS, DIM = 4, 16
@@ -82,6 +83,23 @@ def test_speaker_probe_finds_the_planted_layer() -> None:
     weights = torch.tensor(result.layer_weights)
     assert int(weights.argmax()) == 1 and float(weights[1]) > 0.5
     assert result.unseen_test_speakers == 0 and result.train_speakers == 5
+
+
+def test_per_layer_speaker_probes_find_the_planted_layer() -> None:
+    features, labels = planted_speakers(signal_rep=2)
+    train, test = _split(labels)
+    config = SpeakerProbeConfig(epochs=60, lr=1e-2)
+    seen = []
+    result = train_speaker_probes_per_layer(features, train, test, config=config, seed=3,
+                                            progress=lambda done, total, loss: seen.append((done, total)))
+    assert len(result.accuracy) == NUM_REPS and result.best_layer == 2
+    assert result.accuracy[2] > 0.9
+    assert all(acc < 0.6 for layer, acc in enumerate(result.accuracy) if layer != 2)  # noise: near 1/5
+    assert seen == [(layer + 1, NUM_REPS) for layer in range(NUM_REPS)]
+    # Each layer's probe is the SUPERB speaker probe on that layer alone, same seed.
+    for layer in (1, 2):
+        alone = FeatureSet("alone", {uid: stack[layer : layer + 1] for uid, stack in features.reps.items()}, 1, DIM)
+        assert train_speaker_probe(alone, train, test, config=config, seed=3).accuracy == result.accuracy[layer]
 
 
 def test_unseen_test_speakers_count_as_errors() -> None:

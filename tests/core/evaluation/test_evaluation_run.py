@@ -46,6 +46,22 @@ def test_evaluate_is_deterministic(tiny_dataset: Path) -> None:
     assert first["models"][0]["sid"] == second["models"][0]["sid"]
 
 
+def test_evaluate_per_layer_reports_each_representation(tmp_path: Path, tiny_dataset: Path) -> None:
+    out = tmp_path / "out"
+    result = evaluate(make_tiny_model(), tiny_dataset, out_dir=out, include_fbank=True, name="tiny",
+                      tasks=("sid",), per_layer=True, **FAST)
+    model, fbank = result["models"]
+    layers = model["sid_per_layer"]
+    assert len(layers["accuracy"]) == 3 and all(0.0 <= a <= 1.0 for a in layers["accuracy"])
+    assert layers["accuracy"][layers["best_layer"]] == max(layers["accuracy"])
+    assert layers["train_speakers"] == 3 and layers["test_utterances"] == 6
+    assert len(fbank["sid_per_layer"]["accuracy"]) == 1
+    summary = (out / "evaluation.md").read_text()
+    assert "| model | r0 | r1 | r2 |" in summary and "| fbank |" in summary.split("each representation alone")[1]
+    plain = evaluate(make_tiny_model(), tiny_dataset, tasks=("sid",), **FAST)["models"][0]
+    assert "sid_per_layer" not in plain and plain["sid"] == model["sid"]  # the flag adds, changes nothing
+
+
 def test_missing_phone_field_names_the_field(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "data", fields=lambda row: {k: v for k, v in row.items() if k != "arpabet"})
     with pytest.raises(AudioError, match="'arpabet'"):
@@ -94,6 +110,11 @@ def test_cli_evaluates_a_saved_teacher(tmp_path: Path, tiny_dataset: Path) -> No
     assert [m["name"] for m in payload["models"]] == ["teacher", "fbank"]
     assert payload["models"][0]["speed"]["cpu"]["rtf"] > 0
     assert (out / "evaluation.md").exists()
+
+    layered = runner.invoke(evaluate_command, [str(teacher), str(tiny_dataset), "--tasks", "sid", "--per-layer",
+                                               "--out", str(tmp_path / "layers"), "--json"])
+    assert layered.exit_code == 0, layered.output
+    assert len(json.loads(layered.stdout)["models"][0]["sid_per_layer"]["accuracy"]) == 3
 
     bad = runner.invoke(evaluate_command, [str(teacher), str(tiny_dataset), "--phone-field", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "error [audio_invalid]" in bad.stderr and "'nope'" in bad.stderr

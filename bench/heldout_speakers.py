@@ -1,0 +1,263 @@
+"""Speakers no compression heard (issue 13): a held-out-speakers view of tts-dev, and probing models on it.
+
+    python bench/heldout_speakers.py split ../shared/data/tts-dev --out runs/tts-dev-heldout
+    python bench/heldout_speakers.py probe runs/tts-dev-heldout ../shared/teachers/hubert-mini fbank \\
+        --seeds 3 --out runs/heldout-hubert-mini
+
+`split` writes a dataset view: a directory with its own manifest.jsonl (every field of the source rows kept,
+`split` replaced by the role, the source split kept as `source_split`) and the audio hard-linked under the same
+relative paths (copied only across file systems; the audio scan refuses absolute paths and symlinks that leave
+the dataset, so a view cannot point at the source). Roles:
+
+- `compress`: the speakers of side A, all their utterances: the only audio a compression may see.
+- `probe_train` / `probe_test`: the utterances of side B, split per speaker (every B speaker on both sides, so
+  speaker ID is a closed-set task over B); a fixed hash of the utterance id decides, so the split is the same
+  on every machine and does not depend on the manifest's order.
+
+The rule (tts-dev's voices are eSpeak accent x variant, and MBROLA diphone voices): a speaker is new only if
+neither its accent nor its timbre was heard. In eSpeak the variant (f1, f2, m1, m3, klatt) is the timbre and
+the same variant is spoken in every accent, so held-out accents alone would leave every timbre in A. Side B
+is the held-out accents (American and Caribbean: en-us, en-029) x the held-out variants (f2, m3), plus the
+MBROLA voices of the held-out accents (each MBROLA voice is its own recorded speaker). Side A is the other
+accents (en-gb, en-gb-scotland, en-gb-x-rp) x the other variants (f1, m1, klatt), plus their MBROLA voice.
+Speakers that share an accent with one side and a timbre with the other are left out of the view.
+`heldout.json` in the view records the rule, the speakers of each side, those left out, and the counts.
+`compress/` inside the view holds the `compress` rows alone, for `skillkd compress` (which reads every row).
+
+`probe` extracts each model's features once (a teacher or exported student directory, or `fbank`) and runs the
+SUPERB probes (PR and SID) and the per-layer SID probes with seeds 0..N-1 on probe_train -> probe_test; it
+writes `probes.json` (every run) and `probes.md` (mean ± sample standard deviation over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from core.audio import MANIFEST_NAME  # noqa: E402
+from core.errors import AudioError  # noqa: E402
+
+HELD_OUT_ACCENTS = ("en-us", "en-029")
+HELD_OUT_VARIANTS = ("f2", "m3")
+ROLES = ("compress", "probe_train", "probe_test")
+PROBE_TEST_FRACTION = 0.4
+SALT = "skillkd-heldout-v1"
+
+
+def side_of(row: dict[str, Any], accents: tuple[str, ...] = HELD_OUT_ACCENTS,
+            variants: tuple[str, ...] = HELD_OUT_VARIANTS) -> str | None:
+    """'A' (heard by compression), 'B' (held out) or None (left out: shares its accent with one side and its
+    timbre with the other). An eSpeak speaker 'accent+variant' has the variant as timbre; a speaker of any
+    other engine (MBROLA) is its own timbre, new exactly when its accent is."""
+    accent_out = row.get("accent") in accents
+    speaker = str(row.get("speaker", ""))
+    timbre_out = speaker.partition("+")[2] in variants if row.get("engine") == "espeak" else accent_out
+    if accent_out and timbre_out:
+        return "B"
+    if not accent_out and not timbre_out:
+        return "A"
+    return None
+
+
+def _hash(utterance_id: str) -> str:
+    return hashlib.sha256(f"{SALT}:{utterance_id}".encode()).hexdigest()
+
+
+def probe_test_ids(ids: list[str], fraction: float) -> set[str]:
+    """The `fraction` of one speaker's utterances (at least 1, at most all but 1) with the smallest hashes."""
+    count = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    return set(sorted(ids, key=_hash)[:count])
+
+
+def write_heldout_view(dataset: Path, dest: Path, *, accents: tuple[str, ...] = HELD_OUT_ACCENTS,
+                       variants: tuple[str, ...] = HELD_OUT_VARIANTS,
+                       fraction: float = PROBE_TEST_FRACTION) -> dict[str, Any]:
+    """Write the view at `dest` (manifest.jsonl, hard-linked audio, heldout.json, compress/); returns the
+    summary that heldout.json holds. Deterministic: the same source gives the same view, byte for byte."""
+    from core.evaluation.compare import link_or_copy, write_split_view
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the probe_test fraction must be in (0, 1), found {fraction}")
+    manifest = dataset / MANIFEST_NAME
+    try:
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AudioError(f"cannot read {manifest}: {exc}") from exc
+    sides: list[str | None] = []  # per row: "A", "B" or None (left out)
+    for row in rows:
+        relative = Path(str(row.get("path", "")))
+        unusable = relative.is_absolute() or ".." in relative.parts or not row.get("speaker")
+        sides.append(None if unusable else side_of(row, accents, variants))
+    b_ids: dict[str, list[str]] = defaultdict(list)
+    for row, side in zip(rows, sides, strict=True):
+        if side == "B":
+            b_ids[row["speaker"]].append(row["id"])
+    too_few = {speaker for speaker, ids in b_ids.items() if len(ids) < 2}  # cannot be on both probe sides
+    test_ids: set[str] = set()
+    for speaker, ids in b_ids.items():
+        if speaker not in too_few:
+            test_ids |= probe_test_ids(ids, fraction)
+
+    kept: list[dict[str, Any]] = []
+    left_out: Counter[str] = Counter()
+    for row, side in zip(rows, sides, strict=True):  # source order
+        if side is None or (side == "B" and row["speaker"] in too_few):
+            left_out[str(row.get("speaker"))] += 1
+            continue
+        role = "compress" if side == "A" else ("probe_test" if row["id"] in test_ids else "probe_train")
+        link_or_copy(dataset / row["path"], dest / row["path"])
+        kept.append({**row, "split": role, "source_split": row.get("split")})
+    if not any(r["split"] == "compress" for r in kept) or not any(r["split"] == "probe_test" for r in kept):
+        raise AudioError(f"{manifest}: the rule leaves no speaker on one side; check the accents and variants")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST_NAME).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
+                                      encoding="utf-8")
+    write_split_view(dest, "compress", dest / "compress")
+
+    def role_rows(role: str) -> list[dict[str, Any]]:
+        return [r for r in kept if r["split"] == role]
+
+    counts = {role: {"speakers": len({r["speaker"] for r in role_rows(role)}), "utterances": len(role_rows(role)),
+                     "minutes": round(sum(float(r.get("duration_s", 0.0)) for r in role_rows(role)) / 60.0, 2)}
+              for role in ROLES}
+    summary = {
+        "source": str(dataset),
+        "rule": {"held_out_accents": list(accents), "held_out_espeak_variants": list(variants),
+                 "probe_test_fraction": fraction, "hash": f"sha256('{SALT}:' + id), smallest first"},
+        "side_a": sorted({r["speaker"] for r in role_rows("compress")}),
+        "side_b": sorted({r["speaker"] for r in kept if r["split"] != "compress"}),
+        "left_out": dict(sorted(left_out.items())),
+        "counts": counts,
+    }
+    (dest / "heldout.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# probe
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(values: list[float]) -> str:
+    mean, sd = _mean_sd(values)
+    return f"{100 * mean:.2f} ± {100 * sd:.2f}"
+
+
+def probe_models(view: Path, models: list[str], *, seeds: int, out: Path, device: str = "cpu",
+                 train_split: str = "probe_train", test_split: str = "probe_test",
+                 phone_config: Any = None, speaker_config: Any = None) -> dict[str, Any]:
+    """Probe each model (a directory, or 'fbank') with seeds 0..seeds-1; write probes.json and probes.md."""
+    import torch
+
+    from core.evaluation.dataset import load_probe_data
+    from core.evaluation.fbank import Fbank
+    from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
+    from core.evaluation.run import (
+        describe_model,
+        environment,
+        extract,
+        load_representation_model,
+        run_probes,
+    )
+
+    phone_config = phone_config or PhoneProbeConfig()
+    speaker_config = speaker_config or SpeakerProbeConfig()
+    data = load_probe_data(view, train_split=train_split, test_split=test_split)
+    runs: list[dict[str, Any]] = []
+    for spec in models:
+        if spec == "fbank":
+            model: Any = Fbank()
+            name, source, run_device = "fbank", "fbank", torch.device("cpu")
+        else:
+            model, name, source = load_representation_model(Path(spec))
+            run_device = torch.device(device)
+        features = extract(model, data, name=name, device=run_device, on_event=lambda event: None)
+        facts = describe_model(model, measure_speed=False)
+        for seed in range(seeds):
+            runs.append({"model": name, "source": source, "seed": seed, "params": facts["params"],
+                         "macs_per_second": facts["macs_per_second"],
+                         **run_probes(features, data, seed=seed, phone_config=phone_config,
+                                      speaker_config=speaker_config, per_layer=True)})
+            print(f"{name} seed {seed}: PER {100 * runs[-1]['pr']['per']:.2f} "
+                  f"SID {100 * runs[-1]['sid']['accuracy']:.2f}", file=sys.stderr, flush=True)
+        del model, features
+    rows = []
+    for name in dict.fromkeys(run["model"] for run in runs):
+        mine = [run for run in runs if run["model"] == name]
+        layers = [run["sid_per_layer"]["accuracy"] for run in mine]
+        rows.append({
+            "model": name, "params": mine[0]["params"], "seeds": [run["seed"] for run in mine],
+            "per": [run["pr"]["per"] for run in mine], "sid": [run["sid"]["accuracy"] for run in mine],
+            "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)],
+        })
+    result = {"format": "skillkd-heldout-probes", "view": str(view), "train_split": train_split,
+              "test_split": test_split, **data.summary(), "rows": rows, "runs": runs, "notes": data.notes,
+              "environment": environment()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probes.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "probes.md").write_text(render(result))
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    from core.evaluation.run import format_count, layer_table
+
+    lines = [
+        f"Probes on `{result['view']}`: trained on `{result['train_split']}` ({result['train_utterances']} "
+        f"utterances), scored on `{result['test_split']}` ({result['test_utterances']}); mean ± sd over seeds.",
+        "",
+        "| model | params | PER % ↓ | SID acc % ↑ | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per'])} | {_pm(row['sid'])} | "
+                     f"{len(row['seeds'])} |")
+    lines += ["", "SID accuracy % of each representation alone (its own linear probe), mean over seeds:", "",
+              *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in result["rows"]])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    split = commands.add_parser("split", help="write the held-out-speakers view of a dataset")
+    split.add_argument("dataset", type=Path)
+    split.add_argument("--out", type=Path, required=True)
+    split.add_argument("--accents", default=",".join(HELD_OUT_ACCENTS), help="held-out accents, comma-separated")
+    split.add_argument("--variants", default=",".join(HELD_OUT_VARIANTS),
+                       help="held-out eSpeak variants, comma-separated")
+    split.add_argument("--probe-test-fraction", type=float, default=PROBE_TEST_FRACTION)
+    probe = commands.add_parser("probe", help="probe models on a view with several seeds")
+    probe.add_argument("view", type=Path)
+    probe.add_argument("models", nargs="+", help="teacher or student directories, or 'fbank'")
+    probe.add_argument("--seeds", type=int, default=3)
+    probe.add_argument("--out", type=Path, required=True)
+    probe.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.command == "split":
+        summary = write_heldout_view(
+            args.dataset, args.out, accents=tuple(a.strip() for a in args.accents.split(",") if a.strip()),
+            variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+            fraction=args.probe_test_fraction)
+        print(json.dumps(summary, indent=2))
+        return summary
+    result = probe_models(args.view, args.models, seeds=args.seeds, out=args.out, device=args.device)
+    print(render(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

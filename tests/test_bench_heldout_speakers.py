@@ -1,0 +1,106 @@
+"""bench/heldout_speakers.py: the held-out-speakers view (who lands on which side, the probe split, hard links,
+determinism) on a small tts-dev-like dataset, and the multi-seed probe on it."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bench import heldout_speakers
+
+SPEAKERS = [  # (engine, accent, speaker): eSpeak accent x variant, and one MBROLA voice per accent
+    ("espeak", "en-us", "en-us+f1"), ("espeak", "en-us", "en-us+f2"),
+    ("espeak", "en-gb", "en-gb+f1"), ("espeak", "en-gb", "en-gb+f2"),
+    ("mbrola", "en-us", "mb-us1"), ("mbrola", "en-gb", "mb-en1"),
+]
+
+
+def write_source(root: Path, per_speaker: int = 5, shuffle: int | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "audio").mkdir(parents=True)
+    rows = []
+    for s, (engine, accent, speaker) in enumerate(SPEAKERS):
+        for k in range(per_speaker):
+            uid = f"u{s}{k:02d}"
+            t = np.arange(int(0.8 * 16000)) / 16000
+            audio = 0.2 * np.sin(2 * np.pi * (120 + 40 * s) * t) + 0.01 * rng.standard_normal(t.shape[0])
+            sf.write(root / "audio" / f"{uid}.flac", audio.astype(np.float32), 16000)
+            rows.append({"id": uid, "path": f"audio/{uid}.flac", "split": "test" if k == 0 else "train",
+                         "speaker": speaker, "engine": engine, "accent": accent, "duration_s": 0.8,
+                         "arpabet": "AA B K"})
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(rows)
+    (root / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_side_rule_needs_both_accent_and_timbre_new() -> None:
+    side = heldout_speakers.side_of
+    assert side({"engine": "espeak", "accent": "en-us", "speaker": "en-us+m3"}) == "B"
+    assert side({"engine": "espeak", "accent": "en-029", "speaker": "en-029+f2"}) == "B"
+    assert side({"engine": "espeak", "accent": "en-gb", "speaker": "en-gb+klatt"}) == "A"
+    assert side({"engine": "espeak", "accent": "en-us", "speaker": "en-us+f1"}) is None  # timbre heard in A
+    assert side({"engine": "espeak", "accent": "en-gb-scotland", "speaker": "en-gb-scotland+m3"}) is None
+    assert side({"engine": "mbrola", "accent": "en-us", "speaker": "mb-us2"}) == "B"
+    assert side({"engine": "mbrola", "accent": "en-gb", "speaker": "mb-en1"}) == "A"
+
+
+def test_split_writes_a_hard_linked_deterministic_view(tmp_path: Path) -> None:
+    source = write_source(tmp_path / "src")
+    view = tmp_path / "view"
+    summary = heldout_speakers.write_heldout_view(source, view, accents=("en-us",), variants=("f2",))
+    rows = read_rows(view / "manifest.jsonl")
+    by_role: dict[str, set[str]] = {}
+    for row in rows:
+        by_role.setdefault(row["split"], set()).add(row["speaker"])
+    assert by_role == {"compress": {"en-gb+f1", "mb-en1"}, "probe_train": {"en-us+f2", "mb-us1"},
+                       "probe_test": {"en-us+f2", "mb-us1"}}
+    assert summary["left_out"] == {"en-gb+f2": 5, "en-us+f1": 5}
+    assert summary["counts"]["probe_test"] == {"speakers": 2, "utterances": 4, "minutes": round(4 * 0.8 / 60, 2)}
+    assert summary["counts"]["compress"]["utterances"] == 10
+    assert json.loads((view / "heldout.json").read_text()) == summary
+    for row in rows:  # fields kept, source split recorded, audio the same file (a hard link, not a copy)
+        assert row["source_split"] in ("train", "test") and row["engine"] and row["arpabet"] == "AA B K"
+        assert (view / row["path"]).stat().st_ino == (source / row["path"]).stat().st_ino
+    compress = read_rows(view / "compress" / "manifest.jsonl")
+    assert compress == [row for row in rows if row["split"] == "compress"]
+
+    # The same source in another order assigns every utterance the same role.
+    other = heldout_speakers.write_heldout_view(write_source(tmp_path / "src2", shuffle=1), tmp_path / "view2",
+                                                accents=("en-us",), variants=("f2",))
+    roles = {row["id"]: row["split"] for row in rows}
+    assert {row["id"]: row["split"] for row in read_rows(tmp_path / "view2" / "manifest.jsonl")} == roles
+    assert other["counts"] == summary["counts"]
+    again = heldout_speakers.write_heldout_view(source, view, accents=("en-us",), variants=("f2",))
+    assert again == summary and read_rows(view / "manifest.jsonl") == rows
+    with pytest.raises(ValueError, match="fraction"):
+        heldout_speakers.write_heldout_view(source, tmp_path / "bad", fraction=1.0)
+
+
+def test_probe_runs_every_seed_with_layers(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    source = write_source(tmp_path / "src", per_speaker=6)
+    view = tmp_path / "view"
+    heldout_speakers.main(["split", str(source), "--out", str(view), "--accents", "en-us", "--variants", "f2"])
+    out = tmp_path / "probes"
+    result = heldout_speakers.main(["probe", str(view), str(tiny_teacher_dir), "fbank", "--seeds", "2",
+                                    "--out", str(out)])
+    assert [row["model"] for row in result["rows"]] == ["teacher", "fbank"]
+    teacher, fbank = result["rows"]
+    assert teacher["seeds"] == [0, 1] and len(teacher["per"]) == 2 and len(teacher["sid"]) == 2
+    assert len(teacher["sid_per_layer_mean"]) == 3 and len(fbank["sid_per_layer_mean"]) == 1
+    runs = [run for run in result["runs"] if run["model"] == "teacher"]
+    assert teacher["sid_per_layer_mean"] == pytest.approx(
+        [(a + b) / 2 for a, b in zip(*(run["sid_per_layer"]["accuracy"] for run in runs), strict=True)])
+    assert result["train_utterances"] == 8 and result["test_utterances"] == 4  # 2 B speakers x (4 + 2)
+    table = (out / "probes.md").read_text()
+    assert "| teacher |" in table and "±" in table and "| model | r0 | r1 | r2 |" in table
+    assert json.loads((out / "probes.json").read_text())["rows"] == result["rows"]
