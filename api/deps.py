@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine as SqlEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
@@ -29,6 +30,9 @@ class Services:
     factory: sessionmaker[Session]
     storage: LocalStorage
     enqueuer: Enqueuer
+    # the same database and pool, autocommit: a single read needs no BEGIN and no ROLLBACK (two round trips
+    # on PostgreSQL) and no ORM session; for the hot reads (GET /v1/jobs/{id})
+    reads: SqlEngine
     engine: Engine | None = None
     extra: dict = field(default_factory=dict)
     owners: KeyCache = field(default_factory=lambda: KeyCache(5.0))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, bindparam, func, select, update
+from sqlalchemy import CursorResult, Engine, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from service.crud import delete_jobs
@@ -168,10 +168,13 @@ def delete_finished(session: Session, *, job: Job) -> bool:
     return True
 
 
-def owned_job_row(session: Session, *, job_id: str, owner_id: str) -> Any | None:
+def owned_job_row(reads: Engine, *, job_id: str, owner_id: str) -> Any | None:
     """The job as a read-only row (attribute access like the ORM object) if `owner_id` owns it: one Core
-    SELECT, without the ORM's identity map and instance construction (the hot path of GET /v1/jobs/{id})."""
-    return session.connection().execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
+    SELECT on an autocommit connection of `reads`, without a session (the hot path of GET /v1/jobs/{id}: a
+    session's transaction cost PostgreSQL a BEGIN and a ROLLBACK round trip, and its close ran on the event
+    loop; py-spy, issue 11)."""
+    with reads.connect() as connection:
+        return connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
 
 
 _JOBS = Job.__table__

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
 
     auth_cache_s: float = Field(default=5.0, ge=0, description="an API key's owner is cached this long; a "
                                 "revoked key stops working within it (0: no cache)")
+    db_pool_size: int = Field(default=16, ge=1, le=200, description="database connections an API process keeps "
+                              "open (more are opened, and closed again, while more requests need one at once)")
 
     # jobs
     max_jobs_in_flight: int = Field(default=4, gt=0, description="queued + running + cancelling per owner")

@@ -34,8 +34,17 @@ def package_env() -> dict[str, str]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--worker/--no-worker", default=True, help="also start one worker process (embedded mode)")
-def serve(host: str, port: int, worker: bool) -> None:
-    """Run the API (and one worker): migrations applied, an admin key created on first start."""
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="API processes sharing the port (a request costs CPU in Python: about one per core); the "
+                   "job worker stays one process")
+def serve(host: str, port: int, worker: bool, workers: int) -> None:
+    """Run the API (and one worker): migrations applied, an admin key created on first start.
+
+    With `--workers N`, uvicorn's supervisor runs N API processes, each building the app from the same
+    environment (`api.app:create_app`); they share nothing but the database (SQLite in WAL mode serves several
+    processes), so each has its own API-key cache, runs its own reaper (its transitions are conditional
+    updates: two reapers cannot both win) and counts its own requests in /metrics (the job and queue figures
+    are read from the database and the broker, the same in every process)."""
     import uvicorn
 
     from api.app import create_app
@@ -58,7 +67,11 @@ def serve(host: str, port: int, worker: bool) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     click.echo(f"dashboard: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ui/", err=True)
     try:
-        uvicorn.run(create_app(s), host=host, port=port, log_level="info", **uvicorn_options())
+        if workers == 1:
+            uvicorn.run(create_app(s), host=host, port=port, log_level="info", **uvicorn_options())
+        else:
+            uvicorn.run("api.app:create_app", factory=True, workers=workers, host=host, port=port,
+                        log_level="info", **uvicorn_options())
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)  # warm shutdown; a running job resumes from its checkpoint later

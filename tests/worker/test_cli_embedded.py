@@ -5,6 +5,7 @@ version is in test_e2e_real_engine.py."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,13 +18,13 @@ from servicekit import DEMO_AUDIO, DEMO_TEACHER, REPO, free_port, service_env, w
 
 
 class Served:
-    def __init__(self, tmp: Path, env_extra: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, env_extra: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = service_env({"SKILLKD_HOME": str(tmp / "home"), "SKILLKD_URL": self.url,
                                 "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1", **env_extra})
         self.log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), *args],
                                      env=self.env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         wait_for(self._up, timeout=60, interval=0.2, what="skillkd serve")
@@ -97,3 +98,26 @@ def test_keys_and_bad_spec(served):
     time.sleep(1.2)  # the API caches a key's owner for SKILLKD_AUTH_CACHE_S; a revocation applies after it
     r = served.cli("status", "--api-key", key)
     assert r.returncode != 0 and "unauthorized" in r.stderr
+
+
+def test_serve_with_two_api_processes(tmp_path):
+    """`serve --workers 2`: two API processes on one port and one SQLite database, with the embedded worker;
+    a job submitted through one runs and is read through both."""
+    s = Served(tmp_path, {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "3"},
+               args=("--workers", "2"))
+    try:
+        r = s.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--preset", "quick", "--stage1-steps", "3",
+                  "--stage2-steps", "2", "--wait")
+        assert r.returncode == 0, r.stderr
+        job_id = r.stdout.strip().splitlines()[-1]
+        key = (tmp_path / "home" / "admin.key").read_text().strip()
+        with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}) as client:
+            # new connections, so the kernel hands them to either process
+            statuses = {httpx.get(f"{s.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}
+                                  ).json()["status"] for _ in range(20)}
+            assert client.get("/v1/jobs").json()["items"][0]["id"] == job_id
+        assert statuses == {"succeeded"}
+    finally:
+        s.stop()
+    log = Path(s.log.name).read_text()
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log
