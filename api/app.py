@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine as SqlEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import KeyCache, Services
@@ -38,6 +39,15 @@ def _field(loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def reads_engine(db_engine: SqlEngine) -> SqlEngine:
+    """`Services.reads`: PostgreSQL connections in autocommit (a read then needs no BEGIN and no ROLLBACK round
+    trip). SQLite's driver opens no transaction for a SELECT anyway, and switching its connections to
+    autocommit and back on every checkout cost more than the query (100 µs against 80)."""
+    if db_engine.dialect.name == "sqlite":
+        return db_engine
+    return db_engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None,
                engine: Engine | None = None, run_reaper: bool = True) -> FastAPI:
     settings = settings or get_settings()
@@ -51,7 +61,7 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     if enqueuer is None:  # publishes by task name: the API never imports the worker
         enqueuer = CeleryEnqueuer.from_settings(settings)
     services = Services(settings=settings, factory=make_sessionmaker(db_engine), storage=storage,
-                        enqueuer=enqueuer, reads=db_engine.execution_options(isolation_level="AUTOCOMMIT"), engine=engine, owners=KeyCache(settings.auth_cache_s))
+                        enqueuer=enqueuer, reads=reads_engine(db_engine), engine=engine, owners=KeyCache(settings.auth_cache_s))
 
     async def reap_once(**kwargs) -> None:
         try:

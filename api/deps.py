@@ -30,8 +30,8 @@ class Services:
     factory: sessionmaker[Session]
     storage: LocalStorage
     enqueuer: Enqueuer
-    # the same database and pool, autocommit: a single read needs no BEGIN and no ROLLBACK (two round trips
-    # on PostgreSQL) and no ORM session; for the hot reads (GET /v1/jobs/{id})
+    # the same database and pool for single reads without an ORM session (GET /v1/jobs/{id}); autocommit on
+    # PostgreSQL (api.app.reads_engine)
     reads: SqlEngine
     engine: Engine | None = None
     extra: dict = field(default_factory=dict)
