@@ -100,6 +100,45 @@ def _best_trade(options: list[Any], now: np.ndarray, unit_cost: np.ndarray, kept
     return best[1]
 
 
+def _batch_in_one_direction(dropping: bool, now: np.ndarray, unit_cost: np.ndarray, kept: list[np.ndarray],
+                            orders: list[np.ndarray], floor: np.ndarray, scores: list[np.ndarray], misses: Any,
+                            aim: float) -> list[Any]:
+    """While every missed size is on one side of its band: the moves of one re-measurement, in score order.
+
+    Dropping takes the weakest kept units over all masks (restoring, the strongest dropped ones), skipping a
+    unit whose predicted move would push some size past the far side of its band, exactly as one unit per
+    measurement would; but it keeps going until the predicted excess beyond the band has halved. Unit costs
+    change as other masks' counts change (a conv layer's MACs depend on its neighbours' channels), so the next
+    measurement corrects the prediction; halving keeps a run that starts far from its target (a short stage 1)
+    at a few dozen measurements instead of one per unit, and the last units still move one at a time.
+    """
+    def excess(values: np.ndarray) -> float:
+        m = misses(values)
+        return float(np.maximum(m - aim, 0.0).sum() if dropping else np.maximum(-m - aim, 0.0).sum())
+
+    candidates = []  # (score, mask, unit): kept units above each mask's floor when dropping, dropped ones else
+    for m, order in enumerate(orders):
+        in_order = order[kept[m][order]] if dropping else order[~kept[m][order]]
+        if dropping:
+            in_order = in_order[: max(0, len(in_order) - int(floor[m]))]
+        candidates.extend((float(scores[m][u]), m, int(u)) for u in in_order)
+    candidates.sort(key=lambda c: c[0], reverse=not dropping)
+    start, predicted, step = excess(now), now.copy(), []
+    blocked: set[int] = set()  # masks whose next unit does not fit: their other units cost the same
+    for score, m, unit in candidates:
+        if m in blocked:
+            continue
+        after = predicted - unit_cost[m] if dropping else predicted + unit_cost[m]
+        if (misses(after) < -aim if dropping else misses(after) > aim).any():
+            blocked.add(m)
+            continue
+        step.append((m, unit, not dropping, score, after))
+        predicted = after
+        if excess(predicted) <= start / 2:
+            break
+    return step
+
+
 def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0, tolerance: float = TOLERANCE,
          max_moves: int | None = None) -> dict[str, Any]:
     """Adjust the student's eval gates until every budget is met within `tolerance`; returns a record with
@@ -154,13 +193,10 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         if not options:
             break
         chosen = None
-        if over.any() != under.any():  # one direction: follow the scores, staying inside the far side
-            dropping = bool(over.any())
-            fitting = [o for o in options if o[2] != dropping
-                       and not (misses(o[4]) < -aim if dropping else misses(o[4]) > aim).any()]
-            if fitting:
-                chosen = min(fitting, key=lambda o: o[3]) if dropping else max(fitting, key=lambda o: o[3])
         step: list[tuple[int, int, bool, float, np.ndarray]] = []
+        if over.any() != under.any():  # one direction: follow the scores, staying inside the far side
+            step = _batch_in_one_direction(bool(over.any()), now, unit_cost, kept, orders, floor, scores, misses, aim)
+            chosen = step[0] if step else None
         if chosen is None:
             chosen = min(options, key=lambda o: (float(badness(o[4])), -o[3] if o[2] else o[3]))
             step = [chosen]
@@ -170,8 +206,6 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
                 step = _best_trade(options, now, unit_cost, kept, orders, floor, badness)
                 if not step:
                     break
-        else:
-            step = [chosen]
         for m, unit, keep, _, _ in step:
             kept[m][unit] = keep
             override = masks[m].keep_override
