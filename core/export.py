@@ -223,11 +223,17 @@ def compare_outputs(model: SpeechEncoder, batches: list[dict[str, np.ndarray]],
     return out
 
 
-def onnx_rtf(path: Path, sample_rate: int, *, threads: int = 1, seconds: float = 10.0, runs: int = 3) -> float:
+def onnx_rtf(path: Path, sample_rate: int, *, threads: int = 1, seconds: float | None = None,
+             runs: int | None = None) -> float:
     """onnxruntime CPU real-time factor (compute seconds per audio second, median of `runs`) on one
-    `seconds`-long utterance; threads=0 means onnxruntime's default (all cores)."""
+    `seconds`-long utterance; threads=0 means onnxruntime's default (all cores). Defaults: the reference
+    utterance of every speed figure (`core.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS` passes."""
     import time
 
+    from .speed import SECONDS, default_runs
+
+    seconds = SECONDS if seconds is None else seconds
+    runs = max(1, default_runs() if runs is None else runs)
     session = onnx_session(path, threads)
     x = np.random.default_rng(0).standard_normal((1, int(seconds * sample_rate))).astype(np.float32)
     feeds = {"input_values": x, "attention_mask": np.ones_like(x, dtype=np.int64)}
@@ -316,6 +322,8 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
     variant has "status": "rejected" and a "reason", and its file is removed."""
     import tempfile
 
+    from .speed import RUNS_ENV, default_runs
+
     chosen = parse_onnx_variants(variants)
     model = model.cpu().eval()
     sr = model.config.sample_rate
@@ -353,9 +361,11 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
             "min_cka": min(x["cka"] for x in layers), "min_cosine": min(x["cosine"] for x in layers)}
         if variant == "int8":
             figures["int8_mode"] = int8_mode
-        if measure_speed:
+        if measure_speed and default_runs() > 0:
             figures["rtf_cpu_1_thread"] = onnx_rtf(target, sr, threads=1)
             figures["rtf_cpu_all_threads"] = onnx_rtf(target, sr, threads=0)
+        elif measure_speed:
+            figures["timing"] = f"skipped ({RUNS_ENV}=0)"
         report["variants"][variant] = figures
     if probe_data is not None:
         pers = per_figures(model, files, probe_data, seed=seed)
