@@ -171,3 +171,15 @@ def page_for(browser, service):
     yield open_page
     for context in contexts:
         context.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failed dashboard test, the tail of `skillkd serve`'s log (API and worker) goes into the report:
+    CI keeps only the test output, and a job that never ran is explained there."""
+    outcome = yield
+    report = outcome.get_result()
+    service = getattr(item, "funcargs", {}).get("service")
+    if report.failed and call.when == "call" and isinstance(service, Service) and service.log.is_file():
+        tail = service.log.read_text(errors="replace")[-4000:]
+        report.sections.append(("skillkd serve log (tail)", tail))

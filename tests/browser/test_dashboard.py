@@ -51,7 +51,9 @@ def wait_job(client, job_id: str, statuses: set[str], timeout: float = 60) -> di
         if job["status"] in statuses:
             return job
         time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {statuses}: {job['status']}")
+    events = client.get(f"/v1/jobs/{job_id}/events?limit=1000").json()["items"][-8:]
+    raise AssertionError(f"job {job_id} did not reach {statuses}: {job['status']}; its last events: "
+                         + "; ".join(f"{e['kind']} {e['stage']} {e['step']}/{e['total']} {e['message']}" for e in events))
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +191,14 @@ def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service,
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         wait_job(c, job_id, {"running"})
+    try:
+        _watch_pause_resume_and_cancel(page_for, service, job_id, shots)
+    finally:  # a failure in there must not leave a 600-step job holding the only worker for the next tests
+        with service.client("alice") as c:
+            c.post(f"/v1/jobs/{job_id}/cancel")
+
+
+def _watch_pause_resume_and_cancel(page_for, service, job_id: str, shots: Path) -> None:
     page = page_for("alice")
     row = f"tr[data-job-id='{job_id}']"
     page.wait_for_selector(f"{row} progress")
@@ -218,7 +228,7 @@ def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service,
         page.wait_for_selector(".badge[data-status=paused]", timeout=30_000)
         assert page.locator("#action-resume").count() == 1
         page.click("#action-resume")
-        page.wait_for_selector(".badge[data-status=running]", timeout=30_000)
+        page.wait_for_selector(".badge[data-status=running]", timeout=45_000)
     page.click("#action-cancel")
     page.wait_for_selector(".badge[data-status=cancelled]", timeout=30_000)
     assert page.locator("#action-cancel").count() == 0

@@ -60,6 +60,19 @@ export async function renderJob(main, jobId, signal) {
   let following = false;
   let follow = () => {}; // set once the history is loaded
 
+  // Every fresh read of the job goes through refresh(): reads are numbered and only the newest one applied,
+  // so a slow answer (say, the read after the "paused" event) cannot overwrite a newer state (queued again
+  // after Resume). While nothing streams (paused, or between two streams) the job is read every 2 s.
+  let reads = 0;
+  async function refresh() {
+    const mine = ++reads;
+    const fresh = await get(path, { signal });
+    if (mine !== reads) return false; // a newer read was issued meanwhile; it decides
+    const changed = fresh.status !== job.status;
+    job = fresh;
+    return changed;
+  }
+
   function renderHeader() {
     fill(view.header, h("h1", {}, "Job ", h("span", { class: "mono" }, fmt.shortId(job.id))), badge(job.status));
     const buttons = [];
@@ -75,6 +88,7 @@ export async function renderJob(main, jobId, signal) {
             location.hash = "#/jobs";
             return;
           }
+          reads++; // a read in flight from before the action is stale now
           job = await post(`${path}/${suffix}`, undefined, { signal });
           fill(view.actionStatus);
           announce(`Job is ${job.status}`);
@@ -220,29 +234,28 @@ export async function renderJob(main, jobId, signal) {
   if (TERMINAL.has(job.status)) return;
 
   // 2. Live: the stream from the last event seen. The server ends it when the job finishes or is paused;
-  // a resume (here or elsewhere, seen by a slow check) follows again.
+  // a resume (here, or elsewhere and seen by the check below) follows again.
   const tick = setInterval(renderTimeline, 1000);
   const check = setInterval(async () => {
-    if (following || TERMINAL.has(job.status) || document.visibilityState !== "visible") return;
+    if (following || TERMINAL.has(job.status) || document.visibilityState === "hidden") return;
     try {
-      const fresh = await get(path, { signal });
-      if (fresh.status !== job.status) {
-        job = fresh;
+      if (await refresh()) {
         renderAll();
         follow();
       }
     } catch {
       // the next check retries
     }
-  }, 10000);
+  }, 2000);
   signal.addEventListener("abort", () => { clearInterval(tick); clearInterval(check); }, { once: true });
 
   async function onEvent(kind, data, id) {
     if (id) lastId = id;
     if (kind === "end") {
-      job = await get(path, { signal });
+      await refresh();
       announce(`Job ${job.status}`);
       renderAll();
+      follow(); // resumed meanwhile: follow again (a no-op when finished or still paused)
       return;
     }
     events.push(data);
@@ -252,7 +265,7 @@ export async function renderJob(main, jobId, signal) {
       if (kind !== "progress") renderTimeline();
       if (kind === "progress" && TRAINING.includes(data.stage)) renderCurves();
     } else if (kind === "status") {
-      job = await get(path, { signal });
+      await refresh();
       renderHeader();
       renderSummary();
       renderProgress();
