@@ -69,6 +69,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def busy_warning(before: Sequence[float] | None, after: Sequence[float] | None) -> str | None:
+    """A warning when other work shared the CPU during the measurement (1-minute load average above half a
+    core beyond this process). Interleaving protects the ratio from drift, not from contention: another
+    process on a 2-core machine slows teacher and student unequally (bench/results/compute_budgets.md)."""
+    loads = [x[0] for x in (before, after) if x]
+    if not loads or max(loads) <= 1.5:
+        return None
+    return (f"warning: the machine was busy (1-minute load average up to {max(loads):.1f}); the ratios may be "
+            "off by tens of percent: measure again on a quiet machine")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         teacher = load_model(teacher_dir)
     except SkillkdError as exc:
         raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = measure(teacher, student, device=args.device, seconds=args.seconds, runs=args.runs,
                      warmup=args.warmup)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     report = {
         "benchmark": "student_speed",
         "command": "python bench/student_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -105,10 +118,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "student_path": str(args.student), "teacher_path": str(teacher_dir),
         "machine": {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(),
-                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+                    "load_average": list(load_after) if load_after else None,
+                    "load_average_before": list(load_before) if load_before else None},
         **result,
     }
     print(format_table(result))
+    busy = busy_warning(load_before, load_after)
+    if busy:
+        report["machine"]["warning"] = busy
+        print(busy, file=sys.stderr)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -34,3 +34,10 @@ def test_student_speed_says_when_no_teacher_is_known(tmp_path: Path) -> None:
     student_dir = save_student(student, tmp_path / "student")
     with pytest.raises(SystemExit, match="give TEACHER"):
         student_speed.main([str(student_dir)])
+
+
+def test_a_busy_machine_is_flagged() -> None:
+    assert student_speed.busy_warning((0.3, 0.2, 0.1), (1.1, 0.5, 0.2)) is None  # the bench's own thread
+    warning = student_speed.busy_warning((2.4, 1.0, 0.5), (3.1, 1.2, 0.6))
+    assert warning is not None and "3.1" in warning
+    assert student_speed.busy_warning(None, None) is None
