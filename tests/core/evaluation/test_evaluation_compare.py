@@ -146,6 +146,15 @@ def test_compare_compresses_on_another_split_and_reports_layers(
     table = (out / "comparison.md").read_text()
     assert "split `compress` only" in table and "| model | r0 | r1 | r2 |" in table
 
+    # The CLI passes both options through.
+    cli = CliRunner().invoke(compare_command, [
+        str(teacher), str(dataset), "--methods", "dphubert", "--seeds", "1", "--no-fbank", "--compress-split",
+        "compress", "--train-split", "probe_train", "--test-split", "probe_test", "--per-layer", "--json",
+        "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == 0, cli.output
+    assert fake.calls[-1]["splits"] == {"compress"} and fake.calls[-1]["method"] == "dphubert"
+    assert all(row["sid_per_layer_mean"] for row in json.loads(cli.stdout)["rows"])
+
 
 def test_compare_cli_refuses_unknown_methods(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "data")
