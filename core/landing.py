@@ -116,14 +116,15 @@ def _batch_in_one_direction(dropping: bool, now: np.ndarray, unit_cost: np.ndarr
         m = misses(values)
         return float(np.maximum(m - aim, 0.0).sum() if dropping else np.maximum(-m - aim, 0.0).sum())
 
-    candidates = []  # (score, mask, unit): kept units above each mask's floor when dropping, dropped ones else
+    candidates: list[tuple[float, int, int]] = []  # (score, mask, unit): kept units above each mask's floor when dropping, dropped ones else
     for m, order in enumerate(orders):
         in_order = order[kept[m][order]] if dropping else order[~kept[m][order]]
         if dropping:
             in_order = in_order[: max(0, len(in_order) - int(floor[m]))]
         candidates.extend((float(scores[m][u]), m, int(u)) for u in in_order)
     candidates.sort(key=lambda c: c[0], reverse=not dropping)
-    start, predicted, step = excess(now), now.copy(), []
+    start, predicted = excess(now), now.copy()
+    step: list[Any] = []
     blocked: set[int] = set()  # masks whose next unit does not fit: their other units cost the same
     for score, m, unit in candidates:
         if m in blocked:
