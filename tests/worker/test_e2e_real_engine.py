@@ -87,7 +87,7 @@ def test_real_engine_sigkill_mid_stage1_resumes(services_stack):
     client = stack.start_api()
     teacher, dataset = upload_demo(client, stack)
     worker = stack.start_worker()
-    job_id = create_job(client, stack, teacher["id"], dataset["id"], **{**SPEC, "stage1_steps": 40,
+    job_id = create_job(client, stack, teacher["id"], dataset["id"], **{**SPEC, "stage1_steps": 14,
                                                                           "checkpoint_every": 2})
     wait_for(lambda: get(client, stack, job_id)["stage"] == "distill_prune"
              and (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 6, timeout=900,
