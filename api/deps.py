@@ -30,8 +30,8 @@ class Services:
     factory: sessionmaker[Session]
     storage: LocalStorage
     enqueuer: Enqueuer
-    # the same database and pool for single reads without an ORM session (GET /v1/jobs/{id}); autocommit on
-    # PostgreSQL (api.app.reads_engine)
+    # single reads without an ORM session (GET /v1/jobs/{id}): on PostgreSQL a pool of autocommit connections
+    # of its own, on SQLite the same engine (api.app.reads_engine)
     reads: SqlEngine
     engine: Engine | None = None
     extra: dict = field(default_factory=dict)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Update, bindparam, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.crud import delete_jobs
@@ -170,11 +171,19 @@ def delete_finished(session: Session, *, job: Job) -> bool:
 
 def owned_job_row(reads: Engine, *, job_id: str, owner_id: str) -> Any | None:
     """The job as a read-only row (attribute access like the ORM object) if `owner_id` owns it: one Core
-    SELECT on an autocommit connection of `reads`, without a session (the hot path of GET /v1/jobs/{id}: a
-    session's transaction cost PostgreSQL a BEGIN and a ROLLBACK round trip, and its close ran on the event
-    loop; py-spy, issue 11)."""
-    with reads.connect() as connection:
-        return connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
+    SELECT on a connection of `reads` (api.app.reads_engine), without a session (the hot path of GET
+    /v1/jobs/{id}: a session's transaction cost PostgreSQL a BEGIN and a ROLLBACK round trip, and its close ran
+    on the event loop; py-spy, issue 11). `reads` does not ping a connection before use, so a connection the
+    database closed (a restart) fails here once; SQLAlchemy then discards the pool's older connections and the
+    read is repeated on a new one (a read can be repeated safely)."""
+    for attempt in (1, 2):
+        try:
+            with reads.connect() as connection:
+                return connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    return None  # not reached
 
 
 _JOBS = Job.__table__
