@@ -69,15 +69,33 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def busy_warning(before: Sequence[float] | None, after: Sequence[float] | None) -> str | None:
-    """A warning when other work shared the CPU during the measurement (1-minute load average above half a
-    core beyond this process). Interleaving protects the ratio from drift, not from contention: another
-    process on a 2-core machine slows teacher and student unequally (bench/results/compute_budgets.md)."""
-    loads = [x[0] for x in (before, after) if x]
-    if not loads or max(loads) <= 1.5:
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat), or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
         return None
-    return (f"warning: the machine was busy (1-minute load average up to {max(loads):.1f}); the ratios may be "
-            "off by tens of percent: measure again on a quiet machine")
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(busy_before: float | None, busy_after: float | None, own_cpu_s: float, wall_s: float) -> float | None:
+    """Cores' worth of CPU that other processes used while this one measured (machine busy time minus this
+    process's own CPU time, over the wall time)."""
+    if busy_before is None or busy_after is None or wall_s <= 0:
+        return None
+    return max(0.0, (busy_after - busy_before - own_cpu_s) / wall_s)
+
+
+def busy_warning(others: float | None) -> str | None:
+    """A warning when other work shared the CPU during the measurement (over 0.25 of a core on average).
+    Interleaving protects the ratio from drift, not from contention: another process on a 2-core machine
+    slows teacher and student unequally (bench/results/compute_budgets.md)."""
+    if others is None or others <= 0.25:
+        return None
+    return (f"warning: other processes used {others:.2f} cores on average during the measurement; the ratios "
+            "may be off by tens of percent: measure again on a quiet machine")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -107,10 +125,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         teacher = load_model(teacher_dir)
     except SkillkdError as exc:
         raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    busy_before, cpu_before, wall_before = cpu_busy_seconds(), time.process_time(), time.perf_counter()
     result = measure(teacher, student, device=args.device, seconds=args.seconds, runs=args.runs,
                      warmup=args.warmup)
-    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    others = other_load(busy_before, cpu_busy_seconds(), time.process_time() - cpu_before,
+                        time.perf_counter() - wall_before)
     report = {
         "benchmark": "student_speed",
         "command": "python bench/student_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -118,12 +137,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "student_path": str(args.student), "teacher_path": str(teacher_dir),
         "machine": {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "platform": platform.platform(),
-                    "load_average": list(load_after) if load_after else None,
-                    "load_average_before": list(load_before) if load_before else None},
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                    "other_processes_cores": None if others is None else round(others, 3)},
         **result,
     }
     print(format_table(result))
-    busy = busy_warning(load_before, load_after)
+    if others is not None:
+        print(f"other processes used {others:.2f} cores on average while this measured")
+    busy = busy_warning(others)
     if busy:
         report["machine"]["warning"] = busy
         print(busy, file=sys.stderr)
