@@ -138,6 +138,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _report_speedup(report: dict[str, Any]) -> float | None:
+    """Teacher time / student time on one CPU thread, from the job's own report: the two models interleaved in
+    one process (core.speed), the figure a ratio of this table's separately timed RTFs cannot replace."""
+    setting = (report.get("speed") or {}).get("cpu_1_thread") or {}
+    value = setting.get("speedup")
+    return float(value) if value is not None else None
+
+
 def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     mine = [run for run in runs if run["group"] == group]
     per = [run["pr"]["per"] for run in mine if "pr" in run]
@@ -146,6 +154,7 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     layers = [run["sid_per_layer"]["accuracy"] for run in mine if "sid_per_layer" in run]
     rtf = [run["speed"]["cpu"]["rtf"] for run in mine if "cpu" in run.get("speed", {})]
     gpu = [run["speed"]["cuda"]["rtf"] for run in mine if "cuda" in run.get("speed", {})]
+    speedups = [run["speedup_cpu_1_thread"] for run in mine if run.get("speedup_cpu_1_thread") is not None]
     per_mean, per_std = _mean_std(per)
     acc_mean, acc_std = _mean_std(acc)
     return {
@@ -157,6 +166,7 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "macs_per_second": statistics.fmean(run["macs_per_second"] for run in mine),
         "rtf_cpu": _mean_std(rtf)[0],
         "rtf_cuda": _mean_std(gpu)[0],
+        "speedup_cpu_1_thread": _mean_std(speedups)[0],
         "cka_mean": _mean_std(cka)[0],
         # Mean over seeds of each layer's own SID accuracy (runs of one group share their layer count).
         "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)] if layers else None,
@@ -267,7 +277,7 @@ def compare(
             "model": name, "group": group, "method": method, "seed": seed, "source": str(result.export_dir),
             "num_representations": student_features.num_reps, "dim": student_features.dim,
             "achieved_sparsity": result.report.get("achieved_sparsity"), "targets": result.report.get("targets"),
-            **facts, "cka": cka,
+            "speedup_cpu_1_thread": _report_speedup(result.report), **facts, "cka": cka,
             **run_probes(student_features, data, seed=seed, phone_config=phone_config,
                          speaker_config=speaker_config, per_layer=per_layer, on_event=emit),
         })
@@ -317,21 +327,27 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         f"({data['train_utterances']} utterances) and scored on `{data['test_split']}` "
         f"({data['test_utterances']} utterances). Mean ± standard deviation over seeds.",
         "",
-        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | CPU RTF | GPU RTF | CKA to teacher |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | speed-up, 1 thread | CPU RTF | GPU RTF "
+        "| CKA to teacher |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in comparison["rows"]:
         rtf, gpu = format_rtf(row["rtf_cpu"]), format_rtf(row["rtf_cuda"])
         cka = "—" if row["cka_mean"] is None else f"{row['cka_mean']:.3f}"
+        speedup = row.get("speedup_cpu_1_thread")
+        faster = "1" if row["model"] == "teacher" else ("—" if speedup is None else f"{speedup:.2f}×")
         lines.append(
             f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per_mean'], row['per_std'])} | "
             f"{_pm(row['sid_accuracy_mean'], row['sid_accuracy_std'])} | {format_count(row['macs_per_second'])} | "
-            f"{rtf} | {gpu} | {cka} |"
+            f"{faster} | {rtf} | {gpu} | {cka} |"
         )
     lines += ["", "CKA to teacher: linear CKA between the teacher's and the student's cluster-mean representations "
               "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
-              "RTF: median time to encode 10 s of audio / 10 s; CPU threads as set "
-              f"({comparison['environment']['threads']})."]
+              "Speed-up: teacher time / student time for 10 s of audio on one CPU thread, the two interleaved in one "
+              "process when the job ended (its report.json `speed`); mean over seeds.",
+              "RTF: median time to encode 10 s of audio / 10 s, each model timed on its own during the comparison "
+              f"(CPU threads as set: {comparison['environment']['threads']}); on a busy machine a ratio of two RTFs "
+              "is not a speed-up."]
     layered = [row for row in comparison["rows"] if row.get("sid_per_layer_mean")]
     if layered:
         lines += ["", "SID accuracy % of each representation alone (its own linear probe), mean over seeds:", "",

@@ -63,7 +63,8 @@ class FakePipeline:
                            "steps": (spec.stage1_steps, spec.stage2_steps), "splits": splits})
         export = workdir / "student"
         shutil.copytree(teacher, export, dirs_exist_ok=True)
-        report = {"clusters": [[0], [1, 2]], "achieved_sparsity": 0.5}
+        report = {"clusters": [[0], [1, 2]], "achieved_sparsity": 0.5,
+                  "speed": {"cpu_1_thread": {"speedup": 3.0 + spec.seed}}}  # what core.speed measured in the job
         return PipelineResult(export, report, {})
 
 
@@ -93,6 +94,9 @@ def test_compare_orchestrates_methods_and_seeds(tmp_path: Path, monkeypatch: pyt
         assert (out / name).stat().st_size > 0
     table = (out / "comparison.md").read_text()
     assert "| skill |" in table and "±" in table
+    # the interleaved speed-up of each job's report, mean over seeds (3 and 4)
+    assert [row["speedup_cpu_1_thread"] for row in result["rows"]] == [None, None, 3.5, 3.5]
+    assert "speed-up, 1 thread" in table and "| 3.50× |" in table
     assert json.loads((out / "comparison.json").read_text())["rows"] == result["rows"]
 
     again = compare(teacher, dataset, out_dir=tmp_path / "cmp2", seeds=2, stage1_steps=4, stage2_steps=2,
