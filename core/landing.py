@@ -181,24 +181,22 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         if not over.any() and not under.any():
             break
         unit_cost = np.stack([costs[k] for k in kinds], axis=-1)  # (mask, budget)
-        # one candidate per mask and direction: its weakest kept unit, its strongest dropped unit
-        options: list[tuple[int, int, bool, float, np.ndarray]] = []  # mask, unit, keep?, score, sizes after
-        for m, order in enumerate(orders):
-            kept_in_order = kept[m][order]
-            if kept[m].sum() > floor[m]:
-                unit = int(order[np.argmax(kept_in_order)])
-                options.append((m, unit, False, scores[m][unit], now - unit_cost[m]))
-            if not kept_in_order.all():
-                unit = int(order[len(order) - 1 - np.argmax(~kept_in_order[::-1])])
-                options.append((m, unit, True, scores[m][unit], now + unit_cost[m]))
-        if not options:
-            break
-        chosen = None
         step: list[tuple[int, int, bool, float, np.ndarray]] = []
         if over.any() != under.any():  # one direction: follow the scores, staying inside the far side
             step = _batch_in_one_direction(bool(over.any()), now, unit_cost, kept, orders, floor, scores, misses, aim)
-            chosen = step[0] if step else None
-        if chosen is None:
+        if not step:
+            # one candidate per mask and direction: its weakest kept unit, its strongest dropped unit
+            options: list[tuple[int, int, bool, float, np.ndarray]] = []  # mask, unit, keep?, score, sizes after
+            for m, order in enumerate(orders):
+                kept_in_order = kept[m][order]
+                if kept[m].sum() > floor[m]:
+                    unit = int(order[np.argmax(kept_in_order)])
+                    options.append((m, unit, False, scores[m][unit], now - unit_cost[m]))
+                if not kept_in_order.all():
+                    unit = int(order[len(order) - 1 - np.argmax(~kept_in_order[::-1])])
+                    options.append((m, unit, True, scores[m][unit], now + unit_cost[m]))
+            if not options:
+                break
             chosen = min(options, key=lambda o: (float(badness(o[4])), -o[3] if o[2] else o[3]))
             step = [chosen]
             if badness(chosen[4]) >= badness(now):
