@@ -408,6 +408,31 @@ def _speaker_classes(train: Sequence[tuple[str, str]], test: Sequence[tuple[str,
     return {speaker: i for i, speaker in enumerate(sorted({speaker for _, speaker in train}))}
 
 
+@dataclass
+class _SpeakerData:
+    """What every speaker probe trains and scores on: frame means pooled once for all representations."""
+
+    index: dict[str, int]  # class of each train speaker
+    train_pooled: torch.Tensor  # (utterance, rep, feature)
+    labels: torch.Tensor  # (utterance,)
+    test_pooled: torch.Tensor  # (utterance, rep, feature): the test utterances of train speakers only
+    truth: torch.Tensor  # (utterance,)
+
+    @classmethod
+    def pool(cls, features: FeatureSet, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]],
+             config: SpeakerProbeConfig) -> _SpeakerData:
+        index = _speaker_classes(train, test)
+        batcher = _Batcher(features, layer_norm=config.layer_norm)
+        train_pooled = _pooled(batcher, [i for i, _ in train])
+        seen = [(i, speaker) for i, speaker in test if speaker in index]
+        return cls(
+            index=index, train_pooled=train_pooled,
+            labels=torch.tensor([index[speaker] for _, speaker in train], dtype=torch.int64),
+            test_pooled=_pooled(batcher, [i for i, _ in seen]) if seen else train_pooled[:0],
+            truth=torch.tensor([index[speaker] for _, speaker in seen], dtype=torch.int64),
+        )
+
+
 def _fit_speaker_probe(
     pooled: torch.Tensor, labels: torch.Tensor, num_speakers: int, *, config: SpeakerProbeConfig, seed: int,
     progress: EpochProgress | None,
@@ -454,26 +479,18 @@ def train_speaker_probe(
 
     Classes are the train speakers. Test utterances of unseen speakers stay in the denominator as errors.
     """
-    index = _speaker_classes(train, test)
-    batcher = _Batcher(features, layer_norm=config.layer_norm)
-    train_pooled = _pooled(batcher, [i for i, _ in train])  # (utterance, rep, feature)
-    labels = torch.tensor([index[speaker] for _, speaker in train], dtype=torch.int64)  # (utterance,)
-    probe, step, epoch_loss = _fit_speaker_probe(train_pooled, labels, len(index), config=config, seed=seed,
-                                                 progress=progress)
-    seen = [(i, speaker) for i, speaker in test if speaker in index]
-    correct = 0
-    if seen:
-        test_pooled = _pooled(batcher, [i for i, _ in seen])  # (utterance, rep, feature)
-        correct = _correct(probe, test_pooled, torch.tensor([index[speaker] for _, speaker in seen]))
-    unseen_speakers = {speaker for _, speaker in test if speaker not in index}
+    data = _SpeakerData.pool(features, train, test, config)
+    probe, step, epoch_loss = _fit_speaker_probe(data.train_pooled, data.labels, len(data.index), config=config,
+                                                 seed=seed, progress=progress)
+    unseen_speakers = {speaker for _, speaker in test if speaker not in data.index}
     return SpeakerProbeResult(
-        accuracy=correct / len(test),
+        accuracy=_correct(probe, data.test_pooled, data.truth) / len(test),
         layer_weights=probe.mix.weights().tolist(),
-        train_speakers=len(index),
+        train_speakers=len(data.index),
         train_utterances=len(train),
         test_utterances=len(test),
         unseen_test_speakers=len(unseen_speakers),
-        unseen_test_utterances=len(test) - len(seen),
+        unseen_test_utterances=len(test) - len(data.truth),
         epochs=config.epochs,
         steps=step,
         final_train_loss=epoch_loss,
@@ -515,27 +532,21 @@ def train_speaker_probes_per_layer(
     the mix is that layer): accuracy on `test` of each. Frames are pooled once for all layers; every layer's
     probe gets the same seed (same init and batch order), so layers differ only by their features.
     `progress(layer + 1, num_reps, final loss)` after each layer."""
-    index = _speaker_classes(train, test)
-    batcher = _Batcher(features, layer_norm=config.layer_norm)
-    train_pooled = _pooled(batcher, [i for i, _ in train])  # (utterance, rep, feature)
-    labels = torch.tensor([index[speaker] for _, speaker in train], dtype=torch.int64)  # (utterance,)
-    seen = [(i, speaker) for i, speaker in test if speaker in index]
-    test_pooled = _pooled(batcher, [i for i, _ in seen]) if seen else train_pooled[:0]  # (utterance, rep, feature)
-    truth = torch.tensor([index[speaker] for _, speaker in seen], dtype=torch.int64)  # (utterance,)
+    data = _SpeakerData.pool(features, train, test, config)
     accuracy = []
     for layer in range(features.num_reps):
-        probe, _, loss = _fit_speaker_probe(train_pooled[:, layer : layer + 1], labels, len(index), config=config,
-                                            seed=seed, progress=None)
-        accuracy.append(_correct(probe, test_pooled[:, layer : layer + 1], truth) / len(test))
+        probe, _, loss = _fit_speaker_probe(data.train_pooled[:, layer : layer + 1], data.labels, len(data.index),
+                                            config=config, seed=seed, progress=None)
+        accuracy.append(_correct(probe, data.test_pooled[:, layer : layer + 1], data.truth) / len(test))
         if progress is not None:
             progress(layer + 1, features.num_reps, loss)
     return LayerSpeakerResult(
         accuracy=accuracy,
         best_layer=max(range(len(accuracy)), key=lambda layer: accuracy[layer]),
-        train_speakers=len(index),
+        train_speakers=len(data.index),
         train_utterances=len(train),
         test_utterances=len(test),
-        unseen_test_utterances=len(test) - len(seen),
+        unseen_test_utterances=len(test) - len(data.truth),
         epochs=config.epochs,
         config=asdict(config),
     )
