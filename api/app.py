@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     if enqueuer is None:  # publishes by task name: the API never imports the worker
         enqueuer = CeleryEnqueuer.from_settings(settings)
     services = Services(settings=settings, factory=make_sessionmaker(db_engine), storage=storage,
-                        enqueuer=enqueuer, reads=reads_engine(db_engine, settings), engine=engine, owners=KeyCache(settings.auth_cache_s))
+                        enqueuer=enqueuer, reads=reads_engine(db_engine, settings), engine=engine,
+                        owners=KeyCache(settings.auth_cache_s))
 
     async def reap_once(**kwargs) -> None:
         try:
