@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError
 from .models import FORMAT_VERSION, STUDENT_FORMAT, SpeechEncoder
+from .speed import RUNS_ENV, SECONDS, default_runs
 
 
 def save_student(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None,
@@ -230,8 +231,6 @@ def onnx_rtf(path: Path, sample_rate: int, *, threads: int = 1, seconds: float |
     utterance of every speed figure (`core.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS` passes."""
     import time
 
-    from .speed import SECONDS, default_runs
-
     seconds = SECONDS if seconds is None else seconds
     runs = max(1, default_runs() if runs is None else runs)
     session = onnx_session(path, threads)
@@ -321,8 +320,6 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
     only those that pass their gate. Returns {"variants": {name: figures}, "gates": ..., ...}; a rejected
     variant has "status": "rejected" and a "reason", and its file is removed."""
     import tempfile
-
-    from .speed import RUNS_ENV, default_runs
 
     chosen = parse_onnx_variants(variants)
     model = model.cpu().eval()
