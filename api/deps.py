@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine as SqlEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
@@ -30,9 +31,9 @@ class Services:
     factory: sessionmaker[Session]
     storage: LocalStorage
     enqueuer: Enqueuer
-    # single reads without an ORM session (GET /v1/jobs/{id}): on PostgreSQL a pool of autocommit connections
-    # of its own, on SQLite the same engine (api.app.reads_engine)
-    reads: SqlEngine
+    # single reads without an ORM session (GET /v1/jobs/{id}): on PostgreSQL an asyncio engine with a pool of
+    # autocommit connections of its own, on SQLite the same engine (api.app.reads_engine)
+    reads: SqlEngine | AsyncEngine
     engine: Engine | None = None
     extra: dict = field(default_factory=dict)
     owners: KeyCache = field(default_factory=lambda: KeyCache(5.0))

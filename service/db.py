@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -36,6 +37,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def make_async_reads_engine(url: str, *, pool_size: int) -> AsyncEngine:
+    """A PostgreSQL asyncio engine for single reads (psycopg 3's async driver, whatever driver `url` names):
+    autocommit connections that are not pinged before use (the caller retries a read once on a connection the
+    server has closed)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"asyncio reads are for PostgreSQL, not {parsed.get_backend_name()}")
+    return create_async_engine(parsed.set(drivername="postgresql+psycopg"), pool_size=pool_size,
+                               pool_pre_ping=False, isolation_level="AUTOCOMMIT")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Update, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from service.crud import delete_jobs
@@ -180,6 +181,19 @@ def owned_job_row(reads: Engine, *, job_id: str, owner_id: str) -> Any | None:
         try:
             with reads.connect() as connection:
                 return connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    return None  # not reached
+
+
+async def owned_job_row_async(reads: AsyncEngine, *, job_id: str, owner_id: str) -> Any | None:
+    """`owned_job_row` on an asyncio engine (PostgreSQL's reads, api.app.reads_engine): the same SELECT and the
+    same one retry on a connection the server has closed, awaited on the event loop."""
+    for attempt in (1, 2):
+        try:
+            async with reads.connect() as connection:
+                return (await connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id})).first()
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise

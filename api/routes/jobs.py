@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentOwner, ServicesDep, SessionDep
@@ -201,13 +202,16 @@ def list_jobs(session: SessionDep, owner: CurrentOwner, status: JobStatus | None
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, services: ServicesDep, owner: CurrentOwner) -> Response:
-    row = jobstore.owned_job_row(services.reads, job_id=job_id, owner_id=owner.id)
+async def get_job(job_id: str, services: ServicesDep, owner: CurrentOwner) -> Response:
+    # The hot path of clients polling a job. PostgreSQL: the SELECT is awaited on the event loop (asyncio
+    # engine); SQLite: one thread-pool call. Serialized here by pydantic's encoder: a returned model would be
+    # validated again and encoded by FastAPI (`response_model` still documents the body).
+    if isinstance(services.reads, AsyncEngine):
+        row = await jobstore.owned_job_row_async(services.reads, job_id=job_id, owner_id=owner.id)
+    else:
+        row = await run_in_threadpool(jobstore.owned_job_row, services.reads, job_id=job_id, owner_id=owner.id)
     if row is None:
         raise NotFound(f"job {job_id} not found")
-    # Serialized here, in the route's one thread-pool call, by pydantic's encoder: a returned model would be
-    # validated again and encoded by FastAPI in a second thread-pool call (the hot path of clients polling a
-    # job; `response_model` still documents the body).
     return Response(JobPublic.from_row(row).model_dump_json(), media_type="application/json")
 
 

@@ -1,5 +1,5 @@
 """The hot read, GET /v1/jobs/{id} (issue 11): one SELECT on a connection of `Services.reads`, which on
-PostgreSQL is a pool of autocommit connections that are not pinged before use. A connection the database has
+PostgreSQL is an asyncio engine whose pool holds autocommit connections that are not pinged before use. A connection the database has
 closed (a restart) must cost the client nothing: the read is repeated on a new connection."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy
 from servicefixtures import small_settings
 from servicekit import PG_ADMIN_URL, fresh_postgres, make_audio, make_teacher, postgres_available, zip_dir
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from service.db import upgrade
@@ -32,7 +33,7 @@ def test_postgres_reads_survive_connections_closed_by_the_server(tmp_path):
                          engine=FakeEngine(steps=3), run_reaper=False)
         with TestClient(app) as client:
             services = app.state.services
-            assert services.reads is not services.factory.kw["bind"]
+            assert isinstance(services.reads, AsyncEngine)  # awaited on the event loop, no thread-pool call
             assert services.reads.dialect.name == "postgresql"
             with services.factory() as session:
                 alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
