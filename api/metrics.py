@@ -7,8 +7,9 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from service.models import JOB_STATUSES, Job, JobEvent
@@ -50,14 +51,29 @@ class _StateCollector:
 
 
 class Metrics:
+    """The app's metrics. `registry` holds its request counters and latencies; `collect()` is what /metrics
+    shows: the registry, or, when several API processes serve one port (`settings.prometheus_multiproc_dir`,
+    PROMETHEUS_MULTIPROC_DIR: prometheus_client then keeps every process's counters in a file there), the sum
+    over all of them, plus the database and broker figures read at scrape time."""
+
     def __init__(self, services: Any) -> None:
         self.registry = CollectorRegistry()
+        self.multiproc_dir = services.settings.prometheus_multiproc_dir
         self.requests = Counter("skillkd_http_requests", "HTTP requests", ["method", "route", "status"],
                                 registry=self.registry)
         self.latency = Histogram("skillkd_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route"], registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.registry.register(_StateCollector(services))
+        self.state = _StateCollector(services)
+        self.registry.register(self.state)
+
+    def collect(self) -> bytes:
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiproc_dir))
+        registry.register(self.state)
+        return generate_latest(registry)
 
 
 class MetricsMiddleware:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
 
     auth_cache_s: float = Field(default=5.0, ge=0, description="an API key's owner is cached this long; a "
                                 "revoked key stops working within it (0: no cache)")
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR, set by `skillkd serve "
+        "--workers N`): /metrics then sums the request counters of all API processes")
     db_pool_size: int = Field(default=16, ge=1, le=200, description="database connections an API process keeps "
                               "open (more are opened, and closed again, while more requests need one at once)")
 

@@ -7,6 +7,7 @@ package never imports the worker's code.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,8 +44,9 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
     With `--workers N`, uvicorn's supervisor runs N API processes, each building the app from the same
     environment (`api.app:create_app`); they share nothing but the database (SQLite in WAL mode serves several
     processes), so each has its own API-key cache, runs its own reaper (its transitions are conditional
-    updates: two reapers cannot both win) and counts its own requests in /metrics (the job and queue figures
-    are read from the database and the broker, the same in every process)."""
+    updates: two reapers cannot both win). /metrics sums the request counters of all N (prometheus_client's
+    multiprocess mode, in a directory of this server's own under `home`/metrics, removed when it stops); the
+    job and queue figures are read from the database and the broker."""
     import uvicorn
 
     from api.app import create_app
@@ -57,6 +59,7 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
     upgrade(s.database_url)
     ensure_admin_key(s, make_sessionmaker(make_engine(s.database_url)))
     proc = None
+    metrics_dir: Path | None = None
     if worker:
         # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
         # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
@@ -70,9 +73,16 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
         if workers == 1:
             uvicorn.run(create_app(s), host=host, port=port, log_level="info", **uvicorn_options())
         else:
+            # read by prometheus_client when each API process imports it, and by Settings
+            metrics_dir = s.home / "metrics" / f"serve-{os.getpid()}"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             uvicorn.run("api.app:create_app", factory=True, workers=workers, host=host, port=port,
                         log_level="info", **uvicorn_options())
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if proc is not None:
             proc.send_signal(signal.SIGTERM)  # warm shutdown; a running job resumes from its checkpoint later
             try:

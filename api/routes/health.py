@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import ServicesDep
 from api.schemas import Health
@@ -40,6 +40,5 @@ async def readyz(services: ServicesDep) -> Response:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
-    data = await run_in_threadpool(generate_latest, registry)
+    data = await run_in_threadpool(request.app.state.metrics.collect)
     return Response(data, media_type=CONTENT_TYPE_LATEST)

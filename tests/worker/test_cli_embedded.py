@@ -111,13 +111,26 @@ def test_serve_with_two_api_processes(tmp_path):
         assert r.returncode == 0, r.stderr
         job_id = r.stdout.strip().splitlines()[-1]
         key = (tmp_path / "home" / "admin.key").read_text().strip()
+        before = _job_reads_counted(s.url)
         with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}) as client:
             # new connections, so the kernel hands them to either process
             statuses = {httpx.get(f"{s.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}
                                   ).json()["status"] for _ in range(20)}
             assert client.get("/v1/jobs").json()["items"][0]["id"] == job_id
         assert statuses == {"succeeded"}
+        # /metrics counts the requests of both processes, whichever of them answers the scrape
+        assert [_job_reads_counted(s.url) for _ in range(6)] == [before + 20] * 6
+        assert list((tmp_path / "home" / "metrics").iterdir())  # prometheus_client's files, one server's folder
     finally:
         s.stop()
     log = Path(s.log.name).read_text()
     assert len(set(re.findall(r"Started server process \[(\d+)\]", log))) == 2, log
+    assert not list((tmp_path / "home" / "metrics").iterdir())  # removed when the server stops
+
+
+def _job_reads_counted(url: str) -> float:
+    """GET /v1/jobs/{job_id} answered 200, as /metrics counts them (a new connection per scrape)."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(r'^skillkd_http_requests_total\{method="GET",route="/v1/jobs/\{job_id\}",status="200"\} (\S+)$',
+                      text, re.M)
+    return float(found.group(1)) if found else 0.0
