@@ -26,6 +26,14 @@ instead, FBANK alone identified 100% of the held-out speakers (bench/results/hel
 `heldout.json` in the view records the rule, the speakers of each side, those left out, and the counts.
 `compress/` inside the view holds the `compress` rows alone, for `skillkd compress` (which reads every row).
 
+`table` summarises students: each row is a list of `probe` outputs, one per compression seed (a student's
+mean over its probe seeds), against the teacher's row of a baseline `probe` output (paired by probe seed) and,
+optionally, against a reference row (paired by compression seed):
+
+    python bench/heldout_speakers.py table --baseline bench/results/heldout-speakers/baselines.json \
+        --teacher hubert-mini --reference SKILL \
+        'SKILL=runs/h13/hubert-skill-s{0,1,2}-probes/probes.json' ...   (a row: NAME=FILE,FILE,FILE)
+
 `probe` extracts each model's features once (a teacher or exported student directory, or `fbank`) and runs the
 SUPERB probes (PR and SID) and the per-layer SID probes with seeds 0..N-1 on probe_train -> probe_test; it
 writes `probes.json` (every run) and `probes.md` (mean ± sample standard deviation over seeds).
@@ -232,6 +240,61 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _row_figures(files: list[Path]) -> dict[str, Any]:
+    """Per compression seed (one probes.json each, one student row): the mean over probe seeds of PER and SID,
+    and the per-probe-seed values (for pairing with the teacher), the per-layer SID and the size."""
+    seeds = []
+    for file in files:
+        result = json.loads(file.read_text())
+        row = result["rows"][0]
+        seeds.append({"file": str(file), "params": row["params"], "per": row["per"], "sid": row["sid"],
+                      "mean_per": statistics.fmean(row["per"]), "mean_sid": statistics.fmean(row["sid"]),
+                      "layers": row["sid_per_layer_mean"]})
+    return {"seeds": seeds}
+
+
+def _joined(values: list[float]) -> str:
+    return ", ".join(f"{100 * v:.2f}" for v in values)
+
+
+def table(baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], reference: str | None = None) -> str:
+    """The markdown table of `table` (see the module docstring)."""
+    base = next(row for row in json.loads(baseline.read_text())["rows"] if row["model"] == teacher)
+    figures = {name: _row_figures(files) for name, files in rows}
+    lines = ["| model | params | PER % ↓ | SID % ↑ | ΔPER vs teacher | ΔSID vs teacher | per seed PER | per seed SID |"
+             + (f" ΔPER vs {reference} | ΔSID vs {reference} |" if reference else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if reference else "")]
+    lines.append(f"| {teacher} (teacher) | {base['params'] / 1e6:.2f}M | {_pm(base['per'])} | {_pm(base['sid'])} | "
+                 "| | (probe seeds) | |" + (" | |" if reference else ""))
+    for name, _files in rows:
+        seeds = figures[name]["seeds"]
+        d_per = [statistics.fmean(a - b for a, b in zip(s["per"], base["per"], strict=True)) for s in seeds]
+        d_sid = [statistics.fmean(a - b for a, b in zip(s["sid"], base["sid"], strict=True)) for s in seeds]
+        line = (f"| {name} | {statistics.fmean(s['params'] for s in seeds) / 1e6:.2f}M | "
+                f"{_pm([s['mean_per'] for s in seeds])} | {_pm([s['mean_sid'] for s in seeds])} | "
+                f"{100 * statistics.fmean(d_per):+.2f} | {100 * statistics.fmean(d_sid):+.2f} | "
+                f"{_joined([s['mean_per'] for s in seeds])} | {_joined([s['mean_sid'] for s in seeds])} |")
+        if reference:
+            ref = figures[reference]["seeds"]
+            if name == reference or len(ref) != len(seeds):
+                line += " | |"
+            else:
+                dp = [100 * (a["mean_per"] - b["mean_per"]) for a, b in zip(seeds, ref, strict=True)]
+                ds = [100 * (a["mean_sid"] - b["mean_sid"]) for a, b in zip(seeds, ref, strict=True)]
+                line += (f" {statistics.fmean(dp):+.2f} ({', '.join(f'{x:+.2f}' for x in dp)}) |"
+                         f" {statistics.fmean(ds):+.2f} ({', '.join(f'{x:+.2f}' for x in ds)}) |")
+        lines.append(line)
+    lines += ["", "Per-layer SID % (mean over compression and probe seeds):", "",
+              "| model | " + " | ".join(f"r{i}" for i in range(len(base["sid_per_layer_mean"]))) + " |",
+              "|---|" + "---|" * len(base["sid_per_layer_mean"]),
+              f"| {teacher} (teacher) | " + " | ".join(f"{100 * v:.1f}" for v in base["sid_per_layer_mean"]) + " |"]
+    for name, _files in rows:
+        layers = [statistics.fmean(column) for column in zip(*(s["layers"] for s in figures[name]["seeds"]),
+                                                             strict=True)]
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in layers) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -248,7 +311,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probe.add_argument("--seeds", type=int, default=3)
     probe.add_argument("--out", type=Path, required=True)
     probe.add_argument("--device", default="cpu")
+    summary = commands.add_parser("table", help="students (one probes.json per compression seed) against the "
+                                  "teacher and a reference row, as markdown")
+    summary.add_argument("rows", nargs="+", help="NAME=FILE,FILE,...: one row, a probes.json per compression seed")
+    summary.add_argument("--baseline", type=Path, required=True, help="a probe output holding the teacher's row")
+    summary.add_argument("--teacher", required=True, help="the teacher's row name in --baseline")
+    summary.add_argument("--reference", help="the row others are paired with (by compression seed)")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        rows = [(spec.split("=", 1)[0], [Path(f) for f in spec.split("=", 1)[1].split(",")]) for spec in args.rows]
+        text = table(args.baseline, args.teacher, rows, reference=args.reference)
+        print(text)
+        return {"table": text}
     if args.command == "split":
         summary = write_heldout_view(
             args.dataset, args.out, accents=tuple(a.strip() for a in args.accents.split(",") if a.strip()),

@@ -107,3 +107,26 @@ def test_probe_runs_every_seed_with_layers(tmp_path: Path, tiny_teacher_dir: Pat
     table = (out / "probes.md").read_text()
     assert "| teacher |" in table and "±" in table and "| model | r0 | r1 | r2 |" in table
     assert json.loads((out / "probes.json").read_text())["rows"] == result["rows"]
+
+
+def test_table_pairs_students_with_the_teacher_and_the_reference(tmp_path: Path) -> None:
+    def probes(name: str, per: list[float], sid: list[float], layers: list[float]) -> dict:
+        return {"rows": [{"model": name, "params": 2_000_000, "seeds": [0, 1], "per": per, "sid": sid,
+                          "sid_per_layer_mean": layers}]}
+
+    baseline = tmp_path / "baselines.json"
+    baseline.write_text(json.dumps({"rows": [probes("t", [0.30, 0.32], [0.80, 0.82], [0.7, 0.8])["rows"][0]]}))
+    files = {}
+    for name, per, sid in (("a0", [0.34, 0.36], [0.70, 0.72]), ("a1", [0.35, 0.35], [0.74, 0.74]),
+                           ("b0", [0.33, 0.35], [0.76, 0.78]), ("b1", [0.36, 0.36], [0.74, 0.76])):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(probes(name, per, sid, [0.6, 0.7])))
+    text = heldout_speakers.table(baseline, "t", [("A", [files["a0"], files["a1"]]), ("B", [files["b0"], files["b1"]])],
+                                  reference="A")
+    a_row = next(line for line in text.splitlines() if line.startswith("| A |"))
+    b_row = next(line for line in text.splitlines() if line.startswith("| B |"))
+    # A: PER 35, 35 -> 35.00 ± 0.00; paired with the teacher by probe seed: PER +4, +4 (a0), +5, +3 (a1)
+    assert "| 35.00 ± 0.00 |" in a_row and "| +4.00 |" in a_row and "| -8.50 |" in a_row  # SID -10, -7
+    # B against A by compression seed: PER 34-35 = -1, 36-35 = +1; SID 77-71 = +6, 75-74 = +1
+    assert "+0.00 (-1.00, +1.00)" in b_row and "+3.50 (+6.00, +1.00)" in b_row
+    assert "| A | 60.0 | 70.0 |" in text
