@@ -19,14 +19,10 @@ class ClusterTargets(nn.Module):
     """Turns teacher and student representations into (target, prediction) pairs, one per cluster."""
 
     def __init__(self, clusters: Sequence[Sequence[int]], dim: int, *, student_mapping: str = "mean",
-                 shared_projection: bool = False, utterance_weight: float = 0.0) -> None:
+                 shared_projection: bool = False) -> None:
         super().__init__()
         if student_mapping not in ("mean", "last"):
             raise ValueError(f"student_mapping must be 'mean' or 'last', found {student_mapping!r}")
-        if utterance_weight < 0:
-            raise ValueError(f"utterance_weight must be >= 0, found {utterance_weight}")
-        # weight of the utterance-level term of `distill_loss` (0: the method as published)
-        self.utterance_weight = float(utterance_weight)
         self.clusters = [sorted(int(i) for i in c) for c in clusters]
         self.student_mapping = student_mapping
         self.shared_projection = shared_projection
@@ -65,21 +61,15 @@ class ClusterTargets(nn.Module):
         return out
 
 
-def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor], frame_mask: Tensor | None = None,
-                 *, utterance_weight: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
+                 frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean over targets of (mean L1 - mean cosine similarity), padded frames excluded.
-
-    With `utterance_weight` w > 0 (ours, off by default), each target also adds w times the L1 distance between
-    the prediction and the target averaged over each utterance's frames (mean over utterances and features):
-    what is constant over an utterance, such as the speaker, is a small part of the frame-level error but the
-    whole of this one.
 
     predictions, targets: [(batch, frame, feature)]; frame_mask: (batch, frame) bool or None.
     Returns the loss and per-part values (kept as tensors so the caller decides when to synchronise).
     """
     l1_sum: Tensor | None = None
     cos_sum: Tensor | None = None
-    utt_sum: Tensor | None = None
     for pred, tgt in zip(predictions, targets):
         pred = pred.float()
         tgt = tgt.float()
@@ -92,23 +82,10 @@ def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor], frame
             denom = m.sum().clamp(min=1.0)
             l1_m, cos_m = (l1 * m).sum() / denom, (cos * m).sum() / denom
         else:
-            m = None
             l1_m, cos_m = l1.mean(), cos.mean()
         l1_sum = l1_m if l1_sum is None else l1_sum + l1_m
         cos_sum = cos_m if cos_sum is None else cos_sum + cos_m
-        if utterance_weight > 0:
-            diff = pred - tgt  # the mean of the difference is the difference of the utterance means
-            if m is None:
-                utt_mean = diff.mean(1)  # (batch, feature)
-            else:
-                utt_mean = (diff * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1.0)
-            utt = utt_mean.abs().mean()
-            utt_sum = utt if utt_sum is None else utt_sum + utt
     assert l1_sum is not None and cos_sum is not None
     n = len(predictions)
     loss = (l1_sum - cos_sum) / n
-    parts = {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}
-    if utt_sum is not None:
-        loss = loss + utterance_weight * utt_sum / n
-        parts["utt_l1"] = utt_sum.detach() / n
-    return loss, parts
+    return loss, {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}

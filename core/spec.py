@@ -132,9 +132,6 @@ class CompressionSpec(BaseModel):
         default="mean", description="student side of a cluster target: mean of its layers, or its last layer",
     )
     prune_layers: bool = Field(default=False, description="also learn whole-attention / whole-FFN masks")
-    utterance_loss_weight: float = Field(
-        default=0.0, ge=0.0, le=100.0, description="weight of an utterance-level distillation term: the L1 "
-        "distance between each utterance's time-averaged prediction and target (0: off, the published method)")
     preset: Preset = "quick"
     stage1_steps: int | None = Field(default=None, gt=0)
     stage2_steps: int | None = Field(default=None, ge=0, description="0 skips the final distillation")

@@ -26,7 +26,7 @@ def cluster_targets(clusters: list[list[int]], dim: int, spec: CompressionSpec) 
     """The distillation targets of `spec`'s method: SKILL's one projection per cluster, or DPHuBERT's shared
     projection (algorithm.md §3)."""
     return ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                          shared_projection=spec.method == "dphubert", utterance_weight=spec.utterance_loss_weight)
+                          shared_projection=spec.method == "dphubert")
 
 
 def new_student(teacher: SpeechEncoder, clusters: list[list[int]], spec: CompressionSpec,

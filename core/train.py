@@ -248,7 +248,7 @@ class DistillStep:
             predictions, wanted = self._forward(waveforms)
 
         with record_function("loss"):
-            loss, parts = distill_loss(predictions, wanted, utterance_weight=self.targets.utterance_weight)
+            loss, parts = distill_loss(predictions, wanted)
             total = loss
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}
@@ -276,8 +276,6 @@ class DistillStep:
 
         values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
                   "grad_norm": grad_norm.detach()}
-        if "utt_l1" in parts:
-            values["utt_l1"] = parts["utt_l1"]
         if self.pruning:
             values.update(expected_params=sizes["params"].detach())
             if "params" in self.budgets:

@@ -64,31 +64,6 @@ def test_distill_loss_is_minus_one_at_perfect_prediction_and_ignores_padding() -
     assert unmasked.item() > -0.5
 
 
-def test_utterance_term_sees_a_constant_offset_and_not_zero_mean_noise() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(2, 8, 5)
-    offset = torch.tensor([[0.3, -0.2, 0.1, 0.0, 0.4], [0.0, 0.0, 0.0, 0.0, 0.0]])  # utterance 0 only
-    plain, parts = distill_loss([x + offset[:, None]], [x])
-    assert "utt_l1" not in parts  # off by default: the published loss
-    weighted, parts = distill_loss([x + offset[:, None]], [x], utterance_weight=2.0)
-    assert parts["utt_l1"].item() == pytest.approx(offset.abs().mean().item(), abs=1e-6)
-    assert weighted.item() == pytest.approx(plain.item() + 2.0 * offset.abs().mean().item(), abs=1e-6)
-    noise = torch.ones(2, 8, 5)
-    noise[:, 1::2] = -1.0  # as large per frame, zero over each utterance
-    noisy, parts = distill_loss([x + noise], [x], utterance_weight=2.0)
-    assert parts["utt_l1"].item() == pytest.approx(0.0, abs=1e-6)
-    assert noisy.item() == pytest.approx(distill_loss([x + noise], [x])[0].item(), abs=1e-6)
-    # padded frames are left out of each utterance's mean
-    y = x + offset[:, None]
-    y[1, 6:] += 100.0
-    mask = torch.ones(2, 8, dtype=torch.bool)
-    mask[1, 6:] = False
-    _, parts = distill_loss([y], [x], mask, utterance_weight=1.0)
-    assert parts["utt_l1"].item() == pytest.approx(offset.abs().mean().item(), abs=1e-5)
-    with pytest.raises(ValueError):
-        ClusterTargets([[0]], 3, utterance_weight=-1.0)
-
-
 def test_cluster_targets_average_and_identity_projection() -> None:
     reps = [torch.randn(1, 4, 3) for _ in range(5)]
     targets = ClusterTargets([[0], [1, 2], [3, 4]], 3)
