@@ -45,10 +45,9 @@ def reads_engine(db_engine: SqlEngine, settings: Settings) -> SqlEngine | AsyncE
     async driver) with a pool of its own whose connections are in autocommit from the start (a read needs no
     BEGIN and no ROLLBACK round trip, and nothing is switched per checkout) and are not pinged before use
     (`jobstore.owned_job_row_async` retries once on a connection the server has closed instead): one round trip
-    per read instead of four, awaited on the event loop instead of a thread-pool call (the hop cost 0.4-0.7 ms
-    of CPU per request under 8 clients, a third of the request; issue 11). SQLite: the same engine, read on the
-    event loop as well (WAL mode: a reader never waits for a writer; the lookup takes ~80 µs against 0.8 ms of
-    CPU for a thread-pool call), as its driver opens no transaction for a SELECT, and switching its connections
+    per read instead of four, awaited on the event loop instead of a thread-pool call (whose hop cost 0.8 ms of
+    CPU per request, more than the query; issue 11). SQLite: the same engine, read on the event loop as well
+    (WAL mode: a reader never waits for a writer; the lookup takes ~80 µs), as its driver opens no transaction for a SELECT, and switching its connections
     to autocommit and back cost more than the query (100 µs against 80)."""
     if db_engine.dialect.name == "sqlite":
         return db_engine

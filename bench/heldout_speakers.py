@@ -240,17 +240,16 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row_figures(files: list[Path]) -> dict[str, Any]:
+def _row_figures(files: list[Path]) -> list[dict[str, Any]]:
     """Per compression seed (one probes.json each, one student row): the mean over probe seeds of PER and SID,
     and the per-probe-seed values (for pairing with the teacher), the per-layer SID and the size."""
     seeds = []
     for file in files:
-        result = json.loads(file.read_text())
-        row = result["rows"][0]
-        seeds.append({"file": str(file), "params": row["params"], "per": row["per"], "sid": row["sid"],
+        row = json.loads(file.read_text())["rows"][0]
+        seeds.append({"params": row["params"], "per": row["per"], "sid": row["sid"],
                       "mean_per": statistics.fmean(row["per"]), "mean_sid": statistics.fmean(row["sid"]),
                       "layers": row["sid_per_layer_mean"]})
-    return {"seeds": seeds}
+    return seeds
 
 
 def _joined(values: list[float]) -> str:
@@ -267,7 +266,7 @@ def table(baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], refe
     lines.append(f"| {teacher} (teacher) | {base['params'] / 1e6:.2f}M | {_pm(base['per'])} | {_pm(base['sid'])} | "
                  "| | (probe seeds) | |" + (" | |" if reference else ""))
     for name, _files in rows:
-        seeds = figures[name]["seeds"]
+        seeds = figures[name]
         d_per = [statistics.fmean(a - b for a, b in zip(s["per"], base["per"], strict=True)) for s in seeds]
         d_sid = [statistics.fmean(a - b for a, b in zip(s["sid"], base["sid"], strict=True)) for s in seeds]
         line = (f"| {name} | {statistics.fmean(s['params'] for s in seeds) / 1e6:.2f}M | "
@@ -275,7 +274,7 @@ def table(baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], refe
                 f"{100 * statistics.fmean(d_per):+.2f} | {100 * statistics.fmean(d_sid):+.2f} | "
                 f"{_joined([s['mean_per'] for s in seeds])} | {_joined([s['mean_sid'] for s in seeds])} |")
         if reference:
-            ref = figures[reference]["seeds"]
+            ref = figures[reference]
             if name == reference or len(ref) != len(seeds):
                 line += " | |"
             else:
@@ -289,7 +288,7 @@ def table(baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], refe
               "|---|" + "---|" * len(base["sid_per_layer_mean"]),
               f"| {teacher} (teacher) | " + " | ".join(f"{100 * v:.1f}" for v in base["sid_per_layer_mean"]) + " |"]
     for name, _files in rows:
-        layers = [statistics.fmean(column) for column in zip(*(s["layers"] for s in figures[name]["seeds"]),
+        layers = [statistics.fmean(column) for column in zip(*(s["layers"] for s in figures[name]),
                                                              strict=True)]
         lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in layers) + " |")
     return "\n".join(lines) + "\n"

@@ -89,9 +89,9 @@ _QUICK: dict[int, dict[str, Any]] = {
             grad_clip=10.0, checkpoint_every=25),
 }
 # Stage 2 was 80 steps until 2026-12-02. On speakers no compression heard (issue 13, bench/results/
-# heldout_speakers.md), SKILL at 75%, 3 seeds paired: 240 steps lowered PER in all 6 pairs (hubert-mini -0.82,
-# wavlm-mini -0.51 points) and did not lower speaker ID on average (+1.22, +0.00 points), for 2-4 more minutes
-# per run on a 2-core CPU.
+# heldout_speakers.md), 75% sparsity, 3 seeds paired: 240 steps lowered PER in all 12 pairs of both mini
+# teachers and both methods (SKILL -0.82 / -0.51, DPHuBERT -0.82 / -0.65 points) and kept speaker ID (SKILL
+# +1.22 / +0.00, DPHuBERT -0.95 / +1.49, within the seeds' spread), for 2-4 more minutes per run on a 2-core CPU.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK}
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*$")

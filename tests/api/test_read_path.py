@@ -1,6 +1,7 @@
 """The hot read, GET /v1/jobs/{id} (issue 11): one SELECT on a connection of `Services.reads`, which on
-PostgreSQL is an asyncio engine whose pool holds autocommit connections that are not pinged before use. A connection the database has
-closed (a restart) must cost the client nothing: the read is repeated on a new connection."""
+PostgreSQL is an asyncio engine whose pool holds autocommit connections that are not pinged before use. A
+connection the database has closed (a restart) must cost the client nothing: the read is repeated on a new
+connection."""
 
 from __future__ import annotations
 
