@@ -1,7 +1,9 @@
 """What sits between the socket and the routes so that every answer is the JSON error envelope and a failed
 request never costs the client its connection:
 
-- `ErrorMiddleware` (pure ASGI, inside the metrics middleware): an unexpected exception is logged with its
+- `ErrorMiddleware` (pure ASGI, inside the metrics middleware): a URL holding a NUL character is answered 400
+  before any route runs (PostgreSQL cannot compare text with one: it was a 500 wherever an id reached a query);
+  an unexpected exception is logged with its
   traceback and answered 500 `{"error": {"code": "internal", ...}}` *without* re-raising, so the server keeps
   the keep-alive connection (Starlette's own handler re-raises after answering, and uvicorn then closes the
   connection without a `Connection: close`, so the client's next request on it fails). A client that
@@ -36,6 +38,15 @@ class ErrorMiddleware:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            # No id, name or parameter of this API holds a NUL, and PostgreSQL text cannot: answered here for
+            # every route instead of as a database error (500) wherever the value reaches a query.
+            body = error_body("the URL holds a NUL character (%00); no resource or parameter of this API has one")
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
             return
         started = False
 

@@ -113,6 +113,40 @@ def test_postgres_event_ids_and_steps_beyond_32_bits(tmp_path):
 
 
 # -- archive guard --------------------------------------------------------------------------------------------
+NUL_URLS = ["/v1/jobs/%00%27%3B--", "/v1/jobs/%00/events", "/v1/teachers/%00", "/v1/datasets/%00",
+            "/v1/jobs?after=%00"]
+
+
+def _assert_nul_urls_are_400(client, headers) -> None:
+    for url in NUL_URLS:
+        r = client.get(url, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", (url, r.text)
+        assert "NUL" in r.json()["error"]["message"]
+
+
+def test_a_nul_character_in_the_url_is_400(client, alice):
+    _assert_nul_urls_are_400(client, alice)
+
+
+@pytest.mark.services
+def test_postgres_a_nul_character_in_the_url_is_400_not_a_database_error(tmp_path, caplog):
+    """PostgreSQL text cannot hold a NUL: every id route answered 500 (DataError) for /v1/jobs/%00."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    from fastapi.testclient import TestClient
+
+    with fresh_postgres() as url:
+        upgrade(url)
+        app = create_app(small_settings(tmp_path / "home", database_url=url), enqueuer=MemoryEnqueuer(),
+                         engine=FakeEngine(steps=3), run_reaper=False)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            with app.state.services.factory() as session:
+                alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
+                session.commit()
+            _assert_nul_urls_are_400(client, alice)
+    assert "unhandled error" not in caplog.text
+
+
 def silent_wav_zip(seconds: float = 5.0) -> bytes:
     raw = io.BytesIO()
     with wave.open(raw, "wb") as w:
