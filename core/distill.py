@@ -19,11 +19,16 @@ class ClusterTargets(nn.Module):
     """Turns teacher and student representations into (target, prediction) pairs, one per cluster."""
 
     def __init__(self, clusters: Sequence[Sequence[int]], dim: int, *, student_mapping: str = "mean",
-                 shared_projection: bool = False) -> None:
+                 shared_projection: bool = False, weights: Sequence[float] | None = None) -> None:
         super().__init__()
         if student_mapping not in ("mean", "last"):
             raise ValueError(f"student_mapping must be 'mean' or 'last', found {student_mapping!r}")
         self.clusters = [sorted(int(i) for i in c) for c in clusters]
+        if weights is not None and len(weights) != len(self.clusters):
+            raise ValueError(f"{len(weights)} target weights for {len(self.clusters)} clusters")
+        # None: equal weights (the method as published); otherwise scaled to a mean of 1, so the loss keeps its
+        # scale against the Lagrangian terms.
+        self.weights = None if weights is None else [len(weights) * float(w) / sum(weights) for w in weights]
         self.student_mapping = student_mapping
         self.shared_projection = shared_projection
         # DPHuBERT: r[0] keeps its own projection, the transformer layers share one.
@@ -62,14 +67,17 @@ class ClusterTargets(nn.Module):
 
 
 def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
-                 frame_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Mean over targets of (mean L1 - mean cosine similarity), padded frames excluded.
+                 frame_mask: Tensor | None = None,
+                 weights: Sequence[float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean over targets of (mean L1 - mean cosine similarity), padded frames excluded; with `weights`, each
+    target's term is multiplied by its weight first (the reported parts stay unweighted).
 
     predictions, targets: [(batch, frame, feature)]; frame_mask: (batch, frame) bool or None.
     Returns the loss and per-part values (kept as tensors so the caller decides when to synchronise).
     """
     l1_sum: Tensor | None = None
     cos_sum: Tensor | None = None
+    terms: list[Tensor] = []
     for pred, tgt in zip(predictions, targets):
         pred = pred.float()
         tgt = tgt.float()
@@ -83,9 +91,13 @@ def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
             l1_m, cos_m = (l1 * m).sum() / denom, (cos * m).sum() / denom
         else:
             l1_m, cos_m = l1.mean(), cos.mean()
+        terms.append(l1_m - cos_m)
         l1_sum = l1_m if l1_sum is None else l1_sum + l1_m
         cos_sum = cos_m if cos_sum is None else cos_sum + cos_m
     assert l1_sum is not None and cos_sum is not None
     n = len(predictions)
-    loss = (l1_sum - cos_sum) / n
+    if weights is None:
+        loss = (l1_sum - cos_sum) / n
+    else:
+        loss = sum(w * t for w, t in zip(weights, terms)) / n  # type: ignore[assignment]
     return loss, {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}

@@ -129,7 +129,8 @@ def prepare_inputs(spec: CompressionSpec, teacher: Path, audio: Path, *, calibra
         budgets = spec.budgets(teacher_params, teacher_macs)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
-    fixed_clusters(spec, teacher_model.num_layers + 1)
+    fixed = fixed_clusters(spec, teacher_model.num_layers + 1)
+    check_target_weights(spec, fixed, teacher_model.num_layers)
     catalog = scan_audio(audio)
     if catalog.skipped:
         emit(Event("skipped_audio", "calibrate", metrics=catalog.summary(),
@@ -153,6 +154,22 @@ def fixed_clusters(spec: CompressionSpec, num_reps: int) -> list[list[int]] | No
     if isinstance(spec.clusters, int) and spec.clusters > num_reps and "clusters" in spec.model_fields_set:
         raise SpecError(f"clusters={spec.clusters} but the teacher has only {num_reps} representations")
     return None
+
+
+def check_target_weights(spec: CompressionSpec, fixed: list[list[int]] | None, num_layers: int) -> None:
+    """Refuse target weights whose count cannot match the clusters, before calibration, where the count is known
+    in advance (explicit clusters, k, DPHuBERT's fixed layers); with 'auto' the targets check after clustering."""
+    if spec.target_weights is None:
+        return
+    if spec.method == "dphubert":
+        k: int | None = len(dphubert_clusters(num_layers))
+    elif fixed is not None:
+        k = len(fixed)
+    else:
+        k = spec.clusters if isinstance(spec.clusters, int) else None
+    if k is not None and len(spec.target_weights) != k:
+        raise SpecError(f"target_weights has {len(spec.target_weights)} weights but there will be {k} clusters; "
+                        "give one weight per cluster")
 
 
 class _Timings(dict[str, float]):

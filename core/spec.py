@@ -135,6 +135,9 @@ class CompressionSpec(BaseModel):
     student_mapping: Literal["mean", "last"] = Field(
         default="mean", description="student side of a cluster target: mean of its layers, or its last layer",
     )
+    target_weights: list[float] | None = Field(
+        default=None, description="relative weight of each cluster target in the loss, in cluster order "
+        "(default: equal; scaled to a mean of 1)")
     prune_layers: bool = Field(default=False, description="also learn whole-attention / whole-FFN masks")
     preset: Preset = "quick"
     stage1_steps: int | None = Field(default=None, gt=0)
@@ -169,6 +172,13 @@ class CompressionSpec(BaseModel):
             v = [part.lower() if isinstance(part, str) else part for part in v]
             return [name for name in ("fp32", "fp16", "int8") if name in v] + [
                 part for part in v if part not in ("fp32", "fp16", "int8")]  # unknown ones fail validation
+        return v
+
+    @field_validator("target_weights")
+    @classmethod
+    def _check_target_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not w > 0 for w in v)):
+            raise ValueError("target_weights must be positive numbers, one per cluster")
         return v
 
     @field_validator("clusters")

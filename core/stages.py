@@ -14,7 +14,7 @@ import torch
 
 from .audio import AudioCatalog, TrainBatches
 from .distill import ClusterTargets
-from .errors import AudioError
+from .errors import AudioError, SpecError
 from .models import ModelConfig, SpeechEncoder, build_model, make_student
 from .spec import CompressionSpec, TrainRecipe
 
@@ -25,8 +25,11 @@ STAGE2_RESULT = Path("final_distill") / "student.pt"
 def cluster_targets(clusters: list[list[int]], dim: int, spec: CompressionSpec) -> ClusterTargets:
     """The distillation targets of `spec`'s method: SKILL's one projection per cluster, or DPHuBERT's shared
     projection (algorithm.md §3)."""
+    if spec.target_weights is not None and len(spec.target_weights) != len(clusters):
+        raise SpecError(f"target_weights has {len(spec.target_weights)} weights but there are {len(clusters)} "
+                        f"clusters ({clusters}); give one weight per cluster")
     return ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                          shared_projection=spec.method == "dphubert")
+                          shared_projection=spec.method == "dphubert", weights=spec.target_weights)
 
 
 def new_student(teacher: SpeechEncoder, clusters: list[list[int]], spec: CompressionSpec,

@@ -248,7 +248,7 @@ class DistillStep:
             predictions, wanted = self._forward(waveforms)
 
         with record_function("loss"):
-            loss, parts = distill_loss(predictions, wanted)
+            loss, parts = distill_loss(predictions, wanted, weights=self.targets.weights)
             total = loss
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}

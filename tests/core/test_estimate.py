@@ -111,6 +111,11 @@ def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     assert not out.exists()
     bad = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, "--target-params", "1G"])
     assert bad.exit_code == 2 and "error [spec_invalid]" in bad.stderr and "Traceback" not in bad.output
+    weights = ["--target-weights", "1", "--target-weights", "2"]  # 2 weights, 4 clusters by default
+    bad = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, *weights])
+    assert bad.exit_code == 2 and "target_weights has 2 weights but there will be 4 clusters" in bad.stderr
+    ok = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, *weights, "--clusters", "2"])
+    assert ok.exit_code == 0, ok.output
 
 
 def test_too_few_batches_for_the_data_parallel_ranks_fails(tmp_path: Path, tiny_teacher_dir: Path) -> None:

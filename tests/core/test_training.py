@@ -76,6 +76,33 @@ def test_cluster_targets_average_and_identity_projection() -> None:
     assert torch.allclose(last[1], reps[2])
 
 
+def test_target_weights_scale_each_term_against_the_formula() -> None:
+    torch.manual_seed(0)
+    preds = [torch.randn(2, 5, 4) for _ in range(3)]
+    tgts = [torch.randn(2, 5, 4) for _ in range(3)]
+    terms = [((p - t).abs().mean() - torch.nn.functional.cosine_similarity(p, t, dim=-1).mean()).item()
+             for p, t in zip(preds, tgts)]
+    equal, parts = distill_loss(preds, tgts)
+    assert equal.item() == pytest.approx(sum(terms) / 3, abs=1e-6)
+    weights = ClusterTargets([[0], [1], [2]], 4, weights=[1.0, 1.0, 4.0]).weights
+    assert weights == pytest.approx([0.5, 0.5, 2.0])  # scaled to a mean of 1
+    weighted, wparts = distill_loss(preds, tgts, weights=weights)
+    assert weighted.item() == pytest.approx((0.5 * terms[0] + 0.5 * terms[1] + 2.0 * terms[2]) / 3, abs=1e-6)
+    assert wparts["l1"].item() == pytest.approx(parts["l1"].item())  # reported parts stay unweighted
+    with pytest.raises(ValueError, match="2 target weights for 3 clusters"):
+        ClusterTargets([[0], [1], [2]], 4, weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="positive"):
+        CompressionSpec(target_weights=[1.0, 0.0])
+
+
+def test_target_weights_must_match_the_clusters_found() -> None:
+    from core.errors import SpecError
+    from core.stages import cluster_targets
+    with pytest.raises(SpecError, match="3 weights but there are 4 clusters"):
+        cluster_targets([[0], [1], [2], [3]], 4, CompressionSpec(target_weights=[1, 1, 2]))
+    assert cluster_targets([[0], [1]], 4, CompressionSpec(target_weights=[1, 3])).weights == [0.5, 1.5]
+
+
 def test_dphubert_shares_one_projection_over_transformer_layers() -> None:
     targets = ClusterTargets([[0], [4], [8], [12]], 8, shared_projection=True)
     assert len(targets.projections) == 2
