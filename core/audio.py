@@ -550,6 +550,7 @@ class TrainBatches:
         world_size: int = 1,
         bucket_ratio: float = 1.1,
         cache_bytes: int = 2 * 1024**3,
+        speed_perturbation: float = 0.0,
     ) -> None:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
@@ -564,7 +565,10 @@ class TrainBatches:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
         if bucket_ratio <= 1.0:
             raise ValueError(f"bucket_ratio must be > 1, got {bucket_ratio}")
+        if not 0.0 <= speed_perturbation < 0.5:
+            raise ValueError(f"speed_perturbation must be in [0, 0.5), got {speed_perturbation}")
         _seed_words(seed)
+        self.speed_perturbation = float(speed_perturbation)
         self.sample_rate = sample_rate
         self.batch_seconds = float(batch_seconds)
         self.min_utterance_s = float(min_utterance_s)
@@ -615,16 +619,17 @@ class TrainBatches:
 
     def _fingerprint(self) -> str:
         """Identifies everything the plan depends on, so a state from another dataset or setting is refused."""
-        material = json.dumps(
-            [
-                self.sample_rate,
-                self.batch_seconds,
-                self.min_utterance_s,
-                self.max_utterance_s,
-                self.bucket_ratio,
-                [[item.id, samples] for item, samples in zip(self.items, self._cropped, strict=True)],
-            ]
-        )
+        fields: list[Any] = [
+            self.sample_rate,
+            self.batch_seconds,
+            self.min_utterance_s,
+            self.max_utterance_s,
+            self.bucket_ratio,
+            [[item.id, samples] for item, samples in zip(self.items, self._cropped, strict=True)],
+        ]
+        if self.speed_perturbation:  # absent when off: states saved before the option existed still match
+            fields.append(["speed_perturbation", self.speed_perturbation])
+        material = json.dumps(fields)
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     def _epoch_plan(self, epoch: int) -> list[tuple[int, list[int]]]:
@@ -688,12 +693,24 @@ class TrainBatches:
         for waveform in waveforms:
             offset = int(rng.integers(0, waveform.shape[0] - crop + 1))
             rows.append(waveform[offset : offset + crop])
+        if self.speed_perturbation:
+            rows = self._speed_perturbed(rows, crop, rng)
         stacked = np.stack(rows)  # (batch, time): a fresh array, the cache's stay untouched
         return Batch(
             waveforms=torch.from_numpy(stacked),
             lengths=torch.full((len(rows),), crop, dtype=torch.int64),
             ids=[self.items[i].id for i in members],
         )
+
+    def _speed_perturbed(self, rows: list[np.ndarray], crop: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Each row played at a speed drawn uniformly from 1 ± speed_perturbation (tempo and pitch together, as
+        Kaldi's speed perturbation: resampled from rate * f to rate), then all cut to the shortest and to at most
+        `crop` samples, so the batch keeps its audio budget. Teacher and student see the same perturbed audio."""
+        factors = rng.uniform(1.0 - self.speed_perturbation, 1.0 + self.speed_perturbation, size=len(rows))
+        out = [soxr.resample(row, self.sample_rate * float(f), self.sample_rate, quality="HQ").astype(np.float32)
+               for row, f in zip(rows, factors)]
+        length = min(crop, *(r.shape[0] for r in out))
+        return [r[:length] for r in out]
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands; epoch and position recompute everything else.

@@ -54,6 +54,8 @@ class TrainRecipe(BaseModel):
     max_utterance_s: float = Field(gt=0)
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
+    speed_perturbation: float = Field(
+        default=0.0, ge=0.0, lt=0.5, description="training audio played at a random speed in 1 ± this")
     mask_betas: tuple[float, float] = Field(
         default=(0.9, 0.999), description="Adam betas of log_alpha (quick runs need a short memory)")
     lambda_constant_lr: bool = Field(
@@ -143,6 +145,9 @@ class CompressionSpec(BaseModel):
     stage1_steps: int | None = Field(default=None, gt=0)
     stage2_steps: int | None = Field(default=None, ge=0, description="0 skips the final distillation")
     batch_seconds: float | None = Field(default=None, gt=0)
+    speed_perturbation: float | None = Field(
+        default=None, ge=0.0, lt=0.5, description="play each training utterance at a random speed in 1 ± this "
+        "(tempo and pitch, e.g. 0.1; teacher and student hear the same audio) [default: 0, off]")
     checkpoint_every: int | None = Field(default=None, gt=0)
     calibration_utterances: int = Field(default=200, gt=0)
     calibration_seconds: float = Field(default=1800.0, gt=0)
@@ -267,6 +272,8 @@ class CompressionSpec(BaseModel):
             base["checkpoint_every"] = max(1, min(base["checkpoint_every"], override // 4 or 1))
         if self.batch_seconds is not None:
             base["batch_seconds"] = self.batch_seconds
+        if self.speed_perturbation is not None:
+            base["speed_perturbation"] = self.speed_perturbation
         if self.checkpoint_every is not None:
             base["checkpoint_every"] = self.checkpoint_every
         return TrainRecipe(**base)

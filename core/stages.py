@@ -46,7 +46,8 @@ def train_batches(catalog: AudioCatalog, sample_rate: int, recipe: TrainRecipe, 
     try:
         return TrainBatches(catalog, sample_rate=sample_rate, batch_seconds=recipe.batch_seconds,
                             min_utterance_s=recipe.min_utterance_s, max_utterance_s=recipe.max_utterance_s,
-                            seed=seed, rank=rank, world_size=world_size)
+                            seed=seed, rank=rank, world_size=world_size,
+                            speed_perturbation=recipe.speed_perturbation)
     except AudioError:
         raise
     except ValueError as exc:

@@ -377,6 +377,32 @@ def test_train_batches_state_mismatch_is_refused(train_catalog: AudioCatalog) ->
         fewer.load_state_dict(state)
 
 
+def test_speed_perturbation_shifts_pitch_within_the_range_and_keeps_the_budget(tmp_path: Path) -> None:
+    for i in range(6):
+        write(tmp_path / "tones" / f"t{i}.wav", tone(2.0, 16000, freq=1000.0), 16000)
+    catalog = scan_audio(tmp_path / "tones", min_seconds=0.1)
+    options = dict(sample_rate=16000, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=1.5, seed=3)
+    plain = TrainBatches(catalog, **options)
+    perturbed = TrainBatches(catalog, **options, speed_perturbation=0.1)
+    assert plain.fingerprint != perturbed.fingerprint  # a checkpoint of one stream does not resume the other
+    assert TrainBatches(catalog, **options, speed_perturbation=0.0).fingerprint == plain.fingerprint
+    peaks = []
+    for index in range(plain.batches_per_epoch):
+        a, b = plain.serve(index), perturbed.serve(index)
+        assert a.ids == b.ids
+        assert b.waveforms.dtype == torch.float32
+        assert b.waveforms.shape[0] * b.waveforms.shape[1] <= 6.0 * 16000
+        assert b.waveforms.shape[1] <= a.waveforms.shape[1]  # cut to the unperturbed crop at most
+        assert torch.equal(perturbed.serve(index).waveforms, b.waveforms)  # the same batch whenever served
+        for row in a.waveforms.numpy():
+            assert peak_hz(row, 16000) == pytest.approx(1000.0, abs=2.0)
+        peaks += [peak_hz(row, 16000) for row in b.waveforms.numpy()]
+    # played at 0.9-1.1x speed, the 1 kHz tone lands at 900-1100 Hz, and not all at the same speed
+    assert all(895.0 <= hz <= 1105.0 for hz in peaks) and max(peaks) - min(peaks) > 20.0
+    with pytest.raises(ValueError, match="speed_perturbation"):
+        TrainBatches(catalog, **options, speed_perturbation=0.5)
+
+
 def test_rank_slices_are_disjoint_and_equal(train_catalog: AudioCatalog) -> None:
     def rank_epoch(rank: int, world: int, epoch: int) -> list[list[str]]:
         stream = TrainBatches(

@@ -95,6 +95,14 @@ def test_target_weights_scale_each_term_against_the_formula() -> None:
         CompressionSpec(target_weights=[1.0, 0.0])
 
 
+def test_speed_perturbation_reaches_both_stages_and_is_off_by_default() -> None:
+    assert CompressionSpec().recipe(1).speed_perturbation == 0.0
+    spec = CompressionSpec(speed_perturbation=0.1)
+    assert spec.recipe(1).speed_perturbation == 0.1 and spec.recipe(2).speed_perturbation == 0.1
+    with pytest.raises(ValueError):
+        CompressionSpec(speed_perturbation=0.6)
+
+
 def test_target_weights_must_match_the_clusters_found() -> None:
     from core.errors import SpecError
     from core.stages import cluster_targets
