@@ -34,6 +34,14 @@ optionally, against a reference row (paired by compression seed):
         --teacher hubert-mini --reference SKILL \
         'SKILL=runs/h13/hubert-skill-s{0,1,2}-probes/probes.json' ...   (a row: NAME=FILE,FILE,FILE)
 
+`similarity` compares students with their teacher on side B's utterances: linear CKA of each student layer with
+the teacher's same layer, over frames (every `--frame-stride`-th) and over utterances (each utterance's mean
+over frames: the utterance-level structure where speaker identity lives), and the teacher layer each student
+layer is most similar to; it writes `similarity.json` and `similarity.md`:
+
+    python bench/heldout_speakers.py similarity runs/tts-dev-heldout ../shared/teachers/hubert-mini \
+        runs/h13/hubert-skill-s0/student --out runs/h13/similarity
+
 `probe` extracts each model's features once (a teacher or exported student directory, or `fbank`) and runs the
 SUPERB probes (PR and SID) and the per-layer SID probes with seeds 0..N-1 on probe_train -> probe_test; it
 writes `probes.json` (every run) and `probes.md` (mean ± sample standard deviation over seeds).
@@ -222,6 +230,80 @@ def probe_models(view: Path, models: list[str], *, seeds: int, out: Path, device
     return result
 
 
+def _pooled(features: Any, ids: list[str], layer: int, frame_stride: int, frames: dict[str, int]) -> tuple[Any, Any]:
+    """(frames of every utterance concatenated, every `frame_stride`-th; one mean per utterance) of `layer`."""
+    import torch
+
+    rows = [features[i][layer, : frames[i]].float() for i in ids]
+    return torch.cat([r[::frame_stride] for r in rows]).numpy(), torch.stack([r.mean(0) for r in rows]).numpy()
+
+
+def similarity(view: Path, teacher: str, students: list[str], *, out: Path, device: str = "cpu",
+               frame_stride: int = 4, train_split: str = "probe_train",
+               test_split: str = "probe_test") -> dict[str, Any]:
+    """Linear CKA of each student layer with the teacher's (same layer; and the most similar teacher layer) over
+    side B's frames and utterance means; writes similarity.json and similarity.md."""
+    import torch
+
+    from core.cka import linear_cka
+    from core.evaluation.dataset import load_probe_data
+    from core.evaluation.run import extract, load_representation_model
+
+    data = load_probe_data(view, train_split=train_split, test_split=test_split)
+    ids = sorted(item.id for item in data.catalog.items)
+
+    def features_of(path: str) -> tuple[str, Any]:
+        model, name, _source = load_representation_model(Path(path))
+        return name, extract(model, data, name=name, device=torch.device(device), on_event=lambda event: None)
+
+    _, teacher_features = features_of(teacher)
+    rows = []
+    for path in students:
+        name, feats = features_of(path)
+        if feats.num_reps != teacher_features.num_reps:
+            raise SystemExit(f"{path}: {feats.num_reps} representations, the teacher has {teacher_features.num_reps}")
+        frames = {i: min(feats[i].shape[1], teacher_features[i].shape[1]) for i in ids}
+        teacher_layers = [_pooled(teacher_features, ids, j, frame_stride, frames)
+                          for j in range(teacher_features.num_reps)]
+        frame_cka, utterance_cka, best_frame, best_utterance = [], [], [], []
+        for i in range(feats.num_reps):
+            frame_x, utt_x = _pooled(feats, ids, i, frame_stride, frames)
+            by_frame = [linear_cka(frame_x, frame_y) for frame_y, _ in teacher_layers]
+            by_utt = [linear_cka(utt_x, utt_y) for _, utt_y in teacher_layers]
+            frame_cka.append(by_frame[i])
+            utterance_cka.append(by_utt[i])
+            best_frame.append(max(range(len(by_frame)), key=by_frame.__getitem__))
+            best_utterance.append(max(range(len(by_utt)), key=by_utt.__getitem__))
+        rows.append({"model": name, "source": path, "frame_cka": frame_cka, "utterance_cka": utterance_cka,
+                     "most_similar_teacher_layer_frames": best_frame,
+                     "most_similar_teacher_layer_utterances": best_utterance})
+        print(f"{name}: frame CKA {', '.join(f'{v:.2f}' for v in frame_cka)}", file=sys.stderr, flush=True)
+    result = {"format": "skillkd-heldout-similarity", "view": str(view), "teacher": teacher,
+              "utterances": len(ids), "frame_stride": frame_stride, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "similarity.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "similarity.md").write_text(render_similarity(result))
+    return result
+
+
+def render_similarity(result: dict[str, Any]) -> str:
+    num = len(result["rows"][0]["frame_cka"]) if result["rows"] else 0
+    head = ["| model | " + " | ".join(f"r{i}" for i in range(num)) + " |", "|---|" + "---|" * num]
+    lines = [f"Linear CKA of each student layer with the teacher's same layer on `{result['view']}` "
+             f"({result['utterances']} utterances of side B).", "", "Over frames (every "
+             f"{result['frame_stride']}th):", "", *head]
+    lines += [f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["frame_cka"]) + " |" for r in result["rows"]]
+    lines += ["", "Over utterances (each utterance's mean over frames):", "", *head]
+    lines += [f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["utterance_cka"]) + " |"
+              for r in result["rows"]]
+    lines += ["", "The teacher layer each student layer is most similar to (frames / utterances):", "", *head]
+    lines += [f"| {r['model']} | " + " | ".join(
+        f"{a}/{b}" for a, b in zip(r["most_similar_teacher_layer_frames"],
+                                   r["most_similar_teacher_layer_utterances"], strict=True)) + " |"
+              for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
 def render(result: dict[str, Any]) -> str:
     from core.evaluation.run import format_count, layer_table
 
@@ -310,6 +392,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probe.add_argument("--seeds", type=int, default=3)
     probe.add_argument("--out", type=Path, required=True)
     probe.add_argument("--device", default="cpu")
+    sim = commands.add_parser("similarity", help="linear CKA of students' layers with their teacher's on side B")
+    sim.add_argument("view", type=Path)
+    sim.add_argument("teacher")
+    sim.add_argument("students", nargs="+")
+    sim.add_argument("--out", type=Path, required=True)
+    sim.add_argument("--device", default="cpu")
+    sim.add_argument("--frame-stride", type=int, default=4)
     summary = commands.add_parser("table", help="students (one probes.json per compression seed) against the "
                                   "teacher and a reference row, as markdown")
     summary.add_argument("rows", nargs="+", help="NAME=FILE,FILE,...: one row, a probes.json per compression seed")
@@ -322,6 +411,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text = table(args.baseline, args.teacher, rows, reference=args.reference)
         print(text)
         return {"table": text}
+    if args.command == "similarity":
+        result = similarity(args.view, args.teacher, args.students, out=args.out, device=args.device,
+                            frame_stride=args.frame_stride)
+        print(render_similarity(result))
+        return result
     if args.command == "split":
         summary = write_heldout_view(
             args.dataset, args.out, accents=tuple(a.strip() for a in args.accents.split(",") if a.strip()),

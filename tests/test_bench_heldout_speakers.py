@@ -109,6 +109,29 @@ def test_probe_runs_every_seed_with_layers(tmp_path: Path, tiny_teacher_dir: Pat
     assert json.loads((out / "probes.json").read_text())["rows"] == result["rows"]
 
 
+def test_similarity_of_a_model_with_itself_is_one_on_every_layer(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    source = write_source(tmp_path / "src", per_speaker=6)
+    view = tmp_path / "view"
+    heldout_speakers.main(["split", str(source), "--out", str(view), "--accents", "en-us", "--variants", "f2"])
+    out = tmp_path / "similarity"
+    import torch
+    from transformers import HubertModel
+
+    changed = HubertModel.from_pretrained(tiny_teacher_dir)
+    with torch.no_grad():  # the last layer only: r0 and r1 stay the teacher's, r2 does not
+        for p in changed.encoder.layers[-1].parameters():
+            p.add_(torch.randn_like(p))
+    changed.save_pretrained(tmp_path / "changed")
+    result = heldout_speakers.main(["similarity", str(view), str(tiny_teacher_dir), str(tiny_teacher_dir),
+                                    str(tmp_path / "changed"), "--out", str(out), "--frame-stride", "2"])
+    same, other = result["rows"]
+    assert result["utterances"] == 12 and len(same["frame_cka"]) == 3
+    assert same["frame_cka"] == pytest.approx([1.0] * 3) and same["utterance_cka"] == pytest.approx([1.0] * 3)
+    assert same["most_similar_teacher_layer_frames"] == [0, 1, 2]
+    assert other["frame_cka"][:2] == pytest.approx([1.0] * 2) and other["frame_cka"][2] < 0.99
+    assert "Over utterances" in (out / "similarity.md").read_text()
+
+
 def test_table_pairs_students_with_the_teacher_and_the_reference(tmp_path: Path) -> None:
     def probes(name: str, per: list[float], sid: list[float], layers: list[float]) -> dict:
         return {"rows": [{"model": name, "params": 2_000_000, "seeds": [0, 1], "per": per, "sid": sid,
