@@ -96,8 +96,6 @@ def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
         cos_sum = cos_m if cos_sum is None else cos_sum + cos_m
     assert l1_sum is not None and cos_sum is not None
     n = len(predictions)
-    if weights is None:
-        loss = (l1_sum - cos_sum) / n
-    else:
-        loss = sum(w * t for w, t in zip(weights, terms)) / n  # type: ignore[assignment]
+    weighted = (l1_sum - cos_sum) if weights is None else sum(w * t for w, t in zip(weights, terms, strict=True))
+    loss = weighted / n
     return loss, {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}
