@@ -96,6 +96,7 @@ def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
         cos_sum = cos_m if cos_sum is None else cos_sum + cos_m
     assert l1_sum is not None and cos_sum is not None
     n = len(predictions)
-    weighted = (l1_sum - cos_sum) if weights is None else sum(w * t for w, t in zip(weights, terms, strict=True))
+    weighted = (l1_sum - cos_sum) if weights is None else torch.stack(
+        [w * t for w, t in zip(weights, terms, strict=True)]).sum()
     loss = weighted / n
     return loss, {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}
