@@ -36,7 +36,8 @@ optionally, against a reference row (paired by compression seed):
 
 `similarity` compares students with their teacher on side B's utterances: linear CKA of each student layer with
 the teacher's same layer, over frames (every `--frame-stride`-th) and over utterances (each utterance's mean
-over frames: the utterance-level structure where speaker identity lives), and the teacher layer each student
+over frames: the utterance-level structure where speaker identity lives; the unbiased estimator, as there are
+fewer utterances than features), and the teacher layer each student
 layer is most similar to; it writes `similarity.json` and `similarity.md`:
 
     python bench/heldout_speakers.py similarity runs/tts-dev-heldout ../shared/teachers/hubert-mini \
@@ -245,7 +246,7 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
     side B's frames and utterance means; writes similarity.json and similarity.md."""
     import torch
 
-    from core.cka import linear_cka
+    from core.cka import linear_cka, minibatch_cka
     from core.evaluation.dataset import load_probe_data
     from core.evaluation.run import extract, load_representation_model
 
@@ -259,7 +260,8 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
     _, teacher_features = features_of(teacher)
     rows = []
     for path in students:
-        name, feats = features_of(path)
+        _, feats = features_of(path)
+        name = Path(path).parent.name if Path(path).name == "student" else Path(path).name
         if feats.num_reps != teacher_features.num_reps:
             raise SystemExit(f"{path}: {feats.num_reps} representations, the teacher has {teacher_features.num_reps}")
         frames = {i: min(feats[i].shape[1], teacher_features[i].shape[1]) for i in ids}
@@ -269,7 +271,8 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
         for i in range(feats.num_reps):
             frame_x, utt_x = _pooled(feats, ids, i, frame_stride, frames)
             by_frame = [linear_cka(frame_x, frame_y) for frame_y, _ in teacher_layers]
-            by_utt = [linear_cka(utt_x, utt_y) for _, utt_y in teacher_layers]
+            # Fewer utterances than features: the plug-in estimate is biased up; the unbiased one is not.
+            by_utt = [minibatch_cka([(utt_x, utt_y)]) for _, utt_y in teacher_layers]
             frame_cka.append(by_frame[i])
             utterance_cka.append(by_utt[i])
             best_frame.append(max(range(len(by_frame)), key=by_frame.__getitem__))
@@ -293,7 +296,7 @@ def render_similarity(result: dict[str, Any]) -> str:
              f"({result['utterances']} utterances of side B).", "", "Over frames (every "
              f"{result['frame_stride']}th):", "", *head]
     lines += [f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["frame_cka"]) + " |" for r in result["rows"]]
-    lines += ["", "Over utterances (each utterance's mean over frames):", "", *head]
+    lines += ["", "Over utterances (each utterance's mean over frames; unbiased CKA):", "", *head]
     lines += [f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["utterance_cka"]) + " |"
               for r in result["rows"]]
     lines += ["", "The teacher layer each student layer is most similar to (frames / utterances):", "", *head]

@@ -128,6 +128,7 @@ def test_similarity_of_a_model_with_itself_is_one_on_every_layer(tmp_path: Path,
     assert result["utterances"] == 12 and len(same["frame_cka"]) == 3
     assert same["frame_cka"] == pytest.approx([1.0] * 3) and same["utterance_cka"] == pytest.approx([1.0] * 3)
     assert same["most_similar_teacher_layer_frames"] == [0, 1, 2]
+    assert [same["model"], other["model"]] == [tiny_teacher_dir.name, "changed"]  # rows named by directory
     assert other["frame_cka"][:2] == pytest.approx([1.0] * 2) and other["frame_cka"][2] < 0.99
     assert "Over utterances" in (out / "similarity.md").read_text()
 
