@@ -147,7 +147,11 @@ class CompressionSpec(BaseModel):
     batch_seconds: float | None = Field(default=None, gt=0)
     speed_perturbation: float | None = Field(
         default=None, ge=0.0, lt=0.5, description="play each training utterance at a random speed in 1 ± this "
-        "(tempo and pitch, e.g. 0.1; teacher and student hear the same audio) [default: 0, off]")
+        "(tempo and pitch, e.g. 0.1; teacher and student hear the same audio), in both stages unless "
+        "stage2_speed_perturbation says otherwise [default: 0, off]")
+    stage2_speed_perturbation: float | None = Field(
+        default=None, ge=0.0, lt=0.5, description="speed perturbation of stage 2 alone (0: the fixed student's "
+        "final distillation hears the audio as it is) [default: speed_perturbation]")
     checkpoint_every: int | None = Field(default=None, gt=0)
     calibration_utterances: int = Field(default=200, gt=0)
     calibration_seconds: float = Field(default=1800.0, gt=0)
@@ -274,6 +278,8 @@ class CompressionSpec(BaseModel):
             base["batch_seconds"] = self.batch_seconds
         if self.speed_perturbation is not None:
             base["speed_perturbation"] = self.speed_perturbation
+        if stage == 2 and self.stage2_speed_perturbation is not None:
+            base["speed_perturbation"] = self.stage2_speed_perturbation
         if self.checkpoint_every is not None:
             base["checkpoint_every"] = self.checkpoint_every
         return TrainRecipe(**base)

@@ -99,6 +99,8 @@ def test_speed_perturbation_reaches_both_stages_and_is_off_by_default() -> None:
     assert CompressionSpec().recipe(1).speed_perturbation == 0.0
     spec = CompressionSpec(speed_perturbation=0.1)
     assert spec.recipe(1).speed_perturbation == 0.1 and spec.recipe(2).speed_perturbation == 0.1
+    first_only = CompressionSpec(speed_perturbation=0.2, stage2_speed_perturbation=0.0)
+    assert first_only.recipe(1).speed_perturbation == 0.2 and first_only.recipe(2).speed_perturbation == 0.0
     with pytest.raises(ValueError):
         CompressionSpec(speed_perturbation=0.6)
 
