@@ -55,7 +55,7 @@ def default_clusters(spec: CompressionSpec, num_layers: int) -> list[list[int]]:
         return fixed
     if spec.method == "dphubert":
         return dphubert_clusters(num_layers)
-    k = min(spec.clusters if isinstance(spec.clusters, int) else len(spec.target_weights or [0] * 4), num_reps)
+    k = min(spec.clusters if isinstance(spec.clusters, int) else (len(spec.target_weights) if spec.target_weights else 4), num_reps)
     bounds = [round(i * num_reps / k) for i in range(k + 1)]
     return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
 

@@ -25,11 +25,11 @@ STAGE2_RESULT = Path("final_distill") / "student.pt"
 def cluster_targets(clusters: list[list[int]], dim: int, spec: CompressionSpec) -> ClusterTargets:
     """The distillation targets of `spec`'s method: SKILL's one projection per cluster, or DPHuBERT's shared
     projection (algorithm.md §3)."""
-    if spec.target_weights is not None and len(spec.target_weights) != len(clusters):
-        raise SpecError(f"target_weights has {len(spec.target_weights)} weights but there are {len(clusters)} "
-                        f"clusters ({clusters}); give one weight per cluster")
-    return ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                          shared_projection=spec.method == "dphubert", weights=spec.target_weights)
+    try:  # ClusterTargets checks one weight per cluster; after 'auto' clustering that is the user's spec
+        return ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
+                              shared_projection=spec.method == "dphubert", weights=spec.target_weights)
+    except ValueError as exc:
+        raise SpecError(f"target_weights: {exc} ({clusters}); give one weight per cluster") from None
 
 
 def new_student(teacher: SpeechEncoder, clusters: list[list[int]], spec: CompressionSpec,

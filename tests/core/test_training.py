@@ -108,7 +108,7 @@ def test_speed_perturbation_reaches_both_stages_and_is_off_by_default() -> None:
 def test_target_weights_must_match_the_clusters_found() -> None:
     from core.errors import SpecError
     from core.stages import cluster_targets
-    with pytest.raises(SpecError, match="3 weights but there are 4 clusters"):
+    with pytest.raises(SpecError, match="3 target weights for 4 clusters"):
         cluster_targets([[0], [1], [2], [3]], 4, CompressionSpec(target_weights=[1, 1, 2]))
     assert cluster_targets([[0], [1]], 4, CompressionSpec(target_weights=[1, 3])).weights == [0.5, 1.5]
 
