@@ -4,11 +4,13 @@ teacher and a dataset already uploaded, and an in-process job runner."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from servicekit import make_audio, make_teacher, zip_dir
+from servicekit import fresh_postgres, make_audio, make_teacher, postgres_available, zip_dir
 
 from api.app import create_app
 from service.db import upgrade
@@ -36,6 +38,36 @@ def settings(tmp_path: Path) -> Settings:
     s = small_settings(tmp_path / "home")
     upgrade(s.database_url)
     return s
+
+
+@pytest.fixture
+def postgres_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a fresh, migrated PostgreSQL database, dropped afterwards; skips when none is reachable."""
+    if not postgres_available():
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    with fresh_postgres() as url:
+        upgrade(url)
+        yield small_settings(tmp_path / "home", database_url=url)
+
+
+@dataclass
+class LiveApp:
+    app: object
+    client: TestClient
+    alice: dict[str, str]
+    database_url: str
+
+
+@pytest.fixture
+def postgres_app(postgres_settings: Settings) -> Iterator[LiveApp]:
+    """The app on PostgreSQL with the fake engine, its client (server errors answered as 500, not raised) and
+    alice's key."""
+    app = create_app(postgres_settings, enqueuer=MemoryEnqueuer(), engine=FakeEngine(steps=3), run_reaper=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with app.state.services.factory() as session:
+            alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
+            session.commit()
+        yield LiveApp(app, client, alice, postgres_settings.database_url)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from servicefixtures import small_settings
-from servicekit import fresh_postgres, make_audio, postgres_available, zip_dir
+from servicekit import make_audio, zip_dir
 from sqlalchemy import select
 
 from service import crud, jobstore
@@ -22,11 +22,7 @@ def settings(request, tmp_path):
         upgrade(s.database_url)
         yield s
         return
-    if not postgres_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    with fresh_postgres() as url:
-        upgrade(url)
-        yield small_settings(tmp_path / "home", database_url=url)
+    yield request.getfixturevalue("postgres_settings")
 
 
 def create(client, headers, teacher, dataset, **extra):

@@ -16,19 +16,15 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from servicefixtures import small_settings
-from servicekit import fresh_postgres, postgres_available
 from sqlalchemy import insert
 
 from api.app import create_app
 from api.archives import ArchiveLimits, ArchiveTooLarge, extract
 from api.http import uvicorn_options
 from core.errors import TeacherError
-from service.db import upgrade
 from service.engine import FakeEngine
 from service.keys import create_key
 from service.models import JobEvent
-from service.queue import MemoryEnqueuer
 
 
 def create(client, headers, teacher, dataset, spec=None):
@@ -75,41 +71,30 @@ def test_event_cursor_and_last_event_id_are_bounded_and_validated(client, alice,
 
 
 @pytest.mark.services
-def test_postgres_event_ids_and_steps_beyond_32_bits(tmp_path):
-    if not postgres_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    from fastapi.testclient import TestClient
+def test_postgres_event_ids_and_steps_beyond_32_bits(postgres_app, tmp_path):
     from servicekit import make_audio, make_teacher, zip_dir
 
-    with fresh_postgres() as url:
-        settings = small_settings(tmp_path / "home", database_url=url)
-        upgrade(url)
-        app = create_app(settings, enqueuer=MemoryEnqueuer(), engine=FakeEngine(steps=3), run_reaper=False)
-        with TestClient(app) as client:
-            factory = app.state.services.factory
-            with factory() as session:
-                alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
-                session.commit()
-            zip_headers = {**alice, "Content-Type": "application/zip"}
-            teacher = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t")), headers=zip_headers)
-            dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zip_headers)
-            job = create(client, alice, teacher.json(), dataset.json()).json()
-            with factory() as session:  # a long-lived service's event ids and a long job's step counts
-                session.execute(insert(JobEvent).values(id=3_000_000_000, job_id=job["id"], kind="progress",
-                                                        stage="distill_prune", step=10**12, total=2 * 10**12,
-                                                        metrics={}, message=""))
-                session.commit()
-            client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)  # terminal: the stream ends
-            url_events = f"/v1/jobs/{job['id']}/events"
-            page = client.get(url_events, params={"after": 2_999_999_999}, headers=alice)
-            assert page.status_code == 200, page.text
-            assert page.json()["items"][0]["step"] == 10**12
-            assert client.get(url_events, params={"after": 3_000_000_000}, headers=alice).status_code == 200
-            with client.stream("GET", url_events, headers={**alice, "Accept": "text/event-stream",
-                                                           "Last-Event-ID": "3000000000"}) as r:
-                assert r.status_code == 200
-                text = "".join(r.iter_text())
-            assert "event: end" in text and "id: 3000000000" not in text
+    client, alice, factory = postgres_app.client, postgres_app.alice, postgres_app.app.state.services.factory
+    zip_headers = {**alice, "Content-Type": "application/zip"}
+    teacher = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t")), headers=zip_headers)
+    dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zip_headers)
+    job = create(client, alice, teacher.json(), dataset.json()).json()
+    with factory() as session:  # a long-lived service's event ids and a long job's step counts
+        session.execute(insert(JobEvent).values(id=3_000_000_000, job_id=job["id"], kind="progress",
+                                                stage="distill_prune", step=10**12, total=2 * 10**12,
+                                                metrics={}, message=""))
+        session.commit()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)  # terminal: the stream ends
+    url_events = f"/v1/jobs/{job['id']}/events"
+    page = client.get(url_events, params={"after": 2_999_999_999}, headers=alice)
+    assert page.status_code == 200, page.text
+    assert page.json()["items"][0]["step"] == 10**12
+    assert client.get(url_events, params={"after": 3_000_000_000}, headers=alice).status_code == 200
+    with client.stream("GET", url_events, headers={**alice, "Accept": "text/event-stream",
+                                                   "Last-Event-ID": "3000000000"}) as r:
+        assert r.status_code == 200
+        text = "".join(r.iter_text())
+    assert "event: end" in text and "id: 3000000000" not in text
 
 
 # -- archive guard --------------------------------------------------------------------------------------------
@@ -129,21 +114,9 @@ def test_a_nul_character_in_the_url_is_400(client, alice):
 
 
 @pytest.mark.services
-def test_postgres_a_nul_character_in_the_url_is_400_not_a_database_error(tmp_path, caplog):
+def test_postgres_a_nul_character_in_the_url_is_400_not_a_database_error(postgres_app, caplog):
     """PostgreSQL text cannot hold a NUL: every id route answered 500 (DataError) for /v1/jobs/%00."""
-    if not postgres_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    from fastapi.testclient import TestClient
-
-    with fresh_postgres() as url:
-        upgrade(url)
-        app = create_app(small_settings(tmp_path / "home", database_url=url), enqueuer=MemoryEnqueuer(),
-                         engine=FakeEngine(steps=3), run_reaper=False)
-        with TestClient(app, raise_server_exceptions=False) as client:
-            with app.state.services.factory() as session:
-                alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
-                session.commit()
-            _assert_nul_urls_are_400(client, alice)
+    _assert_nul_urls_are_400(postgres_app.client, postgres_app.alice)
     assert "unhandled error" not in caplog.text
 
 

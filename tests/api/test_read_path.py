@@ -7,15 +7,8 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy
-from servicefixtures import small_settings
-from servicekit import PG_ADMIN_URL, fresh_postgres, make_audio, make_teacher, postgres_available, zip_dir
+from servicekit import PG_ADMIN_URL, make_audio, make_teacher, zip_dir
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-from api.app import create_app
-from service.db import upgrade
-from service.engine import FakeEngine
-from service.keys import create_key
-from service.queue import MemoryEnqueuer
 
 
 def test_sqlite_reads_share_the_engine(app):
@@ -23,36 +16,25 @@ def test_sqlite_reads_share_the_engine(app):
 
 
 @pytest.mark.services
-def test_postgres_reads_survive_connections_closed_by_the_server(tmp_path):
-    if not postgres_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    from fastapi.testclient import TestClient
-
-    with fresh_postgres() as url:
-        upgrade(url)
-        app = create_app(small_settings(tmp_path / "home", database_url=url), enqueuer=MemoryEnqueuer(),
-                         engine=FakeEngine(steps=3), run_reaper=False)
-        with TestClient(app) as client:
-            services = app.state.services
-            assert isinstance(services.reads, AsyncEngine)  # awaited on the event loop, no thread-pool call
-            assert services.reads.dialect.name == "postgresql"
-            with services.factory() as session:
-                alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
-                session.commit()
-            zip_headers = {**alice, "Content-Type": "application/zip"}
-            teacher = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t")), headers=zip_headers)
-            dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zip_headers)
-            job = client.post("/v1/jobs", json={"teacher_id": teacher.json()["id"],
-                                                "dataset_id": dataset.json()["id"]}, headers=alice).json()
-            assert client.get(f"/v1/jobs/{job['id']}", headers=alice).status_code == 200  # a pooled connection
-            assert services.reads.pool.checkedin() >= 1
-            admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:  # what a database restart does to the pool's connections
-                closed = conn.execute(sqlalchemy.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": url.rsplit("/", 1)[1]}).scalar()
-            admin.dispose()
-            assert closed >= 1
-            for _ in range(3):
-                r = client.get(f"/v1/jobs/{job['id']}", headers=alice)
-                assert r.status_code == 200 and r.json()["id"] == job["id"], r.text
+def test_postgres_reads_survive_connections_closed_by_the_server(postgres_app, tmp_path):
+    client, alice, services = postgres_app.client, postgres_app.alice, postgres_app.app.state.services
+    assert isinstance(services.reads, AsyncEngine)  # awaited on the event loop, no thread-pool call
+    assert services.reads.dialect.name == "postgresql"
+    zip_headers = {**alice, "Content-Type": "application/zip"}
+    teacher = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t")), headers=zip_headers)
+    dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zip_headers)
+    job = client.post("/v1/jobs", json={"teacher_id": teacher.json()["id"],
+                                        "dataset_id": dataset.json()["id"]}, headers=alice).json()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=alice).status_code == 200  # a pooled connection
+    assert services.reads.pool.checkedin() >= 1
+    database = postgres_app.database_url.rsplit("/", 1)[1]
+    admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # what a database restart does to the pool's connections
+        closed = conn.execute(sqlalchemy.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": database}).scalar()
+    admin.dispose()
+    assert closed >= 1
+    for _ in range(3):
+        r = client.get(f"/v1/jobs/{job['id']}", headers=alice)
+        assert r.status_code == 200 and r.json()["id"] == job["id"], r.text
