@@ -95,8 +95,13 @@ def test_target_weights_scale_each_term_against_the_formula() -> None:
         CompressionSpec(target_weights=[1.0, 0.0])
 
 
-def test_speed_perturbation_reaches_both_stages_and_is_off_by_default() -> None:
-    assert CompressionSpec().recipe(1).speed_perturbation == 0.0
+def test_speed_perturbation_comes_from_the_preset_and_reaches_both_stages() -> None:
+    quick = CompressionSpec()  # issue 13: the quick preset perturbs both stages; the paper's recipe does not
+    assert quick.recipe(1).speed_perturbation == 0.2 and quick.recipe(2).speed_perturbation == 0.2
+    paper = CompressionSpec(preset="paper")
+    assert paper.recipe(1).speed_perturbation == 0.0 and paper.recipe(2).speed_perturbation == 0.0
+    off = CompressionSpec(speed_perturbation=0.0)
+    assert off.recipe(1).speed_perturbation == 0.0 and off.recipe(2).speed_perturbation == 0.0
     spec = CompressionSpec(speed_perturbation=0.1)
     assert spec.recipe(1).speed_perturbation == 0.1 and spec.recipe(2).speed_perturbation == 0.1
     first_only = CompressionSpec(speed_perturbation=0.2, stage2_speed_perturbation=0.0)
