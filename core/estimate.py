@@ -55,7 +55,11 @@ def default_clusters(spec: CompressionSpec, num_layers: int) -> list[list[int]]:
         return fixed
     if spec.method == "dphubert":
         return dphubert_clusters(num_layers)
-    k = min(spec.clusters if isinstance(spec.clusters, int) else (len(spec.target_weights) if spec.target_weights else 4), num_reps)
+    if isinstance(spec.clusters, int):
+        k = spec.clusters
+    else:  # 'auto': as many clusters as target weights were given, else the default 4
+        k = len(spec.target_weights) if spec.target_weights else 4
+    k = min(k, num_reps)
     bounds = [round(i * num_reps / k) for i in range(k + 1)]
     return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
 

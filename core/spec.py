@@ -97,7 +97,8 @@ _QUICK: dict[int, dict[str, Any]] = {
 # Since the same day both stages hear the training audio at a random speed in 1 +- 0.2 (new virtual voices) and
 # stage 2 has 480 steps. Same evaluation, paired with the 240-step preset, SKILL: PER -0.44 / -0.15, speaker ID
 # +1.90 / +2.71 (hubert-mini / wavlm-mini); DPHuBERT: PER -0.49 / -0.34, speaker ID +0.27 / +3.12. 0.3
-# gained more speaker ID but cost wavlm-mini's PER (+0.24). The paper preset keeps the published recipe (no perturbation).
+# gained more speaker ID but cost wavlm-mini's PER (+0.24). The paper preset keeps the published recipe (no
+# perturbation).
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK}
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*$")
