@@ -18,6 +18,8 @@ import numpy as np
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 
+from .rules import dphubert_clusters, validate_clusters
+
 __all__ = [
     "Clustering",
     "Method",
@@ -232,50 +234,3 @@ def cluster_layers(
         heights = z[:, 2].copy()
     chosen = auto_k(heights, r) if k == "auto" else int(k)
     return Clustering(clusters=_cut(z, r, chosen), linkage=z, method=method, k=chosen, contiguous=contiguous)
-
-
-def validate_clusters(clusters: Sequence[Sequence[int]], num_reps: int) -> list[list[int]]:
-    """Check user-given clusters (which bypass clustering) and put them in canonical order.
-
-    Args:
-        clusters: lists of representation indices, e.g. [[0], [4], [8], [12]].
-        num_reps: R = L + 1.
-    Returns:
-        Each cluster ascending, clusters sorted by their first index: the order of the distillation targets.
-    """
-    if len(clusters) == 0:
-        raise ValueError("clusters: expected at least one cluster, found none")
-    seen: dict[int, int] = {}
-    out: list[list[int]] = []
-    for c, cluster in enumerate(clusters):
-        if isinstance(cluster, (str, bytes)) or not isinstance(cluster, Sequence):
-            raise ValueError(f"clusters[{c}]: expected a list of layer indices, found {cluster!r}")
-        if len(cluster) == 0:
-            raise ValueError(f"clusters[{c}] is empty")
-        members: list[int] = []
-        for index in cluster:
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-                raise ValueError(f"clusters[{c}]: layer indices must be integers, found {index!r}")
-            index = int(index)
-            if not 0 <= index < num_reps:
-                raise ValueError(
-                    f"clusters[{c}]: index {index} out of range [0, {num_reps}) for {num_reps} representations"
-                )
-            if index in seen:
-                where = "twice in" if seen[index] == c else f"in both clusters[{seen[index]}] and"
-                raise ValueError(f"representation {index} appears {where} clusters[{c}]")
-            seen[index] = c
-            members.append(index)
-        out.append(sorted(members))
-    return sorted(out, key=lambda m: m[0])
-
-
-def dphubert_clusters(num_layers: int) -> list[list[int]]:
-    """DPHuBERT's fixed targets as singleton clusters: r[0], r[L/3], r[2L/3], r[L] ([[0],[4],[8],[12]] for L=12).
-
-    Indices are floored and duplicates (tiny L) removed.
-    """
-    if num_layers < 0:
-        raise ValueError(f"num_layers must be >= 0, found {num_layers}")
-    indices = sorted({0, num_layers // 3, 2 * num_layers // 3, num_layers})
-    return [[i] for i in indices]

@@ -31,7 +31,13 @@ class AudioError(SkillkdError):
 
 
 class SpecError(SkillkdError):
+    """`field` names the spec field at fault when one is (the service answers it as the error's field)."""
+
     code = "spec_invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class TrainingError(SkillkdError):

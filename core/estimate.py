@@ -33,11 +33,11 @@ import torch
 
 from .audio import iter_padded_batches
 from .cka import StreamingCKA
-from .clustering import dphubert_clusters
 from .errors import SpecError
 from .events import OnEvent, ignore_event
 from .models import SpeechEncoder, make_student
-from .pipeline import JobInputs, fixed_clusters, prepare_inputs
+from .pipeline import JobInputs, prepare_inputs
+from .rules import dphubert_clusters, fixed_clusters
 from .spec import Budget, CompressionSpec
 from .speed import RUNS, SECONDS, WARMUP, available_cores, default_runs, interleaved_times, torch_threads
 from .stages import cluster_targets, train_batches

@@ -23,13 +23,14 @@ import torch
 from . import __version__, speed, stages
 from .audio import AudioCatalog, iter_padded_batches, scan_audio
 from .cka import StreamingCKA
-from .clustering import Clustering, cluster_layers, dphubert_clusters, validate_clusters
+from .clustering import Clustering, cluster_layers
 from .errors import SpecError, StopRequested
 from .events import STAGES, Event, OnEvent, ShouldStop, ignore_event, never_stop
 from .export import export_for_users, save_student
 from .landing import land
 from .models import SpeechEncoder, load_model
 from .parallel import StageJob, run_parallel_stage
+from .rules import check_against_teacher, dphubert_clusters, fixed_clusters
 from .spec import Budget, CompressionSpec
 from .train import CHECKPOINT, StageContext, load_checkpoint, train_stage
 
@@ -124,13 +125,9 @@ def prepare_inputs(spec: CompressionSpec, teacher: Path, audio: Path, *, calibra
     teacher_params = teacher_model.num_params()
     with torch.no_grad():
         teacher_macs = float(teacher_model.expected_macs(spec.macs_reference_seconds))
-    try:
-        target_sparsity = spec.target_sparsity(teacher_params)
-        budgets = spec.budgets(teacher_params, teacher_macs)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
-    fixed = fixed_clusters(spec, teacher_model.num_layers + 1)
-    check_target_weights(spec, fixed, teacher_model.num_layers)
+    check_against_teacher(spec, num_layers=teacher_model.num_layers, num_params=teacher_params, macs=teacher_macs)
+    target_sparsity = spec.target_sparsity(teacher_params)
+    budgets = spec.budgets(teacher_params, teacher_macs)
     catalog = scan_audio(audio)
     if catalog.skipped:
         emit(Event("skipped_audio", "calibrate", metrics=catalog.summary(),
@@ -141,35 +138,6 @@ def prepare_inputs(spec: CompressionSpec, teacher: Path, audio: Path, *, calibra
                         "(train/test); this audio has none. Run without evaluation, or `skillkd evaluate` later")
     return JobInputs(device, teacher_model, teacher_params, target_sparsity, teacher_macs, budgets, catalog,
                      cal_catalog)
-
-
-def fixed_clusters(spec: CompressionSpec, num_reps: int) -> list[list[int]] | None:
-    """The spec's explicit clusters checked against the teacher's `num_reps` representations (None when the
-    clusters come from CKA or DPHuBERT's fixed layers); a k above `num_reps` given explicitly is an error."""
-    if isinstance(spec.clusters, list):
-        try:
-            return validate_clusters(spec.clusters, num_reps)
-        except ValueError as exc:
-            raise SpecError(f"clusters: {exc}") from None
-    if isinstance(spec.clusters, int) and spec.clusters > num_reps and "clusters" in spec.model_fields_set:
-        raise SpecError(f"clusters={spec.clusters} but the teacher has only {num_reps} representations")
-    return None
-
-
-def check_target_weights(spec: CompressionSpec, fixed: list[list[int]] | None, num_layers: int) -> None:
-    """Refuse target weights whose count cannot match the clusters, before calibration, where the count is known
-    in advance (explicit clusters, k, DPHuBERT's fixed layers); with 'auto' the targets check after clustering."""
-    if spec.target_weights is None:
-        return
-    if spec.method == "dphubert":
-        k: int | None = len(dphubert_clusters(num_layers))
-    elif fixed is not None:
-        k = len(fixed)
-    else:
-        k = spec.clusters if isinstance(spec.clusters, int) else None
-    if k is not None and len(spec.target_weights) != k:
-        raise SpecError(f"target_weights has {len(spec.target_weights)} weights but there will be {k} clusters; "
-                        "give one weight per cluster")
 
 
 class _Timings(dict[str, float]):
