@@ -5,7 +5,7 @@ stage 2 (distillation of the pruned student), on random-init `tiny` and Base-siz
     python bench/distill_step.py --size base --arch hubert --steps 1      # CPU, minutes (slow)
     python bench/distill_step.py --size all --device cuda --json bench/results/distill_step_gpu.json
 
-One step is what `core.train.train_stage` does per step: the same `core.train.DistillStep` (teacher forward
+One step is what `core.distill.train.train_stage` does per step: the same `core.distill.train.DistillStep` (teacher forward
 in inference mode up to the highest target layer, student forward (masked in stage 1) and backward, the
 Lagrangian on the expected sparsity (stage 1), AdamW over the same parameter groups, gradient clipping), and
 the loop's host synchronisation for the logged values. Checkpointing and logging are left out.
@@ -49,10 +49,10 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from core.distill import ClusterTargets, distill_loss  # noqa: E402
+from core.distill.targets import ClusterTargets, distill_loss  # noqa: E402
+from core.distill.train import DistillStep, _autocast  # noqa: E402
 from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student  # noqa: E402
 from core.spec import DEFAULT_SPARSITY, CompressionSpec, TrainRecipe  # noqa: E402
-from core.train import DistillStep, _autocast  # noqa: E402
 
 SAMPLE_RATE = 16_000
 STANDARD_KERNELS = (10, 3, 3, 3, 3, 2, 2)
@@ -280,7 +280,7 @@ def randomise_masks(student: SpeechEncoder, keep_fraction: float, generator: tor
 
 
 class OursStep:
-    """One step of `core.train.train_stage`: its `DistillStep`, then the loop's host sync of the logged values
+    """One step of `core.distill.train.train_stage`: its `DistillStep`, then the loop's host sync of the logged values
     (the loop does that once per 10 steps on a GPU; here once per step, so this is slightly pessimistic)."""
 
     def __init__(self, teacher: SpeechEncoder, student: SpeechEncoder, targets: ClusterTargets,

@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.audio import MANIFEST_NAME  # noqa: E402
+from core.data import MANIFEST_NAME  # noqa: E402
 from core.errors import AudioError  # noqa: E402
 
 HELD_OUT_ACCENTS = ("en-gb", "en-gb-scotland", "en-gb-x-rp")
@@ -246,7 +246,7 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
     side B's frames and utterance means; writes similarity.json and similarity.md."""
     import torch
 
-    from core.cka import linear_cka, minibatch_cka
+    from core.calibrate.cka import linear_cka, minibatch_cka
     from core.evaluation.dataset import load_probe_data
     from core.evaluation.run import extract, load_representation_model
 

@@ -32,15 +32,15 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.audio import scan_audio  # noqa: E402
-from core.export import (  # noqa: E402
+from core.data import scan_audio  # noqa: E402
+from core.export.for_users import held_out_audio  # noqa: E402
+from core.export.onnx import (  # noqa: E402
     ONNX_GATES,
     TorchHiddenStates,
     check_batches,
     compare_outputs,
     convert_fp16,
     export_onnx,
-    held_out_audio,
     model_inputs,
     onnx_rtf,
     onnx_session,

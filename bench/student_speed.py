@@ -4,7 +4,7 @@
     python bench/student_speed.py runs/x/student ../shared/teachers/hubert-mini --runs 7 --json out.json
     python bench/student_speed.py runs/x/student --device cuda           # adds a GPU measurement
 
-Compresses nothing. Loads both models in one process and measures them with `core.speed.measure`, the same
+Compresses nothing. Loads both models in one process and measures them with `core.evaluation.speed.measure`, the same
 function that writes the `speed` block of every `report.json`: MACs counted on a forward pass over a fixed
 `--seconds` utterance (10 s), and the real-time factor as the median of `--runs` forward passes of that
 utterance, teacher and student interleaved, on the CPU with one thread and with every core this process may
@@ -31,8 +31,8 @@ import torch  # noqa: E402
 
 from core.errors import SkillkdError  # noqa: E402
 from core.evaluation.run import format_count  # noqa: E402
+from core.evaluation.speed import RUNS, SECONDS, WARMUP, measure  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.speed import RUNS, SECONDS, WARMUP, measure  # noqa: E402
 
 
 def teacher_of(student_dir: Path) -> Path:

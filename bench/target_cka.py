@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.audio import load_waveform, scan_audio  # noqa: E402
-from core.cka import linear_cka  # noqa: E402
+from core.calibrate.cka import linear_cka  # noqa: E402
+from core.data import load_waveform, scan_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.spec_options import parse_clusters  # noqa: E402
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from .errors import SkillkdError, StopRequested
-from .events import Event
-from .spec_options import build_spec, parse_clusters, spec_options
+from core.errors import SkillkdError, StopRequested
+from core.events import Event
+from core.spec_options import build_spec, parse_clusters, spec_options
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_TEACHER = PACKAGE_DIR / "assets" / "demo-teacher"
@@ -131,7 +131,7 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
         out = Path("runs") / f"{teacher.resolve().name}-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     elif out.exists() and any(out.iterdir()) and not resume:
         raise click.UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
-    from .pipeline import run
+    from core.pipeline import run
 
     printer = ProgressPrinter(json_lines=as_json, quiet=quiet)
     should_stop = _stop_on_sigint()
@@ -179,7 +179,7 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
 
 def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | None, as_json: bool,
              quiet: bool) -> None:
-    from .estimate import estimate, render
+    from core.estimate import estimate, render
 
     printer = ProgressPrinter(json_lines=as_json, quiet=quiet)
     try:
@@ -207,10 +207,11 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
     """Measure linear CKA between all of TEACHER's layers on AUDIO and cluster them (plots + clusters.json)."""
     from pydantic import ValidationError
 
-    from .audio import scan_audio
-    from .models import load_model
-    from .pipeline import _Stopper, calibrate, select_device
-    from .spec import CompressionSpec
+    from core.calibrate.stage import calibrate
+    from core.data import scan_audio
+    from core.inputs import select_device
+    from core.models import load_model
+    from core.spec import CompressionSpec
 
     try:
         spec = CompressionSpec(clusters=parse_clusters(clusters), linkage=linkage,  # type: ignore[arg-type]
@@ -223,7 +224,7 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
         dev = select_device(spec.device)
         model = load_model(teacher).to(dev)
         catalog = scan_audio(audio)
-        info = calibrate(spec, model, catalog, out, dev, printer, _Stopper(_stop_on_sigint()))
+        info = calibrate(spec, model, catalog, out, dev, printer, _stop_on_sigint())
     except SkillkdError as exc:
         printer.close()
         _fail(exc)
@@ -248,8 +249,8 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
 def inspect(path: Path, seconds: float, as_json: bool) -> None:
     """Print the architecture of a teacher or an exported student, per layer, with parameter counts and
     multiply-accumulates per second of audio (for a SECONDS-long utterance: attention grows with its square)."""
-    from .evaluation.run import format_count
-    from .models import is_student_dir, load_model
+    from core.evaluation.run import format_count
+    from core.models import is_student_dir, load_model
 
     try:
         model = load_model(path)
@@ -322,9 +323,10 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
 def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path | None, audio: Path | None,
                int8_mode: str | None, as_json: bool) -> None:
     """Export a student (or teacher) as a transformers model directory and/or verified ONNX files."""
-    from .export import DEFAULT_INT8_MODE, ONNX_FILES, export_for_users, parse_onnx_variants
-    from .hf_export import is_hf_export_dir
-    from .models import load_model
+    from core.export.for_users import export_for_users
+    from core.export.hf import is_hf_export_dir
+    from core.export.onnx import DEFAULT_INT8_MODE, ONNX_FILES, parse_onnx_variants
+    from core.models import load_model
 
     if fmt is None and onnx_variants is None:
         raise click.UsageError("nothing to export: pass --format hf --out DIR and/or --onnx [fp32,fp16,int8]")
@@ -375,7 +377,7 @@ def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path
 
 def _register_evaluation() -> None:
     try:
-        from .evaluation.cli import compare_command, evaluate_command
+        from core.evaluation.cli import compare_command, evaluate_command
     except ImportError:  # pragma: no cover - evaluation is part of the package; keep the CLI usable if broken
         return
     cli.add_command(evaluate_command, "evaluate")

@@ -2,7 +2,7 @@
 
 A dry run does what a real run does up to its first stage, and no more:
 
-1. Inputs: `core.pipeline.prepare_inputs`, the real run's own validation (device, teacher, target against the
+1. Inputs: `core.inputs.prepare_inputs`, the real run's own validation (device, teacher, target against the
    teacher, explicit clusters, audio, evaluation labels), then the training batches of both stages are built
    as the real stages build them (an audio set with no utterance long enough fails here, as it would there).
 2. Sizes: the teacher's parameters and MACs per audio second, the targets, and two students of the target
@@ -12,7 +12,7 @@ A dry run does what a real run does up to its first stage, and no more:
    holds much compute and few parameters). Stage 2 is timed on `uniform` when a MACs target is given, else
    on `conv_kept`.
 3. Work: steps, audio seconds per stage and the calibration subset, from the spec's recipe.
-4. Time: a few real steps (`core.train.DistillStep`) of stage 1 (the masked student) and stage 2 (the uniform
+4. Time: a few real steps (`core.distill.train.DistillStep`) of stage 1 (the masked student) and stage 2 (the uniform
    student) on the chosen device, on batches from the real loader, after one untimed step each; one
    calibration batch through the teacher and the CKA accumulator; one forward pass of each model for the
    report's speed measurement. Stage time = steps x median step time. Eager mode (a `compile` run adds its
@@ -31,17 +31,25 @@ from typing import Any
 
 import torch
 
-from .audio import iter_padded_batches
-from .cka import StreamingCKA
-from .errors import SpecError
-from .events import OnEvent, ignore_event
-from .models import SpeechEncoder, make_student
-from .pipeline import JobInputs, prepare_inputs
-from .rules import dphubert_clusters, fixed_clusters
-from .spec import Budget, CompressionSpec
-from .speed import RUNS, SECONDS, WARMUP, available_cores, default_runs, interleaved_times, torch_threads
-from .stages import cluster_targets, train_batches
-from .train import DistillStep
+from core.calibrate.cka import StreamingCKA
+from core.data import iter_padded_batches
+from core.distill.build import cluster_targets, train_batches
+from core.distill.train import DistillStep
+from core.errors import SpecError
+from core.evaluation.speed import (
+    RUNS,
+    SECONDS,
+    WARMUP,
+    available_cores,
+    default_runs,
+    interleaved_times,
+    torch_threads,
+)
+from core.events import OnEvent, ignore_event
+from core.inputs import JobInputs, prepare_inputs
+from core.models import SpeechEncoder, make_student
+from core.rules import dphubert_clusters, fixed_clusters
+from core.spec import Budget, CompressionSpec
 
 TIMED_STEPS = 3
 
@@ -165,7 +173,7 @@ def time_calibration(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any]
 
 
 def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> float:
-    """What the report's speed measurement (core.speed.measure) will take: one timed pass of each model per
+    """What the report's speed measurement (core.evaluation.speed.measure) will take: one timed pass of each model per
     setting, times the passes it makes, plus the two MACs-counting passes."""
     runs = default_runs()
     if runs == 0:
@@ -292,7 +300,7 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
 
 def render(result: dict[str, Any]) -> str:
     """The estimate as a few lines for a terminal."""
-    from .evaluation.run import format_count
+    from core.evaluation.run import format_count
 
     t, w, e = result["teacher"], result["work"], result["estimated_seconds"]
     timing = result["timing"]
@@ -326,7 +334,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def _student_lines(estimate: dict[str, Any]) -> list[str]:
-    from .evaluation.run import format_count
+    from core.evaluation.run import format_count
 
     labels = {"uniform": "pruned alike", "conv_kept": "conv kept"}
     lines: list[str] = []

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from numbers import Integral
 
-from .errors import SpecError
-from .spec import CompressionSpec
+from core.errors import SpecError
+from core.spec import CompressionSpec
 
 __all__ = ["validate_clusters", "dphubert_clusters", "fixed_clusters", "check_target_weights",
            "check_against_teacher"]

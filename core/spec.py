@@ -207,7 +207,7 @@ class CompressionSpec(BaseModel):
             if any(i < 0 for i in flat):
                 raise ValueError("layer indices are >= 0")
             repeated = sorted({i for i in flat if flat.count(i) > 1})
-            if repeated:  # the same check as core.clustering.validate_clusters, before any teacher is loaded
+            if repeated:  # the same check as core.calibrate.clustering.validate_clusters, before any teacher is loaded
                 raise ValueError(f"explicit clusters must not overlap: representation(s) {repeated} appear in "
                                  "more than one cluster (or twice in one)")
         return v

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import click
 from pydantic import ValidationError
 
-from .spec import CompressionSpec, parse_param_count
+from core.spec import CompressionSpec, parse_param_count
 
 # Older, shorter spellings kept working next to the generated name.
 ALIASES: dict[str, tuple[str, ...]] = {"export_onnx": ("--onnx",)}

@@ -70,7 +70,7 @@ class Engine(Protocol):
 
 
 class CoreEngine:
-    """The real engine (`core.pipeline`, `core.models`, `core.audio`)."""
+    """The real engine (`core.pipeline`, `core.models`, `core.data`)."""
 
     def inspect_teacher(self, path: Path) -> dict[str, Any]:
         from core.models import inspect_teacher
@@ -83,7 +83,7 @@ class CoreEngine:
         return macs_per_second(path, seconds)
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
-        from core.audio import scan_audio
+        from core.data import scan_audio
 
         catalog = scan_audio(source)
         # whether a job with evaluate=true can run on it (the engine needs phone labels): checked at POST /v1/jobs

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import student_speed
-from core.export import save_student
+from core.export.student import save_student
 from tests.core.test_speed import tiny_pair
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from core.distill import ClusterTargets
+from core.distill.targets import ClusterTargets
+from core.distill.train import StageContext, train_stage
 from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student
 from core.spec import TrainRecipe
-from core.train import StageContext, train_stage
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
@@ -99,7 +99,7 @@ class _Batches:
     """The few methods train_stage uses of TrainBatches: an endless stream of one fixed batch."""
 
     def __init__(self, batch: int, samples: int) -> None:
-        from core.audio import Batch
+        from core.data import Batch
 
         generator = torch.Generator().manual_seed(1)
         self.batch = Batch(waveforms=0.1 * torch.randn(batch, samples, generator=generator),
@@ -144,7 +144,7 @@ def test_stage1_steps_on_cuda_stay_finite(arch: str, tmp_path: Path) -> None:
 @pytest.mark.gpu
 def test_loader_pins_batches_and_compiled_steps_run(tmp_path: Path) -> None:
     """Pinned batches from a worker process, and a few compiled stage-1 steps (no eager fallback)."""
-    from core.loader import BatchLoader
+    from core.data.loader import BatchLoader
 
     stream = _Batches(2, 16_000)
     loader = BatchLoader(stream, workers=1, pin_memory=True)  # type: ignore[arg-type]
@@ -171,7 +171,7 @@ def test_loader_pins_batches_and_compiled_steps_run(tmp_path: Path) -> None:
 def test_training_step_never_synchronises_with_the_host(arch: str) -> None:
     """Issue #5: the step (sparsity terms included) queues work without waiting for the GPU; torch raises on
     any synchronising call while the debug mode is "error"."""
-    from core.train import DistillStep
+    from core.distill.train import DistillStep
 
     teacher = small_teacher(arch)
     student = make_student(teacher)

@@ -1,4 +1,4 @@
-"""CUDA check of core.speed (run by bench/gpu_check.sh with `-m gpu`): the report's GPU speed measurement.
+"""CUDA check of core.evaluation.speed (run by bench/gpu_check.sh with `-m gpu`): the report's GPU speed measurement.
 
 Skipped where CUDA is missing.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import speed
+from core.evaluation import speed
 from tests.core.test_speed import tiny_pair
 
 if not torch.cuda.is_available():

@@ -110,7 +110,7 @@ def test_one_definition_of_the_vocabularies() -> None:
 
 def test_the_engine_has_no_import_cycle() -> None:
     """No circle between core's modules, imports inside functions included (a function-level import only hides
-    a circle: core.models once reached back into core.export, core.parallel into core.pipeline)."""
+    a circle: core.models once reached back into core.export, core.distill.parallel into core.pipeline)."""
     modules: dict[str, Path] = {}
     for path in (ROOT / "core").rglob("*.py"):
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts)

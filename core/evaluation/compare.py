@@ -31,7 +31,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from core.audio import MANIFEST_NAME
+from core.data import MANIFEST_NAME
 from core.errors import AudioError
 from core.evaluation.dataset import TASKS, load_probe_data
 from core.evaluation.facts import cluster_cka
@@ -140,7 +140,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def _report_speedup(report: dict[str, Any]) -> float | None:
     """Teacher time / student time on one CPU thread, from the job's own report: the two models interleaved in
-    one process (core.speed), the figure a ratio of this table's separately timed RTFs cannot replace."""
+    one process (core.evaluation.speed), the figure a ratio of this table's separately timed RTFs cannot replace."""
     setting = (report.get("speed") or {}).get("cpu_1_thread") or {}
     value = setting.get("speedup")
     return float(value) if value is not None else None

@@ -1,6 +1,6 @@
 """The labelled side of evaluation: which utterances train and test the probes, and their phones and speakers.
 
-Any dataset directory with a `manifest.jsonl` works (read by `core.audio.scan_audio`, which also drops unusable
+Any dataset directory with a `manifest.jsonl` works (read by `core.data.scan_audio`, which also drops unusable
 files): rows need `split`; phoneme recognition needs a phone field (default `arpabet`, space-separated symbols
 or a JSON list); speaker identification needs `speaker`. A missing phone field is an error that names the
 field, because a silent skip would look like a finished evaluation. Missing speakers only skip SID, with a
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.audio import AudioCatalog, AudioItem, scan_audio
+from core.data import AudioCatalog, AudioItem, scan_audio
 from core.errors import AudioError
 
 TASKS = ("pr", "sid")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from core.cka import linear_cka
+from core.calibrate.cka import linear_cka
 from core.evaluation.features import FeatureSet, RepresentationModel
 
 SAMPLE_RATE = 16000

@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from core.audio import AudioCatalog, AudioItem, iter_padded_batches
+from core.data import AudioCatalog, AudioItem, iter_padded_batches
 
 SAMPLE_RATE = 16000
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from ..errors import TeacherError
-from .config import ConvConfig, LayerConfig, ModelConfig
-from .encoder import SpeechEncoder, build_model, make_student
-from .hardconcrete import HardConcrete
-from .import_huggingface import load_huggingface
-from .students import FORMAT_VERSION, STUDENT_FORMAT, is_student_dir, load_student
+from core.errors import TeacherError
+from core.models.config import ConvConfig, LayerConfig, ModelConfig
+from core.models.encoder import SpeechEncoder, build_model, make_student
+from core.models.hardconcrete import HardConcrete
+from core.models.import_huggingface import load_huggingface
+from core.models.students import FORMAT_VERSION, STUDENT_FORMAT, is_student_dir, load_student
 
 
 def load_model(path: Path | str) -> SpeechEncoder:
@@ -33,7 +33,7 @@ def macs_per_second(path: Path | str, seconds: float = 10.0) -> float:
     if is_student_dir(path):
         model = load_model(path)
     else:
-        from .import_huggingface import config_from_hf, read_json
+        from core.models.import_huggingface import config_from_hf, read_json
 
         pre_path = path / "preprocessor_config.json"
         config = config_from_hf(read_json(path / "config.json"), read_json(pre_path) if pre_path.exists() else None)

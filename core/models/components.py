@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hardconcrete import HardConcrete
+from core.models.hardconcrete import HardConcrete
 
 Count = Tensor | float
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .components import (
+from core.models.components import (
     ConvLayerBlock,
     ConvolutionalPositionalEmbedding,
     EncoderLayer,
@@ -22,8 +22,8 @@ from .components import (
     SelfAttention,
     Transformer,
 )
-from .config import ConvConfig, LayerConfig, ModelConfig
-from .hardconcrete import HardConcrete
+from core.models.config import ConvConfig, LayerConfig, ModelConfig
+from core.models.hardconcrete import HardConcrete
 
 
 def normalize_waveforms(waveforms: Tensor, lengths: Tensor | None) -> Tensor:

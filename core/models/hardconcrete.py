@@ -38,7 +38,7 @@ class HardConcrete(nn.Module):
         self.eps = eps
         self.log_alpha = nn.Parameter(torch.empty(n))
         self.init_prob = init_prob
-        # Exact landing (core/landing.py) may overrule which units the eval gate keeps: a bool (n,) or None.
+        # Exact landing (core/finalize/landing.py) may overrule which units the eval gate keeps: a bool (n,) or None.
         self.keep_override: Tensor | None = None
         # ... and may ask what one unit more or less costs: a leaf tensor that `count()` returns instead.
         self.count_override: Tensor | None = None

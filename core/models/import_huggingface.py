@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import TeacherError
-from .config import ConvConfig, LayerConfig, ModelConfig
-from .encoder import SpeechEncoder, build_model
+from core.errors import TeacherError
+from core.models.config import ConvConfig, LayerConfig, ModelConfig
+from core.models.encoder import SpeechEncoder, build_model
 
 _MODEL_TYPES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm"}
 # Keys of pretraining / task heads and training-only parameters we drop on import.

@@ -1,7 +1,7 @@
 """The ways in for our own students: the skillkd export directory and its Hugging Face export.
 
 Both are read back into `SpeechEncoder` strictly (a missing or unexpected key, or a wrong shape, is an error),
-with only torch and this package. Writing them is `core.export` (`save_student`) and `core.hf_export`
+with only torch and this package. Writing them is `core.export` (`save_student`) and `core.export.hf`
 (`save_hf_export`); teachers come in through `import_huggingface`.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 from safetensors.torch import load_file
 
-from ..errors import CheckpointError
-from .config import ConvConfig, LayerConfig, ModelConfig
-from .encoder import SpeechEncoder, build_model
+from core.errors import CheckpointError
+from core.models.config import ConvConfig, LayerConfig, ModelConfig
+from core.models.encoder import SpeechEncoder, build_model
 
 STUDENT_FORMAT = "skillkd-student"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ def load_hf_export(path: Path | str) -> SpeechEncoder:
 
 
 def load_student(path: Path | str) -> SpeechEncoder:
-    """Load an exported student (ours, or its Hugging Face export: core.hf_export); strict: a missing or
+    """Load an exported student (ours, or its Hugging Face export: core.export.hf); strict: a missing or
     unexpected key, or a wrong shape, is an error."""
     path = Path(path)
     if is_hf_export_dir(path):

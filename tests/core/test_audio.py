@@ -1,4 +1,4 @@
-"""core.audio: scanning users' data, decoding, and the two batch streams.
+"""core.data: scanning users' data, decoding, and the two batch streams.
 
 Audio is generated on the fly into tmp_path (tiny files, seconds of audio in all) so the tests stay fast.
 """
@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from core.audio import (
+from core.data import (
     AudioCatalog,
     AudioItem,
     Batch,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.distill.train import DistillStep
 from core.evaluation.facts import count_macs
-from core.landing import land, measure
+from core.finalize.landing import land, measure
 from core.models import load_huggingface, make_student
 from core.spec import Budget, CompressionSpec
-from core.train import DistillStep
 from tests.conftest import randomise_masks, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
@@ -72,7 +72,7 @@ def test_spec_targets() -> None:
 
 def test_each_budget_has_its_own_multipliers(tiny_teacher_dir: Path) -> None:
     """With params and MACs targets the step logs both sparsities and ascends two pairs of multipliers."""
-    from core.distill import ClusterTargets
+    from core.distill.targets import ClusterTargets
     from core.spec import PRESETS, TrainRecipe
 
     teacher = load_huggingface(tiny_teacher_dir)

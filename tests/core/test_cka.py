@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.cka import (
+from core.calibrate.cka import (
     MinibatchCKA,
     StreamingCKA,
     cka_matrix,

@@ -10,14 +10,14 @@ import pytest
 from scipy.cluster.hierarchy import dendrogram, is_valid_linkage, linkage
 from scipy.spatial.distance import squareform
 
-from core.clustering import (
+from core.calibrate.clustering import (
     Clustering,
     auto_k,
     cluster_layers,
     dphubert_clusters,
     validate_clusters,
 )
-from core.plots import plot_cka
+from core.calibrate.plots import plot_cka
 
 METHODS = ["average", "single", "complete", "ward"]
 

@@ -11,11 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core.audio import Batch
-from core.distill import ClusterTargets
+from core.data import Batch
+from core.distill.targets import ClusterTargets
+from core.distill.train import StageContext, train_stage
 from core.models import load_huggingface, make_student
 from core.spec import CompressionSpec
-from core.train import StageContext, train_stage
 from tests.conftest import save_tiny_teacher
 
 STEPS = 6
@@ -24,7 +24,7 @@ GLOBAL_BATCH = 4
 
 class FixedBatches:
     """The same global batches every run; a rank takes its contiguous share of each (the stream interface
-    `core.loader.BatchLoader` reads)."""
+    `core.data.loader.BatchLoader` reads)."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from core.hf_export import hidden_states_from_reps, is_hf_export_dir, save_hf_export
+from core.export.hf import hidden_states_from_reps, is_hf_export_dir, save_hf_export
 from core.models import load_huggingface, load_model, load_student, make_student
 from tests.conftest import pruned_student, save_tiny_teacher
 
@@ -136,7 +136,7 @@ def test_save_pretrained_round_trip_and_recompression(tmp_path: Path) -> None:
 
 def test_cli_export_hf_and_inspect(tmp_path: Path) -> None:
     from core.cli import cli
-    from core.export import save_student
+    from core.export.student import save_student
 
     student = pruned_student(load_huggingface(_teacher(tmp_path, "hubert", True)))
     ours = save_student(student, tmp_path / "student")

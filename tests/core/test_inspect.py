@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from core.cli import cli
 from core.evaluation import count_macs
-from core.export import save_student
+from core.export.student import save_student
 from core.models import load_model
 from tests.core.test_speed import tiny_pair
 

@@ -1,4 +1,4 @@
-"""Background batch loading (core/loader.py) and the shared training step (core/train.py DistillStep):
+"""Background batch loading (core/data/loader.py) and the shared training step (core/distill/train.py DistillStep):
 worker processes serve exactly the stream's batches, resume exactly, and `compile` falls back to eager."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from core.audio import AudioCatalog, Batch, TrainBatches, scan_audio
-from core.distill import ClusterTargets
+from core.data import AudioCatalog, Batch, TrainBatches, scan_audio
+from core.data.loader import BatchLoader, default_workers
+from core.distill.targets import ClusterTargets
+from core.distill.train import StageContext, train_stage
 from core.events import Event
-from core.loader import BatchLoader, default_workers
 from core.models import load_huggingface, make_student
 from core.pipeline import run
 from core.spec import CompressionSpec
-from core.train import StageContext, train_stage
 
 
 @pytest.fixture

@@ -11,17 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from core import export as export_module
-from core import speed
-from core.export import (
-    ONNX_FILES,
-    export_for_users,
-    model_inputs,
-    onnx_session,
-    parse_onnx_variants,
-    save_student,
-)
-from core.hf_export import hf_module
+from core.evaluation import speed
+from core.export import onnx as export_module
+from core.export.for_users import export_for_users
+from core.export.hf import hf_module
+from core.export.onnx import ONNX_FILES, model_inputs, onnx_session, parse_onnx_variants
+from core.export.student import save_student
 from core.models import load_huggingface
 from core.spec import CompressionSpec
 from tests.conftest import pruned_student, save_tiny_teacher

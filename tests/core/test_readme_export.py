@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.export import export_for_users
-from core.hf_export import hidden_states_from_reps
+from core.export.for_users import export_for_users
+from core.export.hf import hidden_states_from_reps
 from core.models import load_huggingface, make_student
 from tests.conftest import REPO, save_tiny_teacher
 

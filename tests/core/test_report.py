@@ -62,7 +62,7 @@ def test_a_student_with_zero_width_layers_loads_without_warnings(tmp_path: Path,
 
     import torch
 
-    from core.export import save_student
+    from core.export.student import save_student
     from core.models import load_huggingface, load_student, make_student
 
     student = make_student(load_huggingface(tiny_wavlm_dir))
@@ -108,7 +108,7 @@ def test_the_hugging_face_export_of_zero_width_layers_loads_without_warnings(
     import torch
     from transformers import AutoModel
 
-    from core.hf_export import save_hf_export
+    from core.export.hf import save_hf_export
     from core.models import load_huggingface, make_student
 
     student = make_student(load_huggingface(tiny_wavlm_dir))

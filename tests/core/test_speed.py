@@ -1,4 +1,4 @@
-"""core.speed: teacher vs student sizes, MACs and interleaved real-time factors on tiny random-init models."""
+"""core.evaluation.speed: teacher vs student sizes, MACs and interleaved real-time factors on tiny random-init models."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import speed
-from core.evaluation import count_macs
+from core.evaluation import count_macs, speed
 from core.models import SpeechEncoder, load_huggingface, make_student
 from tests.conftest import save_tiny_teacher
 

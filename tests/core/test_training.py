@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.distill import ClusterTargets, distill_loss
+from core.distill.targets import ClusterTargets, distill_loss
+from core.distill.train import Lagrangian, lr_factor, sparsity_target
 from core.spec import CompressionSpec, TrainRecipe, parse_param_count
-from core.train import Lagrangian, lr_factor, sparsity_target
 
 
 def _recipe(**kw) -> TrainRecipe:
@@ -111,8 +111,8 @@ def test_speed_perturbation_comes_from_the_preset_and_reaches_both_stages() -> N
 
 
 def test_target_weights_must_match_the_clusters_found() -> None:
+    from core.distill.build import cluster_targets
     from core.errors import SpecError
-    from core.stages import cluster_targets
     with pytest.raises(SpecError, match="3 target weights for 4 clusters"):
         cluster_targets([[0], [1], [2], [3]], 4, CompressionSpec(target_weights=[1, 1, 2]))
     assert cluster_targets([[0], [1]], 4, CompressionSpec(target_weights=[1, 3])).weights == [0.5, 1.5]

@@ -1,5 +1,5 @@
 """End to end with the real engine (core.pipeline) on the demo teacher and audio. Marked slow; skipped
-until core.pipeline / core.models / core.audio / core.export exist.
+until core.pipeline / core.models / core.data / core.export exist.
 
 - distributed: HTTP uploads, a real Celery worker on Redis with PostgreSQL, poll to success, download and
   load the student, check its parameter count;
@@ -24,7 +24,7 @@ SPEC = {"preset": "quick", "stage1_steps": 6, "stage2_steps": 3, "batch_seconds"
 
 @pytest.fixture(autouse=True)
 def _engine_present():
-    for module in ("core.pipeline", "core.models", "core.audio", "core.export"):
+    for module in ("core.pipeline", "core.models", "core.data", "core.export"):
         pytest.importorskip(module, reason="the engine has not landed yet")
 
 

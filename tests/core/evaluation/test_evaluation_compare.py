@@ -64,7 +64,7 @@ class FakePipeline:
         export = workdir / "student"
         shutil.copytree(teacher, export, dirs_exist_ok=True)
         report = {"clusters": [[0], [1, 2]], "achieved_sparsity": 0.5,
-                  "speed": {"cpu_1_thread": {"speedup": 3.0 + spec.seed}}}  # what core.speed measured in the job
+                  "speed": {"cpu_1_thread": {"speedup": 3.0 + spec.seed}}}  # what core.evaluation.speed measured in the job
         return PipelineResult(export, report, {})
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import HFRepresentations
 
-from core.audio import load_waveform, scan_audio
+from core.data import load_waveform, scan_audio
 from core.evaluation.fbank import Fbank
 from core.evaluation.features import extract_features
 

@@ -1,8 +1,8 @@
 """The pieces a training stage is built from: the student and its cluster targets, the batches, and the saved
 states between stages.
 
-Used by both ways a stage runs, the single-process pipeline (`core.pipeline`) and the data-parallel ranks
-(`core.parallel`), so a rank rebuilds exactly what the pipeline would have built. This module imports neither.
+Used by both ways a training stage runs, in this process (`core.distill.stage`) and on data-parallel ranks
+(`core.distill.parallel`), so a rank rebuilds exactly what one process would have built. It imports neither.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from .audio import AudioCatalog, TrainBatches
-from .distill import ClusterTargets
-from .errors import AudioError, SpecError
-from .models import ModelConfig, SpeechEncoder, build_model, make_student
-from .spec import CompressionSpec, TrainRecipe
+from core.data import AudioCatalog, TrainBatches
+from core.distill.targets import ClusterTargets
+from core.errors import AudioError, SpecError
+from core.models import ModelConfig, SpeechEncoder, build_model, make_student
+from core.spec import CompressionSpec, TrainRecipe
 
 FINALIZED = Path("finalize") / "student.pt"
 STAGE2_RESULT = Path("final_distill") / "student.pt"

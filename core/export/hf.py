@@ -2,7 +2,7 @@
 
     config.json                 model_type "skillkd", auto_map to the two files below, per-layer heads /
                                 FFN widths / conv channels and everything else the architecture needs
-    configuration_skillkd.py    SkillkdConfig   (copied from core/hf_template: torch + transformers only)
+    configuration_skillkd.py    SkillkdConfig   (copied from core/export/hf_template: torch + transformers only)
     modeling_skillkd.py         SkillkdModel
     model.safetensors           the weights, float32, under the same names as our own model's state dict
     preprocessor_config.json    Wav2Vec2FeatureExtractor: sampling rate and do_normalize
@@ -24,9 +24,9 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .models.config import ModelConfig
-from .models.encoder import SpeechEncoder
-from .models.students import HF_MODEL_TYPE, is_hf_export_dir, load_hf_export, model_config_from_hf
+from core.models.config import ModelConfig
+from core.models.encoder import SpeechEncoder
+from core.models.students import HF_MODEL_TYPE, is_hf_export_dir, load_hf_export, model_config_from_hf
 
 MODEL_TYPE = HF_MODEL_TYPE
 TEMPLATE_DIR = Path(__file__).resolve().parent / "hf_template"
@@ -74,7 +74,7 @@ def preprocessor_dict(config: ModelConfig) -> dict[str, Any]:
 
 def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None) -> Path:
     """Write `model` (finalised, no masks) as a transformers model directory; returns `directory`."""
-    from .hf_template.configuration_skillkd import SkillkdConfig
+    from core.export.hf_template.configuration_skillkd import SkillkdConfig
 
     config = model.config
     hf_config = SkillkdConfig(**hf_config_dict(config))
@@ -95,8 +95,8 @@ def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str,
 def hf_module(model: SpeechEncoder) -> Any:
     """The transformers module (`SkillkdModel`) computing what `model` computes, with transformers' hidden
     states; built in-process from the template (used to export ONNX and in tests)."""
-    from .hf_template.configuration_skillkd import SkillkdConfig
-    from .hf_template.modeling_skillkd import SkillkdModel
+    from core.export.hf_template.configuration_skillkd import SkillkdConfig
+    from core.export.hf_template.modeling_skillkd import SkillkdModel
 
     module = SkillkdModel(SkillkdConfig(**hf_config_dict(model.config)))
     module.load_state_dict(model.state_dict(), strict=True)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy.cluster.hierarchy import dendrogram
 
-from core.clustering import Clustering
+from core.calibrate.clustering import Clustering
 
 __all__ = ["plot_cka"]
 

@@ -1,56 +1,23 @@
-"""The export format and its loader (algorithm.md §6).
-
-An exported student is a directory:
-    model.safetensors        the encoder's weights (our names, float32)
-    config.json              {"format": "skillkd-student", "version": 1, "model": <ModelConfig>, ...}
-    distill_heads.safetensors  the cluster projections (only needed to distil further)
-    report.json              teacher, sizes, sparsity, clusters, CKA, losses, spec
-    cka.png, clusters.json   calibration plots and clusters
-    model.onnx, model_fp16.onnx, model_quantized.onnx
-                             optional ONNX variants, each verified against PyTorch fp32 (export_onnx_variants)
-
-`load_student(path)` needs only torch + this package and is strict about keys and shapes.
+"""ONNX: fp32, fp16 and int8 variants of a student, each verified against PyTorch fp32 before it is offered
+(docs/algorithm.md §6): linear CKA of every hidden state on held-out audio and, when the audio has phone labels,
+the PER of a probe trained on fp32 features.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .models import FORMAT_VERSION, STUDENT_FORMAT, SpeechEncoder
-from .speed import RUNS_ENV, SECONDS, default_runs
+from core.errors import CheckpointError
+from core.evaluation.speed import RUNS_ENV, SECONDS, default_runs
+from core.models import SpeechEncoder
 
-
-def save_student(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None,
-                 heads: nn.Module | None = None) -> Path:
-    """Write `model` (no masks) as an exported student."""
-    if model.config.has_masks:
-        raise ValueError("finalise (prune) the student before exporting it")
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": STUDENT_FORMAT})
-    if heads is not None:
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
-                  str(directory / "distill_heads.safetensors"))
-    config = {"format": STUDENT_FORMAT, "version": FORMAT_VERSION, "model": model.config.to_dict(),
-              "num_params": model.num_params(), **(metadata or {})}
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    return directory
-
-
-# --------------------------------------------------------------------------------------------------------------
-# ONNX: fp32, fp16 and int8 variants, each verified against PyTorch fp32 before it is offered
-# --------------------------------------------------------------------------------------------------------------
 ONNX_VARIANTS = ("fp32", "fp16", "int8")
 # The Hub's names for these encoders' ONNX files (also used inside the hf export's onnx/ folder).
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_quantized.onnx"}
@@ -86,7 +53,7 @@ def parse_onnx_variants(value: bool | str | Sequence[str] | None) -> list[str]:
 class _OnnxGraph(nn.Module):
     """(input_values (batch, time), attention_mask (batch, time)) ->
     (hidden_states (L+1, batch, frame, feature), last_hidden_state (batch, frame, feature)), as transformers'
-    output_hidden_states=True defines them (core.hf_export)."""
+    output_hidden_states=True defines them (core.export.hf)."""
 
     def __init__(self, hf_model: nn.Module) -> None:
         super().__init__()
@@ -105,7 +72,7 @@ def model_inputs(model: SpeechEncoder, waveforms: list[np.ndarray]) -> dict[str,
     for row, w in enumerate(waveforms):
         batch[row, : len(w)] = torch.as_tensor(w, dtype=torch.float32)
     if model.config.normalize_waveform:
-        from .models.encoder import normalize_waveforms
+        from core.models.encoder import normalize_waveforms
 
         batch = normalize_waveforms(batch, lengths)
     mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).long()
@@ -125,7 +92,7 @@ def onnx_session(path: Path, threads: int = 0) -> Any:
 def export_onnx(model: SpeechEncoder, path: Path, *, seconds: float = 2.0, atol: float = 1e-3) -> dict[str, Any]:
     """Export fp32 ONNX (dynamic batch and time) and check it against PyTorch with onnxruntime on a padded
     batch of two lengths other than the traced one. Returns the check's figures."""
-    from .hf_export import hf_module
+    from core.export.hf import hf_module
 
     graph = _OnnxGraph(hf_module(model.eval())).eval()
     sr = model.config.sample_rate
@@ -205,7 +172,7 @@ def compare_outputs(model: SpeechEncoder, batches: list[dict[str, np.ndarray]],
                     reference: list[np.ndarray], variant: list[np.ndarray]) -> list[dict[str, float]]:
     """Per hidden state: mean cosine over valid frames, linear CKA over all valid frames, max |diff|.
     reference / variant: per batch, hidden states (L+1, batch, frame, feature)."""
-    from .cka import linear_cka
+    from core.calibrate.cka import linear_cka
 
     num = reference[0].shape[0]
     ref_frames: list[list[np.ndarray]] = [[] for _ in range(num)]
@@ -228,7 +195,7 @@ def onnx_rtf(path: Path, sample_rate: int, *, threads: int = 1, seconds: float |
              runs: int | None = None) -> float:
     """onnxruntime CPU real-time factor (compute seconds per audio second, median of `runs`) on one
     `seconds`-long utterance; threads=0 means onnxruntime's default (all cores). Defaults: the reference
-    utterance of every speed figure (`core.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS` passes."""
+    utterance of every speed figure (`core.evaluation.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS` passes."""
     import time
 
     seconds = SECONDS if seconds is None else seconds
@@ -267,7 +234,7 @@ class TorchHiddenStates:
     """The PyTorch fp32 reference with transformers' hidden-state definitions, as a RepresentationModel."""
 
     def __init__(self, model: SpeechEncoder) -> None:
-        from .hf_export import hf_module
+        from core.export.hf import hf_module
 
         self.module = _OnnxGraph(hf_module(model)).eval()
         self.model = model
@@ -295,8 +262,8 @@ def check_batches(model: SpeechEncoder, waveforms: list[np.ndarray]) -> list[dic
 def per_figures(model: SpeechEncoder, files: dict[str, Path], probe_data: Any, *, seed: int = 0) -> dict[str, Any]:
     """PER of a phone probe trained on PyTorch fp32 features (train split), scored on each variant's features
     of the test split; probe training is deterministic given `seed`, so every variant meets the same probe."""
-    from .evaluation.features import FeatureSet, extract_features
-    from .evaluation.run import run_probes
+    from core.evaluation.features import FeatureSet, extract_features
+    from core.evaluation.run import run_probes
 
     sr = model.config.sample_rate
     reference = extract_features(TorchHiddenStates(model), probe_data.catalog, name="pytorch-fp32", sample_rate=sr)
@@ -385,80 +352,3 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
             figures["reason"] = "; ".join(reasons)
             target.unlink(missing_ok=True)
     return report
-
-
-def held_out_audio(catalog: Any, sample_rate: int, *, seed: int = 0, max_items: int = 8,
-                   max_seconds: float = 10.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(held-out check waveforms, int8 calibration waveforms) from a job's audio: the check utterances come
-    from the `test` split when the data has one (never trained on), else from a seeded subset; calibration
-    utterances are drawn from the rest. Each is cut to `max_seconds`."""
-    from .audio import load_waveform
-
-    items = list(catalog.items)
-    test = [item for item in items if item.split == "test"]
-    pool = replace(catalog, items=test) if test else catalog
-    check = pool.subset(max_items=max_items, seed=seed).items
-    check_ids = {item.id for item in check}
-    rest = replace(catalog, items=[item for item in items if item.id not in check_ids and item.split != "test"])
-    calib = rest.subset(max_items=2 * max_items, seed=seed + 1).items if rest.items else []
-    limit = int(max_seconds * sample_rate)
-
-    def load(chosen: list[Any]) -> list[np.ndarray]:
-        return [load_waveform(item, sample_rate)[:limit].astype(np.float32) for item in chosen]
-
-    return load(check), load(calib)
-
-
-def export_for_users(model: SpeechEncoder, export_dir: Path, hf_dir: Path | None, variants: Sequence[str], *,
-                     audio: Path | None = None, seed: int = 0, int8_mode: str = DEFAULT_INT8_MODE,
-                     metadata: dict[str, Any] | None = None, measure_per: bool = True) -> dict[str, Any]:
-    """The ways out besides our own format: the Hugging Face export in `hf_dir` (when given) and the verified
-    ONNX variants in `export_dir` (copied into `hf_dir/onnx/` under the same Hub names). `audio`: a directory
-    of audio for the checks (held-out utterances, int8 calibration, and the PER probe when it has phone
-    labels); without it the checks run on noise. Returns the report's "hf" and "onnx" entries."""
-    from .audio import scan_audio
-    from .errors import AudioError
-    from .hf_export import is_hf_export_dir, save_hf_export
-
-    out: dict[str, Any] = {}
-    if hf_dir is not None:
-        if hf_dir.exists() and any(hf_dir.iterdir()):
-            if not is_hf_export_dir(hf_dir):  # never delete a directory we did not write
-                raise CheckpointError(f"{hf_dir.name} exists and is not a Hugging Face export of skillkd: "
-                                      "choose a new or empty output directory")
-            shutil.rmtree(hf_dir)
-        save_hf_export(model, hf_dir, metadata=metadata)
-        out["hf"] = {"path": str(hf_dir), "files": sorted(p.name for p in hf_dir.iterdir())}
-    chosen = parse_onnx_variants(variants)
-    if not chosen:
-        return out
-    held: list[np.ndarray] = []
-    calib: list[np.ndarray] = []
-    probe_data = None
-    notes = []
-    if audio is not None:
-        held, calib = held_out_audio(scan_audio(audio), model.config.sample_rate, seed=seed)
-        if measure_per:
-            from .evaluation.dataset import load_probe_data
-
-            try:
-                probe_data = load_probe_data(audio, tasks=("pr",))
-            except AudioError as exc:
-                notes.append(f"no PER check: {exc.message}")
-    else:
-        notes.append("no audio given: checked on noise; no PER check")
-    report = export_onnx_variants(model, export_dir, chosen, held_out=held, calibration=calib,
-                                  probe_data=probe_data, int8_mode=int8_mode, seed=seed)
-    report["notes"] = notes
-    report["max_abs_diff"] = report["fp32_check"]["max_abs_diff"]
-    report["files"] = {}
-    for variant, figures in report["variants"].items():
-        if figures["status"] != "ok":
-            continue
-        path = export_dir / ONNX_FILES[variant]
-        report["files"][variant] = str(path)
-        if hf_dir is not None:
-            (hf_dir / "onnx").mkdir(exist_ok=True)
-            shutil.copyfile(path, hf_dir / "onnx" / ONNX_FILES[variant])
-    out["onnx"] = report
-    return out

@@ -25,13 +25,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .audio import Batch
-from .distill import ClusterTargets, distill_loss
-from .errors import CheckpointError, StopRequested, TrainingError
-from .events import Event, OnEvent, ShouldStop, ignore_event, never_stop
-from .loader import BatchLoader, BatchStream, default_workers
-from .models import SpeechEncoder
-from .spec import Budget, TrainRecipe
+from core.data import Batch
+from core.data.loader import BatchLoader, BatchStream, default_workers
+from core.distill.targets import ClusterTargets, distill_loss
+from core.errors import CheckpointError, StopRequested, TrainingError
+from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
+from core.models import SpeechEncoder
+from core.spec import Budget, TrainRecipe
 
 CHECKPOINT = "checkpoint.pt"
 STOP_POLL_EVERY = 5  # steps between should_stop() calls on CPU (a DB read in the service); 10 on GPU

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .models import HardConcrete, SpeechEncoder
-from .models.components import ConvLayerBlock
-from .spec import Budget
+from core.models import HardConcrete, SpeechEncoder
+from core.models.components import ConvLayerBlock
+from core.spec import Budget
 
 TOLERANCE = 0.005  # relative to each target
 

@@ -2,7 +2,7 @@
 
 The parent process keeps the pipeline; for a training stage it starts N fresh processes (spawn: no CUDA state
 is inherited), each rank trains on its own slice of every epoch's batches and gradients are averaged every step
-(`core.train._average_across_ranks`), so weights, masks and multipliers stay identical on all ranks. Rank 0
+(`core.distill.train._average_across_ranks`), so weights, masks and multipliers stay identical on all ranks. Rank 0
 writes the checkpoints and sends progress events to the parent through a queue; the parent turns its caller's
 `should_stop` into an event the ranks poll.
 """
@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .errors import SkillkdError, StopRequested, TrainingError
-from .events import Event, OnEvent, ShouldStop
-from .processes import die_with_parent
+from core.errors import SkillkdError, StopRequested, TrainingError
+from core.events import Event, OnEvent, ShouldStop
+from core.processes import die_with_parent
 
 
 @dataclass
@@ -46,11 +46,11 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
     die_with_parent(signal.SIGKILL)
-    from . import stages
-    from .audio import scan_audio
-    from .models import load_model
-    from .spec import Budget, CompressionSpec
-    from .train import StageContext, train_stage
+    from core.data import scan_audio
+    from core.distill import build
+    from core.distill.train import StageContext, train_stage
+    from core.models import load_model
+    from core.spec import Budget, CompressionSpec
 
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
@@ -67,13 +67,13 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
         dim = teacher.config.hidden_size
         if job.stage == "distill_prune":
             recipe = spec.recipe(1)
-            student, targets = stages.new_student(teacher, job.clusters, spec, device)
+            student, targets = build.new_student(teacher, job.clusters, spec, device)
             seed = spec.seed
         else:
             recipe = spec.recipe(2)
-            student, targets = stages.load_result(workdir, stages.FINALIZED, job.clusters, dim, spec, device)
+            student, targets = build.load_result(workdir, build.FINALIZED, job.clusters, dim, spec, device)
             seed = spec.seed + 1
-        batches = stages.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
+        batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
         ctx = StageContext(workdir / job.stage, recipe, device, job.stage,
                            budgets=[Budget.from_dict(b) for b in job.budgets],
                            macs_seconds=spec.macs_reference_seconds,

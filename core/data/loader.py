@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .audio import Batch
+from core.data import Batch
 
 
 class BatchStream(Protocol):

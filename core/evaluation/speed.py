@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from .evaluation.facts import count_macs, count_parameters, device_of, sample_rate_of
-from .models import SpeechEncoder
+from core.evaluation.facts import count_macs, count_parameters, device_of, sample_rate_of
+from core.models import SpeechEncoder
 
 SECONDS = 10.0  # the reference utterance of every speed figure
 RUNS = 5

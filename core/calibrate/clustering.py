@@ -18,7 +18,7 @@ import numpy as np
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 
-from .rules import dphubert_clusters, validate_clusters
+from core.rules import dphubert_clusters, validate_clusters
 
 __all__ = [
     "Clustering",
@@ -206,7 +206,7 @@ def cluster_layers(
     """Cluster R representations by linear CKA.
 
     Args:
-        cka: (R, R) CKA matrix, e.g. from `core.cka.StreamingCKA.compute()`.
+        cka: (R, R) CKA matrix, e.g. from `core.calibrate.cka.StreamingCKA.compute()`.
         k: number of clusters in [1, R], or "auto" (see `auto_k`).
         method: linkage between clusters.
         contiguous: each cluster a run of adjacent layers (chain constraint) when True; free merges

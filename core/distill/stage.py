@@ -1,0 +1,67 @@
+"""The two training stages of a run (algorithm.md §4-5), in this process or on `spec.gpus` data-parallel ranks.
+
+    distill_prune   stage 1: the masked copy of the teacher learns the cluster targets under the size budgets
+    final_distill   stage 2: the pruned, fixed student goes on learning them
+
+Each returns the training loop's summary (steps, final losses) for the workdir's `done.json`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.distill import build
+from core.distill.parallel import StageJob, run_parallel_stage
+from core.distill.train import CHECKPOINT, StageContext, load_checkpoint, train_stage
+from core.inputs import Job
+
+
+def _parallel_job(job: Job, stage: str, clusters: list[list[int]]) -> StageJob:
+    budgets = [b.to_dict() for b in job.inputs.budgets] if stage == "distill_prune" else []
+    return StageJob(stage, job.spec.model_dump_json(), str(job.teacher_dir), str(job.audio), str(job.workdir),
+                    clusters, budgets=budgets)
+
+
+def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
+    """Stage 1: distillation with Hard Concrete masks and the Lagrangian size constraint; its last checkpoint
+    is what `core.finalize` lands and prunes."""
+    spec = job.spec
+    if spec.gpus > 1:
+        return run_parallel_stage(_parallel_job(job, "distill_prune", clusters), spec.gpus, job.emit, job.should_stop)
+    recipe = spec.recipe(1)
+    student, targets = build.new_student(job.teacher, clusters, spec, job.device)
+    batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed)
+    ctx = StageContext(job.workdir / "distill_prune", recipe, job.device, "distill_prune", on_event=job.emit,
+                       should_stop=job.should_stop, seed=spec.seed, compile=spec.compile,
+                       data_workers=spec.data_workers, budgets=job.inputs.budgets,
+                       macs_seconds=spec.macs_reference_seconds)
+    return train_stage(student, job.teacher, targets, batches, ctx)
+
+
+def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
+    """Stage 2: distillation of the finalized student (no masks); saves `build.STAGE2_RESULT` for export."""
+    spec = job.spec
+    dim = job.teacher.config.hidden_size
+    student, targets = build.load_result(job.workdir, build.FINALIZED, clusters, dim, spec, job.device)
+    result = job.workdir / build.STAGE2_RESULT
+    if spec.stage2_steps == 0:
+        build.save_result(result, student, targets)
+        return {"steps": 0, "final": {}, "seconds": 0.0}
+    if spec.gpus > 1:
+        summary = run_parallel_stage(_parallel_job(job, "final_distill", clusters), spec.gpus, job.emit,
+                                     job.should_stop)
+        state = load_checkpoint(job.workdir / "final_distill" / CHECKPOINT)
+        student.load_state_dict(state["student"])
+        targets.load_state_dict(state["targets"])
+    else:
+        recipe = spec.recipe(2)
+        batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed + 1)
+        ctx = StageContext(job.workdir / "final_distill", recipe, job.device, "final_distill", on_event=job.emit,
+                           should_stop=job.should_stop, seed=spec.seed + 1, compile=spec.compile,
+                           data_workers=spec.data_workers)
+        summary = train_stage(student, job.teacher, targets, batches, ctx)
+    build.save_result(result, student, targets)
+    return summary
+
+
+__all__ = ["distill_prune", "final_distill"]

@@ -1,0 +1,48 @@
+"""Finalize (algorithm.md §4b): land stage 1's masks exactly on the budgets (`core.finalize.landing`), then
+remove the pruned units physically and check that the pruned model computes what the masked one did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.data import AudioCatalog, load_waveform
+from core.distill import build
+from core.distill.train import CHECKPOINT, load_checkpoint
+from core.finalize.landing import land
+from core.inputs import Job
+
+
+def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
+    """Load stage 1's final state, land the eval gates on the budgets, prune physically and compare the pruned
+    model with the masked one on a few seconds of the job's audio; saves `build.FINALIZED`."""
+    spec = job.spec
+    state = load_checkpoint(job.workdir / "distill_prune" / CHECKPOINT)
+    student, targets = build.restore(state, clusters, job.teacher.config.hidden_size, spec)
+    student.eval()
+    landing = land(student, job.inputs.budgets, seconds=spec.macs_reference_seconds)
+    probe = torch.from_numpy(probe_audio(job.inputs.cal_catalog, job.teacher.config.sample_rate))[None]
+    with torch.no_grad():
+        expected = float(student.expected_num_params())
+        before, _ = student(probe)
+    config = student.prune()
+    with torch.no_grad():
+        after, _ = student(probe)
+    diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    build.save_result(job.workdir / build.FINALIZED, student, targets)
+    return {"num_params": student.num_params(), "expected_params_before": expected,
+            "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)), "landing": landing,
+            "max_abs_diff_masked_vs_pruned": diff,
+            "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in config.layers],
+            "conv_channels": [c.out_channels for c in config.conv]}
+
+
+def probe_audio(catalog: AudioCatalog, sample_rate: int, seconds: float = 4.0) -> np.ndarray:
+    """The first `seconds` of the catalog's first utterance."""
+    wave = load_waveform(catalog.items[0], sample_rate)
+    return wave[: int(seconds * sample_rate)].astype(np.float32)
+
+
+__all__ = ["finalize", "probe_audio"]

@@ -1,0 +1,110 @@
+"""A run's directory and its bookkeeping, so a stopped or crashed run resumes where it was.
+
+    workdir/job.json              the spec and inputs this directory belongs to (a second spec is refused)
+    workdir/<stage>/done.json     written when a stage completes: a finished stage is never run again
+    workdir/timings.json          wall seconds per stage (each counts the attempt that finished it)
+
+`Workdir.stage(name, work)` is the one place a stage starts: it skips a finished stage, otherwise emits
+`stage_started`, runs `work`, records its time and marks it done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import SpecError, StopRequested
+from core.events import STAGES, Event, OnEvent, ShouldStop, ignore_event, never_stop
+from core.spec import CompressionSpec
+
+# Spec fields that say where and how a run executes, not what it computes: a resumed run may change them.
+EXECUTION_FIELDS = {"device", "gpus", "evaluate", "export_onnx"}
+
+
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` for the numbers and paths the stages return."""
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write `value` as indented JSON, atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=json_default))
+    tmp.replace(path)
+
+
+class Timings(dict[str, float]):
+    """Wall seconds per stage, kept in `workdir/timings.json` so a resumed run still reports the stages an
+    earlier attempt finished (each stage counts the attempt that finished it)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / "timings.json"
+        super().__init__(json.loads(self.path.read_text()) if self.path.exists() else {})
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        super().__setitem__(stage, round(seconds, 3))
+        self.path.write_text(json.dumps(dict(self), indent=2))
+
+    def report(self) -> dict[str, float]:
+        stages = {stage: self[stage] for stage in ("inputs", *STAGES) if stage in self}
+        return {**stages, "total": round(sum(stages.values()), 3)}
+
+
+class Workdir:
+    def __init__(self, path: Path, emit: OnEvent = ignore_event, should_stop: ShouldStop = never_stop) -> None:
+        self.path = path
+        self.emit = emit
+        self.should_stop = should_stop
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.timings = Timings(path)
+
+    def claim(self, spec: CompressionSpec, teacher: Path, audio: Path) -> None:
+        """A workdir belongs to one job: resuming it with a different spec or input would mix two runs."""
+        path = self.path / "job.json"
+        current = {"spec": spec.model_dump(exclude=EXECUTION_FIELDS),
+                   "teacher": str(teacher.resolve()), "audio": str(audio.resolve())}
+        if path.exists():
+            previous = json.loads(path.read_text())
+            if previous.get("spec") != current["spec"]:
+                raise SpecError(f"{self.path} holds a run with a different spec; use a new output directory")
+            return
+        path.write_text(json.dumps(current, indent=2))
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        """What a finished stage returned, or None if it has not finished."""
+        marker = self.path / stage / "done.json"
+        return json.loads(marker.read_text()) if marker.exists() else None
+
+    def stage(self, name: str, work: Callable[[], dict[str, Any]], *, again: bool = False) -> dict[str, Any]:
+        """Run stage `name` unless it finished before (or `again`: its output is missing); returns its info."""
+        info = self.done(name)
+        if info is None or again:
+            start = time.monotonic()
+            self.emit(Event("stage_started", name))
+            info = work()
+            self.timings[name] = time.monotonic() - start
+            write_json(self.path / name / "done.json", info)
+        return info
+
+    def finished(self, name: str, metrics: dict[str, Any] | None = None) -> None:
+        """Tell the caller the stage is over (also a stage skipped because an earlier attempt finished it)."""
+        self.emit(Event("stage_finished", name, metrics=metrics or {}))
+
+    def check_stop(self, where: str) -> None:
+        if self.should_stop():
+            raise StopRequested(f"stopped during {where}")
+
+
+__all__ = ["EXECUTION_FIELDS", "Timings", "Workdir", "json_default", "write_json"]
