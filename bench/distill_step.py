@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from core.distill.targets import ClusterTargets, distill_loss  # noqa: E402
-from core.distill.train import DistillStep, _autocast  # noqa: E402
+from core.distill.train import DistillStep, autocast  # noqa: E402
 from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student  # noqa: E402
 from core.spec import DEFAULT_SPARSITY, CompressionSpec, TrainRecipe  # noqa: E402
 
@@ -355,10 +355,10 @@ class PlainStep:
         return [out.hidden_states[i] for i in self.layers] + [out.last_hidden_state]
 
     def __call__(self, waveforms: Tensor) -> dict[str, float]:
-        with torch.inference_mode(), _autocast(self.device):
+        with torch.inference_mode(), autocast(self.device):
             wanted = self._select(self.teacher_fn(waveforms, output_hidden_states=True))
         wanted = [t.clone().float() for t in wanted]
-        with _autocast(self.device):
+        with autocast(self.device):
             hidden = self._select(self.student_fn(waveforms, output_hidden_states=True))
             predictions = [proj(h) for proj, h in zip(self.projections, hidden, strict=True)]
         loss, _ = distill_loss(predictions, wanted)

@@ -76,7 +76,7 @@ def default_clusters(spec: CompressionSpec, num_layers: int) -> list[list[int]]:
 # The uniform student
 
 
-def _keep_fraction(student: SpeechEncoder, fraction: float, conv: bool = True) -> None:
+def keep_fraction(student: SpeechEncoder, fraction: float, conv: bool = True) -> None:
     """Set every mask so that its eval gate keeps the first round(fraction * n) units (at least one conv
     channel; every conv channel with `conv=False`; whole-layer gates stay open)."""
     with torch.no_grad():
@@ -106,7 +106,7 @@ def uniform_student(student: SpeechEncoder, budgets: list[Budget], seconds: floa
     student.eval()
 
     def fits(fraction: float) -> bool:
-        _keep_fraction(student, fraction, conv)
+        keep_fraction(student, fraction, conv)
         sizes = _sizes(student, seconds)
         return all(sizes[b.kind] <= b.target for b in budgets)
 
@@ -119,7 +119,7 @@ def uniform_student(student: SpeechEncoder, budgets: list[Budget], seconds: floa
         for _ in range(30):  # the sizes are step functions of the fraction: bisect to well below one unit
             middle = (low + high) / 2
             low, high = (middle, high) if fits(middle) else (low, middle)
-    _keep_fraction(student, low, conv)
+    keep_fraction(student, low, conv)
     sizes = _sizes(student, seconds)
     return {"keep_fraction": round(low, 4), "num_params": round(sizes["params"]),
             "macs_per_second": round(sizes["macs"])}

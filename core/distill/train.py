@@ -100,7 +100,7 @@ class StageContext:
         return self.rank == 0
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -220,11 +220,11 @@ class DistillStep:
 
     def _forward(self, waveforms: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         device, max_layer = self.device, self.targets.max_layer
-        with record_function("teacher_forward"), torch.inference_mode(), _autocast(device):
+        with record_function("teacher_forward"), torch.inference_mode(), autocast(device):
             teacher_reps, _ = self.teacher_fn(waveforms, None, max_layer=max_layer)
             wanted = self.targets.teacher_targets(teacher_reps)
         wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
-        with record_function("student_forward"), _autocast(device):
+        with record_function("student_forward"), autocast(device):
             student_reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
             predictions = self.targets.student_predictions(student_reps)
         return predictions, wanted
