@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from core.calibrate.cka import StreamingCKA
-from core.data import iter_padded_batches
+from core.data import TrainBatches, iter_padded_batches
 from core.distill.build import cluster_targets, train_batches
 from core.distill.train import DistillStep
 from core.errors import SpecError
@@ -195,31 +195,11 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
 # The estimate
 
 
-def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
-             calibration_audio: Path | str | None = None, timed_steps: int = TIMED_STEPS,
-             on_event: OnEvent | None = None) -> dict[str, Any]:
-    """Validate the job as a real run would and estimate what it will produce, process and take. Writes nothing."""
-    if timed_steps < 1:
-        raise ValueError(f"timed_steps must be >= 1, found {timed_steps}")
-    started = time.monotonic()
-    teacher, audio = Path(teacher), Path(audio)
-
-    # 1. Inputs, as the real run checks them -----------------------------------------------------------------
-    inputs = prepare_inputs(spec, teacher, audio, calibration_audio=calibration_audio,
-                            emit=on_event or ignore_event)
-    inputs_s = time.monotonic() - started
-    model, device = inputs.teacher, inputs.device
-    sr = model.config.sample_rate
-    recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
-    stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
-    # built as the real stages build them (one rank's share when data parallel), which checks the audio again
-    batches1 = train_batches(inputs.catalog, sr, recipe1, spec.seed, world_size=spec.gpus)
-    batches2 = train_batches(inputs.catalog, sr, recipe2, spec.seed + 1, world_size=spec.gpus)
-
-    # 2. Sizes ---------------------------------------------------------------------------------------------------
+def _shapes(spec: CompressionSpec, inputs: JobInputs) -> tuple[SpeechEncoder, dict[str, Any], str]:
+    """The masked student set to the uniform shape stage 2 is timed on, the candidate shapes, and which one."""
     seconds = spec.macs_reference_seconds
     torch.manual_seed(spec.seed)
-    student = make_student(model, layers=spec.prune_layers)
+    student = make_student(inputs.teacher, layers=spec.prune_layers)
     shapes = {"conv_kept": uniform_student(student, inputs.budgets, seconds, conv=False),
               "uniform": uniform_student(student, inputs.budgets, seconds)}
     timed_shape = "uniform" if any(b.kind == "macs" for b in inputs.budgets) or shapes["conv_kept"] is None \
@@ -228,25 +208,57 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
         raise SpecError("no student of this teacher's layout meets the targets "
                         f"({', '.join(f'{b.kind} <= {b.target:.4g}' for b in inputs.budgets)})")
     uniform_student(student, inputs.budgets, seconds, conv=timed_shape == "uniform")
-    pruned = copy.deepcopy(student)
-    pruned.prune()
+    return student, shapes, timed_shape
 
-    # 3-4. Work and time -----------------------------------------------------------------------------------------
+
+def _time_training(spec: CompressionSpec, inputs: JobInputs, student: SpeechEncoder, pruned: SpeechEncoder,
+                   batches: tuple[TrainBatches, TrainBatches],
+                   timed_steps: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Seconds per step of stage 1 (the masked student from its initial masks) and stage 2 (the pruned one)."""
+    model, device = inputs.teacher, inputs.device
+    dim = model.config.hidden_size
+    recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
+    batches1, batches2 = batches
     clusters = default_clusters(spec, model.num_layers)
-    calibration = time_calibration(spec, inputs)
     for hc in student.hard_concretes():  # stage 1 starts from the masks' initial state
         hc.reset_parameters()
-    targets = cluster_targets(clusters, model.config.hidden_size, spec).to(device)
-    step1 = DistillStep(student, model, targets, recipe1, device, budgets=inputs.budgets, macs_seconds=seconds)
+    targets = cluster_targets(clusters, dim, spec).to(device)
+    step1 = DistillStep(student, model, targets, recipe1, device, budgets=inputs.budgets,
+                        macs_seconds=spec.macs_reference_seconds)
     timing1 = time_steps(step1, batches1, device, timed_steps)
-    del step1, student, targets
-    timing2: dict[str, Any] | None = None
-    if stage2_steps:
-        pruned.to(device)
-        targets = cluster_targets(clusters, model.config.hidden_size, spec).to(device)
-        step2 = DistillStep(pruned, model, targets, recipe2, device)
-        timing2 = time_steps(step2, batches2, device, timed_steps)
-        del step2, targets
+    del step1, targets
+    if spec.stage2_steps == 0:
+        return timing1, None
+    pruned.to(device)
+    step2 = DistillStep(pruned, model, cluster_targets(clusters, dim, spec).to(device), recipe2, device)
+    return timing1, time_steps(step2, batches2, device, timed_steps)
+
+
+def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
+             calibration_audio: Path | str | None = None, timed_steps: int = TIMED_STEPS,
+             on_event: OnEvent | None = None) -> dict[str, Any]:
+    """Validate the job as a real run would and estimate what it will produce, process and take. Writes nothing."""
+    if timed_steps < 1:
+        raise ValueError(f"timed_steps must be >= 1, found {timed_steps}")
+    started = time.monotonic()
+    teacher, audio = Path(teacher), Path(audio)
+    inputs = prepare_inputs(spec, teacher, audio, calibration_audio=calibration_audio,
+                            emit=on_event or ignore_event)
+    inputs_s = time.monotonic() - started
+    model = inputs.teacher
+    recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
+    stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
+    # built as the real stages build them (one rank's share when data parallel), which checks the audio again
+    sr = model.config.sample_rate
+    batches = (train_batches(inputs.catalog, sr, recipe1, spec.seed, world_size=spec.gpus),
+               train_batches(inputs.catalog, sr, recipe2, spec.seed + 1, world_size=spec.gpus))
+
+    student, shapes, timed_shape = _shapes(spec, inputs)
+    pruned = copy.deepcopy(student)
+    pruned.prune()
+    calibration = time_calibration(spec, inputs)
+    timing1, timing2 = _time_training(spec, inputs, student, pruned, batches, timed_steps)
+    del student
     pruned.cpu().eval()
     export_s = time_speed_measurement(model, pruned)
 
@@ -267,7 +279,7 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
                     "layout": "large" if teacher_cfg.layer_norm_first else "base",
                     "num_layers": teacher_cfg.num_layers, "num_params": inputs.teacher_params,
                     "macs_per_second": inputs.teacher_macs},
-        "macs_reference_seconds": seconds,
+        "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         "student_estimate": {
             **shapes, "stage2_timed_on": timed_shape,
@@ -284,7 +296,7 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
             "stage1_audio_seconds": round(recipe1.steps * timing1["batch_audio_s"] * world, 1),
             "stage2_audio_seconds": round(stage2_steps * (timing2["batch_audio_s"] if timing2 else 0.0) * world, 1),
         },
-        "device": str(device),
+        "device": str(inputs.device),
         "threads": torch.get_num_threads(),
         "timing": {
             "timed_steps": timed_steps, "stage1": timing1, "stage2": timing2,

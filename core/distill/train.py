@@ -290,113 +290,130 @@ class DistillStep:
         return values, targets_now, factor
 
 
+class _StepFigures:
+    """The steps' figures (losses, targets, learning rate). They stay on the device and are read (one host sync)
+    at `flush`: every `sync_every` steps, before a checkpoint or stop check, and at the end, so on a GPU the next
+    steps are queued meanwhile. A flush checks the loss for NaN, writes `train_log.jsonl` (main rank) and sends a
+    progress event."""
+
+    def __init__(self, ctx: StageContext, log_path: Path, start_step: int, sample_rate: int) -> None:
+        self.ctx, self.start_step, self.sample_rate = ctx, start_step, sample_rate
+        self.started = time.monotonic()
+        self.last: dict[str, float] = {}
+        self.names: list[str] = []
+        self.audio_s = 0.0
+        self.pending: list[tuple[int, Tensor, dict[str, float], float]] = []
+        self.log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in close())
+
+    def add(self, step: int, batch: Batch, values: dict[str, Tensor], targets_now: dict[str, float],
+            factor: float) -> None:
+        self.audio_s = batch.waveforms.numel() / self.sample_rate
+        self.names = list(values)
+        self.pending.append((step, torch.stack([v.float() for v in values.values()]), targets_now, factor))
+
+    def flush(self, step: int) -> None:
+        ctx, recipe = self.ctx, self.ctx.recipe
+        rows = torch.stack([p[1] for p in self.pending])
+        if ctx.world_size > 1:
+            _average_across_ranks([rows], ctx.world_size)
+        rate = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
+        eta = (recipe.steps - step) / rate if rate > 0 else None
+        for (at, _, target_now, lr_now), row in zip(self.pending, rows.tolist()):
+            last = dict(zip(self.names, row))
+            if not math.isfinite(last["loss"]):
+                raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {at}")
+            last.update(target_now)
+            last["lr"] = recipe.lr * lr_now
+            last["audio_s_per_s"] = self.audio_s * rate * ctx.world_size
+            if self.log is not None:
+                self.log.write(json.dumps({"step": at, **last}) + "\n")
+            self.last = last
+        self.pending.clear()
+        if self.log is not None:
+            self.log.flush()
+        if ctx.is_main:
+            ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(self.last)))
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def _resume(runner: DistillStep, batches: BatchStream, ctx: StageContext, log_path: Path) -> int:
+    """The step to start from: a checkpoint's (its state loaded into every part, the log cut back to it), or 0
+    (seeded alike on every rank: mask samples must be identical across data-parallel ranks)."""
+    ckpt_path = ctx.workdir / CHECKPOINT
+    if not ckpt_path.exists():
+        torch.manual_seed(ctx.seed)
+        if ctx.is_main:
+            log_path.unlink(missing_ok=True)
+        return 0
+    state = load_checkpoint(ckpt_path)
+    runner.student.load_state_dict(state["student"])
+    runner.targets.load_state_dict(state["targets"])
+    runner.lagrangians.load_state_dict(state["lagrangians"])
+    runner.optimizer.load_state_dict(state["optimizer"])
+    batches.load_state_dict(state["batches"])
+    _set_rng_state(state["rng"])
+    step = int(state["step"])
+    _truncate_log(log_path, step)
+    ctx.on_event(Event("log", ctx.stage, step, ctx.recipe.steps, message=f"resumed at step {step}"))
+    return step
+
+
+def _save(runner: DistillStep, batches: BatchStream, ctx: StageContext, step: int) -> None:
+    """The stage's checkpoint (main rank only): everything `_resume` needs to continue exactly."""
+    if not ctx.is_main:
+        return
+    atomic_save({
+        "step": step, "student": runner.student.state_dict(), "targets": runner.targets.state_dict(),
+        "lagrangians": runner.lagrangians.state_dict(), "optimizer": runner.optimizer.state_dict(),
+        "batches": batches.state_dict(), "rng": _rng_state(), "config": runner.student.config.to_dict(),
+        "recipe": ctx.recipe.model_dump(), **ctx.extra_state,
+    }, ctx.workdir / CHECKPOINT)
+
+
 def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
                 batches: BatchStream, ctx: StageContext) -> dict[str, Any]:
     """Run (or resume) one training stage in `ctx.workdir`; returns a summary. Raises StopRequested when
     `ctx.should_stop()` says so, after saving a checkpoint."""
     recipe, device = ctx.recipe, ctx.device
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = ctx.workdir / CHECKPOINT
     log_path = ctx.workdir / "train_log.jsonl"
-
-    # 1. Models, optimiser and the step --------------------------------------------------------------------
     runner = DistillStep(student, teacher, targets, recipe, device, target_sparsity=ctx.target_sparsity,
-                         teacher_params=ctx.teacher_params, budgets=ctx.budgets, macs_seconds=ctx.macs_seconds, world_size=ctx.world_size, compile=ctx.compile,
+                         teacher_params=ctx.teacher_params, budgets=ctx.budgets, macs_seconds=ctx.macs_seconds,
+                         world_size=ctx.world_size, compile=ctx.compile,
                          on_event=ctx.on_event if ctx.is_main else ignore_event, stage=ctx.stage)
-    lagrangians, optimizer = runner.lagrangians, runner.optimizer
+    step = _resume(runner, batches, ctx, log_path)
 
-    # 2. Resume ---------------------------------------------------------------------------------------------
-    step = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        student.load_state_dict(state["student"])
-        targets.load_state_dict(state["targets"])
-        lagrangians.load_state_dict(state["lagrangians"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        _set_rng_state(state["rng"])
-        step = int(state["step"])
-        _truncate_log(log_path, step)
-        ctx.on_event(Event("log", ctx.stage, step, recipe.steps, message=f"resumed at step {step}"))
-    else:
-        # The same seed on every rank: mask samples must be identical across data-parallel ranks.
-        torch.manual_seed(ctx.seed)
-        if ctx.is_main:
-            log_path.unlink(missing_ok=True)
-
-    def save(at_step: int) -> None:
-        if not ctx.is_main:
-            return
-        atomic_save({
-            "step": at_step, "student": student.state_dict(), "targets": targets.state_dict(),
-            "lagrangians": lagrangians.state_dict(), "optimizer": optimizer.state_dict(),
-            "batches": batches.state_dict(), "rng": _rng_state(), "config": student.config.to_dict(),
-            "recipe": recipe.model_dump(), **ctx.extra_state,
-        }, ckpt_path)
-
-    # 3. Loop -----------------------------------------------------------------------------------------------
     workers = default_workers(device, ctx.world_size) if ctx.data_workers is None else ctx.data_workers
     loader = BatchLoader(batches, workers=workers, pin_memory=device.type == "cuda")
     data: Iterator[Batch] = iter(loader)
-    started = time.monotonic()
-    start_step = step
-    last: dict[str, float] = {}
-    pending: list[tuple[int, Tensor, dict[str, float], float]] = []
+    figures = _StepFigures(ctx, log_path, step, student.config.sample_rate)
     sync_every = 1 if device.type == "cpu" else 10
     # A stop check on several ranks is a collective with a host read: on a GPU it waits for the figures' read.
     poll_every = STOP_POLL_EVERY if device.type == "cpu" else max(STOP_POLL_EVERY, sync_every)
-    audio_s = 0.0
-    log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in finally)
     try:
         while step < recipe.steps:
             batch = next(data)
-            audio_s = batch.waveforms.numel() / student.config.sample_rate
-            waveforms = batch.waveforms.to(device, non_blocking=True)
-            values, targets_now, factor = runner(step, waveforms)
+            values, targets_now, factor = runner(step, batch.waveforms.to(device, non_blocking=True))
             step += 1
-
-            # 4. Book-keeping. The step's figures stay on the device; they are read (one host sync) every
-            #    `sync_every` steps, before a checkpoint or stop check, and at the end: on a GPU the next steps
-            #    are queued meanwhile. The loss check for NaN happens at each read.
-            names = list(values)
-            pending.append((step, torch.stack([v.float() for v in values.values()]), targets_now, factor))
+            figures.add(step, batch, values, targets_now, factor)
             checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps
             poll_now = step % poll_every == 0 and step < recipe.steps
             if step % sync_every == 0 or checkpoint_now or poll_now or step == recipe.steps:
-                rows = torch.stack([p[1] for p in pending])
-                if ctx.world_size > 1:
-                    _average_across_ranks([rows], ctx.world_size)
-                elapsed = time.monotonic() - started
-                rate = (step - start_step) / max(elapsed, 1e-9)
-                eta = (recipe.steps - step) / rate if rate > 0 else None
-                for (at, _, target_now, lr_now), row in zip(pending, rows.tolist()):
-                    last = dict(zip(names, row))
-                    if not math.isfinite(last["loss"]):
-                        raise TrainingError(f"{ctx.stage}: loss became {last['loss']} at step {at}")
-                    last.update(target_now)
-                    last["lr"] = recipe.lr * lr_now
-                    last["audio_s_per_s"] = audio_s * rate * ctx.world_size
-                    if log is not None:
-                        log.write(json.dumps({"step": at, **last}) + "\n")
-                pending.clear()
-                if log is not None:
-                    log.flush()
-                if ctx.is_main:
-                    ctx.on_event(Event("progress", ctx.stage, step, recipe.steps, eta, dict(last)))
-
+                figures.flush(step)
             if checkpoint_now:
-                save(step)
+                _save(runner, batches, ctx, step)
             if poll_now and _any_rank(ctx.is_main and ctx.should_stop(), ctx, device):
-                save(step)
+                _save(runner, batches, ctx, step)
                 raise StopRequested(f"stopped at step {step} of {ctx.stage}; the checkpoint was saved")
     finally:
         loader.close()
-        if log is not None:
-            log.close()
+        figures.close()
 
-    # 5. Final state ----------------------------------------------------------------------------------------
-    save(step)
-    return {"steps": step, "final": last, "seconds": time.monotonic() - started}
+    _save(runner, batches, ctx, step)
+    return {"steps": step, "final": figures.last, "seconds": time.monotonic() - figures.started}
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -25,6 +25,7 @@ import os
 import shutil
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,81 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Probing:
+    """Extracts features of each model on the probe data and appends one row per probe seed to `runs`."""
+
+    data: Any
+    device: Any
+    emit: OnEvent
+    measure_speed: bool
+    per_layer: bool
+    phone_config: PhoneProbeConfig
+    speaker_config: SpeakerProbeConfig
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def probes(self, features: Any, seed: int) -> dict[str, Any]:
+        return run_probes(features, self.data, seed=seed, phone_config=self.phone_config,
+                          speaker_config=self.speaker_config, per_layer=self.per_layer, on_event=self.emit)
+
+    def reference(self, model: Any, name: str, group: str, seeds: list[int], **extra: Any) -> Any:
+        """A teacher or FBANK, probed with every seed; returns its features."""
+        features = extract(model, self.data, name=name, device=self.device, on_event=self.emit)
+        facts = describe_model(model, measure_speed=self.measure_speed)
+        for seed in seeds:
+            self.runs.append({"model": name, "group": group, "seed": seed, "num_representations": features.num_reps,
+                              "dim": features.dim, **facts, **extra, **self.probes(features, seed)})
+        return features
+
+    def student(self, result: Any, run_name: str, group: str, method: str, seed: int,
+                teacher_features: Any) -> None:
+        """A compressed student, probed with its compression seed, with the CKA of its layers to the teacher's
+        cluster means on the test utterances."""
+        model, name, _ = load_representation_model(result.export_dir, run_name)
+        clusters = result.report.get("clusters") or clusters_from_export(result.export_dir)
+        features = extract(model, self.data, name=name, device=self.device, on_event=self.emit)
+        facts = describe_model(model, measure_speed=self.measure_speed)
+        test_ids = [item.id for item in self.data.test]
+        cka = {"clusters": clusters, "values": cluster_cka(teacher_features, features, clusters, test_ids)} \
+            if clusters else None
+        self.runs.append({
+            "model": name, "group": group, "method": method, "seed": seed, "source": str(result.export_dir),
+            "num_representations": features.num_reps, "dim": features.dim,
+            "achieved_sparsity": result.report.get("achieved_sparsity"), "targets": result.report.get("targets"),
+            "speedup_cpu_1_thread": _report_speedup(result.report), **facts, "cka": cka,
+            **self.probes(features, seed),
+        })
+
+
+def _seed_list(methods: Sequence[str], seeds: int) -> list[int]:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {METHODS}, found {list(methods)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, found {seeds}")
+    return list(range(seeds))
+
+
+def _run_name(group: str, method: str, seed: int, spec: Any) -> str:
+    """The run's directory name: method and seed, with the budget when the comparison names budgets."""
+    if group == method:
+        return f"{method}-seed{seed}"
+    return f"{method}-{budget_label(_budget_of(spec)).replace('=', '').replace(',', '-')}-seed{seed}"
+
+
+def _student_specs(methods: Sequence[str], budget_list: list[dict[str, Any]], seed_list: list[int], named: bool,
+                   base: dict[str, Any]) -> dict[tuple[str, str, int], Any]:
+    """(group, method, seed) -> CompressionSpec; built up front so a bad spec fails before any minute is spent."""
+    from core.spec import CompressionSpec
+
+    def group_name(method: str, budget: dict[str, Any]) -> str:
+        return f"{method} [{budget_label(budget)}]" if named else method
+
+    return {(group_name(method, budget), method, seed): CompressionSpec(**{**base, **budget, "method": method,
+                                                                         "seed": seed})
+            for method in methods for budget in budget_list for seed in seed_list}
+
+
 def compare(
     teacher: Path | str,
     dataset: Path | str,
@@ -205,31 +281,14 @@ def compare(
     With `budgets` (each a dict of spec target fields, e.g. {"macs_sparsity": 0.75}) every method is also run
     at every budget instead of at `sparsity`; the groups are then named "method [budget]"."""
     from core import pipeline
-    from core.spec import CompressionSpec
 
     emit = on_event or ignore_event
     teacher, dataset, out_dir = Path(teacher), Path(dataset), Path(out_dir)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods must be a non-empty subset of {METHODS}, found {list(methods)}")
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, found {seeds}")
-    seed_list = list(range(seeds))
-    run_device = select_device(device)
-    # Built up front so a bad spec fails before any minute is spent.
+    seed_list = _seed_list(methods, seeds)
     budget_list = list(budgets) if budgets else [{"sparsity": sparsity}]
-    named = len(budget_list) > 1 or budgets is not None
-
-    def group_name(method: str, budget: dict[str, Any]) -> str:
-        return f"{method} [{budget_label(budget)}]" if named else method
-
-    specs = {
-        (group_name(method, budget), method, seed): CompressionSpec(**{
-            "preset": preset, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-            "device": device, **(spec_overrides or {}), **budget, "method": method, "seed": seed,
-        })
-        for method in methods for budget in budget_list for seed in seed_list
-    }
+    specs = _student_specs(methods, budget_list, seed_list, len(budget_list) > 1 or budgets is not None,
+                           {"preset": preset, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+                            "device": device, **(spec_overrides or {})})
     student_groups = list(dict.fromkeys(group for group, _, _ in specs))
 
     # 1. Labels, and the train-only view compression runs on
@@ -237,51 +296,20 @@ def compare(
                            test_split=test_split)
     compress_split = compress_split or train_split
     train_view = write_split_view(dataset, compress_split, out_dir / "train-data")
-    test_ids = [item.id for item in data.test]
-    runs: list[dict[str, Any]] = []
+    probing = _Probing(data, select_device(device), emit, measure_speed, per_layer, phone_config, speaker_config)
 
-    def probe_all(model: Any, name: str, group: str, probe_seeds: list[int], **extra: Any) -> Any:
-        features = extract(model, data, name=name, device=run_device, on_event=emit)
-        facts = describe_model(model, measure_speed=measure_speed)
-        for seed in probe_seeds:
-            runs.append({
-                "model": name, "group": group, "seed": seed, "num_representations": features.num_reps,
-                "dim": features.dim, **facts, **extra,
-                **run_probes(features, data, seed=seed, phone_config=phone_config,
-                             speaker_config=speaker_config, per_layer=per_layer, on_event=emit),
-            })
-        return features
-
-    # 2. Teacher (features kept for CKA)
+    # 2. Teacher (features kept for CKA), 3. FBANK (features dropped)
     teacher_model, teacher_name, _ = load_representation_model(teacher)
-    teacher_features = probe_all(teacher_model, teacher_name, "teacher", seed_list, source=str(teacher))
+    teacher_features = probing.reference(teacher_model, teacher_name, "teacher", seed_list, source=str(teacher))
     del teacher_model
-    # 3. FBANK
     if include_fbank:
-        probe_all(Fbank(), "fbank", "fbank", seed_list, source="fbank")  # features dropped on return
+        probing.reference(Fbank(), "fbank", "fbank", seed_list, source="fbank")
     # 4. Students
     for (group, method, seed), spec in specs.items():
         emit(Event("log", STAGE, message=f"compress {group} seed {seed}"))
-        run_name = f"{method}-seed{seed}" if group == method else (
-            f"{method}-{budget_label(_budget_of(spec)).replace('=', '').replace(',', '-')}-seed{seed}")
+        run_name = _run_name(group, method, seed, spec)
         result = pipeline.run(spec, teacher, train_view, out_dir / "runs" / run_name, on_event=emit)
-        student, name, _ = load_representation_model(result.export_dir, run_name)
-        clusters = result.report.get("clusters") or clusters_from_export(result.export_dir)
-        student_features = extract(student, data, name=name, device=run_device, on_event=emit)
-        facts = describe_model(student, measure_speed=measure_speed)
-        cka = None
-        if clusters:
-            cka = {"clusters": clusters,
-                   "values": cluster_cka(teacher_features, student_features, clusters, test_ids)}
-        runs.append({
-            "model": name, "group": group, "method": method, "seed": seed, "source": str(result.export_dir),
-            "num_representations": student_features.num_reps, "dim": student_features.dim,
-            "achieved_sparsity": result.report.get("achieved_sparsity"), "targets": result.report.get("targets"),
-            "speedup_cpu_1_thread": _report_speedup(result.report), **facts, "cka": cka,
-            **run_probes(student_features, data, seed=seed, phone_config=phone_config,
-                         speaker_config=speaker_config, per_layer=per_layer, on_event=emit),
-        })
-        del student, student_features
+        probing.student(result, run_name, group, method, seed, teacher_features)
 
     # 5. Aggregate and write
     groups = ["teacher"] + (["fbank"] if include_fbank else []) + student_groups
@@ -294,8 +322,8 @@ def compare(
         "budgets": [budget_label(b) for b in budget_list] if budgets else None, "seeds": seed_list, "preset": preset,
         "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "spec_overrides": spec_overrides or {},
         "tasks": list(data.tasks), "phone_field": phone_field if "pr" in data.tasks else None,
-        "rows": [_aggregate(group, runs) for group in groups],
-        "runs": runs,
+        "rows": [_aggregate(group, probing.runs) for group in groups],
+        "runs": probing.runs,
         "notes": list(data.notes),
         "environment": environment(),
     }

@@ -35,16 +35,10 @@ from core.evaluation.probes import (
     train_speaker_probes_per_layer,
 )
 from core.events import Event, OnEvent, ignore_event
+from core.inputs import select_device
 
 STAGE = "evaluate"
 FORMAT = "skillkd-evaluation"
-
-
-def select_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_representation_model(model: Path | str | RepresentationModel, name: str | None = None) -> tuple[RepresentationModel, str, str]:
@@ -231,18 +225,9 @@ def evaluate(
                    per_layer)
     notes = list(data.notes)
     if teacher is not None:
-        teacher_model, teacher_name, _ = load_representation_model(teacher)
-        teacher_features = extract(teacher_model, data, name=teacher_name, device=run_device, on_event=emit)
         if clusters is None and isinstance(model_path_or_module, (str, Path)):
             clusters = clusters_from_export(model_path_or_module)
-        if clusters is None:
-            clusters = [[i] for i in range(min(features.num_reps, teacher_features.num_reps))]
-            notes.append("no clusters given or found in the model's report.json: CKA per representation")
-        entry["cka"] = {
-            "teacher": teacher_name, "clusters": [list(c) for c in clusters],
-            "values": cluster_cka(teacher_features, features, clusters, [item.id for item in data.test]),
-        }
-        del teacher_features
+        entry["cka"] = _teacher_cka(teacher, features, clusters, data, run_device, emit, notes)
     entries.append(entry)
     del features
     if include_fbank:
@@ -269,6 +254,19 @@ def evaluate(
     if out_dir is not None:
         write_evaluation(result, Path(out_dir))
     return result
+
+
+def _teacher_cka(teacher: Path | str | RepresentationModel, features: Any, clusters: Sequence[Sequence[int]] | None,
+                 data: Any, device: torch.device, emit: OnEvent, notes: list[str]) -> dict[str, Any]:
+    """Linear CKA between the teacher's and the model's cluster-mean representations on the test split (one
+    cluster per representation when none are given; said in `notes`)."""
+    teacher_model, teacher_name, _ = load_representation_model(teacher)
+    teacher_features = extract(teacher_model, data, name=teacher_name, device=device, on_event=emit)
+    if clusters is None:
+        clusters = [[i] for i in range(min(features.num_reps, teacher_features.num_reps))]
+        notes.append("no clusters given or found in the model's report.json: CKA per representation")
+    return {"teacher": teacher_name, "clusters": [list(c) for c in clusters],
+            "values": cluster_cka(teacher_features, features, clusters, [item.id for item in data.test])}
 
 
 def _entry(

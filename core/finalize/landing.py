@@ -140,6 +140,22 @@ def _batch_in_one_direction(dropping: bool, now: np.ndarray, unit_cost: np.ndarr
     return step
 
 
+def _single_unit_options(now: np.ndarray, unit_cost: np.ndarray, kept: list[np.ndarray], orders: list[np.ndarray],
+                         floor: np.ndarray, scores: list[np.ndarray]) -> list[tuple[int, int, bool, float, np.ndarray]]:
+    """One candidate per mask and direction: its weakest kept unit, its strongest dropped unit, each as
+    (mask, unit, keep?, score, sizes after)."""
+    options: list[tuple[int, int, bool, float, np.ndarray]] = []
+    for m, order in enumerate(orders):
+        kept_in_order = kept[m][order]
+        if kept[m].sum() > floor[m]:
+            unit = int(order[np.argmax(kept_in_order)])
+            options.append((m, unit, False, scores[m][unit], now - unit_cost[m]))
+        if not kept_in_order.all():
+            unit = int(order[len(order) - 1 - np.argmax(~kept_in_order[::-1])])
+            options.append((m, unit, True, scores[m][unit], now + unit_cost[m]))
+    return options
+
+
 def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0, tolerance: float = TOLERANCE,
          max_moves: int | None = None) -> dict[str, Any]:
     """Adjust the student's eval gates until every budget is met within `tolerance`; returns a record with
@@ -185,16 +201,7 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         if over.any() != under.any():  # one direction: follow the scores, staying inside the far side
             step = _batch_in_one_direction(bool(over.any()), now, unit_cost, kept, orders, floor, scores, misses, aim)
         if not step:
-            # one candidate per mask and direction: its weakest kept unit, its strongest dropped unit
-            options: list[tuple[int, int, bool, float, np.ndarray]] = []  # mask, unit, keep?, score, sizes after
-            for m, order in enumerate(orders):
-                kept_in_order = kept[m][order]
-                if kept[m].sum() > floor[m]:
-                    unit = int(order[np.argmax(kept_in_order)])
-                    options.append((m, unit, False, scores[m][unit], now - unit_cost[m]))
-                if not kept_in_order.all():
-                    unit = int(order[len(order) - 1 - np.argmax(~kept_in_order[::-1])])
-                    options.append((m, unit, True, scores[m][unit], now + unit_cost[m]))
+            options = _single_unit_options(now, unit_cost, kept, orders, floor, scores)
             if not options:
                 break
             chosen = min(options, key=lambda o: (float(badness(o[4])), -o[3] if o[2] else o[3]))
