@@ -10,9 +10,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
 
-from service.models import JOB_STATUSES, Job, JobEvent
+from service.jobstore import count_by_status, stage_durations
+from service.models import JOB_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,8 @@ class _StateCollector:
                                      labels=["stage"])
         try:
             with self.services.factory() as session:
-                counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-                durations = session.execute(
-                    select(JobEvent.stage, func.count(), func.sum(JobEvent.duration_s))
-                    .where(JobEvent.kind == "stage_finished", JobEvent.duration_s.is_not(None))
-                    .group_by(JobEvent.stage)).all()
+                counts = count_by_status(session)
+                durations = stage_durations(session)
             for status in JOB_STATUSES:
                 jobs.add_metric([status], counts.get(status, 0))
             for stage, count, total in durations:

@@ -6,6 +6,8 @@
 - queued for longer than `requeue_queued_after_s` while the broker holds fewer messages than there are
   queued jobs (a broker restart lost them): re-enqueued. A duplicate delivery is harmless: the worker's
   claim (service.jobstore.claim) lets only one delivery run a job.
+The statements are service.jobstore's (reap_stale, queued_since, count_queued, mark_enqueued); this module
+decides when to call them and refills the broker.
 Runs on API startup and every `reaper_interval_s` in the API process (so it lives in api/); safe to run in
 several processes.
 """
@@ -15,11 +17,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobstore import add_event, stale_cutoff, transition, updated
-from service.models import Job, utcnow
+from service.jobstore import count_queued, mark_enqueued, queued_since, reap_stale, stale_cutoff
+from service.models import utcnow
 from service.queue import Enqueuer
 from service.settings import Settings
 from service.storage import LocalStorage
@@ -34,44 +35,17 @@ def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings,
     to_enqueue: list[str] = []
     counts = {"requeued": 0, "cancelled": 0, "paused": 0, "failed": 0, "reenqueued": 0}
     with factory() as session:
-        dead = session.execute(
-            select(Job.id, Job.status, Job.attempts).where(
-                Job.status.in_(("running", "cancelling", "pausing")),
-                (Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < stale),
-            )
-        ).all()
-        for job_id, status, attempts in dead:
-            still_dead = (Job.heartbeat_at.is_(None)) | (Job.heartbeat_at < stale)
-            if status == "cancelling":
-                if _guarded(session, job_id, ("cancelling",), still_dead, status="cancelled", finished_at=now,
-                            worker=None):
-                    add_event(session, job_id=job_id, kind="status", message="cancelled (worker gone)")
-                    storage.remove(storage.job_dir(job_id))
-                    counts["cancelled"] += 1
-            elif status == "pausing":
-                if _guarded(session, job_id, ("pausing",), still_dead, status="paused", worker=None):
-                    add_event(session, job_id=job_id, kind="status", message="paused (worker gone)")
-                    counts["paused"] += 1
-            elif attempts >= settings.max_attempts:
-                if _guarded(session, job_id, ("running",), still_dead, status="failed", finished_at=now,
-                            worker=None, error_code="too_many_attempts",
-                            error_message=f"the worker died during each of {attempts} attempts"):
-                    counts["failed"] += 1
-            elif _guarded(session, job_id, ("running",), still_dead, status="queued", worker=None,
-                          enqueued_at=now):
-                add_event(session, job_id=job_id, kind="status", message="requeued: worker heartbeat lost")
-                to_enqueue.append(job_id)
-                counts["requeued"] += 1
-        session.commit()
+        reaped = reap_stale(session, stale_before=stale, now=now, max_attempts=settings.max_attempts,
+                            on_cancelled=lambda job_id: storage.remove(storage.job_dir(job_id)))
+        to_enqueue += reaped.requeued
+        counts.update(requeued=len(reaped.requeued), cancelled=reaped.cancelled, paused=reaped.paused,
+                      failed=reaped.failed)
 
         age = settings.requeue_queued_after_s if queued_age_s is None else queued_age_s
-        old = session.scalars(
-            select(Job.id).where(Job.status == "queued", (Job.enqueued_at.is_(None))
-                                 | (Job.enqueued_at <= now - timedelta(seconds=age)))
-        ).all()
+        old = queued_since(session, before=now - timedelta(seconds=age))
         old = [i for i in old if i not in to_enqueue]
         if old:
-            total_queued = session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+            total_queued = count_queued(session)
             try:
                 depth = enqueuer.depth()
             except Exception as exc:  # broker down: nothing to do until it is back
@@ -79,11 +53,9 @@ def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings,
                 depth = -1
             if depth is not None and (depth < 0 or depth >= total_queued):
                 old = []  # broker down, or every queued job still has its message
-            for job_id in old:
-                if transition(session, job_id=job_id, from_statuses=("queued",), enqueued_at=now):
-                    to_enqueue.append(job_id)
-                    counts["reenqueued"] += 1
-            session.commit()
+            marked = mark_enqueued(session, job_ids=old, now=now)
+            to_enqueue += marked
+            counts["reenqueued"] += len(marked)
     for job_id in to_enqueue:
         try:
             enqueuer.enqueue(job_id)
@@ -92,12 +64,6 @@ def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings,
     if any(counts.values()):
         log.info("reaper: %s", counts)
     return counts
-
-
-def _guarded(session: Session, job_id: str, statuses: tuple[str, ...], condition, **values) -> bool:
-    values.setdefault("updated_at", utcnow())
-    return updated(session, update(Job).where(Job.id == job_id, Job.status.in_(statuses), condition)
-                   .values(**values)) == 1
 
 
 __all__ = ["reap"]

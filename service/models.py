@@ -3,7 +3,9 @@
 Ids are strings `<prefix>_<12 hex ms time><16 hex random>` (`ID_PATTERN`): sortable by creation time, so the
 id is the pagination cursor.
 
-The job status vocabulary is defined here once (`JobStatus`); the schemas, the CLI and the metrics use it:
+The job status vocabulary is defined here once (`JobStatus`, a str enum: its members are the strings the
+database stores and the API shows); the store, the worker, the reaper, the schemas, the CLI and the metrics
+use it:
 
     queued ──> running ──> succeeded | failed
       │  ▲        │ ├──> cancelling ──> cancelled
@@ -15,9 +17,11 @@ The job status vocabulary is defined here once (`JobStatus`); the schemas, the C
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from enum import Enum
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -36,10 +40,38 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JobStatus = Literal["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
-JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
-ACTIVE_STATUSES = ("queued", "running", "cancelling", "pausing")  # count against max_jobs_in_flight
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover
+
+    class StrEnum(str, Enum):
+        """enum.StrEnum of Python 3.11: a member is its value, under str() and format() too."""
+
+        __str__ = str.__str__
+        __format__ = str.__format__
+
+
+class JobStatus(StrEnum):
+    """A job's status. Members are plain strings (`JobStatus.QUEUED == "queued"`), so the database stores and
+    the API shows the same values as ever."""
+
+    QUEUED, RUNNING, CANCELLING, PAUSING, PAUSED, SUCCEEDED, FAILED, CANCELLED = (
+        "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled")
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """In a pydantic model or a FastAPI parameter a status is what it was as a `Literal` of these values:
+        validated into the plain string, the same JSON schema (inline, no component) and the same 422
+        message."""
+        from pydantic_core import core_schema
+
+        return core_schema.literal_schema([status.value for status in cls])
+
+
+JOB_STATUSES: tuple[JobStatus, ...] = tuple(JobStatus)
+# count against max_jobs_in_flight
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.PAUSING)
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 NON_TERMINAL_STATUSES = tuple(s for s in JOB_STATUSES if s not in TERMINAL_STATUSES)
 
 ID_PATTERN = r"^[a-z]{2,4}_[0-9a-f]{28}$"
@@ -160,7 +192,7 @@ class Job(Base):
         ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_calibration_dataset_ref_datasets"),
         nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     stage: Mapped[str | None] = mapped_column(String(32), nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

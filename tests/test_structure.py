@@ -132,3 +132,65 @@ def test_the_engine_has_no_import_cycle() -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+_SQL_CALLS = ("select", "update", "delete", "insert")
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a name inside a module, not a module (sqlalchemy.exc.IntegrityError)
+        return False
+
+
+def sql_statements(path: Path) -> list[str]:
+    """Where the module builds an SQLAlchemy select/update/delete/insert: imports of those names from
+    sqlalchemy, calls of them (aliases included, and `sqlalchemy.select(...)`, `sa.update(...)`), and table
+    methods (`Job.__table__.update()`). `digest.update(chunk)`, `router.delete(...)`, `crud.insert(...)` are
+    not SQL and not reported."""
+    tree = ast.parse(path.read_text(), str(path))
+    functions: set[str] = set()  # local names of sqlalchemy's select/update/delete/insert
+    modules: set[str] = set()  # local names bound to sqlalchemy or one of its modules
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sqlalchemy":
+            for alias in node.names:
+                if alias.name in _SQL_CALLS:
+                    functions.add(alias.asname or alias.name)
+                    found.append(f"{node.lineno} imports {alias.name} from {node.module}")
+                elif _is_module(f"{node.module}.{alias.name}"):
+                    modules.add(alias.asname or alias.name)  # from sqlalchemy import sql
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "sqlalchemy":
+                    modules.add(alias.asname or alias.name.split(".")[0])
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in functions:
+            found.append(f"{node.lineno} {func.id}(...)")
+        elif isinstance(func, ast.Attribute) and func.attr in _SQL_CALLS:
+            root = func.value
+            while isinstance(root, ast.Attribute):
+                if root.attr == "__table__":
+                    break
+                root = root.value
+            if (isinstance(root, ast.Attribute) and root.attr == "__table__") or (
+                    isinstance(root, ast.Name) and root.id in modules):
+                found.append(f"{node.lineno} {ast.unparse(func)}(...)")
+    return found
+
+
+def test_job_state_sql_lives_in_the_store() -> None:
+    """Only service/ issues SQL: job state (service/jobstore.py) and the owned resources (service/crud.py).
+    The API's routes, reaper and metrics and the worker's runner call their functions, so the guarded
+    transitions (`... WHERE status IN (...)`) are written, and reviewed, in one place."""
+    bad = []
+    for package in ("api", "worker", "cli"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad += [f"{path.relative_to(ROOT)}:{where}" for where in sql_statements(path)]
+    assert not bad, "\n".join(bad)

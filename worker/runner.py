@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import SkillkdError, StopRequested
@@ -31,8 +30,20 @@ from core.events import Event
 from core.spec import CompressionSpec
 from service.crud import dataset_path
 from service.engine import Engine, EngineResult
-from service.jobstore import add_event, claim, heartbeat, stale_cutoff, transition
-from service.models import Artifact, Job, utcnow
+from service.jobstore import (
+    claim,
+    finish_cancelled,
+    finish_failed,
+    finish_paused,
+    finish_succeeded,
+    heartbeat,
+    record_event,
+    record_start,
+    requeue,
+    stale_cutoff,
+    stop_wanted,
+)
+from service.models import Artifact
 from service.queue import Enqueuer
 from service.settings import Settings
 from service.storage import LocalStorage, public_message
@@ -62,10 +73,7 @@ class JobRunner:
             if not outcome.run:
                 log.info("job %s not run: %s", job_id, outcome.reason)
                 return f"skipped: {outcome.reason}"
-            job = session.get(Job, job_id)
-            assert job is not None
-            add_event(session, job_id=job_id, kind="status", message=f"running (attempt {outcome.attempts})")
-            session.commit()
+            job = record_start(session, job_id=job_id, attempts=outcome.attempts)
             spec = CompressionSpec.model_validate(job.spec)
             teacher = self.storage.teacher_dir(job.teacher_id)
             audio = self._dataset_path(session, job.dataset_id)
@@ -106,33 +114,20 @@ class JobRunner:
 
     def _finish_stopped(self, job_id: str) -> str:
         with self.factory() as session:
-            # a clean pause is not a failed attempt: it does not count towards max_attempts
-            if transition(session, job_id=job_id, from_statuses=("pausing",), status="paused", worker=None,
-                          heartbeat_at=None, attempts=Job.attempts - 1):
-                add_event(session, job_id=job_id, kind="status", message="paused at a checkpoint")
-                session.commit()
+            if finish_paused(session, job_id=job_id):  # the stop was a pause
                 return "paused"
-            session.rollback()
         return self._finish_cancelled(job_id)
 
     def _finish_cancelled(self, job_id: str) -> str:
         with self.factory() as session:
-            if not transition(session, job_id=job_id, from_statuses=("cancelling", "running"), status="cancelled",
-                              finished_at=utcnow(), worker=None):
-                session.commit()
+            if not finish_cancelled(session, job_id=job_id):
                 return "lost"  # another worker owns the job now
-            add_event(session, job_id=job_id, kind="status", message="cancelled")
-            session.commit()
         self.storage.remove(self.storage.job_dir(job_id))
         return "cancelled"
 
     def _finish_failed(self, job_id: str, code: str, message: str, *, remove_workdir: bool) -> str:
         with self.factory() as session:
-            ok = transition(session, job_id=job_id, from_statuses=("running", "cancelling", "pausing"), status="failed",
-                            error_code=code, error_message=message, finished_at=utcnow(), worker=None)
-            if ok:
-                add_event(session, job_id=job_id, kind="status", message=f"failed: {code}: {message}")
-            session.commit()
+            ok = finish_failed(session, job_id=job_id, code=code, message=message)
         if ok and remove_workdir:
             self.storage.remove(self.storage.job_workdir(job_id))
         return f"failed: {code}"
@@ -143,12 +138,7 @@ class JobRunner:
                                        f"each of {attempts} attempts; the worker's log has the details",
                                        remove_workdir=False)
         with self.factory() as session:
-            ok = transition(session, job_id=job_id, from_statuses=("running",), status="queued", worker=None,
-                            enqueued_at=utcnow())
-            if ok:
-                add_event(session, job_id=job_id, kind="status",
-                          message=f"requeued after an I/O error ({type(exc).__name__})")
-            session.commit()
+            ok = requeue(session, job_id=job_id, message=f"requeued after an I/O error ({type(exc).__name__})")
         if ok:
             self.enqueuer.enqueue(job_id, countdown=5)
         return "requeued"
@@ -166,24 +156,11 @@ class JobRunner:
                                  media_type=_MEDIA_TYPES.get(target.suffix, "application/octet-stream"),
                                  sha256=digest, size_bytes=size))
         with self.factory() as session:
-            ok = transition(session, job_id=job_id, from_statuses=("running", "cancelling", "pausing"), status="succeeded",
-                            finished_at=utcnow(), worker=None, error_code=None, error_message=None)
-            if not ok:
-                session.rollback()
+            if not finish_succeeded(session, job_id=job_id, report=result.report, artifacts=rows):
                 return "lost"
-            session.execute(update(Job).where(Job.id == job_id).values(
-                metrics={**_latest_metrics(session, job_id), "report": result.report}))
-            for row in rows:
-                session.add(row)
-            add_event(session, job_id=job_id, kind="status", message="succeeded")
-            session.commit()
         if not self.settings.keep_workdir:
             self.storage.remove(self.storage.job_workdir(job_id))
         return "succeeded"
-
-
-def _latest_metrics(session: Session, job_id: str) -> dict[str, Any]:
-    return dict(session.scalar(select(Job.metrics).where(Job.id == job_id)) or {})
 
 
 def _materialise(source: Path, target: Path) -> tuple[str, int]:
@@ -247,8 +224,7 @@ class _StopFlag:
         if now - self._last >= self.interval_s:
             self._last = now
             with self.factory() as session:
-                row = session.execute(select(Job.status, Job.worker).where(Job.id == self.job_id)).one_or_none()
-            self._stop = row is None or row.status in ("cancelling", "pausing") or row.worker != self.worker
+                self._stop = stop_wanted(session, job_id=self.job_id, worker=self.worker)
         return self._stop
 
 
@@ -286,20 +262,9 @@ class _EventRecorder:
             duration = time.monotonic() - self._stage_started[event.stage]
         metrics = _jsonable(event.metrics)
         with self.factory() as session:
-            add_event(session, job_id=self.job_id, kind=event.kind, stage=event.stage, step=event.step,
-                      total=event.total, eta_s=event.eta_s, duration_s=duration, metrics=metrics,
-                      message=event.message)
-            values: dict[str, Any] = {"stage": event.stage, "updated_at": utcnow()}
-            if event.kind in ("progress", "stage_started", "stage_finished"):
-                values["progress"] = {"stage": event.stage, "step": event.step, "total_steps": event.total,
-                                      "eta_s": event.eta_s, "metrics": metrics}
-            if event.kind == "clusters" and "clusters" in metrics:
-                values["clusters"] = metrics["clusters"]
-            if metrics and event.kind == "progress":
-                current = session.scalar(select(Job.metrics).where(Job.id == self.job_id)) or {}
-                values["metrics"] = {**current, **metrics}
-            session.execute(update(Job).where(Job.id == self.job_id, Job.worker == self.worker).values(**values))
-            session.commit()
+            record_event(session, job_id=self.job_id, worker=self.worker, kind=event.kind, stage=event.stage,
+                         step=event.step, total=event.total, eta_s=event.eta_s, duration_s=duration,
+                         metrics=metrics, message=event.message)
 
 
 def _jsonable(value: Any) -> Any:
