@@ -12,6 +12,7 @@ COPY core core
 COPY service service
 COPY api api
 COPY worker worker
+COPY cli cli
 COPY migrations migrations
 RUN pip install . && useradd --create-home --uid 1000 skillkd && mkdir -p /data && chown skillkd /data
 USER skillkd

@@ -93,11 +93,11 @@ run_part "distill step benchmark" "$T_BENCH" \
 RUN_DIR="${GPU_RUN_DIR:-$(mktemp -d)/gpu-run}"
 compress() {
     # stdout: the result as JSON; stderr (JSON event lines, one per step) goes to the log
-    "$PYTHON" -m api.cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
+    "$PYTHON" -m cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
         --batch-seconds 40 --device cuda --out "$RUN_DIR" --json >"$OUT/compress_gpu.json"
 }
 dry_run() {
-    "$PYTHON" -m api.cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
+    "$PYTHON" -m cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
         --batch-seconds 40 --device cuda --dry-run --json >"$OUT/dry_run_gpu.json"
 }
 export -f compress dry_run

@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from cli.spec_options import parse_clusters  # noqa: E402
 from core.calibrate.cka import linear_cka  # noqa: E402
 from core.data import load_waveform, scan_audio  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.spec_options import parse_clusters  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -53,7 +53,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
     env.update(SKILLKD_HOME=str(home), PYTHONPATH=str(REPO))
     log = open(home / "serve.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

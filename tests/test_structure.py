@@ -1,12 +1,14 @@
 """The dependency rules of the layout (docs/design.md), as tests:
 
-    core  <-  service  <-  api
+    core  <-  service  <-  api  <-  cli
                       <-  worker
 
-core imports none of api, service, worker; service imports neither api nor worker; the API never imports the
-worker (it enqueues by task name); the worker never imports the API. Checked twice: statically over every
-module's import statements (including imports inside functions), and by importing the entry points in a fresh
-interpreter. No private name (`_x`) is imported from another module of these packages.
+core imports none of api, service, worker, cli; service imports neither api nor worker nor cli; the API never
+imports the worker (it enqueues by task name); the worker never imports the API; the command line (cli/, on
+top) imports core, service and api but never the worker (`skillkd worker` starts it as a command line), and
+nothing imports cli. Checked twice: statically over every module's import statements (including imports inside
+functions), and by importing the entry points in a fresh interpreter. No private name (`_x`) is imported from
+another module of these packages.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"core": ("api", "service", "worker"), "service": ("api", "worker"), "api": ("worker",),
-             "worker": ("api",)}
+FORBIDDEN = {"core": ("api", "service", "worker", "cli"), "service": ("api", "worker", "cli"),
+             "api": ("worker", "cli"), "worker": ("api", "cli"), "cli": ("worker",)}
 
 
 def imports(path: Path) -> list[tuple[int, str, list[str]]]:
@@ -53,10 +55,10 @@ def test_no_import_against_the_dependency_direction(package: str) -> None:
 
 def test_no_private_names_imported_across_modules() -> None:
     bad = []
-    for package in ("api", "service", "worker"):
+    for package in ("api", "service", "worker", "cli"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for line, module, names in imports(path):
-                if module.split(".")[0] not in ("core", "api", "service", "worker"):
+                if module.split(".")[0] not in ("core", "api", "service", "worker", "cli"):
                     continue
                 private = [n for n in names if n.startswith("_") and not n.startswith("__")]
                 if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
@@ -72,14 +74,32 @@ def loaded_after(statement: str) -> set[str]:
 
 
 def test_the_api_process_never_loads_the_worker() -> None:
-    loaded = loaded_after("import api.app, api.cli, api.reaper; api.app.create_app")
+    # cli: the `skillkd` entry point, every command registered (`skillkd serve` runs the API in it)
+    loaded = loaded_after("import api.app, cli, api.reaper; api.app.create_app; cli.skillkd")
     assert "worker" not in loaded
     assert "torch" not in loaded  # the engine is loaded lazily, where a job or an upload check needs it
 
 
 def test_the_engine_loads_no_service_package() -> None:
-    loaded = loaded_after("import core.pipeline, core.cli, core.spec_options")
+    loaded = loaded_after("import core.pipeline, core.estimate")
+    assert not loaded & {"api", "service", "worker", "cli", "click", "fastapi", "celery", "sqlalchemy",
+                         "redis"}
+    # the engine's commands: the service's packages load only inside the service commands
+    loaded = loaded_after("import cli.engine, cli.evaluate, cli.spec_options")
     assert not loaded & {"api", "service", "worker", "fastapi", "celery", "sqlalchemy", "redis"}
+
+
+def test_core_needs_neither_click_nor_tqdm() -> None:
+    """The terminal is the command line's (cli/): no module of core imports click or tqdm (imports inside
+    functions included), and core's entry points import with both made unimportable. (torch.hub imports tqdm
+    when it is installed and does without it, so a plain import of torch may still load it.)"""
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+           for path in sorted((ROOT / "core").rglob("*.py"))
+           for line, module, _ in imports(path) if module.split(".")[0] in ("click", "tqdm")]
+    assert not bad, "\n".join(bad)
+    entry_points = "import core.pipeline, core.estimate, core.evaluation"
+    assert "click" not in loaded_after(entry_points)
+    loaded_after(f"sys.modules.update(click=None, tqdm=None); {entry_points}")  # an ImportError fails here
 
 
 def test_the_worker_never_loads_the_api() -> None:
@@ -102,7 +122,8 @@ def test_routes_leave_data_access_to_the_store() -> None:
 
 def test_one_definition_of_the_vocabularies() -> None:
     """The job statuses, the stage list and the id pattern are spelled out once."""
-    texts = {p: p.read_text() for pkg in ("core", "service", "api", "worker") for p in (ROOT / pkg).rglob("*.py")}
+    texts = {p: p.read_text() for pkg in ("core", "service", "api", "worker", "cli")
+             for p in (ROOT / pkg).rglob("*.py")}
     for needle in ('"queued", "running"', '"distill_prune", "finalize"', "[0-9a-f]{28}"):
         where = [str(p.relative_to(ROOT)) for p, text in texts.items() if needle in text]
         assert len(where) == 1, (needle, where)

@@ -9,7 +9,7 @@ method comparison behind `skillkd compare`.
     evaluate(model, dataset)            -> dict             all of the above for one model (+ FBANK)
     compare(teacher, dataset)           -> dict             compress with each method x seed, evaluate all
 
-The CLI commands live in `core.evaluation.cli` (imported by the main CLI, not here, to keep click optional).
+The CLI commands (`skillkd evaluate`, `skillkd compare`) live in `cli/evaluate.py`.
 """
 
 from core.evaluation.compare import compare, write_split_view

@@ -161,8 +161,8 @@ def drain(make_runner, enqueuer):
 def cli_as_alice(client, alice, monkeypatch):
     """The `skillkd` client commands talk to the in-process app as alice (the TestClient is an httpx.Client
     on it), so CLI tests need no server."""
-    import api.cli.client as cli_client
-    from api.client import SkillkdClient
+    import cli.remote
+    from cli.client import SkillkdClient
 
     def in_process(url, api_key):
         c = SkillkdClient("http://testserver", "unused")
@@ -172,5 +172,5 @@ def cli_as_alice(client, alice, monkeypatch):
         return c
 
     client.headers.update(alice)
-    monkeypatch.setattr(cli_client, "client", in_process)
+    monkeypatch.setattr(cli.remote, "connect", in_process)
     return client

@@ -189,7 +189,7 @@ def service_env(settings_env: dict[str, str]) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """`python -m api.cli worker` in its own process group, so a test can SIGKILL parent and child."""
+    """`python -m cli worker` in its own process group, so a test can SIGKILL parent and child."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
@@ -197,7 +197,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         out = open(self.log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--loglevel", "INFO"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
                                      env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         return self

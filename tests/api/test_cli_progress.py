@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 
-from api.cli.client import JobProgressView, postfix
+from cli.progress import ProgressBars, postfix
 
 
 def job(stage: str, step: int, total: int, **metrics) -> dict:
@@ -16,9 +16,9 @@ def job(stage: str, step: int, total: int, **metrics) -> dict:
 
 def test_stage_two_bar_counts_to_its_total_after_a_first_poll_without_one():
     out = io.StringIO()
-    view = JobProgressView(file=out)
-    view.update(job("final_distill", 0, 0))  # stage_started: no total yet
-    view.update(job("final_distill", 40, 80, loss=0.5))
+    view = ProgressBars(file=out)
+    view.job(job("final_distill", 0, 0))  # stage_started: no total yet
+    view.job(job("final_distill", 40, 80, loss=0.5))
     assert view.bar.total == 80 and view.bar.n == 40
     view.close()
     assert "40/80" in out.getvalue()
@@ -26,8 +26,8 @@ def test_stage_two_bar_counts_to_its_total_after_a_first_poll_without_one():
 
 def test_a_stage_without_steps_shows_its_elapsed_time_not_zero_steps():
     out = io.StringIO()
-    view = JobProgressView(file=out)
-    view.update(job("export", 0, 0))
+    view = ProgressBars(file=out)
+    view.job(job("export", 0, 0))
     view.close()
     assert "export: 00:00" in out.getvalue() and "0step" not in out.getvalue()
 

@@ -81,10 +81,10 @@ def test_cli_submit_dry_run(cli_as_alice, client, alice, enqueuer, tmp_path):
     from click.testing import CliRunner
     from servicekit import make_teacher
 
-    from api.cli import build_cli
+    from cli import skillkd
 
     teacher, audio = make_teacher(tmp_path / "teacher"), make_audio(tmp_path / "audio")
-    result = CliRunner().invoke(build_cli(), ["submit", str(teacher), str(audio), "--stage1-steps", "5", "--dry-run"])
+    result = CliRunner().invoke(skillkd, ["submit", str(teacher), str(audio), "--stage1-steps", "5", "--dry-run"])
     assert result.exit_code == 0, (result.output, result.exception)
     estimate = json.loads(result.stdout)
     assert estimate["dry_run"] is True and "stage1_steps" in estimate["work"]  # (the fake engine's own steps)

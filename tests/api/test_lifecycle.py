@@ -82,10 +82,10 @@ def test_cancel_a_paused_job_removes_its_checkpoint(client, alice, teacher, data
 
 def test_cli_pause_resume_and_delete(cli_as_alice, client, alice, teacher, dataset, enqueuer):
     """The client commands against the in-process app (the TestClient's transport)."""
-    from api.cli import build_cli
+    from cli import skillkd
 
     job = create(client, alice, teacher, dataset).json()
-    cli, runner = build_cli(), CliRunner()
+    cli, runner = skillkd, CliRunner()
     result = runner.invoke(cli, ["pause", job["id"]])
     assert result.output.strip() == "paused", (result.output, result.exception)
     result = runner.invoke(cli, ["teachers", "delete", teacher["id"]])  # a paused job still needs it

@@ -96,7 +96,7 @@ def test_audio_too_short_for_training_fails_before_any_stage(tmp_path: Path, tin
 
 
 def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
-    from core.cli import cli
+    from cli import skillkd as cli
 
     audio = _write_audio(tmp_path / "audio", n=4)
     out = tmp_path / "run"

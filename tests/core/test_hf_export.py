@@ -135,7 +135,7 @@ def test_save_pretrained_round_trip_and_recompression(tmp_path: Path) -> None:
 
 
 def test_cli_export_hf_and_inspect(tmp_path: Path) -> None:
-    from core.cli import cli
+    from cli import skillkd as cli
     from core.export.student import save_student
 
     student = pruned_student(load_huggingface(_teacher(tmp_path, "hubert", True)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from core.cli import cli
+from cli import skillkd as cli
 from core.evaluation import count_macs
 from core.export.student import save_student
 from core.models import load_model

@@ -108,7 +108,7 @@ def test_spec_and_variant_lists() -> None:
 
 
 def test_export_cli_onnx_list_and_hf(tmp_path: Path) -> None:
-    from core.cli import cli
+    from cli import skillkd as cli
 
     student_dir = save_student(_pruned(tmp_path), tmp_path / "student")
     runner = CliRunner()

@@ -140,7 +140,7 @@ def test_bad_inputs_raise_engine_errors(tmp_path: Path, tiny_teacher_dir: Path, 
 
 
 def test_cli_compress_inspect_export(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
-    from core.cli import cli
+    from cli import skillkd as cli
 
     runner = CliRunner()
     out = tmp_path / "run"
@@ -170,6 +170,6 @@ def test_core_pipeline_does_not_import_the_service() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, core.pipeline, core.cli; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'redis') "
+    code = ("import sys, core.pipeline, cli.engine; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'redis') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

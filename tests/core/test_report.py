@@ -86,7 +86,7 @@ def test_cli_compress_prints_the_measured_speed(tmp_path: Path, tiny_teacher_dir
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from core.cli import cli
+    from cli import skillkd as cli
 
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "1")
     audio = _write_audio(tmp_path / "audio", n=4)

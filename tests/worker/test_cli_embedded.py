@@ -24,7 +24,7 @@ class Served:
         self.env = service_env({"SKILLKD_HOME": str(tmp / "home"), "SKILLKD_URL": self.url,
                                 "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1", **env_extra})
         self.log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port), *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(self.port), *args],
                                      env=self.env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         wait_for(self._up, timeout=60, interval=0.2, what="skillkd serve")
@@ -38,7 +38,7 @@ class Served:
             return False
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=self.env, cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, cwd=REPO, capture_output=True,
                               text=True, timeout=timeout)
 
     def stop(self) -> None:

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from conftest import write_dataset
 from transformers import HubertConfig, HubertModel
 
+from cli.evaluate import compare_command
 from core.errors import AudioError
-from core.evaluation.cli import compare_command
 from core.evaluation.compare import compare, write_split_view
 from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
 

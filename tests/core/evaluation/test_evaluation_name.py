@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from core.evaluation.cli import evaluate_command
+from cli.evaluate import evaluate_command
 from core.evaluation.run import default_name
 from tests.conftest import save_tiny_teacher
 

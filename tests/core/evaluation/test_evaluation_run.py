@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from conftest import make_tiny_model, tiny_hubert_config, write_dataset
 from transformers import HubertModel
 
+from cli.evaluate import evaluate_command
 from core.errors import AudioError
-from core.evaluation.cli import evaluate_command
 from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
 from core.evaluation.run import evaluate
 

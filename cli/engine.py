@@ -1,7 +1,7 @@
-"""Engine commands of the `skillkd` CLI: compress, analyze, inspect, export (+ evaluate, compare).
+"""Engine commands of `skillkd`: compress, analyze, inspect, export. They need no service.
 
-They need no service. The console script (`api.cli:main`) adds the service commands to this group. The spec
-options are generated from `CompressionSpec` (core/spec_options.py), the same for `skillkd submit`.
+The spec options of `compress` are generated from `CompressionSpec` (cli/spec_options.py), the same for
+`skillkd submit`.
 """
 
 from __future__ import annotations
@@ -17,66 +17,15 @@ from typing import Any
 
 import click
 
+import core
+from cli.errors import fail
+from cli.progress import ProgressBars
+from cli.spec_options import build_spec, parse_clusters, spec_options
 from core.errors import SkillkdError, StopRequested
-from core.events import Event
-from core.spec_options import build_spec, parse_clusters, spec_options
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-DEMO_TEACHER = PACKAGE_DIR / "assets" / "demo-teacher"
-DEMO_AUDIO = PACKAGE_DIR / "assets" / "demo-audio"
-
-
-def _fail(exc: SkillkdError) -> None:
-    click.echo(f"error [{exc.code}]: {exc.message}", err=True)
-    sys.exit(2 if exc.code in ("spec_invalid", "teacher_invalid", "audio_invalid") else 1)
-
-
-class ProgressPrinter:
-    """Turns engine events into one tqdm bar per stage (stderr), or JSON lines with --json."""
-
-    def __init__(self, json_lines: bool = False, quiet: bool = False) -> None:
-        self.json_lines = json_lines
-        self.quiet = quiet
-        self.bar: Any = None
-        self.stage = ""
-
-    def __call__(self, event: Event) -> None:
-        if self.quiet:
-            return
-        if self.json_lines:
-            click.echo(json.dumps({"event": event.to_dict()}, default=str), err=True)
-            return
-        from tqdm import tqdm
-
-        if event.kind == "stage_started":
-            self.close()
-            self.stage = event.stage
-            click.echo(f"» {event.stage}", err=True)
-        elif event.kind == "progress":
-            if self.bar is None or self.stage != event.stage:
-                self.close()
-                self.stage = event.stage
-                self.bar = tqdm(total=event.total, desc=event.stage, unit="step", file=sys.stderr,
-                                dynamic_ncols=True, leave=True)
-            self.bar.n = event.step
-            m = event.metrics
-            post: dict[str, str] = {k: f"{m[k]:.3f}" for k in ("distill", "sparsity", "target_sparsity") if k in m}
-            if "lambda1" in m:
-                post["λ1"] = f"{m['lambda1']:.2f}"
-            if post:
-                self.bar.set_postfix(post, refresh=False)
-            self.bar.refresh()
-        elif event.kind == "clusters":
-            click.echo(f"  clusters: {event.metrics.get('clusters')}", err=True)
-        elif event.kind in ("log", "skipped_audio"):
-            click.echo(f"  {event.message}", err=True)
-        elif event.kind == "stage_finished":
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+ASSETS = Path(core.__file__).resolve().parent / "assets"
+DEMO_TEACHER = ASSETS / "demo-teacher"
+DEMO_AUDIO = ASSETS / "demo-audio"
 
 
 def _stop_on_sigint() -> Callable[[], bool]:
@@ -93,13 +42,7 @@ def _stop_on_sigint() -> Callable[[], bool]:
     return lambda: state["stop"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="skillkd", prog_name="skillkd")
-def cli() -> None:
-    """skillkd: compress speech SSL encoders (WavLM, HuBERT, wav2vec 2.0) with SKILL / DPHuBERT."""
-
-
-@cli.command()
+@click.command()
 @click.argument("teacher", required=False, type=click.Path(path_type=Path))
 @click.argument("audio", required=False, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -108,13 +51,16 @@ def cli() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @click.option("--calibration-audio", type=click.Path(path_type=Path), default=None,
               help="Separate audio for CKA calibration (default: AUDIO).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout; events as JSON lines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the result as JSON on stdout; events as JSON lines.")
 @click.option("--quiet", is_flag=True)
-@click.option("--dry-run", is_flag=True, help="Check the inputs as a real run would, then print the teacher's and "
-              "the target student's size, the work and an estimated time from a few timed steps; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the inputs as a real run would, then print the teacher's and the target student's "
+                   "size, the work and an estimated time from a few timed steps; write nothing.")
 @spec_options
 def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: bool, resume: bool,
-             calibration_audio: Path | None, as_json: bool, quiet: bool, dry_run: bool, **spec_kw: Any) -> None:
+             calibration_audio: Path | None, as_json: bool, quiet: bool, dry_run: bool,
+             **spec_kw: Any) -> None:
     """Compress TEACHER (a Hugging Face directory) using the audio in AUDIO (a directory or manifest)."""
     if demo:
         teacher = teacher or DEMO_TEACHER
@@ -133,22 +79,21 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
         raise click.UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     from core.pipeline import run
 
-    printer = ProgressPrinter(json_lines=as_json, quiet=quiet)
+    bars = ProgressBars(json_lines=as_json, quiet=quiet)
     should_stop = _stop_on_sigint()
     started = time.monotonic()
     try:
-        result = run(spec, teacher, audio, out, calibration_audio=calibration_audio, on_event=printer,
+        result = run(spec, teacher, audio, out, calibration_audio=calibration_audio, on_event=bars,
                      should_stop=should_stop)
     except StopRequested as exc:
-        printer.close()
+        bars.close()
         click.echo(f"{exc.message}\nresume with: skillkd compress {teacher} {audio} --out {out} --resume "
                    "(and the same options)", err=True)
         sys.exit(130)
     except SkillkdError as exc:
-        printer.close()
-        _fail(exc)
-        return
-    printer.close()
+        bars.close()
+        fail(exc)
+    bars.close()
     report = result.report
     summary = {
         "student": str(result.export_dir), "report": str(result.export_dir / "report.json"),
@@ -170,7 +115,8 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
                    f"{summary['achieved_sparsity']:.3f})\nclusters: {summary['clusters']}\n"
                    f"time:    {summary['seconds']} s")
         if speed:
-            # formatted from the unrounded figures: rounding twice (3 places, then 2) can differ from the report
+            # formatted from the unrounded figures: rounding twice (3 places, then 2) can differ from the
+            # report
             faster = (f", {speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread (measured, "
                       f"{speed['protocol']['utterance_seconds']:g} s utterance)" if "cpu_1_thread" in speed
                       else "")
@@ -181,17 +127,16 @@ def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | No
              quiet: bool) -> None:
     from core.estimate import estimate, render
 
-    printer = ProgressPrinter(json_lines=as_json, quiet=quiet)
+    bars = ProgressBars(json_lines=as_json, quiet=quiet)
     try:
-        result = estimate(spec, teacher, audio, calibration_audio=calibration_audio, on_event=printer)
+        result = estimate(spec, teacher, audio, calibration_audio=calibration_audio, on_event=bars)
     except SkillkdError as exc:
-        printer.close()
-        _fail(exc)
-        return
+        bars.close()
+        fail(exc)
     click.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
-@cli.command()
+@click.command()
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.argument("audio", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True)
@@ -204,7 +149,8 @@ def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | No
 @click.option("--json", "as_json", is_flag=True)
 def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, non_contiguous: bool,
             calibration_utterances: int, calibration_seconds: float, device: str, as_json: bool) -> None:
-    """Measure linear CKA between all of TEACHER's layers on AUDIO and cluster them (plots + clusters.json)."""
+    """Measure linear CKA between all of TEACHER's layers on AUDIO and cluster them (plots +
+    clusters.json)."""
     from pydantic import ValidationError
 
     from core.calibrate.stage import calibrate
@@ -219,17 +165,16 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
                                calibration_seconds=calibration_seconds, device=device)
     except (ValidationError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
-    printer = ProgressPrinter(json_lines=as_json)
+    bars = ProgressBars(json_lines=as_json)
     try:
         dev = select_device(spec.device)
         model = load_model(teacher).to(dev)
         catalog = scan_audio(audio)
-        info = calibrate(spec, model, catalog, out, dev, printer, _stop_on_sigint())
+        info = calibrate(spec, model, catalog, out, dev, bars, _stop_on_sigint())
     except SkillkdError as exc:
-        printer.close()
-        _fail(exc)
-        return
-    printer.close()
+        bars.close()
+        fail(exc)
+    bars.close()
     result = {"clusters": info["clusters"], "cka_png": str(out / "cka.png"),
               "clusters_json": str(out / "clusters.json"), "utterances": info["utterances"],
               "audio_seconds": round(info["audio_seconds"], 1)}
@@ -241,14 +186,16 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
                    f"{result['audio_seconds']} s of audio)")
 
 
-@cli.command()
+@click.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True, max=600), default=10.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True, max=600), default=10.0,
+              show_default=True,
               help="Utterance length the MACs are counted for (attention grows with its square).")
 @click.option("--json", "as_json", is_flag=True)
 def inspect(path: Path, seconds: float, as_json: bool) -> None:
     """Print the architecture of a teacher or an exported student, per layer, with parameter counts and
-    multiply-accumulates per second of audio (for a SECONDS-long utterance: attention grows with its square)."""
+    multiply-accumulates per second of audio (for a SECONDS-long utterance: attention grows with its
+    square)."""
     from core.evaluation.run import format_count
     from core.models import is_student_dir, load_model
 
@@ -256,8 +203,7 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
         model = load_model(path)
         macs = model.macs_by_part(seconds)
     except SkillkdError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     except ValueError as exc:  # an utterance shorter than one frame
         raise click.BadParameter(str(exc), param_hint="--seconds") from None
     cfg = model.config
@@ -267,8 +213,10 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
         ffn = sum(p.numel() for p in layer.feed_forward.parameters())
         layers.append({"layer": i + 1, "heads": layer.attention.num_heads, "ffn": layer.feed_forward.ffn_dim,
                        "attention_params": att, "ffn_params": ffn,
-                       "attention_macs_per_second": layer_macs["attention"], "ffn_macs_per_second": layer_macs["ffn"]})
-    conv = [{"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride, "macs_per_second": m}
+                       "attention_macs_per_second": layer_macs["attention"],
+                       "ffn_macs_per_second": layer_macs["ffn"]})
+    conv = [{"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride,
+             "macs_per_second": m}
             for i, (c, m) in enumerate(zip(cfg.conv, macs["conv"]))]
     by_part = {"conv": sum(macs["conv"]), "feature_projection": macs["feature_projection"],
                "positional_conv": macs["positional_conv"],
@@ -287,16 +235,19 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
     click.echo(f"{info['kind']} {cfg.architecture} ({info['layout']} layout), hidden {cfg.hidden_size}, "
                f"{info['num_params']:,} parameters, {format_count(total)} MACs per second of audio "
                f"({seconds:g} s utterance)")
-    labels = {"conv": "conv", "feature_projection": "feature projection", "positional_conv": "positional conv",
+    labels = {"conv": "conv", "feature_projection": "feature projection",
+              "positional_conv": "positional conv",
               "attention": "attention", "ffn": "FFN"}
     click.echo("MACs by part: " + ", ".join(f"{labels[name]} {format_count(value)} "
-                                            f"({100 * value / max(total, 1e-9):.1f}%)" for name, value in by_part.items()))
+                                            f"({100 * value / max(total, 1e-9):.1f}%)"
+                                            for name, value in by_part.items()))
     click.echo(f"conv extractor ({info['feature_extractor_params']:,} params):")
     click.echo(f"{'conv':>5} {'channels':>8} {'kernel':>6} {'stride':>6} {'MACs/s':>9}")
     for c in conv:
         click.echo(f"{c['layer']:>5} {c['channels']:>8} {c['kernel']:>6} {c['stride']:>6} "
                    f"{format_count(c['macs_per_second']):>9}")
-    click.echo(f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12} {'attn MACs/s':>12} "
+    click.echo(f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12} "
+               f"{'attn MACs/s':>12} "
                f"{'ffn MACs/s':>11}")
     for row in layers:
         click.echo(f"{row['layer']:>5} {row['heads']:>5} {row['ffn']:>6} {row['attention_params']:>12,} "
@@ -304,7 +255,7 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
                    f"{format_count(row['ffn_macs_per_second']):>11}")
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["hf"]), default=None,
               help="hf: a transformers model directory (AutoModel with trust_remote_code=True) in --out.")
@@ -353,10 +304,10 @@ def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path
         if hf_dir is not None and variants:
             shutil.rmtree(onnx_dir, ignore_errors=True)
             if "onnx" in info:
-                info["onnx"]["files"] = {v: str(hf_dir / "onnx" / ONNX_FILES[v]) for v in info["onnx"]["files"]}
+                info["onnx"]["files"] = {v: str(hf_dir / "onnx" / ONNX_FILES[v])
+                                         for v in info["onnx"]["files"]}
     except SkillkdError as exc:
-        _fail(exc)
-        return
+        fail(exc)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -375,17 +326,6 @@ def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path
         click.echo(f"note: {note}")
 
 
-def _register_evaluation() -> None:
-    try:
-        from core.evaluation.cli import compare_command, evaluate_command
-    except ImportError:  # pragma: no cover - evaluation is part of the package; keep the CLI usable if broken
-        return
-    cli.add_command(evaluate_command, "evaluate")
-    cli.add_command(compare_command, "compare")
+COMMANDS = (compress, analyze, inspect, export_cmd)
 
-
-_register_evaluation()
-
-
-def main() -> None:  # pragma: no cover
-    cli()
+__all__ = ["COMMANDS", "DEMO_AUDIO", "DEMO_TEACHER", "compress", "analyze", "inspect", "export_cmd"]

@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from api.cli.client import fail, follow
-from api.cli.server import package_env
+from cli.errors import fail
+from cli.remote import follow
+from cli.server import package_env
 
 
 @click.command()
@@ -24,7 +25,8 @@ from api.cli.server import package_env
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
               help="Where the downloaded student goes.")
 @click.option("--port", type=int, default=0, help="API port (default: a free one).")
-@click.option("--stage1-steps", type=int, default=None, help="Override the quick preset (e.g. for a smoke run).")
+@click.option("--stage1-steps", type=int, default=None,
+              help="Override the quick preset (e.g. for a smoke run).")
 @click.option("--stage2-steps", type=int, default=None)
 def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_steps: int | None) -> None:
     """The whole product on one machine: start the embedded service (SQLite, no servers), submit the bundled
@@ -34,8 +36,8 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
 
     import httpx
 
-    from api.client import ClientError, SkillkdClient
-    from core.cli import DEMO_AUDIO, DEMO_TEACHER
+    from cli.client import ClientError, SkillkdClient
+    from cli.engine import DEMO_AUDIO, DEMO_TEACHER
     from core.models import load_student
 
     if not port:
@@ -49,7 +51,7 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
     env.pop("SKILLKD_DATABASE_URL", None)
     env.pop("SKILLKD_BROKER_URL", None)
     log = open(home / "serve.log", "ab")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], env=env,
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     click.echo(f"started the embedded service at {url} (home {home}, log {home / 'serve.log'}); "
@@ -58,7 +60,8 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
         deadline = time.monotonic() + 120
         while True:
             if server.poll() is not None:
-                raise click.ClickException(f"the service exited (code {server.returncode}); see {home / 'serve.log'}")
+                raise click.ClickException(f"the service exited (code {server.returncode}); "
+                                           f"see {home / 'serve.log'}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
@@ -86,7 +89,8 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
                 final = follow(client, job["id"])
                 if final["status"] != "succeeded":
                     err = final.get("error") or {}
-                    raise click.ClickException(f"job {final['status']}: {err.get('code')}: {err.get('message')}")
+                    raise click.ClickException(
+                        f"job {final['status']}: {err.get('code')}: {err.get('message')}")
                 out.mkdir(parents=True, exist_ok=True)
                 archive = client.download(job["id"], "model", out / "student.zip")  # sha256 checked
             except ClientError as exc:
@@ -97,9 +101,9 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
         candidates = sorted(p.parent for p in out.rglob("config.json"))
         student = load_student(candidates[0])
         report = json.loads((candidates[0] / "report.json").read_text())
-        t = report["teacher"]["num_params"]
-        click.echo(f"\nstudent: {candidates[0]} (sha256 verified, loaded: {student.num_params():,} parameters, "
-                   f"{100 * student.num_params() / t:.1f}% of the teacher's {t:,})\n"
+        t, n = report["teacher"]["num_params"], student.num_params()
+        click.echo(f"\nstudent: {candidates[0]} (sha256 verified, loaded: {n:,} parameters, "
+                   f"{100 * n / t:.1f}% of the teacher's {t:,})\n"
                    f"report:  {candidates[0] / 'report.json'}\nclusters: {report['clusters']}")
     finally:
         # The service and its worker share one process group: stop both, then make sure nothing is left.

@@ -1,68 +1,29 @@
-"""`skillkd evaluate` and `skillkd compare`: the evaluation engine behind two click commands.
+"""`skillkd evaluate` and `skillkd compare`: the evaluation engine (core.evaluation) behind two click
+commands.
 
-Progress goes to stderr as tqdm bars (one per phase: extraction of a model, each probe, each compression
-stage); stdout carries only the result (markdown summary, or JSON with --json), so it can be piped.
+Progress goes to stderr as tqdm bars (cli/progress.py; one per phase: extraction of a model, each probe, each
+compression stage); stdout carries only the result (markdown summary, or JSON with --json), so it can be
+piped. The engine (and torch) is imported inside the commands, so `skillkd --help` and the service commands
+stay light.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from cli.errors import fail
+from cli.progress import ProgressBars
 from core.errors import SkillkdError
-from core.evaluation.dataset import TASKS
-from core.evaluation.probes import PhoneProbeConfig
-from core.events import Event
-
-_INPUT_ERRORS = ("spec_invalid", "teacher_invalid", "audio_invalid")
-
-
-class EventBars:
-    """Engine events -> one tqdm bar per (stage, message) phase on stderr; logs as plain lines."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.bar: Any = None
-        self.key: tuple[str, str] | None = None
-
-    def __call__(self, event: Event) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
-
-        if event.kind == "progress":
-            key = (event.stage, event.message)
-            if self.bar is None or key != self.key:
-                self.close()
-                self.key = key
-                self.bar = tqdm(total=event.total or None, desc=event.message or event.stage, file=sys.stderr,
-                                dynamic_ncols=True, leave=False)
-            self.bar.n = event.step
-            if "loss" in event.metrics:
-                self.bar.set_postfix(loss=f"{event.metrics['loss']:.3f}", refresh=False)
-            self.bar.refresh()
-        elif event.kind == "stage_started":
-            self.close()
-            click.echo(f"» {event.stage}", err=True)
-        elif event.kind in ("log", "skipped_audio"):
-            self.close()
-            click.echo(f"  {event.message}", err=True)
-        elif event.kind == "stage_finished":
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-            self.key = None
 
 
 def _tasks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from core.evaluation.dataset import TASKS
+
     tasks = tuple(t.strip() for t in value.split(",") if t.strip())
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
@@ -79,19 +40,14 @@ def _methods(ctx: click.Context, param: click.Parameter, value: str) -> list[str
     return methods
 
 
-def _fail(exc: SkillkdError) -> NoReturn:
-    click.echo(f"error [{exc.code}]: {exc.message}", err=True)
-    sys.exit(2 if exc.code in _INPUT_ERRORS else 1)
-
-
-def _run(bars: EventBars, work: Callable[[], Any]) -> Any:
+def _run(bars: ProgressBars, work: Callable[[], Any]) -> Any:
     """Run `work` with progress bars; engine errors become one line and an exit status, bad values a usage
     error (never a traceback)."""
     try:
         return work()
     except SkillkdError as exc:
         bars.close()
-        _fail(exc)
+        fail(exc)
     except ValueError as exc:  # a bad option value the engine refused (e.g. a spec field out of range)
         bars.close()
         raise click.UsageError(str(exc)) from exc
@@ -107,7 +63,8 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.argument("dataset", type=_PATH)
 @click.option("--tasks", default="pr,sid", show_default=True, callback=_tasks,
               help="Comma-separated: pr (phonemes), sid (speakers).")
-@click.option("--phone-field", default="arpabet", show_default=True, help="Manifest field holding the phones.")
+@click.option("--phone-field", default="arpabet", show_default=True,
+              help="Manifest field holding the phones.")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--test-split", default="test", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Probe initialisation and shuffling.")
@@ -117,21 +74,25 @@ _PATH = click.Path(exists=True, path_type=Path)
 @click.option("--teacher", type=_PATH, default=None, help="Also report CKA to this teacher per cluster.")
 @click.option("--head", type=click.Choice(["linear", "lstm"]), default="linear", show_default=True,
               help="PR probe head: linear, or one BiLSTM layer of 128.")
-@click.option("--device", default="auto", show_default=True, help="Feature extraction device: auto, cpu, cuda.")
-@click.option("--per-layer", is_flag=True, help="Also the SID accuracy of each representation alone (one probe "
-              "per layer): where speaker identity lives.")
-@click.option("--name", default=None, help="The model's name in the results [default: for a student, teacher, "
-              "method and size from its report.json, e.g. 'hubert-mini SKILL 2.9M'; else the folder name].")
+@click.option("--device", default="auto", show_default=True,
+              help="Feature extraction device: auto, cpu, cuda.")
+@click.option("--per-layer", is_flag=True,
+              help="Also the SID accuracy of each representation alone (one probe per layer): where speaker "
+                   "identity lives.")
+@click.option("--name", default=None,
+              help="The model's name in the results [default: for a student, teacher, method and size from "
+                   "its report.json, e.g. 'hubert-mini SKILL 2.9M'; else the folder name].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def evaluate_command(
-    model: Path, dataset: Path, tasks: tuple[str, ...], phone_field: str, train_split: str, test_split: str, seed: int,
-    out_dir: Path, fbank: bool, teacher: Path | None, head: str, device: str, per_layer: bool, name: str | None,
-    as_json: bool,
+    model: Path, dataset: Path, tasks: tuple[str, ...], phone_field: str, train_split: str, test_split: str,
+    seed: int, out_dir: Path, fbank: bool, teacher: Path | None, head: str, device: str, per_layer: bool,
+    name: str | None, as_json: bool,
 ) -> None:
     """Probe MODEL (a teacher or an exported student) on DATASET: phoneme recognition and speaker ID."""
+    from core.evaluation.probes import PhoneProbeConfig
     from core.evaluation.run import evaluate, render_markdown
 
-    bars = EventBars()
+    bars = ProgressBars(leave=False, unit="it")
     result = _run(bars, lambda: evaluate(
         model, dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
         test_split=test_split, seed=seed, out_dir=out_dir, include_fbank=fbank, teacher=teacher, name=name,
@@ -148,32 +109,36 @@ def evaluate_command(
               help="Comma-separated methods.")
 @click.option("--sparsity", type=float, default=0.75, show_default=True)
 @click.option("--budgets", default=None,
-              help="Compare size budgets instead of one sparsity: ';'-separated, each ','-separated spec targets, "
+              help="Compare size budgets instead of one sparsity: ';'-separated, each ','-separated spec "
+                   "targets, "
                    "e.g. 'sparsity=0.75;macs_sparsity=0.75;sparsity=0.75,macs_sparsity=0.75'.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Runs per method, seeds 0..N-1 (compression and probes).")
 @click.option("--preset", type=click.Choice(["quick", "paper"]), default="quick", show_default=True)
 @click.option("--stage1-steps", type=int, default=None)
 @click.option("--stage2-steps", type=int, default=None)
-@click.option("--clusters", default=None, help="SKILL's k (default 4) or 'auto'; DPHuBERT keeps its fixed layers.")
+@click.option("--clusters", default=None,
+              help="SKILL's k (default 4) or 'auto'; DPHuBERT keeps its fixed layers.")
 @click.option("--tasks", default="pr,sid", show_default=True, callback=_tasks)
 @click.option("--phone-field", default="arpabet", show_default=True)
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--test-split", default="test", show_default=True)
 @click.option("--compress-split", default=None, help="The split compression sees [default: the train split]; "
-              "e.g. 'compress' on a held-out-speakers view (bench/heldout_speakers.py), whose probes then run "
+              "e.g. 'compress' on a held-out-speakers view (bench/heldout_speakers.py), whose probes then "
+              "run "
               "on speakers no compression saw.")
-@click.option("--per-layer", is_flag=True, help="Also the SID accuracy of each representation alone, per model.")
+@click.option("--per-layer", is_flag=True,
+              help="Also the SID accuracy of each representation alone, per model.")
 @click.option("--fbank/--no-fbank", default=True, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="Directory for runs/, comparison.json, comparison.md and comparison.png.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison JSON on stdout.")
 def compare_command(
-    teacher: Path, dataset: Path, methods: list[str], sparsity: float, budgets: str | None, seeds: int, preset: str,
-    stage1_steps: int | None, stage2_steps: int | None, clusters: str | None, tasks: tuple[str, ...], phone_field: str, train_split: str,
-    test_split: str, compress_split: str | None, per_layer: bool, fbank: bool, device: str, out_dir: Path,
-    as_json: bool,
+    teacher: Path, dataset: Path, methods: list[str], sparsity: float, budgets: str | None, seeds: int,
+    preset: str, stage1_steps: int | None, stage2_steps: int | None, clusters: str | None,
+    tasks: tuple[str, ...], phone_field: str, train_split: str, test_split: str, compress_split: str | None,
+    per_layer: bool, fbank: bool, device: str, out_dir: Path, as_json: bool,
 ) -> None:
     """Compress TEACHER with each method and seed on DATASET's train split (or --compress-split); probe all
     models alike."""
@@ -182,7 +147,7 @@ def compare_command(
     overrides: dict[str, Any] = {}
     if clusters is not None:
         overrides["clusters"] = int(clusters) if clusters.strip().isdigit() else clusters.strip()
-    bars = EventBars()
+    bars = ProgressBars(leave=False, unit="it")
     budget_list = _run(bars, lambda: parse_budgets(budgets)) if budgets else None
     result = _run(bars, lambda: compare(
         teacher, dataset, out_dir=out_dir, methods=methods, sparsity=sparsity, seeds=seeds, preset=preset,
@@ -193,4 +158,6 @@ def compare_command(
     click.echo(json.dumps(result, indent=2, default=str) if as_json else render_comparison(result))
 
 
-__all__ = ["EventBars", "compare_command", "evaluate_command"]
+COMMANDS = (evaluate_command, compare_command)
+
+__all__ = ["COMMANDS", "compare_command", "evaluate_command"]

@@ -1,7 +1,8 @@
 """Server-side commands (run on the service's machine): `serve`, `worker`, `migrate`, `keys`.
 
-`skillkd worker` starts Celery on `worker.celery_app` as a command line (like docker-compose does), so the API
-package never imports the worker's code.
+`skillkd worker` starts Celery on `worker.celery_app` as a command line (like docker-compose does), and
+`skillkd serve` starts its embedded worker as `python -m cli worker`, so the CLI never imports the worker's
+code.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def settings() -> Any:
 def package_env() -> dict[str, str]:
     """The environment for a child process, with this checkout importable."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent.parent)
+    root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -63,7 +64,7 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
     if worker:
         # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
         # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
-        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=package_env(),
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=package_env(),
                                 start_new_session=True, preexec_fn=die_with_parent)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end
     # this process before the `finally` below stops the worker. A no-op handler lets the cleanup run.
@@ -169,7 +170,8 @@ def keys_list() -> None:
     with _session() as session:
         for key, owner in list_keys(session):
             state = "revoked" if key.revoked_at else "active"
-            click.echo(f"{key.id}  {key.prefix}...  {owner.name}{' (admin)' if owner.is_admin else ''}  {state}  {key.name}")
+            admin = " (admin)" if owner.is_admin else ""
+            click.echo(f"{key.id}  {key.prefix}...  {owner.name}{admin}  {state}  {key.name}")
 
 
 @keys.command("revoke")
@@ -188,4 +190,5 @@ def keys_revoke(key: str) -> None:
 
 COMMANDS = (serve, worker_cmd, migrate, keys)
 
-__all__ = ["COMMANDS", "serve", "worker_cmd", "migrate", "keys", "package_env", "settings", "ensure_admin_key"]
+__all__ = ["COMMANDS", "serve", "worker_cmd", "migrate", "keys", "package_env", "settings",
+           "ensure_admin_key"]

@@ -3,14 +3,14 @@
 
 The service URL and API key come from `service.settings.ClientSettings` (SKILLKD_URL, SKILLKD_API_KEY) or
 `--url` / `--api-key`; on the machine running `skillkd serve`, its admin key ($SKILLKD_HOME/admin.key) is used
-when no key is given. The spec options are generated from `CompressionSpec` (core/spec_options.py), the same
-as `skillkd compress`.
+when no key is given. The spec options are generated from `CompressionSpec` (cli/spec_options.py), the same
+as `skillkd compress`. The HTTP client (cli/client.py, on httpx) is imported inside the commands, so the
+engine commands do not load it.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +18,15 @@ from typing import Any
 
 import click
 
-from core.spec_options import build_spec, spec_options
+from cli.errors import fail
+from cli.progress import ProgressBars
+from cli.spec_options import build_spec, spec_options
 
 
-def client(url: str | None, api_key: str | None) -> Any:
-    from api.client import SkillkdClient
+def connect(url: str | None, api_key: str | None) -> Any:
+    """A client of the service at `url` (or SKILLKD_URL) with `api_key` (or SKILLKD_API_KEY, or the admin key
+    of a `skillkd serve` on this machine)."""
+    from cli.client import SkillkdClient
     from service.settings import ClientSettings
 
     cs = ClientSettings()
@@ -32,18 +36,16 @@ def client(url: str | None, api_key: str | None) -> Any:
         if key_file.is_file():
             key = key_file.read_text().strip()
     if not key:
-        raise click.UsageError("no API key: set SKILLKD_API_KEY or pass --api-key (create one with `skillkd keys create`)")
+        raise click.UsageError("no API key: set SKILLKD_API_KEY or pass --api-key (create one with "
+                               "`skillkd keys create`)")
     return SkillkdClient(url or cs.url, key)
 
 
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--api-key", default=None, help="API key [default: SKILLKD_API_KEY]")(f)
-    f = click.option("--url", default=None, help="service URL [default: SKILLKD_URL or http://127.0.0.1:8000]")(f)
+    f = click.option("--url", default=None,
+                     help="service URL [default: SKILLKD_URL or http://127.0.0.1:8000]")(f)
     return f
-
-
-def fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc))
 
 
 def _base_spec(spec_json: str | None) -> dict[str, Any]:
@@ -63,7 +65,8 @@ def _base_spec(spec_json: str | None) -> dict[str, Any]:
 @click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("audio_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@click.option("--spec", "spec_json", default=None, help="spec as JSON, or @file.json (options below override it)")
+@click.option("--spec", "spec_json", default=None,
+              help="spec as JSON, or @file.json (options below override it)")
 @click.option("--idempotency-key", default=None)
 @click.option("--wait", is_flag=True, help="follow progress until the job ends; exit 1 unless it succeeded")
 @click.option("--dry-run", is_flag=True, help="upload, then print the service's estimate (JSON) instead of "
@@ -74,10 +77,10 @@ def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_js
            idempotency_key: str | None, wait: bool, dry_run: bool, url: str | None, api_key: str | None,
            **spec_kw: Any) -> None:
     """Upload TEACHER_DIR and AUDIO_DIR, create a job, print its id (and follow it with --wait)."""
-    from api.client import ClientError
+    from cli.client import ClientError
 
     spec = build_spec(spec_kw, _base_spec(spec_json)).model_dump(mode="json", exclude_defaults=True)
-    with client(url, api_key) as c:
+    with connect(url, api_key) as c:
         try:
             teacher = c.upload_directory("teachers", teacher_dir)
             click.echo(f"teacher {teacher['id']}: {teacher['architecture']} {teacher['layout']}, "
@@ -101,88 +104,15 @@ def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_js
                 raise click.ClickException(f"job {final['status']}: {err.get('code')}: {err.get('message')}")
 
 
-def _count(value: Any) -> str:
-    """12345678 -> '12.3M'."""
-    value = float(value)
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
-
-
-def postfix(stage: str | None, metrics: dict[str, Any]) -> dict[str, str]:
-    """What a compression user watches on a stage's bar: in stage 1 the achieved vs target sparsity, the
-    expected parameters (and MACs when the engine reports them) and the multiplier λ; the loss elsewhere."""
-    out: dict[str, str] = {}
-    loss = metrics.get("distill", metrics.get("loss"))
-    if loss is not None:
-        out["loss"] = f"{float(loss):.4g}"
-    if stage == "distill_prune":
-        if "sparsity" in metrics:
-            target = metrics.get("target_sparsity")
-            out["sparsity"] = f"{float(metrics['sparsity']):.3f}" + (f"→{float(target):.3f}" if target is not None else "")
-        if "expected_params" in metrics:
-            out["params"] = _count(metrics["expected_params"])
-        if "expected_macs" in metrics:
-            out["MACs/s"] = _count(metrics["expected_macs"])
-        if "macs_sparsity" in metrics:
-            target = metrics.get("target_macs_sparsity")
-            out["MACs sparsity"] = (f"{float(metrics['macs_sparsity']):.3f}"
-                                    + (f"→{float(target):.3f}" if target is not None else ""))
-        if "lambda1" in metrics:
-            out["λ"] = f"{float(metrics['lambda1']):.3g}"
-    return out
-
-
-class JobProgressView:
-    """One tqdm bar per stage from polled job JSON. A bar is (re)made when the stage changes or when its total
-    becomes known, so a stage whose first poll saw no total (the stage_started row) still gets a bar that
-    counts to its total instead of an open-ended `0it`."""
-
-    def __init__(self, file: Any = None) -> None:
-        self.file = file if file is not None else sys.stderr
-        self.bar: Any = None
-        self.stage: str | None = None
-        self.total: int | None = None
-
-    def update(self, job: dict[str, Any]) -> None:
-        from tqdm import tqdm
-
-        progress = job.get("progress") or {}
-        stage = progress.get("stage") or job.get("stage")
-        total = int(progress.get("total_steps") or 0) or None
-        if stage != self.stage or (total is not None and total != self.total):
-            if stage != self.stage:
-                self.close()
-            elif self.bar is not None:  # same stage, total now known: replace the open-ended bar
-                self.bar.leave = False
-                self.close()
-            self.stage, self.total = stage, total
-            # a stage without steps (finalize, export) or whose total is not known yet shows its elapsed time,
-            # not an open-ended "0step [00:09, ?step/s]"
-            fmt = None if total is not None else "{desc}: {elapsed}"
-            self.bar = tqdm(total=total, desc=stage or job["status"], unit="step", file=self.file, leave=True,
-                            dynamic_ncols=True, bar_format=fmt)
-        if self.bar is not None:
-            self.bar.n = int(progress.get("step") or 0)
-            self.bar.set_postfix(postfix(stage, progress.get("metrics") or {}), refresh=False)
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def follow(c: Any, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
     from service.models import TERMINAL_STATUSES
 
-    view = JobProgressView()
+    bars = ProgressBars()
     while True:
         job = c.get_job(job_id)
-        view.update(job)
+        bars.job(job)
         if job["status"] in TERMINAL_STATUSES or job["status"] == "paused":
-            view.close()
+            bars.close()
             click.echo(f"{job_id}: {job['status']}", err=True)
             return job
         time.sleep(poll_s)
@@ -194,9 +124,9 @@ def follow(c: Any, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
 @client_options
 def status(job_id: str | None, status_filter: str | None, url: str | None, api_key: str | None) -> None:
     """Show one job (JSON), or list jobs."""
-    from api.client import ClientError
+    from cli.client import ClientError
 
-    with client(url, api_key) as c:
+    with connect(url, api_key) as c:
         try:
             if job_id:
                 click.echo(json.dumps(c.get_job(job_id), indent=2))
@@ -210,9 +140,11 @@ def status(job_id: str | None, status_filter: str | None, url: str | None, api_k
 
 
 def _event_line(e: dict[str, Any]) -> str:
-    metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (e.get("metrics") or {}).items())
+    metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in (e.get("metrics") or {}).items())
     step = f"{e['step']}/{e['total']}" if e.get("total") else ""
-    return f"{e['created_at']}  {e['kind']:<14} {e['stage']:<14} {step:>9}  {metrics} {e.get('message', '')}".rstrip()
+    return (f"{e['created_at']}  {e['kind']:<14} {e['stage']:<14} {step:>9}  {metrics} "
+            f"{e.get('message', '')}").rstrip()
 
 
 @click.command()
@@ -221,9 +153,9 @@ def _event_line(e: dict[str, Any]) -> str:
 @client_options
 def logs(job_id: str, follow_: bool, url: str | None, api_key: str | None) -> None:
     """Print a job's events."""
-    from api.client import ClientError
+    from cli.client import ClientError
 
-    with client(url, api_key) as c:
+    with connect(url, api_key) as c:
         try:
             if follow_:
                 for kind, data in c.stream_events(job_id):
@@ -246,9 +178,9 @@ def _job_action(name: str, doc: str) -> click.Command:
     @click.argument("job_id")
     @client_options
     def command(job_id: str, url: str | None, api_key: str | None) -> None:
-        from api.client import ClientError
+        from cli.client import ClientError
 
-        with client(url, api_key) as c:
+        with connect(url, api_key) as c:
             try:
                 click.echo(c.job_action(job_id, name)["status"])
             except ClientError as exc:
@@ -258,7 +190,8 @@ def _job_action(name: str, doc: str) -> click.Command:
 
 
 cancel = _job_action("cancel", "Cancel a job (queued or paused: at once; running: at the next stop check).")
-pause = _job_action("pause", "Pause a job (queued: at once; running: at its next checkpoint, freeing its worker).")
+pause = _job_action("pause",
+                    "Pause a job (queued: at once; running: at its next checkpoint, freeing its worker).")
 resume = _job_action("resume", "Resume a paused job: queued again, it continues from its last checkpoint.")
 
 
@@ -269,10 +202,10 @@ resume = _job_action("resume", "Resume a paused job: queued again, it continues 
 @client_options
 def download(job_id: str, names: tuple[str, ...], output: Path, url: str | None, api_key: str | None) -> None:
     """Download artifacts (all by default); each file's sha256 is checked."""
-    from api.client import ClientError
+    from cli.client import ClientError
 
     output.mkdir(parents=True, exist_ok=True)
-    with client(url, api_key) as c:
+    with connect(url, api_key) as c:
         try:
             items = c.artifacts(job_id)
             wanted = [a for a in items if not names or a["name"] in names]
@@ -280,7 +213,8 @@ def download(job_id: str, names: tuple[str, ...], output: Path, url: str | None,
                 raise click.ClickException(f"unknown artifact; available: {[a['name'] for a in items]}")
             for a in wanted:
                 filename = a["url"].rsplit("/", 1)[-1]
-                suffix = {"application/zip": ".zip", "application/x-ndjson": ".jsonl"}.get(a["media_type"], "")
+                suffix = {"application/zip": ".zip",
+                          "application/x-ndjson": ".jsonl"}.get(a["media_type"], "")
                 if suffix and not filename.endswith(suffix):
                     filename += suffix
                 path = c.download(job_id, a["name"], output / filename)
@@ -299,9 +233,9 @@ def _resource_group(kind: str) -> click.Group:
     @group.command("list")
     @client_options
     def list_cmd(url: str | None, api_key: str | None) -> None:
-        from api.client import ClientError
+        from cli.client import ClientError
 
-        with client(url, api_key) as c:
+        with connect(url, api_key) as c:
             try:
                 for item in c.list_resources(kind)["items"]:
                     click.echo(f"{item['id']}  {item.get('name') or '-':<24} {item['created_at']}")
@@ -313,9 +247,9 @@ def _resource_group(kind: str) -> click.Group:
     @click.argument("resource_id")
     @client_options
     def delete_cmd(resource_id: str, url: str | None, api_key: str | None) -> None:
-        from api.client import ClientError
+        from cli.client import ClientError
 
-        with client(url, api_key) as c:
+        with connect(url, api_key) as c:
             try:
                 c.delete_resource(kind, resource_id)
             except ClientError as exc:
@@ -330,4 +264,4 @@ datasets = _resource_group("datasets")
 
 COMMANDS = (submit, status, logs, cancel, pause, resume, download, teachers, datasets)
 
-__all__ = ["COMMANDS", "client", "follow", "JobProgressView", "postfix"]
+__all__ = ["COMMANDS", "connect", "follow"]

@@ -1,4 +1,4 @@
-"""HTTP client of the service (used by the `skillkd` service commands, tests and benchmarks)."""
+"""HTTP client of the service (used by the `skillkd` client commands and demo, tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ class SkillkdClient:
 
     # uploads -------------------------------------------------------------------------------------------
     def upload_archive(self, kind: str, archive: Path, *, name: str = "") -> dict[str, Any]:
-        headers = {"Content-Type": "application/zip" if archive.suffix == ".zip" else "application/octet-stream",
+        media_type = "application/zip" if archive.suffix == ".zip" else "application/octet-stream"
+        headers = {"Content-Type": media_type,
                    "Content-Length": str(archive.stat().st_size)}
         return self._check(self.http.post(f"/v1/{kind}", params={"name": name}, headers=headers,
                                           content=_file_chunks(archive))).json()
@@ -91,8 +92,10 @@ class SkillkdClient:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 50, after: str | None = None) -> dict[str, Any]:
-        params = {k: v for k, v in {"status": status, "limit": limit, "after": after}.items() if v is not None}
+    def list_jobs(self, *, status: str | None = None, limit: int = 50,
+                  after: str | None = None) -> dict[str, Any]:
+        params = {k: v for k, v in {"status": status, "limit": limit, "after": after}.items()
+                  if v is not None}
         return self._check(self.http.get("/v1/jobs", params=params)).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -111,7 +114,8 @@ class SkillkdClient:
         self._check(self.http.delete(f"/v1/{kind}/{resource_id}"))
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit})).json()
+        params = {"after": after, "limit": limit}
+        return self._check(self.http.get(f"/v1/jobs/{job_id}/events", params=params)).json()
 
     def stream_events(self, job_id: str, *, after: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event kind, data) from the Server-Sent Events stream, until the job ends ('end', {status})."""
