@@ -17,20 +17,13 @@ Names load on first use, so `import core` stays light (no torch until a name tha
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
 _PUBLIC = {"run": "core.pipeline", "PipelineResult": "core.pipeline", "CompressionSpec": "core.spec",
            "load_student": "core.models", "load_model": "core.models", "SkillkdError": "core.errors"}
 __all__ = ["CompressionSpec", "PipelineResult", "SkillkdError", "__version__", "load_model", "load_student", "run"]
-
-if TYPE_CHECKING:
-    from core.errors import SkillkdError
-    from core.models import load_model, load_student
-    from core.pipeline import PipelineResult, run
-    from core.spec import CompressionSpec
-
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
