@@ -2,10 +2,10 @@
 jobs in the database, for the code *before* a git revision and *after* (this checkout), on SQLite and
 PostgreSQL, in one run:
 
-    python bench/api_load.py                          # before = --before (default 33c1efa), after = this tree
-    python bench/api_load.py --databases sqlite --before ''     # this tree only
-    python bench/api_load.py --workers 1,2            # this tree with 1 and with 2 API processes
-    python bench/api_load.py --profile DIR            # also: cProfile of the one-process 'after' server
+    python -m bench.api_load                          # before = --before (default 33c1efa), after = this tree
+    python -m bench.api_load --databases sqlite --before ''     # this tree only
+    python -m bench.api_load --workers 1,2            # this tree with 1 and with 2 API processes
+    python -m bench.api_load --profile DIR            # also: cProfile of the one-process 'after' server
 
 Each server runs in its own process (uvicorn, the service's own options), seeded through its own code and a
 fresh database (SQLite file, or a new PostgreSQL database created via --pg-admin-url); the queue is in memory,
@@ -20,6 +20,11 @@ request as the server. Both generators are closed loops (a connection sends its 
 arrives). "before" is the tree of `--before` exported with `git archive` (the working tree is not touched).
 The machine is shared: the load average before and after each measurement is recorded next to it, and the
 server's CPU time per request (all its processes). Writes bench/results/api_load.json.
+
+Which code a server runs: the point of the benchmark is to compare checkouts, so each server is a separate
+Python process that imports the service from its tree and from nothing else (`SERVER` below: the tree first
+on sys.path, the editable install of skillkd taken off it, so that an old tree cannot pick up modules it lacks
+from this checkout). This process imports neither core nor the service; it starts, drives and stops servers.
 """
 
 from __future__ import annotations
@@ -45,14 +50,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Run as a file in the server's home (uvicorn's worker processes import `bench_server:make_app`), with the
-# tree under test first on sys.path. Knows both layouts: before issue 11 the state lived in api/ (api.db,
+# The server of one tree: run as a file in the server's home (uvicorn's worker processes import
+# `bench_server:make_app`). It puts the tree under test (cfg["tree"]: this checkout or a `git archive` of
+# --before / --previous) first on sys.path on purpose, as that tree is what it measures, and takes the
+# editable install off, which would otherwise supply the modules an old tree lacks (service.*, api.http) from
+# this checkout, mixing the two. Knows both layouts: before issue 11 the state lived in api/ (api.db,
 # api.models, api.keys), after it in service/.
 SERVER = r'''
 import json, os, sys
 cfg = json.loads(os.environ["BENCH_CFG"])
-# Only the tree under test: an editable install of skillkd would otherwise supply the modules an old tree
-# lacks (service.*, api.http) from the checkout, mixing the two.
+# The tree under test and nothing else (see the comment above SERVER in bench/api_load.py).
 sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
 sys.path[:] = [p for p in sys.path if "__editable__" not in p]
 sys.path.insert(0, cfg["tree"])
@@ -402,8 +409,9 @@ def main() -> None:
         variants["previous"] = (export_tree(args.previous, scratch / "previous"), 1)
     for n in args.workers:
         variants["after" if n == 1 else f"after_w{n}"] = (REPO, n)
+    command = " ".join(["python", "-m", "bench.api_load", *sys.argv[1:]])
     result: dict = {"before_revision": args.before or None, "previous_revision": args.previous or None,
-                    "client": args.client, "command": " ".join(["python", "bench/api_load.py", *sys.argv[1:]]),
+                    "client": args.client, "command": command,
                     "after_revision": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                                      capture_output=True, text=True).stdout.strip() + " + working tree",
                     "jobs_in_db": args.jobs, "results": {}}

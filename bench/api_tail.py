@@ -1,7 +1,7 @@
 """The latency distribution of GET /v1/jobs/{id} under wrk (p50 ... p99.9 and max), for one server of
-`api_load.py` (a tree, a database, a number of API processes); what `api_load.py` summarises as p50/p99:
+`bench.api_load` (a tree, a database, a number of API processes); what `bench.api_load` summarises as p50/p99:
 
-    flock /tmp/bench.lock python bench/api_tail.py --database postgresql --workers 2 --connections 8
+    flock /tmp/bench.lock python -m bench.api_tail --database postgresql --workers 2 --connections 8
 """
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import api_load  # noqa: E402
+from bench import api_load
 
 PERCENTILES = (50, 90, 95, 99, 99.5, 99.9)
 

@@ -1,9 +1,9 @@
 """Distillation step benchmark: the cost of one optimiser step of stage 1 (distillation + pruning) and of
 stage 2 (distillation of the pruned student), on random-init `tiny` and Base-size HuBERT / WavLM encoders.
 
-    python bench/distill_step.py --size tiny                              # CPU, seconds
-    python bench/distill_step.py --size base --arch hubert --steps 1      # CPU, minutes (slow)
-    python bench/distill_step.py --size all --device cuda --json bench/results/distill_step_gpu.json
+    python -m bench.distill_step --size tiny                              # CPU, seconds
+    python -m bench.distill_step --size base --arch hubert --steps 1      # CPU, minutes (slow)
+    python -m bench.distill_step --size all --device cuda --json bench/results/distill_step_gpu.json
 
 One step is what `core.distill.train.train_stage` does per step: the same `core.distill.train.DistillStep` (teacher forward
 in inference mode up to the highest target layer, student forward (masked in stage 1) and backward, the
@@ -42,17 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
+from torch import Tensor, nn
 
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from core.distill.targets import ClusterTargets, distill_loss  # noqa: E402
-from core.distill.train import DistillStep, autocast  # noqa: E402
-from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student  # noqa: E402
-from core.spec import DEFAULT_SPARSITY, CompressionSpec, TrainRecipe  # noqa: E402
+from core.distill.targets import ClusterTargets, distill_loss
+from core.distill.train import DistillStep, autocast
+from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student
+from core.spec import DEFAULT_SPARSITY, CompressionSpec, TrainRecipe
 
 SAMPLE_RATE = 16_000
 STANDARD_KERNELS = (10, 3, 3, 3, 3, 2, 2)
@@ -661,7 +657,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
     def build_report(cases: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
         report = {
             "benchmark": "distill_step",
-            "command": "python bench/distill_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m bench.distill_step " + " ".join(sys.argv[1:] if argv is None else argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "complete": complete,
             "machine": {

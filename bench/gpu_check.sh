@@ -6,7 +6,7 @@
 # Parts (each under its own `timeout`; a failed or timed-out part is reported and the others still run):
 #   1. nvidia-smi and the torch / CUDA versions
 #   2. python -m pytest -m gpu -q                                   (tests/test_gpu.py and other gpu tests)
-#   3. bench/distill_step.py --size all --device cuda --profile    -> $OUT/distill_step_gpu.json
+#   3. python -m bench.distill_step --size all --device cuda --profile -> $OUT/distill_step_gpu.json
 #   4. the dry run of part 5 (`compress --dry-run`: its estimate) -> $OUT/dry_run_gpu.json
 #   5. a short real compression of the demo teacher (quick preset, 200 + 100 steps, 40 s batches)
 #                                                                   -> $OUT/compress_gpu.json (the result; events are in the log)
@@ -88,7 +88,7 @@ run_part "gpu tests" "$T_TESTS" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovide
 
 # shellcheck disable=SC2086  # BENCH_ARGS is a word list on purpose
 run_part "distill step benchmark" "$T_BENCH" \
-    "$PYTHON" bench/distill_step.py --size all --device cuda --profile --json "$OUT/distill_step_gpu.json" $BENCH_ARGS
+    "$PYTHON" -m bench.distill_step --size all --device cuda --profile --json "$OUT/distill_step_gpu.json" $BENCH_ARGS
 
 RUN_DIR="${GPU_RUN_DIR:-$(mktemp -d)/gpu-run}"
 compress() {

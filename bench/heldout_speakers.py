@@ -1,7 +1,7 @@
 """Speakers no compression heard (issue 13): a held-out-speakers view of tts-dev, and probing models on it.
 
-    python bench/heldout_speakers.py split ../shared/data/tts-dev --out runs/tts-dev-heldout
-    python bench/heldout_speakers.py probe runs/tts-dev-heldout ../shared/teachers/hubert-mini fbank \\
+    python -m bench.heldout_speakers split ../shared/data/tts-dev --out runs/tts-dev-heldout
+    python -m bench.heldout_speakers probe runs/tts-dev-heldout ../shared/teachers/hubert-mini fbank \\
         --seeds 3 --out runs/heldout-hubert-mini
 
 `split` writes a dataset view: a directory with its own manifest.jsonl (every field of the source rows kept,
@@ -30,8 +30,8 @@ instead, FBANK alone identified 100% of the held-out speakers (bench/results/hel
 mean over its probe seeds), against the teacher's row of a baseline `probe` output (paired by probe seed) and,
 optionally, against a reference row (paired by compression seed):
 
-    python bench/heldout_speakers.py table --baseline bench/results/heldout-speakers/baselines.json \
-        --teacher hubert-mini --reference SKILL \
+    python -m bench.heldout_speakers table --baseline bench/results/heldout-speakers/baselines.json \\
+        --teacher hubert-mini --reference SKILL \\
         'SKILL=runs/h13/hubert-skill-s{0,1,2}-probes/probes.json' ...   (a row: NAME=FILE,FILE,FILE)
 
 `similarity` compares students with their teacher on side B's utterances: linear CKA of each student layer with
@@ -40,7 +40,7 @@ over frames: the utterance-level structure where speaker identity lives; the unb
 fewer utterances than features), and the teacher layer each student
 layer is most similar to; it writes `similarity.json` and `similarity.md`:
 
-    python bench/heldout_speakers.py similarity runs/tts-dev-heldout ../shared/teachers/hubert-mini \
+    python -m bench.heldout_speakers similarity runs/tts-dev-heldout ../shared/teachers/hubert-mini \\
         runs/h13/hubert-skill-s0/student --out runs/h13/similarity
 
 `probe` extracts each model's features once (a teacher or exported student directory, or `fbank`) and runs the
@@ -59,12 +59,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from core.data import MANIFEST_NAME  # noqa: E402
-from core.errors import AudioError  # noqa: E402
+from core.data import MANIFEST_NAME
+from core.errors import AudioError
 
 HELD_OUT_ACCENTS = ("en-gb", "en-gb-scotland", "en-gb-x-rp")
 HELD_OUT_VARIANTS = ("f2", "m3")

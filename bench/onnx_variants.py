@@ -2,7 +2,7 @@
 factor, per-layer cosine / linear CKA against PyTorch fp32 on held-out audio, and the PER of a phone probe
 trained on PyTorch fp32 features and scored on each variant's features.
 
-    OMP_NUM_THREADS=1 python bench/onnx_variants.py /tmp/hm-student/student ../shared/data/tts-dev \
+    OMP_NUM_THREADS=1 python -m bench.onnx_variants /tmp/hm-student/student ../shared/data/tts-dev \\
         --out bench/results/onnx_variants
 
 Uses the functions the export itself uses (core.export): the same graph, converters, comparisons and probe
@@ -19,22 +19,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from core.data import scan_audio  # noqa: E402
-from core.export.for_users import held_out_audio  # noqa: E402
-from core.export.onnx import (  # noqa: E402
+from core.data import scan_audio
+from core.export.for_users import held_out_audio
+from core.export.onnx import (
     ONNX_GATES,
     TorchHiddenStates,
     check_batches,
@@ -47,7 +42,7 @@ from core.export.onnx import (  # noqa: E402
     per_figures,
     quantize_int8,
 )
-from core.models import load_model  # noqa: E402
+from core.models import load_model
 
 
 def torch_rtf(model: Any, sample_rate: int, threads: int, seconds: float = 10.0, runs: int = 3) -> float:

@@ -1,8 +1,8 @@
 """Student vs teacher: parameters, MACs per audio second and measured CPU real-time factor, side by side.
 
-    python bench/student_speed.py runs/demo/student                      # teacher from the student's report
-    python bench/student_speed.py runs/x/student ../shared/teachers/hubert-mini --runs 7 --json out.json
-    python bench/student_speed.py runs/x/student --device cuda           # adds a GPU measurement
+    python -m bench.student_speed runs/demo/student                      # teacher from the student's report
+    python -m bench.student_speed runs/x/student ../shared/teachers/hubert-mini --runs 7 --json out.json
+    python -m bench.student_speed runs/x/student --device cuda           # adds a GPU measurement
 
 Compresses nothing. Loads both models in one process and measures them with `core.evaluation.speed.measure`, the same
 function that writes the `speed` block of every `report.json`: MACs counted on a forward pass over a fixed
@@ -23,16 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from core.errors import SkillkdError  # noqa: E402
-from core.evaluation.run import format_count  # noqa: E402
-from core.evaluation.speed import RUNS, SECONDS, WARMUP, measure  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.errors import SkillkdError
+from core.evaluation.run import format_count
+from core.evaluation.speed import RUNS, SECONDS, WARMUP, measure
+from core.models import load_model
 
 
 def teacher_of(student_dir: Path) -> Path:
@@ -132,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         time.perf_counter() - wall_before)
     report = {
         "benchmark": "student_speed",
-        "command": "python bench/student_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.student_speed " + " ".join(sys.argv[1:] if argv is None else argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "student_path": str(args.student), "teacher_path": str(teacher_dir),
         "machine": {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),

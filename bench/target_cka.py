@@ -3,27 +3,23 @@
 Linear CKA between DPHuBERT's single-layer targets (r0, r[L/3], r[2L/3], r[L]) and SKILL's cluster means, and
 between neighbouring layers, on the teacher's representations of the first N train utterances.
 
-    python bench/target_cka.py ../shared/teachers/hubert-mini ../shared/data/tts-dev --clusters '0;1-4;5-7;8-12'
+    python -m bench.target_cka ../shared/teachers/hubert-mini ../shared/data/tts-dev \\
+        --clusters '0;1-4;5-7;8-12'
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from cli.spec_options import parse_clusters  # noqa: E402
-from core.calibrate.cka import linear_cka  # noqa: E402
-from core.data import load_waveform, scan_audio  # noqa: E402
-from core.models import load_model  # noqa: E402
+from cli.spec_options import parse_clusters
+from core.calibrate.cka import linear_cka
+from core.data import load_waveform, scan_audio
+from core.models import load_model
 
 
 def main(argv: list[str] | None = None) -> dict:
