@@ -19,7 +19,7 @@ size, teacher in inference mode with `output_hidden_states`, full-size student f
 L1 - cosine on four hidden states, fused AdamW and clipping, so "ours / plain" is measured in the same run.
 
 FLOPs are analytic (multiply-accumulates of convs, linears and attention matmuls, x2), per step:
-teacher forward + 3 x student forward (forward + backward). See `forward_macs`.
+teacher forward + 3 x student forward (forward + backward). See `forward_macs` and `step_flops`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from core.distill.targets import ClusterTargets, distill_loss
 from core.distill.train import DistillStep, autocast
+from core.estimate import default_clusters, keep_fraction
 from core.models import ConvConfig, LayerConfig, ModelConfig, SpeechEncoder, build_model, make_student
 from core.spec import DEFAULT_SPARSITY, CompressionSpec, TrainRecipe
 
@@ -85,70 +86,49 @@ def model_config(size: str, arch: str) -> ModelConfig:
     raise ValueError(f"unknown size {size!r}")
 
 
-def default_clusters(num_layers: int, k: int = 4) -> list[list[int]]:
-    """SKILL's default shape: k contiguous groups over r[0..L] (the teacher runs up to r[L])."""
-    reps = list(range(num_layers + 1))
-    k = min(k, len(reps))
-    bounds = [round(i * len(reps) / k) for i in range(k + 1)]
-    return [reps[bounds[i]:bounds[i + 1]] for i in range(k)]
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Analytic FLOPs
 # --------------------------------------------------------------------------------------------------------------
-def conv_frames(samples: int, config: ModelConfig) -> list[int]:
-    """Output length of each conv layer for an unpadded input of `samples`."""
-    out = []
-    t = samples
-    for c in config.conv:
-        t = (t - c.kernel) // c.stride + 1
-        out.append(t)
-    return out
-
-
-def forward_macs(config: ModelConfig, batch: int, samples: int, max_layer: int | None = None,
+def forward_macs(model: SpeechEncoder, batch: int, samples: int, max_layer: int | None = None,
                  num_projections: int = 0) -> dict[str, int]:
-    """Multiply-accumulates of one forward pass of `config` over (batch, samples), by part.
+    """Multiply-accumulates of one forward pass of `model` (without masks) over (batch, samples), by part.
 
-    Counts what `core.evaluation.MacCounter` counts (convs, matmuls, fused attention): conv extractor,
-    feature projection, positional conv, q/k/v/out projections, the two attention matmuls
-    (2 * frames^2 * heads * head_dim per layer and utterance), WavLM's gate linear, the FFN, and
-    `num_projections` Linear(D, D) target projections. Element-wise work (norms, GELU, softmax) is left out.
-    Per-layer widths come from the config, so a pruned student is counted at its real size.
+    Per utterance this is core's count, `SpeechEncoder.macs_by_part` (what `core.evaluation.MacCounter`
+    counts: conv extractor, feature projection, positional conv, attention with q/k/v/out, the two T² products
+    and WavLM's gate, FFN; element-wise work left out), at each layer's real width, so a pruned student is
+    counted at its size. Core gives MACs per second of audio of one utterance of the encoder; a training step
+    runs more, which the bench adds: the whole batch, only the layers up to `max_layer` (the teacher stops at
+    the highest target layer) and `num_projections` Linear(D, D) target projections.
     """
-    frames_per_conv = conv_frames(samples, config)
-    frames = frames_per_conv[-1]
-    d = config.hidden_size
-    parts = {"conv": 0, "projection": 0, "pos_conv": 0, "attention_linear": 0, "attention_matmul": 0,
-             "ffn": 0, "targets": 0}
-    c_in = 1
-    for c, t in zip(config.conv, frames_per_conv, strict=True):
-        parts["conv"] += batch * t * c.out_channels * c_in * c.kernel
-        c_in = c.out_channels
-    parts["projection"] = batch * frames * c_in * d
-    k = config.pos_conv_kernel
-    pos_frames = frames + 2 * (k // 2) - k + 1  # before trimming the extra frame of an even kernel
-    parts["pos_conv"] = batch * pos_frames * d * (d // config.pos_conv_groups) * k
-    layers = config.layers if max_layer is None else config.layers[:max_layer]
-    gate_heads = config.gate_heads or (config.layers[0].num_heads if config.layers else 1)
-    for lc in layers:
-        inner = lc.num_heads * config.head_dim
-        parts["attention_linear"] += 4 * batch * frames * d * inner
-        parts["attention_matmul"] += 2 * batch * frames * frames * inner
-        if config.architecture == "wavlm" and lc.num_heads:
-            parts["attention_linear"] += batch * lc.num_heads * frames * (d // gate_heads) * 8
-        parts["ffn"] += 2 * batch * frames * d * lc.ffn_dim
-    parts["targets"] = num_projections * batch * frames * d * d
-    return parts
+    if model.hard_concretes():  # a masked model's count is its expected size, not the work its forward does
+        raise ValueError("forward_macs counts a model without masks (for a masked student: its teacher)")
+    seconds = samples / model.config.sample_rate
+    per_second = model.macs_by_part(seconds)
+
+    def per_batch(value: float) -> int:  # core's figure is per second of audio: one utterance's, x batch
+        return batch * round(value * seconds)
+
+    layers = per_second["layers"] if max_layer is None else per_second["layers"][:max_layer]
+    frames = model.conv_frames(samples)[-1]
+    d = model.config.hidden_size
+    return {
+        "conv": sum(per_batch(x) for x in per_second["conv"]),
+        "projection": per_batch(per_second["feature_projection"]),
+        "pos_conv": per_batch(per_second["positional_conv"]),
+        "attention": sum(per_batch(layer["attention"]) for layer in layers),
+        "ffn": sum(per_batch(layer["ffn"]) for layer in layers),
+        "targets": num_projections * batch * frames * d * d,  # the step's target heads, not in the encoder
+    }
 
 
-def step_flops(teacher_cfg: ModelConfig, student_cfg: ModelConfig, batch: int, samples: int, max_layer: int,
+def step_flops(teacher: SpeechEncoder, student: SpeechEncoder, batch: int, samples: int, max_layer: int,
                num_projections: int) -> dict[str, int]:
-    """FLOPs of one step: teacher forward + 3 x student forward (backward ~ 2 x forward); FLOPs = 2 MACs."""
-    teacher = sum(forward_macs(teacher_cfg, batch, samples, max_layer).values())
-    student = sum(forward_macs(student_cfg, batch, samples, max_layer, num_projections).values())
-    return {"teacher_forward": 2 * teacher, "student_forward": 2 * student,
-            "total": 2 * teacher + 3 * 2 * student}
+    """FLOPs of one training step, which core does not count: teacher forward + 3 x student forward
+    (backward ~ 2 x forward); FLOPs = 2 MACs. `student` without masks (stage 1: the teacher, same size)."""
+    teacher_macs = sum(forward_macs(teacher, batch, samples, max_layer).values())
+    student_macs = sum(forward_macs(student, batch, samples, max_layer, num_projections).values())
+    return {"teacher_forward": 2 * teacher_macs, "student_forward": 2 * student_macs,
+            "total": 2 * teacher_macs + 3 * 2 * student_macs}
 
 
 def bf16_peak_tflops(device: torch.device) -> tuple[str, float | None]:
@@ -262,17 +242,6 @@ def _sync(device: torch.device) -> None:
 
 def _maybe_compile(module: nn.Module, enabled: bool) -> Callable[..., Any]:
     return torch.compile(module, dynamic=True) if enabled else module  # type: ignore[return-value]
-
-
-def randomise_masks(student: SpeechEncoder, keep_fraction: float, generator: torch.Generator) -> None:
-    """Set every Hard Concrete so its eval gate keeps a random `keep_fraction` of units (at least one)."""
-    with torch.no_grad():
-        for hc in student.hard_concretes():
-            keep = max(1, round(hc.n * keep_fraction))
-            chosen = torch.randperm(hc.n, generator=generator)[:keep]
-            log_alpha = torch.full((hc.n,), -20.0)
-            log_alpha[chosen] = 6.0
-            hc.log_alpha.copy_(log_alpha.to(hc.log_alpha.device))
 
 
 class OursStep:
@@ -425,14 +394,17 @@ def _waveforms(case: Case, device: torch.device, seed: int = 0) -> Tensor:
     return (0.1 * torch.randn(case.batch, case.samples, generator=generator)).to(device)  # (batch, time)
 
 
-def run_case(case: Case, teacher: SpeechEncoder | None, teacher_fn: Callable[..., Any] | None,
+def run_case(case: Case, teacher: SpeechEncoder, teacher_fn: Callable[..., Any] | None,
              args: argparse.Namespace, device: torch.device, peak_tflops: float | None) -> dict[str, Any]:
+    """One case; `teacher` is the bench's encoder of the case's size (the plain step builds its own
+    transformers models and uses it only to count FLOPs), `teacher_fn` the callable the step runs."""
     cfg = model_config(case.size, case.arch)
-    teacher_params = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    teacher_params = sum(p.numel() for p in teacher.parameters())
     result: dict[str, Any] = {
         "size": case.size, "arch": case.arch, "stage": case.stage, "batch_seconds": case.batch_seconds,
         "utterance_seconds": case.utterance_seconds, "batch": case.batch, "samples": case.samples,
-        "frames": conv_frames(case.samples, cfg)[-1], "audio_seconds": case.batch * case.samples / SAMPLE_RATE,
+        "frames": teacher.conv_frames(case.samples)[-1],
+        "audio_seconds": case.batch * case.samples / SAMPLE_RATE,
         "steps": args.steps, "warmup": args.warmup, "compile": args.compile,
     }
     waveforms = _waveforms(case, device)
@@ -440,25 +412,26 @@ def run_case(case: Case, teacher: SpeechEncoder | None, teacher_fn: Callable[...
         torch.manual_seed(0)
         if case.stage == "plain":
             step: Callable[[Tensor], dict[str, float]] = PlainStep(cfg, device, args.compile)
-            student_cfg = cfg
+            counted = teacher  # the transformers student has the teacher's architecture
             max_layer = cfg.num_layers
             n_proj = len(plain_layers(cfg.num_layers)) + 1
             result["targets"] = {"hidden_states": plain_layers(cfg.num_layers), "plus": "last_hidden_state"}
             result["student_params"] = sum(p.numel() for p in step.student.parameters())  # type: ignore[attr-defined]
             result["attention"] = "eager" if case.arch == "wavlm" else "sdpa"
         else:
-            assert teacher is not None
             student = make_student(teacher)
             spec = CompressionSpec(preset="paper")
             if case.stage == "stage2":
-                randomise_masks(student, STAGE2_KEEP_FRACTION, torch.Generator().manual_seed(0))
+                # a step's cost depends on how many units are kept, not which: core's keep_fraction (the
+                # first ones) gives the sizes the bench's random choice gave, so the same figures
+                keep_fraction(student, STAGE2_KEEP_FRACTION)
                 student.prune()
                 student.train()
             recipe = spec.recipe(1 if case.stage == "stage1" else 2)
-            clusters = default_clusters(cfg.num_layers)
+            clusters = default_clusters(spec, cfg.num_layers)
             targets = ClusterTargets(clusters, cfg.hidden_size).to(device)
             step = OursStep(teacher, student, targets, recipe, device, teacher_params, args.compile, teacher_fn)
-            student_cfg = student.config
+            counted = teacher if case.stage == "stage1" else student  # a masked student runs at full size
             max_layer = targets.max_layer
             n_proj = len(targets.projections)
             result["clusters"] = clusters
@@ -470,7 +443,7 @@ def run_case(case: Case, teacher: SpeechEncoder | None, teacher_fn: Callable[...
         if args.profile:
             result["profile"] = profile_steps(step, waveforms, device, steps=min(3, args.steps))
     del step
-    flops = step_flops(cfg, student_cfg, case.batch, case.samples, max_layer, n_proj)
+    flops = step_flops(teacher, counted, case.batch, case.samples, max_layer, n_proj)
     step_time = statistics.median(times)
     tflops = flops["total"] / step_time / 1e12
     result.update(
@@ -707,8 +680,8 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
                     label = f"{size}/{arch}/{stage}/{batch_s:g}s"
                     print(f"... {label}", file=sys.stderr, flush=True)
                     try:
-                        result = run_case(case, None if stage == "plain" else teacher,
-                                          None if stage == "plain" else teacher_fn, args, device, peak)
+                        result = run_case(case, teacher, None if stage == "plain" else teacher_fn, args,
+                                          device, peak)
                     except torch.cuda.OutOfMemoryError as exc:
                         result = {**case.__dict__, "batch": case.batch, "error": f"out of memory: {exc}"[:300]}
                     except Exception as exc:  # a failed case is recorded; the others still run
