@@ -46,6 +46,8 @@ from core.models import load_model
 
 
 def torch_rtf(model: Any, sample_rate: int, threads: int, seconds: float = 10.0, runs: int = 3) -> float:
+    """Real-time factor of the PyTorch graph the ONNX files are exported from (TorchHiddenStates), not of the
+    SpeechEncoder that `core.evaluation.real_time_factor` times, so that every variant runs the same graph."""
     graph = TorchHiddenStates(model).module
     x = np.random.default_rng(0).standard_normal(int(seconds * sample_rate)).astype(np.float32)
     inputs = [torch.from_numpy(v) for v in model_inputs(model, [x]).values()]

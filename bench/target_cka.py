@@ -20,6 +20,7 @@ from cli.spec_options import parse_clusters
 from core.calibrate.cka import linear_cka
 from core.data import load_waveform, scan_audio
 from core.models import load_model
+from core.rules import dphubert_clusters
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
                 feats[i].append(r[0].double().numpy())
     x = [np.concatenate(f) for f in feats]  # (frames, dim) per representation
     clusters = parse_clusters(args.clusters)
-    dphubert = [0, round(num_layers / 3), round(2 * num_layers / 3), num_layers]
+    dphubert = [c[0] for c in dphubert_clusters(num_layers)]  # the layers a DPHuBERT run distils
     result = {
         "teacher": str(args.teacher), "utterances": len(items), "frames": int(x[0].shape[0]),
         "clusters": clusters, "dphubert_layers": dphubert,
