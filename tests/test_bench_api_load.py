@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.utils.paths import REPO
 
 
 @pytest.mark.parametrize("client", ["httpx", pytest.param("wrk", marks=pytest.mark.skipif(

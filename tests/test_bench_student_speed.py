@@ -9,7 +9,7 @@ import pytest
 
 from bench import student_speed
 from core.export.student import save_student
-from tests.core.test_speed import tiny_pair
+from tests.utils.models import tiny_pair
 
 
 def test_student_speed_on_a_tiny_student(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

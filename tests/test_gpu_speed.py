@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.evaluation import speed
-from tests.core.test_speed import tiny_pair
+from tests.utils.models import tiny_pair
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)

@@ -13,7 +13,7 @@ from core.evaluation.facts import count_macs
 from core.finalize.landing import land, measure
 from core.models import load_huggingface, make_student
 from core.spec import Budget, CompressionSpec
-from tests.conftest import randomise_masks, save_tiny_teacher
+from tests.utils.models import randomise_masks, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
 

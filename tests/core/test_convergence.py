@@ -11,8 +11,8 @@ from core.evaluation.facts import count_macs
 from core.models import load_student
 from core.pipeline import run
 from core.spec import CompressionSpec
-from tests.conftest import save_tiny_teacher
-from tests.core.test_pipeline import _write_audio
+from tests.utils.audio import write_audio
+from tests.utils.models import save_tiny_teacher
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_achieved_size_lands_within_half_a_percent_of_every_target(tmp_path: Pat
     teacher = save_tiny_teacher(tmp_path / "t", "hubert", hidden_size=64, intermediate_size=128,
                                 num_hidden_layers=4, num_attention_heads=32, conv_dim=(32, 32, 32),
                                 conv_stride=(5, 4, 4))
-    audio = _write_audio(tmp_path / "audio", n=12)
+    audio = write_audio(tmp_path / "audio", n=12)
     spec = CompressionSpec(stage1_steps=150, stage2_steps=0, batch_seconds=2.0, **target)
     result = run(spec, teacher, audio, tmp_path / "w")
     report = result.report

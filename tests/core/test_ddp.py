@@ -16,7 +16,7 @@ from core.distill.targets import ClusterTargets
 from core.distill.train import StageContext, train_stage
 from core.models import load_huggingface, make_student
 from core.spec import CompressionSpec
-from tests.conftest import save_tiny_teacher
+from tests.utils.models import save_tiny_teacher
 
 STEPS = 6
 GLOBAL_BATCH = 4

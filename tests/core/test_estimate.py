@@ -14,7 +14,8 @@ from core.estimate import default_clusters, estimate, uniform_student
 from core.models import load_huggingface, make_student
 from core.pipeline import run
 from core.spec import Budget, CompressionSpec
-from tests.core.test_pipeline import SPEC, _write_audio
+from tests.utils.audio import write_audio
+from tests.utils.pipeline import SPEC
 
 
 def _tree(path: Path) -> list[str]:
@@ -22,7 +23,7 @@ def _tree(path: Path) -> list[str]:
 
 
 def test_estimate_gives_sizes_work_and_time_and_writes_nothing(tmp_path: Path, tiny_teacher_dir: Path) -> None:
-    audio = _write_audio(tmp_path / "audio")
+    audio = write_audio(tmp_path / "audio")
     before = _tree(tmp_path)
     spec = CompressionSpec(**SPEC, sparsity=0.6)  # 0.75 leaves no room for the conv_kept shape on this teacher
     result = estimate(spec, tiny_teacher_dir, audio, timed_steps=2)
@@ -81,7 +82,7 @@ def test_default_clusters_follow_the_spec() -> None:
 ])
 def test_bad_specs_fail_as_a_real_run_fails(tmp_path: Path, tiny_teacher_dir: Path, spec: dict, error: type,
                                             match: str) -> None:
-    audio = _write_audio(tmp_path / "audio", n=3)
+    audio = write_audio(tmp_path / "audio", n=3)
     with pytest.raises(error, match=match) as dry:
         estimate(CompressionSpec(**SPEC, **spec), tiny_teacher_dir, audio)
     with pytest.raises(error, match=match) as real:
@@ -90,7 +91,7 @@ def test_bad_specs_fail_as_a_real_run_fails(tmp_path: Path, tiny_teacher_dir: Pa
 
 
 def test_audio_too_short_for_training_fails_before_any_stage(tmp_path: Path, tiny_teacher_dir: Path) -> None:
-    audio = _write_audio(tmp_path / "audio", n=3)  # utterances of 1-1.6 s
+    audio = write_audio(tmp_path / "audio", n=3)  # utterances of 1-1.6 s
     with pytest.raises(AudioError, match="no utterance of at least 2.0 s"):
         estimate(CompressionSpec(**{**SPEC, "preset": "paper"}), tiny_teacher_dir, audio)
 
@@ -98,7 +99,7 @@ def test_audio_too_short_for_training_fails_before_any_stage(tmp_path: Path, tin
 def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     from cli import skillkd as cli
 
-    audio = _write_audio(tmp_path / "audio", n=4)
+    audio = write_audio(tmp_path / "audio", n=4)
     out = tmp_path / "run"
     options = ["--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--out", str(out), "--dry-run"]
     runner = CliRunner()
@@ -119,6 +120,6 @@ def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
 
 
 def test_too_few_batches_for_the_data_parallel_ranks_fails(tmp_path: Path, tiny_teacher_dir: Path) -> None:
-    audio = _write_audio(tmp_path / "audio", n=3)  # a few 2 s batches per epoch: not enough for 8 ranks
+    audio = write_audio(tmp_path / "audio", n=3)  # a few 2 s batches per epoch: not enough for 8 ranks
     with pytest.raises(AudioError, match="cannot be shared by 8 ranks"):
         estimate(CompressionSpec(**SPEC, gpus=8), tiny_teacher_dir, audio)

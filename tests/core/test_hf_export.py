@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from core.export.hf import hidden_states_from_reps, is_hf_export_dir, save_hf_export
 from core.models import load_huggingface, load_model, load_student, make_student
-from tests.conftest import pruned_student, save_tiny_teacher
+from tests.utils.models import pruned_student, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
 TOL = 1e-5

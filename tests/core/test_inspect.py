@@ -12,7 +12,7 @@ from cli import skillkd as cli
 from core.evaluation import count_macs
 from core.export.student import save_student
 from core.models import load_model
-from tests.core.test_speed import tiny_pair
+from tests.utils.models import tiny_pair
 
 
 def _inspect(path: Path, *args: str) -> dict:

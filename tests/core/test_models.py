@@ -10,7 +10,7 @@ import torch
 
 from core.errors import TeacherError
 from core.models import build_model, load_huggingface, make_student
-from tests.conftest import randomise_masks, save_tiny_teacher
+from tests.utils.models import randomise_masks, save_tiny_teacher
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
 

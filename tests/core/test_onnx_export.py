@@ -19,7 +19,7 @@ from core.export.onnx import ONNX_FILES, model_inputs, onnx_session, parse_onnx_
 from core.export.student import save_student
 from core.models import load_huggingface
 from core.spec import CompressionSpec
-from tests.conftest import pruned_student, save_tiny_teacher
+from tests.utils.models import pruned_student, save_tiny_teacher
 
 
 def _pruned(tmp_path: Path, arch: str = "wavlm", large: bool = True, seed: int = 0):

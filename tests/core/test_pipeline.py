@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from click.testing import CliRunner
 
@@ -15,25 +13,14 @@ from core.errors import AudioError, SpecError, StopRequested
 from core.models import load_student
 from core.pipeline import run
 from core.spec import CompressionSpec
-from tests.conftest import save_tiny_teacher
-
-SPEC = dict(stage1_steps=8, stage2_steps=4, batch_seconds=2.0, checkpoint_every=2)
-
-
-def _write_audio(directory: Path, n: int = 8, seed: int = 0) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        length = int(16000 * rng.uniform(1.0, 1.6))
-        t = np.arange(length) / 16000
-        x = sum(np.sin(2 * np.pi * f * t) * a for f, a in zip(rng.uniform(100, 3000, 4), rng.uniform(0.1, 0.4, 4)))
-        sf.write(directory / f"u{i}.wav", (x + 0.02 * rng.standard_normal(length)).astype(np.float32), 16000)
-    return directory
+from tests.utils.audio import write_audio
+from tests.utils.models import save_tiny_teacher
+from tests.utils.pipeline import SPEC
 
 
 @pytest.fixture
 def audio_dir(tmp_path: Path) -> Path:
-    return _write_audio(tmp_path / "audio")
+    return write_audio(tmp_path / "audio")
 
 
 def test_final_distillation_reports_progress_and_stops_when_asked(tmp_path: Path, tiny_teacher_dir: Path,

@@ -13,7 +13,8 @@ import torch
 from core.export.for_users import export_for_users
 from core.export.hf import hidden_states_from_reps
 from core.models import load_huggingface, make_student
-from tests.conftest import REPO, save_tiny_teacher
+from tests.utils.models import save_tiny_teacher
+from tests.utils.paths import REPO
 
 
 def _section_code() -> list[str]:

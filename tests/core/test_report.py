@@ -10,13 +10,14 @@ import pytest
 
 from core.pipeline import run
 from core.spec import CompressionSpec
-from tests.core.test_pipeline import SPEC, _write_audio
+from tests.utils.audio import write_audio
+from tests.utils.pipeline import SPEC
 
 
 def test_report_has_speed_timings_and_calibration_audio(tmp_path: Path, tiny_teacher_dir: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "2")  # the suite skips the timing by default (conftest)
-    audio = _write_audio(tmp_path / "audio")
+    audio = write_audio(tmp_path / "audio")
     events = []
     result = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio, tmp_path / "w", on_event=events.append)
     report = json.loads((result.export_dir / "report.json").read_text())
@@ -89,7 +90,7 @@ def test_cli_compress_prints_the_measured_speed(tmp_path: Path, tiny_teacher_dir
     from cli import skillkd as cli
 
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "1")
-    audio = _write_audio(tmp_path / "audio", n=4)
+    audio = write_audio(tmp_path / "audio", n=4)
     res = CliRunner().invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), "--out", str(tmp_path / "run"),
                                    "--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--quiet"])
     assert res.exit_code == 0, res.output

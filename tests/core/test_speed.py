@@ -8,23 +8,7 @@ import pytest
 import torch
 
 from core.evaluation import count_macs, speed
-from core.models import SpeechEncoder, load_huggingface, make_student
-from tests.conftest import save_tiny_teacher
-
-
-def tiny_pair(directory: Path, keep: float = 0.3, seed: int = 0) -> tuple[SpeechEncoder, SpeechEncoder]:
-    """A tiny teacher and a student pruned to roughly `keep` of its conv channels, heads and FFN units."""
-    teacher = load_huggingface(save_tiny_teacher(directory, "hubert"))
-    student = make_student(teacher)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for hc in student.hard_concretes():
-            kept = torch.randperm(hc.n, generator=g)[: max(1, round(keep * hc.n))]
-            log_alpha = torch.full((hc.n,), -20.0)
-            log_alpha[kept] = 6.0
-            hc.log_alpha.copy_(log_alpha)
-    student.prune()
-    return teacher.eval(), student.eval()
+from tests.utils.models import tiny_pair
 
 
 def test_measure_gives_sizes_macs_and_interleaved_speed(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from cli.evaluate import evaluate_command
 from core.evaluation.run import default_name
-from tests.conftest import save_tiny_teacher
+from tests.utils.models import save_tiny_teacher
 
 
 def test_default_name_of_a_student_comes_from_its_report(tmp_path: Path) -> None:
