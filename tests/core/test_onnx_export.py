@@ -81,7 +81,7 @@ def test_a_variant_below_its_gate_is_not_exported(tmp_path: Path, monkeypatch: p
 
 
 def test_static_int8_and_per_on_labelled_audio(tmp_path: Path) -> None:
-    from tests.core.evaluation.conftest import write_dataset
+    from tests.utils.evaluation import write_dataset
 
     dataset = write_dataset(tmp_path / "data", speakers=2, per_speaker={"train": 4, "test": 2})
     student = _pruned(tmp_path, "hubert", False)

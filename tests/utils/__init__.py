@@ -5,4 +5,5 @@ in the conftest.py files and are built from these.
     models      tiny transformers teachers saved to disk, mask spreading, pruned students, teacher/student pairs
     audio       a folder of short synthetic WAV utterances
     pipeline    the settings of a tiny compression run (SPEC)
+    evaluation  a transformers model with the representation-model interface, labelled synthetic datasets
 """

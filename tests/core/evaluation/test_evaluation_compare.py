@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_dataset
 from transformers import HubertConfig, HubertModel
 
 from cli.evaluate import compare_command
 from core.errors import AudioError
 from core.evaluation.compare import compare, write_split_view
 from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
+from tests.utils.evaluation import write_dataset
 
 FAST = dict(phone_config=PhoneProbeConfig(epochs=2), speaker_config=SpeakerProbeConfig(epochs=5))
 
@@ -193,7 +193,7 @@ def test_pipeline_evaluate_stage_reports_headline_numbers(tmp_path: Path) -> Non
     """spec.evaluate runs the probes as the job's last stage; the headline reaches report and events."""
     from core.pipeline import run
     from core.spec import CompressionSpec
-    from tests.core.evaluation.conftest import write_dataset
+    from tests.utils.evaluation import write_dataset
 
     teacher = save_teacher(tmp_path / "teacher")
     dataset = write_dataset(tmp_path / "data")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_model
 from torch import nn
 
 from core.evaluation.facts import MacCounter, cluster_cka, count_macs, count_parameters, real_time_factor
 from core.evaluation.features import FeatureSet
+from tests.utils.evaluation import make_tiny_model
 
 
 class ConvLinear(nn.Module):

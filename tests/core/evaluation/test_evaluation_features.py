@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HFRepresentations
 
 from core.data import load_waveform, scan_audio
 from core.evaluation.fbank import Fbank
 from core.evaluation.features import extract_features
+from tests.utils.evaluation import HFRepresentations
 
 
 def test_every_representation_of_every_utterance_trimmed(tiny_model: HFRepresentations, tiny_dataset: Path) -> None:

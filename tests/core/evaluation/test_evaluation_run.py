@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_model, tiny_hubert_config, write_dataset
 from transformers import HubertModel
 
 from cli.evaluate import evaluate_command
 from core.errors import AudioError
 from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
 from core.evaluation.run import evaluate
+from tests.utils.evaluation import make_tiny_model, tiny_hubert_config, write_dataset
 
 FAST = dict(phone_config=PhoneProbeConfig(epochs=2), speaker_config=SpeakerProbeConfig(epochs=5), measure_speed=False)
 
