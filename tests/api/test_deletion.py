@@ -5,13 +5,13 @@ input's id. On SQLite and on PostgreSQL (the `services` mark; skipped when it is
 from __future__ import annotations
 
 import pytest
-from servicefixtures import small_settings
-from servicekit import make_audio, zip_dir
 from sqlalchemy import select
 
 from service import crud, jobstore
 from service.db import upgrade
 from service.models import Job, Teacher
+from tests.utils.servicefixtures import small_settings
+from tests.utils.servicekit import make_audio, zip_dir
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])

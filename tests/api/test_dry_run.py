@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from servicefixtures import small_settings
-from servicekit import make_audio, zip_dir
 
 from api.app import create_app
 from service.db import upgrade
 from service.engine import CoreEngine
 from service.queue import MemoryEnqueuer
-from tests.conftest import save_tiny_teacher
+from tests.utils.models import save_tiny_teacher
+from tests.utils.servicefixtures import small_settings
+from tests.utils.servicekit import make_audio, zip_dir
 
 
 def dry_run(client, headers, teacher, dataset, spec):
@@ -79,9 +79,9 @@ def test_cli_submit_dry_run(cli_as_alice, client, alice, enqueuer, tmp_path):
     import json
 
     from click.testing import CliRunner
-    from servicekit import make_teacher
 
     from cli import skillkd
+    from tests.utils.servicekit import make_teacher
 
     teacher, audio = make_teacher(tmp_path / "teacher"), make_audio(tmp_path / "audio")
     result = CliRunner().invoke(skillkd, ["submit", str(teacher), str(audio), "--stage1-steps", "5", "--dry-run"])

@@ -72,7 +72,7 @@ def test_event_cursor_and_last_event_id_are_bounded_and_validated(client, alice,
 
 @pytest.mark.services
 def test_postgres_event_ids_and_steps_beyond_32_bits(postgres_app, tmp_path):
-    from servicekit import make_audio, make_teacher, zip_dir
+    from tests.utils.servicekit import make_audio, make_teacher, zip_dir
 
     client, alice, factory = postgres_app.client, postgres_app.alice, postgres_app.app.state.services.factory
     zip_headers = {**alice, "Content-Type": "application/zip"}
@@ -172,8 +172,8 @@ class PathLeakingEngine(FakeEngine):
 
 def test_errors_show_no_server_paths_and_no_sql(settings, enqueuer, tmp_path, caplog):
     from fastapi.testclient import TestClient
-    from servicekit import make_audio, make_teacher, zip_dir
 
+    from tests.utils.servicekit import make_audio, make_teacher, zip_dir
     from worker.runner import JobRunner
 
     engine = PathLeakingEngine(steps=3)

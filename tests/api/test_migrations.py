@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from servicekit import fresh_postgres, postgres_available
 from sqlalchemy import inspect, text
 
 from service.db import make_engine, upgrade
 from service.models import Base
+from tests.utils.servicekit import fresh_postgres, postgres_available
 
 TABLES = {"owners", "api_keys", "teachers", "datasets", "jobs", "job_events", "artifacts", "alembic_version"}
 

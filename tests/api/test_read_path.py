@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy
-from servicekit import PG_ADMIN_URL, make_audio, make_teacher, zip_dir
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.utils.servicekit import PG_ADMIN_URL, make_audio, make_teacher, zip_dir
 
 
 def test_sqlite_reads_share_the_engine(app):

@@ -6,10 +6,18 @@ import io
 import zipfile
 
 import pytest
-from servicekit import make_audio, make_teacher, safetensors_bytes, tar_dir, tar_with, zip_dir, zip_entries
 from sqlalchemy import func, select
 
 from service.models import Dataset, Teacher
+from tests.utils.servicekit import (
+    make_audio,
+    make_teacher,
+    safetensors_bytes,
+    tar_dir,
+    tar_with,
+    zip_dir,
+    zip_entries,
+)
 
 
 def post(client, kind, body, headers, **params):

@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from servicekit import make_audio, safetensors_bytes, zip_dir
+
+from tests.utils.servicekit import make_audio, safetensors_bytes, zip_dir
 
 pytestmark = pytest.mark.browser
 

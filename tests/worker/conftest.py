@@ -1,20 +1,21 @@
-"""Fixtures of the worker tests: the shared service fixtures (tests/api/servicefixtures.py) plus a `stack`:
+"""Fixtures of the worker tests: the shared service fixtures (tests/utils/servicefixtures.py) plus a `stack`:
 an in-process API with the real Celery enqueuer and `skillkd worker` subprocesses on the same settings:
 embedded (SQLite + filesystem broker), or PostgreSQL + a private Redis for the `services` tests."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "api"))  # tests/ is not a package
-
-from fastapi.testclient import TestClient  # noqa: E402
-from servicefixtures import *  # noqa: E402,F401,F403
-from servicefixtures import small_settings  # noqa: E402
-from servicekit import (  # noqa: E402
+from api.app import create_app
+from service.db import upgrade
+from service.keys import create_key
+from service.queue import CeleryEnqueuer
+from tests.utils.servicefixtures import *  # noqa: F401,F403
+from tests.utils.servicefixtures import small_settings
+from tests.utils.servicekit import (
     RedisServer,
     WorkerProcess,
     fresh_postgres,
@@ -25,12 +26,7 @@ from servicekit import (  # noqa: E402
     service_env,
     zip_dir,
 )
-
-from api.app import create_app  # noqa: E402
-from service.db import upgrade  # noqa: E402
-from service.keys import create_key  # noqa: E402
-from service.queue import CeleryEnqueuer  # noqa: E402
-from worker.celery_app import make_celery  # noqa: E402
+from worker.celery_app import make_celery
 
 _FIELDS = ("home", "database_url", "broker_url", "engine", "max_attempts", "heartbeat_interval_s",
            "heartbeat_stale_s", "progress_interval_s", "stop_poll_interval_s", "broker_poll_interval_s")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import DEMO_AUDIO, DEMO_TEACHER, REPO, free_port, service_env, wait_for
+
+from tests.utils.servicekit import DEMO_AUDIO, DEMO_TEACHER, REPO, free_port, service_env, wait_for
 
 
 class Served:

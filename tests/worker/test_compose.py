@@ -7,7 +7,8 @@ import shutil
 import subprocess
 
 import yaml
-from servicekit import REPO
+
+from tests.utils.servicekit import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
 

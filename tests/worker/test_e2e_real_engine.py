@@ -14,8 +14,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from servicekit import DEMO_AUDIO, DEMO_TEACHER, make_audio, wait_for, zip_dir
 from test_worker_processes import create_job, get, progress_steps, wait_terminal
+
+from tests.utils.servicekit import DEMO_AUDIO, DEMO_TEACHER, make_audio, wait_for, zip_dir
 
 pytestmark = pytest.mark.slow
 

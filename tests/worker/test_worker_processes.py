@@ -9,12 +9,12 @@ API restart with queued jobs lose nothing.
 from __future__ import annotations
 
 import pytest
-from servicekit import wait_for
 from sqlalchemy import select
 
 from service.db import make_engine, make_sessionmaker
 from service.models import TERMINAL_STATUSES as TERMINAL
 from service.models import JobEvent
+from tests.utils.servicekit import wait_for
 
 STACKS = [pytest.param("embedded_stack", id="embedded"),
           pytest.param("services_stack", id="postgres-redis", marks=pytest.mark.services)]

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from servicekit import fresh_postgres, make_audio, make_teacher, postgres_available, zip_dir
 
 from api.app import create_app
 from service.db import upgrade
@@ -18,6 +17,7 @@ from service.engine import FakeEngine
 from service.keys import create_key
 from service.queue import MemoryEnqueuer
 from service.settings import Settings
+from tests.utils.servicekit import fresh_postgres, make_audio, make_teacher, postgres_available, zip_dir
 
 
 def small_settings(home: Path, **overrides) -> Settings:
