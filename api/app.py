@@ -41,21 +41,27 @@ def _field(loc) -> str:
 
 
 def reads_engine(db_engine: SqlEngine, settings: Settings) -> SqlEngine | AsyncEngine:
-    """`Services.reads`, the engine of GET /v1/jobs/{id}'s one SELECT. PostgreSQL: an asyncio engine (psycopg's
-    async driver) with a pool of its own whose connections are in autocommit from the start (a read needs no
-    BEGIN and no ROLLBACK round trip, and nothing is switched per checkout) and are not pinged before use
-    (`jobstore.owned_job_row_async` retries once on a connection the server has closed instead): one round trip
-    per read instead of four, awaited on the event loop instead of a thread-pool call (whose hop cost 0.8 ms of
-    CPU per request, more than the query; issue 11). SQLite: the same engine, read on the event loop as well
-    (WAL mode: a reader never waits for a writer; the lookup takes ~80 µs), as its driver opens no transaction for a SELECT, and switching its connections
-    to autocommit and back cost more than the query (100 µs against 80)."""
+    """`Services.reads`, the engine of GET /v1/jobs/{id}'s one SELECT. PostgreSQL: an asyncio engine
+    (psycopg's async driver) with a pool of its own whose connections are in autocommit from the start (a read
+    needs no BEGIN and no ROLLBACK round trip, and nothing is switched per checkout) and are not pinged before
+    use (`jobstore.owned_job_row_async` retries once on a connection the server has closed instead): one round
+    trip per read instead of four, awaited on the event loop instead of a thread-pool call (whose hop cost 0.8
+    ms of CPU per request, more than the query; issue 11). SQLite: the same engine, read on the event loop as
+    well (WAL mode: a reader never waits for a writer; the lookup takes ~80 µs), as its driver opens no
+    transaction for a SELECT, and switching its connections to autocommit and back cost more than the query
+    (100 µs against 80)."""
     if db_engine.dialect.name == "sqlite":
         return db_engine
     return make_async_reads_engine(settings.database_url, pool_size=settings.db_pool_size)
 
 
-def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = None,
-               engine: Engine | None = None, run_reaper: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    enqueuer: Enqueuer | None = None,
+    engine: Engine | None = None,
+    run_reaper: bool = True,
+) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
     storage = LocalStorage(settings.storage)
@@ -66,9 +72,15 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     db_engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     if enqueuer is None:  # publishes by task name: the API never imports the worker
         enqueuer = CeleryEnqueuer.from_settings(settings)
-    services = Services(settings=settings, factory=make_sessionmaker(db_engine), storage=storage,
-                        enqueuer=enqueuer, reads=reads_engine(db_engine, settings), engine=engine,
-                        owners=KeyCache(settings.auth_cache_s))
+    services = Services(
+        settings=settings,
+        factory=make_sessionmaker(db_engine),
+        storage=storage,
+        enqueuer=enqueuer,
+        reads=reads_engine(db_engine, settings),
+        engine=engine,
+        owners=KeyCache(settings.auth_cache_s),
+    )
 
     async def reap_once(**kwargs) -> None:
         try:
@@ -79,7 +91,8 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # What exists now (modules, the app, its routes and schemas: some 100k objects) lives as long as the
-        # process: out of the cyclic collector's reach, a full collection no longer walks it (80 ms each on this
+        # process: out of the cyclic collector's reach, a full collection no longer walks it (80 ms each on
+        # this
         # 2-core machine). Under 8 clients the objects of the requests in flight are promoted often enough to
         # set off a full collection every few hundred requests: the p99 of GET /v1/jobs/{id} (issue 11).
         gc.collect()
@@ -104,10 +117,12 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
             await services.reads.dispose()
 
     app = FastAPI(
-        title="skillkd", version="0.1.0", lifespan=lifespan,
+        title="skillkd",
+        version="0.1.0",
+        lifespan=lifespan,
         description="Compress speech SSL encoders (WavLM, HuBERT, wav2vec 2.0) as a service. "
-                    "Every /v1 request needs `Authorization: Bearer <API key>`. "
-                    "Errors answer `{\"error\": {\"code\", \"message\"}}`.",
+        "Every /v1 request needs `Authorization: Bearer <API key>`. "
+        'Errors answer `{"error": {"code", "message"}}`.',
     )
     app.state.services = services
     app.state.metrics = Metrics(services)
@@ -125,15 +140,25 @@ def create_app(settings: Settings | None = None, *, enqueuer: Enqueuer | None = 
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         parts = [f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
-        body = {"error": {"code": "validation_error", "message": "; ".join(parts) or "invalid request",
-                          "fields": [_field(e.get("loc", ())) for e in errors]}}
+        body = {
+            "error": {
+                "code": "validation_error",
+                "message": "; ".join(parts) or "invalid request",
+                "fields": [_field(e.get("loc", ())) for e in errors],
+            }
+        }
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "http_error"
+        )
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     for module in (health, teachers, datasets, jobs):
         app.include_router(module.router)

@@ -52,8 +52,14 @@ class ArchiveLimits:
         for name, size, compressed in sizes:
             total += max(size, 0)
             if total > self.max_total_bytes:
-                raise ArchiveTooLarge(f"the archive declares more than {self.max_total_bytes} bytes when extracted")
-            if compressed is not None and size > self.ratio_floor_bytes and size / max(compressed, 1) > self.max_ratio:
+                raise ArchiveTooLarge(
+                    f"the archive declares more than {self.max_total_bytes} bytes when extracted"
+                )
+            if (
+                compressed is not None
+                and size > self.ratio_floor_bytes
+                and size / max(compressed, 1) > self.max_ratio
+            ):
                 raise ArchiveTooLarge(f"entry {name!r} declares a compression ratio above {self.max_ratio:g}")
         if total > self.ratio_floor_bytes and total / max(archive_size, 1) > self.max_ratio:
             raise ArchiveTooLarge(f"the archive declares a compression ratio above {self.max_ratio:g}")
@@ -125,7 +131,11 @@ class _Writer:
                     raise ArchiveTooLarge(
                         f"compression ratio above {self.limits.max_ratio:g} (entry {str(name)!r})"
                     )
-                if compressed_size is not None and written > floor and written / max(compressed_size, 1) > self.limits.max_ratio:
+                if (
+                    compressed_size is not None
+                    and written > floor
+                    and written / max(compressed_size, 1) > self.limits.max_ratio
+                ):
                     raise ArchiveTooLarge(
                         f"entry {str(name)!r} expands more than {self.limits.max_ratio:g} times"
                     )
@@ -142,8 +152,9 @@ def _extract_zip(archive: Path, writer: _Writer) -> None:
         infos = zf.infolist()
         if len(infos) > writer.limits.max_entries:
             raise ArchiveTooLarge(f"{len(infos)} entries, more than {writer.limits.max_entries}")
-        writer.limits.check_declared([(i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir()],
-                                     writer.archive_size)
+        writer.limits.check_declared(
+            [(i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir()], writer.archive_size
+        )
         for info in infos:
             name = _safe_name(info.filename.rstrip("/") if info.is_dir() else info.filename)
             writer.count_entry(name)
@@ -159,7 +170,14 @@ def _extract_zip(archive: Path, writer: _Writer) -> None:
                     writer.write(name, source, info.compress_size)
             except ArchiveError:
                 raise
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                OSError,
+                NotImplementedError,
+                RuntimeError,
+            ) as exc:
                 raise ArchiveError(f"entry {info.filename!r} is corrupt: {exc}") from exc
 
 
@@ -220,4 +238,12 @@ def content_root(dest: Path) -> Path:
     return dest
 
 
-__all__ = ["ArchiveError", "UnsafeEntry", "ArchiveTooLarge", "ArchiveLimits", "Extracted", "extract", "content_root"]
+__all__ = [
+    "ArchiveError",
+    "UnsafeEntry",
+    "ArchiveTooLarge",
+    "ArchiveLimits",
+    "Extracted",
+    "extract",
+    "content_root",
+]

@@ -2,13 +2,12 @@
 request never costs the client its connection:
 
 - `ErrorMiddleware` (pure ASGI, inside the metrics middleware): a URL holding a NUL character is answered 400
-  before any route runs (PostgreSQL cannot compare text with one: it was a 500 wherever an id reached a query);
-  an unexpected exception is logged with its
-  traceback and answered 500 `{"error": {"code": "internal", ...}}` *without* re-raising, so the server keeps
-  the keep-alive connection (Starlette's own handler re-raises after answering, and uvicorn then closes the
-  connection without a `Connection: close`, so the client's next request on it fails). A client that
-  disconnects mid-request (e.g. mid-upload) is the client's doing: logged at INFO, no traceback, nothing sent,
-  counted as 499 by the metrics.
+  before any route runs (PostgreSQL cannot compare text with one: it was a 500 wherever an id reached a
+  query); an unexpected exception is logged with its traceback and answered 500 `{"error": {"code":
+  "internal", ...}}` *without* re-raising, so the server keeps the keep-alive connection (Starlette's own
+  handler re-raises after answering, and uvicorn then closes the connection without a `Connection: close`, so
+  the client's next request on it fails). A client that disconnects mid-request (e.g. mid-upload) is the
+  client's doing: logged at INFO, no traceback, nothing sent, counted as 499 by the metrics.
 - `JsonHttpToolsProtocol` (used when httptools is installed, the default: its C parser costs a fraction of
   h11's per request) and `JsonH11Protocol` (the pure-Python fallback): uvicorn's protocols whose own 400 (a
   malformed request, or a header section above `MAX_HEADER_BYTES`, e.g. an oversized Authorization header) is
@@ -42,10 +41,19 @@ class ErrorMiddleware:
         if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
             # No id, name or parameter of this API holds a NUL, and PostgreSQL text cannot: answered here for
             # every route instead of as a database error (500) wherever the value reaches a query.
-            body = error_body("the URL holds a NUL character (%00); no resource or parameter of this API has one")
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
+            body = error_body(
+                "the URL holds a NUL character (%00); no resource or parameter of this API has one"
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         started = False
@@ -64,9 +72,16 @@ class ErrorMiddleware:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise  # part of a response is out: only closing the connection tells the client
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(INTERNAL)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(INTERNAL)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": INTERNAL})
 
 
@@ -79,12 +94,20 @@ class JsonH11Protocol(H11Protocol):
     h11_max_incomplete_event_size=MAX_HEADER_BYTES)`."""
 
     def send_400_response(self, msg: str) -> None:
-        body = error_body(f"invalid HTTP request: malformed, or a header section above {MAX_HEADER_BYTES} bytes "
-                          "(e.g. an oversized Authorization header)")
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                      h11.EndOfMessage()):
+        body = error_body(
+            f"invalid HTTP request: malformed, or a header section above {MAX_HEADER_BYTES} bytes "
+            "(e.g. an oversized Authorization header)"
+        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
 
@@ -120,11 +143,17 @@ if HttpToolsProtocol is not None:
             super().on_header(name, value)
 
         def send_400_response(self, msg: str) -> None:
-            body = error_body(f"invalid HTTP request: malformed, or a header section above {MAX_HEADER_BYTES} "
-                              "bytes (e.g. an oversized Authorization header)")
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                                 + b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
-                                 + body)
+            body = error_body(
+                f"invalid HTTP request: malformed, or a header section above {MAX_HEADER_BYTES} "
+                "bytes (e.g. an oversized Authorization header)"
+            )
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                + b"content-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + body
+            )
             self.transport.close()
 
 

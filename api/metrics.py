@@ -23,8 +23,9 @@ class _StateCollector:
 
     def collect(self):
         jobs = GaugeMetricFamily("skillkd_jobs", "jobs by status", labels=["status"])
-        stages = SummaryMetricFamily("skillkd_stage_duration_seconds", "duration of finished stages",
-                                     labels=["stage"])
+        stages = SummaryMetricFamily(
+            "skillkd_stage_duration_seconds", "duration of finished stages", labels=["stage"]
+        )
         try:
             with self.services.factory() as session:
                 counts = count_by_status(session)
@@ -56,11 +57,16 @@ class Metrics:
     def __init__(self, services: Any) -> None:
         self.registry = CollectorRegistry()
         self.multiproc_dir = services.settings.prometheus_multiproc_dir
-        self.requests = Counter("skillkd_http_requests", "HTTP requests", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("skillkd_http_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.requests = Counter(
+            "skillkd_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "skillkd_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.state = _StateCollector(services)
         self.registry.register(self.state)
 

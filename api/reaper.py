@@ -28,18 +28,33 @@ from service.storage import LocalStorage
 log = logging.getLogger(__name__)
 
 
-def reap(factory: sessionmaker[Session], enqueuer: Enqueuer, settings: Settings, storage: LocalStorage, *,
-         queued_age_s: float | None = None) -> dict[str, int]:
+def reap(
+    factory: sessionmaker[Session],
+    enqueuer: Enqueuer,
+    settings: Settings,
+    storage: LocalStorage,
+    *,
+    queued_age_s: float | None = None,
+) -> dict[str, int]:
     stale = stale_cutoff(settings.heartbeat_stale_s)
     now = utcnow()
     to_enqueue: list[str] = []
     counts = {"requeued": 0, "cancelled": 0, "paused": 0, "failed": 0, "reenqueued": 0}
     with factory() as session:
-        reaped = reap_stale(session, stale_before=stale, now=now, max_attempts=settings.max_attempts,
-                            on_cancelled=lambda job_id: storage.remove(storage.job_dir(job_id)))
+        reaped = reap_stale(
+            session,
+            stale_before=stale,
+            now=now,
+            max_attempts=settings.max_attempts,
+            on_cancelled=lambda job_id: storage.remove(storage.job_dir(job_id)),
+        )
         to_enqueue += reaped.requeued
-        counts.update(requeued=len(reaped.requeued), cancelled=reaped.cancelled, paused=reaped.paused,
-                      failed=reaped.failed)
+        counts.update(
+            requeued=len(reaped.requeued),
+            cancelled=reaped.cancelled,
+            paused=reaped.paused,
+            failed=reaped.failed,
+        )
 
         age = settings.requeue_queued_after_s if queued_age_s is None else queued_age_s
         old = queued_since(session, before=now - timedelta(seconds=age))

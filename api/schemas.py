@@ -66,15 +66,21 @@ class DatasetPublic(BaseModel):
     examples: dict[str, list[str]]
     created_at: datetime
 
-
     @classmethod
     def from_row(cls, row: Dataset) -> DatasetPublic:
         summary = row.summary or {}
         return cls(
-            id=row.id, name=row.name, source=row.source, sha256=row.sha256,  # type: ignore[arg-type]
-            size_bytes=row.size_bytes, files=row.files, hours=row.hours,
-            sample_rates=summary.get("sample_rates", []), skipped=summary.get("skipped", {}),
-            examples=summary.get("examples", {}), created_at=row.created_at,
+            id=row.id,
+            name=row.name,
+            source=row.source,
+            sha256=row.sha256,  # type: ignore[arg-type]
+            size_bytes=row.size_bytes,
+            files=row.files,
+            hours=row.hours,
+            sample_rates=summary.get("sample_rates", []),
+            skipped=summary.get("skipped", {}),
+            examples=summary.get("examples", {}),
+            created_at=row.created_at,
         )
 
 
@@ -118,18 +124,27 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
 
-
     @classmethod
     def from_row(cls, job: Job | Any) -> JobPublic:
         """From the ORM object or a Core row of the jobs table (the same attribute names)."""
         return cls(
-            id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
+            id=job.id,
+            status=job.status,
+            stage=job.stage,  # type: ignore[arg-type]
             progress=JobProgress(**job.progress) if job.progress else None,
-            metrics=job.metrics or {}, clusters=job.clusters,
-            error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-            attempts=job.attempts, spec=CompressionSpec.model_validate(job.spec), teacher_id=job.teacher_id,
-            dataset_id=job.dataset_id, calibration_dataset_id=job.calibration_dataset_id,
-            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            metrics=job.metrics or {},
+            clusters=job.clusters,
+            error=ErrorDetail(code=job.error_code, message=job.error_message or "")
+            if job.error_code
+            else None,
+            attempts=job.attempts,
+            spec=CompressionSpec.model_validate(job.spec),
+            teacher_id=job.teacher_id,
+            dataset_id=job.dataset_id,
+            calibration_dataset_id=job.calibration_dataset_id,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
             updated_at=job.updated_at,
         )
 
@@ -177,7 +192,21 @@ class Health(BaseModel):
 
 
 __all__ = [
-    "ErrorDetail", "ErrorBody", "TeacherPublic", "TeacherList", "DatasetRegister", "DatasetPublic",
-    "DatasetList", "JobCreate", "JobProgress", "JobPublic", "JobList", "JobEventPublic", "JobEventList",
-    "ArtifactPublic", "ArtifactList", "Health", "JobStatus",
+    "ErrorDetail",
+    "ErrorBody",
+    "TeacherPublic",
+    "TeacherList",
+    "DatasetRegister",
+    "DatasetPublic",
+    "DatasetList",
+    "JobCreate",
+    "JobProgress",
+    "JobPublic",
+    "JobList",
+    "JobEventPublic",
+    "JobEventList",
+    "ArtifactPublic",
+    "ArtifactList",
+    "Health",
+    "JobStatus",
 ]

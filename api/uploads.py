@@ -53,8 +53,9 @@ async def receive(chunks: AsyncIterator[bytes], dest: Path, *, limit: int, decla
 
 
 def input_error(exc: SkillkdError, folder: Path) -> UnprocessableInput:
-    """The engine's verdict on an upload, for the client: its stable code and a message about the archive, with
-    no server path in it (the extraction folder reads "the archive"); the full message goes to the log."""
+    """The engine's verdict on an upload, for the client: its stable code and a message about the archive,
+    with no server path in it (the extraction folder reads "the archive"); the full message goes to the
+    log."""
     log.info("upload refused (%s): %s", exc.code, exc.message)
     message = exc.message.replace(str(folder.resolve()), "the archive").replace(str(folder), "the archive")
     return UnprocessableInput(public_message(message), code=exc.code)
@@ -62,8 +63,12 @@ def input_error(exc: SkillkdError, folder: Path) -> UnprocessableInput:
 
 def limits_of(services: Any) -> ArchiveLimits:
     s = services.settings
-    return ArchiveLimits(max_entries=s.max_archive_entries, max_total_bytes=s.max_extracted_bytes,
-                         max_ratio=s.max_compression_ratio, ratio_floor_bytes=s.archive_ratio_floor_bytes)
+    return ArchiveLimits(
+        max_entries=s.max_archive_entries,
+        max_total_bytes=s.max_extracted_bytes,
+        max_ratio=s.max_compression_ratio,
+        ratio_floor_bytes=s.archive_ratio_floor_bytes,
+    )
 
 
 Prepare = Callable[[Received, Extracted, Path], tuple[Path, Any]]
@@ -80,8 +85,12 @@ async def ingest_archive(request: Request, services: Any, final_dir: Path, prepa
     tmp = storage.new_tmp()
     moved = False
     try:
-        received = await receive(request.stream(), tmp / "upload", limit=services.settings.max_upload_bytes,
-                                 declared=request.headers.get("content-length"))
+        received = await receive(
+            request.stream(),
+            tmp / "upload",
+            limit=services.settings.max_upload_bytes,
+            declared=request.headers.get("content-length"),
+        )
 
         def validate_and_store() -> Any:
             nonlocal moved

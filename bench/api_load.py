@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 # editable install off, which would otherwise supply the modules an old tree lacks (service.*, api.http) from
 # this checkout, mixing the two. Knows both layouts: before issue 11 the state lived in api/ (api.db,
 # api.models, api.keys), after it in service/.
-SERVER = r'''
+SERVER = r"""
 import json, os, sys
 cfg = json.loads(os.environ["BENCH_CFG"])
 # The tree under test and nothing else (see the comment above SERVER in bench/api_load.py).
@@ -143,11 +143,11 @@ if __name__ == "__main__":
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(cfg["profile"])
-'''
+"""
 
 # wrk: one Lua state per thread; a random job of the seeded ones per request, or a fixed POST body. done()
 # prints one JSON line (latencies in microseconds).
-WRK_SCRIPT = r'''
+WRK_SCRIPT = r"""
 local ids = {}
 for line in io.lines(os.getenv("BENCH_IDS")) do ids[#ids + 1] = line end
 math.randomseed(tonumber(os.getenv("BENCH_SEED")))
@@ -168,7 +168,7 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
-'''
+"""
 
 
 def free_port() -> int:
@@ -179,8 +179,9 @@ def free_port() -> int:
 
 def export_tree(ref: str, dest: Path) -> Path:
     """The tree of git revision `ref` in `dest` (git archive; the working tree is untouched)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True, capture_output=True
+    ).stdout
     dest.mkdir(parents=True)
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tf:
         tf.extractall(dest, filter="data")
@@ -219,11 +220,14 @@ def cpu_seconds(pid: int) -> float:
     worker processes counts all of them."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
-                    for c in (t / "children").read_text().split()]
+        children = [
+            int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
+        ]
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(c) for c in children)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") + sum(
+        cpu_seconds(c) for c in children
+    )
 
 
 def drive(url: str, key: str, requests: int, concurrency: int, make_request, server_pid: int) -> dict:
@@ -257,7 +261,9 @@ def drive(url: str, key: str, requests: int, concurrency: int, make_request, ser
     cpu = cpu_seconds(server_pid) - cpu_before
     latencies.sort()
     return {
-        "requests": len(latencies), "errors": errors, "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "concurrency": concurrency,
         "requests_per_s": round(len(latencies) / wall, 1),
         "p50_ms": round(1000 * statistics.median(latencies), 2),
         "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
@@ -272,19 +278,42 @@ def drive_wrk(server: Server, seconds: float, concurrency: int, body: dict | Non
     """`wrk -t1 -c<concurrency>` for `seconds` (whole seconds): GETs of random seeded jobs, or POSTs of `body`."""
     script = server.home / "bench.lua"
     script.write_text(WRK_SCRIPT)
-    env = {**os.environ, "BENCH_IDS": str(server.home / "ids.txt"), "BENCH_KEY": server.info["key"],
-           "BENCH_BODY": json.dumps(body) if body else "", "BENCH_SEED": str(random.randrange(1 << 30))}
+    env = {
+        **os.environ,
+        "BENCH_IDS": str(server.home / "ids.txt"),
+        "BENCH_KEY": server.info["key"],
+        "BENCH_BODY": json.dumps(body) if body else "",
+        "BENCH_SEED": str(random.randrange(1 << 30)),
+    }
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds(server.proc.pid)
-    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script),
-                          server.url], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            server.url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     cpu = cpu_seconds(server.proc.pid) - cpu_before
     summary = json.loads(out.strip().splitlines()[-1])
     n = summary["requests"]
     return {
-        "requests": n, "errors": summary["errors"], "concurrency": concurrency,
+        "requests": n,
+        "errors": summary["errors"],
+        "concurrency": concurrency,
         "requests_per_s": round(n / (summary["duration_us"] / 1e6), 1),
-        "p50_ms": round(summary["p50_us"] / 1000, 2), "p99_ms": round(summary["p99_us"] / 1000, 2),
+        "p50_ms": round(summary["p50_us"] / 1000, 2),
+        "p99_ms": round(summary["p99_us"] / 1000, 2),
         "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "server_cpu_ms_per_request": round(1000 * cpu / max(n, 1), 3),
     }
@@ -294,14 +323,22 @@ class Server:
     """One API server (one process, or uvicorn's supervisor and `workers` processes) on a fresh, seeded
     database."""
 
-    def __init__(self, tree: Path, kind: str, args: argparse.Namespace, profile: Path | None,
-                 workers: int = 1) -> None:
+    def __init__(
+        self, tree: Path, kind: str, args: argparse.Namespace, profile: Path | None, workers: int = 1
+    ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="skillkd-bench-"))
         self.db = Database(kind, self.home, args.pg_admin_url)
         port = free_port()
-        cfg = {"tree": str(tree), "home": str(self.home), "database_url": self.db.url, "port": port,
-               "jobs": args.jobs, "ready": str(self.home / "ready.json"), "profile": str(profile) if profile else "",
-               "workers": workers}
+        cfg = {
+            "tree": str(tree),
+            "home": str(self.home),
+            "database_url": self.db.url,
+            "port": port,
+            "jobs": args.jobs,
+            "ready": str(self.home / "ready.json"),
+            "profile": str(profile) if profile else "",
+            "workers": workers,
+        }
         script = self.home / "bench_server.py"
         script.write_text(SERVER)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
@@ -326,13 +363,19 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.1)
         for _ in range(4 * workers):  # every process has answered once (imports, the key cache, the pool)
-            httpx.get(f"{self.url}/v1/jobs/{self.info['ids'][0]}", timeout=10,
-                      headers={"Authorization": f"Bearer {self.info['key']}"})
+            httpx.get(
+                f"{self.url}/v1/jobs/{self.info['ids'][0]}",
+                timeout=10,
+                headers={"Authorization": f"Bearer {self.info['key']}"},
+            )
 
     def measure(self, args: argparse.Namespace) -> dict:
         ids, key = self.info["ids"], self.info["key"]
-        body = {"teacher_id": self.info["teacher_id"], "dataset_id": self.info["dataset_id"],
-                "spec": {"preset": "quick"}}
+        body = {
+            "teacher_id": self.info["teacher_id"],
+            "dataset_id": self.info["dataset_id"],
+            "spec": {"preset": "quick"},
+        }
         result = {}
         if args.client == "wrk":
             for c in args.concurrency:
@@ -340,10 +383,22 @@ class Server:
             result["create_job"] = drive_wrk(self, args.seconds / 2, max(args.concurrency), body)
             return result
         for c in args.concurrency:
-            result[f"get_job_c{c}"] = drive(self.url, key, args.requests, c,
-                                            lambda cl, rng: cl.get(f"/v1/jobs/{rng.choice(ids)}"), self.proc.pid)
-        result["create_job"] = drive(self.url, key, args.creates, max(args.concurrency),
-                                     lambda cl, rng: cl.post("/v1/jobs", json=body), self.proc.pid)
+            result[f"get_job_c{c}"] = drive(
+                self.url,
+                key,
+                args.requests,
+                c,
+                lambda cl, rng: cl.get(f"/v1/jobs/{rng.choice(ids)}"),
+                self.proc.pid,
+            )
+        result["create_job"] = drive(
+            self.url,
+            key,
+            args.creates,
+            max(args.concurrency),
+            lambda cl, rng: cl.post("/v1/jobs", json=body),
+            self.proc.pid,
+        )
         return result
 
     def stop(self) -> None:
@@ -361,8 +416,10 @@ def medians(rounds: list[dict]) -> dict:
     """Per measurement, the median over rounds of each figure."""
     out: dict = {}
     for name in rounds[0]:
-        out[name] = {k: round(statistics.median(r[name][k] for r in rounds), 3)
-                     for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")}
+        out[name] = {
+            k: round(statistics.median(r[name][k] for r in rounds), 3)
+            for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+        }
         out[name]["errors"] = sum(r[name]["errors"] for r in rounds)
     return out
 
@@ -377,27 +434,50 @@ def print_profile(path: Path, limit: int = 30) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="33c1efa", help="git revision of the 'before' figures ('' to skip)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--before", default="33c1efa", help="git revision of the 'before' figures ('' to skip)"
+    )
     parser.add_argument("--previous", default="", help="another revision measured alongside ('previous')")
-    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1],
-                        help="API processes of this tree's server, comma-separated (each is one server: "
-                             "'after' for 1, 'after_wN' for N)")
-    parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx",
-                        help="load generator (default wrk when installed)")
-    parser.add_argument("--seconds", type=int, default=5, help="wrk: seconds per GET measurement (half of it for "
-                        "job creation)")
+    parser.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1],
+        help="API processes of this tree's server, comma-separated (each is one server: "
+        "'after' for 1, 'after_wN' for N)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator (default wrk when installed)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=int,
+        default=5,
+        help="wrk: seconds per GET measurement (half of it for job creation)",
+    )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000, help="httpx: GETs per measurement")
     parser.add_argument("--creates", type=int, default=400, help="httpx: job creations per measurement")
-    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8],
-                        help="connections (wrk) or client threads (httpx), comma-separated (each is one GET "
-                             "measurement)")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 8],
+        help="connections (wrk) or client threads (httpx), comma-separated (each is one GET measurement)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating before/after measurements")
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="directory for a cProfile of each 'after' server (top functions printed)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="directory for a cProfile of each 'after' server (top functions printed)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "api_load.json")
     args = parser.parse_args()
 
@@ -410,11 +490,18 @@ def main() -> None:
     for n in args.workers:
         variants["after" if n == 1 else f"after_w{n}"] = (REPO, n)
     command = " ".join(["python", "-m", "bench.api_load", *sys.argv[1:]])
-    result: dict = {"before_revision": args.before or None, "previous_revision": args.previous or None,
-                    "client": args.client, "command": command,
-                    "after_revision": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                                     capture_output=True, text=True).stdout.strip() + " + working tree",
-                    "jobs_in_db": args.jobs, "results": {}}
+    result: dict = {
+        "before_revision": args.before or None,
+        "previous_revision": args.previous or None,
+        "client": args.client,
+        "command": command,
+        "after_revision": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        + " + working tree",
+        "jobs_in_db": args.jobs,
+        "results": {},
+    }
     try:
         # Both servers of a database run side by side and are measured in alternation, round after round, so
         # that before and after see the same machine load as far as a shared machine allows; the summary is
@@ -423,7 +510,9 @@ def main() -> None:
             servers = {}
             try:
                 for label, (tree, workers) in variants.items():
-                    profile = args.profile / f"{label}-{kind}.prof" if args.profile and label == "after" else None
+                    profile = (
+                        args.profile / f"{label}-{kind}.prof" if args.profile and label == "after" else None
+                    )
                     if profile is not None:
                         args.profile.mkdir(parents=True, exist_ok=True)
                     servers[label] = Server(tree, kind, args, profile, workers)
@@ -432,7 +521,9 @@ def main() -> None:
                     for label, server in servers.items():
                         print(f"{kind} round {r + 1}/{args.rounds}: {label} ...", file=sys.stderr, flush=True)
                         rounds[label].append(server.measure(args))
-                result["results"][kind] = {label: {"median": medians(rs), "rounds": rs} for label, rs in rounds.items()}
+                result["results"][kind] = {
+                    label: {"median": medians(rs), "rounds": rs} for label, rs in rounds.items()
+                }
             finally:
                 for server in servers.values():
                     server.stop()
@@ -441,8 +532,12 @@ def main() -> None:
                     print(print_profile(prof), file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                         "note": "shared with other jobs; see loadavg_1min_before_after of each measurement"}
+    result["machine"] = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "note": "shared with other jobs; see loadavg_1min_before_after of each measurement",
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -17,7 +17,9 @@ PERCENTILES = (50, 90, 95, 99, 99.5, 99.9)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tree", type=Path, default=api_load.REPO)
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -31,20 +33,36 @@ def main() -> None:
     server = api_load.Server(args.tree, args.database, args, None, args.workers)
     script = server.home / "tail.lua"
     wanted = ", ".join(str(p) for p in PERCENTILES)
-    script.write_text(api_load.WRK_SCRIPT.replace(
-        "  local e = summary.errors\n",
-        f"  for _, p in ipairs({{{wanted}}}) do io.write('p', p, '=', latency:percentile(p) / 1000, 'ms ') end\n"
-        "  io.write('max=', latency.max / 1000, 'ms ', summary.requests * 1e6 / summary.duration, ' req/s\\n')\n"
-        "  local e = summary.errors\n"))
-    env = {**os.environ, "BENCH_IDS": str(server.home / "ids.txt"), "BENCH_KEY": server.info["key"],
-           "BENCH_BODY": "", "BENCH_SEED": "1"}
+    script.write_text(
+        api_load.WRK_SCRIPT.replace(
+            "  local e = summary.errors\n",
+            f"  for _, p in ipairs({{{wanted}}}) do io.write('p', p, '=', latency:percentile(p) / 1000, 'ms ') end\n"
+            "  io.write('max=', latency.max / 1000, 'ms ', summary.requests * 1e6 / summary.duration, ' req/s\\n')\n"
+            "  local e = summary.errors\n",
+        )
+    )
+    env = {
+        **os.environ,
+        "BENCH_IDS": str(server.home / "ids.txt"),
+        "BENCH_KEY": server.info["key"],
+        "BENCH_BODY": "",
+        "BENCH_SEED": "1",
+    }
     try:
         for _ in range(args.runs):
             load = os.getloadavg()[0]
-            out = subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "-s", str(script),
-                                  server.url], env=env, capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "-s", str(script), server.url],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             line = next(x for x in out.splitlines() if x.startswith("p50="))
-            print(f"{args.database} workers={args.workers} c={args.connections} load={load:.2f}: {line}", flush=True)
+            print(
+                f"{args.database} workers={args.workers} c={args.connections} load={load:.2f}: {line}",
+                flush=True,
+            )
     finally:
         server.stop()
 

@@ -5,10 +5,10 @@ stage 2 (distillation of the pruned student), on random-init `tiny` and Base-siz
     python -m bench.distill_step --size base --arch hubert --steps 1      # CPU, minutes (slow)
     python -m bench.distill_step --size all --device cuda --json bench/results/distill_step_gpu.json
 
-One step is what `core.distill.train.train_stage` does per step: the same `core.distill.train.DistillStep` (teacher forward
-in inference mode up to the highest target layer, student forward (masked in stage 1) and backward, the
-Lagrangian on the expected sparsity (stage 1), AdamW over the same parameter groups, gradient clipping), and
-the loop's host synchronisation for the logged values. Checkpointing and logging are left out.
+One step is what `core.distill.train.train_stage` does per step: the same `core.distill.train.DistillStep`
+(teacher forward in inference mode up to the highest target layer, student forward (masked in stage 1) and
+backward, the Lagrangian on the expected sparsity (stage 1), AdamW over the same parameter groups, gradient
+clipping), and the loop's host synchronisation for the logged values. Checkpointing and logging are left out.
 
 `--profile` adds a per-step profile of each case (torch.profiler): time per region of the step
 (`teacher_forward`, `student_forward`, `loss`, `backward`, `optimizer`, on the host and on the device) and
@@ -70,27 +70,42 @@ CPU_BASE_MAX_STEPS = 2
 STAGE2_KEEP_FRACTION = 0.25  # stage-2 student: ~75% of conv channels, heads and FFN units removed
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Architectures
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def model_config(size: str, arch: str) -> ModelConfig:
     """Random-init architecture: `tiny` (64 wide, 2 layers) or the real Base size (94-95M parameters)."""
     if size == "tiny":
         conv = [ConvConfig(32, k, s) for k, s in zip(STANDARD_KERNELS, STANDARD_STRIDES, strict=True)]
-        return ModelConfig(architecture=arch, conv=conv, layers=[LayerConfig(4, 128) for _ in range(2)],  # type: ignore[arg-type]
-                           hidden_size=64, head_dim=16, pos_conv_kernel=16, pos_conv_groups=4)
+        return ModelConfig(
+            architecture=arch,
+            conv=conv,
+            layers=[LayerConfig(4, 128) for _ in range(2)],  # type: ignore[arg-type]
+            hidden_size=64,
+            head_dim=16,
+            pos_conv_kernel=16,
+            pos_conv_groups=4,
+        )
     if size == "base":
         conv = [ConvConfig(512, k, s) for k, s in zip(STANDARD_KERNELS, STANDARD_STRIDES, strict=True)]
-        return ModelConfig(architecture=arch, conv=conv, layers=[LayerConfig(12, 3072) for _ in range(12)],  # type: ignore[arg-type]
-                           hidden_size=768, head_dim=64, pos_conv_kernel=128, pos_conv_groups=16)
+        return ModelConfig(
+            architecture=arch,
+            conv=conv,
+            layers=[LayerConfig(12, 3072) for _ in range(12)],  # type: ignore[arg-type]
+            hidden_size=768,
+            head_dim=64,
+            pos_conv_kernel=128,
+            pos_conv_groups=16,
+        )
     raise ValueError(f"unknown size {size!r}")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Analytic FLOPs
-# --------------------------------------------------------------------------------------------------------------
-def forward_macs(model: SpeechEncoder, batch: int, samples: int, max_layer: int | None = None,
-                 num_projections: int = 0) -> dict[str, int]:
+# ------------------------------------------------------------------------------------------------------------
+def forward_macs(
+    model: SpeechEncoder, batch: int, samples: int, max_layer: int | None = None, num_projections: int = 0
+) -> dict[str, int]:
     """Multiply-accumulates of one forward pass of `model` (without masks) over (batch, samples), by part.
 
     Per utterance this is core's count, `SpeechEncoder.macs_by_part` (what `core.evaluation.MacCounter`
@@ -121,14 +136,23 @@ def forward_macs(model: SpeechEncoder, batch: int, samples: int, max_layer: int 
     }
 
 
-def step_flops(teacher: SpeechEncoder, student: SpeechEncoder, batch: int, samples: int, max_layer: int,
-               num_projections: int) -> dict[str, int]:
+def step_flops(
+    teacher: SpeechEncoder,
+    student: SpeechEncoder,
+    batch: int,
+    samples: int,
+    max_layer: int,
+    num_projections: int,
+) -> dict[str, int]:
     """FLOPs of one training step, which core does not count: teacher forward + 3 x student forward
     (backward ~ 2 x forward); FLOPs = 2 MACs. `student` without masks (stage 1: the teacher, same size)."""
     teacher_macs = sum(forward_macs(teacher, batch, samples, max_layer).values())
     student_macs = sum(forward_macs(student, batch, samples, max_layer, num_projections).values())
-    return {"teacher_forward": 2 * teacher_macs, "student_forward": 2 * student_macs,
-            "total": 2 * teacher_macs + 3 * 2 * student_macs}
+    return {
+        "teacher_forward": 2 * teacher_macs,
+        "student_forward": 2 * student_macs,
+        "total": 2 * teacher_macs + 3 * 2 * student_macs,
+    }
 
 
 def bf16_peak_tflops(device: torch.device) -> tuple[str, float | None]:
@@ -141,9 +165,9 @@ def bf16_peak_tflops(device: torch.device) -> tuple[str, float | None]:
     return name, None
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Memory
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _malloc_trim() -> None:
     """Return freed heap memory to the OS (glibc), so that an RSS delta is not hidden by memory an earlier
     case freed but the allocator kept."""
@@ -215,9 +239,9 @@ class PeakMemory:
             self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self._start_maxrss
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Steps
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 @dataclass
 class Case:
     size: str
@@ -245,15 +269,32 @@ def _maybe_compile(module: nn.Module, enabled: bool) -> Callable[..., Any]:
 
 
 class OursStep:
-    """One step of `core.distill.train.train_stage`: its `DistillStep`, then the loop's host sync of the logged values
-    (the loop does that once per 10 steps on a GPU; here once per step, so this is slightly pessimistic)."""
+    """One step of `core.distill.train.train_stage`: its `DistillStep`, then the loop's host sync of the
+    logged values (the loop does that once per 10 steps on a GPU; here once per step, so this is slightly
+    pessimistic)."""
 
-    def __init__(self, teacher: SpeechEncoder, student: SpeechEncoder, targets: ClusterTargets,
-                 recipe: TrainRecipe, device: torch.device, teacher_params: int, compile_models: bool,
-                 compiled_teacher: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        teacher: SpeechEncoder,
+        student: SpeechEncoder,
+        targets: ClusterTargets,
+        recipe: TrainRecipe,
+        device: torch.device,
+        teacher_params: int,
+        compile_models: bool,
+        compiled_teacher: Callable[..., Any] | None = None,
+    ) -> None:
         self.student = student
-        self.inner = DistillStep(student, teacher, targets, recipe, device, target_sparsity=DEFAULT_SPARSITY,
-                                 teacher_params=teacher_params, compile=False)
+        self.inner = DistillStep(
+            student,
+            teacher,
+            targets,
+            recipe,
+            device,
+            target_sparsity=DEFAULT_SPARSITY,
+            teacher_params=teacher_params,
+            compile=False,
+        )
         if compile_models:  # the teacher is compiled once per architecture and shared by the cases
             self.inner.student_fn = _maybe_compile(student, True)
             self.inner.teacher_fn = compiled_teacher if compiled_teacher is not None else teacher
@@ -277,13 +318,24 @@ def hf_config(config: ModelConfig) -> Any:
     from transformers import HubertConfig, WavLMConfig
 
     kw: dict[str, Any] = dict(
-        hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.layers[0].num_heads, intermediate_size=config.layers[0].ffn_dim,
-        conv_dim=tuple(c.out_channels for c in config.conv), conv_kernel=tuple(c.kernel for c in config.conv),
-        conv_stride=tuple(c.stride for c in config.conv), num_conv_pos_embeddings=config.pos_conv_kernel,
-        num_conv_pos_embedding_groups=config.pos_conv_groups, feat_extract_norm="group",
-        do_stable_layer_norm=False, conv_bias=False, hidden_dropout=0.0, attention_dropout=0.0,
-        activation_dropout=0.0, feat_proj_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.layers[0].num_heads,
+        intermediate_size=config.layers[0].ffn_dim,
+        conv_dim=tuple(c.out_channels for c in config.conv),
+        conv_kernel=tuple(c.kernel for c in config.conv),
+        conv_stride=tuple(c.stride for c in config.conv),
+        num_conv_pos_embeddings=config.pos_conv_kernel,
+        num_conv_pos_embedding_groups=config.pos_conv_groups,
+        feat_extract_norm="group",
+        do_stable_layer_norm=False,
+        conv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        final_dropout=0.0,
+        layerdrop=0.0,
         apply_spec_augment=False,
     )
     if config.architecture == "wavlm":
@@ -313,7 +365,9 @@ class PlainStep:
             nn.init.eye_(p.weight)
             nn.init.zeros_(p.bias)
         self.params = list(self.student.parameters()) + list(self.projections.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=2e-4, weight_decay=0.0, fused=device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=2e-4, weight_decay=0.0, fused=device.type == "cuda"
+        )
         self.device = device
 
     def _select(self, out: Any) -> list[Tensor]:
@@ -334,11 +388,16 @@ class PlainStep:
         return {"loss": float(loss.detach())}
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Runner
-# --------------------------------------------------------------------------------------------------------------
-def time_steps(step: Callable[[Tensor], dict[str, float]], waveforms: Tensor, steps: int, warmup: int,
-               device: torch.device) -> tuple[list[float], dict[str, float]]:
+# ------------------------------------------------------------------------------------------------------------
+def time_steps(
+    step: Callable[[Tensor], dict[str, float]],
+    waveforms: Tensor,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+) -> tuple[list[float], dict[str, float]]:
     last: dict[str, float] = {}
     for _ in range(warmup):
         last = step(waveforms)
@@ -355,8 +414,13 @@ def time_steps(step: Callable[[Tensor], dict[str, float]], waveforms: Tensor, st
 REGIONS = ("teacher_forward", "student_forward", "loss", "backward", "optimizer")
 
 
-def profile_steps(step: Callable[[Tensor], dict[str, float]], waveforms: Tensor, device: torch.device,
-                  steps: int = 3, top: int = 12) -> dict[str, Any]:
+def profile_steps(
+    step: Callable[[Tensor], dict[str, float]],
+    waveforms: Tensor,
+    device: torch.device,
+    steps: int = 3,
+    top: int = 12,
+) -> dict[str, Any]:
     """Per-step profile (torch.profiler) of `steps` already warmed-up steps: milliseconds per step in each
     labelled region of `DistillStep` (host and device time), and the operators with the most self time."""
     from torch.profiler import ProfilerActivity, profile
@@ -376,17 +440,29 @@ def profile_steps(step: Callable[[Tensor], dict[str, float]], waveforms: Tensor,
         return float(getattr(e, name, getattr(e, legacy, 0.0)) or 0.0) / 1000.0 / steps
 
     averages = prof.key_averages()
-    regions = {e.key: {"host_ms": e.cpu_time_total / 1000.0 / steps, "device_ms": device_ms(e, False)}
-               for e in averages if e.key in REGIONS}
+    regions = {
+        e.key: {"host_ms": e.cpu_time_total / 1000.0 / steps, "device_ms": device_ms(e, False)}
+        for e in averages
+        if e.key in REGIONS
+    }
     on_device = device.type == "cuda"
     ops = [e for e in averages if e.key not in REGIONS and not e.key.startswith("ProfilerStep")]
     ops.sort(key=lambda e: device_ms(e, True) if on_device else e.self_cpu_time_total, reverse=True)
-    top_ops = [{"op": e.key, "calls_per_step": e.count / steps,
-                "self_ms": device_ms(e, True) if on_device else e.self_cpu_time_total / 1000.0 / steps}
-               for e in ops[:top]]
-    return {"steps": steps, "wall_ms_per_step": 1000.0 * wall,
-            "regions": {k: regions[k] for k in REGIONS if k in regions}, "top_ops": top_ops,
-            "time_basis": "device (CUDA kernels)" if on_device else "host (CPU)"}
+    top_ops = [
+        {
+            "op": e.key,
+            "calls_per_step": e.count / steps,
+            "self_ms": device_ms(e, True) if on_device else e.self_cpu_time_total / 1000.0 / steps,
+        }
+        for e in ops[:top]
+    ]
+    return {
+        "steps": steps,
+        "wall_ms_per_step": 1000.0 * wall,
+        "regions": {k: regions[k] for k in REGIONS if k in regions},
+        "top_ops": top_ops,
+        "time_basis": "device (CUDA kernels)" if on_device else "host (CPU)",
+    }
 
 
 def _waveforms(case: Case, device: torch.device, seed: int = 0) -> Tensor:
@@ -394,18 +470,31 @@ def _waveforms(case: Case, device: torch.device, seed: int = 0) -> Tensor:
     return (0.1 * torch.randn(case.batch, case.samples, generator=generator)).to(device)  # (batch, time)
 
 
-def run_case(case: Case, teacher: SpeechEncoder, teacher_fn: Callable[..., Any] | None,
-             args: argparse.Namespace, device: torch.device, peak_tflops: float | None) -> dict[str, Any]:
+def run_case(
+    case: Case,
+    teacher: SpeechEncoder,
+    teacher_fn: Callable[..., Any] | None,
+    args: argparse.Namespace,
+    device: torch.device,
+    peak_tflops: float | None,
+) -> dict[str, Any]:
     """One case; `teacher` is the bench's encoder of the case's size (the plain step builds its own
     transformers models and uses it only to count FLOPs), `teacher_fn` the callable the step runs."""
     cfg = model_config(case.size, case.arch)
     teacher_params = sum(p.numel() for p in teacher.parameters())
     result: dict[str, Any] = {
-        "size": case.size, "arch": case.arch, "stage": case.stage, "batch_seconds": case.batch_seconds,
-        "utterance_seconds": case.utterance_seconds, "batch": case.batch, "samples": case.samples,
+        "size": case.size,
+        "arch": case.arch,
+        "stage": case.stage,
+        "batch_seconds": case.batch_seconds,
+        "utterance_seconds": case.utterance_seconds,
+        "batch": case.batch,
+        "samples": case.samples,
         "frames": teacher.conv_frames(case.samples)[-1],
         "audio_seconds": case.batch * case.samples / SAMPLE_RATE,
-        "steps": args.steps, "warmup": args.warmup, "compile": args.compile,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "compile": args.compile,
     }
     waveforms = _waveforms(case, device)
     with PeakMemory(device) as memory:
@@ -430,7 +519,9 @@ def run_case(case: Case, teacher: SpeechEncoder, teacher_fn: Callable[..., Any] 
             recipe = spec.recipe(1 if case.stage == "stage1" else 2)
             clusters = default_clusters(spec, cfg.num_layers)
             targets = ClusterTargets(clusters, cfg.hidden_size).to(device)
-            step = OursStep(teacher, student, targets, recipe, device, teacher_params, args.compile, teacher_fn)
+            step = OursStep(
+                teacher, student, targets, recipe, device, teacher_params, args.compile, teacher_fn
+            )
             counted = teacher if case.stage == "stage1" else student  # a masked student runs at full size
             max_layer = targets.max_layer
             n_proj = len(targets.projections)
@@ -447,10 +538,14 @@ def run_case(case: Case, teacher: SpeechEncoder, teacher_fn: Callable[..., Any] 
     step_time = statistics.median(times)
     tflops = flops["total"] / step_time / 1e12
     result.update(
-        step_times_s=[round(t, 6) for t in times], step_time_s=step_time,
+        step_times_s=[round(t, 6) for t in times],
+        step_time_s=step_time,
         audio_s_per_s=result["audio_seconds"] / step_time,
-        peak_memory_bytes=int(memory.peak), memory_method=memory.method,
-        flops_per_step=flops["total"], flops_breakdown=flops, tflops=tflops,
+        peak_memory_bytes=int(memory.peak),
+        memory_method=memory.method,
+        flops_per_step=flops["total"],
+        flops_breakdown=flops,
+        tflops=tflops,
         peak_fraction=tflops / peak_tflops if peak_tflops else None,
         last_values=last,
     )
@@ -480,17 +575,28 @@ def estimates(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Paper recipe cost from the measured rates: (50k x 640 s / stage-1 rate + 25k x 640 s / stage-2 rate)
     / 3600, in device-hours of the measured device (DPHuBERT reports ~24 A100 GPU-hours)."""
     out = []
-    by_key = {(c["size"], c["arch"], c["batch_seconds"], c["stage"]): c for c in cases if "audio_s_per_s" in c}
+    by_key = {
+        (c["size"], c["arch"], c["batch_seconds"], c["stage"]): c for c in cases if "audio_s_per_s" in c
+    }
     for (size, arch, batch_s, stage), c1 in by_key.items():
         c2 = by_key.get((size, arch, batch_s, "stage2"))
         if stage != "stage1" or c2 is None:
             continue
-        seconds = (PAPER_STAGE1_STEPS * PAPER_AUDIO_S_PER_STEP / c1["audio_s_per_s"]
-                   + PAPER_STAGE2_STEPS * PAPER_AUDIO_S_PER_STEP / c2["audio_s_per_s"])
-        out.append({"size": size, "arch": arch, "batch_seconds": batch_s,
-                    "stage1_audio_s_per_s": c1["audio_s_per_s"], "stage2_audio_s_per_s": c2["audio_s_per_s"],
-                    "paper_recipe_device_hours": seconds / 3600.0,
-                    "at_recipe_batch": batch_s == 160.0})
+        seconds = (
+            PAPER_STAGE1_STEPS * PAPER_AUDIO_S_PER_STEP / c1["audio_s_per_s"]
+            + PAPER_STAGE2_STEPS * PAPER_AUDIO_S_PER_STEP / c2["audio_s_per_s"]
+        )
+        out.append(
+            {
+                "size": size,
+                "arch": arch,
+                "batch_seconds": batch_s,
+                "stage1_audio_s_per_s": c1["audio_s_per_s"],
+                "stage2_audio_s_per_s": c2["audio_s_per_s"],
+                "paper_recipe_device_hours": seconds / 3600.0,
+                "at_recipe_batch": batch_s == 160.0,
+            }
+        )
     return out
 
 
@@ -501,15 +607,22 @@ def ratios(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = by_key.get((size, arch, batch_s, "stage1"))
         if stage != "plain" or ours is None:
             continue
-        out.append({"size": size, "arch": arch, "batch_seconds": batch_s,
-                    "ours_stage1_step_s": ours["step_time_s"], "plain_step_s": plain["step_time_s"],
-                    "ours_over_plain_step_time": ours["step_time_s"] / plain["step_time_s"]})
+        out.append(
+            {
+                "size": size,
+                "arch": arch,
+                "batch_seconds": batch_s,
+                "ours_stage1_step_s": ours["step_time_s"],
+                "plain_step_s": plain["step_time_s"],
+                "ours_over_plain_step_time": ours["step_time_s"] / plain["step_time_s"],
+            }
+        )
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Output
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def _fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -518,8 +631,10 @@ def _fmt_bytes(n: int | None) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     lines = []
-    head = (f"{'size':<5} {'arch':<6} {'stage':<7} {'batch':>11} {'step':>10} {'audio s/s':>10} "
-            f"{'peak mem':>10} {'TFLOP/step':>10} {'TFLOP/s':>8} {'of peak':>7}")
+    head = (
+        f"{'size':<5} {'arch':<6} {'stage':<7} {'batch':>11} {'step':>10} {'audio s/s':>10} "
+        f"{'peak mem':>10} {'TFLOP/step':>10} {'TFLOP/s':>8} {'of peak':>7}"
+    )
     lines += [head, "-" * len(head)]
     for c in report["cases"]:
         batch = f"{c['batch']}x{c['utterance_seconds']:g}s"
@@ -530,27 +645,37 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"{c['size']:<5} {c['arch']:<6} {c['stage']:<7} {batch:>11} {1000 * c['step_time_s']:>8.1f}ms "
             f"{c['audio_s_per_s']:>10.1f} {_fmt_bytes(c['peak_memory_bytes']):>10} "
-            f"{c['flops_per_step'] / 1e12:>10.4f} {c['tflops']:>8.3f} {frac:>7}")
+            f"{c['flops_per_step'] / 1e12:>10.4f} {c['tflops']:>8.3f} {frac:>7}"
+        )
     if report["estimates"]:
         lines += ["", "Paper recipe (50k + 25k steps x 640 s of audio) on this device, from the rates above:"]
         for e in report["estimates"]:
             note = "" if e["at_recipe_batch"] else f" (measured at {e['batch_seconds']:g} s/step, recipe 160)"
-            lines.append(f"  {e['size']:<5} {e['arch']:<6} {e['paper_recipe_device_hours']:>10.1f} device-hours"
-                         f"{note}   [DPHuBERT: ~{PAPER_A100_GPU_HOURS:g} A100 GPU-hours]")
+            lines.append(
+                f"  {e['size']:<5} {e['arch']:<6} {e['paper_recipe_device_hours']:>10.1f} device-hours"
+                f"{note}   [DPHuBERT: ~{PAPER_A100_GPU_HOURS:g} A100 GPU-hours]"
+            )
     if report["ratios"]:
         lines += ["", "Ours (stage 1, masked) / plain transformers step, same run:"]
         for r in report["ratios"]:
-            lines.append(f"  {r['size']:<5} {r['arch']:<6} {r['batch_seconds']:>5g} s  "
-                         f"{r['ours_over_plain_step_time']:.2f}x  ({1000 * r['ours_stage1_step_s']:.1f} ms vs "
-                         f"{1000 * r['plain_step_s']:.1f} ms)")
+            lines.append(
+                f"  {r['size']:<5} {r['arch']:<6} {r['batch_seconds']:>5g} s  "
+                f"{r['ours_over_plain_step_time']:.2f}x  ({1000 * r['ours_stage1_step_s']:.1f} ms vs "
+                f"{1000 * r['plain_step_s']:.1f} ms)"
+            )
     for c in report["cases"]:
         profile = c.get("profile")
         if not profile:
             continue
-        lines += ["", f"Profile {c['size']}/{c['arch']}/{c['stage']}/{c['batch_seconds']:g}s "
-                      f"({profile['wall_ms_per_step']:.1f} ms/step wall while profiled; ms per step):"]
+        lines += [
+            "",
+            f"Profile {c['size']}/{c['arch']}/{c['stage']}/{c['batch_seconds']:g}s "
+            f"({profile['wall_ms_per_step']:.1f} ms/step wall while profiled; ms per step):",
+        ]
         for name, r in profile["regions"].items():
-            on_device = f"   device {r['device_ms']:>9.1f}" if profile["time_basis"].startswith("device") else ""
+            on_device = (
+                f"   device {r['device_ms']:>9.1f}" if profile["time_basis"].startswith("device") else ""
+            )
             lines.append(f"  {name:<16} host {r['host_ms']:>9.1f}{on_device}")
         lines.append(f"  top operators by self time ({profile['time_basis']}):")
         for op in profile["top_ops"]:
@@ -560,28 +685,49 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Main
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", choices=["tiny", "base", "all"], default="tiny")
     p.add_argument("--arch", choices=["hubert", "wavlm", "all"], default="all")
-    p.add_argument("--batch-seconds", type=float, nargs="+", default=None,
-                   help="audio seconds per step, one case each (default: CPU 8; GPU 160 40)")
-    p.add_argument("--utterance-seconds", type=float, default=None, help="per utterance (default: CPU 4, GPU 10)")
+    p.add_argument(
+        "--batch-seconds",
+        type=float,
+        nargs="+",
+        default=None,
+        help="audio seconds per step, one case each (default: CPU 8; GPU 160 40)",
+    )
+    p.add_argument(
+        "--utterance-seconds", type=float, default=None, help="per utterance (default: CPU 4, GPU 10)"
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: CPU 3, GPU 10)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1; 3 with --compile)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default: 1; 3 with --compile)"
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher and the students")
-    p.add_argument("--profile", action="store_true",
-                   help="also profile 3 steps per case: time per step region and the top operators")
-    p.add_argument("--plain", choices=["auto", "on", "off"], default="auto",
-                   help="transformers baseline step (auto: on CUDA only)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads for this run (default: torch's). On an oversubscribed "
-                        "shared CPU use 1, or OMP_WAIT_POLICY=PASSIVE: OpenMP spin-waiting stalls otherwise")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile 3 steps per case: time per step region and the top operators",
+    )
+    p.add_argument(
+        "--plain",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="transformers baseline step (auto: on CUDA only)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op CPU threads for this run (default: torch's). On an oversubscribed "
+        "shared CPU use 1, or OMP_WAIT_POLICY=PASSIVE: OpenMP spin-waiting stalls otherwise",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
     if args.device == "auto":
@@ -622,10 +768,13 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
     device_name, peak = bf16_peak_tflops(device)
     requested_steps, requested_warmup = args.steps, args.warmup
 
-    memory_method = {"cuda": "torch.cuda.max_memory_allocated, absolute (teacher + student + optimiser + "
-                             "activations)"}.get(
-        device.type, "CPU resident set size sampled every 10 ms (/proc/self/statm): peak during the case minus "
-                     "the RSS before its student was built (teacher weights excluded; malloc_trim first)")
+    memory_method = {
+        "cuda": "torch.cuda.max_memory_allocated, absolute (teacher + student + optimiser + activations)"
+    }.get(
+        device.type,
+        "CPU resident set size sampled every 10 ms (/proc/self/statm): peak during the case minus "
+        "the RSS before its student was built (teacher weights excluded; malloc_trim first)",
+    )
 
     def build_report(cases: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
         report = {
@@ -634,21 +783,36 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "complete": complete,
             "machine": {
-                "device": device.type, "device_name": device_name, "bf16_peak_tflops": peak,
-                "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
+                "device": device.type,
+                "device_name": device_name,
+                "bf16_peak_tflops": peak,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "cpu_count": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "platform": platform.platform(),
+                "env": {
+                    k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                },
                 "load_average_start": load_start,
                 "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 "process_ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             },
             "settings": {
-                "sizes": sizes, "archs": archs, "batch_seconds": args.batch_seconds,
-                "utterance_seconds": args.utterance_seconds, "steps": requested_steps, "warmup": requested_warmup,
-                "compile": args.compile, "profile": args.profile, "plain": plain, "autocast": "bf16" if device.type == "cuda" else "fp32",
-                "stage2_keep_fraction": STAGE2_KEEP_FRACTION, "memory_method": memory_method,
+                "sizes": sizes,
+                "archs": archs,
+                "batch_seconds": args.batch_seconds,
+                "utterance_seconds": args.utterance_seconds,
+                "steps": requested_steps,
+                "warmup": requested_warmup,
+                "compile": args.compile,
+                "profile": args.profile,
+                "plain": plain,
+                "autocast": "bf16" if device.type == "cuda" else "fp32",
+                "stage2_keep_fraction": STAGE2_KEEP_FRACTION,
+                "memory_method": memory_method,
                 "flops": "analytic: 2 x MACs of (teacher forward + 3 x student forward); convs, linears, "
-                         "attention matmuls; element-wise work not counted",
+                "attention matmuls; element-wise work not counted",
             },
             "cases": cases,
             "estimates": estimates(cases),
@@ -666,8 +830,11 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
         if size == "base" and device.type == "cpu":
             args.steps = min(args.steps, CPU_BASE_MAX_STEPS)
             args.warmup = min(args.warmup, 1)
-            print(f"warning: --size base on CPU is slow (tens of seconds per step on 2 cores); "
-                  f"timing {args.steps} step(s) after {args.warmup} warm-up", file=sys.stderr)
+            print(
+                f"warning: --size base on CPU is slow (tens of seconds per step on 2 cores); "
+                f"timing {args.steps} step(s) after {args.warmup} warm-up",
+                file=sys.stderr,
+            )
         for arch in archs:
             cfg = model_config(size, arch)
             torch.manual_seed(0)
@@ -680,20 +847,29 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]
                     label = f"{size}/{arch}/{stage}/{batch_s:g}s"
                     print(f"... {label}", file=sys.stderr, flush=True)
                     try:
-                        result = run_case(case, teacher, None if stage == "plain" else teacher_fn, args,
-                                          device, peak)
+                        result = run_case(
+                            case, teacher, None if stage == "plain" else teacher_fn, args, device, peak
+                        )
                     except torch.cuda.OutOfMemoryError as exc:
-                        result = {**case.__dict__, "batch": case.batch, "error": f"out of memory: {exc}"[:300]}
+                        result = {
+                            **case.__dict__,
+                            "batch": case.batch,
+                            "error": f"out of memory: {exc}"[:300],
+                        }
                     except Exception as exc:  # a failed case is recorded; the others still run
                         if os.environ.get("BENCH_RAISE"):
                             raise
-                        result = {**case.__dict__, "batch": case.batch,
-                                  "error": f"{type(exc).__name__}: {exc}"[:300]}
+                        result = {
+                            **case.__dict__,
+                            "batch": case.batch,
+                            "error": f"{type(exc).__name__}: {exc}"[:300],
+                        }
                     cases.append(result)
                     _cleanup(device)
                     build_report(cases, complete=False)
-                    done = result.get("error") or (f"{1000 * result['step_time_s']:.1f} ms/step, "
-                                                   f"{result['audio_s_per_s']:.1f} audio s/s")
+                    done = result.get("error") or (
+                        f"{1000 * result['step_time_s']:.1f} ms/step, {result['audio_s_per_s']:.1f} audio s/s"
+                    )
                     print(f"    {done}", file=sys.stderr, flush=True)
             del teacher, teacher_fn
             _cleanup(device)

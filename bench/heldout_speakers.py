@@ -5,9 +5,9 @@
         --seeds 3 --out runs/heldout-hubert-mini
 
 `split` writes a dataset view: a directory with its own manifest.jsonl (every field of the source rows kept,
-`split` replaced by the role, the source split kept as `source_split`) and the audio hard-linked under the same
-relative paths (copied only across file systems; the audio scan refuses absolute paths and symlinks that leave
-the dataset, so a view cannot point at the source). Roles:
+`split` replaced by the role, the source split kept as `source_split`) and the audio hard-linked under the
+same relative paths (copied only across file systems; the audio scan refuses absolute paths and symlinks that
+leave the dataset, so a view cannot point at the source). Roles:
 
 - `compress`: the speakers of side A, all their utterances: the only audio a compression may see.
 - `probe_train` / `probe_test`: the utterances of side B, split per speaker (every B speaker on both sides, so
@@ -17,12 +17,12 @@ the dataset, so a view cannot point at the source). Roles:
 The rule (tts-dev's voices are eSpeak accent x variant, and MBROLA diphone voices): a speaker is new only if
 neither its accent nor its timbre was heard. In eSpeak the variant (f1, f2, m1, m3, klatt) is the timbre and
 the same variant is spoken in every accent, so held-out accents alone would leave every timbre in A. Side B
-is the held-out accents (the British ones: en-gb, en-gb-scotland, en-gb-x-rp) x the held-out variants (f2, m3),
-plus the MBROLA voice of those accents (each MBROLA voice is its own recorded speaker). Side A is the other
-accents (en-us, en-029) x the other variants (f1, m1, klatt), plus their MBROLA voices. Speakers that share an
-accent with one side and a timbre with the other are left out of the view. The British side is held out because
-its three close accents make speaker ID hard enough to measure a loss: with American and Caribbean held out
-instead, FBANK alone identified 100% of the held-out speakers (bench/results/heldout_speakers.md).
+is the held-out accents (the British ones: en-gb, en-gb-scotland, en-gb-x-rp) x the held-out variants (f2,
+m3), plus the MBROLA voice of those accents (each MBROLA voice is its own recorded speaker). Side A is the
+other accents (en-us, en-029) x the other variants (f1, m1, klatt), plus their MBROLA voices. Speakers that
+share an accent with one side and a timbre with the other are left out of the view. The British side is held
+out because its three close accents make speaker ID hard enough to measure a loss: with American and Caribbean
+held out instead, FBANK alone identified 100% of the held-out speakers (bench/results/heldout_speakers.md).
 `heldout.json` in the view records the rule, the speakers of each side, those left out, and the counts.
 `compress/` inside the view holds the `compress` rows alone, for `skillkd compress` (which reads every row).
 
@@ -34,11 +34,11 @@ optionally, against a reference row (paired by compression seed):
         --teacher hubert-mini --reference SKILL \\
         'SKILL=runs/h13/hubert-skill-s{0,1,2}-probes/probes.json' ...   (a row: NAME=FILE,FILE,FILE)
 
-`similarity` compares students with their teacher on side B's utterances: linear CKA of each student layer with
-the teacher's same layer, over frames (every `--frame-stride`-th) and over utterances (each utterance's mean
-over frames: the utterance-level structure where speaker identity lives; the unbiased estimator, as there are
-fewer utterances than features), and the teacher layer each student
-layer is most similar to; it writes `similarity.json` and `similarity.md`:
+`similarity` compares students with their teacher on side B's utterances: linear CKA of each student layer
+with the teacher's same layer, over frames (every `--frame-stride`-th) and over utterances (each utterance's
+mean over frames: the utterance-level structure where speaker identity lives; the unbiased estimator, as there
+are fewer utterances than features), and the teacher layer each student layer is most similar to; it writes
+`similarity.json` and `similarity.md`:
 
     python -m bench.heldout_speakers similarity runs/tts-dev-heldout ../shared/teachers/hubert-mini \\
         runs/h13/hubert-skill-s0/student --out runs/h13/similarity
@@ -69,8 +69,11 @@ PROBE_TEST_FRACTION = 0.5
 SALT = "skillkd-heldout-v1"
 
 
-def side_of(row: dict[str, Any], accents: tuple[str, ...] = HELD_OUT_ACCENTS,
-            variants: tuple[str, ...] = HELD_OUT_VARIANTS) -> str | None:
+def side_of(
+    row: dict[str, Any],
+    accents: tuple[str, ...] = HELD_OUT_ACCENTS,
+    variants: tuple[str, ...] = HELD_OUT_VARIANTS,
+) -> str | None:
     """'A' (heard by compression), 'B' (held out) or None (left out: shares its accent with one side and its
     timbre with the other). An eSpeak speaker 'accent+variant' has the variant as timbre; a speaker of any
     other engine (MBROLA) is its own timbre, new exactly when its accent is."""
@@ -94,9 +97,14 @@ def probe_test_ids(ids: list[str], fraction: float) -> set[str]:
     return set(sorted(ids, key=_hash)[:count])
 
 
-def write_heldout_view(dataset: Path, dest: Path, *, accents: tuple[str, ...] = HELD_OUT_ACCENTS,
-                       variants: tuple[str, ...] = HELD_OUT_VARIANTS,
-                       fraction: float = PROBE_TEST_FRACTION) -> dict[str, Any]:
+def write_heldout_view(
+    dataset: Path,
+    dest: Path,
+    *,
+    accents: tuple[str, ...] = HELD_OUT_ACCENTS,
+    variants: tuple[str, ...] = HELD_OUT_VARIANTS,
+    fraction: float = PROBE_TEST_FRACTION,
+) -> dict[str, Any]:
     """Write the view at `dest` (manifest.jsonl, hard-linked audio, heldout.json, compress/); returns the
     summary that heldout.json holds. Deterministic: the same source gives the same view, byte for byte."""
     from core.evaluation.compare import link_or_copy, write_split_view
@@ -105,7 +113,9 @@ def write_heldout_view(dataset: Path, dest: Path, *, accents: tuple[str, ...] = 
         raise ValueError(f"the probe_test fraction must be in (0, 1), found {fraction}")
     manifest = dataset / MANIFEST_NAME
     try:
-        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
     except (OSError, json.JSONDecodeError) as exc:
         raise AudioError(f"cannot read {manifest}: {exc}") from exc
     sides: list[str | None] = []  # per row: "A", "B" or None (left out)
@@ -133,22 +143,34 @@ def write_heldout_view(dataset: Path, dest: Path, *, accents: tuple[str, ...] = 
         link_or_copy(dataset / row["path"], dest / row["path"])
         kept.append({**row, "split": role, "source_split": row.get("split")})
     if not any(r["split"] == "compress" for r in kept) or not any(r["split"] == "probe_test" for r in kept):
-        raise AudioError(f"{manifest}: the rule leaves no speaker on one side; check the accents and variants")
+        raise AudioError(
+            f"{manifest}: the rule leaves no speaker on one side; check the accents and variants"
+        )
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / MANIFEST_NAME).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
-                                      encoding="utf-8")
+    (dest / MANIFEST_NAME).write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"
+    )
     write_split_view(dest, "compress", dest / "compress")
 
     def role_rows(role: str) -> list[dict[str, Any]]:
         return [r for r in kept if r["split"] == role]
 
-    counts = {role: {"speakers": len({r["speaker"] for r in role_rows(role)}), "utterances": len(role_rows(role)),
-                     "minutes": round(sum(float(r.get("duration_s", 0.0)) for r in role_rows(role)) / 60.0, 2)}
-              for role in ROLES}
+    counts = {
+        role: {
+            "speakers": len({r["speaker"] for r in role_rows(role)}),
+            "utterances": len(role_rows(role)),
+            "minutes": round(sum(float(r.get("duration_s", 0.0)) for r in role_rows(role)) / 60.0, 2),
+        }
+        for role in ROLES
+    }
     summary = {
         "source": str(dataset),
-        "rule": {"held_out_accents": list(accents), "held_out_espeak_variants": list(variants),
-                 "probe_test_fraction": fraction, "hash": f"sha256('{SALT}:' + id), smallest first"},
+        "rule": {
+            "held_out_accents": list(accents),
+            "held_out_espeak_variants": list(variants),
+            "probe_test_fraction": fraction,
+            "hash": f"sha256('{SALT}:' + id), smallest first",
+        },
         "side_a": sorted({r["speaker"] for r in role_rows("compress")}),
         "side_b": sorted({r["speaker"] for r in kept if r["split"] != "compress"}),
         "left_out": dict(sorted(left_out.items())),
@@ -158,7 +180,7 @@ def write_heldout_view(dataset: Path, dest: Path, *, accents: tuple[str, ...] = 
     return summary
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # probe
 
 
@@ -171,9 +193,18 @@ def _pm(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * sd:.2f}"
 
 
-def probe_models(view: Path, models: list[str], *, seeds: int, out: Path, device: str = "cpu",
-                 train_split: str = "probe_train", test_split: str = "probe_test",
-                 phone_config: Any = None, speaker_config: Any = None) -> dict[str, Any]:
+def probe_models(
+    view: Path,
+    models: list[str],
+    *,
+    seeds: int,
+    out: Path,
+    device: str = "cpu",
+    train_split: str = "probe_train",
+    test_split: str = "probe_test",
+    phone_config: Any = None,
+    speaker_config: Any = None,
+) -> dict[str, Any]:
     """Probe each model (a directory, or 'fbank') with seeds 0..seeds-1; write probes.json and probes.md."""
     import torch
 
@@ -202,44 +233,86 @@ def probe_models(view: Path, models: list[str], *, seeds: int, out: Path, device
         features = extract(model, data, name=name, device=run_device, on_event=lambda event: None)
         facts = describe_model(model, measure_speed=False)
         for seed in range(seeds):
-            runs.append({"model": name, "source": source, "seed": seed, "params": facts["params"],
-                         "macs_per_second": facts["macs_per_second"],
-                         **run_probes(features, data, seed=seed, phone_config=phone_config,
-                                      speaker_config=speaker_config, per_layer=True)})
-            print(f"{name} seed {seed}: PER {100 * runs[-1]['pr']['per']:.2f} "
-                  f"SID {100 * runs[-1]['sid']['accuracy']:.2f}", file=sys.stderr, flush=True)
+            runs.append(
+                {
+                    "model": name,
+                    "source": source,
+                    "seed": seed,
+                    "params": facts["params"],
+                    "macs_per_second": facts["macs_per_second"],
+                    **run_probes(
+                        features,
+                        data,
+                        seed=seed,
+                        phone_config=phone_config,
+                        speaker_config=speaker_config,
+                        per_layer=True,
+                    ),
+                }
+            )
+            print(
+                f"{name} seed {seed}: PER {100 * runs[-1]['pr']['per']:.2f} "
+                f"SID {100 * runs[-1]['sid']['accuracy']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
         del model, features
     rows = []
     for name in dict.fromkeys(run["model"] for run in runs):
         mine = [run for run in runs if run["model"] == name]
         layers = [run["sid_per_layer"]["accuracy"] for run in mine]
-        rows.append({
-            "model": name, "params": mine[0]["params"], "seeds": [run["seed"] for run in mine],
-            "per": [run["pr"]["per"] for run in mine], "sid": [run["sid"]["accuracy"] for run in mine],
-            "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)],
-        })
-    result = {"format": "skillkd-heldout-probes", "view": str(view), "train_split": train_split,
-              "test_split": test_split, **data.summary(), "rows": rows, "runs": runs, "notes": data.notes,
-              "environment": environment()}
+        rows.append(
+            {
+                "model": name,
+                "params": mine[0]["params"],
+                "seeds": [run["seed"] for run in mine],
+                "per": [run["pr"]["per"] for run in mine],
+                "sid": [run["sid"]["accuracy"] for run in mine],
+                "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)],
+            }
+        )
+    result = {
+        "format": "skillkd-heldout-probes",
+        "view": str(view),
+        "train_split": train_split,
+        "test_split": test_split,
+        **data.summary(),
+        "rows": rows,
+        "runs": runs,
+        "notes": data.notes,
+        "environment": environment(),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "probes.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "probes.md").write_text(render(result))
     return result
 
 
-def _pooled(features: Any, ids: list[str], layer: int, frame_stride: int, frames: dict[str, int]) -> tuple[Any, Any]:
+def _pooled(
+    features: Any, ids: list[str], layer: int, frame_stride: int, frames: dict[str, int]
+) -> tuple[Any, Any]:
     """(frames of every utterance concatenated, every `frame_stride`-th; one mean per utterance) of `layer`."""
     import torch
 
     rows = [features[i][layer, : frames[i]].float() for i in ids]
-    return torch.cat([r[::frame_stride] for r in rows]).numpy(), torch.stack([r.mean(0) for r in rows]).numpy()
+    return torch.cat([r[::frame_stride] for r in rows]).numpy(), torch.stack(
+        [r.mean(0) for r in rows]
+    ).numpy()
 
 
-def similarity(view: Path, teacher: str, students: list[str], *, out: Path, device: str = "cpu",
-               frame_stride: int = 4, train_split: str = "probe_train",
-               test_split: str = "probe_test") -> dict[str, Any]:
-    """Linear CKA of each student layer with the teacher's (same layer; and the most similar teacher layer) over
-    side B's frames and utterance means; writes similarity.json and similarity.md."""
+def similarity(
+    view: Path,
+    teacher: str,
+    students: list[str],
+    *,
+    out: Path,
+    device: str = "cpu",
+    frame_stride: int = 4,
+    train_split: str = "probe_train",
+    test_split: str = "probe_test",
+) -> dict[str, Any]:
+    """Linear CKA of each student layer with the teacher's (same layer; and the most similar teacher layer)
+    over side B's frames and utterance means; writes similarity.json and similarity.md."""
     import torch
 
     from core.calibrate.cka import linear_cka, minibatch_cka
@@ -259,10 +332,13 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
         _, feats = features_of(path)
         name = Path(path).parent.name if Path(path).name == "student" else Path(path).name
         if feats.num_reps != teacher_features.num_reps:
-            raise SystemExit(f"{path}: {feats.num_reps} representations, the teacher has {teacher_features.num_reps}")
+            raise SystemExit(
+                f"{path}: {feats.num_reps} representations, the teacher has {teacher_features.num_reps}"
+            )
         frames = {i: min(feats[i].shape[1], teacher_features[i].shape[1]) for i in ids}
-        teacher_layers = [_pooled(teacher_features, ids, j, frame_stride, frames)
-                          for j in range(teacher_features.num_reps)]
+        teacher_layers = [
+            _pooled(teacher_features, ids, j, frame_stride, frames) for j in range(teacher_features.num_reps)
+        ]
         frame_cka, utterance_cka, best_frame, best_utterance = [], [], [], []
         for i in range(feats.num_reps):
             frame_x, utt_x = _pooled(feats, ids, i, frame_stride, frames)
@@ -273,12 +349,25 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
             utterance_cka.append(by_utt[i])
             best_frame.append(max(range(len(by_frame)), key=by_frame.__getitem__))
             best_utterance.append(max(range(len(by_utt)), key=by_utt.__getitem__))
-        rows.append({"model": name, "source": path, "frame_cka": frame_cka, "utterance_cka": utterance_cka,
-                     "most_similar_teacher_layer_frames": best_frame,
-                     "most_similar_teacher_layer_utterances": best_utterance})
+        rows.append(
+            {
+                "model": name,
+                "source": path,
+                "frame_cka": frame_cka,
+                "utterance_cka": utterance_cka,
+                "most_similar_teacher_layer_frames": best_frame,
+                "most_similar_teacher_layer_utterances": best_utterance,
+            }
+        )
         print(f"{name}: frame CKA {', '.join(f'{v:.2f}' for v in frame_cka)}", file=sys.stderr, flush=True)
-    result = {"format": "skillkd-heldout-similarity", "view": str(view), "teacher": teacher,
-              "utterances": len(ids), "frame_stride": frame_stride, "rows": rows}
+    result = {
+        "format": "skillkd-heldout-similarity",
+        "view": str(view),
+        "teacher": teacher,
+        "utterances": len(ids),
+        "frame_stride": frame_stride,
+        "rows": rows,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "similarity.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "similarity.md").write_text(render_similarity(result))
@@ -288,18 +377,36 @@ def similarity(view: Path, teacher: str, students: list[str], *, out: Path, devi
 def render_similarity(result: dict[str, Any]) -> str:
     num = len(result["rows"][0]["frame_cka"]) if result["rows"] else 0
     head = ["| model | " + " | ".join(f"r{i}" for i in range(num)) + " |", "|---|" + "---|" * num]
-    lines = [f"Linear CKA of each student layer with the teacher's same layer on `{result['view']}` "
-             f"({result['utterances']} utterances of side B).", "", "Over frames (every "
-             f"{result['frame_stride']}th):", "", *head]
-    lines += [f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["frame_cka"]) + " |" for r in result["rows"]]
+    lines = [
+        f"Linear CKA of each student layer with the teacher's same layer on `{result['view']}` "
+        f"({result['utterances']} utterances of side B).",
+        "",
+        f"Over frames (every {result['frame_stride']}th):",
+        "",
+        *head,
+    ]
+    lines += [
+        f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["frame_cka"]) + " |" for r in result["rows"]
+    ]
     lines += ["", "Over utterances (each utterance's mean over frames; unbiased CKA):", "", *head]
-    lines += [f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["utterance_cka"]) + " |"
-              for r in result["rows"]]
+    lines += [
+        f"| {r['model']} | " + " | ".join(f"{v:.3f}" for v in r["utterance_cka"]) + " |"
+        for r in result["rows"]
+    ]
     lines += ["", "The teacher layer each student layer is most similar to (frames / utterances):", "", *head]
-    lines += [f"| {r['model']} | " + " | ".join(
-        f"{a}/{b}" for a, b in zip(r["most_similar_teacher_layer_frames"],
-                                   r["most_similar_teacher_layer_utterances"], strict=True)) + " |"
-              for r in result["rows"]]
+    lines += [
+        f"| {r['model']} | "
+        + " | ".join(
+            f"{a}/{b}"
+            for a, b in zip(
+                r["most_similar_teacher_layer_frames"],
+                r["most_similar_teacher_layer_utterances"],
+                strict=True,
+            )
+        )
+        + " |"
+        for r in result["rows"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -314,10 +421,16 @@ def render(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in result["rows"]:
-        lines.append(f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per'])} | {_pm(row['sid'])} | "
-                     f"{len(row['seeds'])} |")
-    lines += ["", "SID accuracy % of each representation alone (its own linear probe), mean over seeds:", "",
-              *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in result["rows"]])]
+        lines.append(
+            f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per'])} | {_pm(row['sid'])} | "
+            f"{len(row['seeds'])} |"
+        )
+    lines += [
+        "",
+        "SID accuracy % of each representation alone (its own linear probe), mean over seeds:",
+        "",
+        *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in result["rows"]]),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -327,9 +440,16 @@ def _row_figures(files: list[Path]) -> list[dict[str, Any]]:
     seeds = []
     for file in files:
         row = json.loads(file.read_text())["rows"][0]
-        seeds.append({"params": row["params"], "per": row["per"], "sid": row["sid"],
-                      "mean_per": statistics.fmean(row["per"]), "mean_sid": statistics.fmean(row["sid"]),
-                      "layers": row["sid_per_layer_mean"]})
+        seeds.append(
+            {
+                "params": row["params"],
+                "per": row["per"],
+                "sid": row["sid"],
+                "mean_per": statistics.fmean(row["per"]),
+                "mean_sid": statistics.fmean(row["sid"]),
+                "layers": row["sid_per_layer_mean"],
+            }
+        )
     return seeds
 
 
@@ -337,23 +457,31 @@ def _joined(values: list[float]) -> str:
     return ", ".join(f"{100 * v:.2f}" for v in values)
 
 
-def table(baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], reference: str | None = None) -> str:
+def table(
+    baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], reference: str | None = None
+) -> str:
     """The markdown table of `table` (see the module docstring)."""
     base = next(row for row in json.loads(baseline.read_text())["rows"] if row["model"] == teacher)
     figures = {name: _row_figures(files) for name, files in rows}
-    lines = ["| model | params | PER % ↓ | SID % ↑ | ΔPER vs teacher | ΔSID vs teacher | per seed PER | per seed SID |"
-             + (f" ΔPER vs {reference} | ΔSID vs {reference} |" if reference else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|---|" if reference else "")]
-    lines.append(f"| {teacher} (teacher) | {base['params'] / 1e6:.2f}M | {_pm(base['per'])} | {_pm(base['sid'])} | "
-                 "| | (probe seeds) | |" + (" | |" if reference else ""))
+    lines = [
+        "| model | params | PER % ↓ | SID % ↑ | ΔPER vs teacher | ΔSID vs teacher | per seed PER | per seed SID |"
+        + (f" ΔPER vs {reference} | ΔSID vs {reference} |" if reference else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if reference else ""),
+    ]
+    lines.append(
+        f"| {teacher} (teacher) | {base['params'] / 1e6:.2f}M | {_pm(base['per'])} | {_pm(base['sid'])} | "
+        "| | (probe seeds) | |" + (" | |" if reference else "")
+    )
     for name, _files in rows:
         seeds = figures[name]
         d_per = [statistics.fmean(a - b for a, b in zip(s["per"], base["per"], strict=True)) for s in seeds]
         d_sid = [statistics.fmean(a - b for a, b in zip(s["sid"], base["sid"], strict=True)) for s in seeds]
-        line = (f"| {name} | {statistics.fmean(s['params'] for s in seeds) / 1e6:.2f}M | "
-                f"{_pm([s['mean_per'] for s in seeds])} | {_pm([s['mean_sid'] for s in seeds])} | "
-                f"{100 * statistics.fmean(d_per):+.2f} | {100 * statistics.fmean(d_sid):+.2f} | "
-                f"{_joined([s['mean_per'] for s in seeds])} | {_joined([s['mean_sid'] for s in seeds])} |")
+        line = (
+            f"| {name} | {statistics.fmean(s['params'] for s in seeds) / 1e6:.2f}M | "
+            f"{_pm([s['mean_per'] for s in seeds])} | {_pm([s['mean_sid'] for s in seeds])} | "
+            f"{100 * statistics.fmean(d_per):+.2f} | {100 * statistics.fmean(d_sid):+.2f} | "
+            f"{_joined([s['mean_per'] for s in seeds])} | {_joined([s['mean_sid'] for s in seeds])} |"
+        )
         if reference:
             ref = figures[reference]
             if name == reference or len(ref) != len(seeds):
@@ -361,16 +489,23 @@ def table(baseline: Path, teacher: str, rows: list[tuple[str, list[Path]]], refe
             else:
                 dp = [100 * (a["mean_per"] - b["mean_per"]) for a, b in zip(seeds, ref, strict=True)]
                 ds = [100 * (a["mean_sid"] - b["mean_sid"]) for a, b in zip(seeds, ref, strict=True)]
-                line += (f" {statistics.fmean(dp):+.2f} ({', '.join(f'{x:+.2f}' for x in dp)}) |"
-                         f" {statistics.fmean(ds):+.2f} ({', '.join(f'{x:+.2f}' for x in ds)}) |")
+                line += (
+                    f" {statistics.fmean(dp):+.2f} ({', '.join(f'{x:+.2f}' for x in dp)}) |"
+                    f" {statistics.fmean(ds):+.2f} ({', '.join(f'{x:+.2f}' for x in ds)}) |"
+                )
         lines.append(line)
-    lines += ["", "Per-layer SID % (mean over compression and probe seeds):", "",
-              "| model | " + " | ".join(f"r{i}" for i in range(len(base["sid_per_layer_mean"]))) + " |",
-              "|---|" + "---|" * len(base["sid_per_layer_mean"]),
-              f"| {teacher} (teacher) | " + " | ".join(f"{100 * v:.1f}" for v in base["sid_per_layer_mean"]) + " |"]
+    lines += [
+        "",
+        "Per-layer SID % (mean over compression and probe seeds):",
+        "",
+        "| model | " + " | ".join(f"r{i}" for i in range(len(base["sid_per_layer_mean"]))) + " |",
+        "|---|" + "---|" * len(base["sid_per_layer_mean"]),
+        f"| {teacher} (teacher) | " + " | ".join(f"{100 * v:.1f}" for v in base["sid_per_layer_mean"]) + " |",
+    ]
     for name, _files in rows:
-        layers = [statistics.fmean(column) for column in zip(*(s["layers"] for s in figures[name]),
-                                                             strict=True)]
+        layers = [
+            statistics.fmean(column) for column in zip(*(s["layers"] for s in figures[name]), strict=True)
+        ]
         lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in layers) + " |")
     return "\n".join(lines) + "\n"
 
@@ -381,9 +516,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     split = commands.add_parser("split", help="write the held-out-speakers view of a dataset")
     split.add_argument("dataset", type=Path)
     split.add_argument("--out", type=Path, required=True)
-    split.add_argument("--accents", default=",".join(HELD_OUT_ACCENTS), help="held-out accents, comma-separated")
-    split.add_argument("--variants", default=",".join(HELD_OUT_VARIANTS),
-                       help="held-out eSpeak variants, comma-separated")
+    split.add_argument(
+        "--accents", default=",".join(HELD_OUT_ACCENTS), help="held-out accents, comma-separated"
+    )
+    split.add_argument(
+        "--variants", default=",".join(HELD_OUT_VARIANTS), help="held-out eSpeak variants, comma-separated"
+    )
     split.add_argument("--probe-test-fraction", type=float, default=PROBE_TEST_FRACTION)
     probe = commands.add_parser("probe", help="probe models on a view with several seeds")
     probe.add_argument("view", type=Path)
@@ -391,35 +529,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probe.add_argument("--seeds", type=int, default=3)
     probe.add_argument("--out", type=Path, required=True)
     probe.add_argument("--device", default="cpu")
-    sim = commands.add_parser("similarity", help="linear CKA of students' layers with their teacher's on side B")
+    sim = commands.add_parser(
+        "similarity", help="linear CKA of students' layers with their teacher's on side B"
+    )
     sim.add_argument("view", type=Path)
     sim.add_argument("teacher")
     sim.add_argument("students", nargs="+")
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--device", default="cpu")
     sim.add_argument("--frame-stride", type=int, default=4)
-    summary = commands.add_parser("table", help="students (one probes.json per compression seed) against the "
-                                  "teacher and a reference row, as markdown")
-    summary.add_argument("rows", nargs="+", help="NAME=FILE,FILE,...: one row, a probes.json per compression seed")
-    summary.add_argument("--baseline", type=Path, required=True, help="a probe output holding the teacher's row")
+    summary = commands.add_parser(
+        "table",
+        help="students (one probes.json per compression seed) against the "
+        "teacher and a reference row, as markdown",
+    )
+    summary.add_argument(
+        "rows", nargs="+", help="NAME=FILE,FILE,...: one row, a probes.json per compression seed"
+    )
+    summary.add_argument(
+        "--baseline", type=Path, required=True, help="a probe output holding the teacher's row"
+    )
     summary.add_argument("--teacher", required=True, help="the teacher's row name in --baseline")
     summary.add_argument("--reference", help="the row others are paired with (by compression seed)")
     args = parser.parse_args(argv)
     if args.command == "table":
-        rows = [(spec.split("=", 1)[0], [Path(f) for f in spec.split("=", 1)[1].split(",")]) for spec in args.rows]
+        rows = [
+            (spec.split("=", 1)[0], [Path(f) for f in spec.split("=", 1)[1].split(",")]) for spec in args.rows
+        ]
         text = table(args.baseline, args.teacher, rows, reference=args.reference)
         print(text)
         return {"table": text}
     if args.command == "similarity":
-        result = similarity(args.view, args.teacher, args.students, out=args.out, device=args.device,
-                            frame_stride=args.frame_stride)
+        result = similarity(
+            args.view,
+            args.teacher,
+            args.students,
+            out=args.out,
+            device=args.device,
+            frame_stride=args.frame_stride,
+        )
         print(render_similarity(result))
         return result
     if args.command == "split":
         summary = write_heldout_view(
-            args.dataset, args.out, accents=tuple(a.strip() for a in args.accents.split(",") if a.strip()),
+            args.dataset,
+            args.out,
+            accents=tuple(a.strip() for a in args.accents.split(",") if a.strip()),
             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
-            fraction=args.probe_test_fraction)
+            fraction=args.probe_test_fraction,
+        )
         print(json.dumps(summary, indent=2))
         return summary
     result = probe_models(args.view, args.models, seeds=args.seeds, out=args.out, device=args.device)

@@ -67,7 +67,9 @@ def torch_rtf(model: Any, sample_rate: int, threads: int, seconds: float = 10.0,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("student", type=Path)
     parser.add_argument("audio", type=Path, help="audio dir; PER needs train/test splits with arpabet labels")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
@@ -85,28 +87,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with torch.no_grad():
         reference = [graph(*(torch.from_numpy(v) for v in b.values()))[0].numpy() for b in batches]
     all_cores = os.cpu_count() or 1
-    rows: dict[str, dict[str, Any]] = {"pytorch_fp32": {
-        "file": "model.safetensors", "size_bytes": (args.student / "model.safetensors").stat().st_size,
-        "rtf_cpu_1_thread": torch_rtf(model, sr, 1, runs=args.runs),
-        "rtf_cpu_all_threads": torch_rtf(model, sr, all_cores, runs=args.runs)}}
+    rows: dict[str, dict[str, Any]] = {
+        "pytorch_fp32": {
+            "file": "model.safetensors",
+            "size_bytes": (args.student / "model.safetensors").stat().st_size,
+            "rtf_cpu_1_thread": torch_rtf(model, sr, 1, runs=args.runs),
+            "rtf_cpu_all_threads": torch_rtf(model, sr, all_cores, runs=args.runs),
+        }
+    }
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        files = {"onnx_fp32": d / "model.onnx", "onnx_fp16": d / "model_fp16.onnx",
-                 "onnx_int8_dynamic": d / "model_quantized_dynamic.onnx",
-                 "onnx_int8_static": d / "model_quantized_static.onnx"}
+        files = {
+            "onnx_fp32": d / "model.onnx",
+            "onnx_fp16": d / "model_fp16.onnx",
+            "onnx_int8_dynamic": d / "model_quantized_dynamic.onnx",
+            "onnx_int8_static": d / "model_quantized_static.onnx",
+        }
         export_onnx(model, files["onnx_fp32"])
         convert_fp16(files["onnx_fp32"], files["onnx_fp16"])
         quantize_int8(files["onnx_fp32"], files["onnx_int8_dynamic"], "dynamic")
-        quantize_int8(files["onnx_fp32"], files["onnx_int8_static"], "static",
-                      [model_inputs(model, [w]) for w in calib])
+        quantize_int8(
+            files["onnx_fp32"], files["onnx_int8_static"], "static", [model_inputs(model, [w]) for w in calib]
+        )
         for name, path in files.items():
             session = onnx_session(path)
             got = [session.run(None, b)[0] for b in batches]
             layers = compare_outputs(model, batches, reference, got)
-            rows[name] = {"file": path.name, "size_bytes": path.stat().st_size, "layers": layers,
-                          "min_cka": min(x["cka"] for x in layers), "min_cosine": min(x["cosine"] for x in layers),
-                          "rtf_cpu_1_thread": onnx_rtf(path, sr, threads=1, runs=args.runs),
-                          "rtf_cpu_all_threads": onnx_rtf(path, sr, threads=0, runs=args.runs)}
+            rows[name] = {
+                "file": path.name,
+                "size_bytes": path.stat().st_size,
+                "layers": layers,
+                "min_cka": min(x["cka"] for x in layers),
+                "min_cosine": min(x["cosine"] for x in layers),
+                "rtf_cpu_1_thread": onnx_rtf(path, sr, threads=1, runs=args.runs),
+                "rtf_cpu_all_threads": onnx_rtf(path, sr, threads=0, runs=args.runs),
+            }
         if not args.no_per:
             from core.evaluation.dataset import load_probe_data
 
@@ -115,11 +130,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name in files:
                 rows[name]["per"] = pers[name]
     num = model.num_layers + 1
-    result = {"student": str(args.student), "audio": str(args.audio), "num_hidden_states": num,
-              "middle": num // 2, "check_utterances": len(held), "calibration_utterances": len(calib),
-              "check_batches": [list(b["input_values"].shape) for b in batches], "gates": ONNX_GATES,
-              "rows": rows, "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                                            "cpus": all_cores, "machine": platform.machine()}}
+    result = {
+        "student": str(args.student),
+        "audio": str(args.audio),
+        "num_hidden_states": num,
+        "middle": num // 2,
+        "check_utterances": len(held),
+        "calibration_utterances": len(calib),
+        "check_batches": [list(b["input_values"].shape) for b in batches],
+        "gates": ONNX_GATES,
+        "rows": rows,
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpus": all_cores,
+            "machine": platform.machine(),
+        },
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(render(result))
@@ -129,8 +156,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     mid, last = result["middle"], result["num_hidden_states"] - 1
-    head = (f"| variant | file | size (MB) | RTF CPU 1 thread | RTF CPU all | cosine h{mid} | CKA h{mid} | "
-            f"cosine h{last} | CKA h{last} | min CKA (all {last + 1}) | PER |")
+    head = (
+        f"| variant | file | size (MB) | RTF CPU 1 thread | RTF CPU all | cosine h{mid} | CKA h{mid} | "
+        f"cosine h{last} | CKA h{last} | min CKA (all {last + 1}) | PER |"
+    )
     lines = [head, "|" + "---|" * 11]
     for name, row in result["rows"].items():
         layers = row.get("layers")
@@ -140,9 +169,11 @@ def render(result: dict[str, Any]) -> str:
 
         per = f"{row['per']:.4f}" if "per" in row else "-"
         min_cka = f"{row['min_cka']:.5f}" if "min_cka" in row else "-"
-        lines.append(f"| {name} | {row['file']} | {row['size_bytes'] / 1e6:.2f} | {row['rtf_cpu_1_thread']:.4f} | "
-                     f"{row['rtf_cpu_all_threads']:.4f} | {cell(mid, 'cosine')} | {cell(mid, 'cka')} | "
-                     f"{cell(last, 'cosine')} | {cell(last, 'cka')} | {min_cka} | {per} |")
+        lines.append(
+            f"| {name} | {row['file']} | {row['size_bytes'] / 1e6:.2f} | {row['rtf_cpu_1_thread']:.4f} | "
+            f"{row['rtf_cpu_all_threads']:.4f} | {cell(mid, 'cosine')} | {cell(mid, 'cka')} | "
+            f"{cell(last, 'cosine')} | {cell(last, 'cka')} | {min_cka} | {per} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -4,9 +4,9 @@
     python -m bench.student_speed runs/x/student ../shared/teachers/hubert-mini --runs 7 --json out.json
     python -m bench.student_speed runs/x/student --device cuda           # adds a GPU measurement
 
-Compresses nothing. Loads both models in one process and measures them with `core.evaluation.speed.measure`, the same
-function that writes the `speed` block of every `report.json`: MACs counted on a forward pass over a fixed
-`--seconds` utterance (10 s), and the real-time factor as the median of `--runs` forward passes of that
+Compresses nothing. Loads both models in one process and measures them with `core.evaluation.speed.measure`,
+the same function that writes the `speed` block of every `report.json`: MACs counted on a forward pass over a
+fixed `--seconds` utterance (10 s), and the real-time factor as the median of `--runs` forward passes of that
 utterance, teacher and student interleaved, on the CPU with one thread and with every core this process may
 use (and on CUDA with `--device cuda`). Prints a table; `--json` also writes every timed pass.
 """
@@ -45,23 +45,35 @@ def teacher_of(student_dir: Path) -> Path:
 
 def format_table(result: dict[str, Any]) -> str:
     t, s = result["teacher"], result["student"]
-    rows = [("params", format_count(t["params"]), format_count(s["params"]), f"{result['params_ratio']:.2f}x"),
-            ("MACs / s of audio", format_count(t["macs_per_second"]), format_count(s["macs_per_second"]),
-             f"{result['macs_ratio']:.2f}x")]
+    rows = [
+        ("params", format_count(t["params"]), format_count(s["params"]), f"{result['params_ratio']:.2f}x"),
+        (
+            "MACs / s of audio",
+            format_count(t["macs_per_second"]),
+            format_count(s["macs_per_second"]),
+            f"{result['macs_ratio']:.2f}x",
+        ),
+    ]
     for setting in ("cpu_1_thread", "cpu_all_threads", "cuda"):
         if setting in result:
             r = result[setting]
             label = {"cpu_1_thread": "RTF, CPU 1 thread", "cuda": "RTF, CUDA"}.get(
-                setting, f"RTF, CPU {r['threads']} threads")
+                setting, f"RTF, CPU {r['threads']} threads"
+            )
             rows.append((label, f"{r['teacher_rtf']:.4f}", f"{r['student_rtf']:.4f}", f"{r['speedup']:.2f}x"))
-    widths = [max(len(row[i]) for row in rows + [("", "teacher", "student", "teacher / student")])
-              for i in range(4)]
+    widths = [
+        max(len(row[i]) for row in rows + [("", "teacher", "student", "teacher / student")]) for i in range(4)
+    ]
     header = ("", "teacher", "student", "teacher / student")
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in [header, *rows]
+    ]
     p = result["protocol"]
-    lines.append(f"(median of {p['runs']} interleaved passes of one {p['utterance_seconds']:g} s utterance, "
-                 f"after {p['warmup']} warm-up; MACs per second of audio at that length)")
+    lines.append(
+        f"(median of {p['runs']} interleaved passes of one {p['utterance_seconds']:g} s utterance, "
+        f"after {p['warmup']} warm-up; MACs per second of audio at that length)"
+    )
     return "\n".join(lines)
 
 
@@ -76,7 +88,9 @@ def cpu_busy_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def other_load(busy_before: float | None, busy_after: float | None, own_cpu_s: float, wall_s: float) -> float | None:
+def other_load(
+    busy_before: float | None, busy_after: float | None, own_cpu_s: float, wall_s: float
+) -> float | None:
     """Cores' worth of CPU that other processes used while this one measured (machine busy time minus this
     process's own CPU time, over the wall time)."""
     if busy_before is None or busy_after is None or wall_s <= 0:
@@ -90,16 +104,24 @@ def busy_warning(others: float | None) -> str | None:
     slows teacher and student unequally (bench/results/compute_budgets.md)."""
     if others is None or others <= 0.25:
         return None
-    return (f"warning: other processes used {others:.2f} cores on average during the measurement; the ratios "
-            "may be off by tens of percent: measure again on a quiet machine")
+    return (
+        f"warning: other processes used {others:.2f} cores on average during the measurement; the ratios "
+        "may be off by tens of percent: measure again on a quiet machine"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("student", type=Path, help="an exported student directory")
-    p.add_argument("teacher", type=Path, nargs="?", default=None,
-                   help="its teacher (default: the path in the student's report.json)")
+    p.add_argument(
+        "teacher",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="its teacher (default: the path in the student's report.json)",
+    )
     p.add_argument("--seconds", type=float, default=SECONDS, help="length of the timed utterance")
     p.add_argument("--runs", type=int, default=RUNS, help="timed passes per model and setting")
     p.add_argument("--warmup", type=int, default=WARMUP, help="untimed passes per model first")
@@ -122,19 +144,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except SkillkdError as exc:
         raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
     busy_before, cpu_before, wall_before = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    result = measure(teacher, student, device=args.device, seconds=args.seconds, runs=args.runs,
-                     warmup=args.warmup)
-    others = other_load(busy_before, cpu_busy_seconds(), time.process_time() - cpu_before,
-                        time.perf_counter() - wall_before)
+    result = measure(
+        teacher, student, device=args.device, seconds=args.seconds, runs=args.runs, warmup=args.warmup
+    )
+    others = other_load(
+        busy_before, cpu_busy_seconds(), time.process_time() - cpu_before, time.perf_counter() - wall_before
+    )
     report = {
         "benchmark": "student_speed",
         "command": "python -m bench.student_speed " + " ".join(sys.argv[1:] if argv is None else argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "student_path": str(args.student), "teacher_path": str(teacher_dir),
-        "machine": {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                    "other_processes_cores": None if others is None else round(others, 3)},
+        "student_path": str(args.student),
+        "teacher_path": str(teacher_dir),
+        "machine": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "other_processes_cores": None if others is None else round(others, 3),
+        },
         **result,
     }
     print(format_table(result))

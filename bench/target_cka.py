@@ -45,11 +45,15 @@ def main(argv: list[str] | None = None) -> dict:
     clusters = parse_clusters(args.clusters)
     dphubert = [c[0] for c in dphubert_clusters(num_layers)]  # the layers a DPHuBERT run distils
     result = {
-        "teacher": str(args.teacher), "utterances": len(items), "frames": int(x[0].shape[0]),
-        "clusters": clusters, "dphubert_layers": dphubert,
+        "teacher": str(args.teacher),
+        "utterances": len(items),
+        "frames": int(x[0].shape[0]),
+        "clusters": clusters,
+        "dphubert_layers": dphubert,
         "target_vs_cluster_mean": {
             f"r{d} vs mean(r{c[0]}..r{c[-1]})": linear_cka(x[d], np.mean([x[i] for i in c], axis=0))
-            for c, d in zip(clusters, dphubert, strict=False)},
+            for c, d in zip(clusters, dphubert, strict=False)
+        },
         "adjacent": [linear_cka(x[i], x[i + 1]) for i in range(num_layers)],
     }
     print(json.dumps(result, indent=1))

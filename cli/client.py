@@ -38,10 +38,20 @@ def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 class SkillkdClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 600.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
-                                 headers={"Authorization": f"Bearer {api_key}"})
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -64,10 +74,12 @@ class SkillkdClient:
     # uploads -------------------------------------------------------------------------------------------
     def upload_archive(self, kind: str, archive: Path, *, name: str = "") -> dict[str, Any]:
         media_type = "application/zip" if archive.suffix == ".zip" else "application/octet-stream"
-        headers = {"Content-Type": media_type,
-                   "Content-Length": str(archive.stat().st_size)}
-        return self._check(self.http.post(f"/v1/{kind}", params={"name": name}, headers=headers,
-                                          content=_file_chunks(archive))).json()
+        headers = {"Content-Type": media_type, "Content-Length": str(archive.stat().st_size)}
+        return self._check(
+            self.http.post(
+                f"/v1/{kind}", params={"name": name}, headers=headers, content=_file_chunks(archive)
+            )
+        ).json()
 
     def upload_directory(self, kind: str, directory: Path, *, name: str = "") -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -78,9 +90,16 @@ class SkillkdClient:
         return self._check(self.http.post("/v1/datasets", json={"path": path, "name": name})).json()
 
     # jobs ----------------------------------------------------------------------------------------------
-    def create_job(self, teacher_id: str, dataset_id: str, spec: dict[str, Any] | None = None, *,
-                   calibration_dataset_id: str | None = None, idempotency_key: str | None = None,
-                   dry_run: bool = False) -> dict[str, Any]:
+    def create_job(
+        self,
+        teacher_id: str,
+        dataset_id: str,
+        spec: dict[str, Any] | None = None,
+        *,
+        calibration_dataset_id: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         """The job; with `dry_run`, the service's estimate instead, and nothing is created."""
         body: dict[str, Any] = {"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": spec or {}}
         if calibration_dataset_id:
@@ -92,10 +111,12 @@ class SkillkdClient:
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 50,
-                  after: str | None = None) -> dict[str, Any]:
-        params = {k: v for k, v in {"status": status, "limit": limit, "after": after}.items()
-                  if v is not None}
+    def list_jobs(
+        self, *, status: str | None = None, limit: int = 50, after: str | None = None
+    ) -> dict[str, Any]:
+        params = {
+            k: v for k, v in {"status": status, "limit": limit, "after": after}.items() if v is not None
+        }
         return self._check(self.http.get("/v1/jobs", params=params)).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -120,8 +141,13 @@ class SkillkdClient:
     def stream_events(self, job_id: str, *, after: int = 0) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event kind, data) from the Server-Sent Events stream, until the job ends ('end', {status})."""
         headers = {"Accept": "text/event-stream"}
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", params={"after": after}, headers=headers,
-                              timeout=httpx.Timeout(30.0, read=None)) as response:
+        with self.http.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/events",
+            params={"after": after},
+            headers=headers,
+            timeout=httpx.Timeout(30.0, read=None),
+        ) as response:
             self._check_stream(response)
             kind, data = "message", ""
             for line in response.iter_lines():

@@ -20,13 +20,24 @@ from cli.server import package_env
 
 
 @click.command()
-@click.option("--home", type=click.Path(path_type=Path), default=Path("runs/demo-service"), show_default=True,
-              help="SKILLKD_HOME of the embedded service started for the demo (database, storage, broker).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
-              help="Where the downloaded student goes.")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=Path("runs/demo-service"),
+    show_default=True,
+    help="SKILLKD_HOME of the embedded service started for the demo (database, storage, broker).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Where the downloaded student goes.",
+)
 @click.option("--port", type=int, default=0, help="API port (default: a free one).")
-@click.option("--stage1-steps", type=int, default=None,
-              help="Override the quick preset (e.g. for a smoke run).")
+@click.option(
+    "--stage1-steps", type=int, default=None, help="Override the quick preset (e.g. for a smoke run)."
+)
 @click.option("--stage2-steps", type=int, default=None)
 def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_steps: int | None) -> None:
     """The whole product on one machine: start the embedded service (SQLite, no servers), submit the bundled
@@ -51,17 +62,26 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
     env.pop("SKILLKD_DATABASE_URL", None)
     env.pop("SKILLKD_BROKER_URL", None)
     log = open(home / "serve.log", "ab")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
-    click.echo(f"started the embedded service at {url} (home {home}, log {home / 'serve.log'}); "
-               f"dashboard: {url}/ui/", err=True)
+    click.echo(
+        f"started the embedded service at {url} (home {home}, log {home / 'serve.log'}); "
+        f"dashboard: {url}/ui/",
+        err=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
             if server.poll() is not None:
-                raise click.ClickException(f"the service exited (code {server.returncode}); "
-                                           f"see {home / 'serve.log'}")
+                raise click.ClickException(
+                    f"the service exited (code {server.returncode}); see {home / 'serve.log'}"
+                )
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
@@ -79,18 +99,25 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
         with SkillkdClient(url, key) as client:
             try:
                 teacher = client.upload_directory("teachers", DEMO_TEACHER, name="demo-teacher")
-                click.echo(f"uploaded teacher {teacher['id']}: {teacher['architecture']}, "
-                           f"{teacher['num_params']:,} parameters", err=True)
+                click.echo(
+                    f"uploaded teacher {teacher['id']}: {teacher['architecture']}, "
+                    f"{teacher['num_params']:,} parameters",
+                    err=True,
+                )
                 dataset = client.upload_directory("datasets", DEMO_AUDIO, name="demo-audio")
-                click.echo(f"uploaded audio {dataset['id']}: {dataset['files']} files, "
-                           f"{60 * dataset['hours']:.1f} min", err=True)
+                click.echo(
+                    f"uploaded audio {dataset['id']}: {dataset['files']} files, "
+                    f"{60 * dataset['hours']:.1f} min",
+                    err=True,
+                )
                 job = client.create_job(teacher["id"], dataset["id"], spec)
                 click.echo(f"job {job['id']} queued", err=True)
                 final = follow(client, job["id"])
                 if final["status"] != "succeeded":
                     err = final.get("error") or {}
                     raise click.ClickException(
-                        f"job {final['status']}: {err.get('code')}: {err.get('message')}")
+                        f"job {final['status']}: {err.get('code')}: {err.get('message')}"
+                    )
                 out.mkdir(parents=True, exist_ok=True)
                 archive = client.download(job["id"], "model", out / "student.zip")  # sha256 checked
             except ClientError as exc:
@@ -102,9 +129,11 @@ def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_step
         student = load_student(candidates[0])
         report = json.loads((candidates[0] / "report.json").read_text())
         t, n = report["teacher"]["num_params"], student.num_params()
-        click.echo(f"\nstudent: {candidates[0]} (sha256 verified, loaded: {n:,} parameters, "
-                   f"{100 * n / t:.1f}% of the teacher's {t:,})\n"
-                   f"report:  {candidates[0] / 'report.json'}\nclusters: {report['clusters']}")
+        click.echo(
+            f"\nstudent: {candidates[0]} (sha256 verified, loaded: {n:,} parameters, "
+            f"{100 * n / t:.1f}% of the teacher's {t:,})\n"
+            f"report:  {candidates[0] / 'report.json'}\nclusters: {report['clusters']}"
+        )
     finally:
         # The service and its worker share one process group: stop both, then make sure nothing is left.
         try:

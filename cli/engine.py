@@ -45,22 +45,43 @@ def _stop_on_sigint() -> Callable[[], bool]:
 @click.command()
 @click.argument("teacher", required=False, type=click.Path(path_type=Path))
 @click.argument("audio", required=False, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run directory (default runs/<teacher>-<method>-<time>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory (default runs/<teacher>-<method>-<time>).",
+)
 @click.option("--demo", is_flag=True, help="Use the bundled demo teacher (hubert-mini) and demo audio.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
-@click.option("--calibration-audio", type=click.Path(path_type=Path), default=None,
-              help="Separate audio for CKA calibration (default: AUDIO).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the result as JSON on stdout; events as JSON lines.")
+@click.option(
+    "--calibration-audio",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Separate audio for CKA calibration (default: AUDIO).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout; events as JSON lines."
+)
 @click.option("--quiet", is_flag=True)
-@click.option("--dry-run", is_flag=True,
-              help="Check the inputs as a real run would, then print the teacher's and the target student's "
-                   "size, the work and an estimated time from a few timed steps; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the inputs as a real run would, then print the teacher's and the target student's "
+    "size, the work and an estimated time from a few timed steps; write nothing.",
+)
 @spec_options
-def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: bool, resume: bool,
-             calibration_audio: Path | None, as_json: bool, quiet: bool, dry_run: bool,
-             **spec_kw: Any) -> None:
+def compress(
+    teacher: Path | None,
+    audio: Path | None,
+    out: Path | None,
+    demo: bool,
+    resume: bool,
+    calibration_audio: Path | None,
+    as_json: bool,
+    quiet: bool,
+    dry_run: bool,
+    **spec_kw: Any,
+) -> None:
     """Compress TEACHER (a Hugging Face directory) using the audio in AUDIO (a directory or manifest)."""
     if demo:
         teacher = teacher or DEMO_TEACHER
@@ -83,12 +104,22 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
     should_stop = _stop_on_sigint()
     started = time.monotonic()
     try:
-        result = run(spec, teacher, audio, out, calibration_audio=calibration_audio, on_event=bars,
-                     should_stop=should_stop)
+        result = run(
+            spec,
+            teacher,
+            audio,
+            out,
+            calibration_audio=calibration_audio,
+            on_event=bars,
+            should_stop=should_stop,
+        )
     except StopRequested as exc:
         bars.close()
-        click.echo(f"{exc.message}\nresume with: skillkd compress {teacher} {audio} --out {out} --resume "
-                   "(and the same options)", err=True)
+        click.echo(
+            f"{exc.message}\nresume with: skillkd compress {teacher} {audio} --out {out} --resume "
+            "(and the same options)",
+            err=True,
+        )
         sys.exit(130)
     except SkillkdError as exc:
         bars.close()
@@ -96,9 +127,12 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
     bars.close()
     report = result.report
     summary = {
-        "student": str(result.export_dir), "report": str(result.export_dir / "report.json"),
-        "teacher_params": report["teacher"]["num_params"], "student_params": report["student"]["num_params"],
-        "achieved_sparsity": round(report["achieved_sparsity"], 4), "clusters": report["clusters"],
+        "student": str(result.export_dir),
+        "report": str(result.export_dir / "report.json"),
+        "teacher_params": report["teacher"]["num_params"],
+        "student_params": report["student"]["num_params"],
+        "achieved_sparsity": round(report["achieved_sparsity"], 4),
+        "clusters": report["clusters"],
         "seconds": round(time.monotonic() - started, 1),
     }
     speed = report.get("speed") or {}
@@ -110,21 +144,27 @@ def compress(teacher: Path | None, audio: Path | None, out: Path | None, demo: b
         click.echo(json.dumps(summary, indent=2))
     else:
         t, s = summary["teacher_params"], summary["student_params"]
-        click.echo(f"\nstudent: {summary['student']}\nreport:  {summary['report']}\n"
-                   f"params:  {s:,} of {t:,} ({100 * s / t:.1f}% of the teacher, sparsity "
-                   f"{summary['achieved_sparsity']:.3f})\nclusters: {summary['clusters']}\n"
-                   f"time:    {summary['seconds']} s")
+        click.echo(
+            f"\nstudent: {summary['student']}\nreport:  {summary['report']}\n"
+            f"params:  {s:,} of {t:,} ({100 * s / t:.1f}% of the teacher, sparsity "
+            f"{summary['achieved_sparsity']:.3f})\nclusters: {summary['clusters']}\n"
+            f"time:    {summary['seconds']} s"
+        )
         if speed:
             # formatted from the unrounded figures: rounding twice (3 places, then 2) can differ from the
             # report
-            faster = (f", {speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread (measured, "
-                      f"{speed['protocol']['utterance_seconds']:g} s utterance)" if "cpu_1_thread" in speed
-                      else "")
+            faster = (
+                f", {speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread (measured, "
+                f"{speed['protocol']['utterance_seconds']:g} s utterance)"
+                if "cpu_1_thread" in speed
+                else ""
+            )
             click.echo(f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher{faster}")
 
 
-def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | None, as_json: bool,
-             quiet: bool) -> None:
+def _dry_run(
+    spec: Any, teacher: Path, audio: Path, calibration_audio: Path | None, as_json: bool, quiet: bool
+) -> None:
     from core.estimate import estimate, render
 
     bars = ProgressBars(json_lines=as_json, quiet=quiet)
@@ -147,8 +187,18 @@ def _dry_run(spec: Any, teacher: Path, audio: Path, calibration_audio: Path | No
 @click.option("--calibration-seconds", type=float, default=1800.0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, non_contiguous: bool,
-            calibration_utterances: int, calibration_seconds: float, device: str, as_json: bool) -> None:
+def analyze(
+    teacher: Path,
+    audio: Path,
+    out: Path,
+    clusters: str,
+    linkage: str,
+    non_contiguous: bool,
+    calibration_utterances: int,
+    calibration_seconds: float,
+    device: str,
+    as_json: bool,
+) -> None:
     """Measure linear CKA between all of TEACHER's layers on AUDIO and cluster them (plots +
     clusters.json)."""
     from pydantic import ValidationError
@@ -160,9 +210,14 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
     from core.spec import CompressionSpec
 
     try:
-        spec = CompressionSpec(clusters=parse_clusters(clusters), linkage=linkage,  # type: ignore[arg-type]
-                               contiguous=not non_contiguous, calibration_utterances=calibration_utterances,
-                               calibration_seconds=calibration_seconds, device=device)
+        spec = CompressionSpec(
+            clusters=parse_clusters(clusters),
+            linkage=linkage,  # type: ignore[arg-type]
+            contiguous=not non_contiguous,
+            calibration_utterances=calibration_utterances,
+            calibration_seconds=calibration_seconds,
+            device=device,
+        )
     except (ValidationError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     bars = ProgressBars(json_lines=as_json)
@@ -175,22 +230,32 @@ def analyze(teacher: Path, audio: Path, out: Path, clusters: str, linkage: str, 
         bars.close()
         fail(exc)
     bars.close()
-    result = {"clusters": info["clusters"], "cka_png": str(out / "cka.png"),
-              "clusters_json": str(out / "clusters.json"), "utterances": info["utterances"],
-              "audio_seconds": round(info["audio_seconds"], 1)}
+    result = {
+        "clusters": info["clusters"],
+        "cka_png": str(out / "cka.png"),
+        "clusters_json": str(out / "clusters.json"),
+        "utterances": info["utterances"],
+        "audio_seconds": round(info["audio_seconds"], 1),
+    }
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"clusters: {result['clusters']}\nplot:     {result['cka_png']}\n"
-                   f"data:     {result['clusters_json']} ({result['utterances']} utterances, "
-                   f"{result['audio_seconds']} s of audio)")
+        click.echo(
+            f"clusters: {result['clusters']}\nplot:     {result['cka_png']}\n"
+            f"data:     {result['clusters_json']} ({result['utterances']} utterances, "
+            f"{result['audio_seconds']} s of audio)"
+        )
 
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True, max=600), default=10.0,
-              show_default=True,
-              help="Utterance length the MACs are counted for (attention grows with its square).")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True, max=600),
+    default=10.0,
+    show_default=True,
+    help="Utterance length the MACs are counted for (attention grows with its square).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def inspect(path: Path, seconds: float, as_json: bool) -> None:
     """Print the architecture of a teacher or an exported student, per layer, with parameter counts and
@@ -211,68 +276,133 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
     for i, (layer, layer_macs) in enumerate(zip(model.layers(), macs["layers"])):
         att = sum(p.numel() for p in layer.attention.parameters())
         ffn = sum(p.numel() for p in layer.feed_forward.parameters())
-        layers.append({"layer": i + 1, "heads": layer.attention.num_heads, "ffn": layer.feed_forward.ffn_dim,
-                       "attention_params": att, "ffn_params": ffn,
-                       "attention_macs_per_second": layer_macs["attention"],
-                       "ffn_macs_per_second": layer_macs["ffn"]})
-    conv = [{"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride,
-             "macs_per_second": m}
-            for i, (c, m) in enumerate(zip(cfg.conv, macs["conv"]))]
-    by_part = {"conv": sum(macs["conv"]), "feature_projection": macs["feature_projection"],
-               "positional_conv": macs["positional_conv"],
-               "attention": sum(row["attention_macs_per_second"] for row in layers),
-               "ffn": sum(row["ffn_macs_per_second"] for row in layers)}
-    info = {"path": str(path), "kind": "student" if is_student_dir(path) else "teacher",
-            "architecture": cfg.architecture, "layout": "large" if cfg.layer_norm_first else "base",
-            "hidden_size": cfg.hidden_size, "num_params": model.num_params(),
-            "feature_extractor_params": sum(p.numel() for p in model.feature_extractor.parameters()),
-            "macs": {"utterance_seconds": seconds, "per_second": macs["total"], "by_part": by_part},
-            "conv": conv, "layers": layers}
+        layers.append(
+            {
+                "layer": i + 1,
+                "heads": layer.attention.num_heads,
+                "ffn": layer.feed_forward.ffn_dim,
+                "attention_params": att,
+                "ffn_params": ffn,
+                "attention_macs_per_second": layer_macs["attention"],
+                "ffn_macs_per_second": layer_macs["ffn"],
+            }
+        )
+    conv = [
+        {"layer": i, "channels": c.out_channels, "kernel": c.kernel, "stride": c.stride, "macs_per_second": m}
+        for i, (c, m) in enumerate(zip(cfg.conv, macs["conv"]))
+    ]
+    by_part = {
+        "conv": sum(macs["conv"]),
+        "feature_projection": macs["feature_projection"],
+        "positional_conv": macs["positional_conv"],
+        "attention": sum(row["attention_macs_per_second"] for row in layers),
+        "ffn": sum(row["ffn_macs_per_second"] for row in layers),
+    }
+    info = {
+        "path": str(path),
+        "kind": "student" if is_student_dir(path) else "teacher",
+        "architecture": cfg.architecture,
+        "layout": "large" if cfg.layer_norm_first else "base",
+        "hidden_size": cfg.hidden_size,
+        "num_params": model.num_params(),
+        "feature_extractor_params": sum(p.numel() for p in model.feature_extractor.parameters()),
+        "macs": {"utterance_seconds": seconds, "per_second": macs["total"], "by_part": by_part},
+        "conv": conv,
+        "layers": layers,
+    }
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     total = macs["total"]
-    click.echo(f"{info['kind']} {cfg.architecture} ({info['layout']} layout), hidden {cfg.hidden_size}, "
-               f"{info['num_params']:,} parameters, {format_count(total)} MACs per second of audio "
-               f"({seconds:g} s utterance)")
-    labels = {"conv": "conv", "feature_projection": "feature projection",
-              "positional_conv": "positional conv",
-              "attention": "attention", "ffn": "FFN"}
-    click.echo("MACs by part: " + ", ".join(f"{labels[name]} {format_count(value)} "
-                                            f"({100 * value / max(total, 1e-9):.1f}%)"
-                                            for name, value in by_part.items()))
+    click.echo(
+        f"{info['kind']} {cfg.architecture} ({info['layout']} layout), hidden {cfg.hidden_size}, "
+        f"{info['num_params']:,} parameters, {format_count(total)} MACs per second of audio "
+        f"({seconds:g} s utterance)"
+    )
+    labels = {
+        "conv": "conv",
+        "feature_projection": "feature projection",
+        "positional_conv": "positional conv",
+        "attention": "attention",
+        "ffn": "FFN",
+    }
+    click.echo(
+        "MACs by part: "
+        + ", ".join(
+            f"{labels[name]} {format_count(value)} ({100 * value / max(total, 1e-9):.1f}%)"
+            for name, value in by_part.items()
+        )
+    )
     click.echo(f"conv extractor ({info['feature_extractor_params']:,} params):")
     click.echo(f"{'conv':>5} {'channels':>8} {'kernel':>6} {'stride':>6} {'MACs/s':>9}")
     for c in conv:
-        click.echo(f"{c['layer']:>5} {c['channels']:>8} {c['kernel']:>6} {c['stride']:>6} "
-                   f"{format_count(c['macs_per_second']):>9}")
-    click.echo(f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12} "
-               f"{'attn MACs/s':>12} "
-               f"{'ffn MACs/s':>11}")
+        click.echo(
+            f"{c['layer']:>5} {c['channels']:>8} {c['kernel']:>6} {c['stride']:>6} "
+            f"{format_count(c['macs_per_second']):>9}"
+        )
+    click.echo(
+        f"{'layer':>5} {'heads':>5} {'ffn':>6} {'attn params':>12} {'ffn params':>12} "
+        f"{'attn MACs/s':>12} "
+        f"{'ffn MACs/s':>11}"
+    )
     for row in layers:
-        click.echo(f"{row['layer']:>5} {row['heads']:>5} {row['ffn']:>6} {row['attention_params']:>12,} "
-                   f"{row['ffn_params']:>12,} {format_count(row['attention_macs_per_second']):>12} "
-                   f"{format_count(row['ffn_macs_per_second']):>11}")
+        click.echo(
+            f"{row['layer']:>5} {row['heads']:>5} {row['ffn']:>6} {row['attention_params']:>12,} "
+            f"{row['ffn_params']:>12,} {format_count(row['attention_macs_per_second']):>12} "
+            f"{format_count(row['ffn_macs_per_second']):>11}"
+        )
 
 
 @click.command("export")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["hf"]), default=None,
-              help="hf: a transformers model directory (AutoModel with trust_remote_code=True) in --out.")
-@click.option("--onnx", "onnx_variants", type=str, default=None, is_flag=False, flag_value="fp32",
-              help="ONNX variants, e.g. fp32,fp16,int8 (alone: fp32), each verified against PyTorch fp32 and "
-                   "written only if it passes its gate. Files go to --out (with --format hf: --out/onnx/), "
-                   "else PATH.")
-@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Output directory (required with --format hf).")
-@click.option("--audio", type=click.Path(path_type=Path, exists=True), default=None,
-              help="Audio for the ONNX checks (held-out utterances, int8 calibration, PER when it has phone "
-                   "labels); default: the bundled demo audio.")
-@click.option("--int8-mode", type=click.Choice(["dynamic", "static"]), default=None,
-              help="int8 quantisation: dynamic (default) or static calibrated on --audio.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hf"]),
+    default=None,
+    help="hf: a transformers model directory (AutoModel with trust_remote_code=True) in --out.",
+)
+@click.option(
+    "--onnx",
+    "onnx_variants",
+    type=str,
+    default=None,
+    is_flag=False,
+    flag_value="fp32",
+    help="ONNX variants, e.g. fp32,fp16,int8 (alone: fp32), each verified against PyTorch fp32 and "
+    "written only if it passes its gate. Files go to --out (with --format hf: --out/onnx/), "
+    "else PATH.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Output directory (required with --format hf).",
+)
+@click.option(
+    "--audio",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Audio for the ONNX checks (held-out utterances, int8 calibration, PER when it has phone "
+    "labels); default: the bundled demo audio.",
+)
+@click.option(
+    "--int8-mode",
+    type=click.Choice(["dynamic", "static"]),
+    default=None,
+    help="int8 quantisation: dynamic (default) or static calibrated on --audio.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path | None, audio: Path | None,
-               int8_mode: str | None, as_json: bool) -> None:
+def export_cmd(
+    path: Path,
+    fmt: str | None,
+    onnx_variants: str | None,
+    out: Path | None,
+    audio: Path | None,
+    int8_mode: str | None,
+    as_json: bool,
+) -> None:
     """Export a student (or teacher) as a transformers model directory and/or verified ONNX files."""
     from core.export.for_users import export_for_users
     from core.export.hf import is_hf_export_dir
@@ -292,31 +422,39 @@ def export_cmd(path: Path, fmt: str | None, onnx_variants: str | None, out: Path
     if hf_dir is not None and (hf_dir.resolve() == path.resolve()):
         raise click.UsageError("--out must differ from the student directory")
     if hf_dir is not None and hf_dir.is_dir() and any(hf_dir.iterdir()) and not is_hf_export_dir(hf_dir):
-        raise click.UsageError(f"--out {hf_dir.name} is not empty and is not a skillkd Hugging Face export: "
-                               "choose a new or empty directory")
+        raise click.UsageError(
+            f"--out {hf_dir.name} is not empty and is not a skillkd Hugging Face export: "
+            "choose a new or empty directory"
+        )
     audio = audio if audio is not None else DEMO_AUDIO
     try:
         model = load_model(path)
         if hf_dir is not None and variants:  # the ONNX files go inside the hf export, under their Hub names
             onnx_dir = hf_dir / "onnx.tmp"
-        info = export_for_users(model, onnx_dir, hf_dir, variants, audio=audio,
-                                int8_mode=int8_mode or DEFAULT_INT8_MODE)
+        info = export_for_users(
+            model, onnx_dir, hf_dir, variants, audio=audio, int8_mode=int8_mode or DEFAULT_INT8_MODE
+        )
         if hf_dir is not None and variants:
             shutil.rmtree(onnx_dir, ignore_errors=True)
             if "onnx" in info:
-                info["onnx"]["files"] = {v: str(hf_dir / "onnx" / ONNX_FILES[v])
-                                         for v in info["onnx"]["files"]}
+                info["onnx"]["files"] = {
+                    v: str(hf_dir / "onnx" / ONNX_FILES[v]) for v in info["onnx"]["files"]
+                }
     except SkillkdError as exc:
         fail(exc)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     if "hf" in info:
-        click.echo(f"wrote {info['hf']['path']} (transformers: AutoModel.from_pretrained(DIR, "
-                   "trust_remote_code=True))")
+        click.echo(
+            f"wrote {info['hf']['path']} (transformers: AutoModel.from_pretrained(DIR, "
+            "trust_remote_code=True))"
+        )
     for variant, figures in info.get("onnx", {}).get("variants", {}).items():
-        line = (f"{variant:>4}: {figures['file']:<22} {figures['size_bytes'] / 1e6:7.2f} MB  min CKA "
-                f"{figures['min_cka']:.5f}  min cosine {figures['min_cosine']:.5f}")
+        line = (
+            f"{variant:>4}: {figures['file']:<22} {figures['size_bytes'] / 1e6:7.2f} MB  min CKA "
+            f"{figures['min_cka']:.5f}  min cosine {figures['min_cosine']:.5f}"
+        )
         if "per" in figures:
             line += f"  PER {figures['per']:.4f}"
         if "rtf_cpu_1_thread" in figures:

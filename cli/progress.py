@@ -42,16 +42,18 @@ def postfix(stage: str | None, metrics: dict[str, Any]) -> dict[str, str]:
     if stage == "distill_prune":
         if "sparsity" in metrics:
             target = metrics.get("target_sparsity")
-            out["sparsity"] = (f"{float(metrics['sparsity']):.3f}"
-                               + (f"→{float(target):.3f}" if target is not None else ""))
+            out["sparsity"] = f"{float(metrics['sparsity']):.3f}" + (
+                f"→{float(target):.3f}" if target is not None else ""
+            )
         if "expected_params" in metrics:
             out["params"] = _count(metrics["expected_params"])
         if "expected_macs" in metrics:
             out["MACs/s"] = _count(metrics["expected_macs"])
         if "macs_sparsity" in metrics:
             target = metrics.get("target_macs_sparsity")
-            out["MACs sparsity"] = (f"{float(metrics['macs_sparsity']):.3f}"
-                                    + (f"→{float(target):.3f}" if target is not None else ""))
+            out["MACs sparsity"] = f"{float(metrics['macs_sparsity']):.3f}" + (
+                f"→{float(target):.3f}" if target is not None else ""
+            )
         if "lambda1" in metrics:
             out["λ"] = f"{float(metrics['lambda1']):.3g}"
     return out
@@ -63,8 +65,15 @@ class ProgressBars:
     `leave`: whether a finished phase's bar stays on the screen (the evaluation's many short phases do not);
     `unit`: what a bar counts."""
 
-    def __init__(self, *, json_lines: bool = False, quiet: bool = False, leave: bool = True,
-                 unit: str = "step", file: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        json_lines: bool = False,
+        quiet: bool = False,
+        leave: bool = True,
+        unit: str = "step",
+        file: TextIO | None = None,
+    ) -> None:
         self.json_lines = json_lines
         self.quiet = quiet
         self.leave = leave
@@ -80,8 +89,13 @@ class ProgressBars:
         if self.json_lines:
             self._echo(json.dumps({"event": event.to_dict()}, default=str))
         elif event.kind == "progress":
-            self._show((event.stage, event.message), event.message or event.stage, event.step,
-                       event.total or None, event.metrics)
+            self._show(
+                (event.stage, event.message),
+                event.message or event.stage,
+                event.step,
+                event.total or None,
+                event.metrics,
+            )
         elif event.kind == "stage_started":
             self.close()
             self._echo(f"» {event.stage}")
@@ -98,16 +112,22 @@ class ProgressBars:
             return
         progress = job.get("progress") or {}
         stage = progress.get("stage") or job.get("stage")
-        self._show((stage, ""), stage or job["status"], int(progress.get("step") or 0),
-                   int(progress.get("total_steps") or 0) or None, progress.get("metrics") or {})
+        self._show(
+            (stage, ""),
+            stage or job["status"],
+            int(progress.get("step") or 0),
+            int(progress.get("total_steps") or 0) or None,
+            progress.get("metrics") or {},
+        )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
-    def _show(self, phase: tuple[str | None, str], desc: str, step: int, total: int | None,
-              metrics: dict[str, Any]) -> None:
+    def _show(
+        self, phase: tuple[str | None, str], desc: str, step: int, total: int | None, metrics: dict[str, Any]
+    ) -> None:
         from tqdm import tqdm
 
         if self.bar is None or phase != self.phase or (total is not None and total != self.total):
@@ -115,8 +135,15 @@ class ProgressBars:
                 self.bar.leave = False
             self.close()
             self.phase, self.total = phase, total
-            self.bar = tqdm(total=total, desc=desc, unit=self.unit, file=self._file(), leave=self.leave,
-                            dynamic_ncols=True, bar_format=None if total is not None else "{desc}: {elapsed}")
+            self.bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=self.unit,
+                file=self._file(),
+                leave=self.leave,
+                dynamic_ncols=True,
+                bar_format=None if total is not None else "{desc}: {elapsed}",
+            )
         self.bar.n = step
         self.bar.set_postfix(postfix(phase[0], metrics), refresh=False)
         self.bar.refresh()

@@ -36,15 +36,17 @@ def connect(url: str | None, api_key: str | None) -> Any:
         if key_file.is_file():
             key = key_file.read_text().strip()
     if not key:
-        raise click.UsageError("no API key: set SKILLKD_API_KEY or pass --api-key (create one with "
-                               "`skillkd keys create`)")
+        raise click.UsageError(
+            "no API key: set SKILLKD_API_KEY or pass --api-key (create one with `skillkd keys create`)"
+        )
     return SkillkdClient(url or cs.url, key)
 
 
 def client_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--api-key", default=None, help="API key [default: SKILLKD_API_KEY]")(f)
-    f = click.option("--url", default=None,
-                     help="service URL [default: SKILLKD_URL or http://127.0.0.1:8000]")(f)
+    f = click.option(
+        "--url", default=None, help="service URL [default: SKILLKD_URL or http://127.0.0.1:8000]"
+    )(f)
     return f
 
 
@@ -65,17 +67,30 @@ def _base_spec(spec_json: str | None) -> dict[str, Any]:
 @click.argument("teacher_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("audio_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@click.option("--spec", "spec_json", default=None,
-              help="spec as JSON, or @file.json (options below override it)")
+@click.option(
+    "--spec", "spec_json", default=None, help="spec as JSON, or @file.json (options below override it)"
+)
 @click.option("--idempotency-key", default=None)
 @click.option("--wait", is_flag=True, help="follow progress until the job ends; exit 1 unless it succeeded")
-@click.option("--dry-run", is_flag=True, help="upload, then print the service's estimate (JSON) instead of "
-              "creating a job")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="upload, then print the service's estimate (JSON) instead of creating a job",
+)
 @client_options
 @spec_options
-def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_json: str | None,
-           idempotency_key: str | None, wait: bool, dry_run: bool, url: str | None, api_key: str | None,
-           **spec_kw: Any) -> None:
+def submit(
+    teacher_dir: Path,
+    audio_dir: Path,
+    calibration: Path | None,
+    spec_json: str | None,
+    idempotency_key: str | None,
+    wait: bool,
+    dry_run: bool,
+    url: str | None,
+    api_key: str | None,
+    **spec_kw: Any,
+) -> None:
     """Upload TEACHER_DIR and AUDIO_DIR, create a job, print its id (and follow it with --wait)."""
     from cli.client import ClientError
 
@@ -83,14 +98,26 @@ def submit(teacher_dir: Path, audio_dir: Path, calibration: Path | None, spec_js
     with connect(url, api_key) as c:
         try:
             teacher = c.upload_directory("teachers", teacher_dir)
-            click.echo(f"teacher {teacher['id']}: {teacher['architecture']} {teacher['layout']}, "
-                       f"{teacher['num_params']:,} parameters", err=True)
+            click.echo(
+                f"teacher {teacher['id']}: {teacher['architecture']} {teacher['layout']}, "
+                f"{teacher['num_params']:,} parameters",
+                err=True,
+            )
             dataset = c.upload_directory("datasets", audio_dir)
-            click.echo(f"dataset {dataset['id']}: {dataset['files']} files, {dataset['hours']:.3f} h, "
-                       f"skipped {dataset['skipped']}", err=True)
+            click.echo(
+                f"dataset {dataset['id']}: {dataset['files']} files, {dataset['hours']:.3f} h, "
+                f"skipped {dataset['skipped']}",
+                err=True,
+            )
             calibration_id = c.upload_directory("datasets", calibration)["id"] if calibration else None
-            job = c.create_job(teacher["id"], dataset["id"], spec, calibration_dataset_id=calibration_id,
-                               idempotency_key=idempotency_key, dry_run=dry_run)
+            job = c.create_job(
+                teacher["id"],
+                dataset["id"],
+                spec,
+                calibration_dataset_id=calibration_id,
+                idempotency_key=idempotency_key,
+                dry_run=dry_run,
+            )
         except ClientError as exc:
             fail(exc)
         if dry_run:
@@ -133,18 +160,22 @@ def status(job_id: str | None, status_filter: str | None, url: str | None, api_k
                 return
             for job in c.list_jobs(status=status_filter)["items"]:
                 p = job.get("progress") or {}
-                click.echo(f"{job['id']}  {job['status']:<10}  {job.get('stage') or '-':<14} "
-                           f"{p.get('step', 0)}/{p.get('total_steps', 0)}  {job['created_at']}")
+                click.echo(
+                    f"{job['id']}  {job['status']:<10}  {job.get('stage') or '-':<14} "
+                    f"{p.get('step', 0)}/{p.get('total_steps', 0)}  {job['created_at']}"
+                )
         except ClientError as exc:
             fail(exc)
 
 
 def _event_line(e: dict[str, Any]) -> str:
-    metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in (e.get("metrics") or {}).items())
+    metrics = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (e.get("metrics") or {}).items()
+    )
     step = f"{e['step']}/{e['total']}" if e.get("total") else ""
-    return (f"{e['created_at']}  {e['kind']:<14} {e['stage']:<14} {step:>9}  {metrics} "
-            f"{e.get('message', '')}").rstrip()
+    return (
+        f"{e['created_at']}  {e['kind']:<14} {e['stage']:<14} {step:>9}  {metrics} {e.get('message', '')}"
+    ).rstrip()
 
 
 @click.command()
@@ -190,8 +221,9 @@ def _job_action(name: str, doc: str) -> click.Command:
 
 
 cancel = _job_action("cancel", "Cancel a job (queued or paused: at once; running: at the next stop check).")
-pause = _job_action("pause",
-                    "Pause a job (queued: at once; running: at its next checkpoint, freeing its worker).")
+pause = _job_action(
+    "pause", "Pause a job (queued: at once; running: at its next checkpoint, freeing its worker)."
+)
 resume = _job_action("resume", "Resume a paused job: queued again, it continues from its last checkpoint.")
 
 
@@ -213,8 +245,9 @@ def download(job_id: str, names: tuple[str, ...], output: Path, url: str | None,
                 raise click.ClickException(f"unknown artifact; available: {[a['name'] for a in items]}")
             for a in wanted:
                 filename = a["url"].rsplit("/", 1)[-1]
-                suffix = {"application/zip": ".zip",
-                          "application/x-ndjson": ".jsonl"}.get(a["media_type"], "")
+                suffix = {"application/zip": ".zip", "application/x-ndjson": ".jsonl"}.get(
+                    a["media_type"], ""
+                )
                 if suffix and not filename.endswith(suffix):
                     filename += suffix
                 path = c.download(job_id, a["name"], output / filename)
@@ -242,8 +275,11 @@ def _resource_group(kind: str) -> click.Group:
             except ClientError as exc:
                 fail(exc)
 
-    @group.command("delete", help=f"Delete one of your {kind} and its files on the server; refused while an "
-                   "unfinished job (queued, running, paused, ...) uses it. Finished jobs keep its id.")
+    @group.command(
+        "delete",
+        help=f"Delete one of your {kind} and its files on the server; refused while an "
+        "unfinished job (queued, running, paused, ...) uses it. Finished jobs keep its id.",
+    )
     @click.argument("resource_id")
     @client_options
     def delete_cmd(resource_id: str, url: str | None, api_key: str | None) -> None:

@@ -36,9 +36,14 @@ def package_env() -> dict[str, str]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--worker/--no-worker", default=True, help="also start one worker process (embedded mode)")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="API processes sharing the port (a request costs CPU in Python: about one per core); the "
-                   "job worker stays one process")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="API processes sharing the port (a request costs CPU in Python: about one per core); the "
+    "job worker stays one process",
+)
 def serve(host: str, port: int, worker: bool, workers: int) -> None:
     """Run the API (and one worker): migrations applied, an admin key created on first start.
 
@@ -64,8 +69,12 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
     if worker:
         # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
         # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
-        proc = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=package_env(),
-                                start_new_session=True, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker"],
+            env=package_env(),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end
     # this process before the `finally` below stops the worker. A no-op handler lets the cleanup run.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -79,8 +88,15 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
             metrics_dir.mkdir(parents=True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-            uvicorn.run("api.app:create_app", factory=True, workers=workers, host=host, port=port,
-                        log_level="info", **uvicorn_options())
+            uvicorn.run(
+                "api.app:create_app",
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                log_level="info",
+                **uvicorn_options(),
+            )
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -118,9 +134,24 @@ def worker_cmd(concurrency: int, loglevel: str) -> None:
     """Run a Celery worker on queue `gpu` (SKILLKD_BROKER_URL, SKILLKD_DATABASE_URL)."""
     from service.queue import QUEUE
 
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", QUEUE,
-            "-c", str(concurrency), "--loglevel", loglevel, "--without-gossip", "--without-mingle",
-            "-n", f"skillkd-{os.getpid()}@%h"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        QUEUE,
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"skillkd-{os.getpid()}@%h",
+    ]
     os.execve(sys.executable, argv, package_env())
 
 
@@ -190,5 +221,13 @@ def keys_revoke(key: str) -> None:
 
 COMMANDS = (serve, worker_cmd, migrate, keys)
 
-__all__ = ["COMMANDS", "serve", "worker_cmd", "migrate", "keys", "package_env", "settings",
-           "ensure_admin_key"]
+__all__ = [
+    "COMMANDS",
+    "serve",
+    "worker_cmd",
+    "migrate",
+    "keys",
+    "package_env",
+    "settings",
+    "ensure_admin_key",
+]

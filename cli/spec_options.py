@@ -45,8 +45,9 @@ def parse_clusters(value: str) -> int | str | list[list[int]]:
                 elif item:
                     members.append(int(item))
             except ValueError:
-                raise ValueError(f"cannot read layer group {part!r} in {value!r}; expected e.g. "
-                                 "'0;1-4;5-8;9-12'") from None
+                raise ValueError(
+                    f"cannot read layer group {part!r} in {value!r}; expected e.g. '0;1-4;5-8;9-12'"
+                ) from None
         groups.append(members)
     return groups
 
@@ -115,7 +116,8 @@ def _option_parts(name: str, field: Any) -> tuple[list[str], dict[str, Any]]:
     if members == [bool]:
         off = OFF_NAMES.get(name, f"--no-{flag[2:]}")
         return [f"{flag}/{off}", *ALIASES.get(name, ()), name], dict(
-            help=help_text + f" [default: {'on' if field.default else 'off'}]")
+            help=help_text + f" [default: {'on' if field.default else 'off'}]"
+        )
     shown = "" if field.default is None else f" [default: {field.default}]"
     if len(members) == 1 and typing.get_origin(members[0]) is Literal:
         choices = [str(c) for c in typing.get_args(members[0])]
@@ -127,8 +129,9 @@ def _option_parts(name: str, field: Any) -> tuple[list[str], dict[str, Any]]:
     if len(members) == 1 and typing.get_origin(members[0]) is list:
         (item,) = typing.get_args(members[0]) or (str,)
         item_type: Any = CountType() if item is int else (float if item is float else str)
-        return decls, dict(type=item_type, multiple=True,
-                           help=help_text + " (repeat the option for several values)" + shown)
+        return decls, dict(
+            type=item_type, multiple=True, help=help_text + " (repeat the option for several values)" + shown
+        )
     return decls, dict(type=JsonType(), help=help_text + " (a value or JSON)" + shown)
 
 

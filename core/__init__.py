@@ -21,9 +21,24 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_PUBLIC = {"run": "core.pipeline", "PipelineResult": "core.pipeline", "CompressionSpec": "core.spec",
-           "load_student": "core.models", "load_model": "core.models", "SkillkdError": "core.errors"}
-__all__ = ["CompressionSpec", "PipelineResult", "SkillkdError", "__version__", "load_model", "load_student", "run"]
+_PUBLIC = {
+    "run": "core.pipeline",
+    "PipelineResult": "core.pipeline",
+    "CompressionSpec": "core.spec",
+    "load_student": "core.models",
+    "load_model": "core.models",
+    "SkillkdError": "core.errors",
+}
+__all__ = [
+    "CompressionSpec",
+    "PipelineResult",
+    "SkillkdError",
+    "__version__",
+    "load_model",
+    "load_student",
+    "run",
+]
+
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:

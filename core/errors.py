@@ -53,6 +53,11 @@ class StopRequested(SkillkdError):
 
 
 __all__ = [
-    "SkillkdError", "TeacherError", "AudioError", "SpecError", "TrainingError", "CheckpointError",
+    "SkillkdError",
+    "TeacherError",
+    "AudioError",
+    "SpecError",
+    "TrainingError",
+    "CheckpointError",
     "StopRequested",
 ]

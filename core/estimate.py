@@ -1,4 +1,5 @@
-"""Estimate a compression job before running it: `skillkd compress ... --dry-run`, `POST /v1/jobs?dry_run=true`.
+"""Estimate a compression job before running it: `skillkd compress ... --dry-run`, `POST
+/v1/jobs?dry_run=true`.
 
 A dry run does what a real run does up to its first stage, and no more:
 
@@ -12,7 +13,8 @@ A dry run does what a real run does up to its first stage, and no more:
    holds much compute and few parameters). Stage 2 is timed on `uniform` when a MACs target is given, else
    on `conv_kept`.
 3. Work: steps, audio seconds per stage and the calibration subset, from the spec's recipe.
-4. Time: a few real steps (`core.distill.train.DistillStep`) of stage 1 (the masked student) and stage 2 (the uniform
+4. Time: a few real steps (`core.distill.train.DistillStep`) of stage 1 (the masked student) and stage 2 (the
+uniform
    student) on the chosen device, on batches from the real loader, after one untimed step each; one
    calibration batch through the teacher and the CKA accumulator; one forward pass of each model for the
    report's speed measurement. Stage time = steps x median step time. Eager mode (a `compile` run adds its
@@ -55,8 +57,9 @@ TIMED_STEPS = 3
 
 
 def default_clusters(spec: CompressionSpec, num_layers: int) -> list[list[int]]:
-    """The clusters a run would most likely use, before calibration decides: explicit ones as given, DPHuBERT's
-    fixed layers, else k contiguous groups over r[0..L] (the usual outcome; the cost hardly depends on it)."""
+    """The clusters a run would most likely use, before calibration decides: explicit ones as given,
+    DPHuBERT's fixed layers, else k contiguous groups over r[0..L] (the usual outcome; the cost hardly depends
+    on it)."""
     num_reps = num_layers + 1
     fixed = fixed_clusters(spec, num_reps)
     if fixed is not None:
@@ -72,7 +75,7 @@ def default_clusters(spec: CompressionSpec, num_layers: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The uniform student
 
 
@@ -98,8 +101,9 @@ def _sizes(student: SpeechEncoder, seconds: float) -> dict[str, float]:
         return {"params": float(student.expected_num_params()), "macs": float(student.expected_macs(seconds))}
 
 
-def uniform_student(student: SpeechEncoder, budgets: list[Budget], seconds: float,
-                    conv: bool = True) -> dict[str, Any] | None:
+def uniform_student(
+    student: SpeechEncoder, budgets: list[Budget], seconds: float, conv: bool = True
+) -> dict[str, Any] | None:
     """Set `student`'s masks (eval mode) to the largest uniform keep fraction that meets every budget;
     returns that fraction and the sizes it gives (None if even keeping nothing prunable misses a target).
     `conv=False` keeps every conv channel and prunes only heads and FFN units."""
@@ -121,11 +125,14 @@ def uniform_student(student: SpeechEncoder, budgets: list[Budget], seconds: floa
             low, high = (middle, high) if fits(middle) else (low, middle)
     keep_fraction(student, low, conv)
     sizes = _sizes(student, seconds)
-    return {"keep_fraction": round(low, 4), "num_params": round(sizes["params"]),
-            "macs_per_second": round(sizes["macs"])}
+    return {
+        "keep_fraction": round(low, 4),
+        "num_params": round(sizes["params"]),
+        "macs_per_second": round(sizes["macs"]),
+    }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Timing
 
 
@@ -147,8 +154,11 @@ def time_steps(step: DistillStep, batches: Any, device: torch.device, steps: int
         if i > 0:
             times.append(time.perf_counter() - start)
             audio.append(batch.waveforms.numel() / step.student.config.sample_rate)
-    return {"step_s": statistics.median(times), "times_s": [round(t, 4) for t in times],
-            "batch_audio_s": statistics.mean(audio)}
+    return {
+        "step_s": statistics.median(times),
+        "times_s": [round(t, 4) for t in times],
+        "batch_audio_s": statistics.mean(audio),
+    }
 
 
 def time_calibration(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any]:
@@ -157,7 +167,9 @@ def time_calibration(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any]
     cal = inputs.cal_catalog.subset(spec.calibration_utterances, spec.calibration_seconds, seed=spec.seed)
     sr = teacher.config.sample_rate
     batch_seconds = 160.0 if device.type == "cuda" else 40.0
-    batch = next(iter(iter_padded_batches(cal, sample_rate=sr, batch_seconds=batch_seconds, max_utterance_s=30.0)))
+    batch = next(
+        iter(iter_padded_batches(cal, sample_rate=sr, batch_seconds=batch_seconds, max_utterance_s=30.0))
+    )
     acc = StreamingCKA(teacher.num_layers + 1, teacher.config.hidden_size, device=device)
     teacher.eval()
     _sync(device)
@@ -168,13 +180,16 @@ def time_calibration(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any]
     _sync(device)
     seconds = time.perf_counter() - start
     batch_audio = float(batch.lengths.sum()) / sr
-    return {"utterances": len(cal.items), "audio_seconds": cal.total_seconds,
-            "s_per_audio_s": seconds / max(batch_audio, 1e-9)}
+    return {
+        "utterances": len(cal.items),
+        "audio_seconds": cal.total_seconds,
+        "s_per_audio_s": seconds / max(batch_audio, 1e-9),
+    }
 
 
 def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> float:
-    """What the report's speed measurement (core.evaluation.speed.measure) will take: one timed pass of each model per
-    setting, times the passes it makes, plus the two MACs-counting passes."""
+    """What the report's speed measurement (core.evaluation.speed.measure) will take: one timed pass of each
+    model per setting, times the passes it makes, plus the two MACs-counting passes."""
     runs = default_runs()
     if runs == 0:
         return 0.0
@@ -191,7 +206,7 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
     return total
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The estimate
 
 
@@ -200,20 +215,32 @@ def _shapes(spec: CompressionSpec, inputs: JobInputs) -> tuple[SpeechEncoder, di
     seconds = spec.macs_reference_seconds
     torch.manual_seed(spec.seed)
     student = make_student(inputs.teacher, layers=spec.prune_layers)
-    shapes = {"conv_kept": uniform_student(student, inputs.budgets, seconds, conv=False),
-              "uniform": uniform_student(student, inputs.budgets, seconds)}
-    timed_shape = "uniform" if any(b.kind == "macs" for b in inputs.budgets) or shapes["conv_kept"] is None \
+    shapes = {
+        "conv_kept": uniform_student(student, inputs.budgets, seconds, conv=False),
+        "uniform": uniform_student(student, inputs.budgets, seconds),
+    }
+    timed_shape = (
+        "uniform"
+        if any(b.kind == "macs" for b in inputs.budgets) or shapes["conv_kept"] is None
         else "conv_kept"
+    )
     if shapes[timed_shape] is None:  # not even an empty transformer meets the targets
-        raise SpecError("no student of this teacher's layout meets the targets "
-                        f"({', '.join(f'{b.kind} <= {b.target:.4g}' for b in inputs.budgets)})")
+        raise SpecError(
+            "no student of this teacher's layout meets the targets "
+            f"({', '.join(f'{b.kind} <= {b.target:.4g}' for b in inputs.budgets)})"
+        )
     uniform_student(student, inputs.budgets, seconds, conv=timed_shape == "uniform")
     return student, shapes, timed_shape
 
 
-def _time_training(spec: CompressionSpec, inputs: JobInputs, student: SpeechEncoder, pruned: SpeechEncoder,
-                   batches: tuple[TrainBatches, TrainBatches],
-                   timed_steps: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def _time_training(
+    spec: CompressionSpec,
+    inputs: JobInputs,
+    student: SpeechEncoder,
+    pruned: SpeechEncoder,
+    batches: tuple[TrainBatches, TrainBatches],
+    timed_steps: int,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Seconds per step of stage 1 (the masked student from its initial masks) and stage 2 (the pruned one)."""
     model, device = inputs.teacher, inputs.device
     dim = model.config.hidden_size
@@ -223,8 +250,15 @@ def _time_training(spec: CompressionSpec, inputs: JobInputs, student: SpeechEnco
     for hc in student.hard_concretes():  # stage 1 starts from the masks' initial state
         hc.reset_parameters()
     targets = cluster_targets(clusters, dim, spec).to(device)
-    step1 = DistillStep(student, model, targets, recipe1, device, budgets=inputs.budgets,
-                        macs_seconds=spec.macs_reference_seconds)
+    step1 = DistillStep(
+        student,
+        model,
+        targets,
+        recipe1,
+        device,
+        budgets=inputs.budgets,
+        macs_seconds=spec.macs_reference_seconds,
+    )
     timing1 = time_steps(step1, batches1, device, timed_steps)
     del step1, targets
     if spec.stage2_steps == 0:
@@ -234,24 +268,33 @@ def _time_training(spec: CompressionSpec, inputs: JobInputs, student: SpeechEnco
     return timing1, time_steps(step2, batches2, device, timed_steps)
 
 
-def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
-             calibration_audio: Path | str | None = None, timed_steps: int = TIMED_STEPS,
-             on_event: OnEvent | None = None) -> dict[str, Any]:
+def estimate(
+    spec: CompressionSpec,
+    teacher: Path | str,
+    audio: Path | str,
+    *,
+    calibration_audio: Path | str | None = None,
+    timed_steps: int = TIMED_STEPS,
+    on_event: OnEvent | None = None,
+) -> dict[str, Any]:
     """Validate the job as a real run would and estimate what it will produce, process and take. Writes nothing."""
     if timed_steps < 1:
         raise ValueError(f"timed_steps must be >= 1, found {timed_steps}")
     started = time.monotonic()
     teacher, audio = Path(teacher), Path(audio)
-    inputs = prepare_inputs(spec, teacher, audio, calibration_audio=calibration_audio,
-                            emit=on_event or ignore_event)
+    inputs = prepare_inputs(
+        spec, teacher, audio, calibration_audio=calibration_audio, emit=on_event or ignore_event
+    )
     inputs_s = time.monotonic() - started
     model = inputs.teacher
     recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
     stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
     # built as the real stages build them (one rank's share when data parallel), which checks the audio again
     sr = model.config.sample_rate
-    batches = (train_batches(inputs.catalog, sr, recipe1, spec.seed, world_size=spec.gpus),
-               train_batches(inputs.catalog, sr, recipe2, spec.seed + 1, world_size=spec.gpus))
+    batches = (
+        train_batches(inputs.catalog, sr, recipe1, spec.seed, world_size=spec.gpus),
+        train_batches(inputs.catalog, sr, recipe2, spec.seed + 1, world_size=spec.gpus),
+    )
 
     student, shapes, timed_shape = _shapes(spec, inputs)
     pruned = copy.deepcopy(student)
@@ -275,35 +318,46 @@ def estimate(spec: CompressionSpec, teacher: Path | str, audio: Path | str, *,
     teacher_cfg = model.config
     return {
         "dry_run": True,
-        "teacher": {"path": str(teacher), "architecture": teacher_cfg.architecture,
-                    "layout": "large" if teacher_cfg.layer_norm_first else "base",
-                    "num_layers": teacher_cfg.num_layers, "num_params": inputs.teacher_params,
-                    "macs_per_second": inputs.teacher_macs},
+        "teacher": {
+            "path": str(teacher),
+            "architecture": teacher_cfg.architecture,
+            "layout": "large" if teacher_cfg.layer_norm_first else "base",
+            "num_layers": teacher_cfg.num_layers,
+            "num_params": inputs.teacher_params,
+            "macs_per_second": inputs.teacher_macs,
+        },
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         "student_estimate": {
-            **shapes, "stage2_timed_on": timed_shape,
+            **shapes,
+            "stage2_timed_on": timed_shape,
             "basis": "uniform: every prunable unit kind kept in the same fraction, the largest that meets every "
-                     "target; conv_kept: the same with every conv channel kept. A run learns its own shape "
-                     "under the same targets",
+            "target; conv_kept: the same with every conv channel kept. A run learns its own shape "
+            "under the same targets",
         },
         "audio": inputs.catalog.summary(),
         "work": {
             "calibration_utterances": calibration["utterances"],
             "calibration_audio_seconds": round(calibration["audio_seconds"], 1),
-            "stage1_steps": recipe1.steps, "stage2_steps": stage2_steps, "gpus": world,
+            "stage1_steps": recipe1.steps,
+            "stage2_steps": stage2_steps,
+            "gpus": world,
             "batch_seconds": {"stage1": recipe1.batch_seconds, "stage2": recipe2.batch_seconds},
             "stage1_audio_seconds": round(recipe1.steps * timing1["batch_audio_s"] * world, 1),
-            "stage2_audio_seconds": round(stage2_steps * (timing2["batch_audio_s"] if timing2 else 0.0) * world, 1),
+            "stage2_audio_seconds": round(
+                stage2_steps * (timing2["batch_audio_s"] if timing2 else 0.0) * world, 1
+            ),
         },
         "device": str(inputs.device),
         "threads": torch.get_num_threads(),
         "timing": {
-            "timed_steps": timed_steps, "stage1": timing1, "stage2": timing2,
+            "timed_steps": timed_steps,
+            "stage1": timing1,
+            "stage2": timing2,
             "calibration_s_per_audio_s": round(calibration["s_per_audio_s"], 5),
             "speed_measurement_runs": default_runs(),
             "notes": "eager steps in one process: compilation (--compile) and multi-GPU all-reduce not included; "
-                     f"the report's speed measurement makes {WARMUP} + {RUNS} passes per setting by default",
+            f"the report's speed measurement makes {WARMUP} + {RUNS} passes per setting by default",
         },
         "estimated_seconds": estimated,
         "dry_run_seconds": round(time.monotonic() - started, 1),
@@ -317,11 +371,18 @@ def render(result: dict[str, Any]) -> str:
     t, w, e = result["teacher"], result["work"], result["estimated_seconds"]
     timing = result["timing"]
     ref = f"{result['macs_reference_seconds']:g} s utterance"
-    targets = ", ".join(
-        f"{b['kind']} <= {format_count(b['target'])}{' MACs/s' if b['kind'] == 'macs' else ''} "
-        f"(sparsity {b['sparsity']:.3f})" for b in result["targets"]) or "none"
+    targets = (
+        ", ".join(
+            f"{b['kind']} <= {format_count(b['target'])}{' MACs/s' if b['kind'] == 'macs' else ''} "
+            f"(sparsity {b['sparsity']:.3f})"
+            for b in result["targets"]
+        )
+        or "none"
+    )
     audio = result["audio"]
-    stage2 = (f"{w['stage2_steps']} steps x {w['batch_seconds']['stage2']:g} s" if w["stage2_steps"] else "skipped")
+    stage2 = (
+        f"{w['stage2_steps']} steps x {w['batch_seconds']['stage2']:g} s" if w["stage2_steps"] else "skipped"
+    )
     timed2 = f", stage 2 {timing['stage2']['step_s']:.3f} s/step" if timing["stage2"] else ""
     lines = [
         "dry run: inputs checked as a real run checks them; nothing was written",
@@ -352,9 +413,12 @@ def _student_lines(estimate: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for shape, label in labels.items():
         s = estimate.get(shape)
-        text = ("no such student meets the targets" if s is None else
-                f"~{format_count(s['num_params'])} params, ~{format_count(s['macs_per_second'])} MACs/s "
-                f"(keep {s['keep_fraction']:.3f} of heads, FFN units{' and conv channels' if shape == 'uniform' else ''})")
+        text = (
+            "no such student meets the targets"
+            if s is None
+            else f"~{format_count(s['num_params'])} params, ~{format_count(s['macs_per_second'])} MACs/s "
+            f"(keep {s['keep_fraction']:.3f} of heads, FFN units{' and conv channels' if shape == 'uniform' else ''})"
+        )
         timed = ", stage 2 timed on it" if estimate.get("stage2_timed_on") == shape else ""
         lines.append(f"{'student:' if not lines else '':<10}{label}: {text}{timed}")
     lines.append(f"{'':<10}(a run learns its own shape under the same targets)")

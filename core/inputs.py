@@ -1,7 +1,8 @@
 """What a run checks and loads before its first stage, and what every stage then reads.
 
 `prepare_inputs` is the one validation of a job's inputs: `core.pipeline.run` and the dry run
-(`core.estimate`) both call it, so a dry run refuses exactly what a real run would refuse, with the same errors.
+(`core.estimate`) both call it, so a dry run refuses exactly what a real run would refuse, with the same
+errors.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def select_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError(f"device {name!r} was asked for but CUDA is not available on this machine", field="device")
+        raise SpecError(
+            f"device {name!r} was asked for but CUDA is not available on this machine", field="device"
+        )
     return device
 
 
@@ -43,28 +46,45 @@ class JobInputs:
     cal_catalog: AudioCatalog
 
 
-def prepare_inputs(spec: CompressionSpec, teacher: Path, audio: Path, *, calibration_audio: Path | str | None = None,
-                   emit: OnEvent = ignore_event) -> JobInputs:
+def prepare_inputs(
+    spec: CompressionSpec,
+    teacher: Path,
+    audio: Path,
+    *,
+    calibration_audio: Path | str | None = None,
+    emit: OnEvent = ignore_event,
+) -> JobInputs:
     """Check the device, load the teacher, resolve the target, scan the audio and check the spec against them."""
     device = select_device(spec.device)
     teacher_model = load_model(teacher).to(device)
     teacher_params = teacher_model.num_params()
     with torch.no_grad():
         teacher_macs = float(teacher_model.expected_macs(spec.macs_reference_seconds))
-    check_against_teacher(spec, num_layers=teacher_model.num_layers, num_params=teacher_params, macs=teacher_macs)
+    check_against_teacher(
+        spec, num_layers=teacher_model.num_layers, num_params=teacher_params, macs=teacher_macs
+    )
     target_sparsity = spec.target_sparsity(teacher_params)
     budgets = spec.budgets(teacher_params, teacher_macs)
     catalog = scan_audio(audio)
     if catalog.skipped:
-        emit(Event("skipped_audio", "calibrate", metrics=catalog.summary(),
-                   message=f"{len(catalog.skipped)} audio files skipped"))
+        emit(
+            Event(
+                "skipped_audio",
+                "calibrate",
+                metrics=catalog.summary(),
+                message=f"{len(catalog.skipped)} audio files skipped",
+            )
+        )
     cal_catalog = scan_audio(calibration_audio) if calibration_audio else catalog
     if spec.evaluate and not any(item.extra.get("arpabet") for item in catalog.items):
-        raise SpecError("evaluate=true needs a dataset manifest with an 'arpabet' phone field and 'split' rows "
-                        "(train/test); this audio has none. Run without evaluation, or `skillkd evaluate` later",
-                        field="evaluate")
-    return JobInputs(device, teacher_model, teacher_params, target_sparsity, teacher_macs, budgets, catalog,
-                     cal_catalog)
+        raise SpecError(
+            "evaluate=true needs a dataset manifest with an 'arpabet' phone field and 'split' rows "
+            "(train/test); this audio has none. Run without evaluation, or `skillkd evaluate` later",
+            field="evaluate",
+        )
+    return JobInputs(
+        device, teacher_model, teacher_params, target_sparsity, teacher_macs, budgets, catalog, cal_catalog
+    )
 
 
 @dataclass

@@ -4,8 +4,8 @@ core/export, core/evaluation); this module only runs them in order.
 
 Each stage writes `workdir/<stage>/` and, when complete, `workdir/<stage>/done.json` (core.workdir). Calling
 `run` again on the same workdir (after a crash, a kill or a stop) skips finished stages and resumes a training
-stage from its last checkpoint. This is the engine's one entry point for the CLI and the service worker; it never
-imports the service (the dependency rule is a test).
+stage from its last checkpoint. This is the engine's one entry point for the CLI and the service worker; it
+never imports the service (the dependency rule is a test).
 """
 
 from __future__ import annotations
@@ -29,9 +29,15 @@ from core.spec import CompressionSpec
 from core.workdir import Workdir, write_json
 
 # What a finished run hands back: artifact name -> file name in the export directory.
-ARTIFACT_FILES = {"cka.png": "cka.png", "clusters.json": "clusters.json", "train_log": "train_log.jsonl",
-                  "onnx": "model.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_quantized.onnx",
-                  "evaluation.json": "evaluation.json"}
+ARTIFACT_FILES = {
+    "cka.png": "cka.png",
+    "clusters.json": "clusters.json",
+    "train_log": "train_log.jsonl",
+    "onnx": "model.onnx",
+    "onnx_fp16": "model_fp16.onnx",
+    "onnx_int8": "model_quantized.onnx",
+    "evaluation.json": "evaluation.json",
+}
 
 
 @dataclass
@@ -41,9 +47,16 @@ class PipelineResult:
     artifacts: dict[str, Path] = field(default_factory=dict)
 
 
-def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: Path | str, *,
-        calibration_audio: Path | str | None = None, on_event: OnEvent | None = None,
-        should_stop: ShouldStop | None = None) -> PipelineResult:
+def run(
+    spec: CompressionSpec,
+    teacher: Path | str,
+    audio: Path | str,
+    workdir: Path | str,
+    *,
+    calibration_audio: Path | str | None = None,
+    on_event: OnEvent | None = None,
+    should_stop: ShouldStop | None = None,
+) -> PipelineResult:
     """Compress `teacher` on `audio` as `spec` says, in `workdir` (created, or resumed if it exists)."""
     teacher, audio = Path(teacher), Path(audio)
     select_device(spec.device)
@@ -57,8 +70,18 @@ def run(spec: CompressionSpec, teacher: Path | str, audio: Path | str, workdir: 
         wd.timings["inputs"] = time.monotonic() - start
 
     stages: dict[str, dict[str, Any]] = {}
-    stages["calibrate"] = cal = wd.stage("calibrate", lambda: calibrate(
-        spec, inputs.teacher, inputs.cal_catalog, wd.path / "calibrate", inputs.device, wd.emit, wd.should_stop))
+    stages["calibrate"] = cal = wd.stage(
+        "calibrate",
+        lambda: calibrate(
+            spec,
+            inputs.teacher,
+            inputs.cal_catalog,
+            wd.path / "calibrate",
+            inputs.device,
+            wd.emit,
+            wd.should_stop,
+        ),
+    )
     clusters: list[list[int]] = cal["clusters"]
     wd.emit(Event("clusters", "calibrate", metrics={"clusters": clusters, "k": len(clusters)}))
     wd.finished("calibrate")
@@ -110,5 +133,12 @@ def _artifacts(workdir: Path, export_dir: Path) -> dict[str, Path]:
     return artifacts
 
 
-__all__ = ["ARTIFACT_FILES", "JobInputs", "PipelineResult", "evaluation_headline", "prepare_inputs", "run",
-           "select_device"]
+__all__ = [
+    "ARTIFACT_FILES",
+    "JobInputs",
+    "PipelineResult",
+    "evaluation_headline",
+    "prepare_inputs",
+    "run",
+    "select_device",
+]

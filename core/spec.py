@@ -55,23 +55,48 @@ class TrainRecipe(BaseModel):
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(gt=0)
     speed_perturbation: float = Field(
-        default=0.0, ge=0.0, lt=0.5, description="training audio played at a random speed in 1 ± this")
+        default=0.0, ge=0.0, lt=0.5, description="training audio played at a random speed in 1 ± this"
+    )
     mask_betas: tuple[float, float] = Field(
-        default=(0.9, 0.999), description="Adam betas of log_alpha (quick runs need a short memory)")
+        default=(0.9, 0.999), description="Adam betas of log_alpha (quick runs need a short memory)"
+    )
     lambda_constant_lr: bool = Field(
-        default=False, description="keep the multipliers' lr constant instead of following the schedule")
+        default=False, description="keep the multipliers' lr constant instead of following the schedule"
+    )
     lambda_betas: tuple[float, float] = Field(
-        default=(0.9, 0.999), description="Adam betas of the multipliers' ascent (quick runs need a short memory)")
+        default=(0.9, 0.999),
+        description="Adam betas of the multipliers' ascent (quick runs need a short memory)",
+    )
 
 
 # Paper recipe (DPHuBERT, algorithm.md §3 and §5): 50k + 25k steps, 160 s of audio per GPU per step.
 _PAPER: dict[int, dict[str, Any]] = {
-    1: dict(steps=50_000, warmup_steps=15_000, lr=2e-4, lr_masks=0.02, lr_lambda=0.02,
-            sparsity_warmup_steps=5_000, batch_seconds=160.0, min_utterance_s=2.0, max_utterance_s=15.6,
-            grad_clip=10.0, checkpoint_every=1_000),
-    2: dict(steps=25_000, warmup_steps=5_000, lr=1e-4, lr_masks=0.0, lr_lambda=0.0,
-            sparsity_warmup_steps=0, batch_seconds=160.0, min_utterance_s=2.0, max_utterance_s=15.6,
-            grad_clip=10.0, checkpoint_every=1_000),
+    1: dict(
+        steps=50_000,
+        warmup_steps=15_000,
+        lr=2e-4,
+        lr_masks=0.02,
+        lr_lambda=0.02,
+        sparsity_warmup_steps=5_000,
+        batch_seconds=160.0,
+        min_utterance_s=2.0,
+        max_utterance_s=15.6,
+        grad_clip=10.0,
+        checkpoint_every=1_000,
+    ),
+    2: dict(
+        steps=25_000,
+        warmup_steps=5_000,
+        lr=1e-4,
+        lr_masks=0.0,
+        lr_lambda=0.0,
+        sparsity_warmup_steps=0,
+        batch_seconds=160.0,
+        min_utterance_s=2.0,
+        max_utterance_s=15.6,
+        grad_clip=10.0,
+        checkpoint_every=1_000,
+    ),
 }
 # Quick recipe: finishes on a 2-core CPU for an 11M-parameter teacher in minutes. Same shape of schedule,
 # scaled down. In a few hundred steps the paper's Adam settings let the multipliers wind up and then drive
@@ -82,23 +107,47 @@ _PAPER: dict[int, dict[str, Any]] = {
 # their lr decaying with the schedule they unwound too slowly (0.79 for 0.75): the quick preset keeps their
 # lr constant so lambda1 can return to zero before the end.
 _QUICK: dict[int, dict[str, Any]] = {
-    1: dict(steps=200, warmup_steps=20, lr=5e-4, lr_masks=0.2, lr_lambda=0.5,
-            sparsity_warmup_steps=100, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
-            grad_clip=10.0, checkpoint_every=25, mask_betas=(0.5, 0.9), lambda_betas=(0.0, 0.9),
-            lambda_constant_lr=True, speed_perturbation=0.2),
-    2: dict(steps=480, warmup_steps=48, lr=3e-4, lr_masks=0.0, lr_lambda=0.0,
-            sparsity_warmup_steps=0, batch_seconds=6.0, min_utterance_s=1.0, max_utterance_s=3.0,
-            grad_clip=10.0, checkpoint_every=25, speed_perturbation=0.2),
+    1: dict(
+        steps=200,
+        warmup_steps=20,
+        lr=5e-4,
+        lr_masks=0.2,
+        lr_lambda=0.5,
+        sparsity_warmup_steps=100,
+        batch_seconds=6.0,
+        min_utterance_s=1.0,
+        max_utterance_s=3.0,
+        grad_clip=10.0,
+        checkpoint_every=25,
+        mask_betas=(0.5, 0.9),
+        lambda_betas=(0.0, 0.9),
+        lambda_constant_lr=True,
+        speed_perturbation=0.2,
+    ),
+    2: dict(
+        steps=480,
+        warmup_steps=48,
+        lr=3e-4,
+        lr_masks=0.0,
+        lr_lambda=0.0,
+        sparsity_warmup_steps=0,
+        batch_seconds=6.0,
+        min_utterance_s=1.0,
+        max_utterance_s=3.0,
+        grad_clip=10.0,
+        checkpoint_every=25,
+        speed_perturbation=0.2,
+    ),
 }
 # Stage 2 was 80 steps until 2026-12-02. On speakers no compression heard (issue 13, bench/results/
 # heldout_speakers.md), 75% sparsity, 3 seeds paired: 240 steps lowered PER in all 12 pairs of both mini
 # teachers and both methods (SKILL -0.82 / -0.51, DPHuBERT -0.82 / -0.65 points) and kept speaker ID (SKILL
-# +1.22 / +0.00, DPHuBERT -0.95 / +1.49, within the seeds' spread), for 2-4 more minutes per run on a 2-core CPU.
-# Since the same day both stages hear the training audio at a random speed in 1 +- 0.2 (new virtual voices) and
-# stage 2 has 480 steps. Same evaluation, paired with the 240-step preset, SKILL: PER -0.44 / -0.15, speaker ID
-# +1.90 / +2.71 (hubert-mini / wavlm-mini); DPHuBERT: PER -0.49 / -0.34, speaker ID +0.27 / +3.12. 0.3
-# gained more speaker ID but cost wavlm-mini's PER (+0.24). The paper preset keeps the published recipe (no
-# perturbation).
+# +1.22 / +0.00, DPHuBERT -0.95 / +1.49, within the seeds' spread), for 2-4 more minutes per run on a 2-core
+# CPU. Since the same day both stages hear the training audio at a random speed in 1 +- 0.2 (new virtual
+# voices) and stage 2 has 480 steps. Same evaluation, paired with the 240-step preset, SKILL: PER -0.44 /
+# -0.15, speaker ID +1.90 / +2.71 (hubert-mini / wavlm-mini); DPHuBERT: PER -0.49 / -0.34, speaker ID +0.27 /
+# +3.12. 0.3 gained more speaker ID but cost wavlm-mini's PER (+0.24). The paper preset keeps the published
+# recipe (no perturbation).
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK}
 
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*$")
@@ -122,54 +171,81 @@ class CompressionSpec(BaseModel):
 
     method: Method = "skill"
     sparsity: float | None = Field(
-        default=None, gt=0.0, lt=1.0,
+        default=None,
+        gt=0.0,
+        lt=1.0,
         description="fraction of the teacher's parameters to remove (default 0.75 unless target_params)",
     )
     target_params: int | None = Field(default=None, gt=0, description="parameter count to reach instead")
     target_macs: int | None = Field(
-        default=None, gt=0, description="multiply-accumulates per second of audio to reach, e.g. 2.5G (alone or "
-        "with a parameter target: then both hold)")
+        default=None,
+        gt=0,
+        description="multiply-accumulates per second of audio to reach, e.g. 2.5G (alone or "
+        "with a parameter target: then both hold)",
+    )
     macs_sparsity: float | None = Field(
-        default=None, gt=0.0, lt=1.0, description="fraction of the teacher's MACs per audio second to remove")
+        default=None, gt=0.0, lt=1.0, description="fraction of the teacher's MACs per audio second to remove"
+    )
     macs_reference_seconds: float = Field(
-        default=10.0, gt=0.0, le=600.0, description="utterance length that MACs are counted for (attention "
-        "grows with its square), in seconds")
+        default=10.0,
+        gt=0.0,
+        le=600.0,
+        description="utterance length that MACs are counted for (attention "
+        "grows with its square), in seconds",
+    )
     clusters: int | Literal["auto"] | list[list[int]] = Field(
-        default=4, description="k, 'auto', or explicit layer groups over r[0..L] e.g. [[0],[4],[8],[12]]",
+        default=4,
+        description="k, 'auto', or explicit layer groups over r[0..L] e.g. [[0],[4],[8],[12]]",
     )
     linkage: Literal["average", "single", "complete", "ward"] = "average"
     contiguous: bool = Field(default=True, description="clusters are runs of adjacent layers")
     student_mapping: Literal["mean", "last"] = Field(
-        default="mean", description="student side of a cluster target: mean of its layers, or its last layer",
+        default="mean",
+        description="student side of a cluster target: mean of its layers, or its last layer",
     )
     target_weights: list[float] | None = Field(
-        default=None, description="relative weight of each cluster target in the loss, in cluster order "
-        "(default: equal; scaled to a mean of 1)")
+        default=None,
+        description="relative weight of each cluster target in the loss, in cluster order "
+        "(default: equal; scaled to a mean of 1)",
+    )
     prune_layers: bool = Field(default=False, description="also learn whole-attention / whole-FFN masks")
     preset: Preset = "quick"
     stage1_steps: int | None = Field(default=None, gt=0)
     stage2_steps: int | None = Field(default=None, ge=0, description="0 skips the final distillation")
     batch_seconds: float | None = Field(default=None, gt=0)
     speed_perturbation: float | None = Field(
-        default=None, ge=0.0, lt=0.5, description="play each training utterance at a random speed in 1 ± this "
+        default=None,
+        ge=0.0,
+        lt=0.5,
+        description="play each training utterance at a random speed in 1 ± this "
         "(tempo and pitch; teacher and student hear the same audio), in both stages unless "
-        "stage2_speed_perturbation says otherwise; 0 turns it off [default: the preset's: quick 0.2, paper 0]")
+        "stage2_speed_perturbation says otherwise; 0 turns it off [default: the preset's: quick 0.2, paper 0]",
+    )
     stage2_speed_perturbation: float | None = Field(
-        default=None, ge=0.0, lt=0.5, description="speed perturbation of stage 2 alone (0: the fixed student's "
-        "final distillation hears the audio as it is) [default: speed_perturbation]")
+        default=None,
+        ge=0.0,
+        lt=0.5,
+        description="speed perturbation of stage 2 alone (0: the fixed student's "
+        "final distillation hears the audio as it is) [default: speed_perturbation]",
+    )
     checkpoint_every: int | None = Field(default=None, gt=0)
     calibration_utterances: int = Field(default=200, gt=0)
     calibration_seconds: float = Field(default=1800.0, gt=0)
     seed: int = Field(default=0, ge=0)
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
     gpus: int = Field(default=1, ge=1, le=64)
-    compile: bool = Field(default=False, description="torch.compile teacher and student in training (falls back "
-                          "to eager if compiling fails)")
-    data_workers: int | None = Field(default=None, ge=0, le=32, description="loader processes per GPU; default "
-                                     "0 on CPU, up to 4 on a GPU")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile teacher and student in training (falls back to eager if compiling fails)",
+    )
+    data_workers: int | None = Field(
+        default=None, ge=0, le=32, description="loader processes per GPU; default 0 on CPU, up to 4 on a GPU"
+    )
     export_onnx: list[Literal["fp32", "fp16", "int8"]] = Field(
-        default_factory=list, description="ONNX variants to export, each verified before it is offered: fp32, "
-        "fp16, int8 (a list or 'fp16,int8'; true means fp32, false none)")
+        default_factory=list,
+        description="ONNX variants to export, each verified before it is offered: fp32, "
+        "fp16, int8 (a list or 'fp16,int8'; true means fp32, false none)",
+    )
     evaluate: bool = False
 
     @field_validator("export_onnx", mode="before")
@@ -185,7 +261,8 @@ class CompressionSpec(BaseModel):
         if isinstance(v, (list, tuple)):
             v = [part.lower() if isinstance(part, str) else part for part in v]
             return [name for name in ("fp32", "fp16", "int8") if name in v] + [
-                part for part in v if part not in ("fp32", "fp16", "int8")]  # unknown ones fail validation
+                part for part in v if part not in ("fp32", "fp16", "int8")
+            ]  # unknown ones fail validation
         return v
 
     @field_validator("target_weights")
@@ -207,9 +284,13 @@ class CompressionSpec(BaseModel):
             if any(i < 0 for i in flat):
                 raise ValueError("layer indices are >= 0")
             repeated = sorted({i for i in flat if flat.count(i) > 1})
-            if repeated:  # the same check as core.calibrate.clustering.validate_clusters, before any teacher is loaded
-                raise ValueError(f"explicit clusters must not overlap: representation(s) {repeated} appear in "
-                                 "more than one cluster (or twice in one)")
+            if (
+                repeated
+            ):  # the same check as core.calibrate.clustering.validate_clusters, before any teacher is loaded
+                raise ValueError(
+                    f"explicit clusters must not overlap: representation(s) {repeated} appear in "
+                    "more than one cluster (or twice in one)"
+                )
         return v
 
     @field_validator("target_macs", "target_params", mode="before")
@@ -253,8 +334,10 @@ class CompressionSpec(BaseModel):
         """Fraction of the teacher's MACs per audio second to remove, or None without a MACs target."""
         if self.target_macs is not None:
             if self.target_macs >= teacher_macs:
-                raise ValueError(f"target_macs={self.target_macs:.4g} is not smaller than the teacher's "
-                                 f"{teacher_macs:.4g} MACs per audio second")
+                raise ValueError(
+                    f"target_macs={self.target_macs:.4g} is not smaller than the teacher's "
+                    f"{teacher_macs:.4g} MACs per audio second"
+                )
             return 1.0 - self.target_macs / teacher_macs
         return self.macs_sparsity
 

@@ -63,7 +63,9 @@ class Timings(dict[str, float]):
 
 
 class Workdir:
-    def __init__(self, path: Path, emit: OnEvent = ignore_event, should_stop: ShouldStop = never_stop) -> None:
+    def __init__(
+        self, path: Path, emit: OnEvent = ignore_event, should_stop: ShouldStop = never_stop
+    ) -> None:
         self.path = path
         self.emit = emit
         self.should_stop = should_stop
@@ -73,8 +75,11 @@ class Workdir:
     def claim(self, spec: CompressionSpec, teacher: Path, audio: Path) -> None:
         """A workdir belongs to one job: resuming it with a different spec or input would mix two runs."""
         path = self.path / "job.json"
-        current = {"spec": spec.model_dump(exclude=EXECUTION_FIELDS),
-                   "teacher": str(teacher.resolve()), "audio": str(audio.resolve())}
+        current = {
+            "spec": spec.model_dump(exclude=EXECUTION_FIELDS),
+            "teacher": str(teacher.resolve()),
+            "audio": str(audio.resolve()),
+        }
         if path.exists():
             previous = json.loads(path.read_text())
             if previous.get("spec") != current["spec"]:

@@ -25,8 +25,16 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def zipped(folder: Path) -> bytes:
@@ -53,8 +61,14 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
     env.update(SKILLKD_HOME=str(home), PYTHONPATH=str(REPO))
     log = open(home / "serve.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -67,15 +81,25 @@ def main() -> None:
         key = (home / "admin.key").read_text().strip()
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
         zip_type = {"Content-Type": "application/zip"}
-        teacher = api.post("/v1/teachers?name=demo-teacher", content=zipped(REPO / "core/assets/demo-teacher"),
-                           headers=zip_type).json()
-        audio = api.post("/v1/datasets?name=demo-audio", content=zipped(REPO / "core/assets/demo-audio"),
-                         headers=zip_type).json()
+        teacher = api.post(
+            "/v1/teachers?name=demo-teacher",
+            content=zipped(REPO / "core/assets/demo-teacher"),
+            headers=zip_type,
+        ).json()
+        audio = api.post(
+            "/v1/datasets?name=demo-audio", content=zipped(REPO / "core/assets/demo-audio"), headers=zip_type
+        ).json()
         spec = {"stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps}
 
         def submit(method: str) -> str:
-            r = api.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": audio["id"],
-                                           "spec": {**spec, "method": method}})
+            r = api.post(
+                "/v1/jobs",
+                json={
+                    "teacher_id": teacher["id"],
+                    "dataset_id": audio["id"],
+                    "spec": {**spec, "method": method},
+                },
+            )
             r.raise_for_status()
             return r.json()["id"]
 
@@ -98,12 +122,20 @@ def main() -> None:
             page.fill("#api-key", key)
             page.click("form.login button[type=submit]")
             page.wait_for_selector("#nav:not([hidden])")
-            wait(second, lambda j: (j.get("progress") or {}).get("stage") == "distill_prune"
-                 and (j["progress"].get("step") or 0) >= args.stage1_steps // 2)
+            wait(
+                second,
+                lambda j: (
+                    (j.get("progress") or {}).get("stage") == "distill_prune"
+                    and (j["progress"].get("step") or 0) >= args.stage1_steps // 2
+                ),
+            )
             page.goto(f"{url}/ui/#/jobs")
             page.wait_for_selector(f"tr[data-job-id='{second}'] progress")
             height = page.evaluate("Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)")
-            page.screenshot(path=str(args.out / "dashboard-jobs.png"), clip={"x": 0, "y": 0, "width": 1280, "height": height})
+            page.screenshot(
+                path=str(args.out / "dashboard-jobs.png"),
+                clip={"x": 0, "y": 0, "width": 1280, "height": height},
+            )
             page.goto(f"{url}/ui/#/jobs/{second}")
             page.wait_for_selector("#curves svg path.line[d^='M']")
             page.wait_for_timeout(1500)

@@ -27,7 +27,10 @@ def _url() -> str:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True,
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
         dialect_opts={"paramstyle": "named"},
     )
     with context.begin_transaction():
@@ -43,11 +46,14 @@ def run_migrations_online() -> None:
                 # Batch mode rebuilds a table by copying it and dropping the old one; with foreign keys on,
                 # that DROP deletes every row first, cascading to the rows that refer to it (a rebuilt `jobs`
                 # would take all events and artifacts with it) or failing on RESTRICT. The pragma only takes
-                # effect outside a transaction, hence before it; the keys are checked once migrations are done.
+                # effect outside a transaction, hence before it; the keys are checked once migrations are
+                # done.
                 connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 connection.commit()
             context.configure(
-                connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=True,
                 compare_type=True,
             )
             with context.begin_transaction():

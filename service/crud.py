@@ -1,5 +1,5 @@
-"""Data access for the owned resources (teachers, datasets, jobs' read side): keyword-only functions the routes
-call, so no route builds a query or commits by itself. Job state changes are in service/jobstore.py."""
+"""Data access for the owned resources (teachers, datasets, jobs' read side): keyword-only functions the
+routes call, so no route builds a query or commits by itself. Job state changes are in service/jobstore.py."""
 
 from __future__ import annotations
 
@@ -21,8 +21,15 @@ def owned(session: Session, *, model: type[Row], row_id: str, owner_id: str) -> 
     return row if row is not None and row.owner_id == owner_id else None  # type: ignore[attr-defined]
 
 
-def page(session: Session, *, model: type[Row], owner_id: str, limit: int, after: str | None,
-         where: list[Any] | None = None) -> tuple[list[Row], str | None]:
+def page(
+    session: Session,
+    *,
+    model: type[Row],
+    owner_id: str,
+    limit: int,
+    after: str | None,
+    where: list[Any] | None = None,
+) -> tuple[list[Row], str | None]:
     """One page of the owner's rows, newest id first, and the cursor of the next page (None on the last).
     Ids are time-ordered, so `after` (the previous page's last id) is a stable cursor under inserts."""
     column = model.id  # type: ignore[attr-defined]
@@ -49,8 +56,13 @@ def insert(session: Session, *, row: Any) -> Any:
     return row
 
 
-def jobs_using(session: Session, *, teacher_id: str | None = None, dataset_id: str | None = None,
-               non_terminal: bool = False) -> list[str]:
+def jobs_using(
+    session: Session,
+    *,
+    teacher_id: str | None = None,
+    dataset_id: str | None = None,
+    non_terminal: bool = False,
+) -> list[str]:
     """Ids of the jobs that reference this teacher or dataset (as training or calibration audio)."""
     query = select(Job.id).where(_uses(teacher_id=teacher_id, dataset_id=dataset_id))
     if non_terminal:

@@ -46,8 +46,12 @@ def make_async_reads_engine(url: str, *, pool_size: int) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"asyncio reads are for PostgreSQL, not {parsed.get_backend_name()}")
-    return create_async_engine(parsed.set(drivername="postgresql+psycopg"), pool_size=pool_size,
-                               pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+    return create_async_engine(
+        parsed.set(drivername="postgresql+psycopg"),
+        pool_size=pool_size,
+        pool_pre_ping=False,
+        isolation_level="AUTOCOMMIT",
+    )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

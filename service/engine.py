@@ -44,8 +44,8 @@ class Engine(Protocol):
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         """AudioCatalog.summary(): files, hours, sample_rates (list), skipped (by reason), skipped_examples
-        ([{path, reason}]), and optionally phone_labelled (items with phone labels); raises AudioError if nothing
-        usable."""
+        ([{path, reason}]), and optionally phone_labelled (items with phone labels); raises AudioError if
+        nothing usable."""
         ...
 
     def run(
@@ -62,8 +62,9 @@ class Engine(Protocol):
         """Resumable in `workdir`; raises StopRequested or another SkillkdError."""
         ...
 
-    def estimate(self, spec: CompressionSpec, teacher: Path, audio: Path, *,
-                 calibration_audio: Path | None = None) -> dict[str, Any]:
+    def estimate(
+        self, spec: CompressionSpec, teacher: Path, audio: Path, *, calibration_audio: Path | None = None
+    ) -> dict[str, Any]:
         """A dry run (`core.estimate`): the job's inputs checked as a run checks them, the teacher's and the
         target student's sizes, the work and an estimated time; writes nothing; raises SkillkdError."""
         ...
@@ -86,7 +87,8 @@ class CoreEngine:
         from core.data import scan_audio
 
         catalog = scan_audio(source)
-        # whether a job with evaluate=true can run on it (the engine needs phone labels): checked at POST /v1/jobs
+        # whether a job with evaluate=true can run on it (the engine needs phone labels): checked at POST
+        # /v1/jobs
         labelled = sum(1 for item in catalog.items if item.extra.get("arpabet"))
         return {**catalog.summary(), "phone_labelled": labelled}
 
@@ -94,11 +96,17 @@ class CoreEngine:
         from core.pipeline import run
 
         result = run(
-            spec, teacher, audio, workdir,
-            calibration_audio=calibration_audio, on_event=on_event, should_stop=should_stop,
+            spec,
+            teacher,
+            audio,
+            workdir,
+            calibration_audio=calibration_audio,
+            on_event=on_event,
+            should_stop=should_stop,
         )
-        return EngineResult(export_dir=result.export_dir, report=dict(result.report),
-                            artifacts=dict(result.artifacts))
+        return EngineResult(
+            export_dir=result.export_dir, report=dict(result.report), artifacts=dict(result.artifacts)
+        )
 
     def estimate(self, spec, teacher, audio, *, calibration_audio=None):
         import torch
@@ -123,22 +131,34 @@ _AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 class FakeEngine:
     """A stand-in engine for tests: checks teachers and audio cheaply, 'trains' a counter in the workdir.
 
-    Behaviour knobs (constructor, or `Settings.fake_*` = SKILLKD_FAKE_* so a worker subprocess can be steered):
-    `steps` per training stage, `step_s` sleep per step, `kill_at` SIGKILL the own process at that distill
-    step, every attempt, `fail_code` raise that error, `ledger` a file that gets one line per completed run (to
-    prove no job completes twice).
+    Behaviour knobs (constructor, or `Settings.fake_*` = SKILLKD_FAKE_* so a worker subprocess can be
+    steered): `steps` per training stage, `step_s` sleep per step, `kill_at` SIGKILL the own process at that
+    distill step, every attempt, `fail_code` raise that error, `ledger` a file that gets one line per
+    completed run (to prove no job completes twice).
     """
 
-    def __init__(self, *, steps: int = 8, step_s: float = 0.0, kill_at: int | None = None,
-                 fail_code: str | None = None, ledger: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        steps: int = 8,
+        step_s: float = 0.0,
+        kill_at: int | None = None,
+        fail_code: str | None = None,
+        ledger: Path | None = None,
+    ) -> None:
         self.steps, self.step_s, self.kill_at = steps, step_s, kill_at
         self.fail_code, self.ledger = fail_code or None, ledger
         self.runs = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FakeEngine:
-        return cls(steps=settings.fake_steps, step_s=settings.fake_step_s, kill_at=settings.fake_kill_at,
-                   fail_code=settings.fake_fail, ledger=settings.fake_ledger)
+        return cls(
+            steps=settings.fake_steps,
+            step_s=settings.fake_step_s,
+            kill_at=settings.fake_kill_at,
+            fail_code=settings.fake_fail,
+            ledger=settings.fake_ledger,
+        )
 
     # -- validation ------------------------------------------------------------------------------------
     def inspect_teacher(self, path: Path) -> dict[str, Any]:
@@ -153,7 +173,9 @@ class FakeEngine:
             raise TeacherError("config.json is not a JSON object")
         arch = _ARCHITECTURES.get(str(config.get("model_type", "")))
         if arch is None:
-            raise TeacherError(f"unsupported model_type {config.get('model_type')!r}; expected wav2vec2, hubert or wavlm")
+            raise TeacherError(
+                f"unsupported model_type {config.get('model_type')!r}; expected wav2vec2, hubert or wavlm"
+            )
         weights = path / "model.safetensors"
         if not weights.is_file():
             if (path / "pytorch_model.bin").is_file():
@@ -162,9 +184,12 @@ class FakeEngine:
         num_params = _safetensors_numel(weights)
         hidden = int(config.get("hidden_size", 768))
         return {
-            "architecture": arch, "layout": "large" if hidden >= 1024 else "base",
-            "num_layers": int(config.get("num_hidden_layers", 12)), "hidden_size": hidden,
-            "num_params": num_params, "sample_rate": 16000,
+            "architecture": arch,
+            "layout": "large" if hidden >= 1024 else "base",
+            "num_layers": int(config.get("num_hidden_layers", 12)),
+            "hidden_size": hidden,
+            "num_params": num_params,
+            "sample_rate": 16000,
         }
 
     def teacher_macs(self, path: Path, seconds: float) -> float:
@@ -203,16 +228,27 @@ class FakeEngine:
             rates.add(int(info.samplerate))
         if files == 0:
             raise AudioError(f"no usable audio in the dataset (skipped: {skipped or 'no files'})")
-        return {"files": files, "hours": seconds / 3600, "sample_rates": sorted(rates), "skipped": skipped,
-                "skipped_examples": examples}
+        return {
+            "files": files,
+            "hours": seconds / 3600,
+            "sample_rates": sorted(rates),
+            "skipped": skipped,
+            "skipped_examples": examples,
+        }
 
     def estimate(self, spec, teacher, audio, *, calibration_audio=None):
         """The dry run's shape, from the cheap checks: a fake step takes `step_s`."""
         info = self.inspect_teacher(teacher)
         summary = self.scan_audio(audio)
         steps = {"stage1_steps": self.steps, "stage2_steps": 0 if spec.stage2_steps == 0 else self.steps}
-        return {"dry_run": True, "engine": "fake", "teacher": info, "audio": summary, "work": steps,
-                "estimated_seconds": {"total": (steps["stage1_steps"] + steps["stage2_steps"]) * self.step_s}}
+        return {
+            "dry_run": True,
+            "engine": "fake",
+            "teacher": info,
+            "audio": summary,
+            "work": steps,
+            "estimated_seconds": {"total": (steps["stage1_steps"] + steps["stage2_steps"]) * self.step_s},
+        }
 
     # -- the job ---------------------------------------------------------------------------------------
     def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
@@ -255,8 +291,16 @@ class FakeEngine:
                     save()
                     with open(workdir / "train_log.jsonl", "a") as log:
                         log.write(json.dumps({"stage": stage, "step": step, "loss": 1.0 / step}) + "\n")
-                    emit(Event("progress", stage, step=step, total=total, eta_s=(total - step) * self.step_s,
-                               metrics={"loss": 1.0 / step, "sparsity": 0.75 * step / total}))
+                    emit(
+                        Event(
+                            "progress",
+                            stage,
+                            step=step,
+                            total=total,
+                            eta_s=(total - step) * self.step_s,
+                            metrics={"loss": 1.0 / step, "sparsity": 0.75 * step / total},
+                        )
+                    )
             if stage == "export":
                 export = workdir / "export"
                 export.mkdir(exist_ok=True)
@@ -273,11 +317,17 @@ class FakeEngine:
             with open(self.ledger, "a") as f:
                 f.write(f"{workdir}\n")
         artifacts = {
-            "model": workdir / "export", "report.json": workdir / "report.json", "cka.png": workdir / "cka.png",
-            "clusters.json": workdir / "clusters.json", "train_log": workdir / "train_log.jsonl",
+            "model": workdir / "export",
+            "report.json": workdir / "report.json",
+            "cka.png": workdir / "cka.png",
+            "clusters.json": workdir / "clusters.json",
+            "train_log": workdir / "train_log.jsonl",
         }
-        return EngineResult(export_dir=workdir / "export", report=json.loads((workdir / "report.json").read_text()),
-                            artifacts=artifacts)
+        return EngineResult(
+            export_dir=workdir / "export",
+            report=json.loads((workdir / "report.json").read_text()),
+            artifacts=artifacts,
+        )
 
 
 def _safetensors_numel(path: Path) -> int:

@@ -42,13 +42,21 @@ def updated(session: Session, statement: Update) -> int:
 def transition(session: Session, *, job_id: str, from_statuses: tuple[JobStatus, ...], **values: Any) -> bool:
     """Set `values` on the job if its status is one of `from_statuses`; True if it was."""
     values.setdefault("updated_at", utcnow())
-    return updated(session, update(Job).where(Job.id == job_id, Job.status.in_(from_statuses)).values(**values)) == 1
+    return (
+        updated(session, update(Job).where(Job.id == job_id, Job.status.in_(from_statuses)).values(**values))
+        == 1
+    )
 
 
 def count_in_flight(session: Session, *, owner_id: str) -> int:
-    return session.scalar(
-        select(func.count()).select_from(Job).where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES))
+        )
+        or 0
+    )
 
 
 @dataclass(frozen=True)
@@ -75,20 +83,36 @@ def claim(session: Session, *, job_id: str, worker: str, stale_before: datetime,
     claimable = (Job.status == JobStatus.QUEUED) | (
         (Job.status == JobStatus.RUNNING) & _silent_since(stale_before)
     )
-    claimed = updated(session, update(Job).where(Job.id == job_id, claimable).values(
-        status=JobStatus.RUNNING, attempts=Job.attempts + 1, worker=worker, heartbeat_at=now, updated_at=now,
-        started_at=func.coalesce(Job.started_at, now)))
+    claimed = updated(
+        session,
+        update(Job)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            worker=worker,
+            heartbeat_at=now,
+            updated_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+        ),
+    )
     if claimed != 1:
         job = session.get(Job, job_id)
         session.commit()
         return Claim(False, "missing" if job is None else f"status {job.status}")
     attempts = session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0
     if attempts > max_attempts:
-        transition(session, job_id=job_id, from_statuses=(JobStatus.RUNNING,), status=JobStatus.FAILED,
-                   error_code="too_many_attempts",
-                   error_message=f"the job was started {attempts - 1} times and its worker died each time "
-                                 f"(limit {max_attempts})",
-                   finished_at=now, worker=None)
+        transition(
+            session,
+            job_id=job_id,
+            from_statuses=(JobStatus.RUNNING,),
+            status=JobStatus.FAILED,
+            error_code="too_many_attempts",
+            error_message=f"the job was started {attempts - 1} times and its worker died each time "
+            f"(limit {max_attempts})",
+            finished_at=now,
+            worker=None,
+        )
         session.commit()
         return Claim(False, "too_many_attempts", attempts)
     session.commit()
@@ -96,17 +120,40 @@ def claim(session: Session, *, job_id: str, worker: str, stale_before: datetime,
 
 
 def heartbeat(session: Session, *, job_id: str, worker: str) -> bool:
-    beat = updated(session, update(Job).where(Job.id == job_id, Job.worker == worker, Job.status.in_(_HELD))
-                   .values(heartbeat_at=utcnow()))
+    beat = updated(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status.in_(_HELD))
+        .values(heartbeat_at=utcnow()),
+    )
     session.commit()
     return beat == 1
 
 
-def add_event(session: Session, *, job_id: str, kind: str, stage: str = "", step: int = 0, total: int = 0,
-              eta_s: float | None = None, duration_s: float | None = None, metrics: dict | None = None,
-              message: str = "") -> JobEvent:
-    row = JobEvent(job_id=job_id, kind=kind, stage=stage, step=step, total=total, eta_s=eta_s,
-                   duration_s=duration_s, metrics=metrics or {}, message=message)
+def add_event(
+    session: Session,
+    *,
+    job_id: str,
+    kind: str,
+    stage: str = "",
+    step: int = 0,
+    total: int = 0,
+    eta_s: float | None = None,
+    duration_s: float | None = None,
+    metrics: dict | None = None,
+    message: str = "",
+) -> JobEvent:
+    row = JobEvent(
+        job_id=job_id,
+        kind=kind,
+        stage=stage,
+        step=step,
+        total=total,
+        eta_s=eta_s,
+        duration_s=duration_s,
+        metrics=metrics or {},
+        message=message,
+    )
     session.add(row)
     return row
 
@@ -129,18 +176,44 @@ def record_start(session: Session, *, job_id: str, attempts: int) -> Job:
 _PROGRESS_KINDS = ("progress", "stage_started", "stage_finished")
 
 
-def record_event(session: Session, *, job_id: str, worker: str, kind: str, stage: str, step: int = 0,
-                 total: int = 0, eta_s: float | None = None, duration_s: float | None = None,
-                 metrics: dict[str, Any], message: str = "") -> None:
+def record_event(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    kind: str,
+    stage: str,
+    step: int = 0,
+    total: int = 0,
+    eta_s: float | None = None,
+    duration_s: float | None = None,
+    metrics: dict[str, Any],
+    message: str = "",
+) -> None:
     """One engine event of a running job: a job_events row, and on the job's row (only while `worker` holds
     it) the stage, the progress (progress and stage events), the clusters (a clusters event with them) and
     the metrics (a progress event's merged into the job's). `metrics` must be JSON values. COMMITs."""
-    add_event(session, job_id=job_id, kind=kind, stage=stage, step=step, total=total, eta_s=eta_s,
-              duration_s=duration_s, metrics=metrics, message=message)
+    add_event(
+        session,
+        job_id=job_id,
+        kind=kind,
+        stage=stage,
+        step=step,
+        total=total,
+        eta_s=eta_s,
+        duration_s=duration_s,
+        metrics=metrics,
+        message=message,
+    )
     values: dict[str, Any] = {"stage": stage, "updated_at": utcnow()}
     if kind in _PROGRESS_KINDS:
-        values["progress"] = {"stage": stage, "step": step, "total_steps": total, "eta_s": eta_s,
-                              "metrics": metrics}
+        values["progress"] = {
+            "stage": stage,
+            "step": step,
+            "total_steps": total,
+            "eta_s": eta_s,
+            "metrics": metrics,
+        }
     if kind == "clusters" and "clusters" in metrics:
         values["clusters"] = metrics["clusters"]
     if metrics and kind == "progress":
@@ -164,12 +237,21 @@ def finish_succeeded(session: Session, *, job_id: str, report: Any, artifacts: l
     """running, cancelling or pausing -> succeeded, with the artifacts' rows and the engine's report in the
     job's metrics, in one transaction. COMMITs; False (rolled back, nothing recorded) if the job was in none
     of those statuses (another worker owns it now)."""
-    if not transition(session, job_id=job_id, from_statuses=_HELD, status=JobStatus.SUCCEEDED,
-                      finished_at=utcnow(), worker=None, error_code=None, error_message=None):
+    if not transition(
+        session,
+        job_id=job_id,
+        from_statuses=_HELD,
+        status=JobStatus.SUCCEEDED,
+        finished_at=utcnow(),
+        worker=None,
+        error_code=None,
+        error_message=None,
+    ):
         session.rollback()
         return False
-    session.execute(update(Job).where(Job.id == job_id).values(
-        metrics={**_metrics_of(session, job_id), "report": report}))
+    session.execute(
+        update(Job).where(Job.id == job_id).values(metrics={**_metrics_of(session, job_id), "report": report})
+    )
     for row in artifacts:
         session.add(row)
     add_event(session, job_id=job_id, kind="status", message="succeeded")
@@ -180,8 +262,16 @@ def finish_succeeded(session: Session, *, job_id: str, report: Any, artifacts: l
 def finish_failed(session: Session, *, job_id: str, code: str, message: str) -> bool:
     """running, cancelling or pausing -> failed with the error `code` and `message`. COMMITs; False if the job
     was in none of those statuses."""
-    ok = transition(session, job_id=job_id, from_statuses=_HELD, status=JobStatus.FAILED, error_code=code,
-                    error_message=message, finished_at=utcnow(), worker=None)
+    ok = transition(
+        session,
+        job_id=job_id,
+        from_statuses=_HELD,
+        status=JobStatus.FAILED,
+        error_code=code,
+        error_message=message,
+        finished_at=utcnow(),
+        worker=None,
+    )
     if ok:
         add_event(session, job_id=job_id, kind="status", message=f"failed: {code}: {message}")
     session.commit()
@@ -191,8 +281,15 @@ def finish_failed(session: Session, *, job_id: str, code: str, message: str) -> 
 def finish_paused(session: Session, *, job_id: str) -> bool:
     """pausing -> paused, after the engine stopped at a checkpoint. A clean pause is not a failed attempt: it
     does not count towards max_attempts. COMMITs; False (rolled back) if the job was not pausing."""
-    if transition(session, job_id=job_id, from_statuses=(JobStatus.PAUSING,), status=JobStatus.PAUSED,
-                  worker=None, heartbeat_at=None, attempts=Job.attempts - 1):
+    if transition(
+        session,
+        job_id=job_id,
+        from_statuses=(JobStatus.PAUSING,),
+        status=JobStatus.PAUSED,
+        worker=None,
+        heartbeat_at=None,
+        attempts=Job.attempts - 1,
+    ):
         add_event(session, job_id=job_id, kind="status", message="paused at a checkpoint")
         session.commit()
         return True
@@ -203,8 +300,14 @@ def finish_paused(session: Session, *, job_id: str) -> bool:
 def finish_cancelled(session: Session, *, job_id: str) -> bool:
     """cancelling or running -> cancelled, after the engine stopped. COMMITs; False if the job was in neither
     status (another worker owns it now). The caller removes the job's files after this returns True."""
-    if not transition(session, job_id=job_id, from_statuses=(JobStatus.CANCELLING, JobStatus.RUNNING),
-                      status=JobStatus.CANCELLED, finished_at=utcnow(), worker=None):
+    if not transition(
+        session,
+        job_id=job_id,
+        from_statuses=(JobStatus.CANCELLING, JobStatus.RUNNING),
+        status=JobStatus.CANCELLED,
+        finished_at=utcnow(),
+        worker=None,
+    ):
         session.commit()
         return False
     add_event(session, job_id=job_id, kind="status", message="cancelled")
@@ -215,8 +318,14 @@ def finish_cancelled(session: Session, *, job_id: str) -> bool:
 def requeue(session: Session, *, job_id: str, message: str) -> bool:
     """running -> queued (to be enqueued again by the caller), with `message` as the event. COMMITs; False
     if the job was not running."""
-    ok = transition(session, job_id=job_id, from_statuses=(JobStatus.RUNNING,), status=JobStatus.QUEUED,
-                    worker=None, enqueued_at=utcnow())
+    ok = transition(
+        session,
+        job_id=job_id,
+        from_statuses=(JobStatus.RUNNING,),
+        status=JobStatus.QUEUED,
+        worker=None,
+        enqueued_at=utcnow(),
+    )
     if ok:
         add_event(session, job_id=job_id, kind="status", message=message)
     session.commit()
@@ -234,8 +343,14 @@ class Reaped:
     failed: int = 0
 
 
-def reap_stale(session: Session, *, stale_before: datetime, now: datetime, max_attempts: int,
-               on_cancelled: Callable[[str], None]) -> Reaped:
+def reap_stale(
+    session: Session,
+    *,
+    stale_before: datetime,
+    now: datetime,
+    max_attempts: int,
+    on_cancelled: Callable[[str], None],
+) -> Reaped:
     """End or requeue the jobs whose worker died: running, cancelling or pausing with no heartbeat since
     `stale_before`. cancelling -> cancelled (`on_cancelled(job_id)` then removes its files, before the
     COMMIT); pausing -> paused (its last checkpoint is where a resume continues); running -> failed
@@ -249,41 +364,78 @@ def reap_stale(session: Session, *, stale_before: datetime, now: datetime, max_a
     for job_id, status, attempts in dead:
         still_dead = _silent_since(stale_before)
         if status == JobStatus.CANCELLING:
-            if _guarded(session, job_id, (JobStatus.CANCELLING,), still_dead, status=JobStatus.CANCELLED,
-                        finished_at=now, worker=None):
+            if _guarded(
+                session,
+                job_id,
+                (JobStatus.CANCELLING,),
+                still_dead,
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                worker=None,
+            ):
                 add_event(session, job_id=job_id, kind="status", message="cancelled (worker gone)")
                 on_cancelled(job_id)
                 reaped.cancelled += 1
         elif status == JobStatus.PAUSING:
-            if _guarded(session, job_id, (JobStatus.PAUSING,), still_dead, status=JobStatus.PAUSED,
-                        worker=None):
+            if _guarded(
+                session, job_id, (JobStatus.PAUSING,), still_dead, status=JobStatus.PAUSED, worker=None
+            ):
                 add_event(session, job_id=job_id, kind="status", message="paused (worker gone)")
                 reaped.paused += 1
         elif attempts >= max_attempts:
-            if _guarded(session, job_id, (JobStatus.RUNNING,), still_dead, status=JobStatus.FAILED,
-                        finished_at=now, worker=None, error_code="too_many_attempts",
-                        error_message=f"the worker died during each of {attempts} attempts"):
+            if _guarded(
+                session,
+                job_id,
+                (JobStatus.RUNNING,),
+                still_dead,
+                status=JobStatus.FAILED,
+                finished_at=now,
+                worker=None,
+                error_code="too_many_attempts",
+                error_message=f"the worker died during each of {attempts} attempts",
+            ):
                 reaped.failed += 1
-        elif _guarded(session, job_id, (JobStatus.RUNNING,), still_dead, status=JobStatus.QUEUED, worker=None,
-                      enqueued_at=now):
+        elif _guarded(
+            session,
+            job_id,
+            (JobStatus.RUNNING,),
+            still_dead,
+            status=JobStatus.QUEUED,
+            worker=None,
+            enqueued_at=now,
+        ):
             add_event(session, job_id=job_id, kind="status", message="requeued: worker heartbeat lost")
             reaped.requeued.append(job_id)
     session.commit()
     return reaped
 
 
-def _guarded(session: Session, job_id: str, statuses: tuple[JobStatus, ...], condition: ColumnElement[bool],
-             **values: Any) -> bool:
+def _guarded(
+    session: Session,
+    job_id: str,
+    statuses: tuple[JobStatus, ...],
+    condition: ColumnElement[bool],
+    **values: Any,
+) -> bool:
     """`transition` with one more condition in its WHERE."""
     values.setdefault("updated_at", utcnow())
-    return updated(session, update(Job).where(Job.id == job_id, Job.status.in_(statuses), condition)
-                   .values(**values)) == 1
+    return (
+        updated(
+            session, update(Job).where(Job.id == job_id, Job.status.in_(statuses), condition).values(**values)
+        )
+        == 1
+    )
 
 
 def queued_since(session: Session, *, before: datetime) -> list[str]:
     """Ids of the queued jobs last enqueued at or before `before`, or never."""
-    return list(session.scalars(select(Job.id).where(
-        Job.status == JobStatus.QUEUED, (Job.enqueued_at.is_(None)) | (Job.enqueued_at <= before))).all())
+    return list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status == JobStatus.QUEUED, (Job.enqueued_at.is_(None)) | (Job.enqueued_at <= before)
+            )
+        ).all()
+    )
 
 
 def count_queued(session: Session) -> int:
@@ -293,8 +445,11 @@ def count_queued(session: Session) -> int:
 def mark_enqueued(session: Session, *, job_ids: list[str], now: datetime) -> list[str]:
     """Set `enqueued_at` to `now` on each of these jobs that is still queued (the caller enqueues them again);
     their ids. COMMITs."""
-    marked = [job_id for job_id in job_ids
-              if transition(session, job_id=job_id, from_statuses=(JobStatus.QUEUED,), enqueued_at=now)]
+    marked = [
+        job_id
+        for job_id in job_ids
+        if transition(session, job_id=job_id, from_statuses=(JobStatus.QUEUED,), enqueued_at=now)
+    ]
     session.commit()
     return marked
 
@@ -302,34 +457,63 @@ def mark_enqueued(session: Session, *, job_ids: list[str], now: datetime) -> lis
 # -- what the metrics read (api.metrics) ---------------------------------------------------------------------
 def count_by_status(session: Session) -> dict[str, int]:
     """The number of jobs in each status that has any."""
-    return {status: count for status, count in session.execute(
-        select(Job.status, func.count()).group_by(Job.status)).all()}
+    return {
+        status: count
+        for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    }
 
 
 def stage_durations(session: Session) -> list[tuple[str, int, float | None]]:
     """(stage, how many finished, their total seconds) over the stage_finished events with a duration."""
-    return [(stage, count, total) for stage, count, total in session.execute(
-        select(JobEvent.stage, func.count(), func.sum(JobEvent.duration_s))
-        .where(JobEvent.kind == "stage_finished", JobEvent.duration_s.is_not(None))
-        .group_by(JobEvent.stage)).all()]
+    return [
+        (stage, count, total)
+        for stage, count, total in session.execute(
+            select(JobEvent.stage, func.count(), func.sum(JobEvent.duration_s))
+            .where(JobEvent.kind == "stage_finished", JobEvent.duration_s.is_not(None))
+            .group_by(JobEvent.stage)
+        ).all()
+    ]
 
 
-# -- what the routes call -------------------------------------------------------------------------------------
+# -- what the routes call
+# -------------------------------------------------------------------------------------
 def by_idempotency_key(session: Session, *, owner_id: str, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
 
 
-def create_job(session: Session, *, owner_id: str, teacher_id: str, dataset_id: str,
-               calibration_dataset_id: str | None, spec: dict[str, Any], idempotency_key: str | None) -> Job:
+def create_job(
+    session: Session,
+    *,
+    owner_id: str,
+    teacher_id: str,
+    dataset_id: str,
+    calibration_dataset_id: str | None,
+    spec: dict[str, Any],
+    idempotency_key: str | None,
+) -> Job:
     """Insert a queued job and its first event and COMMIT (raises IntegrityError on a concurrent duplicate
     Idempotency-Key, or when the teacher or a dataset was deleted since the caller checked it; the session is
     rolled back then). Enqueue only after this returns."""
     now = utcnow()
-    job = Job(id=new_id("job"), owner_id=owner_id, teacher_id=teacher_id, dataset_id=dataset_id,
-              calibration_dataset_id=calibration_dataset_id, teacher_ref=teacher_id, dataset_ref=dataset_id,
-              calibration_dataset_ref=calibration_dataset_id, spec=spec, status=JobStatus.QUEUED, progress={},
-              metrics={}, attempts=0, idempotency_key=idempotency_key, enqueued_at=now, created_at=now,
-              updated_at=now)
+    job = Job(
+        id=new_id("job"),
+        owner_id=owner_id,
+        teacher_id=teacher_id,
+        dataset_id=dataset_id,
+        calibration_dataset_id=calibration_dataset_id,
+        teacher_ref=teacher_id,
+        dataset_ref=dataset_id,
+        calibration_dataset_ref=calibration_dataset_id,
+        spec=spec,
+        status=JobStatus.QUEUED,
+        progress={},
+        metrics={},
+        attempts=0,
+        idempotency_key=idempotency_key,
+        enqueued_at=now,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(job)
     add_event(session, job_id=job.id, kind="status", message="queued")
     try:
@@ -340,8 +524,9 @@ def create_job(session: Session, *, owner_id: str, teacher_id: str, dataset_id: 
     return job
 
 
-def _change(session: Session, job: Job,
-            steps: list[tuple[tuple[JobStatus, ...], dict[str, Any], str]]) -> str | None:
+def _change(
+    session: Session, job: Job, steps: list[tuple[tuple[JobStatus, ...], dict[str, Any], str]]
+) -> str | None:
     """Try each (from statuses, values, event message) in order; commit the first that applies. Returns the
     status reached, or None when none applied (the job is refreshed so the caller sees why)."""
     for from_statuses, values, message in steps:
@@ -358,28 +543,46 @@ def _change(session: Session, job: Job,
 def cancel(session: Session, *, job: Job) -> str | None:
     """queued or paused -> cancelled at once; running or pausing -> cancelling (the worker stops at its next
     check). None if the job is already finished."""
-    return _change(session, job, [
-        ((JobStatus.QUEUED, JobStatus.PAUSED), {"status": JobStatus.CANCELLED, "finished_at": utcnow()},
-         "cancelled before running"),
-        ((JobStatus.RUNNING, JobStatus.PAUSING), {"status": JobStatus.CANCELLING}, "cancelling"),
-    ])
+    return _change(
+        session,
+        job,
+        [
+            (
+                (JobStatus.QUEUED, JobStatus.PAUSED),
+                {"status": JobStatus.CANCELLED, "finished_at": utcnow()},
+                "cancelled before running",
+            ),
+            ((JobStatus.RUNNING, JobStatus.PAUSING), {"status": JobStatus.CANCELLING}, "cancelling"),
+        ],
+    )
 
 
 def pause(session: Session, *, job: Job) -> str | None:
     """queued -> paused at once; running -> pausing (the worker checkpoints and stops at its next check, then
     the job is paused). None if the job cannot be paused (finished, cancelling, already paused)."""
-    return _change(session, job, [
-        ((JobStatus.QUEUED,), {"status": JobStatus.PAUSED}, "paused before running"),
-        ((JobStatus.RUNNING,), {"status": JobStatus.PAUSING}, "pausing"),
-    ])
+    return _change(
+        session,
+        job,
+        [
+            ((JobStatus.QUEUED,), {"status": JobStatus.PAUSED}, "paused before running"),
+            ((JobStatus.RUNNING,), {"status": JobStatus.PAUSING}, "pausing"),
+        ],
+    )
 
 
 def resume(session: Session, *, job: Job) -> str | None:
     """paused -> queued (the caller enqueues it; it continues from its checkpoint). None if not paused."""
-    return _change(session, job, [
-        ((JobStatus.PAUSED,), {"status": JobStatus.QUEUED, "enqueued_at": utcnow(), "worker": None},
-         "resumed: queued"),
-    ])
+    return _change(
+        session,
+        job,
+        [
+            (
+                (JobStatus.PAUSED,),
+                {"status": JobStatus.QUEUED, "enqueued_at": utcnow(), "worker": None},
+                "resumed: queued",
+            ),
+        ],
+    )
 
 
 def delete_finished(session: Session, *, job: Job) -> bool:
@@ -394,10 +597,10 @@ def delete_finished(session: Session, *, job: Job) -> bool:
 def owned_job_row(reads: Engine, *, job_id: str, owner_id: str) -> Any | None:
     """The job as a read-only row (attribute access like the ORM object) if `owner_id` owns it: one Core
     SELECT on a connection of `reads` (api.app.reads_engine), without a session (the hot path of GET
-    /v1/jobs/{id}: a session's transaction cost PostgreSQL a BEGIN and a ROLLBACK round trip, and its close ran
-    on the event loop; py-spy, issue 11). `reads` does not ping a connection before use, so a connection the
-    database closed (a restart) fails here once; SQLAlchemy then discards the pool's older connections and the
-    read is repeated on a new one (a read can be repeated safely)."""
+    /v1/jobs/{id}: a session's transaction cost PostgreSQL a BEGIN and a ROLLBACK round trip, and its close
+    ran on the event loop; py-spy, issue 11). `reads` does not ping a connection before use, so a connection
+    the database closed (a restart) fails here once; SQLAlchemy then discards the pool's older connections and
+    the read is repeated on a new one (a read can be repeated safely)."""
     for attempt in (1, 2):
         try:
             with reads.connect() as connection:
@@ -409,12 +612,14 @@ def owned_job_row(reads: Engine, *, job_id: str, owner_id: str) -> Any | None:
 
 
 async def owned_job_row_async(reads: AsyncEngine, *, job_id: str, owner_id: str) -> Any | None:
-    """`owned_job_row` on an asyncio engine (PostgreSQL's reads, api.app.reads_engine): the same SELECT and the
-    same one retry on a connection the server has closed, awaited on the event loop."""
+    """`owned_job_row` on an asyncio engine (PostgreSQL's reads, api.app.reads_engine): the same SELECT and
+    the same one retry on a connection the server has closed, awaited on the event loop."""
     for attempt in (1, 2):
         try:
             async with reads.connect() as connection:
-                return (await connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id})).first()
+                return (
+                    await connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id})
+                ).first()
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise
@@ -427,8 +632,14 @@ _OWNED_JOB = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"), _JOBS.c.owne
 
 
 def events_page(session: Session, *, job_id: str, after: int, limit: int) -> list[JobEvent]:
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
-                                .order_by(JobEvent.id).limit(limit)))
+    return list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+    )
 
 
 def status_of(session: Session, *, job_id: str) -> str | None:
@@ -444,10 +655,38 @@ def artifact(session: Session, *, job_id: str, name: str) -> Artifact | None:
 
 
 __all__ = [
-    "updated", "transition", "count_in_flight", "Claim", "claim", "heartbeat", "add_event", "stale_cutoff",
-    "record_start", "record_event", "stop_wanted", "finish_succeeded", "finish_failed", "finish_paused", "finish_cancelled",
-    "requeue", "Reaped", "reap_stale", "queued_since", "count_queued", "mark_enqueued", "count_by_status",
+    "updated",
+    "transition",
+    "count_in_flight",
+    "Claim",
+    "claim",
+    "heartbeat",
+    "add_event",
+    "stale_cutoff",
+    "record_start",
+    "record_event",
+    "stop_wanted",
+    "finish_succeeded",
+    "finish_failed",
+    "finish_paused",
+    "finish_cancelled",
+    "requeue",
+    "Reaped",
+    "reap_stale",
+    "queued_since",
+    "count_queued",
+    "mark_enqueued",
+    "count_by_status",
     "stage_durations",
-    "by_idempotency_key", "create_job", "cancel", "pause", "resume", "delete_finished", "events_page",
-    "status_of", "artifacts", "artifact", "owned_job_row",
+    "by_idempotency_key",
+    "create_job",
+    "cancel",
+    "pause",
+    "resume",
+    "delete_finished",
+    "events_page",
+    "status_of",
+    "artifacts",
+    "artifact",
+    "owned_job_row",
 ]

@@ -47,7 +47,9 @@ def key_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(ApiKey)) or 0
 
 
-def authenticate(session: Session, *, key_hash: str, touch_every: timedelta = timedelta(minutes=1)) -> Owner | None:
+def authenticate(
+    session: Session, *, key_hash: str, touch_every: timedelta = timedelta(minutes=1)
+) -> Owner | None:
     """The owner of an active key with this digest (None if unknown or revoked); records its use, at most
     once per `touch_every` (a write per request would serialise SQLite)."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
@@ -69,16 +71,31 @@ def owner_for_key(session: Session, *, key: str) -> Owner | None:
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Owner]]:
-    return list(session.execute(select(ApiKey, Owner).join(Owner, Owner.id == ApiKey.owner_id)
-                                .order_by(ApiKey.created_at)).all())
+    return list(
+        session.execute(
+            select(ApiKey, Owner).join(Owner, Owner.id == ApiKey.owner_id).order_by(ApiKey.created_at)
+        ).all()
+    )
 
 
 def revoke_key(session: Session, *, key_id_or_prefix: str) -> int:
-    rows = session.scalars(select(ApiKey).where(
-        (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix), ApiKey.revoked_at.is_(None))).all()
+    rows = session.scalars(
+        select(ApiKey).where(
+            (ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix), ApiKey.revoked_at.is_(None)
+        )
+    ).all()
     for row in rows:
         row.revoked_at = utcnow()
     return len(rows)
 
 
-__all__ = ["authenticate", "key_count", "create_key", "owner_for_key", "list_keys", "revoke_key", "hash_key", "NewKey"]
+__all__ = [
+    "authenticate",
+    "key_count",
+    "create_key",
+    "owner_for_key",
+    "list_keys",
+    "revoke_key",
+    "hash_key",
+    "NewKey",
+]

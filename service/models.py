@@ -56,7 +56,15 @@ class JobStatus(StrEnum):
     the API shows the same values as ever."""
 
     QUEUED, RUNNING, CANCELLING, PAUSING, PAUSED, SUCCEEDED, FAILED, CANCELLED = (
-        "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled")
+        "queued",
+        "running",
+        "cancelling",
+        "pausing",
+        "paused",
+        "succeeded",
+        "failed",
+        "cancelled",
+    )
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -182,15 +190,19 @@ class Job(Base):
     teacher_id: Mapped[str] = mapped_column(String(40))
     dataset_id: Mapped[str] = mapped_column(String(40))
     calibration_dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    # The same inputs as foreign keys while they exist: the database refuses a job on an input deleted since the
-    # route checked it, and deleting an input (allowed once no unfinished job uses it, service.crud) clears them.
+    # The same inputs as foreign keys while they exist: the database refuses a job on an input deleted since
+    # the route checked it, and deleting an input (allowed once no unfinished job uses it, service.crud)
+    # clears them.
     teacher_ref: Mapped[str | None] = mapped_column(
-        ForeignKey("teachers.id", ondelete="SET NULL", name="fk_jobs_teacher_ref_teachers"), nullable=True)
+        ForeignKey("teachers.id", ondelete="SET NULL", name="fk_jobs_teacher_ref_teachers"), nullable=True
+    )
     dataset_ref: Mapped[str | None] = mapped_column(
-        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_dataset_ref_datasets"), nullable=True)
+        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_dataset_ref_datasets"), nullable=True
+    )
     calibration_dataset_ref: Mapped[str | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL", name="fk_jobs_calibration_dataset_ref_datasets"),
-        nullable=True)
+        nullable=True,
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     stage: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -241,7 +253,20 @@ class Artifact(Base):
 
 
 __all__ = [
-    "Base", "Owner", "ApiKey", "Teacher", "Dataset", "Job", "JobEvent", "Artifact",
-    "JobStatus", "JOB_STATUSES", "ACTIVE_STATUSES", "TERMINAL_STATUSES", "NON_TERMINAL_STATUSES", "ID_PATTERN",
-    "new_id", "utcnow",
+    "Base",
+    "Owner",
+    "ApiKey",
+    "Teacher",
+    "Dataset",
+    "Job",
+    "JobEvent",
+    "Artifact",
+    "JobStatus",
+    "JOB_STATUSES",
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "NON_TERMINAL_STATUSES",
+    "ID_PATTERN",
+    "new_id",
+    "utcnow",
 ]

@@ -45,8 +45,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         result_backend=None,
         task_time_limit=settings.task_time_limit_s,
         task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
-                                   "interval_max": 1},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=1,  # a fresh process (fresh CUDA context) per job
         worker_concurrency=1,
@@ -106,4 +110,12 @@ class MemoryEnqueuer:
         return ids
 
 
-__all__ = ["Enqueuer", "CeleryEnqueuer", "MemoryEnqueuer", "celery_config", "make_producer", "QUEUE", "TASK_NAME"]
+__all__ = [
+    "Enqueuer",
+    "CeleryEnqueuer",
+    "MemoryEnqueuer",
+    "celery_config",
+    "make_producer",
+    "QUEUE",
+    "TASK_NAME",
+]

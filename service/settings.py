@@ -22,28 +22,44 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path("~/.skillkd"), description="data directory of the embedded mode")
     database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite in `home`")
     broker_url: str = Field(default="", description="Celery broker; default a filesystem broker in `home`")
-    storage_dir: Path | None = Field(default=None, description="uploads, datasets, job files; default home/storage")
-    engine: str = Field(default="service.engine:CoreEngine", description="import path of the Engine implementation")
+    storage_dir: Path | None = Field(
+        default=None, description="uploads, datasets, job files; default home/storage"
+    )
+    engine: str = Field(
+        default="service.engine:CoreEngine", description="import path of the Engine implementation"
+    )
 
     # uploads and archives
     max_upload_bytes: int = Field(default=20 * GiB, gt=0)
     max_archive_entries: int = Field(default=200_000, gt=0)
     max_extracted_bytes: int = Field(default=200 * GiB, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1.0)
-    archive_ratio_floor_bytes: int = Field(default=64 * 1024 * 1024, ge=0,
-                                           description="the compression ratio is checked above this many bytes")
+    archive_ratio_floor_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0, description="the compression ratio is checked above this many bytes"
+    )
     server_dataset_roots: list[Path] = Field(
         default_factory=list, description="if set, admin-registered dataset paths must lie under one of these"
     )
 
-    auth_cache_s: float = Field(default=5.0, ge=0, description="an API key's owner is cached this long; a "
-                                "revoked key stops working within it (0: no cache)")
+    auth_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="an API key's owner is cached this long; a "
+        "revoked key stops working within it (0: no cache)",
+    )
     prometheus_multiproc_dir: Path | None = Field(
-        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
         description="prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR, set by `skillkd serve "
-        "--workers N`): /metrics then sums the request counters of all API processes")
-    db_pool_size: int = Field(default=16, ge=1, le=200, description="database connections an API process keeps "
-                              "open (more are opened, and closed again, while more requests need one at once)")
+        "--workers N`): /metrics then sums the request counters of all API processes",
+    )
+    db_pool_size: int = Field(
+        default=16,
+        ge=1,
+        le=200,
+        description="database connections an API process keeps "
+        "open (more are opened, and closed again, while more requests need one at once)",
+    )
 
     # jobs
     max_jobs_in_flight: int = Field(default=4, gt=0, description="queued + running + cancelling per owner")
@@ -62,7 +78,8 @@ class Settings(BaseSettings):
     max_calibration_utterances: int = Field(default=100_000, gt=0)
     max_batch_seconds: float = Field(default=3600.0, gt=0, description="audio seconds per optimiser step")
 
-    # the fake engine of the tests (service.engine.FakeEngine); read here so a worker subprocess can be steered
+    # the fake engine of the tests (service.engine.FakeEngine); read here so a worker subprocess can be
+    # steered
     fake_steps: int = Field(default=8, ge=0, description="steps per training stage")
     fake_step_s: float = Field(default=0.0, ge=0, description="sleep per step")
     fake_kill_at: int | None = Field(default=None, description="SIGKILL the own process at this stage-1 step")

@@ -1,10 +1,10 @@
 """Where files live. Every path is derived from a row id, never from user input.
 
-    <storage>/tmp/<random>               uploads being received and archives being extracted
-    <storage>/teachers/<teacher_id>/     the teacher directory (config.json + weights)
-    <storage>/datasets/<dataset_id>/     extracted audio
-    <storage>/jobs/<job_id>/work/        the engine's resumable workdir (checkpoints)
-    <storage>/jobs/<job_id>/artifacts/   what clients download
+<storage>/tmp/<random>               uploads being received and archives being extracted
+<storage>/teachers/<teacher_id>/     the teacher directory (config.json + weights)
+<storage>/datasets/<dataset_id>/     extracted audio
+<storage>/jobs/<job_id>/work/        the engine's resumable workdir (checkpoints)
+<storage>/jobs/<job_id>/artifacts/   what clients download
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])(/[^\s/'\"`]+)+/?")
 
 
 def public_message(message: str) -> str:
-    """A message for clients: every absolute path cut to its last component (`/srv/x/storage/tmp/ab/config.json`
+    """A message for clients: every absolute path cut to its last component
+    (`/srv/x/storage/tmp/ab/config.json`
     -> `config.json`), so errors never show the server's layout; the full message goes to the log."""
     return _ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", message)
 

@@ -17,8 +17,8 @@ __all__ = ["save_tiny_teacher"]
 # One thread: the tests' models are tiny, and with two OpenMP threads on a 2-core machine that is also running
 # worker subprocesses, threads spin-wait on each other and small steps get 10-100x slower (bench/README.md).
 torch.set_num_threads(1)
-# Every run's report times teacher and student (core.evaluation.speed); on the shared CPU the all-cores passes alone take
-# half a minute per run. Tests of the timing itself set this back.
+# Every run's report times teacher and student (core.evaluation.speed); on the shared CPU the all-cores passes
+# alone take half a minute per run. Tests of the timing itself set this back.
 os.environ.setdefault("SKILLKD_SPEED_RUNS", "0")
 
 

@@ -16,15 +16,51 @@ import pytest
 from tests.utils.paths import REPO
 
 
-@pytest.mark.parametrize("client", ["httpx", pytest.param("wrk", marks=pytest.mark.skipif(
-    shutil.which("wrk") is None, reason="wrk not installed"))])
+@pytest.mark.parametrize(
+    "client",
+    [
+        "httpx",
+        pytest.param(
+            "wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
+        ),
+    ],
+)
 def test_api_load_runs_tiny(tmp_path: Path, client: str) -> None:
     out = tmp_path / "api_load.json"
     workers = "1,2" if client == "wrk" else "1"
-    subprocess.run([sys.executable, "-m", "bench.api_load", "--databases", "sqlite", "--before", "",
-                    "--client", client, "--workers", workers, "--jobs", "20", "--requests", "20", "--creates", "4",
-                    "--seconds", "1", "--concurrency", "2", "--rounds", "1", "--out", str(out)],
-                   check=True, timeout=300, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.api_load",
+            "--databases",
+            "sqlite",
+            "--before",
+            "",
+            "--client",
+            client,
+            "--workers",
+            workers,
+            "--jobs",
+            "20",
+            "--requests",
+            "20",
+            "--creates",
+            "4",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+        cwd=REPO,
+    )
     results = json.loads(out.read_text())["results"]["sqlite"]
     assert set(results) == ({"after", "after_w2"} if client == "wrk" else {"after"})
     for variant in results.values():

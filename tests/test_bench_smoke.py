@@ -20,9 +20,27 @@ def test_distill_step_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
     # one thread: with two on a shared, oversubscribed CPU, OpenMP barrier stalls make a tiny step take
     # seconds instead of milliseconds
     threads = torch.get_num_threads()
-    report = distill_step.main(["--size", "tiny", "--steps", "1", "--warmup", "0", "--batch-seconds", "1",
-                                "--utterance-seconds", "0.5", "--device", "cpu", "--threads", "1",
-                                "--profile", "--json", str(out)])
+    report = distill_step.main(
+        [
+            "--size",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-seconds",
+            "1",
+            "--utterance-seconds",
+            "0.5",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--profile",
+            "--json",
+            str(out),
+        ]
+    )
     assert torch.get_num_threads() == threads  # restored
     saved = json.loads(out.read_text())
     assert saved["cases"] == json.loads(json.dumps(report["cases"]))
@@ -36,7 +54,13 @@ def test_distill_step_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
         assert case["peak_memory_bytes"] >= 0
         assert case["peak_fraction"] is None  # no bf16 peak on CPU
         profile = case["profile"]
-        assert list(profile["regions"]) == ["teacher_forward", "student_forward", "loss", "backward", "optimizer"]
+        assert list(profile["regions"]) == [
+            "teacher_forward",
+            "student_forward",
+            "loss",
+            "backward",
+            "optimizer",
+        ]
         assert all(r["host_ms"] > 0 for r in profile["regions"].values())
         assert profile["top_ops"] and all(op["self_ms"] >= 0 for op in profile["top_ops"])
     for arch in ("hubert", "wavlm"):

@@ -14,8 +14,9 @@ from tests.utils.models import tiny_pair
 
 def test_student_speed_on_a_tiny_student(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher, student = tiny_pair(tmp_path / "teacher")
-    student_dir = save_student(student, tmp_path / "student",
-                               metadata={"teacher": {"path": str(tmp_path / "teacher")}})
+    student_dir = save_student(
+        student, tmp_path / "student", metadata={"teacher": {"path": str(tmp_path / "teacher")}}
+    )
     out = tmp_path / "speed.json"
     # the teacher comes from the student's metadata when not given
     report = student_speed.main([str(student_dir), "--seconds", "1", "--runs", "2", "--json", str(out)])

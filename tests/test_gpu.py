@@ -29,8 +29,15 @@ STRIDES = (5, 2, 2, 2, 2, 2, 2)
 def small_config(arch: str) -> ModelConfig:
     """4 layers, 128 wide, 4 heads of 32, FFN 256, 64-channel standard conv stack."""
     conv = [ConvConfig(64, k, s) for k, s in zip(KERNELS, STRIDES, strict=True)]
-    return ModelConfig(architecture=arch, conv=conv, layers=[LayerConfig(4, 256) for _ in range(4)],  # type: ignore[arg-type]
-                       hidden_size=128, head_dim=32, pos_conv_kernel=16, pos_conv_groups=4)
+    return ModelConfig(
+        architecture=arch,
+        conv=conv,
+        layers=[LayerConfig(4, 256) for _ in range(4)],  # type: ignore[arg-type]
+        hidden_size=128,
+        head_dim=32,
+        pos_conv_kernel=16,
+        pos_conv_groups=4,
+    )
 
 
 def small_teacher(arch: str, seed: int = 0) -> SpeechEncoder:
@@ -102,8 +109,11 @@ class _Batches:
         from core.data import Batch
 
         generator = torch.Generator().manual_seed(1)
-        self.batch = Batch(waveforms=0.1 * torch.randn(batch, samples, generator=generator),
-                           lengths=torch.full((batch,), samples, dtype=torch.int64), ids=["x"] * batch)
+        self.batch = Batch(
+            waveforms=0.1 * torch.randn(batch, samples, generator=generator),
+            lengths=torch.full((batch,), samples, dtype=torch.int64),
+            ids=["x"] * batch,
+        )
 
     consumed = 0
 
@@ -126,11 +136,22 @@ def test_stage1_steps_on_cuda_stay_finite(arch: str, tmp_path: Path) -> None:
     teacher = small_teacher(arch)
     student = make_student(teacher)
     targets = ClusterTargets([[0], [1, 2], [3, 4]], teacher.config.hidden_size).to(DEVICE)
-    recipe = TrainRecipe(steps=6, warmup_steps=2, lr=5e-4, lr_masks=0.5, lr_lambda=0.1, sparsity_warmup_steps=3,
-                         batch_seconds=4.0, min_utterance_s=1.0, max_utterance_s=3.0, grad_clip=10.0,
-                         checkpoint_every=100)
-    ctx = StageContext(tmp_path, recipe, DEVICE, "distill_prune", target_sparsity=0.75,
-                       teacher_params=teacher.num_params())
+    recipe = TrainRecipe(
+        steps=6,
+        warmup_steps=2,
+        lr=5e-4,
+        lr_masks=0.5,
+        lr_lambda=0.1,
+        sparsity_warmup_steps=3,
+        batch_seconds=4.0,
+        min_utterance_s=1.0,
+        max_utterance_s=3.0,
+        grad_clip=10.0,
+        checkpoint_every=100,
+    )
+    ctx = StageContext(
+        tmp_path, recipe, DEVICE, "distill_prune", target_sparsity=0.75, teacher_params=teacher.num_params()
+    )
     summary = train_stage(student, teacher, targets, _Batches(4, 16_000), ctx)  # type: ignore[arg-type]
     assert summary["steps"] == 6
     final = summary["final"]
@@ -155,12 +176,30 @@ def test_loader_pins_batches_and_compiled_steps_run(tmp_path: Path) -> None:
     teacher = small_teacher("wavlm")
     student = make_student(teacher)
     targets = ClusterTargets([[0], [1, 2], [3, 4]], teacher.config.hidden_size).to(DEVICE)
-    recipe = TrainRecipe(steps=3, warmup_steps=1, lr=2e-4, lr_masks=0.02, lr_lambda=0.02, sparsity_warmup_steps=2,
-                         batch_seconds=2.0, min_utterance_s=0.5, max_utterance_s=2.0, grad_clip=10.0,
-                         checkpoint_every=100)
+    recipe = TrainRecipe(
+        steps=3,
+        warmup_steps=1,
+        lr=2e-4,
+        lr_masks=0.02,
+        lr_lambda=0.02,
+        sparsity_warmup_steps=2,
+        batch_seconds=2.0,
+        min_utterance_s=0.5,
+        max_utterance_s=2.0,
+        grad_clip=10.0,
+        checkpoint_every=100,
+    )
     events = []
-    ctx = StageContext(tmp_path, recipe, DEVICE, "distill_prune", target_sparsity=0.75,
-                       teacher_params=teacher.num_params(), on_event=events.append, compile=True)
+    ctx = StageContext(
+        tmp_path,
+        recipe,
+        DEVICE,
+        "distill_prune",
+        target_sparsity=0.75,
+        teacher_params=teacher.num_params(),
+        on_event=events.append,
+        compile=True,
+    )
     summary = train_stage(student, teacher, targets, _Batches(4, 16_000), ctx)  # type: ignore[arg-type]
     assert not [e for e in events if e.kind == "log" and "torch.compile failed" in (e.message or "")]
     assert math.isfinite(summary["final"]["loss"])
@@ -176,11 +215,22 @@ def test_training_step_never_synchronises_with_the_host(arch: str) -> None:
     teacher = small_teacher(arch)
     student = make_student(teacher)
     targets = ClusterTargets([[0], [1, 2], [3, 4]], teacher.config.hidden_size).to(DEVICE)
-    recipe = TrainRecipe(steps=10, warmup_steps=2, lr=2e-4, lr_masks=0.02, lr_lambda=0.02, sparsity_warmup_steps=5,
-                         batch_seconds=2.0, min_utterance_s=0.5, max_utterance_s=2.0, grad_clip=10.0,
-                         checkpoint_every=100)
-    step = DistillStep(student, teacher, targets, recipe, DEVICE, target_sparsity=0.75,
-                       teacher_params=teacher.num_params())
+    recipe = TrainRecipe(
+        steps=10,
+        warmup_steps=2,
+        lr=2e-4,
+        lr_masks=0.02,
+        lr_lambda=0.02,
+        sparsity_warmup_steps=5,
+        batch_seconds=2.0,
+        min_utterance_s=0.5,
+        max_utterance_s=2.0,
+        grad_clip=10.0,
+        checkpoint_every=100,
+    )
+    step = DistillStep(
+        student, teacher, targets, recipe, DEVICE, target_sparsity=0.75, teacher_params=teacher.num_params()
+    )
     waveforms = 0.1 * torch.randn(2, 16_000, device=DEVICE)
     step(0, waveforms)  # first step: one-off allocations and lazy initialisation may synchronise
     torch.cuda.synchronize()

@@ -1,4 +1,5 @@
-"""CUDA check of core.evaluation.speed (run by bench/gpu_check.sh with `-m gpu`): the report's GPU speed measurement.
+"""CUDA check of core.evaluation.speed (run by bench/gpu_check.sh with `-m gpu`): the report's GPU speed
+measurement.
 
 Skipped where CUDA is missing.
 """

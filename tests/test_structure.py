@@ -21,8 +21,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"core": ("api", "service", "worker", "cli"), "service": ("api", "worker", "cli"),
-             "api": ("worker", "cli"), "worker": ("api", "cli"), "cli": ("worker",)}
+FORBIDDEN = {
+    "core": ("api", "service", "worker", "cli"),
+    "service": ("api", "worker", "cli"),
+    "api": ("worker", "cli"),
+    "worker": ("api", "cli"),
+    "cli": ("worker",),
+}
 
 
 def imports(path: Path) -> list[tuple[int, str, list[str]]]:
@@ -61,14 +66,18 @@ def test_no_private_names_imported_across_modules() -> None:
                 if module.split(".")[0] not in ("core", "api", "service", "worker", "cli"):
                     continue
                 private = [n for n in names if n.startswith("_") and not n.startswith("__")]
-                if private or any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+                if private or any(
+                    part.startswith("_") and not part.startswith("__") for part in module.split(".")
+                ):
                     bad.append(f"{path.relative_to(ROOT)}:{line} from {module} import {names}")
     assert not bad, "\n".join(bad)
 
 
 def loaded_after(statement: str) -> set[str]:
     code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return {m.split(".")[0] for m in result.stdout.split()}
 
@@ -82,8 +91,17 @@ def test_the_api_process_never_loads_the_worker() -> None:
 
 def test_the_engine_loads_no_service_package() -> None:
     loaded = loaded_after("import core.pipeline, core.estimate")
-    assert not loaded & {"api", "service", "worker", "cli", "click", "fastapi", "celery", "sqlalchemy",
-                         "redis"}
+    assert not loaded & {
+        "api",
+        "service",
+        "worker",
+        "cli",
+        "click",
+        "fastapi",
+        "celery",
+        "sqlalchemy",
+        "redis",
+    }
     # the engine's commands: the service's packages load only inside the service commands
     loaded = loaded_after("import cli.engine, cli.evaluate, cli.spec_options")
     assert not loaded & {"api", "service", "worker", "fastapi", "celery", "sqlalchemy", "redis"}
@@ -93,9 +111,12 @@ def test_core_needs_neither_click_nor_tqdm() -> None:
     """The terminal is the command line's (cli/): no module of core imports click or tqdm (imports inside
     functions included), and core's entry points import with both made unimportable. (torch.hub imports tqdm
     when it is installed and does without it, so a plain import of torch may still load it.)"""
-    bad = [f"{path.relative_to(ROOT)}:{line} imports {module}"
-           for path in sorted((ROOT / "core").rglob("*.py"))
-           for line, module, _ in imports(path) if module.split(".")[0] in ("click", "tqdm")]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "core").rglob("*.py"))
+        for line, module, _ in imports(path)
+        if module.split(".")[0] in ("click", "tqdm")
+    ]
     assert not bad, "\n".join(bad)
     entry_points = "import core.pipeline, core.estimate, core.evaluation"
     assert "click" not in loaded_after(entry_points)
@@ -112,18 +133,37 @@ def test_routes_leave_data_access_to_the_store() -> None:
     bad = []
     for path in sorted((ROOT / "api" / "routes").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("add", "add_all", "commit", "execute", "query", "scalar", "scalars",
-                                           "delete", "get", "refresh", "rollback")
-                    and isinstance(node.func.value, ast.Name) and "session" in node.func.value.id):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr
+                in (
+                    "add",
+                    "add_all",
+                    "commit",
+                    "execute",
+                    "query",
+                    "scalar",
+                    "scalars",
+                    "delete",
+                    "get",
+                    "refresh",
+                    "rollback",
+                )
+                and isinstance(node.func.value, ast.Name)
+                and "session" in node.func.value.id
+            ):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} session.{node.func.attr}()")
     assert not bad, "\n".join(bad)
 
 
 def test_one_definition_of_the_vocabularies() -> None:
     """The job statuses, the stage list and the id pattern are spelled out once."""
-    texts = {p: p.read_text() for pkg in ("core", "service", "api", "worker", "cli")
-             for p in (ROOT / pkg).rglob("*.py")}
+    texts = {
+        p: p.read_text()
+        for pkg in ("core", "service", "api", "worker", "cli")
+        for p in (ROOT / pkg).rglob("*.py")
+    }
     for needle in ('"queued", "running"', '"distill_prune", "finalize"', "[0-9a-f]{28}"):
         where = [str(p.relative_to(ROOT)) for p, text in texts.items() if needle in text]
         assert len(where) == 1, (needle, where)
@@ -136,15 +176,20 @@ def test_the_engine_has_no_import_cycle() -> None:
     for path in (ROOT / "core").rglob("*.py"):
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         modules[name.removesuffix(".__init__")] = path
-    graph = {name: {candidate for _, module, names in imports(path)
-                    for candidate in (module, *(f"{module}.{n}" for n in names))
-                    if candidate in modules and candidate != name}
-             for name, path in modules.items()}
+    graph = {
+        name: {
+            candidate
+            for _, module, names in imports(path)
+            for candidate in (module, *(f"{module}.{n}" for n in names))
+            if candidate in modules and candidate != name
+        }
+        for name, path in modules.items()
+    }
     done: set[str] = set()
 
     def visit(name: str, trail: list[str]) -> None:
         if name in trail:
-            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(name):], name]))
+            raise AssertionError("import cycle: " + " -> ".join([*trail[trail.index(name) :], name]))
         if name in done:
             return
         for dependency in sorted(graph[name]):
@@ -201,7 +246,8 @@ def sql_statements(path: Path) -> list[str]:
                     break
                 root = root.value
             if (isinstance(root, ast.Attribute) and root.attr == "__table__") or (
-                    isinstance(root, ast.Name) and root.id in modules):
+                isinstance(root, ast.Name) and root.id in modules
+            ):
                 found.append(f"{node.lineno} {ast.unparse(func)}(...)")
     return found
 

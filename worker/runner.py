@@ -50,10 +50,21 @@ from service.storage import LocalStorage, public_message
 
 log = logging.getLogger(__name__)
 
-_MEDIA_TYPES = {".zip": "application/zip", ".json": "application/json", ".png": "image/png",
-                ".jsonl": "application/x-ndjson", ".onnx": "application/octet-stream"}
-_FILE_NAMES = {"model": "model.zip", "train_log": "train_log.jsonl", "onnx": "model.onnx",
-               "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_quantized.onnx", "hf": "hf.zip"}
+_MEDIA_TYPES = {
+    ".zip": "application/zip",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".jsonl": "application/x-ndjson",
+    ".onnx": "application/octet-stream",
+}
+_FILE_NAMES = {
+    "model": "model.zip",
+    "train_log": "train_log.jsonl",
+    "onnx": "model.onnx",
+    "onnx_fp16": "model_fp16.onnx",
+    "onnx_int8": "model_quantized.onnx",
+    "hf": "hf.zip",
+}
 
 
 @dataclass
@@ -67,9 +78,13 @@ class JobRunner:
 
     def run(self, job_id: str) -> str:
         with self.factory() as session:
-            outcome = claim(session, job_id=job_id, worker=self.worker,
-                            stale_before=stale_cutoff(self.settings.heartbeat_stale_s),
-                            max_attempts=self.settings.max_attempts)
+            outcome = claim(
+                session,
+                job_id=job_id,
+                worker=self.worker,
+                stale_before=stale_cutoff(self.settings.heartbeat_stale_s),
+                max_attempts=self.settings.max_attempts,
+            )
             if not outcome.run:
                 log.info("job %s not run: %s", job_id, outcome.reason)
                 return f"skipped: {outcome.reason}"
@@ -77,7 +92,11 @@ class JobRunner:
             spec = CompressionSpec.model_validate(job.spec)
             teacher = self.storage.teacher_dir(job.teacher_id)
             audio = self._dataset_path(session, job.dataset_id)
-            calibration = self._dataset_path(session, job.calibration_dataset_id) if job.calibration_dataset_id else None
+            calibration = (
+                self._dataset_path(session, job.calibration_dataset_id)
+                if job.calibration_dataset_id
+                else None
+            )
 
         beat = _Heartbeat(self.factory, job_id, self.worker, self.settings.heartbeat_interval_s)
         sink = _EventRecorder(self.factory, job_id, self.worker, self.settings.progress_interval_s)
@@ -85,8 +104,9 @@ class JobRunner:
         workdir = self.storage.job_workdir(job_id)
         beat.start()
         try:
-            result = self.engine.run(spec, teacher, audio, workdir, calibration_audio=calibration,
-                                     on_event=sink, should_stop=stop)
+            result = self.engine.run(
+                spec, teacher, audio, workdir, calibration_audio=calibration, on_event=sink, should_stop=stop
+            )
             sink.flush()
         except StopRequested:
             sink.flush()
@@ -100,11 +120,16 @@ class JobRunner:
             log.warning("job %s: I/O error (attempt %d)", job_id, outcome.attempts, exc_info=True)
             return self._retry_io(job_id, exc, outcome.attempts)
         except Exception:
-            # The exception text may hold SQL, parameters or paths: it goes to the log, the client gets the code.
+            # The exception text may hold SQL, parameters or paths: it goes to the log, the client gets the
+            # code.
             log.exception("job %s: engine bug", job_id)
             sink.flush()
-            return self._finish_failed(job_id, "internal", "internal error while running the job; the worker's "
-                                       f"log has the details (job {job_id})", remove_workdir=False)
+            return self._finish_failed(
+                job_id,
+                "internal",
+                f"internal error while running the job; the worker's log has the details (job {job_id})",
+                remove_workdir=False,
+            )
         finally:
             beat.stop()
         return self._finish_succeeded(job_id, result)
@@ -134,11 +159,17 @@ class JobRunner:
 
     def _retry_io(self, job_id: str, exc: OSError, attempts: int) -> str:
         if attempts >= self.settings.max_attempts:
-            return self._finish_failed(job_id, "io_error", f"I/O error on the server ({type(exc).__name__}) in "
-                                       f"each of {attempts} attempts; the worker's log has the details",
-                                       remove_workdir=False)
+            return self._finish_failed(
+                job_id,
+                "io_error",
+                f"I/O error on the server ({type(exc).__name__}) in "
+                f"each of {attempts} attempts; the worker's log has the details",
+                remove_workdir=False,
+            )
         with self.factory() as session:
-            ok = requeue(session, job_id=job_id, message=f"requeued after an I/O error ({type(exc).__name__})")
+            ok = requeue(
+                session, job_id=job_id, message=f"requeued after an I/O error ({type(exc).__name__})"
+            )
         if ok:
             self.enqueuer.enqueue(job_id, countdown=5)
         return "requeued"
@@ -152,9 +183,16 @@ class JobRunner:
                 continue
             target = out_dir / _FILE_NAMES.get(name, name if Path(source).is_file() else f"{name}.zip")
             digest, size = _materialise(Path(source), target)
-            rows.append(Artifact(job_id=job_id, name=name, path=self.storage.relative(target),
-                                 media_type=_MEDIA_TYPES.get(target.suffix, "application/octet-stream"),
-                                 sha256=digest, size_bytes=size))
+            rows.append(
+                Artifact(
+                    job_id=job_id,
+                    name=name,
+                    path=self.storage.relative(target),
+                    media_type=_MEDIA_TYPES.get(target.suffix, "application/octet-stream"),
+                    sha256=digest,
+                    size_bytes=size,
+                )
+            )
         with self.factory() as session:
             if not finish_succeeded(session, job_id=job_id, report=result.report, artifacts=rows):
                 return "lost"
@@ -211,9 +249,16 @@ class _StopFlag:
     """should_stop(): True once the job is `cancelling` or `pausing` (or taken by another worker). DB read
     throttled."""
 
-    def __init__(self, factory: sessionmaker[Session], job_id: str, worker: str, interval_s: float,
-                 beat: _Heartbeat) -> None:
-        self.factory, self.job_id, self.worker, self.interval_s, self.beat = factory, job_id, worker, interval_s, beat
+    def __init__(
+        self, factory: sessionmaker[Session], job_id: str, worker: str, interval_s: float, beat: _Heartbeat
+    ) -> None:
+        self.factory, self.job_id, self.worker, self.interval_s, self.beat = (
+            factory,
+            job_id,
+            worker,
+            interval_s,
+            beat,
+        )
         self._last = float("-inf")
         self._stop = False
 
@@ -262,9 +307,19 @@ class _EventRecorder:
             duration = time.monotonic() - self._stage_started[event.stage]
         metrics = _jsonable(event.metrics)
         with self.factory() as session:
-            record_event(session, job_id=self.job_id, worker=self.worker, kind=event.kind, stage=event.stage,
-                         step=event.step, total=event.total, eta_s=event.eta_s, duration_s=duration,
-                         metrics=metrics, message=event.message)
+            record_event(
+                session,
+                job_id=self.job_id,
+                worker=self.worker,
+                kind=event.kind,
+                stage=event.stage,
+                step=event.step,
+                total=event.total,
+                eta_s=event.eta_s,
+                duration_s=duration,
+                metrics=metrics,
+                message=event.message,
+            )
 
 
 def _jsonable(value: Any) -> Any:

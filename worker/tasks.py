@@ -31,9 +31,14 @@ def _sessionmaker(url: str):
 def build_runner(settings: Settings, worker: str, celery_app) -> JobRunner:
     storage = LocalStorage(settings.storage)
     storage.ensure()
-    return JobRunner(factory=_sessionmaker(settings.database_url), storage=storage,
-                     engine=load_engine(settings), enqueuer=CeleryEnqueuer(celery_app),
-                     settings=settings, worker=worker)
+    return JobRunner(
+        factory=_sessionmaker(settings.database_url),
+        storage=storage,
+        engine=load_engine(settings),
+        enqueuer=CeleryEnqueuer(celery_app),
+        settings=settings,
+        worker=worker,
+    )
 
 
 @shared_task(name=TASK_NAME, bind=True, ignore_result=True)

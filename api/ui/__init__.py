@@ -21,7 +21,7 @@ STATIC = Path(__file__).parent / "static"
 # but its own files, runs no inline script, and may only talk to its own origin.
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-                               "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -34,8 +34,11 @@ class DashboardFiles(StaticFiles):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.decode().lower() not in {h.lower() for h in HEADERS}]
+                headers = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.decode().lower() not in {h.lower() for h in HEADERS}
+                ]
                 headers += [(k.lower().encode(), v.encode()) for k, v in HEADERS.items()]
                 message = {**message, "headers": headers}
             await send(message)

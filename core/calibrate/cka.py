@@ -173,7 +173,8 @@ def unbiased_hsic(k: Array, l_: Array) -> float:
 
 
 def minibatch_cka(batches: Iterable[tuple[Array, Array]]) -> float:
-    """Minibatch linear CKA (Nguyen et al. 2021): Σ_b HSIC₁(K_b, L_b) / sqrt(Σ_b HSIC₁(K_b, K_b) Σ_b HSIC₁(L_b, L_b)).
+    """Minibatch linear CKA (Nguyen et al. 2021): Σ_b HSIC₁(K_b, L_b) / sqrt(Σ_b HSIC₁(K_b, K_b) Σ_b
+    HSIC₁(L_b, L_b)).
 
     Args:
         batches: pairs (x_b, y_b), each (frame_b, feature), frame_b >= 4, the same frames in x_b and y_b.

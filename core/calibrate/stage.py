@@ -1,6 +1,6 @@
 """Calibrate (algorithm.md §1): streaming linear CKA over the teacher's L+1 representations on calibration
-audio, then the layer clusters (SKILL's hierarchical clustering, the spec's explicit groups, or DPHuBERT's fixed
-layers). Writes `cka.npy`, `cka.png` and `clusters.json` in its output directory."""
+audio, then the layer clusters (SKILL's hierarchical clustering, the spec's explicit groups, or DPHuBERT's
+fixed layers). Writes `cka.npy`, `cka.png` and `clusters.json` in its output directory."""
 
 from __future__ import annotations
 
@@ -22,8 +22,15 @@ from core.spec import CompressionSpec
 from core.workdir import json_default
 
 
-def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatalog, out: Path,
-              device: torch.device, emit: OnEvent = ignore_event, should_stop: ShouldStop = never_stop) -> dict[str, Any]:
+def calibrate(
+    spec: CompressionSpec,
+    teacher: SpeechEncoder,
+    catalog: AudioCatalog,
+    out: Path,
+    device: torch.device,
+    emit: OnEvent = ignore_event,
+    should_stop: ShouldStop = never_stop,
+) -> dict[str, Any]:
     """Streaming linear CKA over the teacher's L+1 representations, then the layer clusters."""
     out.mkdir(parents=True, exist_ok=True)
     num_reps = teacher.num_layers + 1
@@ -31,7 +38,9 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
     acc = StreamingCKA(num_reps, teacher.config.hidden_size, device=device)
     sr = teacher.config.sample_rate
     batch_seconds = 160.0 if device.type == "cuda" else 40.0
-    batches = list(iter_padded_batches(cal, sample_rate=sr, batch_seconds=batch_seconds, max_utterance_s=30.0))
+    batches = list(
+        iter_padded_batches(cal, sample_rate=sr, batch_seconds=batch_seconds, max_utterance_s=30.0)
+    )
     teacher.eval()
     for i, batch in enumerate(batches):
         with torch.inference_mode():
@@ -60,11 +69,20 @@ def calibrate(spec: CompressionSpec, teacher: SpeechEncoder, catalog: AudioCatal
         clustering = Clustering(clusters, clustering.linkage, clustering.method, len(clusters), False)
     from core.calibrate.plots import plot_cka  # matplotlib: loaded only when a plot is drawn
 
-    plot_cka(cka, clustering, out / "cka.png",
-             title=f"{teacher.config.architecture}: linear CKA of r0..r{teacher.num_layers}")
-    info = {"clusters": clusters, "cka": cka.tolist(), "clustering": clustering.to_dict(),
-            "utterances": len(cal.items), "audio_seconds": cal.total_seconds, "frames": int(acc.count)
-            if hasattr(acc, "count") else None}
+    plot_cka(
+        cka,
+        clustering,
+        out / "cka.png",
+        title=f"{teacher.config.architecture}: linear CKA of r0..r{teacher.num_layers}",
+    )
+    info = {
+        "clusters": clusters,
+        "cka": cka.tolist(),
+        "clustering": clustering.to_dict(),
+        "utterances": len(cal.items),
+        "audio_seconds": cal.total_seconds,
+        "frames": int(acc.count) if hasattr(acc, "count") else None,
+    }
     (out / "clusters.json").write_text(json.dumps(info, indent=2, default=json_default))
     return info
 

@@ -1,9 +1,9 @@
 """Audio in: the usable utterances of a user's data, decoded and served as batches to the stages.
 
-    catalog.py    scan_audio(source) -> AudioCatalog   what is usable, what was skipped and why
-    waveforms.py  load_waveform(item, sr)              mono float32 at the model's rate (soxr), WaveformCache
-    batches.py    TrainBatches, iter_padded_batches    training stream (cropped, resumable) / one padded pass
-    loader.py     BatchLoader                          batches prepared in worker processes, pinned for the GPU
+catalog.py    scan_audio(source) -> AudioCatalog   what is usable, what was skipped and why
+waveforms.py  load_waveform(item, sr)              mono float32 at the model's rate (soxr), WaveformCache
+batches.py    TrainBatches, iter_padded_batches    training stream (cropped, resumable) / one padded pass
+loader.py     BatchLoader                          batches prepared in worker processes, pinned for the GPU
 """
 
 from core.data.batches import Batch, TrainBatches, iter_padded_batches
@@ -20,6 +20,17 @@ from core.data.catalog import (
 from core.data.waveforms import WaveformCache, load_waveform
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "MANIFEST_NAME", "SILENCE_PEAK", "SKIP_REASONS", "AudioCatalog", "AudioItem", "Batch",
-    "SkippedFile", "TrainBatches", "WaveformCache", "iter_padded_batches", "load_waveform", "scan_audio",
+    "AUDIO_EXTENSIONS",
+    "MANIFEST_NAME",
+    "SILENCE_PEAK",
+    "SKIP_REASONS",
+    "AudioCatalog",
+    "AudioItem",
+    "Batch",
+    "SkippedFile",
+    "TrainBatches",
+    "WaveformCache",
+    "iter_padded_batches",
+    "load_waveform",
+    "scan_audio",
 ]

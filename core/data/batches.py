@@ -48,8 +48,8 @@ class TrainBatches:
 
     Why this shape: SSL distillation runs the whole batch through the conv front end, so padding is wasted
     compute; DPHuBERT instead crops every utterance of a batch to the shortest one. Grouping similar durations
-    keeps that crop small. Plan of one epoch (a pure function of seed, epoch and the catalog, which is what makes
-    resuming exact without saving any generator state):
+    keeps that crop small. Plan of one epoch (a pure function of seed, epoch and the catalog, which is what
+    makes resuming exact without saving any generator state):
 
     1. Utterances shorter than `min_utterance_s` are excluded once; longer than `max_utterance_s` count as
        `max_utterance_s` (they are randomly cropped when served).
@@ -59,8 +59,8 @@ class TrainBatches:
        budget.
     3. Per epoch, each bucket is shuffled and cut into batches; the few items left over join the front of the
        next (longer) bucket instead of forming a small batch of their own, so only the last batch of the epoch
-       can be short; at most one batch per bucket mixes durations from neighbouring buckets. How many items flow
-       into each bucket does not depend on the shuffle, so the number of batches per epoch is constant.
+       can be short; at most one batch per bucket mixes durations from neighbouring buckets. How many items
+       flow into each bucket does not depend on the shuffle, so the number of batches per epoch is constant.
     4. The epoch's batch list is shuffled; rank r of `world_size` takes batches r, r + world_size, ...
        (equal counts per rank, the remainder dropped).
     5. Serving a batch draws crop offsets from a generator seeded by (seed, epoch, batch index), so a batch is
@@ -232,13 +232,18 @@ class TrainBatches:
             ids=[self.items[i].id for i in members],
         )
 
-    def _speed_perturbed(self, rows: list[np.ndarray], crop: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Each row played at a speed drawn uniformly from 1 ± speed_perturbation (tempo and pitch together, as
-        Kaldi's speed perturbation: resampled from rate * f to rate), then all cut to the shortest and to at most
-        `crop` samples, so the batch keeps its audio budget. Teacher and student see the same perturbed audio."""
+    def _speed_perturbed(
+        self, rows: list[np.ndarray], crop: int, rng: np.random.Generator
+    ) -> list[np.ndarray]:
+        """Each row played at a speed drawn uniformly from 1 ± speed_perturbation (tempo and pitch together,
+        as Kaldi's speed perturbation: resampled from rate * f to rate), then all cut to the shortest and to
+        at most `crop` samples, so the batch keeps its audio budget. Teacher and student see the same
+        perturbed audio."""
         factors = rng.uniform(1.0 - self.speed_perturbation, 1.0 + self.speed_perturbation, size=len(rows))
-        out = [soxr.resample(row, self.sample_rate * float(f), self.sample_rate, quality="HQ").astype(np.float32)
-               for row, f in zip(rows, factors)]
+        out = [
+            soxr.resample(row, self.sample_rate * float(f), self.sample_rate, quality="HQ").astype(np.float32)
+            for row, f in zip(rows, factors)
+        ]
         length = min(crop, *(r.shape[0] for r in out))
         return [r[:length] for r in out]
 
@@ -281,9 +286,10 @@ def iter_padded_batches(
     """One pass over every item, longest first, zero-padded to the longest of each batch.
 
     For calibration and evaluation, where every frame counts and nothing may be cropped at random. Sorting by
-    duration keeps padding small; longest first makes an out-of-memory batch show up at once rather than at the
-    end. A batch holds as many items as fit `count * longest <= batch_seconds` (at least one). Items longer than
-    `max_utterance_s` keep their first `max_utterance_s`. The order is deterministic (duration, then id).
+    duration keeps padding small; longest first makes an out-of-memory batch show up at once rather than at
+    the end. A batch holds as many items as fit `count * longest <= batch_seconds` (at least one). Items
+    longer than `max_utterance_s` keep their first `max_utterance_s`. The order is deterministic (duration,
+    then id).
     """
     if batch_seconds <= 0:
         raise ValueError(f"batch_seconds must be > 0, got {batch_seconds}")

@@ -1,9 +1,10 @@
 """The usable utterances of a user's data: `scan_audio(source) -> AudioCatalog`.
 
 A source is a directory of audio files (searched recursively), a dataset directory holding `manifest.jsonl`
-(one JSON object per line with at least `path`, relative to the dataset directory), or a `.jsonl` manifest file.
-Datasets come from users of a service, so a manifest may not point outside its dataset directory. Headers (and,
-optionally, one decode pass) of every file are read; bad files are recorded as `SkippedFile`, never raised.
+(one JSON object per line with at least `path`, relative to the dataset directory), or a `.jsonl` manifest
+file. Datasets come from users of a service, so a manifest may not point outside its dataset directory.
+Headers (and, optionally, one decode pass) of every file are read; bad files are recorded as `SkippedFile`,
+never raised.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ SILENCE_PEAK = 1e-4
 """A file whose peak absolute sample stays below this (full scale = 1.0) carries nothing to distil."""
 
 _BASE_EXTENSIONS = (".wav", ".flac", ".ogg")
-# libsndfile decodes MP3 only from 1.1.0 on; offering .mp3 where it cannot would turn every mp3 into "unreadable".
+# libsndfile decodes MP3 only from 1.1.0 on; offering .mp3 where it cannot would turn every mp3 into
+# "unreadable".
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     _BASE_EXTENSIONS + ((".mp3",) if "MP3" in sf.available_formats() else ())
 )
@@ -146,7 +148,7 @@ class AudioCatalog:
         return replace(self, items=[self.items[i] for i in sorted(chosen)])
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Scanning
 
 
@@ -159,12 +161,13 @@ def scan_audio(
 ) -> AudioCatalog:
     """Catalogue the usable audio of `source`, recording every file left out and why.
 
-    A bad file never raises: users' datasets routinely hold a few broken or stray files and one of them must not
-    sink a job. With `check_silence` each file is decoded once, in blocks (bounded memory), which also catches
-    corrupt or truncated bodies now rather than mid-training; without it only headers are read.
+    A bad file never raises: users' datasets routinely hold a few broken or stray files and one of them must
+    not sink a job. With `check_silence` each file is decoded once, in blocks (bounded memory), which also
+    catches corrupt or truncated bodies now rather than mid-training; without it only headers are read.
 
-    Raises AudioError when `source` does not exist or is not a directory / `.jsonl` manifest, when the manifest
-    itself cannot be read, or when no usable audio remains (the message counts the skipped files by reason).
+    Raises AudioError when `source` does not exist or is not a directory / `.jsonl` manifest, when the
+    manifest itself cannot be read, or when no usable audio remains (the message counts the skipped files by
+    reason).
     """
     source = Path(source)
     if not source.exists():
@@ -268,7 +271,8 @@ def _manifest_candidates(manifest: Path, root: Path) -> tuple[list[_Candidate], 
     """Rows of a JSON-lines manifest, with paths confined to `root`.
 
     The header's duration wins over a row's `duration_s` (manifests are often written by hand or by another
-    tool), so that field is dropped; fields we do not know go to `extra` (text, phonemes, ...) for later stages.
+    tool), so that field is dropped; fields we do not know go to `extra` (text, phonemes, ...) for later
+    stages.
     """
     try:
         raw_lines = manifest.read_bytes().splitlines()
@@ -414,5 +418,14 @@ def seed_words(*values: int) -> list[int]:
     return [int(v) for v in values]
 
 
-__all__ = ["AUDIO_EXTENSIONS", "MANIFEST_NAME", "SILENCE_PEAK", "SKIP_REASONS", "AudioCatalog", "AudioItem",
-           "SkippedFile", "scan_audio", "seed_words"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "MANIFEST_NAME",
+    "SILENCE_PEAK",
+    "SKIP_REASONS",
+    "AudioCatalog",
+    "AudioItem",
+    "SkippedFile",
+    "scan_audio",
+    "seed_words",
+]

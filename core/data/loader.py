@@ -68,8 +68,9 @@ class BatchLoader:
     """Iterate `batches` from where it stands, with `workers` processes (0: in this process) and, with
     `pin_memory`, page-locked batches. `close()` stops the workers; so does the end of the iteration."""
 
-    def __init__(self, batches: BatchStream, *, workers: int = 0, pin_memory: bool = False,
-                 prefetch: int = 2) -> None:
+    def __init__(
+        self, batches: BatchStream, *, workers: int = 0, pin_memory: bool = False, prefetch: int = 2
+    ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.batches = batches
@@ -90,9 +91,14 @@ class BatchLoader:
                 self.batches.seek(index + 1)
                 yield batch
         loader = DataLoader(
-            _Indexed(self.batches), batch_size=None, sampler=_From(start), num_workers=workers,
-            pin_memory=self.pin_memory, prefetch_factor=self.prefetch if workers else None,
-            collate_fn=_identity, multiprocessing_context="fork" if workers and _can_fork() else None,
+            _Indexed(self.batches),
+            batch_size=None,
+            sampler=_From(start),
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch if workers else None,
+            collate_fn=_identity,
+            multiprocessing_context="fork" if workers and _can_fork() else None,
             # Its own generator: the DataLoader draws worker seeds from it, and drawing them from the global
             # one would change the training's random numbers (mask samples) with the number of workers.
             generator=torch.Generator().manual_seed(0),

@@ -26,36 +26,56 @@ def cluster_targets(clusters: list[list[int]], dim: int, spec: CompressionSpec) 
     """The distillation targets of `spec`'s method: SKILL's one projection per cluster, or DPHuBERT's shared
     projection (algorithm.md §3)."""
     try:  # ClusterTargets checks one weight per cluster; after 'auto' clustering that is the user's spec
-        return ClusterTargets(clusters, dim, student_mapping=spec.student_mapping,
-                              shared_projection=spec.method == "dphubert", weights=spec.target_weights)
+        return ClusterTargets(
+            clusters,
+            dim,
+            student_mapping=spec.student_mapping,
+            shared_projection=spec.method == "dphubert",
+            weights=spec.target_weights,
+        )
     except ValueError as exc:
         raise SpecError(f"target_weights: {exc} ({clusters}); give one weight per cluster") from None
 
 
-def new_student(teacher: SpeechEncoder, clusters: list[list[int]], spec: CompressionSpec,
-                device: torch.device) -> tuple[SpeechEncoder, ClusterTargets]:
+def new_student(
+    teacher: SpeechEncoder, clusters: list[list[int]], spec: CompressionSpec, device: torch.device
+) -> tuple[SpeechEncoder, ClusterTargets]:
     """Stage 1's student (the teacher with masks, seeded: mask initialisation is random) and its targets."""
     torch.manual_seed(spec.seed)
     student = make_student(teacher, layers=spec.prune_layers)
     return student, cluster_targets(clusters, teacher.config.hidden_size, spec).to(device)
 
 
-def train_batches(catalog: AudioCatalog, sample_rate: int, recipe: TrainRecipe, seed: int, rank: int = 0,
-                  world_size: int = 1) -> TrainBatches:
+def train_batches(
+    catalog: AudioCatalog,
+    sample_rate: int,
+    recipe: TrainRecipe,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainBatches:
     """The stage's batch plan; audio that cannot fill it is an `AudioError` (bad input, not a crash)."""
     try:
-        return TrainBatches(catalog, sample_rate=sample_rate, batch_seconds=recipe.batch_seconds,
-                            min_utterance_s=recipe.min_utterance_s, max_utterance_s=recipe.max_utterance_s,
-                            seed=seed, rank=rank, world_size=world_size,
-                            speed_perturbation=recipe.speed_perturbation)
+        return TrainBatches(
+            catalog,
+            sample_rate=sample_rate,
+            batch_seconds=recipe.batch_seconds,
+            min_utterance_s=recipe.min_utterance_s,
+            max_utterance_s=recipe.max_utterance_s,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            speed_perturbation=recipe.speed_perturbation,
+        )
     except AudioError:
         raise
     except ValueError as exc:
         raise AudioError(str(exc)) from None
 
 
-def restore(state: dict[str, Any], clusters: list[list[int]], dim: int,
-            spec: CompressionSpec) -> tuple[SpeechEncoder, ClusterTargets]:
+def restore(
+    state: dict[str, Any], clusters: list[list[int]], dim: int, spec: CompressionSpec
+) -> tuple[SpeechEncoder, ClusterTargets]:
     """Student and targets from a saved state {"config", "student", "targets"} (a checkpoint or a stage result)."""
     student = build_model(ModelConfig.from_dict(state["config"]))
     student.load_state_dict(state["student"])
@@ -66,18 +86,37 @@ def restore(state: dict[str, Any], clusters: list[list[int]], dim: int,
 
 def save_result(path: Path, student: SpeechEncoder, targets: ClusterTargets) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": student.config.to_dict(),
-                "student": {k: v.cpu() for k, v in student.state_dict().items()},
-                "targets": {k: v.cpu() for k, v in targets.state_dict().items()}}, path)
+    torch.save(
+        {
+            "config": student.config.to_dict(),
+            "student": {k: v.cpu() for k, v in student.state_dict().items()},
+            "targets": {k: v.cpu() for k, v in targets.state_dict().items()},
+        },
+        path,
+    )
 
 
-def load_result(workdir: Path, which: Path, clusters: list[list[int]], dim: int, spec: CompressionSpec,
-                device: torch.device | str = "cpu") -> tuple[SpeechEncoder, ClusterTargets]:
+def load_result(
+    workdir: Path,
+    which: Path,
+    clusters: list[list[int]],
+    dim: int,
+    spec: CompressionSpec,
+    device: torch.device | str = "cpu",
+) -> tuple[SpeechEncoder, ClusterTargets]:
     """A stage result saved by `save_result` (`FINALIZED` or `STAGE2_RESULT`), on `device`."""
     state = torch.load(workdir / which, map_location="cpu", weights_only=False)
     student, targets = restore(state, clusters, dim, spec)
     return student.to(device), targets.to(device)
 
 
-__all__ = ["FINALIZED", "STAGE2_RESULT", "cluster_targets", "load_result", "new_student", "restore",
-           "save_result", "train_batches"]
+__all__ = [
+    "FINALIZED",
+    "STAGE2_RESULT",
+    "cluster_targets",
+    "load_result",
+    "new_student",
+    "restore",
+    "save_result",
+    "train_batches",
+]

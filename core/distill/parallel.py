@@ -1,10 +1,10 @@
 """Data-parallel training stages: N processes (one per GPU; gloo on CPU), one job.
 
 The parent process keeps the pipeline; for a training stage it starts N fresh processes (spawn: no CUDA state
-is inherited), each rank trains on its own slice of every epoch's batches and gradients are averaged every step
-(`core.distill.train._average_across_ranks`), so weights, masks and multipliers stay identical on all ranks. Rank 0
-writes the checkpoints and sends progress events to the parent through a queue; the parent turns its caller's
-`should_stop` into an event the ranks poll.
+is inherited), each rank trains on its own slice of every epoch's batches and gradients are averaged every
+step (`core.distill.train._average_across_ranks`), so weights, masks and multipliers stay identical on all
+ranks. Rank 0 writes the checkpoints and sends progress events to the parent through a queue; the parent turns
+its caller's `should_stop` into an event the ranks poll.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
     device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size)
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
     try:
         spec = CompressionSpec.model_validate_json(job.spec_json)
         teacher = load_model(job.teacher).to(device)
@@ -74,12 +75,21 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
             student, targets = build.load_result(workdir, build.FINALIZED, job.clusters, dim, spec, device)
             seed = spec.seed + 1
         batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
-        ctx = StageContext(workdir / job.stage, recipe, device, job.stage,
-                           budgets=[Budget.from_dict(b) for b in job.budgets],
-                           macs_seconds=spec.macs_reference_seconds,
-                           on_event=lambda e: events.put(("event", e.to_dict())),
-                           should_stop=stop.is_set, seed=seed, rank=rank, world_size=world_size,
-                           compile=spec.compile, data_workers=spec.data_workers)
+        ctx = StageContext(
+            workdir / job.stage,
+            recipe,
+            device,
+            job.stage,
+            budgets=[Budget.from_dict(b) for b in job.budgets],
+            macs_seconds=spec.macs_reference_seconds,
+            on_event=lambda e: events.put(("event", e.to_dict())),
+            should_stop=stop.is_set,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            compile=spec.compile,
+            data_workers=spec.data_workers,
+        )
         summary = train_stage(student, teacher, targets, batches, ctx)
         if rank == 0:
             events.put(("result", summary))
@@ -94,7 +104,9 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
         dist.destroy_process_group()
 
 
-def run_parallel_stage(job: StageJob, world_size: int, on_event: OnEvent, should_stop: ShouldStop) -> dict[str, Any]:
+def run_parallel_stage(
+    job: StageJob, world_size: int, on_event: OnEvent, should_stop: ShouldStop
+) -> dict[str, Any]:
     """Run one training stage on `world_size` ranks; returns rank 0's summary."""
     if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
         raise SkillkdError(f"gpus={world_size} but only {torch.cuda.device_count()} CUDA devices are visible")
@@ -104,8 +116,10 @@ def run_parallel_stage(job: StageJob, world_size: int, on_event: OnEvent, should
     port = _free_port()
     # Not daemonic: a daemonic process may not start children, and each rank starts data-loader workers.
     # The ranks die with this process instead (`die_with_parent`), and are joined or terminated below.
-    procs = [ctx.Process(target=_rank_main, args=(rank, world_size, port, job, events, stop), daemon=False)
-             for rank in range(world_size)]
+    procs = [
+        ctx.Process(target=_rank_main, args=(rank, world_size, port, job, events, stop), daemon=False)
+        for rank in range(world_size)
+    ]
     for p in procs:
         p.start()
     result: dict[str, Any] | None = None

@@ -1,4 +1,5 @@
-"""The two training stages of a run (algorithm.md §4-5), in this process or on `spec.gpus` data-parallel ranks.
+"""The two training stages of a run (algorithm.md §4-5), in this process or on `spec.gpus` data-parallel
+ranks.
 
     distill_prune   stage 1: the masked copy of the teacher learns the cluster targets under the size budgets
     final_distill   stage 2: the pruned, fixed student goes on learning them
@@ -18,8 +19,15 @@ from core.inputs import Job
 
 def _parallel_job(job: Job, stage: str, clusters: list[list[int]]) -> StageJob:
     budgets = [b.to_dict() for b in job.inputs.budgets] if stage == "distill_prune" else []
-    return StageJob(stage, job.spec.model_dump_json(), str(job.teacher_dir), str(job.audio), str(job.workdir),
-                    clusters, budgets=budgets)
+    return StageJob(
+        stage,
+        job.spec.model_dump_json(),
+        str(job.teacher_dir),
+        str(job.audio),
+        str(job.workdir),
+        clusters,
+        budgets=budgets,
+    )
 
 
 def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
@@ -27,14 +35,25 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     is what `core.finalize` lands and prunes."""
     spec = job.spec
     if spec.gpus > 1:
-        return run_parallel_stage(_parallel_job(job, "distill_prune", clusters), spec.gpus, job.emit, job.should_stop)
+        return run_parallel_stage(
+            _parallel_job(job, "distill_prune", clusters), spec.gpus, job.emit, job.should_stop
+        )
     recipe = spec.recipe(1)
     student, targets = build.new_student(job.teacher, clusters, spec, job.device)
     batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed)
-    ctx = StageContext(job.workdir / "distill_prune", recipe, job.device, "distill_prune", on_event=job.emit,
-                       should_stop=job.should_stop, seed=spec.seed, compile=spec.compile,
-                       data_workers=spec.data_workers, budgets=job.inputs.budgets,
-                       macs_seconds=spec.macs_reference_seconds)
+    ctx = StageContext(
+        job.workdir / "distill_prune",
+        recipe,
+        job.device,
+        "distill_prune",
+        on_event=job.emit,
+        should_stop=job.should_stop,
+        seed=spec.seed,
+        compile=spec.compile,
+        data_workers=spec.data_workers,
+        budgets=job.inputs.budgets,
+        macs_seconds=spec.macs_reference_seconds,
+    )
     return train_stage(student, job.teacher, targets, batches, ctx)
 
 
@@ -48,17 +67,28 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         build.save_result(result, student, targets)
         return {"steps": 0, "final": {}, "seconds": 0.0}
     if spec.gpus > 1:
-        summary = run_parallel_stage(_parallel_job(job, "final_distill", clusters), spec.gpus, job.emit,
-                                     job.should_stop)
+        summary = run_parallel_stage(
+            _parallel_job(job, "final_distill", clusters), spec.gpus, job.emit, job.should_stop
+        )
         state = load_checkpoint(job.workdir / "final_distill" / CHECKPOINT)
         student.load_state_dict(state["student"])
         targets.load_state_dict(state["targets"])
     else:
         recipe = spec.recipe(2)
-        batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed + 1)
-        ctx = StageContext(job.workdir / "final_distill", recipe, job.device, "final_distill", on_event=job.emit,
-                           should_stop=job.should_stop, seed=spec.seed + 1, compile=spec.compile,
-                           data_workers=spec.data_workers)
+        batches = build.train_batches(
+            job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed + 1
+        )
+        ctx = StageContext(
+            job.workdir / "final_distill",
+            recipe,
+            job.device,
+            "final_distill",
+            on_event=job.emit,
+            should_stop=job.should_stop,
+            seed=spec.seed + 1,
+            compile=spec.compile,
+            data_workers=spec.data_workers,
+        )
         summary = train_stage(student, job.teacher, targets, batches, ctx)
     build.save_result(result, student, targets)
     return summary

@@ -18,21 +18,30 @@ from torch import Tensor, nn
 class ClusterTargets(nn.Module):
     """Turns teacher and student representations into (target, prediction) pairs, one per cluster."""
 
-    def __init__(self, clusters: Sequence[Sequence[int]], dim: int, *, student_mapping: str = "mean",
-                 shared_projection: bool = False, weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        clusters: Sequence[Sequence[int]],
+        dim: int,
+        *,
+        student_mapping: str = "mean",
+        shared_projection: bool = False,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if student_mapping not in ("mean", "last"):
             raise ValueError(f"student_mapping must be 'mean' or 'last', found {student_mapping!r}")
         self.clusters = [sorted(int(i) for i in c) for c in clusters]
         if weights is not None and len(weights) != len(self.clusters):
             raise ValueError(f"{len(weights)} target weights for {len(self.clusters)} clusters")
-        # None: equal weights (the method as published); otherwise scaled to a mean of 1, so the loss keeps its
-        # scale against the Lagrangian terms.
+        # None: equal weights (the method as published); otherwise scaled to a mean of 1, so the loss keeps
+        # its scale against the Lagrangian terms.
         self.weights = None if weights is None else [len(weights) * float(w) / sum(weights) for w in weights]
         self.student_mapping = student_mapping
         self.shared_projection = shared_projection
         # DPHuBERT: r[0] keeps its own projection, the transformer layers share one.
-        n_proj = (2 if any(c == [0] for c in self.clusters) else 1) if shared_projection else len(self.clusters)
+        n_proj = (
+            (2 if any(c == [0] for c in self.clusters) else 1) if shared_projection else len(self.clusters)
+        )
         linears = [nn.Linear(dim, dim) for _ in range(n_proj)]
         for p in linears:
             nn.init.eye_(p.weight)
@@ -53,7 +62,9 @@ class ClusterTargets(nn.Module):
 
     def teacher_targets(self, reps: Sequence[Tensor]) -> list[Tensor]:
         """[(batch, frame, feature)] per cluster: the mean of the cluster's teacher representations."""
-        return [torch.stack([reps[i] for i in c]).mean(0) if len(c) > 1 else reps[c[0]] for c in self.clusters]
+        return [
+            torch.stack([reps[i] for i in c]).mean(0) if len(c) > 1 else reps[c[0]] for c in self.clusters
+        ]
 
     def student_predictions(self, reps: Sequence[Tensor]) -> list[Tensor]:
         out = []
@@ -66,9 +77,12 @@ class ClusterTargets(nn.Module):
         return out
 
 
-def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
-                 frame_mask: Tensor | None = None,
-                 weights: Sequence[float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def distill_loss(
+    predictions: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    frame_mask: Tensor | None = None,
+    weights: Sequence[float] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean over targets of (mean L1 - mean cosine similarity), padded frames excluded; with `weights`, each
     target's term is multiplied by its weight first (the reported parts stay unweighted).
 
@@ -96,7 +110,10 @@ def distill_loss(predictions: Sequence[Tensor], targets: Sequence[Tensor],
         cos_sum = cos_m if cos_sum is None else cos_sum + cos_m
     assert l1_sum is not None and cos_sum is not None
     n = len(predictions)
-    weighted = (l1_sum - cos_sum) if weights is None else torch.stack(
-        [w * t for w, t in zip(weights, terms, strict=True)]).sum()
+    weighted = (
+        (l1_sum - cos_sum)
+        if weights is None
+        else torch.stack([w * t for w, t in zip(weights, terms, strict=True)]).sum()
+    )
     loss = weighted / n
     return loss, {"l1": l1_sum.detach() / n, "cos": cos_sum.detach() / n}

@@ -1,4 +1,5 @@
-"""The training loop of stage 1 (joint distillation + pruning) and stage 2 (distillation of the fixed student).
+"""The training loop of stage 1 (joint distillation + pruning) and stage 2 (distillation of the fixed
+student).
 
 Read top to bottom in numbered phases. The learning rate and the sparsity target are pure functions of the
 step. A checkpoint holds everything needed to continue bit-for-bit on the same device: student (with masks),
@@ -107,8 +108,11 @@ def autocast(device: torch.device):
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "numpy": np.random.get_state()}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -147,7 +151,7 @@ def _average_across_ranks(tensors: list[Tensor], world_size: int) -> None:
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t))
+        t.copy_(flat[offset : offset + n].view_as(t))
         offset += n
 
 
@@ -174,11 +178,23 @@ class DistillStep:
     eagerly rather than failing the job.
     """
 
-    def __init__(self, student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
-                 recipe: TrainRecipe, device: torch.device, *, target_sparsity: float = 0.0,
-                 teacher_params: int = 0, budgets: list[Budget] | None = None, macs_seconds: float = 10.0,
-                 world_size: int = 1, compile: bool = False, on_event: OnEvent = ignore_event,
-                 stage: str = "") -> None:
+    def __init__(
+        self,
+        student: SpeechEncoder,
+        teacher: SpeechEncoder,
+        targets: ClusterTargets,
+        recipe: TrainRecipe,
+        device: torch.device,
+        *,
+        target_sparsity: float = 0.0,
+        teacher_params: int = 0,
+        budgets: list[Budget] | None = None,
+        macs_seconds: float = 10.0,
+        world_size: int = 1,
+        compile: bool = False,
+        on_event: OnEvent = ignore_event,
+        stage: str = "",
+    ) -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
         self.recipe, self.device = recipe, device
         if budgets is None:
@@ -193,14 +209,31 @@ class DistillStep:
         targets.train()
         # One pair of multipliers per constraint, each maximised over its own gap (algorithm.md §3).
         self.lagrangians = nn.ModuleDict({kind: Lagrangian() for kind in self.budgets}).to(device)
-        groups: list[dict[str, Any]] = [{"params": student.weight_parameters() + list(targets.parameters()),
-                                         "lr": recipe.lr, "base_lr": recipe.lr}]
+        groups: list[dict[str, Any]] = [
+            {
+                "params": student.weight_parameters() + list(targets.parameters()),
+                "lr": recipe.lr,
+                "base_lr": recipe.lr,
+            }
+        ]
         if self.pruning:
-            groups.append({"params": student.mask_parameters(), "lr": recipe.lr_masks,
-                           "base_lr": recipe.lr_masks, "betas": tuple(recipe.mask_betas)})
-            groups.append({"params": list(self.lagrangians.parameters()), "lr": recipe.lr_lambda,
-                           "base_lr": recipe.lr_lambda, "betas": tuple(recipe.lambda_betas),
-                           "constant_lr": recipe.lambda_constant_lr})
+            groups.append(
+                {
+                    "params": student.mask_parameters(),
+                    "lr": recipe.lr_masks,
+                    "base_lr": recipe.lr_masks,
+                    "betas": tuple(recipe.mask_betas),
+                }
+            )
+            groups.append(
+                {
+                    "params": list(self.lagrangians.parameters()),
+                    "lr": recipe.lr_lambda,
+                    "base_lr": recipe.lr_lambda,
+                    "betas": tuple(recipe.lambda_betas),
+                    "constant_lr": recipe.lambda_constant_lr,
+                }
+            )
         self.groups = groups
         self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0, fused=device.type == "cuda")
         self.clip_params = [p for g in groups[:2] for p in g["params"]]
@@ -214,9 +247,16 @@ class DistillStep:
 
     def _eager_fallback(self, exc: Exception) -> None:
         self.teacher_fn, self.student_fn, self.compiled = self.teacher, self.student, False
-        self.on_event(Event("log", self.stage, message=(
-            f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "continuing without it")))
+        self.on_event(
+            Event(
+                "log",
+                self.stage,
+                message=(
+                    f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "continuing without it"
+                ),
+            )
+        )
 
     def _forward(self, waveforms: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         device, max_layer = self.device, self.targets.max_layer
@@ -266,23 +306,31 @@ class DistillStep:
             total.backward()
         with record_function("optimizer"):
             if self.world_size > 1:
-                _average_across_ranks([p.grad for g in self.groups for p in g["params"] if p.grad is not None],
-                                      self.world_size)
+                _average_across_ranks(
+                    [p.grad for g in self.groups for p in g["params"] if p.grad is not None], self.world_size
+                )
             if self.pruning:
                 for lagrangian in self.lagrangians.values():
                     lagrangian.flip_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.clip_params, recipe.grad_clip)
             self.optimizer.step()
 
-        values = {"loss": total.detach(), "distill": loss.detach(), "l1": parts["l1"], "cos": parts["cos"],
-                  "grad_norm": grad_norm.detach()}
+        values = {
+            "loss": total.detach(),
+            "distill": loss.detach(),
+            "l1": parts["l1"],
+            "cos": parts["cos"],
+            "grad_norm": grad_norm.detach(),
+        }
         if self.pruning:
             values.update(expected_params=sizes["params"].detach())
             if "params" in self.budgets:
                 values.update(sparsity=1.0 - sizes["params"].detach() / self.budgets["params"].teacher)
             if "macs" in sizes:
-                values.update(expected_macs=sizes["macs"].detach(),
-                              macs_sparsity=1.0 - sizes["macs"].detach() / self.budgets["macs"].teacher)
+                values.update(
+                    expected_macs=sizes["macs"].detach(),
+                    macs_sparsity=1.0 - sizes["macs"].detach() / self.budgets["macs"].teacher,
+                )
             for name, lagrangian in self.lagrangians.items():
                 prefix = "" if name == "params" else f"{name}_"
                 values[f"{prefix}lambda1"] = lagrangian.lambda1.detach()
@@ -291,10 +339,10 @@ class DistillStep:
 
 
 class _StepFigures:
-    """The steps' figures (losses, targets, learning rate). They stay on the device and are read (one host sync)
-    at `flush`: every `sync_every` steps, before a checkpoint or stop check, and at the end, so on a GPU the next
-    steps are queued meanwhile. A flush checks the loss for NaN, writes `train_log.jsonl` (main rank) and sends a
-    progress event."""
+    """The steps' figures (losses, targets, learning rate). They stay on the device and are read (one host
+    sync) at `flush`: every `sync_every` steps, before a checkpoint or stop check, and at the end, so on a GPU
+    the next steps are queued meanwhile. A flush checks the loss for NaN, writes `train_log.jsonl` (main rank)
+    and sends a progress event."""
 
     def __init__(self, ctx: StageContext, log_path: Path, start_step: int, sample_rate: int) -> None:
         self.ctx, self.start_step, self.sample_rate = ctx, start_step, sample_rate
@@ -305,8 +353,9 @@ class _StepFigures:
         self.pending: list[tuple[int, Tensor, dict[str, float], float]] = []
         self.log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in close())
 
-    def add(self, step: int, batch: Batch, values: dict[str, Tensor], targets_now: dict[str, float],
-            factor: float) -> None:
+    def add(
+        self, step: int, batch: Batch, values: dict[str, Tensor], targets_now: dict[str, float], factor: float
+    ) -> None:
         self.audio_s = batch.waveforms.numel() / self.sample_rate
         self.names = list(values)
         self.pending.append((step, torch.stack([v.float() for v in values.values()]), targets_now, factor))
@@ -365,25 +414,50 @@ def _save(runner: DistillStep, batches: BatchStream, ctx: StageContext, step: in
     """The stage's checkpoint (main rank only): everything `_resume` needs to continue exactly."""
     if not ctx.is_main:
         return
-    atomic_save({
-        "step": step, "student": runner.student.state_dict(), "targets": runner.targets.state_dict(),
-        "lagrangians": runner.lagrangians.state_dict(), "optimizer": runner.optimizer.state_dict(),
-        "batches": batches.state_dict(), "rng": _rng_state(), "config": runner.student.config.to_dict(),
-        "recipe": ctx.recipe.model_dump(), **ctx.extra_state,
-    }, ctx.workdir / CHECKPOINT)
+    atomic_save(
+        {
+            "step": step,
+            "student": runner.student.state_dict(),
+            "targets": runner.targets.state_dict(),
+            "lagrangians": runner.lagrangians.state_dict(),
+            "optimizer": runner.optimizer.state_dict(),
+            "batches": batches.state_dict(),
+            "rng": _rng_state(),
+            "config": runner.student.config.to_dict(),
+            "recipe": ctx.recipe.model_dump(),
+            **ctx.extra_state,
+        },
+        ctx.workdir / CHECKPOINT,
+    )
 
 
-def train_stage(student: SpeechEncoder, teacher: SpeechEncoder, targets: ClusterTargets,
-                batches: BatchStream, ctx: StageContext) -> dict[str, Any]:
+def train_stage(
+    student: SpeechEncoder,
+    teacher: SpeechEncoder,
+    targets: ClusterTargets,
+    batches: BatchStream,
+    ctx: StageContext,
+) -> dict[str, Any]:
     """Run (or resume) one training stage in `ctx.workdir`; returns a summary. Raises StopRequested when
     `ctx.should_stop()` says so, after saving a checkpoint."""
     recipe, device = ctx.recipe, ctx.device
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     log_path = ctx.workdir / "train_log.jsonl"
-    runner = DistillStep(student, teacher, targets, recipe, device, target_sparsity=ctx.target_sparsity,
-                         teacher_params=ctx.teacher_params, budgets=ctx.budgets, macs_seconds=ctx.macs_seconds,
-                         world_size=ctx.world_size, compile=ctx.compile,
-                         on_event=ctx.on_event if ctx.is_main else ignore_event, stage=ctx.stage)
+    runner = DistillStep(
+        student,
+        teacher,
+        targets,
+        recipe,
+        device,
+        target_sparsity=ctx.target_sparsity,
+        teacher_params=ctx.teacher_params,
+        budgets=ctx.budgets,
+        macs_seconds=ctx.macs_seconds,
+        world_size=ctx.world_size,
+        compile=ctx.compile,
+        on_event=ctx.on_event if ctx.is_main else ignore_event,
+        stage=ctx.stage,
+    )
     step = _resume(runner, batches, ctx, log_path)
 
     workers = default_workers(device, ctx.world_size) if ctx.data_workers is None else ctx.data_workers
@@ -420,6 +494,9 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be written again)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
     path.write_text("".join(line + "\n" for line in kept))

@@ -1,10 +1,10 @@
 """`compare`: compress one teacher with several methods and seeds, then probe everything the same way.
 
 The question it answers is the paper's: at the same sparsity, do SKILL's cluster targets keep more of the
-teacher than DPHuBERT's hand-picked layers? So every model (teacher, each student, FBANK) gets the same probes,
-the same seeds and the same test split, and the table reports mean ± standard deviation over seeds: one
-seed per compression run (student seed s is probed with seed s), and the teacher and FBANK probed with every
-seed so their spread shows how much of a difference is probe noise.
+teacher than DPHuBERT's hand-picked layers? So every model (teacher, each student, FBANK) gets the same
+probes, the same seeds and the same test split, and the table reports mean ± standard deviation over seeds:
+one seed per compression run (student seed s is probed with seed s), and the teacher and FBANK probed with
+every seed so their spread shows how much of a difference is probe noise.
 
 Compression sees the train split only: the pipeline takes a directory, so a train-only view of the dataset is
 written into the output directory (audio hard-linked, copied where linking is impossible), keeping the test
@@ -14,8 +14,8 @@ compress on `compress`, probe on `probe_train` / `probe_test`).
 
 Phases: 1. labels and the train view; 2. teacher features and probes (all seeds); 3. FBANK (all seeds);
 4. per method and seed: compress, then probe the student (its seed) and measure CKA to the teacher on the
-test split per distillation cluster; 5. aggregate and write `comparison.json`, `comparison.md`, `comparison.png`.
-Probe results are deterministic given the seeds; timings (RTF) are measurements and vary.
+test split per distillation cluster; 5. aggregate and write `comparison.json`, `comparison.md`,
+`comparison.png`. Probe results are deterministic given the seeds; timings (RTF) are measurements and vary.
 """
 
 from __future__ import annotations
@@ -68,12 +68,16 @@ def parse_budgets(text: str) -> list[dict[str, Any]]:
             key, sep, value = item.partition("=")
             key = key.strip().replace("-", "_")
             if not sep or key not in BUDGET_FIELDS or not value.strip():
-                raise ValueError(f"cannot read budget {part.strip()!r}: expected field=value pairs of "
-                                 f"{', '.join(BUDGET_FIELDS)}, e.g. 'sparsity=0.75;macs_sparsity=0.75'")
+                raise ValueError(
+                    f"cannot read budget {part.strip()!r}: expected field=value pairs of "
+                    f"{', '.join(BUDGET_FIELDS)}, e.g. 'sparsity=0.75;macs_sparsity=0.75'"
+                )
             try:
                 budget[key] = float(value) if key.endswith("sparsity") else value.strip()
             except ValueError:
-                raise ValueError(f"budget {part.strip()!r}: {key} must be a number, found {value!r}") from None
+                raise ValueError(
+                    f"budget {part.strip()!r}: {key} must be a number, found {value!r}"
+                ) from None
         budgets.append(budget)
     return budgets
 
@@ -141,7 +145,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def _report_speedup(report: dict[str, Any]) -> float | None:
     """Teacher time / student time on one CPU thread, from the job's own report: the two models interleaved in
-    one process (core.evaluation.speed), the figure a ratio of this table's separately timed RTFs cannot replace."""
+    one process (core.evaluation.speed), the figure a ratio of this table's separately timed RTFs cannot
+    replace."""
     setting = (report.get("speed") or {}).get("cpu_1_thread") or {}
     value = setting.get("speedup")
     return float(value) if value is not None else None
@@ -162,15 +167,19 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "model": group,
         "runs": len(mine),
         "params": statistics.fmean(run["params"] for run in mine),
-        "per_mean": per_mean, "per_std": per_std,
-        "sid_accuracy_mean": acc_mean, "sid_accuracy_std": acc_std,
+        "per_mean": per_mean,
+        "per_std": per_std,
+        "sid_accuracy_mean": acc_mean,
+        "sid_accuracy_std": acc_std,
         "macs_per_second": statistics.fmean(run["macs_per_second"] for run in mine),
         "rtf_cpu": _mean_std(rtf)[0],
         "rtf_cuda": _mean_std(gpu)[0],
         "speedup_cpu_1_thread": _mean_std(speedups)[0],
         "cka_mean": _mean_std(cka)[0],
         # Mean over seeds of each layer's own SID accuracy (runs of one group share their layer count).
-        "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)] if layers else None,
+        "sid_per_layer_mean": [statistics.fmean(column) for column in zip(*layers, strict=True)]
+        if layers
+        else None,
     }
 
 
@@ -188,20 +197,38 @@ class _Probing:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def probes(self, features: Any, seed: int) -> dict[str, Any]:
-        return run_probes(features, self.data, seed=seed, phone_config=self.phone_config,
-                          speaker_config=self.speaker_config, per_layer=self.per_layer, on_event=self.emit)
+        return run_probes(
+            features,
+            self.data,
+            seed=seed,
+            phone_config=self.phone_config,
+            speaker_config=self.speaker_config,
+            per_layer=self.per_layer,
+            on_event=self.emit,
+        )
 
     def reference(self, model: Any, name: str, group: str, seeds: list[int], **extra: Any) -> Any:
         """A teacher or FBANK, probed with every seed; returns its features."""
         features = extract(model, self.data, name=name, device=self.device, on_event=self.emit)
         facts = describe_model(model, measure_speed=self.measure_speed)
         for seed in seeds:
-            self.runs.append({"model": name, "group": group, "seed": seed, "num_representations": features.num_reps,
-                              "dim": features.dim, **facts, **extra, **self.probes(features, seed)})
+            self.runs.append(
+                {
+                    "model": name,
+                    "group": group,
+                    "seed": seed,
+                    "num_representations": features.num_reps,
+                    "dim": features.dim,
+                    **facts,
+                    **extra,
+                    **self.probes(features, seed),
+                }
+            )
         return features
 
-    def student(self, result: Any, run_name: str, group: str, method: str, seed: int,
-                teacher_features: Any) -> None:
+    def student(
+        self, result: Any, run_name: str, group: str, method: str, seed: int, teacher_features: Any
+    ) -> None:
         """A compressed student, probed with its compression seed, with the CKA of its layers to the teacher's
         cluster means on the test utterances."""
         model, name, _ = load_representation_model(result.export_dir, run_name)
@@ -209,15 +236,28 @@ class _Probing:
         features = extract(model, self.data, name=name, device=self.device, on_event=self.emit)
         facts = describe_model(model, measure_speed=self.measure_speed)
         test_ids = [item.id for item in self.data.test]
-        cka = {"clusters": clusters, "values": cluster_cka(teacher_features, features, clusters, test_ids)} \
-            if clusters else None
-        self.runs.append({
-            "model": name, "group": group, "method": method, "seed": seed, "source": str(result.export_dir),
-            "num_representations": features.num_reps, "dim": features.dim,
-            "achieved_sparsity": result.report.get("achieved_sparsity"), "targets": result.report.get("targets"),
-            "speedup_cpu_1_thread": _report_speedup(result.report), **facts, "cka": cka,
-            **self.probes(features, seed),
-        })
+        cka = (
+            {"clusters": clusters, "values": cluster_cka(teacher_features, features, clusters, test_ids)}
+            if clusters
+            else None
+        )
+        self.runs.append(
+            {
+                "model": name,
+                "group": group,
+                "method": method,
+                "seed": seed,
+                "source": str(result.export_dir),
+                "num_representations": features.num_reps,
+                "dim": features.dim,
+                "achieved_sparsity": result.report.get("achieved_sparsity"),
+                "targets": result.report.get("targets"),
+                "speedup_cpu_1_thread": _report_speedup(result.report),
+                **facts,
+                "cka": cka,
+                **self.probes(features, seed),
+            }
+        )
 
 
 def _seed_list(methods: Sequence[str], seeds: int) -> list[int]:
@@ -236,17 +276,27 @@ def _run_name(group: str, method: str, seed: int, spec: Any) -> str:
     return f"{method}-{budget_label(_budget_of(spec)).replace('=', '').replace(',', '-')}-seed{seed}"
 
 
-def _student_specs(methods: Sequence[str], budget_list: list[dict[str, Any]], seed_list: list[int], named: bool,
-                   base: dict[str, Any]) -> dict[tuple[str, str, int], Any]:
+def _student_specs(
+    methods: Sequence[str],
+    budget_list: list[dict[str, Any]],
+    seed_list: list[int],
+    named: bool,
+    base: dict[str, Any],
+) -> dict[tuple[str, str, int], Any]:
     """(group, method, seed) -> CompressionSpec; built up front so a bad spec fails before any minute is spent."""
     from core.spec import CompressionSpec
 
     def group_name(method: str, budget: dict[str, Any]) -> str:
         return f"{method} [{budget_label(budget)}]" if named else method
 
-    return {(group_name(method, budget), method, seed): CompressionSpec(**{**base, **budget, "method": method,
-                                                                         "seed": seed})
-            for method in methods for budget in budget_list for seed in seed_list}
+    return {
+        (group_name(method, budget), method, seed): CompressionSpec(
+            **{**base, **budget, "method": method, "seed": seed}
+        )
+        for method in methods
+        for budget in budget_list
+        for seed in seed_list
+    }
 
 
 def compare(
@@ -286,21 +336,36 @@ def compare(
     teacher, dataset, out_dir = Path(teacher), Path(dataset), Path(out_dir)
     seed_list = _seed_list(methods, seeds)
     budget_list = list(budgets) if budgets else [{"sparsity": sparsity}]
-    specs = _student_specs(methods, budget_list, seed_list, len(budget_list) > 1 or budgets is not None,
-                           {"preset": preset, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                            "device": device, **(spec_overrides or {})})
+    specs = _student_specs(
+        methods,
+        budget_list,
+        seed_list,
+        len(budget_list) > 1 or budgets is not None,
+        {
+            "preset": preset,
+            "stage1_steps": stage1_steps,
+            "stage2_steps": stage2_steps,
+            "device": device,
+            **(spec_overrides or {}),
+        },
+    )
     student_groups = list(dict.fromkeys(group for group, _, _ in specs))
 
     # 1. Labels, and the train-only view compression runs on
-    data = load_probe_data(dataset, tasks=tasks, phone_field=phone_field, train_split=train_split,
-                           test_split=test_split)
+    data = load_probe_data(
+        dataset, tasks=tasks, phone_field=phone_field, train_split=train_split, test_split=test_split
+    )
     compress_split = compress_split or train_split
     train_view = write_split_view(dataset, compress_split, out_dir / "train-data")
-    probing = _Probing(data, select_device(device), emit, measure_speed, per_layer, phone_config, speaker_config)
+    probing = _Probing(
+        data, select_device(device), emit, measure_speed, per_layer, phone_config, speaker_config
+    )
 
     # 2. Teacher (features kept for CKA), 3. FBANK (features dropped)
     teacher_model, teacher_name, _ = load_representation_model(teacher)
-    teacher_features = probing.reference(teacher_model, teacher_name, "teacher", seed_list, source=str(teacher))
+    teacher_features = probing.reference(
+        teacher_model, teacher_name, "teacher", seed_list, source=str(teacher)
+    )
     del teacher_model
     if include_fbank:
         probing.reference(Fbank(), "fbank", "fbank", seed_list, source="fbank")
@@ -316,12 +381,23 @@ def compare(
     comparison = {
         "format": FORMAT,
         "teacher": str(teacher),
-        "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split,
-                    "compress_split": compress_split, **data.summary()},
-        "methods": list(methods), "sparsity": None if budgets else sparsity,
-        "budgets": [budget_label(b) for b in budget_list] if budgets else None, "seeds": seed_list, "preset": preset,
-        "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "spec_overrides": spec_overrides or {},
-        "tasks": list(data.tasks), "phone_field": phone_field if "pr" in data.tasks else None,
+        "dataset": {
+            "path": str(dataset),
+            "train_split": train_split,
+            "test_split": test_split,
+            "compress_split": compress_split,
+            **data.summary(),
+        },
+        "methods": list(methods),
+        "sparsity": None if budgets else sparsity,
+        "budgets": [budget_label(b) for b in budget_list] if budgets else None,
+        "seeds": seed_list,
+        "preset": preset,
+        "stage1_steps": stage1_steps,
+        "stage2_steps": stage2_steps,
+        "spec_overrides": spec_overrides or {},
+        "tasks": list(data.tasks),
+        "phone_field": phone_field if "pr" in data.tasks else None,
         "rows": [_aggregate(group, probing.runs) for group in groups],
         "runs": probing.runs,
         "notes": list(data.notes),
@@ -331,7 +407,7 @@ def compare(
     return comparison
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Report files
 
 
@@ -369,17 +445,24 @@ def render_comparison(comparison: dict[str, Any]) -> str:
             f"{_pm(row['sid_accuracy_mean'], row['sid_accuracy_std'])} | {format_count(row['macs_per_second'])} | "
             f"{faster} | {rtf} | {gpu} | {cka} |"
         )
-    lines += ["", "CKA to teacher: linear CKA between the teacher's and the student's cluster-mean representations "
-              "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
-              "Speed-up: teacher time / student time for 10 s of audio on one CPU thread, the two interleaved in one "
-              "process when the job ended (its report.json `speed`); mean over seeds.",
-              "RTF: median time to encode 10 s of audio / 10 s, each model timed on its own during the comparison "
-              f"(CPU threads as set: {comparison['environment']['threads']}); on a busy machine a ratio of two RTFs "
-              "is not a speed-up."]
+    lines += [
+        "",
+        "CKA to teacher: linear CKA between the teacher's and the student's cluster-mean representations "
+        "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
+        "Speed-up: teacher time / student time for 10 s of audio on one CPU thread, the two interleaved in one "
+        "process when the job ended (its report.json `speed`); mean over seeds.",
+        "RTF: median time to encode 10 s of audio / 10 s, each model timed on its own during the comparison "
+        f"(CPU threads as set: {comparison['environment']['threads']}); on a busy machine a ratio of two RTFs "
+        "is not a speed-up.",
+    ]
     layered = [row for row in comparison["rows"] if row.get("sid_per_layer_mean")]
     if layered:
-        lines += ["", "SID accuracy % of each representation alone (its own linear probe), mean over seeds:", "",
-                  *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in layered])]
+        lines += [
+            "",
+            "SID accuracy % of each representation alone (its own linear probe), mean over seeds:",
+            "",
+            *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in layered]),
+        ]
     if comparison["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in comparison["notes"]]
     return "\n".join(lines) + "\n"
@@ -418,6 +501,11 @@ def write_comparison(comparison: dict[str, Any], out_dir: Path) -> None:
 
 
 __all__ = [
-    "METHODS", "compare", "link_or_copy", "plot_comparison", "render_comparison", "write_comparison",
+    "METHODS",
+    "compare",
+    "link_or_copy",
+    "plot_comparison",
+    "render_comparison",
+    "write_comparison",
     "write_split_view",
 ]

@@ -81,7 +81,9 @@ def load_probe_data(
         raise AudioError(f"{dataset}: no usable utterance in split {empty!r}; splits present: {present}")
     notes: list[str] = []
     if catalog.skipped:
-        notes.append(f"{len(catalog.skipped)} files skipped by the audio scan: {catalog.summary()['skipped']}")
+        notes.append(
+            f"{len(catalog.skipped)} files skipped by the audio scan: {catalog.summary()['skipped']}"
+        )
     used = replace(catalog, items=train + test)
     data = ProbeData(catalog=used, train=train, test=test, tasks=tuple(tasks), notes=notes)
 
@@ -103,8 +105,10 @@ def load_probe_data(
         test_labelled = sum(1 for item in test if item.id in labelled)
         if not train_labelled or not test_labelled:
             data.tasks = tuple(task for task in data.tasks if task != "sid")
-            notes.append("speaker identification skipped: the manifest has no `speaker` on the "
-                         f"{train_split if not train_labelled else test_split} rows")
+            notes.append(
+                "speaker identification skipped: the manifest has no `speaker` on the "
+                f"{train_split if not train_labelled else test_split} rows"
+            )
         else:
             data.speakers = labelled  # type: ignore[assignment]
             unlabelled = len(train) + len(test) - len(labelled)

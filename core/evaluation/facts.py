@@ -39,10 +39,12 @@ def count_parameters(model: RepresentationModel | torch.nn.Module) -> int:
         return int(own())
     if isinstance(model, torch.nn.Module):
         return sum(p.numel() for p in model.parameters())
-    raise TypeError(f"cannot count the parameters of {type(model).__name__}: no num_params() and not a Module")
+    raise TypeError(
+        f"cannot count the parameters of {type(model).__name__}: no num_params() and not a Module"
+    )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # MACs
 
 
@@ -72,7 +74,12 @@ def _sdpa_macs(args: Sequence[Any], out: Any) -> int:
     """Fused attention softmax(Q Kᵀ) V: (batch·heads·L_q·L_k) · (d_qk + d_v)."""
     query, key, value = args[0], args[1], args[2]
     batch_heads = _product(query.shape[:-2])
-    return batch_heads * int(query.shape[-2]) * int(key.shape[-2]) * (int(query.shape[-1]) + int(value.shape[-1]))
+    return (
+        batch_heads
+        * int(query.shape[-2])
+        * int(key.shape[-2])
+        * (int(query.shape[-1]) + int(value.shape[-1]))
+    )
 
 
 def _op_table() -> dict[Any, tuple[str, Callable[[Sequence[Any], Any], int]]]:
@@ -85,8 +92,10 @@ def _op_table() -> dict[Any, tuple[str, Callable[[Sequence[Any], Any], int]]]:
         aten.convolution.default: ("conv", _conv_macs),
     }
     for name in (
-        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
         "_scaled_dot_product_fused_attention_overrideable",
     ):
         packet = getattr(aten, name, None)
@@ -111,7 +120,9 @@ class MacCounter(TorchDispatchMode):
     def total(self) -> int:
         return sum(self.by_kind.values())
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict | None = None) -> Any:
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         entry = self.table.get(func)
         if entry is not None:
@@ -158,7 +169,7 @@ def count_macs(model: RepresentationModel, *, seconds: float = 1.0) -> MacReport
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Speed
 
 
@@ -198,7 +209,11 @@ class SpeedReport:
 
 
 def real_time_factor(
-    model: RepresentationModel, *, device: str | torch.device = "cpu", seconds: float = 10.0, runs: int = 5,
+    model: RepresentationModel,
+    *,
+    device: str | torch.device = "cpu",
+    seconds: float = 10.0,
+    runs: int = 5,
     warmup: int = 1,
 ) -> SpeedReport:
     """Median over `runs` timed forward passes of one `seconds`-long utterance, after `warmup` untimed ones.
@@ -230,8 +245,12 @@ def real_time_factor(
         if module is not None:
             module.to(home)
     return SpeedReport(
-        device=str(device), rtf=statistics.median(times) / seconds, seconds_of_audio=seconds, runs=runs,
-        times_s=times, threads=torch.get_num_threads(),
+        device=str(device),
+        rtf=statistics.median(times) / seconds,
+        seconds_of_audio=seconds,
+        runs=runs,
+        times_s=times,
+        threads=torch.get_num_threads(),
     )
 
 
@@ -240,7 +259,7 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Similarity to the teacher
 
 
@@ -286,6 +305,13 @@ def cluster_cka(
 
 
 __all__ = [
-    "MacCounter", "MacReport", "device_of", "SpeedReport", "cluster_cka", "count_macs", "count_parameters",
-    "real_time_factor", "sample_rate_of",
+    "MacCounter",
+    "MacReport",
+    "device_of",
+    "SpeedReport",
+    "cluster_cka",
+    "count_macs",
+    "count_parameters",
+    "real_time_factor",
+    "sample_rate_of",
 ]

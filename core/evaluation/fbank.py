@@ -35,18 +35,22 @@ def mel_filterbank(
 ) -> torch.Tensor:
     """Triangular filters, equally spaced on the mel scale, as a matrix for `power @ filters`.
 
-    Each filter rises linearly (in Hz) from its left edge to its centre and falls to its right edge; neighbours
-    share edges, so the filters tile the band. No area normalisation: the log that follows turns a per-filter
-    gain into a constant offset, which the probe's per-frame layer norm removes anyway.
+    Each filter rises linearly (in Hz) from its left edge to its centre and falls to its right edge;
+    neighbours share edges, so the filters tile the band. No area normalisation: the log that follows turns a
+    per-filter gain into a constant offset, which the probe's per-frame layer norm removes anyway.
 
     Returns:
         (freq, mel) float32, freq = n_freqs bins from 0 to sample_rate / 2.
     """
     f_max = sample_rate / 2.0 if f_max is None else f_max
     if not 0.0 <= f_min < f_max <= sample_rate / 2.0:
-        raise ValueError(f"expected 0 <= f_min < f_max <= {sample_rate / 2}, found f_min={f_min}, f_max={f_max}")
+        raise ValueError(
+            f"expected 0 <= f_min < f_max <= {sample_rate / 2}, found f_min={f_min}, f_max={f_max}"
+        )
     freqs = torch.linspace(0.0, sample_rate / 2.0, n_freqs, dtype=torch.float64)  # (freq,)
-    mel_edges = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64)
+    mel_edges = torch.linspace(
+        float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64
+    )
     hz_edges = mel_to_hz(mel_edges)  # (mel + 2,)
     left, centre, right = hz_edges[:-2], hz_edges[1:-1], hz_edges[2:]  # (mel,) each
     rising = (freqs[:, None] - left[None, :]) / (centre - left)[None, :]  # (freq, mel)
@@ -76,10 +80,19 @@ class Fbank(nn.Module):
         self.n_fft = 1 << (self.window_samples - 1).bit_length()  # next power of two
         self.floor = floor
         self.config: dict[str, Any] = {
-            "model_type": "fbank", "n_mels": n_mels, "sample_rate": sample_rate, "window_ms": window_ms,
-            "hop_ms": hop_ms, "n_fft": self.n_fft, "f_min": f_min, "hidden_size": n_mels, "num_hidden_layers": 0,
+            "model_type": "fbank",
+            "n_mels": n_mels,
+            "sample_rate": sample_rate,
+            "window_ms": window_ms,
+            "hop_ms": hop_ms,
+            "n_fft": self.n_fft,
+            "f_min": f_min,
+            "hidden_size": n_mels,
+            "num_hidden_layers": 0,
         }
-        self.register_buffer("window", torch.hann_window(self.window_samples, periodic=True), persistent=False)
+        self.register_buffer(
+            "window", torch.hann_window(self.window_samples, periodic=True), persistent=False
+        )
         self.register_buffer(
             "filters", mel_filterbank(self.n_fft // 2 + 1, n_mels, sample_rate, f_min), persistent=False
         )
@@ -92,7 +105,9 @@ class Fbank(nn.Module):
         frames = torch.div(lengths - self.window_samples, self.hop_samples, rounding_mode="floor") + 1
         return torch.clamp(frames, min=0)
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Args: waveforms (batch, time) float32, lengths (batch,) int64 in samples.
 
         Returns: ([features (batch, frame, n_mels)], frame_lengths (batch,)). Frames past a row's frame length
@@ -101,8 +116,12 @@ class Fbank(nn.Module):
         if waveforms.dim() != 2:
             raise ValueError(f"expected waveforms of shape (batch, time), found {tuple(waveforms.shape)}")
         if lengths.shape != (waveforms.shape[0],):
-            raise ValueError(f"expected lengths of shape ({waveforms.shape[0]},), found {tuple(lengths.shape)}")
-        if waveforms.shape[1] < self.window_samples:  # too short for one window: pad so the batch has a frame shape
+            raise ValueError(
+                f"expected lengths of shape ({waveforms.shape[0]},), found {tuple(lengths.shape)}"
+            )
+        if (
+            waveforms.shape[1] < self.window_samples
+        ):  # too short for one window: pad so the batch has a frame shape
             waveforms = nn.functional.pad(waveforms, (0, self.window_samples - waveforms.shape[1]))
         frames = waveforms.float().unfold(1, self.window_samples, self.hop_samples)  # (batch, frame, window)
         spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)  # (batch, frame, freq)

@@ -2,9 +2,9 @@
 
 Probing trains many small heads (two tasks, several seeds, a learned mix of all L+1 layers) on the same frozen
 encoder output, so the encoder runs once per dataset and its output stays in memory. Each utterance keeps a
-(rep, frame, feature) stack in float16 on the CPU, trimmed to its true frame count: half the memory of float32,
-no padding, and no device memory held while the probes train. One hour of audio through a 13-representation,
-256-wide model is about 1.2 GB.
+(rep, frame, feature) stack in float16 on the CPU, trimmed to its true frame count: half the memory of
+float32, no padding, and no device memory held while the probes train. One hour of audio through a
+13-representation, 256-wide model is about 1.2 GB.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ class RepresentationModel(Protocol):
 
     config: Any
 
-    def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def __call__(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """waveforms (batch, time) float32, lengths (batch,) -> ([rep (batch, frame, feature)] * (L+1), frame_lengths)."""
         ...
 
@@ -107,7 +109,12 @@ def _check_outputs(reps: Sequence[torch.Tensor], frame_lengths: torch.Tensor, ba
         raise ValueError("the model returned no representations")
     first = reps[0]
     for index, rep in enumerate(reps):
-        if rep.dim() != 3 or rep.shape[0] != batch or rep.shape[:2] != first.shape[:2] or rep.shape[2] != first.shape[2]:
+        if (
+            rep.dim() != 3
+            or rep.shape[0] != batch
+            or rep.shape[:2] != first.shape[:2]
+            or rep.shape[2] != first.shape[2]
+        ):
             raise ValueError(
                 f"representation {index}: expected shape ({batch}, {first.shape[1]}, {first.shape[2]}) "
                 f"(batch, frame, feature) like representation 0, found {tuple(rep.shape)}"
@@ -115,7 +122,9 @@ def _check_outputs(reps: Sequence[torch.Tensor], frame_lengths: torch.Tensor, ba
     if frame_lengths.shape != (batch,):
         raise ValueError(f"expected frame_lengths of shape ({batch},), found {tuple(frame_lengths.shape)}")
     if int(frame_lengths.max()) > first.shape[1]:
-        raise ValueError(f"frame_lengths reach {int(frame_lengths.max())} but the representations have {first.shape[1]} frames")
+        raise ValueError(
+            f"frame_lengths reach {int(frame_lengths.max())} but the representations have {first.shape[1]} frames"
+        )
 
 
 def extract_features(
@@ -157,6 +166,11 @@ def subset_catalog(catalog: AudioCatalog, ids: set[str]) -> AudioCatalog:
 
 
 __all__ = [
-    "FeatureSet", "Progress", "RepresentationModel", "SAMPLE_RATE", "extract_features", "iter_model_outputs",
+    "FeatureSet",
+    "Progress",
+    "RepresentationModel",
+    "SAMPLE_RATE",
+    "extract_features",
+    "iter_model_outputs",
     "subset_catalog",
 ]

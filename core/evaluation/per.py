@@ -1,8 +1,8 @@
 """Phone error rate and greedy CTC decoding: the scoring half of the phoneme-recognition probe.
 
 PER follows the corpus-level convention of SUPERB (and of sclite/jiwer for WER): the edits of every utterance
-are summed and divided by the summed reference lengths. Averaging per-utterance rates instead would let a short
-utterance weigh as much as a long one.
+are summed and divided by the summed reference lengths. Averaging per-utterance rates instead would let a
+short utterance weigh as much as a long one.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def error_rate(references: Sequence[Sequence[Hashable]], hypotheses: Sequence[Se
 
 
 def ctc_collapse(ids: Sequence[int], blank: int = 0) -> list[int]:
-    """Merge runs of the same id, then drop blanks: the CTC many-to-one map from a frame path to a label string.
+    """Merge runs of the same id, then drop blanks: the CTC many-to-one map from a frame path to a label
+    string.
 
     Order matters: `a blank a` stays `a a` while `a a` becomes `a`, which is how CTC emits doubled labels.
     """
@@ -62,7 +63,9 @@ def ctc_collapse(ids: Sequence[int], blank: int = 0) -> list[int]:
     return out
 
 
-def ctc_greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None, blank: int = 0) -> list[list[int]]:
+def ctc_greedy_decode(
+    log_probs: torch.Tensor, lengths: torch.Tensor | None = None, blank: int = 0
+) -> list[list[int]]:
     """Best path decoding: the arg-max label per frame, collapsed.
 
     Args:

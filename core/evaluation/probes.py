@@ -3,8 +3,8 @@
 Convention (SUPERB, Yang et al. 2021): the encoder is frozen; a probe sees a learnable softmax-weighted sum of
 all L+1 representations, each first normalised per frame with a parameter-free layer norm (so a layer with a
 large scale cannot dominate the mix before the weights learn anything); the weights start equal. What the
-probe can read linearly (or with one small BiLSTM) from that mix is the measure of the encoder, and the learned
-weights show which layers carry the task.
+probe can read linearly (or with one small BiLSTM) from that mix is the measure of the encoder, and the
+learned weights show which layers carry the task.
 
 - PR: a head per frame (linear by default, or one BiLSTM layer) trained with CTC over the phone vocabulary of
   the train split (blank = 0); greedy decoding; corpus PER on the test split.
@@ -42,7 +42,7 @@ EpochProgress = Callable[[int, int, float], None]
 """progress(epoch, epochs, mean training loss of that epoch)."""
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Modules
 
 
@@ -117,7 +117,9 @@ class PhoneProbe(nn.Module):
             # Packing keeps the backward direction from reading the padding of shorter rows.
             packed = pack_padded_sequence(mixed, frame_lengths.cpu(), batch_first=True, enforce_sorted=False)
             hidden, _ = self.lstm(packed)
-            mixed, _ = pad_packed_sequence(hidden, batch_first=True, total_length=reps.shape[2])  # (batch, frame, 2*hidden)
+            mixed, _ = pad_packed_sequence(
+                hidden, batch_first=True, total_length=reps.shape[2]
+            )  # (batch, frame, 2*hidden)
         return self.out(mixed)  # (batch, frame, vocab)
 
 
@@ -138,7 +140,7 @@ class SpeakerProbe(nn.Module):
         return self.out(self.mix.mix_pooled(pooled))  # (batch, speaker)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Configuration and results
 
 
@@ -227,7 +229,7 @@ class SpeakerProbeResult:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -250,7 +252,8 @@ def layer_norm_(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class _Batcher:
-    """Builds zero-padded float32 batches (batch, rep, frame, feature) of frozen features in one reused buffer.
+    """Builds zero-padded float32 batches (batch, rep, frame, feature) of frozen features in one reused
+    buffer.
 
     The returned tensor is a view of the buffer: valid until the next call, which is all one training step or
     one decoding step needs. Utterances stay float16 in the `FeatureSet`; only the batch is ever float32.
@@ -287,8 +290,8 @@ def _length_bucketed_batches(
 ) -> list[list[int]]:
     """Random batches of rows with similar lengths, so little of each padded batch is padding.
 
-    Rows are shuffled, cut into pools of `pool` batches, sorted by length within a pool and split into batches;
-    then the batch order is shuffled. All randomness comes from `generator`.
+    Rows are shuffled, cut into pools of `pool` batches, sorted by length within a pool and split into
+    batches; then the batch order is shuffled. All randomness comes from `generator`.
     """
     order = torch.randperm(len(lengths), generator=generator).tolist()
     batches: list[list[int]] = []
@@ -325,8 +328,12 @@ def train_phone_probe(
     probe = _seeded_init(
         seed,
         lambda: PhoneProbe(
-            features.num_reps, features.dim, len(vocabulary), head=config.head,
-            lstm_hidden=config.lstm_hidden, layer_norm=config.layer_norm,
+            features.num_reps,
+            features.dim,
+            len(vocabulary),
+            head=config.head,
+            lstm_hidden=config.lstm_hidden,
+            layer_norm=config.layer_norm,
         ),
     )
     optimiser = torch.optim.Adam(probe.parameters(), lr=config.lr)
@@ -350,8 +357,14 @@ def train_phone_probe(
         )
 
     probe.train()
-    step, epoch_loss = _fit("phone", optimiser, config.epochs, ctc, progress,
-                            lambda: _length_bucketed_batches(frame_counts, config.batch_size, generator))
+    step, epoch_loss = _fit(
+        "phone",
+        optimiser,
+        config.epochs,
+        ctc,
+        progress,
+        lambda: _length_bucketed_batches(frame_counts, config.batch_size, generator),
+    )
 
     probe.eval()
     references: list[list[str]] = []
@@ -380,10 +393,17 @@ def train_phone_probe(
     )
 
 
-def _fit(name: str, optimiser: torch.optim.Optimizer, epochs: int, batch_loss: Callable[[Any], torch.Tensor],
-         progress: EpochProgress | None, epoch_batches: Callable[[], Iterable[Any]]) -> tuple[int, float]:
-    """The probes' training loop: per epoch, one optimiser step per batch of `epoch_batches()`; returns the step
-    count and the last epoch's mean loss. A non-finite loss stops it with a TrainingError naming the probe."""
+def _fit(
+    name: str,
+    optimiser: torch.optim.Optimizer,
+    epochs: int,
+    batch_loss: Callable[[Any], torch.Tensor],
+    progress: EpochProgress | None,
+    epoch_batches: Callable[[], Iterable[Any]],
+) -> tuple[int, float]:
+    """The probes' training loop: per epoch, one optimiser step per batch of `epoch_batches()`; returns the
+    step count and the last epoch's mean loss. A non-finite loss stops it with a TrainingError naming the
+    probe."""
     step, epoch_loss = 0, math.nan
     for epoch in range(epochs):
         losses = []
@@ -419,14 +439,20 @@ class _SpeakerData:
     truth: torch.Tensor  # (utterance,)
 
     @classmethod
-    def pool(cls, features: FeatureSet, train: Sequence[tuple[str, str]], test: Sequence[tuple[str, str]],
-             config: SpeakerProbeConfig) -> _SpeakerData:
+    def pool(
+        cls,
+        features: FeatureSet,
+        train: Sequence[tuple[str, str]],
+        test: Sequence[tuple[str, str]],
+        config: SpeakerProbeConfig,
+    ) -> _SpeakerData:
         index = _speaker_classes(train, test)
         batcher = _Batcher(features, layer_norm=config.layer_norm)
         train_pooled = _pooled(batcher, [i for i, _ in train])
         seen = [(i, speaker) for i, speaker in test if speaker in index]
         return cls(
-            index=index, train_pooled=train_pooled,
+            index=index,
+            train_pooled=train_pooled,
             labels=torch.tensor([index[speaker] for _, speaker in train], dtype=torch.int64),
             test_pooled=_pooled(batcher, [i for i, _ in seen]) if seen else train_pooled[:0],
             truth=torch.tensor([index[speaker] for _, speaker in seen], dtype=torch.int64),
@@ -434,13 +460,19 @@ class _SpeakerData:
 
 
 def _fit_speaker_probe(
-    pooled: torch.Tensor, labels: torch.Tensor, num_speakers: int, *, config: SpeakerProbeConfig, seed: int,
+    pooled: torch.Tensor,
+    labels: torch.Tensor,
+    num_speakers: int,
+    *,
+    config: SpeakerProbeConfig,
+    seed: int,
     progress: EpochProgress | None,
 ) -> tuple[SpeakerProbe, int, float]:
     """A speaker probe trained on `pooled` (utterance, rep, feature) with `labels` (utterance,); returns the
     probe in eval mode, its step count and its last epoch's mean loss. Same seed = same init and batches."""
     probe = _seeded_init(
-        seed, lambda: SpeakerProbe(pooled.shape[1], pooled.shape[2], num_speakers, layer_norm=config.layer_norm)
+        seed,
+        lambda: SpeakerProbe(pooled.shape[1], pooled.shape[2], num_speakers, layer_norm=config.layer_norm),
     )
     optimiser = torch.optim.Adam(probe.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
@@ -451,9 +483,14 @@ def _fit_speaker_probe(
             yield order[start : start + config.batch_size]
 
     probe.train()
-    step, epoch_loss = _fit("speaker", optimiser, config.epochs,
-                            lambda rows: F.cross_entropy(probe(pooled[rows]), labels[rows]), progress,
-                            shuffled_batches)
+    step, epoch_loss = _fit(
+        "speaker",
+        optimiser,
+        config.epochs,
+        lambda rows: F.cross_entropy(probe(pooled[rows]), labels[rows]),
+        progress,
+        shuffled_batches,
+    )
     probe.eval()
     return probe, step, epoch_loss
 
@@ -480,8 +517,9 @@ def train_speaker_probe(
     Classes are the train speakers. Test utterances of unseen speakers stay in the denominator as errors.
     """
     data = _SpeakerData.pool(features, train, test, config)
-    probe, step, epoch_loss = _fit_speaker_probe(data.train_pooled, data.labels, len(data.index), config=config,
-                                                 seed=seed, progress=progress)
+    probe, step, epoch_loss = _fit_speaker_probe(
+        data.train_pooled, data.labels, len(data.index), config=config, seed=seed, progress=progress
+    )
     unseen_speakers = {speaker for _, speaker in test if speaker not in data.index}
     return SpeakerProbeResult(
         accuracy=_correct(probe, data.test_pooled, data.truth) / len(test),
@@ -535,8 +573,14 @@ def train_speaker_probes_per_layer(
     data = _SpeakerData.pool(features, train, test, config)
     accuracy = []
     for layer in range(features.num_reps):
-        probe, _, loss = _fit_speaker_probe(data.train_pooled[:, layer : layer + 1], data.labels, len(data.index),
-                                            config=config, seed=seed, progress=None)
+        probe, _, loss = _fit_speaker_probe(
+            data.train_pooled[:, layer : layer + 1],
+            data.labels,
+            len(data.index),
+            config=config,
+            seed=seed,
+            progress=None,
+        )
         accuracy.append(_correct(probe, data.test_pooled[:, layer : layer + 1], data.truth) / len(test))
         if progress is not None:
             progress(layer + 1, features.num_reps, loss)
@@ -553,7 +597,18 @@ def train_speaker_probes_per_layer(
 
 
 __all__ = [
-    "BLANK", "EpochProgress", "LayerSpeakerResult", "PhoneProbe", "PhoneProbeConfig", "PhoneProbeResult",
-    "PhoneVocabulary", "SpeakerProbe", "SpeakerProbeConfig", "SpeakerProbeResult", "WeightedLayerSum",
-    "train_phone_probe", "train_speaker_probe", "train_speaker_probes_per_layer",
+    "BLANK",
+    "EpochProgress",
+    "LayerSpeakerResult",
+    "PhoneProbe",
+    "PhoneProbeConfig",
+    "PhoneProbeResult",
+    "PhoneVocabulary",
+    "SpeakerProbe",
+    "SpeakerProbeConfig",
+    "SpeakerProbeResult",
+    "WeightedLayerSum",
+    "train_phone_probe",
+    "train_speaker_probe",
+    "train_speaker_probes_per_layer",
 ]

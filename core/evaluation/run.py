@@ -2,7 +2,8 @@
 
 Phases, in order: 1. read and check the labels; 2. load the model; 3. extract its features once;
 4. train and score the probes; 5. model facts (parameters, MACs/s, real-time factor; CKA to a teacher if one
-is given); 6. write `evaluation.json` and `evaluation.md`. `compare` reuses the same pieces with several seeds.
+is given); 6. write `evaluation.json` and `evaluation.md`. `compare` reuses the same pieces with several
+seeds.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ STAGE = "evaluate"
 FORMAT = "skillkd-evaluation"
 
 
-def load_representation_model(model: Path | str | RepresentationModel, name: str | None = None) -> tuple[RepresentationModel, str, str]:
+def load_representation_model(
+    model: Path | str | RepresentationModel, name: str | None = None
+) -> tuple[RepresentationModel, str, str]:
     """(model, display name, source) from a module or a path (a teacher HF dir or an exported student dir)."""
     if isinstance(model, (str, Path)):
         from core.models import load_model
@@ -80,12 +83,18 @@ class _Progress:
         self.on_event(Event("progress", STAGE, step=done, total=total, message=self.message))
 
     def epochs(self, epoch: int, epochs: int, loss: float) -> None:
-        self.on_event(Event("progress", STAGE, step=epoch, total=epochs, message=self.message,
-                            metrics={"loss": loss}))
+        self.on_event(
+            Event("progress", STAGE, step=epoch, total=epochs, message=self.message, metrics={"loss": loss})
+        )
 
 
 def extract(
-    model: RepresentationModel, data: ProbeData, *, name: str, device: torch.device, on_event: OnEvent,
+    model: RepresentationModel,
+    data: ProbeData,
+    *,
+    name: str,
+    device: torch.device,
+    on_event: OnEvent,
     batch_seconds: float | None = None,
 ) -> FeatureSet:
     """Features of every train and test utterance, the model temporarily on `device`.
@@ -100,8 +109,13 @@ def extract(
         module.to(device)
     try:
         return extract_features(
-            model, data.catalog, name=name, device=device, batch_seconds=batch_seconds,
-            sample_rate=sample_rate_of(model), progress=_Progress(on_event, f"extract {name}").items,
+            model,
+            data.catalog,
+            name=name,
+            device=device,
+            batch_seconds=batch_seconds,
+            sample_rate=sample_rate_of(model),
+            progress=_Progress(on_event, f"extract {name}").items,
         )
     finally:
         if module is not None:
@@ -123,24 +137,40 @@ def run_probes(
     results: dict[str, Any] = {}
     if "pr" in data.tasks:
         results["pr"] = train_phone_probe(
-            features, data.phone_pairs(data.train), data.phone_pairs(data.test), config=phone_config, seed=seed,
+            features,
+            data.phone_pairs(data.train),
+            data.phone_pairs(data.test),
+            config=phone_config,
+            seed=seed,
             progress=_Progress(on_event, f"pr {features.name} seed {seed}").epochs,
         ).to_dict()
     if "sid" in data.tasks:
         results["sid"] = train_speaker_probe(
-            features, data.speaker_pairs(data.train), data.speaker_pairs(data.test), config=speaker_config,
-            seed=seed, progress=_Progress(on_event, f"sid {features.name} seed {seed}").epochs,
+            features,
+            data.speaker_pairs(data.train),
+            data.speaker_pairs(data.test),
+            config=speaker_config,
+            seed=seed,
+            progress=_Progress(on_event, f"sid {features.name} seed {seed}").epochs,
         ).to_dict()
         if per_layer:
             results["sid_per_layer"] = train_speaker_probes_per_layer(
-                features, data.speaker_pairs(data.train), data.speaker_pairs(data.test), config=speaker_config,
-                seed=seed, progress=_Progress(on_event, f"sid per layer {features.name} seed {seed}").epochs,
+                features,
+                data.speaker_pairs(data.train),
+                data.speaker_pairs(data.test),
+                config=speaker_config,
+                seed=seed,
+                progress=_Progress(on_event, f"sid per layer {features.name} seed {seed}").epochs,
             ).to_dict()
     return results
 
 
 def describe_model(
-    model: RepresentationModel, *, measure_speed: bool = True, rtf_seconds: float = 10.0, rtf_runs: int = 5,
+    model: RepresentationModel,
+    *,
+    measure_speed: bool = True,
+    rtf_seconds: float = 10.0,
+    rtf_runs: int = 5,
 ) -> dict[str, Any]:
     """Parameters, MACs per second of audio, and CPU (and CUDA, when present) real-time factors."""
     macs = count_macs(model)
@@ -151,7 +181,9 @@ def describe_model(
         "speed": {},
     }
     if measure_speed:
-        facts["speed"]["cpu"] = real_time_factor(model, device="cpu", seconds=rtf_seconds, runs=rtf_runs).to_dict()
+        facts["speed"]["cpu"] = real_time_factor(
+            model, device="cpu", seconds=rtf_seconds, runs=rtf_runs
+        ).to_dict()
         if torch.cuda.is_available():
             facts["speed"]["cuda"] = real_time_factor(
                 model, device="cuda", seconds=rtf_seconds, runs=rtf_runs
@@ -166,8 +198,10 @@ def clusters_from_export(path: Path | str) -> list[list[int]] | None:
         clusters = json.loads(report.read_text()).get("clusters")
     except (OSError, ValueError, AttributeError):
         return None
-    if isinstance(clusters, list) and clusters and all(
-        isinstance(c, list) and c and all(isinstance(i, int) for i in c) for c in clusters
+    if (
+        isinstance(clusters, list)
+        and clusters
+        and all(isinstance(c, list) and c and all(isinstance(i, int) for i in c) for c in clusters)
     ):
         return clusters
     return None
@@ -175,7 +209,9 @@ def clusters_from_export(path: Path | str) -> list[list[int]] | None:
 
 def environment() -> dict[str, Any]:
     return {
-        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -221,8 +257,9 @@ def evaluate(
     # 3-5. Features, probes, facts
     entries = []
     features = extract(model, data, name=model_name, device=run_device, on_event=emit)
-    entry = _entry(model, features, source, data, seed, phone_config, speaker_config, emit, measure_speed,
-                   per_layer)
+    entry = _entry(
+        model, features, source, data, seed, phone_config, speaker_config, emit, measure_speed, per_layer
+    )
     notes = list(data.notes)
     if teacher is not None:
         if clusters is None and isinstance(model_path_or_module, (str, Path)):
@@ -234,13 +271,28 @@ def evaluate(
         fbank = Fbank()
         fbank_features = extract(fbank, data, name="fbank", device=torch.device("cpu"), on_event=emit)
         entries.append(
-            _entry(fbank, fbank_features, "fbank", data, seed, phone_config, speaker_config, emit, measure_speed,
-                   per_layer)
+            _entry(
+                fbank,
+                fbank_features,
+                "fbank",
+                data,
+                seed,
+                phone_config,
+                speaker_config,
+                emit,
+                measure_speed,
+                per_layer,
+            )
         )
 
     result = {
         "format": FORMAT,
-        "dataset": {"path": str(dataset), "train_split": train_split, "test_split": test_split, **data.summary()},
+        "dataset": {
+            "path": str(dataset),
+            "train_split": train_split,
+            "test_split": test_split,
+            **data.summary(),
+        },
         "tasks": list(data.tasks),
         "requested_tasks": list(tasks),
         "phone_field": phone_field if "pr" in data.tasks else None,
@@ -256,8 +308,15 @@ def evaluate(
     return result
 
 
-def _teacher_cka(teacher: Path | str | RepresentationModel, features: Any, clusters: Sequence[Sequence[int]] | None,
-                 data: Any, device: torch.device, emit: OnEvent, notes: list[str]) -> dict[str, Any]:
+def _teacher_cka(
+    teacher: Path | str | RepresentationModel,
+    features: Any,
+    clusters: Sequence[Sequence[int]] | None,
+    data: Any,
+    device: torch.device,
+    emit: OnEvent,
+    notes: list[str],
+) -> dict[str, Any]:
     """Linear CKA between the teacher's and the model's cluster-mean representations on the test split (one
     cluster per representation when none are given; said in `notes`)."""
     teacher_model, teacher_name, _ = load_representation_model(teacher)
@@ -265,13 +324,23 @@ def _teacher_cka(teacher: Path | str | RepresentationModel, features: Any, clust
     if clusters is None:
         clusters = [[i] for i in range(min(features.num_reps, teacher_features.num_reps))]
         notes.append("no clusters given or found in the model's report.json: CKA per representation")
-    return {"teacher": teacher_name, "clusters": [list(c) for c in clusters],
-            "values": cluster_cka(teacher_features, features, clusters, [item.id for item in data.test])}
+    return {
+        "teacher": teacher_name,
+        "clusters": [list(c) for c in clusters],
+        "values": cluster_cka(teacher_features, features, clusters, [item.id for item in data.test]),
+    }
 
 
 def _entry(
-    model: RepresentationModel, features: FeatureSet, source: str, data: ProbeData, seed: int,
-    phone_config: PhoneProbeConfig, speaker_config: SpeakerProbeConfig, emit: OnEvent, measure_speed: bool,
+    model: RepresentationModel,
+    features: FeatureSet,
+    source: str,
+    data: ProbeData,
+    seed: int,
+    phone_config: PhoneProbeConfig,
+    speaker_config: SpeakerProbeConfig,
+    emit: OnEvent,
+    measure_speed: bool,
     per_layer: bool = False,
 ) -> dict[str, Any]:
     return {
@@ -280,12 +349,19 @@ def _entry(
         "num_representations": features.num_reps,
         "dim": features.dim,
         **describe_model(model, measure_speed=measure_speed),
-        **run_probes(features, data, seed=seed, phone_config=phone_config, speaker_config=speaker_config,
-                     per_layer=per_layer, on_event=emit),
+        **run_probes(
+            features,
+            data,
+            seed=seed,
+            phone_config=phone_config,
+            speaker_config=speaker_config,
+            per_layer=per_layer,
+            on_event=emit,
+        ),
     }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Report files
 
 
@@ -349,13 +425,19 @@ def render_markdown(result: dict[str, Any]) -> str:
                 lines.append(f"- {entry['name']} {task.upper()}: {_weights(entry[task]['layer_weights'])}")
     layered = [entry for entry in result["models"] if "sid_per_layer" in entry]
     if layered:
-        lines += ["", "SID accuracy % of each representation alone (its own linear probe on that layer's frame mean):",
-                  "", *layer_table([(entry["name"], entry["sid_per_layer"]["accuracy"]) for entry in layered])]
+        lines += [
+            "",
+            "SID accuracy % of each representation alone (its own linear probe on that layer's frame mean):",
+            "",
+            *layer_table([(entry["name"], entry["sid_per_layer"]["accuracy"]) for entry in layered]),
+        ]
     for entry in result["models"]:
         if "sid" in entry and entry["sid"]["unseen_test_speakers"]:
             sid = entry["sid"]
-            lines.append(f"- {entry['name']} SID: {sid['unseen_test_speakers']} test speakers "
-                         f"({sid['unseen_test_utterances']} utterances) never seen in training, counted as errors")
+            lines.append(
+                f"- {entry['name']} SID: {sid['unseen_test_speakers']} test speakers "
+                f"({sid['unseen_test_utterances']} utterances) never seen in training, counted as errors"
+            )
         if "cka" in entry:
             cka = entry["cka"]
             pairs = ", ".join(f"{c}: {v:.3f}" for c, v in zip(cka["clusters"], cka["values"], strict=True))
@@ -363,7 +445,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in result["notes"]]
     env = result["environment"]
-    lines += ["", f"torch {env['torch']}, {env['threads']} CPU threads" + (f", {env['cuda']}" if env["cuda"] else "")]
+    lines += [
+        "",
+        f"torch {env['torch']}, {env['threads']} CPU threads" + (f", {env['cuda']}" if env["cuda"] else ""),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -386,6 +471,15 @@ def write_evaluation(result: dict[str, Any], out_dir: Path) -> None:
 
 
 __all__ = [
-    "default_name", "describe_model", "evaluate", "extract", "format_count", "format_rtf", "layer_table",
-    "load_representation_model", "render_markdown", "run_probes", "write_evaluation",
+    "default_name",
+    "describe_model",
+    "evaluate",
+    "extract",
+    "format_count",
+    "format_rtf",
+    "layer_table",
+    "load_representation_model",
+    "render_markdown",
+    "run_probes",
+    "write_evaluation",
 ]

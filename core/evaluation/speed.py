@@ -79,8 +79,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_times(models: dict[str, SpeechEncoder], *, device: torch.device | str = "cpu", seconds: float = SECONDS,
-                      runs: int = RUNS, warmup: int = WARMUP) -> dict[str, list[float]]:
+def interleaved_times(
+    models: dict[str, SpeechEncoder],
+    *,
+    device: torch.device | str = "cpu",
+    seconds: float = SECONDS,
+    runs: int = RUNS,
+    warmup: int = WARMUP,
+) -> dict[str, list[float]]:
     """Seconds per forward pass of each model over the same `seconds`-long utterance, `runs` each.
 
     Rounds alternate the order (A B, B A, A B, ...), so neither model always runs right after the other. The
@@ -125,8 +131,15 @@ def _setting(times: dict[str, list[float]], seconds: float, threads: int | None)
     return out
 
 
-def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.device | str | None = None,
-            seconds: float = SECONDS, runs: int | None = None, warmup: int = WARMUP) -> dict[str, Any]:
+def measure(
+    teacher: SpeechEncoder,
+    student: SpeechEncoder,
+    *,
+    device: torch.device | str | None = None,
+    seconds: float = SECONDS,
+    runs: int | None = None,
+    warmup: int = WARMUP,
+) -> dict[str, Any]:
     """Teacher and student side by side: parameters, MACs per audio second, and real-time factors.
 
     Returns `{"protocol", "teacher": {params, macs_per_second}, "student": {...}, "params_ratio",
@@ -139,15 +152,20 @@ def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.dev
     models = {"teacher": teacher, "student": student}
     result: dict[str, Any] = {
         "protocol": {
-            "utterance_seconds": seconds, "runs": runs, "warmup": warmup,
+            "utterance_seconds": seconds,
+            "runs": runs,
+            "warmup": warmup,
             "statistic": "median of interleaved forward passes (batch 1, fp32, inference mode)",
             "macs": "counted on a forward pass over the same utterance, per second of audio",
         },
     }
     for name, model in models.items():
         macs = count_macs(model, seconds=seconds)
-        result[name] = {"params": count_parameters(model), "macs_per_second": macs.macs_per_second,
-                        "macs_by_kind": macs.by_kind}
+        result[name] = {
+            "params": count_parameters(model),
+            "macs_per_second": macs.macs_per_second,
+            "macs_by_kind": macs.by_kind,
+        }
     result["params_ratio"] = result["teacher"]["params"] / max(1, result["student"]["params"])
     result["macs_ratio"] = result["teacher"]["macs_per_second"] / max(1, result["student"]["macs_per_second"])
     if runs == 0:
@@ -155,17 +173,22 @@ def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.dev
         return result
     with torch_threads(1):
         result["cpu_1_thread"] = _setting(
-            interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup), seconds, 1)
+            interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup), seconds, 1
+        )
     cores = available_cores()
     if cores > 1:
         with torch_threads(cores):
             result["cpu_all_threads"] = _setting(
-                interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup), seconds, cores)
+                interleaved_times(models, device="cpu", seconds=seconds, runs=runs, warmup=warmup),
+                seconds,
+                cores,
+            )
     else:  # one core: the same measurement
         result["cpu_all_threads"] = result["cpu_1_thread"]
     if device is not None and torch.device(device).type == "cuda":
         result["cuda"] = _setting(
-            interleaved_times(models, device=device, seconds=seconds, runs=runs, warmup=warmup), seconds, None)
+            interleaved_times(models, device=device, seconds=seconds, runs=runs, warmup=warmup), seconds, None
+        )
         result["cuda"]["device"] = torch.cuda.get_device_name(torch.device(device))
     return result
 
@@ -173,7 +196,8 @@ def measure(teacher: SpeechEncoder, student: SpeechEncoder, *, device: torch.dev
 def headline(speed: dict[str, Any]) -> dict[str, float]:
     """The few numbers a job's metrics carry: sizes, compute and speed-ups (teacher time / student time)."""
     out: dict[str, float] = {
-        "teacher_params": float(speed["teacher"]["params"]), "student_params": float(speed["student"]["params"]),
+        "teacher_params": float(speed["teacher"]["params"]),
+        "student_params": float(speed["student"]["params"]),
         "teacher_macs_per_s": float(speed["teacher"]["macs_per_second"]),
         "student_macs_per_s": float(speed["student"]["macs_per_second"]),
     }
@@ -184,4 +208,13 @@ def headline(speed: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-__all__ = ["RUNS_ENV", "SECONDS", "available_cores", "default_runs", "headline", "interleaved_times", "measure", "torch_threads"]
+__all__ = [
+    "RUNS_ENV",
+    "SECONDS",
+    "available_cores",
+    "default_runs",
+    "headline",
+    "interleaved_times",
+    "measure",
+    "torch_threads",
+]

@@ -18,8 +18,9 @@ from core.export.onnx import DEFAULT_INT8_MODE, ONNX_FILES, export_onnx_variants
 from core.models import SpeechEncoder
 
 
-def held_out_audio(catalog: Any, sample_rate: int, *, seed: int = 0, max_items: int = 8,
-                   max_seconds: float = 10.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def held_out_audio(
+    catalog: Any, sample_rate: int, *, seed: int = 0, max_items: int = 8, max_seconds: float = 10.0
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(held-out check waveforms, int8 calibration waveforms) from a job's audio: the check utterances come
     from the `test` split when the data has one (never trained on), else from a seeded subset; calibration
     utterances are drawn from the rest. Each is cut to `max_seconds`."""
@@ -28,7 +29,9 @@ def held_out_audio(catalog: Any, sample_rate: int, *, seed: int = 0, max_items: 
     pool = replace(catalog, items=test) if test else catalog
     check = pool.subset(max_items=max_items, seed=seed).items
     check_ids = {item.id for item in check}
-    rest = replace(catalog, items=[item for item in items if item.id not in check_ids and item.split != "test"])
+    rest = replace(
+        catalog, items=[item for item in items if item.id not in check_ids and item.split != "test"]
+    )
     calib = rest.subset(max_items=2 * max_items, seed=seed + 1).items if rest.items else []
     limit = int(max_seconds * sample_rate)
 
@@ -38,9 +41,18 @@ def held_out_audio(catalog: Any, sample_rate: int, *, seed: int = 0, max_items: 
     return load(check), load(calib)
 
 
-def export_for_users(model: SpeechEncoder, export_dir: Path, hf_dir: Path | None, variants: Sequence[str], *,
-                     audio: Path | None = None, seed: int = 0, int8_mode: str = DEFAULT_INT8_MODE,
-                     metadata: dict[str, Any] | None = None, measure_per: bool = True) -> dict[str, Any]:
+def export_for_users(
+    model: SpeechEncoder,
+    export_dir: Path,
+    hf_dir: Path | None,
+    variants: Sequence[str],
+    *,
+    audio: Path | None = None,
+    seed: int = 0,
+    int8_mode: str = DEFAULT_INT8_MODE,
+    metadata: dict[str, Any] | None = None,
+    measure_per: bool = True,
+) -> dict[str, Any]:
     """The ways out besides our own format: the Hugging Face export in `hf_dir` (when given) and the verified
     ONNX variants in `export_dir` (copied into `hf_dir/onnx/` under the same Hub names). `audio`: a directory
     of audio for the checks (held-out utterances, int8 calibration, and the PER probe when it has phone
@@ -49,8 +61,10 @@ def export_for_users(model: SpeechEncoder, export_dir: Path, hf_dir: Path | None
     if hf_dir is not None:
         if hf_dir.exists() and any(hf_dir.iterdir()):
             if not is_hf_export_dir(hf_dir):  # never delete a directory we did not write
-                raise CheckpointError(f"{hf_dir.name} exists and is not a Hugging Face export of skillkd: "
-                                      "choose a new or empty output directory")
+                raise CheckpointError(
+                    f"{hf_dir.name} exists and is not a Hugging Face export of skillkd: "
+                    "choose a new or empty output directory"
+                )
             shutil.rmtree(hf_dir)
         save_hf_export(model, hf_dir, metadata=metadata)
         out["hf"] = {"path": str(hf_dir), "files": sorted(p.name for p in hf_dir.iterdir())}
@@ -72,8 +86,16 @@ def export_for_users(model: SpeechEncoder, export_dir: Path, hf_dir: Path | None
                 notes.append(f"no PER check: {exc.message}")
     else:
         notes.append("no audio given: checked on noise; no PER check")
-    report = export_onnx_variants(model, export_dir, chosen, held_out=held, calibration=calib,
-                                  probe_data=probe_data, int8_mode=int8_mode, seed=seed)
+    report = export_onnx_variants(
+        model,
+        export_dir,
+        chosen,
+        held_out=held,
+        calibration=calib,
+        probe_data=probe_data,
+        int8_mode=int8_mode,
+        seed=seed,
+    )
     report["notes"] = notes
     report["max_abs_diff"] = report["fp32_check"]["max_abs_diff"]
     report["files"] = {}

@@ -53,8 +53,14 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "layer_num_heads": [lc.num_heads for lc in config.layers],
         "layer_intermediate_size": [lc.ffn_dim for lc in config.layers],
-        "layer_head_indices": ([list(lc.head_indices) if lc.head_indices is not None else
-                                list(range(lc.num_heads)) for lc in config.layers] if wavlm else None),
+        "layer_head_indices": (
+            [
+                list(lc.head_indices) if lc.head_indices is not None else list(range(lc.num_heads))
+                for lc in config.layers
+            ]
+            if wavlm
+            else None
+        ),
         "gate_heads": config.gate_heads if wavlm else 0,
         "num_conv_pos_embeddings": config.pos_conv_kernel,
         "num_conv_pos_embedding_groups": config.pos_conv_groups,
@@ -67,9 +73,15 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
 
 def preprocessor_dict(config: ModelConfig) -> dict[str, Any]:
     """preprocessor_config.json for Wav2Vec2FeatureExtractor."""
-    return {"do_normalize": config.normalize_waveform, "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-            "feature_size": 1, "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
-            "sampling_rate": config.sample_rate}
+    return {
+        "do_normalize": config.normalize_waveform,
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "padding_side": "right",
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+        "sampling_rate": config.sample_rate,
+    }
 
 
 def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None) -> Path:
@@ -113,5 +125,14 @@ def hidden_states_from_reps(model: SpeechEncoder, reps: list[Tensor]) -> list[Te
     return [h0, *reps[1:]]
 
 
-__all__ = ["MODEL_TYPE", "hf_config_dict", "model_config_from_hf", "is_hf_export_dir", "save_hf_export",
-           "load_hf_export", "hf_module", "hidden_states_from_reps", "preprocessor_dict"]
+__all__ = [
+    "MODEL_TYPE",
+    "hf_config_dict",
+    "model_config_from_hf",
+    "is_hf_export_dir",
+    "save_hf_export",
+    "load_hf_export",
+    "hf_module",
+    "hidden_states_from_reps",
+    "preprocessor_dict",
+]

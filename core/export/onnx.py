@@ -1,6 +1,6 @@
 """ONNX: fp32, fp16 and int8 variants of a student, each verified against PyTorch fp32 before it is offered
-(docs/algorithm.md §6): linear CKA of every hidden state on held-out audio and, when the audio has phone labels,
-the PER of a probe trained on fp32 features.
+(docs/algorithm.md §6): linear CKA of every hidden state on held-out audio and, when the audio has phone
+labels, the PER of a probe trained on fp32 features.
 """
 
 from __future__ import annotations
@@ -89,34 +89,55 @@ def onnx_session(path: Path, threads: int = 0) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: SpeechEncoder, path: Path, *, seconds: float = 2.0, atol: float = 1e-3) -> dict[str, Any]:
+def export_onnx(
+    model: SpeechEncoder, path: Path, *, seconds: float = 2.0, atol: float = 1e-3
+) -> dict[str, Any]:
     """Export fp32 ONNX (dynamic batch and time) and check it against PyTorch with onnxruntime on a padded
     batch of two lengths other than the traced one. Returns the check's figures."""
     from core.export.hf import hf_module
 
     graph = _OnnxGraph(hf_module(model.eval())).eval()
     sr = model.config.sample_rate
-    example = model_inputs(model, [np.random.default_rng(0).standard_normal(int(seconds * sr)).astype(np.float32)])
+    example = model_inputs(
+        model, [np.random.default_rng(0).standard_normal(int(seconds * sr)).astype(np.float32)]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            graph, (torch.from_numpy(example["input_values"]), torch.from_numpy(example["attention_mask"])),
-            str(path), input_names=["input_values", "attention_mask"],
+            graph,
+            (torch.from_numpy(example["input_values"]), torch.from_numpy(example["attention_mask"])),
+            str(path),
+            input_names=["input_values", "attention_mask"],
             output_names=["hidden_states", "last_hidden_state"],
-            dynamic_axes={"input_values": {0: "batch", 1: "time"}, "attention_mask": {0: "batch", 1: "time"},
-                          "hidden_states": {1: "batch", 2: "frame"}, "last_hidden_state": {0: "batch", 1: "frame"}},
-            opset_version=OPSET, dynamo=False,
+            dynamic_axes={
+                "input_values": {0: "batch", 1: "time"},
+                "attention_mask": {0: "batch", 1: "time"},
+                "hidden_states": {1: "batch", 2: "frame"},
+                "last_hidden_state": {0: "batch", 1: "frame"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
         )
     rng = np.random.default_rng(1)
-    check = model_inputs(model, [rng.standard_normal(int(seconds * sr * 1.37)).astype(np.float32),
-                                 rng.standard_normal(int(seconds * sr * 0.81)).astype(np.float32)])
+    check = model_inputs(
+        model,
+        [
+            rng.standard_normal(int(seconds * sr * 1.37)).astype(np.float32),
+            rng.standard_normal(int(seconds * sr * 0.81)).astype(np.float32),
+        ],
+    )
     with torch.no_grad():
         expected = [t.numpy() for t in graph(*(torch.from_numpy(v) for v in check.values()))]
     got = onnx_session(path).run(None, check)
     diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     if not np.isfinite(diff) or diff > atol:
         raise CheckpointError(f"ONNX export differs from PyTorch by {diff:.3g} (> {atol})")
-    return {"path": str(path), "max_abs_diff": diff, "opset": OPSET, "checked_shape": list(check["input_values"].shape)}
+    return {
+        "path": str(path),
+        "max_abs_diff": diff,
+        "opset": OPSET,
+        "checked_shape": list(check["input_values"].shape),
+    }
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -138,8 +159,12 @@ class _CalibrationReader:
         return next(self._it, None)
 
 
-def quantize_int8(src: Path, dst: Path, mode: str = DEFAULT_INT8_MODE,
-                  calibration: list[dict[str, np.ndarray]] | None = None) -> None:
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    mode: str = DEFAULT_INT8_MODE,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+) -> None:
     """int8 weights: `dynamic` (MatMul/Gemm weights int8, activations quantised per call) or `static`
     (QDQ, activation ranges calibrated on `calibration` inputs)."""
     import tempfile
@@ -153,14 +178,22 @@ def quantize_int8(src: Path, dst: Path, mode: str = DEFAULT_INT8_MODE,
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         if mode == "dynamic":
-            quantize_dynamic(str(prepared), str(dst), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+            quantize_dynamic(
+                str(prepared), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+            )
             return
         if not calibration:
             raise ValueError("static int8 quantisation needs calibration inputs")
-        quantize_static(str(prepared), str(dst), _CalibrationReader(calibration),  # type: ignore[arg-type]
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_static(
+            str(prepared),
+            str(dst),
+            _CalibrationReader(calibration),  # type: ignore[arg-type]
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
 
 
 # ---------------------------------------------------------------------------------------------- verification
@@ -168,8 +201,12 @@ def _frame_lengths(model: SpeechEncoder, attention_mask: np.ndarray) -> np.ndarr
     return model.frame_lengths(torch.from_numpy(attention_mask.sum(-1))).numpy()
 
 
-def compare_outputs(model: SpeechEncoder, batches: list[dict[str, np.ndarray]],
-                    reference: list[np.ndarray], variant: list[np.ndarray]) -> list[dict[str, float]]:
+def compare_outputs(
+    model: SpeechEncoder,
+    batches: list[dict[str, np.ndarray]],
+    reference: list[np.ndarray],
+    variant: list[np.ndarray],
+) -> list[dict[str, float]]:
     """Per hidden state: mean cosine over valid frames, linear CKA over all valid frames, max |diff|.
     reference / variant: per batch, hidden states (L+1, batch, frame, feature)."""
     from core.calibrate.cka import linear_cka
@@ -186,16 +223,23 @@ def compare_outputs(model: SpeechEncoder, batches: list[dict[str, np.ndarray]],
     for layer in range(num):
         x, y = np.concatenate(ref_frames[layer]), np.concatenate(var_frames[layer])
         cos = (x * y).sum(-1) / np.maximum(np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1), 1e-12)
-        out.append({"cosine": float(cos.mean()), "cka": float(linear_cka(x, y)),
-                    "max_abs_diff": float(np.abs(x - y).max())})
+        out.append(
+            {
+                "cosine": float(cos.mean()),
+                "cka": float(linear_cka(x, y)),
+                "max_abs_diff": float(np.abs(x - y).max()),
+            }
+        )
     return out
 
 
-def onnx_rtf(path: Path, sample_rate: int, *, threads: int = 1, seconds: float | None = None,
-             runs: int | None = None) -> float:
+def onnx_rtf(
+    path: Path, sample_rate: int, *, threads: int = 1, seconds: float | None = None, runs: int | None = None
+) -> float:
     """onnxruntime CPU real-time factor (compute seconds per audio second, median of `runs`) on one
     `seconds`-long utterance; threads=0 means onnxruntime's default (all cores). Defaults: the reference
-    utterance of every speed figure (`core.evaluation.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS` passes."""
+    utterance of every speed figure (`core.evaluation.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS`
+    passes."""
     import time
 
     seconds = SECONDS if seconds is None else seconds
@@ -259,30 +303,45 @@ def check_batches(model: SpeechEncoder, waveforms: list[np.ndarray]) -> list[dic
     return batches
 
 
-def per_figures(model: SpeechEncoder, files: dict[str, Path], probe_data: Any, *, seed: int = 0) -> dict[str, Any]:
+def per_figures(
+    model: SpeechEncoder, files: dict[str, Path], probe_data: Any, *, seed: int = 0
+) -> dict[str, Any]:
     """PER of a phone probe trained on PyTorch fp32 features (train split), scored on each variant's features
     of the test split; probe training is deterministic given `seed`, so every variant meets the same probe."""
     from core.evaluation.features import FeatureSet, extract_features
     from core.evaluation.run import run_probes
 
     sr = model.config.sample_rate
-    reference = extract_features(TorchHiddenStates(model), probe_data.catalog, name="pytorch-fp32", sample_rate=sr)
+    reference = extract_features(
+        TorchHiddenStates(model), probe_data.catalog, name="pytorch-fp32", sample_rate=sr
+    )
     out: dict[str, Any] = {"pytorch_fp32": run_probes(reference, probe_data, seed=seed)["pr"]["per"]}
     test_ids = {item.id for item in probe_data.test}
     test_items = [item for item in probe_data.catalog.items if item.id in test_ids]
     for variant, path in files.items():
         feats = extract_features(OnnxRepresentations(path, model), test_items, name=variant, sample_rate=sr)
-        mixed = FeatureSet(name=variant, reps={**{k: v for k, v in reference.reps.items() if k not in test_ids},
-                                               **feats.reps}, num_reps=reference.num_reps, dim=reference.dim)
+        mixed = FeatureSet(
+            name=variant,
+            reps={**{k: v for k, v in reference.reps.items() if k not in test_ids}, **feats.reps},
+            num_reps=reference.num_reps,
+            dim=reference.dim,
+        )
         out[variant] = run_probes(mixed, probe_data, seed=seed)["pr"]["per"]
     return out
 
 
-def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence[str], *,
-                         held_out: list[np.ndarray] | None = None,
-                         calibration: list[np.ndarray] | None = None, probe_data: Any = None,
-                         int8_mode: str = DEFAULT_INT8_MODE, measure_speed: bool = True,
-                         seed: int = 0) -> dict[str, Any]:
+def export_onnx_variants(
+    model: SpeechEncoder,
+    out_dir: Path,
+    variants: Sequence[str],
+    *,
+    held_out: list[np.ndarray] | None = None,
+    calibration: list[np.ndarray] | None = None,
+    probe_data: Any = None,
+    int8_mode: str = DEFAULT_INT8_MODE,
+    measure_speed: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write the asked variants to `out_dir` (ONNX_FILES names), verify each against PyTorch fp32 and keep
     only those that pass their gate. Returns {"variants": {name: figures}, "gates": ..., ...}; a rejected
     variant has "status": "rejected" and a "reason", and its file is removed."""
@@ -299,9 +358,14 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
     with torch.no_grad():
         reference = [torch_graph(*(torch.from_numpy(v) for v in b.values()))[0].numpy() for b in batches]
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"gates": {v: ONNX_GATES[v] for v in chosen}, "check_utterances": len(held_out),
-                              "check_batches": [list(b["input_values"].shape) for b in batches],
-                              "int8_mode": int8_mode, "opset": OPSET, "variants": {}}
+    report: dict[str, Any] = {
+        "gates": {v: ONNX_GATES[v] for v in chosen},
+        "check_utterances": len(held_out),
+        "check_batches": [list(b["input_values"].shape) for b in batches],
+        "int8_mode": int8_mode,
+        "opset": OPSET,
+        "variants": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
         report["fp32_check"] = export_onnx(model, fp32)
@@ -321,8 +385,12 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
         got = [session.run(None, b)[0] for b in batches]
         layers = compare_outputs(model, batches, reference, got)
         figures: dict[str, Any] = {
-            "file": target.name, "size_bytes": target.stat().st_size, "layers": layers,
-            "min_cka": min(x["cka"] for x in layers), "min_cosine": min(x["cosine"] for x in layers)}
+            "file": target.name,
+            "size_bytes": target.stat().st_size,
+            "layers": layers,
+            "min_cka": min(x["cka"] for x in layers),
+            "min_cosine": min(x["cosine"] for x in layers),
+        }
         if variant == "int8":
             figures["int8_mode"] = int8_mode
         if measure_speed and default_runs() > 0:
@@ -342,11 +410,15 @@ def export_onnx_variants(model: SpeechEncoder, out_dir: Path, variants: Sequence
         reasons = []
         if not figures["min_cka"] >= gate["min_cka"]:
             worst = min(range(len(figures["layers"])), key=lambda i: figures["layers"][i]["cka"])
-            reasons.append(f"hidden state {worst} has linear CKA {figures['min_cka']:.4f} with PyTorch fp32 "
-                           f"(gate {gate['min_cka']})")
+            reasons.append(
+                f"hidden state {worst} has linear CKA {figures['min_cka']:.4f} with PyTorch fp32 "
+                f"(gate {gate['min_cka']})"
+            )
         if "per" in figures and figures["per"] - report["per_pytorch_fp32"] > gate["max_per_increase"]:
-            reasons.append(f"probe PER {figures['per']:.4f} vs {report['per_pytorch_fp32']:.4f} with fp32 "
-                           f"features (gate +{gate['max_per_increase']})")
+            reasons.append(
+                f"probe PER {figures['per']:.4f} vs {report['per_pytorch_fp32']:.4f} with fp32 "
+                f"features (gate +{gate['max_per_increase']})"
+            )
         figures["status"] = "rejected" if reasons else "ok"
         if reasons:
             figures["reason"] = "; ".join(reasons)

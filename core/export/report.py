@@ -16,16 +16,23 @@ from core.models import SpeechEncoder
 
 def architecture(model: SpeechEncoder) -> dict[str, Any]:
     """Heads and FFN width per layer, and conv channels."""
-    return {"layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in model.config.layers],
-            "conv_channels": [c.out_channels for c in model.config.conv]}
+    return {
+        "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in model.config.layers],
+        "conv_channels": [c.out_channels for c in model.config.conv],
+    }
 
 
 def teacher_facts(job: Job) -> dict[str, Any]:
     teacher = job.teacher
-    return {"path": str(job.teacher_dir), "architecture": teacher.config.architecture,
-            "layout": "large" if teacher.config.layer_norm_first else "base",
-            "num_layers": teacher.config.num_layers, "num_params": job.inputs.teacher_params,
-            "macs_per_second": job.inputs.teacher_macs, **architecture(teacher)}
+    return {
+        "path": str(job.teacher_dir),
+        "architecture": teacher.config.architecture,
+        "layout": "large" if teacher.config.layer_norm_first else "base",
+        "num_layers": teacher.config.num_layers,
+        "num_params": job.inputs.teacher_params,
+        "macs_per_second": job.inputs.teacher_macs,
+        **architecture(teacher),
+    }
 
 
 def resolved_targets(job: Job, student: SpeechEncoder) -> dict[str, Any]:
@@ -34,9 +41,12 @@ def resolved_targets(job: Job, student: SpeechEncoder) -> dict[str, Any]:
     achieved = {"params": float(student.num_params()), "macs": float(student.expected_macs(seconds))}
     out: dict[str, Any] = {"macs_reference_seconds": seconds}
     for budget in job.inputs.budgets:
-        out[budget.kind] = {**budget.to_dict(), "achieved": achieved[budget.kind],
-                            "achieved_sparsity": 1.0 - achieved[budget.kind] / budget.teacher,
-                            "relative_error": achieved[budget.kind] / budget.target - 1.0}
+        out[budget.kind] = {
+            **budget.to_dict(),
+            "achieved": achieved[budget.kind],
+            "achieved_sparsity": 1.0 - achieved[budget.kind] / budget.teacher,
+            "relative_error": achieved[budget.kind] / budget.target - 1.0,
+        }
     return out
 
 
@@ -55,20 +65,30 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
         "method": spec.method,
         "spec": spec.model_dump(),
         "teacher": teacher_facts(job),
-        "student": {"num_params": student.num_params(),
-                    "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
-                    **architecture(student)},
+        "student": {
+            "num_params": student.num_params(),
+            "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
+            **architecture(student),
+        },
         "target_sparsity": inputs.target_sparsity,
         "achieved_sparsity": 1.0 - student.num_params() / inputs.teacher_params,
         "targets": resolved_targets(job, student),
         "clusters": cal["clusters"],
         "cka": cal["cka"],
-        "calibration": {"utterances": cal.get("utterances"), "frames": cal.get("frames"),
-                        "audio_seconds": cal.get("audio_seconds", cal.get("seconds"))},
+        "calibration": {
+            "utterances": cal.get("utterances"),
+            "frames": cal.get("frames"),
+            "audio_seconds": cal.get("audio_seconds", cal.get("seconds")),
+        },
         "audio": inputs.catalog.summary(),
-        "stage1": _without_seconds(stages["distill_prune"]), "finalize": stages["finalize"],
+        "stage1": _without_seconds(stages["distill_prune"]),
+        "finalize": stages["finalize"],
         "stage2": _without_seconds(stages["final_distill"]),
-        "environment": {"torch": torch.__version__, "python": platform.python_version(), "device": str(job.device)},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(job.device),
+        },
         "speed": speed.measure(job.teacher, student, device=job.device),
     }
 

@@ -27,21 +27,35 @@ def export(job: Job, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     spec, workdir = job.spec, job.workdir
     clusters = stages["calibrate"]["clusters"]
     export_dir = workdir / STUDENT_DIR
-    student, targets = build.load_result(workdir, build.STAGE2_RESULT, clusters, job.teacher.config.hidden_size,
-                                         spec)
+    student, targets = build.load_result(
+        workdir, build.STAGE2_RESULT, clusters, job.teacher.config.hidden_size, spec
+    )
     student.eval()
     report = build_report(job, student, stages)
     if export_dir.exists():
         shutil.rmtree(export_dir)
-    save_student(student, export_dir, heads=targets, metadata={
-        "teacher": report["teacher"], "clusters": clusters, "method": spec.method})
+    save_student(
+        student,
+        export_dir,
+        heads=targets,
+        metadata={"teacher": report["teacher"], "clusters": clusters, "method": spec.method},
+    )
     for name in ("cka.png", "clusters.json"):
         src = workdir / "calibrate" / name
         if src.exists():
             shutil.copy2(src, export_dir / name)
     merge_train_logs(workdir, export_dir / "train_log.jsonl")
-    report.update(export_for_users(student.cpu(), export_dir, workdir / HF_DIR, spec.export_onnx,
-                                   audio=job.audio, seed=spec.seed, metadata={"teacher": report["teacher"]}))
+    report.update(
+        export_for_users(
+            student.cpu(),
+            export_dir,
+            workdir / HF_DIR,
+            spec.export_onnx,
+            audio=job.audio,
+            seed=spec.seed,
+            metadata={"teacher": report["teacher"]},
+        )
+    )
     write_json(export_dir / "report.json", report)
     # a progress event carries the speed headline into the job's latest metrics (the service merges those)
     job.emit(Event("progress", "export", 1, 1, 0.0, speed.headline(report["speed"])))

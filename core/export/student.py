@@ -24,8 +24,13 @@ from torch import nn
 from core.models import FORMAT_VERSION, STUDENT_FORMAT, SpeechEncoder
 
 
-def save_student(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None,
-                 heads: nn.Module | None = None) -> Path:
+def save_student(
+    model: SpeechEncoder,
+    directory: Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    heads: nn.Module | None = None,
+) -> Path:
     """Write `model` (no masks) as an exported student."""
     if model.config.has_masks:
         raise ValueError("finalise (prune) the student before exporting it")
@@ -33,10 +38,17 @@ def save_student(model: SpeechEncoder, directory: Path, *, metadata: dict[str, A
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": STUDENT_FORMAT})
     if heads is not None:
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
-                  str(directory / "distill_heads.safetensors"))
-    config = {"format": STUDENT_FORMAT, "version": FORMAT_VERSION, "model": model.config.to_dict(),
-              "num_params": model.num_params(), **(metadata or {})}
+        save_file(
+            {k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
+            str(directory / "distill_heads.safetensors"),
+        )
+    config = {
+        "format": STUDENT_FORMAT,
+        "version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "num_params": model.num_params(),
+        **(metadata or {}),
+    }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
 

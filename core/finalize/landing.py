@@ -41,13 +41,17 @@ def measure(student: SpeechEncoder, seconds: float) -> dict[str, float]:
     was_training = student.training
     student.eval()
     with torch.no_grad():
-        sizes = {"params": float(student.expected_num_params()), "macs": float(student.expected_macs(seconds))}
+        sizes = {
+            "params": float(student.expected_num_params()),
+            "macs": float(student.expected_macs(seconds)),
+        }
     student.train(was_training)
     return sizes
 
 
-def _sizes_and_unit_costs(student: SpeechEncoder, masks: list[HardConcrete], kinds: list[Any],
-                          seconds: float) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def _sizes_and_unit_costs(
+    student: SpeechEncoder, masks: list[HardConcrete], kinds: list[Any], seconds: float
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Sizes now, and per mask the exact change of each size when the mask keeps one unit more."""
     leaves = []
     for hc in masks:
@@ -72,8 +76,15 @@ def _sizes_and_unit_costs(student: SpeechEncoder, masks: list[HardConcrete], kin
 TRADE = 64  # most units of one mask moved against one unit of another when single moves are stuck
 
 
-def _best_trade(options: list[Any], now: np.ndarray, unit_cost: np.ndarray, kept: list[np.ndarray],
-                orders: list[np.ndarray], floor: np.ndarray, badness: Any) -> list[Any]:
+def _best_trade(
+    options: list[Any],
+    now: np.ndarray,
+    unit_cost: np.ndarray,
+    kept: list[np.ndarray],
+    orders: list[np.ndarray],
+    floor: np.ndarray,
+    badness: Any,
+) -> list[Any]:
     """The move (one option, then n units of another mask in either direction) that brings the sizes closest
     to their targets, or [] when none is closer than now. Costs are per-unit and linear, exact for masks that
     do not multiply each other; the next measurement corrects the rest."""
@@ -100,9 +111,17 @@ def _best_trade(options: list[Any], now: np.ndarray, unit_cost: np.ndarray, kept
     return best[1]
 
 
-def _batch_in_one_direction(dropping: bool, now: np.ndarray, unit_cost: np.ndarray, kept: list[np.ndarray],
-                            orders: list[np.ndarray], floor: np.ndarray, scores: list[np.ndarray], misses: Any,
-                            aim: float) -> list[Any]:
+def _batch_in_one_direction(
+    dropping: bool,
+    now: np.ndarray,
+    unit_cost: np.ndarray,
+    kept: list[np.ndarray],
+    orders: list[np.ndarray],
+    floor: np.ndarray,
+    scores: list[np.ndarray],
+    misses: Any,
+    aim: float,
+) -> list[Any]:
     """While every missed size is on one side of its band: the moves of one re-measurement, in score order.
 
     Dropping takes the weakest kept units over all masks (restoring, the strongest dropped ones), skipping a
@@ -112,11 +131,14 @@ def _batch_in_one_direction(dropping: bool, now: np.ndarray, unit_cost: np.ndarr
     measurement corrects the prediction; halving keeps a run that starts far from its target (a short stage 1)
     at a few dozen measurements instead of one per unit, and the last units still move one at a time.
     """
+
     def excess(values: np.ndarray) -> float:
         m = misses(values)
         return float(np.maximum(m - aim, 0.0).sum() if dropping else np.maximum(-m - aim, 0.0).sum())
 
-    candidates: list[tuple[float, int, int]] = []  # (score, mask, unit): kept units above each mask's floor when dropping, dropped ones else
+    candidates: list[
+        tuple[float, int, int]
+    ] = []  # (score, mask, unit): kept units above each mask's floor when dropping, dropped ones else
     for m, order in enumerate(orders):
         in_order = order[kept[m][order]] if dropping else order[~kept[m][order]]
         if dropping:
@@ -140,8 +162,14 @@ def _batch_in_one_direction(dropping: bool, now: np.ndarray, unit_cost: np.ndarr
     return step
 
 
-def _single_unit_options(now: np.ndarray, unit_cost: np.ndarray, kept: list[np.ndarray], orders: list[np.ndarray],
-                         floor: np.ndarray, scores: list[np.ndarray]) -> list[tuple[int, int, bool, float, np.ndarray]]:
+def _single_unit_options(
+    now: np.ndarray,
+    unit_cost: np.ndarray,
+    kept: list[np.ndarray],
+    orders: list[np.ndarray],
+    floor: np.ndarray,
+    scores: list[np.ndarray],
+) -> list[tuple[int, int, bool, float, np.ndarray]]:
     """One candidate per mask and direction: its weakest kept unit, its strongest dropped unit, each as
     (mask, unit, keep?, score, sizes after)."""
     options: list[tuple[int, int, bool, float, np.ndarray]] = []
@@ -156,15 +184,24 @@ def _single_unit_options(now: np.ndarray, unit_cost: np.ndarray, kept: list[np.n
     return options
 
 
-def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0, tolerance: float = TOLERANCE,
-         max_moves: int | None = None) -> dict[str, Any]:
+def land(
+    student: SpeechEncoder,
+    budgets: list[Budget],
+    *,
+    seconds: float = 10.0,
+    tolerance: float = TOLERANCE,
+    max_moves: int | None = None,
+) -> dict[str, Any]:
     """Adjust the student's eval gates until every budget is met within `tolerance`; returns a record with
     each target, the size before and after, the number of units moved and whether all landed."""
     student.eval()
     masks = student.hard_concretes()
     # prune() keeps at least one channel of a conv layer: its last kept channel is never a candidate
-    conv_masks = {id(block.hard_concrete) for block in student.modules()
-                  if isinstance(block, ConvLayerBlock) and block.hard_concrete is not None}
+    conv_masks = {
+        id(block.hard_concrete)
+        for block in student.modules()
+        if isinstance(block, ConvLayerBlock) and block.hard_concrete is not None
+    }
     floor = np.array([1 if id(hc) in conv_masks else 0 for hc in masks])
     scores = [hc.log_alpha.detach().cpu().numpy().astype(np.float64) for hc in masks]
     orders = [np.argsort(s, kind="stable") for s in scores]  # weakest first, per mask
@@ -183,7 +220,7 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
 
     def badness(values: np.ndarray) -> np.ndarray:
         beyond = np.maximum(np.abs(misses(values)) - aim, 0.0)
-        return (beyond ** 2).sum(-1) + 1e-6 * (misses(values) ** 2).sum(-1)
+        return (beyond**2).sum(-1) + 1e-6 * (misses(values) ** 2).sum(-1)
 
     before = measure(student, seconds)
     moves = 0
@@ -199,7 +236,9 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         unit_cost = np.stack([costs[k] for k in kinds], axis=-1)  # (mask, budget)
         step: list[tuple[int, int, bool, float, np.ndarray]] = []
         if over.any() != under.any():  # one direction: follow the scores, staying inside the far side
-            step = _batch_in_one_direction(bool(over.any()), now, unit_cost, kept, orders, floor, scores, misses, aim)
+            step = _batch_in_one_direction(
+                bool(over.any()), now, unit_cost, kept, orders, floor, scores, misses, aim
+            )
         if not step:
             options = _single_unit_options(now, unit_cost, kept, orders, floor, scores)
             if not options:
@@ -227,9 +266,17 @@ def land(student: SpeechEncoder, budgets: list[Budget], *, seconds: float = 10.0
         "tolerance": tolerance,
         "units_moved": moves,
         "landed": bool((np.abs(misses(final)) <= tolerance).all()) if budgets else True,
-        "targets": {b.kind: {"target": b.target, "teacher": b.teacher, "target_sparsity": b.sparsity,
-                             "before": before[b.kind], "after": after[b.kind],
-                             "achieved_sparsity": 1.0 - after[b.kind] / b.teacher} for b in budgets},
+        "targets": {
+            b.kind: {
+                "target": b.target,
+                "teacher": b.teacher,
+                "target_sparsity": b.sparsity,
+                "before": before[b.kind],
+                "after": after[b.kind],
+                "achieved_sparsity": 1.0 - after[b.kind] / b.teacher,
+            }
+            for b in budgets
+        },
     }
 
 

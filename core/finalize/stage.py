@@ -32,11 +32,15 @@ def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         after, _ = student(probe)
     diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
     build.save_result(job.workdir / build.FINALIZED, student, targets)
-    return {"num_params": student.num_params(), "expected_params_before": expected,
-            "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)), "landing": landing,
-            "max_abs_diff_masked_vs_pruned": diff,
-            "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in config.layers],
-            "conv_channels": [c.out_channels for c in config.conv]}
+    return {
+        "num_params": student.num_params(),
+        "expected_params_before": expected,
+        "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
+        "landing": landing,
+        "max_abs_diff_masked_vs_pruned": diff,
+        "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in config.layers],
+        "conv_channels": [c.out_channels for c in config.conv],
+    }
 
 
 def probe_audio(catalog: AudioCatalog, sample_rate: int, seconds: float = 4.0) -> np.ndarray:

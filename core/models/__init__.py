@@ -36,7 +36,9 @@ def macs_per_second(path: Path | str, seconds: float = 10.0) -> float:
         from core.models.import_huggingface import config_from_hf, read_json
 
         pre_path = path / "preprocessor_config.json"
-        config = config_from_hf(read_json(path / "config.json"), read_json(pre_path) if pre_path.exists() else None)
+        config = config_from_hf(
+            read_json(path / "config.json"), read_json(pre_path) if pre_path.exists() else None
+        )
         with torch.device("meta"):
             model = build_model(config)
         model = model.to_empty(device="cpu")  # uninitialised storage: only the shapes are used
@@ -60,7 +62,20 @@ def inspect_teacher(path: Path | str) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConvConfig", "LayerConfig", "ModelConfig", "SpeechEncoder", "HardConcrete", "build_model",
-    "make_student", "load_huggingface", "load_model", "load_student", "FORMAT_VERSION", "inspect_teacher", "macs_per_second", "is_student_dir", "STUDENT_FORMAT",
+    "ConvConfig",
+    "LayerConfig",
+    "ModelConfig",
+    "SpeechEncoder",
+    "HardConcrete",
+    "build_model",
+    "make_student",
+    "load_huggingface",
+    "load_model",
+    "load_student",
+    "FORMAT_VERSION",
+    "inspect_teacher",
+    "macs_per_second",
+    "is_student_dir",
+    "STUDENT_FORMAT",
     "TeacherError",
 ]

@@ -48,14 +48,23 @@ def _keep_indices(gate: Tensor) -> Tensor:
     return keep
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Feature extractor
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class ConvLayerBlock(nn.Module):
     """Conv1d -> (GroupNorm | LayerNorm | nothing) -> GELU -> channel gate -> fixed channel scale."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool,
-                 norm: str | None, prune: bool, has_output_scale: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        bias: bool,
+        norm: str | None,
+        prune: bool,
+        has_output_scale: bool = False,
+    ) -> None:
         super().__init__()
         self.kernel = kernel
         self.stride = stride
@@ -76,8 +85,9 @@ class ConvLayerBlock(nn.Module):
     def out_channels(self) -> int:
         return self.conv.out_channels
 
-    def forward(self, x: Tensor, lengths: Tensor | None,
-                in_gate: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, lengths: Tensor | None, in_gate: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """x: (batch, channel, time) -> (batch, channel', time'), lengths in frames of the output.
 
         The channel gate of this layer is *not* applied here: the caller samples it (`gate()`) and passes it
@@ -229,7 +239,9 @@ class PhantomLayerNorm(nn.LayerNorm):
         total = x.shape[-1] + self.phantom
         mean = x.sum(-1, keepdim=True) / total
         centred = x - mean
-        inv = torch.rsqrt((centred.pow(2).sum(-1, keepdim=True) + self.phantom * mean.pow(2)) / total + self.eps)
+        inv = torch.rsqrt(
+            (centred.pow(2).sum(-1, keepdim=True) + self.phantom * mean.pow(2)) / total + self.eps
+        )
         return centred * inv * self.weight + self.bias, -mean * inv
 
 
@@ -241,8 +253,9 @@ class FeatureProjection(nn.Module):
     projection bias and its z0 part into `phantom_direction` (feature,), so pruning stays exact.
     """
 
-    def __init__(self, in_features: int, out_features: int, layer_norm: bool, phantom: int = 0,
-                 eps: float = 1e-5) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, layer_norm: bool, phantom: int = 0, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.layer_norm = PhantomLayerNorm(in_features, phantom, eps) if layer_norm else None
         self.projection = nn.Linear(in_features, out_features)
@@ -298,9 +311,9 @@ class FeatureProjection(nn.Module):
         return False
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Transformer
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class ConvolutionalPositionalEmbedding(nn.Module):
     """Grouped conv over time added to the features (weight norm folded into a plain weight at import)."""
 
@@ -327,8 +340,9 @@ class ConvolutionalPositionalEmbedding(nn.Module):
         return float(out_frames * conv.out_channels * (conv.in_channels // conv.groups) * self.kernel)
 
 
-def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: int,
-                              device: torch.device) -> Tensor:
+def relative_position_buckets(
+    num_frames: int, num_buckets: int, max_distance: int, device: torch.device
+) -> Tensor:
     """WavLM's bidirectional log-spaced buckets of key - query offsets: (frame, frame) int64."""
     pos = torch.arange(num_frames, dtype=torch.long, device=device)
     rel = pos[None, :] - pos[:, None]
@@ -347,8 +361,17 @@ class SelfAttention(nn.Module):
     on the whole block. WavLM: adds the gated relative position bias as an additive attention mask, so the
     fused scaled-dot-product kernel is used for all three architectures."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, prune_heads: bool, prune_layer: bool,
-                 wavlm: bool = False, gate_heads: int = 0, head_indices: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        prune_heads: bool,
+        prune_layer: bool,
+        wavlm: bool = False,
+        gate_heads: int = 0,
+        head_indices: list[int] | None = None,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -358,7 +381,9 @@ class SelfAttention(nn.Module):
         self.k_proj = _linear(embed_dim, inner)
         self.v_proj = _linear(embed_dim, inner)
         self.out_proj = _linear(inner, embed_dim)
-        self.hard_concrete = HardConcrete(num_heads, init_prob=0.01) if prune_heads and num_heads > 0 else None
+        self.hard_concrete = (
+            HardConcrete(num_heads, init_prob=0.01) if prune_heads and num_heads > 0 else None
+        )
         self.layer_hard_concrete = HardConcrete(1, init_prob=0.01) if prune_layer and num_heads > 0 else None
         self.wavlm = wavlm
         if wavlm:
@@ -538,8 +563,14 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Post-LN (Base) or pre-LN (Large, "stable layer norm") transformer layer."""
 
-    def __init__(self, attention: SelfAttention, feed_forward: FeedForward, embed_dim: int,
-                 layer_norm_first: bool, eps: float) -> None:
+    def __init__(
+        self,
+        attention: SelfAttention,
+        feed_forward: FeedForward,
+        embed_dim: int,
+        layer_norm_first: bool,
+        eps: float,
+    ) -> None:
         super().__init__()
         self.attention = attention
         self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
@@ -557,7 +588,8 @@ class EncoderLayer(nn.Module):
 
     def num_params(self) -> Tensor:
         norms = sum(p.numel() for p in self.layer_norm.parameters()) + sum(
-            p.numel() for p in self.final_layer_norm.parameters())
+            p.numel() for p in self.final_layer_norm.parameters()
+        )
         return self.attention.num_params() + self.feed_forward.num_params() + norms
 
 
@@ -568,9 +600,17 @@ class Transformer(nn.Module):
     representations: r[L] is the raw output of the last layer, as in transformers' `hidden_states` and
     torchaudio's intermediate outputs. `final_norm()` gives the normalised last output when needed."""
 
-    def __init__(self, pos_conv: ConvolutionalPositionalEmbedding, layers: nn.ModuleList, embed_dim: int,
-                 layer_norm_first: bool, eps: float, rel_attn_embed: nn.Embedding | None = None,
-                 num_buckets: int = 320, max_distance: int = 800) -> None:
+    def __init__(
+        self,
+        pos_conv: ConvolutionalPositionalEmbedding,
+        layers: nn.ModuleList,
+        embed_dim: int,
+        layer_norm_first: bool,
+        eps: float,
+        rel_attn_embed: nn.Embedding | None = None,
+        num_buckets: int = 320,
+        max_distance: int = 800,
+    ) -> None:
         super().__init__()
         self.pos_conv = pos_conv
         self.layer_norm = nn.LayerNorm(embed_dim, eps=eps)
@@ -607,7 +647,9 @@ class Transformer(nn.Module):
         fixed = self.pos_conv.num_params() + sum(p.numel() for p in self.layer_norm.parameters())
         if self.rel_attn_embed is not None:
             fixed += self.rel_attn_embed.weight.numel()
-        total = torch.full((), float(fixed), device=self.layer_norm.weight.device)  # a fill, not a synchronising copy
+        total = torch.full(
+            (), float(fixed), device=self.layer_norm.weight.device
+        )  # a fill, not a synchronising copy
         for layer in self.layers:
             n = layer.num_params()
             total = total.to(n.device) + n

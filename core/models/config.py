@@ -90,9 +90,15 @@ class ModelConfig:
     def without_masks(self) -> ModelConfig:
         return replace(self, prune_conv=False, prune_heads=False, prune_ffn=False, prune_layers=False)
 
-    def with_masks(self, *, conv: bool = True, heads: bool = True, ffn: bool = True,
-                   layers: bool = False) -> ModelConfig:
+    def with_masks(
+        self, *, conv: bool = True, heads: bool = True, ffn: bool = True, layers: bool = False
+    ) -> ModelConfig:
         # Conv channels under a per-layer LayerNorm (Large layout) are coupled through the norm's
         # statistics, so removing one would change the others: they are not pruned there.
-        return replace(self, prune_conv=conv and self.extractor_mode == "group_norm", prune_heads=heads,
-                       prune_ffn=ffn, prune_layers=layers)
+        return replace(
+            self,
+            prune_conv=conv and self.extractor_mode == "group_norm",
+            prune_heads=heads,
+            prune_ffn=ffn,
+            prune_layers=layers,
+        )

@@ -34,7 +34,8 @@ def normalize_waveforms(waveforms: Tensor, lengths: Tensor | None) -> Tensor:
         var = waveforms.var(-1, keepdim=True, unbiased=False)
         return (waveforms - mean) / torch.sqrt(var + 1e-7)
     valid = (torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]).to(
-        waveforms.dtype)
+        waveforms.dtype
+    )
     count = lengths.clamp(min=1).to(waveforms.dtype)[:, None]
     mean = (waveforms * valid).sum(-1, keepdim=True) / count
     var = (((waveforms - mean) * valid) ** 2).sum(-1, keepdim=True) / count
@@ -44,8 +45,13 @@ def normalize_waveforms(waveforms: Tensor, lengths: Tensor | None) -> Tensor:
 class SpeechEncoder(nn.Module):
     """wav2vec 2.0 / HuBERT / WavLM encoder with optional Hard Concrete masks (a student in stage 1)."""
 
-    def __init__(self, config: ModelConfig, feature_extractor: FeatureExtractor,
-                 feature_projection: FeatureProjection, transformer: Transformer) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        feature_extractor: FeatureExtractor,
+        feature_projection: FeatureProjection,
+        transformer: Transformer,
+    ) -> None:
         super().__init__()
         self.config = config
         self.feature_extractor = feature_extractor
@@ -68,8 +74,9 @@ class SpeechEncoder(nn.Module):
             lengths = torch.div(lengths - c.kernel, c.stride, rounding_mode="floor") + 1
         return lengths.clamp(min=0)
 
-    def forward(self, waveforms: Tensor, lengths: Tensor | None = None,
-                max_layer: int | None = None) -> tuple[list[Tensor], Tensor | None]:
+    def forward(
+        self, waveforms: Tensor, lengths: Tensor | None = None, max_layer: int | None = None
+    ) -> tuple[list[Tensor], Tensor | None]:
         """waveforms: (batch, time) float at `config.sample_rate`; lengths: (batch,) valid samples or None.
 
         Returns ([r0, r1, ..., r_max_layer] each (batch, frame, feature), frame lengths (batch,) or None).
@@ -104,9 +111,14 @@ class SpeechEncoder(nn.Module):
         proj = self.feature_projection.num_params(last_channels)
         last = self.conv_blocks()[-1]
         projection = self.feature_projection
-        if (not self.training and last.hard_concrete is not None and projection.layer_norm is not None
-                and projection.phantom_direction is None and float(last_channels.detach() if isinstance(last_channels, Tensor) else last_channels)
-                < last.out_channels):
+        if (
+            not self.training
+            and last.hard_concrete is not None
+            and projection.layer_norm is not None
+            and projection.phantom_direction is None
+            and float(last_channels.detach() if isinstance(last_channels, Tensor) else last_channels)
+            < last.out_channels
+        ):
             # removing channels under the projection LayerNorm adds its phantom direction (components.py)
             proj = proj + projection.projection.out_features
         return conv + proj + self.encoder.num_params().to(conv.device)
@@ -135,8 +147,13 @@ class SpeechEncoder(nn.Module):
             "conv": conv,
             "feature_projection": self.feature_projection.num_macs(in_channels, num_frames),
             "positional_conv": torch.full((), self.encoder.pos_conv.num_macs(num_frames), device=ref.device),
-            "layers": [{"attention": layer.attention.num_macs(num_frames),
-                        "ffn": layer.feed_forward.num_macs(num_frames)} for layer in self.layers()],
+            "layers": [
+                {
+                    "attention": layer.attention.num_macs(num_frames),
+                    "ffn": layer.feed_forward.num_macs(num_frames),
+                }
+                for layer in self.layers()
+            ],
         }
 
     def expected_macs(self, seconds: float = 10.0) -> Tensor:
@@ -144,7 +161,8 @@ class SpeechEncoder(nn.Module):
         masks (expected counts in training, exact eval-gate counts in eval); equals
         `core.evaluation.facts.count_macs(model, seconds=seconds)` for a model without masks. Attention's
         T² term makes the figure depend on `seconds` (the spec's `macs_reference_seconds`). Counted: conv,
-        projection, q/k/v/out, attention products, WavLM's gate, FFN, positional conv; not element-wise work."""
+        projection, q/k/v/out, attention products, WavLM's gate, FFN, positional conv; not element-wise
+        work."""
         parts = self._macs_parts(seconds)
         total = torch.stack(parts["conv"]).sum() + parts["feature_projection"] + parts["positional_conv"]
         for layer in parts["layers"]:
@@ -162,8 +180,12 @@ class SpeechEncoder(nn.Module):
                 "positional_conv": float(parts["positional_conv"]) / seconds,
                 "layers": [{k: float(v) / seconds for k, v in layer.items()} for layer in parts["layers"]],
             }
-        out["total"] = (sum(out["conv"]) + out["feature_projection"] + out["positional_conv"]
-                        + sum(v for layer in out["layers"] for v in layer.values()))
+        out["total"] = (
+            sum(out["conv"])
+            + out["feature_projection"]
+            + out["positional_conv"]
+            + sum(v for layer in out["layers"] for v in layer.values())
+        )
         return out
 
     def hard_concretes(self) -> list[HardConcrete]:
@@ -193,16 +215,26 @@ class SpeechEncoder(nn.Module):
             layer.feed_forward.prune()
         conv = []
         for c, block in zip(cfg.conv, self.conv_blocks()):
-            conv.append(ConvConfig(block.out_channels, c.kernel, c.stride,
-                                   has_output_scale=block.output_scale is not None))
+            conv.append(
+                ConvConfig(
+                    block.out_channels, c.kernel, c.stride, has_output_scale=block.output_scale is not None
+                )
+            )
         layers = []
         for layer in self.layers():
             att = layer.attention
-            layers.append(LayerConfig(att.num_heads, layer.feed_forward.ffn_dim,
-                                      list(att.head_indices) if att.wavlm else None))
+            layers.append(
+                LayerConfig(
+                    att.num_heads, layer.feed_forward.ffn_dim, list(att.head_indices) if att.wavlm else None
+                )
+            )
         ln = self.feature_projection.layer_norm
-        self.config = replace(cfg.without_masks(), conv=conv, layers=layers,
-                              feat_proj_phantom_channels=ln.phantom if ln is not None else 0)
+        self.config = replace(
+            cfg.without_masks(),
+            conv=conv,
+            layers=layers,
+            feat_proj_phantom_channels=ln.phantom if ln is not None else 0,
+        )
         self.train(was_training)
         return self.config
 
@@ -216,34 +248,67 @@ def build_model(config: ModelConfig) -> SpeechEncoder:
             norm: str | None = "layer"
         else:
             norm = "group" if i == 0 else None
-        convs.append(ConvLayerBlock(in_ch, c.out_channels, c.kernel, c.stride, config.conv_bias, norm,
-                                    prune=config.prune_conv, has_output_scale=c.has_output_scale))
+        convs.append(
+            ConvLayerBlock(
+                in_ch,
+                c.out_channels,
+                c.kernel,
+                c.stride,
+                config.conv_bias,
+                norm,
+                prune=config.prune_conv,
+                has_output_scale=c.has_output_scale,
+            )
+        )
         in_ch = c.out_channels
     extractor = FeatureExtractor(nn.ModuleList(convs))
-    projection = FeatureProjection(in_ch, config.hidden_size, config.feat_proj_layer_norm,
-                                   config.feat_proj_phantom_channels, config.layer_norm_eps)
+    projection = FeatureProjection(
+        in_ch,
+        config.hidden_size,
+        config.feat_proj_layer_norm,
+        config.feat_proj_phantom_channels,
+        config.layer_norm_eps,
+    )
     wavlm = config.architecture == "wavlm"
     gate_heads = config.gate_heads or (config.layers[0].num_heads if config.layers else 1)
     layers = []
     for lc in config.layers:
-        attention = SelfAttention(config.hidden_size, lc.num_heads, config.head_dim, config.prune_heads,
-                                  config.prune_layers, wavlm=wavlm, gate_heads=gate_heads,
-                                  head_indices=lc.head_indices)
+        attention = SelfAttention(
+            config.hidden_size,
+            lc.num_heads,
+            config.head_dim,
+            config.prune_heads,
+            config.prune_layers,
+            wavlm=wavlm,
+            gate_heads=gate_heads,
+            head_indices=lc.head_indices,
+        )
         ffn = FeedForward(config.hidden_size, lc.ffn_dim, config.prune_ffn, config.prune_layers)
-        layers.append(EncoderLayer(attention, ffn, config.hidden_size, config.layer_norm_first,
-                                   config.layer_norm_eps))
-    pos_conv = ConvolutionalPositionalEmbedding(config.hidden_size, config.pos_conv_kernel,
-                                                config.pos_conv_groups)
+        layers.append(
+            EncoderLayer(attention, ffn, config.hidden_size, config.layer_norm_first, config.layer_norm_eps)
+        )
+    pos_conv = ConvolutionalPositionalEmbedding(
+        config.hidden_size, config.pos_conv_kernel, config.pos_conv_groups
+    )
     rel = nn.Embedding(config.num_buckets, gate_heads) if wavlm else None
-    transformer = Transformer(pos_conv, nn.ModuleList(layers), config.hidden_size, config.layer_norm_first,
-                              config.layer_norm_eps, rel, config.num_buckets, config.max_distance)
+    transformer = Transformer(
+        pos_conv,
+        nn.ModuleList(layers),
+        config.hidden_size,
+        config.layer_norm_first,
+        config.layer_norm_eps,
+        rel,
+        config.num_buckets,
+        config.max_distance,
+    )
     if wavlm and config.gate_heads == 0:
         config = replace(config, gate_heads=gate_heads)
     return SpeechEncoder(config, extractor, projection, transformer)
 
 
-def make_student(teacher: SpeechEncoder, *, conv: bool = True, heads: bool = True, ffn: bool = True,
-                 layers: bool = False) -> SpeechEncoder:
+def make_student(
+    teacher: SpeechEncoder, *, conv: bool = True, heads: bool = True, ffn: bool = True, layers: bool = False
+) -> SpeechEncoder:
     """A copy of the teacher (same weights) with Hard Concrete masks on the chosen units."""
     config = teacher.config.with_masks(conv=conv, heads=heads, ffn=ffn, layers=layers)
     student = build_model(config)

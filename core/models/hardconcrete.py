@@ -22,12 +22,19 @@ class HardConcrete(nn.Module):
 
     Args:
         n: number of gates.
-        init_prob: initial probability of a gate being *dropped*; log_alpha starts at log((1-p)/p) + N(0, 0.01).
-        beta, l, r: the distribution's temperature and stretch (paper values 2/3, -0.1, 1.1).
+        init_prob: initial probability of a gate being *dropped*; log_alpha starts at log((1-p)/p) + N(0,
+        0.01). beta, l, r: the distribution's temperature and stretch (paper values 2/3, -0.1, 1.1).
     """
 
-    def __init__(self, n: int, init_prob: float = 0.01, beta: float = 2.0 / 3.0, l: float = -0.1,  # noqa: E741
-                 r: float = 1.1, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        n: int,
+        init_prob: float = 0.01,
+        beta: float = 2.0 / 3.0,
+        l: float = -0.1,  # noqa: E741
+        r: float = 1.1,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         if n <= 0:
             raise ValueError(f"HardConcrete needs at least one gate, got n={n}")
@@ -38,7 +45,8 @@ class HardConcrete(nn.Module):
         self.eps = eps
         self.log_alpha = nn.Parameter(torch.empty(n))
         self.init_prob = init_prob
-        # Exact landing (core/finalize/landing.py) may overrule which units the eval gate keeps: a bool (n,) or None.
+        # Exact landing (core/finalize/landing.py) may overrule which units the eval gate keeps: a bool (n,)
+        # or None.
         self.keep_override: Tensor | None = None
         # ... and may ask what one unit more or less costs: a leaf tensor that `count()` returns instead.
         self.count_override: Tensor | None = None

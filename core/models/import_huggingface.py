@@ -46,7 +46,8 @@ def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = Non
     model_type = hf.get("model_type")
     if model_type not in _MODEL_TYPES:
         raise TeacherError(
-            f"unsupported architecture model_type={model_type!r}; supported: wav2vec2, hubert, wavlm")
+            f"unsupported architecture model_type={model_type!r}; supported: wav2vec2, hubert, wavlm"
+        )
     for key in ("hidden_act", "feat_extract_activation"):
         if hf.get(key, "gelu") != "gelu":
             raise TeacherError(f"unsupported {key}={hf.get(key)!r} (only gelu)")
@@ -56,8 +57,12 @@ def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = Non
         raise TeacherError("unsupported add_adapter=true")
     try:
         dims, kernels, strides = hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"]
-        hidden, heads, ffn, num_layers = (int(hf["hidden_size"]), int(hf["num_attention_heads"]),
-                                          int(hf["intermediate_size"]), int(hf["num_hidden_layers"]))
+        hidden, heads, ffn, num_layers = (
+            int(hf["hidden_size"]),
+            int(hf["num_attention_heads"]),
+            int(hf["intermediate_size"]),
+            int(hf["num_hidden_layers"]),
+        )
     except KeyError as exc:
         raise TeacherError(f"config.json lacks {exc.args[0]!r}") from None
     if not (len(dims) == len(kernels) == len(strides)):
@@ -74,8 +79,10 @@ def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = Non
     return ModelConfig(
         architecture=arch,  # type: ignore[arg-type]
         conv=[ConvConfig(int(d), int(k), int(s)) for d, k, s in zip(dims, kernels, strides)],
-        layers=[LayerConfig(heads, ffn, list(range(heads)) if arch == "wavlm" else None)
-                for _ in range(num_layers)],
+        layers=[
+            LayerConfig(heads, ffn, list(range(heads)) if arch == "wavlm" else None)
+            for _ in range(num_layers)
+        ],
         hidden_size=hidden,
         head_dim=hidden // heads,
         extractor_mode="layer_norm" if norm == "layer" else "group_norm",
@@ -95,8 +102,10 @@ def config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None = Non
 
 def _fold_weight_norm(state: dict[str, Tensor], prefix: str) -> None:
     """Positional conv: weight = g * v / ||v|| with the norm over all dims but 2 (HF's weight_norm dim=2)."""
-    pairs = [(prefix + "parametrizations.weight.original0", prefix + "parametrizations.weight.original1"),
-             (prefix + "weight_g", prefix + "weight_v")]
+    pairs = [
+        (prefix + "parametrizations.weight.original0", prefix + "parametrizations.weight.original1"),
+        (prefix + "weight_g", prefix + "weight_v"),
+    ]
     for g_key, v_key in pairs:
         if g_key in state and v_key in state:
             g, v = state.pop(g_key).float(), state.pop(v_key).float()
@@ -111,7 +120,7 @@ def transform_state_dict(hf_state: dict[str, Tensor], config: ModelConfig) -> di
     for key, value in hf_state.items():
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
                 break
         if _IGNORED.match(key):
             continue
@@ -120,7 +129,11 @@ def transform_state_dict(hf_state: dict[str, Tensor], config: ModelConfig) -> di
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         new = key
-        new = re.sub(r"^feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_extractor.conv_layers.\1.norm.", new)
+        new = re.sub(
+            r"^feature_extractor\.conv_layers\.(\d+)\.layer_norm\.",
+            r"feature_extractor.conv_layers.\1.norm.",
+            new,
+        )
         new = new.replace("encoder.pos_conv_embed.conv.", "encoder.pos_conv.conv.")
         new = re.sub(r"^encoder\.layers\.0\.attention\.rel_attn_embed\.", "encoder.rel_attn_embed.", new)
         out[new] = value.float()
@@ -134,6 +147,7 @@ def _load_weights(directory: Path) -> dict[str, Tensor]:
     if st.exists():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
         try:
             return load_file(str(st))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -145,7 +159,8 @@ def _load_weights(directory: Path) -> dict[str, Tensor]:
         except pickle.UnpicklingError as exc:
             raise TeacherError(
                 "pytorch_model.bin needs more than plain weights to unpickle and is refused "
-                f"(only weights_only loading is allowed): {str(exc).splitlines()[0]}") from None
+                f"(only weights_only loading is allowed): {str(exc).splitlines()[0]}"
+            ) from None
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
             raise TeacherError(f"pytorch_model.bin cannot be read (corrupt or truncated?): {exc}") from None
         if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -172,10 +187,13 @@ def load_huggingface(directory: Path | str) -> SpeechEncoder:
         raise TeacherError(
             f"weights do not match a {config.architecture} {('Large' if config.layer_norm_first else 'Base')}"
             f"-layout model: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-            f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+            f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise TeacherError(f"shape of {key} is {tuple(value.shape)}, config implies {tuple(expected[key].shape)}")
+            raise TeacherError(
+                f"shape of {key} is {tuple(value.shape)}, config implies {tuple(expected[key].shape)}"
+            )
         if not torch.isfinite(value).all():
             raise TeacherError(f"weight {key} holds NaN or inf values")
     model.load_state_dict(state, strict=True)

@@ -48,10 +48,16 @@ def model_config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None
         pre = preprocessor or {}
         return ModelConfig(
             architecture=hf["architecture"],
-            conv=[ConvConfig(int(d), int(k), int(s), bool(o)) for d, k, s, o in
-                  zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"], scales, strict=True)],
-            layers=[LayerConfig(int(h), int(f), list(i) if wavlm and i is not None else None)
-                    for h, f, i in zip(heads, ffn, indices, strict=True)],
+            conv=[
+                ConvConfig(int(d), int(k), int(s), bool(o))
+                for d, k, s, o in zip(
+                    hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"], scales, strict=True
+                )
+            ],
+            layers=[
+                LayerConfig(int(h), int(f), list(i) if wavlm and i is not None else None)
+                for h, f, i in zip(heads, ffn, indices, strict=True)
+            ],
             hidden_size=int(hf["hidden_size"]),
             head_dim=int(hf["head_dim"]),
             extractor_mode="layer_norm" if hf["feat_extract_norm"] == "layer" else "group_norm",
@@ -69,7 +75,9 @@ def model_config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None
             sample_rate=int(pre.get("sampling_rate", 16_000)),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"config.json of the Hugging Face export is incomplete or malformed: {exc!r}") from None
+        raise CheckpointError(
+            f"config.json of the Hugging Face export is incomplete or malformed: {exc!r}"
+        ) from None
 
 
 def load_hf_export(path: Path | str) -> SpeechEncoder:
@@ -114,5 +122,13 @@ def load_student(path: Path | str) -> SpeechEncoder:
     return model.eval()
 
 
-__all__ = ["FORMAT_VERSION", "HF_MODEL_TYPE", "STUDENT_FORMAT", "is_hf_export_dir", "is_student_dir",
-           "load_hf_export", "load_student", "model_config_from_hf"]
+__all__ = [
+    "FORMAT_VERSION",
+    "HF_MODEL_TYPE",
+    "STUDENT_FORMAT",
+    "is_hf_export_dir",
+    "is_student_dir",
+    "load_hf_export",
+    "load_student",
+    "model_config_from_hf",
+]

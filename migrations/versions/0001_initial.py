@@ -78,10 +78,16 @@ def upgrade() -> None:
         "jobs",
         sa.Column("id", sa.String(40), primary_key=True),
         sa.Column("owner_id", sa.String(40), sa.ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
-        sa.Column("teacher_id", sa.String(40), sa.ForeignKey("teachers.id", ondelete="RESTRICT"), nullable=False),
-        sa.Column("dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="RESTRICT"), nullable=False),
         sa.Column(
-            "calibration_dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="RESTRICT"),
+            "teacher_id", sa.String(40), sa.ForeignKey("teachers.id", ondelete="RESTRICT"), nullable=False
+        ),
+        sa.Column(
+            "dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="RESTRICT"), nullable=False
+        ),
+        sa.Column(
+            "calibration_dataset_id",
+            sa.String(40),
+            sa.ForeignKey("datasets.id", ondelete="RESTRICT"),
             nullable=True,
         ),
         sa.Column("spec", JSON, nullable=False),

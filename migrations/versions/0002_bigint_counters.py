@@ -30,8 +30,9 @@ def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     for table, column in COUNTERS + (KEYS if postgres else ()):
         with op.batch_alter_table(table) as batch:
-            batch.alter_column(column, existing_type=sa.Integer(), type_=sa.BigInteger(),
-                               existing_nullable=False)
+            batch.alter_column(
+                column, existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False
+            )
     if postgres:
         for table, column in KEYS:
             op.execute(f"ALTER SEQUENCE IF EXISTS {table}_{column}_seq AS bigint")
@@ -44,4 +45,6 @@ def downgrade() -> None:
             op.execute(f"ALTER SEQUENCE IF EXISTS {table}_{column}_seq AS integer")
     for table, column in COUNTERS + (KEYS if postgres else ()):
         with op.batch_alter_table(table) as batch:
-            batch.alter_column(column, existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
+            batch.alter_column(
+                column, existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False
+            )

@@ -32,8 +32,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # (column the API shows, its foreign key column, the table it refers to)
-INPUTS = (("teacher_id", "teacher_ref", "teachers"), ("dataset_id", "dataset_ref", "datasets"),
-          ("calibration_dataset_id", "calibration_dataset_ref", "datasets"))
+INPUTS = (
+    ("teacher_id", "teacher_ref", "teachers"),
+    ("dataset_id", "dataset_ref", "datasets"),
+    ("calibration_dataset_id", "calibration_dataset_ref", "datasets"),
+)
 NAMING = {"fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s"}
 
 
@@ -41,10 +44,13 @@ def _fk_names(column_names: set[str]) -> dict[str, str]:
     """The names of the jobs table's foreign keys on these columns (the convention's for unnamed ones)."""
     names = {}
     for fk in sa.inspect(op.get_bind()).get_foreign_keys("jobs"):
-        column, = fk["constrained_columns"]
+        (column,) = fk["constrained_columns"]
         if column in column_names:
             names[column] = fk["name"] or NAMING["fk"] % {
-                "table_name": "jobs", "column_0_name": column, "referred_table_name": fk["referred_table"]}
+                "table_name": "jobs",
+                "column_0_name": column,
+                "referred_table_name": fk["referred_table"],
+            }
     return names
 
 
@@ -64,5 +70,6 @@ def downgrade() -> None:
         for column, ref, table in INPUTS:
             batch.drop_constraint(f"fk_jobs_{ref}_{table}", type_="foreignkey")
             batch.drop_column(ref)
-            batch.create_foreign_key(f"fk_jobs_{column}_{table}", table, [column], ["id"],
-                                     ondelete="RESTRICT")
+            batch.create_foreign_key(
+                f"fk_jobs_{column}_{table}", table, [column], ["id"], ondelete="RESTRICT"
+            )

@@ -10,8 +10,11 @@ from cli.progress import ProgressBars, postfix
 
 
 def job(stage: str, step: int, total: int, **metrics) -> dict:
-    return {"status": "running", "stage": stage,
-            "progress": {"stage": stage, "step": step, "total_steps": total, "metrics": metrics}}
+    return {
+        "status": "running",
+        "stage": stage,
+        "progress": {"stage": stage, "step": step, "total_steps": total, "metrics": metrics},
+    }
 
 
 def test_stage_two_bar_counts_to_its_total_after_a_first_poll_without_one():
@@ -33,9 +36,24 @@ def test_a_stage_without_steps_shows_its_elapsed_time_not_zero_steps():
 
 
 def test_stage_one_postfix_shows_sparsity_params_macs_and_lambda():
-    shown = postfix("distill_prune", {"distill": 0.25, "sparsity": 0.61, "target_sparsity": 0.7,
-                                      "expected_params": 4_321_000, "expected_macs": 2.5e9, "macs_sparsity": 0.4,
-                                      "lambda1": 0.125})
-    assert shown == {"loss": "0.25", "sparsity": "0.610→0.700", "params": "4.32M", "MACs/s": "2.5G",
-                     "MACs sparsity": "0.400", "λ": "0.125"}
+    shown = postfix(
+        "distill_prune",
+        {
+            "distill": 0.25,
+            "sparsity": 0.61,
+            "target_sparsity": 0.7,
+            "expected_params": 4_321_000,
+            "expected_macs": 2.5e9,
+            "macs_sparsity": 0.4,
+            "lambda1": 0.125,
+        },
+    )
+    assert shown == {
+        "loss": "0.25",
+        "sparsity": "0.610→0.700",
+        "params": "4.32M",
+        "MACs/s": "2.5G",
+        "MACs sparsity": "0.400",
+        "λ": "0.125",
+    }
     assert postfix("final_distill", {"distill": 0.5, "sparsity": 0.7}) == {"loss": "0.5"}

@@ -20,7 +20,11 @@ def test_root_redirects_to_the_dashboard_and_it_is_served_with_its_security_head
     js = client.get("/ui/js/main.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert client.get("/ui/js/nope.js").status_code == 404
-    assert not [p for p in client.get("/openapi.json").json()["paths"] if not p.startswith(("/v1", "/healthz", "/readyz", "/metrics"))]
+    assert not [
+        p
+        for p in client.get("/openapi.json").json()["paths"]
+        if not p.startswith(("/v1", "/healthz", "/readyz", "/metrics"))
+    ]
 
 
 def test_every_module_import_resolves_to_a_shipped_file():
@@ -28,7 +32,9 @@ def test_every_module_import_resolves_to_a_shipped_file():
     assert len(scripts) >= 8
     for script in scripts:
         for target in re.findall(r'^import .*? from "(\.[^"]+)";$', script.read_text(), flags=re.M):
-            assert (script.parent / target).resolve().is_file(), f"{script.relative_to(STATIC)} imports {target}"
+            assert (script.parent / target).resolve().is_file(), (
+                f"{script.relative_to(STATIC)} imports {target}"
+            )
     html = (STATIC / "index.html").read_text()
     for ref in re.findall(r'(?:src|href)="([^"#][^"]*)"', html):
         assert (STATIC / ref).is_file(), ref
@@ -38,7 +44,9 @@ def test_no_markup_is_built_from_strings():
     """Values from the API reach the page as text nodes only (dom.js), never through innerHTML."""
     for script in STATIC.rglob("*.js"):
         text = script.read_text()
-        assert ".innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, script.name
+        assert ".innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, (
+            script.name
+        )
 
 
 def test_the_static_files_are_package_data():

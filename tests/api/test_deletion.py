@@ -26,24 +26,34 @@ def settings(request, tmp_path):
 
 
 def create(client, headers, teacher, dataset, **extra):
-    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                      "spec": {"stage1_steps": 3}, **extra}, headers=headers)
+    r = client.post(
+        "/v1/jobs",
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": {"stage1_steps": 3}, **extra},
+        headers=headers,
+    )
     assert r.status_code == 202, r.text
     return r.json()
 
 
 def second_dataset(client, headers, tmp_path) -> dict:
-    r = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "calibration")),
-                    headers={**headers, "Content-Type": "application/zip"})
+    r = client.post(
+        "/v1/datasets",
+        content=zip_dir(make_audio(tmp_path / "calibration")),
+        headers={**headers, "Content-Type": "application/zip"},
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
-def test_inputs_of_finished_jobs_are_deleted_and_the_jobs_stay_readable(client, alice, keys, teacher, dataset,
-                                                                       drain, settings, tmp_path):
+def test_inputs_of_finished_jobs_are_deleted_and_the_jobs_stay_readable(
+    client, alice, keys, teacher, dataset, drain, settings, tmp_path
+):
     calibration = second_dataset(client, alice, tmp_path)
-    dirs = [settings.storage / "teachers" / teacher["id"], settings.storage / "datasets" / dataset["id"],
-            settings.storage / "datasets" / calibration["id"]]
+    dirs = [
+        settings.storage / "teachers" / teacher["id"],
+        settings.storage / "datasets" / dataset["id"],
+        settings.storage / "datasets" / calibration["id"],
+    ]
     assert all(d.is_dir() for d in dirs)
     job = create(client, alice, teacher, dataset, calibration_dataset_id=calibration["id"])
     cancelled = create(client, alice, teacher, dataset)
@@ -62,7 +72,10 @@ def test_inputs_of_finished_jobs_are_deleted_and_the_jobs_stay_readable(client, 
     body = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()  # it still says where it came from
     assert body["status"] == "succeeded"
     assert (body["teacher_id"], body["dataset_id"], body["calibration_dataset_id"]) == (
-        teacher["id"], dataset["id"], calibration["id"])
+        teacher["id"],
+        dataset["id"],
+        calibration["id"],
+    )
     listed = {j["id"] for j in client.get("/v1/jobs", headers=alice).json()["items"]}
     assert listed == {job["id"], cancelled["id"]}
     report = client.get(f"/v1/jobs/{job['id']}/artifacts/report.json", headers=alice)
@@ -70,15 +83,19 @@ def test_inputs_of_finished_jobs_are_deleted_and_the_jobs_stay_readable(client, 
     assert client.delete(f"/v1/jobs/{job['id']}", headers=alice).status_code == 204
 
 
-def test_an_unfinished_job_keeps_its_inputs(client, alice, teacher, dataset, drain, enqueuer, settings,
-                                            tmp_path):
+def test_an_unfinished_job_keeps_its_inputs(
+    client, alice, teacher, dataset, drain, enqueuer, settings, tmp_path
+):
     """Queued and paused (a paused job resumes from its checkpoint with the same teacher and audio) block the
     deletion of the teacher, the dataset and the calibration dataset; once the job has finished they go."""
     calibration = second_dataset(client, alice, tmp_path)
     job = create(client, alice, teacher, dataset, calibration_dataset_id=calibration["id"])
     enqueuer.pop_all()  # the delivery of the queued job; resume enqueues it again
-    inputs = (("teachers", teacher["id"], "teacher_in_use"), ("datasets", dataset["id"], "dataset_in_use"),
-              ("datasets", calibration["id"], "dataset_in_use"))
+    inputs = (
+        ("teachers", teacher["id"], "teacher_in_use"),
+        ("datasets", dataset["id"], "dataset_in_use"),
+        ("datasets", calibration["id"], "dataset_in_use"),
+    )
     for status in ("queued", "paused"):
         if status == "paused":
             assert client.post(f"/v1/jobs/{job['id']}/pause", headers=alice).json()["status"] == "paused"
@@ -94,8 +111,9 @@ def test_an_unfinished_job_keeps_its_inputs(client, alice, teacher, dataset, dra
         assert client.delete(f"/v1/{kind}/{rid}", headers=alice).status_code == 204
 
 
-def test_a_job_created_on_an_input_deleted_meanwhile_is_refused(client, alice, teacher, dataset, app,
-                                                                enqueuer, monkeypatch):
+def test_a_job_created_on_an_input_deleted_meanwhile_is_refused(
+    client, alice, teacher, dataset, app, enqueuer, monkeypatch
+):
     """The route checks the teacher, then inserts the job; a deletion in between is caught by the job's
     foreign key (the deletion commits first, the insert fails): 422 teacher_not_found, no job enqueued."""
     real_create = jobstore.create_job

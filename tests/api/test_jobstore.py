@@ -49,15 +49,32 @@ def owner(factory) -> str:
 def make_job(factory, owner):
     """A job row in `status` (held by worker w1 with a fresh heartbeat unless told otherwise)."""
 
-    def make(status: JobStatus, *, worker: str | None = "w1", beat_s_ago: float | None = 0.0,
-             attempts: int = 1, enqueued_s_ago: float | None = 0.0) -> str:
+    def make(
+        status: JobStatus,
+        *,
+        worker: str | None = "w1",
+        beat_s_ago: float | None = 0.0,
+        attempts: int = 1,
+        enqueued_s_ago: float | None = 0.0,
+    ) -> str:
         now = utcnow()
         with factory() as session:
-            job = Job(id=new_id("job"), owner_id=owner, teacher_id="tch_x", dataset_id="dat_x", spec={},
-                      status=status, progress={}, metrics={"kept": 1}, attempts=attempts, worker=worker,
-                      heartbeat_at=None if beat_s_ago is None else now - timedelta(seconds=beat_s_ago),
-                      enqueued_at=None if enqueued_s_ago is None else now - timedelta(seconds=enqueued_s_ago),
-                      created_at=now, updated_at=now)
+            job = Job(
+                id=new_id("job"),
+                owner_id=owner,
+                teacher_id="tch_x",
+                dataset_id="dat_x",
+                spec={},
+                status=status,
+                progress={},
+                metrics={"kept": 1},
+                attempts=attempts,
+                worker=worker,
+                heartbeat_at=None if beat_s_ago is None else now - timedelta(seconds=beat_s_ago),
+                enqueued_at=None if enqueued_s_ago is None else now - timedelta(seconds=enqueued_s_ago),
+                created_at=now,
+                updated_at=now,
+            )
             session.add(job)
             session.commit()
             return job.id
@@ -74,8 +91,13 @@ def row(factory, job_id: str) -> Job:
 
 def messages(factory, job_id: str) -> list[str]:
     with factory() as session:
-        return list(session.scalars(select(JobEvent.message).where(
-            JobEvent.job_id == job_id, JobEvent.kind == "status").order_by(JobEvent.id)))
+        return list(
+            session.scalars(
+                select(JobEvent.message)
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+                .order_by(JobEvent.id)
+            )
+        )
 
 
 def test_statuses_are_the_plain_strings_of_the_api():
@@ -110,26 +132,53 @@ def test_record_start_returns_the_job_and_records_the_attempt(factory, make_job)
 def test_record_event_writes_progress_metrics_and_clusters_while_the_worker_holds_the_job(factory, make_job):
     job_id = make_job(S.RUNNING)
     with factory() as session:
-        jobstore.record_event(session, job_id=job_id, worker="w1", kind="progress", stage="distill_prune",
-                              step=2, total=5, eta_s=3.0, metrics={"loss": 0.5})
-        jobstore.record_event(session, job_id=job_id, worker="w1", kind="clusters", stage="calibrate",
-                              metrics={"clusters": [[0, 1]]})
+        jobstore.record_event(
+            session,
+            job_id=job_id,
+            worker="w1",
+            kind="progress",
+            stage="distill_prune",
+            step=2,
+            total=5,
+            eta_s=3.0,
+            metrics={"loss": 0.5},
+        )
+        jobstore.record_event(
+            session,
+            job_id=job_id,
+            worker="w1",
+            kind="clusters",
+            stage="calibrate",
+            metrics={"clusters": [[0, 1]]},
+        )
     job = row(factory, job_id)
     assert job.metrics == {"kept": 1, "loss": 0.5}  # merged into what the job had
-    assert job.progress == {"stage": "distill_prune", "step": 2, "total_steps": 5, "eta_s": 3.0,
-                            "metrics": {"loss": 0.5}}  # a clusters event leaves the progress alone
+    assert job.progress == {
+        "stage": "distill_prune",
+        "step": 2,
+        "total_steps": 5,
+        "eta_s": 3.0,
+        "metrics": {"loss": 0.5},
+    }  # a clusters event leaves the progress alone
     assert job.clusters == [[0, 1]] and job.stage == "calibrate"
     with factory() as session:  # another worker's event: its row is recorded, the job is not touched
-        jobstore.record_event(session, job_id=job_id, worker="w2", kind="stage_started", stage="export",
-                              metrics={})
+        jobstore.record_event(
+            session, job_id=job_id, worker="w2", kind="stage_started", stage="export", metrics={}
+        )
         events = select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)
         assert session.scalar(events) == 3
     assert row(factory, job_id).stage == "calibrate"
 
 
-@pytest.mark.parametrize(("status", "worker", "stop"), [
-    (S.RUNNING, "w1", False), (S.CANCELLING, "w1", True), (S.PAUSING, "w1", True), (S.RUNNING, "w2", True),
-])
+@pytest.mark.parametrize(
+    ("status", "worker", "stop"),
+    [
+        (S.RUNNING, "w1", False),
+        (S.CANCELLING, "w1", True),
+        (S.PAUSING, "w1", True),
+        (S.RUNNING, "w2", True),
+    ],
+)
 def test_stop_wanted(factory, make_job, status, worker, stop):
     job_id = make_job(status, worker=worker)
     with factory() as session:
@@ -139,8 +188,14 @@ def test_stop_wanted(factory, make_job, status, worker, stop):
 
 def test_finish_succeeded_records_report_and_artifacts_once(factory, make_job):
     job_id = make_job(S.CANCELLING)  # the cancel came too late: the job still succeeds
-    artifact = Artifact(job_id=job_id, name="model", path="jobs/x/model.zip", media_type="application/zip",
-                        sha256="0" * 64, size_bytes=1)
+    artifact = Artifact(
+        job_id=job_id,
+        name="model",
+        path="jobs/x/model.zip",
+        media_type="application/zip",
+        sha256="0" * 64,
+        size_bytes=1,
+    )
     with factory() as session:
         assert jobstore.finish_succeeded(session, job_id=job_id, report={"wer": 0.1}, artifacts=[artifact])
     job = row(factory, job_id)
@@ -177,8 +232,12 @@ def test_finish_failed_paused_cancelled_and_requeue(factory, make_job):
         assert jobstore.finish_cancelled(session, job_id=cancelled)
         assert jobstore.requeue(session, job_id=queued, message="requeued after an I/O error (OSError)")
     job = row(factory, failed)
-    assert (job.status, job.error_code, job.error_message, job.worker) == ("failed", "training_diverged",
-                                                                           "NaN loss", None)
+    assert (job.status, job.error_code, job.error_message, job.worker) == (
+        "failed",
+        "training_diverged",
+        "NaN loss",
+        None,
+    )
     job = row(factory, paused)
     assert (job.status, job.attempts, job.worker, job.heartbeat_at) == ("paused", 1, None, None)
     job = row(factory, cancelled)
@@ -201,19 +260,37 @@ def test_reap_stale_ends_or_requeues_only_jobs_whose_worker_died(factory, make_j
     removed: list[str] = []
     now = utcnow()
     with factory() as session:
-        reaped = jobstore.reap_stale(session, stale_before=now - timedelta(seconds=30), now=now,
-                                     max_attempts=3, on_cancelled=removed.append)
+        reaped = jobstore.reap_stale(
+            session,
+            stale_before=now - timedelta(seconds=30),
+            now=now,
+            max_attempts=3,
+            on_cancelled=removed.append,
+        )
     assert reaped == jobstore.Reaped(requeued=[running], cancelled=1, paused=1, failed=1)
     assert removed == [cancelling]
-    statuses = {job_id: row(factory, job_id).status for job_id in (running, exhausted, cancelling, pausing,
-                                                                    alive, queued)}
-    assert statuses == {running: "queued", exhausted: "failed", cancelling: "cancelled", pausing: "paused",
-                        alive: "running", queued: "queued"}
+    statuses = {
+        job_id: row(factory, job_id).status
+        for job_id in (running, exhausted, cancelling, pausing, alive, queued)
+    }
+    assert statuses == {
+        running: "queued",
+        exhausted: "failed",
+        cancelling: "cancelled",
+        pausing: "paused",
+        alive: "running",
+        queued: "queued",
+    }
     assert row(factory, exhausted).error_code == "too_many_attempts"
     assert messages(factory, running) == ["requeued: worker heartbeat lost"]
     with factory() as session:  # a second reaper finds nothing left to do
-        again = jobstore.reap_stale(session, stale_before=utcnow() - timedelta(seconds=30), now=utcnow(),
-                                    max_attempts=3, on_cancelled=removed.append)
+        again = jobstore.reap_stale(
+            session,
+            stale_before=utcnow() - timedelta(seconds=30),
+            now=utcnow(),
+            max_attempts=3,
+            on_cancelled=removed.append,
+        )
     assert again == jobstore.Reaped() and removed == [cancelling]
 
 
@@ -241,8 +318,9 @@ def test_count_by_status_and_stage_durations(factory, make_job):
     job_id = make_job(S.RUNNING)
     with factory() as session:
         for duration in (1.5, 2.5, None):
-            jobstore.add_event(session, job_id=job_id, kind="stage_finished", stage="calibrate",
-                               duration_s=duration)
+            jobstore.add_event(
+                session, job_id=job_id, kind="stage_finished", stage="calibrate", duration_s=duration
+            )
         jobstore.add_event(session, job_id=job_id, kind="stage_started", stage="export", duration_s=9.0)
         session.commit()
         assert jobstore.count_by_status(session) == {"queued": 2, "failed": 1, "running": 1}

@@ -13,8 +13,11 @@ from service.models import Job, JobEvent
 
 
 def create(client, headers, teacher, dataset, spec=None):
-    return client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                         "spec": spec or {"stage1_steps": 3}}, headers=headers)
+    return client.post(
+        "/v1/jobs",
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec or {"stage1_steps": 3}},
+        headers=headers,
+    )
 
 
 def test_pause_queued_is_immediate_resume_requeues(client, alice, teacher, dataset, enqueuer, drain):
@@ -42,16 +45,19 @@ class PausedMidway(FakeEngine):
     def run(self, spec, teacher, audio, workdir, *, on_event=None, should_stop=None, **kw):
         def event(e):
             if e.kind == "progress" and e.stage == "distill_prune" and e.step == self.at and self.job_id:
-                assert self.client.post(f"/v1/jobs/{self.job_id}/pause", headers=self.headers).json()["status"] == \
-                    "pausing"
+                assert (
+                    self.client.post(f"/v1/jobs/{self.job_id}/pause", headers=self.headers).json()["status"]
+                    == "pausing"
+                )
             if on_event:
                 on_event(e)
 
         return super().run(spec, teacher, audio, workdir, on_event=event, should_stop=should_stop, **kw)
 
 
-def test_pause_running_stops_at_a_checkpoint_and_resume_continues(client, alice, teacher, dataset, enqueuer,
-                                                                   make_runner, settings, app):
+def test_pause_running_stops_at_a_checkpoint_and_resume_continues(
+    client, alice, teacher, dataset, enqueuer, make_runner, settings, app
+):
     job = create(client, alice, teacher, dataset).json()
     enqueuer.pop_all()
     engine = PausedMidway(client, alice, at=3, steps=8)
@@ -60,18 +66,25 @@ def test_pause_running_stops_at_a_checkpoint_and_resume_continues(client, alice,
     body = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()
     assert body["status"] == "paused" and body["progress"]["step"] == 3
     workdir = settings.storage / "jobs" / job["id"] / "work"
-    assert json.loads((workdir / "fake_state.json").read_text())["step"]["distill_prune"] == 3  # the checkpoint
+    assert (
+        json.loads((workdir / "fake_state.json").read_text())["step"]["distill_prune"] == 3
+    )  # the checkpoint
     assert client.post(f"/v1/jobs/{job['id']}/resume", headers=alice).json()["status"] == "queued"
     assert enqueuer.pop_all() == [job["id"]]
     assert make_runner(FakeEngine(steps=8)).run(job["id"]) == "succeeded"
     with app.state.services.factory() as session:
-        steps = session.scalars(select(JobEvent.step).where(
-            JobEvent.job_id == job["id"], JobEvent.kind == "progress", JobEvent.stage == "distill_prune")).all()
+        steps = session.scalars(
+            select(JobEvent.step).where(
+                JobEvent.job_id == job["id"], JobEvent.kind == "progress", JobEvent.stage == "distill_prune"
+            )
+        ).all()
         assert session.get(Job, job["id"]).attempts == 1  # a clean pause is not a failed attempt
     assert steps == list(range(1, 9))  # continued at 4: no step ran twice
 
 
-def test_cancel_a_paused_job_removes_its_checkpoint(client, alice, teacher, dataset, enqueuer, make_runner, settings):
+def test_cancel_a_paused_job_removes_its_checkpoint(
+    client, alice, teacher, dataset, enqueuer, make_runner, settings
+):
     job = create(client, alice, teacher, dataset).json()
     engine = PausedMidway(client, alice, at=2, steps=6)
     engine.job_id = job["id"]

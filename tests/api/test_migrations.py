@@ -20,15 +20,18 @@ def foreign_keys(engine) -> set[tuple[str, str, str, str]]:
     found = set()
     for table in TABLES - {"alembic_version"}:
         for fk in inspect(engine).get_foreign_keys(table):
-            column, = fk["constrained_columns"]
+            (column,) = fk["constrained_columns"]
             ondelete = (fk.get("options") or {}).get("ondelete") or "NO ACTION"
             found.add((table, column, fk["referred_table"], ondelete.upper()))
     return found
 
 
 def model_foreign_keys() -> set[tuple[str, str, str, str]]:
-    return {(table.name, fk.parent.name, fk.column.table.name, (fk.ondelete or "NO ACTION").upper())
-            for table in Base.metadata.tables.values() for fk in table.foreign_keys}
+    return {
+        (table.name, fk.parent.name, fk.column.table.name, (fk.ondelete or "NO ACTION").upper())
+        for table in Base.metadata.tables.values()
+        for fk in table.foreign_keys
+    }
 
 
 def check(url: str) -> None:
@@ -38,7 +41,9 @@ def check(url: str) -> None:
     try:
         assert set(inspect(engine).get_table_names()) == TABLES
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
         assert diff == [], diff
         assert foreign_keys(engine) == model_foreign_keys()
         assert ("jobs", "teacher_ref", "teachers", "SET NULL") in foreign_keys(engine)

@@ -21,8 +21,12 @@ from tests.utils.servicekit import (
 
 
 def post(client, kind, body, headers, **params):
-    return client.post(f"/v1/{kind}", content=body, params=params,
-                       headers={**headers, "Content-Type": "application/octet-stream"})
+    return client.post(
+        f"/v1/{kind}",
+        content=body,
+        params=params,
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    )
 
 
 def assert_nothing_left(app, settings):
@@ -47,9 +51,11 @@ def test_teacher_upload_answers_architecture_and_params(client, alice, teacher_z
 @pytest.mark.parametrize("packer", ["zip_top_folder", "tar_gz", "tar_top_folder"])
 def test_teacher_archive_layouts(client, alice, tmp_path, packer):
     src = make_teacher(tmp_path / "t")
-    body = {"zip_top_folder": lambda: zip_dir(src, top="hubert-mini/"),
-            "tar_gz": lambda: tar_dir(src),
-            "tar_top_folder": lambda: tar_dir(src, top="x/", mode="w")}[packer]()
+    body = {
+        "zip_top_folder": lambda: zip_dir(src, top="hubert-mini/"),
+        "tar_gz": lambda: tar_dir(src),
+        "tar_top_folder": lambda: tar_dir(src, top="x/", mode="w"),
+    }[packer]()
     r = post(client, "teachers", body, alice)
     assert r.status_code == 201, r.text
 
@@ -70,8 +76,9 @@ def _teacher_variant(tmp_path, kind):
     return zip_dir(src)
 
 
-@pytest.mark.parametrize("kind", ["truncated_safetensors", "corrupt_safetensors", "bad_architecture", "no_weights",
-                                  "bad_config"])
+@pytest.mark.parametrize(
+    "kind", ["truncated_safetensors", "corrupt_safetensors", "bad_architecture", "no_weights", "bad_config"]
+)
 def test_invalid_teacher_is_422_teacher_invalid(client, alice, tmp_path, app, settings, kind):
     r = post(client, "teachers", _teacher_variant(tmp_path, kind), alice)
     assert r.status_code == 422, r.text
@@ -178,7 +185,9 @@ def test_teacher_and_dataset_owner_isolation(client, keys, teacher, dataset):
     assert client.get(f"/v1/teachers/{teacher['id']}", headers=keys["bob"]).status_code == 404
     assert client.get(f"/v1/datasets/{dataset['id']}", headers=keys["bob"]).status_code == 404
     assert client.get("/v1/teachers", headers=keys["bob"]).json()["items"] == []
-    assert [t["id"] for t in client.get("/v1/teachers", headers=keys["alice"]).json()["items"]] == [teacher["id"]]
+    assert [t["id"] for t in client.get("/v1/teachers", headers=keys["alice"]).json()["items"]] == [
+        teacher["id"]
+    ]
 
 
 def test_pickle_only_teacher_is_refused(client, alice, tmp_path):

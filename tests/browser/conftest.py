@@ -26,8 +26,16 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CHROMIUM = os.environ.get("SKILLKD_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(os.environ.get("SKILLKD_TEST_ARTIFACTS", REPO / "test-artifacts")) / "dashboard"
 
 
@@ -59,7 +67,9 @@ class Service:
     log: Path
 
     def client(self, owner: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.keys[owner]}"}, timeout=30)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.keys[owner]}"}, timeout=30
+        )
 
 
 def _free_port() -> int:
@@ -92,17 +102,31 @@ def service(chromium_ready, tmp_path_factory) -> Iterator[Service]:
     keys = _create_keys(home, ["alice", "bob"])
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
-    env.update({
-        "SKILLKD_HOME": str(home), "SKILLKD_ENGINE": "dashboard_engine:DashboardFakeEngine",
-        "SKILLKD_PROGRESS_INTERVAL_S": "0.2", "SKILLKD_STOP_POLL_INTERVAL_S": "0.1",
-        "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1", "SKILLKD_HEARTBEAT_INTERVAL_S": "1",
-        "SKILLKD_MAX_JOBS_IN_FLIGHT": "10", "SKILLKD_UI_FAKE_STEP_S": os.environ.get("SKILLKD_UI_FAKE_STEP_S", "0.1"),
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
-    })
+    env.update(
+        {
+            "SKILLKD_HOME": str(home),
+            "SKILLKD_ENGINE": "dashboard_engine:DashboardFakeEngine",
+            "SKILLKD_PROGRESS_INTERVAL_S": "0.2",
+            "SKILLKD_STOP_POLL_INTERVAL_S": "0.1",
+            "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1",
+            "SKILLKD_HEARTBEAT_INTERVAL_S": "1",
+            "SKILLKD_MAX_JOBS_IN_FLIGHT": "10",
+            "SKILLKD_UI_FAKE_STEP_S": os.environ.get("SKILLKD_UI_FAKE_STEP_S", "0.1"),
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO), str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            ),
+        }
+    )
     log = home / "serve.log"
     out = open(log, "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90

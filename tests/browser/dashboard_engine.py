@@ -58,11 +58,19 @@ class DashboardFakeEngine:
         except (OSError, ValueError) as exc:
             raise TeacherError("config.json not found or not JSON at the teacher's root") from exc
         if config.get("model_type") not in ("wav2vec2", "hubert", "wavlm"):
-            raise TeacherError(f"unsupported model_type {config.get('model_type')!r}; expected wav2vec2, hubert or wavlm")
+            raise TeacherError(
+                f"unsupported model_type {config.get('model_type')!r}; expected wav2vec2, hubert or wavlm"
+            )
         if not (path / "model.safetensors").is_file():
             raise TeacherError("no model.safetensors next to config.json")
-        return {"architecture": config["model_type"], "layout": "base", "num_layers": int(config.get("num_hidden_layers", 12)),
-                "hidden_size": int(config.get("hidden_size", 768)), "num_params": _params(config), "sample_rate": 16000}
+        return {
+            "architecture": config["model_type"],
+            "layout": "base",
+            "num_layers": int(config.get("num_hidden_layers", 12)),
+            "hidden_size": int(config.get("hidden_size", 768)),
+            "num_params": _params(config),
+            "sample_rate": 16000,
+        }
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         import soundfile
@@ -89,8 +97,13 @@ class DashboardFakeEngine:
                 examples.append({"path": str(p.relative_to(source)), "reason": reason})
         if not files:
             raise AudioError(f"no usable audio in the dataset (skipped: {skipped or 'no files'})")
-        return {"files": files, "hours": seconds / 3600, "sample_rates": [16000], "skipped": skipped,
-                "skipped_examples": examples[:20]}
+        return {
+            "files": files,
+            "hours": seconds / 3600,
+            "sample_rates": [16000],
+            "skipped": skipped,
+            "skipped_examples": examples[:20],
+        }
 
     def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
         emit = on_event or (lambda e: None)
@@ -112,8 +125,13 @@ class DashboardFakeEngine:
 
         # calibrate: a CKA matrix that decays with layer distance, and contiguous clusters
         emit(Event("stage_started", "calibrate"))
-        cka = [[round(math.exp(-abs(i - j) / 5.0) * (1 - 0.02 * rng.random()) if i != j else 1.0, 4)
-                for j in range(n + 1)] for i in range(n + 1)]
+        cka = [
+            [
+                round(math.exp(-abs(i - j) / 5.0) * (1 - 0.02 * rng.random()) if i != j else 1.0, 4)
+                for j in range(n + 1)
+            ]
+            for i in range(n + 1)
+        ]
         for i in range(n + 1):
             for j in range(i):
                 cka[i][j] = cka[j][i]
@@ -139,10 +157,19 @@ class DashboardFakeEngine:
             sparsity = max(0.0, t_now - 0.03 * math.exp(-step / 5) + 0.005 * rng.uniform(-1, 1))
             distill = -0.55 - 0.25 * (1 - math.exp(-step / 8)) + 0.01 * rng.uniform(-1, 1)
             lam1 = 0.5 * math.sin(step / 4) * math.exp(-step / 20)
-            final1 = {"loss": distill + 0.2 * lam1 * (sparsity - t_now), "distill": distill, "sparsity": sparsity,
-                      "target_sparsity": t_now, "expected_params": teacher_params * (1 - sparsity),
-                      "expected_macs": _macs(teacher_params) * (1 - 0.9 * sparsity), "macs_sparsity": 0.9 * sparsity,
-                      "lambda1": lam1, "lambda2": abs(lam1) * 0.6, "lr": 5e-4, "audio_s_per_s": 3.2}
+            final1 = {
+                "loss": distill + 0.2 * lam1 * (sparsity - t_now),
+                "distill": distill,
+                "sparsity": sparsity,
+                "target_sparsity": t_now,
+                "expected_params": teacher_params * (1 - sparsity),
+                "expected_macs": _macs(teacher_params) * (1 - 0.9 * sparsity),
+                "macs_sparsity": 0.9 * sparsity,
+                "lambda1": lam1,
+                "lambda2": abs(lam1) * 0.6,
+                "lr": 5e-4,
+                "audio_s_per_s": 3.2,
+            }
             rate = step / max(time.monotonic() - started, 1e-6)
             emit(Event("progress", "distill_prune", step, steps1, (steps1 - step) / rate, dict(final1)))
         emit(Event("stage_finished", "distill_prune", metrics=final1))
@@ -153,7 +180,9 @@ class DashboardFakeEngine:
         student_layers = []
         for i, layer in enumerate(teacher_layers):
             f = min(1.0, max(0.0, keep * (1.6 - 1.2 * i / max(1, n - 1)) + 0.05 * rng.uniform(-1, 1)))
-            student_layers.append({"heads": max(0, round(layer["heads"] * min(1.0, f * 1.5))), "ffn": round(layer["ffn"] * f)})
+            student_layers.append(
+                {"heads": max(0, round(layer["heads"] * min(1.0, f * 1.5))), "ffn": round(layer["ffn"] * f)}
+            )
         student_conv = [round(c * (0.6 + 0.3 * rng.random())) for c in teacher_conv]
         student_params = round(teacher_params * (1 - final1["sparsity"]))
         check("finalize")
@@ -167,7 +196,9 @@ class DashboardFakeEngine:
             time.sleep(self.step_s)
             distill = final1["distill"] - 0.05 * (1 - math.exp(-step / 4)) + 0.005 * rng.uniform(-1, 1)
             final2 = {"loss": distill, "distill": distill, "lr": 3e-4, "audio_s_per_s": 3.5}
-            emit(Event("progress", "final_distill", step, steps2, (steps2 - step) * self.step_s, dict(final2)))
+            emit(
+                Event("progress", "final_distill", step, steps2, (steps2 - step) * self.step_s, dict(final2))
+            )
         emit(Event("stage_finished", "final_distill", metrics=final2))
 
         # export
@@ -178,24 +209,50 @@ class DashboardFakeEngine:
         (export / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(range(16)))
         (export / "config.json").write_text(json.dumps({"format": "skillkd-student", "fake": True}))
         report: dict[str, Any] = {
-            "skillkd_version": "fake", "method": spec.method, "spec": spec.model_dump(mode="json"),
-            "teacher": {"architecture": config["model_type"], "layout": "base", "num_layers": n,
-                        "num_params": teacher_params, "macs_per_second": _macs(teacher_params),
-                        "layers": teacher_layers, "conv_channels": teacher_conv},
-            "student": {"num_params": student_params, "macs_per_second": _macs(student_params),
-                        "layers": student_layers, "conv_channels": student_conv},
-            "target_sparsity": target, "achieved_sparsity": 1 - student_params / teacher_params,
-            "clusters": clusters, "cka": cka,
-            "stage1": {"steps": steps1, "final": final1}, "stage2": {"steps": steps2, "final": final2},
+            "skillkd_version": "fake",
+            "method": spec.method,
+            "spec": spec.model_dump(mode="json"),
+            "teacher": {
+                "architecture": config["model_type"],
+                "layout": "base",
+                "num_layers": n,
+                "num_params": teacher_params,
+                "macs_per_second": _macs(teacher_params),
+                "layers": teacher_layers,
+                "conv_channels": teacher_conv,
+            },
+            "student": {
+                "num_params": student_params,
+                "macs_per_second": _macs(student_params),
+                "layers": student_layers,
+                "conv_channels": student_conv,
+            },
+            "target_sparsity": target,
+            "achieved_sparsity": 1 - student_params / teacher_params,
+            "clusters": clusters,
+            "cka": cka,
+            "stage1": {"steps": steps1, "final": final1},
+            "stage2": {"steps": steps2, "final": final2},
             "finalize": {"num_params": student_params, "max_abs_diff_masked_vs_pruned": 2.9e-6},
-            "speed": {"cpu_1_thread": {"threads": 1, "teacher_rtf": 0.21, "student_rtf": 0.08, "speedup": 2.6}},
+            "speed": {
+                "cpu_1_thread": {"threads": 1, "teacher_rtf": 0.21, "student_rtf": 0.08, "speedup": 2.6}
+            },
             "fake": True,
         }
         if spec.evaluate:
             per, acc = 0.29 + 0.01 * rng.random(), 0.67 + 0.02 * rng.random()
-            report["evaluation"] = {"models": [{"name": "student", "params": student_params,
-                                                "macs_per_second": _macs(student_params), "pr": {"per": per},
-                                                "sid": {"accuracy": acc}, "speed": {"cpu": {"rtf": 0.08}}}]}
+            report["evaluation"] = {
+                "models": [
+                    {
+                        "name": "student",
+                        "params": student_params,
+                        "macs_per_second": _macs(student_params),
+                        "pr": {"per": per},
+                        "sid": {"accuracy": acc},
+                        "speed": {"cpu": {"rtf": 0.08}},
+                    }
+                ]
+            }
             report["evaluation_headline"] = {"eval_per": per, "eval_sid_accuracy": acc}
         (export / "report.json").write_text(json.dumps(report, indent=2))
         with open(export / "train_log.jsonl", "w") as log:
@@ -207,7 +264,11 @@ class DashboardFakeEngine:
             emit(Event("progress", "evaluate", 1, 1, 0.0, report["evaluation_headline"]))
             emit(Event("stage_finished", "evaluate", metrics=report["evaluation_headline"]))
 
-        artifacts = {"model": export, "report.json": export / "report.json", "train_log": export / "train_log.jsonl"}
+        artifacts = {
+            "model": export,
+            "report.json": export / "report.json",
+            "train_log": export / "train_log.jsonl",
+        }
         return Result(export_dir=export, report=report, artifacts=artifacts)
 
 

@@ -19,8 +19,14 @@ from tests.utils.servicekit import make_audio, safetensors_bytes, zip_dir
 
 pytestmark = pytest.mark.browser
 
-TEACHER_CONFIG = {"model_type": "hubert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                  "intermediate_size": 3072, "conv_dim": [512] * 7}
+TEACHER_CONFIG = {
+    "model_type": "hubert",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "conv_dim": [512] * 7,
+}
 
 
 def teacher_zip(path: Path) -> Path:
@@ -53,8 +59,10 @@ def wait_job(client, job_id: str, statuses: set[str], timeout: float = 60) -> di
             return job
         time.sleep(0.2)
     events = client.get(f"/v1/jobs/{job_id}/events?limit=1000").json()["items"][-8:]
-    raise AssertionError(f"job {job_id} did not reach {statuses}: {job['status']}; its last events: "
-                         + "; ".join(f"{e['kind']} {e['stage']} {e['step']}/{e['total']} {e['message']}" for e in events))
+    raise AssertionError(
+        f"job {job_id} did not reach {statuses}: {job['status']}; its last events: "
+        + "; ".join(f"{e['kind']} {e['stage']} {e['step']}/{e['total']} {e['message']}" for e in events)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +81,18 @@ def finished(service, inputs) -> list[dict]:
     jobs = []
     with service.client("alice") as c:
         for seed, (method, sparsity) in enumerate((("skill", 0.75), ("dphubert", 0.7))):
-            body = {"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
-                    "spec": {"method": method, "sparsity": sparsity, "stage1_steps": 12, "stage2_steps": 4, "seed": seed,
-                             "evaluate": method == "skill"}}
+            body = {
+                "teacher_id": inputs["teacher"]["id"],
+                "dataset_id": inputs["dataset"]["id"],
+                "spec": {
+                    "method": method,
+                    "sparsity": sparsity,
+                    "stage1_steps": 12,
+                    "stage2_steps": 4,
+                    "seed": seed,
+                    "evaluate": method == "skill",
+                },
+            }
             r = c.post("/v1/jobs", json=body)
             assert r.status_code == 202, r.text
             jobs.append(r.json())
@@ -131,7 +148,8 @@ def test_create_job_through_the_form_and_watch_it_finish(page_for, service, inpu
     page.wait_for_function(
         "v => { const p = document.querySelector('#progress progress');"
         " return p && p.closest('#progress') && p.value > v && document.querySelector('#progress-text').textContent.includes('distill_prune'); }",
-        arg=first)
+        arg=first,
+    )
     page.wait_for_selector("#curves svg path.line[d^='M']")
     page.screenshot(path=str(shots / "job-running.png"), full_page=True)
 
@@ -187,8 +205,14 @@ def test_download_an_artifact_and_check_its_sha256(page_for, service, finished, 
 
 def test_jobs_list_is_live_and_a_running_job_can_be_cancelled(page_for, service, inputs, finished, shots):
     with service.client("alice") as c:
-        r = c.post("/v1/jobs", json={"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
-                                     "spec": {"stage1_steps": 600}})
+        r = c.post(
+            "/v1/jobs",
+            json={
+                "teacher_id": inputs["teacher"]["id"],
+                "dataset_id": inputs["dataset"]["id"],
+                "spec": {"stage1_steps": 600},
+            },
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         wait_job(c, job_id, {"running"})
@@ -205,7 +229,7 @@ def _watch_pause_resume_and_cancel(page_for, service, job_id: str, shots: Path) 
     page.wait_for_selector(f"{row} progress")
     page.evaluate("window.__sameDocument = true")
     first = float(page.get_attribute(f"{row} progress", "value") or 0)
-    page.wait_for_function(f"v => document.querySelector(\"{row} progress\").value > v + 2", arg=first)
+    page.wait_for_function(f'v => document.querySelector("{row} progress").value > v + 2', arg=first)
     assert page.evaluate("window.__sameDocument") is True
     assert "running" in page.inner_text(row)
     assert "ETA" in page.inner_text("thead")
@@ -257,14 +281,22 @@ def test_jobs_list_pages_newest_first(page_for, service, finished):
 
 def test_a_failed_job_shows_its_error_code_and_message(page_for, service, inputs, finished, shots):
     with service.client("alice") as c:
-        r = c.post("/v1/jobs", json={"teacher_id": inputs["teacher"]["id"], "dataset_id": inputs["dataset"]["id"],
-                                     "spec": {"device": "cuda"}})
+        r = c.post(
+            "/v1/jobs",
+            json={
+                "teacher_id": inputs["teacher"]["id"],
+                "dataset_id": inputs["dataset"]["id"],
+                "spec": {"device": "cuda"},
+            },
+        )
         job = wait_job(c, r.json()["id"], {"failed"})
     page = page_for("alice")
     page.goto(f"{service.url}/ui/#/jobs/{job['id']}")
     page.wait_for_selector("#job-error")
     text = page.inner_text("#job-error")
-    assert job["error"]["code"] == "spec_invalid" and "spec_invalid" in text and "CUDA is not available" in text
+    assert (
+        job["error"]["code"] == "spec_invalid" and "spec_invalid" in text and "CUDA is not available" in text
+    )
     assert page.locator("ol.timeline li[data-state=done]").count() == 0
     page.screenshot(path=str(shots / "job-failed.png"), full_page=True)
     no_js_errors(page)
@@ -317,7 +349,11 @@ def test_phone_width_and_security_headers(page_for, service, finished, shots):
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1, f"the page is {overflow}px wider than a phone screen"
     page.screenshot(path=str(shots / "job-finished-phone.png"), full_page=True)
-    for route, ready in (("#/jobs", "tbody tr[data-job-id]"), ("#/new", "#spec-device"), ("#/compare", "form.card")):
+    for route, ready in (
+        ("#/jobs", "tbody tr[data-job-id]"),
+        ("#/new", "#spec-device"),
+        ("#/compare", "form.card"),
+    ):
         page.goto(f"{service.url}/ui/{route}")
         page.wait_for_selector(ready)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
@@ -358,8 +394,12 @@ def test_the_page_modules_small_functions(page_for, service):
     assert got["ticksNeg"] == [-0.8, -0.7, -0.6, -0.5]
     assert got["thin"] == [1501, 9999, 10]
     assert got["boxes"] == [[0, 2], [3, 3], [5, 5], [7, 8]]
-    assert got["errors"] == {"spec.device": "Value error, device must be auto",
-                             "spec.sparsity": "Input should be less than 1"}
+    assert got["errors"] == {
+        "spec.device": "Value error, device must be auto",
+        "spec.sparsity": "Input should be less than 1",
+    }
     assert got["checkError"] == {"spec.target_params": "5000000000 is above the teacher's 94M"}
-    assert got["stages"]["calibrate"]["duration"] == 4.5 and got["stages"]["distill_prune"]["finished"] is None
+    assert (
+        got["stages"]["calibrate"]["duration"] == 4.5 and got["stages"]["distill_prune"]["finished"] is None
+    )
     assert got["shortId"] == "job_…53fbcd5c2" and got["duration"] == "1 h 02 min"

@@ -25,7 +25,9 @@ from core.data import (
 )
 from core.errors import AudioError, CheckpointError
 
-DEMO = Path(__file__).resolve().parents[2] / "core" / "assets" / "demo-audio"  # bundled copy of shared/data/demo
+DEMO = (
+    Path(__file__).resolve().parents[2] / "core" / "assets" / "demo-audio"
+)  # bundled copy of shared/data/demo
 
 
 def tone(
@@ -95,7 +97,8 @@ def reasons(catalog: AudioCatalog) -> dict[str, list[str]]:
     return found
 
 
-# ---------------------------------------------------------------------------------------------------- scanning
+# ----------------------------------------------------------------------------------------------------
+# scanning
 
 
 def test_scan_directory_counts_and_reasons(messy_dir: Path) -> None:
@@ -213,7 +216,8 @@ def test_subset_is_deterministic_and_within_limits(tmp_path: Path) -> None:
     assert len(catalog.subset(max_seconds=0.5, seed=0).items) == 1  # never empty
 
 
-# ---------------------------------------------------------------------------------------------------- decoding
+# ----------------------------------------------------------------------------------------------------
+# decoding
 
 
 def peak_hz(waveform: np.ndarray, rate: int) -> float:
@@ -490,7 +494,8 @@ def test_padded_batches_truncate_long_items(train_catalog: AudioCatalog) -> None
             )
 
 
-# ---------------------------------------------------------------------------------------------------- demo data
+# ---------------------------------------------------------------------------------------------------- demo
+# data
 
 
 def test_demo_dataset() -> None:

@@ -20,7 +20,9 @@ ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False
 
 @pytest.mark.parametrize(("arch", "large"), ARCHS)
 @pytest.mark.parametrize("seconds", [1.0, 10.0])
-def test_expected_macs_equals_the_dispatch_count(tmp_path: Path, arch: str, large: bool, seconds: float) -> None:
+def test_expected_macs_equals_the_dispatch_count(
+    tmp_path: Path, arch: str, large: bool, seconds: float
+) -> None:
     """Masks fully open: the formula equals `count_macs` of the same model (which watches the aten ops)."""
     teacher = load_huggingface(save_tiny_teacher(tmp_path / "t", arch, large))
     counted = count_macs(teacher, seconds=seconds).macs_per_second
@@ -60,7 +62,10 @@ def test_spec_targets() -> None:
     assert only_macs.target_sparsity(1000) is None
     assert only_macs.budgets(1000, 4e9) == [Budget("macs", 4e9, 0.75)]
     both = CompressionSpec(target_params=250, target_macs="1G")
-    assert [(b.kind, round(b.sparsity, 6)) for b in both.budgets(1000, 4e9)] == [("params", 0.75), ("macs", 0.75)]
+    assert [(b.kind, round(b.sparsity, 6)) for b in both.budgets(1000, 4e9)] == [
+        ("params", 0.75),
+        ("macs", 0.75),
+    ]
     assert CompressionSpec().budgets(1000, 4e9) == [Budget("params", 1000.0, 0.75)]
     with pytest.raises(ValueError, match="not both"):
         CompressionSpec(target_macs=10, macs_sparsity=0.5)
@@ -79,7 +84,10 @@ def test_each_budget_has_its_own_multipliers(tiny_teacher_dir: Path) -> None:
     student = make_student(teacher)
     targets = ClusterTargets([[0], [1, 2]], teacher.config.hidden_size)
     recipe = TrainRecipe(**{**PRESETS["quick"][1], "sparsity_warmup_steps": 0})
-    budgets = [Budget("params", teacher.num_params(), 0.5), Budget("macs", float(teacher.expected_macs(10.0)), 0.6)]
+    budgets = [
+        Budget("params", teacher.num_params(), 0.5),
+        Budget("macs", float(teacher.expected_macs(10.0)), 0.6),
+    ]
     step = DistillStep(student, teacher, targets, recipe, torch.device("cpu"), budgets=budgets)
     values, targets_now, _ = step(0, torch.randn(2, 8000))
     assert targets_now == {"target_sparsity": 0.5, "target_macs_sparsity": 0.6}
@@ -91,20 +99,35 @@ def test_each_budget_has_its_own_multipliers(tiny_teacher_dir: Path) -> None:
 
 def _fine_teacher(tmp_path: Path, arch: str = "hubert", large: bool = False) -> Path:
     """Fine-grained units (heads of width 2, 32-wide conv) so 0.5% of a target is more than one unit."""
-    return save_tiny_teacher(tmp_path / "fine", arch, large, hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=32, conv_dim=(32, 32, 32),
-                             conv_stride=(5, 4, 4))
+    return save_tiny_teacher(
+        tmp_path / "fine",
+        arch,
+        large,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 4, 4),
+    )
 
 
-@pytest.mark.parametrize(("arch", "large", "kinds"), [
-    ("hubert", False, ("params",)), ("hubert", False, ("macs",)), ("hubert", False, ("params", "macs")),
-    ("wavlm", False, ("params", "macs")),
-    # the Large layout's conv channels are not prunable: with heads this coarse (each ~1.7% of the MACs) a
-    # params and a MACs target pulling apart have no solution within 0.5%, so only one target each
-    ("wavlm", True, ("params",)), ("wav2vec2", True, ("macs",)),
-])
-def test_landing_hits_every_target_within_half_a_percent(tmp_path: Path, kinds: tuple[str, ...], arch: str,
-                                                         large: bool) -> None:
+@pytest.mark.parametrize(
+    ("arch", "large", "kinds"),
+    [
+        ("hubert", False, ("params",)),
+        ("hubert", False, ("macs",)),
+        ("hubert", False, ("params", "macs")),
+        ("wavlm", False, ("params", "macs")),
+        # the Large layout's conv channels are not prunable: with heads this coarse (each ~1.7% of the MACs) a
+        # params and a MACs target pulling apart have no solution within 0.5%, so only one target each
+        ("wavlm", True, ("params",)),
+        ("wav2vec2", True, ("macs",)),
+    ],
+)
+def test_landing_hits_every_target_within_half_a_percent(
+    tmp_path: Path, kinds: tuple[str, ...], arch: str, large: bool
+) -> None:
     teacher = load_huggingface(_fine_teacher(tmp_path, arch, large))
     student = make_student(teacher)
     randomise_masks(student, scale=2.0)

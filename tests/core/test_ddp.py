@@ -41,7 +41,7 @@ class FixedBatches:
     def serve(self, index: int) -> Batch:
         full = self.batches[index % len(self.batches)]
         share = GLOBAL_BATCH // self.world_size
-        rows = full[self.rank * share:(self.rank + 1) * share]
+        rows = full[self.rank * share : (self.rank + 1) * share]
         return Batch(rows, torch.full((rows.shape[0],), rows.shape[1]), [])
 
     def state_dict(self) -> dict:
@@ -58,8 +58,17 @@ def _train(teacher_dir: Path, workdir: Path, rank: int, world_size: int) -> None
     student = make_student(teacher)
     targets = ClusterTargets([[0], [1, 2]], teacher.config.hidden_size)
     recipe = CompressionSpec(stage1_steps=STEPS, checkpoint_every=100).recipe(1)
-    ctx = StageContext(workdir, recipe, torch.device("cpu"), "distill_prune", 0.5, teacher.num_params(),
-                       seed=0, rank=rank, world_size=world_size)
+    ctx = StageContext(
+        workdir,
+        recipe,
+        torch.device("cpu"),
+        "distill_prune",
+        0.5,
+        teacher.num_params(),
+        seed=0,
+        rank=rank,
+        world_size=world_size,
+    )
     train_stage(student, teacher, targets, FixedBatches(rank, world_size), ctx)  # type: ignore[arg-type]
 
 

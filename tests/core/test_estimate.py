@@ -1,5 +1,5 @@
-"""The dry run (core.estimate, `skillkd compress --dry-run`): same validation as a run, sizes, work, timed steps,
-and nothing written."""
+"""The dry run (core.estimate, `skillkd compress --dry-run`): same validation as a run, sizes, work, timed
+steps, and nothing written."""
 
 from __future__ import annotations
 
@@ -22,10 +22,14 @@ def _tree(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
-def test_estimate_gives_sizes_work_and_time_and_writes_nothing(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+def test_estimate_gives_sizes_work_and_time_and_writes_nothing(
+    tmp_path: Path, tiny_teacher_dir: Path
+) -> None:
     audio = write_audio(tmp_path / "audio")
     before = _tree(tmp_path)
-    spec = CompressionSpec(**SPEC, sparsity=0.6)  # 0.75 leaves no room for the conv_kept shape on this teacher
+    spec = CompressionSpec(
+        **SPEC, sparsity=0.6
+    )  # 0.75 leaves no room for the conv_kept shape on this teacher
     result = estimate(spec, tiny_teacher_dir, audio, timed_steps=2)
     assert _tree(tmp_path) == before
 
@@ -75,13 +79,17 @@ def test_default_clusters_follow_the_spec() -> None:
     assert default_clusters(CompressionSpec(clusters=[[0], [1, 2]]), 2) == [[0], [1, 2]]
 
 
-@pytest.mark.parametrize(("spec", "error", "match"), [
-    (dict(target_params=10**9), SpecError, "not smaller than the teacher"),
-    (dict(clusters=[[0], [1, 7]]), SpecError, "clusters"),
-    (dict(evaluate=True), SpecError, "arpabet"),
-])
-def test_bad_specs_fail_as_a_real_run_fails(tmp_path: Path, tiny_teacher_dir: Path, spec: dict, error: type,
-                                            match: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "error", "match"),
+    [
+        (dict(target_params=10**9), SpecError, "not smaller than the teacher"),
+        (dict(clusters=[[0], [1, 7]]), SpecError, "clusters"),
+        (dict(evaluate=True), SpecError, "arpabet"),
+    ],
+)
+def test_bad_specs_fail_as_a_real_run_fails(
+    tmp_path: Path, tiny_teacher_dir: Path, spec: dict, error: type, match: str
+) -> None:
     audio = write_audio(tmp_path / "audio", n=3)
     with pytest.raises(error, match=match) as dry:
         estimate(CompressionSpec(**SPEC, **spec), tiny_teacher_dir, audio)
@@ -101,7 +109,17 @@ def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
 
     audio = write_audio(tmp_path / "audio", n=4)
     out = tmp_path / "run"
-    options = ["--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--out", str(out), "--dry-run"]
+    options = [
+        "--stage1-steps",
+        "4",
+        "--stage2-steps",
+        "2",
+        "--batch-seconds",
+        "2",
+        "--out",
+        str(out),
+        "--dry-run",
+    ]
     runner = CliRunner()
     text = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options])
     assert text.exit_code == 0, text.output
@@ -110,12 +128,16 @@ def test_cli_dry_run(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout)["work"]["stage1_steps"] == 4
     assert not out.exists()
-    bad = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, "--target-params", "1G"])
+    bad = runner.invoke(
+        cli, ["compress", str(tiny_teacher_dir), str(audio), *options, "--target-params", "1G"]
+    )
     assert bad.exit_code == 2 and "error [spec_invalid]" in bad.stderr and "Traceback" not in bad.output
     weights = ["--target-weights", "1", "--target-weights", "2"]  # 2 weights, 4 clusters by default
     bad = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, *weights])
     assert bad.exit_code == 2 and "target_weights has 2 weights but there will be 4 clusters" in bad.stderr
-    ok = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), *options, *weights, "--clusters", "2"])
+    ok = runner.invoke(
+        cli, ["compress", str(tiny_teacher_dir), str(audio), *options, *weights, "--clusters", "2"]
+    )
     assert ok.exit_code == 0, ok.output
 
 

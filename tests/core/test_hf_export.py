@@ -32,9 +32,19 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _teacher(tmp_path: Path, arch: str, large: bool, normalize: bool = True) -> Path:
     directory = save_tiny_teacher(tmp_path / f"t-{arch}-{large}", arch, large)
-    (directory / "preprocessor_config.json").write_text(json.dumps(
-        {"do_normalize": normalize, "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
-         "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True, "sampling_rate": 16000}))
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_normalize": normalize,
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+                "feature_size": 1,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "sampling_rate": 16000,
+            }
+        )
+    )
     return directory
 
 
@@ -67,7 +77,9 @@ def _ours(student, waves: list[np.ndarray]):
 
 
 @pytest.mark.parametrize(("arch", "large"), ARCHS)
-def test_pruned_student_export_matches_load_student_with_padding(tmp_path: Path, arch: str, large: bool) -> None:
+def test_pruned_student_export_matches_load_student_with_padding(
+    tmp_path: Path, arch: str, large: bool
+) -> None:
     student = pruned_student(load_huggingface(_teacher(tmp_path, arch, large)))
     directory = save_hf_export(student, tmp_path / "hf")
     config = json.loads((directory / "config.json").read_text())
@@ -99,13 +111,21 @@ def test_unpruned_export_matches_transformers_own_model(tmp_path: Path, arch: st
     waves = _waves(1)
     out, mask = _hf_outputs(directory, waves)
     with torch.no_grad():
-        ref = original(torch.from_numpy(np.stack([waves[0], np.pad(waves[1], (0, 1500))])), attention_mask=mask,
-                       output_hidden_states=True)
+        ref = original(
+            torch.from_numpy(np.stack([waves[0], np.pad(waves[1], (0, 1500))])),
+            attention_mask=mask,
+            output_hidden_states=True,
+        )
     frames = load_huggingface(teacher_dir).frame_lengths(mask.sum(-1))
     assert len(out.hidden_states) == len(ref.hidden_states) == 3
     for row, n in enumerate(frames.tolist()):
         for i, (a, b) in enumerate(zip(out.hidden_states, ref.hidden_states, strict=True)):
-            assert (a[row, :n] - b[row, :n]).abs().max() < TOL, (arch, large, i, (a[row, :n] - b[row, :n]).abs().max())
+            assert (a[row, :n] - b[row, :n]).abs().max() < TOL, (
+                arch,
+                large,
+                i,
+                (a[row, :n] - b[row, :n]).abs().max(),
+            )
         assert (out.last_hidden_state[row, :n] - ref.last_hidden_state[row, :n]).abs().max() < TOL
     if large:  # transformers 5: hidden_states[L] is the last layer's raw output, last_hidden_state is normed
         assert (out.last_hidden_state - out.hidden_states[-1]).abs().max() > 1e-2
@@ -145,8 +165,12 @@ def test_cli_export_hf_and_inspect(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert is_hf_export_dir(tmp_path / "hf")
     assert set(json.loads(res.stdout)["hf"]["files"]) >= {
-        "config.json", "configuration_skillkd.py", "modeling_skillkd.py", "model.safetensors",
-        "preprocessor_config.json"}
+        "config.json",
+        "configuration_skillkd.py",
+        "modeling_skillkd.py",
+        "model.safetensors",
+        "preprocessor_config.json",
+    }
     res = runner.invoke(cli, ["inspect", str(tmp_path / "hf"), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
@@ -161,7 +185,7 @@ def test_cli_export_hf_and_inspect(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--out" in res.output
 
 
-FRESH_SCRIPT = textwrap.dedent('''
+FRESH_SCRIPT = textwrap.dedent("""
     import sys
     try:
         import core  # noqa: F401
@@ -181,7 +205,7 @@ FRESH_SCRIPT = textwrap.dedent('''
         out = model(**inputs, output_hidden_states=True)
     np.save(sys.argv[4], torch.stack(out.hidden_states).numpy())
     print("modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("core", "skillkd", "api", "worker")))
-''')
+""")
 
 
 def test_export_loads_in_a_fresh_environment_without_skillkd(tmp_path: Path) -> None:
@@ -191,9 +215,14 @@ def test_export_loads_in_a_fresh_environment_without_skillkd(tmp_path: Path) -> 
     directory = save_hf_export(student, tmp_path / "hf")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c",
-                                   "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  check=True, capture_output=True, text=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # plain paths: a .pth line that is a path adds it to sys.path without running the .pth files inside it
     # (skillkd's editable install is such a .pth), so only what is installed there as files can be imported
     paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
@@ -206,9 +235,21 @@ def test_export_loads_in_a_fresh_environment_without_skillkd(tmp_path: Path) -> 
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
-    res = subprocess.run([str(venv / "bin" / "python"), str(tmp_path / "run.py"), str(directory),
-                          str(tmp_path / "w0.npy"), str(tmp_path / "w1.npy"), str(tmp_path / "out.npy")],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            str(tmp_path / "run.py"),
+            str(directory),
+            str(tmp_path / "w0.npy"),
+            str(tmp_path / "w1.npy"),
+            str(tmp_path / "out.npy"),
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "modules: []" in res.stdout
     theirs = np.load(tmp_path / "out.npy")

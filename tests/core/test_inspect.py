@@ -35,9 +35,13 @@ def test_inspect_counts_macs_by_layer_and_part(tmp_path: Path, seconds: float) -
         assert sum(macs["by_part"].values()) == pytest.approx(macs["per_second"], rel=1e-6)
         assert sum(c["macs_per_second"] for c in info["conv"]) == pytest.approx(macs["by_part"]["conv"])
         assert sum(r["attention_macs_per_second"] for r in info["layers"]) == pytest.approx(
-            macs["by_part"]["attention"])
+            macs["by_part"]["attention"]
+        )
         assert [r["heads"] for r in info["layers"]] == [layer.attention.num_heads for layer in model.layers()]
-    assert _inspect(tmp_path / "student")["macs"]["per_second"] < _inspect(tmp_path / "teacher")["macs"]["per_second"]
+    assert (
+        _inspect(tmp_path / "student")["macs"]["per_second"]
+        < _inspect(tmp_path / "teacher")["macs"]["per_second"]
+    )
 
 
 def test_inspect_text_and_bad_seconds(tmp_path: Path) -> None:

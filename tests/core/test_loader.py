@@ -1,5 +1,6 @@
-"""Background batch loading (core/data/loader.py) and the shared training step (core/distill/train.py DistillStep):
-worker processes serve exactly the stream's batches, resume exactly, and `compile` falls back to eager."""
+"""Background batch loading (core/data/loader.py) and the shared training step (core/distill/train.py
+DistillStep): worker processes serve exactly the stream's batches, resume exactly, and `compile` falls back to
+eager."""
 
 from __future__ import annotations
 
@@ -27,13 +28,16 @@ def catalog(tmp_path: Path) -> AudioCatalog:
     root = tmp_path / "utts"
     root.mkdir()
     for i, seconds in enumerate(rng.uniform(0.5, 2.5, size=24)):
-        sf.write(root / f"u{i:02d}.wav", rng.uniform(-0.5, 0.5, round(seconds * 8000)).astype(np.float32), 8000)
+        sf.write(
+            root / f"u{i:02d}.wav", rng.uniform(-0.5, 0.5, round(seconds * 8000)).astype(np.float32), 8000
+        )
     return scan_audio(root, min_seconds=0.1)
 
 
 def _stream(catalog: AudioCatalog) -> TrainBatches:
-    return TrainBatches(catalog, sample_rate=16000, batch_seconds=4.0, min_utterance_s=0.5, max_utterance_s=2.0,
-                        seed=11)
+    return TrainBatches(
+        catalog, sample_rate=16000, batch_seconds=4.0, min_utterance_s=0.5, max_utterance_s=2.0, seed=11
+    )
 
 
 def _key(batch: Batch) -> tuple[list[str], bytes]:
@@ -108,8 +112,11 @@ def _audio(directory: Path) -> Path:
     directory.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(8):
-        sf.write(directory / f"u{i}.wav", (0.3 * rng.standard_normal(int(16000 * rng.uniform(1.0, 1.6))))
-                 .astype(np.float32), 16000)
+        sf.write(
+            directory / f"u{i}.wav",
+            (0.3 * rng.standard_normal(int(16000 * rng.uniform(1.0, 1.6)))).astype(np.float32),
+            16000,
+        )
     return directory
 
 
@@ -125,26 +132,37 @@ def test_pipeline_with_loader_workers_equals_without(tmp_path: Path, tiny_teache
         assert torch.equal(value, sb[name]), name
 
 
-def _stage(tmp_path: Path, teacher_dir: Path, *, compile: bool, events: list[Event] | None = None,
-           steps: int = 3) -> dict:
+def _stage(
+    tmp_path: Path, teacher_dir: Path, *, compile: bool, events: list[Event] | None = None, steps: int = 3
+) -> dict:
     teacher = load_huggingface(teacher_dir)
     torch.manual_seed(0)
     student = make_student(teacher)
     targets = ClusterTargets([[0], [1, 2]], teacher.config.hidden_size)
     recipe = CompressionSpec(stage1_steps=steps, checkpoint_every=100).recipe(1)
-    ctx = StageContext(tmp_path, recipe, torch.device("cpu"), "distill_prune", 0.5, teacher.num_params(),
-                       on_event=(events.append if events is not None else lambda e: None), compile=compile)
+    ctx = StageContext(
+        tmp_path,
+        recipe,
+        torch.device("cpu"),
+        "distill_prune",
+        0.5,
+        teacher.num_params(),
+        on_event=(events.append if events is not None else lambda e: None),
+        compile=compile,
+    )
     train_stage(student, teacher, targets, _FakeStream(), ctx)  # type: ignore[arg-type]
     return student.state_dict()
 
 
-def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path: Path, tiny_teacher_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_failure_falls_back_to_eager_with_a_message(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     eager = _stage(tmp_path / "eager", tiny_teacher_dir, compile=False)
 
     def broken_compile(module, **kwargs):  # noqa: ANN001, ANN202
         def call(*args, **kw):  # noqa: ANN002, ANN003, ANN202
             raise RuntimeError("no C++ compiler here\nlong backtrace")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -157,7 +175,9 @@ def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path: Path, tiny
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="inductor needs a C++ compiler on CPU")
+@pytest.mark.skipif(
+    not (shutil.which("c++") or shutil.which("g++")), reason="inductor needs a C++ compiler on CPU"
+)
 def test_compiled_training_runs_and_tracks_eager(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     """Real torch.compile (inductor) on CPU: no fallback, finite figures, weights close to an eager run.
     Stage 1 samples masks with random numbers that compiled code draws differently, so compare loosely."""
@@ -167,7 +187,9 @@ def test_compiled_training_runs_and_tracks_eager(tmp_path: Path, tiny_teacher_di
     progress = [e for e in events if e.kind == "progress"]
     assert progress and all(np.isfinite(v) for v in progress[-1].metrics.values())
     eager = _stage(tmp_path / "e", tiny_teacher_dir, compile=False, steps=2)
-    diffs = [(compiled[k].float() - eager[k].float()).abs().max().item() for k in eager if "log_alpha" not in k]
+    diffs = [
+        (compiled[k].float() - eager[k].float()).abs().max().item() for k in eager if "log_alpha" not in k
+    ]
     assert max(diffs) < 0.05
 
 

@@ -25,15 +25,20 @@ from tests.utils.models import pruned_student, save_tiny_teacher
 def _pruned(tmp_path: Path, arch: str = "wavlm", large: bool = True, seed: int = 0):
     # 50 frames per second of audio, as in real teachers (the default tiny config runs at 800, and the checks'
     # seconds of noise would then spend most of this file's time in attention over thousands of frames)
-    teacher = save_tiny_teacher(tmp_path / f"t-{arch}", arch, large, conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8))
+    teacher = save_tiny_teacher(
+        tmp_path / f"t-{arch}", arch, large, conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8)
+    )
     return pruned_student(load_huggingface(teacher), seed)
 
 
 @pytest.mark.parametrize(("arch", "large"), [("wavlm", True), ("hubert", False)])
-def test_variants_are_written_verified_and_match_pytorch_with_padding(tmp_path: Path, arch: str, large: bool,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    timed = arch == "hubert"  # one case measures the speed (one pass of a short utterance: the tiny config runs
-    if timed:                 # at 800 frames/s, so 10 s of attention takes seconds); the other skips it, as the suite does
+def test_variants_are_written_verified_and_match_pytorch_with_padding(
+    tmp_path: Path, arch: str, large: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed = (
+        arch == "hubert"
+    )  # one case measures the speed (one pass of a short utterance: the tiny config runs
+    if timed:  # at 800 frames/s, so 10 s of attention takes seconds); the other skips it, as the suite does
         monkeypatch.setenv(speed.RUNS_ENV, "1")
         monkeypatch.setattr(speed, "SECONDS", 0.5)
     student = _pruned(tmp_path, arch, large)
@@ -61,8 +66,11 @@ def test_variants_are_written_verified_and_match_pytorch_with_padding(tmp_path: 
     assert [o.name for o in session.get_outputs()] == ["hidden_states", "last_hidden_state"]
     hidden, last = session.run(None, inputs)
     with torch.no_grad():
-        ref = hf_module(student)(torch.from_numpy(inputs["input_values"]),
-                                 attention_mask=torch.from_numpy(inputs["attention_mask"]), output_hidden_states=True)
+        ref = hf_module(student)(
+            torch.from_numpy(inputs["input_values"]),
+            attention_mask=torch.from_numpy(inputs["attention_mask"]),
+            output_hidden_states=True,
+        )
     assert hidden.shape[:2] == (student.num_layers + 1, 3)
     assert np.abs(hidden - torch.stack(ref.hidden_states).numpy()).max() < 1e-4
     assert np.abs(last - ref.last_hidden_state.numpy()).max() < 1e-4
@@ -114,10 +122,14 @@ def test_export_cli_onnx_list_and_hf(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["export", str(student_dir), "--onnx", "fp8"])
     assert res.exit_code == 2 and "fp8" in res.output
-    res = runner.invoke(cli, ["export", str(student_dir), "--onnx", "fp16", "--out", str(tmp_path / "o"), "--json"])
+    res = runner.invoke(
+        cli, ["export", str(student_dir), "--onnx", "fp16", "--out", str(tmp_path / "o"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert Path(json.loads(res.stdout)["onnx"]["files"]["fp16"]).exists()
-    res = runner.invoke(cli, ["export", str(student_dir), "--format", "hf", "--onnx", "--out", str(tmp_path / "hf")])
+    res = runner.invoke(
+        cli, ["export", str(student_dir), "--format", "hf", "--onnx", "--out", str(tmp_path / "hf")]
+    )
     assert res.exit_code == 0, res.output
     assert "fp32" in res.output and "ok" in res.output
     assert sorted(p.name for p in (tmp_path / "hf" / "onnx").iterdir()) == ["model.onnx"]

@@ -23,8 +23,9 @@ def audio_dir(tmp_path: Path) -> Path:
     return write_audio(tmp_path / "audio")
 
 
-def test_final_distillation_reports_progress_and_stops_when_asked(tmp_path: Path, tiny_teacher_dir: Path,
-                                                                   audio_dir: Path) -> None:
+def test_final_distillation_reports_progress_and_stops_when_asked(
+    tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path
+) -> None:
     """Stage 2 emits progress and honours should_stop like stage 1 (it once did neither: the service showed
     no progress and could not cancel a job in its final distillation)."""
     seen: list = []
@@ -33,16 +34,29 @@ def test_final_distillation_reports_progress_and_stops_when_asked(tmp_path: Path
         return any(e.kind == "progress" and e.stage == "final_distill" for e in seen)
 
     with pytest.raises(StopRequested):
-        run(CompressionSpec(**{**SPEC, "stage2_steps": 40}), tiny_teacher_dir, audio_dir, tmp_path / "w",
-            on_event=seen.append, should_stop=stop_in_stage2)
+        run(
+            CompressionSpec(**{**SPEC, "stage2_steps": 40}),
+            tiny_teacher_dir,
+            audio_dir,
+            tmp_path / "w",
+            on_event=seen.append,
+            should_stop=stop_in_stage2,
+        )
     steps = [e.step for e in seen if e.kind == "progress" and e.stage == "final_distill"]
     assert steps and max(steps) < 40
 
 
-def test_full_run_exports_a_loadable_smaller_student(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
+def test_full_run_exports_a_loadable_smaller_student(
+    tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path
+) -> None:
     events = []
-    result = run(CompressionSpec(**SPEC, export_onnx=True), tiny_teacher_dir, audio_dir, tmp_path / "w",
-                 on_event=events.append)
+    result = run(
+        CompressionSpec(**SPEC, export_onnx=True),
+        tiny_teacher_dir,
+        audio_dir,
+        tmp_path / "w",
+        on_event=events.append,
+    )
     report = result.report
     student = load_student(result.export_dir)
     assert student.num_params() == report["student"]["num_params"]
@@ -68,8 +82,9 @@ def test_full_run_exports_a_loadable_smaller_student(tmp_path: Path, tiny_teache
     assert [r["step"] for r in log if r["stage"] == "distill_prune"] == list(range(1, 9))
 
 
-def test_a_second_run_on_a_finished_workdir_does_nothing_again(tmp_path: Path, tiny_teacher_dir: Path,
-                                                                audio_dir: Path) -> None:
+def test_a_second_run_on_a_finished_workdir_does_nothing_again(
+    tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path
+) -> None:
     first = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio_dir, tmp_path / "w")
     events = []
     again = run(CompressionSpec(**SPEC), tiny_teacher_dir, audio_dir, tmp_path / "w", on_event=events.append)
@@ -77,8 +92,9 @@ def test_a_second_run_on_a_finished_workdir_does_nothing_again(tmp_path: Path, t
     assert again.report["student"] == first.report["student"]
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path: Path, tiny_teacher_dir: Path,
-                                                          audio_dir: Path) -> None:
+def test_stopped_and_resumed_run_equals_uninterrupted_run(
+    tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path
+) -> None:
     spec = CompressionSpec(stage1_steps=12, stage2_steps=4, batch_seconds=2.0, checkpoint_every=3)
     straight = run(spec, tiny_teacher_dir, audio_dir, tmp_path / "a")
 
@@ -108,7 +124,9 @@ def test_explicit_clusters_and_target_params(tmp_path: Path, tiny_wavlm_dir: Pat
     spec = CompressionSpec(**SPEC, clusters=[[0], [1, 2]], target_params=15_000)
     result = run(spec, tiny_wavlm_dir, audio_dir, tmp_path / "w")
     assert result.report["clusters"] == [[0], [1, 2]]
-    assert result.report["target_sparsity"] == pytest.approx(1 - 15_000 / result.report["teacher"]["num_params"])
+    assert result.report["target_sparsity"] == pytest.approx(
+        1 - 15_000 / result.report["teacher"]["num_params"]
+    )
 
 
 def test_bad_inputs_raise_engine_errors(tmp_path: Path, tiny_teacher_dir: Path, audio_dir: Path) -> None:
@@ -131,9 +149,24 @@ def test_cli_compress_inspect_export(tmp_path: Path, tiny_teacher_dir: Path, aud
 
     runner = CliRunner()
     out = tmp_path / "run"
-    res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--out", str(out),
-                              "--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--json",
-                              "--quiet"])
+    res = runner.invoke(
+        cli,
+        [
+            "compress",
+            str(tiny_teacher_dir),
+            str(audio_dir),
+            "--out",
+            str(out),
+            "--stage1-steps",
+            "4",
+            "--stage2-steps",
+            "2",
+            "--batch-seconds",
+            "2",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["student_params"] < summary["teacher_params"]
@@ -147,7 +180,9 @@ def test_cli_compress_inspect_export(tmp_path: Path, tiny_teacher_dir: Path, aud
     res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--out", str(out)])
     assert res.exit_code == 2 and "--resume" in res.output
     # a bad teacher: a clear message and exit code 2
-    res = runner.invoke(cli, ["compress", str(tmp_path / "missing"), str(audio_dir), "--out", str(tmp_path / "x")])
+    res = runner.invoke(
+        cli, ["compress", str(tmp_path / "missing"), str(audio_dir), "--out", str(tmp_path / "x")]
+    )
     assert res.exit_code == 2 and "error [teacher_invalid]" in res.output
     res = runner.invoke(cli, ["compress", str(tiny_teacher_dir), str(audio_dir), "--sparsity", "1.5"])
     assert res.exit_code == 2 and "sparsity" in res.output
@@ -157,6 +192,8 @@ def test_core_pipeline_does_not_import_the_service() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, core.pipeline, cli.engine; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'redis') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, core.pipeline, cli.engine; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'redis') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -20,8 +20,17 @@ def test_the_stable_names_are_the_engine_objects() -> None:
     assert core.run is run and core.PipelineResult is PipelineResult
     assert core.CompressionSpec is CompressionSpec and core.SkillkdError is SkillkdError
     assert core.load_student is load_student and core.load_model is load_model
-    assert sorted(core.__all__) == sorted(["CompressionSpec", "PipelineResult", "SkillkdError", "__version__",
-                                           "load_model", "load_student", "run"])
+    assert sorted(core.__all__) == sorted(
+        [
+            "CompressionSpec",
+            "PipelineResult",
+            "SkillkdError",
+            "__version__",
+            "load_model",
+            "load_student",
+            "run",
+        ]
+    )
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:

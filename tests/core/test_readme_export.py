@@ -26,7 +26,9 @@ def _section_code() -> list[str]:
 def test_readme_transformers_and_onnxruntime_lines_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     teacher = save_tiny_teacher(tmp_path / "t", "hubert", False)
-    (teacher / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True, "sampling_rate": 16000}))
+    (teacher / "preprocessor_config.json").write_text(
+        json.dumps({"do_normalize": True, "sampling_rate": 16000})
+    )
     student = make_student(load_huggingface(teacher))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

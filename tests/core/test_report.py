@@ -14,8 +14,9 @@ from tests.utils.audio import write_audio
 from tests.utils.pipeline import SPEC
 
 
-def test_report_has_speed_timings_and_calibration_audio(tmp_path: Path, tiny_teacher_dir: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_has_speed_timings_and_calibration_audio(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "2")  # the suite skips the timing by default (conftest)
     audio = write_audio(tmp_path / "audio")
     events = []
@@ -58,7 +59,9 @@ def test_report_has_speed_timings_and_calibration_audio(tmp_path: Path, tiny_tea
     assert again.report["timings_s"] == timings
 
 
-def test_a_student_with_zero_width_layers_loads_without_warnings(tmp_path: Path, tiny_wavlm_dir: Path) -> None:
+def test_a_student_with_zero_width_layers_loads_without_warnings(
+    tmp_path: Path, tiny_wavlm_dir: Path
+) -> None:
     import warnings
 
     import torch
@@ -83,25 +86,44 @@ def test_a_student_with_zero_width_layers_loads_without_warnings(tmp_path: Path,
         assert torch.equal(loaded(x)[0][-1], student(x)[0][-1])
 
 
-def test_cli_compress_prints_the_measured_speed(tmp_path: Path, tiny_teacher_dir: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_compress_prints_the_measured_speed(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from cli import skillkd as cli
 
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "1")
     audio = write_audio(tmp_path / "audio", n=4)
-    res = CliRunner().invoke(cli, ["compress", str(tiny_teacher_dir), str(audio), "--out", str(tmp_path / "run"),
-                                   "--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2", "--quiet"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "compress",
+            str(tiny_teacher_dir),
+            str(audio),
+            "--out",
+            str(tmp_path / "run"),
+            "--stage1-steps",
+            "4",
+            "--stage2-steps",
+            "2",
+            "--batch-seconds",
+            "2",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "run" / "student" / "report.json").read_text())
     speed = report["speed"]
-    assert (f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher, "
-            f"{speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread") in res.stdout
+    assert (
+        f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher, "
+        f"{speed['cpu_1_thread']['speedup']:.2f}x faster on one CPU thread"
+    ) in res.stdout
 
 
 def test_the_hugging_face_export_of_zero_width_layers_loads_without_warnings(
-        tmp_path: Path, tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, tiny_wavlm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import warnings
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

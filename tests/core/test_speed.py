@@ -21,7 +21,8 @@ def test_measure_gives_sizes_macs_and_interleaved_speed(tmp_path: Path) -> None:
     assert result["teacher"]["macs_per_second"] == count_macs(teacher, seconds=1.0).macs_per_second
     assert result["student"]["macs_per_second"] < result["teacher"]["macs_per_second"]
     assert result["macs_ratio"] == pytest.approx(
-        result["teacher"]["macs_per_second"] / result["student"]["macs_per_second"])
+        result["teacher"]["macs_per_second"] / result["student"]["macs_per_second"]
+    )
     one = result["cpu_1_thread"]
     assert one["threads"] == 1
     assert len(one["times_s"]["teacher"]) == len(one["times_s"]["student"]) == 3
@@ -58,8 +59,12 @@ def test_zero_runs_gives_sizes_and_macs_only(tmp_path: Path, monkeypatch: pytest
     result = speed.measure(teacher, student, seconds=1.0)
     assert result["student"]["params"] == student.num_params()
     assert "cpu_1_thread" not in result and "skipped" in result["protocol"]["timing"]
-    assert set(speed.headline(result)) == {"teacher_params", "student_params", "teacher_macs_per_s",
-                                           "student_macs_per_s"}
+    assert set(speed.headline(result)) == {
+        "teacher_params",
+        "student_params",
+        "teacher_macs_per_s",
+        "student_macs_per_s",
+    }
     monkeypatch.setenv(speed.RUNS_ENV, "many")
     with pytest.raises(ValueError, match=speed.RUNS_ENV):
         speed.default_runs()

@@ -11,8 +11,19 @@ from core.spec import CompressionSpec, TrainRecipe, parse_param_count
 
 
 def _recipe(**kw) -> TrainRecipe:
-    base = dict(steps=100, warmup_steps=10, lr=1e-3, lr_masks=0.1, lr_lambda=0.1, sparsity_warmup_steps=20,
-                batch_seconds=4.0, min_utterance_s=0.5, max_utterance_s=2.0, grad_clip=10.0, checkpoint_every=10)
+    base = dict(
+        steps=100,
+        warmup_steps=10,
+        lr=1e-3,
+        lr_masks=0.1,
+        lr_lambda=0.1,
+        sparsity_warmup_steps=20,
+        batch_seconds=4.0,
+        min_utterance_s=0.5,
+        max_utterance_s=2.0,
+        grad_clip=10.0,
+        checkpoint_every=10,
+    )
     base.update(kw)
     return TrainRecipe(**base)
 
@@ -80,8 +91,10 @@ def test_target_weights_scale_each_term_against_the_formula() -> None:
     torch.manual_seed(0)
     preds = [torch.randn(2, 5, 4) for _ in range(3)]
     tgts = [torch.randn(2, 5, 4) for _ in range(3)]
-    terms = [((p - t).abs().mean() - torch.nn.functional.cosine_similarity(p, t, dim=-1).mean()).item()
-             for p, t in zip(preds, tgts)]
+    terms = [
+        ((p - t).abs().mean() - torch.nn.functional.cosine_similarity(p, t, dim=-1).mean()).item()
+        for p, t in zip(preds, tgts)
+    ]
     equal, parts = distill_loss(preds, tgts)
     assert equal.item() == pytest.approx(sum(terms) / 3, abs=1e-6)
     weights = ClusterTargets([[0], [1], [2]], 4, weights=[1.0, 1.0, 4.0]).weights
@@ -113,6 +126,7 @@ def test_speed_perturbation_comes_from_the_preset_and_reaches_both_stages() -> N
 def test_target_weights_must_match_the_clusters_found() -> None:
     from core.distill.build import cluster_targets
     from core.errors import SpecError
+
     with pytest.raises(SpecError, match="3 target weights for 4 clusters"):
         cluster_targets([[0], [1], [2], [3]], 4, CompressionSpec(target_weights=[1, 1, 2]))
     assert cluster_targets([[0], [1]], 4, CompressionSpec(target_weights=[1, 3])).weights == [0.5, 1.5]

@@ -17,9 +17,24 @@ def test_demo_round_trip_downloads_and_loads_a_smaller_student(tmp_path: Path) -
 
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "cli", "demo", "--home", str(tmp_path / "home"), "--out", str(out),
-         "--stage1-steps", "3", "--stage2-steps", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "demo",
+            "--home",
+            str(tmp_path / "home"),
+            "--out",
+            str(out),
+            "--stage1-steps",
+            "3",
+            "--stage2-steps",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sha256 verified" in proc.stdout

@@ -15,6 +15,8 @@ def write_audio(directory: Path, n: int = 8, seed: int = 0) -> Path:
     for i in range(n):
         length = int(16000 * rng.uniform(1.0, 1.6))
         t = np.arange(length) / 16000
-        x = sum(np.sin(2 * np.pi * f * t) * a for f, a in zip(rng.uniform(100, 3000, 4), rng.uniform(0.1, 0.4, 4)))
+        x = sum(
+            np.sin(2 * np.pi * f * t) * a for f, a in zip(rng.uniform(100, 3000, 4), rng.uniform(0.1, 0.4, 4))
+        )
         sf.write(directory / f"u{i}.wav", (x + 0.02 * rng.standard_normal(length)).astype(np.float32), 16000)
     return directory

@@ -18,12 +18,24 @@ def tiny_hf_config(arch: str = "hubert", large: bool = False, **overrides: Any) 
 
     cls = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config, "wavlm": WavLMConfig}[arch]
     kwargs = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        conv_dim=(16, 16, 16), conv_kernel=(10, 3, 2), conv_stride=(5, 2, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-        feat_extract_norm="layer" if large else "group", do_stable_layer_norm=large,
-        conv_bias=large, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-        feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        conv_dim=(16, 16, 16),
+        conv_kernel=(10, 3, 2),
+        conv_stride=(5, 2, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer" if large else "group",
+        do_stable_layer_norm=large,
+        conv_bias=large,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+        apply_spec_augment=False,
     )
     if arch == "wavlm":
         kwargs.update(num_buckets=32, max_bucket_distance=64)
@@ -31,8 +43,9 @@ def tiny_hf_config(arch: str = "hubert", large: bool = False, **overrides: Any) 
     return cls(**kwargs)
 
 
-def save_tiny_teacher(directory: Path, arch: str = "hubert", large: bool = False, seed: int = 0,
-                      **overrides: Any) -> Path:
+def save_tiny_teacher(
+    directory: Path, arch: str = "hubert", large: bool = False, seed: int = 0, **overrides: Any
+) -> Path:
     """A tiny random-init transformers teacher saved with save_pretrained in `directory`."""
     from transformers import HubertModel, Wav2Vec2Model, WavLMModel
 

@@ -22,11 +22,21 @@ from tests.utils.servicekit import fresh_postgres, make_audio, make_teacher, pos
 
 def small_settings(home: Path, **overrides) -> Settings:
     values = dict(
-        home=home, engine="service.engine:FakeEngine", max_upload_bytes=4 * 1024 * 1024,
-        max_archive_entries=50, max_extracted_bytes=16 * 1024 * 1024, max_compression_ratio=50.0,
+        home=home,
+        engine="service.engine:FakeEngine",
+        max_upload_bytes=4 * 1024 * 1024,
+        max_archive_entries=50,
+        max_extracted_bytes=16 * 1024 * 1024,
+        max_compression_ratio=50.0,
         archive_ratio_floor_bytes=1024 * 1024,
-        max_jobs_in_flight=3, max_attempts=3, heartbeat_interval_s=0.2, heartbeat_stale_s=1.5,
-        requeue_queued_after_s=1.0, reaper_interval_s=0.5, progress_interval_s=0.0, stop_poll_interval_s=0.0,
+        max_jobs_in_flight=3,
+        max_attempts=3,
+        heartbeat_interval_s=0.2,
+        heartbeat_stale_s=1.5,
+        requeue_queued_after_s=1.0,
+        reaper_interval_s=0.5,
+        progress_interval_s=0.0,
+        stop_poll_interval_s=0.0,
         broker_poll_interval_s=0.1,
     )
     values.update(overrides)
@@ -62,7 +72,9 @@ class LiveApp:
 def postgres_app(postgres_settings: Settings) -> Iterator[LiveApp]:
     """The app on PostgreSQL with the fake engine, its client (server errors answered as 500, not raised) and
     alice's key."""
-    app = create_app(postgres_settings, enqueuer=MemoryEnqueuer(), engine=FakeEngine(steps=3), run_reaper=False)
+    app = create_app(
+        postgres_settings, enqueuer=MemoryEnqueuer(), engine=FakeEngine(steps=3), run_reaper=False
+    )
     with TestClient(app, raise_server_exceptions=False) as client:
         with app.state.services.factory() as session:
             alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
@@ -140,8 +152,14 @@ def make_runner(app, enqueuer):
 
     def build(engine: FakeEngine | None = None, worker: str = "w1") -> JobRunner:
         s = app.state.services
-        return JobRunner(factory=s.factory, storage=s.storage, engine=engine or FakeEngine(steps=3),
-                         enqueuer=enqueuer, settings=s.settings, worker=worker)
+        return JobRunner(
+            factory=s.factory,
+            storage=s.storage,
+            engine=engine or FakeEngine(steps=3),
+            enqueuer=enqueuer,
+            settings=s.settings,
+            worker=worker,
+        )
 
     return build
 

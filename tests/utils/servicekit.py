@@ -39,8 +39,9 @@ def safetensors_bytes(shapes: dict[str, list[int]]) -> bytes:
 
 def make_teacher(root: Path, *, model_type: str = "hubert") -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 32,
-                                                  "num_hidden_layers": 4}))
+    (root / "config.json").write_text(
+        json.dumps({"model_type": model_type, "hidden_size": 32, "num_hidden_layers": 4})
+    )
     (root / "model.safetensors").write_bytes(safetensors_bytes({"a.weight": [32, 32], "b.bias": [32]}))
     return root
 
@@ -80,7 +81,7 @@ def zip_entries(entries: dict[str, bytes], *, symlink: str | None = None) -> byt
             zf.writestr(name, data)
         if symlink:
             info = zipfile.ZipInfo(symlink)
-            info.external_attr = (0o120777 << 16)
+            info.external_attr = 0o120777 << 16
             zf.writestr(info, "/etc/passwd")
     return buf.getvalue()
 
@@ -161,11 +162,28 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
@@ -197,9 +215,14 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         out = open(self.log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
-                                     env=self.env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker", "--loglevel", "INFO"],
+            env=self.env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def kill(self) -> None:

@@ -28,8 +28,18 @@ from tests.utils.servicekit import (
 )
 from worker.celery_app import make_celery
 
-_FIELDS = ("home", "database_url", "broker_url", "engine", "max_attempts", "heartbeat_interval_s",
-           "heartbeat_stale_s", "progress_interval_s", "stop_poll_interval_s", "broker_poll_interval_s")
+_FIELDS = (
+    "home",
+    "database_url",
+    "broker_url",
+    "engine",
+    "max_attempts",
+    "heartbeat_interval_s",
+    "heartbeat_stale_s",
+    "progress_interval_s",
+    "stop_poll_interval_s",
+    "broker_poll_interval_s",
+)
 
 
 class Stack:
@@ -37,8 +47,11 @@ class Stack:
 
     def __init__(self, settings, tmp: Path) -> None:
         self.settings, self.tmp = settings, tmp
-        self.fake = {"SKILLKD_FAKE_STEPS": "4", "SKILLKD_FAKE_STEP_S": "0.05",
-                     "SKILLKD_FAKE_LEDGER": str(tmp / "ledger.txt")}
+        self.fake = {
+            "SKILLKD_FAKE_STEPS": "4",
+            "SKILLKD_FAKE_STEP_S": "0.05",
+            "SKILLKD_FAKE_LEDGER": str(tmp / "ledger.txt"),
+        }
         self.workers: list[WorkerProcess] = []
         self.clients: list[TestClient] = []
         self.headers: dict[str, str] = {}
@@ -64,7 +77,9 @@ class Stack:
         self.clients.remove(client)
 
     def upload_inputs(self, client: TestClient) -> tuple[str, str]:
-        t = client.post("/v1/teachers", content=zip_dir(make_teacher(self.tmp / "teacher")), headers=self.headers)
+        t = client.post(
+            "/v1/teachers", content=zip_dir(make_teacher(self.tmp / "teacher")), headers=self.headers
+        )
         d = client.post("/v1/datasets", content=zip_dir(make_audio(self.tmp / "audio")), headers=self.headers)
         assert t.status_code == 201 and d.status_code == 201, (t.text, d.text)
         return t.json()["id"], d.json()["id"]
@@ -127,8 +142,16 @@ def services_stack(tmp_path: Path, pg_url: str, redis_server: RedisServer):
 
     engine = create_engine(pg_url)  # each test starts from empty tables in the session's database
     with engine.begin() as conn:
-        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname='public' "
-                                   "AND tablename <> 'alembic_version'")).scalars().all()
+        tables = (
+            conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname='public' "
+                    "AND tablename <> 'alembic_version'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         if tables:
             conn.execute(text("TRUNCATE " + ", ".join(tables) + " CASCADE"))
     engine.dispose()

@@ -22,12 +22,23 @@ class Served:
     def __init__(self, tmp: Path, env_extra: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = service_env({"SKILLKD_HOME": str(tmp / "home"), "SKILLKD_URL": self.url,
-                                "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1", **env_extra})
+        self.env = service_env(
+            {
+                "SKILLKD_HOME": str(tmp / "home"),
+                "SKILLKD_URL": self.url,
+                "SKILLKD_BROKER_POLL_INTERVAL_S": "0.1",
+                **env_extra,
+            }
+        )
         self.log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(self.port), *args],
-                                     env=self.env, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port), *args],
+            env=self.env,
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(self._up, timeout=60, interval=0.2, what="skillkd serve")
 
     def _up(self) -> bool:
@@ -39,8 +50,14 @@ class Served:
             return False
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, cwd=REPO, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -53,15 +70,33 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path):
-    s = Served(tmp_path, {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "5",
-                          "SKILLKD_AUTH_CACHE_S": "1"})
+    s = Served(
+        tmp_path,
+        {
+            "SKILLKD_ENGINE": "service.engine:FakeEngine",
+            "SKILLKD_FAKE_STEPS": "5",
+            "SKILLKD_AUTH_CACHE_S": "1",
+        },
+    )
     yield s
     s.stop()
 
 
 def test_serve_submit_wait_status_logs_download(served, tmp_path):
-    r = served.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--preset", "quick", "--stage1-steps", "6",
-                   "--stage2-steps", "3", "--batch-seconds", "4", "--wait")
+    r = served.cli(
+        "submit",
+        str(DEMO_TEACHER),
+        str(DEMO_AUDIO),
+        "--preset",
+        "quick",
+        "--stage1-steps",
+        "6",
+        "--stage2-steps",
+        "3",
+        "--batch-seconds",
+        "4",
+        "--wait",
+    )
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip().splitlines()[-1]
     assert job_id.startswith("job_")
@@ -104,24 +139,43 @@ def test_keys_and_bad_spec(served):
 def test_serve_with_two_api_processes(tmp_path):
     """`serve --workers 2`: two API processes on one port and one SQLite database, with the embedded worker;
     a job submitted through one runs and is read through both."""
-    s = Served(tmp_path, {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "3"},
-               args=("--workers", "2"))
+    s = Served(
+        tmp_path,
+        {"SKILLKD_ENGINE": "service.engine:FakeEngine", "SKILLKD_FAKE_STEPS": "3"},
+        args=("--workers", "2"),
+    )
     try:
-        r = s.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--preset", "quick", "--stage1-steps", "3",
-                  "--stage2-steps", "2", "--wait")
+        r = s.cli(
+            "submit",
+            str(DEMO_TEACHER),
+            str(DEMO_AUDIO),
+            "--preset",
+            "quick",
+            "--stage1-steps",
+            "3",
+            "--stage2-steps",
+            "2",
+            "--wait",
+        )
         assert r.returncode == 0, r.stderr
         job_id = r.stdout.strip().splitlines()[-1]
         key = (tmp_path / "home" / "admin.key").read_text().strip()
         before = _job_reads_counted(s.url)
         with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key}"}) as client:
             # new connections, so the kernel hands them to either process
-            statuses = {httpx.get(f"{s.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}
-                                  ).json()["status"] for _ in range(20)}
+            statuses = {
+                httpx.get(f"{s.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()[
+                    "status"
+                ]
+                for _ in range(20)
+            }
             assert client.get("/v1/jobs").json()["items"][0]["id"] == job_id
         assert statuses == {"succeeded"}
         # /metrics counts the requests of both processes, whichever of them answers the scrape
         assert [_job_reads_counted(s.url) for _ in range(6)] == [before + 20] * 6
-        assert list((tmp_path / "home" / "metrics").iterdir())  # prometheus_client's files, one server's folder
+        assert list(
+            (tmp_path / "home" / "metrics").iterdir()
+        )  # prometheus_client's files, one server's folder
     finally:
         s.stop()
     log = Path(s.log.name).read_text()
@@ -132,6 +186,9 @@ def test_serve_with_two_api_processes(tmp_path):
 def _job_reads_counted(url: str) -> float:
     """GET /v1/jobs/{job_id} answered 200, as /metrics counts them (a new connection per scrape)."""
     text = httpx.get(f"{url}/metrics").text
-    found = re.search(r'^skillkd_http_requests_total\{method="GET",route="/v1/jobs/\{job_id\}",status="200"\} (\S+)$',
-                      text, re.M)
+    found = re.search(
+        r'^skillkd_http_requests_total\{method="GET",route="/v1/jobs/\{job_id\}",status="200"\} (\S+)$',
+        text,
+        re.M,
+    )
     return float(found.group(1)) if found else 0.0

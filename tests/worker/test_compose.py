@@ -21,8 +21,9 @@ def _compose_available() -> bool:
 
 def test_compose_file_is_valid():
     if _compose_available():
-        r = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stderr
     # structural checks (always; the only check without Docker Compose)
     doc = yaml.safe_load(COMPOSE.read_text())

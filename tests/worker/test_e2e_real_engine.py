@@ -88,11 +88,18 @@ def test_real_engine_sigkill_mid_stage1_resumes(services_stack):
     client = stack.start_api()
     teacher, dataset = upload_demo(client, stack)
     worker = stack.start_worker()
-    job_id = create_job(client, stack, teacher["id"], dataset["id"], **{**SPEC, "stage1_steps": 14,
-                                                                          "checkpoint_every": 2})
-    wait_for(lambda: get(client, stack, job_id)["stage"] == "distill_prune"
-             and (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 6, timeout=900,
-             interval=0.5, what="stage 1 step 6")
+    job_id = create_job(
+        client, stack, teacher["id"], dataset["id"], **{**SPEC, "stage1_steps": 14, "checkpoint_every": 2}
+    )
+    wait_for(
+        lambda: (
+            get(client, stack, job_id)["stage"] == "distill_prune"
+            and (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 6
+        ),
+        timeout=900,
+        interval=0.5,
+        what="stage 1 step 6",
+    )
     worker.kill()
     killed_at = max(progress_steps(stack, job_id))
     stack.start_worker()
@@ -107,8 +114,21 @@ def test_embedded_serve_and_submit_wait_real_engine(tmp_path):
 
     served = Served(tmp_path, {})
     try:
-        r = served.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--preset", "quick", "--stage1-steps", "6",
-                       "--stage2-steps", "3", "--batch-seconds", "4", "--wait", timeout=1800)
+        r = served.cli(
+            "submit",
+            str(DEMO_TEACHER),
+            str(DEMO_AUDIO),
+            "--preset",
+            "quick",
+            "--stage1-steps",
+            "6",
+            "--stage2-steps",
+            "3",
+            "--batch-seconds",
+            "4",
+            "--wait",
+            timeout=1800,
+        )
         assert r.returncode == 0, r.stderr
         job_id = r.stdout.strip().splitlines()[-1]
         out = tmp_path / "out"

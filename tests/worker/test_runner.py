@@ -16,8 +16,11 @@ from service.models import Job, JobEvent, utcnow
 
 
 def new_job(client, alice, teacher, dataset, spec=None):
-    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec or {}},
-                    headers=alice)
+    r = client.post(
+        "/v1/jobs",
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec or {}},
+        headers=alice,
+    )
     assert r.status_code == 202, r.text
     return r.json()["id"]
 
@@ -45,7 +48,9 @@ class CrashingEngine(FakeEngine):
         return super().run(spec, teacher, audio, workdir, on_event=sink, should_stop=should_stop, **kw)
 
 
-def test_crash_mid_stage_resumes_from_checkpoint(client, alice, teacher, dataset, app, make_runner, enqueuer, settings):
+def test_crash_mid_stage_resumes_from_checkpoint(
+    client, alice, teacher, dataset, app, make_runner, enqueuer, settings
+):
     job_id = new_job(client, alice, teacher, dataset)
     enqueuer.pop_all()
     with contextlib.suppress(Crash):
@@ -63,22 +68,32 @@ def test_crash_mid_stage_resumes_from_checkpoint(client, alice, teacher, dataset
     job = job_row(app, job_id)
     assert job.status == "succeeded" and job.attempts == 2
     with s.factory() as session:
-        steps = session.scalars(select(JobEvent.step).where(JobEvent.job_id == job_id, JobEvent.kind == "progress",
-                                                            JobEvent.stage == "distill_prune")).all()
+        steps = session.scalars(
+            select(JobEvent.step).where(
+                JobEvent.job_id == job_id, JobEvent.kind == "progress", JobEvent.stage == "distill_prune"
+            )
+        ).all()
     assert steps == [1, 2, 3, 4, 5, 6]  # resumed at 4: steps 1-3 were not trained again
 
 
-def test_stale_running_job_is_taken_over_by_a_redelivery(client, alice, teacher, dataset, app, make_runner, enqueuer):
+def test_stale_running_job_is_taken_over_by_a_redelivery(
+    client, alice, teacher, dataset, app, make_runner, enqueuer
+):
     job_id = new_job(client, alice, teacher, dataset)
     with app.state.services.factory() as session:
-        session.execute(update(Job).values(status="running", attempts=1, worker="dead",
-                                           heartbeat_at=utcnow() - timedelta(seconds=60)))
+        session.execute(
+            update(Job).values(
+                status="running", attempts=1, worker="dead", heartbeat_at=utcnow() - timedelta(seconds=60)
+            )
+        )
         session.commit()
     assert make_runner(worker="w2").run(job_id) == "succeeded"
     assert job_row(app, job_id).attempts == 2
 
 
-def test_too_many_attempts_fails_with_a_clear_code(client, alice, teacher, dataset, app, make_runner, settings):
+def test_too_many_attempts_fails_with_a_clear_code(
+    client, alice, teacher, dataset, app, make_runner, settings
+):
     job_id = new_job(client, alice, teacher, dataset)
     with app.state.services.factory() as session:
         session.execute(update(Job).values(attempts=settings.max_attempts))
@@ -88,18 +103,27 @@ def test_too_many_attempts_fails_with_a_clear_code(client, alice, teacher, datas
     assert job.status == "failed" and job.error_code == "too_many_attempts"
 
 
-def test_reaper_fails_a_job_whose_workers_keep_dying(client, alice, teacher, dataset, app, enqueuer, settings):
+def test_reaper_fails_a_job_whose_workers_keep_dying(
+    client, alice, teacher, dataset, app, enqueuer, settings
+):
     job_id = new_job(client, alice, teacher, dataset)
     s = app.state.services
     with s.factory() as session:
-        session.execute(update(Job).values(status="running", attempts=settings.max_attempts,
-                                           heartbeat_at=utcnow() - timedelta(seconds=60)))
+        session.execute(
+            update(Job).values(
+                status="running",
+                attempts=settings.max_attempts,
+                heartbeat_at=utcnow() - timedelta(seconds=60),
+            )
+        )
         session.commit()
     assert reap(s.factory, enqueuer, settings, s.storage)["failed"] == 1
     assert job_row(app, job_id).error_code == "too_many_attempts"
 
 
-def test_cancel_while_running_stops_and_removes_files(client, alice, teacher, dataset, app, make_runner, settings):
+def test_cancel_while_running_stops_and_removes_files(
+    client, alice, teacher, dataset, app, make_runner, settings
+):
     job_id = new_job(client, alice, teacher, dataset)
     runner = make_runner(FakeEngine(steps=200, step_s=0.02))
     outcome: list[str] = []
@@ -116,12 +140,16 @@ def test_cancel_while_running_stops_and_removes_files(client, alice, teacher, da
     assert not (settings.storage / "jobs" / job_id).exists()
 
 
-def test_reaper_ends_cancelling_jobs_whose_worker_died(client, alice, teacher, dataset, app, enqueuer, settings):
+def test_reaper_ends_cancelling_jobs_whose_worker_died(
+    client, alice, teacher, dataset, app, enqueuer, settings
+):
     job_id = new_job(client, alice, teacher, dataset)
     s = app.state.services
     s.storage.job_workdir(job_id).mkdir(parents=True)
     with s.factory() as session:
-        session.execute(update(Job).values(status="cancelling", heartbeat_at=utcnow() - timedelta(seconds=60)))
+        session.execute(
+            update(Job).values(status="cancelling", heartbeat_at=utcnow() - timedelta(seconds=60))
+        )
         session.commit()
     assert reap(s.factory, enqueuer, settings, s.storage)["cancelled"] == 1
     assert job_row(app, job_id).status == "cancelled"
@@ -140,8 +168,9 @@ class FlakyIOEngine(FakeEngine):
         return super().run(*a, **kw)
 
 
-def test_io_errors_are_retried_deterministic_errors_are_not(client, alice, teacher, dataset, app, make_runner,
-                                                            enqueuer, settings):
+def test_io_errors_are_retried_deterministic_errors_are_not(
+    client, alice, teacher, dataset, app, make_runner, enqueuer, settings
+):
     job_id = new_job(client, alice, teacher, dataset)
     enqueuer.pop_all()
     runner = make_runner(FlakyIOEngine())
@@ -150,7 +179,10 @@ def test_io_errors_are_retried_deterministic_errors_are_not(client, alice, teach
     assert runner.run(job_id) == "succeeded"
 
     job_id = new_job(client, alice, teacher, dataset)
-    assert make_runner(FakeEngine(steps=3, fail_code="training_diverged")).run(job_id) == "failed: training_diverged"
+    assert (
+        make_runner(FakeEngine(steps=3, fail_code="training_diverged")).run(job_id)
+        == "failed: training_diverged"
+    )
     assert not settings.storage.joinpath("jobs", job_id, "work").exists()
     job_id = new_job(client, alice, teacher, dataset)
     assert make_runner(FakeEngine(steps=3, fail_code="internal")).run(job_id) == "failed: internal"
@@ -163,8 +195,11 @@ def test_progress_writes_are_throttled(client, alice, teacher, dataset, app, mak
     job_id = new_job(client, alice, teacher, dataset)
     assert make_runner(FakeEngine(steps=50)).run(job_id) == "succeeded"
     with app.state.services.factory() as session:
-        steps = session.scalars(select(JobEvent.step).where(JobEvent.job_id == job_id, JobEvent.kind == "progress",
-                                                            JobEvent.stage == "distill_prune")).all()
+        steps = session.scalars(
+            select(JobEvent.step).where(
+                JobEvent.job_id == job_id, JobEvent.kind == "progress", JobEvent.stage == "distill_prune"
+            )
+        ).all()
     assert steps == [50]  # within 60 s of stage_started only the last step of the stage is written
 
 

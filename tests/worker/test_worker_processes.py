@@ -16,8 +16,10 @@ from service.models import TERMINAL_STATUSES as TERMINAL
 from service.models import JobEvent
 from tests.utils.servicekit import wait_for
 
-STACKS = [pytest.param("embedded_stack", id="embedded"),
-          pytest.param("services_stack", id="postgres-redis", marks=pytest.mark.services)]
+STACKS = [
+    pytest.param("embedded_stack", id="embedded"),
+    pytest.param("services_stack", id="postgres-redis", marks=pytest.mark.services),
+]
 
 
 @pytest.fixture(params=STACKS)
@@ -26,8 +28,11 @@ def stack(request):
 
 
 def create_job(client, stack, teacher_id, dataset_id, **spec):
-    r = client.post("/v1/jobs", json={"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": spec},
-                    headers=stack.headers)
+    r = client.post(
+        "/v1/jobs",
+        json={"teacher_id": teacher_id, "dataset_id": dataset_id, "spec": spec},
+        headers=stack.headers,
+    )
     assert r.status_code == 202, r.text
     return r.json()["id"]
 
@@ -38,8 +43,11 @@ def get(client, stack, job_id):
 
 def wait_terminal(client, stack, job_id, timeout=60):
     try:
-        return wait_for(lambda: (j := get(client, stack, job_id))["status"] in TERMINAL and j,
-                        timeout=timeout, what=f"job {job_id} to end")
+        return wait_for(
+            lambda: (j := get(client, stack, job_id))["status"] in TERMINAL and j,
+            timeout=timeout,
+            what=f"job {job_id} to end",
+        )
     except AssertionError:
         print(stack.logs())
         raise
@@ -48,8 +56,11 @@ def wait_terminal(client, stack, job_id, timeout=60):
 def progress_steps(stack, job_id):
     engine = make_engine(stack.settings.database_url)
     with make_sessionmaker(engine)() as s:
-        steps = s.scalars(select(JobEvent.step).where(JobEvent.job_id == job_id, JobEvent.kind == "progress",
-                                                      JobEvent.stage == "distill_prune").order_by(JobEvent.id)).all()
+        steps = s.scalars(
+            select(JobEvent.step)
+            .where(JobEvent.job_id == job_id, JobEvent.kind == "progress", JobEvent.stage == "distill_prune")
+            .order_by(JobEvent.id)
+        ).all()
     engine.dispose()
     return list(steps)
 
@@ -60,8 +71,14 @@ def test_sigkill_mid_stage1_resumes_and_completes_once(stack):
     teacher_id, dataset_id = stack.upload_inputs(client)
     worker = stack.start_worker()
     job_id = create_job(client, stack, teacher_id, dataset_id)
-    wait_for(lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 5
-             and get(client, stack, job_id)["stage"] == "distill_prune", timeout=60, what="stage 1 step 5")
+    wait_for(
+        lambda: (
+            (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 5
+            and get(client, stack, job_id)["stage"] == "distill_prune"
+        ),
+        timeout=60,
+        what="stage 1 step 5",
+    )
     worker.kill()  # SIGKILL parent and child: no clean shutdown, no ack, no status write
     killed_at = max(progress_steps(stack, job_id))
     assert get(client, stack, job_id)["status"] == "running"
@@ -75,8 +92,9 @@ def test_sigkill_mid_stage1_resumes_and_completes_once(stack):
     # worker may have checkpointed a step or two beyond the last row it wrote before it was killed.
     assert 1 < resumed <= killed_at + 5, steps
     assert len(stack.ledger()) == 1  # completed exactly once
-    assert {a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.headers).json()["items"]} >= {
-        "model", "report.json"}
+    assert {
+        a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.headers).json()["items"]
+    } >= {"model", "report.json"}
 
 
 def test_job_that_kills_its_worker_fails_after_max_attempts(stack):
@@ -97,8 +115,11 @@ def test_cancel_running_job(stack):
     teacher_id, dataset_id = stack.upload_inputs(client)
     stack.start_worker()
     job_id = create_job(client, stack, teacher_id, dataset_id)
-    wait_for(lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 2, timeout=60,
-             what="training to start")
+    wait_for(
+        lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 2,
+        timeout=60,
+        what="training to start",
+    )
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=stack.headers).json()["status"] == "cancelling"
     job = wait_terminal(client, stack, job_id, timeout=30)
     assert job["status"] == "cancelled"
@@ -137,15 +158,21 @@ def test_embedded_broker_queued_jobs_survive_an_api_restart(embedded_stack):
 
 
 def test_pause_frees_the_worker_and_resume_continues_from_the_checkpoint(stack):
-    """A real worker: pause mid stage 1 -> paused (the worker takes the next job meanwhile), resume -> the same
-    job continues from its checkpoint and completes once."""
+    """A real worker: pause mid stage 1 -> paused (the worker takes the next job meanwhile), resume -> the
+    same job continues from its checkpoint and completes once."""
     stack.fake.update(SKILLKD_FAKE_STEPS="30", SKILLKD_FAKE_STEP_S="0.1")
     client = stack.start_api()
     teacher_id, dataset_id = stack.upload_inputs(client)
     stack.start_worker()
     job_id = create_job(client, stack, teacher_id, dataset_id)
-    wait_for(lambda: (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 3
-             and get(client, stack, job_id)["stage"] == "distill_prune", timeout=60, what="stage 1 step 3")
+    wait_for(
+        lambda: (
+            (get(client, stack, job_id).get("progress") or {}).get("step", 0) >= 3
+            and get(client, stack, job_id)["stage"] == "distill_prune"
+        ),
+        timeout=60,
+        what="stage 1 step 3",
+    )
     assert client.post(f"/v1/jobs/{job_id}/pause", headers=stack.headers).json()["status"] == "pausing"
     wait_for(lambda: get(client, stack, job_id)["status"] == "paused", timeout=60, what="paused")
     paused_at = max(progress_steps(stack, job_id))

@@ -61,8 +61,9 @@ class SkillkdConfig(PretrainedConfig):
         self.conv_dim = list(conv_dim if conv_dim is not None else [512] * 7)
         self.conv_kernel = list(conv_kernel if conv_kernel is not None else [10, 3, 3, 3, 3, 2, 2])
         self.conv_stride = list(conv_stride if conv_stride is not None else [5, 2, 2, 2, 2, 2, 2])
-        self.conv_output_scale = list(conv_output_scale if conv_output_scale is not None
-                                      else [False] * len(self.conv_dim))
+        self.conv_output_scale = list(
+            conv_output_scale if conv_output_scale is not None else [False] * len(self.conv_dim)
+        )
         self.conv_bias = conv_bias
         self.feat_extract_norm = feat_extract_norm
         self.feat_proj_layer_norm = feat_proj_layer_norm
@@ -70,8 +71,11 @@ class SkillkdConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.head_dim = head_dim
         self.layer_num_heads = list(layer_num_heads if layer_num_heads is not None else [12] * 12)
-        self.layer_intermediate_size = list(layer_intermediate_size if layer_intermediate_size is not None
-                                            else [3072] * len(self.layer_num_heads))
+        self.layer_intermediate_size = list(
+            layer_intermediate_size
+            if layer_intermediate_size is not None
+            else [3072] * len(self.layer_num_heads)
+        )
         self.layer_head_indices = layer_head_indices
         self.gate_heads = gate_heads
         self.num_hidden_layers = len(self.layer_num_heads)
@@ -81,7 +85,12 @@ class SkillkdConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.num_buckets = num_buckets
         self.max_bucket_distance = max_bucket_distance
-        lengths = {len(self.conv_dim), len(self.conv_kernel), len(self.conv_stride), len(self.conv_output_scale)}
+        lengths = {
+            len(self.conv_dim),
+            len(self.conv_kernel),
+            len(self.conv_stride),
+            len(self.conv_output_scale),
+        }
         if len(lengths) != 1:
             raise ValueError("conv_dim, conv_kernel, conv_stride and conv_output_scale differ in length")
         if len(self.layer_intermediate_size) != self.num_hidden_layers:

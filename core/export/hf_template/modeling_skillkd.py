@@ -31,8 +31,8 @@ from .configuration_skillkd import SkillkdConfig
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
-    """nn.Linear; without its random init when it holds no weights (a layer pruned to zero heads or FFN units),
-    which torch would warn about on every load ("Initializing zero-element tensors is a no-op")."""
+    """nn.Linear; without its random init when it holds no weights (a layer pruned to zero heads or FFN
+    units), which torch would warn about on every load ("Initializing zero-element tensors is a no-op")."""
     if in_features > 0 and out_features > 0:
         return nn.Linear(in_features, out_features)
     linear = nn.Linear(1, 1)
@@ -42,14 +42,22 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
     return linear
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Feature extractor
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class ConvLayerBlock(nn.Module):
     """Conv1d -> (GroupNorm | LayerNorm | nothing) -> GELU -> (fixed per-channel scale)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool,
-                 norm: str | None, has_output_scale: bool) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        bias: bool,
+        norm: str | None,
+        has_output_scale: bool,
+    ) -> None:
         super().__init__()
         self.kernel = kernel
         self.stride = stride
@@ -85,13 +93,24 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         layers = []
         in_channels = 1
-        for i, (dim, kernel, stride) in enumerate(zip(config.conv_dim, config.conv_kernel, config.conv_stride)):
+        for i, (dim, kernel, stride) in enumerate(
+            zip(config.conv_dim, config.conv_kernel, config.conv_stride)
+        ):
             if config.feat_extract_norm == "layer":
                 norm: str | None = "layer"
             else:
                 norm = "group" if i == 0 else None
-            layers.append(ConvLayerBlock(in_channels, dim, kernel, stride, config.conv_bias, norm,
-                                         bool(config.conv_output_scale[i])))
+            layers.append(
+                ConvLayerBlock(
+                    in_channels,
+                    dim,
+                    kernel,
+                    stride,
+                    config.conv_bias,
+                    norm,
+                    bool(config.conv_output_scale[i]),
+                )
+            )
             in_channels = dim
         self.conv_layers = nn.ModuleList(layers)
 
@@ -119,7 +138,9 @@ class PhantomLayerNorm(nn.LayerNorm):
         total = x.shape[-1] + self.phantom
         mean = x.sum(-1, keepdim=True) / total
         centred = x - mean
-        inv = torch.rsqrt((centred.pow(2).sum(-1, keepdim=True) + self.phantom * mean.pow(2)) / total + self.eps)
+        inv = torch.rsqrt(
+            (centred.pow(2).sum(-1, keepdim=True) + self.phantom * mean.pow(2)) / total + self.eps
+        )
         return centred * inv * self.weight + self.bias, -mean * inv
 
 
@@ -130,8 +151,11 @@ class FeatureProjection(nn.Module):
         super().__init__()
         channels = config.conv_dim[-1]
         phantom = config.feat_proj_phantom_channels
-        self.layer_norm = (PhantomLayerNorm(channels, phantom, config.layer_norm_eps)
-                           if config.feat_proj_layer_norm else None)
+        self.layer_norm = (
+            PhantomLayerNorm(channels, phantom, config.layer_norm_eps)
+            if config.feat_proj_layer_norm
+            else None
+        )
         self.projection = nn.Linear(channels, config.hidden_size)
         self.phantom_direction: nn.Parameter | None = None
         if config.feat_proj_layer_norm and phantom > 0:
@@ -148,9 +172,9 @@ class FeatureProjection(nn.Module):
         return out
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Transformer
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class ConvolutionalPositionalEmbedding(nn.Module):
     """Grouped conv over time (weight norm already folded into `conv.weight`), then GELU."""
 
@@ -158,8 +182,13 @@ class ConvolutionalPositionalEmbedding(nn.Module):
         super().__init__()
         kernel = config.num_conv_pos_embeddings
         self.kernel = kernel
-        self.conv = nn.Conv1d(config.hidden_size, config.hidden_size, kernel, padding=kernel // 2,
-                              groups=config.num_conv_pos_embedding_groups)
+        self.conv = nn.Conv1d(
+            config.hidden_size,
+            config.hidden_size,
+            kernel,
+            padding=kernel // 2,
+            groups=config.num_conv_pos_embedding_groups,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, frame, hidden) -> (batch, frame, hidden)"""
@@ -169,8 +198,9 @@ class ConvolutionalPositionalEmbedding(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
-def relative_position_buckets(num_frames: int, num_buckets: int, max_distance: int,
-                              device: torch.device) -> Tensor:
+def relative_position_buckets(
+    num_frames: int, num_buckets: int, max_distance: int, device: torch.device
+) -> Tensor:
     """WavLM's bidirectional log-spaced buckets of key - query offsets: (frame, frame) int64."""
     pos = torch.arange(num_frames, dtype=torch.long, device=device)
     rel = pos[None, :] - pos[:, None]
@@ -280,8 +310,9 @@ class Encoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList([EncoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layer_norm_first = config.do_stable_layer_norm
-        self.rel_attn_embed = (nn.Embedding(config.num_buckets, config.gate_heads)
-                               if config.architecture == "wavlm" else None)
+        self.rel_attn_embed = (
+            nn.Embedding(config.num_buckets, config.gate_heads) if config.architecture == "wavlm" else None
+        )
         self.num_buckets = config.num_buckets
         self.max_distance = config.max_bucket_distance
 
@@ -301,9 +332,9 @@ class Encoder(nn.Module):
         return hidden_states, last
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # The model
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class SkillkdPreTrainedModel(PreTrainedModel):
     config_class = SkillkdConfig
     base_model_prefix = "skillkd"
@@ -337,11 +368,18 @@ class SkillkdModel(SkillkdPreTrainedModel):
             lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths.clamp(min=0)
 
-    def forward(self, input_values: Tensor, attention_mask: Tensor | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs: object) -> BaseModelOutput:
+    def forward(
+        self,
+        input_values: Tensor,
+        attention_mask: Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ) -> BaseModelOutput:
         if input_values.ndim != 2:
-            raise ValueError(f"expected input_values of shape (batch, time), found {tuple(input_values.shape)}")
+            raise ValueError(
+                f"expected input_values of shape (batch, time), found {tuple(input_values.shape)}"
+            )
         if output_hidden_states is None:
             output_hidden_states = bool(self.config.output_hidden_states)
         x = self.feature_projection(self.feature_extractor(input_values))  # (batch, frame, hidden)
@@ -353,8 +391,9 @@ class SkillkdModel(SkillkdPreTrainedModel):
             key_mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
             key_mask = key_mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
         hidden_states, last = self.encoder(x, key_mask)
-        return BaseModelOutput(last_hidden_state=last,
-                               hidden_states=tuple(hidden_states) if output_hidden_states else None)
+        return BaseModelOutput(
+            last_hidden_state=last, hidden_states=tuple(hidden_states) if output_hidden_states else None
+        )
 
 
 __all__ = ["SkillkdModel", "SkillkdPreTrainedModel"]

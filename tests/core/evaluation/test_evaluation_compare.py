@@ -25,8 +25,15 @@ FAST = dict(phone_config=PhoneProbeConfig(epochs=2), speaker_config=SpeakerProbe
 def save_teacher(path: Path, **overrides: Any) -> Path:
     """The tiny random teacher of the issue: hidden 32, 2 layers, 2 heads, a 2-layer conv stack."""
     settings: dict[str, Any] = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32, 32),
-        conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
     )
     settings.update(overrides)
     torch.manual_seed(0)
@@ -59,12 +66,22 @@ class FakePipeline:
         from core.pipeline import PipelineResult
 
         splits = {json.loads(line)["split"] for line in (audio / "manifest.jsonl").read_text().splitlines()}
-        self.calls.append({"method": spec.method, "seed": spec.seed, "sparsity": spec.sparsity,
-                           "steps": (spec.stage1_steps, spec.stage2_steps), "splits": splits})
+        self.calls.append(
+            {
+                "method": spec.method,
+                "seed": spec.seed,
+                "sparsity": spec.sparsity,
+                "steps": (spec.stage1_steps, spec.stage2_steps),
+                "splits": splits,
+            }
+        )
         export = workdir / "student"
         shutil.copytree(teacher, export, dirs_exist_ok=True)
-        report = {"clusters": [[0], [1, 2]], "achieved_sparsity": 0.5,
-                  "speed": {"cpu_1_thread": {"speedup": 3.0 + spec.seed}}}  # what core.evaluation.speed measured in the job
+        report = {
+            "clusters": [[0], [1, 2]],
+            "achieved_sparsity": 0.5,
+            "speed": {"cpu_1_thread": {"speedup": 3.0 + spec.seed}},
+        }  # what core.evaluation.speed measured in the job
         return PipelineResult(export, report, {})
 
 
@@ -73,15 +90,23 @@ def test_compare_orchestrates_methods_and_seeds(tmp_path: Path, monkeypatch: pyt
 
     fake = FakePipeline()
     monkeypatch.setattr(core.pipeline, "run", fake)
-    teacher = save_teacher(tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4),
-                           conv_stride=(5, 8, 8))
+    teacher = save_teacher(
+        tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8)
+    )
     dataset = write_dataset(tmp_path / "data")
     out = tmp_path / "cmp"
-    result = compare(teacher, dataset, out_dir=out, seeds=2, stage1_steps=4, stage2_steps=2,
-                     measure_speed=False, **FAST)
+    result = compare(
+        teacher, dataset, out_dir=out, seeds=2, stage1_steps=4, stage2_steps=2, measure_speed=False, **FAST
+    )
     assert [(c["method"], c["seed"]) for c in fake.calls] == [
-        ("skill", 0), ("skill", 1), ("dphubert", 0), ("dphubert", 1)]
-    assert all(c["splits"] == {"train"} and c["steps"] == (4, 2) and c["sparsity"] == 0.75 for c in fake.calls)
+        ("skill", 0),
+        ("skill", 1),
+        ("dphubert", 0),
+        ("dphubert", 1),
+    ]
+    assert all(
+        c["splits"] == {"train"} and c["steps"] == (4, 2) and c["sparsity"] == 0.75 for c in fake.calls
+    )
     assert [row["model"] for row in result["rows"]] == ["teacher", "fbank", "skill", "dphubert"]
     assert all(row["runs"] == 2 for row in result["rows"])
     runs = {(run["group"], run["seed"]): run for run in result["runs"]}
@@ -99,13 +124,23 @@ def test_compare_orchestrates_methods_and_seeds(tmp_path: Path, monkeypatch: pyt
     assert "speed-up, 1 thread" in table and "| 3.50× |" in table
     assert json.loads((out / "comparison.json").read_text())["rows"] == result["rows"]
 
-    again = compare(teacher, dataset, out_dir=tmp_path / "cmp2", seeds=2, stage1_steps=4, stage2_steps=2,
-                    measure_speed=False, **FAST)
+    again = compare(
+        teacher,
+        dataset,
+        out_dir=tmp_path / "cmp2",
+        seeds=2,
+        stage1_steps=4,
+        stage2_steps=2,
+        measure_speed=False,
+        **FAST,
+    )
     for first, second in zip(result["runs"], again["runs"], strict=True):
         assert first.get("pr") == second.get("pr") and first.get("sid") == second.get("sid")
 
 
-def test_compare_budgets_runs_each_method_at_each_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compare_budgets_runs_each_method_at_each_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import core.pipeline
     from core.evaluation.compare import parse_budgets
 
@@ -115,12 +150,25 @@ def test_compare_budgets_runs_each_method_at_each_budget(tmp_path: Path, monkeyp
         parse_budgets("params=0.75")
     fake = FakePipeline()
     monkeypatch.setattr(core.pipeline, "run", fake)
-    teacher = save_teacher(tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4),
-                           conv_stride=(5, 8, 8))
-    result = compare(teacher, write_dataset(tmp_path / "data"), out_dir=tmp_path / "cmp", methods=["skill"],
-                     seeds=1, budgets=budgets[:2], include_fbank=False, measure_speed=False, **FAST)
+    teacher = save_teacher(
+        tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8)
+    )
+    result = compare(
+        teacher,
+        write_dataset(tmp_path / "data"),
+        out_dir=tmp_path / "cmp",
+        methods=["skill"],
+        seeds=1,
+        budgets=budgets[:2],
+        include_fbank=False,
+        measure_speed=False,
+        **FAST,
+    )
     assert [row["model"] for row in result["rows"]] == [
-        "teacher", "skill [sparsity=0.75]", "skill [macs_sparsity=0.75]"]
+        "teacher",
+        "skill [sparsity=0.75]",
+        "skill [macs_sparsity=0.75]",
+    ]
     assert [c["sparsity"] for c in fake.calls] == [0.75, None]
     assert "budgets sparsity=0.75; macs_sparsity=0.75" in (tmp_path / "cmp" / "comparison.md").read_text()
 
@@ -133,28 +181,60 @@ def test_compare_compresses_on_another_split_and_reports_layers(
 
     fake = FakePipeline()
     monkeypatch.setattr(core.pipeline, "run", fake)
-    teacher = save_teacher(tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4),
-                           conv_stride=(5, 8, 8))
+    teacher = save_teacher(
+        tmp_path / "teacher", conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8)
+    )
     dataset = write_dataset(tmp_path / "data", per_speaker={"compress": 2, "probe_train": 3, "probe_test": 2})
     out = tmp_path / "cmp"
-    result = compare(teacher, dataset, out_dir=out, methods=["skill"], seeds=2, include_fbank=False,
-                     train_split="probe_train", test_split="probe_test", compress_split="compress",
-                     per_layer=True, measure_speed=False, **FAST)
+    result = compare(
+        teacher,
+        dataset,
+        out_dir=out,
+        methods=["skill"],
+        seeds=2,
+        include_fbank=False,
+        train_split="probe_train",
+        test_split="probe_test",
+        compress_split="compress",
+        per_layer=True,
+        measure_speed=False,
+        **FAST,
+    )
     assert [c["splits"] for c in fake.calls] == [{"compress"}, {"compress"}]
     assert result["dataset"]["compress_split"] == "compress" and result["dataset"]["train_utterances"] == 9
     runs = {(run["group"], run["seed"]): run for run in result["runs"]}
     teacher_row, skill_row = result["rows"]
     for row in (teacher_row, skill_row):
         columns = [runs[(row["model"], seed)]["sid_per_layer"]["accuracy"] for seed in (0, 1)]
-        assert row["sid_per_layer_mean"] == pytest.approx([(a + b) / 2 for a, b in zip(*columns, strict=True)])
+        assert row["sid_per_layer_mean"] == pytest.approx(
+            [(a + b) / 2 for a, b in zip(*columns, strict=True)]
+        )
     table = (out / "comparison.md").read_text()
     assert "split `compress` only" in table and "| model | r0 | r1 | r2 |" in table
 
     # The CLI passes both options through.
-    cli = CliRunner().invoke(compare_command, [
-        str(teacher), str(dataset), "--methods", "dphubert", "--seeds", "1", "--no-fbank", "--compress-split",
-        "compress", "--train-split", "probe_train", "--test-split", "probe_test", "--per-layer", "--json",
-        "--out", str(tmp_path / "cli")])
+    cli = CliRunner().invoke(
+        compare_command,
+        [
+            str(teacher),
+            str(dataset),
+            "--methods",
+            "dphubert",
+            "--seeds",
+            "1",
+            "--no-fbank",
+            "--compress-split",
+            "compress",
+            "--train-split",
+            "probe_train",
+            "--test-split",
+            "probe_test",
+            "--per-layer",
+            "--json",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert fake.calls[-1]["splits"] == {"compress"} and fake.calls[-1]["method"] == "dphubert"
     assert all(row["sid_per_layer_mean"] for row in json.loads(cli.stdout)["rows"])
@@ -162,8 +242,9 @@ def test_compare_compresses_on_another_split_and_reports_layers(
 
 def test_compare_cli_refuses_unknown_methods(tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "data")
-    result = CliRunner().invoke(compare_command, [str(dataset), str(dataset), "--methods", "skill,lora",
-                                                  "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        compare_command, [str(dataset), str(dataset), "--methods", "skill,lora", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2 and "--methods" in result.output
 
 
@@ -172,10 +253,30 @@ def test_compare_end_to_end_with_the_pipeline(tmp_path: Path) -> None:
     teacher = save_teacher(tmp_path / "teacher")
     dataset = write_dataset(tmp_path / "data", per_speaker={"train": 3, "test": 1})
     out = tmp_path / "cmp"
-    result = CliRunner().invoke(compare_command, [
-        str(teacher), str(dataset), "--methods", "skill,dphubert", "--sparsity", "0.5", "--seeds", "2",
-        "--stage1-steps", "4", "--stage2-steps", "2", "--clusters", "2", "--device", "cpu", "--out", str(out), "--json",
-    ])
+    result = CliRunner().invoke(
+        compare_command,
+        [
+            str(teacher),
+            str(dataset),
+            "--methods",
+            "skill,dphubert",
+            "--sparsity",
+            "0.5",
+            "--seeds",
+            "2",
+            "--stage1-steps",
+            "4",
+            "--stage2-steps",
+            "2",
+            "--clusters",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     comparison = json.loads(result.stdout)
     assert [row["model"] for row in comparison["rows"]] == ["teacher", "fbank", "skill", "dphubert"]
@@ -216,6 +317,13 @@ def test_pipeline_refuses_evaluate_without_phone_labels(tmp_path: Path) -> None:
 
     audio = tmp_path / "audio"
     audio.mkdir()
-    sf.write(audio / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000)
+    sf.write(
+        audio / "a.wav", (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32), 16000
+    )
     with pytest.raises(SpecError, match="arpabet"):
-        run(CompressionSpec(evaluate=True, stage1_steps=2), save_teacher(tmp_path / "t"), audio, tmp_path / "w")
+        run(
+            CompressionSpec(evaluate=True, stage1_steps=2),
+            save_teacher(tmp_path / "t"),
+            audio,
+            tmp_path / "w",
+        )

@@ -24,7 +24,9 @@ class ConvLinear(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = self.grouped(self.conv(waveforms[:, None, :]))  # (batch, channel, frame)
         out = self.linear(x.transpose(1, 2))  # (batch, frame, feature)
         return [out], torch.div(lengths - 400, 320, rounding_mode="floor") + 1
@@ -96,7 +98,9 @@ def test_cluster_cka_compares_cluster_means() -> None:
     t, s = _features("t", teacher), _features("s", student)
     values = cluster_cka(t, s, [[0, 1], [2], [3]], list(teacher))
     assert values == pytest.approx([1.0, 1.0, 1.0], abs=1e-3)
-    noise = _features("n", {k: torch.randn(4, v.shape[1], 8, generator=generator) for k, v in teacher.items()})
+    noise = _features(
+        "n", {k: torch.randn(4, v.shape[1], 8, generator=generator) for k, v in teacher.items()}
+    )
     assert cluster_cka(t, noise, [[0, 1, 2, 3]], list(teacher))[0] < 0.3
     with pytest.raises(ValueError, match="representations the models lack"):
         cluster_cka(t, s, [[4]], list(teacher))

@@ -13,12 +13,19 @@ from core.evaluation.features import extract_features
 from tests.utils.evaluation import HFRepresentations
 
 
-def test_every_representation_of_every_utterance_trimmed(tiny_model: HFRepresentations, tiny_dataset: Path) -> None:
+def test_every_representation_of_every_utterance_trimmed(
+    tiny_model: HFRepresentations, tiny_dataset: Path
+) -> None:
     catalog = scan_audio(tiny_dataset)
     calls: list[tuple[int, int]] = []
     tiny_model.train()
-    features = extract_features(tiny_model, catalog, name="tiny", batch_seconds=3.0,
-                                progress=lambda done, total: calls.append((done, total)))
+    features = extract_features(
+        tiny_model,
+        catalog,
+        name="tiny",
+        batch_seconds=3.0,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert tiny_model.training  # mode restored after the pass
     assert len(features) == len(catalog) and features.num_reps == 3 and features.dim == 32
     assert calls[-1] == (len(catalog), len(catalog)) and len(calls) > 1  # several batches
@@ -50,7 +57,9 @@ class _Broken(torch.nn.Module):
     def num_params(self) -> int:
         return 0
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         batch = waveforms.shape[0]
         frames = torch.full((batch,), 5, dtype=torch.int64)
         if self.mode == "ragged":
@@ -60,9 +69,14 @@ class _Broken(torch.nn.Module):
         return [torch.zeros(batch, 5, 4)], frames * 0
 
 
-@pytest.mark.parametrize(("mode", "message"), [
-    ("ragged", "representation 1"), ("long", "frame_lengths reach"), ("empty", "gives no frame"),
-])
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("ragged", "representation 1"),
+        ("long", "frame_lengths reach"),
+        ("empty", "gives no frame"),
+    ],
+)
 def test_malformed_model_outputs_are_refused(tiny_dataset: Path, mode: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         extract_features(_Broken(mode), scan_audio(tiny_dataset))

@@ -67,7 +67,9 @@ def _split(labels: list, every: int = 4) -> tuple[list, list]:
 def test_phone_probe_finds_the_planted_layer() -> None:
     features, labels = planted_phones(signal_rep=2)
     train, test = _split(labels)
-    result = train_phone_probe(features, train, test, config=PhoneProbeConfig(epochs=25, batch_size=8, lr=1e-2))
+    result = train_phone_probe(
+        features, train, test, config=PhoneProbeConfig(epochs=25, batch_size=8, lr=1e-2)
+    )
     assert result.per < 0.1
     weights = torch.tensor(result.layer_weights)
     assert int(weights.argmax()) == 2 and float(weights[2]) > 0.4
@@ -90,16 +92,26 @@ def test_per_layer_speaker_probes_find_the_planted_layer() -> None:
     train, test = _split(labels)
     config = SpeakerProbeConfig(epochs=60, lr=1e-2)
     seen = []
-    result = train_speaker_probes_per_layer(features, train, test, config=config, seed=3,
-                                            progress=lambda done, total, loss: seen.append((done, total)))
+    result = train_speaker_probes_per_layer(
+        features,
+        train,
+        test,
+        config=config,
+        seed=3,
+        progress=lambda done, total, loss: seen.append((done, total)),
+    )
     assert len(result.accuracy) == NUM_REPS and result.best_layer == 2
     assert result.accuracy[2] > 0.9
     assert all(acc < 0.6 for layer, acc in enumerate(result.accuracy) if layer != 2)  # noise: near 1/5
     assert seen == [(layer + 1, NUM_REPS) for layer in range(NUM_REPS)]
     # Each layer's probe is the SUPERB speaker probe on that layer alone, same seed.
     for layer in (1, 2):
-        alone = FeatureSet("alone", {uid: stack[layer : layer + 1] for uid, stack in features.reps.items()}, 1, DIM)
-        assert train_speaker_probe(alone, train, test, config=config, seed=3).accuracy == result.accuracy[layer]
+        alone = FeatureSet(
+            "alone", {uid: stack[layer : layer + 1] for uid, stack in features.reps.items()}, 1, DIM
+        )
+        assert (
+            train_speaker_probe(alone, train, test, config=config, seed=3).accuracy == result.accuracy[layer]
+        )
 
 
 def test_unseen_test_speakers_count_as_errors() -> None:
@@ -130,7 +142,9 @@ def test_probes_are_deterministic_and_leave_the_global_rng_alone() -> None:
 def test_lstm_head_trains() -> None:
     features, labels = planted_phones(signal_rep=3, utterances=12)
     train, test = _split(labels)
-    result = train_phone_probe(features, train, test, config=PhoneProbeConfig(head="lstm", epochs=1, lstm_hidden=8))
+    result = train_phone_probe(
+        features, train, test, config=PhoneProbeConfig(head="lstm", epochs=1, lstm_hidden=8)
+    )
     assert result.per >= 0.0 and result.steps == 2
 
 

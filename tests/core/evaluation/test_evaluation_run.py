@@ -16,13 +16,23 @@ from core.evaluation.probes import PhoneProbeConfig, SpeakerProbeConfig
 from core.evaluation.run import evaluate
 from tests.utils.evaluation import make_tiny_model, tiny_hubert_config, write_dataset
 
-FAST = dict(phone_config=PhoneProbeConfig(epochs=2), speaker_config=SpeakerProbeConfig(epochs=5), measure_speed=False)
+FAST = dict(
+    phone_config=PhoneProbeConfig(epochs=2), speaker_config=SpeakerProbeConfig(epochs=5), measure_speed=False
+)
 
 
 def test_evaluate_writes_the_report(tmp_path: Path, tiny_dataset: Path) -> None:
     out = tmp_path / "out"
-    result = evaluate(make_tiny_model(), tiny_dataset, out_dir=out, include_fbank=True, name="tiny",
-                      teacher=make_tiny_model(seed=1), seed=3, **FAST)
+    result = evaluate(
+        make_tiny_model(),
+        tiny_dataset,
+        out_dir=out,
+        include_fbank=True,
+        name="tiny",
+        teacher=make_tiny_model(seed=1),
+        seed=3,
+        **FAST,
+    )
     assert json.loads((out / "evaluation.json").read_text()) == result
     summary = (out / "evaluation.md").read_text()
     assert "| tiny |" in summary and "| fbank |" in summary
@@ -35,7 +45,9 @@ def test_evaluate_writes_the_report(tmp_path: Path, tiny_dataset: Path) -> None:
     assert model["pr"]["per"] >= 0.0 and 0.0 <= model["sid"]["accuracy"] <= 1.0
     assert len(model["pr"]["layer_weights"]) == 3 and len(model["sid"]["layer_weights"]) == 3
     assert model["cka"]["clusters"] == [[0], [1], [2]] and len(model["cka"]["values"]) == 3
-    assert fbank["params"] == 0 and fbank["num_representations"] == 1 and fbank["pr"]["layer_weights"] == [1.0]
+    assert (
+        fbank["params"] == 0 and fbank["num_representations"] == 1 and fbank["pr"]["layer_weights"] == [1.0]
+    )
     assert "speed" in model and model["speed"] == {}
 
 
@@ -48,8 +60,16 @@ def test_evaluate_is_deterministic(tiny_dataset: Path) -> None:
 
 def test_evaluate_per_layer_reports_each_representation(tmp_path: Path, tiny_dataset: Path) -> None:
     out = tmp_path / "out"
-    result = evaluate(make_tiny_model(), tiny_dataset, out_dir=out, include_fbank=True, name="tiny",
-                      tasks=("sid",), per_layer=True, **FAST)
+    result = evaluate(
+        make_tiny_model(),
+        tiny_dataset,
+        out_dir=out,
+        include_fbank=True,
+        name="tiny",
+        tasks=("sid",),
+        per_layer=True,
+        **FAST,
+    )
     model, fbank = result["models"]
     layers = model["sid_per_layer"]
     assert len(layers["accuracy"]) == 3 and all(0.0 <= a <= 1.0 for a in layers["accuracy"])
@@ -57,13 +77,17 @@ def test_evaluate_per_layer_reports_each_representation(tmp_path: Path, tiny_dat
     assert layers["train_speakers"] == 3 and layers["test_utterances"] == 6
     assert len(fbank["sid_per_layer"]["accuracy"]) == 1
     summary = (out / "evaluation.md").read_text()
-    assert "| model | r0 | r1 | r2 |" in summary and "| fbank |" in summary.split("each representation alone")[1]
+    assert (
+        "| model | r0 | r1 | r2 |" in summary and "| fbank |" in summary.split("each representation alone")[1]
+    )
     plain = evaluate(make_tiny_model(), tiny_dataset, tasks=("sid",), **FAST)["models"][0]
     assert "sid_per_layer" not in plain and plain["sid"] == model["sid"]  # the flag adds, changes nothing
 
 
 def test_missing_phone_field_names_the_field(tmp_path: Path) -> None:
-    dataset = write_dataset(tmp_path / "data", fields=lambda row: {k: v for k, v in row.items() if k != "arpabet"})
+    dataset = write_dataset(
+        tmp_path / "data", fields=lambda row: {k: v for k, v in row.items() if k != "arpabet"}
+    )
     with pytest.raises(AudioError, match="'arpabet'"):
         evaluate(make_tiny_model(), dataset, **FAST)
     result = evaluate(make_tiny_model(), dataset, tasks=("sid",), **FAST)  # SID alone needs no phones
@@ -77,7 +101,9 @@ def test_other_phone_fields_and_list_values(tmp_path: Path) -> None:
 
 
 def test_missing_speakers_skip_sid_with_a_note(tmp_path: Path) -> None:
-    dataset = write_dataset(tmp_path / "data", fields=lambda row: {k: v for k, v in row.items() if k != "speaker"})
+    dataset = write_dataset(
+        tmp_path / "data", fields=lambda row: {k: v for k, v in row.items() if k != "speaker"}
+    )
     result = evaluate(make_tiny_model(), dataset, **FAST)
     assert result["tasks"] == ["pr"] and "sid" not in result["models"][0]
     assert any("speaker identification skipped" in note for note in result["notes"])
@@ -103,7 +129,18 @@ def test_cli_evaluates_a_saved_teacher(tmp_path: Path, tiny_dataset: Path) -> No
     runner = CliRunner()
     result = runner.invoke(
         evaluate_command,
-        [str(teacher), str(tiny_dataset), "--tasks", "pr,sid", "--seed", "1", "--out", str(out), "--json", "--fbank"],
+        [
+            str(teacher),
+            str(tiny_dataset),
+            "--tasks",
+            "pr,sid",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            "--fbank",
+        ],
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -111,12 +148,27 @@ def test_cli_evaluates_a_saved_teacher(tmp_path: Path, tiny_dataset: Path) -> No
     assert payload["models"][0]["speed"]["cpu"]["rtf"] > 0
     assert (out / "evaluation.md").exists()
 
-    layered = runner.invoke(evaluate_command, [str(teacher), str(tiny_dataset), "--tasks", "sid", "--per-layer",
-                                               "--out", str(tmp_path / "layers"), "--json"])
+    layered = runner.invoke(
+        evaluate_command,
+        [
+            str(teacher),
+            str(tiny_dataset),
+            "--tasks",
+            "sid",
+            "--per-layer",
+            "--out",
+            str(tmp_path / "layers"),
+            "--json",
+        ],
+    )
     assert layered.exit_code == 0, layered.output
     assert len(json.loads(layered.stdout)["models"][0]["sid_per_layer"]["accuracy"]) == 3
 
-    bad = runner.invoke(evaluate_command, [str(teacher), str(tiny_dataset), "--phone-field", "nope", "--out", str(out)])
+    bad = runner.invoke(
+        evaluate_command, [str(teacher), str(tiny_dataset), "--phone-field", "nope", "--out", str(out)]
+    )
     assert bad.exit_code == 2 and "error [audio_invalid]" in bad.stderr and "'nope'" in bad.stderr
-    wrong = runner.invoke(evaluate_command, [str(teacher), str(tiny_dataset), "--tasks", "asr", "--out", str(out)])
+    wrong = runner.invoke(
+        evaluate_command, [str(teacher), str(tiny_dataset), "--tasks", "asr", "--out", str(out)]
+    )
     assert wrong.exit_code == 2 and "--tasks" in wrong.output
