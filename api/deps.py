@@ -104,6 +104,7 @@ async def get_current_owner(
     digest = hash_key(credentials.credentials)
     owner = services.owners.get(digest)
     if owner is None:
+
         def lookup() -> Owner | None:
             with services.factory() as session:
                 return authenticate(session, key_hash=digest)

@@ -60,7 +60,8 @@ SERVER = r"""
 import json, os, sys
 cfg = json.loads(os.environ["BENCH_CFG"])
 # The tree under test and nothing else (see the comment above SERVER in bench/api_load.py).
-sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not str(getattr(f, "__module__", "")).startswith("__editable__")]
 sys.path[:] = [p for p in sys.path if "__editable__" not in p]
 sys.path.insert(0, cfg["tree"])
 try:
@@ -96,19 +97,21 @@ def seed():
         teacher = Teacher(id=new_id("tch"), owner_id=key.owner_id, name="t", sha256="0" * 64, size_bytes=1,
                           architecture="hubert", layout="base", num_layers=12, hidden_size=768,
                           num_params=94_000_000, sample_rate=16000)
-        dataset = Dataset(id=new_id("ds"), owner_id=key.owner_id, name="d", source="upload", files=1, hours=1.0,
-                          summary={})
+        dataset = Dataset(id=new_id("ds"), owner_id=key.owner_id, name="d", source="upload", files=1,
+                          hours=1.0, summary={})
         session.add_all([teacher, dataset])
         session.flush()
         now, ids, statuses = utcnow(), [], ["succeeded"] * 8 + ["failed", "cancelled"]
-        metrics = {"loss": 0.1, "distill": 0.09, "sparsity": 0.75, "lambda1": 0.01, "report": {"k": list(range(40))}}
+        metrics = {"loss": 0.1, "distill": 0.09, "sparsity": 0.75, "lambda1": 0.01,
+                   "report": {"k": list(range(40))}}
+        clusters = [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+        progress = {"stage": "export", "step": 1, "total_steps": 1, "eta_s": 0, "metrics": {}}
         for i in range(cfg["jobs"]):
             ids.append(new_id("job"))
             session.add(Job(id=ids[-1], owner_id=key.owner_id, teacher_id=teacher.id, dataset_id=dataset.id,
-                            spec={"sparsity": 0.75, "clusters": [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]},
-                            status=statuses[i % len(statuses)], stage="export",
-                            progress={"stage": "export", "step": 1, "total_steps": 1, "eta_s": 0, "metrics": {}},
-                            metrics=metrics, clusters=[[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]],
+                            spec={"sparsity": 0.75, "clusters": clusters},
+                            status=statuses[i % len(statuses)], stage="export", progress=progress,
+                            metrics=metrics, clusters=clusters,
                             attempts=1, created_at=now, updated_at=now))
         session.commit()
     engine.dispose()
@@ -275,7 +278,8 @@ def drive(url: str, key: str, requests: int, concurrency: int, make_request, ser
 
 
 def drive_wrk(server: Server, seconds: float, concurrency: int, body: dict | None) -> dict:
-    """`wrk -t1 -c<concurrency>` for `seconds` (whole seconds): GETs of random seeded jobs, or POSTs of `body`."""
+    """`wrk -t1 -c<concurrency>` for `seconds` (whole seconds): GETs of random seeded jobs, or POSTs of
+    `body`."""
     script = server.home / "bench.lua"
     script.write_text(WRK_SCRIPT)
     env = {

@@ -36,8 +36,10 @@ def main() -> None:
     script.write_text(
         api_load.WRK_SCRIPT.replace(
             "  local e = summary.errors\n",
-            f"  for _, p in ipairs({{{wanted}}}) do io.write('p', p, '=', latency:percentile(p) / 1000, 'ms ') end\n"
-            "  io.write('max=', latency.max / 1000, 'ms ', summary.requests * 1e6 / summary.duration, ' req/s\\n')\n"
+            f"  for _, p in ipairs({{{wanted}}}) do io.write('p', p, '=', latency:percentile(p) / 1000, 'ms "
+            "') end\n"
+            "  io.write('max=', latency.max / 1000, 'ms ', summary.requests * 1e6 / summary.duration, ' "
+            "req/s\\n')\n"
             "  local e = summary.errors\n",
         )
     )

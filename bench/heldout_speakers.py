@@ -291,7 +291,8 @@ def probe_models(
 def _pooled(
     features: Any, ids: list[str], layer: int, frame_stride: int, frames: dict[str, int]
 ) -> tuple[Any, Any]:
-    """(frames of every utterance concatenated, every `frame_stride`-th; one mean per utterance) of `layer`."""
+    """(frames of every utterance concatenated, every `frame_stride`-th; one mean per utterance) of
+    `layer`."""
     import torch
 
     rows = [features[i][layer, : frames[i]].float() for i in ids]
@@ -415,7 +416,8 @@ def render(result: dict[str, Any]) -> str:
 
     lines = [
         f"Probes on `{result['view']}`: trained on `{result['train_split']}` ({result['train_utterances']} "
-        f"utterances), scored on `{result['test_split']}` ({result['test_utterances']}); mean ± sd over seeds.",
+        f"utterances), scored on `{result['test_split']}` ({result['test_utterances']}); mean ± sd over "
+        "seeds.",
         "",
         "| model | params | PER % ↓ | SID acc % ↑ | seeds |",
         "|---|---|---|---|---|",
@@ -464,8 +466,8 @@ def table(
     base = next(row for row in json.loads(baseline.read_text())["rows"] if row["model"] == teacher)
     figures = {name: _row_figures(files) for name, files in rows}
     lines = [
-        "| model | params | PER % ↓ | SID % ↑ | ΔPER vs teacher | ΔSID vs teacher | per seed PER | per seed SID |"
-        + (f" ΔPER vs {reference} | ΔSID vs {reference} |" if reference else ""),
+        "| model | params | PER % ↓ | SID % ↑ | ΔPER vs teacher | ΔSID vs teacher | per seed PER | per seed "
+        "SID |" + (f" ΔPER vs {reference} | ΔSID vs {reference} |" if reference else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|" if reference else ""),
     ]
     lines.append(

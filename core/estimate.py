@@ -211,7 +211,8 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
 
 
 def _shapes(spec: CompressionSpec, inputs: JobInputs) -> tuple[SpeechEncoder, dict[str, Any], str]:
-    """The masked student set to the uniform shape stage 2 is timed on, the candidate shapes, and which one."""
+    """The masked student set to the uniform shape stage 2 is timed on, the candidate shapes, and which
+    one."""
     seconds = spec.macs_reference_seconds
     torch.manual_seed(spec.seed)
     student = make_student(inputs.teacher, layers=spec.prune_layers)
@@ -241,7 +242,8 @@ def _time_training(
     batches: tuple[TrainBatches, TrainBatches],
     timed_steps: int,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Seconds per step of stage 1 (the masked student from its initial masks) and stage 2 (the pruned one)."""
+    """Seconds per step of stage 1 (the masked student from its initial masks) and stage 2 (the pruned
+    one)."""
     model, device = inputs.teacher, inputs.device
     dim = model.config.hidden_size
     recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
@@ -277,7 +279,8 @@ def estimate(
     timed_steps: int = TIMED_STEPS,
     on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
-    """Validate the job as a real run would and estimate what it will produce, process and take. Writes nothing."""
+    """Validate the job as a real run would and estimate what it will produce, process and take. Writes
+    nothing."""
     if timed_steps < 1:
         raise ValueError(f"timed_steps must be >= 1, found {timed_steps}")
     started = time.monotonic()
@@ -331,8 +334,8 @@ def estimate(
         "student_estimate": {
             **shapes,
             "stage2_timed_on": timed_shape,
-            "basis": "uniform: every prunable unit kind kept in the same fraction, the largest that meets every "
-            "target; conv_kept: the same with every conv channel kept. A run learns its own shape "
+            "basis": "uniform: every prunable unit kind kept in the same fraction, the largest that meets "
+            "every target; conv_kept: the same with every conv channel kept. A run learns its own shape "
             "under the same targets",
         },
         "audio": inputs.catalog.summary(),
@@ -356,8 +359,8 @@ def estimate(
             "stage2": timing2,
             "calibration_s_per_audio_s": round(calibration["s_per_audio_s"], 5),
             "speed_measurement_runs": default_runs(),
-            "notes": "eager steps in one process: compilation (--compile) and multi-GPU all-reduce not included; "
-            f"the report's speed measurement makes {WARMUP} + {RUNS} passes per setting by default",
+            "notes": "eager steps in one process: compilation (--compile) and multi-GPU all-reduce not "
+            f"included; the report's speed measurement makes {WARMUP} + {RUNS} passes per setting by default",
         },
         "estimated_seconds": estimated,
         "dry_run_seconds": round(time.monotonic() - started, 1),
@@ -386,20 +389,26 @@ def render(result: dict[str, Any]) -> str:
     timed2 = f", stage 2 {timing['stage2']['step_s']:.3f} s/step" if timing["stage2"] else ""
     lines = [
         "dry run: inputs checked as a real run checks them; nothing was written",
-        f"teacher:  {Path(t['path']).name} ({t['architecture']}, {t['layout']} layout, {t['num_layers']} layers): "
-        f"{format_count(t['num_params'])} params, {format_count(t['macs_per_second'])} MACs per audio second ({ref})",
+        f"teacher:  {Path(t['path']).name} ({t['architecture']}, {t['layout']} layout, {t['num_layers']} "
+        "layers): "
+        f"{format_count(t['num_params'])} params, {format_count(t['macs_per_second'])} MACs per audio second "
+        f"({ref})",
         f"targets:  {targets}",
         *_student_lines(result["student_estimate"]),
         f"audio:    {audio.get('files')} files, {audio.get('hours', 0.0):.2f} h"
         + (f" ({sum(audio['skipped'].values())} skipped)" if audio.get("skipped") else ""),
-        f"work:     calibration {w['calibration_utterances']} utterances ({w['calibration_audio_seconds']:g} s of "
+        f"work:     calibration {w['calibration_utterances']} utterances ({w['calibration_audio_seconds']:g} "
+        "s of "
         f"audio); stage 1 {w['stage1_steps']} steps x {w['batch_seconds']['stage1']:g} s; stage 2 {stage2}"
         + (f"; x {w['gpus']} GPUs" if w["gpus"] > 1 else ""),
-        f"          {w['stage1_audio_seconds'] + w['stage2_audio_seconds']:g} s of audio through the training "
+        f"          {w['stage1_audio_seconds'] + w['stage2_audio_seconds']:g} s of audio through the "
+        "training "
         f"stages ({w['stage1_audio_seconds']:g} + {w['stage2_audio_seconds']:g})",
-        f"timed:    on {result['device']} ({result['threads']} thread{'s' if result['threads'] != 1 else ''}), median of {timing['timed_steps']} steps "
+        f"timed:    on {result['device']} ({result['threads']} "
+        f"thread{'s' if result['threads'] != 1 else ''}), median of {timing['timed_steps']} steps "
         f"after one: stage 1 {timing['stage1']['step_s']:.3f} s/step{timed2}",
-        f"estimate: {_duration(e['total'])} (inputs {e['inputs']:g} s, calibrate {e['calibrate']:g} s, stage 1 "
+        f"estimate: {_duration(e['total'])} (inputs {e['inputs']:g} s, calibrate {e['calibrate']:g} s, stage "
+        "1 "
         f"{e['distill_prune']:g} s, stage 2 {e['final_distill']:g} s, export {e['export']:g} s)",
         f"(this dry run took {result['dry_run_seconds']:g} s)",
     ]
@@ -417,7 +426,8 @@ def _student_lines(estimate: dict[str, Any]) -> list[str]:
             "no such student meets the targets"
             if s is None
             else f"~{format_count(s['num_params'])} params, ~{format_count(s['macs_per_second'])} MACs/s "
-            f"(keep {s['keep_fraction']:.3f} of heads, FFN units{' and conv channels' if shape == 'uniform' else ''})"
+            f"(keep {s['keep_fraction']:.3f} of heads, FFN "
+            f"units{' and conv channels' if shape == 'uniform' else ''})"
         )
         timed = ", stage 2 timed on it" if estimate.get("stage2_timed_on") == shape else ""
         lines.append(f"{'student:' if not lines else '':<10}{label}: {text}{timed}")

@@ -21,7 +21,8 @@ from core.spec import Budget, CompressionSpec
 
 
 def select_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; a CUDA device asked for on a machine without one is a SpecError."""
+    """'auto' -> CUDA when present, else CPU; a CUDA device asked for on a machine without one is a
+    SpecError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -54,7 +55,8 @@ def prepare_inputs(
     calibration_audio: Path | str | None = None,
     emit: OnEvent = ignore_event,
 ) -> JobInputs:
-    """Check the device, load the teacher, resolve the target, scan the audio and check the spec against them."""
+    """Check the device, load the teacher, resolve the target, scan the audio and check the spec against
+    them."""
     device = select_device(spec.device)
     teacher_model = load_model(teacher).to(device)
     teacher_params = teacher_model.num_params()

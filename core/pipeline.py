@@ -114,7 +114,8 @@ def run(
 
 
 def _with_timings(export_dir: Path, wd: Workdir, again: bool = False) -> dict[str, Any]:
-    """The report, with the wall seconds of every stage so far (added once the stage that wrote it is done)."""
+    """The report, with the wall seconds of every stage so far (added once the stage that wrote it is
+    done)."""
     path = export_dir / "report.json"
     report = json.loads(path.read_text())
     if again or "timings_s" not in report:

@@ -20,7 +20,8 @@ Preset = Literal["quick", "paper"]
 
 @dataclass(frozen=True)
 class Budget:
-    """One size constraint: remove `sparsity` of the teacher's `kind` ("params", or "macs" per audio second)."""
+    """One size constraint: remove `sparsity` of the teacher's `kind` ("params", or "macs" per audio
+    second)."""
 
     kind: Literal["params", "macs"]
     teacher: float
@@ -219,7 +220,8 @@ class CompressionSpec(BaseModel):
         lt=0.5,
         description="play each training utterance at a random speed in 1 ± this "
         "(tempo and pitch; teacher and student hear the same audio), in both stages unless "
-        "stage2_speed_perturbation says otherwise; 0 turns it off [default: the preset's: quick 0.2, paper 0]",
+        "stage2_speed_perturbation says otherwise; 0 turns it off [default: the preset's: quick 0.2, paper "
+        "0]",
     )
     stage2_speed_perturbation: float | None = Field(
         default=None,

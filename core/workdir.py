@@ -93,7 +93,8 @@ class Workdir:
         return json.loads(marker.read_text()) if marker.exists() else None
 
     def stage(self, name: str, work: Callable[[], dict[str, Any]], *, again: bool = False) -> dict[str, Any]:
-        """Run stage `name` unless it finished before (or `again`: its output is missing); returns its info."""
+        """Run stage `name` unless it finished before (or `again`: its output is missing); returns its
+        info."""
         info = self.done(name)
         if info is None or again:
             start = time.monotonic()

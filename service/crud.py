@@ -16,7 +16,8 @@ Row = TypeVar("Row")
 
 
 def owned(session: Session, *, model: type[Row], row_id: str, owner_id: str) -> Row | None:
-    """The row with this id if it belongs to `owner_id`; None otherwise (another owner's row does not exist)."""
+    """The row with this id if it belongs to `owner_id`; None otherwise (another owner's row does not
+    exist)."""
     row = session.get(model, row_id)
     return row if row is not None and row.owner_id == owner_id else None  # type: ignore[attr-defined]
 

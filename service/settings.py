@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias="PROMETHEUS_MULTIPROC_DIR",
-        description="prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR, set by `skillkd serve "
-        "--workers N`): /metrics then sums the request counters of all API processes",
+        description="prometheus_client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR, set by "
+        "`skillkd serve --workers N`): /metrics then sums the request counters of all API processes",
     )
     db_pool_size: int = Field(
         default=16,

@@ -2,10 +2,11 @@
 
 Outcomes (job status, error code):
     engine returns            succeeded; artifacts recorded with sha256 and size; checkpoints removed
-    StopRequested             cancelled (the job's files removed), or paused when the stop was a pause (the engine
-                              saved a checkpoint; the workdir is kept for the resume)
+    StopRequested             cancelled (the job's files removed), or paused when the stop was a pause (the
+                              engine saved a checkpoint; the workdir is kept for the resume)
     SkillkdError              failed, the error's stable code (deterministic: not retried)
-    OSError                   queued again while attempts remain (I/O is the only thing retried), else failed "io_error"
+    OSError                   queued again while attempts remain (I/O is the only thing retried), else failed
+                              "io_error"
     anything else             failed "internal"
     worker killed             the job stays running until its heartbeat goes stale; the reaper requeues it
 """

@@ -448,7 +448,8 @@ class MinibatchCKA:
         return cka.numpy()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume, the subsampling RNG included so a resumed run draws the same frames."""
+        """Everything needed to resume, the subsampling RNG included so a resumed run draws the same
+        frames."""
         return {
             "num_reps": self.num_reps,
             "max_frames": self.max_frames,

@@ -56,7 +56,8 @@ def plot_cka(
     r = matrix.shape[0]
     if matrix.shape != (r, r) or clustering.linkage.shape != (max(r - 1, 0), 4):
         raise ValueError(
-            f"cka must be (R, R) and the linkage (R - 1, 4): found {matrix.shape} and {clustering.linkage.shape}"
+            f"cka must be (R, R) and the linkage (R - 1, 4): found {matrix.shape} and "
+            f"{clustering.linkage.shape}"
         )
     labels = [f"r{i}" for i in range(r)]
     colours = [to_hex(f"C{c % 10}") for c in range(len(clustering.clusters))]

@@ -1,8 +1,8 @@
 """Batches of waveforms for the stages.
 
-    TrainBatches(catalog)     -> Batch, Batch, ... infinite, duration-bucketed, cropped (no padding), resumable,
-                                                   optionally speed-perturbed (training)
-    iter_padded_batches(...)  -> Batch, ...        one deterministic pass, zero-padded (calibration, evaluation)
+    TrainBatches(catalog)     -> Batch, ...  infinite, duration-bucketed, cropped (no padding), resumable,
+                                             optionally speed-perturbed (training)
+    iter_padded_batches(...)  -> Batch, ...  one deterministic pass, zero-padded (calibration, evaluation)
 
 Shapes use the project's words: `waveforms (batch, time)`, `lengths (batch,)` in samples.
 """
@@ -34,12 +34,14 @@ class Batch:
     ids: list[str]
 
     def pin_memory(self) -> Batch:
-        """Page-locked copy (what `DataLoader(pin_memory=True)` calls), so the copy to the GPU is asynchronous."""
+        """Page-locked copy (what `DataLoader(pin_memory=True)` calls), so the copy to the GPU is
+        asynchronous."""
         return Batch(self.waveforms.pin_memory(), self.lengths.pin_memory(), self.ids)
 
 
 def _planned_samples(item: AudioItem, sample_rate: int) -> int:
-    """The item's length at `sample_rate` as soxr will produce it; serving re-checks against the decoded array."""
+    """The item's length at `sample_rate` as soxr will produce it; serving re-checks against the decoded
+    array."""
     return max(1, round(item.duration_s * sample_rate))
 
 
@@ -148,7 +150,8 @@ class TrainBatches:
         return buckets
 
     def _fingerprint(self) -> str:
-        """Identifies everything the plan depends on, so a state from another dataset or setting is refused."""
+        """Identifies everything the plan depends on, so a state from another dataset or setting is
+        refused."""
         fields: list[Any] = [
             self.sample_rate,
             self.batch_seconds,

@@ -34,7 +34,8 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
 
 # Reasons a file is left out; stable strings, shown to users and counted in summaries.
 SKIP_REASONS = (
-    "unreadable",  # looks like audio but the decoder fails (corrupt, truncated, unsupported codec, permissions)
+    # looks like audio but the decoder fails (corrupt, truncated, unsupported codec, permissions)
+    "unreadable",
     "not_audio",  # content or extension is not an audio format we decode
     "empty",  # zero bytes or zero frames
     "too_short",  # shorter than min_seconds

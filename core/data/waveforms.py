@@ -1,4 +1,5 @@
-"""Decoding: `load_waveform(item, sr) -> (time,) float32`, mono, resampled with soxr, and an in-memory cache."""
+"""Decoding: `load_waveform(item, sr) -> (time,) float32`, mono, resampled with soxr, and an in-memory
+cache."""
 
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def train_batches(
 def restore(
     state: dict[str, Any], clusters: list[list[int]], dim: int, spec: CompressionSpec
 ) -> tuple[SpeechEncoder, ClusterTargets]:
-    """Student and targets from a saved state {"config", "student", "targets"} (a checkpoint or a stage result)."""
+    """Student and targets from a saved state {"config", "student", "targets"} (a checkpoint or a stage
+    result)."""
     student = build_model(ModelConfig.from_dict(state["config"]))
     student.load_state_dict(state["student"])
     targets = cluster_targets(clusters, dim, spec)

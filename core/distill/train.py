@@ -252,7 +252,8 @@ class DistillStep:
                 "log",
                 self.stage,
                 message=(
-                    f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    f"torch.compile failed ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); "
                     "continuing without it"
                 ),
             )

@@ -283,7 +283,8 @@ def _student_specs(
     named: bool,
     base: dict[str, Any],
 ) -> dict[tuple[str, str, int], Any]:
-    """(group, method, seed) -> CompressionSpec; built up front so a bad spec fails before any minute is spent."""
+    """(group, method, seed) -> CompressionSpec; built up front so a bad spec fails before any minute is
+    spent."""
     from core.spec import CompressionSpec
 
     def group_name(method: str, budget: dict[str, Any]) -> str:
@@ -426,12 +427,15 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         f"# Comparison on `{data['path']}`",
         "",
         f"Teacher `{comparison['teacher']}`; methods {', '.join(comparison['methods'])} at "
-        f"{_budget_text(comparison)} (preset {comparison['preset']}), seeds {comparison['seeds']}. Compression on "
-        f"split `{data.get('compress_split') or data['train_split']}` only; probes trained on `{data['train_split']}` "
+        f"{_budget_text(comparison)} (preset {comparison['preset']}), seeds {comparison['seeds']}. "
+        "Compression on "
+        f"split `{data.get('compress_split') or data['train_split']}` only; probes trained on "
+        f"`{data['train_split']}` "
         f"({data['train_utterances']} utterances) and scored on `{data['test_split']}` "
         f"({data['test_utterances']} utterances). Mean ± standard deviation over seeds.",
         "",
-        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | speed-up, 1 thread | CPU RTF | GPU RTF "
+        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | speed-up, 1 thread | CPU RTF | GPU "
+        "RTF "
         "| CKA to teacher |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -442,17 +446,20 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         faster = "1" if row["model"] == "teacher" else ("—" if speedup is None else f"{speedup:.2f}×")
         lines.append(
             f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per_mean'], row['per_std'])} | "
-            f"{_pm(row['sid_accuracy_mean'], row['sid_accuracy_std'])} | {format_count(row['macs_per_second'])} | "
+            f"{_pm(row['sid_accuracy_mean'], row['sid_accuracy_std'])} | "
+            f"{format_count(row['macs_per_second'])} | "
             f"{faster} | {rtf} | {gpu} | {cka} |"
         )
     lines += [
         "",
         "CKA to teacher: linear CKA between the teacher's and the student's cluster-mean representations "
         "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
-        "Speed-up: teacher time / student time for 10 s of audio on one CPU thread, the two interleaved in one "
+        "Speed-up: teacher time / student time for 10 s of audio on one CPU thread, the two interleaved in "
+        "one "
         "process when the job ended (its report.json `speed`); mean over seeds.",
         "RTF: median time to encode 10 s of audio / 10 s, each model timed on its own during the comparison "
-        f"(CPU threads as set: {comparison['environment']['threads']}); on a busy machine a ratio of two RTFs "
+        f"(CPU threads as set: {comparison['environment']['threads']}); on a busy machine a ratio of two "
+        "RTFs "
         "is not a speed-up.",
     ]
     layered = [row for row in comparison["rows"] if row.get("sid_per_layer_mean")]

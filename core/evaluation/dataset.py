@@ -93,7 +93,8 @@ def load_probe_data(
             if phones is None:
                 lacking = sum(1 for i in train + test if _phone_list(i.extra.get(phone_field)) is None)
                 raise AudioError(
-                    f"phoneme recognition needs the manifest field {phone_field!r} (space-separated phones or a "
+                    f"phoneme recognition needs the manifest field {phone_field!r} (space-separated phones "
+                    "or a "
                     f"list of strings) on every {train_split}/{test_split} row; {lacking} rows lack it, e.g. "
                     f"{item.id!r}. Choose the field with --phone-field or drop 'pr' from the tasks."
                 )

@@ -26,7 +26,8 @@ SAMPLE_RATE = 16000
 
 
 def sample_rate_of(model: RepresentationModel) -> int:
-    """The model's input rate: `config.sample_rate` (project models, Fbank), else 16 kHz (the family's rate)."""
+    """The model's input rate: `config.sample_rate` (project models, Fbank), else 16 kHz (the family's
+    rate)."""
     config = getattr(model, "config", None)
     rate = config.get("sample_rate") if isinstance(config, dict) else getattr(config, "sample_rate", None)
     return int(rate) if rate else SAMPLE_RATE
@@ -62,7 +63,8 @@ def _mm_macs(args: Sequence[Any], out: Any) -> int:
 
 
 def _conv_macs(args: Sequence[Any], out: Any) -> int:
-    """convolution(input, weight (out, in/groups, *kernel), ...): each output element costs in/groups · kernel."""
+    """convolution(input, weight (out, in/groups, *kernel), ...): each output element costs in/groups ·
+    kernel."""
     weight = args[1]
     transposed = bool(args[6]) if len(args) > 6 else False
     if transposed:  # weight (in, out/groups, *kernel): each input element feeds out/groups · kernel outputs

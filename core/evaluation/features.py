@@ -36,7 +36,8 @@ class RepresentationModel(Protocol):
     def __call__(
         self, waveforms: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """waveforms (batch, time) float32, lengths (batch,) -> ([rep (batch, frame, feature)] * (L+1), frame_lengths)."""
+        """waveforms (batch, time) float32, lengths (batch,) -> ([rep (batch, frame, feature)] * (L+1),
+        frame_lengths)."""
         ...
 
     def num_params(self) -> int: ...
@@ -123,7 +124,8 @@ def _check_outputs(reps: Sequence[torch.Tensor], frame_lengths: torch.Tensor, ba
         raise ValueError(f"expected frame_lengths of shape ({batch},), found {tuple(frame_lengths.shape)}")
     if int(frame_lengths.max()) > first.shape[1]:
         raise ValueError(
-            f"frame_lengths reach {int(frame_lengths.max())} but the representations have {first.shape[1]} frames"
+            f"frame_lengths reach {int(frame_lengths.max())} but the representations have {first.shape[1]} "
+            "frames"
         )
 
 

@@ -68,10 +68,12 @@ class WeightedLayerSum(nn.Module):
         return torch.softmax(self.logits, dim=0)
 
     def forward(self, reps: torch.Tensor, *, normalised: bool = False) -> torch.Tensor:
-        """(batch, rep, frame, feature) -> (batch, frame, feature). `normalised`: `normalise` was already applied."""
+        """(batch, rep, frame, feature) -> (batch, frame, feature). `normalised`: `normalise` was already
+        applied."""
         if reps.dim() != 4 or reps.shape[1] != self.logits.shape[0]:
             raise ValueError(
-                f"expected reps of shape (batch, {self.logits.shape[0]}, frame, feature), found {tuple(reps.shape)}"
+                f"expected reps of shape (batch, {self.logits.shape[0]}, frame, feature), found "
+                f"{tuple(reps.shape)}"
             )
         reps = reps if normalised else self.normalise(reps)
         return torch.einsum("r,brtf->btf", self.weights(), reps)  # (batch, frame, feature)
@@ -146,7 +148,8 @@ class SpeakerProbe(nn.Module):
 
 @dataclass(frozen=True)
 class PhoneProbeConfig:
-    """Fixed schedule: no early stopping, so two models are compared after the same amount of probe training."""
+    """Fixed schedule: no early stopping, so two models are compared after the same amount of probe
+    training."""
 
     head: Literal["linear", "lstm"] = "linear"
     lstm_hidden: int = 128

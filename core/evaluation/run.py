@@ -403,9 +403,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"# Evaluation on `{data['path']}`",
         "",
         f"Probes trained on split `{data['train_split']}` ({data['train_utterances']} utterances, "
-        f"{_duration(data['train_hours'])}), scored on `{data['test_split']}` ({data['test_utterances']} utterances, "
-        f"{_duration(data['test_hours'])}); seed {result['seed']}. PR: {result['probes']['pr']['head']} CTC probe on "
-        f"`{result['phone_field']}`, greedy decoding, PER. SID: mean-pooled linear probe, accuracy. Both read a "
+        f"{_duration(data['train_hours'])}), scored on `{data['test_split']}` ({data['test_utterances']} "
+        "utterances, "
+        f"{_duration(data['test_hours'])}); seed {result['seed']}. PR: {result['probes']['pr']['head']} CTC "
+        "probe on "
+        f"`{result['phone_field']}`, greedy decoding, PER. SID: mean-pooled linear probe, accuracy. Both "
+        "read a "
         "softmax-weighted sum of all layer-normalised representations (SUPERB).",
         "",
         "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | CPU RTF | GPU RTF |",

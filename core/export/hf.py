@@ -2,7 +2,7 @@
 
     config.json                 model_type "skillkd", auto_map to the two files below, per-layer heads /
                                 FFN widths / conv channels and everything else the architecture needs
-    configuration_skillkd.py    SkillkdConfig   (copied from core/export/hf_template: torch + transformers only)
+    configuration_skillkd.py    SkillkdConfig (copied from core/export/hf_template: torch + transformers only)
     modeling_skillkd.py         SkillkdModel
     model.safetensors           the weights, float32, under the same names as our own model's state dict
     preprocessor_config.json    Wav2Vec2FeatureExtractor: sampling rate and do_normalize

@@ -17,26 +17,37 @@ from tests.utils.servicekit import make_audio, zip_dir
 
 
 def dry_run(client, headers, teacher, dataset, spec):
-    return client.post("/v1/jobs?dry_run=true", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                                       "spec": spec}, headers=headers)
+    return client.post(
+        "/v1/jobs?dry_run=true",
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec},
+        headers=headers,
+    )
 
 
 def test_dry_run_creates_nothing(client, alice, teacher, dataset, enqueuer, settings):
     r = dry_run(client, alice, teacher, dataset, {"stage1_steps": 3})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["dry_run"] is True and body["teacher_id"] == teacher["id"] and body["work"]["stage1_steps"] == 3
+    assert (
+        body["dry_run"] is True and body["teacher_id"] == teacher["id"] and body["work"]["stage1_steps"] == 3
+    )
     assert "estimated_seconds" in body
     assert enqueuer.ids == [] and client.get("/v1/jobs", headers=alice).json()["items"] == []
     assert not (settings.storage / "jobs").exists() or not list((settings.storage / "jobs").iterdir())
 
 
 def test_dry_run_refuses_what_a_job_creation_refuses(client, alice, keys, teacher, dataset):
-    for spec, code in (({"target_params": 10**9}, "spec_invalid"), ({"clusters": [[0], [99]]}, "spec_invalid"),
-                       ({"stage1_steps": 10**9}, "spec_invalid")):
+    for spec, code in (
+        ({"target_params": 10**9}, "spec_invalid"),
+        ({"clusters": [[0], [99]]}, "spec_invalid"),
+        ({"stage1_steps": 10**9}, "spec_invalid"),
+    ):
         dry = dry_run(client, alice, teacher, dataset, spec)
-        real = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                             "spec": spec}, headers=alice)
+        real = client.post(
+            "/v1/jobs",
+            json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec},
+            headers=alice,
+        )
         assert dry.status_code == real.status_code == 422
         assert dry.json()["error"] == real.json()["error"] and dry.json()["error"]["code"] == code
     other = dry_run(client, keys["bob"], teacher, dataset, {})
@@ -56,11 +67,13 @@ def test_dry_run_with_the_real_engine(tmp_path: Path) -> None:
             alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
             session.commit()
         teacher_zip = zip_dir(save_tiny_teacher(tmp_path / "teacher"))
-        teacher = client.post("/v1/teachers", content=teacher_zip,
-                              headers={**alice, "Content-Type": "application/zip"}).json()
+        teacher = client.post(
+            "/v1/teachers", content=teacher_zip, headers={**alice, "Content-Type": "application/zip"}
+        ).json()
         audio_zip = zip_dir(make_audio(tmp_path / "audio", n=4, seconds=1.5))
-        dataset = client.post("/v1/datasets", content=audio_zip,
-                              headers={**alice, "Content-Type": "application/zip"}).json()
+        dataset = client.post(
+            "/v1/datasets", content=audio_zip, headers={**alice, "Content-Type": "application/zip"}
+        ).json()
         spec = {"stage1_steps": 4, "stage2_steps": 2, "batch_seconds": 2.0}
         r = dry_run(client, alice, teacher, dataset, spec)
         assert r.status_code == 200, r.text
@@ -70,7 +83,9 @@ def test_dry_run_with_the_real_engine(tmp_path: Path) -> None:
         assert body["student_estimate"]["uniform"]["num_params"] <= 0.25 * teacher["num_params"]
         assert str(settings.storage) not in r.text
         assert enqueuer.ids == [] and client.get("/v1/jobs", headers=alice).json()["items"] == []
-        too_short = dry_run(client, alice, teacher, dataset, {**spec, "preset": "paper", "batch_seconds": None})
+        too_short = dry_run(
+            client, alice, teacher, dataset, {**spec, "preset": "paper", "batch_seconds": None}
+        )
         assert too_short.status_code == 422 and too_short.json()["error"]["code"] == "audio_invalid"
 
 
@@ -84,7 +99,9 @@ def test_cli_submit_dry_run(cli_as_alice, client, alice, enqueuer, tmp_path):
     from tests.utils.servicekit import make_teacher
 
     teacher, audio = make_teacher(tmp_path / "teacher"), make_audio(tmp_path / "audio")
-    result = CliRunner().invoke(skillkd, ["submit", str(teacher), str(audio), "--stage1-steps", "5", "--dry-run"])
+    result = CliRunner().invoke(
+        skillkd, ["submit", str(teacher), str(audio), "--stage1-steps", "5", "--dry-run"]
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     estimate = json.loads(result.stdout)
     assert estimate["dry_run"] is True and "stage1_steps" in estimate["work"]  # (the fake engine's own steps)

@@ -28,8 +28,15 @@ from service.models import JobEvent
 
 
 def create(client, headers, teacher, dataset, spec=None):
-    return client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                         "spec": spec if spec is not None else {"stage1_steps": 3}}, headers=headers)
+    return client.post(
+        "/v1/jobs",
+        json={
+            "teacher_id": teacher["id"],
+            "dataset_id": dataset["id"],
+            "spec": spec if spec is not None else {"stage1_steps": 3},
+        },
+        headers=headers,
+    )
 
 
 # -- every spec error a worker could find is found at POST /v1/jobs ------------------------------------------
@@ -40,8 +47,15 @@ def test_overlapping_explicit_clusters_are_422_naming_the_field(client, alice, t
     assert enqueuer.ids == []
 
 
-@pytest.mark.parametrize("field, value", [("stage1_steps", 10**12), ("stage2_steps", 10**12),
-                                          ("calibration_utterances", 10**9), ("batch_seconds", 1e9)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("stage1_steps", 10**12),
+        ("stage2_steps", 10**12),
+        ("calibration_utterances", 10**9),
+        ("batch_seconds", 1e9),
+    ],
+)
 def test_spec_counts_have_upper_bounds(client, alice, teacher, dataset, enqueuer, field, value):
     r = create(client, alice, teacher, dataset, {field: value})
     assert r.status_code == 422, r.text
@@ -80,9 +94,18 @@ def test_postgres_event_ids_and_steps_beyond_32_bits(postgres_app, tmp_path):
     dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zip_headers)
     job = create(client, alice, teacher.json(), dataset.json()).json()
     with factory() as session:  # a long-lived service's event ids and a long job's step counts
-        session.execute(insert(JobEvent).values(id=3_000_000_000, job_id=job["id"], kind="progress",
-                                                stage="distill_prune", step=10**12, total=2 * 10**12,
-                                                metrics={}, message=""))
+        session.execute(
+            insert(JobEvent).values(
+                id=3_000_000_000,
+                job_id=job["id"],
+                kind="progress",
+                stage="distill_prune",
+                step=10**12,
+                total=2 * 10**12,
+                metrics={},
+                message="",
+            )
+        )
         session.commit()
     client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)  # terminal: the stream ends
     url_events = f"/v1/jobs/{job['id']}/events"
@@ -90,16 +113,22 @@ def test_postgres_event_ids_and_steps_beyond_32_bits(postgres_app, tmp_path):
     assert page.status_code == 200, page.text
     assert page.json()["items"][0]["step"] == 10**12
     assert client.get(url_events, params={"after": 3_000_000_000}, headers=alice).status_code == 200
-    with client.stream("GET", url_events, headers={**alice, "Accept": "text/event-stream",
-                                                   "Last-Event-ID": "3000000000"}) as r:
+    with client.stream(
+        "GET", url_events, headers={**alice, "Accept": "text/event-stream", "Last-Event-ID": "3000000000"}
+    ) as r:
         assert r.status_code == 200
         text = "".join(r.iter_text())
     assert "event: end" in text and "id: 3000000000" not in text
 
 
 # -- archive guard --------------------------------------------------------------------------------------------
-NUL_URLS = ["/v1/jobs/%00%27%3B--", "/v1/jobs/%00/events", "/v1/teachers/%00", "/v1/datasets/%00",
-            "/v1/jobs?after=%00"]
+NUL_URLS = [
+    "/v1/jobs/%00%27%3B--",
+    "/v1/jobs/%00/events",
+    "/v1/teachers/%00",
+    "/v1/datasets/%00",
+    "/v1/jobs?after=%00",
+]
 
 
 def _assert_nul_urls_are_400(client, headers) -> None:
@@ -143,7 +172,10 @@ def test_a_small_archive_of_silence_is_not_a_bomb(tmp_path):
 
 def test_a_bomb_is_refused_on_its_declared_sizes_before_anything_is_written(tmp_path):
     archive = tmp_path / "bomb.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("zeros.bin", "w", force_zip64=True) as f:
+    with (
+        zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("zeros.bin", "w", force_zip64=True) as f,
+    ):
         chunk = b"\x00" * (1 << 20)
         for _ in range(96):  # 96 MiB of zeros, ~100 KB compressed
             f.write(chunk)
@@ -166,8 +198,10 @@ class PathLeakingEngine(FakeEngine):
         raise TeacherError(f"config.json not found in {path}")
 
     def run(self, *args, **kwargs):
-        raise RuntimeError("(psycopg.errors.NumericValueOutOfRange) integer out of range\n"
-                           "[SQL: INSERT INTO job_events (job_id, step) VALUES (%(job_id)s, %(step)s)]")
+        raise RuntimeError(
+            "(psycopg.errors.NumericValueOutOfRange) integer out of range\n"
+            "[SQL: INSERT INTO job_events (job_id, step) VALUES (%(job_id)s, %(step)s)]"
+        )
 
 
 def test_errors_show_no_server_paths_and_no_sql(settings, enqueuer, tmp_path, caplog):
@@ -181,20 +215,31 @@ def test_errors_show_no_server_paths_and_no_sql(settings, enqueuer, tmp_path, ca
     with TestClient(app) as client, app.state.services.factory() as session:
         alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
         session.commit()
-        r = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t")),
-                        headers={**alice, "Content-Type": "application/zip"})
+        r = client.post(
+            "/v1/teachers",
+            content=zip_dir(make_teacher(tmp_path / "t")),
+            headers={**alice, "Content-Type": "application/zip"},
+        )
         assert r.status_code == 422 and r.json()["error"]["code"] == "teacher_invalid"
         message = r.json()["error"]["message"]
         assert "/" not in message and str(settings.storage) not in message, message
         # a job whose engine fails with a database error: the client gets the code, the log the details
         app.state.services.engine = FakeEngine(steps=3)
         zh = {**alice, "Content-Type": "application/zip"}
-        teacher = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t2")), headers=zh).json()
+        teacher = client.post(
+            "/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t2")), headers=zh
+        ).json()
         dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zh).json()
         job = create(client, alice, teacher, dataset).json()
         s = app.state.services
-        runner = JobRunner(factory=s.factory, storage=s.storage, engine=engine, enqueuer=enqueuer,
-                           settings=s.settings, worker="w1")
+        runner = JobRunner(
+            factory=s.factory,
+            storage=s.storage,
+            engine=engine,
+            enqueuer=enqueuer,
+            settings=s.settings,
+            worker="w1",
+        )
         with caplog.at_level(logging.ERROR):
             assert runner.run(job["id"]) == "failed: internal"
         error = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["error"]
@@ -207,13 +252,29 @@ def test_errors_show_no_server_paths_and_no_sql(settings, enqueuer, tmp_path, ca
 def test_client_disconnect_mid_upload_is_499_without_a_traceback(app, keys, caplog):
     import asyncio
 
-    headers = [(b"authorization", keys["alice"]["Authorization"].encode()), (b"content-type", b"application/zip"),
-               (b"content-length", b"100000")]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/teachers", "raw_path": b"/v1/teachers", "query_string": b"",
-             "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-    messages = [{"type": "http.request", "body": b"PK\x03\x04" + b"x" * 1000, "more_body": True},
-                {"type": "http.disconnect"}]
+    headers = [
+        (b"authorization", keys["alice"]["Authorization"].encode()),
+        (b"content-type", b"application/zip"),
+        (b"content-length", b"100000"),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/teachers",
+        "raw_path": b"/v1/teachers",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    messages = [
+        {"type": "http.request", "body": b"PK\x03\x04" + b"x" * 1000, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     sent: list[dict] = []
 
     async def receive():
@@ -232,10 +293,18 @@ def test_client_disconnect_mid_upload_is_499_without_a_traceback(app, keys, capl
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert "Traceback" not in caplog.text
     metrics = app.state.metrics.registry
-    assert metrics.get_sample_value("skillkd_http_requests_total", {"method": "POST", "route": "/v1/teachers",
-                                                                    "status": "499"}) == 1
-    assert metrics.get_sample_value("skillkd_http_requests_total", {"method": "POST", "route": "/v1/teachers",
-                                                                    "status": "500"}) is None
+    assert (
+        metrics.get_sample_value(
+            "skillkd_http_requests_total", {"method": "POST", "route": "/v1/teachers", "status": "499"}
+        )
+        == 1
+    )
+    assert (
+        metrics.get_sample_value(
+            "skillkd_http_requests_total", {"method": "POST", "route": "/v1/teachers", "status": "500"}
+        )
+        is None
+    )
     tmp = app.state.services.settings.storage / "tmp"
     assert not list(tmp.iterdir())
 
@@ -270,7 +339,14 @@ def http_exchange(conn: socket.socket, request: bytes) -> bytes:
             return data
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
+    )
     while len(body) < length:
         chunk = conn.recv(65536)
         if not chunk:
@@ -286,8 +362,9 @@ PROTOCOLS = pytest.mark.parametrize("http", ["auto", "h11"])  # httptools where 
 def test_oversized_authorization_header_gets_the_json_envelope(settings, enqueuer, http):
     app = create_app(settings, enqueuer=enqueuer, engine=FakeEngine(steps=3), run_reaper=False)
     with live_server(app, http) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        response = http_exchange(conn, b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                                 + b"a" * 200_000 + b"\r\n\r\n")
+        response = http_exchange(
+            conn, b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * 200_000 + b"\r\n\r\n"
+        )
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"application/json" in head
@@ -306,8 +383,10 @@ def test_keep_alive_survives_a_500(settings, enqueuer, http):
         key = create_key(session, owner_name="alice").key
         session.commit()
     archive = silent_wav_zip(0.1)
-    upload = (f"POST /v1/teachers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-              f"Content-Type: application/zip\r\nContent-Length: {len(archive)}\r\n\r\n").encode() + archive
+    upload = (
+        f"POST /v1/teachers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/zip\r\nContent-Length: {len(archive)}\r\n\r\n"
+    ).encode() + archive
     get = f"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
     with live_server(app, http) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         first = http_exchange(conn, upload)
@@ -348,7 +427,12 @@ def test_artifact_ranges_conditionals_and_head_follow_rfc_9110(client, alice, te
     full = client.get(url, headers=alice)
     assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"
     size, etag = len(full.content), full.headers["etag"]
-    for ignored in ("bytes=5-2", "bytes=abc", "items=0-9", "bytes=0-1,4-5"):  # invalid or unsupported: ignored
+    for ignored in (
+        "bytes=5-2",
+        "bytes=abc",
+        "items=0-9",
+        "bytes=0-1,4-5",
+    ):  # invalid or unsupported: ignored
         r = client.get(url, headers={**alice, "Range": ignored})
         assert r.status_code == 200 and r.content == full.content, ignored
     r = client.get(url, headers={**alice, "Range": "bytes=-4"})

@@ -11,9 +11,11 @@ import pytest
 
 
 def create(client, headers, teacher, dataset, spec=None, **extra_headers):
-    return client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": dataset["id"],
-                                         "spec": spec or {"stage1_steps": 3}},
-                       headers={**headers, **extra_headers})
+    return client.post(
+        "/v1/jobs",
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec or {"stage1_steps": 3}},
+        headers={**headers, **extra_headers},
+    )
 
 
 def test_create_job_is_202_queued_and_enqueued_after_commit(client, alice, teacher, dataset, enqueuer, app):
@@ -26,14 +28,17 @@ def test_create_job_is_202_queued_and_enqueued_after_commit(client, alice, teach
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["status"] == "queued"
 
 
-@pytest.mark.parametrize("spec, field", [
-    ({"sparsity": 1.5}, "body.spec.sparsity"),
-    ({"preset": "huge"}, "body.spec.preset"),
-    ({"clusters": 0}, "body.spec.clusters"),
-    ({"unknown_knob": 1}, "body.spec.unknown_knob"),
-    ({"device": "tpu"}, "body.spec.device"),
-    ({"sparsity": 0.5, "target_params": 100}, "body.spec"),
-])
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"sparsity": 1.5}, "body.spec.sparsity"),
+        ({"preset": "huge"}, "body.spec.preset"),
+        ({"clusters": 0}, "body.spec.clusters"),
+        ({"unknown_knob": 1}, "body.spec.unknown_knob"),
+        ({"device": "tpu"}, "body.spec.device"),
+        ({"sparsity": 0.5, "target_params": 100}, "body.spec"),
+    ],
+)
 def test_invalid_spec_is_422_naming_the_field(client, alice, teacher, dataset, enqueuer, spec, field):
     r = create(client, alice, teacher, dataset, spec)
     assert r.status_code == 422, r.text
@@ -55,10 +60,13 @@ def test_spec_checked_against_the_teacher(client, alice, teacher, dataset):
 def test_unknown_or_foreign_references_are_422(client, keys, teacher, dataset):
     r = create(client, keys["bob"], teacher, dataset)
     assert r.status_code == 422 and r.json()["error"]["code"] == "teacher_not_found"
-    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": "ds_" + "0" * 28},
-                    headers=keys["alice"])
+    r = client.post(
+        "/v1/jobs", json={"teacher_id": teacher["id"], "dataset_id": "ds_" + "0" * 28}, headers=keys["alice"]
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "dataset_not_found"
-    r = client.post("/v1/jobs", json={"teacher_id": "../../etc", "dataset_id": dataset["id"]}, headers=keys["alice"])
+    r = client.post(
+        "/v1/jobs", json={"teacher_id": "../../etc", "dataset_id": dataset["id"]}, headers=keys["alice"]
+    )
     assert r.status_code == 422 and "body.teacher_id" in r.json()["error"]["message"]
 
 
@@ -71,7 +79,10 @@ def test_idempotency_key_returns_the_same_job(client, alice, keys, teacher, data
     assert enqueuer.ids == [first.json()["id"]]
     other = create(client, alice, teacher, dataset, {"stage1_steps": 4}, **{"Idempotency-Key": "abc-1"})
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
-    assert create(client, alice, teacher, dataset, **{"Idempotency-Key": "abc-2"}).json()["id"] != first.json()["id"]
+    assert (
+        create(client, alice, teacher, dataset, **{"Idempotency-Key": "abc-2"}).json()["id"]
+        != first.json()["id"]
+    )
 
 
 def test_jobs_in_flight_limit_is_429(client, alice, teacher, dataset, settings):
@@ -102,8 +113,14 @@ def test_cursor_pagination_and_status_filter(client, alice, teacher, dataset, ap
 def test_owner_isolation_is_404(client, keys, teacher, dataset, drain):
     job = create(client, keys["alice"], teacher, dataset).json()
     drain()
-    for method, path in [("get", ""), ("get", "/events"), ("post", "/cancel"), ("delete", ""), ("get", "/artifacts"),
-                         ("get", "/artifacts/report.json")]:
+    for method, path in [
+        ("get", ""),
+        ("get", "/events"),
+        ("post", "/cancel"),
+        ("delete", ""),
+        ("get", "/artifacts"),
+        ("get", "/artifacts/report.json"),
+    ]:
         r = client.request(method.upper(), f"/v1/jobs/{job['id']}{path}", headers=keys["bob"])
         assert r.status_code == 404, (method, path, r.text)
         assert r.json()["error"]["code"] == "not_found"
@@ -135,15 +152,18 @@ def test_succeeded_job_progress_events_and_artifacts(client, alice, teacher, dat
 
     events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 5}, headers=alice).json()
     assert len(events["items"]) == 5 and events["next_cursor"] == events["items"][-1]["id"]
-    rest = client.get(f"/v1/jobs/{job['id']}/events", params={"after": events["next_cursor"], "limit": 1000},
-                      headers=alice).json()
+    rest = client.get(
+        f"/v1/jobs/{job['id']}/events", params={"after": events["next_cursor"], "limit": 1000}, headers=alice
+    ).json()
     kinds = [e["kind"] for e in events["items"] + rest["items"]]
     assert kinds[0] == "status" and kinds[-1] == "status"
     assert {"stage_started", "progress", "stage_finished", "clusters"} <= set(kinds)
     finished = [e for e in rest["items"] + events["items"] if e["kind"] == "stage_finished"]
     assert all(e["duration_s"] is not None for e in finished)
 
-    names = {a["name"]: a for a in client.get(f"/v1/jobs/{job['id']}/artifacts", headers=alice).json()["items"]}
+    names = {
+        a["name"]: a for a in client.get(f"/v1/jobs/{job['id']}/artifacts", headers=alice).json()["items"]
+    }
     assert set(names) == {"model", "report.json", "cka.png", "clusters.json", "train_log"}
     r = client.get(names["model"]["url"], headers=alice)
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
@@ -167,7 +187,9 @@ def test_succeeded_job_progress_events_and_artifacts(client, alice, teacher, dat
 def test_server_sent_events_stream_until_the_end(client, alice, teacher, dataset, drain):
     job = create(client, alice, teacher, dataset).json()
     drain()
-    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers={**alice, "Accept": "text/event-stream"}) as r:
+    with client.stream(
+        "GET", f"/v1/jobs/{job['id']}/events", headers={**alice, "Accept": "text/event-stream"}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     blocks = [b for b in text.split("\n\n") if b.strip()]
@@ -176,8 +198,11 @@ def test_server_sent_events_stream_until_the_end(client, alice, teacher, dataset
     ids = [int(b.split("\n")[0][4:]) for b in blocks[:-1]]
     assert ids == sorted(ids) and len(ids) > 5
     # resuming with Last-Event-ID skips what was seen
-    with client.stream("GET", f"/v1/jobs/{job['id']}/events",
-                       headers={**alice, "Accept": "text/event-stream", "Last-Event-ID": str(ids[-2])}) as r:
+    with client.stream(
+        "GET",
+        f"/v1/jobs/{job['id']}/events",
+        headers={**alice, "Accept": "text/event-stream", "Last-Event-ID": str(ids[-2])},
+    ) as r:
         again = [b for b in "".join(r.iter_text()).split("\n\n") if b.strip()]
     assert len(again) == 2
 

@@ -24,16 +24,23 @@ def test_postgres_reads_survive_connections_closed_by_the_server(postgres_app, t
     zip_headers = {**alice, "Content-Type": "application/zip"}
     teacher = client.post("/v1/teachers", content=zip_dir(make_teacher(tmp_path / "t")), headers=zip_headers)
     dataset = client.post("/v1/datasets", content=zip_dir(make_audio(tmp_path / "a")), headers=zip_headers)
-    job = client.post("/v1/jobs", json={"teacher_id": teacher.json()["id"],
-                                        "dataset_id": dataset.json()["id"]}, headers=alice).json()
+    job = client.post(
+        "/v1/jobs",
+        json={"teacher_id": teacher.json()["id"], "dataset_id": dataset.json()["id"]},
+        headers=alice,
+    ).json()
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).status_code == 200  # a pooled connection
     assert services.reads.pool.checkedin() >= 1
     database = postgres_app.database_url.rsplit("/", 1)[1]
     admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:  # what a database restart does to the pool's connections
-        closed = conn.execute(sqlalchemy.text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": database}).scalar()
+        closed = conn.execute(
+            sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": database},
+        ).scalar()
     admin.dispose()
     assert closed >= 1
     for _ in range(3):

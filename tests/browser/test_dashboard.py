@@ -147,7 +147,8 @@ def test_create_job_through_the_form_and_watch_it_finish(page_for, service, inpu
     first = float(page.get_attribute("#progress progress", "value") or 0)
     page.wait_for_function(
         "v => { const p = document.querySelector('#progress progress');"
-        " return p && p.closest('#progress') && p.value > v && document.querySelector('#progress-text').textContent.includes('distill_prune'); }",
+        " return p && p.closest('#progress') && p.value > v && "
+        "document.querySelector('#progress-text').textContent.includes('distill_prune'); }",
         arg=first,
     )
     page.wait_for_selector("#curves svg path.line[d^='M']")
@@ -381,11 +382,14 @@ def test_the_page_modules_small_functions(page_for, service):
             thin: [plot.thin(many).length, plot.thin(many).at(-1)[0], plot.thin(many.slice(0, 10)).length],
             boxes: job.clusterBoxes([[0, 1, 2], [3], [5, 7, 8]]),
             errors: form.fieldErrors({message: "body.spec.device: Value error, device must be auto; "
-                + "body.spec.sparsity: Input should be less than 1", fields: ["body.spec.device", "body.spec.sparsity"]}),
-            checkError: form.fieldErrors({message: "spec.target_params: 5000000000 is above the teacher's 94M"}),
+                + "body.spec.sparsity: Input should be less than 1",
+                fields: ["body.spec.device", "body.spec.sparsity"]}),
+            checkError: form.fieldErrors({
+                message: "spec.target_params: 5000000000 is above the teacher's 94M"}),
             stages: job.stageTimes([
                 {kind: "stage_started", stage: "calibrate", created_at: "2026-01-01T00:00:00Z"},
-                {kind: "stage_finished", stage: "calibrate", created_at: "2026-01-01T00:00:05Z", duration_s: 4.5},
+                {kind: "stage_finished", stage: "calibrate", created_at: "2026-01-01T00:00:05Z",
+                 duration_s: 4.5},
                 {kind: "stage_started", stage: "distill_prune", created_at: "2026-01-01T00:00:06Z"}]),
             shortId: fmt.shortId("job_01a2337f36963349a7853fbcd5c2"), duration: fmt.duration(3725),
         };

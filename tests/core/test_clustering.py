@@ -1,4 +1,5 @@
-"""Layer clustering: block recovery, the contiguity constraint, the linkage matrix, user clusters, the plot."""
+"""Layer clustering: block recovery, the contiguity constraint, the linkage matrix, user clusters, the
+plot."""
 
 from __future__ import annotations
 

@@ -204,7 +204,8 @@ FRESH_SCRIPT = textwrap.dedent("""
     with torch.no_grad():
         out = model(**inputs, output_hidden_states=True)
     np.save(sys.argv[4], torch.stack(out.hidden_states).numpy())
-    print("modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("core", "skillkd", "api", "worker")))
+    ours = ("core", "skillkd", "api", "worker")
+    print("modules:", sorted(m for m in sys.modules if m.split(".")[0] in ours))
 """)
 
 

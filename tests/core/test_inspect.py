@@ -1,4 +1,5 @@
-"""`skillkd inspect`: parameters and MACs per second of audio, per conv layer, per transformer layer, per part."""
+"""`skillkd inspect`: parameters and MACs per second of audio, per conv layer, per transformer layer, per
+part."""
 
 from __future__ import annotations
 

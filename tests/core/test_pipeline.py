@@ -193,7 +193,8 @@ def test_core_pipeline_does_not_import_the_service() -> None:
     import sys
 
     code = (
-        "import sys, core.pipeline, cli.engine; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'redis') "
+        "import sys, core.pipeline, cli.engine; bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', "
+        "'redis') "
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

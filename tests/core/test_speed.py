@@ -1,4 +1,5 @@
-"""core.evaluation.speed: teacher vs student sizes, MACs and interleaved real-time factors on tiny random-init models."""
+"""core.evaluation.speed: teacher vs student sizes, MACs and interleaved real-time factors on tiny random-init
+models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What a model is called in evaluation results: `--name`, else teacher, method and size from a student's report."""
+"""What a model is called in evaluation results: `--name`, else teacher, method and size from a student's
+report."""
 
 from __future__ import annotations
 
