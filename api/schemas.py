@@ -72,8 +72,8 @@ class DatasetPublic(BaseModel):
         return cls(
             id=row.id,
             name=row.name,
-            source=row.source,
-            sha256=row.sha256,  # type: ignore[arg-type]
+            source=row.source,  # type: ignore[arg-type]
+            sha256=row.sha256,
             size_bytes=row.size_bytes,
             files=row.files,
             hours=row.hours,
@@ -129,8 +129,8 @@ class JobPublic(BaseModel):
         """From the ORM object or a Core row of the jobs table (the same attribute names)."""
         return cls(
             id=job.id,
-            status=job.status,
-            stage=job.stage,  # type: ignore[arg-type]
+            status=job.status,  # type: ignore[arg-type]
+            stage=job.stage,
             progress=JobProgress(**job.progress) if job.progress else None,
             metrics=job.metrics or {},
             clusters=job.clusters,

@@ -14,8 +14,13 @@ from numbers import Integral
 from core.errors import SpecError
 from core.spec import CompressionSpec
 
-__all__ = ["validate_clusters", "dphubert_clusters", "fixed_clusters", "check_target_weights",
-           "check_against_teacher"]
+__all__ = [
+    "validate_clusters",
+    "dphubert_clusters",
+    "fixed_clusters",
+    "check_target_weights",
+    "check_against_teacher",
+]
 
 
 def validate_clusters(clusters: Sequence[Sequence[int]], num_reps: int) -> list[list[int]]:
@@ -43,7 +48,8 @@ def validate_clusters(clusters: Sequence[Sequence[int]], num_reps: int) -> list[
             index = int(index)
             if not 0 <= index < num_reps:
                 raise ValueError(
-                    f"clusters[{c}]: index {index} out of range [0, {num_reps}) for {num_reps} representations"
+                    f"clusters[{c}]: index {index} out of range [0, {num_reps}) for {num_reps} "
+                    "representations"
                 )
             if index in seen:
                 where = "twice in" if seen[index] == c else f"in both clusters[{seen[index]}] and"
@@ -55,7 +61,8 @@ def validate_clusters(clusters: Sequence[Sequence[int]], num_reps: int) -> list[
 
 
 def dphubert_clusters(num_layers: int) -> list[list[int]]:
-    """DPHuBERT's fixed targets as singleton clusters: r[0], r[L/3], r[2L/3], r[L] ([[0],[4],[8],[12]] for L=12).
+    """DPHuBERT's fixed targets as singleton clusters: r[0], r[L/3], r[2L/3], r[L] ([[0],[4],[8],[12]] for
+    L=12).
 
     Indices are floored and duplicates (tiny L) removed.
     """
@@ -74,14 +81,16 @@ def fixed_clusters(spec: CompressionSpec, num_reps: int) -> list[list[int]] | No
         except ValueError as exc:
             raise SpecError(f"clusters: {exc}", field="clusters") from None
     if isinstance(spec.clusters, int) and spec.clusters > num_reps and "clusters" in spec.model_fields_set:
-        raise SpecError(f"clusters={spec.clusters} but the teacher has only {num_reps} representations",
-                        field="clusters")
+        raise SpecError(
+            f"clusters={spec.clusters} but the teacher has only {num_reps} representations", field="clusters"
+        )
     return None
 
 
 def check_target_weights(spec: CompressionSpec, fixed: list[list[int]] | None, num_layers: int) -> None:
-    """Refuse target weights whose count cannot match the clusters, before calibration, where the count is known
-    in advance (explicit clusters, k, DPHuBERT's fixed layers); with 'auto' the targets check after clustering."""
+    """Refuse target weights whose count cannot match the clusters, before calibration, where the count is
+    known in advance (explicit clusters, k, DPHuBERT's fixed layers); with 'auto' the targets check after
+    clustering."""
     if spec.target_weights is None:
         return
     if spec.method == "dphubert":
@@ -91,12 +100,16 @@ def check_target_weights(spec: CompressionSpec, fixed: list[list[int]] | None, n
     else:
         k = spec.clusters if isinstance(spec.clusters, int) else None
     if k is not None and len(spec.target_weights) != k:
-        raise SpecError(f"target_weights has {len(spec.target_weights)} weights but there will be {k} clusters; "
-                        "give one weight per cluster", field="target_weights")
+        raise SpecError(
+            f"target_weights has {len(spec.target_weights)} weights but there will be {k} clusters; "
+            "give one weight per cluster",
+            field="target_weights",
+        )
 
 
-def check_against_teacher(spec: CompressionSpec, *, num_layers: int, num_params: int,
-                          macs: float | None = None) -> list[list[int]] | None:
+def check_against_teacher(
+    spec: CompressionSpec, *, num_layers: int, num_params: int, macs: float | None = None
+) -> list[list[int]] | None:
     """Every rule that needs only the teacher's shape: the size targets (the MACs target when the teacher's
     `macs` per audio second are known), the explicit clusters and the target weights. Returns the explicit
     clusters in canonical order (None when clustering or DPHuBERT's layers will choose them)."""

@@ -12,7 +12,12 @@ ARCHIVE_BODY: dict[str, Any] = {
         "description": "a zip or tar(.gz) archive as the raw request body (streamed; not multipart)",
         "content": {
             media: {"schema": {"type": "string", "format": "binary"}}
-            for media in ("application/zip", "application/x-tar", "application/gzip", "application/octet-stream")
+            for media in (
+                "application/zip",
+                "application/x-tar",
+                "application/gzip",
+                "application/octet-stream",
+            )
         },
     }
 }

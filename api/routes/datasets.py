@@ -24,13 +24,17 @@ from service.models import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
 
-_BODY = {"requestBody": {
-    "required": True,
-    "description": ARCHIVE_BODY["requestBody"]["description"]
-    + "; or, for admins, JSON `{\"path\": ..., \"name\": ...}` registering a directory on the server",
-    "content": {**ARCHIVE_BODY["requestBody"]["content"],
-                "application/json": {"schema": DatasetRegister.model_json_schema()}},
-}}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": ARCHIVE_BODY["requestBody"]["description"]
+        + '; or, for admins, JSON `{"path": ..., "name": ...}` registering a directory on the server',
+        "content": {
+            **ARCHIVE_BODY["requestBody"]["content"],
+            "application/json": {"schema": DatasetRegister.model_json_schema()},
+        },
+    }
+}
 
 
 def normalise_summary(summary: dict) -> dict:
@@ -57,10 +61,17 @@ def _scan(services, path: Path) -> dict:
     return normalise_summary(summary)
 
 
-@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=_BODY,
-             summary="Upload audio (zip/tar) or register a server directory (admin)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    openapi_extra=_BODY,
+    summary="Upload audio (zip/tar) or register a server directory (admin)",
+)
 async def create_dataset(
-    request: Request, services: ServicesDep, owner: CurrentOwner,
+    request: Request,
+    services: ServicesDep,
+    owner: CurrentOwner,
     name: Annotated[str, Query(max_length=200)] = "",
 ) -> DatasetPublic:
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
@@ -69,12 +80,21 @@ async def create_dataset(
 
     def prepare(received: Received, extracted: Extracted, folder: Path) -> tuple[Path, Dataset]:
         summary = _scan(services, folder)
-        return folder, Dataset(id=dataset_id, owner_id=owner.id, name=name, source="upload",
-                               sha256=received.sha256, size_bytes=extracted.total_bytes,
-                               files=int(summary.get("files", 0)), hours=float(summary.get("hours", 0.0)),
-                               summary=summary)
+        return folder, Dataset(
+            id=dataset_id,
+            owner_id=owner.id,
+            name=name,
+            source="upload",
+            sha256=received.sha256,
+            size_bytes=extracted.total_bytes,
+            files=int(summary.get("files", 0)),
+            hours=float(summary.get("hours", 0.0)),
+            summary=summary,
+        )
 
-    return DatasetPublic.from_row(await ingest_archive(request, services, services.storage.dataset_dir(dataset_id), prepare))
+    return DatasetPublic.from_row(
+        await ingest_archive(request, services, services.storage.dataset_dir(dataset_id), prepare)
+    )
 
 
 async def _register(request: Request, services, owner) -> DatasetPublic:
@@ -84,7 +104,9 @@ async def _register(request: Request, services, owner) -> DatasetPublic:
     try:
         reg = DatasetRegister.model_validate_json(body)
     except ValidationError as exc:
-        message = "; ".join(f"body.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        message = "; ".join(
+            f"body.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
         raise UnprocessableInput(message, code="validation_error") from exc
     path = Path(reg.path)
     if not path.is_absolute():
@@ -98,9 +120,17 @@ async def _register(request: Request, services, owner) -> DatasetPublic:
 
     def scan_and_store() -> Dataset:
         summary = _scan(services, path)
-        row = Dataset(id=new_id("ds"), owner_id=owner.id, name=reg.name, source="server_path",
-                      server_path=str(path), size_bytes=0, files=int(summary.get("files", 0)),
-                      hours=float(summary.get("hours", 0.0)), summary=summary)
+        row = Dataset(
+            id=new_id("ds"),
+            owner_id=owner.id,
+            name=reg.name,
+            source="server_path",
+            server_path=str(path),
+            size_bytes=0,
+            files=int(summary.get("files", 0)),
+            hours=float(summary.get("hours", 0.0)),
+            summary=summary,
+        )
         with services.factory() as session:
             return crud.insert(session, row=row)
 
@@ -108,9 +138,12 @@ async def _register(request: Request, services, owner) -> DatasetPublic:
 
 
 @router.get("", response_model=DatasetList)
-def list_datasets(session: SessionDep, owner: CurrentOwner,
-                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-                  after: Annotated[str | None, Query(max_length=64)] = None) -> DatasetList:
+def list_datasets(
+    session: SessionDep,
+    owner: CurrentOwner,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> DatasetList:
     rows, cursor = crud.page(session, model=Dataset, owner_id=owner.id, limit=limit, after=after)
     return DatasetList(items=[DatasetPublic.from_row(r) for r in rows], next_cursor=cursor)
 
@@ -123,9 +156,14 @@ def get_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner) -> Da
     return DatasetPublic.from_row(row)
 
 
-@router.delete("/{dataset_id}", status_code=204,
-                summary="Delete a dataset and its files (409 while an unfinished job uses it)")
-def delete_dataset(dataset_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    summary="Delete a dataset and its files (409 while an unfinished job uses it)",
+)
+def delete_dataset(
+    dataset_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner
+) -> Response:
     row = crud.owned(session, model=Dataset, row_id=dataset_id, owner_id=owner.id)
     if row is None:
         raise NotFound(f"dataset {dataset_id} not found")

@@ -1,5 +1,6 @@
-"""/v1/jobs: create (202, Idempotency-Key), list (cursor), get, events (paginated or SSE), cancel, pause, resume,
-delete, artifacts (Range, ETag / If-None-Match, HEAD, X-Content-SHA256). Data access is service.jobstore's."""
+"""/v1/jobs: create (202, Idempotency-Key), list (cursor), get, events (paginated or SSE), cancel, pause,
+resume, delete, artifacts (Range, ETag / If-None-Match, HEAD, X-Content-SHA256). Data access is
+service.jobstore's."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import asyncio
 import json
 import logging
 import os
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentOwner, ServicesDep, SessionDep
+from api.deps import CurrentOwner, Services, ServicesDep, SessionDep
 from api.errors import ApiError, Conflict, NotFound, TooManyRequests, UnprocessableInput
+from api.ranges import UNSATISFIABLE, byte_range, etag_matches, file_chunks
 from api.routes.common import ERRORS, MAX_EVENT_ID, MAX_PAGE
 from api.schemas import (
     ArtifactList,
@@ -33,7 +33,8 @@ from api.schemas import (
     JobStatus,
 )
 from api.uploads import input_error
-from core.errors import SkillkdError
+from core.errors import SkillkdError, SpecError
+from core.rules import check_against_teacher
 from service import crud, jobstore
 from service.models import TERMINAL_STATUSES, Dataset, Job, JobEvent, Owner, Teacher
 
@@ -50,7 +51,11 @@ def owned_job(session: Session, owner: Owner, job_id: str) -> Job:
 
 def _same_request(job: Job, body: JobCreate) -> bool:
     return (job.teacher_id, job.dataset_id, job.calibration_dataset_id, job.spec) == (
-        body.teacher_id, body.dataset_id, body.calibration_dataset_id, body.spec.model_dump(mode="json"))
+        body.teacher_id,
+        body.dataset_id,
+        body.calibration_dataset_id,
+        body.spec.model_dump(mode="json"),
+    )
 
 
 def _spec_error(field: str, message: str) -> UnprocessableInput:
@@ -65,11 +70,16 @@ def check_spec_bounds(body: JobCreate, settings: Any) -> None:
         if value is not None and value > settings.max_stage_steps:
             raise _spec_error(field, f"{value} is above this service's limit of {settings.max_stage_steps}")
     if spec.calibration_utterances > settings.max_calibration_utterances:
-        raise _spec_error("calibration_utterances", f"{spec.calibration_utterances} is above this service's "
-                          f"limit of {settings.max_calibration_utterances}")
+        raise _spec_error(
+            "calibration_utterances",
+            f"{spec.calibration_utterances} is above this service's "
+            f"limit of {settings.max_calibration_utterances}",
+        )
     if spec.batch_seconds is not None and spec.batch_seconds > settings.max_batch_seconds:
-        raise _spec_error("batch_seconds", f"{spec.batch_seconds:g} is above this service's limit of "
-                          f"{settings.max_batch_seconds:g}")
+        raise _spec_error(
+            "batch_seconds",
+            f"{spec.batch_seconds:g} is above this service's limit of {settings.max_batch_seconds:g}",
+        )
 
 
 def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
@@ -87,48 +97,64 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
         if dataset is None:
             raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
         if field == "dataset_id" and spec.evaluate and (dataset.summary or {}).get("phone_labelled") == 0:
-            raise _spec_error("evaluate", "evaluation needs a dataset manifest with an 'arpabet' phone field and "
-                              f"'split' rows; dataset {value} has none (run without evaluate, or upload one)")
-    try:
-        spec.target_sparsity(teacher.num_params)
-    except ValueError as exc:
-        raise _spec_error("target_params", str(exc)) from exc
-    layers = teacher.num_layers
-    if isinstance(spec.clusters, list):
-        bad = sorted({i for group in spec.clusters for i in group if i > layers})
-        if bad:
-            raise _spec_error("clusters", f"layer indices {bad} above the teacher's last representation "
-                              f"r{layers} (it has {layers} layers)")
-    elif isinstance(spec.clusters, int) and spec.clusters > layers + 1 and "clusters" in spec.model_fields_set:
-        raise _spec_error("clusters", f"{spec.clusters} clusters for {layers + 1} layer outputs")
+            raise _spec_error(
+                "evaluate",
+                "evaluation needs a dataset manifest with an 'arpabet' phone field and "
+                f"'split' rows; dataset {value} has none (run without evaluate, or upload one)",
+            )
+    check_teacher_shape(spec, teacher)
     return teacher
 
 
-def check_macs_target(body: JobCreate, services: Any, teacher: Teacher) -> None:
+def check_teacher_shape(spec: Any, teacher: Teacher, macs: float | None = None) -> None:
+    """core.rules, the same rules the pipeline applies: size targets, explicit clusters, target weights."""
+    try:
+        check_against_teacher(spec, num_layers=teacher.num_layers, num_params=teacher.num_params, macs=macs)
+    except SpecError as exc:
+        raise _spec_error(exc.field or "spec", exc.message) from exc
+
+
+def check_macs_target(body: JobCreate, services: Services, teacher: Teacher) -> None:
     """An absolute `target_macs` must be below the teacher's MACs at the spec's reference length (the teacher
     row holds no MACs: they depend on that length, so the engine counts them from the architecture)."""
     spec = body.spec
     if spec.target_macs is None:
         return
     try:
-        teacher_macs = services.get_engine().teacher_macs(services.storage.teacher_dir(teacher.id),
-                                                          spec.macs_reference_seconds)
+        teacher_macs = services.get_engine().teacher_macs(
+            services.storage.teacher_dir(teacher.id), spec.macs_reference_seconds
+        )
     except SkillkdError as exc:
         raise input_error(exc, services.storage.root) from exc
-    try:
-        spec.target_macs_sparsity(teacher_macs)
-    except ValueError as exc:
-        raise _spec_error("target_macs", str(exc)) from exc
+    check_teacher_shape(spec, teacher, macs=teacher_macs)
 
 
-@router.post("", status_code=202, response_model=JobPublic, summary="Create a compression job",
-             responses={200: {"description": "dry_run=true: the estimate; nothing was created",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}})
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Create a compression job",
+    responses={
+        200: {
+            "description": "dry_run=true: the estimate; nothing was created",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 def create_job(
-    body: JobCreate, response: Response, services: ServicesDep, session: SessionDep, owner: CurrentOwner,
+    body: JobCreate,
+    response: Response,
+    services: ServicesDep,
+    session: SessionDep,
+    owner: CurrentOwner,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]+$")] = None,
-    dry_run: Annotated[bool, Query(description="check the job as a run would and estimate its sizes, work and "
-                                   "time (a few timed steps on this host); create nothing")] = False,
+    dry_run: Annotated[
+        bool,
+        Query(
+            description="check the job as a run would and estimate its sizes, work and "
+            "time (a few timed steps on this host); create nothing"
+        ),
+    ] = False,
 ) -> Any:
     if dry_run:
         return _dry_run(body, services, session, owner)
@@ -140,15 +166,26 @@ def create_job(
     teacher = check_references(session, owner, body)
     check_macs_target(body, services, teacher)
     if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
-        raise TooManyRequests(f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
-                              "wait for one to finish or cancel one")
+        raise TooManyRequests(
+            f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
+            "wait for one to finish or cancel one"
+        )
     try:
-        job = jobstore.create_job(session, owner_id=owner.id, teacher_id=body.teacher_id,
-                                  dataset_id=body.dataset_id, calibration_dataset_id=body.calibration_dataset_id,
-                                  spec=body.spec.model_dump(mode="json"), idempotency_key=idempotency_key)
+        job = jobstore.create_job(
+            session,
+            owner_id=owner.id,
+            teacher_id=body.teacher_id,
+            dataset_id=body.dataset_id,
+            calibration_dataset_id=body.calibration_dataset_id,
+            spec=body.spec.model_dump(mode="json"),
+            idempotency_key=idempotency_key,
+        )
     except IntegrityError:
-        existing = (jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
-                    if idempotency_key else None)
+        existing = (
+            jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
+            if idempotency_key
+            else None
+        )
         if existing is None:
             check_references(session, owner, body)  # the teacher or a dataset was deleted meanwhile: 422
             raise
@@ -157,9 +194,9 @@ def create_job(
     return JobPublic.from_row(job)
 
 
-def _dry_run(body: JobCreate, services: Any, session: Session, owner: Owner) -> JSONResponse:
-    """POST /v1/jobs?dry_run=true: the same checks as a job creation, then the engine's estimate (core.estimate);
-    no row, no file, no queue message."""
+def _dry_run(body: JobCreate, services: Services, session: Session, owner: Owner) -> JSONResponse:
+    """POST /v1/jobs?dry_run=true: the same checks as a job creation, then the engine's estimate
+    (core.estimate); no row, no file, no queue message."""
     check_spec_bounds(body, services.settings)
     teacher = check_references(session, owner, body)
     check_macs_target(body, services, teacher)
@@ -169,15 +206,19 @@ def _dry_run(body: JobCreate, services: Any, session: Session, owner: Owner) -> 
 
     calibration = audio_path(body.calibration_dataset_id) if body.calibration_dataset_id else None
     try:
-        result = services.get_engine().estimate(body.spec, services.storage.teacher_dir(teacher.id),
-                                                audio_path(body.dataset_id), calibration_audio=calibration)
+        result = services.get_engine().estimate(
+            body.spec,
+            services.storage.teacher_dir(teacher.id),
+            audio_path(body.dataset_id),
+            calibration_audio=calibration,
+        )
     except SkillkdError as exc:
         raise input_error(exc, services.storage.root) from exc
     result.get("teacher", {}).pop("path", None)  # a server path
     return JSONResponse({**result, "teacher_id": teacher.id, "dataset_id": body.dataset_id}, status_code=200)
 
 
-def _enqueue(services: Any, job_id: str) -> None:
+def _enqueue(services: Services, job_id: str) -> None:
     try:  # after COMMIT: a worker never sees an id whose row is not there
         services.enqueuer.enqueue(job_id)
     except Exception as exc:  # the row is queued; the reaper re-enqueues it once the broker is back
@@ -186,18 +227,29 @@ def _enqueue(services: Any, job_id: str) -> None:
 
 def _replay(existing: Job, body: JobCreate, response: Response) -> JobPublic:
     if not _same_request(existing, body):
-        raise Conflict("Idempotency-Key was already used with a different request", code="idempotency_key_reused")
+        raise Conflict(
+            "Idempotency-Key was already used with a different request", code="idempotency_key_reused"
+        )
     response.headers["Idempotent-Replayed"] = "true"
     return JobPublic.from_row(existing)
 
 
 @router.get("", response_model=JobList)
-def list_jobs(session: SessionDep, owner: CurrentOwner, status: JobStatus | None = None,
-              limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-              after: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
-              ) -> JobList:
-    rows, cursor = crud.page(session, model=Job, owner_id=owner.id, limit=limit, after=after,
-                             where=[Job.status == status] if status else None)
+def list_jobs(
+    session: SessionDep,
+    owner: CurrentOwner,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    after: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+) -> JobList:
+    rows, cursor = crud.page(
+        session,
+        model=Job,
+        owner_id=owner.id,
+        limit=limit,
+        after=after,
+        where=[Job.status == status] if status else None,
+    )
     return JobList(items=[JobPublic.from_row(r) for r in rows], next_cursor=cursor)
 
 
@@ -205,9 +257,10 @@ def list_jobs(session: SessionDep, owner: CurrentOwner, status: JobStatus | None
 async def get_job(job_id: str, services: ServicesDep, owner: CurrentOwner) -> Response:
     # The hot path of clients polling a job: no thread-pool call (its hop cost 0.8 ms of CPU per request, more
     # than everything else the route does; issue 11). PostgreSQL: the SELECT is awaited (asyncio engine).
-    # SQLite: the SELECT runs on the event loop: a primary-key lookup of ~80 µs in a database in WAL mode, where
-    # a reader never waits for a writer (api.app.reads_engine). Serialized here by pydantic's encoder: a returned
-    # model would be validated again and encoded by FastAPI (`response_model` still documents the body).
+    # SQLite: the SELECT runs on the event loop: a primary-key lookup of ~80 µs in a database in WAL mode,
+    # where a reader never waits for a writer (api.app.reads_engine). Serialized here by pydantic's encoder: a
+    # returned model would be validated again and encoded by FastAPI (`response_model` still documents the
+    # body).
     if isinstance(services.reads, AsyncEngine):
         row = await jobstore.owned_job_row_async(services.reads, job_id=job_id, owner_id=owner.id)
     else:
@@ -217,21 +270,31 @@ async def get_job(job_id: str, services: ServicesDep, owner: CurrentOwner) -> Re
     return Response(JobPublic.from_row(row).model_dump_json(), media_type="application/json")
 
 
-@router.get("/{job_id}/events", response_model=JobEventList,
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-            summary="Job events: a page of JSON, or Server-Sent Events with `Accept: text/event-stream`")
+@router.get(
+    "/{job_id}/events",
+    response_model=JobEventList,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    summary="Job events: a page of JSON, or Server-Sent Events with `Accept: text/event-stream`",
+)
 async def job_events(
-    job_id: str, request: Request, services: ServicesDep, owner: CurrentOwner,
+    job_id: str,
+    request: Request,
+    services: ServicesDep,
+    owner: CurrentOwner,
     after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="id of the last event seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    last_event_id: Annotated[str | None, Header(max_length=20, description="SSE resume point (an event id)")] = None,
+    last_event_id: Annotated[
+        str | None, Header(max_length=20, description="SSE resume point (an event id)")
+    ] = None,
 ):
     start = after
     if last_event_id is not None and last_event_id.strip():
         value = last_event_id.strip()
         if not value.isdigit() or int(value) > MAX_EVENT_ID:
-            raise UnprocessableInput(f"header.last-event-id: expected an event id between 0 and {MAX_EVENT_ID}",
-                                     code="validation_error")
+            raise UnprocessableInput(
+                f"header.last-event-id: expected an event id between 0 and {MAX_EVENT_ID}",
+                code="validation_error",
+            )
         start = int(value)
 
     def first_page() -> list[JobEvent]:
@@ -241,17 +304,24 @@ async def job_events(
 
     rows = await run_in_threadpool(first_page)  # 404 before a stream starts
     if "text/event-stream" not in request.headers.get("accept", ""):
-        return JobEventList(items=[JobEventPublic.model_validate(r) for r in rows],
-                            next_cursor=rows[-1].id if len(rows) == limit else None)
-    return StreamingResponse(_sse(request, services, job_id, start), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JobEventList(
+            items=[JobEventPublic.model_validate(r) for r in rows],
+            next_cursor=rows[-1].id if len(rows) == limit else None,
+        )
+    return StreamingResponse(
+        _sse(request, services, job_id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
-async def _sse(request: Request, services: Any, job_id: str, last: int, poll_s: float = 0.5):
+async def _sse(request: Request, services: Services, job_id: str, last: int, poll_s: float = 0.5):
     def poll(after: int) -> tuple[list[JobEvent], str | None]:
         with services.factory() as session:
-            return (jobstore.events_page(session, job_id=job_id, after=after, limit=500),
-                    jobstore.status_of(session, job_id=job_id))
+            return (
+                jobstore.events_page(session, job_id=job_id, after=after, limit=500),
+                jobstore.status_of(session, job_id=job_id),
+            )
 
     quiet = 0.0
     while True:
@@ -275,8 +345,11 @@ async def _sse(request: Request, services: Any, job_id: str, last: int, poll_s: 
         await asyncio.sleep(poll_s)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic,
-             summary="Cancel: a queued or paused job ends cancelled at once; a running one becomes cancelling")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    summary="Cancel: a queued or paused job ends cancelled at once; a running one becomes cancelling",
+)
 def cancel_job(job_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> JobPublic:
     job = owned_job(session, owner, job_id)
     reached = jobstore.cancel(session, job=job)
@@ -287,26 +360,38 @@ def cancel_job(job_id: str, services: ServicesDep, session: SessionDep, owner: C
     return JobPublic.from_row(job)
 
 
-@router.post("/{job_id}/pause", response_model=JobPublic,
-             summary="Pause: a queued job is paused at once; a running one stops at its next checkpoint (pausing "
-                     "-> paused) and frees its worker")
+@router.post(
+    "/{job_id}/pause",
+    response_model=JobPublic,
+    summary="Pause: a queued job is paused at once; a running one stops at its next checkpoint (pausing "
+    "-> paused) and frees its worker",
+)
 def pause_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
     job = owned_job(session, owner, job_id)
     if jobstore.pause(session, job=job) is None and job.status not in ("paused", "pausing"):
-        raise Conflict(f"job {job_id} is {job.status}; only queued or running jobs can be paused",
-                       code="job_not_pausable")
+        raise Conflict(
+            f"job {job_id} is {job.status}; only queued or running jobs can be paused",
+            code="job_not_pausable",
+        )
     return JobPublic.from_row(job)
 
 
-@router.post("/{job_id}/resume", response_model=JobPublic,
-             summary="Resume a paused job: queued again, it continues from its last checkpoint")
+@router.post(
+    "/{job_id}/resume",
+    response_model=JobPublic,
+    summary="Resume a paused job: queued again, it continues from its last checkpoint",
+)
 def resume_job(job_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> JobPublic:
     job = owned_job(session, owner, job_id)
     if job.status != "paused":
-        raise Conflict(f"job {job_id} is {job.status}; only paused jobs can be resumed", code="job_not_paused")
+        raise Conflict(
+            f"job {job_id} is {job.status}; only paused jobs can be resumed", code="job_not_paused"
+        )
     if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
-        raise TooManyRequests(f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
-                              "wait for one to finish or cancel one")
+        raise TooManyRequests(
+            f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
+            "wait for one to finish or cancel one"
+        )
     if jobstore.resume(session, job=job) == "queued":
         _enqueue(services, job_id)
     return JobPublic.from_row(job)
@@ -324,63 +409,33 @@ def delete_job(job_id: str, services: ServicesDep, session: SessionDep, owner: C
 @router.get("/{job_id}/artifacts", response_model=ArtifactList)
 def list_artifacts(job_id: str, session: SessionDep, owner: CurrentOwner) -> ArtifactList:
     owned_job(session, owner, job_id)
-    return ArtifactList(items=[
-        ArtifactPublic(name=r.name, media_type=r.media_type, sha256=r.sha256, size_bytes=r.size_bytes,
-                       url=f"/v1/jobs/{job_id}/artifacts/{r.name}") for r in jobstore.artifacts(session, job_id=job_id)])
+    return ArtifactList(
+        items=[
+            ArtifactPublic(
+                name=r.name,
+                media_type=r.media_type,
+                sha256=r.sha256,
+                size_bytes=r.size_bytes,
+                url=f"/v1/jobs/{job_id}/artifacts/{r.name}",
+            )
+            for r in jobstore.artifacts(session, job_id=job_id)
+        ]
+    )
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None | str:
-    """RFC 9110 §14.2: (first, last) of a satisfiable single byte range; None when the header is absent,
-    malformed, of another unit or several ranges (a server then ignores it and sends the whole content);
-    "unsatisfiable" when it is well-formed but starts beyond the end."""
-    if not header:
-        return None
-    m = _RANGE.fullmatch(header.strip())
-    if m is None or (not m.group(1) and not m.group(2)):
-        return None
-    first_s, last_s = m.groups()
-    if not first_s:  # suffix range: the last N bytes
-        n = int(last_s)
-        if n == 0:
-            return "unsatisfiable"
-        return (max(0, size - n), size - 1) if size else "unsatisfiable"
-    first = int(first_s)
-    last = int(last_s) if last_s else size - 1
-    if last_s and last < first:
-        return None  # invalid: ignored
-    if first >= size:
-        return "unsatisfiable"
-    return first, min(last, size - 1)
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    """If-None-Match: `*` or a list of (weak) entity tags, compared weakly (RFC 9110 §13.1.2)."""
-    tags = [t.strip() for t in header.split(",")]
-    return "*" in tags or etag in [t[2:] if t.startswith("W/") else t for t in tags]
-
-
-def _file_chunks(path: Path, first: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        f.seek(first)
-        while length > 0:
-            data = f.read(min(chunk, length))
-            if not data:
-                return
-            length -= len(data)
-            yield data
-
-
-@router.get("/{job_id}/artifacts/{name}",
-                  responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                        "format": "binary"}}}},
-                             206: {"description": "partial content (Range)"}, 304: {"description": "not modified"},
-                             416: {"description": "range not satisfiable"}},
-                  summary="Download an artifact (Range, ETag / If-None-Match, HEAD, X-Content-SHA256)")
-def download_artifact(job_id: str, name: str, request: Request, services: ServicesDep, session: SessionDep,
-                      owner: CurrentOwner) -> Response:
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        206: {"description": "partial content (Range)"},
+        304: {"description": "not modified"},
+        416: {"description": "range not satisfiable"},
+    },
+    summary="Download an artifact (Range, ETag / If-None-Match, HEAD, X-Content-SHA256)",
+)
+def download_artifact(
+    job_id: str, name: str, request: Request, services: ServicesDep, session: SessionDep, owner: CurrentOwner
+) -> Response:
     owned_job(session, owner, job_id)
     row = jobstore.artifact(session, job_id=job_id, name=name)
     if row is None:
@@ -391,19 +446,27 @@ def download_artifact(job_id: str, name: str, request: Request, services: Servic
     except OSError:
         raise NotFound(f"artifact {name!r} is gone from storage") from None
     etag = f'"{row.sha256}"'
-    headers = {"ETag": etag, "X-Content-SHA256": row.sha256, "Cache-Control": "private, max-age=0",
-               "Accept-Ranges": "bytes",
-               "Content-Disposition": f'attachment; filename="{path.name}"'}
+    headers = {
+        "ETag": etag,
+        "X-Content-SHA256": row.sha256,
+        "Cache-Control": "private, max-age=0",
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'attachment; filename="{path.name}"',
+    }
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match and _etag_matches(if_none_match, etag):
+    if if_none_match and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     wanted = byte_range(request.headers.get("range"), size)
     if_range = request.headers.get("if-range")
     if if_range is not None and if_range.strip() != etag:
         wanted = None  # the client's copy is another version: send it all
-    if wanted == "unsatisfiable":
-        raise ApiError(f"range {request.headers.get('range')!r} starts beyond the artifact's {size} bytes",
-                       code="range_not_satisfiable", status_code=416, headers={"Content-Range": f"bytes */{size}"})
+    if wanted == UNSATISFIABLE:
+        raise ApiError(
+            f"range {request.headers.get('range')!r} starts beyond the artifact's {size} bytes",
+            code="range_not_satisfiable",
+            status_code=416,
+            headers={"Content-Range": f"bytes */{size}"},
+        )
     first, last = wanted if isinstance(wanted, tuple) else (0, size - 1)
     length = last - first + 1 if size else 0
     status = 206 if isinstance(wanted, tuple) else 200
@@ -412,8 +475,11 @@ def download_artifact(job_id: str, name: str, request: Request, services: Servic
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type=row.media_type)
-    return StreamingResponse(_file_chunks(path, first, length), status_code=status, headers=headers,
-                             media_type=row.media_type)
+    return StreamingResponse(
+        file_chunks(path, first, length), status_code=status, headers=headers, media_type=row.media_type
+    )
 
 
-router.add_api_route("/{job_id}/artifacts/{name}", download_artifact, methods=["HEAD"], include_in_schema=False)
+router.add_api_route(
+    "/{job_id}/artifacts/{name}", download_artifact, methods=["HEAD"], include_in_schema=False
+)

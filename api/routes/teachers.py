@@ -23,10 +23,17 @@ router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=ERRORS)
 _REQUIRED = ("architecture", "layout", "num_layers", "hidden_size", "num_params", "sample_rate")
 
 
-@router.post("", status_code=201, response_model=TeacherPublic, openapi_extra=ARCHIVE_BODY,
-             summary="Upload a teacher (zip/tar of a Hugging Face model directory)")
+@router.post(
+    "",
+    status_code=201,
+    response_model=TeacherPublic,
+    openapi_extra=ARCHIVE_BODY,
+    summary="Upload a teacher (zip/tar of a Hugging Face model directory)",
+)
 async def upload_teacher(
-    request: Request, services: ServicesDep, owner: CurrentOwner,
+    request: Request,
+    services: ServicesDep,
+    owner: CurrentOwner,
     name: Annotated[str, Query(max_length=200)] = "",
 ) -> Teacher:
     teacher_id = new_id("tch")
@@ -40,16 +47,25 @@ async def upload_teacher(
         missing = [k for k in _REQUIRED if k not in info]
         if missing:
             raise UnprocessableInput(f"teacher inspection lacks {missing}", code="teacher_invalid")
-        return root, Teacher(id=teacher_id, owner_id=owner.id, name=name, sha256=received.sha256,
-                             size_bytes=received.size, **{k: info[k] for k in _REQUIRED})
+        return root, Teacher(
+            id=teacher_id,
+            owner_id=owner.id,
+            name=name,
+            sha256=received.sha256,
+            size_bytes=received.size,
+            **{k: info[k] for k in _REQUIRED},
+        )
 
     return await ingest_archive(request, services, services.storage.teacher_dir(teacher_id), prepare)
 
 
 @router.get("", response_model=TeacherList)
-def list_teachers(session: SessionDep, owner: CurrentOwner,
-                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-                  after: Annotated[str | None, Query(max_length=64)] = None) -> TeacherList:
+def list_teachers(
+    session: SessionDep,
+    owner: CurrentOwner,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> TeacherList:
     rows, cursor = crud.page(session, model=Teacher, owner_id=owner.id, limit=limit, after=after)
     return TeacherList(items=[TeacherPublic.model_validate(r) for r in rows], next_cursor=cursor)
 
@@ -62,9 +78,14 @@ def get_teacher(teacher_id: str, session: SessionDep, owner: CurrentOwner) -> Te
     return row
 
 
-@router.delete("/{teacher_id}", status_code=204,
-                summary="Delete a teacher and its files (409 while an unfinished job uses it)")
-def delete_teacher(teacher_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner) -> Response:
+@router.delete(
+    "/{teacher_id}",
+    status_code=204,
+    summary="Delete a teacher and its files (409 while an unfinished job uses it)",
+)
+def delete_teacher(
+    teacher_id: str, services: ServicesDep, session: SessionDep, owner: CurrentOwner
+) -> Response:
     if crud.owned(session, model=Teacher, row_id=teacher_id, owner_id=owner.id) is None:
         raise NotFound(f"teacher {teacher_id} not found")
     users = crud.delete_resource(session, model=Teacher, row_id=teacher_id)
@@ -76,5 +97,7 @@ def delete_teacher(teacher_id: str, services: ServicesDep, session: SessionDep, 
 
 def in_use_message(what: str, job_ids: list[str]) -> str:
     shown = ", ".join(job_ids[:5]) + (f" and {len(job_ids) - 5} more" if len(job_ids) > 5 else "")
-    return (f"{what} is used by unfinished job(s) {shown}; it can be deleted once they have finished "
-            "(a paused job still needs it: resume or cancel it)")
+    return (
+        f"{what} is used by unfinished job(s) {shown}; it can be deleted once they have finished "
+        "(a paused job still needs it: resume or cancel it)"
+    )

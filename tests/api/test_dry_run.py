@@ -90,7 +90,8 @@ def test_dry_run_with_the_real_engine(tmp_path: Path) -> None:
 
 
 def test_cli_submit_dry_run(cli_as_alice, client, alice, enqueuer, tmp_path):
-    """`skillkd submit --dry-run` against the in-process app (the TestClient's transport): the estimate as JSON."""
+    """`skillkd submit --dry-run` against the in-process app (the TestClient's transport): the estimate as
+    JSON."""
     import json
 
     from click.testing import CliRunner

@@ -121,7 +121,8 @@ def test_postgres_event_ids_and_steps_beyond_32_bits(postgres_app, tmp_path):
     assert "event: end" in text and "id: 3000000000" not in text
 
 
-# -- archive guard --------------------------------------------------------------------------------------------
+# -- archive guard
+# --------------------------------------------------------------------------------------------
 NUL_URLS = [
     "/v1/jobs/%00%27%3B--",
     "/v1/jobs/%00/events",
@@ -192,7 +193,8 @@ def test_a_bomb_is_refused_on_its_declared_sizes_before_anything_is_written(tmp_
 
 # -- error messages: no server paths, no SQL -----------------------------------------------------------------
 class PathLeakingEngine(FakeEngine):
-    """Raises what the real engine raised for a teacher archive without config.json: a message with the path."""
+    """Raises what the real engine raised for a teacher archive without config.json: a message with the
+    path."""
 
     def inspect_teacher(self, path: Path):
         raise TeacherError(f"config.json not found in {path}")
@@ -419,7 +421,8 @@ def test_evaluate_without_phone_labels_is_422_at_post(client, alice, teacher, ap
     assert create(client, alice, teacher, unlabelled, {"evaluate": False}).status_code == 202
 
 
-# -- artifacts per RFC 9110 -----------------------------------------------------------------------------------
+# -- artifacts per RFC 9110
+# -----------------------------------------------------------------------------------
 def test_artifact_ranges_conditionals_and_head_follow_rfc_9110(client, alice, teacher, dataset, drain):
     job = create(client, alice, teacher, dataset).json()
     assert drain() == ["succeeded"]

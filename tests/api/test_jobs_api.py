@@ -55,6 +55,11 @@ def test_spec_checked_against_the_teacher(client, alice, teacher, dataset):
     assert "spec.target_params" in r.json()["error"]["message"]
     r = create(client, alice, teacher, dataset, {"clusters": [[0], [99]]})
     assert r.status_code == 422 and "spec.clusters" in r.json()["error"]["message"]
+    # core.rules at creation, as the pipeline would refuse it later: one weight per cluster (4 by default)
+    r = create(client, alice, teacher, dataset, {"target_weights": [1, 2]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid"
+    assert "spec.target_weights" in r.json()["error"]["message"]
+    assert create(client, alice, teacher, dataset, {"target_weights": [1, 2, 3, 4]}).status_code == 202
 
 
 def test_unknown_or_foreign_references_are_422(client, keys, teacher, dataset):

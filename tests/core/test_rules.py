@@ -1,0 +1,53 @@
+"""core.rules: each refusal names the spec field at fault; a spec that fits the teacher passes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from core.errors import SpecError
+from core.rules import check_against_teacher, dphubert_clusters
+from core.spec import CompressionSpec
+
+TEACHER = {"num_layers": 12, "num_params": 94_000_000, "macs": 6.9e9}
+
+
+@pytest.mark.parametrize(
+    "spec, field, words",
+    [
+        ({"target_params": 200_000_000}, "target_params", "not smaller than the teacher"),
+        ({"target_macs": 1e10}, "target_macs", "not smaller than the teacher"),
+        ({"clusters": [[0], [13]]}, "clusters", "out of range"),
+        ({"clusters": 20}, "clusters", "only 13 representations"),
+        ({"target_weights": [1, 2]}, "target_weights", "4 clusters"),
+        ({"clusters": [[0], [1, 2]], "target_weights": [1, 2, 3]}, "target_weights", "2 clusters"),
+        ({"method": "dphubert", "target_weights": [1, 2]}, "target_weights", "4 clusters"),
+    ],
+)
+def test_each_rule_names_its_field(spec: dict, field: str, words: str) -> None:
+    with pytest.raises(SpecError, match=words) as info:
+        check_against_teacher(CompressionSpec(**spec), **TEACHER)
+    assert info.value.field == field and info.value.code == "spec_invalid"
+
+
+def test_a_fitting_spec_passes_and_returns_its_explicit_clusters() -> None:
+    assert check_against_teacher(CompressionSpec(), **TEACHER) is None
+    spec = CompressionSpec(clusters=[[12], [0], [1, 2, 3]], target_weights=[1, 1, 2])
+    assert check_against_teacher(spec, **TEACHER) == [[0], [1, 2, 3], [12]]
+    # without the teacher's MACs (the API knows them only when a MACs target is set) that rule is skipped
+    assert check_against_teacher(CompressionSpec(target_macs=1e10), num_layers=12, num_params=10**8) is None
+    assert (
+        CompressionSpec(clusters="auto", target_weights=[1, 2]).clusters == "auto"
+    )  # checked after clustering
+    assert check_against_teacher(CompressionSpec(clusters="auto", target_weights=[1, 2]), **TEACHER) is None
+
+
+def test_dphubert_layers() -> None:
+    assert dphubert_clusters(12) == [[0], [4], [8], [12]]
+    assert dphubert_clusters(2) == [[0], [1], [2]]
+
+
+def test_the_rules_need_neither_torch_nor_numpy() -> None:
+    code = "import sys, core.rules; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
