@@ -211,7 +211,7 @@ def analyze(
 
     try:
         spec = CompressionSpec(
-            clusters=parse_clusters(clusters),
+            clusters=parse_clusters(clusters),  # type: ignore[arg-type]
             linkage=linkage,  # type: ignore[arg-type]
             contiguous=not non_contiguous,
             calibration_utterances=calibration_utterances,

@@ -270,6 +270,42 @@ def _time_training(
     return timing1, time_steps(step2, batches2, device, timed_steps)
 
 
+def _teacher_facts(teacher: Path, inputs: JobInputs) -> dict[str, Any]:
+    config = inputs.teacher.config
+    return {
+        "path": str(teacher),
+        "architecture": config.architecture,
+        "layout": "large" if config.layer_norm_first else "base",
+        "num_layers": config.num_layers,
+        "num_params": inputs.teacher_params,
+        "macs_per_second": inputs.teacher_macs,
+    }
+
+
+def _work(
+    spec: CompressionSpec,
+    calibration: dict[str, Any],
+    timing1: dict[str, Any],
+    timing2: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """How much the run will process: calibration audio, steps, audio through the training stages."""
+    recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
+    stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
+    world = spec.gpus
+    return {
+        "calibration_utterances": calibration["utterances"],
+        "calibration_audio_seconds": round(calibration["audio_seconds"], 1),
+        "stage1_steps": recipe1.steps,
+        "stage2_steps": stage2_steps,
+        "gpus": world,
+        "batch_seconds": {"stage1": recipe1.batch_seconds, "stage2": recipe2.batch_seconds},
+        "stage1_audio_seconds": round(recipe1.steps * timing1["batch_audio_s"] * world, 1),
+        "stage2_audio_seconds": round(
+            stage2_steps * (timing2["batch_audio_s"] if timing2 else 0.0) * world, 1
+        ),
+    }
+
+
 def estimate(
     spec: CompressionSpec,
     teacher: Path | str,
@@ -308,7 +344,6 @@ def estimate(
     pruned.cpu().eval()
     export_s = time_speed_measurement(model, pruned)
 
-    world = spec.gpus
     estimated = {
         "inputs": inputs_s,
         "calibrate": calibration["audio_seconds"] * calibration["s_per_audio_s"],
@@ -318,17 +353,9 @@ def estimate(
     }
     estimated = {k: round(v, 1) for k, v in estimated.items()}
     estimated["total"] = round(sum(estimated.values()), 1)
-    teacher_cfg = model.config
     return {
         "dry_run": True,
-        "teacher": {
-            "path": str(teacher),
-            "architecture": teacher_cfg.architecture,
-            "layout": "large" if teacher_cfg.layer_norm_first else "base",
-            "num_layers": teacher_cfg.num_layers,
-            "num_params": inputs.teacher_params,
-            "macs_per_second": inputs.teacher_macs,
-        },
+        "teacher": _teacher_facts(teacher, inputs),
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         "student_estimate": {
@@ -339,18 +366,7 @@ def estimate(
             "under the same targets",
         },
         "audio": inputs.catalog.summary(),
-        "work": {
-            "calibration_utterances": calibration["utterances"],
-            "calibration_audio_seconds": round(calibration["audio_seconds"], 1),
-            "stage1_steps": recipe1.steps,
-            "stage2_steps": stage2_steps,
-            "gpus": world,
-            "batch_seconds": {"stage1": recipe1.batch_seconds, "stage2": recipe2.batch_seconds},
-            "stage1_audio_seconds": round(recipe1.steps * timing1["batch_audio_s"] * world, 1),
-            "stage2_audio_seconds": round(
-                stage2_steps * (timing2["batch_audio_s"] if timing2 else 0.0) * world, 1
-            ),
-        },
+        "work": _work(spec, calibration, timing1, timing2),
         "device": str(inputs.device),
         "threads": torch.get_num_threads(),
         "timing": {

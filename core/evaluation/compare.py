@@ -226,6 +226,15 @@ class _Probing:
             )
         return features
 
+    def reference_models(self, teacher: Path, seeds: list[int], include_fbank: bool) -> Any:
+        """The teacher (its features returned, for CKA) and FBANK, each probed with every seed."""
+        model, name, _ = load_representation_model(teacher)
+        features = self.reference(model, name, "teacher", seeds, source=str(teacher))
+        del model
+        if include_fbank:
+            self.reference(Fbank(), "fbank", "fbank", seeds, source="fbank")
+        return features
+
     def student(
         self, result: Any, run_name: str, group: str, method: str, seed: int, teacher_features: Any
     ) -> None:
@@ -337,40 +346,21 @@ def compare(
     teacher, dataset, out_dir = Path(teacher), Path(dataset), Path(out_dir)
     seed_list = _seed_list(methods, seeds)
     budget_list = list(budgets) if budgets else [{"sparsity": sparsity}]
-    specs = _student_specs(
-        methods,
-        budget_list,
-        seed_list,
-        len(budget_list) > 1 or budgets is not None,
-        {
-            "preset": preset,
-            "stage1_steps": stage1_steps,
-            "stage2_steps": stage2_steps,
-            "device": device,
-            **(spec_overrides or {}),
-        },
-    )
+    base = dict(preset=preset, stage1_steps=stage1_steps, stage2_steps=stage2_steps, device=device)
+    named = len(budget_list) > 1 or budgets is not None
+    specs = _student_specs(methods, budget_list, seed_list, named, {**base, **(spec_overrides or {})})
     student_groups = list(dict.fromkeys(group for group, _, _ in specs))
 
     # 1. Labels, and the train-only view compression runs on
-    data = load_probe_data(
-        dataset, tasks=tasks, phone_field=phone_field, train_split=train_split, test_split=test_split
-    )
+    splits = dict(train_split=train_split, test_split=test_split)
+    data = load_probe_data(dataset, tasks=tasks, phone_field=phone_field, **splits)
     compress_split = compress_split or train_split
     train_view = write_split_view(dataset, compress_split, out_dir / "train-data")
-    probing = _Probing(
-        data, select_device(device), emit, measure_speed, per_layer, phone_config, speaker_config
-    )
+    configs = (phone_config, speaker_config)
+    probing = _Probing(data, select_device(device), emit, measure_speed, per_layer, *configs)
 
-    # 2. Teacher (features kept for CKA), 3. FBANK (features dropped)
-    teacher_model, teacher_name, _ = load_representation_model(teacher)
-    teacher_features = probing.reference(
-        teacher_model, teacher_name, "teacher", seed_list, source=str(teacher)
-    )
-    del teacher_model
-    if include_fbank:
-        probing.reference(Fbank(), "fbank", "fbank", seed_list, source="fbank")
-    # 4. Students
+    # 2-4. Teacher (features kept for CKA), FBANK, the students
+    teacher_features = probing.reference_models(teacher, seed_list, include_fbank)
     for (group, method, seed), spec in specs.items():
         emit(Event("log", STAGE, message=f"compress {group} seed {seed}"))
         run_name = _run_name(group, method, seed, spec)
@@ -382,20 +372,12 @@ def compare(
     comparison = {
         "format": FORMAT,
         "teacher": str(teacher),
-        "dataset": {
-            "path": str(dataset),
-            "train_split": train_split,
-            "test_split": test_split,
-            "compress_split": compress_split,
-            **data.summary(),
-        },
+        "dataset": dict(path=str(dataset), **splits, compress_split=compress_split) | data.summary(),
         "methods": list(methods),
         "sparsity": None if budgets else sparsity,
         "budgets": [budget_label(b) for b in budget_list] if budgets else None,
         "seeds": seed_list,
-        "preset": preset,
-        "stage1_steps": stage1_steps,
-        "stage2_steps": stage2_steps,
+        **{key: base[key] for key in ("preset", "stage1_steps", "stage2_steps")},
         "spec_overrides": spec_overrides or {},
         "tasks": list(data.tasks),
         "phone_field": phone_field if "pr" in data.tasks else None,

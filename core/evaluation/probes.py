@@ -370,20 +370,9 @@ def train_phone_probe(
     )
 
     probe.eval()
-    references: list[list[str]] = []
-    hypotheses: list[list[str]] = []
-    unknown = 0
-    with torch.no_grad():
-        for start in range(0, len(test), config.batch_size):
-            chunk = test[start : start + config.batch_size]
-            reps, frame_lengths = batcher([utterance_id for utterance_id, _ in chunk])
-            decoded = ctc_greedy_decode(probe(reps, frame_lengths, normalised=True), frame_lengths, blank=0)
-            for (_, phones), ids in zip(chunk, decoded, strict=True):
-                references.append(list(phones))
-                hypotheses.append(vocabulary.decode(ids))
-                unknown += sum(1 for token in phones if token not in vocabulary)
+    per, unknown = _score_phone_probe(probe, batcher, vocabulary, test, config.batch_size)
     return PhoneProbeResult(
-        per=error_rate(references, hypotheses),
+        per=per,
         layer_weights=probe.mix.weights().tolist(),
         vocabulary_size=len(vocabulary) - 1,
         train_utterances=len(train),
@@ -394,6 +383,29 @@ def train_phone_probe(
         final_train_loss=epoch_loss,
         config=asdict(config),
     )
+
+
+def _score_phone_probe(
+    probe: PhoneProbe,
+    batcher: _Batcher,
+    vocabulary: PhoneVocabulary,
+    test: Sequence[tuple[str, Sequence[str]]],
+    batch_size: int,
+) -> tuple[float, int]:
+    """PER of greedy CTC decoding on `test`, and how many test phones the train vocabulary lacks."""
+    references: list[list[str]] = []
+    hypotheses: list[list[str]] = []
+    unknown = 0
+    with torch.no_grad():
+        for start in range(0, len(test), batch_size):
+            chunk = test[start : start + batch_size]
+            reps, frame_lengths = batcher([utterance_id for utterance_id, _ in chunk])
+            decoded = ctc_greedy_decode(probe(reps, frame_lengths, normalised=True), frame_lengths, blank=0)
+            for (_, phones), ids in zip(chunk, decoded, strict=True):
+                references.append(list(phones))
+                hypotheses.append(vocabulary.decode(ids))
+                unknown += sum(1 for token in phones if token not in vocabulary)
+    return error_rate(references, hypotheses), unknown
 
 
 def _fit(

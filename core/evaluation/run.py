@@ -257,9 +257,8 @@ def evaluate(
     # 3-5. Features, probes, facts
     entries = []
     features = extract(model, data, name=model_name, device=run_device, on_event=emit)
-    entry = _entry(
-        model, features, source, data, seed, phone_config, speaker_config, emit, measure_speed, per_layer
-    )
+    probe_args = (data, seed, phone_config, speaker_config, emit, measure_speed, per_layer)
+    entry = _entry(model, features, source, *probe_args)
     notes = list(data.notes)
     if teacher is not None:
         if clusters is None and isinstance(model_path_or_module, (str, Path)):
@@ -270,29 +269,11 @@ def evaluate(
     if include_fbank:
         fbank = Fbank()
         fbank_features = extract(fbank, data, name="fbank", device=torch.device("cpu"), on_event=emit)
-        entries.append(
-            _entry(
-                fbank,
-                fbank_features,
-                "fbank",
-                data,
-                seed,
-                phone_config,
-                speaker_config,
-                emit,
-                measure_speed,
-                per_layer,
-            )
-        )
+        entries.append(_entry(fbank, fbank_features, "fbank", *probe_args))
 
     result = {
         "format": FORMAT,
-        "dataset": {
-            "path": str(dataset),
-            "train_split": train_split,
-            "test_split": test_split,
-            **data.summary(),
-        },
+        "dataset": dict(path=str(dataset), train_split=train_split, test_split=test_split) | data.summary(),
         "tasks": list(data.tasks),
         "requested_tasks": list(tasks),
         "phone_field": phone_field if "pr" in data.tasks else None,

@@ -330,6 +330,72 @@ def per_figures(
     return out
 
 
+def _write_variants(
+    model: SpeechEncoder, out_dir: Path, chosen: list[str], int8_mode: str, calib: list[dict[str, np.ndarray]]
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Export fp32 once (checked against PyTorch), then write each chosen variant from it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        fp32_check = export_onnx(model, fp32)
+        files: dict[str, Path] = {}
+        for variant in chosen:
+            target = out_dir / ONNX_FILES[variant]
+            if variant == "fp32":
+                shutil.copyfile(fp32, target)
+            elif variant == "fp16":
+                convert_fp16(fp32, target)
+            else:
+                quantize_int8(fp32, target, int8_mode, calib)
+            files[variant] = target
+    return files, fp32_check
+
+
+def _variant_figures(
+    model: SpeechEncoder,
+    target: Path,
+    batches: list[dict[str, np.ndarray]],
+    reference: list[np.ndarray],
+    measure_speed: bool,
+) -> dict[str, Any]:
+    """Per-layer agreement of a written variant with PyTorch fp32 on the check batches, and its speed."""
+    session = onnx_session(target)
+    got = [session.run(None, b)[0] for b in batches]
+    layers = compare_outputs(model, batches, reference, got)
+    figures: dict[str, Any] = {
+        "file": target.name,
+        "size_bytes": target.stat().st_size,
+        "layers": layers,
+        "min_cka": min(x["cka"] for x in layers),
+        "min_cosine": min(x["cosine"] for x in layers),
+    }
+    if measure_speed and default_runs() > 0:
+        figures["rtf_cpu_1_thread"] = onnx_rtf(target, model.config.sample_rate, threads=1)
+        figures["rtf_cpu_all_threads"] = onnx_rtf(target, model.config.sample_rate, threads=0)
+    elif measure_speed:
+        figures["timing"] = f"skipped ({RUNS_ENV}=0)"
+    return figures
+
+
+def _gate_failures(figures: dict[str, Any], gate: dict[str, float], per_fp32: float | None) -> list[str]:
+    """Why a variant fails its gate (CKA of its worst hidden state; probe PER when measured); [] if it
+    passes."""
+    reasons = []
+    if not figures["min_cka"] >= gate["min_cka"]:
+        worst = min(range(len(figures["layers"])), key=lambda i: figures["layers"][i]["cka"])
+        reasons.append(
+            f"hidden state {worst} has linear CKA {figures['min_cka']:.4f} with PyTorch fp32 "
+            f"(gate {gate['min_cka']})"
+        )
+    if "per" in figures and per_fp32 is not None and figures["per"] - per_fp32 > gate["max_per_increase"]:
+        reasons.append(
+            f"probe PER {figures['per']:.4f} vs {per_fp32:.4f} with fp32 features "
+            f"(gate +{gate['max_per_increase']})"
+        )
+    return reasons
+
+
 def export_onnx_variants(
     model: SpeechEncoder,
     out_dir: Path,
@@ -345,8 +411,6 @@ def export_onnx_variants(
     """Write the asked variants to `out_dir` (ONNX_FILES names), verify each against PyTorch fp32 and keep
     only those that pass their gate. Returns {"variants": {name: figures}, "gates": ..., ...}; a rejected
     variant has "status": "rejected" and a "reason", and its file is removed."""
-    import tempfile
-
     chosen = parse_onnx_variants(variants)
     model = model.cpu().eval()
     sr = model.config.sample_rate
@@ -366,39 +430,12 @@ def export_onnx_variants(
         "opset": OPSET,
         "variants": {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        report["fp32_check"] = export_onnx(model, fp32)
-        files: dict[str, Path] = {}
-        for variant in chosen:
-            target = out_dir / ONNX_FILES[variant]
-            if variant == "fp32":
-                shutil.copyfile(fp32, target)
-            elif variant == "fp16":
-                convert_fp16(fp32, target)
-            else:
-                calib = [model_inputs(model, [w]) for w in (calibration or held_out)]
-                quantize_int8(fp32, target, int8_mode, calib)
-            files[variant] = target
+    calib = [model_inputs(model, [w]) for w in (calibration or held_out)]
+    files, report["fp32_check"] = _write_variants(model, out_dir, chosen, int8_mode, calib)
     for variant, target in files.items():
-        session = onnx_session(target)
-        got = [session.run(None, b)[0] for b in batches]
-        layers = compare_outputs(model, batches, reference, got)
-        figures: dict[str, Any] = {
-            "file": target.name,
-            "size_bytes": target.stat().st_size,
-            "layers": layers,
-            "min_cka": min(x["cka"] for x in layers),
-            "min_cosine": min(x["cosine"] for x in layers),
-        }
+        report["variants"][variant] = _variant_figures(model, target, batches, reference, measure_speed)
         if variant == "int8":
-            figures["int8_mode"] = int8_mode
-        if measure_speed and default_runs() > 0:
-            figures["rtf_cpu_1_thread"] = onnx_rtf(target, sr, threads=1)
-            figures["rtf_cpu_all_threads"] = onnx_rtf(target, sr, threads=0)
-        elif measure_speed:
-            figures["timing"] = f"skipped ({RUNS_ENV}=0)"
-        report["variants"][variant] = figures
+            report["variants"][variant]["int8_mode"] = int8_mode
     if probe_data is not None:
         pers = per_figures(model, files, probe_data, seed=seed)
         report["per_pytorch_fp32"] = pers["pytorch_fp32"]
@@ -406,19 +443,7 @@ def export_onnx_variants(
             report["variants"][variant]["per"] = pers[variant]
     for variant, target in files.items():
         figures = report["variants"][variant]
-        gate = ONNX_GATES[variant]
-        reasons = []
-        if not figures["min_cka"] >= gate["min_cka"]:
-            worst = min(range(len(figures["layers"])), key=lambda i: figures["layers"][i]["cka"])
-            reasons.append(
-                f"hidden state {worst} has linear CKA {figures['min_cka']:.4f} with PyTorch fp32 "
-                f"(gate {gate['min_cka']})"
-            )
-        if "per" in figures and figures["per"] - report["per_pytorch_fp32"] > gate["max_per_increase"]:
-            reasons.append(
-                f"probe PER {figures['per']:.4f} vs {report['per_pytorch_fp32']:.4f} with fp32 "
-                f"features (gate +{gate['max_per_increase']})"
-            )
+        reasons = _gate_failures(figures, ONNX_GATES[variant], report.get("per_pytorch_fp32"))
         figures["status"] = "rejected" if reasons else "ok"
         if reasons:
             figures["reason"] = "; ".join(reasons)

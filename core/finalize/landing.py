@@ -184,6 +184,27 @@ def _single_unit_options(
     return options
 
 
+def _mask_state(
+    student: SpeechEncoder, masks: list[HardConcrete]
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per mask: the fewest units it must keep, its units' scores (log_alpha), their order weakest first,
+    and which units its eval gate keeps now (also set as each mask's `keep_override`, which landing moves)."""
+    # prune() keeps at least one channel of a conv layer: its last kept channel is never a candidate
+    conv_masks = {
+        id(block.hard_concrete)
+        for block in student.modules()
+        if isinstance(block, ConvLayerBlock) and block.hard_concrete is not None
+    }
+    floor = np.array([1 if id(hc) in conv_masks else 0 for hc in masks])
+    scores = [hc.log_alpha.detach().cpu().numpy().astype(np.float64) for hc in masks]
+    orders = [np.argsort(s, kind="stable") for s in scores]
+    kept = []
+    for hc in masks:
+        hc.keep_override = hc.deterministic() != 0
+        kept.append(hc.keep_override.cpu().numpy().copy())
+    return floor, scores, orders, kept
+
+
 def land(
     student: SpeechEncoder,
     budgets: list[Budget],
@@ -196,19 +217,7 @@ def land(
     each target, the size before and after, the number of units moved and whether all landed."""
     student.eval()
     masks = student.hard_concretes()
-    # prune() keeps at least one channel of a conv layer: its last kept channel is never a candidate
-    conv_masks = {
-        id(block.hard_concrete)
-        for block in student.modules()
-        if isinstance(block, ConvLayerBlock) and block.hard_concrete is not None
-    }
-    floor = np.array([1 if id(hc) in conv_masks else 0 for hc in masks])
-    scores = [hc.log_alpha.detach().cpu().numpy().astype(np.float64) for hc in masks]
-    orders = [np.argsort(s, kind="stable") for s in scores]  # weakest first, per mask
-    kept = []
-    for hc in masks:
-        hc.keep_override = hc.deterministic() != 0
-        kept.append(hc.keep_override.cpu().numpy().copy())
+    floor, scores, orders, kept = _mask_state(student, masks)
     kinds = [b.kind for b in budgets]
     # moves aim at half the tolerance, so a student does not stop on the edge of its band; `landed` is judged
     # against the full tolerance
@@ -266,17 +275,19 @@ def land(
         "tolerance": tolerance,
         "units_moved": moves,
         "landed": bool((np.abs(misses(final)) <= tolerance).all()) if budgets else True,
-        "targets": {
-            b.kind: {
-                "target": b.target,
-                "teacher": b.teacher,
-                "target_sparsity": b.sparsity,
-                "before": before[b.kind],
-                "after": after[b.kind],
-                "achieved_sparsity": 1.0 - after[b.kind] / b.teacher,
-            }
-            for b in budgets
-        },
+        "targets": {b.kind: _target_record(b, before, after) for b in budgets},
+    }
+
+
+def _target_record(budget: Budget, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    kind = budget.kind
+    return {
+        "target": budget.target,
+        "teacher": budget.teacher,
+        "target_sparsity": budget.sparsity,
+        "before": before[kind],
+        "after": after[kind],
+        "achieved_sparsity": 1.0 - after[kind] / budget.teacher,
     }
 
 
