@@ -60,8 +60,9 @@ def test_no_import_against_the_dependency_direction(package: str) -> None:
 
 
 def test_no_private_names_imported_across_modules() -> None:
+    """bench/ included: a benchmark measures what core offers, through its public names."""
     bad = []
-    for package in ("api", "service", "worker", "cli"):
+    for package in ("api", "service", "worker", "cli", "bench"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for line, module, names in imports(path):
                 if module.split(".")[0] not in ("core", "api", "service", "worker", "cli"):
@@ -71,6 +72,21 @@ def test_no_private_names_imported_across_modules() -> None:
                     part.startswith("_") and not part.startswith("__") for part in module.split(".")
                 ):
                     bad.append(f"{path.relative_to(ROOT)}:{line} from {module} import {names}")
+    assert not bad, "\n".join(bad)
+
+
+def test_bench_runs_as_modules_without_path_edits() -> None:
+    """`python -m bench.NAME` from the repository root: no script reaches core by editing sys.path."""
+    bad = []
+    for path in sorted((ROOT / "bench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} sys.path")
     assert not bad, "\n".join(bad)
 
 
