@@ -1,7 +1,7 @@
 """What a spec must satisfy against a teacher's shape (its layers, parameters and MACs), written once.
 
 The pipeline checks these before a run (`core.inputs.prepare_inputs`) and the service when a job is created
-(`api/routes/jobs.py`), so a job the API accepts is never refused later by its worker for one of them. Only
+(`api/job_checks.py`), so a job the API accepts is never refused later by its worker for one of them. Only
 the standard library: the API process calls these without loading torch or numpy. Each rule raises
 `SpecError` naming the spec field at fault.
 """

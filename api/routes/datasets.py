@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from api.archives import Extracted
-from api.deps import CurrentOwner, Forbidden, ServicesDep, SessionDep
+from api.deps import CurrentOwner, Forbidden, Services, ServicesDep, SessionDep
 from api.errors import Conflict, NotFound, UnprocessableInput
 from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE
 from api.routes.teachers import in_use_message
@@ -20,7 +20,7 @@ from api.schemas import DatasetList, DatasetPublic, DatasetRegister
 from api.uploads import Received, ingest_archive, input_error
 from core.errors import SkillkdError
 from service import crud
-from service.models import Dataset, new_id
+from service.models import Dataset, Owner, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
 
@@ -53,7 +53,7 @@ def normalise_summary(summary: dict) -> dict:
     }
 
 
-def _scan(services, path: Path) -> dict:
+def _scan(services: Services, path: Path) -> dict:
     try:
         summary = services.get_engine().scan_audio(path)
     except SkillkdError as exc:
@@ -97,7 +97,7 @@ async def create_dataset(
     )
 
 
-async def _register(request: Request, services, owner) -> DatasetPublic:
+async def _register(request: Request, services: Services, owner: Owner) -> DatasetPublic:
     if not owner.is_admin:
         raise Forbidden("registering a server path needs an admin key")
     body = await request.body()

@@ -1,6 +1,6 @@
 """/v1/jobs: create (202, Idempotency-Key), list (cursor), get, events (paginated or SSE), cancel, pause,
 resume, delete, artifacts (Range, ETag / If-None-Match, HEAD, X-Content-SHA256). Data access is
-service.jobstore's."""
+service.jobstore's; what a creation checks, api.job_checks'; the RFC 9110 header rules, api.ranges'."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from api.deps import CurrentOwner, Services, ServicesDep, SessionDep
 from api.errors import ApiError, Conflict, NotFound, TooManyRequests, UnprocessableInput
-from api.ranges import UNSATISFIABLE, byte_range, etag_matches, file_chunks
+from api.job_checks import check_job, check_references
+from api.ranges import UNSATISFIABLE, byte_range, file_chunks, range_applies, weak_match
 from api.routes.common import ERRORS, MAX_EVENT_ID, MAX_PAGE
 from api.schemas import (
     ArtifactList,
@@ -33,10 +34,9 @@ from api.schemas import (
     JobStatus,
 )
 from api.uploads import input_error
-from core.errors import SkillkdError, SpecError
-from core.rules import check_against_teacher
+from core.errors import SkillkdError
 from service import crud, jobstore
-from service.models import TERMINAL_STATUSES, Dataset, Job, JobEvent, Owner, Teacher
+from service.models import TERMINAL_STATUSES, Job, JobEvent, Owner
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
@@ -56,77 +56,6 @@ def _same_request(job: Job, body: JobCreate) -> bool:
         body.calibration_dataset_id,
         body.spec.model_dump(mode="json"),
     )
-
-
-def _spec_error(field: str, message: str) -> UnprocessableInput:
-    return UnprocessableInput(f"spec.{field}: {message}", code="spec_invalid")
-
-
-def check_spec_bounds(body: JobCreate, settings: Any) -> None:
-    """Limits of this deployment (settings), so a job cannot ask for 10^12 steps."""
-    spec = body.spec
-    for field in ("stage1_steps", "stage2_steps", "checkpoint_every"):
-        value = getattr(spec, field)
-        if value is not None and value > settings.max_stage_steps:
-            raise _spec_error(field, f"{value} is above this service's limit of {settings.max_stage_steps}")
-    if spec.calibration_utterances > settings.max_calibration_utterances:
-        raise _spec_error(
-            "calibration_utterances",
-            f"{spec.calibration_utterances} is above this service's "
-            f"limit of {settings.max_calibration_utterances}",
-        )
-    if spec.batch_seconds is not None and spec.batch_seconds > settings.max_batch_seconds:
-        raise _spec_error(
-            "batch_seconds",
-            f"{spec.batch_seconds:g} is above this service's limit of {settings.max_batch_seconds:g}",
-        )
-
-
-def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
-    """The teacher and datasets exist for this owner, and the spec fits the teacher (what only the teacher
-    can tell: its size, its number of layers). Spec-only checks are CompressionSpec's validators."""
-    teacher = crud.owned(session, model=Teacher, row_id=body.teacher_id, owner_id=owner.id)
-    if teacher is None:
-        raise UnprocessableInput(f"teacher_id: teacher {body.teacher_id} not found", code="teacher_not_found")
-    spec = body.spec
-    for field in ("dataset_id", "calibration_dataset_id"):
-        value = getattr(body, field)
-        if value is None:
-            continue
-        dataset = crud.owned(session, model=Dataset, row_id=value, owner_id=owner.id)
-        if dataset is None:
-            raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
-        if field == "dataset_id" and spec.evaluate and (dataset.summary or {}).get("phone_labelled") == 0:
-            raise _spec_error(
-                "evaluate",
-                "evaluation needs a dataset manifest with an 'arpabet' phone field and "
-                f"'split' rows; dataset {value} has none (run without evaluate, or upload one)",
-            )
-    check_teacher_shape(spec, teacher)
-    return teacher
-
-
-def check_teacher_shape(spec: Any, teacher: Teacher, macs: float | None = None) -> None:
-    """core.rules, the same rules the pipeline applies: size targets, explicit clusters, target weights."""
-    try:
-        check_against_teacher(spec, num_layers=teacher.num_layers, num_params=teacher.num_params, macs=macs)
-    except SpecError as exc:
-        raise _spec_error(exc.field or "spec", exc.message) from exc
-
-
-def check_macs_target(body: JobCreate, services: Services, teacher: Teacher) -> None:
-    """An absolute `target_macs` must be below the teacher's MACs at the spec's reference length (the teacher
-    row holds no MACs: they depend on that length, so the engine counts them from the architecture)."""
-    spec = body.spec
-    if spec.target_macs is None:
-        return
-    try:
-        teacher_macs = services.get_engine().teacher_macs(
-            services.storage.teacher_dir(teacher.id), spec.macs_reference_seconds
-        )
-    except SkillkdError as exc:
-        raise input_error(exc, services.storage.root) from exc
-    check_teacher_shape(spec, teacher, macs=teacher_macs)
 
 
 @router.post(
@@ -162,14 +91,8 @@ def create_job(
         existing = jobstore.by_idempotency_key(session, owner_id=owner.id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, body, response)
-    check_spec_bounds(body, services.settings)
-    teacher = check_references(session, owner, body)
-    check_macs_target(body, services, teacher)
-    if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
-        raise TooManyRequests(
-            f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
-            "wait for one to finish or cancel one"
-        )
+    check_job(body, services, session, owner)
+    _check_room(services, session, owner)
     try:
         job = jobstore.create_job(
             session,
@@ -197,9 +120,7 @@ def create_job(
 def _dry_run(body: JobCreate, services: Services, session: Session, owner: Owner) -> JSONResponse:
     """POST /v1/jobs?dry_run=true: the same checks as a job creation, then the engine's estimate
     (core.estimate); no row, no file, no queue message."""
-    check_spec_bounds(body, services.settings)
-    teacher = check_references(session, owner, body)
-    check_macs_target(body, services, teacher)
+    teacher = check_job(body, services, session, owner)
 
     def audio_path(dataset_id: str) -> Path:
         return crud.dataset_path(session, storage=services.storage, dataset_id=dataset_id)
@@ -216,6 +137,13 @@ def _dry_run(body: JobCreate, services: Services, session: Session, owner: Owner
         raise input_error(exc, services.storage.root) from exc
     result.get("teacher", {}).pop("path", None)  # a server path
     return JSONResponse({**result, "teacher_id": teacher.id, "dataset_id": body.dataset_id}, status_code=200)
+
+
+def _check_room(services: Services, session: Session, owner: Owner) -> None:
+    """429 when the owner already has max_jobs_in_flight jobs queued or running."""
+    limit = services.settings.max_jobs_in_flight
+    if jobstore.count_in_flight(session, owner_id=owner.id) >= limit:
+        raise TooManyRequests(f"{limit} jobs already queued or running; wait for one to finish or cancel one")
 
 
 def _enqueue(services: Services, job_id: str) -> None:
@@ -387,11 +315,7 @@ def resume_job(job_id: str, services: ServicesDep, session: SessionDep, owner: C
         raise Conflict(
             f"job {job_id} is {job.status}; only paused jobs can be resumed", code="job_not_paused"
         )
-    if jobstore.count_in_flight(session, owner_id=owner.id) >= services.settings.max_jobs_in_flight:
-        raise TooManyRequests(
-            f"{services.settings.max_jobs_in_flight} jobs already queued or running; "
-            "wait for one to finish or cancel one"
-        )
+    _check_room(services, session, owner)
     if jobstore.resume(session, job=job) == "queued":
         _enqueue(services, job_id)
     return JobPublic.from_row(job)
@@ -454,11 +378,10 @@ def download_artifact(
         "Content-Disposition": f'attachment; filename="{path.name}"',
     }
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match and etag_matches(if_none_match, etag):
+    if if_none_match and weak_match(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     wanted = byte_range(request.headers.get("range"), size)
-    if_range = request.headers.get("if-range")
-    if if_range is not None and if_range.strip() != etag:
+    if not range_applies(request.headers.get("if-range"), etag):
         wanted = None  # the client's copy is another version: send it all
     if wanted == UNSATISFIABLE:
         raise ApiError(

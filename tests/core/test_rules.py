@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from core.errors import SpecError
-from core.rules import check_against_teacher, dphubert_clusters
+from core.rules import check_against_teacher, check_target_weights, dphubert_clusters, fixed_clusters
 from core.spec import CompressionSpec
 
 TEACHER = {"num_layers": 12, "num_params": 94_000_000, "macs": 6.9e9}
@@ -34,12 +34,28 @@ def test_a_fitting_spec_passes_and_returns_its_explicit_clusters() -> None:
     assert check_against_teacher(CompressionSpec(), **TEACHER) is None
     spec = CompressionSpec(clusters=[[12], [0], [1, 2, 3]], target_weights=[1, 1, 2])
     assert check_against_teacher(spec, **TEACHER) == [[0], [1, 2, 3], [12]]
-    # without the teacher's MACs (the API knows them only when a MACs target is set) that rule is skipped
+    fitting = CompressionSpec(target_params=50_000_000, target_macs=3e9, clusters=13, target_weights=[1] * 13)
+    assert check_against_teacher(fitting, **TEACHER) is None  # 13 clusters: one per representation r0..r12
+
+
+def test_rules_the_teacher_cannot_decide_are_skipped() -> None:
+    # without the teacher's MACs (the API counts them only when a MACs target is set) that rule is skipped
     assert check_against_teacher(CompressionSpec(target_macs=1e10), num_layers=12, num_params=10**8) is None
-    assert (
-        CompressionSpec(clusters="auto", target_weights=[1, 2]).clusters == "auto"
-    )  # checked after clustering
+    # with clusters="auto" the count of target weights is checked after clustering, not here
     assert check_against_teacher(CompressionSpec(clusters="auto", target_weights=[1, 2]), **TEACHER) is None
+    # the default k (4) was not asked for: a teacher with fewer representations clusters what it has
+    assert check_against_teacher(CompressionSpec(), num_layers=1, num_params=10**8) is None
+    with pytest.raises(SpecError) as info:  # asked for explicitly, it is refused
+        check_against_teacher(CompressionSpec(clusters=4), num_layers=1, num_params=10**8)
+    assert info.value.field == "clusters"
+
+
+def test_the_helpers() -> None:
+    assert fixed_clusters(CompressionSpec(clusters=[[3, 2], [0]]), 13) == [[0], [2, 3]]
+    assert fixed_clusters(CompressionSpec(clusters=4), 13) is None
+    check_target_weights(CompressionSpec(target_weights=[1, 2]), [[0], [1]], 12)
+    with pytest.raises(SpecError, match="3 clusters"):
+        check_target_weights(CompressionSpec(target_weights=[1, 2]), [[0], [1], [2]], 12)
 
 
 def test_dphubert_layers() -> None:

@@ -1,0 +1,116 @@
+"""What POST /v1/jobs (and its dry run) checks before anything is written or estimated, each refusal a 422:
+
+    check_spec_bounds   this deployment's limits (settings), so a job cannot ask for 10^12 steps
+    check_references    the teacher and datasets exist for the owner; the spec fits the teacher's shape
+    check_macs_target   an absolute target_macs is below the teacher's MACs (counted by the engine, lazily)
+
+The spec rules that need the teacher are core.rules', the ones the pipeline applies before a run, so a job
+accepted here is not refused by its worker for one of them. Spec-only checks are CompressionSpec's
+validators (422 from the request's validation).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from api.deps import Services
+from api.errors import UnprocessableInput
+from api.schemas import JobCreate
+from api.uploads import input_error
+from core.errors import SkillkdError, SpecError
+from core.rules import check_against_teacher
+from core.spec import CompressionSpec
+from service import crud
+from service.models import Dataset, Owner, Teacher
+from service.settings import Settings
+
+
+def spec_error(field: str, message: str) -> UnprocessableInput:
+    """422 spec_invalid naming the field: `spec.<field>: <message>`."""
+    return UnprocessableInput(f"spec.{field}: {message}", code="spec_invalid")
+
+
+def check_job(body: JobCreate, services: Services, session: Session, owner: Owner) -> Teacher:
+    """Every check of a job creation, in order (the cheap ones first; the engine last): its teacher."""
+    check_spec_bounds(body.spec, services.settings)
+    teacher = check_references(session, owner, body)
+    check_macs_target(body.spec, services, teacher)
+    return teacher
+
+
+def check_spec_bounds(spec: CompressionSpec, settings: Settings) -> None:
+    """Limits of this deployment (settings), so a job cannot ask for 10^12 steps."""
+    for field in ("stage1_steps", "stage2_steps", "checkpoint_every"):
+        value = getattr(spec, field)
+        if value is not None and value > settings.max_stage_steps:
+            raise spec_error(field, f"{value} is above this service's limit of {settings.max_stage_steps}")
+    if spec.calibration_utterances > settings.max_calibration_utterances:
+        raise spec_error(
+            "calibration_utterances",
+            f"{spec.calibration_utterances} is above this service's "
+            f"limit of {settings.max_calibration_utterances}",
+        )
+    if spec.batch_seconds is not None and spec.batch_seconds > settings.max_batch_seconds:
+        raise spec_error(
+            "batch_seconds",
+            f"{spec.batch_seconds:g} is above this service's limit of {settings.max_batch_seconds:g}",
+        )
+
+
+def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
+    """The teacher and datasets exist for this owner, and the spec fits the teacher (what only the teacher
+    can tell: its size, its number of layers)."""
+    teacher = crud.owned(session, model=Teacher, row_id=body.teacher_id, owner_id=owner.id)
+    if teacher is None:
+        raise UnprocessableInput(f"teacher_id: teacher {body.teacher_id} not found", code="teacher_not_found")
+    spec = body.spec
+    for field in ("dataset_id", "calibration_dataset_id"):
+        value = getattr(body, field)
+        if value is None:
+            continue
+        dataset = crud.owned(session, model=Dataset, row_id=value, owner_id=owner.id)
+        if dataset is None:
+            raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
+        if field == "dataset_id" and spec.evaluate and (dataset.summary or {}).get("phone_labelled") == 0:
+            raise spec_error(
+                "evaluate",
+                "evaluation needs a dataset manifest with an 'arpabet' phone field and "
+                f"'split' rows; dataset {value} has none (run without evaluate, or upload one)",
+            )
+    check_teacher_shape(spec, teacher)
+    return teacher
+
+
+def check_teacher_shape(spec: CompressionSpec, teacher: Teacher, macs: float | None = None) -> None:
+    """core.rules, the rules the pipeline applies: size targets (the MACs target only when `macs` is given),
+    explicit clusters, target weights. A SpecError becomes 422 spec_invalid naming its field."""
+    try:
+        check_against_teacher(spec, num_layers=teacher.num_layers, num_params=teacher.num_params, macs=macs)
+    except SpecError as exc:
+        field = exc.field or "spec"
+        raise spec_error(field, exc.message.removeprefix(f"{field}: ")) from exc
+
+
+def check_macs_target(spec: CompressionSpec, services: Services, teacher: Teacher) -> None:
+    """An absolute `target_macs` must be below the teacher's MACs at the spec's reference length (the teacher
+    row holds no MACs: they depend on that length, so the engine counts them from the architecture). The
+    engine (torch) is loaded only when a MACs target is set."""
+    if spec.target_macs is None:
+        return
+    try:
+        teacher_macs = services.get_engine().teacher_macs(
+            services.storage.teacher_dir(teacher.id), spec.macs_reference_seconds
+        )
+    except SkillkdError as exc:
+        raise input_error(exc, services.storage.root) from exc
+    check_teacher_shape(spec, teacher, macs=teacher_macs)
+
+
+__all__ = [
+    "spec_error",
+    "check_job",
+    "check_spec_bounds",
+    "check_references",
+    "check_teacher_shape",
+    "check_macs_target",
+]
