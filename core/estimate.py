@@ -270,18 +270,6 @@ def _time_training(
     return timing1, time_steps(step2, batches2, device, timed_steps)
 
 
-def _teacher_facts(teacher: Path, inputs: JobInputs) -> dict[str, Any]:
-    config = inputs.teacher.config
-    return {
-        "path": str(teacher),
-        "architecture": config.architecture,
-        "layout": "large" if config.layer_norm_first else "base",
-        "num_layers": config.num_layers,
-        "num_params": inputs.teacher_params,
-        "macs_per_second": inputs.teacher_macs,
-    }
-
-
 def _work(
     spec: CompressionSpec,
     calibration: dict[str, Any],
@@ -355,7 +343,7 @@ def estimate(
     estimated["total"] = round(sum(estimated.values()), 1)
     return {
         "dry_run": True,
-        "teacher": _teacher_facts(teacher, inputs),
+        "teacher": inputs.teacher_facts(teacher),
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         "student_estimate": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +46,18 @@ class JobInputs:
     budgets: list[Budget]  # stage 1's size constraints, resolved against the teacher
     catalog: AudioCatalog
     cal_catalog: AudioCatalog
+
+    def teacher_facts(self, teacher_dir: Path) -> dict[str, Any]:
+        """What the report and the dry run say of the teacher."""
+        config = self.teacher.config
+        return {
+            "path": str(teacher_dir),
+            "architecture": config.architecture,
+            "layout": "large" if config.layer_norm_first else "base",
+            "num_layers": config.num_layers,
+            "num_params": self.teacher_params,
+            "macs_per_second": self.teacher_macs,
+        }
 
 
 def prepare_inputs(

@@ -24,7 +24,7 @@ from core.evaluation.stage import headline as evaluation_headline
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.export.stage import HF_DIR, STUDENT_DIR, export
 from core.finalize.stage import finalize
-from core.inputs import Job, JobInputs, prepare_inputs, select_device
+from core.inputs import Job, prepare_inputs, select_device
 from core.spec import CompressionSpec
 from core.workdir import Workdir, write_json
 
@@ -134,12 +134,4 @@ def _artifacts(workdir: Path, export_dir: Path) -> dict[str, Path]:
     return artifacts
 
 
-__all__ = [
-    "ARTIFACT_FILES",
-    "JobInputs",
-    "PipelineResult",
-    "evaluation_headline",
-    "prepare_inputs",
-    "run",
-    "select_device",
-]
+__all__ = ["ARTIFACT_FILES", "PipelineResult", "run"]

@@ -14,25 +14,8 @@ from core.inputs import Job
 from core.models import SpeechEncoder
 
 
-def architecture(model: SpeechEncoder) -> dict[str, Any]:
-    """Heads and FFN width per layer, and conv channels."""
-    return {
-        "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in model.config.layers],
-        "conv_channels": [c.out_channels for c in model.config.conv],
-    }
-
-
 def teacher_facts(job: Job) -> dict[str, Any]:
-    teacher = job.teacher
-    return {
-        "path": str(job.teacher_dir),
-        "architecture": teacher.config.architecture,
-        "layout": "large" if teacher.config.layer_norm_first else "base",
-        "num_layers": teacher.config.num_layers,
-        "num_params": job.inputs.teacher_params,
-        "macs_per_second": job.inputs.teacher_macs,
-        **architecture(teacher),
-    }
+    return {**job.inputs.teacher_facts(job.teacher_dir), **job.teacher.config.unit_counts()}
 
 
 def resolved_targets(job: Job, student: SpeechEncoder) -> dict[str, Any]:
@@ -68,7 +51,7 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
         "student": {
             "num_params": student.num_params(),
             "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
-            **architecture(student),
+            **student.config.unit_counts(),
         },
         "target_sparsity": inputs.target_sparsity,
         "achieved_sparsity": 1.0 - student.num_params() / inputs.teacher_params,
@@ -93,4 +76,4 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
     }
 
 
-__all__ = ["architecture", "build_report", "resolved_targets", "teacher_facts"]
+__all__ = ["build_report", "resolved_targets", "teacher_facts"]

@@ -38,8 +38,7 @@ def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
         "landing": landing,
         "max_abs_diff_masked_vs_pruned": diff,
-        "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in config.layers],
-        "conv_channels": [c.out_channels for c in config.conv],
+        **config.unit_counts(),
     }
 
 

@@ -73,6 +73,13 @@ class ModelConfig:
             stride *= c.stride
         return stride
 
+    def unit_counts(self) -> dict[str, Any]:
+        """Heads and FFN width per transformer layer, and channels per conv layer (what pruning changes)."""
+        return {
+            "layers": [{"heads": lc.num_heads, "ffn": lc.ffn_dim} for lc in self.layers],
+            "conv_channels": [c.out_channels for c in self.conv],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
