@@ -3,8 +3,10 @@
     config.json                 model_type "skillkd", auto_map to the two files below, per-layer heads /
                                 FFN widths / conv channels and everything else the architecture needs
     configuration_skillkd.py    SkillkdConfig (copied from core/export/hf_template: torch + transformers only)
-    modeling_skillkd.py         SkillkdModel
-    model.safetensors           the weights, float32, under the same names as our own model's state dict
+    modeling_skillkd.py         SkillkdModel and the task models (CTC, sequence and frame classification,
+                                x-vector), each reached through its Auto class
+    model.safetensors           the weights, float32, under the same names as our own model's state dict,
+                                plus SpecAugment's `masked_spec_embed` for fine-tuning
     preprocessor_config.json    Wav2Vec2FeatureExtractor: sampling rate and do_normalize
     onnx/                       model.onnx, model_fp16.onnx, model_quantized.onnx when exported and verified
 
@@ -21,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -31,7 +34,18 @@ from core.models.students import HF_MODEL_TYPE, is_hf_export_dir, load_hf_export
 MODEL_TYPE = HF_MODEL_TYPE
 TEMPLATE_DIR = Path(__file__).resolve().parent / "hf_template"
 TEMPLATE_FILES = ("configuration_skillkd.py", "modeling_skillkd.py")
-AUTO_MAP = {"AutoConfig": "configuration_skillkd.SkillkdConfig", "AutoModel": "modeling_skillkd.SkillkdModel"}
+AUTO_MAP = {
+    "AutoConfig": "configuration_skillkd.SkillkdConfig",
+    "AutoModel": "modeling_skillkd.SkillkdModel",
+    "AutoModelForCTC": "modeling_skillkd.SkillkdForCTC",
+    "AutoModelForAudioClassification": "modeling_skillkd.SkillkdForSequenceClassification",
+    "AutoModelForAudioXVector": "modeling_skillkd.SkillkdForXVector",
+    "AutoModelForAudioFrameClassification": "modeling_skillkd.SkillkdForAudioFrameClassification",
+}
+# The fine-tuning mask vector of SpecAugment: not part of a student (distillation never masks), written with
+# every export so that loading it is silent; drawn as transformers draws it (uniform in [0, 1)), seeded.
+MASKED_SPEC_EMBED = "masked_spec_embed"
+EXPORT_FILE_MODE = 0o644
 
 
 def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
@@ -98,10 +112,20 @@ def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str,
     (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True))
     for name in TEMPLATE_FILES:
         shutil.copyfile(TEMPLATE_DIR / name, directory / name)
-    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(hf_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
+    for path in directory.iterdir():
+        if path.is_file():
+            path.chmod(EXPORT_FILE_MODE)  # published files: readable by all (safetensors writes 0600)
     return directory
+
+
+def hf_state_dict(model: SpeechEncoder) -> dict[str, Tensor]:
+    """The export's weights: our encoder's state dict under our names, plus SpecAugment's mask vector."""
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    state[MASKED_SPEC_EMBED] = torch.rand(model.config.hidden_size, generator=generator)
+    return state
 
 
 def hf_module(model: SpeechEncoder) -> Any:
@@ -111,8 +135,32 @@ def hf_module(model: SpeechEncoder) -> Any:
     from core.export.hf_template.modeling_skillkd import SkillkdModel
 
     module = SkillkdModel(SkillkdConfig(**hf_config_dict(model.config)))
-    module.load_state_dict(model.state_dict(), strict=True)
+    module.load_state_dict(hf_state_dict(model), strict=True)
     return module.eval()
+
+
+TASK_CLASSES = {
+    "ctc": "SkillkdForCTC",
+    "sequence": "SkillkdForSequenceClassification",
+    "xvector": "SkillkdForXVector",
+    "frame": "SkillkdForAudioFrameClassification",
+}
+
+
+def hf_task_module(model: SpeechEncoder, task: str, **config: Any) -> Any:
+    """The transformers task model (`TASK_CLASSES[task]`) on `model`'s encoder with a new head, built
+    in-process from the template as `AutoModelFor...from_pretrained(export, **config)` would load it; `config`
+    sets the head's and the fine-tuning's SkillkdConfig fields (vocab_size, num_labels, mask_time_prob, ...).
+    In training mode; the caller picks its optimiser and loop (e.g. transformers' Trainer)."""
+    from core.export.hf_template import modeling_skillkd
+    from core.export.hf_template.configuration_skillkd import SkillkdConfig
+
+    if task not in TASK_CLASSES:
+        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASK_CLASSES)}")
+    cls = getattr(modeling_skillkd, TASK_CLASSES[task])
+    module = cls(SkillkdConfig(**hf_config_dict(model.config), **config))
+    module.skillkd.load_state_dict(hf_state_dict(model), strict=True)
+    return module.train()
 
 
 def hidden_states_from_reps(model: SpeechEncoder, reps: list[Tensor]) -> list[Tensor]:
@@ -133,6 +181,9 @@ __all__ = [
     "save_hf_export",
     "load_hf_export",
     "hf_module",
+    "hf_state_dict",
+    "hf_task_module",
+    "TASK_CLASSES",
     "hidden_states_from_reps",
     "preprocessor_dict",
 ]

@@ -80,8 +80,22 @@ def model_config_from_hf(hf: dict[str, Any], preprocessor: dict[str, Any] | None
         ) from None
 
 
+HF_BASE_PREFIX = "skillkd."  # the encoder's weights inside a task model (SkillkdForCTC, ...)
+HF_MASK_VECTOR = "masked_spec_embed"  # SpecAugment's fine-tuning mask vector: not part of the encoder
+
+
+def encoder_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's weights in a Hugging Face export's state dict: a base model's (SkillkdModel) as they are,
+    a task model's (saved by `save_pretrained` after fine-tuning) without the `skillkd.` prefix and without
+    the task head; SpecAugment's mask vector left out either way."""
+    if any(key.startswith(HF_BASE_PREFIX) for key in state):
+        state = {k[len(HF_BASE_PREFIX) :]: v for k, v in state.items() if k.startswith(HF_BASE_PREFIX)}
+    return {k: v for k, v in state.items() if k != HF_MASK_VECTOR}
+
+
 def load_hf_export(path: Path | str) -> SpeechEncoder:
-    """Read a Hugging Face export back into our encoder (strict about keys and shapes)."""
+    """Read a Hugging Face export back into our encoder (strict about the encoder's keys and shapes; a task
+    model's head is not part of the encoder and is left out)."""
     path = Path(path)
     try:
         hf = json.loads((path / "config.json").read_text())
@@ -92,7 +106,7 @@ def load_hf_export(path: Path | str) -> SpeechEncoder:
     config = model_config_from_hf(hf, pre)
     try:
         model = build_model(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        model.load_state_dict(encoder_state(load_file(str(path / "model.safetensors"))), strict=True)
     except (ValueError, RuntimeError, OSError) as exc:
         raise CheckpointError(f"cannot load the Hugging Face export {path.name}: {exc}") from None
     return model.eval()

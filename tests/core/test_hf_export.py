@@ -4,11 +4,6 @@ fresh environment without skillkd."""
 from __future__ import annotations
 
 import json
-import os
-import site
-import subprocess
-import sys
-import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -20,6 +15,7 @@ from click.testing import CliRunner
 from core.export.hf import hidden_states_from_reps, is_hf_export_dir, save_hf_export
 from core.models import load_huggingface, load_model, load_student, make_student
 from tests.utils.models import pruned_student, save_tiny_teacher
+from tests.utils.venv import fresh_python, run_fresh
 
 ARCHS = [(a, large) for a in ("wav2vec2", "hubert", "wavlm") for large in (False, True)]
 TOL = 1e-5
@@ -83,7 +79,14 @@ def test_pruned_student_export_matches_load_student_with_padding(
     student = pruned_student(load_huggingface(_teacher(tmp_path, arch, large)))
     directory = save_hf_export(student, tmp_path / "hf")
     config = json.loads((directory / "config.json").read_text())
-    assert config["model_type"] == "skillkd" and set(config["auto_map"]) == {"AutoConfig", "AutoModel"}
+    assert config["model_type"] == "skillkd" and set(config["auto_map"]) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCTC",
+        "AutoModelForAudioClassification",
+        "AutoModelForAudioXVector",
+        "AutoModelForAudioFrameClassification",
+    }
     assert config["layer_num_heads"] == [lc.num_heads for lc in student.config.layers]
     reloaded = load_student(directory)  # our loader reads the hf export too
     assert reloaded.config == student.config
@@ -214,43 +217,12 @@ def test_export_loads_in_a_fresh_environment_without_skillkd(tmp_path: Path) -> 
     finder is not run) and a cwd outside the repository: the export must load and match."""
     student = pruned_student(load_huggingface(_teacher(tmp_path, "wavlm", True)))
     directory = save_hf_export(student, tmp_path / "hf")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    purelib = Path(
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
-    # plain paths: a .pth line that is a path adds it to sys.path without running the .pth files inside it
-    # (skillkd's editable install is such a .pth), so only what is installed there as files can be imported
-    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
-    (purelib / "system_site.pth").write_text("".join(p + "\n" for p in sorted(paths)))
+    python = fresh_python(tmp_path)
     waves = _waves(2)
     for i, w in enumerate(waves):
         np.save(tmp_path / f"w{i}.npy", w)
-    (tmp_path / "run.py").write_text(FRESH_SCRIPT)
-    work = tmp_path / "cwd"
-    work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
-    res = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            str(tmp_path / "run.py"),
-            str(directory),
-            str(tmp_path / "w0.npy"),
-            str(tmp_path / "w1.npy"),
-            str(tmp_path / "out.npy"),
-        ],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = [str(directory), *(str(tmp_path / f"w{i}.npy") for i in range(2)), str(tmp_path / "out.npy")]
+    res = run_fresh(python, FRESH_SCRIPT, args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "modules: []" in res.stdout
     theirs = np.load(tmp_path / "out.npy")

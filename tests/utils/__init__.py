@@ -7,4 +7,5 @@ in the conftest.py files and are built from these.
     audio       a folder of short synthetic WAV utterances
     pipeline    the settings of a tiny compression run (SPEC)
     evaluation  a transformers model with the representation-model interface, labelled synthetic datasets
+    venv        a Python environment without skillkd, to run what a user of an export runs
 """

@@ -9,6 +9,8 @@ This file is self-contained: it needs only transformers.
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
 
@@ -28,6 +30,19 @@ class SkillkdConfig(PretrainedConfig):
                                  table and its gates are per original head)
     gate_heads:                  WavLM only: the original number of heads
     do_stable_layer_norm:        pre-LN ("Large") layout, else post-LN ("Base")
+
+    Fine-tuning and task heads, with the names, meanings and defaults of transformers' Wav2Vec2Config (so the
+    keyword arguments of a fine-tuning recipe apply unchanged, e.g. `from_pretrained(dir, vocab_size=40,
+    mask_time_prob=0.05, layerdrop=0.0)`):
+
+    hidden_dropout, attention_dropout, activation_dropout, feat_proj_dropout, final_dropout, layerdrop
+                                 dropouts and LayerDrop, active in training mode only
+    apply_spec_augment, mask_time_prob/length/min_masks, mask_feature_prob/length/min_masks
+                                 SpecAugment on the projected features in training mode (a learned
+                                 `masked_spec_embed` replaces masked frames; masked features are zeroed)
+    vocab_size, pad_token_id, ctc_loss_reduction, ctc_zero_infinity     CTC head (SkillkdForCTC)
+    use_weighted_layer_sum, classifier_proj_size                         classification heads
+    tdnn_dim, tdnn_kernel, tdnn_dilation, xvector_output_dim             x-vector head (SkillkdForXVector)
     """
 
     model_type = "skillkd"
@@ -55,6 +70,31 @@ class SkillkdConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         num_buckets: int = 320,
         max_bucket_distance: int = 800,
+        hidden_dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation_dropout: float = 0.1,
+        feat_proj_dropout: float = 0.0,
+        final_dropout: float = 0.1,
+        layerdrop: float = 0.1,
+        apply_spec_augment: bool = True,
+        mask_time_prob: float = 0.05,
+        mask_time_length: int = 10,
+        mask_time_min_masks: int = 2,
+        mask_feature_prob: float = 0.0,
+        mask_feature_length: int = 10,
+        mask_feature_min_masks: int = 0,
+        vocab_size: int | None = 32,
+        ctc_loss_reduction: str = "sum",
+        ctc_zero_infinity: bool = False,
+        use_weighted_layer_sum: bool = False,
+        classifier_proj_size: int = 256,
+        tdnn_dim: list[int] | tuple[int, ...] = (512, 512, 512, 512, 1500),
+        tdnn_kernel: list[int] | tuple[int, ...] = (5, 3, 3, 1, 1),
+        tdnn_dilation: list[int] | tuple[int, ...] = (1, 2, 3, 1, 1),
+        xvector_output_dim: int = 512,
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
         **kwargs,
     ) -> None:
         self.architecture = architecture
@@ -85,6 +125,28 @@ class SkillkdConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.num_buckets = num_buckets
         self.max_bucket_distance = max_bucket_distance
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.feat_proj_dropout = feat_proj_dropout
+        self.final_dropout = final_dropout
+        self.layerdrop = layerdrop
+        self.apply_spec_augment = apply_spec_augment
+        self.mask_time_prob = mask_time_prob
+        self.mask_time_length = mask_time_length
+        self.mask_time_min_masks = mask_time_min_masks
+        self.mask_feature_prob = mask_feature_prob
+        self.mask_feature_length = mask_feature_length
+        self.mask_feature_min_masks = mask_feature_min_masks
+        self.vocab_size = vocab_size
+        self.ctc_loss_reduction = ctc_loss_reduction
+        self.ctc_zero_infinity = ctc_zero_infinity
+        self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.classifier_proj_size = classifier_proj_size
+        self.tdnn_dim = list(tdnn_dim)
+        self.tdnn_kernel = list(tdnn_kernel)
+        self.tdnn_dilation = list(tdnn_dilation)
+        self.xvector_output_dim = xvector_output_dim
         lengths = {
             len(self.conv_dim),
             len(self.conv_kernel),
@@ -95,5 +157,16 @@ class SkillkdConfig(PretrainedConfig):
             raise ValueError("conv_dim, conv_kernel, conv_stride and conv_output_scale differ in length")
         if len(self.layer_intermediate_size) != self.num_hidden_layers:
             raise ValueError("layer_num_heads and layer_intermediate_size differ in length")
+        if len({len(self.tdnn_dim), len(self.tdnn_kernel), len(self.tdnn_dilation)}) != 1:
+            raise ValueError("tdnn_dim, tdnn_kernel and tdnn_dilation differ in length")
         kwargs.pop("num_hidden_layers", None)
         super().__init__(**kwargs)
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Waveform samples per output frame (the product of the conv strides), as transformers' pipelines
+        read it."""
+        return math.prod(self.conv_stride)

@@ -1,4 +1,5 @@
-"""A skillkd student (pruned wav2vec 2.0 / HuBERT / WavLM encoder) as a transformers model.
+"""A skillkd student (pruned wav2vec 2.0 / HuBERT / WavLM encoder) as a transformers model, with the task
+models of the wav2vec 2.0 family.
 
 Load with `AutoModel.from_pretrained(directory, trust_remote_code=True)`. The model takes `input_values`
 (batch, time), as Wav2Vec2FeatureExtractor produces them (normalised when the export's
@@ -12,8 +13,19 @@ transformers' definitions:
     last_hidden_state  hidden_states[L], after the encoder's final LayerNorm in the Large layout
                        ("stable layer norm"); equal to hidden_states[L] in the Base layout
 
+With `output_attentions=True` it returns each layer's attention probabilities over the heads that layer kept,
+(batch, kept heads, frame, frame): the number of heads differs between layers, as pruning left them.
+
+Fine-tuning works as with transformers' own WavLM / HuBERT / wav2vec 2.0 models: the task classes below
+(`AutoModelForCTC`, `AutoModelForAudioClassification`, `AutoModelForAudioXVector`,
+`AutoModelForAudioFrameClassification`) add their head at load time from the config
+(`from_pretrained(dir, vocab_size=..., trust_remote_code=True)`), and compute the loss when `labels` are
+given; `freeze_feature_encoder()`, `gradient_checkpointing_enable()`, SpecAugment (`mask_time_*`,
+`mask_feature_*`, `mask_time_indices=`), dropouts and LayerDrop follow the config's fields and act in training
+mode only. In eval mode, or with all of them off, the outputs are exactly the compressed student's.
+
 One class per block, as in skillkd's own model. Each transformer layer has its own number of heads and FFN
-units and each conv layer its own number of channels (config lists). The file needs only torch and
+units and each conv layer its own number of channels (config lists). The file needs only torch, numpy and
 transformers.
 """
 
@@ -21,11 +33,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    CausalLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+    XVectorOutput,
+)
 
 from .configuration_skillkd import SkillkdConfig
 
@@ -113,11 +132,21 @@ class FeatureExtractor(nn.Module):
             )
             in_channels = dim
         self.conv_layers = nn.ModuleList(layers)
+        self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
+        self._requires_grad = True
+
+    def _freeze_parameters(self) -> None:
+        for param in self.parameters():
+            param.requires_grad = False
+        self._requires_grad = False
 
     def forward(self, input_values: Tensor) -> Tensor:
         x = input_values[:, None]  # (batch, channel=1, time)
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointing and self._requires_grad:
+            x = x.detach().requires_grad_(True)  # so a reentrant checkpoint passes gradients to the convs
         for layer in self.conv_layers:
-            x = layer(x)
+            x = self._gradient_checkpointing_func(layer.__call__, x) if checkpointing else layer(x)
         return x.transpose(1, 2)  # (batch, frame, channel)
 
 
@@ -160,16 +189,17 @@ class FeatureProjection(nn.Module):
         self.phantom_direction: nn.Parameter | None = None
         if config.feat_proj_layer_norm and phantom > 0:
             self.phantom_direction = nn.Parameter(torch.zeros(config.hidden_size))
+        self.dropout = nn.Dropout(config.feat_proj_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, frame, channel) -> (batch, frame, hidden)"""
         if self.layer_norm is None:
-            return self.projection(x)
+            return self.dropout(self.projection(x))
         x, zero = self.layer_norm.normalize(x)
         out = self.projection(x)
         if zero is not None and self.phantom_direction is not None:
             out = out + zero * self.phantom_direction
-        return out
+        return self.dropout(out)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -223,6 +253,7 @@ class SelfAttention(nn.Module):
         self.embed_dim = config.hidden_size
         self.num_heads = config.layer_num_heads[layer]
         self.head_dim = config.head_dim
+        self.dropout = config.attention_dropout
         inner = self.num_heads * self.head_dim
         self.q_proj = _linear(self.embed_dim, inner)
         self.k_proj = _linear(self.embed_dim, inner)
@@ -237,12 +268,20 @@ class SelfAttention(nn.Module):
             self.gru_rel_pos_linear = nn.Linear(self.embed_dim // self.gate_heads, 8)
             self.gru_rel_pos_const = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
 
-    def forward(self, x: Tensor, key_mask: Tensor | None, position_bias: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        key_mask: Tensor | None,
+        position_bias: Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """x: (batch, frame, hidden); key_mask: (batch, 1, 1, frame) additive or None;
-        position_bias: WavLM's (original head, frame, frame) ungated bias or None."""
+        position_bias: WavLM's (original head, frame, frame) ungated bias or None.
+        Returns the output and, with output_attentions, the probabilities (batch, head, frame, frame)."""
         batch, frames, _ = x.shape
         if self.num_heads == 0:  # every head pruned: only the output bias remains
-            return self.out_proj.bias.expand(batch, frames, self.embed_dim)
+            out = self.out_proj.bias.expand(batch, frames, self.embed_dim)
+            return out, (x.new_zeros(batch, 0, frames, frames) if output_attentions else None)
         shape = (batch, frames, self.num_heads, self.head_dim)
         q = self.q_proj(x).view(shape).transpose(1, 2)  # (batch, head, frame, head_dim)
         k = self.k_proj(x).view(shape).transpose(1, 2)
@@ -260,13 +299,22 @@ class SelfAttention(nn.Module):
             mask = bias if key_mask is None else bias + key_mask
         if mask is not None:
             mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (batch, head, frame, head_dim)
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if output_attentions:  # explicit softmax, to return the probabilities
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores + mask
+            probs = torch.softmax(scores, dim=-1)
+            out = torch.matmul(F.dropout(probs, p=dropout, training=self.training), v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, frames, self.num_heads * self.head_dim)
-        return self.out_proj(out)
+        return self.out_proj(out), probs
 
 
 class FeedForward(nn.Module):
-    """Linear -> GELU -> Linear with this layer's own width."""
+    """Linear -> GELU -> (dropout) -> Linear -> (dropout) with this layer's own width."""
 
     def __init__(self, config: SkillkdConfig, layer: int) -> None:
         super().__init__()
@@ -274,11 +322,14 @@ class FeedForward(nn.Module):
         self.ffn_dim = config.layer_intermediate_size[layer]
         self.intermediate_dense = _linear(self.embed_dim, self.ffn_dim)
         self.output_dense = _linear(self.ffn_dim, self.embed_dim)
+        self.intermediate_dropout = nn.Dropout(config.activation_dropout)
+        self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.ffn_dim == 0:  # every unit pruned: only the output bias remains
-            return self.output_dense.bias.expand(*x.shape[:-1], self.embed_dim)
-        return self.output_dense(F.gelu(self.intermediate_dense(x)))
+            return self.output_dropout(self.output_dense.bias.expand(*x.shape[:-1], self.embed_dim))
+        hidden = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(hidden))
 
 
 class EncoderLayer(nn.Module):
@@ -287,49 +338,108 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: SkillkdConfig, layer: int) -> None:
         super().__init__()
         self.attention = SelfAttention(config, layer)
+        self.dropout = nn.Dropout(config.hidden_dropout)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config, layer)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layer_norm_first = config.do_stable_layer_norm
 
-    def forward(self, x: Tensor, key_mask: Tensor | None, position_bias: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        key_mask: Tensor | None,
+        position_bias: Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         if self.layer_norm_first:
-            x = x + self.attention(self.layer_norm(x), key_mask, position_bias)
-            return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.layer_norm(x + self.attention(x, key_mask, position_bias))
-        return self.final_layer_norm(x + self.feed_forward(x))
+            attended, probs = self.attention(self.layer_norm(x), key_mask, position_bias, output_attentions)
+            x = x + self.dropout(attended)
+            return x + self.feed_forward(self.final_layer_norm(x)), probs
+        attended, probs = self.attention(x, key_mask, position_bias, output_attentions)
+        x = self.layer_norm(x + self.dropout(attended))
+        return self.final_layer_norm(x + self.feed_forward(x)), probs
 
 
 class Encoder(nn.Module):
-    """Positional conv (+ LayerNorm in the Base layout) and the layers; returns all L+1 hidden states and
-    the last hidden state (final LayerNorm in the Large layout)."""
+    """Positional conv (+ LayerNorm in the Base layout) and the layers; returns all L+1 hidden states, the
+    last hidden state (final LayerNorm in the Large layout) and, when asked, each layer's attentions.
+
+    LayerDrop (training only) skips a layer; its hidden state is then its input, so there are always L+1."""
 
     def __init__(self, config: SkillkdConfig) -> None:
         super().__init__()
         self.pos_conv = ConvolutionalPositionalEmbedding(config)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList([EncoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.layer_norm_first = config.do_stable_layer_norm
+        self.layerdrop = config.layerdrop
         self.rel_attn_embed = (
             nn.Embedding(config.num_buckets, config.gate_heads) if config.architecture == "wavlm" else None
         )
         self.num_buckets = config.num_buckets
         self.max_distance = config.max_bucket_distance
+        self.gradient_checkpointing = False  # set by transformers' gradient_checkpointing_enable()
 
-    def forward(self, x: Tensor, key_mask: Tensor | None) -> tuple[list[Tensor], Tensor]:
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None, output_attentions: bool = False
+    ) -> tuple[list[Tensor], Tensor, list[Tensor]]:
         x = x + self.pos_conv(x)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
+        x = self.dropout(x)
         bias = None
         if self.rel_attn_embed is not None:
             buckets = relative_position_buckets(x.shape[1], self.num_buckets, self.max_distance, x.device)
             bias = self.rel_attn_embed(buckets).permute(2, 0, 1)  # (original head, frame, frame)
-        hidden_states = [x]
+        hidden_states, attentions = [x], []
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, key_mask, bias)
+            if self.training and self.layerdrop > 0 and torch.rand([]).item() < self.layerdrop:
+                hidden_states.append(x)
+                continue
+            if checkpointing:
+                x, probs = self._gradient_checkpointing_func(
+                    layer.__call__, x, key_mask, bias, output_attentions
+                )
+            else:
+                x, probs = layer(x, key_mask, bias, output_attentions)
             hidden_states.append(x)
+            if probs is not None:
+                attentions.append(probs)
         last = self.layer_norm(x) if self.layer_norm_first else x
-        return hidden_states, last
+        return hidden_states, last, attentions
+
+
+def spec_augment_time_mask(config: SkillkdConfig, frames: Tensor, num_frames: int) -> Tensor:
+    """SpecAugment's random time spans for valid lengths `frames` (batch,), as transformers' wav2vec 2.0
+    family draws them (its own `_compute_mask_indices`, numpy's global generator): (batch, frame) bool."""
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+    valid = torch.arange(num_frames, device=frames.device)[None, :] < frames[:, None]
+    mask = _compute_mask_indices(
+        (frames.shape[0], num_frames),
+        mask_prob=config.mask_time_prob,
+        mask_length=config.mask_time_length,
+        attention_mask=valid.long().cpu(),
+        min_masks=config.mask_time_min_masks,
+    )
+    return torch.from_numpy(np.asarray(mask, dtype=bool)).to(frames.device)
+
+
+def spec_augment_feature_mask(
+    config: SkillkdConfig, batch: int, features: int, device: torch.device
+) -> Tensor:
+    """SpecAugment's random feature spans: (batch, feature) bool."""
+    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+    mask = _compute_mask_indices(
+        (batch, features),
+        mask_prob=config.mask_feature_prob,
+        mask_length=config.mask_feature_length,
+        min_masks=config.mask_feature_min_masks,
+    )
+    return torch.from_numpy(np.asarray(mask, dtype=bool)).to(device)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -339,9 +449,11 @@ class SkillkdPreTrainedModel(PreTrainedModel):
     config_class = SkillkdConfig
     base_model_prefix = "skillkd"
     main_input_name = "input_values"
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False  # the losses are transformers' (CTC sum / mean, cross-entropy), not per token
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Only used for weights absent from a checkpoint; an export holds all of them.
+        # Only for weights absent from a checkpoint (an export holds the encoder's; a task head's are new).
         if isinstance(module, (nn.Linear, nn.Conv1d)):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
@@ -349,6 +461,33 @@ class SkillkdPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, AMSoftmaxLoss):
+            nn.init.normal_(module.weight)
+        if isinstance(module, SkillkdModel):
+            nn.init.uniform_(module.masked_spec_embed)
+        layer_weights = getattr(module, "layer_weights", None)
+        if isinstance(layer_weights, nn.Parameter):
+            nn.init.constant_(layer_weights, 1.0 / layer_weights.numel())
+
+    def _get_feat_extract_output_lengths(self, input_lengths: Tensor | int) -> Tensor | int:
+        """Valid frames for `input_lengths` valid samples (the conv strides' arithmetic)."""
+        lengths = input_lengths
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
+            if isinstance(lengths, Tensor):
+                lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+            else:
+                lengths = (lengths - kernel) // stride + 1
+        return lengths
+
+    def _get_feature_vector_attention_mask(self, num_frames: int, attention_mask: Tensor) -> Tensor:
+        """(batch, sample) attention mask -> (batch, frame) bool mask of valid frames."""
+        frames = self._get_feat_extract_output_lengths(attention_mask.sum(-1).long())
+        return torch.arange(num_frames, device=attention_mask.device)[None, :] < frames[:, None]
+
+
+def _return(output, return_dict: bool | None, config: SkillkdConfig):
+    use_dict = return_dict if return_dict is not None else getattr(config, "return_dict", True)
+    return output if use_dict else output.to_tuple()
 
 
 class SkillkdModel(SkillkdPreTrainedModel):
@@ -358,42 +497,376 @@ class SkillkdModel(SkillkdPreTrainedModel):
         super().__init__(config)
         self.feature_extractor = FeatureExtractor(config)
         self.feature_projection = FeatureProjection(config)
+        self.masked_spec_embed = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.encoder = Encoder(config)
         self.post_init()
 
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients to the conv feature encoder (its parameters keep their values in training)."""
+        self.feature_extractor._freeze_parameters()
+
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         """Valid frames for `sample_lengths` valid samples (the conv strides' arithmetic)."""
-        lengths = sample_lengths
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
-            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-        return lengths.clamp(min=0)
+        return self._get_feat_extract_output_lengths(sample_lengths).clamp(min=0)
+
+    def _mask_hidden_states(self, x: Tensor, frames: Tensor, mask_time_indices: Tensor | None) -> Tensor:
+        """SpecAugment: given or (training only) random time spans take `masked_spec_embed`; random feature
+        spans (training only) are zeroed. Does nothing when `config.apply_spec_augment` is off."""
+        config = self.config
+        if not getattr(config, "apply_spec_augment", True):
+            if mask_time_indices is not None:
+                raise ValueError("mask_time_indices was given but config.apply_spec_augment is False")
+            return x
+        batch, num_frames, hidden = x.shape
+        if mask_time_indices is None and config.mask_time_prob > 0 and self.training:
+            mask_time_indices = spec_augment_time_mask(config, frames, num_frames)
+        if mask_time_indices is not None:
+            if tuple(mask_time_indices.shape) != (batch, num_frames):
+                raise ValueError(
+                    f"mask_time_indices has shape {tuple(mask_time_indices.shape)}; "
+                    f"expected (batch, frames) = {(batch, num_frames)}"
+                )
+            embed = self.masked_spec_embed.to(x.dtype)
+            x = torch.where(mask_time_indices.to(x.device, torch.bool)[..., None], embed, x)
+        if config.mask_feature_prob > 0 and self.training:
+            features = spec_augment_feature_mask(config, batch, hidden, x.device)
+            x = x.masked_fill(features[:, None, :], 0.0)
+        return x
 
     def forward(
         self,
         input_values: Tensor,
         attention_mask: Tensor | None = None,
+        mask_time_indices: Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: object,
-    ) -> BaseModelOutput:
+    ):
         if input_values.ndim != 2:
             raise ValueError(
                 f"expected input_values of shape (batch, time), found {tuple(input_values.shape)}"
             )
+        unknown = sorted(k for k, v in kwargs.items() if v is not None)
+        if unknown:
+            raise TypeError(f"SkillkdModel.forward() got unexpected arguments: {', '.join(unknown)}")
         if output_hidden_states is None:
             output_hidden_states = bool(self.config.output_hidden_states)
+        if output_attentions is None:
+            output_attentions = bool(getattr(self.config, "output_attentions", False))
         x = self.feature_projection(self.feature_extractor(input_values))  # (batch, frame, hidden)
-        key_mask = None
+        batch, num_frames = x.shape[:2]
         if attention_mask is not None:
             frames = self.frame_lengths(attention_mask.sum(-1).long())
-            valid = torch.arange(x.shape[1], device=x.device)[None, :] < frames[:, None]  # (batch, frame)
+        else:
+            frames = torch.full((batch,), num_frames, dtype=torch.long, device=x.device)
+        x = self._mask_hidden_states(x, frames, mask_time_indices)
+        key_mask = None
+        if attention_mask is not None:
+            valid = torch.arange(num_frames, device=x.device)[None, :] < frames[:, None]  # (batch, frame)
             x = x * valid[..., None].to(x.dtype)
             key_mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
             key_mask = key_mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
-        hidden_states, last = self.encoder(x, key_mask)
-        return BaseModelOutput(
-            last_hidden_state=last, hidden_states=tuple(hidden_states) if output_hidden_states else None
+        hidden_states, last, attentions = self.encoder(x, key_mask, output_attentions)
+        output = BaseModelOutput(
+            last_hidden_state=last,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
+        return _return(output, return_dict, self.config)
 
 
-__all__ = ["SkillkdModel", "SkillkdPreTrainedModel"]
+# ------------------------------------------------------------------------------------------------------------
+# Task models: the heads, inputs, outputs and losses of transformers' Wav2Vec2For* classes
+# ------------------------------------------------------------------------------------------------------------
+class _TaskModel(SkillkdPreTrainedModel):
+    """A student with a task head; the encoder is `self.skillkd`, so a base export loads into it."""
+
+    def __init__(self, config: SkillkdConfig) -> None:
+        super().__init__(config)
+        self.skillkd = SkillkdModel(config)
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients to the conv feature encoder."""
+        self.skillkd.freeze_feature_encoder()
+
+    def freeze_base_model(self) -> None:
+        """Stop gradients to the whole encoder: only the head trains."""
+        for param in self.skillkd.parameters():
+            param.requires_grad = False
+
+    def _encode(
+        self, input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states
+    ):
+        """The encoder's output and the features the head reads: the last hidden state, or the
+        softmax-weighted sum of all L+1 hidden states (`use_weighted_layer_sum`)."""
+        weighted = bool(getattr(self.config, "use_weighted_layer_sum", False)) and hasattr(
+            self, "layer_weights"
+        )
+        outputs = self.skillkd(
+            input_values,
+            attention_mask=attention_mask,
+            mask_time_indices=mask_time_indices,
+            output_attentions=output_attentions,
+            output_hidden_states=True if weighted else output_hidden_states,
+            return_dict=True,
+        )
+        if weighted:
+            stacked = torch.stack(outputs.hidden_states, dim=1)  # (batch, layer, frame, hidden)
+            weights = torch.softmax(self.layer_weights, dim=-1)
+            features = (stacked * weights.view(-1, 1, 1)).sum(dim=1)
+        else:
+            features = outputs.last_hidden_state
+        return outputs, features
+
+
+class SkillkdForCTC(_TaskModel):
+    """A linear CTC head over the last hidden state (transformers' Wav2Vec2ForCTC): logits (batch, frame,
+    vocab_size); with `labels` (batch, label) padded with -100, the CTC loss with blank = `pad_token_id`,
+    reduced by `ctc_loss_reduction`."""
+
+    def __init__(self, config: SkillkdConfig) -> None:
+        super().__init__(config)
+        if config.vocab_size is None:
+            raise ValueError(
+                "the CTC head needs config.vocab_size: load with from_pretrained(directory, vocab_size=N, "
+                "trust_remote_code=True)"
+            )
+        self.dropout = nn.Dropout(config.final_dropout)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        mask_time_indices: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ):
+        if labels is not None and labels.max() >= self.config.vocab_size:
+            raise ValueError(f"label values must be < vocab_size ({self.config.vocab_size})")
+        outputs, features = self._encode(
+            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states
+        )
+        logits = self.lm_head(self.dropout(features))
+        loss = None
+        if labels is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_values, dtype=torch.long)
+            input_lengths = self._get_feat_extract_output_lengths(attention_mask.sum(-1)).to(torch.long)
+            labels = labels.to(logits.device)
+            blank = self.config.pad_token_id
+            label_mask = (labels >= 0) & (labels != blank)
+            log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+            with torch.backends.cudnn.flags(enabled=False):
+                loss = F.ctc_loss(
+                    log_probs,
+                    labels.masked_select(label_mask),
+                    input_lengths,
+                    label_mask.sum(-1),
+                    blank=blank,
+                    reduction=self.config.ctc_loss_reduction,
+                    zero_infinity=self.config.ctc_zero_infinity,
+                )
+        output = CausalLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return _return(output, return_dict, self.config)
+
+
+class SkillkdForSequenceClassification(_TaskModel):
+    """Projector -> mean over valid frames -> classifier (transformers' Wav2Vec2ForSequenceClassification):
+    logits (batch, num_labels); with `labels` (batch,), the cross-entropy loss."""
+
+    def __init__(self, config: SkillkdConfig) -> None:
+        super().__init__(config)
+        if config.use_weighted_layer_sum:
+            self.layer_weights = nn.Parameter(
+                torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
+            )
+        self.projector = nn.Linear(config.hidden_size, config.classifier_proj_size)
+        self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        mask_time_indices: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ):
+        outputs, features = self._encode(
+            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states
+        )
+        hidden = self.projector(features)
+        if attention_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            valid = self._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
+            hidden = hidden * valid[..., None].to(hidden.dtype)
+            pooled = hidden.sum(dim=1) / valid.sum(dim=1, keepdim=True).to(hidden.dtype)
+        logits = self.classifier(pooled)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return _return(output, return_dict, self.config)
+
+
+class SkillkdForAudioFrameClassification(_TaskModel):
+    """A linear classifier on every frame (transformers' Wav2Vec2ForAudioFrameClassification, e.g. speaker
+    diarization): logits (batch, frame, num_labels); with one-hot / multi-hot `labels` (batch, frame,
+    num_labels), transformers' loss (cross-entropy against each frame's argmax label)."""
+
+    def __init__(self, config: SkillkdConfig) -> None:
+        super().__init__(config)
+        if config.use_weighted_layer_sum:
+            self.layer_weights = nn.Parameter(
+                torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
+            )
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.num_labels = config.num_labels
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        mask_time_indices: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ):
+        outputs, features = self._encode(
+            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states
+        )
+        logits = self.classifier(features)
+        loss = None
+        if labels is not None:
+            targets = torch.argmax(labels.view(-1, self.num_labels), dim=1)
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), targets)
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return _return(output, return_dict, self.config)
+
+
+class AMSoftmaxLoss(nn.Module):
+    """Additive-margin softmax over cosine similarities (transformers' x-vector objective)."""
+
+    def __init__(self, input_dim: int, num_labels: int, scale: float = 30.0, margin: float = 0.4) -> None:
+        super().__init__()
+        self.scale = scale
+        self.margin = margin
+        self.num_labels = num_labels
+        self.weight = nn.Parameter(torch.randn(input_dim, num_labels))
+
+    def forward(self, hidden_states: Tensor, labels: Tensor) -> Tensor:
+        labels = labels.flatten()
+        cos_theta = F.normalize(hidden_states, dim=1) @ F.normalize(self.weight, dim=0)
+        onehot = F.one_hot(labels, self.num_labels).bool()
+        logits = self.scale * torch.where(onehot, cos_theta - self.margin, cos_theta)
+        return F.cross_entropy(logits, labels)
+
+
+class TDNNLayer(nn.Module):
+    """A dilated 1-D convolution over frames + ReLU, its weight stored as transformers' `kernel` Linear."""
+
+    def __init__(self, config: SkillkdConfig, layer: int) -> None:
+        super().__init__()
+        self.in_dim = config.tdnn_dim[layer - 1] if layer > 0 else config.tdnn_dim[0]
+        self.out_dim = config.tdnn_dim[layer]
+        self.kernel_size = config.tdnn_kernel[layer]
+        self.dilation = config.tdnn_dilation[layer]
+        self.kernel = nn.Linear(self.in_dim * self.kernel_size, self.out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(batch, frame, feature) -> (batch, frame', feature')"""
+        weight = self.kernel.weight.view(self.out_dim, self.kernel_size, self.in_dim).transpose(1, 2)
+        y = F.conv1d(x.transpose(1, 2), weight, self.kernel.bias, dilation=self.dilation)
+        return F.relu(y.transpose(1, 2))
+
+
+class SkillkdForXVector(_TaskModel):
+    """Projector -> TDNN layers -> mean and standard deviation over valid frames -> embedding -> classifier
+    (transformers' Wav2Vec2ForXVector): `embeddings` (batch, xvector_output_dim) for speaker verification,
+    `logits`; with `labels` (batch,), the additive-margin softmax loss."""
+
+    def __init__(self, config: SkillkdConfig) -> None:
+        super().__init__(config)
+        if config.use_weighted_layer_sum:
+            self.layer_weights = nn.Parameter(
+                torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
+            )
+        self.projector = nn.Linear(config.hidden_size, config.tdnn_dim[0])
+        self.tdnn = nn.ModuleList([TDNNLayer(config, i) for i in range(len(config.tdnn_dim))])
+        self.feature_extractor = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
+        self.classifier = nn.Linear(config.xvector_output_dim, config.xvector_output_dim)
+        self.objective = AMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
+        self.post_init()
+
+    def _get_tdnn_output_lengths(self, lengths: Tensor) -> Tensor:
+        """Valid TDNN output frames: each layer loses dilation * (kernel - 1) frames. (transformers' own
+        x-vector counts kernel - 1, so its statistics of a padded utterance take in frames computed from
+        padding; here a padded utterance gets the statistics it has alone.)"""
+        for kernel, dilation in zip(self.config.tdnn_kernel, self.config.tdnn_dilation):
+            lengths = lengths - dilation * (kernel - 1)
+        return lengths
+
+    def forward(
+        self,
+        input_values: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        mask_time_indices: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: object,
+    ):
+        outputs, features = self._encode(
+            input_values, attention_mask, mask_time_indices, output_attentions, output_hidden_states
+        )
+        hidden = self.projector(features)
+        for layer in self.tdnn:
+            hidden = layer(hidden)
+        if attention_mask is None:
+            mean, std = hidden.mean(dim=1), hidden.std(dim=1)
+        else:
+            frames = self._get_feat_extract_output_lengths(attention_mask.sum(dim=1).long())
+            lengths = self._get_tdnn_output_lengths(frames).tolist()
+            mean = torch.stack([hidden[i, :n].mean(dim=0) for i, n in enumerate(lengths)])
+            std = torch.stack([hidden[i, :n].std(dim=0) for i, n in enumerate(lengths)])
+        embeddings = self.feature_extractor(torch.cat([mean, std], dim=-1))
+        logits = self.classifier(embeddings)
+        loss = self.objective(logits, labels) if labels is not None else None
+        output = XVectorOutput(
+            loss=loss,
+            logits=logits,
+            embeddings=embeddings,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return _return(output, return_dict, self.config)
+
+
+__all__ = [
+    "SkillkdForAudioFrameClassification",
+    "SkillkdForCTC",
+    "SkillkdForSequenceClassification",
+    "SkillkdForXVector",
+    "SkillkdModel",
+    "SkillkdPreTrainedModel",
+]
