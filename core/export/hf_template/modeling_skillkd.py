@@ -32,6 +32,7 @@ transformers.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -411,7 +412,7 @@ class Encoder(nn.Module):
         return hidden_states, last, attentions
 
 
-def spec_augment_time_mask(config: SkillkdConfig, frames: Tensor, num_frames: int) -> Tensor:
+def spec_augment_time_mask(config: Any, frames: Tensor, num_frames: int) -> Tensor:
     """SpecAugment's random time spans for valid lengths `frames` (batch,), as transformers' wav2vec 2.0
     family draws them (its own `_compute_mask_indices`, numpy's global generator): (batch, frame) bool."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
@@ -421,14 +422,14 @@ def spec_augment_time_mask(config: SkillkdConfig, frames: Tensor, num_frames: in
         (frames.shape[0], num_frames),
         mask_prob=config.mask_time_prob,
         mask_length=config.mask_time_length,
-        attention_mask=valid.long().cpu(),
+        attention_mask=cast(torch.LongTensor, valid.long().cpu()),
         min_masks=config.mask_time_min_masks,
     )
     return torch.from_numpy(np.asarray(mask, dtype=bool)).to(frames.device)
 
 
 def spec_augment_feature_mask(
-    config: SkillkdConfig, batch: int, features: int, device: torch.device
+    config: Any, batch: int, features: int, device: torch.device
 ) -> Tensor:
     """SpecAugment's random feature spans: (batch, feature) bool."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
@@ -470,22 +471,28 @@ class SkillkdPreTrainedModel(PreTrainedModel):
             nn.init.constant_(layer_weights, 1.0 / layer_weights.numel())
 
     def _get_feat_extract_output_lengths(self, input_lengths: Tensor | int) -> Tensor | int:
-        """Valid frames for `input_lengths` valid samples (the conv strides' arithmetic)."""
+        """Valid frames for `input_lengths` valid samples (the conv strides' arithmetic), as transformers'
+        models of the family compute them."""
+        if isinstance(input_lengths, Tensor):
+            return self._frames(input_lengths)
         lengths = input_lengths
         for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
-            if isinstance(lengths, Tensor):
-                lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
-            else:
-                lengths = (lengths - kernel) // stride + 1
+            lengths = (lengths - kernel) // stride + 1
+        return lengths
+
+    def _frames(self, sample_lengths: Tensor) -> Tensor:
+        lengths = sample_lengths
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         return lengths
 
     def _get_feature_vector_attention_mask(self, num_frames: int, attention_mask: Tensor) -> Tensor:
         """(batch, sample) attention mask -> (batch, frame) bool mask of valid frames."""
-        frames = self._get_feat_extract_output_lengths(attention_mask.sum(-1).long())
+        frames = self._frames(attention_mask.sum(-1).long())
         return torch.arange(num_frames, device=attention_mask.device)[None, :] < frames[:, None]
 
 
-def _return(output, return_dict: bool | None, config: SkillkdConfig):
+def _return(output: Any, return_dict: bool | None, config: Any) -> Any:
     use_dict = return_dict if return_dict is not None else getattr(config, "return_dict", True)
     return output if use_dict else output.to_tuple()
 
@@ -507,7 +514,7 @@ class SkillkdModel(SkillkdPreTrainedModel):
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         """Valid frames for `sample_lengths` valid samples (the conv strides' arithmetic)."""
-        return self._get_feat_extract_output_lengths(sample_lengths).clamp(min=0)
+        return self._frames(sample_lengths).clamp(min=0)
 
     def _mask_hidden_states(self, x: Tensor, frames: Tensor, mask_time_indices: Tensor | None) -> Tensor:
         """SpecAugment: given or (training only) random time spans take `masked_spec_embed`; random feature
@@ -579,6 +586,12 @@ class SkillkdModel(SkillkdPreTrainedModel):
 # ------------------------------------------------------------------------------------------------------------
 # Task models: the heads, inputs, outputs and losses of transformers' Wav2Vec2For* classes
 # ------------------------------------------------------------------------------------------------------------
+def _num_labels(config: Any) -> int:
+    if config.num_labels is None:
+        raise ValueError("a classification head needs config.num_labels (from_pretrained(..., num_labels=N))")
+    return int(config.num_labels)
+
+
 class _TaskModel(SkillkdPreTrainedModel):
     """A student with a task head; the encoder is `self.skillkd`, so a base export loads into it."""
 
@@ -633,7 +646,7 @@ class SkillkdForCTC(_TaskModel):
                 "trust_remote_code=True)"
             )
         self.dropout = nn.Dropout(config.final_dropout)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = nn.Linear(config.hidden_size, int(config.vocab_size))
         self.post_init()
 
     def forward(
@@ -657,7 +670,7 @@ class SkillkdForCTC(_TaskModel):
         if labels is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_values, dtype=torch.long)
-            input_lengths = self._get_feat_extract_output_lengths(attention_mask.sum(-1)).to(torch.long)
+            input_lengths = self._frames(attention_mask.sum(-1)).to(torch.long)
             labels = labels.to(logits.device)
             blank = self.config.pad_token_id
             label_mask = (labels >= 0) & (labels != blank)
@@ -689,7 +702,7 @@ class SkillkdForSequenceClassification(_TaskModel):
                 torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
             )
         self.projector = nn.Linear(config.hidden_size, config.classifier_proj_size)
-        self.classifier = nn.Linear(config.classifier_proj_size, config.num_labels)
+        self.classifier = nn.Linear(config.classifier_proj_size, _num_labels(config))
         self.post_init()
 
     def forward(
@@ -716,7 +729,7 @@ class SkillkdForSequenceClassification(_TaskModel):
         logits = self.classifier(pooled)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
         output = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -734,8 +747,8 @@ class SkillkdForAudioFrameClassification(_TaskModel):
             self.layer_weights = nn.Parameter(
                 torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
             )
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.num_labels = config.num_labels
+        self.num_labels = _num_labels(config)
+        self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.post_init()
 
     def forward(
@@ -814,7 +827,7 @@ class SkillkdForXVector(_TaskModel):
         self.tdnn = nn.ModuleList([TDNNLayer(config, i) for i in range(len(config.tdnn_dim))])
         self.feature_extractor = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
         self.classifier = nn.Linear(config.xvector_output_dim, config.xvector_output_dim)
-        self.objective = AMSoftmaxLoss(config.xvector_output_dim, config.num_labels)
+        self.objective = AMSoftmaxLoss(config.xvector_output_dim, _num_labels(config))
         self.post_init()
 
     def _get_tdnn_output_lengths(self, lengths: Tensor) -> Tensor:
@@ -845,7 +858,7 @@ class SkillkdForXVector(_TaskModel):
         if attention_mask is None:
             mean, std = hidden.mean(dim=1), hidden.std(dim=1)
         else:
-            frames = self._get_feat_extract_output_lengths(attention_mask.sum(dim=1).long())
+            frames = self._frames(attention_mask.sum(dim=1).long())
             lengths = self._get_tdnn_output_lengths(frames).tolist()
             mean = torch.stack([hidden[i, :n].mean(dim=0) for i, n in enumerate(lengths)])
             std = torch.stack([hidden[i, :n].std(dim=0) for i, n in enumerate(lengths)])
