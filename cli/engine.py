@@ -371,7 +371,7 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
     flag_value="fp32",
     help="ONNX variants, e.g. fp32,fp16,int8 (alone: fp32), each verified against PyTorch fp32 and "
     "written only if it passes its gate. Files go to --out (with --format hf: --out/onnx/), "
-    "else PATH.",
+    "else PATH. Without it, --format hf copies the variants the run already verified next to the student.",
 )
 @click.option(
     "--out",
@@ -404,9 +404,9 @@ def export_cmd(
     as_json: bool,
 ) -> None:
     """Export a student (or teacher) as a transformers model directory and/or verified ONNX files."""
-    from core.export.for_users import export_for_users
+    from core.export.for_users import carry_verified_onnx, export_for_users
     from core.export.hf import is_hf_export_dir
-    from core.export.onnx import DEFAULT_INT8_MODE, ONNX_FILES, parse_onnx_variants
+    from core.export.onnx import DEFAULT_INT8_MODE, parse_onnx_variants
     from core.models import load_model
 
     if fmt is None and onnx_variants is None:
@@ -436,12 +436,17 @@ def export_cmd(
         )
         if hf_dir is not None and variants:
             shutil.rmtree(onnx_dir, ignore_errors=True)
-            if "onnx" in info:
-                info["onnx"]["files"] = {
-                    v: str(hf_dir / "onnx" / ONNX_FILES[v]) for v in info["onnx"]["files"]
-                }
+            onnx_dir = hf_dir / "onnx"
+        elif hf_dir is not None:  # no new variants asked for: carry those the run verified
+            info["carried_onnx"] = {
+                v: str(hf_dir / "onnx" / name) for v, name in carry_verified_onnx(path, hf_dir).items()
+            }
     except SkillkdError as exc:
         fail(exc)
+    if "hf" in info:
+        info["hf"]["path"] = str(hf_dir)
+    if "onnx" in info:
+        info["onnx"]["files"] = {v: str(onnx_dir / name) for v, name in info["onnx"]["files"].items()}
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -462,6 +467,8 @@ def export_cmd(
         click.echo(line + ("  ok" if figures["status"] == "ok" else f"  NOT WRITTEN: {figures['reason']}"))
     for note in info.get("onnx", {}).get("notes", []):
         click.echo(f"note: {note}")
+    for variant, carried in info.get("carried_onnx", {}).items():
+        click.echo(f"{variant:>4}: {carried} (verified when the student was exported; copied)")
 
 
 COMMANDS = (compress, analyze, inspect, export_cmd)

@@ -393,7 +393,7 @@ def render(result: dict[str, Any]) -> str:
     timed2 = f", stage 2 {timing['stage2']['step_s']:.3f} s/step" if timing["stage2"] else ""
     lines = [
         "dry run: inputs checked as a real run checks them; nothing was written",
-        f"teacher:  {Path(t['path']).name} ({t['architecture']}, {t['layout']} layout, {t['num_layers']} "
+        f"teacher:  {t['name']} ({t['architecture']}, {t['layout']} layout, {t['num_layers']} "
         "layers): "
         f"{format_count(t['num_params'])} params, {format_count(t['macs_per_second'])} MACs per audio second "
         f"({ref})",

@@ -7,6 +7,7 @@ errors.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +49,35 @@ class JobInputs:
     cal_catalog: AudioCatalog
 
     def teacher_facts(self, teacher_dir: Path) -> dict[str, Any]:
-        """What the report and the dry run say of the teacher."""
+        """What the report and the dry run say of the teacher: named by its folder's name and the sha256 of
+        its files, never by its path (a report is published with the student; on the service the path is
+        the server's storage)."""
         config = self.teacher.config
         return {
-            "path": str(teacher_dir),
+            "name": Path(teacher_dir).resolve().name,
+            "sha256": teacher_sha256(teacher_dir),
             "architecture": config.architecture,
             "layout": "large" if config.layer_norm_first else "base",
             "num_layers": config.num_layers,
             "num_params": self.teacher_params,
             "macs_per_second": self.teacher_macs,
         }
+
+
+TEACHER_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "*.bin")
+
+
+def teacher_sha256(directory: Path | str) -> str:
+    """sha256 over a teacher's config and weight files (each file's name and bytes, in name order): the same
+    teacher gives the same digest wherever it lies."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in TEACHER_FILES for p in Path(directory).glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def prepare_inputs(
@@ -124,4 +144,4 @@ class Job:
         return self.inputs.device
 
 
-__all__ = ["Job", "JobInputs", "prepare_inputs", "select_device"]
+__all__ = ["Job", "JobInputs", "TEACHER_FILES", "prepare_inputs", "select_device", "teacher_sha256"]

@@ -63,7 +63,8 @@ def default_name(path: Path | str) -> str:
     path = Path(path)
     try:
         report = json.loads((path / "report.json").read_text())
-        teacher = Path(str(report["teacher"]["path"]).rstrip("/")).name
+        facts = report["teacher"]
+        teacher = facts.get("name") or Path(str(facts["path"]).rstrip("/")).name  # "path": older reports
         method = _METHOD_NAMES.get(report["method"], str(report["method"]))
         params = int(report["student"]["num_params"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -3,6 +3,7 @@ job's own audio (held-out utterances, int8 calibration, a PER probe when the aud
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,6 +16,7 @@ from core.data import load_waveform, scan_audio
 from core.errors import AudioError, CheckpointError
 from core.export.hf import is_hf_export_dir, save_hf_export
 from core.export.onnx import DEFAULT_INT8_MODE, ONNX_FILES, export_onnx_variants, parse_onnx_variants
+from core.export.student import world_readable
 from core.models import SpeechEncoder
 
 
@@ -67,7 +69,7 @@ def export_for_users(
                 )
             shutil.rmtree(hf_dir)
         save_hf_export(model, hf_dir, metadata=metadata)
-        out["hf"] = {"path": str(hf_dir), "files": sorted(p.name for p in hf_dir.iterdir())}
+        out["hf"] = {"directory": hf_dir.name, "files": sorted(p.name for p in hf_dir.iterdir())}
     chosen = parse_onnx_variants(variants)
     if not chosen:
         return out
@@ -83,7 +85,8 @@ def export_for_users(
             try:
                 probe_data = load_probe_data(audio, tasks=("pr",))
             except AudioError as exc:
-                notes.append(f"no PER check: {exc.message}")
+                # the note is published in report.json: the audio folder by its name, not its path
+                notes.append(f"no PER check: {exc.message.replace(str(audio), audio.name)}")
     else:
         notes.append("no audio given: checked on noise; no PER check")
     report = export_onnx_variants(
@@ -103,9 +106,41 @@ def export_for_users(
         if figures["status"] != "ok":
             continue
         path = export_dir / ONNX_FILES[variant]
-        report["files"][variant] = str(path)
+        report["files"][variant] = path.name  # names, not paths: the report is published with the model
         if hf_dir is not None:
             (hf_dir / "onnx").mkdir(exist_ok=True)
             shutil.copyfile(path, hf_dir / "onnx" / ONNX_FILES[variant])
     out["onnx"] = report
+    world_readable(export_dir)
+    if hf_dir is not None:
+        world_readable(hf_dir)
     return out
+
+
+def verified_onnx(student_dir: Path) -> dict[str, str]:
+    """The ONNX variants a run exported and verified next to its student: {variant: file name} for each whose
+    report.json entry passed its gate and whose file is there."""
+    try:
+        variants = json.loads((student_dir / "report.json").read_text())["onnx"]["variants"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {
+        variant: ONNX_FILES[variant]
+        for variant, figures in variants.items()
+        if variant in ONNX_FILES
+        and isinstance(figures, dict)
+        and figures.get("status") == "ok"
+        and (student_dir / ONNX_FILES[variant]).is_file()
+    }
+
+
+def carry_verified_onnx(student_dir: Path, hf_dir: Path) -> dict[str, str]:
+    """Copy the run's verified ONNX variants (`verified_onnx`) into `hf_dir/onnx/` under the same Hub names;
+    returns {variant: file name}."""
+    carried = verified_onnx(student_dir)
+    if carried:
+        (hf_dir / "onnx").mkdir(exist_ok=True)
+        for name in carried.values():
+            shutil.copyfile(student_dir / name, hf_dir / "onnx" / name)
+        world_readable(hf_dir)
+    return carried

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from core.export.student import world_readable
 from core.models.config import ModelConfig
 from core.models.encoder import SpeechEncoder
 from core.models.students import HF_MODEL_TYPE, is_hf_export_dir, load_hf_export, model_config_from_hf
@@ -45,7 +46,6 @@ AUTO_MAP = {
 # The fine-tuning mask vector of SpecAugment: not part of a student (distillation never masks), written with
 # every export so that loading it is silent; drawn as transformers draws it (uniform in [0, 1)), seeded.
 MASKED_SPEC_EMBED = "masked_spec_embed"
-EXPORT_FILE_MODE = 0o644
 
 
 def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
@@ -114,9 +114,7 @@ def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str,
         shutil.copyfile(TEMPLATE_DIR / name, directory / name)
     save_file(hf_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
-    for path in directory.iterdir():
-        if path.is_file():
-            path.chmod(EXPORT_FILE_MODE)  # published files: readable by all (safetensors writes 0600)
+    world_readable(directory)
     return directory
 
 

@@ -133,7 +133,7 @@ def export_onnx(
     if not np.isfinite(diff) or diff > atol:
         raise CheckpointError(f"ONNX export differs from PyTorch by {diff:.3g} (> {atol})")
     return {
-        "path": str(path),
+        "file": path.name,
         "max_abs_diff": diff,
         "opset": OPSET,
         "checked_shape": list(check["input_values"].shape),

@@ -13,7 +13,7 @@ from core.distill import build
 from core.events import Event
 from core.export.for_users import export_for_users
 from core.export.report import build_report
-from core.export.student import save_student
+from core.export.student import save_student, world_readable
 from core.inputs import Job
 from core.workdir import write_json
 
@@ -57,6 +57,7 @@ def export(job: Job, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         )
     )
     write_json(export_dir / "report.json", report)
+    world_readable(export_dir)
     # a progress event carries the speed headline into the job's latest metrics (the service merges those)
     job.emit(Event("progress", "export", 1, 1, 0.0, speed.headline(report["speed"])))
     return {"export_dir": str(export_dir)}

@@ -50,7 +50,18 @@ def save_student(
         **(metadata or {}),
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+    world_readable(directory)
     return directory
 
 
-__all__ = ["save_student"]
+EXPORT_FILE_MODE = 0o644
+
+
+def world_readable(directory: Path) -> None:
+    """Give every file under `directory` mode 0644: exports are published (safetensors writes 0600)."""
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(EXPORT_FILE_MODE)
+
+
+__all__ = ["EXPORT_FILE_MODE", "save_student", "world_readable"]

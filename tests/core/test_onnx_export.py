@@ -134,3 +134,30 @@ def test_export_cli_onnx_list_and_hf(tmp_path: Path) -> None:
     assert "fp32" in res.output and "ok" in res.output
     assert sorted(p.name for p in (tmp_path / "hf" / "onnx").iterdir()) == ["model.onnx"]
     assert not (tmp_path / "hf" / "onnx.tmp").exists()
+
+
+def test_export_hf_carries_the_variants_the_run_verified(tmp_path: Path) -> None:
+    """`export --format hf` without --onnx copies the ONNX files a run verified next to its student (its
+    report.json says which passed their gate), and only those."""
+    from cli import skillkd as cli
+
+    student_dir = save_student(_pruned(tmp_path), tmp_path / "student")
+    (student_dir / "model.onnx").write_bytes(b"fp32 graph")
+    (student_dir / "model_quantized.onnx").write_bytes(b"int8 graph")
+    report = {
+        "onnx": {
+            "variants": {
+                "fp32": {"status": "ok"},
+                "int8": {"status": "failed", "reason": "below its gate"},
+                "fp16": {"status": "ok"},  # reported ok but its file is gone: not carried
+            }
+        }
+    }
+    (student_dir / "report.json").write_text(json.dumps(report))
+    res = CliRunner().invoke(
+        cli, ["export", str(student_dir), "--format", "hf", "--out", str(tmp_path / "hf"), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "hf" / "onnx").iterdir()) == ["model.onnx"]
+    assert (tmp_path / "hf" / "onnx" / "model.onnx").read_bytes() == b"fp32 graph"
+    assert json.loads(res.stdout)["carried_onnx"] == {"fp32": str(tmp_path / "hf" / "onnx" / "model.onnx")}

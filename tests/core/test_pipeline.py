@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from core.errors import AudioError, SpecError, StopRequested
+from core.inputs import teacher_sha256
 from core.models import load_student
 from core.pipeline import run
 from core.spec import CompressionSpec
@@ -80,6 +82,23 @@ def test_full_run_exports_a_loadable_smaller_student(
     # the log is one continuous record of both stages
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
     assert [r["step"] for r in log if r["stage"] == "distill_prune"] == list(range(1, 9))
+    assert_publishable(result.export_dir, tmp_path, tiny_teacher_dir)
+    assert_publishable(result.artifacts["hf"], tmp_path, tiny_teacher_dir)
+    assert report["teacher"]["name"] == tiny_teacher_dir.name and len(report["teacher"]["sha256"]) == 64
+    assert report["teacher"]["sha256"] == teacher_sha256(tiny_teacher_dir)
+    assert "onnx" in {p.name for p in result.artifacts["hf"].iterdir()}
+
+
+def assert_publishable(directory: Path, *private: Path) -> None:
+    """No exported file names a path of the machine it was made on (the service's storage, a user's home), and
+    every file is world-readable."""
+    needles = {str(p.resolve()).encode() for p in private} | {str(p).encode() for p in private}
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        data = path.read_bytes()
+        assert not any(needle in data for needle in needles), path
 
 
 def test_a_second_run_on_a_finished_workdir_does_nothing_again(
