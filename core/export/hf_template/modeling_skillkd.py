@@ -428,9 +428,7 @@ def spec_augment_time_mask(config: Any, frames: Tensor, num_frames: int) -> Tens
     return torch.from_numpy(np.asarray(mask, dtype=bool)).to(frames.device)
 
 
-def spec_augment_feature_mask(
-    config: Any, batch: int, features: int, device: torch.device
-) -> Tensor:
+def spec_augment_feature_mask(config: Any, batch: int, features: int, device: torch.device) -> Tensor:
     """SpecAugment's random feature spans: (batch, feature) bool."""
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
