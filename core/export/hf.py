@@ -8,6 +8,7 @@
     model.safetensors           the weights, float32, under the same names as our own model's state dict,
                                 plus SpecAugment's `masked_spec_embed` for fine-tuning
     preprocessor_config.json    Wav2Vec2FeatureExtractor: sampling rate and do_normalize
+    s3prl_upstream.py           the student as an s3prl upstream for SUPERB (docs/superb.md)
     onnx/                       model.onnx, model_fp16.onnx, model_quantized.onnx when exported and verified
 
 `AutoModel.from_pretrained(DIR, trust_remote_code=True)` returns transformers' hidden states: hidden_states[0]
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from core.export.s3prl_template import UPSTREAM_FILE as S3PRL_UPSTREAM_FILE
 from core.export.student import world_readable
 from core.models.config import ModelConfig
 from core.models.encoder import SpeechEncoder
@@ -112,6 +114,7 @@ def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str,
     (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True))
     for name in TEMPLATE_FILES:
         shutil.copyfile(TEMPLATE_DIR / name, directory / name)
+    shutil.copyfile(S3PRL_UPSTREAM_FILE, directory / S3PRL_UPSTREAM_FILE.name)  # SUPERB (docs/superb.md)
     save_file(hf_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
     world_readable(directory)
