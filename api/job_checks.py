@@ -2,7 +2,8 @@
 
     check_spec_bounds   this deployment's limits (settings), so a job cannot ask for 10^12 steps
     check_references    the teacher and datasets exist for the owner; the spec fits the teacher's shape
-    check_macs_target   an absolute target_macs is below the teacher's MACs (counted by the engine, lazily)
+    check_macs_target   with a MACs target: it is below the teacher's MACs, and no size target is below the
+                        smallest student of the teacher's layout (both counted by the engine, lazily)
 
 The spec rules that need the teacher are core.rules', the ones the pipeline applies before a run, so a job
 accepted here is not refused by its worker for one of them. Spec-only checks are CompressionSpec's
@@ -81,29 +82,38 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
     return teacher
 
 
-def check_teacher_shape(spec: CompressionSpec, teacher: Teacher, macs: float | None = None) -> None:
-    """core.rules, the rules the pipeline applies: size targets (the MACs target only when `macs` is given),
-    explicit clusters, target weights. A SpecError becomes 422 spec_invalid naming its field."""
+def check_teacher_shape(
+    spec: CompressionSpec,
+    teacher: Teacher,
+    macs: float | None = None,
+    smallest: dict[str, float] | None = None,
+) -> None:
+    """core.rules, the rules the pipeline applies: size targets (the MACs target only when `macs` is given;
+    against the smallest student when its sizes are given), explicit clusters, target weights. A SpecError
+    becomes 422 spec_invalid naming its field."""
     try:
-        check_against_teacher(spec, num_layers=teacher.num_layers, num_params=teacher.num_params, macs=macs)
+        check_against_teacher(
+            spec, num_layers=teacher.num_layers, num_params=teacher.num_params, macs=macs, smallest=smallest
+        )
     except SpecError as exc:
         field = exc.field or "spec"
         raise spec_error(field, exc.message.removeprefix(f"{field}: ")) from exc
 
 
 def check_macs_target(spec: CompressionSpec, services: Services, teacher: Teacher) -> None:
-    """An absolute `target_macs` must be below the teacher's MACs at the spec's reference length (the teacher
-    row holds no MACs: they depend on that length, so the engine counts them from the architecture). The
-    engine (torch) is loaded only when a MACs target is set."""
-    if spec.target_macs is None:
+    """With a MACs target (`target_macs` or `macs_sparsity`): an absolute one must be below the teacher's MACs
+    at the spec's reference length, and no target below the smallest student of the teacher's layout, which
+    no run can reach (the dry run refuses it too). The teacher row holds no MACs (they depend on that length),
+    so the engine counts both from the architecture; it (torch) is loaded only when a MACs target is set."""
+    if not spec.has_macs_target:
         return
+    engine, path = services.get_engine(), services.storage.teacher_dir(teacher.id)
     try:
-        teacher_macs = services.get_engine().teacher_macs(
-            services.storage.teacher_dir(teacher.id), spec.macs_reference_seconds
-        )
+        teacher_macs = engine.teacher_macs(path, spec.macs_reference_seconds)
+        smallest = engine.smallest_student(path, spec.macs_reference_seconds)
     except SkillkdError as exc:
         raise input_error(exc, services.storage.root) from exc
-    check_teacher_shape(spec, teacher, macs=teacher_macs)
+    check_teacher_shape(spec, teacher, macs=teacher_macs, smallest=smallest)
 
 
 __all__ = [

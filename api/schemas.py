@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.spec import CompressionSpec
 from service.models import ID_PATTERN, Dataset, Job, JobStatus
@@ -98,6 +98,16 @@ class JobCreate(BaseModel):
     spec: CompressionSpec = Field(default_factory=CompressionSpec)
 
 
+def stored_spec(data: dict[str, Any]) -> CompressionSpec:
+    """A job's spec as stored. One stored before a bound of today's spec existed (e.g. a seed of 2^64, refused
+    since issue 22; its job could not run) is shown as it was rather than failing every read of its owner's
+    jobs."""
+    try:
+        return CompressionSpec.model_validate(data)
+    except ValidationError:
+        return CompressionSpec.model_construct(**data)
+
+
 class JobProgress(BaseModel):
     stage: str | None = None
     step: int = 0
@@ -138,7 +148,7 @@ class JobPublic(BaseModel):
             if job.error_code
             else None,
             attempts=job.attempts,
-            spec=CompressionSpec.model_validate(job.spec),
+            spec=stored_spec(job.spec),
             teacher_id=job.teacher_id,
             dataset_id=job.dataset_id,
             calibration_dataset_id=job.calibration_dataset_id,

@@ -8,7 +8,7 @@ the standard library: the API process calls these without loading torch or numpy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Integral
 
 from core.errors import SpecError
@@ -19,6 +19,7 @@ __all__ = [
     "dphubert_clusters",
     "fixed_clusters",
     "check_target_weights",
+    "check_reachable",
     "check_against_teacher",
 ]
 
@@ -107,12 +108,47 @@ def check_target_weights(spec: CompressionSpec, fixed: list[list[int]] | None, n
         )
 
 
+def check_reachable(
+    spec: CompressionSpec, *, num_params: int, macs: float, smallest: Mapping[str, float]
+) -> None:
+    """Refuse a size target below the smallest student of the teacher's layout, `smallest` = {"params",
+    "macs"} of the student that keeps one channel of each conv layer and no attention head or FFN unit: the
+    floor of finalize's landing and the dry run's uniform student, so no run could meet such a target."""
+    wanted = {
+        "params": (spec.target_sparsity(num_params), num_params, "target_params", "sparsity", "parameters"),
+        "macs": (
+            spec.target_macs_sparsity(macs),
+            macs,
+            "target_macs",
+            "macs_sparsity",
+            "MACs per audio second",
+        ),
+    }
+    for kind, (sparsity, teacher, absolute, relative, unit) in wanted.items():
+        if sparsity is None or kind not in smallest:
+            continue
+        target, floor = teacher * (1.0 - sparsity), smallest[kind]
+        if target < floor:
+            field = absolute if getattr(spec, absolute) is not None else relative
+            raise SpecError(
+                f"{field}: the target, {target:.4g} {unit}, is below the smallest student of this teacher "
+                f"({floor:.4g}: one channel per conv layer, no attention head or FFN unit left)",
+                field=field,
+            )
+
+
 def check_against_teacher(
-    spec: CompressionSpec, *, num_layers: int, num_params: int, macs: float | None = None
+    spec: CompressionSpec,
+    *,
+    num_layers: int,
+    num_params: int,
+    macs: float | None = None,
+    smallest: Mapping[str, float] | None = None,
 ) -> list[list[int]] | None:
     """Every rule that needs only the teacher's shape: the size targets (the MACs target when the teacher's
-    `macs` per audio second are known), the explicit clusters and the target weights. Returns the explicit
-    clusters in canonical order (None when clustering or DPHuBERT's layers will choose them)."""
+    `macs` per audio second are known; each target above the `smallest` student when its sizes are known),
+    the explicit clusters and the target weights. Returns the explicit clusters in canonical order (None when
+    clustering or DPHuBERT's layers will choose them)."""
     try:
         spec.target_sparsity(num_params)
     except ValueError as exc:
@@ -122,6 +158,8 @@ def check_against_teacher(
             spec.target_macs_sparsity(macs)
         except ValueError as exc:
             raise SpecError(str(exc), field="target_macs") from None
+        if smallest is not None:
+            check_reachable(spec, num_params=num_params, macs=macs, smallest=smallest)
     fixed = fixed_clusters(spec, num_layers + 1)
     check_target_weights(spec, fixed, num_layers)
     return fixed

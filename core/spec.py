@@ -13,6 +13,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_SPARSITY = 0.75
+# Bounds that a worker would otherwise find out (issue 22): torch.manual_seed takes at most 2^64 - 1 and
+# stage 2 seeds with seed + 1 (a signed 64-bit bound keeps clear of that, and any int64 reader holds it);
+# torch keeps a device index in 8 bits (cuda:128 wraps) and no host has more GPUs than `gpus` allows; a MACs
+# reference shorter than one frame of the teacher's front end cannot be counted (1 s: the shortest utterance
+# the presets train on, so any teacher that can be trained at all gives it frames).
+MAX_SEED = 2**63 - 1
+MAX_DEVICE_INDEX = 63
+MIN_MACS_REFERENCE_SECONDS = 1.0
 
 Method = Literal["skill", "dphubert"]
 Preset = Literal["quick", "paper"]
@@ -189,10 +197,10 @@ class CompressionSpec(BaseModel):
     )
     macs_reference_seconds: float = Field(
         default=10.0,
-        gt=0.0,
+        ge=MIN_MACS_REFERENCE_SECONDS,
         le=600.0,
         description="utterance length that MACs are counted for (attention "
-        "grows with its square), in seconds",
+        "grows with its square), in seconds (1 to 600)",
     )
     clusters: int | Literal["auto"] | list[list[int]] = Field(
         default=4,
@@ -233,8 +241,15 @@ class CompressionSpec(BaseModel):
     checkpoint_every: int | None = Field(default=None, gt=0)
     calibration_utterances: int = Field(default=200, gt=0)
     calibration_seconds: float = Field(default=1800.0, gt=0)
-    seed: int = Field(default=0, ge=0)
-    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_SEED,
+        description="random seed, 0 to 2^63 - 1 (torch's generator holds 64 bits and stage 2 uses seed + 1)",
+    )
+    device: str = Field(
+        default="auto", description=f"auto, cpu, cuda, cuda:N (N from 0 to {MAX_DEVICE_INDEX}) or mps"
+    )
     gpus: int = Field(default=1, ge=1, le=64)
     compile: bool = Field(
         default=False,
@@ -303,8 +318,11 @@ class CompressionSpec(BaseModel):
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        m = re.fullmatch(r"auto|cpu|mps|cuda(?::([0-9]{1,20}))?", v)
+        if not m or (m.group(1) is not None and int(m.group(1)) > MAX_DEVICE_INDEX):
+            raise ValueError(
+                f"device must be auto, cpu, cuda, cuda:N with N from 0 to {MAX_DEVICE_INDEX}, or mps"
+            )
         return v
 
     @model_validator(mode="after")
@@ -375,4 +393,14 @@ class CompressionSpec(BaseModel):
         return TrainRecipe(**base)
 
 
-__all__ = ["Budget", "CompressionSpec", "TrainRecipe", "PRESETS", "DEFAULT_SPARSITY", "parse_param_count"]
+__all__ = [
+    "Budget",
+    "CompressionSpec",
+    "TrainRecipe",
+    "PRESETS",
+    "DEFAULT_SPARSITY",
+    "MAX_SEED",
+    "MAX_DEVICE_INDEX",
+    "MIN_MACS_REFERENCE_SECONDS",
+    "parse_param_count",
+]

@@ -42,6 +42,12 @@ class Engine(Protocol):
         `target_macs` is compared with); raises TeacherError."""
         ...
 
+    def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
+        """{"params", "macs"} (per audio second, for one `seconds`-long utterance) of the smallest student the
+        teacher's layout allows: one channel per conv layer, no attention head or FFN unit (no size target
+        below these can be met); raises TeacherError."""
+        ...
+
     def scan_audio(self, source: Path) -> dict[str, Any]:
         """AudioCatalog.summary(): files, hours, sample_rates (list), skipped (by reason), skipped_examples
         ([{path, reason}]), and optionally phone_labelled (items with phone labels); raises AudioError if
@@ -82,6 +88,29 @@ class CoreEngine:
         from core.models import macs_per_second
 
         return macs_per_second(path, seconds)
+
+    def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
+        import torch
+
+        from core.estimate import keep_fraction
+        from core.models import build_model, is_student_dir, load_model
+        from core.models.import_huggingface import config_from_hf, read_json
+
+        if is_student_dir(path):
+            config = load_model(path).config
+        else:  # from the architecture alone, as teacher_macs counts (no weights read)
+            pre = path / "preprocessor_config.json"
+            config = config_from_hf(read_json(path / "config.json"), read_json(pre) if pre.exists() else None)
+        with torch.device("meta"):
+            student = build_model(config.with_masks(conv=True, heads=True, ffn=True))
+        student = student.to_empty(device="cpu")  # only the shapes and the masks are used
+        keep_fraction(student, 0.0)  # the dry run's uniform student at its floor (core.estimate)
+        student.eval()
+        with torch.no_grad():
+            return {
+                "params": float(student.expected_num_params()),
+                "macs": float(student.expected_macs(seconds)),
+            }
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         from core.data import scan_audio
@@ -195,6 +224,11 @@ class FakeEngine:
     def teacher_macs(self, path: Path, seconds: float) -> float:
         """A stand-in: 100 MACs per parameter per second of audio."""
         return 100.0 * _safetensors_numel(path / "model.safetensors")
+
+    def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
+        """A stand-in: 1% of the teacher's parameters and of its MACs."""
+        numel = _safetensors_numel(path / "model.safetensors")
+        return {"params": 0.01 * numel, "macs": 0.01 * self.teacher_macs(path, seconds)}
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         import soundfile

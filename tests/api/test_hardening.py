@@ -71,7 +71,7 @@ def test_target_macs_not_below_the_teachers_is_422_at_post(client, alice, teache
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "spec_invalid" and "spec.target_macs" in r.json()["error"]["message"]
     assert "not smaller" in r.json()["error"]["message"] and enqueuer.ids == []
-    assert create(client, alice, teacher, dataset, {"target_macs": 10}).status_code == 202
+    assert create(client, alice, teacher, dataset, {"target_macs": 10**4}).status_code == 202
 
 
 # -- 64-bit event ids and counters; bounded cursors --------------------------------------------------------

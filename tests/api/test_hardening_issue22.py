@@ -1,0 +1,137 @@
+"""Regression tests of issue 22: the defects found by attacking the running service and by using the CLI as a
+new user would, one test (or a few) each; every one of them fails on the code before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from core.spec import CompressionSpec
+from service.db import upgrade
+from service.engine import CoreEngine
+from service.keys import create_key
+from service.queue import MemoryEnqueuer
+from tests.utils.models import save_tiny_teacher
+from tests.utils.servicefixtures import small_settings
+from tests.utils.servicekit import make_audio, zip_dir
+
+
+def post_job(client, headers, teacher, dataset, spec, *, dry_run=False):
+    return client.post(
+        "/v1/jobs" + ("?dry_run=true" if dry_run else ""),
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec},
+        headers=headers,
+    )
+
+
+# -- 1, 2: every spec error a worker could find is a 422 at creation (and in the dry run) naming the field ---
+OUT_OF_RANGE = [
+    ({"seed": 2**64}, "body.spec.seed"),
+    ({"macs_reference_seconds": 1e-300}, "body.spec.macs_reference_seconds"),
+    ({"device": "cuda:99999999999999999999"}, "body.spec.device"),
+]
+
+
+@pytest.mark.parametrize("spec, field", OUT_OF_RANGE)
+def test_out_of_range_spec_values_are_422_naming_the_field(
+    client, alice, teacher, dataset, enqueuer, spec, field
+):
+    for dry_run in (True, False):
+        r = post_job(client, alice, teacher, dataset, spec, dry_run=dry_run)
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["code"] == "validation_error" and field in err["fields"] and field in err["message"]
+    assert enqueuer.ids == []
+
+
+def test_the_spec_bounds_hold_for_the_cli_too():
+    """The bounds are CompressionSpec's (CLI, API, worker alike); the largest values inside them pass."""
+    for bad in (
+        {"seed": 2**63},
+        {"macs_reference_seconds": 0.5},
+        {"device": "cuda:64"},
+        {"device": "cuda:٣"},
+    ):
+        with pytest.raises(ValueError):
+            CompressionSpec(**bad)
+    spec = CompressionSpec(seed=2**63 - 1, macs_reference_seconds=1.0, device="cuda:63")
+    assert (spec.seed, spec.device) == (2**63 - 1, "cuda:63")
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"target_macs": 1}, "target_macs"),  # the fake engine's smallest student: 1% of the teacher's MACs
+        ({"macs_sparsity": 0.999}, "macs_sparsity"),
+        ({"macs_sparsity": 0.5, "sparsity": 0.999}, "sparsity"),
+        ({"macs_sparsity": 0.5, "target_params": 1}, "target_params"),
+    ],
+)
+def test_a_target_below_the_smallest_student_is_422_at_creation(
+    client, alice, teacher, dataset, enqueuer, spec, field
+):
+    real = post_job(client, alice, teacher, dataset, spec)
+    dry = post_job(client, alice, teacher, dataset, spec, dry_run=True)
+    assert real.status_code == dry.status_code == 422, real.text
+    assert real.json()["error"] == dry.json()["error"]
+    assert real.json()["error"]["code"] == "spec_invalid"
+    assert real.json()["error"]["message"].startswith(f"spec.{field}: the target")
+    assert "smallest student" in real.json()["error"]["message"] and enqueuer.ids == []
+    assert post_job(client, alice, teacher, dataset, {"target_macs": 10**4}).status_code == 202
+
+
+def test_a_stored_spec_outside_todays_bounds_is_still_shown(client, alice, teacher, dataset, app):
+    """A job created before a bound was added (its spec no longer validates) must not fail its owner's
+    reads."""
+    from sqlalchemy import update
+
+    from service.models import Job
+
+    job = post_job(client, alice, teacher, dataset, {"stage1_steps": 3}).json()
+    with app.state.services.factory() as session:
+        session.execute(
+            update(Job).where(Job.id == job["id"]).values(spec={"seed": 2**64, "stage1_steps": 3})
+        )
+        session.commit()
+    r = client.get("/v1/jobs", headers=alice)
+    assert r.status_code == 200 and r.json()["items"][0]["spec"]["seed"] == 2**64
+    r = client.get(f"/v1/jobs/{job['id']}", headers=alice)
+    assert r.status_code == 200 and r.json()["spec"]["seed"] == 2**64
+
+
+def test_with_the_real_engine_creation_and_dry_run_refuse_what_a_run_would(tmp_path: Path) -> None:
+    """The defects as found, on the real engine: the dry run answered 500 for the seed and the MACs reference
+    (torch overflowed; no frame to count), creation accepted all four (the worker then failed, or trained
+    towards a size no student has)."""
+    settings = small_settings(tmp_path / "home", engine="service.engine:CoreEngine")
+    upgrade(settings.database_url)
+    app = create_app(settings, enqueuer=MemoryEnqueuer(), engine=CoreEngine(), run_reaper=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        with app.state.services.factory() as session:
+            alice = {"Authorization": f"Bearer {create_key(session, owner_name='alice').key}"}
+            session.commit()
+        zipped = {**alice, "Content-Type": "application/zip"}
+        teacher = client.post(
+            "/v1/teachers", content=zip_dir(save_tiny_teacher(tmp_path / "teacher")), headers=zipped
+        ).json()
+        dataset = client.post(
+            "/v1/datasets", content=zip_dir(make_audio(tmp_path / "audio", n=2, seconds=1.5)), headers=zipped
+        ).json()
+        for spec, code, where in (
+            ({"seed": 2**64}, "validation_error", "body.spec.seed"),
+            ({"macs_reference_seconds": 1e-300}, "validation_error", "body.spec.macs_reference_seconds"),
+            ({"device": "cuda:99999999999999999999"}, "validation_error", "body.spec.device"),
+            ({"target_macs": 1}, "spec_invalid", "spec.target_macs: the target, 1 MACs per audio second"),
+        ):
+            for dry_run in (True, False):
+                r = post_job(client, alice, teacher, dataset, spec, dry_run=dry_run)
+                assert r.status_code == 422, (spec, dry_run, r.text)
+                assert r.json()["error"]["code"] == code and where in r.json()["error"]["message"]
+        teacher_macs = app.state.services.get_engine().teacher_macs(
+            settings.storage / "teachers" / teacher["id"], 10.0
+        )
+        r = post_job(client, alice, teacher, dataset, {"target_macs": int(teacher_macs / 4)})
+        assert r.status_code == 202, r.text
