@@ -296,7 +296,7 @@ def cancel_job(job_id: str, services: ServicesDep, session: SessionDep, owner: C
 )
 def pause_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
     job = owned_job(session, owner, job_id)
-    if jobstore.pause(session, job=job) is None and job.status not in ("paused", "pausing"):
+    if jobstore.pause(session, job=job) is None:  # already paused or pausing too: 409, as documented
         raise Conflict(
             f"job {job_id} is {job.status}; only queued or running jobs can be paused",
             code="job_not_pausable",

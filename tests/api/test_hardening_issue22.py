@@ -135,3 +135,21 @@ def test_with_the_real_engine_creation_and_dry_run_refuse_what_a_run_would(tmp_p
         )
         r = post_job(client, alice, teacher, dataset, {"target_macs": int(teacher_macs / 4)})
         assert r.status_code == 202, r.text
+
+
+# -- 7: pausing a job that is already paused (or pausing) is 409 job_not_pausable ----------------------------
+def test_pausing_a_paused_or_pausing_job_is_409(client, alice, teacher, dataset, app):
+    from sqlalchemy import update
+
+    from service.models import Job
+
+    job = post_job(client, alice, teacher, dataset, {"stage1_steps": 3}).json()
+    assert client.post(f"/v1/jobs/{job['id']}/pause", headers=alice).json()["status"] == "paused"
+    r = client.post(f"/v1/jobs/{job['id']}/pause", headers=alice)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_pausable", r.text
+    assert "is paused" in r.json()["error"]["message"]
+    with app.state.services.factory() as session:  # a running job asked to pause once already
+        session.execute(update(Job).where(Job.id == job["id"]).values(status="pausing"))
+        session.commit()
+    r = client.post(f"/v1/jobs/{job['id']}/pause", headers=alice)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_pausable", r.text
