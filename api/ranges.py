@@ -8,9 +8,11 @@ request's header values, plus the chunked file reader that serves a range.
     range_applies(If-Range, etag)     §13.1.5: a Range is honoured only for the representation named
     file_chunks(path, first, length)  the bytes of a range, read in chunks for a streaming response
 
-The artifact download (api/routes/jobs.py) evaluates, in the order of §13.2.2: If-None-Match (304), then
-Range with If-Range (206, 416 or the whole content). It does not evaluate If-Match yet (a known defect: a
-non-matching If-Match answers 200, not 412); `strong_match` is its test.
+    precondition_failed(what, etag)   the 412 answer of an If-Match that names no current version
+
+The artifact download (api/routes/jobs.py) evaluates, in the order of §13.2.2: If-Match (412), If-None-Match
+(304), then Range with If-Range (206, 416 or the whole content); the dashboard's static files (api/ui)
+evaluate If-Match before Starlette's own If-None-Match.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Literal
+
+from api.errors import ApiError
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 UNSATISFIABLE: Final = "unsatisfiable"
@@ -74,6 +78,17 @@ def strong_match(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+def precondition_failed(what: str, etag: str) -> ApiError:
+    """412 Precondition Failed (§15.5.13) for an If-Match naming no current version of `what`; the answer
+    carries the current ETag so the client can fetch that version."""
+    return ApiError(
+        f"If-Match names no current version of {what} (its ETag is {etag})",
+        code="precondition_failed",
+        status_code=412,
+        headers={"ETag": etag},
+    )
+
+
 def range_applies(if_range: str | None, etag: str) -> bool:
     """If-Range (§13.1.5): whether a Range is honoured. Without the header, yes; with it, only when it names
     the current representation by a strong comparison with `etag` (a weak tag never does). A date never
@@ -95,4 +110,12 @@ def file_chunks(path: Path, first: int, length: int, chunk: int = 1 << 20) -> It
             yield data
 
 
-__all__ = ["UNSATISFIABLE", "byte_range", "weak_match", "strong_match", "range_applies", "file_chunks"]
+__all__ = [
+    "UNSATISFIABLE",
+    "byte_range",
+    "weak_match",
+    "strong_match",
+    "precondition_failed",
+    "range_applies",
+    "file_chunks",
+]

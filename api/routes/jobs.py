@@ -1,5 +1,5 @@
 """/v1/jobs: create (202, Idempotency-Key), list (cursor), get, events (paginated or SSE), cancel, pause,
-resume, delete, artifacts (Range, ETag / If-None-Match, HEAD, X-Content-SHA256). Data access is
+resume, delete, artifacts (Range, ETag / If-Match / If-None-Match, HEAD, X-Content-SHA256). Data access is
 service.jobstore's; what a creation checks, api.job_checks'; the RFC 9110 header rules, api.ranges'."""
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from sqlalchemy.orm import Session
 from api.deps import CurrentOwner, Services, ServicesDep, SessionDep
 from api.errors import ApiError, Conflict, NotFound, TooManyRequests, UnprocessableInput
 from api.job_checks import check_job, check_references
-from api.ranges import UNSATISFIABLE, byte_range, file_chunks, range_applies, weak_match
+from api.ranges import (
+    UNSATISFIABLE,
+    byte_range,
+    file_chunks,
+    precondition_failed,
+    range_applies,
+    strong_match,
+    weak_match,
+)
 from api.routes.common import ERRORS, MAX_EVENT_ID, MAX_PAGE
 from api.schemas import (
     ArtifactList,
@@ -353,9 +361,10 @@ def list_artifacts(job_id: str, session: SessionDep, owner: CurrentOwner) -> Art
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         206: {"description": "partial content (Range)"},
         304: {"description": "not modified"},
+        412: {"description": "If-Match names no current version"},
         416: {"description": "range not satisfiable"},
     },
-    summary="Download an artifact (Range, ETag / If-None-Match, HEAD, X-Content-SHA256)",
+    summary="Download an artifact (Range, ETag / If-Match / If-None-Match, HEAD, X-Content-SHA256)",
 )
 def download_artifact(
     job_id: str, name: str, request: Request, services: ServicesDep, session: SessionDep, owner: CurrentOwner
@@ -377,6 +386,9 @@ def download_artifact(
         "Accept-Ranges": "bytes",
         "Content-Disposition": f'attachment; filename="{path.name}"',
     }
+    if_match = request.headers.get("if-match")  # RFC 9110 §13.2.2: If-Match first, then If-None-Match
+    if if_match is not None and not strong_match(if_match, etag):
+        raise precondition_failed(f"artifact {name!r}", etag)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match and weak_match(if_none_match, etag):
         return Response(status_code=304, headers=headers)

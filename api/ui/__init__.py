@@ -8,12 +8,16 @@ shape rather than templates or a vendored framework is in docs/design.md ("The d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
+
+from api.ranges import precondition_failed, strong_match
 
 STATIC = Path(__file__).parent / "static"
 
@@ -45,6 +49,23 @@ class DashboardFiles(StaticFiles):
             await send(message)
 
         await super().__call__(scope, receive, send_with_headers)
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        """Starlette's answer (200, or 304 for If-None-Match), unless If-Match names no current version of
+        the file: 412 (RFC 9110 §13.2.2 evaluates If-Match first)."""
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if_match = Headers(scope=scope).get("if-match")
+        etag = response.headers.get("etag")
+        if if_match is not None and etag and not strong_match(if_match, etag):
+            error = precondition_failed(f"/ui/{Path(full_path).name}", etag)
+            return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+        return response
 
 
 def mount_dashboard(app: FastAPI) -> None:

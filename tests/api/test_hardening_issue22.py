@@ -153,3 +153,36 @@ def test_pausing_a_paused_or_pausing_job_is_409(client, alice, teacher, dataset,
         session.commit()
     r = client.post(f"/v1/jobs/{job['id']}/pause", headers=alice)
     assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_pausable", r.text
+
+
+# -- 6: If-Match on a download (RFC 9110 §13.1.1): 412 unless it names the current representation ------------
+def test_if_match_on_an_artifact_is_412_unless_it_matches(client, alice, teacher, dataset, drain):
+    job = post_job(client, alice, teacher, dataset, {"stage1_steps": 3}).json()
+    assert drain() == ["succeeded"]
+    url = f"/v1/jobs/{job['id']}/artifacts/report.json"
+    full = client.get(url, headers=alice)
+    etag = full.headers["etag"]
+    for header in ('"another-version"', f"W/{etag}", '"x", "y"'):  # W/: the comparison is strong
+        for method in (client.get, client.head):
+            r = method(url, headers={**alice, "If-Match": header})
+            assert r.status_code == 412, (header, r.status_code)
+        r = client.get(url, headers={**alice, "If-Match": header, "Range": "bytes=0-3"})
+        assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed"
+        assert r.headers["etag"] == etag
+    for header in (etag, "*", f'"x", {etag}'):
+        r = client.get(url, headers={**alice, "If-Match": header})
+        assert r.status_code == 200 and r.content == full.content, header
+    r = client.get(url, headers={**alice, "If-Match": etag, "Range": "bytes=0-3"})
+    assert r.status_code == 206 and r.content == full.content[:4]
+
+
+def test_if_match_on_a_dashboard_file_is_412_unless_it_matches(client):
+    """The other download with an ETag: the dashboard's static files."""
+    full = client.get("/ui/index.html")
+    assert full.status_code == 200 and full.headers.get("etag")
+    r = client.get("/ui/index.html", headers={"If-Match": '"another-version"'})
+    assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed"
+    assert "content-security-policy" in r.headers
+    for header in (full.headers["etag"], "*"):
+        r = client.get("/ui/index.html", headers={"If-Match": header})
+        assert r.status_code == 200 and r.content == full.content
