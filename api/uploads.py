@@ -52,12 +52,12 @@ async def receive(chunks: AsyncIterator[bytes], dest: Path, *, limit: int, decla
     return Received(path=dest, sha256=digest.hexdigest(), size=size)
 
 
-def input_error(exc: SkillkdError, folder: Path) -> UnprocessableInput:
-    """The engine's verdict on an upload, for the client: its stable code and a message about the archive,
-    with no server path in it (the extraction folder reads "the archive"); the full message goes to the
-    log."""
-    log.info("upload refused (%s): %s", exc.code, exc.message)
-    message = exc.message.replace(str(folder.resolve()), "the archive").replace(str(folder), "the archive")
+def input_error(exc: SkillkdError, folder: Path, *, label: str = "the archive") -> UnprocessableInput:
+    """The engine's verdict on an upload, for the client: its stable code and a message about their input,
+    with no server path in it (`folder` reads `label`: the extraction folder "the archive", a registered
+    server directory "the registered directory"); the full message goes to the log."""
+    log.info("input refused (%s): %s", exc.code, exc.message)
+    message = exc.message.replace(str(folder.resolve()), label).replace(str(folder), label)
     return UnprocessableInput(public_message(message), code=exc.code)
 
 

@@ -53,11 +53,11 @@ def normalise_summary(summary: dict) -> dict:
     }
 
 
-def _scan(services: Services, path: Path) -> dict:
+def _scan(services: Services, path: Path, label: str = "the archive") -> dict:
     try:
         summary = services.get_engine().scan_audio(path)
     except SkillkdError as exc:
-        raise input_error(exc, path) from exc
+        raise input_error(exc, path, label=label) from exc
     return normalise_summary(summary)
 
 
@@ -98,8 +98,19 @@ async def create_dataset(
 
 
 async def _register(request: Request, services: Services, owner: Owner) -> DatasetPublic:
+    """An admin registers a directory on the server, only under one of the operator's
+    SKILLKD_SERVER_DATASET_ROOTS: with none set (the default) registering is off, so an admin key alone
+    cannot make the service read any directory it can (/proc, other services' data)."""
     if not owner.is_admin:
         raise Forbidden("registering a server path needs an admin key")
+    roots = [r.resolve() for r in services.settings.server_dataset_roots]
+    if not roots:
+        raise Forbidden(
+            "registering server directories is off on this service: its operator turns it on by setting "
+            "SKILLKD_SERVER_DATASET_ROOTS to a JSON list of the directories that may be registered, e.g. "
+            "'[\"/srv/audio\"]'; uploading the audio as an archive needs no setting",
+            code="server_paths_disabled",
+        )
     body = await request.body()
     try:
         reg = DatasetRegister.model_validate_json(body)
@@ -111,15 +122,18 @@ async def _register(request: Request, services: Services, owner: Owner) -> Datas
     path = Path(reg.path)
     if not path.is_absolute():
         raise UnprocessableInput("path must be absolute", code="dataset_path_invalid")
-    path = path.resolve()
-    roots = [r.resolve() for r in services.settings.server_dataset_roots]
-    if roots and not any(path.is_relative_to(r) for r in roots):
-        raise UnprocessableInput("path is outside SKILLKD_SERVER_DATASET_ROOTS", code="dataset_path_invalid")
+    path = path.resolve()  # symbolic links followed: a link under a root to elsewhere is outside
+    if not any(path.is_relative_to(r) for r in roots):
+        raise UnprocessableInput(
+            "path is outside the directories this service lets admins register "
+            "(SKILLKD_SERVER_DATASET_ROOTS)",
+            code="dataset_path_invalid",
+        )
     if not path.is_dir():
-        raise UnprocessableInput(f"{path} is not a directory on the server", code="dataset_path_invalid")
+        raise UnprocessableInput(f"{reg.path} is not a directory on the server", code="dataset_path_invalid")
 
     def scan_and_store() -> Dataset:
-        summary = _scan(services, path)
+        summary = _scan(services, path, label="the registered directory")
         row = Dataset(
             id=new_id("ds"),
             owner_id=owner.id,

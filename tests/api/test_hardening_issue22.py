@@ -9,9 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from core.errors import AudioError
 from core.spec import CompressionSpec
 from service.db import upgrade
-from service.engine import CoreEngine
+from service.engine import CoreEngine, FakeEngine
 from service.keys import create_key
 from service.queue import MemoryEnqueuer
 from tests.utils.models import save_tiny_teacher
@@ -186,3 +187,42 @@ def test_if_match_on_a_dashboard_file_is_412_unless_it_matches(client):
     for header in (full.headers["etag"], "*"):
         r = client.get("/ui/index.html", headers={"If-Match": header})
         assert r.status_code == 200 and r.content == full.content
+
+
+# -- 8: server directories: refused until the operator names roots; errors speak of the directory -----------
+def test_server_directories_are_refused_until_roots_are_configured(client, keys, tmp_path):
+    src = make_audio(tmp_path / "srv" / "audio", n=2)
+    for path in (str(src), "/proc"):
+        r = client.post("/v1/datasets", json={"path": path}, headers=keys["root"])
+        assert r.status_code == 403, r.text
+        err = r.json()["error"]
+        assert err["code"] == "server_paths_disabled" and "SKILLKD_SERVER_DATASET_ROOTS" in err["message"]
+    assert client.get("/v1/datasets", headers=keys["root"]).json()["items"] == []
+
+
+class PathNamingEngine(FakeEngine):
+    """Refuses audio as the real engine does, naming the directory it scanned."""
+
+    def scan_audio(self, source: Path):
+        raise AudioError(f"no usable audio in {source}: 2 files skipped (not_audio)")
+
+
+def test_registered_directories_stay_under_the_roots_and_errors_name_the_directory(settings, tmp_path):
+    root = tmp_path / "srv"
+    (root / "text").mkdir(parents=True)
+    (root / "text" / "a.txt").write_text("hello")
+    (root / "escape").symlink_to("/proc", target_is_directory=True)
+    settings.server_dataset_roots = [root]
+    app = create_app(settings, enqueuer=MemoryEnqueuer(), engine=PathNamingEngine(), run_reaper=False)
+    with TestClient(app) as client:
+        with app.state.services.factory() as session:
+            admin = {"Authorization": f"Bearer {create_key(session, owner_name='root', admin=True).key}"}
+            session.commit()
+        for outside in ("/proc", str(root / "escape"), str(root / ".." / "srv2")):
+            r = client.post("/v1/datasets", json={"path": outside}, headers=admin)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "dataset_path_invalid", outside
+        r = client.post("/v1/datasets", json={"path": str(root / "text")}, headers=admin)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "audio_invalid"
+        message = r.json()["error"]["message"]
+        assert message.startswith("no usable audio in the registered directory: "), message
+        assert "archive" not in message and str(tmp_path) not in message

@@ -160,7 +160,8 @@ def test_non_audio_dataset_is_422_audio_invalid(client, alice, app, settings):
     assert_nothing_left(app, settings)
 
 
-def test_server_path_dataset_is_admin_only(client, keys, tmp_path):
+def test_server_path_dataset_is_admin_only(client, keys, tmp_path, settings):
+    settings.server_dataset_roots = [tmp_path]  # registering is off until the operator names roots
     src = make_audio(tmp_path / "server-audio", n=2)
     r = client.post("/v1/datasets", json={"path": str(src)}, headers=keys["alice"])
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
