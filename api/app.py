@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import KeyCache, Services
+from api.dropped_connections import ReadRetryMiddleware
 from api.errors import ApiError
 from api.http import ErrorMiddleware
 from api.metrics import Metrics, MetricsMiddleware
@@ -44,7 +45,7 @@ def reads_engine(db_engine: SqlEngine, settings: Settings) -> SqlEngine | AsyncE
     """`Services.reads`, the engine of GET /v1/jobs/{id}'s one SELECT. PostgreSQL: an asyncio engine
     (psycopg's async driver) with a pool of its own whose connections are in autocommit from the start (a read
     needs no BEGIN and no ROLLBACK round trip, and nothing is switched per checkout) and are not pinged before
-    use (`jobstore.owned_job_row_async` retries once on a connection the server has closed instead): one round
+    use (a read on a connection the server has closed runs again instead: api.dropped_connections): one round
     trip per read instead of four, awaited on the event loop instead of a thread-pool call (whose hop cost 0.8
     ms of CPU per request, more than the query; issue 11). SQLite: the same engine, read on the event loop as
     well (WAL mode: a reader never waits for a writer; the lookup takes ~80 µs), as its driver opens no
@@ -126,6 +127,7 @@ def create_app(
     )
     app.state.services = services
     app.state.metrics = Metrics(services)
+    app.add_middleware(ReadRetryMiddleware)  # innermost: a read on a dropped connection runs again, or 503
     app.add_middleware(ErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees ErrorMiddleware's 500s
 

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, CursorResult, Engine, Update, bindparam, func, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
@@ -600,30 +599,16 @@ def owned_job_row(reads: Engine, *, job_id: str, owner_id: str) -> Any | None:
     /v1/jobs/{id}: a session's transaction cost PostgreSQL a BEGIN and a ROLLBACK round trip, and its close
     ran on the event loop; py-spy, issue 11). `reads` does not ping a connection before use, so a connection
     the database closed (a restart) fails here once; SQLAlchemy then discards the pool's older connections and
-    the read is repeated on a new one (a read can be repeated safely)."""
-    for attempt in (1, 2):
-        try:
-            with reads.connect() as connection:
-                return connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    return None  # not reached
+    the API runs the read again on a new one (api.dropped_connections, as for every read route)."""
+    with reads.connect() as connection:
+        return connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id}).first()
 
 
 async def owned_job_row_async(reads: AsyncEngine, *, job_id: str, owner_id: str) -> Any | None:
-    """`owned_job_row` on an asyncio engine (PostgreSQL's reads, api.app.reads_engine): the same SELECT and
-    the same one retry on a connection the server has closed, awaited on the event loop."""
-    for attempt in (1, 2):
-        try:
-            async with reads.connect() as connection:
-                return (
-                    await connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id})
-                ).first()
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    return None  # not reached
+    """`owned_job_row` on an asyncio engine (PostgreSQL's reads, api.app.reads_engine): the same SELECT,
+    awaited on the event loop."""
+    async with reads.connect() as connection:
+        return (await connection.execute(_OWNED_JOB, {"job_id": job_id, "owner_id": owner_id})).first()
 
 
 _JOBS = Job.__table__

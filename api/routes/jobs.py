@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentOwner, Services, ServicesDep, SessionDep
+from api.dropped_connections import dropped_connection
 from api.errors import ApiError, Conflict, NotFound, TooManyRequests, UnprocessableInput
 from api.job_checks import check_job, check_references
 from api.ranges import (
@@ -261,12 +262,18 @@ async def _sse(request: Request, services: Services, job_id: str, last: int, pol
 
     quiet = 0.0
     while True:
-        rows, status = await run_in_threadpool(poll, last)
+        try:
+            rows, status = await run_in_threadpool(poll, last)
+        except Exception as exc:  # the answer has started: it cannot be repeated, the poll can
+            if not dropped_connection(exc):
+                raise
+            log.warning("events of %s: database connection lost, polling again", job_id)
+            rows, status = [], ""
         for row in rows:
             data = JobEventPublic.model_validate(row).model_dump_json()
             yield f"id: {row.id}\nevent: {row.kind}\ndata: {data}\n\n"
             last = row.id
-        if not rows and (status is None or status in TERMINAL_STATUSES or status == "paused"):
+        if not rows and (status is None or status in TERMINAL_STATUSES or status == "paused"):  # "": unknown
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         if rows:

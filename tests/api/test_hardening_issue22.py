@@ -3,6 +3,7 @@ new user would, one test (or a few) each; every one of them fails on the code be
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,89 @@ def test_registered_directories_stay_under_the_roots_and_errors_name_the_directo
         message = r.json()["error"]["message"]
         assert message.startswith("no usable audio in the registered directory: "), message
         assert "archive" not in message and str(tmp_path) not in message
+
+
+# -- 5: a read on a database connection the server dropped is repeated on a new one (else 503, never 500) ----
+class DroppedConnections:
+    """Makes the database answer like one whose connections are being terminated: the next `times`
+    statements matching `pattern` fail as a lost connection (SQLAlchemy invalidates it: OperationalError with
+    `connection_invalidated`), then statements run again. SQLite stands in for PostgreSQL here."""
+
+    def __init__(self, engine, monkeypatch) -> None:
+        self.pattern, self.plan, self.failed = "", [], 0
+        dialect = engine.dialect
+        execute, no_params, is_disconnect = (
+            dialect.do_execute,
+            dialect.do_execute_no_params,
+            dialect.is_disconnect,
+        )
+
+        def check(statement: str) -> None:
+            if self.plan and self.pattern in statement and self.plan.pop(0):
+                self.failed += 1
+                raise sqlite3.OperationalError("server closed the connection unexpectedly (test)")
+
+        def do_execute(cursor, statement, parameters, context=None):
+            check(statement)
+            return execute(cursor, statement, parameters, context)
+
+        def do_execute_no_params(cursor, statement, context=None):
+            check(statement)
+            return no_params(cursor, statement, context)
+
+        monkeypatch.setattr(dialect, "do_execute", do_execute)
+        monkeypatch.setattr(dialect, "do_execute_no_params", do_execute_no_params)
+        monkeypatch.setattr(
+            dialect, "is_disconnect", lambda e, c, cur: "(test)" in str(e) or is_disconnect(e, c, cur)
+        )
+
+    def drop(self, pattern: str, times: int = 1, plan: list[bool] | None = None) -> None:
+        """The next `times` statements matching `pattern` fail; with `plan`, statement i fails if plan[i]."""
+        self.pattern, self.plan, self.failed = pattern, list(plan or [True] * times), 0
+
+
+@pytest.fixture
+def dropped(app, monkeypatch) -> DroppedConnections:
+    return DroppedConnections(app.state.services.factory.kw["bind"], monkeypatch)
+
+
+def test_reads_are_repeated_on_a_dropped_connection(client, alice, teacher, dataset, drain, dropped):
+    job = post_job(client, alice, teacher, dataset, {"stage1_steps": 3}).json()
+    assert drain() == ["succeeded"]
+    job_url = f"/v1/jobs/{job['id']}"
+    for url, table in (
+        ("/v1/teachers", "FROM teachers"),
+        (f"/v1/teachers/{teacher['id']}", "FROM teachers"),
+        ("/v1/datasets", "FROM datasets"),
+        ("/v1/jobs", "FROM jobs"),
+        (job_url, "FROM jobs"),
+        (f"{job_url}/events", "FROM job_events"),
+        (f"{job_url}/artifacts", "FROM artifacts"),
+        (f"{job_url}/artifacts/report.json", "FROM artifacts"),
+    ):
+        dropped.drop(table)
+        r = client.get(url, headers=alice)
+        assert r.status_code == 200 and dropped.failed == 1, (url, r.status_code, r.text)
+    dropped.drop("FROM api_keys")  # the key lookup of an owner not cached yet
+    client.app.state.services.owners = type(client.app.state.services.owners)(5.0)
+    assert client.get("/v1/teachers", headers=alice).status_code == 200 and dropped.failed == 1
+
+
+def test_the_event_stream_outlives_a_dropped_connection(client, alice, teacher, dataset, drain, dropped):
+    job = post_job(client, alice, teacher, dataset, {"stage1_steps": 3}).json()
+    assert drain() == ["succeeded"]
+    # the first page fails (the request runs again), then the stream's first poll: it polls again
+    dropped.drop("FROM job_events", plan=[True, False, True])
+    r = client.get(f"/v1/jobs/{job['id']}/events", headers={**alice, "Accept": "text/event-stream"})
+    assert r.status_code == 200 and dropped.failed == 2
+    assert "event: end" in r.text and '"status": "succeeded"' in r.text
+
+
+def test_a_read_while_the_database_stays_unreachable_is_503(client, alice, teacher, dropped):
+    dropped.drop("FROM teachers", times=10)
+    r = client.get("/v1/teachers", headers=alice)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+    assert r.headers["retry-after"] == "1" and "SELECT" not in r.text
+    assert client.get("/v1/teachers", headers=alice).status_code == 503
+    dropped.drop("")
+    assert client.get("/v1/teachers", headers=alice).status_code == 200
