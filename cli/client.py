@@ -7,19 +7,50 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from cli.errors import ClientError
 
-class ClientError(Exception):
-    """A 4xx/5xx answer: `status`, the service's stable `code` and `message`."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
+class _Http(httpx.Client):
+    """httpx's client, with no answer (refused, timed out, or cut off mid-answer) as a ClientError
+    `service_unreachable` that says where the service was expected and how to point at another place."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        try:
+            response = super().send(request, **kwargs)
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+        if kwargs.get("stream"):  # read later, by the caller: its transport errors are mapped as it reads
+            response.stream = _Guarded(response.stream, self.unreachable)
+        return response
+
+    def unreachable(self, exc: httpx.TransportError) -> ClientError:
+        reason = str(exc) or type(exc).__name__
+        return ClientError(
+            0,
+            "service_unreachable",
+            f"cannot reach the service at {self.base_url} ({reason}); is it running (`skillkd serve`)? "
+            "Point SKILLKD_URL or --url at it",
+        )
+
+
+class _Guarded(httpx.SyncByteStream):
+    def __init__(self, stream: Any, error: Callable[[httpx.TransportError], ClientError]) -> None:
+        self.stream, self.error = stream, error
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.stream
+        except httpx.TransportError as exc:
+            raise self.error(exc) from None
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def zip_directory(source: Path, dest: Path) -> Path:
@@ -46,7 +77,7 @@ class SkillkdClient:
         timeout: float = 600.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.http = httpx.Client(
+        self.http: httpx.Client = _Http(
             base_url=base_url.rstrip("/"),
             timeout=timeout,
             transport=transport,

@@ -21,7 +21,7 @@ import core
 from cli.errors import fail
 from cli.progress import ProgressBars
 from cli.spec_options import build_spec, parse_clusters, spec_options
-from core.errors import SkillkdError, StopRequested
+from core.errors import SkillkdError, StopRequested, TeacherError
 
 ASSETS = Path(core.__file__).resolve().parent / "assets"
 DEMO_TEACHER = ASSETS / "demo-teacher"
@@ -40,6 +40,18 @@ def _stop_on_sigint() -> Callable[[], bool]:
 
     signal.signal(signal.SIGINT, handler)
     return lambda: state["stop"]
+
+
+def check_teacher_path(teacher: Path) -> None:
+    """A file given as the teacher is named as one (exit 2): the engine's loader would only say that no
+    teacher directory of that name exists."""
+    if teacher.is_file():
+        fail(
+            TeacherError(
+                f"teacher {teacher} is a file, not a directory: give the directory of a Hugging Face model "
+                "(config.json with model.safetensors or pytorch_model.bin) or of a skillkd student"
+            )
+        )
 
 
 @click.command()
@@ -88,6 +100,7 @@ def compress(
         audio = audio or DEMO_AUDIO
     if teacher is None or audio is None:
         raise click.UsageError("give TEACHER and AUDIO, or --demo")
+    check_teacher_path(teacher)
     spec = build_spec(spec_kw)
     if dry_run:
         _dry_run(spec, teacher, audio, calibration_audio, as_json, quiet)
@@ -220,6 +233,7 @@ def analyze(
         )
     except (ValidationError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
+    check_teacher_path(teacher)
     bars = ProgressBars(json_lines=as_json)
     try:
         dev = select_device(spec.device)

@@ -313,3 +313,56 @@ def test_a_read_while_the_database_stays_unreachable_is_503(client, alice, teach
     assert client.get("/v1/teachers", headers=alice).status_code == 503
     dropped.drop("")
     assert client.get("/v1/teachers", headers=alice).status_code == 200
+
+
+# -- 11: the CLI fails in one line with its exit code: service down, bad input found by the service ---------
+def test_with_the_service_down_client_commands_fail_in_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import skillkd
+    from tests.utils.servicekit import free_port
+
+    monkeypatch.setenv("SKILLKD_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("SKILLKD_API_KEY", "skd_test")
+    for args in (["status", "job_x"], ["status"], ["logs", "job_x"], ["logs", "--follow", "job_x"]):
+        result = CliRunner().invoke(skillkd, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error [service_unreachable]: cannot reach"), lines
+        assert "SKILLKD_URL" in lines[0] and "Traceback" not in result.output
+
+
+def test_input_the_service_refuses_exits_2(cli_as_alice, tmp_path):
+    """README: exit 2 for bad input (teacher, audio, spec), also when the service is the one that finds it."""
+    from click.testing import CliRunner
+
+    from cli import skillkd
+    from tests.utils.servicekit import make_teacher
+
+    teacher, audio = make_teacher(tmp_path / "teacher"), make_audio(tmp_path / "audio")
+    result = CliRunner().invoke(skillkd, ["submit", str(teacher), str(audio), "--target-params", "1G"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.strip().splitlines()[-1].startswith("error [spec_invalid]: spec.target_params")
+    (teacher / "config.json").write_text("{}")
+    result = CliRunner().invoke(skillkd, ["submit", str(teacher), str(audio)])
+    assert result.exit_code == 2 and "error [teacher_invalid]" in result.stderr, result.output
+    result = CliRunner().invoke(skillkd, ["cancel", "job_" + "0" * 28])  # not input: another failure
+    assert result.exit_code == 1 and "error [not_found]" in result.stderr, result.output
+
+
+def test_compress_names_a_teacher_file_as_not_a_directory(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import skillkd
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    audio = make_audio(tmp_path / "audio")
+    out = ["--out", str(tmp_path / "out")]
+    for args in (
+        ["compress", str(readme), str(audio), "--dry-run"],
+        ["analyze", str(readme), str(audio), *out],
+    ):
+        result = CliRunner().invoke(skillkd, args)
+        assert result.exit_code == 2, (args, result.output, result.exception)
+        assert f"error [teacher_invalid]: teacher {readme} is a file, not a directory" in result.stderr
+        assert "does not exist" not in result.stderr
