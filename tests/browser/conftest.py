@@ -1,5 +1,6 @@
 """Fixtures of the dashboard tests: one `skillkd serve` (embedded mode, the dashboard fake engine) for the
-session, API keys of two owners, a real headless Chromium driven by Playwright, and a folder for screenshots.
+session, API keys of two owners, alice's uploaded teacher and dataset and two finished jobs of hers, a real
+headless Chromium driven by Playwright, and a folder for screenshots.
 
 Chromium is Debian's (`apt-get install chromium`), launched from /usr/bin/chromium; Playwright never
 downloads a browser here. Outside CI the tests skip, saying why, when Chromium or Playwright is missing; in
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dashboard_kit import audio_zip, teacher_zip, upload, wait_job
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -150,6 +152,41 @@ def service(chromium_ready, tmp_path_factory) -> Iterator[Service]:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         out.close()
+
+
+@pytest.fixture(scope="session")
+def inputs(service, tmp_path_factory) -> dict:
+    """alice's teacher and dataset, uploaded through the API."""
+    tmp = tmp_path_factory.mktemp("inputs")
+    with service.client("alice") as c:
+        teacher = upload(c, "teachers", teacher_zip(tmp / "t.zip").read_bytes())
+        dataset = upload(c, "datasets", audio_zip(tmp / "a.zip", tmp).read_bytes())
+    return {"teacher": teacher, "dataset": dataset, "dir": tmp}
+
+
+@pytest.fixture(scope="session")
+def finished(service, inputs) -> list[dict]:
+    """Two finished jobs of alice's teacher, made through the API: SKILL at 75% with evaluation, DPHuBERT at
+    70% without."""
+    jobs = []
+    with service.client("alice") as c:
+        for seed, (method, sparsity) in enumerate((("skill", 0.75), ("dphubert", 0.7))):
+            body = {
+                "teacher_id": inputs["teacher"]["id"],
+                "dataset_id": inputs["dataset"]["id"],
+                "spec": {
+                    "method": method,
+                    "sparsity": sparsity,
+                    "stage1_steps": 12,
+                    "stage2_steps": 4,
+                    "seed": seed,
+                    "evaluate": method == "skill",
+                },
+            }
+            r = c.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            jobs.append(r.json())
+        return [wait_job(c, j["id"], {"succeeded"}) for j in jobs]
 
 
 @pytest.fixture(scope="session")

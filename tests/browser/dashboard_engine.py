@@ -135,9 +135,14 @@ class DashboardFakeEngine:
         for i in range(n + 1):
             for j in range(i):
                 cka[i][j] = cka[j][i]
-        k = spec.clusters if isinstance(spec.clusters, int) else 4
-        bounds = [round(i * (n + 1) / k) for i in range(k + 1)]
-        clusters = [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
+        if isinstance(spec.clusters, list):
+            clusters = spec.clusters
+        elif spec.method == "dphubert":  # DPHuBERT's fixed layers, as core.rules.dphubert_clusters
+            clusters = [[i] for i in sorted({0, n // 3, 2 * n // 3, n})]
+        else:
+            k = spec.clusters if isinstance(spec.clusters, int) else 4
+            bounds = [round(i * (n + 1) / k) for i in range(k + 1)]
+            clusters = [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
         for step in range(1, 4):
             check("calibrate")
             time.sleep(self.step_s)
@@ -145,7 +150,9 @@ class DashboardFakeEngine:
         emit(Event("clusters", "calibrate", metrics={"clusters": clusters, "k": len(clusters)}))
         emit(Event("stage_finished", "calibrate"))
 
-        # stage 1: the expected size follows the target's ramp
+        # stage 1: the expected size follows the target's ramp from below and ends short of it, as a short
+        # real run does (the dashboard's demo: 38% expected for a 75% target); finalize then lands on the
+        # target
         emit(Event("stage_started", "distill_prune"))
         ramp = max(1, steps1 // 2)
         final1: dict[str, float] = {}
@@ -154,7 +161,7 @@ class DashboardFakeEngine:
             check("distill_prune")
             time.sleep(self.step_s)
             t_now = target * min(1.0, step / ramp)
-            sparsity = max(0.0, t_now - 0.03 * math.exp(-step / 5) + 0.005 * rng.uniform(-1, 1))
+            sparsity = max(0.0, t_now * (0.5 + 0.1 * step / steps1) + 0.005 * rng.uniform(-1, 1))
             distill = -0.55 - 0.25 * (1 - math.exp(-step / 8)) + 0.01 * rng.uniform(-1, 1)
             lam1 = 0.5 * math.sin(step / 4) * math.exp(-step / 20)
             final1 = {
@@ -184,7 +191,7 @@ class DashboardFakeEngine:
                 {"heads": max(0, round(layer["heads"] * min(1.0, f * 1.5))), "ffn": round(layer["ffn"] * f)}
             )
         student_conv = [round(c * (0.6 + 0.3 * rng.random())) for c in teacher_conv]
-        student_params = round(teacher_params * (1 - final1["sparsity"]))
+        student_params = round(teacher_params * (1 - target * (1 + 0.004 * rng.uniform(-1, 1))))
         check("finalize")
         emit(Event("stage_finished", "finalize", metrics={"num_params": student_params}))
 

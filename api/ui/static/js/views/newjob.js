@@ -1,8 +1,10 @@
 // #/new: pick or upload a teacher and a dataset (archives, with upload progress and the server's validation
-// result), fill in the spec (a form generated from the API's schema of CompressionSpec), submit, and land on
-// the new job's page. 422 answers are shown next to the field they concern.
+// result), fill in the spec (a form generated from the API's schema of CompressionSpec, with the presets'
+// defaults when the server describes them), submit, and land on the new job's page. 422 answers are shown
+// next to the field they concern. #/new?from=<job id> starts from that job's inputs and spec (&evaluate=1:
+// with evaluation on).
 
-import { ApiError, getAll, openapi, post, upload } from "../api.js";
+import { ApiError, get, getAll, openapi, post, upload } from "../api.js";
 import { announce, errorBox, fill, h } from "../dom.js";
 import * as fmt from "../format.js";
 import { fieldErrors, specForm, specSchema } from "../specform.js";
@@ -11,9 +13,12 @@ const PRIMARY = ["method", "sparsity", "target_params", "target_macs", "macs_spa
   "stage2_steps", "device", "evaluate"];
 
 export async function renderNewJob(main, params, signal) {
-  const [doc, teachers, datasets] = await Promise.all([
-    openapi(), getAll("/v1/teachers", { signal }), getAll("/v1/datasets", { signal })]);
-  const form = specForm(doc, specSchema(doc), { primary: PRIMARY });
+  const from = params.get("from");
+  const [doc, teachers, datasets, presets, source] = await Promise.all([
+    openapi(), getAll("/v1/teachers", { signal }), getAll("/v1/datasets", { signal }), presetsOrNull(signal),
+    from ? get(`/v1/jobs/${encodeURIComponent(from)}`, { signal }).catch(() => null) : null]);
+  const form = specForm(doc, specSchema(doc), { primary: PRIMARY, presets });
+  if (source) form.setValues({ ...source.spec, ...(params.get("evaluate") === "1" ? { evaluate: true } : {}) });
 
   const teacher = picker({
     id: "teacher", label: "Teacher", items: teachers, path: "/v1/teachers", required: true,
@@ -24,19 +29,20 @@ export async function renderNewJob(main, params, signal) {
       f("Architecture", `${t.architecture} (${t.layout} layout)`), f("Layers", `${t.num_layers} × ${t.hidden_size} wide`),
       f("Parameters", fmt.count(t.num_params)), f("Sample rate", `${t.sample_rate} Hz`),
       f("Archive", `${fmt.bytes(t.size_bytes)}, sha256 ${t.sha256.slice(0, 16)}…`)),
-    preselect: params.get("teacher"),
+    preselect: source ? source.teacher_id : params.get("teacher"),
   });
   const dataset = picker({
     id: "dataset", label: "Dataset", items: datasets, path: "/v1/datasets", required: true,
     accept: ".zip,.tar,.tar.gz,.tgz",
     hint: "A zip or tar(.gz) of audio files (wav, flac, ogg, mp3; any rate), or of a folder with a manifest.jsonl.",
     describe: (d) => `${d.name || fmt.shortId(d.id)} — ${d.files} files, ${hours(d.hours)}`,
-    summary: datasetSummary,
+    summary: datasetSummary, preselect: source ? source.dataset_id : null,
   });
   const calibration = picker({
     id: "calibration", label: "Calibration audio (optional)", items: datasets, path: "/v1/datasets", required: false,
     accept: ".zip,.tar,.tar.gz,.tgz", hint: "Audio for the CKA analysis; default: the dataset itself.",
     describe: (d) => `${d.name || fmt.shortId(d.id)} — ${d.files} files, ${hours(d.hours)}`, summary: datasetSummary,
+    preselect: source ? source.calibration_dataset_id : null,
   });
   // an upload into one dataset picker is offered in the other too
   dataset.onUploaded = (d) => calibration.add(d, false);
@@ -60,6 +66,7 @@ export async function renderNewJob(main, params, signal) {
     for (const [name, message] of Object.entries(problems)) local[`spec.${name}`] = message;
     if (Object.keys(local).length) {
       place(local);
+      fill(formStatus, h("p", { class: "field-error" }, "Nothing was sent: see the fields marked above."));
       return;
     }
     const text = JSON.stringify(body);
@@ -73,8 +80,15 @@ export async function renderNewJob(main, params, signal) {
     } catch (err) {
       submit.disabled = false;
       if (!(err instanceof ApiError)) throw err;
-      const placed = err.status === 422 ? place(fieldErrors(err)) : 0;
-      fill(formStatus, errorBox(err, placed ? "The service rejected some fields (shown at each field)" : "The job was not created"));
+      const errors = err.status === 422 ? fieldErrors(err) : {};
+      const { placed, rest } = place(errors);
+      if (placed && !rest) {
+        fill(formStatus, h("div", { class: "error", role: "alert" },
+          h("strong", {}, `The service rejected ${plural(placed, "field")}: `),
+          placed === 1 ? "the reason is shown beside it" : "the reasons are shown beside each", " (", h("code", {}, err.code), ")."));
+      } else {
+        fill(formStatus, errorBox(err, placed ? `The service rejected ${plural(placed, "field")} (shown at each field) and more` : "The job was not created"));
+      }
     }
   } },
   h("section", { "aria-labelledby": "inputs-h" }, h("h2", { id: "inputs-h" }, "Teacher and audio"),
@@ -82,20 +96,36 @@ export async function renderNewJob(main, params, signal) {
   h("section", { "aria-labelledby": "spec-h" }, h("h2", { id: "spec-h" }, "What to compress to, and how"), form.element),
   h("div", { class: "submit-row" }, submit, formStatus));
 
+  /** Show each error at its field; returns how many fields show one and how many errors had no field. */
   function place(errors) {
     const spec = {};
-    let count = 0;
+    let placed = 0;
+    let rest = 0;
+    const pickers = { teacher_id: [teacher, "choose or upload a teacher"], dataset_id: [dataset, "choose or upload a dataset"],
+      calibration_dataset_id: [calibration, "choose or upload a dataset, or none"] };
     for (const [path, message] of Object.entries(errors)) {
-      if (path.startsWith("spec.")) spec[path.slice(5).split(".")[0]] = message;
-      else if (path === "teacher_id") count += teacher.showError(message);
-      else if (path === "dataset_id") count += dataset.showError(message);
-      else if (path === "calibration_dataset_id") count += calibration.showError(message);
+      if (path.startsWith("spec.")) spec[path.slice(5)] = message;
+      else if (path === "spec") spec[""] = message;
+      else if (pickers[path]) placed += pickers[path][0].showError(message || pickers[path][1]);
+      else rest += 1;
     }
-    count += form.showErrors(spec).length;
-    return count;
+    const shown = form.showErrors(spec);
+    placed += shown.length;
+    rest += Object.keys(spec).filter((name) => !shown.includes(name) && name !== "").length;
+    return { placed, rest };
   }
 
   fill(main, h("h1", {}, "New job"), el);
+}
+
+/** GET /v1/presets (each preset's resolved recipe per stage), or null where the server does not offer it. */
+async function presetsOrNull(signal) {
+  try {
+    return await get("/v1/presets", { signal });
+  } catch (err) {
+    if (err instanceof ApiError && err.status !== 401) return null;
+    throw err;
+  }
 }
 
 function newKey() {
