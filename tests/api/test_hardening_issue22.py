@@ -87,7 +87,7 @@ def test_a_target_below_the_smallest_student_is_422_at_creation(
 
 def test_a_stored_spec_outside_todays_bounds_is_still_shown(client, alice, teacher, dataset, app):
     """A job created before a bound was added (its spec no longer validates) must not fail its owner's
-    reads."""
+    reads. A guard of fix 2, not one of the issue's defects: it passes before the fix as well."""
     from sqlalchemy import update
 
     from service.models import Job
