@@ -43,13 +43,17 @@ export function errorBox(err, prefix = "") {
     h("strong", {}, prefix ? `${prefix}: ` : "", h("code", {}, code)), " ", err && err.message ? err.message : String(err));
 }
 
-/** A table: `columns` = [{label, cell(row) -> node|string, class}]; `caption` is for screen readers too. */
-export function table(columns, rows, { caption, empty = "nothing yet", rowAttrs } = {}) {
+/**
+ * A table: `columns` = [{label, cell(row) -> node|string, class}]; `caption` is for screen readers too.
+ * `stack`: on a narrow screen each row becomes a card of "label value" lines (app.css), so no column starts
+ * beyond the screen's edge.
+ */
+export function table(columns, rows, { caption, empty = "nothing yet", rowAttrs, stack = false } = {}) {
   const head = h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.class }, c.label)));
   const body = rows.length
     ? rows.map((row) => h("tr", rowAttrs ? rowAttrs(row) : {}, columns.map((c) => h("td", { class: c.class, "data-label": c.label }, c.cell(row)))))
     : [h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, empty))];
-  return h("div", { class: "table-wrap" },
+  return h("div", { class: stack ? "table-wrap stack" : "table-wrap" },
     h("table", {}, caption ? h("caption", {}, caption) : null, h("thead", {}, head), h("tbody", {}, body)));
 }
 

@@ -64,8 +64,9 @@ export function thin(points, max = 1500) {
 
 /**
  * A line chart.
- * opts: title, xLabel, yLabel (with units), series [{name, points [[x, y]...], dash}], yFormat, xFormat,
- * yMin / yMax (fixed range), hLines [{y, label}], vLines [{x, label}], height.
+ * opts: title, xLabel, yLabel (with units), series [{name, points [[x, y]...], dash, marker}] (marker: a dot
+ * on the last point), yFormat, xFormat, yMin / yMax (fixed range), hLines [{y, label}], vLines [{x, label}],
+ * height, note (a sentence under the legend: what the reader must know to read the chart right).
  * Returns a <figure class="chart"> with the SVG, a caption and an HTML legend.
  */
 export function lineChart(opts) {
@@ -119,6 +120,7 @@ export function lineChart(opts) {
   svg.append(axes);
 
   const plot = s("g", { "clip-path": `url(#${clip})` });
+  const markers = s("g", { class: "markers" });
   for (const l of opts.hLines || []) {
     plot.append(s("line", { x1: M.left, x2: W - M.right, y1: py(l.y), y2: py(l.y), class: "ref" }));
     plot.append(s("text", { x: W - M.right - 4, y: py(l.y) - 4, class: "ref-label", "text-anchor": "end" }, l.label));
@@ -140,12 +142,12 @@ export function lineChart(opts) {
       pen = true;
     }
     plot.append(s("path", { d, class: "line", stroke: color, "stroke-dasharray": sr.dash || null, "data-series": sr.name }));
-    if (sr.points.length === 1) {
-      const [x, y] = sr.points[0];
-      plot.append(s("circle", { cx: px(x), cy: py(y), r: 3, fill: color }));
+    if (sr.points.length === 1 || sr.marker) {
+      const [x, y] = sr.points[sr.points.length - 1];
+      markers.append(s("circle", { cx: px(x), cy: py(y), r: sr.marker ? 4 : 3, fill: color }));
     }
   });
-  svg.append(plot);
+  svg.append(plot, markers); // dots unclipped: a last point on the plot's edge shows whole
   if (!series.length) {
     svg.append(s("text", { x: W / 2, y: H / 2, class: "empty-plot", "text-anchor": "middle" }, opts.empty || "no data yet"));
   }
@@ -172,6 +174,12 @@ export function lineChart(opts) {
   const caption = document.createElement("figcaption");
   caption.textContent = opts.title;
   figure.append(caption, svg, legend);
+  if (opts.note) {
+    const note = document.createElement("p");
+    note.className = "chart-note";
+    note.textContent = opts.note;
+    figure.append(note);
+  }
   return figure;
 }
 

@@ -1,11 +1,13 @@
 // #/compare[?jobs=a,b]: finished jobs of one teacher side by side: size, MACs, speed, PER / speaker ID,
-// and their training curves overlaid.
+// and their training curves overlaid. Each loss is measured against its job's own targets (SKILL: means of
+// the teacher's layer clusters; DPHuBERT: single teacher layers); where these differ the chart says so
+// rather than rescaling the curves, since no rescaling makes losses against different targets comparable.
 
 import { get, getAll } from "../api.js";
 import { errorBox, fill, h, table } from "../dom.js";
 import * as fmt from "../format.js";
 import { lineChart } from "../plot.js";
-import { trainingSeries } from "./job.js";
+import { clustersText, landedSparsity, landingPoints, trainingSeries } from "./job.js";
 import { describeTarget } from "./jobs.js";
 
 export async function renderCompare(main, params, signal) {
@@ -66,6 +68,19 @@ export async function renderCompare(main, params, signal) {
   fill(result, comparison(jobs, events));
 }
 
+/** What a job's distillation loss is measured against: "the means of 4 layer clusters (0–2 | 3–5 | …)" for
+ *  SKILL, "layers 0, 4, 8, 12" for DPHuBERT (single teacher layers; also SKILL given one-layer clusters). */
+function lossTarget(job, report) {
+  const clusters = report.clusters || job.clusters;
+  if (!Array.isArray(clusters) || !clusters.length) return null;
+  if (clusters.every((c) => Array.isArray(c) && c.length === 1)) return `layers ${clusters.map((c) => c[0]).join(", ")}`;
+  return `means of ${clusters.length} layer clusters (${clustersText(clusters)})`;
+}
+
+function notEvaluated(job) {
+  return job.spec.evaluate ? "–" : h("span", { class: "muted" }, "not evaluated");
+}
+
 async function allEvents(id, signal) {
   const out = [];
   let after = 0;
@@ -105,11 +120,11 @@ function comparison(jobs, events) {
     }],
     ["PER (%)", (j, r) => {
       const per = (r.evaluation_headline || {}).eval_per;
-      return per !== undefined ? (100 * per).toFixed(2) : "–";
+      return per !== undefined ? (100 * per).toFixed(2) : notEvaluated(j);
     }],
     ["Speaker ID accuracy (%)", (j, r) => {
       const acc = (r.evaluation_headline || {}).eval_sid_accuracy;
-      return acc !== undefined ? (100 * acc).toFixed(2) : "–";
+      return acc !== undefined ? (100 * acc).toFixed(2) : notEvaluated(j);
     }],
     ["Clusters", (j, r) => (r.clusters ? JSON.stringify(r.clusters) : "–")],
     ["Training audio / s (stage 1)", (j, r) => {
@@ -125,13 +140,29 @@ function comparison(jobs, events) {
   const grid = h("div", { class: "table-wrap" }, h("table", { id: "compare-table" },
     h("caption", {}, "Finished jobs side by side"), h("thead", {}, head), h("tbody", {}, body)));
 
-  const series = events.map((ev) => trainingSeries(ev).points);
+  const runs = events.map((ev) => trainingSeries(ev));
+  const series = runs.map((run) => run.points);
   const name = (j) => `${fmt.shortId(j.id)} ${j.spec.method}`;
+  const targets = jobs.map((j, i) => lossTarget(j, reports[i]));
+  const differ = new Set(targets).size > 1;
   const loss = lineChart({ title: "Distillation loss, overlaid", xLabel: "optimiser step", yLabel: "loss (no unit)",
-    series: jobs.map((j, i) => ({ name: name(j), points: (series[i].distill || series[i].loss || []).map(([x, y]) => [x, y]) })) });
-  const sparsity = lineChart({ title: "Expected sparsity, overlaid", xLabel: "optimiser step", yLabel: "sparsity (%)", yMin: 0, yMax: 100,
-    yFormat: (v) => `${v}%`,
-    series: jobs.map((j, i) => ({ name: name(j), points: (series[i].sparsity || []).map(([x, y]) => [x, 100 * y]) })) });
+    series: jobs.map((j, i) => ({ name: `${name(j)}: loss against ${targets[i] || "its targets"}`,
+      points: (series[i].distill || series[i].loss || []).map(([x, y]) => [x, y]) })),
+    note: differ ? "These losses are not comparable: they are measured against different targets (" +
+      jobs.map((j, i) => `${j.spec.method}: ${targets[i] || "unknown"}`).join("; ") + "). A target that is " +
+      "easier to predict gives a lower loss, so a lower curve does not mean a better student, and no rescaling " +
+      "removes that. Each curve shows how its own run converged; compare the students by PER and speaker ID " +
+      "in the table above (jobs submitted with evaluation)." : null });
+  // each job's expected sparsity in stage 1, then the size its finalize landed on (as on the job's page)
+  const sparsity = lineChart({ title: "Sparsity (expected in stage 1, then achieved), overlaid", xLabel: "optimiser step",
+    yLabel: "sparsity (%)", yMin: 0, yMax: 100, yFormat: (v) => `${+v.toFixed(1)}%`,
+    series: jobs.map((j, i) => {
+      const stage1 = (series[i].sparsity || []).filter((p) => p[2] === "distill_prune").map(([x, y]) => [x, 100 * y]);
+      const landed = landedSparsity(events[i], reports[i], null);
+      const tail = landingPoints(stage1, landed && landed.params, runs[i].boundary, runs[i].end).slice(1);
+      return { name: landed && landed.params !== undefined ? `${name(j)}: achieved ${(100 * landed.params).toFixed(1)}%` : name(j),
+        points: [...stage1, ...tail], marker: tail.length > 0 };
+    }) });
   return [h("section", { "aria-labelledby": "cmp-table-h" }, h("h2", { id: "cmp-table-h" }, "Side by side"), grid),
     h("section", { "aria-labelledby": "cmp-curves-h" }, h("h2", { id: "cmp-curves-h" }, "Curves"), h("div", { class: "charts" }, loss, sparsity))];
 }

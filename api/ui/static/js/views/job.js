@@ -5,7 +5,7 @@
 import { ApiError, del, downloadArtifact, followEvents, get, offers, post } from "../api.js";
 import { announce, badge, errorBox, fill, h, table } from "../dom.js";
 import * as fmt from "../format.js";
-import { heatmap, lineChart } from "../plot.js";
+import { PALETTE, heatmap, lineChart } from "../plot.js";
 import { describeTarget } from "./jobs.js";
 
 export const STAGES = [
@@ -163,6 +163,18 @@ export async function renderJob(main, jobId, signal) {
     fill(view.timeline, h("h2", { id: "timeline-h" }, "Stages"), h("ol", { class: "timeline" }, items));
   }
 
+  // The teacher's size, for the size finalize landed on while the job has no report yet (read once).
+  let teacher = null;
+  let teacherAsked = false;
+  function needTeacher(report) {
+    if (teacherAsked || (report && report.student)) return;
+    if (!events.some((e) => e.kind === "stage_finished" && e.stage === "finalize")) return;
+    teacherAsked = true;
+    get(`/v1/teachers/${encodeURIComponent(job.teacher_id)}`, { signal })
+      .then((t) => { teacher = t; renderCurves(); })
+      .catch(() => {}); // deleted since: the curve then ends with stage 1 until the report comes
+  }
+
   let chartsQueued = false;
   function renderCurves() {
     if (chartsQueued) return;
@@ -170,7 +182,9 @@ export async function renderJob(main, jobId, signal) {
     requestAnimationFrame(() => {
       chartsQueued = false;
       const report = job.metrics && job.metrics.report;
-      fill(view.curves, h("h2", { id: "curves-h" }, "Training curves"), h("div", { class: "charts" }, trainingCharts(events, job, report)));
+      needTeacher(report);
+      fill(view.curves, h("h2", { id: "curves-h" }, "Training curves"),
+        h("div", { class: "charts" }, trainingCharts(events, job, report, teacher)));
     });
   }
 
@@ -263,7 +277,7 @@ export async function renderJob(main, jobId, signal) {
       job = { ...job, stage: data.stage, progress: { stage: data.stage, step: data.step, total_steps: data.total, eta_s: data.eta_s, metrics: data.metrics } };
       renderProgress();
       if (kind !== "progress") renderTimeline();
-      if (kind === "progress" && TRAINING.includes(data.stage)) renderCurves();
+      if ((kind === "progress" && TRAINING.includes(data.stage)) || (kind === "stage_finished" && data.stage === "finalize")) renderCurves();
     } else if (kind === "status") {
       await refresh();
       renderHeader();
@@ -298,7 +312,7 @@ function fact(label, ...value) {
   return [h("dt", {}, label), h("dd", {}, value)];
 }
 
-function clustersText(clusters) {
+export function clustersText(clusters) {
   if (!Array.isArray(clusters)) return String(clusters);
   return clusters.map((c) => (Array.isArray(c) ? (c.length > 1 && isRun(c) ? `${c[0]}–${c[c.length - 1]}` : c.join(",")) : String(c))).join(" | ");
 }
@@ -331,16 +345,19 @@ export function stageTimes(events) {
   return out;
 }
 
-/** Progress points of the training stages on one step axis: stage 2 continues after stage 1's last step. */
+/** Progress points of the training stages on one step axis: stage 2 continues after stage 1's last step.
+ *  `boundary`: where stage 2 starts; `end`: the last step drawn. */
 export function trainingSeries(events) {
   const points = {};
   let offset = 0;
   let boundary = null;
+  let end = 0;
   for (const stage of TRAINING) {
     const rows = events.filter((e) => e.kind === "progress" && e.stage === stage && e.metrics);
     let maxStep = 0;
     for (const e of rows) {
       const x = offset + e.step;
+      end = Math.max(end, x);
       maxStep = Math.max(maxStep, e.step, e.total || 0);
       for (const [k, v] of Object.entries(e.metrics)) {
         if (typeof v !== "number") continue;
@@ -352,11 +369,42 @@ export function trainingSeries(events) {
       boundary = maxStep;
     }
   }
-  return { points, boundary };
+  return { points, boundary, end };
 }
 
-export function trainingCharts(events, job, report) {
-  const { points, boundary } = trainingSeries(events);
+/**
+ * The size reached, drawn after stage 1's expected-size curve `stage1` ([[step, %]…]): from its last point to
+ * `value` (a fraction) at stage 2's start `boundary`, then flat to `end` (stage 2 trains a fixed student).
+ * Empty without a value or a stage 1 curve.
+ */
+export function landingPoints(stage1, value, boundary, end) {
+  if (value === undefined || value === null || !stage1.length) return [];
+  const [x1, y1] = stage1[stage1.length - 1];
+  const start = boundary ?? x1;
+  return [[x1, y1], [start, 100 * value], [Math.max(end, start), 100 * value]];
+}
+
+/**
+ * The sizes finalize landed on, as sparsities ({params, macs}; either may be missing), or null before
+ * finalize. From the report; before it exists, from finalize's parameter count and the teacher's.
+ */
+export function landedSparsity(events, report, teacher) {
+  if (report && report.student) {
+    const out = {};
+    if (typeof report.achieved_sparsity === "number") out.params = report.achieved_sparsity;
+    const macsTarget = report.targets && report.targets.macs;
+    const [tm, sm] = [macsOf(report.teacher), macsOf(report.student)];
+    if (macsTarget && typeof macsTarget.achieved_sparsity === "number") out.macs = macsTarget.achieved_sparsity;
+    else if (tm && sm !== null) out.macs = 1 - sm / tm;
+    return Object.keys(out).length ? out : null;
+  }
+  const landed = events.find((e) => e.kind === "stage_finished" && e.stage === "finalize" && e.metrics && e.metrics.num_params);
+  if (landed && teacher && teacher.num_params) return { params: 1 - landed.metrics.num_params / teacher.num_params };
+  return null;
+}
+
+export function trainingCharts(events, job, report, teacher = null) {
+  const { points, boundary, end } = trainingSeries(events);
   const pick = (k, stage) => (points[k] || []).filter((p) => !stage || p[2] === stage).map(([x, y]) => [x, y]);
   const vLines = boundary ? [{ x: boundary, label: "stage 2" }] : [];
   const charts = [];
@@ -379,11 +427,23 @@ export function trainingCharts(events, job, report) {
   if (points.macs_sparsity) {
     sparsity.push({ name: "expected MACs sparsity", points: pick("macs_sparsity", "distill_prune").map(([x, y]) => [x, 100 * y]) });
   }
+  // Stage 1 draws the masks' expected size; finalize then lands on the targets exactly (moving units by their
+  // mask scores), and stage 2 trains that fixed student. The size reached is drawn from stage 1's last step
+  // to the last step drawn, so the curve ends at the job's result.
+  const landed = landedSparsity(events, report, teacher);
+  const landing = (key, value, label, color, dash) => {
+    const drawn = landingPoints(pick(key, "distill_prune").map(([x, y]) => [x, 100 * y]), value, boundary, end);
+    if (drawn.length) sparsity.push({ name: `${label}: ${(100 * value).toFixed(1)}%`, marker: true, color, dash, points: drawn });
+  };
+  if (landed) {
+    landing("sparsity", landed.params, "achieved after finalize (exact landing)", PALETTE[0]);
+    if (points.macs_sparsity) landing("macs_sparsity", landed.macs, "achieved MACs sparsity after finalize", PALETTE[2], "6 3");
+  }
   const hLines = [];
   if (target !== null && target !== undefined) hLines.push({ y: 100 * target, label: `target ${fmt.percent(target)}` });
   if (job.spec.macs_sparsity) hLines.push({ y: 100 * job.spec.macs_sparsity, label: `MACs target ${fmt.percent(job.spec.macs_sparsity)}` });
   charts.push(lineChart({ title: "Sparsity against the target", xLabel: "optimiser step", yLabel: "sparsity (%)",
-    series: sparsity, hLines, yMin: 0, yMax: 100, yFormat: (v) => `${v}%` }));
+    series: sparsity, hLines, vLines: landed ? vLines : [], yMin: 0, yMax: 100, yFormat: (v) => `${+v.toFixed(1)}%` }));
 
   charts.push(lineChart({ title: "Lagrange multipliers λ", xLabel: "optimiser step", yLabel: "λ (no unit)",
     series: [{ name: "λ1 (params)", points: pick("lambda1", "distill_prune") },
@@ -452,7 +512,7 @@ export function resultSections(report, job) {
       { label: "Teacher", class: "num", cell: (r) => (r.teacher === null || r.teacher === undefined ? "–" : (r.format || fmt.count)(r.teacher)) },
       { label: "Student", class: "num", cell: (r) => (r.student === null || r.student === undefined ? "–" : (r.format || fmt.count)(r.student)) },
       { label: "Kept", class: "num", cell: (r) => (r.kept !== undefined ? r.kept || "–" : r.teacher && r.student ? fmt.percent(r.student / r.teacher) : "–") },
-    ], rows, { caption: "Teacher and student sizes" }),
+    ], rows, { caption: "Teacher and student sizes", stack: true }),
     h("p", {}, "Sparsity: target ", h("strong", {}, fmt.percent(report.target_sparsity)), ", achieved ",
       h("strong", { id: "achieved-sparsity" }, fmt.percent(report.achieved_sparsity, 2)),
       report.finalize && report.finalize.max_abs_diff_masked_vs_pruned !== undefined
@@ -474,9 +534,11 @@ export function resultSections(report, job) {
   // evaluation
   const evaluation = report.evaluation;
   const headline = report.evaluation_headline || {};
+  const section = (...body) => h("section", { id: "evaluation", "aria-labelledby": "evaluation-h" },
+    h("h2", { id: "evaluation-h" }, "Evaluation"), body);
   if (evaluation || Object.keys(headline).length) {
     const models = (evaluation && evaluation.models) || [];
-    out.push(h("section", { id: "evaluation", "aria-labelledby": "evaluation-h" }, h("h2", { id: "evaluation-h" }, "Evaluation"),
+    out.push(section(
       models.length ? table([
         { label: "Model", cell: (m) => m.name || "–" },
         { label: "PER (%)", class: "num", cell: (m) => (m.pr ? (100 * m.pr.per).toFixed(2) : "–") },
@@ -484,10 +546,20 @@ export function resultSections(report, job) {
         { label: "Parameters", class: "num", cell: (m) => fmt.si(m.params) },
         { label: "MACs / s of audio", class: "num", cell: (m) => fmt.si(m.macs_per_second) },
         { label: "CPU real-time factor", class: "num", cell: (m) => (m.speed && m.speed.cpu ? fmt.num(m.speed.cpu.rtf, 3) : "–") },
-      ], models, { caption: "Probes on frozen features (lower PER is better)" })
+      ], models, { caption: "Probes on frozen features (lower PER is better)", stack: true })
         : h("dl", { class: "facts" },
           headline.eval_per !== undefined ? fact("PER", `${(100 * headline.eval_per).toFixed(2)}%`) : null,
           headline.eval_sid_accuracy !== undefined ? fact("Speaker ID accuracy", `${(100 * headline.eval_sid_accuracy).toFixed(2)}%`) : null)));
+  } else if (job && job.status === "succeeded") {
+    const again = `#/new?from=${encodeURIComponent(job.id)}&evaluate=1`;
+    out.push(section(
+      h("p", { id: "not-evaluated" }, h("strong", {}, job.spec.evaluate
+        ? "Not evaluated: evaluation was asked for, but this job's report has none."
+        : "Not evaluated (enable evaluation when submitting).")),
+      h("p", { class: "muted" }, "Quality (phoneme error rate, speaker ID accuracy) is measured by probes on the " +
+        "student's frozen features, on a dataset with phone labels and train/test splits; it adds minutes to a job (the cost is " +
+        "given beside the option in the form). ",
+      h("a", { href: again, id: "evaluate-again" }, "Submit this job again with evaluation"), ".")));
   }
   return out;
 }
@@ -540,6 +612,6 @@ function renderArtifacts(container, items) {
           }
           e.target.disabled = false;
         } }, "Download") },
-    ], items, { caption: "Files this job produced", empty: "No artifacts." }),
+    ], items, { caption: "Files this job produced", empty: "No artifacts.", stack: true }),
     status);
 }

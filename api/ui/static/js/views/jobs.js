@@ -54,6 +54,7 @@ export async function renderJobs(main, params, signal) {
     caption: status ? `Jobs with status ${status}` : "All jobs, newest first",
     empty: status ? `No ${status} jobs.` : "No jobs yet. Create one with “New job”.",
     rowAttrs: (j) => ({ "data-job-id": j.id }),
+    stack: true,
   });
   for (const tr of grid.querySelectorAll("tbody tr[data-job-id]")) {
     const job = page.items.find((j) => j.id === tr.dataset.jobId);
