@@ -64,6 +64,8 @@ def test_the_form_takes_the_clis_clusters_syntax_and_counts(page_for, service, i
     page.fill("#spec-target_params", "24M")
     page.fill("#spec-stage1_steps", "6")
     page.fill("#spec-stage2_steps", "2")
+    page.click("details.more-options summary")
+    page.fill("#spec-seed", "9007199254740993")  # 2^53 + 1: a JSON number would lose the last digit
     page.click("#submit-job")
     page.wait_for_url("**/ui/#/jobs/job_*")
     job_id = page.url.rsplit("/", 1)[-1]
@@ -71,6 +73,7 @@ def test_the_form_takes_the_clis_clusters_syntax_and_counts(page_for, service, i
         job = c.get(f"/v1/jobs/{job_id}").json()
         assert job["spec"]["clusters"] == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
         assert job["spec"]["target_params"] == 24_000_000
+        assert job["spec"]["seed"] == 2**53 + 1
         wait_job(c, job_id, {"succeeded"})
     no_js_errors(page)
 

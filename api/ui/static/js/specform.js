@@ -213,12 +213,7 @@ export function specForm(doc, schema, { prefix = "spec", primary = [], presets =
           continue; // the default (or none)
         }
         try {
-          if (kind === "integer") value = parseCount(raw);
-          else if (kind === "number") value = Number(raw);
-          else if (kind === "clusters") value = parseClusters(raw);
-          else if (kind === "list") value = parseList(raw, f.alts[0].items || {});
-          else if (kind === "mixed") value = parseMixed(raw, f.alts);
-          else value = raw;
+          value = readText(f, raw);
         } catch (exc) {
           problems[f.name] = exc.message;
           continue;
@@ -291,6 +286,22 @@ export function specForm(doc, schema, { prefix = "spec", primary = [], presets =
   }
 
   return { element, read, setValues, showErrors, clearErrors, fields };
+}
+
+/** A text field's value as the CLI reads the option; throws with the CLI's message when it cannot. */
+function readText(f, raw) {
+  switch (f.kind) {
+    case "integer": {
+      const value = parseCount(raw);
+      // beyond 2^53 a JSON number loses digits (a seed may reach 2^63 - 1): the API reads digits exactly
+      return !Number.isSafeInteger(value) && /^\d+$/.test(raw) ? raw : value;
+    }
+    case "number": return Number(raw);
+    case "clusters": return parseClusters(raw);
+    case "list": return parseList(raw, f.alts[0].items || {});
+    case "mixed": return parseMixed(raw, f.alts);
+    default: return raw;
+  }
 }
 
 /** "quick" recipes -> "stage 1 200 steps, stage 2 480 steps, 6 s of audio per step, speed ±0.2". */
