@@ -31,6 +31,18 @@ def _tasks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str,
     return tasks
 
 
+def _finetune_tasks(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    from core.evaluation.finetune import FINETUNE_TASKS
+
+    tasks = tuple(dict.fromkeys(t.strip() for value in values for t in value.split(",") if t.strip()))
+    bad = [t for t in tasks if t not in FINETUNE_TASKS]
+    if bad:
+        raise click.BadParameter(
+            f"expected {' or '.join(FINETUNE_TASKS)} (repeat or comma-separate), got {bad}"
+        )
+    return tasks
+
+
 def _methods(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     from core.evaluation.compare import METHODS
 
@@ -105,6 +117,20 @@ _PATH = click.Path(exists=True, path_type=Path)
     help="The model's name in the results [default: for a student, teacher, method and size from "
     "its report.json, e.g. 'hubert-mini SKILL 2.9M'; else the folder name].",
 )
+@click.option(
+    "--finetune",
+    multiple=True,
+    callback=_finetune_tasks,
+    help="Also fine-tune the whole model briefly (transformers Trainer, the recipe in docs/evaluation.md) on "
+    "the train split and score it on the test split: ctc (phones, PER) or speaker (accuracy); repeat or "
+    "comma-separate.",
+)
+@click.option(
+    "--finetune-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training steps of each fine-tuning run [default: 300].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def evaluate_command(
     model: Path,
@@ -121,12 +147,17 @@ def evaluate_command(
     device: str,
     per_layer: bool,
     name: str | None,
+    finetune: tuple[str, ...],
+    finetune_steps: int | None,
     as_json: bool,
 ) -> None:
-    """Probe MODEL (a teacher or an exported student) on DATASET: phoneme recognition and speaker ID."""
+    """Probe MODEL (a teacher or an exported student) on DATASET: phoneme recognition and speaker ID; with
+    --finetune, also what it scores after brief fine-tuning of the whole model."""
+    from core.evaluation.finetune import FinetuneConfig
     from core.evaluation.probes import PhoneProbeConfig
     from core.evaluation.run import evaluate, render_markdown
 
+    finetune_config = FinetuneConfig() if finetune_steps is None else FinetuneConfig(steps=finetune_steps)
     bars = ProgressBars(leave=False, unit="it")
     result = _run(
         bars,
@@ -145,6 +176,8 @@ def evaluate_command(
             device=device,
             phone_config=PhoneProbeConfig(head=head),  # type: ignore[arg-type]
             per_layer=per_layer,
+            finetune=finetune,
+            finetune_config=finetune_config,
             on_event=bars,
         ),
     )

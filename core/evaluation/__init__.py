@@ -5,6 +5,7 @@ method comparison behind `skillkd compare`.
     load_probe_data(dataset)            -> ProbeData        labels and splits from manifest.jsonl
     extract_features(model, items)      -> FeatureSet       every representation, float16, once per dataset
     train_phone_probe / train_speaker_probe                 weighted layer sum + CTC / linear head
+    finetune.finetune(model, data, "ctc"|"speaker") -> FinetuneResult   the whole model fine-tuned briefly
     count_macs, real_time_factor, cluster_cka               model facts
     evaluate(model, dataset)            -> dict             all of the above for one model (+ FBANK)
     compare(teacher, dataset)           -> dict             compress with each method x seed, evaluate all
@@ -25,6 +26,7 @@ from core.evaluation.facts import (
 )
 from core.evaluation.fbank import Fbank, mel_filterbank
 from core.evaluation.features import FeatureSet, RepresentationModel, extract_features
+from core.evaluation.finetune import FINETUNE_TASKS, FinetuneConfig, FinetuneResult
 from core.evaluation.per import ctc_collapse, ctc_greedy_decode, edit_distance, error_rate
 from core.evaluation.probes import (
     PhoneProbe,
@@ -41,9 +43,12 @@ from core.evaluation.probes import (
 from core.evaluation.run import evaluate
 
 __all__ = [
+    "FINETUNE_TASKS",
     "TASKS",
     "FeatureSet",
     "Fbank",
+    "FinetuneConfig",
+    "FinetuneResult",
     "MacCounter",
     "MacReport",
     "PhoneProbe",

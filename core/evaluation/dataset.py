@@ -96,7 +96,8 @@ def load_probe_data(
                     f"phoneme recognition needs the manifest field {phone_field!r} (space-separated phones "
                     "or a "
                     f"list of strings) on every {train_split}/{test_split} row; {lacking} rows lack it, e.g. "
-                    f"{item.id!r}. Choose the field with --phone-field or drop 'pr' from the tasks."
+                    f"{item.id!r}. Choose the field with --phone-field, or drop 'pr' from the tasks (and ctc "
+                    "from --finetune)."
                 )
             data.phones[item.id] = phones
 

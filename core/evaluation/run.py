@@ -2,8 +2,8 @@
 
 Phases, in order: 1. read and check the labels; 2. load the model; 3. extract its features once;
 4. train and score the probes; 5. model facts (parameters, MACs/s, real-time factor; CKA to a teacher if one
-is given); 6. write `evaluation.json` and `evaluation.md`. `compare` reuses the same pieces with several
-seeds.
+is given); 6. optionally fine-tune the whole model per task (core.evaluation.finetune) on the same splits;
+7. write `evaluation.json` and `evaluation.md`. `compare` reuses the same pieces with several seeds.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,13 @@ from core.evaluation.facts import (
 )
 from core.evaluation.fbank import Fbank
 from core.evaluation.features import FeatureSet, RepresentationModel, extract_features
+from core.evaluation.finetune import (
+    FINETUNE_TASKS,
+    FinetuneConfig,
+    require_labels,
+    require_model,
+)
+from core.evaluation.finetune import finetune as run_finetune
 from core.evaluation.probes import (
     PhoneProbeConfig,
     SpeakerProbeConfig,
@@ -236,6 +243,8 @@ def evaluate(
     phone_config: PhoneProbeConfig = PhoneProbeConfig(),
     speaker_config: SpeakerProbeConfig = SpeakerProbeConfig(),
     per_layer: bool = False,
+    finetune: Sequence[str] = (),
+    finetune_config: FinetuneConfig = FinetuneConfig(),
     on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
     """Probe a model on `dataset` (manifest.jsonl with split, phones, speaker); returns the JSON-ready report.
@@ -243,17 +252,19 @@ def evaluate(
     With `per_layer`, also the speaker accuracy of each representation alone (`sid_per_layer` of each model).
     With `teacher`, also reports linear CKA between the teacher's and the model's cluster-mean representations
     on the test split (`clusters` default: those in the model's `report.json`, else one per representation).
-    With `out_dir`, writes `evaluation.json` and `evaluation.md` there.
+    With `finetune` ("ctc", "speaker"), also the model fine-tuned per task (core.evaluation.finetune) in its
+    entry's `finetune`; the labels it needs are checked first. With `out_dir`, writes `evaluation.json` and
+    `evaluation.md` there.
     """
     emit = on_event or ignore_event
     run_device = select_device(device)
 
     # 1. Labels
-    data = load_probe_data(
-        Path(dataset), tasks=tasks, phone_field=phone_field, train_split=train_split, test_split=test_split
-    )
+    data = _labels(Path(dataset), tasks, finetune, phone_field, train_split, test_split)
     # 2. Model
     model, model_name, source = load_representation_model(model_path_or_module, name)
+    if finetune:
+        require_model(model)
 
     # 3-5. Features, probes, facts
     entries = []
@@ -267,6 +278,10 @@ def evaluate(
         entry["cka"] = _teacher_cka(teacher, features, clusters, data, run_device, emit, notes)
     entries.append(entry)
     del features
+    if finetune:  # 6. Fine-tuning: the whole model, per task, on the same splits
+        entry["finetune"] = _finetuned(
+            model, data, finetune, finetune_config, seed, run_device, model_name, emit
+        )
     if include_fbank:
         fbank = Fbank()
         fbank_features = extract(fbank, data, name="fbank", device=torch.device("cpu"), on_event=emit)
@@ -277,17 +292,63 @@ def evaluate(
         "dataset": dict(path=str(dataset), train_split=train_split, test_split=test_split) | data.summary(),
         "tasks": list(data.tasks),
         "requested_tasks": list(tasks),
-        "phone_field": phone_field if "pr" in data.tasks else None,
+        "phone_field": phone_field if "pr" in data.tasks or "ctc" in finetune else None,
         "seed": seed,
         "probes": {"pr": asdict(phone_config), "sid": asdict(speaker_config)},
+        "finetune": asdict(finetune_config) | {"tasks": list(finetune)} if finetune else None,
         "models": entries,
         "notes": notes,
         "environment": environment(),
     }
-    # 6. Report
+    # 7. Report
     if out_dir is not None:
         write_evaluation(result, Path(out_dir))
     return result
+
+
+def _labels(
+    dataset: Path,
+    tasks: Sequence[str],
+    finetune: Sequence[str],
+    phone_field: str,
+    train_split: str,
+    test_split: str,
+) -> ProbeData:
+    """The labels of the probes' `tasks` and of the fine-tuning tasks (phones for ctc, speakers for speaker),
+    checked; the returned data's `tasks` are the probes' only."""
+    unknown = [task for task in finetune if task not in FINETUNE_TASKS]
+    if unknown:
+        raise ValueError(f"fine-tuning tasks must be among {FINETUNE_TASKS}, found {list(finetune)}")
+    needed = {"ctc": "pr", "speaker": "sid"}
+    data = load_probe_data(
+        dataset,
+        tasks=tuple(dict.fromkeys([*tasks, *(needed[task] for task in finetune)])),
+        phone_field=phone_field,
+        train_split=train_split,
+        test_split=test_split,
+    )
+    for task in finetune:
+        require_labels(data, task)
+    return replace(data, tasks=tuple(task for task in data.tasks if task in tasks))
+
+
+def _finetuned(
+    model: RepresentationModel,
+    data: ProbeData,
+    tasks: Sequence[str],
+    config: FinetuneConfig,
+    seed: int,
+    device: torch.device,
+    name: str,
+    emit: OnEvent,
+) -> dict[str, Any]:
+    """{task: FinetuneResult dict} of each fine-tuning task, in order."""
+    return {
+        task: run_finetune(
+            model, data, task, config=config, seed=seed, device=device, name=name, on_event=emit
+        ).to_dict()
+        for task in tasks
+    }
 
 
 def _teacher_cka(
@@ -416,6 +477,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             *layer_table([(entry["name"], entry["sid_per_layer"]["accuracy"]) for entry in layered]),
         ]
+    lines += finetune_table(result)
     for entry in result["models"]:
         if "sid" in entry and entry["sid"]["unseen_test_speakers"]:
             sid = entry["sid"]
@@ -435,6 +497,37 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"torch {env['torch']}, {env['threads']} CPU threads" + (f", {env['cuda']}" if env["cuda"] else ""),
     ]
     return "\n".join(lines) + "\n"
+
+
+_FINETUNED = {"ctc": ("PER % ↓", "pr", "per"), "speaker": ("speaker acc % ↑", "sid", "accuracy")}
+
+
+def finetune_table(result: dict[str, Any]) -> list[str]:
+    """Markdown lines: each fine-tuning run of each model beside its frozen probe's figure (no run: none)."""
+    runs = [(entry, run) for entry in result["models"] for run in entry.get("finetune", {}).values()]
+    if not runs:
+        return []
+    settings = result["finetune"]
+    lines = [
+        "",
+        f"Fine-tuned: the whole model with a new head (transformers Trainer, {settings['steps']} steps of "
+        f"{settings['batch_size']} utterances, conv feature encoder frozen, SpecAugment "
+        f"{settings['mask_time_prob']}; docs/evaluation.md), beside the frozen probe on the same splits:",
+        "",
+        "| model | task | frozen probe | fine-tuned | steps (epochs) | train time | train loss first → last "
+        "|",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry, run in runs:
+        label, probe, key = _FINETUNED[run["task"]]
+        frozen = entry.get(probe, {}).get(key)
+        lines.append(
+            f"| {entry['name']} | {run['task']}: {label} | {_percent(frozen)} | "
+            f"{_percent(run[run['metric']])} | "
+            f"{run['steps']} ({run['epochs']:.1f}) | {run['train_seconds'] / 60:.1f} min | "
+            f"{run['first_train_loss']:.3g} → {run['final_train_loss']:.3g} |"
+        )
+    return lines
 
 
 def layer_table(rows: Sequence[tuple[str, Sequence[float]]]) -> list[str]:
@@ -461,6 +554,7 @@ __all__ = [
     "evaluate",
     "extract",
     "format_count",
+    "finetune_table",
     "format_rtf",
     "layer_table",
     "load_representation_model",
