@@ -173,6 +173,8 @@ def load_huggingface(directory: Path | str) -> SpeechEncoder:
     """Import a Hugging Face teacher directory into our encoder with strict key and shape checks."""
     directory = Path(directory)
     if not directory.is_dir():
+        if directory.exists():
+            raise TeacherError(f"teacher {directory.name} is a file, not a directory")
         raise TeacherError(f"teacher directory {directory} does not exist")
     hf = read_json(directory / "config.json")
     pre_path = directory / "preprocessor_config.json"

@@ -143,6 +143,9 @@ def test_all_heads_and_units_pruned_keeps_exactness(tiny_wavlm_dir: Path) -> Non
 def test_bad_teachers_fail_with_clear_messages(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     with pytest.raises(TeacherError, match="does not exist"):
         load_huggingface(tmp_path / "nope")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(TeacherError, match="weights.bin is a file, not a directory"):
+        load_huggingface(tmp_path / "weights.bin")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
