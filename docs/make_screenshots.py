@@ -3,9 +3,11 @@ engine on the bundled demo audio (quick preset, shortened), through `skillkd ser
 
     python3 docs/make_screenshots.py [--out docs] [--stage1-steps 60 --stage2-steps 20]
 
-Writes dashboard-jobs.png (the list with a running and a finished job), dashboard-running.png and
-dashboard-finished.png. Needs Debian's Chromium at /usr/bin/chromium and the playwright package; takes a few
-minutes on a CPU.
+Writes, at 1280 px wide: dashboard-jobs.png (the list with a running and a finished job),
+dashboard-running.png, dashboard-finished.png, dashboard-new.png (the new-job form) and dashboard-compare.png
+(the two jobs side by side); and at 390 px (a phone): dashboard-finished-phone.png, dashboard-new-phone.png
+and dashboard-compare-phone.png. Needs Debian's Chromium at /usr/bin/chromium and the playwright package;
+takes a few minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -143,9 +145,36 @@ def main() -> None:
             page.goto(f"{url}/ui/#/jobs/{first}")
             page.wait_for_selector("#architecture table")
             page.screenshot(path=str(args.out / "dashboard-finished.png"), full_page=True)
+
+            def new_job_form(shot: str) -> None:
+                page.goto(f"{url}/ui/#/new")
+                page.wait_for_selector("#spec-clusters")
+                page.select_option("#teacher-select", teacher["id"])
+                page.select_option("#dataset-select", audio["id"])
+                page.wait_for_selector("#dataset-info dl")
+                page.screenshot(path=str(args.out / shot), full_page=True)
+
+            new_job_form("dashboard-new.png")
+            wait(second, lambda j: j["status"] == "succeeded")
+            compare = f"{url}/ui/#/compare?jobs={first},{second}"
+            page.goto(compare)
+            page.wait_for_selector("#comparison figure.chart")
+            page.screenshot(path=str(args.out / "dashboard-compare.png"), full_page=True)
+
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto(f"{url}/ui/#/jobs/{first}")
+            page.wait_for_selector("#architecture table")
+            page.screenshot(path=str(args.out / "dashboard-finished-phone.png"), full_page=True)
+            new_job_form("dashboard-new-phone.png")
+            page.goto(f"{url}/ui/#/jobs")  # a hash change alone would not reload the comparison
+            page.goto(compare)
+            page.wait_for_selector("#comparison figure.chart")
+            page.screenshot(path=str(args.out / "dashboard-compare-phone.png"), full_page=True)
             browser.close()
-        wait(second, lambda j: j["status"] == "succeeded")
-        print(f"wrote {args.out}/dashboard-{{jobs,running,finished}}.png")
+        print(
+            f"wrote {args.out}/dashboard-{{jobs,running,finished,new,compare}}.png and "
+            "dashboard-{finished,new,compare}-phone.png"
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
