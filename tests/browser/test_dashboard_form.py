@@ -28,9 +28,8 @@ PRESET_FIELDS = (
 
 def presets_body() -> dict:
     """What GET /v1/presets answers (the route the form reads the presets' defaults from): every preset's
-    resolved recipe of each stage, and the parameter sparsity a spec without any target gets."""
+    resolved recipe of each stage, as `CompressionSpec(preset=name).recipe(stage)` gives it."""
     return {
-        "default_sparsity": DEFAULT_SPARSITY,
         "presets": {
             name: {
                 f"stage{stage}": CompressionSpec(preset=name).recipe(stage).model_dump(mode="json")
@@ -191,7 +190,7 @@ def test_the_form_shows_the_presets_defaults(page_for, service, inputs, shots):
     for name in PRESET_FIELDS:
         assert "default: none" not in help_of(name), (name, help_of(name))
     sparsity = help_of("sparsity")
-    assert "default: none" not in sparsity and sparsity.count("0.75") == 1, sparsity
+    assert "default: none" not in sparsity and sparsity.count(str(DEFAULT_SPARSITY)) == 1, sparsity
     assert "200 steps" in page.inner_text("#spec-preset-help")
     page.screenshot(path=str(shots / "new-job-presets.png"), full_page=True)
 
