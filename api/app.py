@@ -27,7 +27,7 @@ from api.errors import ApiError
 from api.http import ErrorMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.reaper import reap
-from api.routes import datasets, health, jobs, teachers
+from api.routes import datasets, health, jobs, presets, teachers
 from service.db import make_async_reads_engine, make_engine, make_sessionmaker
 from service.engine import Engine
 from service.queue import CeleryEnqueuer, Enqueuer
@@ -162,7 +162,7 @@ def create_app(
             headers=getattr(exc, "headers", None),
         )
 
-    for module in (health, teachers, datasets, jobs):
+    for module in (health, teachers, datasets, jobs, presets):
         app.include_router(module.router)
     from api.ui import (
         mount_dashboard,  # the web dashboard at /ui (static files; it calls /v1 like any client)
