@@ -1,5 +1,5 @@
-"""GET /v1/presets: what each training preset resolves to (steps, warmup, learning rates, audio per step), so a
-client (the dashboard's new-job form) can show the defaults a spec without overrides gets."""
+"""GET /v1/presets: what each training preset resolves to (steps, warmup, learning rates, audio per step),
+so a client (the dashboard's new-job form) can show the defaults a spec without overrides gets."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def preset_recipes() -> dict[str, Any]:
     (CompressionSpec.recipe) for a spec that names only the preset."""
     out = {}
     for name in PRESETS:
-        spec = CompressionSpec(preset=name)
+        spec = CompressionSpec.model_validate({"preset": name})
         out[name] = {
             "stage1": spec.recipe(1).model_dump(mode="json"),
             "stage2": spec.recipe(2).model_dump(mode="json"),
