@@ -72,6 +72,15 @@ class DashboardFakeEngine:
             "sample_rate": 16000,
         }
 
+    def teacher_macs(self, path: Path, seconds: float) -> float:
+        """MACs per audio second of the stand-in teacher (the Engine protocol's, for MACs targets)."""
+        return _macs(self.inspect_teacher(path)["num_params"])
+
+    def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
+        """A stand-in floor: 1% of the teacher's parameters and MACs."""
+        params = self.inspect_teacher(path)["num_params"]
+        return {"params": 0.01 * params, "macs": 0.01 * _macs(params)}
+
     def scan_audio(self, source: Path) -> dict[str, Any]:
         import soundfile
 
