@@ -232,6 +232,18 @@ def stop_wanted(session: Session, *, job_id: str, worker: str) -> bool:
     return row is None or row.status in (JobStatus.CANCELLING, JobStatus.PAUSING) or row.worker != worker
 
 
+def delivery_moot(session: Session, *, job_id: str) -> str | None:
+    """Why no delivery of this job can run it, whichever worker gets it: gone, finished (a cancelled job
+    included) or paused (a resume enqueues a new message). None if a claim could take it. Read by the worker
+    before it hands a delivery to a child process (worker/delivery.py)."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        return "missing"
+    if status in TERMINAL_STATUSES or status == JobStatus.PAUSED:
+        return f"status {status}"
+    return None
+
+
 def finish_succeeded(session: Session, *, job_id: str, report: Any, artifacts: list[Artifact]) -> bool:
     """running, cancelling or pausing -> succeeded, with the artifacts' rows and the engine's report in the
     job's metrics, in one transaction. COMMITs; False (rolled back, nothing recorded) if the job was in none
@@ -655,6 +667,7 @@ __all__ = [
     "finish_failed",
     "finish_paused",
     "finish_cancelled",
+    "delivery_moot",
     "requeue",
     "Reaped",
     "reap_stale",

@@ -18,6 +18,7 @@ from service.queue import CeleryEnqueuer
 from service.settings import Settings, get_settings
 from service.storage import LocalStorage
 from worker.celery_app import TASK_NAME
+from worker.delivery import SkipMootDeliveries
 from worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def build_runner(settings: Settings, worker: str, celery_app) -> JobRunner:
     )
 
 
-@shared_task(name=TASK_NAME, bind=True, ignore_result=True)
+@shared_task(name=TASK_NAME, bind=True, ignore_result=True, Request=SkipMootDeliveries)
 def run_job(self, job_id: str) -> str:
     settings = getattr(self.app, "skillkd_settings", None) or get_settings()
     worker = f"{self.request.hostname or socket.gethostname()}:{self.request.id}"

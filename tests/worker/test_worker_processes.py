@@ -8,6 +8,8 @@ API restart with queued jobs lose nothing.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -186,3 +188,22 @@ def test_pause_frees_the_worker_and_resume_continues_from_the_checkpoint(stack):
     assert paused_at < resumed <= paused_at + 5, steps  # from the checkpoint (progress rows may be throttled)
     assert len(steps) == len(set(steps))  # no step ran twice
     assert stack.ledger().count(str(stack.settings.storage / "jobs" / job_id / "work")) == 1
+
+
+def test_cancelled_jobs_messages_use_no_worker_child(stack):
+    """Issue 22, item 3: a job cancelled while queued leaves its message on the broker; the worker drops it in
+    its main process (one database read) instead of spending a pool child on it (with one task per child, a
+    new child each: ~0.5 s on the filesystem broker, up to ~5 s on Redis), so a storm of create-then-cancel
+    requests does not hold back the next real job."""
+    client = stack.start_api()
+    teacher_id, dataset_id = stack.upload_inputs(client)
+    for _ in range(8):
+        job_id = create_job(client, stack, teacher_id, dataset_id)
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=stack.headers).json()["status"] == "cancelled"
+    stack.start_worker()
+    real = create_job(client, stack, teacher_id, dataset_id)
+    assert wait_terminal(client, stack, real)["status"] == "succeeded"
+    log = "\n".join(p.read_text(errors="replace") for p in stack.tmp.glob("worker*.log"))
+    assert log.count("status cancelled (message dropped before a worker child was used)") == 8, log
+    # before the fix: eight "ForkPoolWorker-N] job ... not run: status cancelled", a child each
+    assert not re.findall(r"ForkPoolWorker-\d+\] job \S+ not run: status cancelled", log), log
