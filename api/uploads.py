@@ -74,10 +74,16 @@ def limits_of(services: Any) -> ArchiveLimits:
 Prepare = Callable[[Received, Extracted, Path], tuple[Path, Any]]
 
 
-async def ingest_archive(request: Request, services: Any, final_dir: Path, prepare: Prepare) -> Any:
+async def ingest_archive(
+    request: Request, services: Any, final_dir: Path, prepare: Prepare, *, model: type, owner_id: str
+) -> tuple[Any, bool]:
     """Upload flow of an archive resource: stream the body to a private temporary folder (size limit, sha256),
     extract it safely, let `prepare(received, extracted, folder)` validate it and return (the directory to
-    keep, the database row), move that directory to `final_dir` and insert the row.
+    keep, the database row), move that directory to `final_dir` and insert the row. Returns (row, True).
+
+    An archive whose sha256 the owner has already uploaded as a `model` row (and not deleted) is not
+    extracted again: returns (that row, False), so re-submitting the same directory resolves to the same
+    teacher or dataset. Another owner's uploads are never looked at.
 
     All or nothing: on any error, including a client disconnect, no row is written and neither the temporary
     folder nor `final_dir` is left behind. The blocking part runs in a worker thread."""
@@ -92,15 +98,19 @@ async def ingest_archive(request: Request, services: Any, final_dir: Path, prepa
             declared=request.headers.get("content-length"),
         )
 
-        def validate_and_store() -> Any:
+        def validate_and_store() -> tuple[Any, bool]:
             nonlocal moved
+            with services.factory() as session:
+                known = crud.same_upload(session, model=model, owner_id=owner_id, sha256=received.sha256)
+            if known is not None:
+                return known, False
             extracted = extract(received.path, tmp / "x", limits_of(services))
             content, row = prepare(received, extracted, tmp / "x")
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             content.rename(final_dir)
             moved = True
             with services.factory() as session:
-                return crud.insert(session, row=row)
+                return crud.insert(session, row=row), True
 
         return await run_in_threadpool(validate_and_store)
     except BaseException:

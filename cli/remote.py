@@ -100,13 +100,13 @@ def submit(
             teacher = c.upload_directory("teachers", teacher_dir)
             click.echo(
                 f"teacher {teacher['id']}: {teacher['architecture']} {teacher['layout']}, "
-                f"{teacher['num_params']:,} parameters",
+                f"{teacher['num_params']:,} parameters{_reused(teacher)}",
                 err=True,
             )
             dataset = c.upload_directory("datasets", audio_dir)
             click.echo(
                 f"dataset {dataset['id']}: {dataset['files']} files, {dataset['hours']:.3f} h, "
-                f"skipped {dataset['skipped']}",
+                f"skipped {dataset['skipped']}{_reused(dataset)}",
                 err=True,
             )
             calibration_id = c.upload_directory("datasets", calibration)["id"] if calibration else None
@@ -129,6 +129,10 @@ def submit(
             if final["status"] != "succeeded":
                 err = final.get("error") or {}
                 raise click.ClickException(f"job {final['status']}: {err.get('code')}: {err.get('message')}")
+
+
+def _reused(item: dict[str, Any]) -> str:
+    return " (already uploaded: not sent again)" if item.get("reused") else ""
 
 
 def follow(c: Any, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:

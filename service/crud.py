@@ -51,6 +51,17 @@ def dataset_path(session: Session, *, storage: LocalStorage, dataset_id: str) ->
     return storage.dataset_dir(dataset_id)
 
 
+def same_upload(session: Session, *, model: type[Row], owner_id: str, sha256: str) -> Row | None:
+    """The owner's first upload (teacher or dataset) of an archive with this sha256, if they still have it."""
+    query = (
+        select(model)
+        .where(model.owner_id == owner_id, model.sha256 == sha256)  # type: ignore[attr-defined]
+        .order_by(model.id)  # type: ignore[attr-defined]
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
 def insert(session: Session, *, row: Any) -> Any:
     session.add(row)
     session.commit()
@@ -110,4 +121,13 @@ def delete_resource(session: Session, *, model: type[Teacher] | type[Dataset], r
     return users  # empty: someone else deleted it meanwhile, which is what the caller asked for
 
 
-__all__ = ["owned", "page", "dataset_path", "insert", "jobs_using", "delete_jobs", "delete_resource"]
+__all__ = [
+    "owned",
+    "page",
+    "dataset_path",
+    "same_upload",
+    "insert",
+    "jobs_using",
+    "delete_jobs",
+    "delete_resource",
+]

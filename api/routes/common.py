@@ -28,3 +28,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 MAX_PAGE = 200
 MAX_EVENT_ID = 2**63 - 1  # job_events.id is a signed 64-bit integer
+
+SHA256_FILTER = (
+    "only the upload whose archive had this sha256 (lower-case hex): a client can ask before sending an "
+    "archive it may have sent already"
+)

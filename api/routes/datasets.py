@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from api.archives import Extracted
 from api.deps import CurrentOwner, Forbidden, Services, ServicesDep, SessionDep
 from api.errors import Conflict, NotFound, UnprocessableInput
-from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE
+from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE, SHA256_FILTER
 from api.routes.teachers import in_use_message
 from api.schemas import DatasetList, DatasetPublic, DatasetRegister
 from api.uploads import Received, ingest_archive, input_error
@@ -67,9 +67,17 @@ def _scan(services: Services, path: Path, label: str = "the archive") -> dict:
     response_model=DatasetPublic,
     openapi_extra=_BODY,
     summary="Upload audio (zip/tar) or register a server directory (admin)",
+    responses={
+        200: {
+            "model": DatasetPublic,
+            "description": "an archive with the same content (sha256) as one this owner already uploaded: "
+            "that dataset, unchanged (its name included); 201 is a new one",
+        }
+    },
 )
 async def create_dataset(
     request: Request,
+    response: Response,
     services: ServicesDep,
     owner: CurrentOwner,
     name: Annotated[str, Query(max_length=200)] = "",
@@ -92,9 +100,12 @@ async def create_dataset(
             summary=summary,
         )
 
-    return DatasetPublic.from_row(
-        await ingest_archive(request, services, services.storage.dataset_dir(dataset_id), prepare)
+    row, created = await ingest_archive(
+        request, services, services.storage.dataset_dir(dataset_id), prepare, model=Dataset, owner_id=owner.id
     )
+    if not created:
+        response.status_code = 200
+    return DatasetPublic.from_row(row)
 
 
 async def _register(request: Request, services: Services, owner: Owner) -> DatasetPublic:
@@ -157,8 +168,10 @@ def list_datasets(
     owner: CurrentOwner,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     after: Annotated[str | None, Query(max_length=64)] = None,
+    sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$", description=SHA256_FILTER)] = None,
 ) -> DatasetList:
-    rows, cursor = crud.page(session, model=Dataset, owner_id=owner.id, limit=limit, after=after)
+    where = [Dataset.sha256 == sha256] if sha256 else None
+    rows, cursor = crud.page(session, model=Dataset, owner_id=owner.id, limit=limit, after=after, where=where)
     return DatasetList(items=[DatasetPublic.from_row(r) for r in rows], next_cursor=cursor)
 
 

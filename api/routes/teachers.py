@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from api.archives import Extracted, content_root
 from api.deps import CurrentOwner, ServicesDep, SessionDep
 from api.errors import Conflict, NotFound, UnprocessableInput
-from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE
+from api.routes.common import ARCHIVE_BODY, ERRORS, MAX_PAGE, SHA256_FILTER
 from api.schemas import TeacherList, TeacherPublic
 from api.uploads import Received, ingest_archive, input_error
 from core.errors import SkillkdError
@@ -20,6 +20,10 @@ from service.models import Teacher, new_id
 
 router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=ERRORS)
 
+_SAME_UPLOAD = (
+    "an archive with the same content (sha256) as one this owner already uploaded: that teacher, unchanged "
+    "(its name included); 201 is a new one"
+)
 _REQUIRED = ("architecture", "layout", "num_layers", "hidden_size", "num_params", "sample_rate")
 
 
@@ -29,9 +33,11 @@ _REQUIRED = ("architecture", "layout", "num_layers", "hidden_size", "num_params"
     response_model=TeacherPublic,
     openapi_extra=ARCHIVE_BODY,
     summary="Upload a teacher (zip/tar of a Hugging Face model directory)",
+    responses={200: {"model": TeacherPublic, "description": _SAME_UPLOAD}},
 )
 async def upload_teacher(
     request: Request,
+    response: Response,
     services: ServicesDep,
     owner: CurrentOwner,
     name: Annotated[str, Query(max_length=200)] = "",
@@ -56,7 +62,12 @@ async def upload_teacher(
             **{k: info[k] for k in _REQUIRED},
         )
 
-    return await ingest_archive(request, services, services.storage.teacher_dir(teacher_id), prepare)
+    row, created = await ingest_archive(
+        request, services, services.storage.teacher_dir(teacher_id), prepare, model=Teacher, owner_id=owner.id
+    )
+    if not created:
+        response.status_code = 200
+    return row
 
 
 @router.get("", response_model=TeacherList)
@@ -65,8 +76,10 @@ def list_teachers(
     owner: CurrentOwner,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     after: Annotated[str | None, Query(max_length=64)] = None,
+    sha256: Annotated[str | None, Query(pattern="^[0-9a-f]{64}$", description=SHA256_FILTER)] = None,
 ) -> TeacherList:
-    rows, cursor = crud.page(session, model=Teacher, owner_id=owner.id, limit=limit, after=after)
+    where = [Teacher.sha256 == sha256] if sha256 else None
+    rows, cursor = crud.page(session, model=Teacher, owner_id=owner.id, limit=limit, after=after, where=where)
     return TeacherList(items=[TeacherPublic.model_validate(r) for r in rows], next_cursor=cursor)
 
 

@@ -211,3 +211,57 @@ def test_zip_with_duplicate_entries_is_refused(client, alice):
 
 def test_safetensors_builder_sanity():
     assert len(safetensors_bytes({"w": [2]})) > 8
+
+
+@pytest.mark.parametrize("kind", ["teachers", "datasets"])
+def test_same_content_again_is_the_same_upload_per_owner(
+    client, keys, settings, teacher_zip, audio_zip, kind
+):
+    """Issue 22, item 9: an owner's upload of an archive (sha256) they already uploaded answers 200 with the
+    existing teacher or dataset (201 for a new one), so `skillkd submit` run twice uses one teacher id and the
+    dashboard can compare its jobs; another owner's upload of the same bytes is theirs alone."""
+    body = teacher_zip if kind == "teachers" else audio_zip
+    alice, bob = keys["alice"], keys["bob"]
+    first = post(client, kind, body, alice, name="first")
+    assert first.status_code == 201, first.text
+    again = post(client, kind, body, alice, name="second")
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()  # the same row, its name unchanged
+    listed = client.get(f"/v1/{kind}", headers=alice).json()["items"]
+    assert [item["id"] for item in listed] == [first.json()["id"]]
+    assert len(list((settings.storage / kind).iterdir())) == 1  # nothing extracted the second time
+    digest = first.json()["sha256"]
+    found = client.get(f"/v1/{kind}", params={"sha256": digest}, headers=alice).json()["items"]
+    assert [item["id"] for item in found] == [first.json()["id"]]
+
+    assert client.get(f"/v1/{kind}", params={"sha256": digest}, headers=bob).json()["items"] == []
+    theirs = post(client, kind, body, bob)
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+    assert client.get(f"/v1/{kind}", params={"sha256": "0" * 64}, headers=alice).json()["items"] == []
+    assert client.get(f"/v1/{kind}", params={"sha256": "x"}, headers=alice).status_code == 422
+
+    assert client.delete(f"/v1/{kind}/{first.json()['id']}", headers=alice).status_code == 204
+    assert post(client, kind, body, alice).status_code == 201  # a deleted upload is not resurrected
+
+
+def test_submit_twice_uses_one_teacher_and_sends_it_once(cli_as_alice, settings, tmp_path):
+    """Issue 22, item 9: `skillkd submit TEACHER AUDIO` run twice: both jobs name the same teacher and dataset
+    (the dashboard's Compare groups by teacher id), and the second run asks before uploading (GET
+    ?sha256=), so the archives are not sent again."""
+    from click.testing import CliRunner
+
+    from cli import skillkd
+
+    teacher, audio = make_teacher(tmp_path / "teacher"), make_audio(tmp_path / "audio")
+    posts: list[str] = []
+    cli_as_alice.event_hooks["request"].append(
+        lambda request: posts.append(request.url.path) if request.method == "POST" else None
+    )
+    runs = [CliRunner().invoke(skillkd, ["submit", str(teacher), str(audio)]) for _ in range(2)]
+    assert [r.exit_code for r in runs] == [0, 0], [r.output for r in runs]
+    jobs = [cli_as_alice.get(f"/v1/jobs/{r.stdout.strip()}").json() for r in runs]
+    assert jobs[0]["teacher_id"] == jobs[1]["teacher_id"] and jobs[0]["dataset_id"] == jobs[1]["dataset_id"]
+    assert "already uploaded" not in runs[0].stderr
+    assert runs[1].stderr.count("(already uploaded: not sent again)") == 2, runs[1].stderr
+    assert posts == ["/v1/teachers", "/v1/datasets", "/v1/jobs", "/v1/jobs"]
+    assert len(cli_as_alice.get("/v1/teachers").json()["items"]) == 1
