@@ -57,24 +57,19 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
 
     from api.app import create_app
     from api.http import uvicorn_options
-    from core.processes import die_with_parent
     from service.db import make_engine, make_sessionmaker, upgrade
 
     s = settings()
     s.ensure_dirs()
     upgrade(s.database_url)
     ensure_admin_key(s, make_sessionmaker(make_engine(s.database_url)))
-    proc = None
+    supervisor: WorkerSupervisor | None = None
     metrics_dir: Path | None = None
     if worker:
-        # Its own process group (so its pool children can be stopped with it), and a parent-death signal so a
-        # SIGKILLed `serve` does not leave an orphaned worker consuming jobs.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "worker"],
-            env=package_env(),
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        s.embedded_worker_pid_file = s.home / f"worker-{os.getpid()}.pid"
+        os.environ["SKILLKD_EMBEDDED_WORKER_PID_FILE"] = str(s.embedded_worker_pid_file)  # --workers N
+        supervisor = WorkerSupervisor(s.embedded_worker_pid_file)
+        supervisor.start()
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default handler that would end
     # this process before the `finally` below stops the worker. A no-op handler lets the cleanup run.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -100,7 +95,93 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-        if proc is not None:
+        if supervisor is not None:
+            supervisor.stop()
+
+
+class WorkerSupervisor:
+    """The embedded worker of `skillkd serve` (`python -m cli worker`), started again whenever it dies.
+
+    A thread starts the worker and waits for it. While it runs, its process id is in `pid_file` (which the
+    API's /readyz reads, from any of its processes); when it exits without being asked to, the file is removed
+    (/readyz answers 503 naming the worker), the exit is logged, and it is started again after a backoff:
+    1 s, doubling up to 60 s, back to 1 s once a worker has run for `STABLE_S`. `stop()` ends it with a warm
+    shutdown (a running job resumes from its checkpoint later), SIGKILL of its process group after 10 s.
+
+    The worker gets its own process group (so its pool children can be stopped with it) and a parent-death
+    signal, so a SIGKILLed `serve` does not leave an orphaned worker consuming jobs. That signal follows the
+    thread that started the process, which is why one thread starts every worker and lives as long as the
+    supervisor."""
+
+    FIRST_BACKOFF_S = 1.0
+    MAX_BACKOFF_S = 60.0
+    STABLE_S = 60.0
+
+    def __init__(self, pid_file: Path) -> None:
+        import threading
+
+        self.pid_file = pid_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a worker is never started after stop() looked for one to end
+        self._thread = threading.Thread(target=self._run, name="embedded-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        from core.processes import die_with_parent
+
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker"],
+            env=package_env(),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        tmp = self.pid_file.with_name(self.pid_file.name + ".tmp")
+        tmp.write_text(f"{proc.pid}\n")
+        tmp.replace(self.pid_file)
+        return proc
+
+    def _run(self) -> None:
+        import logging
+        import time
+
+        log = logging.getLogger("skillkd.serve")
+        backoff = self.FIRST_BACKOFF_S
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.proc = self._spawn()
+            code = self.proc.wait()
+            self.pid_file.unlink(missing_ok=True)
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= self.STABLE_S:
+                backoff = self.FIRST_BACKOFF_S
+            self.restarts += 1
+            message = (
+                f"the job worker (pid {self.proc.pid}) exited with code {code}; "
+                f"starting it again in {backoff:g} s (restart {self.restarts})"
+            )
+            log.warning(message)
+            click.echo(f"skillkd serve: {message}", err=True)
+            try:  # what is left of its process group (pool children)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.MAX_BACKOFF_S)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # warm shutdown; a running job resumes from its checkpoint later
             try:
                 proc.wait(timeout=10)
@@ -110,7 +191,8 @@ def serve(host: str, port: int, worker: bool, workers: int) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.wait()
+        self._thread.join(timeout=15)
+        self.pid_file.unlink(missing_ok=True)
 
 
 def ensure_admin_key(s: Any, factory: Any) -> None:
@@ -230,4 +312,5 @@ __all__ = [
     "package_env",
     "settings",
     "ensure_admin_key",
+    "WorkerSupervisor",
 ]

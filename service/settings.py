@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(default=1.0, ge=0, description="throttle of progress writes")
     stop_poll_interval_s: float = Field(default=1.0, ge=0, description="throttle of cancel-flag reads")
     keep_workdir: bool = Field(default=False, description="keep checkpoints after a successful job")
+    embedded_worker_pid_file: Path | None = Field(
+        default=None,
+        description="set by `skillkd serve` when it runs the worker itself: the file holding that worker's "
+        "process id while it runs; /readyz is 503 while it names no live process",
+    )
 
     # upper bounds of a job spec (POST /v1/jobs answers 422 above them)
     max_stage_steps: int = Field(default=1_000_000, gt=0, description="stage1_steps and stage2_steps")

@@ -1,8 +1,11 @@
-"""/healthz (process alive), /readyz (database and broker reachable), /metrics (Prometheus)."""
+"""/healthz (process alive), /readyz (database and broker reachable; under `skillkd serve`, also its worker
+process alive), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -27,6 +30,9 @@ async def readyz(services: ServicesDep) -> Response:
         ping(services.factory)
 
     checks: dict[str, str] = {}
+    pid_file = services.settings.embedded_worker_pid_file
+    if pid_file is not None:
+        checks["worker"] = embedded_worker_check(pid_file)
     for name, check in (("database", check_db), ("broker", services.enqueuer.depth)):
         try:
             await asyncio.wait_for(run_in_threadpool(check), timeout=5)
@@ -36,6 +42,20 @@ async def readyz(services: ServicesDep) -> Response:
     ok = all(v == "ok" for v in checks.values())
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+def embedded_worker_check(pid_file: Path) -> str:
+    """'ok' while the worker process `skillkd serve` started is alive (its supervisor writes its id to
+    `pid_file` and removes the file when it exits); otherwise why not: queued jobs would wait."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return (
+            "error: the job worker of this server is not running (it is restarted automatically; the "
+            "server's log says why it stopped); new jobs wait queued until it runs"
+        )
+    return "ok"
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

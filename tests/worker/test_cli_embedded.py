@@ -192,3 +192,29 @@ def _job_reads_counted(url: str) -> float:
         re.M,
     )
     return float(found.group(1)) if found else 0.0
+
+
+def test_a_dead_embedded_worker_is_restarted_and_readyz_says_so_meanwhile(served, tmp_path):
+    """Issue 22, item 4: SIGKILL of the worker that `skillkd serve` started (its whole process group): /readyz
+    answers 503 naming the worker until the server has started it again (after a logged backoff), then
+    200, and a job submitted after the kill runs."""
+    import os
+    import signal
+
+    home = tmp_path / "home"
+    pid_files = list(home.glob("worker-*.pid"))
+    assert len(pid_files) == 1, list(home.iterdir())
+    first = int(pid_files[0].read_text())
+    os.killpg(first, signal.SIGKILL)
+
+    def readyz() -> httpx.Response:
+        return httpx.get(f"{served.url}/readyz", timeout=5)
+
+    down = wait_for(lambda: (r := readyz()).status_code == 503 and r, timeout=10, interval=0.05, what="503")
+    assert "job worker of this server is not running" in down.json()["checks"]["worker"], down.text
+    wait_for(lambda: readyz().status_code == 200, timeout=60, interval=0.2, what="the worker back")
+    assert int(pid_files[0].read_text()) != first
+    r = served.cli("submit", str(DEMO_TEACHER), str(DEMO_AUDIO), "--stage1-steps", "2", "--wait", timeout=120)
+    assert r.returncode == 0, r.stderr
+    log = Path(served.log.name).read_text()
+    assert f"the job worker (pid {first}) exited with code -9; starting it again in 1 s" in log, log[-3000:]
