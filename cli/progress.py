@@ -10,6 +10,11 @@ One tqdm bar per phase: a stage, or a named part of one (the evaluation's "extra
 (re)made when the phase changes or when its total becomes known, so a stage whose first poll saw no total (the
 stage_started row) still gets a bar that counts to its total; a phase without a known total shows its elapsed
 time, not an open-ended `0step`. Stage starts, clusters and log lines are printed as lines above the bar.
+
+A bar ends at its total when its phase finished: on the engine's stage_finished (or the next stage's start),
+and for a polled job when a later phase shows up or the job succeeded. Progress rows are throttled (and polls
+sample them), so the last step seen is often short of the total (2/4, 9/10); a phase that did not finish (the
+job failed, was cancelled or paused) keeps the step it reached.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import click
 from core.events import Event
 
 
-def _count(value: Any) -> str:
+def compact_count(value: Any) -> str:
     """12345678 -> '12.3M'."""
     value = float(value)
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -46,9 +51,9 @@ def postfix(stage: str | None, metrics: dict[str, Any]) -> dict[str, str]:
                 f"→{float(target):.3f}" if target is not None else ""
             )
         if "expected_params" in metrics:
-            out["params"] = _count(metrics["expected_params"])
+            out["params"] = compact_count(metrics["expected_params"])
         if "expected_macs" in metrics:
-            out["MACs/s"] = _count(metrics["expected_macs"])
+            out["MACs/s"] = compact_count(metrics["expected_macs"])
         if "macs_sparsity" in metrics:
             target = metrics.get("target_macs_sparsity")
             out["MACs sparsity"] = f"{float(metrics['macs_sparsity']):.3f}" + (
@@ -97,14 +102,14 @@ class ProgressBars:
                 event.metrics,
             )
         elif event.kind == "stage_started":
-            self.close()
+            self.close(finished=True)
             self._echo(f"» {event.stage}")
         elif event.kind == "clusters":
             self._echo(f"  clusters: {event.metrics.get('clusters')}")
         elif event.kind in ("log", "skipped_audio"):
             self._echo(f"  {event.message}")
         elif event.kind == "stage_finished":
-            self.close()
+            self.close(finished=True)
 
     def job(self, job: dict[str, Any]) -> None:
         """Show a job as the service returned it (GET /v1/jobs/{id})."""
@@ -119,9 +124,15 @@ class ProgressBars:
             int(progress.get("total_steps") or 0) or None,
             progress.get("metrics") or {},
         )
+        if job.get("status") == "succeeded":
+            self.close(finished=True)
 
-    def close(self) -> None:
+    def close(self, *, finished: bool = False) -> None:
+        """Close the open bar; `finished`: its phase is done, so it ends at its total."""
         if self.bar is not None:
+            if finished and self.total is not None and self.bar.n < self.total:
+                self.bar.n = self.total
+                self.bar.refresh()
             self.bar.close()
             self.bar = None
 
@@ -131,9 +142,10 @@ class ProgressBars:
         from tqdm import tqdm
 
         if self.bar is None or phase != self.phase or (total is not None and total != self.total):
-            if self.bar is not None and phase == self.phase:  # same phase, total now known: replace the bar
+            same_phase = self.bar is not None and phase == self.phase
+            if same_phase:  # same phase, total now known: replace the bar
                 self.bar.leave = False
-            self.close()
+            self.close(finished=not same_phase)  # a later phase: the previous one finished
             self.phase, self.total = phase, total
             self.bar = tqdm(
                 total=total,
@@ -160,4 +172,4 @@ class ProgressBars:
             click.echo(line, file=self.file, err=self.file is None)
 
 
-__all__ = ["ProgressBars", "postfix"]
+__all__ = ["ProgressBars", "compact_count", "postfix"]

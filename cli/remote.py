@@ -11,6 +11,9 @@ engine commands do not load it.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 import click
 
 from cli.errors import fail
-from cli.progress import ProgressBars
+from cli.progress import ProgressBars, compact_count, postfix
 from cli.spec_options import build_spec, spec_options
 
 
@@ -126,9 +129,111 @@ def submit(
         click.echo(job["id"])
         if wait:
             final = follow(c, job["id"])
+            try:
+                artifacts = c.artifacts(job["id"]) if final["status"] == "succeeded" else []
+            except ClientError:
+                artifacts = []
+            for line in summary_lines(final, artifacts):
+                click.echo(line, err=True)
             if final["status"] != "succeeded":
                 err = final.get("error") or {}
                 raise click.ClickException(f"job {final['status']}: {err.get('code')}: {err.get('message')}")
+
+
+def _minutes(start: str | None, end: str | None) -> str:
+    from datetime import datetime
+
+    if not start or not end:
+        return ""
+    return _minutes_of((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+
+
+def result_lines(report: dict[str, Any]) -> list[str]:
+    """A finished job's result from its report: size, compute, measured speed-up, quality."""
+    lines: list[str] = []
+    speed = report.get("speed") or {}
+    teacher, student = speed.get("teacher") or {}, speed.get("student") or {}
+    params = (teacher.get("params"), student.get("params") or (report.get("student") or {}).get("num_params"))
+    if params[0] and params[1]:
+        size = (
+            f"size:      {compact_count(params[0])} → {compact_count(params[1])} parameters "
+            f"({params[1] / params[0]:.1%} of the teacher"
+        )
+        if report.get("target_sparsity") is not None:
+            size += f"; sparsity {1 - params[1] / params[0]:.3f}, target {report['target_sparsity']:.3f}"
+        lines.append(size + ")")
+    elif report.get("achieved_sparsity") is not None or report.get("sparsity") is not None:
+        lines.append(f"size:      sparsity {report.get('achieved_sparsity', report.get('sparsity')):.3f}")
+    macs = (teacher.get("macs_per_second"), student.get("macs_per_second"))
+    if macs[0] and macs[1]:
+        lines.append(
+            f"MACs:      {compact_count(macs[0])} → {compact_count(macs[1])} per second of audio "
+            f"({macs[0] / macs[1]:.2f}× fewer)"
+        )
+    measured = [
+        f"{speed[key]['speedup']:.2f}× on {label}"
+        for key, label in (
+            ("cpu_1_thread", "1 CPU thread"),
+            ("cpu_all_threads", "all CPU threads"),
+            ("cuda", "the GPU"),
+        )
+        if isinstance(speed.get(key), dict) and speed[key].get("speedup") is not None
+    ]
+    if speed:
+        lines.append(
+            "speed-up:  " + (", ".join(measured) if measured else "not measured (SKILLKD_SPEED_RUNS=0)")
+        )
+    quality = report.get("evaluation_headline") or {}
+    shown = []
+    if "eval_per" in quality:
+        shown.append(f"phoneme error rate {100 * quality['eval_per']:.1f}%")
+    if "eval_sid_accuracy" in quality:
+        shown.append(f"speaker ID accuracy {100 * quality['eval_sid_accuracy']:.1f}%")
+    if shown:
+        lines.append("quality:   " + ", ".join(shown) + " (probes on frozen features; evaluation.json)")
+    else:
+        lines.append("quality:   not evaluated (submit with --evaluate to probe the student)")
+    return lines
+
+
+def summary_lines(job: dict[str, Any], artifacts: list[dict[str, Any]]) -> list[str]:
+    """A job as a person reads it: status and timing; while it runs, the stage, step and what its bar shows;
+    when it failed, the error; when it succeeded, the result (`result_lines`) and how to get the student.
+    Only the latest stage's metrics are shown while it runs: `metrics` of the JSON merges every stage's (a
+    stage-1 sparsity stays in it after the student was resized)."""
+    status_ = job["status"]
+    took = _minutes(job.get("started_at"), job.get("finished_at"))
+    lines = [f"job {job['id']}: {status_}" + (f" in {took}" if took else "")]
+    if status_ == "succeeded":
+        report = (job.get("metrics") or {}).get("report") or {}
+        lines += result_lines(report)
+        names = ", ".join(a["name"] for a in artifacts)
+        lines.append(f"student:   on the service: skillkd download {job['id']} -o student")
+        if names:
+            lines.append(f"artifacts: {names} (all by default; name some after the job id for those alone)")
+        return lines
+    progress = job.get("progress") or {}
+    if job.get("error"):
+        lines.append(f"error:     [{job['error'].get('code')}] {job['error'].get('message')}")
+    stage = progress.get("stage") or job.get("stage")
+    if stage:
+        where = f"stage:     {stage}"
+        if progress.get("total_steps"):
+            where += f" step {progress.get('step', 0)}/{progress['total_steps']}"
+        if progress.get("eta_s") and status_ == "running":
+            where += f", about {_minutes_of(float(progress['eta_s']))} left in this stage"
+        lines.append(where)
+        shown = postfix(stage, progress.get("metrics") or {})
+        if shown:
+            lines.append("latest:    " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    lines.append(
+        f"created:   {job['created_at']}" + (f", attempts {job['attempts']}" if job.get("attempts") else "")
+    )
+    return lines
+
+
+def _minutes_of(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _reused(item: dict[str, Any]) -> str:
@@ -143,8 +248,7 @@ def follow(c: Any, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
         job = c.get_job(job_id)
         bars.job(job)
         if job["status"] in TERMINAL_STATUSES or job["status"] == "paused":
-            bars.close()
-            click.echo(f"{job_id}: {job['status']}", err=True)
+            bars.close(finished=job["status"] == "succeeded")
             return job
         time.sleep(poll_s)
 
@@ -152,15 +256,25 @@ def follow(c: Any, job_id: str, poll_s: float = 1.0) -> dict[str, Any]:
 @click.command()
 @click.argument("job_id", required=False)
 @click.option("--status", "status_filter", default=None, help="filter the list by status")
+@click.option("--json", "as_json", is_flag=True, help="one job as the service returns it (JSON)")
 @client_options
-def status(job_id: str | None, status_filter: str | None, url: str | None, api_key: str | None) -> None:
-    """Show one job (JSON), or list jobs."""
+def status(
+    job_id: str | None, status_filter: str | None, as_json: bool, url: str | None, api_key: str | None
+) -> None:
+    """Show one job (a summary: status, progress or result, how to download it; --json: the JSON), or list
+    jobs."""
     from cli.client import ClientError
 
     with connect(url, api_key) as c:
         try:
             if job_id:
-                click.echo(json.dumps(c.get_job(job_id), indent=2))
+                job = c.get_job(job_id)
+                if as_json:
+                    click.echo(json.dumps(job, indent=2))
+                    return
+                artifacts = c.artifacts(job_id) if job["status"] == "succeeded" else []
+                for line in summary_lines(job, artifacts):
+                    click.echo(line)
                 return
             for job in c.list_jobs(status=status_filter)["items"]:
                 p = job.get("progress") or {}
@@ -172,14 +286,40 @@ def status(job_id: str | None, status_filter: str | None, url: str | None, api_k
             fail(exc)
 
 
-def _event_line(e: dict[str, Any]) -> str:
-    metrics = " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (e.get("metrics") or {}).items()
-    )
+def output_width() -> int:
+    """Columns for log lines: the terminal's when stdout is one, else 100."""
+    if sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size((100, 24)).columns)
+    return 100
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (dict, list)):
+        text = json.dumps(v, separators=(",", ":"))
+        return text if len(text) <= 40 else text[:39] + "…"
+    return str(v)
+
+
+def _event_line(e: dict[str, Any], width: int = 100) -> str:
+    """One event: time, kind, stage, step, then its metrics and message wrapped under it, every line at most
+    `width` columns (a `report` metric, the whole report.json, is left out: `skillkd status` shows it)."""
+    metrics = " ".join(f"{k}={_value(v)}" for k, v in (e.get("metrics") or {}).items() if k != "report")
     step = f"{e['step']}/{e['total']}" if e.get("total") else ""
-    return (
-        f"{e['created_at']}  {e['kind']:<14} {e['stage']:<14} {step:>9}  {metrics} {e.get('message', '')}"
-    ).rstrip()
+    when = str(e["created_at"]).replace("T", " ")[:19]
+    head = f"{when}  {e['kind']:<14} {e['stage']:<14} {step:>9}"
+    rest = f"{metrics} {e.get('message') or ''}".strip()
+    if not rest:
+        return head.rstrip()[:width]
+    lines = textwrap.wrap(
+        f"{head}  {rest}",
+        width=width,
+        subsequent_indent=" " * 4,
+        break_long_words=True,
+        break_on_hyphens=False,
+    )
+    return "\n".join(lines)
 
 
 @click.command()
@@ -192,15 +332,16 @@ def logs(job_id: str, follow_: bool, url: str | None, api_key: str | None) -> No
 
     with connect(url, api_key) as c:
         try:
+            width = output_width()
             if follow_:
                 for kind, data in c.stream_events(job_id):
-                    click.echo(f"job {data.get('status')}" if kind == "end" else _event_line(data))
+                    click.echo(f"job {data.get('status')}" if kind == "end" else _event_line(data, width))
                 return
             after = 0
             while True:
                 page = c.events(job_id, after=after, limit=500)
                 for e in page["items"]:
-                    click.echo(_event_line(e))
+                    click.echo(_event_line(e, width))
                 if not page["next_cursor"]:
                     break
                 after = page["next_cursor"]
@@ -304,4 +445,4 @@ datasets = _resource_group("datasets")
 
 COMMANDS = (submit, status, logs, cancel, pause, resume, download, teachers, datasets)
 
-__all__ = ["COMMANDS", "connect", "follow"]
+__all__ = ["COMMANDS", "connect", "follow", "summary_lines", "result_lines"]

@@ -102,7 +102,7 @@ def test_serve_submit_wait_status_logs_download(served, tmp_path):
     assert job_id.startswith("job_")
     assert "teacher tch_" in r.stderr and "hubert" in r.stderr and "36 files" in r.stderr
 
-    status = json.loads(served.cli("status", job_id).stdout)
+    status = json.loads(served.cli("status", job_id, "--json").stdout)
     assert status["status"] == "succeeded" and status["spec"]["stage1_steps"] == 6
     assert job_id in served.cli("status").stdout
     logs = served.cli("logs", job_id).stdout
