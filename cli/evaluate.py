@@ -129,7 +129,7 @@ _PATH = click.Path(exists=True, path_type=Path)
     "--finetune-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Training steps of each fine-tuning run [default: 300].",
+    help="Training steps of each fine-tuning run [default: 100].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def evaluate_command(
