@@ -36,9 +36,10 @@ def create(client, headers, teacher, dataset, **extra):
 
 
 def second_dataset(client, headers, tmp_path) -> dict:
+    """Another dataset: different content (an upload of the same bytes is the same dataset)."""
     r = client.post(
         "/v1/datasets",
-        content=zip_dir(make_audio(tmp_path / "calibration")),
+        content=zip_dir(make_audio(tmp_path / "calibration", n=4)),
         headers={**headers, "Content-Type": "application/zip"},
     )
     assert r.status_code == 201, r.text
