@@ -408,6 +408,16 @@ class LabelCountingEngine(FakeEngine):
         return {**super().scan_audio(source), "phone_labelled": self.labelled}
 
 
+def _with_comment(archive: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO(archive)
+    with zipfile.ZipFile(buffer, "a") as z:
+        z.comment = b"another upload"
+    return buffer.getvalue()
+
+
 def test_evaluate_without_phone_labels_is_422_at_post(client, alice, teacher, app, audio_zip, enqueuer):
     engine = LabelCountingEngine(steps=3)
     app.state.services.engine = engine
@@ -416,7 +426,8 @@ def test_evaluate_without_phone_labels_is_422_at_post(client, alice, teacher, ap
     r = create(client, alice, teacher, unlabelled, {"evaluate": True})
     assert r.status_code == 422 and "spec.evaluate" in r.json()["error"]["message"], r.text
     engine.labelled = 3
-    labelled = client.post("/v1/datasets", content=audio_zip, headers=headers).json()
+    # other bytes (an archive comment), so not the same upload as the unlabelled one (issue 22 item 9)
+    labelled = client.post("/v1/datasets", content=_with_comment(audio_zip), headers=headers).json()
     assert create(client, alice, teacher, labelled, {"evaluate": True}).status_code == 202
     assert create(client, alice, teacher, unlabelled, {"evaluate": False}).status_code == 202
 

@@ -37,7 +37,7 @@ def test_readme_transformers_and_onnxruntime_lines_run(tmp_path: Path, monkeypat
     student.eval().prune()
     directory = tmp_path / "hf"
     export_for_users(student, tmp_path / "student", directory, ["fp32", "int8"], measure_per=False)
-    transformers_code, onnx_code = _section_code()
+    transformers_code, finetune_code, onnx_code = _section_code()
     assert len(transformers_code.strip().splitlines()) == 3
     wave = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
     with torch.no_grad():
@@ -50,6 +50,18 @@ def test_readme_transformers_and_onnxruntime_lines_run(tmp_path: Path, monkeypat
     assert len(hidden) == student.num_layers + 1
     for got, want in zip(hidden, expected, strict=True):
         assert np.abs(got[0].detach().numpy() - want).max() < 1e-4
+
+    class Tokenizer:  # what the fine-tuning lines read of a CTC tokenizer
+        pad_token_id = 0
+
+        def __len__(self) -> int:
+            return 12
+
+    scope = {"directory": str(directory), "tokenizer": Tokenizer()}
+    exec(finetune_code, scope)  # noqa: S102
+    model = scope["model"]
+    assert type(model).__name__ == "SkillkdForCTC" and model.lm_head.out_features == 12
+    assert not any(p.requires_grad for p in model.skillkd.feature_extractor.parameters())
 
     scope = {"directory": str(directory), "wave": wave}
     exec(onnx_code, scope)  # noqa: S102
