@@ -134,7 +134,7 @@ def test_embedded_serve_and_submit_wait_real_engine(tmp_path):
         out = tmp_path / "out"
         assert served.cli("download", job_id, "model", "-o", str(out)).returncode == 0
         params = load_student_params(out / "model.zip", tmp_path)
-        report = json.loads(served.cli("status", job_id).stdout)["metrics"]["report"]
+        report = json.loads(served.cli("status", job_id, "--json").stdout)["metrics"]["report"]
         assert params == report["student"]["num_params"] < report["teacher"]["num_params"]
     finally:
         served.stop()
