@@ -597,6 +597,12 @@ class _TaskModel(SkillkdPreTrainedModel):
         super().__init__(config)
         self.skillkd = SkillkdModel(config)
 
+    def _add_layer_weights(self, config: SkillkdConfig) -> None:
+        """`use_weighted_layer_sum`: a learned softmax weight per hidden state (L+1), equal at first."""
+        if config.use_weighted_layer_sum:
+            layers = config.num_hidden_layers + 1
+            self.layer_weights = nn.Parameter(torch.ones(layers) / layers)
+
     def freeze_feature_encoder(self) -> None:
         """Stop gradients to the conv feature encoder."""
         self.skillkd.freeze_feature_encoder()
@@ -695,10 +701,7 @@ class SkillkdForSequenceClassification(_TaskModel):
 
     def __init__(self, config: SkillkdConfig) -> None:
         super().__init__(config)
-        if config.use_weighted_layer_sum:
-            self.layer_weights = nn.Parameter(
-                torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
-            )
+        self._add_layer_weights(config)
         self.projector = nn.Linear(config.hidden_size, config.classifier_proj_size)
         self.classifier = nn.Linear(config.classifier_proj_size, _num_labels(config))
         self.post_init()
@@ -741,10 +744,7 @@ class SkillkdForAudioFrameClassification(_TaskModel):
 
     def __init__(self, config: SkillkdConfig) -> None:
         super().__init__(config)
-        if config.use_weighted_layer_sum:
-            self.layer_weights = nn.Parameter(
-                torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
-            )
+        self._add_layer_weights(config)
         self.num_labels = _num_labels(config)
         self.classifier = nn.Linear(config.hidden_size, self.num_labels)
         self.post_init()
@@ -817,10 +817,7 @@ class SkillkdForXVector(_TaskModel):
 
     def __init__(self, config: SkillkdConfig) -> None:
         super().__init__(config)
-        if config.use_weighted_layer_sum:
-            self.layer_weights = nn.Parameter(
-                torch.ones(config.num_hidden_layers + 1) / (config.num_hidden_layers + 1)
-            )
+        self._add_layer_weights(config)
         self.projector = nn.Linear(config.hidden_size, config.tdnn_dim[0])
         self.tdnn = nn.ModuleList([TDNNLayer(config, i) for i in range(len(config.tdnn_dim))])
         self.feature_extractor = nn.Linear(config.tdnn_dim[-1] * 2, config.xvector_output_dim)
