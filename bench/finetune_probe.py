@@ -4,12 +4,19 @@ fine-tuning of the whole model, seed by seed, on the same splits.
     python -m bench.finetune_probe runs/tts-dev-heldout ../shared/teachers/hubert-mini \\
         runs/q21/skill-hubert-mini-seed0/student --seeds 3 --out runs/finetune-probe
 
-For each model (a teacher or exported student directory), in order: its features are extracted once and the
-frozen probe runs with seeds 0..N-1 (`run_probes`, as `bench.heldout_speakers probe` and `skillkd evaluate`
-do), then the model is fine-tuned with seeds 0..N-1 (`core.evaluation.finetune`, the recipe of `skillkd
-evaluate --finetune`). Both train on `--train-split` and score on `--test-split` (probe_train -> probe_test on
-the held-out-speakers view of `bench.heldout_speakers split`). `--task ctc` (default) pairs the PR probe with
-CTC fine-tuning (PER), `--task speaker` the SID probe with speaker classification (accuracy).
+`--paired`: the models are one recipe compressed with seeds 0..N-1 (a student per seed); model i is probed
+and fine-tuned with seed i, and they make one row, paired by seed with the teacher's runs:
+
+    python -m bench.finetune_probe runs/tts-dev-heldout runs/q21/skill-hubert-mini-seed{0,1,2}/student \\
+        --paired --out runs/finetune-probe-students
+
+Otherwise, for each model (a teacher or exported student directory), in order: its features are extracted
+once and the frozen probe runs with seeds 0..N-1 (`run_probes`, as `bench.heldout_speakers probe` and
+`skillkd evaluate` do), then the model is fine-tuned with seeds 0..N-1 (`core.evaluation.finetune`, the
+recipe of `skillkd evaluate --finetune`). Both train on `--train-split` and score on `--test-split`
+(probe_train -> probe_test on the held-out-speakers view of `bench.heldout_speakers split`). `--task ctc`
+(default) pairs the PR probe with CTC fine-tuning (PER), `--task speaker` the SID probe with speaker
+classification (accuracy).
 
 Writes `finetune_probe.json` (every run, with its losses and settings) and `finetune_probe.md`: the frozen and
 fine-tuned figures as mean ± sample standard deviation over seeds, the per-seed values, the fine-tuning time
@@ -55,6 +62,7 @@ def run(
     device: str = "cpu",
     train_split: str = "probe_train",
     test_split: str = "probe_test",
+    paired: bool = False,
 ) -> dict[str, Any]:
     """Probe and fine-tune every model with seeds 0..seeds-1; write finetune_probe.json and .md."""
     import torch
@@ -64,18 +72,26 @@ def run(
     probe, metric, _ = PROBES[task]
     config = FinetuneConfig(steps=steps)
     data = load_probe_data(view, tasks=(probe,), train_split=train_split, test_split=test_split)
+    groups = [[(spec, seed) for seed in range(seeds)] for spec in models]
+    if paired:
+        # one recipe compressed with seeds 0..N-1: model i is probed and fine-tuned with seed i only
+        groups = [[(spec, seed) for seed, spec in enumerate(models)]]
     rows = []
-    for spec in models:
+    for group in groups:
         load_before, started = _load(), time.perf_counter()
-        model, name, source = load_representation_model(Path(spec))
-        features = extract(model, data, name=name, device=torch.device(device), on_event=lambda event: None)
-        frozen = []
-        for seed in range(seeds):
-            frozen.append(run_probes(features, data, seed=seed)[probe][metric])
-            _say(f"{name} seed {seed}: frozen {probe.upper()} {metric} {100 * frozen[-1]:.2f}")
-        del features
-        runs = []
-        for seed in range(seeds):
+        frozen, runs, names, sources = [], [], [], []
+        for spec, seed in group:
+            model, name, source = load_representation_model(Path(spec))
+            names.append(name)
+            sources.append(source)
+            if not frozen or paired:
+                features = extract(
+                    model, data, name=name, device=torch.device(device), on_event=lambda event: None
+                )
+                for probe_seed in [seed] if paired else range(seeds):
+                    frozen.append(run_probes(features, data, seed=probe_seed)[probe][metric])
+                    _say(f"{name} seed {probe_seed}: frozen {probe.upper()} {metric} {100 * frozen[-1]:.2f}")
+                del features
             result = finetune(
                 model,
                 data,
@@ -86,13 +102,16 @@ def run(
                 name=name,
                 on_event=lambda event: _say(event.message) if event.kind == "log" else None,
             )
-            runs.append(result.to_dict())
+            runs.append({"model": name, **result.to_dict()})
+            params = describe_model(model, measure_speed=False)["params"]
+            if paired:
+                del model
         rows.append(
             {
-                "model": name,
-                "source": source,
-                "params": describe_model(model, measure_speed=False)["params"],
-                "seeds": list(range(seeds)),
+                "model": names[0] + (f" (compression seeds 0–{len(group) - 1})" if paired else ""),
+                "source": sources if paired else sources[0],
+                "params": params,
+                "seeds": [seed for _, seed in group],
                 "frozen": frozen,
                 "finetuned": [r[metric] for r in runs],
                 "finetune_seconds": [r["train_seconds"] + r["test_seconds"] for r in runs],
@@ -102,7 +121,6 @@ def run(
                 "runs": runs,
             }
         )
-        del model
     result = {
         "format": "skillkd-finetune-probe",
         "view": str(view),
@@ -112,6 +130,7 @@ def run(
         "test_split": test_split,
         **data.summary(),
         "finetune": asdict(config),
+        "paired": paired,
         "rows": rows,
         "notes": data.notes,
         "environment": environment(),
@@ -177,6 +196,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--train-split", default="probe_train")
     parser.add_argument("--test-split", default="probe_test")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="the models are one recipe compressed with seeds 0..N-1: model i runs with seed i, one row",
+    )
     args = parser.parse_args(argv)
     result = run(
         args.view,
@@ -188,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device=args.device,
         train_split=args.train_split,
         test_split=args.test_split,
+        paired=args.paired,
     )
     print(render(result))
     return result
