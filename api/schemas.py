@@ -186,6 +186,7 @@ class JobEventList(BaseModel):
 
 class ArtifactPublic(BaseModel):
     name: str
+    filename: str = Field(description="the file name a download is saved under (Content-Disposition)")
     media_type: str
     sha256: str
     size_bytes: int

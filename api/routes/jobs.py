@@ -352,6 +352,7 @@ def list_artifacts(job_id: str, session: SessionDep, owner: CurrentOwner) -> Art
         items=[
             ArtifactPublic(
                 name=r.name,
+                filename=Path(r.path).name,
                 media_type=r.media_type,
                 sha256=r.sha256,
                 size_bytes=r.size_bytes,

@@ -173,6 +173,9 @@ def test_succeeded_job_progress_events_and_artifacts(client, alice, teacher, dat
     assert set(names) == {"model", "report.json", "cka.png", "clusters.json", "train_log"}
     r = client.get(names["model"]["url"], headers=alice)
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    # what a download is saved as: listed, and the same in Content-Disposition (the dashboard uses it)
+    assert names["model"]["filename"] == "model.zip" and names["train_log"]["filename"] == "train_log.jsonl"
+    assert r.headers["content-disposition"] == 'attachment; filename="model.zip"'
     assert hashlib.sha256(r.content).hexdigest() == r.headers["x-content-sha256"] == names["model"]["sha256"]
     assert r.headers["etag"] == f'"{names["model"]["sha256"]}"'
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:

@@ -284,7 +284,9 @@ class DashboardFakeEngine:
             "model": export,
             "report.json": export / "report.json",
             "train_log": export / "train_log.jsonl",
+            "onnx": export / "model.onnx",
         }
+        (export / "model.onnx").write_bytes(b"not a real onnx graph: the dashboard only downloads it")
         return Result(export_dir=export, report=report, artifacts=artifacts)
 
 

@@ -103,9 +103,11 @@ def test_download_an_artifact_and_check_its_sha256(page_for, service, finished, 
     page.wait_for_selector("button.download[data-artifact=model]")
     with service.client("alice") as c:
         listed = {a["name"]: a for a in c.get(f"/v1/jobs/{job['id']}/artifacts").json()["items"]}
-    for name in ("model", "report.json"):
+    saved_as = {"model": "model.zip", "report.json": "report.json", "onnx": "model.onnx"}
+    for name in ("model", "report.json", "onnx"):
         with page.expect_download() as info:
             page.click(f"button.download[data-artifact='{name}']")
+        assert info.value.suggested_filename == saved_as[name] == listed[name]["filename"]
         path = info.value.path()
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == listed[name]["sha256"]
         page.wait_for_selector(f"#download-status:has-text('{name}')")

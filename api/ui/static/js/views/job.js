@@ -601,7 +601,7 @@ function renderArtifacts(container, items) {
       { label: "", cell: (a) => h("button", { type: "button", class: "download", "data-artifact": a.name,
         "aria-label": `Download ${a.name}`, onclick: async (e) => {
           e.target.disabled = true;
-          const filename = a.url.split("/").pop() + (a.media_type === "application/zip" && !a.url.endsWith(".zip") ? ".zip" : "");
+          const filename = a.filename;  // model.onnx, model_quantized.onnx, model.zip: the server's name
           fill(status, h("p", {}, `Downloading ${a.name}…`));
           try {
             const result = await downloadArtifact(a.url, filename);
