@@ -2,8 +2,9 @@
 
     check_spec_bounds   this deployment's limits (settings), so a job cannot ask for 10^12 steps
     check_references    the teacher and datasets exist for the owner; the spec fits the teacher's shape
-    check_macs_target   with a MACs target: it is below the teacher's MACs, and no size target is below the
-                        smallest student of the teacher's layout (both counted by the engine, lazily)
+    check_size_targets  no size target below the smallest student of the teacher's layout, and a MACs
+                        target below the teacher's MACs (counted by the engine, lazily; the smallest
+                        student's sizes are kept per teacher, whose files never change)
 
 The spec rules that need the teacher are core.rules', the ones the pipeline applies before a run, so a job
 accepted here is not refused by its worker for one of them. Spec-only checks are CompressionSpec's
@@ -11,6 +12,8 @@ validators (422 from the request's validation).
 """
 
 from __future__ import annotations
+
+import threading
 
 from sqlalchemy.orm import Session
 
@@ -35,7 +38,7 @@ def check_job(body: JobCreate, services: Services, session: Session, owner: Owne
     """Every check of a job creation, in order (the cheap ones first; the engine last): its teacher."""
     check_spec_bounds(body.spec, services.settings)
     teacher = check_references(session, owner, body)
-    check_macs_target(body.spec, services, teacher)
+    check_size_targets(body.spec, services, teacher)
     return teacher
 
 
@@ -100,20 +103,36 @@ def check_teacher_shape(
         raise spec_error(field, exc.message.removeprefix(f"{field}: ")) from exc
 
 
-def check_macs_target(spec: CompressionSpec, services: Services, teacher: Teacher) -> None:
-    """With a MACs target (`target_macs` or `macs_sparsity`): an absolute one must be below the teacher's MACs
-    at the spec's reference length, and no target below the smallest student of the teacher's layout, which
-    no run can reach (the dry run refuses it too). The teacher row holds no MACs (they depend on that length),
-    so the engine counts both from the architecture; it (torch) is loaded only when a MACs target is set."""
-    if not spec.has_macs_target:
-        return
+def check_size_targets(spec: CompressionSpec, services: Services, teacher: Teacher) -> None:
+    """No size target (parameters or MACs) below the smallest student of the teacher's layout, which no run
+    can reach (the dry run and the worker refuse it too); an absolute MACs target below the teacher's MACs at
+    the spec's reference length. The teacher row holds no MACs (they depend on that length), so the engine
+    counts both from the architecture; it (torch) is loaded on the first job of the process, and a
+    teacher's smallest student is counted once per reference length (a teacher's files never change)."""
     engine, path = services.get_engine(), services.storage.teacher_dir(teacher.id)
+    seconds = spec.macs_reference_seconds
     try:
-        teacher_macs = engine.teacher_macs(path, spec.macs_reference_seconds)
-        smallest = engine.smallest_student(path, spec.macs_reference_seconds)
+        teacher_macs = engine.teacher_macs(path, seconds) if spec.has_macs_target else None
+        key = (teacher.id, teacher.sha256, seconds)
+        with _SMALLEST_LOCK:
+            smallest = _SMALLEST.get(key)
+        if smallest is None:
+            smallest = engine.smallest_student(path, seconds)
+            with _SMALLEST_LOCK:
+                while len(_SMALLEST) >= _SMALLEST_KEPT:
+                    _SMALLEST.pop(next(iter(_SMALLEST)))
+                _SMALLEST[key] = smallest
     except SkillkdError as exc:
         raise input_error(exc, services.storage.root) from exc
+    if teacher_macs is None:
+        smallest = {"params": smallest["params"]}  # the MACs target is unset: its floor does not apply
     check_teacher_shape(spec, teacher, macs=teacher_macs, smallest=smallest)
+
+
+# (teacher id, its sha256, MACs reference seconds) -> the engine's smallest_student; oldest dropped first
+_SMALLEST: dict[tuple[str, str, float], dict[str, float]] = {}
+_SMALLEST_KEPT = 256
+_SMALLEST_LOCK = threading.Lock()
 
 
 __all__ = [
@@ -122,5 +141,5 @@ __all__ = [
     "check_spec_bounds",
     "check_references",
     "check_teacher_shape",
-    "check_macs_target",
+    "check_size_targets",
 ]

@@ -109,21 +109,23 @@ def check_target_weights(spec: CompressionSpec, fixed: list[list[int]] | None, n
 
 
 def check_reachable(
-    spec: CompressionSpec, *, num_params: int, macs: float, smallest: Mapping[str, float]
+    spec: CompressionSpec, *, num_params: int, macs: float | None, smallest: Mapping[str, float]
 ) -> None:
     """Refuse a size target below the smallest student of the teacher's layout, `smallest` = {"params",
     "macs"} of the student that keeps one channel of each conv layer and no attention head or FFN unit: the
-    floor of finalize's landing and the dry run's uniform student, so no run could meet such a target."""
-    wanted = {
+    floor of finalize's landing and the dry run's uniform student, so no run could meet such a target. The
+    MACs target is checked when the teacher's `macs` are known."""
+    wanted: dict[str, tuple[float | None, float, str, str, str]] = {
         "params": (spec.target_sparsity(num_params), num_params, "target_params", "sparsity", "parameters"),
-        "macs": (
+    }
+    if macs is not None:
+        wanted["macs"] = (
             spec.target_macs_sparsity(macs),
             macs,
             "target_macs",
             "macs_sparsity",
             "MACs per audio second",
-        ),
-    }
+        )
     for kind, (sparsity, teacher, absolute, relative, unit) in wanted.items():
         if sparsity is None or kind not in smallest:
             continue
@@ -158,8 +160,8 @@ def check_against_teacher(
             spec.target_macs_sparsity(macs)
         except ValueError as exc:
             raise SpecError(str(exc), field="target_macs") from None
-        if smallest is not None:
-            check_reachable(spec, num_params=num_params, macs=macs, smallest=smallest)
+    if smallest is not None:
+        check_reachable(spec, num_params=num_params, macs=macs, smallest=smallest)
     fixed = fixed_clusters(spec, num_layers + 1)
     check_target_weights(spec, fixed, num_layers)
     return fixed

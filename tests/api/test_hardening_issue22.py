@@ -70,6 +70,8 @@ def test_the_spec_bounds_hold_for_the_cli_too():
         ({"macs_sparsity": 0.999}, "macs_sparsity"),
         ({"macs_sparsity": 0.5, "sparsity": 0.999}, "sparsity"),
         ({"macs_sparsity": 0.5, "target_params": 1}, "target_params"),
+        ({"target_params": 1}, "target_params"),  # parameters alone: the worker used to be the one to refuse
+        ({"sparsity": 0.995}, "sparsity"),
     ],
 )
 def test_a_target_below_the_smallest_student_is_422_at_creation(
