@@ -167,11 +167,7 @@ def hf_task_module(model: SpeechEncoder, task: str, **config: Any) -> Any:
 def hidden_states_from_reps(model: SpeechEncoder, reps: list[Tensor]) -> list[Tensor]:
     """Our r0..rL -> transformers' hidden_states[0..L]: only index 0 differs (positional conv, and the encoder
     LayerNorm in the Base layout, applied to r0)."""
-    enc = model.encoder
-    h0 = reps[0] + enc.pos_conv(reps[0])
-    if not model.config.layer_norm_first:
-        h0 = enc.layer_norm(h0)
-    return [h0, *reps[1:]]
+    return model.hf_hidden_states(reps)
 
 
 __all__ = [

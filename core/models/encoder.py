@@ -99,6 +99,15 @@ class SpeechEncoder(nn.Module):
         reps = [x, *self.encoder(x, key_mask, max_layer)]
         return reps, frame_lengths
 
+    def hf_hidden_states(self, reps: list[Tensor]) -> list[Tensor]:
+        """Our r0..rL -> transformers' hidden_states[0..L]: only index 0 differs (positional conv, and the
+        encoder LayerNorm in the Base layout, applied to r0)."""
+        enc = self.encoder
+        h0 = reps[0] + enc.pos_conv(reps[0])
+        if not self.config.layer_norm_first:
+            h0 = enc.layer_norm(h0)
+        return [h0, *reps[1:]]
+
     # ---------------------------------------------------------------------------------------------- sizes
     def num_params(self) -> int:
         """Real parameter count (masks excluded)."""

@@ -4,7 +4,8 @@ Accepted: a local directory with `config.json` and `model.safetensors` (or `pyto
 `weights_only=True`) of `Wav2Vec2Model`, `HubertModel` or `WavLMModel`, Base ("group" norm extractor, post-LN)
 or Large ("layer" norm extractor, pre-LN "stable layer norm") layout, plus `preprocessor_config.json`.
 Task heads (`*ForCTC`, `*ForPreTraining`, ...) are accepted when their encoder weights are under the usual
-prefix; the head weights are ignored. Anything else fails with a `TeacherError` naming the problem.
+prefix; the head weights are not part of the encoder (core.models.heads reads a task head). Anything else
+fails with a `TeacherError` naming the problem.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def transform_state_dict(hf_state: dict[str, Tensor], config: ModelConfig) -> di
     return out
 
 
-def _load_weights(directory: Path) -> dict[str, Tensor]:
+def read_weights(directory: Path) -> dict[str, Tensor]:
+    """A Hugging Face directory's weights as stored (its names), checked readable."""
     st = directory / "model.safetensors"
     if st.exists():
         from safetensors import SafetensorError
@@ -180,7 +182,7 @@ def load_huggingface(directory: Path | str) -> SpeechEncoder:
     pre_path = directory / "preprocessor_config.json"
     pre = read_json(pre_path) if pre_path.exists() else None
     config = config_from_hf(hf, pre)
-    state = transform_state_dict(_load_weights(directory), config)
+    state = transform_state_dict(read_weights(directory), config)
     model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -94,3 +94,46 @@ def tiny_pair(directory: Path, keep: float = 0.3, seed: int = 0) -> tuple[Speech
             hc.log_alpha.copy_(log_alpha)
     student.prune()
     return teacher.eval(), student.eval()
+
+
+TASK_CLASSES = {
+    "ctc": "ForCTC",
+    "sequence": "ForSequenceClassification",
+    "frame": "ForAudioFrameClassification",
+}
+
+
+def save_tiny_task_teacher(
+    directory: Path,
+    task: str = "ctc",
+    arch: str = "hubert",
+    large: bool = False,
+    seed: int = 0,
+    weighted: bool = False,
+    **overrides: Any,
+) -> Path:
+    """A tiny random-init transformers task teacher (`HubertForCTC`, `WavLMForSequenceClassification`, ...):
+    a CTC head over 12 tokens or a classifier over 3 labels, its head weights random (not zero)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    prefix = {"hubert": "Hubert", "wav2vec2": "Wav2Vec2", "wavlm": "WavLM"}[arch]
+    cls = getattr(transformers, prefix + TASK_CLASSES[task])
+    extra: dict[str, Any] = (
+        {"vocab_size": 12, "pad_token_id": 0, "ctc_loss_reduction": "mean"}
+        if task == "ctc"
+        else {
+            "num_labels": 3,
+            "id2label": {0: "calm", 1: "happy", 2: "sad"},
+            "label2id": {"calm": 0, "happy": 1, "sad": 2},
+            "classifier_proj_size": 24,
+            "use_weighted_layer_sum": weighted,
+        }
+    )
+    model = cls(tiny_hf_config(arch, large, **{**extra, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name == "layer_weights":
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return directory

@@ -1,0 +1,268 @@
+"""A fine-tuned teacher's task head: what it is, its weights, and the same computation as transformers'.
+
+A teacher saved as `HubertForCTC`, `WavLMForSequenceClassification`, `Wav2Vec2ForAudioFrameClassification`
+(any of the three architectures) carries a head on top of its encoder. The engine keeps it: the student is
+trained to predict what the teacher's head predicts (core.distill.targets), and the student exports as the
+same kind of task model (core.export). The head reads the encoder's hidden size, which pruning never changes
+(it removes conv channels, attention heads and FFN units), so the teacher's head fits the student as it is.
+
+    task        transformers class suffix          weights (transformers' names)
+    ctc         ForCTC                             lm_head.{weight,bias}
+    sequence    ForSequenceClassification          [layer_weights], projector.*, classifier.*
+    frame       ForAudioFrameClassification        [layer_weights], classifier.*
+
+The head reads transformers' `last_hidden_state` (our last representation, after the final LayerNorm in the
+Large layout), or with `use_weighted_layer_sum` (then `layer_weights` exist) a softmax-weighted sum of the
+L+1 `hidden_states` (transformers' indexing, `SpeechEncoder.hf_hidden_states`; in the Large layout the last
+of them is taken before the final LayerNorm, as transformers does). `ForXVector`
+teachers are recognised and refused with a clear message (their head is not kept yet); `Model` and
+`ForPreTraining` classes have no task head.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.errors import TeacherError
+
+TASKS = {
+    "ForCTC": "ctc",
+    "ForSequenceClassification": "sequence",
+    "ForAudioFrameClassification": "frame",
+}
+UNSUPPORTED = {"ForXVector": "x-vector"}
+HEADLESS = ("Model", "ForPreTraining")
+# The config keys a head needs, copied from the teacher's config.json into the student's exports.
+CONFIG_KEYS = (
+    "vocab_size",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "ctc_loss_reduction",
+    "ctc_zero_infinity",
+    "final_dropout",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "classifier_proj_size",
+    "use_weighted_layer_sum",
+    "problem_type",
+)
+# Files of the teacher's processor (tokenizer) that go with a CTC student, so that its exports decode text.
+PROCESSOR_FILES = (
+    "vocab.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "processor_config.json",
+    "tokenizer.json",
+)
+
+
+@dataclass
+class HeadSpec:
+    """What a teacher's head is: its task, the teacher's transformers class and the head's config keys."""
+
+    task: str  # "ctc" | "sequence" | "frame"
+    teacher_class: str  # e.g. "HubertForCTC"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.config.get("use_weighted_layer_sum")) and self.task != "ctc"
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "ctc":
+            return int(self.config["vocab_size"])
+        return len(self.config["id2label"])
+
+    def describe(self) -> str:
+        """One line for the dry run, the CLI and the report."""
+        if self.task == "ctc":
+            return f"{self.teacher_class}: a CTC head over {self.num_outputs} tokens"
+        kind = "per-frame classifier" if self.task == "frame" else "utterance classifier"
+        weighted = ", weighted sum of all layers" if self.weighted else ""
+        return f"{self.teacher_class}: a {kind} over {self.num_outputs} labels{weighted}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "teacher_class": self.teacher_class, "config": dict(self.config)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
+        return cls(str(data["task"]), str(data["teacher_class"]), dict(data.get("config") or {}))
+
+
+def head_spec_from_config(hf: dict[str, Any]) -> HeadSpec | None:
+    """The head a Hugging Face config describes (its `architectures`), or None for an encoder without a task
+    head; a head the engine does not keep is a TeacherError."""
+    architectures = hf.get("architectures") or []
+    if not architectures:
+        return None
+    name = str(architectures[0])
+    for suffix, what in UNSUPPORTED.items():
+        if name.endswith(suffix):
+            raise TeacherError(
+                f"the teacher is a {name} ({what} head), whose head skillkd does not keep yet; compress its "
+                "encoder alone with drop_head (CLI --drop-head): the student is then an encoder without the "
+                "head"
+            )
+    for suffix, task in TASKS.items():
+        if name.endswith(suffix):
+            config = {key: hf[key] for key in CONFIG_KEYS if key in hf}
+            if task == "ctc" and not isinstance(config.get("vocab_size"), int):
+                raise TeacherError(f"the teacher is a {name} but its config.json has no integer vocab_size")
+            if task != "ctc":
+                labels = config.get("id2label")
+                if not isinstance(labels, dict) or not labels:
+                    raise TeacherError(f"the teacher is a {name} but its config.json has no id2label")
+                config["id2label"] = {str(k): str(v) for k, v in labels.items()}
+                config["num_labels"] = len(labels)
+            return HeadSpec(task, name, config)
+    if any(name.endswith(suffix) for suffix in HEADLESS):
+        return None
+    raise TeacherError(
+        f"the teacher is a {name}, a head skillkd does not know; known: *ForCTC, *ForSequenceClassification, "
+        "*ForAudioFrameClassification (kept), *Model and *ForPreTraining (no task head); pass drop_head "
+        "(CLI --drop-head) to compress its encoder alone"
+    )
+
+
+class TaskHead(nn.Module):
+    """The head of `spec` on encoder hidden states, computing what transformers' class computes in eval mode
+    (dropout off): CTC logits (batch, frame, vocab), utterance logits (batch, labels) from the projector's
+    mean over valid frames, or per-frame logits (batch, frame, labels)."""
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_layers = num_layers
+        n = spec.num_outputs
+        if spec.weighted:
+            self.layer_weights = nn.Parameter(torch.ones(num_layers + 1) / (num_layers + 1))
+        if spec.task == "ctc":
+            self.lm_head = nn.Linear(hidden_size, n)
+        elif spec.task == "sequence":
+            proj = int(spec.config.get("classifier_proj_size", 256))
+            self.projector = nn.Linear(hidden_size, proj)
+            self.classifier = nn.Linear(proj, n)
+        else:
+            self.classifier = nn.Linear(hidden_size, n)
+
+    @property
+    def frame_level(self) -> bool:
+        return self.spec.task in ("ctc", "frame")
+
+    def on_encoder(self, encoder: Any, reps: list[Tensor], frame_mask: Tensor | None = None) -> Tensor:
+        """The head on a SpeechEncoder's representations r0..rL (all L+1 of them)."""
+        if self.spec.weighted:
+            return self(encoder.hf_hidden_states(reps), None, frame_mask)
+        return self(None, encoder.encoder.final_norm(reps[-1]), frame_mask)
+
+    def forward(
+        self, hidden_states: Sequence[Tensor] | None, last: Tensor | None, frame_mask: Tensor | None = None
+    ) -> Tensor:
+        """hidden_states: transformers' L+1 hidden states (read by a weighted head); last: its
+        last_hidden_state (read otherwise); frame_mask: (batch, frame) bool of valid frames, or None when no
+        frame is padding."""
+        if self.spec.weighted:
+            if hidden_states is None or len(hidden_states) != self.num_layers + 1:
+                raise ValueError(f"a weighted head reads {self.num_layers + 1} hidden states")
+            weights = torch.softmax(self.layer_weights, dim=-1)
+            x = (torch.stack(list(hidden_states), dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
+        else:
+            if last is None:
+                raise ValueError("the head reads the last hidden state")
+            x = last
+        if self.spec.task == "ctc":
+            return self.lm_head(x)
+        if self.spec.task == "frame":
+            return self.classifier(x)
+        hidden = self.projector(x)
+        if frame_mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            valid = frame_mask[:, : hidden.shape[1]].to(hidden.dtype)
+            pooled = (hidden * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return self.classifier(pooled)
+
+    def hf_config(self) -> dict[str, Any]:
+        """The keys a transformers task model of this head needs in its config."""
+        return dict(self.spec.config)
+
+
+def head_keys(spec: HeadSpec) -> list[str]:
+    """The head's weight names (transformers' names, without the encoder's prefix)."""
+    names = {"ctc": ["lm_head"], "sequence": ["projector", "classifier"], "frame": ["classifier"]}
+    keys = [f"{n}.{p}" for n in names[spec.task] for p in ("weight", "bias")]
+    return keys + (["layer_weights"] if spec.weighted else [])
+
+
+def load_task_head(directory: Path | str, state: dict[str, Tensor] | None = None) -> TaskHead | None:
+    """The teacher's head with its weights (eval mode), or None when the teacher has none; TeacherError when
+    the weights are missing, misshapen or not finite. `state`: the teacher's weights already read."""
+    directory = Path(directory)
+    try:
+        hf = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"config.json cannot be read: {exc}") from None
+    spec = head_spec_from_config(hf)
+    if spec is None:
+        return None
+    if state is None:
+        from core.models.import_huggingface import read_weights
+
+        state = read_weights(directory)
+    head = TaskHead(spec, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))
+    wanted = head.state_dict()
+    found = {key: state[key] for key in head_keys(spec) if key in state}
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise TeacherError(f"the teacher is a {spec.teacher_class} but its weights lack {', '.join(missing)}")
+    for key, value in found.items():
+        if tuple(value.shape) != tuple(wanted[key].shape):
+            raise TeacherError(
+                f"the head's {key} is {tuple(value.shape)}, its config implies {tuple(wanted[key].shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise TeacherError(f"the head's {key} holds NaN or inf values")
+    head.load_state_dict({k: v.float() for k, v in found.items()}, strict=True)
+    return head.eval()
+
+
+def task_distill_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, frame_mask: Tensor | None = None
+) -> Tensor:
+    """KL(teacher || student) of the softened output distributions, times temperature² (Hinton et al.), per
+    frame for frame-level heads (padded frames excluded), per utterance otherwise."""
+    frames = min(student_logits.shape[1], teacher_logits.shape[1]) if student_logits.ndim == 3 else None
+    if frames is not None:
+        student_logits, teacher_logits = student_logits[:, :frames], teacher_logits[:, :frames]
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (batch[, frame])
+    if frames is not None and frame_mask is not None:
+        m = frame_mask[:, :frames].to(kl.dtype)
+        return (kl * m).sum() / m.sum().clamp(min=1.0) * temperature**2
+    return kl.mean() * temperature**2
+
+
+__all__ = [
+    "CONFIG_KEYS",
+    "HeadSpec",
+    "PROCESSOR_FILES",
+    "TASKS",
+    "TaskHead",
+    "head_keys",
+    "head_spec_from_config",
+    "load_task_head",
+    "task_distill_loss",
+]
