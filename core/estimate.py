@@ -344,6 +344,7 @@ def estimate(
     return {
         "dry_run": True,
         "teacher": inputs.teacher_facts(teacher),
+        "task_head": inputs.head_facts(spec),
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         "student_estimate": {
@@ -369,6 +370,18 @@ def estimate(
         "estimated_seconds": estimated,
         "dry_run_seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _head_lines(head: dict[str, Any] | None) -> list[str]:
+    """The teacher's task head and what the student keeps of it (nothing when the teacher has none)."""
+    if head is None:
+        return []
+    if not head["kept"]:
+        return [f"head:     {head['dropped']}; dropped (drop_head): the student is an encoder alone"]
+    return [
+        f"head:     {head['description']}; the student keeps it, distilled on the teacher's outputs "
+        f"(weight {head['weight']:g}, temperature {head['temperature']:g}) and exports as the same task model"
+    ]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -397,6 +410,7 @@ def render(result: dict[str, Any]) -> str:
         "layers): "
         f"{format_count(t['num_params'])} params, {format_count(t['macs_per_second'])} MACs per audio second "
         f"({ref})",
+        *_head_lines(result.get("task_head")),
         f"targets:  {targets}",
         *_student_lines(result["student_estimate"]),
         f"audio:    {audio.get('files')} files, {audio.get('hours', 0.0):.2f} h"

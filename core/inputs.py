@@ -8,6 +8,7 @@ errors.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import torch
 
 from core.data import AudioCatalog, scan_audio
-from core.errors import SpecError
+from core.errors import SpecError, TeacherError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.models import SpeechEncoder, load_model
+from core.models.heads import TaskHead, head_spec_from_config, load_task_head
 from core.rules import check_against_teacher
 from core.spec import Budget, CompressionSpec
 
@@ -47,6 +49,24 @@ class JobInputs:
     budgets: list[Budget]  # stage 1's size constraints, resolved against the teacher
     catalog: AudioCatalog
     cal_catalog: AudioCatalog
+    head: TaskHead | None = None  # the teacher's task head the student keeps (`task_head`)
+    head_dropped: str | None = None  # the teacher's head the spec dropped (`drop_head`), described
+
+    def head_facts(self, spec: CompressionSpec) -> dict[str, Any] | None:
+        """What becomes of the teacher's task head (the report, the dry run): kept (and distilled with which
+        weight and temperature), dropped (`drop_head`, described), or None when the teacher has none."""
+        if self.head is not None:
+            return {
+                "kept": True,
+                "task": self.head.spec.task,
+                "teacher_class": self.head.spec.teacher_class,
+                "description": self.head.spec.describe(),
+                "weight": spec.task_weight,
+                "temperature": spec.task_temperature,
+            }
+        if self.head_dropped is not None:
+            return {"kept": False, "dropped": self.head_dropped}
+        return None
 
     def teacher_facts(self, teacher_dir: Path) -> dict[str, Any]:
         """What the report and the dry run say of the teacher: named by its folder's name and the sha256 of
@@ -62,6 +82,33 @@ class JobInputs:
             "num_params": self.teacher_params,
             "macs_per_second": self.teacher_macs,
         }
+
+
+def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None:
+    """The teacher's task head that the student keeps: None without one, or when the spec drops it
+    (`drop_head`); a head the engine cannot keep is a TeacherError, a weighted head with layer pruning a
+    SpecError."""
+    if spec.drop_head:
+        return None
+    head = load_task_head(teacher_dir)
+    if head is not None and head.spec.weighted and spec.prune_layers:
+        raise SpecError(
+            f"prune_layers: the teacher's head ({head.spec.describe()}) weighs every layer's output; layer "
+            "pruning would change what it reads. Run without prune_layers, or with drop_head",
+            field="prune_layers",
+        )
+    return head
+
+
+def dropped_head(teacher_dir: Path | str) -> str | None:
+    """What `drop_head` drops: the teacher's head described, or None when it has none."""
+    config = json.loads((Path(teacher_dir) / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    try:
+        spec = head_spec_from_config(config)
+    except TeacherError:  # a head the engine cannot keep: dropping it is what the user asked for
+        return f"{architectures[0]} (its head)"
+    return spec.describe() if spec is not None else None
 
 
 TEACHER_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "*.bin")
@@ -98,6 +145,7 @@ def prepare_inputs(
     check_against_teacher(
         spec, num_layers=teacher_model.num_layers, num_params=teacher_params, macs=teacher_macs
     )
+    head = task_head(teacher, spec)
     target_sparsity = spec.target_sparsity(teacher_params)
     budgets = spec.budgets(teacher_params, teacher_macs)
     catalog = scan_audio(audio)
@@ -118,7 +166,16 @@ def prepare_inputs(
             field="evaluate",
         )
     return JobInputs(
-        device, teacher_model, teacher_params, target_sparsity, teacher_macs, budgets, catalog, cal_catalog
+        device,
+        teacher_model,
+        teacher_params,
+        target_sparsity,
+        teacher_macs,
+        budgets,
+        catalog,
+        cal_catalog,
+        head=head.to(device) if head is not None else None,
+        head_dropped=dropped_head(teacher) if spec.drop_head else None,
     )
 
 
@@ -144,4 +201,13 @@ class Job:
         return self.inputs.device
 
 
-__all__ = ["Job", "JobInputs", "TEACHER_FILES", "prepare_inputs", "select_device", "teacher_sha256"]
+__all__ = [
+    "Job",
+    "JobInputs",
+    "TEACHER_FILES",
+    "dropped_head",
+    "prepare_inputs",
+    "select_device",
+    "task_head",
+    "teacher_sha256",
+]

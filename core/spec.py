@@ -218,6 +218,22 @@ class CompressionSpec(BaseModel):
         "(default: equal; scaled to a mean of 1)",
     )
     prune_layers: bool = Field(default=False, description="also learn whole-attention / whole-FFN masks")
+    drop_head: bool = Field(
+        default=False,
+        description="a fine-tuned teacher (*ForCTC, *ForSequenceClassification, ...): compress its encoder "
+        "alone and give a student without the task head (the report says it was dropped) [default: the "
+        "student keeps the teacher's head]",
+    )
+    task_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=100.0,
+        description="with a task head: weight of the task distillation term (KL between the teacher's and "
+        "the student's softened task outputs) beside the cluster targets; 0 keeps the head as the teacher's",
+    )
+    task_temperature: float = Field(
+        default=1.0, gt=0.0, le=100.0, description="temperature of the task distillation term"
+    )
     preset: Preset = "quick"
     stage1_steps: int | None = Field(default=None, gt=0)
     stage2_steps: int | None = Field(default=None, ge=0, description="0 skips the final distillation")

@@ -16,17 +16,20 @@ from core.data import AudioCatalog, TrainBatches
 from core.distill.targets import ClusterTargets
 from core.errors import AudioError, SpecError
 from core.models import ModelConfig, SpeechEncoder, build_model, make_student
+from core.models.heads import TaskHead
 from core.spec import CompressionSpec, TrainRecipe
 
 FINALIZED = Path("finalize") / "student.pt"
 STAGE2_RESULT = Path("final_distill") / "student.pt"
 
 
-def cluster_targets(clusters: list[list[int]], dim: int, spec: CompressionSpec) -> ClusterTargets:
+def cluster_targets(
+    clusters: list[list[int]], dim: int, spec: CompressionSpec, head: TaskHead | None = None
+) -> ClusterTargets:
     """The distillation targets of `spec`'s method: SKILL's one projection per cluster, or DPHuBERT's shared
-    projection (algorithm.md §3)."""
+    projection (algorithm.md §3); with the teacher's task `head`, the task term too."""
     try:  # ClusterTargets checks one weight per cluster; after 'auto' clustering that is the user's spec
-        return ClusterTargets(
+        targets = ClusterTargets(
             clusters,
             dim,
             student_mapping=spec.student_mapping,
@@ -35,15 +38,22 @@ def cluster_targets(clusters: list[list[int]], dim: int, spec: CompressionSpec) 
         )
     except ValueError as exc:
         raise SpecError(f"target_weights: {exc} ({clusters}); give one weight per cluster") from None
+    if head is not None:
+        targets.add_task(head, weight=spec.task_weight, temperature=spec.task_temperature)
+    return targets
 
 
 def new_student(
-    teacher: SpeechEncoder, clusters: list[list[int]], spec: CompressionSpec, device: torch.device
+    teacher: SpeechEncoder,
+    clusters: list[list[int]],
+    spec: CompressionSpec,
+    device: torch.device,
+    head: TaskHead | None = None,
 ) -> tuple[SpeechEncoder, ClusterTargets]:
     """Stage 1's student (the teacher with masks, seeded: mask initialisation is random) and its targets."""
     torch.manual_seed(spec.seed)
     student = make_student(teacher, layers=spec.prune_layers)
-    return student, cluster_targets(clusters, teacher.config.hidden_size, spec).to(device)
+    return student, cluster_targets(clusters, teacher.config.hidden_size, spec, head).to(device)
 
 
 def train_batches(
@@ -74,13 +84,17 @@ def train_batches(
 
 
 def restore(
-    state: dict[str, Any], clusters: list[list[int]], dim: int, spec: CompressionSpec
+    state: dict[str, Any],
+    clusters: list[list[int]],
+    dim: int,
+    spec: CompressionSpec,
+    head: TaskHead | None = None,
 ) -> tuple[SpeechEncoder, ClusterTargets]:
     """Student and targets from a saved state {"config", "student", "targets"} (a checkpoint or a stage
-    result)."""
+    result); `head`: the teacher's task head when the run keeps it (its trained copy is in the state)."""
     student = build_model(ModelConfig.from_dict(state["config"]))
     student.load_state_dict(state["student"])
-    targets = cluster_targets(clusters, dim, spec)
+    targets = cluster_targets(clusters, dim, spec, head)
     targets.load_state_dict(state["targets"])
     return student, targets
 
@@ -104,10 +118,11 @@ def load_result(
     dim: int,
     spec: CompressionSpec,
     device: torch.device | str = "cpu",
+    head: TaskHead | None = None,
 ) -> tuple[SpeechEncoder, ClusterTargets]:
     """A stage result saved by `save_result` (`FINALIZED` or `STAGE2_RESULT`), on `device`."""
     state = torch.load(workdir / which, map_location="cpu", weights_only=False)
-    student, targets = restore(state, clusters, dim, spec)
+    student, targets = restore(state, clusters, dim, spec, head)
     return student.to(device), targets.to(device)
 
 

@@ -49,6 +49,7 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
     from core.data import scan_audio
     from core.distill import build
     from core.distill.train import StageContext, train_stage
+    from core.inputs import task_head
     from core.models import load_model
     from core.spec import Budget, CompressionSpec
 
@@ -62,17 +63,21 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
     try:
         spec = CompressionSpec.model_validate_json(job.spec_json)
         teacher = load_model(job.teacher).to(device)
+        head = task_head(job.teacher, spec)
+        head = head.to(device) if head is not None else None
         sr = teacher.config.sample_rate
         catalog = scan_audio(job.audio)
         workdir = Path(job.workdir)
         dim = teacher.config.hidden_size
         if job.stage == "distill_prune":
             recipe = spec.recipe(1)
-            student, targets = build.new_student(teacher, job.clusters, spec, device)
+            student, targets = build.new_student(teacher, job.clusters, spec, device, head)
             seed = spec.seed
         else:
             recipe = spec.recipe(2)
-            student, targets = build.load_result(workdir, build.FINALIZED, job.clusters, dim, spec, device)
+            student, targets = build.load_result(
+                workdir, build.FINALIZED, job.clusters, dim, spec, device, head
+            )
             seed = spec.seed + 1
         batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
         ctx = StageContext(

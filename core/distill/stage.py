@@ -39,7 +39,7 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
             _parallel_job(job, "distill_prune", clusters), spec.gpus, job.emit, job.should_stop
         )
     recipe = spec.recipe(1)
-    student, targets = build.new_student(job.teacher, clusters, spec, job.device)
+    student, targets = build.new_student(job.teacher, clusters, spec, job.device, job.inputs.head)
     batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed)
     ctx = StageContext(
         job.workdir / "distill_prune",
@@ -61,7 +61,9 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     """Stage 2: distillation of the finalized student (no masks); saves `build.STAGE2_RESULT` for export."""
     spec = job.spec
     dim = job.teacher.config.hidden_size
-    student, targets = build.load_result(job.workdir, build.FINALIZED, clusters, dim, spec, job.device)
+    student, targets = build.load_result(
+        job.workdir, build.FINALIZED, clusters, dim, spec, job.device, job.inputs.head
+    )
     result = job.workdir / build.STAGE2_RESULT
     if spec.stage2_steps == 0:
         build.save_result(result, student, targets)

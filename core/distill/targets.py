@@ -4,15 +4,22 @@ SKILL: for each cluster C of teacher representations, the target is the mean of 
 prediction is P_C(mean of r_S[i] over i in C) (or P_C(r_S[max C]) with `student_mapping="last"`), with P_C a
 Linear(D, D) initialised to the identity. DPHuBERT is the same code with clusters [[0],[L/3],[2L/3],[L]] and
 one projection shared by the non-zero layers.
+
+A fine-tuned teacher's task head adds one term (`TaskDistill`): the student carries a trainable copy of the
+head and is trained to match the teacher head's softened outputs (core.models.heads.task_distill_loss).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from core.models.heads import TaskHead, task_distill_loss
 
 
 class ClusterTargets(nn.Module):
@@ -47,11 +54,18 @@ class ClusterTargets(nn.Module):
             nn.init.eye_(p.weight)
             nn.init.zeros_(p.bias)
         self.projections = nn.ModuleList(linears)
+        self.task: TaskDistill | None = None
+
+    def add_task(self, head: TaskHead, *, weight: float, temperature: float) -> None:
+        """Distil the teacher's task head too (saved and restored with the targets, under `task.`)."""
+        self.task = TaskDistill(head, weight=weight, temperature=temperature)
 
     @property
     def max_layer(self) -> int:
-        """Highest representation index any target needs: the teacher need not run beyond it."""
-        return max(max(c) for c in self.clusters)
+        """Highest representation index any target needs: the teacher need not run beyond it (a task head
+        reads the last layer)."""
+        deepest = max(max(c) for c in self.clusters)
+        return max(deepest, self.task.num_layers) if self.task is not None else deepest
 
     def _projection(self, k: int) -> nn.Linear:
         if not self.shared_projection:
@@ -75,6 +89,33 @@ class ClusterTargets(nn.Module):
                 x = torch.stack([reps[i] for i in c]).mean(0)
             out.append(self._projection(k)(x))
         return out
+
+
+class TaskDistill(nn.Module):
+    """The teacher's task head (frozen) and the student's copy of it (trained): the student's task outputs are
+    pulled towards the teacher's with `weight` * KL at `temperature` (core.models.heads.task_distill_loss)."""
+
+    def __init__(self, head: TaskHead, *, weight: float, temperature: float) -> None:
+        super().__init__()
+        self.teacher_head = copy.deepcopy(head).eval().requires_grad_(False)
+        self.student_head = copy.deepcopy(head).train().requires_grad_(True)
+        self.weight, self.temperature = float(weight), float(temperature)
+        self.num_layers = head.num_layers
+
+    def train(self, mode: bool = True) -> TaskDistill:
+        super().train(mode)
+        self.teacher_head.eval()  # frozen: the teacher's outputs are the targets
+        return self
+
+    def teacher_outputs(self, teacher: Any, reps: list[Tensor]) -> Tensor:
+        return self.teacher_head.on_encoder(teacher, reps)
+
+    def student_outputs(self, student: Any, reps: list[Tensor]) -> Tensor:
+        return self.student_head.on_encoder(student, reps)
+
+    def loss(self, student_outputs: Tensor, teacher_outputs: Tensor) -> Tensor:
+        """The unweighted term (the caller multiplies by `weight`)."""
+        return task_distill_loss(student_outputs, teacher_outputs, self.temperature)
 
 
 def distill_loss(

@@ -211,7 +211,7 @@ class DistillStep:
         self.lagrangians = nn.ModuleDict({kind: Lagrangian() for kind in self.budgets}).to(device)
         groups: list[dict[str, Any]] = [
             {
-                "params": student.weight_parameters() + list(targets.parameters()),
+                "params": student.weight_parameters() + [p for p in targets.parameters() if p.requires_grad],
                 "lr": recipe.lr,
                 "base_lr": recipe.lr,
             }
@@ -259,16 +259,23 @@ class DistillStep:
             )
         )
 
-    def _forward(self, waveforms: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        device, max_layer = self.device, self.targets.max_layer
+    def _forward(self, waveforms: Tensor) -> tuple[list[Tensor], list[Tensor], tuple[Tensor, Tensor] | None]:
+        """(predictions, targets, (student, teacher) task outputs or None without a task head)."""
+        device, max_layer, task = self.device, self.targets.max_layer, self.targets.task
+        taught: Tensor | None = None
         with record_function("teacher_forward"), torch.inference_mode(), autocast(device):
             teacher_reps, _ = self.teacher_fn(waveforms, None, max_layer=max_layer)
             wanted = self.targets.teacher_targets(teacher_reps)
+            if task is not None:
+                taught = task.teacher_outputs(self.teacher, teacher_reps)
         wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
         with record_function("student_forward"), autocast(device):
             student_reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
             predictions = self.targets.student_predictions(student_reps)
-        return predictions, wanted
+            outputs = None
+            if task is not None and taught is not None:
+                outputs = (task.student_outputs(self.student, student_reps), taught.clone().float())
+        return predictions, wanted, outputs
 
     def __call__(self, step: int, waveforms: Tensor) -> tuple[dict[str, Tensor], dict[str, float], float]:
         """Run step `step` on `waveforms` (already on the device). Returns (figures on the device, the
@@ -280,17 +287,21 @@ class DistillStep:
         if self.compiled:
             rng = torch.get_rng_state()
             try:
-                predictions, wanted = self._forward(waveforms)
+                predictions, wanted, task_outputs = self._forward(waveforms)
             except Exception as exc:  # compilation problems surface at the first call with a new shape
                 torch.set_rng_state(rng)
                 self._eager_fallback(exc)
-                predictions, wanted = self._forward(waveforms)
+                predictions, wanted, task_outputs = self._forward(waveforms)
         else:
-            predictions, wanted = self._forward(waveforms)
+            predictions, wanted, task_outputs = self._forward(waveforms)
 
         with record_function("loss"):
             loss, parts = distill_loss(predictions, wanted, weights=self.targets.weights)
             total = loss
+            task_term: Tensor | None = None
+            if task_outputs is not None and self.targets.task is not None:
+                task_term = self.targets.task.loss(*task_outputs)
+                total = total + self.targets.task.weight * task_term
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}
             if self.pruning:
@@ -323,6 +334,8 @@ class DistillStep:
             "cos": parts["cos"],
             "grad_norm": grad_norm.detach(),
         }
+        if task_term is not None:
+            values["task"] = task_term.detach()
         if self.pruning:
             values.update(expected_params=sizes["params"].detach())
             if "params" in self.budgets:

@@ -18,6 +18,7 @@ from core.export.hf import is_hf_export_dir, save_hf_export
 from core.export.onnx import DEFAULT_INT8_MODE, ONNX_FILES, export_onnx_variants, parse_onnx_variants
 from core.export.student import world_readable
 from core.models import SpeechEncoder
+from core.models.heads import TaskHead
 
 
 def held_out_audio(
@@ -54,6 +55,8 @@ def export_for_users(
     int8_mode: str = DEFAULT_INT8_MODE,
     metadata: dict[str, Any] | None = None,
     measure_per: bool = True,
+    head: TaskHead | None = None,
+    processor_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The ways out besides our own format: the Hugging Face export in `hf_dir` (when given) and the verified
     ONNX variants in `export_dir` (copied into `hf_dir/onnx/` under the same Hub names). `audio`: a directory
@@ -68,7 +71,7 @@ def export_for_users(
                     "choose a new or empty output directory"
                 )
             shutil.rmtree(hf_dir)
-        save_hf_export(model, hf_dir, metadata=metadata)
+        save_hf_export(model, hf_dir, metadata=metadata, head=head, processor_dir=processor_dir)
         out["hf"] = {"directory": hf_dir.name, "files": sorted(p.name for p in hf_dir.iterdir())}
     chosen = parse_onnx_variants(variants)
     if not chosen:

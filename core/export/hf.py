@@ -32,7 +32,14 @@ from core.export.s3prl_template import UPSTREAM_FILE as S3PRL_UPSTREAM_FILE
 from core.export.student import world_readable
 from core.models.config import ModelConfig
 from core.models.encoder import SpeechEncoder
-from core.models.students import HF_MODEL_TYPE, is_hf_export_dir, load_hf_export, model_config_from_hf
+from core.models.heads import PROCESSOR_FILES, TaskHead
+from core.models.students import (
+    HF_BASE_PREFIX,
+    HF_MODEL_TYPE,
+    is_hf_export_dir,
+    load_hf_export,
+    model_config_from_hf,
+)
 
 MODEL_TYPE = HF_MODEL_TYPE
 TEMPLATE_DIR = Path(__file__).resolve().parent / "hf_template"
@@ -100,13 +107,24 @@ def preprocessor_dict(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str, Any] | None = None) -> Path:
-    """Write `model` (finalised, no masks) as a transformers model directory; returns `directory`."""
+def save_hf_export(
+    model: SpeechEncoder,
+    directory: Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    head: TaskHead | None = None,
+    processor_dir: Path | None = None,
+) -> Path:
+    """Write `model` (finalised, no masks) as a transformers model directory; returns `directory`. With a
+    task `head` the directory is that task model (architectures SkillkdForCTC, ...: the head's config keys
+    and weights, the encoder under `skillkd.`), and the teacher's processor files found in `processor_dir`
+    (a CTC tokenizer) are copied beside it, so transformers' pipelines load it as they load the teacher."""
     from core.export.hf_template.configuration_skillkd import SkillkdConfig
 
     config = model.config
-    hf_config = SkillkdConfig(**hf_config_dict(config))
-    hf_config.architectures = ["SkillkdModel"]
+    head_config = head.hf_config() if head is not None else {}
+    hf_config = SkillkdConfig(**hf_config_dict(config), **head_config)
+    hf_config.architectures = [TASK_CLASSES[head.spec.task] if head is not None else "SkillkdModel"]
     hf_config.auto_map = dict(AUTO_MAP)
     directory.mkdir(parents=True, exist_ok=True)
     data = hf_config.to_dict()
@@ -115,7 +133,16 @@ def save_hf_export(model: SpeechEncoder, directory: Path, *, metadata: dict[str,
     for name in TEMPLATE_FILES:
         shutil.copyfile(TEMPLATE_DIR / name, directory / name)
     shutil.copyfile(S3PRL_UPSTREAM_FILE, directory / S3PRL_UPSTREAM_FILE.name)  # SUPERB (docs/superb.md)
-    save_file(hf_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    state = hf_state_dict(model)
+    if head is not None:
+        state = {HF_BASE_PREFIX + k: v for k, v in state.items()}
+        state.update({k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()})
+        data["skillkd"]["task_head"] = head.spec.to_dict()
+        (directory / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True))
+        for name in PROCESSOR_FILES:
+            if processor_dir is not None and (processor_dir / name).is_file():
+                shutil.copyfile(processor_dir / name, directory / name)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_dict(config), indent=2))
     world_readable(directory)
     return directory

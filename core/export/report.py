@@ -48,6 +48,7 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
         "method": spec.method,
         "spec": spec.model_dump(),
         "teacher": teacher_facts(job),
+        "task_head": inputs.head_facts(spec),
         "student": {
             "num_params": student.num_params(),
             "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),

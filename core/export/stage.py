@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 import core.evaluation.speed as speed
 from core.distill import build
 from core.events import Event
@@ -28,16 +30,18 @@ def export(job: Job, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     clusters = stages["calibrate"]["clusters"]
     export_dir = workdir / STUDENT_DIR
     student, targets = build.load_result(
-        workdir, build.STAGE2_RESULT, clusters, job.teacher.config.hidden_size, spec
+        workdir, build.STAGE2_RESULT, clusters, job.teacher.config.hidden_size, spec, head=job.inputs.head
     )
     student.eval()
+    head = targets.task.student_head.cpu().eval() if targets.task is not None else None
     report = build_report(job, student, stages)
     if export_dir.exists():
         shutil.rmtree(export_dir)
     save_student(
         student,
         export_dir,
-        heads=targets,
+        heads=nn.ModuleDict({"projections": targets.projections}),
+        task_head=head,
         metadata={"teacher": report["teacher"], "clusters": clusters, "method": spec.method},
     )
     for name in ("cka.png", "clusters.json"):
@@ -54,6 +58,8 @@ def export(job: Job, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
             audio=job.audio,
             seed=spec.seed,
             metadata={"teacher": report["teacher"]},
+            head=head,
+            processor_dir=job.teacher_dir if head is not None else None,
         )
     )
     write_json(export_dir / "report.json", report)

@@ -4,6 +4,8 @@ An exported student is a directory:
     model.safetensors        the encoder's weights (our names, float32)
     config.json              {"format": "skillkd-student", "version": 1, "model": <ModelConfig>, ...}
     distill_heads.safetensors  the cluster projections (only needed to distil further)
+    task_head.safetensors    a fine-tuned teacher's task head as the student keeps it (transformers' names;
+                             config.json's "task_head" says which: core.models.heads.HeadSpec)
     report.json              teacher, sizes, sparsity, clusters, CKA, losses, spec (core.export.report)
     cka.png, clusters.json   calibration plots and clusters
     model.onnx, model_fp16.onnx, model_quantized.onnx
@@ -22,6 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from core.models import FORMAT_VERSION, STUDENT_FORMAT, SpeechEncoder
+from core.models.heads import TaskHead
+
+TASK_HEAD_FILE = "task_head.safetensors"
 
 
 def save_student(
@@ -30,8 +35,10 @@ def save_student(
     *,
     metadata: dict[str, Any] | None = None,
     heads: nn.Module | None = None,
+    task_head: TaskHead | None = None,
 ) -> Path:
-    """Write `model` (no masks) as an exported student."""
+    """Write `model` (no masks) as an exported student; `heads`: the cluster projections; `task_head`: the
+    task head it keeps."""
     if model.config.has_masks:
         raise ValueError("finalise (prune) the student before exporting it")
     directory.mkdir(parents=True, exist_ok=True)
@@ -49,6 +56,12 @@ def save_student(
         "num_params": model.num_params(),
         **(metadata or {}),
     }
+    if task_head is not None:
+        save_file(
+            {k: v.detach().float().contiguous().cpu() for k, v in task_head.state_dict().items()},
+            str(directory / TASK_HEAD_FILE),
+        )
+        config["task_head"] = task_head.spec.to_dict()
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     world_readable(directory)
     return directory
@@ -64,4 +77,4 @@ def world_readable(directory: Path) -> None:
             path.chmod(EXPORT_FILE_MODE)
 
 
-__all__ = ["EXPORT_FILE_MODE", "save_student", "world_readable"]
+__all__ = ["EXPORT_FILE_MODE", "TASK_HEAD_FILE", "save_student", "world_readable"]

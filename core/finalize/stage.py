@@ -20,7 +20,7 @@ def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     model with the masked one on a few seconds of the job's audio; saves `build.FINALIZED`."""
     spec = job.spec
     state = load_checkpoint(job.workdir / "distill_prune" / CHECKPOINT)
-    student, targets = build.restore(state, clusters, job.teacher.config.hidden_size, spec)
+    student, targets = build.restore(state, clusters, job.teacher.config.hidden_size, spec, job.inputs.head)
     student.eval()
     landing = land(student, job.inputs.budgets, seconds=spec.macs_reference_seconds)
     probe = torch.from_numpy(probe_audio(job.inputs.cal_catalog, job.teacher.config.sample_rate))[None]

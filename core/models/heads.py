@@ -235,7 +235,31 @@ def load_task_head(directory: Path | str, state: dict[str, Tensor] | None = None
         if not torch.isfinite(value).all():
             raise TeacherError(f"the head's {key} holds NaN or inf values")
     head.load_state_dict({k: v.float() for k, v in found.items()}, strict=True)
+    if spec.task == "ctc":
+        check_vocabulary(directory, spec.num_outputs)
     return head.eval()
+
+
+def check_vocabulary(directory: Path, vocab_size: int) -> None:
+    """A CTC teacher's tokenizer (vocab.json, when it has one) must name tokens of its head: ids below
+    `vocab_size`, or the student's transcripts would decode to other text."""
+    path = directory / "vocab.json"
+    if not path.is_file():
+        return
+    try:
+        vocab = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TeacherError(f"vocab.json cannot be read: {exc}") from None
+    if isinstance(vocab, dict) and vocab and all(isinstance(v, dict) for v in vocab.values()):
+        vocab = next(iter(vocab.values()))  # a multilingual tokenizer's vocab.json: {language: {token: id}}
+    ids = [v for v in vocab.values() if isinstance(v, int)] if isinstance(vocab, dict) else []
+    if not ids:
+        raise TeacherError("vocab.json holds no token ids")
+    if max(ids) >= vocab_size:
+        raise TeacherError(
+            f"the tokenizer (vocab.json) does not match the CTC head: it has token id {max(ids)}, the head "
+            f"{vocab_size} outputs (ids 0..{vocab_size - 1})"
+        )
 
 
 def task_distill_loss(

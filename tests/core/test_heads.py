@@ -103,3 +103,12 @@ def test_the_distillation_term_is_the_softened_kl_and_zero_at_the_teacher() -> N
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
     kl = (p * (p.log() - torch.log_softmax(student / t, -1))).sum(-1)
     assert torch.allclose(task_distill_loss(student, teacher, t, mask), kl[mask].mean() * t**2)
+
+
+def test_a_tokenizer_that_does_not_match_the_ctc_head_is_refused(tmp_path: Path) -> None:
+    directory = save_tiny_task_teacher(tmp_path / "t", "ctc", "hubert")  # 12 outputs
+    (directory / "vocab.json").write_text(json.dumps({"<pad>": 0, **{f"p{i}": i for i in range(1, 12)}}))
+    assert load_task_head(directory) is not None
+    (directory / "vocab.json").write_text(json.dumps({"<pad>": 0, **{f"p{i}": i for i in range(1, 40)}}))
+    with pytest.raises(TeacherError, match="does not match the CTC head: it has token id 39, the head 12"):
+        load_task_head(directory)

@@ -1,0 +1,158 @@
+"""Issue 23: a fine-tuned teacher (transformers task model) gives a student of the same task, end to end on
+tiny random-init teachers: the head is kept and distilled, the exports are the task model (the HF export
+loads with its Auto class and computes what our student and head compute), `drop_head` is said, never silent,
+and the heads the engine does not keep are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.errors import SpecError, TeacherError
+from core.models import load_student
+from core.models.heads import HeadSpec, TaskHead
+from core.pipeline import run
+from core.spec import CompressionSpec
+from tests.utils.audio import write_audio
+from tests.utils.models import save_tiny_task_teacher, save_tiny_teacher
+from tests.utils.pipeline import SPEC
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    return write_audio(tmp_path / "audio")
+
+
+def write_tokenizer(directory: Path, vocab_size: int = 12) -> None:
+    """A CTC tokenizer of `vocab_size` tokens beside a tiny CTC teacher (as a fine-tuned recogniser has)."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{chr(ord("a") + i): 3 + i for i in range(vocab_size - 3)}}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    Wav2Vec2CTCTokenizer(str(directory / "vocab.json")).save_pretrained(directory)
+
+
+def student_head(export: Path) -> TaskHead:
+    config = json.loads((export / "config.json").read_text())
+    spec = HeadSpec.from_dict(config["task_head"])
+    head = TaskHead(spec, config["model"]["hidden_size"], len(config["model"]["layers"]))
+    head.load_state_dict(load_file(str(export / "task_head.safetensors")))
+    return head.eval()
+
+
+def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    from transformers import AutoModelForCTC, Wav2Vec2Processor, pipeline
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", "hubert")
+    write_tokenizer(teacher)
+    result = run(CompressionSpec(**SPEC, task_temperature=2.0), teacher, audio_dir, tmp_path / "w")
+    report = result.report
+    assert report["task_head"] == {
+        "kept": True,
+        "task": "ctc",
+        "teacher_class": "HubertForCTC",
+        "description": "HubertForCTC: a CTC head over 12 tokens",
+        "weight": 1.0,
+        "temperature": 2.0,
+    }
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert all("task" in row for row in log)  # the task term is trained in both stages, and logged
+    assert {row["stage"] for row in log} == {"distill_prune", "final_distill"}
+
+    student = load_student(result.export_dir)
+    head = student_head(result.export_dir)
+    hf = result.artifacts["hf"]
+    config = json.loads((hf / "config.json").read_text())
+    assert config["architectures"] == ["SkillkdForCTC"] and config["vocab_size"] == 12
+    model = AutoModelForCTC.from_pretrained(hf, trust_remote_code=True).eval()
+    waves = torch.randn(2, 8000)
+    with torch.no_grad():
+        reps, _ = student(waves)
+        want = head.on_encoder(student, reps)
+        got = model(waves).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    # the teacher's processor travels with the student: transformers' ASR pipeline runs on the export
+    processor = Wav2Vec2Processor.from_pretrained(hf)
+    assert (
+        processor.tokenizer.get_vocab()["<pad>"] == 0 and processor.feature_extractor.sampling_rate == 16000
+    )
+    asr = pipeline("automatic-speech-recognition", model=str(hf), trust_remote_code=True)
+    assert isinstance(asr(waves[0].numpy())["text"], str)
+    # the export's encoder is what the student's is: load_student reads the task export too
+    again = load_student(hf)
+    assert again.num_params() == student.num_params()
+
+
+def test_a_weighted_classifier_teacher_gives_a_classifier_student(tmp_path: Path, audio_dir: Path) -> None:
+    from transformers import AutoModelForAudioClassification
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "sequence", "wavlm", weighted=True)
+    result = run(CompressionSpec(**SPEC), teacher, audio_dir, tmp_path / "w")
+    assert result.report["task_head"]["task"] == "sequence"
+    hf = result.artifacts["hf"]
+    model = AutoModelForAudioClassification.from_pretrained(hf, trust_remote_code=True).eval()
+    assert model.config.id2label == {0: "calm", 1: "happy", 2: "sad"}
+    student, head = load_student(result.export_dir), student_head(result.export_dir)
+    waves = torch.randn(2, 8000)
+    with torch.no_grad():
+        reps, _ = student(waves)
+        want = head.on_encoder(student, reps)
+        got = model(waves).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_drop_head_is_said_and_a_headless_teacher_says_nothing(tmp_path: Path, audio_dir: Path) -> None:
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", "hubert")
+    result = run(CompressionSpec(**SPEC, drop_head=True), teacher, audio_dir, tmp_path / "w")
+    assert result.report["task_head"] == {
+        "kept": False,
+        "dropped": "HubertForCTC: a CTC head over 12 tokens",
+    }
+    assert not (result.export_dir / "task_head.safetensors").exists()
+    assert json.loads((result.artifacts["hf"] / "config.json").read_text())["architectures"] == [
+        "SkillkdModel"
+    ]
+    plain = run(CompressionSpec(**SPEC), save_tiny_teacher(tmp_path / "plain"), audio_dir, tmp_path / "p")
+    assert plain.report["task_head"] is None
+
+
+def test_heads_the_engine_cannot_keep_are_refused_before_any_stage(tmp_path: Path, audio_dir: Path) -> None:
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "sequence", "hubert", weighted=True)
+    with pytest.raises(SpecError, match="prune_layers: the teacher's head"):
+        run(CompressionSpec(**SPEC, prune_layers=True), teacher, audio_dir, tmp_path / "w1")
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "architectures": ["HubertForXVector"]}))
+    with pytest.raises(TeacherError, match="x-vector head"):
+        run(CompressionSpec(**SPEC), teacher, audio_dir, tmp_path / "w2")
+    for workdir in (tmp_path / "w1", tmp_path / "w2"):  # the job's record only: no stage ran
+        assert [p.name for p in workdir.iterdir()] == ["job.json"]
+    # dropping the head it cannot keep is what the user may ask for
+    result = run(CompressionSpec(**SPEC, drop_head=True), teacher, audio_dir, tmp_path / "w3")
+    assert result.report["task_head"] == {"kept": False, "dropped": "HubertForXVector (its head)"}
+
+
+def test_the_dry_run_says_what_the_teacher_head_is_and_what_the_student_keeps(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from cli import skillkd
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", "hubert")
+    args = ["compress", str(teacher), str(audio_dir), "--out", str(tmp_path / "o"), "--dry-run"]
+    shown = CliRunner().invoke(skillkd, [*args, "--stage1-steps", "8", "--stage2-steps", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert "head:     HubertForCTC: a CTC head over 12 tokens; the student keeps it" in shown.output
+    dropped = CliRunner().invoke(skillkd, [*args, "--drop-head", "--json"])
+    assert dropped.exit_code == 0, dropped.output
+    assert json.loads(dropped.output)["task_head"] == {
+        "kept": False,
+        "dropped": "HubertForCTC: a CTC head over 12 tokens",
+    }
+    assert not (tmp_path / "o").exists()
