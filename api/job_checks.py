@@ -5,6 +5,7 @@
     check_size_targets  no size target below the smallest student of the teacher's layout, and a MACs
                         target below the teacher's MACs (counted by the engine, lazily; the smallest
                         student's sizes are kept per teacher, whose files never change)
+    check_task_head     a fine-tuned teacher's head can be kept (or the spec drops it)
 
 The spec rules that need the teacher are core.rules', the ones the pipeline applies before a run, so a job
 accepted here is not refused by its worker for one of them. Spec-only checks are CompressionSpec's
@@ -39,6 +40,7 @@ def check_job(body: JobCreate, services: Services, session: Session, owner: Owne
     check_spec_bounds(body.spec, services.settings)
     teacher = check_references(session, owner, body)
     check_size_targets(body.spec, services, teacher)
+    check_task_head(body.spec, services, teacher)
     return teacher
 
 
@@ -127,6 +129,19 @@ def check_size_targets(spec: CompressionSpec, services: Services, teacher: Teach
     if teacher_macs is None:
         smallest = {"params": smallest["params"]}  # the MACs target is unset: its floor does not apply
     check_teacher_shape(spec, teacher, macs=teacher_macs, smallest=smallest)
+
+
+def check_task_head(spec: CompressionSpec, services: Services, teacher: Teacher) -> None:
+    """A fine-tuned teacher's head: one the engine cannot keep (x-vector, an unknown class, weights or a
+    tokenizer that do not match its config) is 422 unless the spec drops it (`drop_head`); a weighted head
+    with `prune_layers` is 422 naming that field. The engine reads the head's config and weights alone."""
+    try:
+        services.get_engine().task_head(services.storage.teacher_dir(teacher.id), spec)
+    except SpecError as exc:
+        field = exc.field or "spec"
+        raise spec_error(field, exc.message.removeprefix(f"{field}: ")) from exc
+    except SkillkdError as exc:
+        raise input_error(exc, services.storage.root) from exc
 
 
 # (teacher id, its sha256, MACs reference seconds) -> the engine's smallest_student; oldest dropped first

@@ -55,18 +55,7 @@ class JobInputs:
     def head_facts(self, spec: CompressionSpec) -> dict[str, Any] | None:
         """What becomes of the teacher's task head (the report, the dry run): kept (and distilled with which
         weight and temperature), dropped (`drop_head`, described), or None when the teacher has none."""
-        if self.head is not None:
-            return {
-                "kept": True,
-                "task": self.head.spec.task,
-                "teacher_class": self.head.spec.teacher_class,
-                "description": self.head.spec.describe(),
-                "weight": spec.task_weight,
-                "temperature": spec.task_temperature,
-            }
-        if self.head_dropped is not None:
-            return {"kept": False, "dropped": self.head_dropped}
-        return None
+        return _head_facts(self.head, self.head_dropped, spec)
 
     def teacher_facts(self, teacher_dir: Path) -> dict[str, Any]:
         """What the report and the dry run say of the teacher: named by its folder's name and the sha256 of
@@ -102,13 +91,39 @@ def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None
 
 def dropped_head(teacher_dir: Path | str) -> str | None:
     """What `drop_head` drops: the teacher's head described, or None when it has none."""
-    config = json.loads((Path(teacher_dir) / "config.json").read_text())
+    try:
+        config = json.loads((Path(teacher_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # the teacher's own check says what is wrong with it
     architectures = config.get("architectures") or []
     try:
         spec = head_spec_from_config(config)
     except TeacherError:  # a head the engine cannot keep: dropping it is what the user asked for
         return f"{architectures[0]} (its head)"
     return spec.describe() if spec is not None else None
+
+
+def head_facts(teacher_dir: Path | str, spec: CompressionSpec) -> dict[str, Any] | None:
+    """`JobInputs.head_facts` from the teacher's directory alone (the service's check at job creation): the
+    same refusals as a run's (`task_head`), the head's weights read without the encoder's."""
+    head = task_head(teacher_dir, spec)
+    dropped = dropped_head(teacher_dir) if spec.drop_head else None
+    return _head_facts(head, dropped, spec)
+
+
+def _head_facts(head: TaskHead | None, dropped: str | None, spec: CompressionSpec) -> dict[str, Any] | None:
+    if head is not None:
+        return {
+            "kept": True,
+            "task": head.spec.task,
+            "teacher_class": head.spec.teacher_class,
+            "description": head.spec.describe(),
+            "weight": spec.task_weight,
+            "temperature": spec.task_temperature,
+        }
+    if dropped is not None:
+        return {"kept": False, "dropped": dropped}
+    return None
 
 
 TEACHER_FILES = ("config.json", "preprocessor_config.json", "*.safetensors", "*.bin")
@@ -206,6 +221,7 @@ __all__ = [
     "JobInputs",
     "TEACHER_FILES",
     "dropped_head",
+    "head_facts",
     "prepare_inputs",
     "select_device",
     "task_head",

@@ -48,6 +48,12 @@ class Engine(Protocol):
         below these can be met); raises TeacherError."""
         ...
 
+    def task_head(self, path: Path, spec: CompressionSpec) -> dict[str, Any] | None:
+        """What becomes of the teacher's task head under `spec` (core.inputs.JobInputs.head_facts: kept,
+        dropped, or None without one); raises TeacherError for a head the engine cannot keep, SpecError for a
+        spec that cannot keep it (a weighted head with prune_layers)."""
+        ...
+
     def scan_audio(self, source: Path) -> dict[str, Any]:
         """AudioCatalog.summary(): files, hours, sample_rates (list), skipped (by reason), skipped_examples
         ([{path, reason}]), and optionally phone_labelled (items with phone labels); raises AudioError if
@@ -88,6 +94,11 @@ class CoreEngine:
         from core.models import macs_per_second
 
         return macs_per_second(path, seconds)
+
+    def task_head(self, path: Path, spec: CompressionSpec) -> dict[str, Any] | None:
+        from core.inputs import head_facts
+
+        return head_facts(path, spec)
 
     def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
         import torch
@@ -224,6 +235,12 @@ class FakeEngine:
     def teacher_macs(self, path: Path, seconds: float) -> float:
         """A stand-in: 100 MACs per parameter per second of audio."""
         return 100.0 * _safetensors_numel(path / "model.safetensors")
+
+    def task_head(self, path: Path, spec: CompressionSpec) -> dict[str, Any] | None:
+        """The real engine's answer: it reads the head's config and weights alone (no encoder)."""
+        from core.inputs import head_facts
+
+        return head_facts(path, spec)
 
     def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
         """A stand-in: 1% of the teacher's parameters and of its MACs."""

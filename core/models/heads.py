@@ -217,11 +217,12 @@ def load_task_head(directory: Path | str, state: dict[str, Tensor] | None = None
     spec = head_spec_from_config(hf)
     if spec is None:
         return None
+    try:
+        head = TaskHead(spec, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TeacherError(f"config.json of the {spec.teacher_class} lacks a usable {exc}") from None
     if state is None:
-        from core.models.import_huggingface import read_weights
-
-        state = read_weights(directory)
-    head = TaskHead(spec, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))
+        state = _read_head_weights(directory, head_keys(spec))
     wanted = head.state_dict()
     found = {key: state[key] for key in head_keys(spec) if key in state}
     missing = sorted(set(wanted) - set(found))
@@ -260,6 +261,23 @@ def check_vocabulary(directory: Path, vocab_size: int) -> None:
             f"the tokenizer (vocab.json) does not match the CTC head: it has token id {max(ids)}, the head "
             f"{vocab_size} outputs (ids 0..{vocab_size - 1})"
         )
+
+
+def _read_head_weights(directory: Path, keys: list[str]) -> dict[str, Tensor]:
+    """The head's weights alone: from model.safetensors without reading the encoder's, else the whole file."""
+    path = directory / "model.safetensors"
+    if path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                stored = set(f.keys())
+                return {key: f.get_tensor(key) for key in keys if key in stored}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise TeacherError(f"model.safetensors cannot be read (corrupt or truncated?): {exc}") from None
+    from core.models.import_huggingface import read_weights
+
+    return read_weights(directory)
 
 
 def task_distill_loss(

@@ -1,0 +1,57 @@
+"""Issue 23 on the service: a fine-tuned teacher uploads like any other; at job creation (and in its dry run)
+a head the engine cannot keep is 422 unless the spec drops it, and a weighted head with prune_layers is 422
+naming that field, before anything is queued."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.utils.models import save_tiny_task_teacher
+from tests.utils.servicekit import zip_dir
+
+
+def upload(client, headers, directory: Path) -> dict:
+    r = client.post(
+        "/v1/teachers", content=zip_dir(directory), headers={**headers, "Content-Type": "application/zip"}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def create(client, headers, teacher, dataset, spec, *, dry_run=False):
+    return client.post(
+        "/v1/jobs" + ("?dry_run=true" if dry_run else ""),
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec},
+        headers=headers,
+    )
+
+
+def test_a_ctc_teacher_is_accepted_and_its_job_keeps_the_head(client, alice, dataset, enqueuer, tmp_path):
+    teacher = upload(client, alice, save_tiny_task_teacher(tmp_path / "ctc", "ctc"))
+    r = create(client, alice, teacher, dataset, {"stage1_steps": 3})
+    assert r.status_code == 202, r.text
+    assert create(client, alice, teacher, dataset, {"drop_head": True}).status_code == 202
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_heads_that_cannot_be_kept_are_422_at_creation(client, alice, dataset, enqueuer, tmp_path, dry_run):
+    weighted = save_tiny_task_teacher(tmp_path / "seq", "sequence", weighted=True)
+    teacher = upload(client, alice, weighted)
+    r = create(client, alice, teacher, dataset, {"prune_layers": True}, dry_run=dry_run)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid", r.text
+    assert r.json()["error"]["message"].startswith("spec.prune_layers: the teacher's head")
+
+    xvector = save_tiny_task_teacher(tmp_path / "xv", "sequence")
+    config = json.loads((xvector / "config.json").read_text())
+    (xvector / "config.json").write_text(json.dumps({**config, "architectures": ["HubertForXVector"]}))
+    teacher = upload(client, alice, xvector)
+    r = create(client, alice, teacher, dataset, {}, dry_run=dry_run)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "teacher_invalid", r.text
+    assert "x-vector head" in r.json()["error"]["message"] and "--drop-head" in r.json()["error"]["message"]
+    assert "/" not in r.json()["error"]["message"].split("x-vector")[0]  # no server path
+    if not dry_run:
+        assert enqueuer.ids == []
+        assert create(client, alice, teacher, dataset, {"drop_head": True}).status_code == 202
