@@ -131,6 +131,12 @@ _PATH = click.Path(exists=True, path_type=Path)
     default=None,
     help="Training steps of each fine-tuning run [default: 100].",
 )
+@click.option(
+    "--label-field",
+    default=None,
+    help="A classifier model (a fine-tuned teacher or a student that kept its head) is scored on its task "
+    "against this manifest field [default: the first of label, emotion, speaker that names its labels].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result JSON on stdout.")
 def evaluate_command(
     model: Path,
@@ -149,10 +155,12 @@ def evaluate_command(
     name: str | None,
     finetune: tuple[str, ...],
     finetune_steps: int | None,
+    label_field: str | None,
     as_json: bool,
 ) -> None:
     """Probe MODEL (a teacher or an exported student) on DATASET: phoneme recognition and speaker ID; with
-    --finetune, also what it scores after brief fine-tuning of the whole model."""
+    --finetune, also what it scores after brief fine-tuning of the whole model. A model with a task head (a
+    fine-tuned teacher, or a student that kept its head) is also scored on its task with its own head."""
     from core.evaluation.finetune import FinetuneConfig
     from core.evaluation.probes import PhoneProbeConfig
     from core.evaluation.run import evaluate, render_markdown
@@ -178,6 +186,7 @@ def evaluate_command(
             per_layer=per_layer,
             finetune=finetune,
             finetune_config=finetune_config,
+            label_field=label_field,
             on_event=bars,
         ),
     )

@@ -245,6 +245,7 @@ def evaluate(
     per_layer: bool = False,
     finetune: Sequence[str] = (),
     finetune_config: FinetuneConfig = FinetuneConfig(),
+    label_field: str | None = None,
     on_event: OnEvent | None = None,
 ) -> dict[str, Any]:
     """Probe a model on `dataset` (manifest.jsonl with split, phones, speaker); returns the JSON-ready report.
@@ -253,8 +254,10 @@ def evaluate(
     With `teacher`, also reports linear CKA between the teacher's and the model's cluster-mean representations
     on the test split (`clusters` default: those in the model's `report.json`, else one per representation).
     With `finetune` ("ctc", "speaker"), also the model fine-tuned per task (core.evaluation.finetune) in its
-    entry's `finetune`; the labels it needs are checked first. With `out_dir`, writes `evaluation.json` and
-    `evaluation.md` there.
+    entry's `finetune`; the labels it needs are checked first. A model with a task head (a fine-tuned teacher,
+    a student that kept its head) is also scored on its task as it is (core.evaluation.task: PER of its CTC
+    head, accuracy of its classifier against `label_field`) in its entry's `task`. With `out_dir`, writes
+    `evaluation.json` and `evaluation.md` there.
     """
     emit = on_event or ignore_event
     run_device = select_device(device)
@@ -278,6 +281,12 @@ def evaluate(
         entry["cka"] = _teacher_cka(teacher, features, clusters, data, run_device, emit, notes)
     entries.append(entry)
     del features
+    if isinstance(model_path_or_module, (str, Path)):  # a model with a task head: the task itself
+        from core.evaluation.task import load_task_model, task_scores
+
+        task_model = load_task_model(model_path_or_module)
+        if task_model is not None:
+            entry["task"] = task_scores(task_model, data, device=run_device, label_field=label_field)
     if finetune:  # 6. Fine-tuning: the whole model, per task, on the same splits
         entry["finetune"] = _finetuned(
             model, data, finetune, finetune_config, seed, run_device, model_name, emit
@@ -477,7 +486,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             *layer_table([(entry["name"], entry["sid_per_layer"]["accuracy"]) for entry in layered]),
         ]
-    lines += finetune_table(result)
+    lines += finetune_table(result) + task_lines(result)
     for entry in result["models"]:
         if "sid" in entry and entry["sid"]["unseen_test_speakers"]:
             sid = entry["sid"]
@@ -500,6 +509,26 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 _FINETUNED = {"ctc": ("PER % ↓", "pr", "per"), "speaker": ("speaker acc % ↑", "sid", "accuracy")}
+
+
+def task_lines(result: dict[str, Any]) -> list[str]:
+    """The task of each model with a task head, scored with its own head (core.evaluation.task)."""
+    lines = []
+    for entry in result["models"]:
+        task = entry.get("task")
+        if not task:
+            continue
+        if "per" in task:
+            figure = f"PER {_percent(task['per'])}% over {task['utterances']} test utterances (greedy CTC)"
+        elif "accuracy" in task:
+            figure = (
+                f"accuracy {_percent(task['accuracy'])}% over {task['utterances']} test utterances "
+                f"(labels: `{task['label_field']}`; {task['unscored_utterances']} with other labels unscored)"
+            )
+        else:
+            figure = task.get("note", "not scored")
+        lines.append(f"- {entry['name']}, its own head ({task['head']}): {figure}")
+    return ["", "The task, with the model's own head:", "", *lines] if lines else []
 
 
 def finetune_table(result: dict[str, Any]) -> list[str]:

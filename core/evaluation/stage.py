@@ -21,6 +21,11 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
             out["eval_per"] = float(student["pr"]["per"])
         if "sid" in student:
             out["eval_sid_accuracy"] = float(student["sid"]["accuracy"])
+        task = student.get("task") or {}
+        if "per" in task:
+            out["eval_task_per"] = float(task["per"])
+        if "accuracy" in task:
+            out["eval_task_accuracy"] = float(task["accuracy"])
     return out
 
 

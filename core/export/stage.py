@@ -17,6 +17,7 @@ from core.export.for_users import export_for_users
 from core.export.report import build_report
 from core.export.student import save_student, world_readable
 from core.inputs import Job
+from core.models.heads import PROCESSOR_FILES
 from core.workdir import write_json
 
 STUDENT_DIR = "student"  # workdir/student: the export in skillkd's format
@@ -48,6 +49,10 @@ def export(job: Job, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         src = workdir / "calibrate" / name
         if src.exists():
             shutil.copy2(src, export_dir / name)
+    if head is not None:  # the teacher's tokenizer goes with its head (decoding the student's CTC output)
+        for name in PROCESSOR_FILES:
+            if (job.teacher_dir / name).is_file():
+                shutil.copyfile(job.teacher_dir / name, export_dir / name)
     merge_train_logs(workdir, export_dir / "train_log.jsonl")
     report.update(
         export_for_users(

@@ -18,6 +18,7 @@ from core.models.heads import HeadSpec, TaskHead
 from core.pipeline import run
 from core.spec import CompressionSpec
 from tests.utils.audio import write_audio
+from tests.utils.evaluation import write_dataset
 from tests.utils.models import save_tiny_task_teacher, save_tiny_teacher
 from tests.utils.pipeline import SPEC
 
@@ -87,6 +88,13 @@ def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
     # the export's encoder is what the student's is: load_student reads the task export too
     again = load_student(hf)
     assert again.num_params() == student.num_params()
+    # both exports are scored on the task with the student's own head, identically
+    from core.evaluation.dataset import load_probe_data
+    from core.evaluation.task import load_task_model, task_scores
+
+    data = load_probe_data(write_dataset(tmp_path / "labelled"), tasks=("pr",))
+    scores = [task_scores(load_task_model(path), data) for path in (result.export_dir, hf)]  # type: ignore[arg-type]
+    assert scores[0] == scores[1] and scores[0]["task"] == "ctc" and scores[0]["utterances"] == len(data.test)
 
 
 def test_a_weighted_classifier_teacher_gives_a_classifier_student(tmp_path: Path, audio_dir: Path) -> None:
