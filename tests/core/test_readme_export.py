@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from core.export.for_users import export_for_users
-from core.export.hf import hidden_states_from_reps
+from core.export.hf import hidden_states_from_reps, save_hf_export
 from core.models import load_huggingface, make_student
-from tests.utils.models import save_tiny_teacher
+from core.models.heads import load_task_head
+from tests.utils.models import save_tiny_task_teacher, save_tiny_teacher
 from tests.utils.paths import REPO
 
 
@@ -24,6 +25,8 @@ def _section_code() -> list[str]:
 
 
 def test_readme_transformers_and_onnxruntime_lines_run(tmp_path: Path, monkeypatch) -> None:
+    from transformers import Wav2Vec2CTCTokenizer
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     teacher = save_tiny_teacher(tmp_path / "t", "hubert", False)
     (teacher / "preprocessor_config.json").write_text(
@@ -37,7 +40,7 @@ def test_readme_transformers_and_onnxruntime_lines_run(tmp_path: Path, monkeypat
     student.eval().prune()
     directory = tmp_path / "hf"
     export_for_users(student, tmp_path / "student", directory, ["fp32", "int8"], measure_per=False)
-    transformers_code, finetune_code, onnx_code = _section_code()
+    transformers_code, finetune_code, onnx_code, task_code = _section_code()
     assert len(transformers_code.strip().splitlines()) == 3
     wave = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
     with torch.no_grad():
@@ -62,6 +65,18 @@ def test_readme_transformers_and_onnxruntime_lines_run(tmp_path: Path, monkeypat
     model = scope["model"]
     assert type(model).__name__ == "SkillkdForCTC" and model.lm_head.out_features == 12
     assert not any(p.requires_grad for p in model.skillkd.feature_extractor.parameters())
+
+    # a fine-tuned teacher's student: the ASR pipeline line runs on its task export
+    task_teacher = save_tiny_task_teacher(tmp_path / "ctc", "ctc", vocab_size=5)
+    (task_teacher / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1, "a": 2, "b": 3, "|": 4}))
+    Wav2Vec2CTCTokenizer(str(task_teacher / "vocab.json")).save_pretrained(task_teacher)
+    head = load_task_head(task_teacher)
+    task_dir = save_hf_export(
+        load_huggingface(task_teacher), tmp_path / "task", head=head, processor_dir=task_teacher
+    )
+    scope = {"directory": str(task_dir)}
+    exec(task_code, scope)  # noqa: S102
+    assert isinstance(scope["asr"](wave)["text"], str)
 
     scope = {"directory": str(directory), "wave": wave}
     exec(onnx_code, scope)  # noqa: S102
