@@ -81,6 +81,12 @@ class DashboardFakeEngine:
         params = self.inspect_teacher(path)["num_params"]
         return {"params": 0.01 * params, "macs": 0.01 * _macs(params)}
 
+    def task_head(self, path: Path, spec: Any) -> dict[str, Any] | None:
+        """The real engine's answer: a fine-tuned teacher's head read from its config and weights."""
+        from core.inputs import head_facts
+
+        return head_facts(path, spec)
+
     def scan_audio(self, source: Path) -> dict[str, Any]:
         import soundfile
 
@@ -243,6 +249,7 @@ class DashboardFakeEngine:
                 "layers": student_layers,
                 "conv_channels": student_conv,
             },
+            "task_head": self.task_head(teacher, spec),
             "target_sparsity": target,
             "achieved_sparsity": 1 - student_params / teacher_params,
             "clusters": clusters,

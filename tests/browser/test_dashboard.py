@@ -319,3 +319,34 @@ def test_the_page_modules_small_functions(page_for, service):
         got["stages"]["calibrate"]["duration"] == 4.5 and got["stages"]["distill_prune"]["finished"] is None
     )
     assert got["shortId"] == "job_…53fbcd5c2" and got["duration"] == "1 h 02 min"
+
+
+def test_a_fine_tuned_teachers_job_says_what_its_student_kept(page_for, service, inputs, tmp_path):
+    """Issue 23: the job page names the teacher's task head and what became of it, kept or dropped."""
+    from dashboard_kit import upload
+
+    from tests.utils.models import save_tiny_task_teacher
+    from tests.utils.servicekit import zip_dir
+
+    ctc = save_tiny_task_teacher(tmp_path / "ctc", "ctc")
+    with service.client("alice") as c:
+        teacher = upload(c, "teachers", zip_dir(ctc))
+        jobs = []
+        for drop in (False, True):
+            body = {
+                "teacher_id": teacher["id"],
+                "dataset_id": inputs["dataset"]["id"],
+                "spec": {"stage1_steps": 4, "stage2_steps": 2, "drop_head": drop},
+            }
+            r = c.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            jobs.append(wait_job(c, r.json()["id"], {"succeeded"}))
+    page = page_for("alice")
+    for job, said in zip(
+        jobs, ("kept, distilled on the teacher's outputs", "dropped (drop_head)"), strict=True
+    ):
+        page.goto(f"{service.url}/ui/#/jobs/{job['id']}")
+        page.wait_for_selector("dl.facts :text('Task head')")
+        text = page.inner_text("dl.facts")
+        assert "HubertForCTC: a CTC head over 12 tokens" in text and said in text
+    no_js_errors(page)

@@ -118,6 +118,7 @@ export async function renderJob(main, jobId, signal) {
         fact("Target", describeTarget(job.spec)),
         fact("Teacher", h("span", { class: "mono" }, job.teacher_id),
           report && report.teacher ? ` (${report.teacher.architecture || ""} ${report.teacher.layout || ""}, ${report.teacher.num_layers} layers)` : ""),
+        report && report.task_head ? fact("Task head", headText(report.task_head)) : null,
         fact("Dataset", h("span", { class: "mono" }, job.dataset_id)),
         fact("Created", fmt.time(job.created_at)),
         fact("Started", fmt.time(job.started_at)),
@@ -589,6 +590,13 @@ function architectureSection(report) {
         { label: "Conv layer", cell: (c) => String(c.i + 1) },
         { label: "Channels kept", cell: (c) => kept(c.c, c.teacher) },
       ], conv, { caption: "Convolutional feature extractor" })));
+}
+
+/** What became of a fine-tuned teacher's head (report.task_head). */
+function headText(head) {
+  if (!head.kept) return `${head.dropped}: dropped (drop_head), the student is an encoder alone`;
+  return `${head.description}: kept, distilled on the teacher's outputs (weight ${head.weight}, ` +
+    `temperature ${head.temperature}); the hf artifact is the task model`;
 }
 
 function renderArtifacts(container, items) {
