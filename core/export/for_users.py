@@ -101,6 +101,7 @@ def export_for_users(
         probe_data=probe_data,
         int8_mode=int8_mode,
         seed=seed,
+        head=head,
     )
     report["notes"] = notes
     report["max_abs_diff"] = report["fp32_check"]["max_abs_diff"]

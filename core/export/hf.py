@@ -191,6 +191,16 @@ def hf_task_module(model: SpeechEncoder, task: str, **config: Any) -> Any:
     return module.train()
 
 
+def hf_task_head_module(model: SpeechEncoder, head: TaskHead) -> Any:
+    """The transformers task model of a student that kept its teacher's `head` (what its `hf` export loads
+    as), in eval mode: `hf_task_module` with the head's config and weights."""
+    module = hf_task_module(model, head.spec.task, **head.hf_config())
+    module.load_state_dict(
+        {**{HF_BASE_PREFIX + k: v for k, v in hf_state_dict(model).items()}, **head.state_dict()}, strict=True
+    )
+    return module.eval()
+
+
 def hidden_states_from_reps(model: SpeechEncoder, reps: list[Tensor]) -> list[Tensor]:
     """Our r0..rL -> transformers' hidden_states[0..L]: only index 0 differs (positional conv, and the encoder
     LayerNorm in the Base layout, applied to r0)."""
@@ -207,6 +217,7 @@ __all__ = [
     "hf_module",
     "hf_state_dict",
     "hf_task_module",
+    "hf_task_head_module",
     "TASK_CLASSES",
     "hidden_states_from_reps",
     "preprocessor_dict",

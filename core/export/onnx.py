@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from core.errors import CheckpointError
 from core.evaluation.speed import RUNS_ENV, SECONDS, default_runs
 from core.models import SpeechEncoder
+from core.models.heads import TaskHead
 
 ONNX_VARIANTS = ("fp32", "fp16", "int8")
 # The Hub's names for these encoders' ONNX files (also used inside the hf export's onnx/ folder).
@@ -26,10 +27,13 @@ ONNX_ARTIFACTS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 # audio and, when the audio has phone labels, a probe trained on fp32 features loses at most
 # max_per_increase of PER (a fraction, as the probes report it: 0.01 = one point) when it reads the variant's
 # features (docs/algorithm.md §6).
+# min_decision_agreement: a task student's head (argmax of its logits) against PyTorch fp32, per frame or
+# utterance; set beside the PER gates (a 3-point PER rise at int8 is ~3% of decisions changed), not measured
+# on a real task student yet.
 ONNX_GATES: dict[str, dict[str, float]] = {
-    "fp32": {"min_cka": 0.9999, "max_per_increase": 0.005},
-    "fp16": {"min_cka": 0.99, "max_per_increase": 0.01},
-    "int8": {"min_cka": 0.97, "max_per_increase": 0.03},
+    "fp32": {"min_cka": 0.9999, "max_per_increase": 0.005, "min_decision_agreement": 0.999},
+    "fp16": {"min_cka": 0.99, "max_per_increase": 0.01, "min_decision_agreement": 0.99},
+    "int8": {"min_cka": 0.97, "max_per_increase": 0.03, "min_decision_agreement": 0.95},
 }
 INT8_MODES = ("dynamic", "static")
 DEFAULT_INT8_MODE = "dynamic"
@@ -53,15 +57,33 @@ def parse_onnx_variants(value: bool | str | Sequence[str] | None) -> list[str]:
 class _OnnxGraph(nn.Module):
     """(input_values (batch, time), attention_mask (batch, time)) ->
     (hidden_states (L+1, batch, frame, feature), last_hidden_state (batch, frame, feature)), as transformers'
-    output_hidden_states=True defines them (core.export.hf)."""
+    output_hidden_states=True defines them (core.export.hf); a task model (a student that kept its teacher's
+    head) adds its `logits` (CTC and frame heads: (batch, frame, outputs); utterance heads: (batch,
+    outputs))."""
 
-    def __init__(self, hf_model: nn.Module) -> None:
+    def __init__(self, hf_model: nn.Module, task: bool = False) -> None:
         super().__init__()
-        self.hf_model = hf_model
+        self.hf_model, self.task = hf_model, task
 
-    def forward(self, input_values: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, input_values: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
         out = self.hf_model(input_values, attention_mask=attention_mask, output_hidden_states=True)
+        if (
+            self.task
+        ):  # last_hidden_state from the last hidden state (the final LayerNorm in the Large layout)
+            encoder = self.hf_model.skillkd.encoder
+            last = out.hidden_states[-1]
+            last = encoder.layer_norm(last) if encoder.layer_norm_first else last
+            return torch.stack(out.hidden_states), last, out.logits
         return torch.stack(out.hidden_states), out.last_hidden_state
+
+
+def torch_graph(model: SpeechEncoder, head: TaskHead | None = None) -> _OnnxGraph:
+    """The PyTorch graph the ONNX files are exported from: transformers' definitions (core.export.hf)."""
+    from core.export.hf import hf_module, hf_task_head_module
+
+    if head is None:
+        return _OnnxGraph(hf_module(model.eval())).eval()
+    return _OnnxGraph(hf_task_head_module(model.eval(), head), task=True).eval()
 
 
 def model_inputs(model: SpeechEncoder, waveforms: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,13 +112,27 @@ def onnx_session(path: Path, threads: int = 0) -> Any:
 
 
 def export_onnx(
-    model: SpeechEncoder, path: Path, *, seconds: float = 2.0, atol: float = 1e-3
+    model: SpeechEncoder,
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    atol: float = 1e-3,
+    head: TaskHead | None = None,
 ) -> dict[str, Any]:
     """Export fp32 ONNX (dynamic batch and time) and check it against PyTorch with onnxruntime on a padded
-    batch of two lengths other than the traced one. Returns the check's figures."""
-    from core.export.hf import hf_module
-
-    graph = _OnnxGraph(hf_module(model.eval())).eval()
+    batch of two lengths other than the traced one (every output, `logits` included for a task `head`).
+    Returns the check's figures."""
+    graph = torch_graph(model, head)
+    outputs = ["hidden_states", "last_hidden_state"]
+    axes: dict[str, dict[int, str]] = {
+        "input_values": {0: "batch", 1: "time"},
+        "attention_mask": {0: "batch", 1: "time"},
+        "hidden_states": {1: "batch", 2: "frame"},
+        "last_hidden_state": {0: "batch", 1: "frame"},
+    }
+    if head is not None:
+        outputs.append("logits")
+        axes["logits"] = {0: "batch", 1: "frame"} if head.frame_level else {0: "batch"}
     sr = model.config.sample_rate
     example = model_inputs(
         model, [np.random.default_rng(0).standard_normal(int(seconds * sr)).astype(np.float32)]
@@ -108,13 +144,8 @@ def export_onnx(
             (torch.from_numpy(example["input_values"]), torch.from_numpy(example["attention_mask"])),
             str(path),
             input_names=["input_values", "attention_mask"],
-            output_names=["hidden_states", "last_hidden_state"],
-            dynamic_axes={
-                "input_values": {0: "batch", 1: "time"},
-                "attention_mask": {0: "batch", 1: "time"},
-                "hidden_states": {1: "batch", 2: "frame"},
-                "last_hidden_state": {0: "batch", 1: "frame"},
-            },
+            output_names=outputs,
+            dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
         )
@@ -137,6 +168,7 @@ def export_onnx(
         "max_abs_diff": diff,
         "opset": OPSET,
         "checked_shape": list(check["input_values"].shape),
+        "outputs": outputs,
     }
 
 
@@ -267,7 +299,7 @@ class OnnxRepresentations:
 
     def __call__(self, waveforms: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
         inputs = model_inputs(self.model, [w[: int(n)].cpu().numpy() for w, n in zip(waveforms, lengths)])
-        hidden, _ = self.session.run(None, inputs)
+        (hidden,) = self.session.run(["hidden_states"], inputs)
         return list(torch.from_numpy(hidden)), self.model.frame_lengths(lengths.cpu())
 
     def num_params(self) -> int:
@@ -277,17 +309,15 @@ class OnnxRepresentations:
 class TorchHiddenStates:
     """The PyTorch fp32 reference with transformers' hidden-state definitions, as a RepresentationModel."""
 
-    def __init__(self, model: SpeechEncoder) -> None:
-        from core.export.hf import hf_module
-
-        self.module = _OnnxGraph(hf_module(model)).eval()
+    def __init__(self, model: SpeechEncoder, head: TaskHead | None = None) -> None:
+        self.module = torch_graph(model, head)
         self.model = model
         self.config = model.config
 
     def __call__(self, waveforms: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
         inputs = model_inputs(self.model, [w[: int(n)].cpu().numpy() for w, n in zip(waveforms, lengths)])
         with torch.no_grad():
-            hidden, _ = self.module(*(torch.from_numpy(v) for v in inputs.values()))
+            hidden = self.module(*(torch.from_numpy(v) for v in inputs.values()))[0]
         return list(hidden), self.model.frame_lengths(lengths.cpu())
 
     def num_params(self) -> int:
@@ -331,14 +361,19 @@ def per_figures(
 
 
 def _write_variants(
-    model: SpeechEncoder, out_dir: Path, chosen: list[str], int8_mode: str, calib: list[dict[str, np.ndarray]]
+    model: SpeechEncoder,
+    out_dir: Path,
+    chosen: list[str],
+    int8_mode: str,
+    calib: list[dict[str, np.ndarray]],
+    head: TaskHead | None = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Export fp32 once (checked against PyTorch), then write each chosen variant from it."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        fp32_check = export_onnx(model, fp32)
+        fp32_check = export_onnx(model, fp32, head=head)
         files: dict[str, Path] = {}
         for variant in chosen:
             target = out_dir / ONNX_FILES[variant]
@@ -358,10 +393,12 @@ def _variant_figures(
     batches: list[dict[str, np.ndarray]],
     reference: list[np.ndarray],
     measure_speed: bool,
+    reference_logits: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Per-layer agreement of a written variant with PyTorch fp32 on the check batches, and its speed."""
+    """Per-layer agreement of a written variant with PyTorch fp32 on the check batches, and its speed; with a
+    task head, how often its decisions (argmax of the logits) agree with fp32's."""
     session = onnx_session(target)
-    got = [session.run(None, b)[0] for b in batches]
+    got = [session.run(["hidden_states"], b)[0] for b in batches]
     layers = compare_outputs(model, batches, reference, got)
     figures: dict[str, Any] = {
         "file": target.name,
@@ -370,6 +407,9 @@ def _variant_figures(
         "min_cka": min(x["cka"] for x in layers),
         "min_cosine": min(x["cosine"] for x in layers),
     }
+    if reference_logits is not None:
+        logits = [session.run(["logits"], b)[0] for b in batches]
+        figures["task"] = task_agreement(model, batches, reference_logits, logits)
     if measure_speed and default_runs() > 0:
         figures["rtf_cpu_1_thread"] = onnx_rtf(target, model.config.sample_rate, threads=1)
         figures["rtf_cpu_all_threads"] = onnx_rtf(target, model.config.sample_rate, threads=0)
@@ -378,10 +418,40 @@ def _variant_figures(
     return figures
 
 
+def task_agreement(
+    model: SpeechEncoder,
+    batches: list[dict[str, np.ndarray]],
+    reference: list[np.ndarray],
+    variant: list[np.ndarray],
+) -> dict[str, float]:
+    """The share of decisions (argmax over the outputs: per valid frame for frame-level logits, per utterance
+    otherwise) where a variant agrees with PyTorch fp32, and the largest |difference| of the logits."""
+    same = total = 0
+    diff = 0.0
+    for inputs, ref, var in zip(batches, reference, variant, strict=True):
+        if ref.ndim == 3:
+            for row, frames in enumerate(_frame_lengths(model, inputs["attention_mask"])):
+                r, v = ref[row, :frames], var[row, :frames]
+                same += int((r.argmax(-1) == v.argmax(-1)).sum())
+                total += int(frames)
+                diff = max(diff, float(np.abs(r - v).max()))
+        else:
+            same += int((ref.argmax(-1) == var.argmax(-1)).sum())
+            total += ref.shape[0]
+            diff = max(diff, float(np.abs(ref - var).max()))
+    return {"decision_agreement": same / max(total, 1), "logits_max_abs_diff": diff}
+
+
 def _gate_failures(figures: dict[str, Any], gate: dict[str, float], per_fp32: float | None) -> list[str]:
-    """Why a variant fails its gate (CKA of its worst hidden state; probe PER when measured); [] if it
-    passes."""
+    """Why a variant fails its gate (CKA of its worst hidden state; probe PER when measured; the task head's
+    decisions when the student has one); [] if it passes."""
     reasons = []
+    task = figures.get("task")
+    if task is not None and not task["decision_agreement"] >= gate["min_decision_agreement"]:
+        reasons.append(
+            f"the task head's decisions agree with PyTorch fp32's on {100 * task['decision_agreement']:.2f}% "
+            f"of frames or utterances (gate {100 * gate['min_decision_agreement']:g}%)"
+        )
     if not figures["min_cka"] >= gate["min_cka"]:
         worst = min(range(len(figures["layers"])), key=lambda i: figures["layers"][i]["cka"])
         reasons.append(
@@ -407,9 +477,11 @@ def export_onnx_variants(
     int8_mode: str = DEFAULT_INT8_MODE,
     measure_speed: bool = True,
     seed: int = 0,
+    head: TaskHead | None = None,
 ) -> dict[str, Any]:
     """Write the asked variants to `out_dir` (ONNX_FILES names), verify each against PyTorch fp32 and keep
-    only those that pass their gate. Returns {"variants": {name: figures}, "gates": ..., ...}; a rejected
+    only those that pass their gate; with a task `head`, each file also outputs its `logits`, gated on the
+    head's decisions. Returns {"variants": {name: figures}, "gates": ..., ...}; a rejected
     variant has "status": "rejected" and a "reason", and its file is removed."""
     chosen = parse_onnx_variants(variants)
     model = model.cpu().eval()
@@ -418,9 +490,11 @@ def export_onnx_variants(
     if not held_out:  # no audio given: noise, the least a check can use (stated in the report)
         held_out = [rng.standard_normal(int(s * sr)).astype(np.float32) * 0.1 for s in (3.1, 1.7, 2.4)]
     batches = check_batches(model, held_out)
-    torch_graph = TorchHiddenStates(model).module
+    graph = torch_graph(model, head)
     with torch.no_grad():
-        reference = [torch_graph(*(torch.from_numpy(v) for v in b.values()))[0].numpy() for b in batches]
+        outputs = [graph(*(torch.from_numpy(v) for v in b.values())) for b in batches]
+    reference = [out[0].numpy() for out in outputs]
+    reference_logits = [out[2].numpy() for out in outputs] if head is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "gates": {v: ONNX_GATES[v] for v in chosen},
@@ -431,9 +505,11 @@ def export_onnx_variants(
         "variants": {},
     }
     calib = [model_inputs(model, [w]) for w in (calibration or held_out)]
-    files, report["fp32_check"] = _write_variants(model, out_dir, chosen, int8_mode, calib)
+    files, report["fp32_check"] = _write_variants(model, out_dir, chosen, int8_mode, calib, head)
     for variant, target in files.items():
-        report["variants"][variant] = _variant_figures(model, target, batches, reference, measure_speed)
+        report["variants"][variant] = _variant_figures(
+            model, target, batches, reference, measure_speed, reference_logits
+        )
         if variant == "int8":
             report["variants"][variant]["int8_mode"] = int8_mode
     if probe_data is not None:

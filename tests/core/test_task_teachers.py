@@ -164,3 +164,34 @@ def test_the_dry_run_says_what_the_teacher_head_is_and_what_the_student_keeps(
         "dropped": "HubertForCTC: a CTC head over 12 tokens",
     }
     assert not (tmp_path / "o").exists()
+
+
+def test_the_onnx_variants_of_a_task_student_output_its_logits_gated_on_its_decisions(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    import numpy as np
+
+    from core.export.onnx import model_inputs, onnx_session
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", "wav2vec2", large=True)
+    result = run(CompressionSpec(**SPEC, export_onnx=["fp32", "int8"]), teacher, audio_dir, tmp_path / "w")
+    onnx = result.report["onnx"]
+    assert onnx["fp32_check"]["outputs"] == ["hidden_states", "last_hidden_state", "logits"]
+    for variant in ("fp32", "int8"):
+        task = onnx["variants"][variant]["task"]
+        assert 0.0 <= task["decision_agreement"] <= 1.0 and task["logits_max_abs_diff"] >= 0.0
+    assert (
+        onnx["variants"]["fp32"]["status"] == "ok"
+        and onnx["variants"]["fp32"]["task"]["decision_agreement"] == 1.0
+    )
+    student, head = load_student(result.export_dir), student_head(result.export_dir)
+    wave = np.random.default_rng(3).standard_normal(6000).astype(np.float32)
+    hidden, last, logits = onnx_session(result.export_dir / "model.onnx").run(
+        None, model_inputs(student, [wave])
+    )
+    with torch.no_grad():
+        reps, _ = student(torch.from_numpy(wave)[None])
+        want = head.on_encoder(student, reps).numpy()
+        want_last = student.encoder.final_norm(reps[-1]).numpy()
+    assert np.abs(logits - want).max() < 1e-4 and np.abs(last - want_last).max() < 1e-4
+    assert hidden.shape[0] == student.num_layers + 1
