@@ -1,10 +1,10 @@
 """Data-parallel training stages: N processes (one per GPU; gloo on CPU), one job.
 
 The parent process keeps the pipeline; for a training stage it starts N fresh processes (spawn: no CUDA state
-is inherited), each rank trains on its own slice of every epoch's batches and gradients are averaged every
-step (`core.distill.train._average_across_ranks`), so weights, masks and multipliers stay identical on all
-ranks. Rank 0 writes the checkpoints and sends progress events to the parent through a queue; the parent turns
-its caller's `should_stop` into an event the ranks poll.
+is inherited), each rank trains on its own slice of every epoch's batches, and DistributedDataParallel
+averages the gradients in buckets while the backward runs (`core.distill.train.DistillStep`), so weights,
+masks and multipliers stay identical on all ranks. Rank 0 writes the checkpoints and sends progress events to
+the parent through a queue; the parent turns its caller's `should_stop` into an event the ranks poll.
 """
 
 from __future__ import annotations

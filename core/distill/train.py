@@ -141,10 +141,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _average_across_ranks(tensors: list[Tensor], world_size: int) -> None:
-    """Data parallel: average gradients (or logged values) over ranks in one collective.
-
-    Every rank then applies the same update to the same weights, masks and multipliers with the same
-    optimiser state, so masks and lambdas stay in sync without being broadcast."""
+    """Data parallel: average the logged values over ranks in one collective (the gradients are averaged by
+    DistributedDataParallel during the backward). Every rank applies the same update to the same weights,
+    masks and multipliers with the same optimiser state, so masks and lambdas stay in sync without being
+    broadcast."""
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
     flat /= world_size
@@ -163,12 +163,30 @@ def _any_rank(flag: bool, ctx: StageContext, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+class _StudentSide(nn.Module):
+    """What the ranks train, as one module for DistributedDataParallel: the student, its cluster projections
+    and (with a task head) its copy of the teacher's head. The Lagrange multipliers are not in it: their
+    gradients are functions of the masks alone, identical on every rank, so no rank needs another's."""
+
+    def __init__(self, student: SpeechEncoder, targets: ClusterTargets, student_fn: Any) -> None:
+        super().__init__()
+        self.student, self.targets = student, targets
+        self.student_fn = student_fn  # the student, or its torch.compile wrapper
+
+    def forward(self, waveforms: Tensor, max_layer: int) -> tuple[list[Tensor], Tensor | None]:
+        reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
+        predictions = self.targets.student_predictions(reps)
+        task = self.targets.task
+        return predictions, task.student_outputs(self.student, reps) if task is not None else None
+
+
 class DistillStep:
     """One optimiser step of stage 1 or stage 2, shared by `train_stage` and `bench/distill_step.py`.
 
     Teacher forward in inference mode up to the highest target layer, student forward (masked in stage 1),
-    distillation loss, Lagrangian on the expected sparsity (stage 1), backward, data-parallel gradient
-    averaging, the multipliers' ascent, clipping and AdamW. Every figure it returns stays on the device: the
+    distillation loss, Lagrangian on the expected sparsity (stage 1), backward (on several ranks through
+    DistributedDataParallel: gradients averaged in buckets while the backward runs), the multipliers' ascent,
+    clipping and AdamW. Every figure it returns stays on the device: the
     caller decides when to read them (one host sync for many steps). Regions are labelled for
     `torch.profiler` (`teacher_forward`, `student_forward`, `loss`, `backward`, `optimizer`).
 
@@ -244,9 +262,24 @@ class DistillStep:
             self.teacher_fn = torch.compile(teacher, dynamic=True)
             self.student_fn = torch.compile(student, dynamic=True)
             self.compiled = True
+        self.side = _StudentSide(student, targets, self.student_fn)
+        self.ddp: Any = None
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                self.side,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False,  # the ranks start equal and stay equal (the same updates)
+                # layers past the deepest target, and a pruned layer's empty attention or FFN (no head or unit
+                # left: skipped), get no gradient; DDP must not wait for them
+                find_unused_parameters=targets.max_layer < student.num_layers
+                or any(p.numel() == 0 for p in student.parameters()),
+            )
 
     def _eager_fallback(self, exc: Exception) -> None:
         self.teacher_fn, self.student_fn, self.compiled = self.teacher, self.student, False
+        self.side.student_fn = self.student
         self.on_event(
             Event(
                 "log",
@@ -270,11 +303,10 @@ class DistillStep:
                 taught = task.teacher_outputs(self.teacher, teacher_reps)
         wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
         with record_function("student_forward"), autocast(device):
-            student_reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
-            predictions = self.targets.student_predictions(student_reps)
+            predictions, student_outputs = (self.ddp or self.side)(waveforms, max_layer)
             outputs = None
-            if task is not None and taught is not None:
-                outputs = (task.student_outputs(self.student, student_reps), taught.clone().float())
+            if student_outputs is not None and taught is not None:
+                outputs = (student_outputs, taught.clone().float())
         return predictions, wanted, outputs
 
     def __call__(self, step: int, waveforms: Tensor) -> tuple[dict[str, Tensor], dict[str, float], float]:
@@ -317,10 +349,6 @@ class DistillStep:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
         with record_function("optimizer"):
-            if self.world_size > 1:
-                _average_across_ranks(
-                    [p.grad for g in self.groups for p in g["params"] if p.grad is not None], self.world_size
-                )
             if self.pruning:
                 for lagrangian in self.lagrangians.values():
                     lagrangian.flip_gradients()
