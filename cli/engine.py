@@ -105,6 +105,15 @@ def compress(
     if dry_run:
         _dry_run(spec, teacher, audio, calibration_audio, as_json, quiet)
         return
+    launched = _join_launched_group()
+    if launched is not None:
+        rank, world, device = launched
+        if rank != 0:  # this rank trains what rank 0 sends it; rank 0 writes everything
+            _follow(rank, world, device)
+            return
+        if spec.gpus not in (1, world):
+            raise click.UsageError(f"--gpus {spec.gpus} but the launcher started {world} processes")
+        spec = spec.model_copy(update={"gpus": world})
     if out is None:
         if resume:
             raise click.UsageError("--resume needs --out (the run directory to continue)")
@@ -137,6 +146,9 @@ def compress(
     except SkillkdError as exc:
         bars.close()
         fail(exc)
+    finally:
+        if launched is not None:
+            _release_followers()
     bars.close()
     report = result.report
     summary = {
@@ -173,6 +185,36 @@ def compress(
                 else ""
             )
             click.echo(f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher{faster}")
+
+
+def _join_launched_group() -> tuple[int, int, Any] | None:
+    """Under a launcher (torchrun, srun with torchrun, a PyTorchJob: WORLD_SIZE > 1), join its process group:
+    (rank, world size, device); else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from core.distill.parallel import join_launched_group
+
+    try:
+        return join_launched_group()
+    except SkillkdError as exc:
+        fail(exc)
+
+
+def _follow(rank: int, world: int, device: Any) -> None:
+    from core.distill.parallel import follow_stages
+
+    try:
+        follow_stages(rank, world, device)
+    except SkillkdError as exc:
+        fail(exc)
+
+
+def _release_followers() -> None:
+    from core.distill.parallel import release_followers
+
+    release_followers()
 
 
 def _dry_run(

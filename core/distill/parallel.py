@@ -9,10 +9,12 @@ the parent through a queue; the parent turns its caller's `should_stop` into an 
 
 from __future__ import annotations
 
+import os
 import queue as queue_mod
 import signal
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.errors import SkillkdError, StopRequested, TrainingError
-from core.events import Event, OnEvent, ShouldStop
+from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.processes import die_with_parent
 
 
@@ -44,8 +46,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
-    die_with_parent(signal.SIGKILL)
+def train_rank(
+    job: StageJob,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    on_event: OnEvent,
+    should_stop: ShouldStop,
+) -> dict[str, Any]:
+    """One rank's share of a training stage, in a process group already joined: rebuild the models and the
+    rank's shard of the batches from `job`, train, return the stage's summary (rank 0's is the one used)."""
     from core.data import scan_audio
     from core.distill import build
     from core.distill.train import StageContext, train_stage
@@ -53,6 +63,43 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
     from core.models import load_model
     from core.spec import Budget, CompressionSpec
 
+    spec = CompressionSpec.model_validate_json(job.spec_json)
+    teacher = load_model(job.teacher).to(device)
+    head = task_head(job.teacher, spec)
+    head = head.to(device) if head is not None else None
+    sr = teacher.config.sample_rate
+    catalog = scan_audio(job.audio)
+    workdir = Path(job.workdir)
+    dim = teacher.config.hidden_size
+    if job.stage == "distill_prune":
+        recipe = spec.recipe(1)
+        student, targets = build.new_student(teacher, job.clusters, spec, device, head)
+        seed = spec.seed
+    else:
+        recipe = spec.recipe(2)
+        student, targets = build.load_result(workdir, build.FINALIZED, job.clusters, dim, spec, device, head)
+        seed = spec.seed + 1
+    batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
+    ctx = StageContext(
+        workdir / job.stage,
+        recipe,
+        device,
+        job.stage,
+        budgets=[Budget.from_dict(b) for b in job.budgets],
+        macs_seconds=spec.macs_reference_seconds,
+        on_event=on_event,
+        should_stop=should_stop,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        compile=spec.compile,
+        data_workers=spec.data_workers,
+    )
+    return train_stage(student, teacher, targets, batches, ctx)
+
+
+def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
+    die_with_parent(signal.SIGKILL)
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
     if cuda:
@@ -61,41 +108,9 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
         "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
     try:
-        spec = CompressionSpec.model_validate_json(job.spec_json)
-        teacher = load_model(job.teacher).to(device)
-        head = task_head(job.teacher, spec)
-        head = head.to(device) if head is not None else None
-        sr = teacher.config.sample_rate
-        catalog = scan_audio(job.audio)
-        workdir = Path(job.workdir)
-        dim = teacher.config.hidden_size
-        if job.stage == "distill_prune":
-            recipe = spec.recipe(1)
-            student, targets = build.new_student(teacher, job.clusters, spec, device, head)
-            seed = spec.seed
-        else:
-            recipe = spec.recipe(2)
-            student, targets = build.load_result(
-                workdir, build.FINALIZED, job.clusters, dim, spec, device, head
-            )
-            seed = spec.seed + 1
-        batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
-        ctx = StageContext(
-            workdir / job.stage,
-            recipe,
-            device,
-            job.stage,
-            budgets=[Budget.from_dict(b) for b in job.budgets],
-            macs_seconds=spec.macs_reference_seconds,
-            on_event=lambda e: events.put(("event", e.to_dict())),
-            should_stop=stop.is_set,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            compile=spec.compile,
-            data_workers=spec.data_workers,
+        summary = train_rank(
+            job, rank, world_size, device, lambda e: events.put(("event", e.to_dict())), stop.is_set
         )
-        summary = train_stage(student, teacher, targets, batches, ctx)
         if rank == 0:
             events.put(("result", summary))
     except StopRequested as exc:
@@ -109,10 +124,89 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
         dist.destroy_process_group()
 
 
+# ------------------------------------------------------------------------------------------------------------
+# A group started by a launcher (torchrun, srun running torchrun, a Kubernetes PyTorchJob): every process runs
+# `skillkd compress`; rank 0 runs the pipeline and, at each training stage, sends the stage to the others,
+# which wait for it (`follow_stages`) and train their shard beside it.
+
+LAUNCH_TIMEOUT = timedelta(hours=12)  # followers wait in a collective while rank 0 calibrates or exports
+
+
+def launched_group() -> tuple[int, int] | None:
+    """(rank, world size) when a launcher started this process as one of several (WORLD_SIZE > 1 with RANK,
+    as torchrun and PyTorchJob set them), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
+        raise SkillkdError(
+            f"WORLD_SIZE={world} but RANK or MASTER_ADDR is not set: start every process with a launcher "
+            "(torchrun, srun with torchrun, a PyTorchJob)"
+        )
+    return int(os.environ["RANK"]), world
+
+
+def join_launched_group() -> tuple[int, int, torch.device]:
+    """Join the launcher's process group (env://; NCCL with one GPU per local rank, else gloo): (rank, world
+    size, this rank's device)."""
+    group = launched_group()
+    assert group is not None
+    rank, world = group
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda and local >= torch.cuda.device_count():
+        raise SkillkdError(
+            f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA devices are visible on this node"
+        )
+    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", timeout=LAUNCH_TIMEOUT)
+    return rank, world, device
+
+
+def follow_stages(rank: int, world_size: int, device: torch.device) -> int:
+    """A rank other than 0: train each stage rank 0 sends, until it sends None (the run ended, succeeded or
+    not). Returns the number of stages trained."""
+    trained = 0
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            dist.destroy_process_group()
+            return trained
+        try:
+            train_rank(box[0], rank, world_size, device, ignore_event, never_stop)
+        except StopRequested:
+            pass  # rank 0 stopped the stage (every rank saw it at the same step); it says what comes next
+        trained += 1
+
+
+def release_followers() -> None:
+    """Rank 0, when the run ends however it ends: the other ranks stop waiting for stages; the group ends."""
+    if dist.is_initialized():
+        dist.broadcast_object_list([None], src=0)
+        dist.destroy_process_group()
+
+
+def _run_launched_stage(job: StageJob, on_event: OnEvent, should_stop: ShouldStop) -> dict[str, Any]:
+    """Rank 0 of a launched group: send the stage to the other ranks and train rank 0's share here."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.broadcast_object_list([job], src=0)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else None
+    return train_rank(job, rank, world, device or torch.device("cpu"), on_event, should_stop)
+
+
 def run_parallel_stage(
     job: StageJob, world_size: int, on_event: OnEvent, should_stop: ShouldStop
 ) -> dict[str, Any]:
-    """Run one training stage on `world_size` ranks; returns rank 0's summary."""
+    """Run one training stage on `world_size` ranks; returns rank 0's summary. In a group a launcher
+    started (torchrun), on its ranks; otherwise on `world_size` processes started here."""
+    if dist.is_initialized():
+        if dist.get_world_size() != world_size:
+            raise SkillkdError(f"gpus={world_size} but the launched group has {dist.get_world_size()} ranks")
+        return _run_launched_stage(job, on_event, should_stop)
     if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
         raise SkillkdError(f"gpus={world_size} but only {torch.cuda.device_count()} CUDA devices are visible")
     ctx = mp.get_context("spawn")
