@@ -7,6 +7,7 @@ The spec options of `compress` are generated from `CompressionSpec` (cli/spec_op
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -190,7 +191,6 @@ def compress(
 def _join_launched_group() -> tuple[int, int, Any] | None:
     """Under a launcher (torchrun, srun with torchrun, a PyTorchJob: WORLD_SIZE > 1), join its process group:
     (rank, world size, device); else None."""
-    import os
 
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return None
