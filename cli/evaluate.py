@@ -129,7 +129,7 @@ _PATH = click.Path(exists=True, path_type=Path)
     "--finetune-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Training steps of each fine-tuning run [default: 100].",
+    help="Training steps of each fine-tuning run [default: 200].",
 )
 @click.option(
     "--label-field",
