@@ -64,11 +64,12 @@ def train_rank(
     from core.spec import Budget, CompressionSpec
 
     spec = CompressionSpec.model_validate_json(job.spec_json)
+    catalog = scan_audio(job.audio)
+    same_inputs_everywhere(job, catalog)
     teacher = load_model(job.teacher).to(device)
     head = task_head(job.teacher, spec)
     head = head.to(device) if head is not None else None
     sr = teacher.config.sample_rate
-    catalog = scan_audio(job.audio)
     workdir = Path(job.workdir)
     dim = teacher.config.hidden_size
     if job.stage == "distill_prune":
@@ -96,6 +97,39 @@ def train_rank(
         data_workers=spec.data_workers,
     )
     return train_stage(student, teacher, targets, batches, ctx)
+
+
+def inputs_digest(teacher: Path | str, catalog: Any) -> tuple[str, str]:
+    """(sha256 of the teacher's files, sha256 of the audio's usable files: names, sizes, durations), as one
+    rank sees them."""
+    import hashlib
+
+    from core.inputs import teacher_sha256
+
+    audio = hashlib.sha256()
+    for item in sorted(catalog.items, key=lambda i: i.id):
+        size = Path(item.path).stat().st_size if Path(item.path).exists() else -1
+        audio.update(f"{item.id}\0{size}\0{item.duration_s:.4f}\n".encode())
+    return teacher_sha256(teacher), audio.hexdigest()
+
+
+def same_inputs_everywhere(job: StageJob, catalog: Any) -> None:
+    """Before training, every rank hashes the teacher and the audio it sees at the job's paths; if one differs
+    from rank 0's (machines without a shared filesystem, a stale copy), every rank raises the same error."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, inputs_digest(job.teacher, catalog))
+    teacher_off = [rank for rank, (t, _) in enumerate(seen) if t != seen[0][0]]
+    audio_off = [rank for rank, (_, a) in enumerate(seen) if a != seen[0][1]]
+    if teacher_off or audio_off:
+        what = [f"the teacher on ranks {teacher_off}"] if teacher_off else []
+        what += [f"the audio on ranks {audio_off}"] if audio_off else []
+        raise SkillkdError(
+            f"{' and '.join(what)} differ from rank 0's (sha256 of the files at {Path(job.teacher).name} / "
+            f"{Path(job.audio).name}): every machine must see the same teacher and audio at the same paths "
+            "(a shared filesystem)"
+        )
 
 
 def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
@@ -168,19 +202,24 @@ def join_launched_group() -> tuple[int, int, torch.device]:
 
 def follow_stages(rank: int, world_size: int, device: torch.device) -> int:
     """A rank other than 0: train each stage rank 0 sends, until it sends None (the run ended, succeeded or
-    not). Returns the number of stages trained."""
-    trained = 0
+    not). Returns the number of stages trained; a SkillkdError of a stage (rank 0 raised it too, e.g. inputs
+    that differ between ranks) is raised once rank 0 has ended the run."""
+    trained, failed = 0, None
     while True:
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0)
         if box[0] is None:
             dist.destroy_process_group()
+            if failed is not None:
+                raise failed
             return trained
         try:
             train_rank(box[0], rank, world_size, device, ignore_event, never_stop)
+            trained += 1
         except StopRequested:
             pass  # rank 0 stopped the stage (every rank saw it at the same step); it says what comes next
-        trained += 1
+        except SkillkdError as exc:
+            failed = exc
 
 
 def release_followers() -> None:

@@ -122,3 +122,40 @@ def test_pipeline_with_two_processes_produces_a_student(tmp_path: Path) -> None:
     assert load_student(result.export_dir).num_params() == result.report["student"]["num_params"]
     steps = [e.step for e in events if e.kind == "progress" and e.stage == "distill_prune"]
     assert steps == [1, 2, 3, 4]  # rank 0's events reach the caller once each
+
+
+def _check_inputs(rank: int, port: int, teachers: list[str], audio: str, out: str) -> None:
+    from core.data import scan_audio
+    from core.distill.parallel import StageJob, same_inputs_everywhere
+    from core.errors import SkillkdError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:  # rank 1 sees other teacher files at "the same path" (as a machine without the shared copy would)
+        job = StageJob("distill_prune", "{}", teachers[rank], audio, out, [[0]])
+        same_inputs_everywhere(job, scan_audio(audio))
+        message = "same"
+    except SkillkdError as exc:
+        message = exc.message
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.txt").write_text(message)
+
+
+def test_a_rank_that_sees_another_teacher_is_refused_on_every_rank(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(2):
+        sf.write(audio / f"u{i}.wav", np.zeros(16000, dtype=np.float32) + 0.1 * i, 16000)
+    one, other = save_tiny_teacher(tmp_path / "t0", seed=0), save_tiny_teacher(tmp_path / "t1", seed=1)
+    for teachers, expected in (([one, one], "same"), ([one, other], "the teacher on ranks [1] differ")):
+        mp.spawn(
+            _check_inputs,
+            args=(_free_port(), [str(t) for t in teachers], str(audio), str(tmp_path)),
+            nprocs=2,
+            join=True,
+        )
+        said = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
+        assert all(message.startswith(expected) for message in said), said
