@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import TeacherError
+from core.models.import_huggingface import check_weights
 
 TASKS = {
     "ForCTC": "ctc",
@@ -228,13 +229,7 @@ def load_task_head(directory: Path | str, state: dict[str, Tensor] | None = None
     missing = sorted(set(wanted) - set(found))
     if missing:
         raise TeacherError(f"the teacher is a {spec.teacher_class} but its weights lack {', '.join(missing)}")
-    for key, value in found.items():
-        if tuple(value.shape) != tuple(wanted[key].shape):
-            raise TeacherError(
-                f"the head's {key} is {tuple(value.shape)}, its config implies {tuple(wanted[key].shape)}"
-            )
-        if not torch.isfinite(value).all():
-            raise TeacherError(f"the head's {key} holds NaN or inf values")
+    check_weights(found, wanted, owner="the head's ")
     head.load_state_dict({k: v.float() for k, v in found.items()}, strict=True)
     if spec.task == "ctc":
         check_vocabulary(directory, spec.num_outputs)

@@ -171,6 +171,18 @@ def read_weights(directory: Path) -> dict[str, Tensor]:
     raise TeacherError(f"no model.safetensors or pytorch_model.bin in {directory}")
 
 
+def check_weights(state: dict[str, Tensor], expected: dict[str, Tensor], owner: str = "") -> None:
+    """Every weight of `state` has the shape its config implies (`expected`) and finite values; TeacherError
+    naming the weight (and its `owner`, e.g. "the head's ") otherwise."""
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise TeacherError(
+                f"shape of {owner}{key} is {tuple(value.shape)}, config implies {tuple(expected[key].shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise TeacherError(f"weight {owner}{key} holds NaN or inf values")
+
+
 def load_huggingface(directory: Path | str) -> SpeechEncoder:
     """Import a Hugging Face teacher directory into our encoder with strict key and shape checks."""
     directory = Path(directory)
@@ -193,13 +205,7 @@ def load_huggingface(directory: Path | str) -> SpeechEncoder:
             f"-layout model: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
             f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise TeacherError(
-                f"shape of {key} is {tuple(value.shape)}, config implies {tuple(expected[key].shape)}"
-            )
-        if not torch.isfinite(value).all():
-            raise TeacherError(f"weight {key} holds NaN or inf values")
+    check_weights(state, expected)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model

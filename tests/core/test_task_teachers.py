@@ -45,6 +45,15 @@ def student_head(export: Path) -> TaskHead:
     return head.eval()
 
 
+def assert_same_outputs(model, student, head: TaskHead, waves: torch.Tensor) -> None:
+    """The transformers task model computes what our student and its head compute."""
+    with torch.no_grad():
+        reps, _ = student(waves)
+        want = head.on_encoder(student, reps)
+        got = model(waves).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
 def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
     tmp_path: Path, audio_dir: Path
 ) -> None:
@@ -73,11 +82,7 @@ def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
     assert config["architectures"] == ["SkillkdForCTC"] and config["vocab_size"] == 12
     model = AutoModelForCTC.from_pretrained(hf, trust_remote_code=True).eval()
     waves = torch.randn(2, 8000)
-    with torch.no_grad():
-        reps, _ = student(waves)
-        want = head.on_encoder(student, reps)
-        got = model(waves).logits
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert_same_outputs(model, student, head, waves)
     # the teacher's processor travels with the student: transformers' ASR pipeline runs on the export
     processor = Wav2Vec2Processor.from_pretrained(hf)
     assert (
@@ -107,12 +112,7 @@ def test_a_weighted_classifier_teacher_gives_a_classifier_student(tmp_path: Path
     model = AutoModelForAudioClassification.from_pretrained(hf, trust_remote_code=True).eval()
     assert model.config.id2label == {0: "calm", 1: "happy", 2: "sad"}
     student, head = load_student(result.export_dir), student_head(result.export_dir)
-    waves = torch.randn(2, 8000)
-    with torch.no_grad():
-        reps, _ = student(waves)
-        want = head.on_encoder(student, reps)
-        got = model(waves).logits
-    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert_same_outputs(model, student, head, torch.randn(2, 8000))
 
 
 def test_drop_head_is_said_and_a_headless_teacher_says_nothing(tmp_path: Path, audio_dir: Path) -> None:
