@@ -349,6 +349,20 @@ class CompressionSpec(BaseModel):
             raise ValueError("give either macs_sparsity or target_macs, not both")
         return self
 
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> CompressionSpec:
+        """A spec read back from its full dump (a job's stored spec): the fields whose value is not the
+        default count as given, as they did when the job was created (a rule that tells a given value from a
+        default, e.g. `clusters` above the teacher's representations, then decides as it did at creation)."""
+        spec = cls.model_validate(data)
+        given = {
+            name
+            for name, field in cls.model_fields.items()
+            if getattr(spec, name) != field.get_default(call_default_factory=True)
+        }
+        object.__setattr__(spec, "__pydantic_fields_set__", given)
+        return spec
+
     @property
     def has_macs_target(self) -> bool:
         return self.macs_sparsity is not None or self.target_macs is not None

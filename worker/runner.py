@@ -90,7 +90,7 @@ class JobRunner:
                 log.info("job %s not run: %s", job_id, outcome.reason)
                 return f"skipped: {outcome.reason}"
             job = record_start(session, job_id=job_id, attempts=outcome.attempts)
-            spec = CompressionSpec.model_validate(job.spec)
+            spec = CompressionSpec.from_stored(job.spec)
             teacher = self.storage.teacher_dir(job.teacher_id)
             audio = self._dataset_path(session, job.dataset_id)
             calibration = (

@@ -67,3 +67,16 @@ def test_the_rules_need_neither_torch_nor_numpy() -> None:
     code = "import sys, core.rules; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_stored_spec_is_checked_as_it_was_at_creation() -> None:
+    """A job's spec is stored whole; read back, a default k of 4 on a teacher with 3 representations is
+    still the default (the worker used to refuse what creation had accepted), and a given one still given."""
+    stored = CompressionSpec(stage1_steps=4).model_dump(mode="json")
+    with pytest.raises(SpecError):
+        fixed_clusters(CompressionSpec.model_validate(stored), 3)  # every field counts as given: refused
+    assert fixed_clusters(CompressionSpec.from_stored(stored), 3) is None
+    assert CompressionSpec.from_stored(stored) == CompressionSpec(stage1_steps=4)
+    given = CompressionSpec.from_stored(CompressionSpec(clusters=5).model_dump(mode="json"))
+    with pytest.raises(SpecError, match="clusters=5 but the teacher has only 3"):
+        fixed_clusters(given, 3)

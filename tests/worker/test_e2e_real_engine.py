@@ -142,3 +142,62 @@ def test_embedded_serve_and_submit_wait_real_engine(tmp_path):
 
 def test_make_audio_helper_is_importable(tmp_path):
     assert make_audio(tmp_path / "a", n=1).is_dir()
+
+
+ASR_SCRIPT = """
+import sys, numpy as np
+from transformers import pipeline
+asr = pipeline("automatic-speech-recognition", model=sys.argv[1], trust_remote_code=True)
+print("TEXT", repr(asr(np.random.default_rng(0).standard_normal(16000).astype(np.float32))["text"]))
+try:
+    import core  # noqa: F401
+    print("SKILLKD IMPORTABLE")
+except ImportError:
+    print("NO SKILLKD")
+"""
+
+
+def test_a_ctc_teacher_through_the_service_gives_a_recogniser_that_transcribes_without_skillkd(tmp_path):
+    """Issue 23's round trip: upload a HubertForCTC teacher (with its tokenizer) through `skillkd submit`,
+    the real engine compresses it, the `hf` artifact is downloaded and transformers' ASR pipeline runs on it
+    in a Python environment without skillkd."""
+    from test_cli_embedded import Served
+    from transformers import Wav2Vec2CTCTokenizer
+
+    from tests.utils.models import save_tiny_task_teacher
+    from tests.utils.venv import fresh_python, run_fresh
+
+    teacher = save_tiny_task_teacher(tmp_path / "ctc-teacher", "ctc", vocab_size=5)
+    (teacher / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1, "a": 2, "b": 3, "|": 4}))
+    Wav2Vec2CTCTokenizer(str(teacher / "vocab.json")).save_pretrained(teacher)
+    audio = make_audio(tmp_path / "audio", n=6, seconds=2.0)
+    served = Served(tmp_path, {})
+    try:
+        r = served.cli(
+            "submit",
+            str(teacher),
+            str(audio),
+            "--stage1-steps",
+            "4",
+            "--stage2-steps",
+            "2",
+            "--batch-seconds",
+            "2",
+            "--wait",
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stderr
+        job_id = r.stdout.strip().splitlines()[-1]
+        report = json.loads(served.cli("status", job_id, "--json").stdout)["metrics"]["report"]
+        assert report["task_head"]["kept"] and report["task_head"]["teacher_class"] == "HubertForCTC"
+        out = tmp_path / "out"
+        assert served.cli("download", job_id, "hf", "-o", str(out)).returncode == 0
+    finally:
+        served.stop()
+    with zipfile.ZipFile(next(out.glob("*.zip"))) as zf:
+        zf.extractall(out / "hf")
+    model_dir = next(p.parent for p in (out / "hf").rglob("config.json"))
+    assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["SkillkdForCTC"]
+    python = fresh_python(tmp_path)
+    done = run_fresh(python, ASR_SCRIPT, [str(model_dir)], tmp_path)
+    assert "TEXT " in done.stdout and "NO SKILLKD" in done.stdout, done.stdout + done.stderr[-3000:]
