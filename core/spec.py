@@ -221,8 +221,8 @@ class CompressionSpec(BaseModel):
     drop_head: bool = Field(
         default=False,
         description="a fine-tuned teacher (*ForCTC, *ForSequenceClassification, ...): compress its encoder "
-        "alone and give a student without the task head (the report says it was dropped) [default: the "
-        "student keeps the teacher's head]",
+        "alone and give a student without the task head (the report says it was dropped); off: the student "
+        "keeps the teacher's head",
     )
     task_weight: float = Field(
         default=1.0,
