@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from core.data import AudioCatalog, scan_audio
-from core.errors import SpecError, TeacherError
+from core.errors import AudioError, SpecError, TeacherError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.models import SpeechEncoder, load_model
-from core.models.heads import TaskHead, head_spec_from_config, load_task_head
+from core.models.heads import TaskHead, head_spec_from_config, item_label, label_field_for, load_task_head
 from core.rules import check_against_teacher
 from core.spec import Budget, CompressionSpec
 
@@ -50,6 +50,9 @@ class JobInputs:
     catalog: AudioCatalog
     cal_catalog: AudioCatalog
     head: TaskHead | None = None  # the teacher's task head the student keeps (`task_head`)
+    labels: dict[str, int] | None = (
+        None  # utterance id -> label index, for the supervised term (`task_labels`)
+    )
     head_dropped: str | None = None  # the teacher's head the spec dropped (`drop_head`), described
 
     def head_facts(self, spec: CompressionSpec) -> dict[str, Any] | None:
@@ -76,17 +79,52 @@ class JobInputs:
 def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None:
     """The teacher's task head that the student keeps: None without one, or when the spec drops it
     (`drop_head`); a head the engine cannot keep is a TeacherError, a weighted head with layer pruning a
-    SpecError."""
-    if spec.drop_head:
-        return None
-    head = load_task_head(teacher_dir)
+    SpecError, and so is the supervised term without an utterance classifier to train."""
+    head = None if spec.drop_head else load_task_head(teacher_dir)
     if head is not None and head.spec.weighted and spec.prune_layers:
         raise SpecError(
             f"prune_layers: the teacher's head ({head.spec.describe()}) weighs every layer's output; layer "
             "pruning would change what it reads. Run without prune_layers, or with drop_head",
             field="prune_layers",
         )
+    if spec.task_supervised_weight > 0:
+        field_name = "task_supervised_weight"
+        if head is None:
+            raise SpecError(
+                "task_supervised_weight: the student keeps no task head (the teacher has none, or drop_head)",
+                field=field_name,
+            )
+        if head.spec.task != "sequence":
+            raise SpecError(
+                "task_supervised_weight: only an utterance classifier's labels can train the student here, "
+                f"not a {head.spec.describe()}: the training stages cut utterances into crops of a few "
+                "seconds, which a transcript or frame labels would no longer fit",
+                field=field_name,
+            )
     return head
+
+
+def task_labels(head: TaskHead | None, catalog: AudioCatalog, spec: CompressionSpec) -> dict[str, int] | None:
+    """The labels of the supervised term (`task_supervised_weight` > 0): training utterance id -> the index of
+    its label among the head's, from the manifest field that names them; None when the term is off."""
+    if spec.task_supervised_weight == 0:
+        return None
+    assert head is not None  # task_head refused the supervised term without an utterance classifier
+    index = {str(name): int(i) for i, name in head.spec.config["id2label"].items()}
+    field = label_field_for(catalog.items, set(index), spec.task_label_field)
+    labelled: dict[str, int] = {}
+    for item in catalog.items:
+        label = item_label(item, field) if field is not None else None
+        if label is not None and label in index:
+            labelled[item.id] = index[label]
+    if not labelled:
+        where = f"field {field!r}" if spec.task_label_field else "fields label, emotion and speaker"
+        raise AudioError(
+            "task_supervised_weight needs training utterances labelled with the classifier's labels "
+            f"({', '.join(sorted(index)[:5])}{', ...' if len(index) > 5 else ''}) in the manifest; its "
+            f"{where} hold none of them"
+        )
+    return labelled
 
 
 def dropped_head(teacher_dir: Path | str) -> str | None:
@@ -190,6 +228,7 @@ def prepare_inputs(
         catalog,
         cal_catalog,
         head=head.to(device) if head is not None else None,
+        labels=task_labels(head, catalog, spec),
         head_dropped=dropped_head(teacher) if spec.drop_head else None,
     )
 
@@ -225,5 +264,6 @@ __all__ = [
     "prepare_inputs",
     "select_device",
     "task_head",
+    "task_labels",
     "teacher_sha256",
 ]

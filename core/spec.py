@@ -234,6 +234,20 @@ class CompressionSpec(BaseModel):
     task_temperature: float = Field(
         default=1.0, gt=0.0, le=100.0, description="temperature of the task distillation term"
     )
+    task_supervised_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="with an utterance-classifier head: weight of the supervised term (cross-entropy of the "
+        "student's logits against the manifest's labels, task_label_field) on the labelled training "
+        "utterances; 0 turns it off",
+    )
+    task_label_field: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the manifest field holding the classifier's labels for the supervised term [default: "
+        "the first of label, emotion, speaker whose values the head knows]",
+    )
     preset: Preset = "quick"
     stage1_steps: int | None = Field(default=None, gt=0)
     stage2_steps: int | None = Field(default=None, ge=0, description="0 skips the final distillation")

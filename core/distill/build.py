@@ -24,7 +24,11 @@ STAGE2_RESULT = Path("final_distill") / "student.pt"
 
 
 def cluster_targets(
-    clusters: list[list[int]], dim: int, spec: CompressionSpec, head: TaskHead | None = None
+    clusters: list[list[int]],
+    dim: int,
+    spec: CompressionSpec,
+    head: TaskHead | None = None,
+    labels: dict[str, int] | None = None,
 ) -> ClusterTargets:
     """The distillation targets of `spec`'s method: SKILL's one projection per cluster, or DPHuBERT's shared
     projection (algorithm.md §3); with the teacher's task `head`, the task term too."""
@@ -39,7 +43,13 @@ def cluster_targets(
     except ValueError as exc:
         raise SpecError(f"target_weights: {exc} ({clusters}); give one weight per cluster") from None
     if head is not None:
-        targets.add_task(head, weight=spec.task_weight, temperature=spec.task_temperature)
+        targets.add_task(
+            head,
+            weight=spec.task_weight,
+            temperature=spec.task_temperature,
+            supervised_weight=spec.task_supervised_weight,
+            labels=labels,
+        )
     return targets
 
 
@@ -49,11 +59,12 @@ def new_student(
     spec: CompressionSpec,
     device: torch.device,
     head: TaskHead | None = None,
+    labels: dict[str, int] | None = None,
 ) -> tuple[SpeechEncoder, ClusterTargets]:
     """Stage 1's student (the teacher with masks, seeded: mask initialisation is random) and its targets."""
     torch.manual_seed(spec.seed)
     student = make_student(teacher, layers=spec.prune_layers)
-    return student, cluster_targets(clusters, teacher.config.hidden_size, spec, head).to(device)
+    return student, cluster_targets(clusters, teacher.config.hidden_size, spec, head, labels).to(device)
 
 
 def train_batches(
@@ -89,12 +100,13 @@ def restore(
     dim: int,
     spec: CompressionSpec,
     head: TaskHead | None = None,
+    labels: dict[str, int] | None = None,
 ) -> tuple[SpeechEncoder, ClusterTargets]:
     """Student and targets from a saved state {"config", "student", "targets"} (a checkpoint or a stage
     result); `head`: the teacher's task head when the run keeps it (its trained copy is in the state)."""
     student = build_model(ModelConfig.from_dict(state["config"]))
     student.load_state_dict(state["student"])
-    targets = cluster_targets(clusters, dim, spec, head)
+    targets = cluster_targets(clusters, dim, spec, head, labels)
     targets.load_state_dict(state["targets"])
     return student, targets
 
@@ -119,10 +131,11 @@ def load_result(
     spec: CompressionSpec,
     device: torch.device | str = "cpu",
     head: TaskHead | None = None,
+    labels: dict[str, int] | None = None,
 ) -> tuple[SpeechEncoder, ClusterTargets]:
     """A stage result saved by `save_result` (`FINALIZED` or `STAGE2_RESULT`), on `device`."""
     state = torch.load(workdir / which, map_location="cpu", weights_only=False)
-    student, targets = restore(state, clusters, dim, spec, head)
+    student, targets = restore(state, clusters, dim, spec, head, labels)
     return student.to(device), targets.to(device)
 
 

@@ -59,7 +59,7 @@ def train_rank(
     from core.data import scan_audio
     from core.distill import build
     from core.distill.train import StageContext, train_stage
-    from core.inputs import task_head
+    from core.inputs import task_head, task_labels
     from core.models import load_model
     from core.spec import Budget, CompressionSpec
 
@@ -68,17 +68,20 @@ def train_rank(
     same_inputs_everywhere(job, catalog)
     teacher = load_model(job.teacher).to(device)
     head = task_head(job.teacher, spec)
+    labels = task_labels(head, catalog, spec)
     head = head.to(device) if head is not None else None
     sr = teacher.config.sample_rate
     workdir = Path(job.workdir)
     dim = teacher.config.hidden_size
     if job.stage == "distill_prune":
         recipe = spec.recipe(1)
-        student, targets = build.new_student(teacher, job.clusters, spec, device, head)
+        student, targets = build.new_student(teacher, job.clusters, spec, device, head, labels)
         seed = spec.seed
     else:
         recipe = spec.recipe(2)
-        student, targets = build.load_result(workdir, build.FINALIZED, job.clusters, dim, spec, device, head)
+        student, targets = build.load_result(
+            workdir, build.FINALIZED, job.clusters, dim, spec, device, head, labels
+        )
         seed = spec.seed + 1
     batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
     ctx = StageContext(

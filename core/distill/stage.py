@@ -39,7 +39,9 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
             _parallel_job(job, "distill_prune", clusters), spec.gpus, job.emit, job.should_stop
         )
     recipe = spec.recipe(1)
-    student, targets = build.new_student(job.teacher, clusters, spec, job.device, job.inputs.head)
+    student, targets = build.new_student(
+        job.teacher, clusters, spec, job.device, job.inputs.head, job.inputs.labels
+    )
     batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed)
     ctx = StageContext(
         job.workdir / "distill_prune",
@@ -62,7 +64,7 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     spec = job.spec
     dim = job.teacher.config.hidden_size
     student, targets = build.load_result(
-        job.workdir, build.FINALIZED, clusters, dim, spec, job.device, job.inputs.head
+        job.workdir, build.FINALIZED, clusters, dim, spec, job.device, job.inputs.head, job.inputs.labels
     )
     result = job.workdir / build.STAGE2_RESULT
     if spec.stage2_steps == 0:

@@ -56,9 +56,20 @@ class ClusterTargets(nn.Module):
         self.projections = nn.ModuleList(linears)
         self.task: TaskDistill | None = None
 
-    def add_task(self, head: TaskHead, *, weight: float, temperature: float) -> None:
-        """Distil the teacher's task head too (saved and restored with the targets, under `task.`)."""
-        self.task = TaskDistill(head, weight=weight, temperature=temperature)
+    def add_task(
+        self,
+        head: TaskHead,
+        *,
+        weight: float,
+        temperature: float,
+        supervised_weight: float = 0.0,
+        labels: dict[str, int] | None = None,
+    ) -> None:
+        """Distil the teacher's task head too (saved and restored with the targets, under `task.`); with
+        `labels` (utterance id -> label index) and `supervised_weight`, also the supervised term."""
+        self.task = TaskDistill(
+            head, weight=weight, temperature=temperature, supervised_weight=supervised_weight, labels=labels
+        )
 
     @property
     def max_layer(self) -> int:
@@ -95,11 +106,21 @@ class TaskDistill(nn.Module):
     """The teacher's task head (frozen) and the student's copy of it (trained): the student's task outputs are
     pulled towards the teacher's with `weight` * KL at `temperature` (core.models.heads.task_distill_loss)."""
 
-    def __init__(self, head: TaskHead, *, weight: float, temperature: float) -> None:
+    def __init__(
+        self,
+        head: TaskHead,
+        *,
+        weight: float,
+        temperature: float,
+        supervised_weight: float = 0.0,
+        labels: dict[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.teacher_head = copy.deepcopy(head).eval().requires_grad_(False)
         self.student_head = copy.deepcopy(head).train().requires_grad_(True)
         self.weight, self.temperature = float(weight), float(temperature)
+        self.supervised_weight = float(supervised_weight) if labels else 0.0
+        self.labels = labels or {}
         self.num_layers = head.num_layers
 
     def train(self, mode: bool = True) -> TaskDistill:
@@ -116,6 +137,16 @@ class TaskDistill(nn.Module):
     def loss(self, student_outputs: Tensor, teacher_outputs: Tensor) -> Tensor:
         """The unweighted term (the caller multiplies by `weight`)."""
         return task_distill_loss(student_outputs, teacher_outputs, self.temperature)
+
+    def supervised_loss(self, student_outputs: Tensor, ids: Sequence[str]) -> Tensor | None:
+        """Cross-entropy of the student's utterance logits against the labels of the batch's labelled
+        utterances (unweighted), or None when the term is off or no utterance of the batch has a label."""
+        if not self.supervised_weight or not ids:
+            return None
+        wanted = torch.tensor([self.labels.get(i, -100) for i in ids], device=student_outputs.device)
+        if not bool((wanted >= 0).any()):
+            return None
+        return F.cross_entropy(student_outputs.float(), wanted, ignore_index=-100)
 
 
 def distill_loss(

@@ -309,9 +309,11 @@ class DistillStep:
                 outputs = (student_outputs, taught.clone().float())
         return predictions, wanted, outputs
 
-    def __call__(self, step: int, waveforms: Tensor) -> tuple[dict[str, Tensor], dict[str, float], float]:
-        """Run step `step` on `waveforms` (already on the device). Returns (figures on the device, the
-        sparsity targets of this step by name, lr factor)."""
+    def __call__(
+        self, step: int, waveforms: Tensor, ids: list[str] | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, float], float]:
+        """Run step `step` on `waveforms` (already on the device; `ids`: their utterance ids, for a supervised
+        task term). Returns (figures on the device, the sparsity targets of this step by name, lr factor)."""
         recipe = self.recipe
         factor = lr_factor(step, recipe)
         for g in self.optimizer.param_groups:
@@ -331,9 +333,13 @@ class DistillStep:
             loss, parts = distill_loss(predictions, wanted, weights=self.targets.weights)
             total = loss
             task_term: Tensor | None = None
+            supervised: Tensor | None = None
             if task_outputs is not None and self.targets.task is not None:
                 task_term = self.targets.task.loss(*task_outputs)
                 total = total + self.targets.task.weight * task_term
+                supervised = self.targets.task.supervised_loss(task_outputs[0], ids or [])
+                if supervised is not None:
+                    total = total + self.targets.task.supervised_weight * supervised
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}
             if self.pruning:
@@ -364,6 +370,8 @@ class DistillStep:
         }
         if task_term is not None:
             values["task"] = task_term.detach()
+        if supervised is not None:
+            values["task_supervised"] = supervised.detach()
         if self.pruning:
             values.update(expected_params=sizes["params"].detach())
             if "params" in self.budgets:
@@ -512,7 +520,9 @@ def train_stage(
     try:
         while step < recipe.steps:
             batch = next(data)
-            values, targets_now, factor = runner(step, batch.waveforms.to(device, non_blocking=True))
+            values, targets_now, factor = runner(
+                step, batch.waveforms.to(device, non_blocking=True), batch.ids
+            )
             step += 1
             figures.add(step, batch, values, targets_now, factor)
             checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps

@@ -30,9 +30,16 @@ from core.errors import AudioError, CheckpointError
 from core.evaluation.dataset import ProbeData
 from core.evaluation.per import ctc_collapse, error_rate
 from core.models import SpeechEncoder, is_student_dir, load_model
-from core.models.heads import HeadSpec, TaskHead, head_keys, load_task_head
+from core.models.heads import (
+    LABEL_FIELDS,
+    HeadSpec,
+    TaskHead,
+    head_keys,
+    item_label,
+    label_field_for,
+    load_task_head,
+)
 
-LABEL_FIELDS = ("label", "emotion", "speaker")
 STUDENT_HEAD_FILE = "task_head.safetensors"  # core.export.student.TASK_HEAD_FILE
 
 
@@ -95,24 +102,6 @@ def load_task_model(path: Path | str) -> TaskModel | None:
     return TaskModel(load_model(path), head, names)
 
 
-def _label_field(data: ProbeData, labels: set[str], wanted: str | None) -> str | None:
-    if wanted is not None:
-        return wanted
-    best, hits = None, 0
-    for name in LABEL_FIELDS:
-        found = sum(1 for item in data.test if str(item.extra.get(name, "")) in labels)
-        if name == "speaker":
-            found = sum(1 for item in data.test if item.speaker in labels)
-        if found > hits:
-            best, hits = name, found
-    return best
-
-
-def _label(item: Any, field: str) -> str | None:
-    value = item.speaker if field == "speaker" else item.extra.get(field)
-    return None if value is None else str(value)
-
-
 @torch.no_grad()
 def task_scores(
     model: TaskModel,
@@ -145,7 +134,7 @@ def task_scores(
         per = error_rate(references, hypotheses)
         return out | {"per": per, "utterances": len(references), "non_phone_tokens": unknown}
     labels = set(model.names.values())
-    field = _label_field(data, labels, label_field)
+    field = label_field_for(data.test, labels, label_field)
     if field is None:
         raise AudioError(
             f"no manifest field names the classifier's labels ({', '.join(sorted(labels)[:5])}, ...): "
@@ -153,7 +142,7 @@ def task_scores(
         )
     correct = scored = 0
     for item in data.test:
-        label = _label(item, field)
+        label = item_label(item, field)
         if label not in labels:
             continue
         wave = torch.from_numpy(load_waveform(item, rate)).to(device)[None]

@@ -275,6 +275,28 @@ def _read_head_weights(directory: Path, keys: list[str]) -> dict[str, Tensor]:
     return read_weights(directory)
 
 
+LABEL_FIELDS = ("label", "emotion", "speaker")
+
+
+def item_label(item: Any, field: str) -> str | None:
+    """An utterance's value of a manifest field (`speaker` is the catalog's own)."""
+    value = item.speaker if field == "speaker" else item.extra.get(field)
+    return None if value is None else str(value)
+
+
+def label_field_for(items: Sequence[Any], labels: set[str], wanted: str | None = None) -> str | None:
+    """The manifest field that names a classifier's labels: `wanted`, else the first of LABEL_FIELDS with the
+    most utterances whose value is one of `labels` (None when no field has any)."""
+    if wanted is not None:
+        return wanted
+    best, hits = None, 0
+    for name in LABEL_FIELDS:
+        found = sum(1 for item in items if item_label(item, name) in labels)
+        if found > hits:
+            best, hits = name, found
+    return best
+
+
 def task_distill_loss(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float, frame_mask: Tensor | None = None
 ) -> Tensor:
@@ -300,6 +322,8 @@ __all__ = [
     "TaskHead",
     "head_keys",
     "head_spec_from_config",
+    "item_label",
+    "label_field_for",
     "load_task_head",
     "task_distill_loss",
 ]

@@ -34,6 +34,12 @@ def test_a_ctc_teacher_is_accepted_and_its_job_keeps_the_head(client, alice, dat
     r = create(client, alice, teacher, dataset, {"stage1_steps": 3})
     assert r.status_code == 202, r.text
     assert create(client, alice, teacher, dataset, {"drop_head": True}).status_code == 202
+    # its transcripts cannot supervise cropped training utterances: refused at creation, naming the field
+    r = create(client, alice, teacher, dataset, {"task_supervised_weight": 1.0})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid", r.text
+    assert r.json()["error"]["message"].startswith(
+        "spec.task_supervised_weight: only an utterance classifier"
+    )
 
 
 @pytest.mark.parametrize("dry_run", [False, True])

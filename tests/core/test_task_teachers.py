@@ -195,3 +195,28 @@ def test_the_onnx_variants_of_a_task_student_output_its_logits_gated_on_its_deci
         want_last = student.encoder.final_norm(reps[-1]).numpy()
     assert np.abs(logits - want).max() < 1e-4 and np.abs(last - want_last).max() < 1e-4
     assert hidden.shape[0] == student.num_layers + 1
+
+
+def test_the_supervised_term_trains_an_utterance_classifier_on_the_manifest_labels(tmp_path: Path) -> None:
+    from core.errors import AudioError
+
+    labels = {0: "spk0", 1: "spk1", 2: "spk2"}
+    teacher = save_tiny_task_teacher(
+        tmp_path / "teacher", "sequence", id2label=labels, label2id={v: k for k, v in labels.items()}
+    )
+    data = write_dataset(tmp_path / "data", per_speaker={"train": 3})
+    spec = CompressionSpec(**SPEC, task_supervised_weight=0.5)
+    result = run(spec, teacher, data, tmp_path / "w")
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert all(row["task_supervised"] > 0 for row in log), log[0]  # every batch has labelled utterances
+    # no utterance carries one of the head's labels in the field asked for: refused before any stage
+    with pytest.raises(AudioError, match="its field 'emotion' hold none of them"):
+        run(spec.model_copy(update={"task_label_field": "emotion"}), teacher, data, tmp_path / "w2")
+    # a CTC head cannot be supervised on cropped utterances
+    ctc = save_tiny_task_teacher(tmp_path / "ctc", "ctc")
+    with pytest.raises(SpecError, match="only an utterance classifier's labels"):
+        run(spec, ctc, data, tmp_path / "w3")
+    plain = CompressionSpec(**SPEC)
+    assert "task_supervised" not in json.loads(
+        run(plain, teacher, data, tmp_path / "w4").artifacts["train_log"].read_text().splitlines()[0]
+    )
