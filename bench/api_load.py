@@ -81,6 +81,11 @@ except ImportError:
     options = {"access_log": False}
 
 settings = Settings(home=cfg["home"], database_url=cfg["database_url"], max_jobs_in_flight=10**9)
+BASE_CONFIG = {  # HuBERT Base's architecture (transformers' HubertConfig defaults)
+    "model_type": "hubert", "architectures": ["HubertModel"], "hidden_size": 768, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "intermediate_size": 3072, "conv_dim": [512] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+}
 
 
 def make_app():
@@ -101,6 +106,11 @@ def seed():
                           hours=1.0, summary={})
         session.add_all([teacher, dataset])
         session.flush()
+        # the teacher's config where an upload puts it: job creation asks the engine for its smallest
+        # student and its task head from the architecture (no weights read)
+        folder = settings.storage_dir / "teachers" / teacher.id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(BASE_CONFIG))
         now, ids, statuses = utcnow(), [], ["succeeded"] * 8 + ["failed", "cancelled"]
         metrics = {"loss": 0.1, "distill": 0.09, "sparsity": 0.75, "lambda1": 0.01,
                    "report": {"k": list(range(40))}}
