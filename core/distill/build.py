@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from core.data import AudioCatalog, TrainBatches
-from core.distill.targets import ClusterTargets
+from core.distill.targets import ClusterTargets, TaskDistill
 from core.errors import AudioError, SpecError
 from core.models import ModelConfig, SpeechEncoder, build_model, make_student
 from core.models.heads import TaskHead
@@ -44,11 +44,13 @@ def cluster_targets(
         raise SpecError(f"target_weights: {exc} ({clusters}); give one weight per cluster") from None
     if head is not None:
         targets.add_task(
-            head,
-            weight=spec.task_weight,
-            temperature=spec.task_temperature,
-            supervised_weight=spec.task_supervised_weight,
-            labels=labels,
+            TaskDistill(
+                head,
+                weight=spec.task_weight,
+                temperature=spec.task_temperature,
+                supervised_weight=spec.task_supervised_weight,
+                labels=labels,
+            )
         )
     return targets
 

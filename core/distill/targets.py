@@ -56,20 +56,9 @@ class ClusterTargets(nn.Module):
         self.projections = nn.ModuleList(linears)
         self.task: TaskDistill | None = None
 
-    def add_task(
-        self,
-        head: TaskHead,
-        *,
-        weight: float,
-        temperature: float,
-        supervised_weight: float = 0.0,
-        labels: dict[str, int] | None = None,
-    ) -> None:
-        """Distil the teacher's task head too (saved and restored with the targets, under `task.`); with
-        `labels` (utterance id -> label index) and `supervised_weight`, also the supervised term."""
-        self.task = TaskDistill(
-            head, weight=weight, temperature=temperature, supervised_weight=supervised_weight, labels=labels
-        )
+    def add_task(self, task: TaskDistill) -> None:
+        """Distil the teacher's task head too (saved and restored with the targets, under `task.`)."""
+        self.task = task
 
     @property
     def max_layer(self) -> int:
