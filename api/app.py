@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -98,6 +99,11 @@ def create_app(
         # set off a full collection every few hundred requests: the p99 of GET /v1/jobs/{id} (issue 11).
         gc.collect()
         gc.freeze()
+        if settings.warm_engine:
+            # the engine's imports in the background: /healthz answers at once, /readyz once they are done
+            warmer = threading.Thread(target=services.warm_engine, name="skillkd-warm-engine", daemon=True)
+            app.state.engine_warmer = warmer
+            warmer.start()
         task = None
         if run_reaper:
             await reap_once(queued_age_s=0)

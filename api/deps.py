@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,10 +39,30 @@ class Services:
     extra: dict = field(default_factory=dict)
     owners: KeyCache = field(default_factory=lambda: KeyCache(5.0))
 
+    # None until `warm_engine` starts; then "loading", "ok", or "error: ..." (/readyz's `engine` check)
+    engine_state: str | None = None
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def get_engine(self) -> Engine:
-        if self.engine is None:
-            self.engine = load_engine(self.settings)
-        return self.engine
+        with self._engine_lock:
+            if self.engine is None:
+                self.engine = load_engine(self.settings)
+            return self.engine
+
+    def warm_engine(self) -> None:
+        """Load the engine and what its job checks import (torch, transformers: seconds) before the first
+        job creation needs them, instead of in that request (6.5 s on the 2-core machine, busy). Run in a
+        thread at startup; a request meanwhile waits for the same imports, no longer."""
+        self.engine_state = "loading"
+        try:
+            engine = self.get_engine()
+            warm = getattr(engine, "warm", None)
+            if warm is not None:
+                warm()
+        except Exception as exc:
+            self.engine_state = f"error: {type(exc).__name__}: {exc}"[:300]
+        else:
+            self.engine_state = "ok"
 
 
 class KeyCache:

@@ -85,6 +85,12 @@ class Engine(Protocol):
 class CoreEngine:
     """The real engine (`core.pipeline`, `core.models`, `core.data`)."""
 
+    def warm(self) -> None:
+        """Import what the API's job checks use (torch, transformers), so the first job creation does not."""
+        import core.estimate  # noqa: F401
+        import core.inputs  # noqa: F401
+        import core.models  # noqa: F401
+
     def inspect_teacher(self, path: Path) -> dict[str, Any]:
         from core.models import inspect_teacher
 

@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     engine: str = Field(
         default="service.engine:CoreEngine", description="import path of the Engine implementation"
     )
+    warm_engine: bool = Field(
+        default=True,
+        description="import the engine (torch) in the background at API startup, not in the first job "
+        "creation; /readyz is 503 until it is done",
+    )
 
     # uploads and archives
     max_upload_bytes: int = Field(default=20 * GiB, gt=0)

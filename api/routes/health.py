@@ -1,5 +1,5 @@
-"""/healthz (process alive), /readyz (database and broker reachable; under `skillkd serve`, also its worker
-process alive), /metrics (Prometheus)."""
+"""/healthz (process alive), /readyz (database and broker reachable, the engine loaded; under `skillkd serve`,
+also its worker process alive), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ async def readyz(services: ServicesDep) -> Response:
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    if services.engine_state is not None:
+        checks["engine"] = (
+            "loading: the compression engine's imports (torch) are not done yet; a job created now waits "
+            "for them"
+            if services.engine_state == "loading"
+            else services.engine_state
+        )
     ok = all(v == "ok" for v in checks.values())
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

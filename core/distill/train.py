@@ -9,6 +9,7 @@ saved, never a compiled or DDP wrapper.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -180,6 +181,14 @@ class _StudentSide(nn.Module):
         return predictions, task.student_outputs(self.student, reps) if task is not None else None
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP's option not to broadcast buffers before each forward: `forward_sync_buffers` where this torch has
+    it (2.13 deprecates `broadcast_buffers` with a warning), else `broadcast_buffers` (torch 2.11)."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    name = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {name: False}
+
+
 class DistillStep:
     """One optimiser step of stage 1 or stage 2, shared by `train_stage` and `bench/distill_step.py`.
 
@@ -270,7 +279,7 @@ class DistillStep:
             self.ddp = DistributedDataParallel(
                 self.side,
                 device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,  # the ranks start equal and stay equal (the same updates)
+                **_no_buffer_sync(),  # the ranks start equal and stay equal (the same updates)
                 # layers past the deepest target, and a pruned layer's empty attention or FFN (no head or unit
                 # left: skipped), get no gradient; DDP must not wait for them
                 find_unused_parameters=targets.max_layer < student.num_layers

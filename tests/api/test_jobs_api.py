@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import zipfile
 
 import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from service.engine import FakeEngine
 
 
 def create(client, headers, teacher, dataset, spec=None, **extra_headers):
@@ -226,10 +231,12 @@ def test_failed_job_reports_its_code(client, alice, teacher, dataset, drain):
     assert body["error"]["code"] == "training_diverged" and "nan" in body["error"]["message"]
 
 
-def test_health_ready_metrics(client, alice, teacher, dataset, drain, enqueuer):
+def test_health_ready_metrics(app, client, alice, teacher, dataset, drain, enqueuer):
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    app.state.engine_warmer.join(10)
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert r.status_code == 200
+    assert r.json()["checks"] == {"database": "ok", "broker": "ok", "engine": "ok"}
     create(client, alice, teacher, dataset)
     drain()
     create(client, alice, teacher, dataset)
@@ -265,3 +272,38 @@ def test_openapi_documents_the_contract(client):
     assert "application/zip" in paths["/v1/teachers"]["post"]["requestBody"]["content"]
     assert "CompressionSpec" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+class _SlowEngine(FakeEngine):
+    """An engine whose imports take until `done` is set (torch on a busy machine)."""
+
+    def __init__(self) -> None:
+        super().__init__(steps=3)
+        self.done = threading.Event()
+
+    def warm(self) -> None:
+        assert self.done.wait(10)
+
+
+def test_readyz_waits_for_the_engine_loaded_at_startup(settings, enqueuer):
+    """The engine (torch) loads in the background at startup, not in the first job creation: /healthz answers
+    at once, /readyz is 503 naming the engine until it is loaded; an engine that cannot load is named too."""
+    engine = _SlowEngine()
+    app = create_app(settings, enqueuer=enqueuer, engine=engine, run_reaper=False)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["engine"].startswith("loading")
+        engine.done.set()
+        app.state.engine_warmer.join(10)
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json()["checks"]["engine"] == "ok"
+    broken = settings.model_copy(update={"engine": "service.engine:NoSuchEngine"})
+    app = create_app(broken, enqueuer=enqueuer, run_reaper=False)
+    with TestClient(app) as c:
+        app.state.engine_warmer.join(10)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["engine"].startswith("error: AttributeError")
+    off = settings.model_copy(update={"warm_engine": False})
+    with TestClient(create_app(off, enqueuer=enqueuer, engine=engine, run_reaper=False)) as c:
+        assert "engine" not in c.get("/readyz").json()["checks"]

@@ -40,6 +40,7 @@ def test_the_sparsity_curve_ends_at_the_achieved_size(page_for, service, finishe
 
     page = page_for("alice")
     page.goto(f"{service.url}/ui/#/jobs/{job['id']}")
+    page.wait_for_selector("#sizes table")  # the results are drawn: nothing redraws the curves after them
     page.wait_for_selector("#curves figure.chart")
     chart = page.locator("#curves figure.chart", has_text="Sparsity against the target")
     landing = chart.locator("path.line[data-series^='achieved after finalize']")

@@ -223,7 +223,12 @@ export async function renderJob(main, jobId, signal) {
       }
     }
     fill(view.results, resultSections(report || {}, job));
-    renderCurves();
+    // the curves end at the report's size: drawn again only when the report came from its file (a chart
+    // replaced under the reader's pointer or a screen reader for nothing otherwise)
+    if (report && report !== (job.metrics && job.metrics.report)) {
+      job = { ...job, metrics: { ...job.metrics, report } };
+      renderCurves();
+    }
   }
 
   function renderAll() {
