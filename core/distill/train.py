@@ -181,7 +181,7 @@ class _StudentSide(nn.Module):
         return predictions, task.student_outputs(self.student, reps) if task is not None else None
 
 
-def _no_buffer_sync() -> dict[str, bool]:
+def _no_buffer_sync() -> dict[str, Any]:
     """DDP's option not to broadcast buffers before each forward: `forward_sync_buffers` where this torch has
     it (2.13 deprecates `broadcast_buffers` with a warning), else `broadcast_buffers` (torch 2.11)."""
     params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
