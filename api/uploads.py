@@ -12,6 +12,8 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient
 
 from api.archives import ArchiveLimits, Extracted, extract
 from api.errors import PayloadTooLarge, UnprocessableInput
@@ -83,7 +85,9 @@ async def ingest_archive(
 
     An archive whose sha256 the owner has already uploaded as a `model` row (and not deleted) is not
     extracted again: returns (that row, False), so re-submitting the same directory resolves to the same
-    teacher or dataset. Another owner's uploads are never looked at.
+    teacher or dataset. Another owner's uploads are never looked at. Concurrent identical uploads by one owner
+    resolve to one row too: the unique index on (owner_id, sha256) refuses every insert but the first, and
+    each of the others removes its files and returns (the first's row, False).
 
     All or nothing: on any error, including a client disconnect, no row is written and neither the temporary
     folder nor `final_dir` is left behind. The blocking part runs in a worker thread."""
@@ -98,19 +102,36 @@ async def ingest_archive(
             declared=request.headers.get("content-length"),
         )
 
+        def known() -> Any:
+            with services.factory() as session:
+                return crud.same_upload(session, model=model, owner_id=owner_id, sha256=received.sha256)
+
+        def insert(row: Any) -> Any:
+            with services.factory() as session:
+                return crud.insert(session, row=row)
+
         def validate_and_store() -> tuple[Any, bool]:
             nonlocal moved
-            with services.factory() as session:
-                known = crud.same_upload(session, model=model, owner_id=owner_id, sha256=received.sha256)
-            if known is not None:
-                return known, False
+            first = known()
+            if first is not None:
+                return first, False
             extracted = extract(received.path, tmp / "x", limits_of(services))
             content, row = prepare(received, extracted, tmp / "x")
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             content.rename(final_dir)
             moved = True
-            with services.factory() as session:
-                return crud.insert(session, row=row), True
+            try:
+                return insert(row), True
+            except IntegrityError:
+                # The same owner's upload of the same archive won the race since the check above (the unique
+                # index on owner_id, sha256): answer with its row, as the check would have, without our files.
+                winner = known()
+                if winner is None:  # deleted since it won: this upload is new again, inserted as new
+                    make_transient(row)
+                    return insert(row), True
+            storage.remove(final_dir)
+            moved = False
+            return winner, False
 
         return await run_in_threadpool(validate_and_store)
     except BaseException:

@@ -52,7 +52,9 @@ def dataset_path(session: Session, *, storage: LocalStorage, dataset_id: str) ->
 
 
 def same_upload(session: Session, *, model: type[Row], owner_id: str, sha256: str) -> Row | None:
-    """The owner's first upload (teacher or dataset) of an archive with this sha256, if they still have it."""
+    """The owner's upload (teacher or dataset) of an archive with this sha256, if they still have it: at most
+    one row, the unique index on (owner_id, sha256) holds every row (migration 0004 merged earlier
+    duplicates)."""
     query = (
         select(model)
         .where(model.owner_id == owner_id, model.sha256 == sha256)  # type: ignore[attr-defined]

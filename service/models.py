@@ -144,6 +144,10 @@ class ApiKey(Base):
 
 class Teacher(Base):
     __tablename__ = "teachers"
+    # An owner's archive (sha256) is one teacher: concurrent identical uploads cannot both insert, the loser
+    # answers with the winner's row (api.uploads.ingest_archive). Rows are deleted outright, so the index
+    # covers every row, as crud.same_upload looks at every row.
+    __table_args__ = (Index("uq_teachers_owner_sha256", "owner_id", "sha256", unique=True),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
@@ -161,6 +165,9 @@ class Teacher(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    # As for teachers; a registered server directory has no sha256 (NULL), and NULLs are distinct in a unique
+    # index on PostgreSQL and SQLite alike, so an owner may register any number of them.
+    __table_args__ = (Index("uq_datasets_owner_sha256", "owner_id", "sha256", unique=True),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)

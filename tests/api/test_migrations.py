@@ -6,6 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from service.db import make_engine, upgrade
 from service.models import Base
@@ -103,3 +104,123 @@ def test_sqlite_upgrade_of_a_populated_database_keeps_every_row(tmp_path):
         conn.execute(text("DELETE FROM teachers"))  # the key is SET NULL now, the id stays
         assert conn.execute(text("SELECT teacher_id, teacher_ref FROM jobs")).one() == ("tch_1", None)
     engine.dispose()
+
+
+# -- 0004: an owner's duplicate uploads (same sha256) merged into the oldest, then a unique index ------------
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+JOB_COLUMNS = (
+    "teacher_id, teacher_ref, dataset_id, dataset_ref, calibration_dataset_id, calibration_dataset_ref"
+)
+
+
+def teacher_row(row_id: str, owner: str, sha256: str, day: int) -> str:
+    return (
+        "INSERT INTO teachers (id, owner_id, name, sha256, size_bytes, architecture, layout, num_layers, "
+        f"hidden_size, num_params, sample_rate, created_at) VALUES ('{row_id}', '{owner}', '{row_id}', "
+        f"'{sha256}', 1, 'hubert', 'hf', 2, 8, 100, 16000, '2026-01-0{day} 00:00:00')"
+    )
+
+
+def dataset_row(row_id: str, owner: str, sha256: str | None, day: int) -> str:
+    source, path, digest = (
+        ("upload", "NULL", f"'{sha256}'") if sha256 else ("server_path", "'/srv/a'", "NULL")
+    )
+    return (
+        "INSERT INTO datasets (id, owner_id, name, source, server_path, sha256, size_bytes, files, hours, "
+        f"summary, created_at) VALUES ('{row_id}', '{owner}', '{row_id}', '{source}', {path}, {digest}, "
+        f"1, 1, 0.1, '{{}}', '2026-01-0{day} 00:00:00')"
+    )
+
+
+def job_row(row_id: str, teacher: str, dataset: str, calibration: str | None, status: str) -> str:
+    cal = f"'{calibration}'" if calibration else "NULL"
+    return (
+        f"INSERT INTO jobs (id, owner_id, {JOB_COLUMNS}, spec, status, progress, metrics, attempts, "
+        f"created_at, updated_at) VALUES ('{row_id}', 'own_1', '{teacher}', '{teacher}', '{dataset}', "
+        f"'{dataset}', {cal}, {cal}, '{{}}', '{status}', '{{}}', '{{}}', 0, '2026-01-09 00:00:00', "
+        "'2026-01-09 00:00:00')"
+    )
+
+
+ROWS_0003_DUPLICATES = [
+    "INSERT INTO owners (id, name, is_admin, created_at) VALUES ('own_1', 'alice', false, '2026-01-01')",
+    "INSERT INTO owners (id, name, is_admin, created_at) VALUES ('own_2', 'bob', false, '2026-01-01')",
+    teacher_row("tch_2", "own_1", A, 2),  # inserted first, but tch_1 is the older one
+    teacher_row("tch_1", "own_1", A, 1),
+    teacher_row("tch_3", "own_1", A, 3),
+    teacher_row("tch_4", "own_2", A, 1),  # another owner's: theirs
+    teacher_row("tch_5", "own_1", B, 1),
+    dataset_row("ds_1", "own_1", C, 1),
+    dataset_row("ds_2", "own_1", C, 2),
+    dataset_row("ds_3", "own_1", None, 1),  # registered server directories: no sha256, never merged
+    dataset_row("ds_4", "own_1", None, 2),
+    job_row("job_1", "tch_2", "ds_2", "ds_2", "running"),
+    job_row("job_2", "tch_1", "ds_1", None, "succeeded"),
+    job_row("job_3", "tch_3", "ds_3", "ds_2", "paused"),
+]
+
+
+def check_duplicates_merged(url: str) -> None:
+    """Duplicates at 0003 (as concurrent identical uploads made them) and jobs on them, upgraded: the oldest
+    row of each (owner, sha256) is left, every job reference to the others points at it, and the index refuses
+    a new duplicate (not a second NULL sha256); the downgrade drops the index."""
+    from alembic import command
+
+    from service.db import alembic_config
+
+    upgrade(url, "0003")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in ROWS_0003_DUPLICATES:
+                conn.execute(text(statement))
+        upgrade(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id FROM teachers ORDER BY id")).scalars().all() == [
+                "tch_1",
+                "tch_4",
+                "tch_5",
+            ]
+            assert conn.execute(text("SELECT id FROM datasets ORDER BY id")).scalars().all() == [
+                "ds_1",
+                "ds_3",
+                "ds_4",
+            ]
+            jobs = {
+                row[0]: tuple(row[1:]) for row in conn.execute(text(f"SELECT id, {JOB_COLUMNS} FROM jobs"))
+            }
+        assert jobs == {
+            "job_1": ("tch_1", "tch_1", "ds_1", "ds_1", "ds_1", "ds_1"),
+            "job_2": ("tch_1", "tch_1", "ds_1", "ds_1", None, None),
+            "job_3": ("tch_1", "tch_1", "ds_3", "ds_3", "ds_1", "ds_1"),
+        }
+        with engine.connect() as conn:
+            conn.execute(text(dataset_row("ds_5", "own_1", None, 3)))  # NULLs stay allowed in multiples
+            conn.execute(text(teacher_row("tch_6", "own_2", B, 3)))  # another owner's sha256 B
+            conn.commit()
+            with pytest.raises(IntegrityError):
+                conn.execute(text(teacher_row("tch_7", "own_1", A, 4)))
+            conn.rollback()
+            with pytest.raises(IntegrityError):
+                conn.execute(text(dataset_row("ds_6", "own_1", C, 4)))
+            conn.rollback()
+        command.downgrade(alembic_config(url), "0003")
+        with engine.begin() as conn:
+            conn.execute(text(teacher_row("tch_7", "own_1", A, 4)))
+        assert "uq_teachers_owner_sha256" not in {
+            ix["name"] for ix in inspect(engine).get_indexes("teachers")
+        }
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_upgrade_merges_an_owners_duplicate_uploads(tmp_path):
+    check_duplicates_merged(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+@pytest.mark.services
+def test_postgres_upgrade_merges_an_owners_duplicate_uploads():
+    if not postgres_available():
+        pytest.skip("PostgreSQL not reachable")
+    with fresh_postgres() as url:
+        check_duplicates_merged(url)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import itertools
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
+from service import crud
 from service.models import Dataset, Teacher
 from tests.utils.servicekit import (
     make_audio,
@@ -265,3 +269,135 @@ def test_submit_twice_uses_one_teacher_and_sends_it_once(cli_as_alice, settings,
     assert runs[1].stderr.count("(already uploaded: not sent again)") == 2, runs[1].stderr
     assert posts == ["/v1/teachers", "/v1/datasets", "/v1/jobs", "/v1/jobs"]
     assert len(cli_as_alice.get("/v1/teachers").json()["items"]) == 1
+
+
+# -- issue 22, item 9: concurrent identical uploads by one owner resolve to one teacher or dataset ----------
+MODELS = {"teachers": Teacher, "datasets": Dataset}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def upload_app(request):
+    """(app, client, alice's headers) on SQLite, and on PostgreSQL (skipped when it is not reachable)."""
+    if request.param == "sqlite":
+        return (
+            request.getfixturevalue("app"),
+            request.getfixturevalue("client"),
+            request.getfixturevalue("alice"),
+        )
+    live = request.getfixturevalue("postgres_app")
+    return live.app, live.client, live.alice
+
+
+def rows_of(app, kind) -> list[str]:
+    with app.state.services.factory() as s:
+        return list(s.scalars(select(MODELS[kind].id)))
+
+
+def stored(app, kind) -> list[str]:
+    return sorted(p.name for p in (app.state.services.storage.root / kind).iterdir())
+
+
+def leftover_tmp(app) -> list[str]:
+    return [p.name for p in (app.state.services.storage.root / "tmp").iterdir()]
+
+
+@pytest.mark.parametrize("kind", ["teachers", "datasets"])
+def test_concurrent_identical_uploads_resolve_to_one_object(
+    upload_app, teacher_zip, audio_zip, monkeypatch, kind
+):
+    """N identical uploads by one owner at once: each of them passes the dedupe check before any inserts (a
+    barrier holds the first N checks until all have looked and found nothing, the race at its worst). One
+    insert wins (201), the unique index refuses the others, which answer 200 with the winner: one id, one row,
+    one directory, no temporary folder left."""
+    app, client, alice = upload_app
+    body = teacher_zip if kind == "teachers" else audio_zip
+    n = 6
+    barrier = threading.Barrier(n, timeout=60)
+    checks = itertools.count()
+    real = crud.same_upload
+
+    def all_look_first(session, **kwargs):
+        found = real(session, **kwargs)
+        if next(checks) < n:
+            barrier.wait()
+        return found
+
+    monkeypatch.setattr(crud, "same_upload", all_look_first)
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(lambda i: post(client, kind, body, alice, name=f"u{i}"), range(n)))
+    assert sorted(r.status_code for r in answers) == [200] * (n - 1) + [201], [r.text for r in answers]
+    ids = {r.json()["id"] for r in answers}
+    assert len(ids) == 1
+    (winner,) = [r.json() for r in answers if r.status_code == 201]
+    assert all(r.json() == winner for r in answers)
+    assert rows_of(app, kind) == list(ids)
+    assert stored(app, kind) == list(ids)
+    assert leftover_tmp(app) == []
+
+
+@pytest.mark.parametrize("kind", ["teachers", "datasets"])
+def test_an_insert_refused_by_the_unique_index_answers_the_existing_object(
+    upload_app, teacher_zip, audio_zip, monkeypatch, kind
+):
+    """The IntegrityError branch, deterministically: the check misses the first upload (as when both run at
+    once), so the second one is extracted and its insert collides; it answers 200 with the first, its own
+    extracted directory removed, and no SQL or server path in the answer."""
+    app, client, alice = upload_app
+    body = teacher_zip if kind == "teachers" else audio_zip
+    first = post(client, kind, body, alice, name="first")
+    assert first.status_code == 201, first.text
+    storage = app.state.services.storage
+    checks: list[dict] = []
+    removed: list = []
+    real_check, real_remove = crud.same_upload, storage.remove
+
+    def blind_once(session, **kwargs):
+        checks.append(kwargs)
+        return None if len(checks) == 1 else real_check(session, **kwargs)
+
+    def remove(path):
+        removed.append(path)
+        real_remove(path)
+
+    monkeypatch.setattr(crud, "same_upload", blind_once)
+    monkeypatch.setattr(storage, "remove", remove)
+    again = post(client, kind, body, alice, name="second")
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    assert len(checks) == 2  # the miss, then the lookup after the refused insert
+    losers = [p for p in removed if p.parent == storage.root / kind]
+    assert len(losers) == 1 and losers[0].name != first.json()["id"] and not losers[0].exists()
+    assert rows_of(app, kind) == [first.json()["id"]]
+    assert stored(app, kind) == [first.json()["id"]]
+    assert leftover_tmp(app) == []
+    for leak in ("INSERT", "UNIQUE", "unique", "IntegrityError", str(storage.root)):
+        assert leak not in again.text
+
+
+@pytest.mark.parametrize("kind", ["teachers", "datasets"])
+def test_an_insert_refused_by_a_row_deleted_since_is_a_new_upload(
+    upload_app, teacher_zip, audio_zip, monkeypatch, kind
+):
+    """The insert collided, but the row it collided with is deleted before the lookup that follows: the
+    upload is a new one again (201, inserted on the second try), not a 500."""
+    app, client, alice = upload_app
+    body = teacher_zip if kind == "teachers" else audio_zip
+    first = post(client, kind, body, alice).json()
+    model = MODELS[kind]
+    calls = itertools.count()
+    real = crud.same_upload
+
+    def miss_then_delete(session, **kwargs):
+        if next(calls) == 0:
+            return None  # the check misses the first upload
+        with app.state.services.factory() as other:  # the lookup after the collision: deleted just before
+            other.execute(delete(model).where(model.id == first["id"]))
+            other.commit()
+        return real(session, **kwargs)
+
+    monkeypatch.setattr(crud, "same_upload", miss_then_delete)
+    again = post(client, kind, body, alice)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] != first["id"]
+    assert rows_of(app, kind) == [again.json()["id"]]
+    assert leftover_tmp(app) == []
