@@ -445,9 +445,10 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
 )
 @click.option(
     "--int8-mode",
-    type=click.Choice(["dynamic", "static"]),
+    type=click.Choice(["dynamic", "static", "static_conv"]),
     default=None,
-    help="int8 quantisation: dynamic (default) or static calibrated on --audio.",
+    help="int8 quantisation: dynamic (default), static (MatMul, calibrated on --audio) or static_conv (the "
+    "conv front end too: faster, less faithful; kept only if it passes the int8 gate).",
 )
 @click.option("--json", "as_json", is_flag=True)
 def export_cmd(

@@ -113,3 +113,45 @@ def test_target_cka_script_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: P
     assert values["r0 vs mean(r0..r0)"] == pytest.approx(1.0)
     assert 0.0 < values["r1 vs mean(r1..r2)"] <= 1.0 + 1e-9
     assert len(result["adjacent"]) == 2
+
+
+def test_onnx_int8_bench_on_a_tiny_student_shape(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    """`python -m bench.onnx_int8` (issue 25): every recipe written, checked and timed against the fp32 file
+    in turn; a report.json's shape with --teacher gives the teacher cut to that architecture."""
+    import numpy as np
+    import soundfile as sf
+
+    from bench import onnx_int8
+    from core.models import load_model
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        sf.write(tmp_path / f"u{i}.wav", (0.2 * rng.standard_normal(8000)).astype(np.float32), 16000)
+        split = "test" if i < 2 else "train"
+        rows.append(json.dumps({"path": f"u{i}.wav", "split": split, "speaker": "s"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    teacher = load_model(tiny_teacher_dir)
+    shape = {
+        "conv_channels": [c.out_channels - 1 for c in teacher.config.conv],
+        "layers": [{"heads": 1, "ffn": 3} for _ in teacher.config.layers],
+    }
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"student": shape}))
+    result = onnx_int8.main(
+        [
+            str(report),
+            "--teacher",
+            str(tiny_teacher_dir),
+            str(tmp_path),
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    rows_out = result["rows"]
+    assert list(rows_out) == ["fp32", *onnx_int8.RECIPES]
+    assert rows_out["fp32"]["speedup_vs_fp32"] == 1.0 and rows_out["fp32"]["min_cka"] > 0.9999
+    assert all(r["ms_per_10s_1_thread"] > 0 and 0 < r["min_cka"] <= 1.0 + 1e-6 for r in rows_out.values())
+    assert result["check_utterances"] == 2 and (tmp_path / "r.md").exists()

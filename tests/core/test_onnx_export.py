@@ -52,6 +52,7 @@ def test_variants_are_written_verified_and_match_pytorch_with_padding(
         assert figures["size_bytes"] > 0
         if timed:
             assert figures["rtf_cpu_1_thread"] > 0 and figures["rtf_cpu_all_threads"] > 0
+            assert figures["speedup_vs_onnx_fp32_1_thread"] > 0  # against the fp32 file, run in turn
         else:
             assert "rtf_cpu_1_thread" not in figures and figures["timing"] == f"skipped ({speed.RUNS_ENV}=0)"
         assert (tmp_path / "student" / ONNX_FILES[variant]).exists()
@@ -101,6 +102,56 @@ def test_static_int8_and_per_on_labelled_audio(tmp_path: Path) -> None:
     # a fraction; above 1 is possible (a probe trained on 8 tiny utterances inserts many phones)
     assert report["per_pytorch_fp32"] >= 0.0 and int8["per"] >= 0.0
     assert int8["status"] == "ok" or "PER" in int8.get("reason", "")
+
+
+def test_static_conv_int8_quantises_the_conv_front_end_but_its_first_conv(tmp_path: Path) -> None:
+    """Issue 25: `static_conv` int8 is QDQ over every Conv (the front end, the positional conv) but the first,
+    on the raw waveform, and every MatMul: uint8 activations, int8 weights per output channel, calibrated; its
+    hidden states stay close to fp32's."""
+    import onnx
+
+    student = _pruned(tmp_path, "hubert", False)
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "int8.onnx"
+    export_module.export_onnx(student, fp32)
+    rng = np.random.default_rng(0)
+    calib = [model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(4)]
+    export_module.quantize_int8(fp32, int8, "static_conv", calib)
+    graph = onnx.load(str(int8)).graph
+    made_by = {out: n for n in graph.node for out in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == len(student.config.conv) + 1  # the feature extractor's and the positional conv
+
+    def quantised(node, input_index: int) -> bool:
+        source = made_by.get(node.input[input_index])
+        return source is not None and source.op_type == "DequantizeLinear"
+
+    assert not quantised(convs[0], 0) and not quantised(convs[0], 1)  # the first conv: fp32 in, fp32 weights
+    for conv in convs[1:]:
+        assert quantised(conv, 0) and quantised(conv, 1), conv.name
+        weight_dq = made_by[conv.input[1]]
+        scales = next(i for i in graph.initializer if i.name == weight_dq.input[1])
+        assert scales.dims == [conv_out_channels(graph, conv)]  # one scale per output channel
+    activations = [
+        i
+        for i in graph.initializer
+        if i.name.endswith("_zero_point") and i.data_type == onnx.TensorProto.UINT8
+    ]
+    assert activations  # uint8 activations (the fast u8 x s8 kernels on x86)
+    assert any(n.op_type == "MatMul" and quantised(n, 1) for n in graph.node)
+    inputs = model_inputs(student, [0.1 * rng.standard_normal(6000).astype(np.float32)])
+    ref = onnx_session(fp32).run(["last_hidden_state"], inputs)[0][0]
+    got = onnx_session(int8).run(["last_hidden_state"], inputs)[0][0]
+    cosine = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
+    assert cosine.mean() > 0.95, cosine.mean()
+
+
+def conv_out_channels(graph, conv) -> int:
+    import onnx.numpy_helper
+
+    for init in graph.initializer:  # the fp32 weight the DequantizeLinear reads, or its int8 copy
+        if init.name.startswith(conv.input[1].removesuffix("_DequantizeLinear_Output")):
+            return int(onnx.numpy_helper.to_array(init).shape[0])
+    raise AssertionError(f"no weight for {conv.name}")
 
 
 def test_spec_and_variant_lists() -> None:
