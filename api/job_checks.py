@@ -40,7 +40,8 @@ def check_job(body: JobCreate, services: Services, session: Session, owner: Owne
     check_spec_bounds(body.spec, services.settings)
     teacher = check_references(session, owner, body)
     check_size_targets(body.spec, services, teacher)
-    check_task_head(body.spec, services, teacher)
+    dataset = crud.owned(session, model=Dataset, row_id=body.dataset_id, owner_id=owner.id)
+    check_task_head(body.spec, services, teacher, (dataset.summary or {}) if dataset is not None else {})
     return teacher
 
 
@@ -131,12 +132,18 @@ def check_size_targets(spec: CompressionSpec, services: Services, teacher: Teach
     check_teacher_shape(spec, teacher, macs=teacher_macs, smallest=smallest)
 
 
-def check_task_head(spec: CompressionSpec, services: Services, teacher: Teacher) -> None:
+def check_task_head(
+    spec: CompressionSpec, services: Services, teacher: Teacher, dataset_summary: dict | None = None
+) -> None:
     """A fine-tuned teacher's head: one the engine cannot keep (x-vector, an unknown class, weights or a
     tokenizer that do not match its config) is 422 unless the spec drops it (`drop_head`); a weighted head
-    with `prune_layers` is 422 naming that field. The engine reads the head's config and weights alone."""
+    with `prune_layers` is 422 naming that field; the supervised term (`task_supervised_weight`) on a dataset
+    whose manifest holds none of the classifier's labels is 422 naming `task_supervised_weight` or
+    `task_label_field` (by the label values its upload's scan kept; a dataset scanned before they were kept
+    is checked by the run). The engine reads the head's config and weights alone."""
+    label_values = (dataset_summary or {}).get("label_values")
     try:
-        services.get_engine().task_head(services.storage.teacher_dir(teacher.id), spec)
+        services.get_engine().task_head(services.storage.teacher_dir(teacher.id), spec, label_values)
     except SpecError as exc:
         field = exc.field or "spec"
         raise spec_error(field, exc.message.removeprefix(f"{field}: ")) from exc

@@ -19,7 +19,14 @@ from core.data import AudioCatalog, scan_audio
 from core.errors import AudioError, SpecError, TeacherError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.models import SpeechEncoder, load_model
-from core.models.heads import TaskHead, head_spec_from_config, item_label, label_field_for, load_task_head
+from core.models.heads import (
+    LABEL_FIELDS,
+    TaskHead,
+    head_spec_from_config,
+    item_label,
+    label_field_for,
+    load_task_head,
+)
 from core.rules import check_against_teacher
 from core.spec import Budget, CompressionSpec
 
@@ -127,6 +134,30 @@ def task_labels(head: TaskHead | None, catalog: AudioCatalog, spec: CompressionS
     return labelled
 
 
+def check_label_values(
+    head: TaskHead, label_values: dict[str, list[str] | None], spec: CompressionSpec
+) -> None:
+    """A SpecError when no manifest field the supervised term would read (`task_label_field`, else label,
+    emotion, speaker) holds any of the classifier's labels, by the dataset's listed values; a field too varied
+    to be listed (None) may hold them, and passes (the run checks the utterances themselves)."""
+    labels = {str(name) for name in head.spec.config["id2label"].values()}
+    fields = [spec.task_label_field] if spec.task_label_field else list(LABEL_FIELDS)
+    for name in fields:
+        values = label_values.get(name, [])
+        if values is None or labels.intersection(values):
+            return
+    shown = ", ".join(sorted(labels)[:5]) + (", ..." if len(labels) > 5 else "")
+    if spec.task_label_field:
+        field, where = "task_label_field", f"its field {spec.task_label_field!r} holds"
+    else:
+        field, where = "task_supervised_weight", "its fields label, emotion and speaker hold"
+    raise SpecError(
+        f"{field}: the supervised term needs training utterances labelled with the classifier's labels "
+        f"({shown}); {where} none of them in the dataset's manifest",
+        field=field,
+    )
+
+
 def dropped_head(teacher_dir: Path | str) -> str | None:
     """What `drop_head` drops: the teacher's head described, or None when it has none."""
     try:
@@ -141,10 +172,16 @@ def dropped_head(teacher_dir: Path | str) -> str | None:
     return spec.describe() if spec is not None else None
 
 
-def head_facts(teacher_dir: Path | str, spec: CompressionSpec) -> dict[str, Any] | None:
+def head_facts(
+    teacher_dir: Path | str, spec: CompressionSpec, label_values: dict[str, list[str] | None] | None = None
+) -> dict[str, Any] | None:
     """`JobInputs.head_facts` from the teacher's directory alone (the service's check at job creation): the
-    same refusals as a run's (`task_head`), the head's weights read without the encoder's."""
+    same refusals as a run's (`task_head`), the head's weights read without the encoder's; with the dataset's
+    `label_values` (AudioCatalog.label_values), also the refusal of a supervised term whose labels the dataset
+    does not hold (`task_labels`'s, before any audio is read)."""
     head = task_head(teacher_dir, spec)
+    if head is not None and label_values is not None and spec.task_supervised_weight > 0:
+        check_label_values(head, label_values, spec)
     dropped = dropped_head(teacher_dir) if spec.drop_head else None
     return _head_facts(head, dropped, spec)
 
@@ -265,5 +302,6 @@ __all__ = [
     "select_device",
     "task_head",
     "task_labels",
+    "check_label_values",
     "teacher_sha256",
 ]

@@ -48,10 +48,13 @@ class Engine(Protocol):
         below these can be met); raises TeacherError."""
         ...
 
-    def task_head(self, path: Path, spec: CompressionSpec) -> dict[str, Any] | None:
+    def task_head(
+        self, path: Path, spec: CompressionSpec, label_values: dict[str, list[str] | None] | None = None
+    ) -> dict[str, Any] | None:
         """What becomes of the teacher's task head under `spec` (core.inputs.JobInputs.head_facts: kept,
         dropped, or None without one); raises TeacherError for a head the engine cannot keep, SpecError for a
-        spec that cannot keep it (a weighted head with prune_layers)."""
+        spec that cannot keep it (a weighted head with prune_layers), or whose supervised term finds none of
+        the head's labels in the dataset's `label_values` (its scan's, when known)."""
         ...
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
@@ -101,10 +104,12 @@ class CoreEngine:
 
         return macs_per_second(path, seconds)
 
-    def task_head(self, path: Path, spec: CompressionSpec) -> dict[str, Any] | None:
+    def task_head(
+        self, path: Path, spec: CompressionSpec, label_values: dict[str, list[str] | None] | None = None
+    ) -> dict[str, Any] | None:
         from core.inputs import head_facts
 
-        return head_facts(path, spec)
+        return head_facts(path, spec, label_values)
 
     def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
         import torch
@@ -136,7 +141,8 @@ class CoreEngine:
         # whether a job with evaluate=true can run on it (the engine needs phone labels): checked at POST
         # /v1/jobs
         labelled = sum(1 for item in catalog.items if item.extra.get("arpabet"))
-        return {**catalog.summary(), "phone_labelled": labelled}
+        # and whether its labels fit a classifier teacher's, when the job asks for the supervised term
+        return {**catalog.summary(), "phone_labelled": labelled, "label_values": catalog.label_values()}
 
     def run(self, spec, teacher, audio, workdir, *, calibration_audio=None, on_event=None, should_stop=None):
         from core.pipeline import run
@@ -242,11 +248,13 @@ class FakeEngine:
         """A stand-in: 100 MACs per parameter per second of audio."""
         return 100.0 * _safetensors_numel(path / "model.safetensors")
 
-    def task_head(self, path: Path, spec: CompressionSpec) -> dict[str, Any] | None:
+    def task_head(
+        self, path: Path, spec: CompressionSpec, label_values: dict[str, list[str] | None] | None = None
+    ) -> dict[str, Any] | None:
         """The real engine's answer: it reads the head's config and weights alone (no encoder)."""
         from core.inputs import head_facts
 
-        return head_facts(path, spec)
+        return head_facts(path, spec, label_values)
 
     def smallest_student(self, path: Path, seconds: float) -> dict[str, float]:
         """A stand-in: 1% of the teacher's parameters and of its MACs."""

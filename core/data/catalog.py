@@ -52,6 +52,10 @@ _MAX_SKIPPED_EXAMPLES = 20
 _SCAN_BLOCK_FRAMES = 65536
 
 
+# label_values: a field with more distinct values than this is not listed (a transcript, an id)
+LABEL_VALUES_KEPT = 1000
+
+
 @dataclass
 class AudioItem:
     """One usable utterance, as its file header (and the scan's decode pass) described it."""
@@ -105,6 +109,25 @@ class AudioCatalog:
                 {"path": skip.path, "reason": skip.reason} for skip in self.skipped[:_MAX_SKIPPED_EXAMPLES]
             ],
         }
+
+    def label_values(self, limit: int = LABEL_VALUES_KEPT) -> dict[str, list[str] | None]:
+        """The distinct values of each manifest field that can name an utterance's class (`speaker` and every
+        other field holding strings or integers), sorted; None for a field with more than `limit` (a
+        transcript, an id): what the service keeps of a dataset to check a classifier's labels against at job
+        creation, without reading the dataset again."""
+        values: dict[str, set[str] | None] = {}
+        for item in self.items:
+            fields = {"speaker": item.speaker, **item.extra}
+            for name, value in fields.items():
+                if value is None or isinstance(value, (float, bool, list, dict)):
+                    continue
+                seen = values.setdefault(name, set())
+                if seen is None:
+                    continue
+                seen.add(str(value))
+                if len(seen) > limit:
+                    values[name] = None
+        return {name: None if seen is None else sorted(seen) for name, seen in sorted(values.items())}
 
     def filter(self, *, split: str | None = None, speaker: str | None = None) -> AudioCatalog:
         """Items matching every given field; the skipped list is kept since it describes the same source."""

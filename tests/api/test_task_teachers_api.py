@@ -61,3 +61,41 @@ def test_heads_that_cannot_be_kept_are_422_at_creation(client, alice, dataset, e
     if not dry_run:
         assert enqueuer.ids == []
         assert create(client, alice, teacher, dataset, {"drop_head": True}).status_code == 202
+
+
+def _label_values(app, dataset: dict, values: dict) -> None:
+    """What the real engine's scan keeps of a dataset's manifest (`label_values`; the fake engine's scan
+    reads no manifest)."""
+    from service.models import Dataset
+
+    with app.state.services.factory() as session:
+        row = session.get(Dataset, dataset["id"])
+        row.summary = {**(row.summary or {}), "label_values": values}
+        session.commit()
+
+
+def test_the_supervised_term_without_the_classifiers_labels_is_422_at_creation(
+    app, client, alice, dataset, enqueuer, tmp_path
+):
+    """Issue 23: a classifier teacher (calm, happy, sad) with `task_supervised_weight` on a dataset whose
+    manifest holds none of its labels is 422 naming the field the term would read, before anything is
+    queued; a field too varied to be listed is left to the run."""
+    teacher = upload(client, alice, save_tiny_task_teacher(tmp_path / "seq", "sequence"))
+    supervised = {"task_supervised_weight": 1.0}
+    _label_values(app, dataset, {"speaker": ["s1", "s2"], "emotion": ["angry"], "text": None})
+    r = create(client, alice, teacher, dataset, supervised)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid", r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("spec.task_supervised_weight: the supervised term needs") and "calm" in message
+    r = create(client, alice, teacher, dataset, {**supervised, "task_label_field": "mood"}, dry_run=True)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("spec.task_label_field:"), r.text
+    assert enqueuer.ids == []
+    assert (
+        create(client, alice, teacher, dataset, {"task_weight": 1.0}).status_code == 202
+    )  # no supervised term
+    _label_values(app, dataset, {"speaker": ["s1"], "emotion": ["calm", "angry"]})
+    assert create(client, alice, teacher, dataset, supervised).status_code == 202
+    _label_values(app, dataset, {"mood": None})  # more values than kept: the run checks the utterances
+    assert (
+        create(client, alice, teacher, dataset, {**supervised, "task_label_field": "mood"}).status_code == 202
+    )

@@ -81,11 +81,11 @@ class DashboardFakeEngine:
         params = self.inspect_teacher(path)["num_params"]
         return {"params": 0.01 * params, "macs": 0.01 * _macs(params)}
 
-    def task_head(self, path: Path, spec: Any) -> dict[str, Any] | None:
+    def task_head(self, path: Path, spec: Any, label_values: Any = None) -> dict[str, Any] | None:
         """The real engine's answer: a fine-tuned teacher's head read from its config and weights."""
         from core.inputs import head_facts
 
-        return head_facts(path, spec)
+        return head_facts(path, spec, label_values)
 
     def scan_audio(self, source: Path) -> dict[str, Any]:
         import soundfile

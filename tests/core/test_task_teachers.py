@@ -220,3 +220,26 @@ def test_the_supervised_term_trains_an_utterance_classifier_on_the_manifest_labe
     assert "task_supervised" not in json.loads(
         run(plain, teacher, data, tmp_path / "w4").artifacts["train_log"].read_text().splitlines()[0]
     )
+
+
+def test_label_values_list_each_fields_values_until_too_many() -> None:
+    """What the service keeps of a dataset to check a classifier's labels at job creation (issue 23)."""
+    from core.data.catalog import AudioCatalog, AudioItem
+
+    def item(i: int, **extra) -> AudioItem:
+        return AudioItem(f"u{i}", Path(f"u{i}.wav"), 1.0, 16000, 1, speaker=f"s{i % 2}", extra=extra)
+
+    items = [item(i, emotion=["calm", "sad"][i % 2], text=f"words {i}", score=0.5, n=i % 3) for i in range(6)]
+    values = AudioCatalog(items, [], Path(".")).label_values(limit=4)
+    assert values == {"emotion": ["calm", "sad"], "n": ["0", "1", "2"], "speaker": ["s0", "s1"], "text": None}
+
+
+def test_the_real_engines_scan_keeps_the_label_values(tmp_path: Path) -> None:
+    from service.engine import CoreEngine
+
+    audio = write_audio(tmp_path / "audio", n=3)
+    rows = [{"path": f"u{i}.wav", "speaker": "s1", "emotion": ["calm", "sad", "calm"][i]} for i in range(3)]
+    (audio / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = CoreEngine().scan_audio(audio)
+    assert summary["label_values"]["emotion"] == ["calm", "sad"]
+    assert summary["label_values"]["speaker"] == ["s1"]
