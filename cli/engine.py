@@ -115,6 +115,9 @@ def compress(
         if spec.gpus not in (1, world):
             raise click.UsageError(f"--gpus {spec.gpus} but the launcher started {world} processes")
         spec = spec.model_copy(update={"gpus": world})
+        if out is not None and _restarted_launch(out):
+            resume = True  # the launcher restarted the group after a rank died: continue from the checkpoint
+            click.echo(f"the launcher restarted the group: resuming the run in {out}", err=True)
     if out is None:
         if resume:
             raise click.UsageError("--resume needs --out (the run directory to continue)")
@@ -123,6 +126,8 @@ def compress(
         raise click.UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     from core.pipeline import run
 
+    if launched is not None:
+        _mark_launch(out)
     bars = ProgressBars(json_lines=as_json, quiet=quiet)
     should_stop = _stop_on_sigint()
     started = time.monotonic()
@@ -200,6 +205,34 @@ def _join_launched_group() -> tuple[int, int, Any] | None:
         return join_launched_group()
     except SkillkdError as exc:
         fail(exc)
+
+
+LAUNCH_FILE = "launch.json"  # which launch (torchrun's run id) started the run in a directory
+
+
+def _mark_launch(out: Path) -> None:
+    """Rank 0 of a launched group: record the launch in the run directory, so that a restart of the same
+    launch (a rank died; torchrun --max-restarts) resumes it and nothing else does."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "run_id": os.environ.get("TORCHELASTIC_RUN_ID"),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
+    }
+    (out / LAUNCH_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _restarted_launch(out: Path) -> bool:
+    """Whether this process is a restart (TORCHELASTIC_RESTART_COUNT > 0) of the launch that started the run
+    in `out`: then it resumes it. A first attempt that failed before the run started (e.g. `out` held
+    another run) left no record of this launch, and its restart fails the same way."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
+        return False
+    try:
+        record = json.loads((out / LAUNCH_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("run_id") == os.environ.get("TORCHELASTIC_RUN_ID")
 
 
 def _follow(rank: int, world: int, device: Any) -> None:

@@ -200,8 +200,35 @@ def join_launched_group() -> tuple[int, int, torch.device]:
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", timeout=LAUNCH_TIMEOUT)
+        dist.init_process_group(
+            "nccl" if cuda else "gloo",
+            store=_attempt_store(rank, world),
+            rank=rank,
+            world_size=world,
+            timeout=LAUNCH_TIMEOUT,
+        )
     return rank, world, device
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The launcher's store (MASTER_ADDR:MASTER_PORT: torchrun's agent store, or one rank 0 hosts, as
+    `env://` would use it), its keys under this attempt's prefix. torchrun reuses its store when it restarts
+    the group after a rank died (--max-restarts), and `env://` adds no prefix: the restarted ranks then read
+    the dead ones' gloo addresses and fail to connect ("connectFullMesh failed ... Connection refused", 2 runs
+    in 3). TORCHELASTIC_RESTART_COUNT is the same on every rank of one node agent, so restarts on one node
+    are exact; several agents can count restarts differently (a membership change is no retry), so a
+    multi-node restart is not relied on (README)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=world,
+        is_master=rank == 0 and not agent_store,
+        timeout=LAUNCH_TIMEOUT,
+        multi_tenant=not agent_store,
+    )
+    return dist.PrefixStore(f"skillkd/attempt_{attempt}", store)
 
 
 def follow_stages(rank: int, world_size: int, device: torch.device) -> int:

@@ -5,6 +5,7 @@ ranks, started by skillkd itself)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -69,7 +70,78 @@ def test_torchrun_on_two_nodes_gives_the_student_of_two_local_processes(tmp_path
     assert a.config.to_dict() == b.config.to_dict()
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-5), name
-    # rank 0 wrote the run; the other rank wrote nothing beside it
+    # rank 0 wrote the run (and which launch started it); the other rank wrote nothing beside it
     assert sorted(p.name for p in (tmp_path / "torchrun").iterdir()) == sorted(
-        p.name for p in (tmp_path / "local").iterdir()
+        [*(p.name for p in (tmp_path / "local").iterdir()), "launch.json"]
     )
+
+
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return found + [d for c in found for d in _descendants(c)]
+
+
+def _rank_pid(agent: int, rank: int) -> int | None:
+    """The worker process of the torchrun agent `agent` that has RANK=`rank` in its environment."""
+    for pid in _descendants(agent):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID" in b"".join(environ):
+            return pid
+    return None
+
+
+def test_a_rank_killed_mid_stage_restarts_the_group_which_resumes_and_finishes_once(tmp_path: Path) -> None:
+    """torchrun --max-restarts 1: rank 1 is SIGKILLed after stage 1's first checkpoint; the launcher restarts
+    both ranks, rank 0 resumes the run from that checkpoint (not from scratch, not refused as a directory
+    that holds a run), and the run finishes once, with the student of a run never interrupted."""
+    import signal
+    import time
+
+    teacher, audio = save_tiny_teacher(tmp_path / "teacher"), _audio(tmp_path / "audio")
+    job = [str(teacher), str(audio), "--stage1-steps", "24", "--stage2-steps", "2", "--batch-seconds", "2"]
+    job += ["--checkpoint-every", "4", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    whole = subprocess.run(
+        [*launch, "--max-restarts", "0", "-m", "cli", "compress", *job, "--out", str(tmp_path / "whole")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    agent = subprocess.Popen(  # --json: the events as JSON lines on stdout
+        [*launch, "--max-restarts", "1", "-m", "cli", "compress", *job[:-1], "--json", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    checkpoint = out / "distill_prune" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and agent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = _rank_pid(agent.pid, 1)
+    assert checkpoint.exists() and victim is not None, "no checkpoint, or no rank 1, to kill"
+    os.kill(victim, signal.SIGKILL)
+    output = agent.communicate(timeout=600)[0]
+    assert agent.returncode == 0, output[-4000:]
+    assert "resuming the run" in output and output.count("resuming the run") == 1, output[-4000:]
+    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith('{"event"')]
+    resumed = [e for e in events if (e.get("message") or "").startswith("resumed at step")]
+    assert len(resumed) == 1 and resumed[0]["stage"] == "distill_prune", resumed
+    assert 4 <= resumed[0]["step"] < 24  # from a checkpoint of stage 1, not from its start
+    assert sum(1 for e in events if e["kind"] == "stage_finished" and e["stage"] == "final_distill") == 1
+    assert json.loads((out / "launch.json").read_text())["restart"] == 1
+    a, b = load_student(tmp_path / "whole" / "student"), load_student(out / "student")
+    assert a.config.to_dict() == b.config.to_dict()
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(x, y, atol=1e-5), name
