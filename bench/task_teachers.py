@@ -59,6 +59,10 @@ PAD, UNK = "<pad>", "<unk>"
 ARCHITECTURES = {  # model_type -> (CTC class, sequence classification class), names in transformers
     "hubert": ("HubertForCTC", "HubertForSequenceClassification"),
     "wavlm": ("WavLMForCTC", "WavLMForSequenceClassification"),
+    # a skillkd student's transformers export (`skillkd export --format hf`): its own task classes, through
+    # the Auto classes with trust_remote_code (the two-step route of issue 23: a student fine-tuned as a
+    # teacher is)
+    "skillkd": ("AutoModelForCTC", "AutoModelForAudioClassification"),
 }
 
 
@@ -84,7 +88,8 @@ def teacher_type(teacher: Path) -> str:
     if model_type not in ARCHITECTURES:
         raise SystemExit(
             f"error: {teacher}: model_type {model_type!r} is not supported; expected one of "
-            f"{sorted(ARCHITECTURES)} (a HubertModel or WavLMModel directory)"
+            f"{sorted(ARCHITECTURES)} (a HubertModel or WavLMModel directory, or a skillkd student's "
+            "transformers export)"
         )
     return str(model_type)
 
@@ -225,6 +230,8 @@ def task_model(teacher: Path, model_type: str, task: str, seed: int, **settings:
         "mask_feature_prob": 0.0,
         "layerdrop": 0.0,
     }
+    if model_type == "skillkd":
+        common["trust_remote_code"] = True
     torch.manual_seed(seed)
     model = getattr(transformers, name).from_pretrained(
         str(teacher), dtype=torch.float32, **common, **settings

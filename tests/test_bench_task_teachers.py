@@ -102,3 +102,25 @@ def test_ctc_without_phone_labels_is_a_clear_error(teacher: Path, tmp_path: Path
     assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit, match="not a transformers model directory"):
         task_teachers.main([str(data), str(data), "--task", "ctc", "--out", str(tmp_path / "o")])
+
+
+def test_a_students_transformers_export_fine_tunes_into_a_ctc_model(
+    teacher: Path, dataset: Path, tmp_path: Path
+) -> None:
+    """Issue 23's two-step route: a skillkd student's `hf` export fine-tuned by the same recipe as a teacher
+    (through AutoModelForCTC with trust_remote_code), loadable as a CTC model afterwards."""
+    from core.export.hf import save_hf_export
+    from core.models import load_huggingface
+    from tests.utils.models import pruned_student
+
+    student = pruned_student(load_huggingface(teacher), seed=0)
+    hf_dir = tmp_path / "student-hf"
+    save_hf_export(student, hf_dir)
+    out = tmp_path / "ctc"
+    result = task_teachers.main(
+        [str(hf_dir), str(dataset), "--task", "ctc", "--steps", "2", "--seed", "0", "--out", str(out)]
+    )
+    assert result["metric"] == "per" and result["value"] >= 0 and result["steps"] == 2
+    model = AutoModelForCTC.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "SkillkdForCTC"
+    assert model.config.vocab_size == len(json.loads((out / "vocab.json").read_text()))
