@@ -39,8 +39,8 @@ import torch
 from core.data import scan_audio
 from core.export.for_users import held_out_audio
 from core.export.onnx import (
+    CalibrationReader,
     TorchHiddenStates,
-    _CalibrationReader,
     check_batches,
     compare_outputs,
     export_onnx,
@@ -88,7 +88,7 @@ def quantize(recipe: str, fp32: Path, dst: Path, calib: list[dict[str, np.ndarra
             options["quant_format"] = QuantFormat.QOperator
         else:
             raise ValueError(recipe)
-        quantize_static(str(prepared), str(dst), _CalibrationReader(calib), **options)  # type: ignore[arg-type]
+        quantize_static(str(prepared), str(dst), CalibrationReader(calib), **options)  # type: ignore[arg-type]
 
 
 def student_of_shape(teacher: Path, report: Path) -> Any:

@@ -182,7 +182,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
     onnx.save(converted, str(dst))
 
 
-class _CalibrationReader:
+class CalibrationReader:
     """onnxruntime CalibrationDataReader over a list of input dicts."""
 
     def __init__(self, inputs: list[dict[str, np.ndarray]]) -> None:
@@ -234,7 +234,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(dst),
-            _CalibrationReader(calibration),  # type: ignore[arg-type]
+            CalibrationReader(calibration),  # type: ignore[arg-type]
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8 if conv else QuantType.QInt8,
             weight_type=QuantType.QInt8,
