@@ -236,6 +236,7 @@ FINE_TUNE_SCRIPT = textwrap.dedent("""
                                      word_delimiter_token="|")
     extractor = Wav2Vec2FeatureExtractor.from_pretrained(directory)
     processor = Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+    torch.manual_seed(0)  # the new CTC head's initialisation: unseeded, the 20-step loss drop varied by run
     model = AutoModelForCTC.from_pretrained(
         directory, trust_remote_code=True, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
         ctc_loss_reduction="mean", mask_time_prob=0.2, mask_time_length=2, layerdrop=0.0,
