@@ -38,10 +38,9 @@ def spec_error(field: str, message: str) -> UnprocessableInput:
 def check_job(body: JobCreate, services: Services, session: Session, owner: Owner) -> Teacher:
     """Every check of a job creation, in order (the cheap ones first; the engine last): its teacher."""
     check_spec_bounds(body.spec, services.settings)
-    teacher = check_references(session, owner, body)
+    teacher, dataset = check_references(session, owner, body)
     check_size_targets(body.spec, services, teacher)
-    dataset = crud.owned(session, model=Dataset, row_id=body.dataset_id, owner_id=owner.id)
-    check_task_head(body.spec, services, teacher, (dataset.summary or {}) if dataset is not None else {})
+    check_task_head(body.spec, services, teacher, dataset.summary if dataset is not None else None)
     return teacher
 
 
@@ -64,13 +63,14 @@ def check_spec_bounds(spec: CompressionSpec, settings: Settings) -> None:
         )
 
 
-def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher:
+def check_references(session: Session, owner: Owner, body: JobCreate) -> tuple[Teacher, Dataset | None]:
     """The teacher and datasets exist for this owner, and the spec fits the teacher (what only the teacher
-    can tell: its size, its number of layers)."""
+    can tell: its size, its number of layers). Returns the teacher and the job's dataset (`dataset_id`)."""
     teacher = crud.owned(session, model=Teacher, row_id=body.teacher_id, owner_id=owner.id)
     if teacher is None:
         raise UnprocessableInput(f"teacher_id: teacher {body.teacher_id} not found", code="teacher_not_found")
     spec = body.spec
+    main: Dataset | None = None
     for field in ("dataset_id", "calibration_dataset_id"):
         value = getattr(body, field)
         if value is None:
@@ -78,6 +78,8 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
         dataset = crud.owned(session, model=Dataset, row_id=value, owner_id=owner.id)
         if dataset is None:
             raise UnprocessableInput(f"{field}: dataset {value} not found", code="dataset_not_found")
+        if field == "dataset_id":
+            main = dataset
         if field == "dataset_id" and spec.evaluate and (dataset.summary or {}).get("phone_labelled") == 0:
             raise spec_error(
                 "evaluate",
@@ -85,7 +87,7 @@ def check_references(session: Session, owner: Owner, body: JobCreate) -> Teacher
                 f"'split' rows; dataset {value} has none (run without evaluate, or upload one)",
             )
     check_teacher_shape(spec, teacher)
-    return teacher
+    return teacher, main
 
 
 def check_teacher_shape(
