@@ -310,20 +310,10 @@ def onnx_rtf(
     `seconds`-long utterance; threads=0 means onnxruntime's default (all cores). Defaults: the reference
     utterance of every speed figure (`core.evaluation.speed.SECONDS`, 10 s) and `SKILLKD_SPEED_RUNS`
     passes."""
-    import time
-
     seconds = SECONDS if seconds is None else seconds
-    runs = max(1, default_runs() if runs is None else runs)
-    session = onnx_session(path, threads)
-    x = np.random.default_rng(0).standard_normal((1, int(seconds * sample_rate))).astype(np.float32)
-    feeds = {"input_values": x, "attention_mask": np.ones_like(x, dtype=np.int64)}
-    session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / seconds
+    runs = default_runs() if runs is None else runs
+    median = onnx_speedups({"file": path}, sample_rate, threads=threads, seconds=seconds, runs=runs)
+    return median["file"] / seconds
 
 
 class OnnxRepresentations:
