@@ -210,11 +210,12 @@ def quantize_int8(
     """int8 weights: `dynamic` (MatMul/Gemm weights int8, activations quantised per call), `static` (QDQ over
     MatMul/Gemm, activation ranges calibrated on `calibration` inputs) or `static_conv` (QDQ over every Conv
     but the first, on the raw waveform, and every MatMul/Gemm: uint8 activations, int8 weights per output
-    channel, calibrated). Only `static_conv` is faster than fp32 on x86 CPUs, where the conv front end holds
-    most of a pruned student's time: 1.37x (hubert-mini) to 1.58x (a quick student's shape) over fp32 ONNX on
-    one thread; but the front end's activations are heavy-tailed (after GELU: median 0.00, max 24.9), so
-    per-tensor uint8 loses most of them and the features drift (linear CKA 0.90 on hubert-mini): below the
-    int8 gate, which then rejects the file (bench/results/onnx_int8.md)."""
+    channel, calibrated). Only `static_conv` is faster than fp32 on a pruned student on x86 CPUs (its conv
+    front end holds most of the time; `dynamic` is 1.00x there, 1.20x on the unpruned teacher): 1.56x on a
+    quick student's shape, 1.67x on hubert-mini, over fp32 ONNX on one thread; but the front end's
+    activations are heavy-tailed (after GELU: median 0.00, max 24.9), so per-tensor uint8 loses most of them
+    and the features drift (linear CKA 0.90 on hubert-mini): below the int8 gate, which then rejects the file
+    (bench/results/onnx_int8.md)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
