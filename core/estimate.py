@@ -279,13 +279,14 @@ def _work(
     """How much the run will process: calibration audio, steps, audio through the training stages."""
     recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
     stage2_steps = 0 if spec.stage2_steps == 0 else recipe2.steps
-    world = spec.gpus
+    world = spec.gpus * (spec.grad_accumulation or 1)  # batches per optimiser step
     return {
         "calibration_utterances": calibration["utterances"],
         "calibration_audio_seconds": round(calibration["audio_seconds"], 1),
         "stage1_steps": recipe1.steps,
         "stage2_steps": stage2_steps,
-        "gpus": world,
+        "gpus": spec.gpus,
+        "grad_accumulation": spec.grad_accumulation or 1,
         "batch_seconds": {"stage1": recipe1.batch_seconds, "stage2": recipe2.batch_seconds},
         "stage1_audio_seconds": round(recipe1.steps * timing1["batch_audio_s"] * world, 1),
         "stage2_audio_seconds": round(
@@ -332,11 +333,12 @@ def estimate(
     pruned.cpu().eval()
     export_s = time_speed_measurement(model, pruned)
 
+    accumulation = spec.grad_accumulation or 1  # a step adds up this many timed batches
     estimated = {
         "inputs": inputs_s,
         "calibrate": calibration["audio_seconds"] * calibration["s_per_audio_s"],
-        "distill_prune": recipe1.steps * timing1["step_s"],
-        "final_distill": stage2_steps * timing2["step_s"] if timing2 else 0.0,
+        "distill_prune": recipe1.steps * timing1["step_s"] * accumulation,
+        "final_distill": stage2_steps * timing2["step_s"] * accumulation if timing2 else 0.0,
         "export": export_s,
     }
     estimated = {k: round(v, 1) for k, v in estimated.items()}

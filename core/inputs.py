@@ -282,6 +282,12 @@ class Job:
     inputs: JobInputs
     emit: OnEvent = ignore_event
     should_stop: ShouldStop = never_stop
+    batches_per_step: int = 1  # the run's global batch (`Workdir.claim`): spec.gpus x the accumulation
+
+    @property
+    def accumulation(self) -> int:
+        """Batches each process adds up per optimiser step."""
+        return self.batches_per_step // self.spec.gpus
 
     @property
     def teacher(self) -> SpeechEncoder:

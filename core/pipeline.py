@@ -61,11 +61,11 @@ def run(
     teacher, audio = Path(teacher), Path(audio)
     select_device(spec.device)
     wd = Workdir(Path(workdir), on_event or ignore_event, should_stop or never_stop)
-    wd.claim(spec, teacher, audio)
+    batches_per_step = wd.claim(spec, teacher, audio)
 
     start = time.monotonic()
     inputs = prepare_inputs(spec, teacher, audio, calibration_audio=calibration_audio, emit=wd.emit)
-    job = Job(spec, teacher, audio, wd.path, inputs, wd.emit, wd.should_stop)
+    job = Job(spec, teacher, audio, wd.path, inputs, wd.emit, wd.should_stop, batches_per_step)
     if wd.done("export") is None:
         wd.timings["inputs"] = time.monotonic() - start
 

@@ -281,6 +281,14 @@ class CompressionSpec(BaseModel):
         default="auto", description=f"auto, cpu, cuda, cuda:N (N from 0 to {MAX_DEVICE_INDEX}) or mps"
     )
     gpus: int = Field(default=1, ge=1, le=64)
+    grad_accumulation: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="batches each process adds up before an optimiser step: the global batch is gpus x this "
+        "x batch_seconds. A run keeps the global batch it started with: resumed on another number of "
+        "processes, it accumulates to match [default: 1 for a new run]",
+    )
     compile: bool = Field(
         default=False,
         description="torch.compile teacher and student in training (falls back to eager if compiling fails)",

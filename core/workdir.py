@@ -23,7 +23,7 @@ from core.events import STAGES, Event, OnEvent, ShouldStop, ignore_event, never_
 from core.spec import CompressionSpec
 
 # Spec fields that say where and how a run executes, not what it computes: a resumed run may change them.
-EXECUTION_FIELDS = {"device", "gpus", "evaluate", "export_onnx"}
+EXECUTION_FIELDS = {"device", "gpus", "grad_accumulation", "evaluate", "export_onnx"}
 
 
 def json_default(obj: Any) -> Any:
@@ -72,20 +72,39 @@ class Workdir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.timings = Timings(path)
 
-    def claim(self, spec: CompressionSpec, teacher: Path, audio: Path) -> None:
-        """A workdir belongs to one job: resuming it with a different spec or input would mix two runs."""
+    def claim(self, spec: CompressionSpec, teacher: Path, audio: Path) -> int:
+        """A workdir belongs to one job: resuming it with a different spec or input would mix two runs.
+        Returns the run's global batch in batches per optimiser step (gpus x grad_accumulation when it
+        started): a resumed run keeps it whatever its number of processes, which must divide it."""
         path = self.path / "job.json"
-        current = {
+        current: dict[str, Any] = {
             "spec": spec.model_dump(exclude=EXECUTION_FIELDS),
             "teacher": str(teacher.resolve()),
             "audio": str(audio.resolve()),
+            "batches_per_step": spec.gpus * (spec.grad_accumulation or 1),
         }
-        if path.exists():
-            previous = json.loads(path.read_text())
-            if previous.get("spec") != current["spec"]:
-                raise SpecError(f"{self.path} holds a run with a different spec; use a new output directory")
-            return
-        path.write_text(json.dumps(current, indent=2))
+        if not path.exists():
+            path.write_text(json.dumps(current, indent=2))
+            return int(current["batches_per_step"])
+        previous = json.loads(path.read_text())
+        if previous.get("spec") != current["spec"]:
+            raise SpecError(f"{self.path} holds a run with a different spec; use a new output directory")
+        # a run directory written before the global batch was recorded: the resumed run's split is taken
+        # (its checkpoints refuse another one)
+        per_step = int(previous.get("batches_per_step", current["batches_per_step"]))
+        if per_step % spec.gpus:
+            raise SpecError(
+                f"this run's global batch is {per_step} batches per optimiser step, which {spec.gpus} "
+                f"processes cannot share: resume it on a number of processes that divides {per_step}"
+            )
+        asked = spec.gpus * (spec.grad_accumulation or 0)
+        if asked and asked != per_step:
+            raise SpecError(
+                f"this run's global batch is {per_step} batches per optimiser step; {spec.gpus} "
+                f"process(es) x {spec.grad_accumulation} accumulated make {asked}: use grad_accumulation "
+                f"{per_step // spec.gpus} or leave it out"
+            )
+        return per_step
 
     def done(self, stage: str) -> dict[str, Any] | None:
         """What a finished stage returned, or None if it has not finished."""

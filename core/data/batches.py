@@ -63,8 +63,11 @@ class TrainBatches:
        next (longer) bucket instead of forming a small batch of their own, so only the last batch of the epoch
        can be short; at most one batch per bucket mixes durations from neighbouring buckets. How many items
        flow into each bucket does not depend on the shuffle, so the number of batches per epoch is constant.
-    4. The epoch's batch list is shuffled; rank r of `world_size` takes batches r, r + world_size, ...
-       (equal counts per rank, the remainder dropped).
+    4. The epoch's batch list is shuffled and cut into optimiser steps of `world_size * accumulation`
+       batches (the global batch; the remainder dropped). Within step s, rank r takes batches
+       s * G + r + k * world_size for k < accumulation: its micro-batches, in the order it adds them up. The
+       global batches are the same for any split of G into ranks x accumulation (1 x 2 serves what 2 x 1
+       serve), which is what lets a resumed run change its number of processes and keep its recipe.
     5. Serving a batch draws crop offsets from a generator seeded by (seed, epoch, batch index), so a batch is
        the same whenever it is served.
     """
@@ -80,6 +83,7 @@ class TrainBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        accumulation: int = 1,
         bucket_ratio: float = 1.1,
         cache_bytes: int = 2 * 1024**3,
         speed_perturbation: float = 0.0,
@@ -95,6 +99,8 @@ class TrainBatches:
             )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        if accumulation < 1:
+            raise ValueError(f"accumulation must be >= 1, got {accumulation}")
         if bucket_ratio <= 1.0:
             raise ValueError(f"bucket_ratio must be > 1, got {bucket_ratio}")
         if not 0.0 <= speed_perturbation < 0.5:
@@ -108,6 +114,7 @@ class TrainBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.accumulation = accumulation
         self.bucket_ratio = float(bucket_ratio)
         self.cache = WaveformCache(cache_bytes)
 
@@ -125,15 +132,25 @@ class TrainBatches:
         for members, size in self._buckets:
             total, carried = total + (carried + len(members)) // size, (carried + len(members)) % size
         total += carried > 0
-        self.batches_per_epoch = total // world_size
-        if self.batches_per_epoch == 0:
-            raise AudioError(f"{total} batches per epoch cannot be shared by {world_size} ranks")
+        self.total_batches = total
+        self.steps_per_epoch = total // self.batches_per_step
+        if self.steps_per_epoch == 0:
+            raise AudioError(
+                f"{total} batches per epoch cannot fill one optimiser step of {self.batches_per_step} "
+                f"batches ({world_size} processes x {accumulation} accumulated)"
+            )
+        self.batches_per_epoch = self.steps_per_epoch * accumulation  # this rank's
         self.fingerprint = self._fingerprint()
 
         self.epoch = 0
         self.position = 0
         self._plan_epoch: int | None = None
         self._plan: list[tuple[int, list[int]]] = []
+
+    @property
+    def batches_per_step(self) -> int:
+        """The global batch in batches: every rank's micro-batches of one optimiser step together."""
+        return self.world_size * self.accumulation
 
     def _make_buckets(self) -> list[tuple[list[int], int]]:
         """(member indices, batch size) per non-empty geometric duration bucket, shortest bucket first."""
@@ -180,8 +197,9 @@ class TrainBatches:
         if carried:
             batches.append(carried)
         order = rng.permutation(len(batches))
-        used = self.batches_per_epoch * self.world_size
-        self._plan = [(int(j), batches[order[j]]) for j in range(self.rank, used, self.world_size)]
+        g, w, a = self.batches_per_step, self.world_size, self.accumulation
+        mine = [s * g + self.rank + k * w for s in range(self.steps_per_epoch) for k in range(a)]
+        self._plan = [(j, batches[order[j]]) for j in mine]
         self._plan_epoch = epoch
         return self._plan
 
@@ -253,29 +271,43 @@ class TrainBatches:
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands; epoch and position recompute everything else.
 
-        Ranks advance in lockstep, so rank 0's state resumes every rank (rank itself is not checked).
+        Ranks advance in lockstep, so rank 0's state resumes every rank (rank itself is not checked), and a
+        stream of the same global batch split otherwise (another number of processes, each accumulating
+        more or fewer batches) resumes from it at the same optimiser step.
         """
         return {
             "epoch": self.epoch,
             "position": self.position,
             "seed": self.seed,
             "world_size": self.world_size,
+            "accumulation": self.accumulation,
+            "batches_per_step": self.batches_per_step,
             "batches_per_epoch": self.batches_per_epoch,
             "fingerprint": self.fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where `state` left off; CheckpointError if it came from a different stream."""
-        for key in ("seed", "world_size", "batches_per_epoch", "fingerprint"):
-            if state.get(key) != getattr(self, key):
+        """Continue exactly where `state` left off; CheckpointError if it came from a different stream.
+
+        `state` may come from another split of the global batch (e.g. 2 processes, where this stream is one
+        process accumulating 2 batches): it resumes at the same optimiser step. A state saved before
+        accumulation existed has a global batch of its `world_size` batches."""
+        accumulation = int(state.get("accumulation", 1))
+        saved = {
+            "seed": state.get("seed"),
+            "fingerprint": state.get("fingerprint"),
+            "batches_per_step": state.get("batches_per_step", int(state.get("world_size", 0)) * accumulation),
+        }
+        for key, value in saved.items():
+            if value != getattr(self, key):
                 raise CheckpointError(
-                    f"batch state does not match this dataset and settings: {key} is {state.get(key)!r} "
+                    f"batch state does not match this dataset and settings: {key} is {value!r} "
                     f"in the checkpoint, {getattr(self, key)!r} here"
                 )
         epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
+        if epoch < 0 or not 0 <= position < int(state.get("batches_per_epoch", 0)) or position % accumulation:
             raise CheckpointError(f"batch state out of range: epoch {epoch}, position {position}")
-        self.epoch, self.position = epoch, position
+        self.epoch, self.position = epoch, position // accumulation * self.accumulation
 
 
 def iter_padded_batches(

@@ -76,6 +76,7 @@ def train_batches(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    accumulation: int = 1,
 ) -> TrainBatches:
     """The stage's batch plan; audio that cannot fill it is an `AudioError` (bad input, not a crash)."""
     try:
@@ -88,6 +89,7 @@ def train_batches(
             seed=seed,
             rank=rank,
             world_size=world_size,
+            accumulation=accumulation,
             speed_perturbation=recipe.speed_perturbation,
         )
     except AudioError:

@@ -39,6 +39,7 @@ class StageJob:
     workdir: str
     clusters: list[list[int]]
     budgets: list[dict[str, Any]] = field(default_factory=list)  # core.spec.Budget.to_dict() of stage 1
+    accumulation: int = 1  # batches each rank adds up per optimiser step
 
 
 def _free_port() -> int:
@@ -84,7 +85,9 @@ def train_rank(
             workdir, build.FINALIZED, job.clusters, dim, spec, device, head, labels
         )
         seed = spec.seed + 1
-    batches = build.train_batches(catalog, sr, recipe, seed, rank=rank, world_size=world_size)
+    batches = build.train_batches(
+        catalog, sr, recipe, seed, rank=rank, world_size=world_size, accumulation=job.accumulation
+    )
     ctx = StageContext(
         workdir / job.stage,
         recipe,
@@ -97,6 +100,7 @@ def train_rank(
         seed=seed,
         rank=rank,
         world_size=world_size,
+        accumulation=job.accumulation,
         compile=spec.compile,
         data_workers=spec.data_workers,
     )

@@ -27,6 +27,7 @@ def _parallel_job(job: Job, stage: str, clusters: list[list[int]]) -> StageJob:
         str(job.workdir),
         clusters,
         budgets=budgets,
+        accumulation=job.accumulation,
     )
 
 
@@ -42,7 +43,9 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     student, targets = build.new_student(
         job.teacher, clusters, spec, job.device, job.inputs.head, job.inputs.labels
     )
-    batches = build.train_batches(job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed)
+    batches = build.train_batches(
+        job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed, accumulation=job.accumulation
+    )
     ctx = StageContext(
         job.workdir / "distill_prune",
         recipe,
@@ -51,6 +54,7 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         on_event=job.emit,
         should_stop=job.should_stop,
         seed=spec.seed,
+        accumulation=job.accumulation,
         compile=spec.compile,
         data_workers=spec.data_workers,
         budgets=job.inputs.budgets,
@@ -80,7 +84,11 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     else:
         recipe = spec.recipe(2)
         batches = build.train_batches(
-            job.inputs.catalog, job.teacher.config.sample_rate, recipe, spec.seed + 1
+            job.inputs.catalog,
+            job.teacher.config.sample_rate,
+            recipe,
+            spec.seed + 1,
+            accumulation=job.accumulation,
         )
         ctx = StageContext(
             job.workdir / "final_distill",
@@ -90,6 +98,7 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
             on_event=job.emit,
             should_stop=job.should_stop,
             seed=spec.seed + 1,
+            accumulation=job.accumulation,
             compile=spec.compile,
             data_workers=spec.data_workers,
         )

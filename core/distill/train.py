@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +91,7 @@ class StageContext:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+    accumulation: int = 1  # batches each rank adds up per optimiser step (the global batch: world x this)
     compile: bool = False
     data_workers: int | None = None  # None: loader.default_workers
     budgets: list[Budget] | None = None  # stage 1's size constraints (params and/or MACs)
@@ -319,14 +320,60 @@ class DistillStep:
         return predictions, wanted, outputs
 
     def __call__(
-        self, step: int, waveforms: Tensor, ids: list[str] | None = None
+        self, step: int, waveforms: Tensor | Sequence[Tensor], ids: Sequence[Any] | None = None
     ) -> tuple[dict[str, Tensor], dict[str, float], float]:
-        """Run step `step` on `waveforms` (already on the device; `ids`: their utterance ids, for a supervised
-        task term). Returns (figures on the device, the sparsity targets of this step by name, lr factor)."""
+        """Run step `step` on `waveforms` (already on the device): one batch, or this rank's micro-batches of
+        the step, whose gradients add up before the one optimiser update (`ids`: their utterance ids, a list
+        per micro-batch, for a supervised task term). Returns (figures on the device, averaged over the
+        micro-batches as over ranks; the sparsity targets of this step by name; lr factor).
+
+        Each micro-batch's loss counts 1/n, so n micro-batches on one process give the update that n ranks
+        with one each give; each draws the same mask sample from the same generator state, as the ranks do
+        (they are seeded alike), and the generator ends where one forward leaves it."""
         recipe = self.recipe
         factor = lr_factor(step, recipe)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * (1.0 if g.get("constant_lr") else factor)
+        parts = [waveforms] if isinstance(waveforms, Tensor) else list(waveforms)
+        if ids is None:
+            id_lists: list[list[str]] = [[] for _ in parts]
+        elif isinstance(waveforms, Tensor):
+            id_lists = [list(ids)]
+        else:
+            id_lists = [list(i) for i in ids]
+        self.optimizer.zero_grad(set_to_none=True)
+        rng = _device_rng(self.device) if len(parts) > 1 else None
+        values: dict[str, Tensor] = {}
+        targets_now: dict[str, float] = {}
+        for k, (part, part_ids) in enumerate(zip(parts, id_lists, strict=True)):
+            if rng is not None:
+                _set_device_rng(self.device, rng)
+            last = k == len(parts) - 1
+            sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                figures, targets_now = self._micro_step(step, part, part_ids, len(parts))
+            for name, value in figures.items():
+                values[name] = values[name] + value if name in values else value
+        with record_function("optimizer"):
+            if self.pruning:
+                for lagrangian in self.lagrangians.values():
+                    lagrangian.flip_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.clip_params, recipe.grad_clip)
+            self.optimizer.step()
+        values["grad_norm"] = grad_norm.detach()
+        if self.pruning:
+            for name, lagrangian in self.lagrangians.items():
+                prefix = "" if name == "params" else f"{name}_"
+                values[f"{prefix}lambda1"] = lagrangian.lambda1.detach()
+                values[f"{prefix}lambda2"] = lagrangian.lambda2.detach()
+        return values, targets_now, factor
+
+    def _micro_step(
+        self, step: int, waveforms: Tensor, ids: list[str], count: int
+    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Forward, loss and backward of one of the step's `count` micro-batches (its loss weighted 1/count,
+        gradients added to the others'). Returns its figures, each already divided by `count`."""
+        recipe = self.recipe
         if self.compiled:
             rng = torch.get_rng_state()
             try:
@@ -346,7 +393,7 @@ class DistillStep:
             if task_outputs is not None and self.targets.task is not None:
                 task_term = self.targets.task.loss(*task_outputs)
                 total = total + self.targets.task.weight * task_term
-                supervised = self.targets.task.supervised_loss(task_outputs[0], ids or [])
+                supervised = self.targets.task.supervised_loss(task_outputs[0], ids)
                 if supervised is not None:
                     total = total + self.targets.task.supervised_weight * supervised
             targets_now: dict[str, float] = {}
@@ -361,21 +408,13 @@ class DistillStep:
                     total = total + self.lagrangians[kind](1.0 - sizes[kind] / budget.teacher, t_kind)
 
         with record_function("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-        with record_function("optimizer"):
-            if self.pruning:
-                for lagrangian in self.lagrangians.values():
-                    lagrangian.flip_gradients()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.clip_params, recipe.grad_clip)
-            self.optimizer.step()
+            (total / count if count > 1 else total).backward()
 
         values = {
             "loss": total.detach(),
             "distill": loss.detach(),
             "l1": parts["l1"],
             "cos": parts["cos"],
-            "grad_norm": grad_norm.detach(),
         }
         if task_term is not None:
             values["task"] = task_term.detach()
@@ -390,11 +429,21 @@ class DistillStep:
                     expected_macs=sizes["macs"].detach(),
                     macs_sparsity=1.0 - sizes["macs"].detach() / self.budgets["macs"].teacher,
                 )
-            for name, lagrangian in self.lagrangians.items():
-                prefix = "" if name == "params" else f"{name}_"
-                values[f"{prefix}lambda1"] = lagrangian.lambda1.detach()
-                values[f"{prefix}lambda2"] = lagrangian.lambda2.detach()
-        return values, targets_now, factor
+        if count > 1:
+            values = {name: value / count for name, value in values.items()}
+        return values, targets_now
+
+
+def _device_rng(device: torch.device) -> Tensor:
+    """The generator state that draws this device's random numbers (mask samples)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_device_rng(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 class _StepFigures:
@@ -413,9 +462,14 @@ class _StepFigures:
         self.log = open(log_path, "a") if ctx.is_main else None  # noqa: SIM115 (closed in close())
 
     def add(
-        self, step: int, batch: Batch, values: dict[str, Tensor], targets_now: dict[str, float], factor: float
+        self,
+        step: int,
+        batches: Sequence[Batch],
+        values: dict[str, Tensor],
+        targets_now: dict[str, float],
+        factor: float,
     ) -> None:
-        self.audio_s = batch.waveforms.numel() / self.sample_rate
+        self.audio_s = sum(b.waveforms.numel() for b in batches) / self.sample_rate
         self.names = list(values)
         self.pending.append((step, torch.stack([v.float() for v in values.values()]), targets_now, factor))
 
@@ -465,7 +519,14 @@ def _resume(runner: DistillStep, batches: BatchStream, ctx: StageContext, log_pa
     _set_rng_state(state["rng"])
     step = int(state["step"])
     _truncate_log(log_path, step)
-    ctx.on_event(Event("log", ctx.stage, step, ctx.recipe.steps, message=f"resumed at step {step}"))
+    message = f"resumed at step {step}"
+    saved = state["batches"]
+    if saved.get("world_size", ctx.world_size) != ctx.world_size:
+        message += (
+            f" on {ctx.world_size} process(es) x {ctx.accumulation} accumulated batch(es) per step (saved on "
+            f"{saved['world_size']} x {saved.get('accumulation', 1)}: the same global batch)"
+        )
+    ctx.on_event(Event("log", ctx.stage, step, ctx.recipe.steps, message=message))
     return step
 
 
@@ -517,6 +578,9 @@ def train_stage(
         on_event=ctx.on_event if ctx.is_main else ignore_event,
         stage=ctx.stage,
     )
+    planned = getattr(batches, "accumulation", ctx.accumulation)
+    if planned != ctx.accumulation:
+        raise ValueError(f"the batches are planned for {planned} per step, the stage adds {ctx.accumulation}")
     step = _resume(runner, batches, ctx, log_path)
 
     workers = default_workers(device, ctx.world_size) if ctx.data_workers is None else ctx.data_workers
@@ -528,12 +592,12 @@ def train_stage(
     poll_every = STOP_POLL_EVERY if device.type == "cpu" else max(STOP_POLL_EVERY, sync_every)
     try:
         while step < recipe.steps:
-            batch = next(data)
+            micro = [next(data) for _ in range(ctx.accumulation)]
             values, targets_now, factor = runner(
-                step, batch.waveforms.to(device, non_blocking=True), batch.ids
+                step, [b.waveforms.to(device, non_blocking=True) for b in micro], [b.ids for b in micro]
             )
             step += 1
-            figures.add(step, batch, values, targets_now, factor)
+            figures.add(step, micro, values, targets_now, factor)
             checkpoint_now = step % recipe.checkpoint_every == 0 and step < recipe.steps
             poll_now = step % poll_every == 0 and step < recipe.steps
             if step % sync_every == 0 or checkpoint_now or poll_now or step == recipe.steps:

@@ -436,7 +436,7 @@ def test_train_batches_errors(train_catalog: AudioCatalog) -> None:
         TrainBatches(
             train_catalog, sample_rate=16000, batch_seconds=10.0, min_utterance_s=50.0, max_utterance_s=60.0
         )
-    with pytest.raises(AudioError, match="ranks"):
+    with pytest.raises(AudioError, match="64 processes"):
         TrainBatches(
             train_catalog, sample_rate=16000, batch_seconds=1000.0, min_utterance_s=0.5, world_size=64, rank=3
         )
@@ -508,3 +508,80 @@ def test_demo_dataset() -> None:
     assert {item.channels for item in catalog.items} == {1}
     assert all(item.split for item in catalog.items)
     assert "text" in catalog.items[0].extra
+
+
+def _global_steps(catalog: AudioCatalog, world: int, accumulation: int, steps: int) -> list[list[list[str]]]:
+    """Per optimiser step, the ids of its batches in global order (rank r's micro-batch k is batch r + k*world
+    of the step), over every rank's stream of a `world` x `accumulation` split."""
+    streams = [
+        TrainBatches(
+            catalog,
+            sample_rate=16000,
+            batch_seconds=3.0,
+            min_utterance_s=0.5,
+            max_utterance_s=2.5,
+            seed=5,
+            rank=rank,
+            world_size=world,
+            accumulation=accumulation,
+            cache_bytes=0,
+        )
+        for rank in range(world)
+    ]
+    out = []
+    for step in range(steps):
+        batches: dict[int, list[str]] = {}
+        for rank, stream in enumerate(streams):
+            for k in range(accumulation):
+                batches[rank + k * world] = stream.serve(step * accumulation + k).ids
+        out.append([batches[j] for j in sorted(batches)])
+    return out
+
+
+def test_a_global_batch_is_the_same_split_into_processes_or_accumulation(train_catalog: AudioCatalog) -> None:
+    one = TrainBatches(
+        train_catalog, sample_rate=16000, batch_seconds=3.0, min_utterance_s=0.5, max_utterance_s=2.5, seed=5
+    )
+    steps = 2 * (one.total_batches // 4) + 1  # into the second epoch
+    four_by_one = _global_steps(train_catalog, 4, 1, steps)
+    assert _global_steps(train_catalog, 1, 4, steps) == four_by_one
+    assert _global_steps(train_catalog, 2, 2, steps) == four_by_one
+    assert four_by_one[0] != four_by_one[1]
+    # the plan of a single process without accumulation is unchanged: batch j of the shuffled epoch at step j
+    assert [s[0] for s in _global_steps(train_catalog, 1, 1, 3)] == [one.serve(i).ids for i in range(3)]
+
+
+def test_a_state_resumes_on_another_split_of_the_same_global_batch(train_catalog: AudioCatalog) -> None:
+    def make(rank: int, world: int, accumulation: int) -> TrainBatches:
+        return TrainBatches(
+            train_catalog,
+            sample_rate=16000,
+            batch_seconds=3.0,
+            min_utterance_s=0.5,
+            max_utterance_s=2.5,
+            seed=5,
+            rank=rank,
+            world_size=world,
+            accumulation=accumulation,
+            cache_bytes=0,
+        )
+
+    two = [make(r, 2, 1) for r in range(2)]
+    for stream in two:
+        for _ in range(3):  # 3 optimiser steps on 2 processes
+            next(stream)
+    state = json.loads(json.dumps(two[0].state_dict()))
+    resumed = make(0, 1, 2)  # the same global batch on one process accumulating 2
+    resumed.load_state_dict(state)
+    assert resumed.consumed == 6
+    for _ in range(4):
+        assert [next(resumed).ids for _ in range(2)] == [next(s).ids for s in two]
+    # a state written before accumulation existed (no such keys) loads as a global batch of its world size
+    legacy = {k: v for k, v in state.items() if k not in ("accumulation", "batches_per_step")}
+    again = make(0, 1, 2)
+    again.load_state_dict(legacy)
+    assert again.consumed == 6
+    with pytest.raises(CheckpointError, match="batches_per_step"):
+        make(0, 1, 1).load_state_dict(state)  # another global batch: another recipe
+    with pytest.raises(CheckpointError, match="batches_per_step"):
+        make(0, 2, 2).load_state_dict(state)

@@ -26,10 +26,10 @@ class FixedBatches:
     """The same global batches every run; a rank takes its contiguous share of each (the stream interface
     `core.data.loader.BatchLoader` reads)."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+    def __init__(self, rank: int = 0, world_size: int = 1, seed: int = 0, accumulation: int = 1) -> None:
         g = torch.Generator().manual_seed(seed)
         self.batches = [torch.randn(GLOBAL_BATCH, 6000, generator=g) for _ in range(STEPS)]
-        self.rank, self.world_size, self.position = rank, world_size, 0
+        self.rank, self.world_size, self.accumulation, self.position = rank, world_size, accumulation, 0
 
     @property
     def consumed(self) -> int:
@@ -39,9 +39,13 @@ class FixedBatches:
         self.position = consumed
 
     def serve(self, index: int) -> Batch:
-        full = self.batches[index % len(self.batches)]
-        share = GLOBAL_BATCH // self.world_size
-        rows = full[self.rank * share : (self.rank + 1) * share]
+        """Micro-batch `index` of this rank: part r + k * world_size of step index // accumulation's global
+        batch, k = index % accumulation (as `core.data.TrainBatches` splits a step)."""
+        step, k = divmod(index, self.accumulation)
+        full = self.batches[step % len(self.batches)]
+        share = GLOBAL_BATCH // (self.world_size * self.accumulation)
+        part = self.rank + k * self.world_size
+        rows = full[part * share : (part + 1) * share]
         return Batch(rows, torch.full((rows.shape[0],), rows.shape[1]), [])
 
     def state_dict(self) -> dict:
@@ -51,7 +55,7 @@ class FixedBatches:
         self.position = state["position"]
 
 
-def _train(teacher_dir: Path, workdir: Path, rank: int, world_size: int) -> None:
+def _train(teacher_dir: Path, workdir: Path, rank: int, world_size: int, accumulation: int = 1) -> None:
     torch.set_num_threads(1)
     teacher = load_huggingface(teacher_dir)
     torch.manual_seed(0)
@@ -68,8 +72,10 @@ def _train(teacher_dir: Path, workdir: Path, rank: int, world_size: int) -> None
         seed=0,
         rank=rank,
         world_size=world_size,
+        accumulation=accumulation,
     )
-    train_stage(student, teacher, targets, FixedBatches(rank, world_size), ctx)  # type: ignore[arg-type]
+    batches = FixedBatches(rank, world_size, accumulation=accumulation)
+    train_stage(student, teacher, targets, batches, ctx)  # type: ignore[arg-type]
 
 
 def _worker(rank: int, world_size: int, port: int, teacher_dir: str, workdir: str) -> None:
@@ -101,6 +107,30 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
             assert abs(a[key] - b[key]) < 1e-4 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
     # and the two runs really trained: the loss moved
     assert single[0]["distill"] != single[-1]["distill"]
+
+
+def test_one_process_accumulating_two_batches_matches_two_processes(tmp_path: Path) -> None:
+    """The issue's exactness check: the same global batch and seed, 1 process x 2 accumulated batches and 2
+    processes x 1 give the same weights, masks and Lagrange multipliers after the steps (float tolerance)."""
+    from core.distill.train import CHECKPOINT, load_checkpoint
+
+    teacher_dir = save_tiny_teacher(tmp_path / "teacher")
+    _train(teacher_dir, tmp_path / "accumulated", 0, 1, accumulation=2)
+    mp.spawn(_worker, args=(2, _free_port(), str(teacher_dir), str(tmp_path / "ddp")), nprocs=2, join=True)
+    one = load_checkpoint(tmp_path / "accumulated" / CHECKPOINT)
+    two = load_checkpoint(tmp_path / "ddp" / CHECKPOINT)
+    assert one["step"] == two["step"] == STEPS
+    for part in ("student", "targets", "lagrangians"):
+        assert one[part].keys() == two[part].keys()
+        for name, value in one[part].items():
+            torch.testing.assert_close(value, two[part][name], rtol=1e-4, atol=1e-5, msg=f"{part}.{name}")
+    torch.manual_seed(0)
+    untrained = make_student(load_huggingface(teacher_dir)).state_dict()
+    moved = {n for n, v in one["student"].items() if not torch.equal(v, untrained[n])}
+    assert any("log_alpha" in n for n in moved) and any("log_alpha" not in n for n in moved)  # both trained
+    for a, b in zip(_log(tmp_path / "accumulated"), _log(tmp_path / "ddp")):
+        for key in ("distill", "sparsity", "lambda1", "grad_norm"):
+            assert abs(a[key] - b[key]) < 1e-4 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
 
 
 def test_pipeline_with_two_processes_produces_a_student(tmp_path: Path) -> None:

@@ -217,3 +217,22 @@ def test_core_pipeline_does_not_import_the_service() -> None:
         "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_a_run_keeps_its_global_batch_when_resumed_on_another_number_of_processes(tmp_path: Path) -> None:
+    from core.workdir import Workdir
+
+    teacher, audio = tmp_path / "t", tmp_path / "a"
+    wd = Workdir(tmp_path / "w")
+    assert wd.claim(CompressionSpec(**SPEC, gpus=2), teacher, audio) == 2
+    assert json.loads((tmp_path / "w" / "job.json").read_text())["batches_per_step"] == 2
+    assert wd.claim(CompressionSpec(**SPEC, gpus=1), teacher, audio) == 2  # one process accumulating 2
+    assert wd.claim(CompressionSpec(**SPEC, gpus=1, grad_accumulation=2), teacher, audio) == 2
+    with pytest.raises(SpecError, match="use grad_accumulation 2 or leave it out"):
+        wd.claim(CompressionSpec(**SPEC, gpus=1, grad_accumulation=1), teacher, audio)
+    with pytest.raises(SpecError, match="3 processes cannot share"):
+        wd.claim(CompressionSpec(**SPEC, gpus=3), teacher, audio)
+    # a run started with accumulation: 2 processes x 2, resumable on 4 x 1
+    other = Workdir(tmp_path / "w2")
+    assert other.claim(CompressionSpec(**SPEC, gpus=2, grad_accumulation=2), teacher, audio) == 4
+    assert other.claim(CompressionSpec(**SPEC, gpus=4), teacher, audio) == 4
