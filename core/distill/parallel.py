@@ -1,19 +1,28 @@
-"""Data-parallel training stages: N processes (one per GPU; gloo on CPU), one job.
+"""Data-parallel training stages: N processes (one per GPU; gloo on CPU), one job, on PyTorch's own engine.
 
-The parent process keeps the pipeline; for a training stage it starts N fresh processes (spawn: no CUDA state
-is inherited), each rank trains on its own slice of every epoch's batches, and DistributedDataParallel
-averages the gradients in buckets while the backward runs (`core.distill.train.DistillStep`), so weights,
-masks and multipliers stay identical on all ranks. Rank 0 writes the checkpoints and sends progress events to
-the parent through a queue; the parent turns its caller's `should_stop` into an event the ranks poll.
+Two ways in, one group shape. Under a launcher (torchrun on any number of nodes, srun running torchrun, a
+Kubernetes PyTorchJob) every process runs `skillkd compress`: rank 0 runs the pipeline and sends each training
+stage to the others (`follow_stages`). Otherwise (`--gpus N` on one machine, the service's N-GPU jobs, the
+library) the process that runs the pipeline starts each training stage on N ranks through torch's elastic
+launcher API (`torch.distributed.launcher.api.elastic_launch`, what torchrun runs): the agent sets every
+rank's environment, and a rank that dies makes it restart the group, which resumes from the stage's last
+checkpoint (`SKILLKD_MAX_RESTARTS`, default 1). Each rank trains on its own slice of every step's batches and
+DistributedDataParallel averages the gradients in buckets while the backward runs
+(`core.distill.train.DistillStep`), so weights, masks and multipliers stay identical on all ranks. Rank 0
+writes the checkpoints and sends progress events to the caller through a queue; the caller turns its
+`should_stop` into an event the ranks poll (they ignore Ctrl-C themselves: the caller decides).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import queue as queue_mod
 import signal
 import socket
+import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -140,19 +149,23 @@ def same_inputs_everywhere(job: StageJob, catalog: Any) -> None:
         )
 
 
-def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any, stop: Any) -> None:
+def _elastic_rank(job: StageJob, events: Any, stop: Any) -> None:
+    """One rank of a stage started by the elastic agent (`run_parallel_stage`): its environment (RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT) is the agent's, as under torchrun.
+    Errors of the job (bad input, a diverged loss) are reported and end the stage on every rank. Anything else
+    (a peer that died: gloo's "Connection closed by peer", NCCL's timeout; out of memory) is reported as a
+    crash and fails this rank, so that the agent restarts the group, which resumes from the last
+    checkpoint."""
     die_with_parent(signal.SIGKILL)
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group(
-        "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal group: the caller stops
+    rank = int(os.environ.get("RANK", "-1"))
     try:
-        summary = train_rank(
-            job, rank, world_size, device, lambda e: events.put(("event", e.to_dict())), stop.is_set
-        )
+        rank, world, device = join_launched_group()
+
+        def send(event: Event) -> None:
+            events.put(("event", event.to_dict()))
+
+        summary = train_rank(job, rank, world, device, send if rank == 0 else ignore_event, stop.is_set)
         if rank == 0:
             events.put(("result", summary))
     except StopRequested as exc:
@@ -160,10 +173,13 @@ def _rank_main(rank: int, world_size: int, port: int, job: StageJob, events: Any
             events.put(("stopped", exc.message))
     except SkillkdError as exc:
         events.put(("error", (type(exc).__name__, exc.message)))
-    except Exception as exc:  # reported to the parent, which raises it there
-        events.put(("error", ("RuntimeError", f"rank {rank}: {type(exc).__name__}: {exc}")))
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        events.put(("crash", f"rank {rank}: {type(exc).__name__}: {first}"))
+        raise SystemExit(1) from None  # no traceback on the terminal: the caller says what happened
     finally:
-        end_group()
+        if dist.is_initialized():
+            end_group()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -283,64 +299,126 @@ def _run_launched_stage(job: StageJob, on_event: OnEvent, should_stop: ShouldSto
     return train_rank(job, rank, world, device or torch.device("cpu"), on_event, should_stop)
 
 
+def max_restarts() -> int:
+    """How many times the elastic agent restarts a stage's group after a rank died (SKILLKD_MAX_RESTARTS)."""
+    value = os.environ.get("SKILLKD_MAX_RESTARTS", "1")
+    try:
+        restarts = int(value)
+    except ValueError:
+        raise SkillkdError(f"SKILLKD_MAX_RESTARTS must be a whole number, got {value!r}") from None
+    if restarts < 0:
+        raise SkillkdError(f"SKILLKD_MAX_RESTARTS must be 0 or more, got {restarts}")
+    return restarts
+
+
+def _launch(job: StageJob, world_size: int, events: Any, stop: Any, failure: list[BaseException]) -> None:
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The agent logs each rank's death with its stack and the restarts as warnings: the caller reports the
+    # outcome in one line (and the resumed stage says from which step), so only its own errors pass.
+    for name in ("torch.distributed.elastic", "torch.multiprocessing.spawn"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=world_size,
+        run_id=f"skillkd-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        rdzv_configs={"is_host": True},
+        max_restarts=max_restarts(),
+        monitor_interval=0.2,
+        start_method="spawn",
+        local_addr="127.0.0.1",
+        logs_specs=DefaultLogsSpecs(log_dir=str(Path(job.workdir) / job.stage / "ranks")),
+    )
+    try:
+        elastic_launch(config, _elastic_rank)(job, events, stop)
+    except BaseException as exc:  # raised in the caller's thread
+        failure.append(exc)
+
+
+def _death(exc: BaseException) -> str:
+    """What a launch's failure says in one line: which ranks died how."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if isinstance(exc, ChildFailedError):
+        deaths = [
+            f"rank {rank}: "
+            + (f"killed by {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}")
+            for rank, f in sorted(exc.failures.items())
+        ]
+        return "; ".join(deaths)
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def run_parallel_stage(
     job: StageJob, world_size: int, on_event: OnEvent, should_stop: ShouldStop
 ) -> dict[str, Any]:
     """Run one training stage on `world_size` ranks; returns rank 0's summary. In a group a launcher
-    started (torchrun), on its ranks; otherwise on `world_size` processes started here."""
+    started (torchrun), on its ranks; otherwise on `world_size` ranks started here by torch's elastic
+    agent."""
     if dist.is_initialized():
         if dist.get_world_size() != world_size:
             raise SkillkdError(f"gpus={world_size} but the launched group has {dist.get_world_size()} ranks")
         return _run_launched_stage(job, on_event, should_stop)
     if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
         raise SkillkdError(f"gpus={world_size} but only {torch.cuda.device_count()} CUDA devices are visible")
+    restarts = max_restarts()
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     stop = ctx.Event()
-    port = _free_port()
-    # Not daemonic: a daemonic process may not start children, and each rank starts data-loader workers.
-    # The ranks die with this process instead (`die_with_parent`), and are joined or terminated below.
-    procs = [
-        ctx.Process(target=_rank_main, args=(rank, world_size, port, job, events, stop), daemon=False)
-        for rank in range(world_size)
-    ]
-    for p in procs:
-        p.start()
+    failure: list[BaseException] = []
+    agent = threading.Thread(
+        target=_launch,
+        args=(job, world_size, events, stop, failure),
+        name="skillkd-elastic-agent",
+        daemon=True,
+    )
+    agent.start()
     result: dict[str, Any] | None = None
     outcome: tuple[str, Any] | None = None
+    crashes: list[str] = []
+
+    def take(kind: str, payload: Any) -> None:
+        nonlocal result, outcome
+        if kind == "event":
+            on_event(Event(**payload))
+        elif kind == "result":
+            result = payload
+        elif kind == "crash":
+            crashes.append(payload)
+        elif outcome is None:
+            outcome = (kind, payload)
+
     try:
-        while True:
+        while agent.is_alive():
             try:
-                kind, payload = events.get(timeout=0.2)
+                take(*events.get(timeout=0.2))
             except queue_mod.Empty:
                 if not stop.is_set() and should_stop():
                     stop.set()
-                if all(not p.is_alive() for p in procs):
-                    break
-                continue
-            if kind == "event":
-                on_event(Event(**payload))
-            elif kind == "result":
-                result = payload
-            elif outcome is None:
-                outcome = (kind, payload)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-    while not events.empty():  # anything sent after the last poll
-        kind, payload = events.get_nowait()
-        if kind == "result":
-            result = payload
-        elif kind != "event" and outcome is None:
-            outcome = (kind, payload)
+    except BaseException:  # the caller is going away (KeyboardInterrupt): the ranks save and stop first
+        stop.set()
+        agent.join(timeout=60)
+        raise
+    while True:  # anything sent after the last poll
+        try:
+            take(*events.get(timeout=0.05))
+        except queue_mod.Empty:
+            break
     if outcome is not None and outcome[0] == "stopped":
         raise StopRequested(str(outcome[1]))
     if outcome is not None:
         name, message = outcome[1]
         raise TrainingError(message) if name == "TrainingError" else SkillkdError(message)
+    if failure:
+        seen = f"; {crashes[-1]}" if crashes else ""
+        raise SkillkdError(
+            f"{job.stage}: a training process died ({_death(failure[0])}{seen}) and the group was restarted "
+            f"{restarts} time(s) (SKILLKD_MAX_RESTARTS); the stage's last checkpoint is kept: resume the run"
+        )
     if result is None:
-        codes = [p.exitcode for p in procs]
-        raise SkillkdError(f"a training process died without a result (exit codes {codes})")
+        raise SkillkdError(f"{job.stage}: the training processes ended without a result")
     return result
