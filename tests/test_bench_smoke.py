@@ -155,3 +155,32 @@ def test_onnx_int8_bench_on_a_tiny_student_shape(tmp_path: Path, tiny_teacher_di
     assert rows_out["fp32"]["speedup_vs_fp32"] == 1.0 and rows_out["fp32"]["min_cka"] > 0.9999
     assert all(r["ms_per_10s_1_thread"] > 0 and 0 < r["min_cka"] <= 1.0 + 1e-6 for r in rows_out.values())
     assert result["check_utterances"] == 2 and (tmp_path / "r.md").exists()
+
+
+def test_ddp_throughput_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    from bench import ddp_throughput
+
+    report = ddp_throughput.main(
+        [
+            str(tiny_teacher_dir),
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--batch-seconds",
+            "1",
+            "--utterance-seconds",
+            "0.5",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ]
+    )
+    assert [r["case"] for r in report["runs"]] == ["single", "ddp", "flat"]
+    assert all(r["audio_s_per_s"] > 0 for r in report["runs"])
+    assert report["runs"][1]["audio_s_per_step"] == 2 * report["runs"][0]["audio_s_per_step"] == 2.0
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["ddp_speedup_over_1_process_median"] > 0
+    assert "old path" in (tmp_path / "r.md").read_text()
