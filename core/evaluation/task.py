@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.data import load_waveform
-from core.errors import AudioError, CheckpointError
+from core.errors import AudioError, CheckpointError, TeacherError
 from core.evaluation.dataset import ProbeData
 from core.evaluation.per import ctc_collapse, error_rate
 from core.models import SpeechEncoder, is_student_dir, load_model
@@ -35,6 +35,7 @@ from core.models.heads import (
     HeadSpec,
     TaskHead,
     head_keys,
+    head_spec_from_config,
     item_label,
     label_field_for,
     load_task_head,
@@ -66,13 +67,21 @@ def _student_head(path: Path, config: dict[str, Any]) -> TaskHead | None:
     if "task_head" in config:  # our format
         data, weights, layers = config["task_head"], path / STUDENT_HEAD_FILE, len(config["model"]["layers"])
         hidden = int(config["model"]["hidden_size"])
+        spec = HeadSpec.from_dict(data)
     else:
-        data = (config.get("skillkd") or {}).get("task_head")
-        if data is None:
-            return None
         weights, hidden = path / "model.safetensors", config["hidden_size"]
         layers = len(config["layer_num_heads"])
-    spec = HeadSpec.from_dict(data)
+        data = (config.get("skillkd") or {}).get("task_head")
+        if data is not None:
+            spec = HeadSpec.from_dict(data)
+        else:  # a task model fine-tuned from the export (SkillkdForCTC, ...): its config names the head
+            try:
+                found = head_spec_from_config(config)
+            except TeacherError:
+                return None  # a head the engine cannot score (x-vector): the probes still measure the encoder
+            if found is None:
+                return None
+            spec = found
     head = TaskHead(spec, int(hidden), layers)
     try:
         state = load_file(str(weights))

@@ -311,3 +311,26 @@ def test_fine_tune_with_trainer_in_a_fresh_environment(student_export: Path, tmp
     print("CTC losses over 20 Trainer steps:", " ".join(f"{x:.3f}" for x in losses))
     assert isinstance(summary["text"], str)
     assert sorted(s["label"] for s in summary["scores"]) == ["calm", "happy", "sad"]
+
+
+def test_a_fine_tuned_ctc_export_is_scored_by_its_own_head(student_export: Path, tmp_path: Path) -> None:
+    """A user fine-tunes the export with AutoModelForCTC and saves it: `skillkd evaluate` reads its CTC head
+    from the saved config and weights (the logits of transformers' forward) and its vocabulary."""
+    from core.evaluation.task import load_task_model
+
+    torch.manual_seed(0)
+    model = _load(student_export, "AutoModelForCTC", vocab_size=6, **OFF).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_()  # a trained head, not the fresh one: the test must see its weights
+    model.save_pretrained(tmp_path / "ft")
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, "a": 3, "b": 4, "c": 5}
+    (tmp_path / "ft" / "vocab.json").write_text(json.dumps(vocab))
+    task = load_task_model(tmp_path / "ft")
+    assert task is not None and task.head.spec.task == "ctc"
+    assert task.names == {i: token for token, i in vocab.items()}
+    waves, _ = _waves()
+    with torch.no_grad():
+        expected = model(waves[:1]).logits
+        reps, _ = task.encoder(waves[:1])
+        got = task.head.on_encoder(task.encoder, reps)
+    torch.testing.assert_close(got, expected, atol=TOL, rtol=TOL)
