@@ -223,16 +223,21 @@ def _mark_launch(out: Path) -> None:
 
 
 def _restarted_launch(out: Path) -> bool:
-    """Whether this process is a restart (TORCHELASTIC_RESTART_COUNT > 0) of the launch that started the run
-    in `out`: then it resumes it. A first attempt that failed before the run started (e.g. `out` held
-    another run) left no record of this launch, and its restart fails the same way."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
+    """Whether this process belongs to the launch that started the run in `out` (its run directory's
+    `launch.json` names the launch's TORCHELASTIC_RUN_ID): the launcher restarted the group, after a rank died
+    or for a new membership, and the run resumes. Whatever this node's restart count says: node agents count
+    restarts differently (one whose ranks did not fail restarts them without counting). A first attempt that
+    failed before the run started (e.g. `out` held another run) left no record of this launch, and its
+    restart fails the same way; a new launch has another run id (torchrun --standalone makes one; with
+    several nodes, give --rdzv-id)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id:
         return False
     try:
         record = json.loads((out / LAUNCH_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return record.get("run_id") == os.environ.get("TORCHELASTIC_RUN_ID")
+    return bool(record.get("run_id") == run_id)
 
 
 def _follow(rank: int, world: int, device: Any) -> None:

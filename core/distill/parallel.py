@@ -230,25 +230,67 @@ def join_launched_group() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+JOIN_TIMEOUT = timedelta(minutes=30)  # how long a group's ranks wait for each other to (re)start
+
+
 def _attempt_store(rank: int, world: int) -> dist.Store:
-    """The launcher's store (MASTER_ADDR:MASTER_PORT: torchrun's agent store, or one rank 0 hosts, as
-    `env://` would use it), its keys under this attempt's prefix. torchrun reuses its store when it restarts
-    the group after a rank died (--max-restarts), and `env://` adds no prefix: the restarted ranks then read
-    the dead ones' gloo addresses and fail to connect ("connectFullMesh failed ... Connection refused", 2 runs
-    in 3). TORCHELASTIC_RESTART_COUNT is the same on every rank of one node agent, so restarts on one node
-    are exact; several agents can count restarts differently (a membership change is no retry), so a
-    multi-node restart is not relied on (README)."""
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or "0"
+    """The launcher's store (MASTER_ADDR:MASTER_PORT: the elastic agent's store, or one rank 0 hosts, as
+    `env://` would use it), its keys under a prefix that this incarnation of the group alone uses
+    (`group_prefix`). An elastic agent reuses its store when it restarts the group after a rank died, and
+    `env://` adds no prefix: restarted ranks then read the dead ones' gloo addresses and fail to connect
+    ("connectFullMesh failed ... Connection refused", 2 runs in 3)."""
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
         host_name=os.environ["MASTER_ADDR"],
         port=int(os.environ["MASTER_PORT"]),
         world_size=world,
         is_master=rank == 0 and not agent_store,
-        timeout=LAUNCH_TIMEOUT,
+        timeout=JOIN_TIMEOUT,
         multi_tenant=not agent_store,
     )
-    return dist.PrefixStore(f"skillkd/attempt_{attempt}", store)
+    prefix = group_prefix(store, rank, world)
+    store.set_timeout(LAUNCH_TIMEOUT)
+    return dist.PrefixStore(prefix, store)
+
+
+def group_prefix(store: dist.Store, rank: int, world: int, poll_s: float = 0.05) -> str:
+    """A store prefix that every rank of this incarnation of the group gets, and no earlier one had.
+
+    Restart counts cannot be it: node agents count restarts differently (an agent whose ranks did not fail
+    restarts them for the new membership without counting a retry). Instead each rank counts its own starts
+    in the store (`joins/<rank>`: a number no earlier incarnation of that rank had) and rank 0 hands every
+    rank's current incarnation its fresh prefix: rank r says hello under its count, rank 0 answers that hello
+    with the prefix and waits for r's acknowledgement of that prefix under the same count. A hello left by an
+    incarnation that died is answered but never acknowledged, an acknowledgement left by an earlier group
+    names another prefix: rank 0 goes on waiting for the incarnation that lives."""
+    import time
+
+    mine = int(store.add(f"skillkd/joins/{rank}", 1))
+    if rank != 0:
+        store.set(f"skillkd/hello/{rank}/{mine}", "1")
+        store.wait([f"skillkd/go/{rank}/{mine}"])
+        prefix = store.get(f"skillkd/go/{rank}/{mine}").decode()
+        store.set(f"skillkd/ack/{rank}/{mine}", prefix)
+        return prefix
+    prefix = f"skillkd/group_{mine}_{uuid.uuid4().hex[:8]}"
+    waiting = set(range(1, world))
+    deadline = time.monotonic() + JOIN_TIMEOUT.total_seconds()
+    while waiting:
+        for other in sorted(waiting):
+            count = int(store.add(f"skillkd/joins/{other}", 0))
+            ack = f"skillkd/ack/{other}/{count}"
+            if store.check([ack]) and store.get(ack).decode() == prefix:  # not an earlier group's
+                waiting.discard(other)
+            elif store.check([f"skillkd/hello/{other}/{count}"]):
+                store.set(f"skillkd/go/{other}/{count}", prefix)
+        if waiting:
+            if time.monotonic() > deadline:
+                raise SkillkdError(
+                    f"ranks {sorted(waiting)} did not join the group within {JOIN_TIMEOUT} (did their "
+                    "processes start? the launcher's log says)"
+                )
+            time.sleep(poll_s)
+    return prefix
 
 
 def follow_stages(rank: int, world_size: int, device: torch.device) -> int:

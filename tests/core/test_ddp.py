@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -189,3 +190,52 @@ def test_a_rank_that_sees_another_teacher_is_refused_on_every_rank(tmp_path: Pat
         )
         said = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(2)]
         assert all(message.startswith(expected) for message in said), said
+
+
+def test_every_rank_of_a_restarted_group_gets_one_fresh_store_prefix() -> None:
+    """Node agents count restarts differently, so the group's store prefix comes from a handshake: each rank
+    counts its own starts, rank 0 answers the hello of each rank's current start. Here rank 1 started twice
+    before (one start died after its hello, never acknowledged) and rank 2 once; every rank of this start gets
+    the same prefix, unlike the one of an earlier start."""
+    import threading
+
+    from core.distill.parallel import group_prefix
+
+    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, 4, is_master=True, wait_for_workers=False)
+
+    def client() -> dist.TCPStore:  # one connection per rank, as each rank's process has
+        return dist.TCPStore("127.0.0.1", port, 4, is_master=False, timeout=timedelta(seconds=20))
+
+    store.add("skillkd/joins/1", 2)  # rank 1's two earlier starts; the second said hello and died
+    store.set("skillkd/hello/1/2", "1")
+    store.add("skillkd/joins/2", 1)
+    store.set("skillkd/hello/2/1", "1")
+    store.set("skillkd/ack/2/1", "1")
+    got: dict[int, str] = {}
+
+    def join(rank: int, delay: float) -> None:
+        import time
+
+        time.sleep(delay)
+        got[rank] = group_prefix(client(), rank, 4, poll_s=0.01)
+
+    threads = [
+        threading.Thread(target=join, args=(r, d)) for r, d in ((0, 0.0), (1, 0.3), (2, 0.1), (3, 0.2))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(got) == [0, 1, 2, 3] and len(set(got.values())) == 1, got
+    assert store.get("skillkd/go/1/2").decode() == got[0]  # the dead start's hello was answered, in vain
+    again: dict[int, str] = {}
+    threads = [
+        threading.Thread(target=lambda r=r: again.__setitem__(r, group_prefix(client(), r, 4, poll_s=0.01)))
+        for r in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(set(again.values())) == 1 and again[0] != got[0]

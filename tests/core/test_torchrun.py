@@ -94,54 +94,126 @@ def _rank_pid(agent: int, rank: int) -> int | None:
     return None
 
 
-def test_a_rank_killed_mid_stage_restarts_the_group_which_resumes_and_finishes_once(tmp_path: Path) -> None:
-    """torchrun --max-restarts 1: rank 1 is SIGKILLed after stage 1's first checkpoint; the launcher restarts
-    both ranks, rank 0 resumes the run from that checkpoint (not from scratch, not refused as a directory
-    that holds a run), and the run finishes once, with the student of a run never interrupted."""
-    import signal
-    import time
+KILL_JOB = ["--stage1-steps", "24", "--stage2-steps", "2", "--batch-seconds", "2", "--checkpoint-every", "4"]
+KILL_JOB += ["--device", "cpu"]
 
-    teacher, audio = save_tiny_teacher(tmp_path / "teacher"), _audio(tmp_path / "audio")
-    job = [str(teacher), str(audio), "--stage1-steps", "24", "--stage2-steps", "2", "--batch-seconds", "2"]
-    job += ["--checkpoint-every", "4", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Teacher, audio, and the student of the kill tests' job run on 2 processes without interruption."""
+    root = tmp_path_factory.mktemp("torchrun")
+    teacher, audio = save_tiny_teacher(root / "teacher"), _audio(root / "audio")
     whole = subprocess.run(
-        [*launch, "--max-restarts", "0", "-m", "cli", "compress", *job, "--out", str(tmp_path / "whole")],
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "compress",
+            str(teacher),
+            str(audio),
+            *KILL_JOB,
+            "--quiet",
+            "--gpus",
+            "2",
+        ]
+        + ["--out", str(root / "whole")],
         cwd=REPO,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    return teacher, audio, root / "whole" / "student"
 
-    out = tmp_path / "killed"
-    agent = subprocess.Popen(  # --json: the events as JSON lines on stdout
-        [*launch, "--max-restarts", "1", "-m", "cli", "compress", *job[:-1], "--json", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+
+def _kill_rank_1_after_a_checkpoint(agents: list[subprocess.Popen], out: Path) -> list[str]:
+    """SIGKILL rank 1 once stage 1 wrote its first checkpoint; the agents' outputs when they end."""
+    import signal
+    import time
+
     checkpoint = out / "distill_prune" / "checkpoint.pt"
     deadline = time.monotonic() + 300
-    while not checkpoint.exists() and agent.poll() is None and time.monotonic() < deadline:
+    while not checkpoint.exists() and all(a.poll() is None for a in agents) and time.monotonic() < deadline:
         time.sleep(0.05)
-    victim = _rank_pid(agent.pid, 1)
-    assert checkpoint.exists() and victim is not None, "no checkpoint, or no rank 1, to kill"
-    os.kill(victim, signal.SIGKILL)
-    output = agent.communicate(timeout=600)[0]
-    assert agent.returncode == 0, output[-4000:]
-    assert "resuming the run" in output and output.count("resuming the run") == 1, output[-4000:]
+    victims = [pid for a in agents if (pid := _rank_pid(a.pid, 1)) is not None]
+    assert checkpoint.exists() and victims, "no checkpoint, or no rank 1, to kill"
+    os.kill(victims[0], signal.SIGKILL)
+    outputs = [a.communicate(timeout=600)[0] for a in agents]
+    assert all(a.returncode == 0 for a in agents), "\n---\n".join(o[-4000:] for o in outputs)
+    return outputs
+
+
+def _resumed_once_with_the_same_student(output: str, out: Path, whole: Path) -> None:
     events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith('{"event"')]
     resumed = [e for e in events if (e.get("message") or "").startswith("resumed at step")]
     assert len(resumed) == 1 and resumed[0]["stage"] == "distill_prune", resumed
     assert 4 <= resumed[0]["step"] < 24  # from a checkpoint of stage 1, not from its start
     assert sum(1 for e in events if e["kind"] == "stage_finished" and e["stage"] == "final_distill") == 1
-    assert json.loads((out / "launch.json").read_text())["restart"] == 1
-    a, b = load_student(tmp_path / "whole" / "student"), load_student(out / "student")
+    a, b = load_student(whole), load_student(out / "student")
     assert a.config.to_dict() == b.config.to_dict()
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_a_rank_killed_mid_stage_restarts_the_group_which_resumes_and_finishes_once(
+    tmp_path: Path, uninterrupted: tuple[Path, Path, Path]
+) -> None:
+    """torchrun --max-restarts 1: rank 1 is SIGKILLed after stage 1's first checkpoint; the launcher restarts
+    both ranks, rank 0 resumes the run from that checkpoint (not from scratch, not refused as a directory
+    that holds a run), and the run finishes once, with the student of a run never interrupted."""
+    teacher, audio, whole = uninterrupted
+    out = tmp_path / "killed"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    agent = subprocess.Popen(  # --json: the events as JSON lines on stdout
+        [
+            *launch,
+            "--max-restarts",
+            "1",
+            "-m",
+            "cli",
+            "compress",
+            str(teacher),
+            str(audio),
+            *KILL_JOB,
+            "--json",
+        ]
+        + ["--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = _kill_rank_1_after_a_checkpoint([agent], out)[0]
+    assert "resuming the run" in output and output.count("resuming the run") == 1, output[-4000:]
+    assert json.loads((out / "launch.json").read_text())["restart"] == 1
+    _resumed_once_with_the_same_student(output, out, whole)
+
+
+def test_a_rank_killed_on_one_of_two_nodes_restarts_both_which_resume_once(
+    tmp_path: Path, uninterrupted: tuple[Path, Path, Path]
+) -> None:
+    """Two node agents (--nnodes 2, one process each, --max-restarts 1): rank 1 is SIGKILLed mid-stage; both
+    agents restart their ranks, which meet again under a fresh store prefix (a handshake, not the agents'
+    restart counts), and rank 0 resumes the run once, with the student of a run never interrupted."""
+    teacher, audio, whole = uninterrupted
+    out = tmp_path / "killed"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    launch += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}", "--rdzv-id", "kill-test"]
+    command = [*launch, "--max-restarts", "1", "-m", "cli", "compress", str(teacher), str(audio), *KILL_JOB]
+    agents = [
+        subprocess.Popen(
+            [*command, "--json", "--out", str(out)],
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = _kill_rank_1_after_a_checkpoint(agents, out)
+    rank0 = [o for o in outputs if '"stage_finished"' in o]
+    assert len(rank0) == 1, "one process wrote the run's events"
+    _resumed_once_with_the_same_student(rank0[0], out, whole)
