@@ -23,6 +23,8 @@ import signal
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -376,23 +378,58 @@ def _launch(job: StageJob, world_size: int, events: Any, stop: Any, failure: lis
         logs_specs=DefaultLogsSpecs(log_dir=str(Path(job.workdir) / job.stage / "ranks")),
     )
     try:
-        elastic_launch(config, _elastic_rank)(job, events, stop)
+        with _may_start_processes():
+            elastic_launch(config, _elastic_rank)(job, events, stop)
     except BaseException as exc:  # raised in the caller's thread
         failure.append(exc)
 
 
-def _death(exc: BaseException) -> str:
-    """What a launch's failure says in one line: which ranks died how."""
+@contextmanager
+def _may_start_processes() -> Iterator[None]:
+    """Let this process start the ranks when it is a child of Celery's prefork pool, as the service's worker
+    is: billiard's child is daemonic (multiprocessing refuses "daemonic processes are not allowed to have
+    children": the rule keeps such children from outliving their parent, and ours die with it,
+    `die_with_parent`), and its authentication key is billiard's, which the spawn start method refuses to
+    send to a child ("Pickling an AuthenticationString object is disallowed"): the same key, as
+    multiprocessing's type, for the launch."""
+    import multiprocessing
+    import multiprocessing.process
+
+    process = (
+        multiprocessing.current_process()
+    )  # billiard's, in a Celery child: it replaces multiprocessing's
+    daemonic, authkey = process.daemon, process.authkey
+    if daemonic:
+        process.daemon = False
+    # billiard's authkey setter would wrap the key in its own type again: the process's config holds it
+    process._config["authkey"] = multiprocessing.process.AuthenticationString(bytes(authkey))  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        process._config["authkey"] = authkey  # type: ignore[attr-defined]
+        if daemonic:
+            process.daemon = True
+
+
+def _launch_failure(stage: str, exc: BaseException, restarts: int, crashes: list[str]) -> SkillkdError:
+    """What a failed launch says in one line: which ranks died how, after how many restarts; or why the
+    ranks could not be started at all."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if isinstance(exc, ChildFailedError):
-        deaths = [
-            f"rank {rank}: "
-            + (f"killed by {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}")
-            for rank, f in sorted(exc.failures.items())
-        ]
-        return "; ".join(deaths)
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if not isinstance(exc, ChildFailedError):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return SkillkdError(
+            f"{stage}: the training processes could not be started ({type(exc).__name__}: {first})"
+        )
+    deaths = [
+        f"rank {rank}: " + (f"killed by {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}")
+        for rank, f in sorted(exc.failures.items())
+    ]
+    seen = f"; {crashes[-1]}" if crashes else ""
+    return SkillkdError(
+        f"{stage}: a training process died ({'; '.join(deaths)}{seen}) and the group was restarted "
+        f"{restarts} time(s) (SKILLKD_MAX_RESTARTS); the stage's last checkpoint is kept: resume the run"
+    )
 
 
 def run_parallel_stage(
@@ -456,11 +493,7 @@ def run_parallel_stage(
         name, message = outcome[1]
         raise TrainingError(message) if name == "TrainingError" else SkillkdError(message)
     if failure:
-        seen = f"; {crashes[-1]}" if crashes else ""
-        raise SkillkdError(
-            f"{job.stage}: a training process died ({_death(failure[0])}{seen}) and the group was restarted "
-            f"{restarts} time(s) (SKILLKD_MAX_RESTARTS); the stage's last checkpoint is kept: resume the run"
-        )
+        raise _launch_failure(job.stage, failure[0], restarts, crashes)
     if result is None:
         raise SkillkdError(f"{job.stage}: the training processes ended without a result")
     return result

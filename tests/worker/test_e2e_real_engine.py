@@ -82,6 +82,24 @@ def test_distributed_real_engine_end_to_end(services_stack, tmp_path):
 
 
 @pytest.mark.services
+def test_a_job_asking_for_two_processes_trains_them_on_its_worker_host(services_stack, tmp_path):
+    """gpus: 2 (gloo processes on this CPU machine): the Celery worker's child starts each training stage on
+    2 ranks through torch's elastic agent, and the job succeeds with a student of the data-parallel run."""
+    stack = services_stack
+    real_engine(stack)
+    client = stack.start_api()
+    teacher, dataset = upload_demo(client, stack)
+    stack.start_worker()
+    job_id = create_job(client, stack, teacher["id"], dataset["id"], **SPEC, gpus=2, device="cpu")
+    job = wait_terminal(client, stack, job_id, timeout=900)
+    assert job["status"] == "succeeded", (job.get("error"), job.get("message"))
+    params = load_student_params(download(client, stack, job_id, "model", tmp_path / "model.zip"), tmp_path)
+    assert 0 < params < teacher["num_params"]
+    # rank 0's progress reached the worker's job events: every step of stage 1, once
+    assert progress_steps(stack, job_id) == list(range(1, SPEC["stage1_steps"] + 1))
+
+
+@pytest.mark.services
 def test_real_engine_sigkill_mid_stage1_resumes(services_stack):
     stack = services_stack
     real_engine(stack)
