@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.models.heads import TaskHead, task_distill_loss
+from core.models.heads import TaskHead, embedding_distill_loss, task_distill_loss
 
 
 class ClusterTargets(nn.Module):
@@ -124,7 +124,11 @@ class TaskDistill(nn.Module):
         return self.student_head.on_encoder(student, reps)
 
     def loss(self, student_outputs: Tensor, teacher_outputs: Tensor) -> Tensor:
-        """The unweighted term (the caller multiplies by `weight`)."""
+        """The unweighted term (the caller multiplies by `weight`): the softened KL of the outputs, or for
+        an x-vector head the layer targets' L1 - cosine on the speaker embeddings (what verification
+        compares)."""
+        if self.student_head.spec.task == "xvector":
+            return embedding_distill_loss(student_outputs, teacher_outputs)
         return task_distill_loss(student_outputs, teacher_outputs, self.temperature)
 
     def supervised_loss(self, student_outputs: Tensor, ids: Sequence[str]) -> Tensor | None:

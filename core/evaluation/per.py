@@ -85,4 +85,37 @@ def ctc_greedy_decode(
     return [ctc_collapse(row[: int(n)].tolist(), blank) for row, n in zip(best, lengths.cpu(), strict=True)]
 
 
-__all__ = ["ctc_collapse", "ctc_greedy_decode", "edit_distance", "error_rate"]
+def equal_error_rate(scores: Sequence[float], same: Sequence[bool]) -> float:
+    """Speaker verification's equal error rate of trial `scores` (higher: more alike) whose `same` says which
+    trials pair two utterances of one speaker: the rate at the threshold where false acceptances (other
+    speakers' trials scoring at or above it) and false rejections (same-speaker trials below it) meet,
+    linearly interpolated between the two thresholds around the crossing (a fraction).
+
+    ValueError without both kinds of trial."""
+    pairs = sorted(zip(scores, same, strict=True))
+    targets = sum(1 for _, t in pairs if t)
+    others = len(pairs) - targets
+    if not targets or not others:
+        raise ValueError("an equal error rate needs same-speaker and different-speaker trials")
+    # threshold just above pairs[i]: every trial up to i is rejected
+    frr, far, best = 0.0, 1.0, None
+    rejected_targets = rejected_others = 0
+    previous = (0.0, 1.0)
+    for _, is_target in pairs:
+        if is_target:
+            rejected_targets += 1
+        else:
+            rejected_others += 1
+        frr, far = rejected_targets / targets, 1.0 - rejected_others / others
+        if frr >= far:
+            (frr0, far0) = previous
+            # the two rates cross between the previous threshold and this one
+            gap0, gap1 = far0 - frr0, frr - far
+            w = gap0 / (gap0 + gap1) if gap0 + gap1 > 0 else 0.0
+            best = (frr0 + w * (frr - frr0) + far0 + w * (far - far0)) / 2
+            break
+        previous = (frr, far)
+    return float(best if best is not None else (frr + far) / 2)
+
+
+__all__ = ["equal_error_rate", "ctc_collapse", "ctc_greedy_decode", "edit_distance", "error_rate"]

@@ -525,6 +525,11 @@ def task_lines(result: dict[str, Any]) -> list[str]:
                 f"accuracy {_percent(task['accuracy'])}% over {task['utterances']} test utterances "
                 f"(labels: `{task['label_field']}`; {task['unscored_utterances']} with other labels unscored)"
             )
+        elif "eer" in task:
+            figure = (
+                f"EER {_percent(task['eer'])}% over {task['trials']} trials of {task['utterances']} test "
+                f"utterances, {task['speakers']} speakers (cosine of x-vectors)"
+            )
         else:
             figure = task.get("note", "not scored")
         lines.append(f"- {entry['name']}, its own head ({task['head']}): {figure}")

@@ -26,6 +26,8 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
             out["eval_task_per"] = float(task["per"])
         if "accuracy" in task:
             out["eval_task_accuracy"] = float(task["accuracy"])
+        if "eer" in task:
+            out["eval_task_eer"] = float(task["eer"])
     return out
 
 

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from core.data import load_waveform
 from core.errors import AudioError, CheckpointError, TeacherError
 from core.evaluation.dataset import ProbeData
-from core.evaluation.per import ctc_collapse, error_rate
+from core.evaluation.per import ctc_collapse, equal_error_rate, error_rate
 from core.models import SpeechEncoder, is_student_dir, load_model
 from core.models.heads import (
     LABEL_FIELDS,
@@ -68,6 +69,8 @@ def _student_head(path: Path, config: dict[str, Any]) -> TaskHead | None:
         data, weights, layers = config["task_head"], path / STUDENT_HEAD_FILE, len(config["model"]["layers"])
         hidden = int(config["model"]["hidden_size"])
         spec = HeadSpec.from_dict(data)
+    elif "model" in config:  # our format, a student without a head
+        return None
     else:
         weights, hidden = path / "model.safetensors", config["hidden_size"]
         layers = len(config["layer_num_heads"])
@@ -78,7 +81,7 @@ def _student_head(path: Path, config: dict[str, Any]) -> TaskHead | None:
             try:
                 found = head_spec_from_config(config)
             except TeacherError:
-                return None  # a head the engine cannot score (x-vector): the probes still measure the encoder
+                return None  # a head the engine cannot score: the probes still measure the encoder
             if found is None:
                 return None
             spec = found
@@ -125,6 +128,8 @@ def task_scores(
     out: dict[str, Any] = {"task": spec.task, "head": spec.describe()}
     if spec.task == "frame":
         return out | {"note": "frame classification is not scored: the manifest has no frame-label format"}
+    if spec.task == "xvector":
+        return out | _verification(model, data, device, label_field or "speaker")
     rate = encoder.config.sample_rate
     if spec.task == "ctc":
         if not data.phones:
@@ -166,6 +171,47 @@ def task_scores(
         "label_field": field,
         "utterances": scored,
         "unscored_utterances": len(data.test) - scored,
+    }
+
+
+def _verification(
+    model: TaskModel, data: ProbeData, device: torch.device | str, field: str
+) -> dict[str, Any]:
+    """Speaker verification with the x-vector head's embeddings: every pair of test utterances is a trial
+    scored by the cosine of their embeddings; the equal error rate over same- vs different-speaker trials."""
+    encoder, head = model.encoder, model.head
+    rate = encoder.config.sample_rate
+    embeddings, speakers = [], []
+    for item in data.test:
+        speaker = item_label(item, field)
+        if speaker is None:
+            continue
+        wave = torch.from_numpy(load_waveform(item, rate)).to(device)[None]
+        reps, _ = encoder(wave)
+        embeddings.append(F.normalize(head.on_encoder(encoder, reps)[0].float(), dim=-1))
+        speakers.append(speaker)
+    if len(set(speakers)) < 2:
+        raise AudioError(
+            "scoring an x-vector head needs test utterances of at least 2 speakers (manifest field "
+            f"{field!r})"
+        )
+    cosines = (torch.stack(embeddings) @ torch.stack(embeddings).T).cpu()
+    scores, same = [], []
+    for i in range(len(speakers)):
+        for j in range(i + 1, len(speakers)):
+            scores.append(float(cosines[i, j]))
+            same.append(speakers[i] == speakers[j])
+    if all(same):
+        raise AudioError("no trial pairs two speakers: the test utterances name one speaker")
+    if not any(same):
+        raise AudioError("no trial pairs two utterances of one speaker: each test speaker has one utterance")
+    return {
+        "eer": equal_error_rate(scores, same),
+        "label_field": field,
+        "utterances": len(speakers),
+        "speakers": len(set(speakers)),
+        "trials": len(scores),
+        "target_trials": sum(same),
     }
 
 

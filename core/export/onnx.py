@@ -30,7 +30,8 @@ ONNX_ARTIFACTS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 # features (docs/algorithm.md §6).
 # min_decision_agreement: a task student's head (argmax of its logits) against PyTorch fp32, per frame or
 # utterance; set beside the PER gates (a 3-point PER rise at int8 is ~3% of decisions changed), not measured
-# on a real task student yet.
+# on a real task student yet. An x-vector head's embeddings have no argmax: the same number bounds their
+# smallest cosine similarity with PyTorch fp32's (`embedding_min_cosine`).
 ONNX_GATES: dict[str, dict[str, float]] = {
     "fp32": {"min_cka": 0.9999, "max_per_increase": 0.005, "min_decision_agreement": 0.999},
     "fp16": {"min_cka": 0.99, "max_per_increase": 0.01, "min_decision_agreement": 0.99},
@@ -62,9 +63,9 @@ class _OnnxGraph(nn.Module):
     head) adds its `logits` (CTC and frame heads: (batch, frame, outputs); utterance heads: (batch,
     outputs))."""
 
-    def __init__(self, hf_model: nn.Module, task: bool = False) -> None:
+    def __init__(self, hf_model: nn.Module, task: str | None = None) -> None:
         super().__init__()
-        self.hf_model, self.task = hf_model, task
+        self.hf_model, self.task = hf_model, task  # task: the task model's output ("logits", "embeddings")
 
     def forward(self, input_values: Tensor, attention_mask: Tensor) -> tuple[Tensor, ...]:
         out = self.hf_model(input_values, attention_mask=attention_mask, output_hidden_states=True)
@@ -74,7 +75,7 @@ class _OnnxGraph(nn.Module):
             encoder = self.hf_model.skillkd.encoder
             last = out.hidden_states[-1]
             last = encoder.layer_norm(last) if encoder.layer_norm_first else last
-            return torch.stack(out.hidden_states), last, out.logits
+            return torch.stack(out.hidden_states), last, getattr(out, self.task)
         return torch.stack(out.hidden_states), out.last_hidden_state
 
 
@@ -84,7 +85,7 @@ def torch_graph(model: SpeechEncoder, head: TaskHead | None = None) -> _OnnxGrap
 
     if head is None:
         return _OnnxGraph(hf_module(model.eval())).eval()
-    return _OnnxGraph(hf_task_head_module(model.eval(), head), task=True).eval()
+    return _OnnxGraph(hf_task_head_module(model.eval(), head), task=head.output_name).eval()
 
 
 def model_inputs(model: SpeechEncoder, waveforms: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,8 +133,8 @@ def export_onnx(
         "last_hidden_state": {0: "batch", 1: "frame"},
     }
     if head is not None:
-        outputs.append("logits")
-        axes["logits"] = {0: "batch", 1: "frame"} if head.frame_level else {0: "batch"}
+        outputs.append(head.output_name)
+        axes[head.output_name] = {0: "batch", 1: "frame"} if head.frame_level else {0: "batch"}
     sr = model.config.sample_rate
     example = model_inputs(
         model, [np.random.default_rng(0).standard_normal(int(seconds * sr)).astype(np.float32)]
@@ -161,6 +162,9 @@ def export_onnx(
     with torch.no_grad():
         expected = [t.numpy() for t in graph(*(torch.from_numpy(v) for v in check.values()))]
     got = onnx_session(path).run(None, check)
+    for name, g, e in zip(outputs, got, expected, strict=True):  # numpy would broadcast a wrong shape away
+        if g.shape != e.shape:
+            raise CheckpointError(f"ONNX output {name} has shape {list(g.shape)}, PyTorch's {list(e.shape)}")
     diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     if not np.isfinite(diff) or diff > atol:
         raise CheckpointError(f"ONNX export differs from PyTorch by {diff:.3g} (> {atol})")
@@ -420,9 +424,11 @@ def _variant_figures(
     reference: list[np.ndarray],
     measure_speed: bool,
     reference_logits: list[np.ndarray] | None = None,
+    task_output: str = "logits",
 ) -> dict[str, Any]:
     """Per-layer agreement of a written variant with PyTorch fp32 on the check batches, and its speed; with a
-    task head, how often its decisions (argmax of the logits) agree with fp32's."""
+    task head, how often its decisions (argmax of the logits) agree with fp32's, or how close its x-vector
+    embeddings are."""
     session = onnx_session(target)
     got = [session.run(["hidden_states"], b)[0] for b in batches]
     layers = compare_outputs(model, batches, reference, got)
@@ -434,8 +440,11 @@ def _variant_figures(
         "min_cosine": min(x["cosine"] for x in layers),
     }
     if reference_logits is not None:
-        logits = [session.run(["logits"], b)[0] for b in batches]
-        figures["task"] = task_agreement(model, batches, reference_logits, logits)
+        logits = [session.run([task_output], b)[0] for b in batches]
+        if task_output == "embeddings":
+            figures["task"] = embedding_agreement(reference_logits, logits)
+        else:
+            figures["task"] = task_agreement(model, batches, reference_logits, logits)
     if measure_speed and default_runs() > 0:
         figures["rtf_cpu_1_thread"] = onnx_rtf(target, model.config.sample_rate, threads=1)
         figures["rtf_cpu_all_threads"] = onnx_rtf(target, model.config.sample_rate, threads=0)
@@ -468,12 +477,31 @@ def task_agreement(
     return {"decision_agreement": same / max(total, 1), "logits_max_abs_diff": diff}
 
 
+def embedding_agreement(reference: list[np.ndarray], variant: list[np.ndarray]) -> dict[str, float]:
+    """The smallest cosine similarity of a variant's utterance embeddings with PyTorch fp32's, and the
+    largest |difference|."""
+    cosines, diff = [], 0.0
+    for ref, var in zip(reference, variant, strict=True):
+        num = (ref * var).sum(-1)
+        den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(var, axis=-1)
+        cosines += list(num / np.maximum(den, 1e-12))
+        diff = max(diff, float(np.abs(ref - var).max()))
+    return {"embedding_min_cosine": float(min(cosines)), "embeddings_max_abs_diff": diff}
+
+
 def _gate_failures(figures: dict[str, Any], gate: dict[str, float], per_fp32: float | None) -> list[str]:
     """Why a variant fails its gate (CKA of its worst hidden state; probe PER when measured; the task head's
     decisions when the student has one); [] if it passes."""
     reasons = []
     task = figures.get("task")
-    if task is not None and not task["decision_agreement"] >= gate["min_decision_agreement"]:
+    if task is not None and "embedding_min_cosine" in task:
+        if not task["embedding_min_cosine"] >= gate["min_decision_agreement"]:
+            reasons.append(
+                "the x-vector embeddings' cosine with PyTorch fp32's falls to "
+                f"{task['embedding_min_cosine']:.4f} "
+                f"(gate {gate['min_decision_agreement']:g})"
+            )
+    elif task is not None and not task["decision_agreement"] >= gate["min_decision_agreement"]:
         reasons.append(
             f"the task head's decisions agree with PyTorch fp32's on {100 * task['decision_agreement']:.2f}% "
             f"of frames or utterances (gate {100 * gate['min_decision_agreement']:g}%)"
@@ -536,7 +564,13 @@ def export_onnx_variants(
         files, report["fp32_check"] = _write_variants(model, out_dir, fp32, chosen, int8_mode, calib, head)
         for variant, target in files.items():
             report["variants"][variant] = _variant_figures(
-                model, target, batches, reference, measure_speed, reference_logits
+                model,
+                target,
+                batches,
+                reference,
+                measure_speed,
+                reference_logits,
+                head.output_name if head is not None else "logits",
             )
             if variant == "int8":
                 report["variants"][variant]["int8_mode"] = int8_mode

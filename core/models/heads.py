@@ -10,13 +10,16 @@ same kind of task model (core.export). The head reads the encoder's hidden size,
     ctc         ForCTC                             lm_head.{weight,bias}
     sequence    ForSequenceClassification          [layer_weights], projector.*, classifier.*
     frame       ForAudioFrameClassification        [layer_weights], classifier.*
+    xvector     ForXVector                         [layer_weights], projector.*, tdnn.N.kernel.*,
+                                                   feature_extractor.*, classifier.*, objective.weight
 
 The head reads transformers' `last_hidden_state` (our last representation, after the final LayerNorm in the
 Large layout), or with `use_weighted_layer_sum` (then `layer_weights` exist) a softmax-weighted sum of the
 L+1 `hidden_states` (transformers' indexing, `SpeechEncoder.hf_hidden_states`; in the Large layout the last
-of them is taken before the final LayerNorm, as transformers does). `ForXVector`
-teachers are recognised and refused with a clear message (their head is not kept yet); `Model` and
-`ForPreTraining` classes have no task head.
+of them is taken before the final LayerNorm, as transformers does). The task output of an x-vector head is its
+speaker embedding (transformers' `embeddings`: TDNN layers, mean and standard deviation over the valid frames,
+a linear layer); its `classifier` and AM-softmax `objective` weights are kept for fine-tuning and for scoring
+the training speakers. `Model` and `ForPreTraining` classes have no task head.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ TASKS = {
     "ForCTC": "ctc",
     "ForSequenceClassification": "sequence",
     "ForAudioFrameClassification": "frame",
+    "ForXVector": "xvector",
 }
-UNSUPPORTED = {"ForXVector": "x-vector"}
+UNSUPPORTED: dict[str, str] = {}  # class suffix -> what its head is, for heads recognised but not kept
 HEADLESS = ("Model", "ForPreTraining")
 # The config keys a head needs, copied from the teacher's config.json into the student's exports.
 CONFIG_KEYS = (
@@ -56,6 +60,10 @@ CONFIG_KEYS = (
     "classifier_proj_size",
     "use_weighted_layer_sum",
     "problem_type",
+    "tdnn_dim",
+    "tdnn_kernel",
+    "tdnn_dilation",
+    "xvector_output_dim",
 )
 # Files of the teacher's processor (tokenizer) that go with a CTC student, so that its exports decode text.
 PROCESSOR_FILES = (
@@ -72,7 +80,7 @@ PROCESSOR_FILES = (
 class HeadSpec:
     """What a teacher's head is: its task, the teacher's transformers class and the head's config keys."""
 
-    task: str  # "ctc" | "sequence" | "frame"
+    task: str  # "ctc" | "sequence" | "frame" | "xvector"
     teacher_class: str  # e.g. "HubertForCTC"
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -82,14 +90,23 @@ class HeadSpec:
 
     @property
     def num_outputs(self) -> int:
+        """Tokens (CTC), labels (classifiers), or the embedding's size (x-vector)."""
         if self.task == "ctc":
             return int(self.config["vocab_size"])
+        if self.task == "xvector":
+            return int(self.config.get("xvector_output_dim", 512))
         return len(self.config["id2label"])
 
     def describe(self) -> str:
         """One line for the dry run, the CLI and the report."""
         if self.task == "ctc":
             return f"{self.teacher_class}: a CTC head over {self.num_outputs} tokens"
+        if self.task == "xvector":
+            weighted = ", weighted sum of all layers" if self.weighted else ""
+            return (
+                f"{self.teacher_class}: an x-vector head ({self.num_outputs}-dim speaker embeddings, trained "
+                f"on {len(self.config.get('id2label') or {})} speakers){weighted}"
+            )
         kind = "per-frame classifier" if self.task == "frame" else "utterance classifier"
         weighted = ", weighted sum of all layers" if self.weighted else ""
         return f"{self.teacher_class}: a {kind} over {self.num_outputs} labels{weighted}"
@@ -155,12 +172,26 @@ class TaskHead(nn.Module):
             proj = int(spec.config.get("classifier_proj_size", 256))
             self.projector = nn.Linear(hidden_size, proj)
             self.classifier = nn.Linear(proj, n)
+        elif spec.task == "xvector":
+            dims, kernels, dilations = xvector_tdnn(spec)
+            self.projector = nn.Linear(hidden_size, dims[0])
+            self.tdnn = nn.ModuleList(
+                _TDNNLayer(dims[max(i - 1, 0)], dims[i], kernels[i], dilations[i]) for i in range(len(dims))
+            )
+            self.feature_extractor = nn.Linear(2 * dims[-1], n)
+            self.classifier = nn.Linear(n, n)
+            self.objective = _AMSoftmaxWeight(n, max(1, len(spec.config.get("id2label") or {})))
         else:
             self.classifier = nn.Linear(hidden_size, n)
 
     @property
     def frame_level(self) -> bool:
         return self.spec.task in ("ctc", "frame")
+
+    @property
+    def output_name(self) -> str:
+        """The transformers output this head's result is (and the ONNX output's name)."""
+        return "embeddings" if self.spec.task == "xvector" else "logits"
 
     def on_encoder(self, encoder: Any, reps: list[Tensor], frame_mask: Tensor | None = None) -> Tensor:
         """The head on a SpeechEncoder's representations r0..rL (all L+1 of them)."""
@@ -187,6 +218,8 @@ class TaskHead(nn.Module):
             return self.lm_head(x)
         if self.spec.task == "frame":
             return self.classifier(x)
+        if self.spec.task == "xvector":
+            return self._xvector(x, frame_mask)
         hidden = self.projector(x)
         if frame_mask is None:
             pooled = hidden.mean(dim=1)
@@ -195,15 +228,81 @@ class TaskHead(nn.Module):
             pooled = (hidden * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True).clamp(min=1.0)
         return self.classifier(pooled)
 
+    def _xvector(self, x: Tensor, frame_mask: Tensor | None) -> Tensor:
+        """transformers' x-vector embeddings: projector, TDNN layers, mean and (unbiased) standard deviation
+        over each utterance's valid TDNN frames, feature_extractor."""
+        hidden = self.projector(x)
+        for layer in self.tdnn:
+            hidden = layer(hidden)
+        if frame_mask is None:
+            pooled = torch.cat([hidden.mean(dim=1), hidden.std(dim=1)], dim=-1)
+        else:
+            _, kernels, dilations = xvector_tdnn(self.spec)
+            shrink = sum((k - 1) * d for k, d in zip(kernels, dilations, strict=True))
+            lengths = (frame_mask.sum(dim=1) - shrink).clamp(min=1)
+            valid = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).to(
+                hidden.dtype
+            )
+            count = lengths.to(hidden.dtype)[:, None]
+            mean = (hidden * valid[..., None]).sum(dim=1) / count
+            spread = ((hidden - mean[:, None]) * valid[..., None]) ** 2
+            pooled = torch.cat([mean, (spread.sum(dim=1) / (count - 1).clamp(min=1)).sqrt()], dim=-1)
+        return self.feature_extractor(pooled)
+
+    def speaker_scores(self, embeddings: Tensor) -> Tensor:
+        """Cosine of each embedding's classifier output with each training speaker's AM-softmax weight
+        (batch, speakers): transformers' `objective` without its margin, what its loss ranks."""
+        logits = F.normalize(self.classifier(embeddings), dim=-1)
+        return logits @ F.normalize(self.objective.weight, dim=0)
+
     def hf_config(self) -> dict[str, Any]:
         """The keys a transformers task model of this head needs in its config."""
         return dict(self.spec.config)
 
 
+def xvector_tdnn(spec: HeadSpec) -> tuple[list[int], list[int], list[int]]:
+    """The TDNN layers of an x-vector head: (output sizes, kernel sizes, dilations), transformers' defaults
+    where the config leaves them out."""
+    dims = [int(v) for v in spec.config.get("tdnn_dim", (512, 512, 512, 512, 1500))]
+    kernels = [int(v) for v in spec.config.get("tdnn_kernel", (5, 3, 3, 1, 1))]
+    dilations = [int(v) for v in spec.config.get("tdnn_dilation", (1, 2, 3, 1, 1))]
+    if not dims or len(kernels) != len(dims) or len(dilations) != len(dims):
+        raise TeacherError("the x-vector head's tdnn_dim, tdnn_kernel and tdnn_dilation differ in length")
+    return dims, kernels, dilations
+
+
+class _TDNNLayer(nn.Module):
+    """transformers' TDNNLayer: a dilated 1-d convolution over frames kept as a Linear (`kernel`), ReLU."""
+
+    def __init__(self, in_dim: int, out_dim: int, size: int, dilation: int) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.size, self.dilation = in_dim, out_dim, size, dilation
+        self.kernel = nn.Linear(in_dim * size, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.kernel.weight.view(self.out_dim, self.size, self.in_dim).transpose(1, 2)
+        y = F.conv1d(x.transpose(1, 2), weight, self.kernel.bias, dilation=self.dilation)
+        return F.relu(y.transpose(1, 2))
+
+
+class _AMSoftmaxWeight(nn.Module):
+    """The weight of transformers' AMSoftmaxLoss (`objective.weight`, embedding size x speakers)."""
+
+    def __init__(self, dim: int, speakers: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim, speakers))
+
+
 def head_keys(spec: HeadSpec) -> list[str]:
     """The head's weight names (transformers' names, without the encoder's prefix)."""
     names = {"ctc": ["lm_head"], "sequence": ["projector", "classifier"], "frame": ["classifier"]}
+    if spec.task == "xvector":
+        layers = len(xvector_tdnn(spec)[0])
+        names["xvector"] = ["projector", *(f"tdnn.{i}.kernel" for i in range(layers))]
+        names["xvector"] += ["feature_extractor", "classifier"]
     keys = [f"{n}.{p}" for n in names[spec.task] for p in ("weight", "bias")]
+    if spec.task == "xvector":
+        keys.append("objective.weight")
     return keys + (["layer_weights"] if spec.weighted else [])
 
 
@@ -297,6 +396,13 @@ def label_field_for(items: Sequence[Any], labels: set[str], wanted: str | None =
     return best
 
 
+def embedding_distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean |student - teacher| - mean cosine similarity of utterance embeddings (batch, dim), + 1 so that it
+    is 0 at the teacher: the layer targets' loss (core.distill.targets.distill_loss) on x-vectors."""
+    student, teacher = student.float(), teacher.float()
+    return (student - teacher).abs().mean() - F.cosine_similarity(student, teacher, dim=-1).mean() + 1.0
+
+
 def task_distill_loss(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float, frame_mask: Tensor | None = None
 ) -> Tensor:
@@ -320,6 +426,7 @@ __all__ = [
     "PROCESSOR_FILES",
     "TASKS",
     "TaskHead",
+    "embedding_distill_loss",
     "head_keys",
     "head_spec_from_config",
     "item_label",

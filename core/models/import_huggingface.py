@@ -28,6 +28,7 @@ _MODEL_TYPES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm"}
 _IGNORED = re.compile(
     r"^(masked_spec_embed|quantizer\..*|project_q\..*|project_hid\..*|final_proj\..*|label_embs_concat|"
     r"lm_head\..*|projector\..*|classifier\..*|layer_weights|dropout_features.*|adapter\..*|"
+    r"tdnn\.\d+\.kernel\..*|feature_extractor\.(weight|bias)|objective\.weight|"
     r"encoder\.layers\.\d+\.adapter_layer\..*)$"
 )
 _PREFIXES = ("wav2vec2.", "hubert.", "wavlm.")

@@ -24,6 +24,8 @@ from tests.utils.models import save_tiny_task_teacher, save_tiny_teacher
         ("sequence", "hubert", True, False),
         ("frame", "wav2vec2", False, True),
         ("frame", "wavlm", True, False),
+        ("xvector", "wav2vec2", False, False),
+        ("xvector", "wavlm", True, True),
     ],
 )
 def test_the_head_on_our_encoder_computes_what_transformers_computes(
@@ -39,25 +41,35 @@ def test_the_head_on_our_encoder_computes_what_transformers_computes(
     torch.manual_seed(1)
     waves = torch.randn(2, 4000)
     with torch.no_grad():
-        want = reference(waves).logits
+        out = reference(waves)
+        want = out.embeddings if task == "xvector" else out.logits  # an x-vector head's output: embeddings
         reps, _ = encoder(waves)
         got = head.on_encoder(encoder, reps)
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    if task == "xvector":  # and the training speakers' scores: the AM-softmax's cosines, without the margin
+        weight = torch.nn.functional.normalize(reference.objective.weight, dim=0)
+        cosines = torch.nn.functional.normalize(out.logits, dim=-1) @ weight
+        assert torch.allclose(head.speaker_scores(got), cosines, atol=1e-5)
 
 
-def test_padded_utterances_pool_over_valid_frames_as_transformers_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task, arch", [("sequence", "hubert"), ("xvector", "wavlm")])
+def test_padded_utterances_pool_over_valid_frames_as_transformers_does(
+    tmp_path: Path, task: str, arch: str
+) -> None:
     import transformers
 
-    directory = save_tiny_task_teacher(tmp_path / "t", "sequence", "hubert")
-    reference = transformers.HubertForSequenceClassification.from_pretrained(directory).eval()
+    directory = save_tiny_task_teacher(tmp_path / "t", task, arch)
+    cls = getattr(transformers, json.loads((directory / "config.json").read_text())["architectures"][0])
+    reference = cls.from_pretrained(directory).eval()
     encoder, head = load_huggingface(directory), load_task_head(directory)
     assert head is not None
     waves, lengths = torch.randn(2, 4000), torch.tensor([4000, 2500])
     waves[1, 2500:] = 0.0
     mask = (torch.arange(4000)[None] < lengths[:, None]).long()
     with torch.no_grad():
-        want = reference(waves, attention_mask=mask).logits
+        out = reference(waves, attention_mask=mask)
+        want = out.embeddings if task == "xvector" else out.logits
         reps, frames = encoder(waves, lengths)
         assert frames is not None
         valid = torch.arange(reps[-1].shape[1])[None] < frames[:, None]
@@ -72,8 +84,12 @@ def test_heads_are_recognised_by_class_and_unknown_ones_refused() -> None:
     spec = head_spec_from_config({"architectures": ["WavLMForCTC"], "vocab_size": 32, "pad_token_id": 0})
     assert spec == HeadSpec("ctc", "WavLMForCTC", {"vocab_size": 32, "pad_token_id": 0})
     assert spec.describe() == "WavLMForCTC: a CTC head over 32 tokens"
-    with pytest.raises(TeacherError, match="x-vector head.*--drop-head"):
-        head_spec_from_config({"architectures": ["WavLMForXVector"]})
+    xvector = head_spec_from_config({"architectures": ["WavLMForXVector"], "id2label": {"0": "a", "1": "b"}})
+    assert xvector is not None and xvector.task == "xvector"
+    assert (
+        xvector.describe()
+        == "WavLMForXVector: an x-vector head (512-dim speaker embeddings, trained on 2 speakers)"
+    )
     with pytest.raises(TeacherError, match="a head skillkd does not know"):
         head_spec_from_config({"architectures": ["HubertForSpeechTranslation"]})
     with pytest.raises(TeacherError, match="no id2label"):

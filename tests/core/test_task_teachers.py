@@ -135,14 +135,68 @@ def test_heads_the_engine_cannot_keep_are_refused_before_any_stage(tmp_path: Pat
     with pytest.raises(SpecError, match="prune_layers: the teacher's head"):
         run(CompressionSpec(**SPEC, prune_layers=True), teacher, audio_dir, tmp_path / "w1")
     config = json.loads((teacher / "config.json").read_text())
-    (teacher / "config.json").write_text(json.dumps({**config, "architectures": ["HubertForXVector"]}))
-    with pytest.raises(TeacherError, match="x-vector head"):
+    (teacher / "config.json").write_text(
+        json.dumps({**config, "architectures": ["HubertForSpeechTranslation"]})
+    )
+    with pytest.raises(TeacherError, match="a head skillkd does not know"):
         run(CompressionSpec(**SPEC), teacher, audio_dir, tmp_path / "w2")
     for workdir in (tmp_path / "w1", tmp_path / "w2"):  # the job's record only: no stage ran
         assert [p.name for p in workdir.iterdir()] == ["job.json"]
     # dropping the head it cannot keep is what the user may ask for
     result = run(CompressionSpec(**SPEC, drop_head=True), teacher, audio_dir, tmp_path / "w3")
-    assert result.report["task_head"] == {"kept": False, "dropped": "HubertForXVector (its head)"}
+    assert result.report["task_head"] == {"kept": False, "dropped": "HubertForSpeechTranslation (its head)"}
+
+
+def test_an_xvector_teacher_gives_a_speaker_embedding_student(tmp_path: Path, audio_dir: Path) -> None:
+    """A WavLMForXVector teacher: the student keeps the TDNN head, learns the teacher's embeddings, exports
+    as SkillkdForXVector (AutoModelForAudioXVector: the embeddings of our student and head), its ONNX file
+    outputs the embeddings, and `skillkd evaluate` scores it by speaker verification (EER)."""
+    import numpy as np
+    from transformers import AutoModelForAudioXVector
+
+    from core.evaluation.dataset import load_probe_data
+    from core.evaluation.task import load_task_model, task_scores
+    from core.export.onnx import model_inputs, onnx_session
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "xvector", "wavlm", weighted=True)
+    result = run(CompressionSpec(**SPEC, export_onnx=["fp32"]), teacher, audio_dir, tmp_path / "w")
+    head_facts = result.report["task_head"]
+    assert head_facts["kept"] and head_facts["task"] == "xvector", head_facts
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert all(row["task"] >= 0.0 for row in log)  # the embedding term (0 at the teacher) is trained
+    student, head = load_student(result.export_dir), student_head(result.export_dir)
+    hf = result.artifacts["hf"]
+    assert json.loads((hf / "config.json").read_text())["architectures"] == ["SkillkdForXVector"]
+    model = AutoModelForAudioXVector.from_pretrained(hf, trust_remote_code=True).eval()
+    waves = torch.randn(2, 8000)
+    with torch.no_grad():
+        reps, _ = student(waves)
+        want = head.on_encoder(student, reps)
+        got = model(waves).embeddings
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert result.report["onnx"]["fp32_check"]["outputs"] == [
+        "hidden_states",
+        "last_hidden_state",
+        "embeddings",
+    ]
+    fp32 = result.report["onnx"]["variants"]["fp32"]
+    assert fp32["status"] == "ok" and fp32["task"]["embedding_min_cosine"] > 0.9999
+    rng = np.random.default_rng(3)
+    waves_np = [
+        rng.standard_normal(n).astype(np.float32) for n in (9000, 5000, 7000)
+    ]  # any batch, any lengths
+    session = onnx_session(result.export_dir / "model.onnx")
+    embeddings = session.run(["embeddings"], model_inputs(student, waves_np))[0]
+    assert embeddings.shape[0] == 3
+    for row, wave in enumerate(waves_np):
+        with torch.no_grad():
+            reps, _ = student(torch.from_numpy(wave)[None])
+            assert np.abs(embeddings[row] - head.on_encoder(student, reps).numpy()[0]).max() < 1e-4
+    data = load_probe_data(write_dataset(tmp_path / "labelled"), tasks=("sid",))
+    scores = [task_scores(load_task_model(path), data) for path in (result.export_dir, hf)]  # type: ignore[arg-type]
+    assert scores[0] == scores[1]
+    assert scores[0]["task"] == "xvector" and 0.0 <= scores[0]["eer"] <= 1.0
+    assert scores[0]["speakers"] == 3 and scores[0]["trials"] == 15 and scores[0]["target_trials"] == 3
 
 
 def test_the_dry_run_says_what_the_teacher_head_is_and_what_the_student_keeps(

@@ -100,6 +100,7 @@ TASK_CLASSES = {
     "ctc": "ForCTC",
     "sequence": "ForSequenceClassification",
     "frame": "ForAudioFrameClassification",
+    "xvector": "ForXVector",
 }
 
 
@@ -130,6 +131,10 @@ def save_tiny_task_teacher(
             "use_weighted_layer_sum": weighted,
         }
     )
+    if task == "xvector":  # a small TDNN: 3 layers, 10-dim embeddings
+        extra.update(
+            tdnn_dim=[16, 16, 12], tdnn_kernel=[3, 3, 1], tdnn_dilation=[1, 2, 1], xvector_output_dim=10
+        )
     model = cls(tiny_hf_config(arch, large, **{**extra, **overrides})).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

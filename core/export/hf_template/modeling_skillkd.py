@@ -810,6 +810,16 @@ class TDNNLayer(nn.Module):
         return F.relu(y.transpose(1, 2))
 
 
+def masked_mean_std(hidden: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased standard deviation over each row's first `lengths` frames of (batch, frame,
+    feature), as `hidden[i, :n].mean(0)` and `.std(0)` give them (0 instead of NaN for one frame)."""
+    valid = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).to(hidden.dtype)
+    count = lengths.to(hidden.dtype)[:, None]
+    mean = (hidden * valid[..., None]).sum(dim=1) / count
+    spread = ((hidden - mean[:, None]) * valid[..., None]) ** 2
+    return mean, (spread.sum(dim=1) / (count - 1).clamp(min=1)).sqrt()
+
+
 class SkillkdForXVector(_TaskModel):
     """Projector -> TDNN layers -> mean and standard deviation over valid frames -> embedding -> classifier
     (transformers' Wav2Vec2ForXVector): `embeddings` (batch, xvector_output_dim) for speaker verification,
@@ -852,11 +862,10 @@ class SkillkdForXVector(_TaskModel):
             hidden = layer(hidden)
         if attention_mask is None:
             mean, std = hidden.mean(dim=1), hidden.std(dim=1)
-        else:
+        else:  # masked statistics in tensor operations: an ONNX export keeps any batch and lengths
             frames = self._frames(attention_mask.sum(dim=1).long())
-            lengths = self._get_tdnn_output_lengths(frames).tolist()
-            mean = torch.stack([hidden[i, :n].mean(dim=0) for i, n in enumerate(lengths)])
-            std = torch.stack([hidden[i, :n].std(dim=0) for i, n in enumerate(lengths)])
+            lengths = self._get_tdnn_output_lengths(frames).clamp(min=1)
+            mean, std = masked_mean_std(hidden, lengths)
         embeddings = self.feature_extractor(torch.cat([mean, std], dim=-1))
         logits = self.classifier(embeddings)
         loss = self.objective(logits, labels) if labels is not None else None

@@ -71,3 +71,24 @@ def test_greedy_decode_checks_shapes() -> None:
         ctc_greedy_decode(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="lengths"):
         ctc_greedy_decode(torch.zeros(2, 3, 4), torch.tensor([3]))
+
+
+def test_equal_error_rate_against_the_gaussian_formula_and_simple_cases() -> None:
+    """Two unit Gaussians d apart (targets above): EER = Phi(-d/2), 0.1587 for d = 2."""
+    import math
+
+    import numpy as np
+
+    from core.evaluation.per import equal_error_rate
+
+    rng = np.random.default_rng(0)
+    targets, others = rng.normal(1.0, 1.0, 20_000), rng.normal(-1.0, 1.0, 20_000)
+    scores = [*targets.tolist(), *others.tolist()]
+    same = [True] * len(targets) + [False] * len(others)
+    want = 0.5 * math.erfc(1.0 / math.sqrt(2.0))  # Phi(-1)
+    assert abs(equal_error_rate(scores, same) - want) < 0.006
+    assert equal_error_rate([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 0.0
+    assert equal_error_rate([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 1.0
+    assert equal_error_rate([0.9, 0.2, 0.8, 0.1], [True, True, False, False]) == 0.5
+    with pytest.raises(ValueError, match="same-speaker and different-speaker"):
+        equal_error_rate([0.5, 0.4], [True, True])
