@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.distill.targets import ClusterTargets
-from core.distill.train import DistillStep
+from core.distill.train import DistillStep, average_across_ranks
 from core.estimate import default_clusters
 from core.models import load_model, make_student
 from core.spec import DEFAULT_SPARSITY, CompressionSpec
@@ -52,18 +52,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _flat_average(params: list[torch.nn.Parameter], world: int) -> None:
-    """The old path: one all-reduce of every gradient, flattened, after the backward."""
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def _rank(
@@ -94,8 +82,8 @@ def _rank(
             params = [p for group in step.optimizer.param_groups for p in group["params"]]
             original = step.optimizer.step
 
-            def averaged_step(*a: Any, **kw: Any) -> Any:
-                _flat_average(params, world)
+            def averaged_step(*a: Any, **kw: Any) -> Any:  # the old path: every gradient, flattened
+                average_across_ranks([p.grad for p in params if p.grad is not None], world)
                 return original(*a, **kw)
 
             step.optimizer.step = averaged_step  # type: ignore[method-assign]

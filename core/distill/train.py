@@ -142,11 +142,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
 
 
-def _average_across_ranks(tensors: list[Tensor], world_size: int) -> None:
-    """Data parallel: average the logged values over ranks in one collective (the gradients are averaged by
-    DistributedDataParallel during the backward). Every rank applies the same update to the same weights,
-    masks and multipliers with the same optimiser state, so masks and lambdas stay in sync without being
-    broadcast."""
+def average_across_ranks(tensors: list[Tensor], world_size: int) -> None:
+    """Data parallel: average `tensors` in place over the ranks in one collective, flattened. The loop uses it
+    for the logged values (the gradients are averaged by DistributedDataParallel during the backward;
+    bench/ddp_throughput times it on gradients, as the engine once did after the backward). Every rank
+    applies the same update to the same weights, masks and multipliers with the same optimiser state, so
+    masks and lambdas stay in sync without being broadcast."""
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
     flat /= world_size
@@ -477,7 +478,7 @@ class _StepFigures:
         ctx, recipe = self.ctx, self.ctx.recipe
         rows = torch.stack([p[1] for p in self.pending])
         if ctx.world_size > 1:
-            _average_across_ranks([rows], ctx.world_size)
+            average_across_ranks([rows], ctx.world_size)
         rate = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
         eta = (recipe.steps - step) / rate if rate > 0 else None
         for (at, _, target_now, lr_now), row in zip(self.pending, rows.tolist()):

@@ -510,24 +510,26 @@ def test_demo_dataset() -> None:
     assert "text" in catalog.items[0].extra
 
 
+def _split_stream(catalog: AudioCatalog, rank: int, world: int, accumulation: int) -> TrainBatches:
+    """Rank `rank`'s stream of a `world` x `accumulation` split of the same plan."""
+    return TrainBatches(
+        catalog,
+        sample_rate=16000,
+        batch_seconds=3.0,
+        min_utterance_s=0.5,
+        max_utterance_s=2.5,
+        seed=5,
+        rank=rank,
+        world_size=world,
+        accumulation=accumulation,
+        cache_bytes=0,
+    )
+
+
 def _global_steps(catalog: AudioCatalog, world: int, accumulation: int, steps: int) -> list[list[list[str]]]:
     """Per optimiser step, the ids of its batches in global order (rank r's micro-batch k is batch r + k*world
     of the step), over every rank's stream of a `world` x `accumulation` split."""
-    streams = [
-        TrainBatches(
-            catalog,
-            sample_rate=16000,
-            batch_seconds=3.0,
-            min_utterance_s=0.5,
-            max_utterance_s=2.5,
-            seed=5,
-            rank=rank,
-            world_size=world,
-            accumulation=accumulation,
-            cache_bytes=0,
-        )
-        for rank in range(world)
-    ]
+    streams = [_split_stream(catalog, rank, world, accumulation) for rank in range(world)]
     out = []
     for step in range(steps):
         batches: dict[int, list[str]] = {}
@@ -553,18 +555,7 @@ def test_a_global_batch_is_the_same_split_into_processes_or_accumulation(train_c
 
 def test_a_state_resumes_on_another_split_of_the_same_global_batch(train_catalog: AudioCatalog) -> None:
     def make(rank: int, world: int, accumulation: int) -> TrainBatches:
-        return TrainBatches(
-            train_catalog,
-            sample_rate=16000,
-            batch_seconds=3.0,
-            min_utterance_s=0.5,
-            max_utterance_s=2.5,
-            seed=5,
-            rank=rank,
-            world_size=world,
-            accumulation=accumulation,
-            cache_bytes=0,
-        )
+        return _split_stream(train_catalog, rank, world, accumulation)
 
     two = [make(r, 2, 1) for r in range(2)]
     for stream in two:

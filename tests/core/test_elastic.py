@@ -13,9 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from core.errors import StopRequested
@@ -23,20 +21,13 @@ from core.events import Event
 from core.models import load_student
 from core.pipeline import run
 from core.spec import CompressionSpec
+from tests.utils.audio import write_noise
 from tests.utils.models import save_tiny_teacher
 from tests.utils.paths import REPO
 
 pytestmark = pytest.mark.slow
 
 JOB = dict(stage1_steps=24, stage2_steps=2, batch_seconds=2.0, checkpoint_every=4, device="cpu")
-
-
-def _audio(directory: Path) -> Path:
-    directory.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        sf.write(directory / f"u{i}.wav", (0.3 * rng.standard_normal(16000)).astype(np.float32), 16000)
-    return directory
 
 
 def _same_student(a_dir: Path, b_dir: Path) -> None:
@@ -68,7 +59,7 @@ def _workers(pid: int) -> list[int]:
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """The teacher, the audio, and the student of an uninterrupted 2-process run."""
     root = tmp_path_factory.mktemp("elastic")
-    teacher, audio = save_tiny_teacher(root / "teacher"), _audio(root / "audio")
+    teacher, audio = save_tiny_teacher(root / "teacher"), write_noise(root / "audio")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     run(CompressionSpec(**JOB, gpus=2), teacher, audio, root / "whole")
     return teacher, audio, root / "whole" / "student"
@@ -104,29 +95,17 @@ def test_a_run_stopped_on_two_processes_resumes_on_one_with_the_same_global_batc
     _same_student(whole, out / "student")
 
 
-def test_a_rank_killed_mid_stage_restarts_the_group_which_resumes_and_finishes_once(
-    tmp_path: Path, inputs: tuple[Path, Path, Path]
-) -> None:
-    teacher, audio, whole = inputs
-    out = tmp_path / "killed"
+def _kill_a_rank_of_gpus_2(
+    teacher: Path, audio: Path, out: Path, restarts: int, flag: str
+) -> tuple[int, str]:
+    """`skillkd compress --gpus 2 FLAG` of the job; SIGKILL one of its 2 ranks once stage 1 wrote its first
+    checkpoint. Returns the command's exit code and output."""
     options = [f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "compress",
-            str(teacher),
-            str(audio),
-            *options,
-            "--gpus",
-            "2",
-            "--json",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "cli", "compress", str(teacher), str(audio), *options, "--gpus", "2", flag]
+        + ["--out", str(out)],
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "SKILLKD_MAX_RESTARTS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "SKILLKD_MAX_RESTARTS": str(restarts)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -139,7 +118,16 @@ def test_a_rank_killed_mid_stage_restarts_the_group_which_resumes_and_finishes_o
     assert checkpoint.exists() and len(ranks) == 2, ("no checkpoint, or not 2 ranks", ranks)
     os.kill(max(ranks), signal.SIGKILL)
     output = process.communicate(timeout=600)[0]
-    assert process.returncode == 0, output[-4000:]
+    return process.returncode, output
+
+
+def test_a_rank_killed_mid_stage_restarts_the_group_which_resumes_and_finishes_once(
+    tmp_path: Path, inputs: tuple[Path, Path, Path]
+) -> None:
+    teacher, audio, whole = inputs
+    out = tmp_path / "killed"
+    code, output = _kill_a_rank_of_gpus_2(teacher, audio, out, restarts=1, flag="--json")
+    assert code == 0, output[-4000:]
     events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith('{"event"')]
     resumed = [e for e in events if (e.get("message") or "").startswith("resumed at step")]
     assert len(resumed) == 1 and resumed[0]["stage"] == "distill_prune", resumed
@@ -153,37 +141,8 @@ def test_a_rank_that_keeps_dying_fails_the_run_with_the_reason_and_keeps_the_che
 ) -> None:
     teacher, audio, _ = inputs
     out = tmp_path / "dies"
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in JOB.items()]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "compress",
-            str(teacher),
-            str(audio),
-            *options,
-            "--gpus",
-            "2",
-            "--quiet",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "SKILLKD_MAX_RESTARTS": "0"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    checkpoint = out / "distill_prune" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ranks = _workers(process.pid)
-    assert checkpoint.exists() and ranks
-    os.kill(max(ranks), signal.SIGKILL)
-    output = process.communicate(timeout=600)[0]
-    assert process.returncode == 1, output[-4000:]
+    code, output = _kill_a_rank_of_gpus_2(teacher, audio, out, restarts=0, flag="--quiet")
+    assert code == 1, output[-4000:]
     assert "a training process died" in output and "killed by SIGKILL" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    assert checkpoint.exists()
+    assert (out / "distill_prune" / "checkpoint.pt").exists()

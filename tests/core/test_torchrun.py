@@ -12,12 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from core.models import load_student
+from tests.utils.audio import write_noise
 from tests.utils.models import save_tiny_teacher
 from tests.utils.paths import REPO
 
@@ -30,16 +29,8 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _audio(directory: Path) -> Path:
-    directory.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        sf.write(directory / f"u{i}.wav", (0.3 * rng.standard_normal(16000)).astype(np.float32), 16000)
-    return directory
-
-
 def test_torchrun_on_two_nodes_gives_the_student_of_two_local_processes(tmp_path: Path) -> None:
-    teacher, audio = save_tiny_teacher(tmp_path / "teacher"), _audio(tmp_path / "audio")
+    teacher, audio = save_tiny_teacher(tmp_path / "teacher"), write_noise(tmp_path / "audio")
     job = [str(teacher), str(audio), "--stage1-steps", "4", "--stage2-steps", "2", "--batch-seconds", "2"]
     job += ["--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -102,7 +93,7 @@ KILL_JOB += ["--device", "cpu"]
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Teacher, audio, and the student of the kill tests' job run on 2 processes without interruption."""
     root = tmp_path_factory.mktemp("torchrun")
-    teacher, audio = save_tiny_teacher(root / "teacher"), _audio(root / "audio")
+    teacher, audio = save_tiny_teacher(root / "teacher"), write_noise(root / "audio")
     whole = subprocess.run(
         [
             sys.executable,

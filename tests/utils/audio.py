@@ -20,3 +20,12 @@ def write_audio(directory: Path, n: int = 8, seed: int = 0) -> Path:
         )
         sf.write(directory / f"u{i}.wav", (x + 0.02 * rng.standard_normal(length)).astype(np.float32), 16000)
     return directory
+
+
+def write_noise(directory: Path, n: int = 8) -> Path:
+    """`n` WAV files of 1 s of seeded white noise (16 kHz) in a new `directory`."""
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sf.write(directory / f"u{i}.wav", (0.3 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    return directory
