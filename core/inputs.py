@@ -195,6 +195,7 @@ def _head_facts(head: TaskHead | None, dropped: str | None, spec: CompressionSpe
             "description": head.spec.describe(),
             "weight": spec.task_weight,
             "temperature": spec.task_temperature,
+            "input_weight": spec.task_input_weight,
         }
     if dropped is not None:
         return {"kept": False, "dropped": dropped}

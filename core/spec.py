@@ -234,6 +234,14 @@ class CompressionSpec(BaseModel):
     task_temperature: float = Field(
         default=1.0, gt=0.0, le=100.0, description="temperature of the task distillation term"
     )
+    task_input_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="with a task head: weight of a term pulling what the student's head reads (its last "
+        "hidden state, or a weighted head's layer sum) to what the teacher's head reads (L1 - cosine, as the "
+        "cluster targets); 0 turns it off",
+    )
     task_supervised_weight: float = Field(
         default=0.0,
         ge=0.0,

@@ -50,6 +50,7 @@ def cluster_targets(
                 temperature=spec.task_temperature,
                 supervised_weight=spec.task_supervised_weight,
                 labels=labels,
+                input_weight=spec.task_input_weight,
             )
         )
     return targets

@@ -5,15 +5,17 @@ prediction is P_C(mean of r_S[i] over i in C) (or P_C(r_S[max C]) with `student_
 Linear(D, D) initialised to the identity. DPHuBERT is the same code with clusters [[0],[L/3],[2L/3],[L]] and
 one projection shared by the non-zero layers.
 
-A fine-tuned teacher's task head adds one term (`TaskDistill`): the student carries a trainable copy of the
-head and is trained to match the teacher head's softened outputs (core.models.heads.task_distill_loss).
+A fine-tuned teacher's task head adds terms (`TaskDistill`): the student carries a trainable copy of the
+head and is trained to match the teacher head's softened outputs (core.models.heads.task_distill_loss)
+and, with `input_weight`, the student's head input (its last hidden state) is pulled to the teacher's, so
+the copied head reads what it was trained on.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -91,9 +93,17 @@ class ClusterTargets(nn.Module):
         return out
 
 
+class HeadPass(NamedTuple):
+    """A task head's pass over an encoder's representations: what it read and what it gave."""
+
+    inputs: Tensor  # (batch, frame, hidden): TaskHead.input_of
+    outputs: Tensor  # logits or embeddings
+
+
 class TaskDistill(nn.Module):
     """The teacher's task head (frozen) and the student's copy of it (trained): the student's task outputs are
-    pulled towards the teacher's with `weight` * KL at `temperature` (core.models.heads.task_distill_loss)."""
+    pulled towards the teacher's with `weight` * KL at `temperature` (core.models.heads.task_distill_loss),
+    and its head input towards the teacher's with `input_weight` * (L1 - cosine), as the cluster targets."""
 
     def __init__(
         self,
@@ -103,11 +113,13 @@ class TaskDistill(nn.Module):
         temperature: float,
         supervised_weight: float = 0.0,
         labels: dict[str, int] | None = None,
+        input_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.teacher_head = copy.deepcopy(head).eval().requires_grad_(False)
         self.student_head = copy.deepcopy(head).train().requires_grad_(True)
         self.weight, self.temperature = float(weight), float(temperature)
+        self.input_weight = float(input_weight)
         self.supervised_weight = float(supervised_weight) if labels else 0.0
         self.labels = labels or {}
         self.num_layers = head.num_layers
@@ -117,11 +129,20 @@ class TaskDistill(nn.Module):
         self.teacher_head.eval()  # frozen: the teacher's outputs are the targets
         return self
 
-    def teacher_outputs(self, teacher: Any, reps: list[Tensor]) -> Tensor:
-        return self.teacher_head.on_encoder(teacher, reps)
+    def teacher_pass(self, teacher: Any, reps: list[Tensor]) -> HeadPass:
+        x = self.teacher_head.input_of(teacher, reps)
+        return HeadPass(x, self.teacher_head.on_input(x))
 
-    def student_outputs(self, student: Any, reps: list[Tensor]) -> Tensor:
-        return self.student_head.on_encoder(student, reps)
+    def student_pass(self, student: Any, reps: list[Tensor]) -> HeadPass:
+        x = self.student_head.input_of(student, reps)
+        return HeadPass(x, self.student_head.on_input(x))
+
+    def input_loss(self, student: HeadPass, teacher: HeadPass) -> Tensor | None:
+        """L1 - cosine between the student's and the teacher's head inputs (unweighted), or None when the
+        term is off."""
+        if not self.input_weight:
+            return None
+        return distill_loss([student.inputs], [teacher.inputs])[0]
 
     def loss(self, student_outputs: Tensor, teacher_outputs: Tensor) -> Tensor:
         """The unweighted term (the caller multiplies by `weight`): the softened KL of the outputs, or for

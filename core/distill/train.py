@@ -29,7 +29,7 @@ from torch.profiler import record_function
 
 from core.data import Batch
 from core.data.loader import BatchLoader, BatchStream, default_workers
-from core.distill.targets import ClusterTargets, distill_loss
+from core.distill.targets import ClusterTargets, HeadPass, distill_loss
 from core.errors import CheckpointError, StopRequested, TrainingError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.models import SpeechEncoder
@@ -180,7 +180,7 @@ class _StudentSide(nn.Module):
         reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
         predictions = self.targets.student_predictions(reps)
         task = self.targets.task
-        return predictions, task.student_outputs(self.student, reps) if task is not None else None
+        return predictions, task.student_pass(self.student, reps) if task is not None else None
 
 
 def _no_buffer_sync() -> dict[str, Any]:
@@ -303,21 +303,23 @@ class DistillStep:
             )
         )
 
-    def _forward(self, waveforms: Tensor) -> tuple[list[Tensor], list[Tensor], tuple[Tensor, Tensor] | None]:
-        """(predictions, targets, (student, teacher) task outputs or None without a task head)."""
+    def _forward(
+        self, waveforms: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], tuple[HeadPass, HeadPass] | None]:
+        """(predictions, targets, (student, teacher) task head passes or None without a task head)."""
         device, max_layer, task = self.device, self.targets.max_layer, self.targets.task
-        taught: Tensor | None = None
+        taught: HeadPass | None = None
         with record_function("teacher_forward"), torch.inference_mode(), autocast(device):
             teacher_reps, _ = self.teacher_fn(waveforms, None, max_layer=max_layer)
             wanted = self.targets.teacher_targets(teacher_reps)
             if task is not None:
-                taught = task.teacher_outputs(self.teacher, teacher_reps)
+                taught = task.teacher_pass(self.teacher, teacher_reps)
         wanted = [t.clone().float() for t in wanted]  # leave inference mode: usable in autograd
         with record_function("student_forward"), autocast(device):
-            predictions, student_outputs = (self.ddp or self.side)(waveforms, max_layer)
+            predictions, student_pass = (self.ddp or self.side)(waveforms, max_layer)
             outputs = None
-            if student_outputs is not None and taught is not None:
-                outputs = (student_outputs, taught.clone().float())
+            if student_pass is not None and taught is not None:
+                outputs = (student_pass, HeadPass(*(t.clone().float() for t in taught)))
         return predictions, wanted, outputs
 
     def __call__(
@@ -391,12 +393,18 @@ class DistillStep:
             total = loss
             task_term: Tensor | None = None
             supervised: Tensor | None = None
-            if task_outputs is not None and self.targets.task is not None:
-                task_term = self.targets.task.loss(*task_outputs)
-                total = total + self.targets.task.weight * task_term
-                supervised = self.targets.task.supervised_loss(task_outputs[0], ids)
+            task_input: Tensor | None = None
+            task = self.targets.task
+            if task_outputs is not None and task is not None:
+                student_pass, teacher_pass = task_outputs
+                task_term = task.loss(student_pass.outputs, teacher_pass.outputs)
+                total = total + task.weight * task_term
+                task_input = task.input_loss(student_pass, teacher_pass)
+                if task_input is not None:
+                    total = total + task.input_weight * task_input
+                supervised = task.supervised_loss(student_pass.outputs, ids)
                 if supervised is not None:
-                    total = total + self.targets.task.supervised_weight * supervised
+                    total = total + task.supervised_weight * supervised
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}
             if self.pruning:
@@ -419,6 +427,8 @@ class DistillStep:
         }
         if task_term is not None:
             values["task"] = task_term.detach()
+        if task_input is not None:
+            values["task_input"] = task_input.detach()
         if supervised is not None:
             values["task_supervised"] = supervised.detach()
         if self.pruning:

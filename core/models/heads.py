@@ -195,9 +195,20 @@ class TaskHead(nn.Module):
 
     def on_encoder(self, encoder: Any, reps: list[Tensor], frame_mask: Tensor | None = None) -> Tensor:
         """The head on a SpeechEncoder's representations r0..rL (all L+1 of them)."""
+        return self.on_input(self.input_of(encoder, reps), frame_mask)
+
+    def input_of(self, encoder: Any, reps: list[Tensor]) -> Tensor:
+        """What the head reads (batch, frame, hidden) from a SpeechEncoder's r0..rL: the encoder's last
+        hidden state, or for a weighted head the softmax-weighted sum of its L+1 hidden states."""
         if self.spec.weighted:
-            return self(encoder.hf_hidden_states(reps), None, frame_mask)
-        return self(None, encoder.encoder.final_norm(reps[-1]), frame_mask)
+            return self._weighted_sum(encoder.hf_hidden_states(reps))
+        return encoder.encoder.final_norm(reps[-1])  # type: ignore[no-any-return]
+
+    def _weighted_sum(self, hidden_states: Sequence[Tensor]) -> Tensor:
+        if len(hidden_states) != self.num_layers + 1:
+            raise ValueError(f"a weighted head reads {self.num_layers + 1} hidden states")
+        weights = torch.softmax(self.layer_weights, dim=-1)
+        return (torch.stack(list(hidden_states), dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
 
     def forward(
         self, hidden_states: Sequence[Tensor] | None, last: Tensor | None, frame_mask: Tensor | None = None
@@ -206,14 +217,15 @@ class TaskHead(nn.Module):
         last_hidden_state (read otherwise); frame_mask: (batch, frame) bool of valid frames, or None when no
         frame is padding."""
         if self.spec.weighted:
-            if hidden_states is None or len(hidden_states) != self.num_layers + 1:
+            if hidden_states is None:
                 raise ValueError(f"a weighted head reads {self.num_layers + 1} hidden states")
-            weights = torch.softmax(self.layer_weights, dim=-1)
-            x = (torch.stack(list(hidden_states), dim=1) * weights.view(-1, 1, 1)).sum(dim=1)
-        else:
-            if last is None:
-                raise ValueError("the head reads the last hidden state")
-            x = last
+            return self.on_input(self._weighted_sum(hidden_states), frame_mask)
+        if last is None:
+            raise ValueError("the head reads the last hidden state")
+        return self.on_input(last, frame_mask)
+
+    def on_input(self, x: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+        """The head's output from what it reads (`input_of`)."""
         if self.spec.task == "ctc":
             return self.lm_head(x)
         if self.spec.task == "frame":

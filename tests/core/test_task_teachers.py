@@ -61,7 +61,8 @@ def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
 
     teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", "hubert")
     write_tokenizer(teacher)
-    result = run(CompressionSpec(**SPEC, task_temperature=2.0), teacher, audio_dir, tmp_path / "w")
+    spec = CompressionSpec(**SPEC, task_temperature=2.0, task_input_weight=0.5)
+    result = run(spec, teacher, audio_dir, tmp_path / "w")
     report = result.report
     assert report["task_head"] == {
         "kept": True,
@@ -70,9 +71,11 @@ def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
         "description": "HubertForCTC: a CTC head over 12 tokens",
         "weight": 1.0,
         "temperature": 2.0,
+        "input_weight": 0.5,
     }
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
-    assert all("task" in row for row in log)  # the task term is trained in both stages, and logged
+    # the task terms are trained in both stages, and logged
+    assert all("task" in row and "task_input" in row for row in log)
     assert {row["stage"] for row in log} == {"distill_prune", "final_distill"}
 
     student = load_student(result.export_dir)
@@ -297,3 +300,43 @@ def test_the_real_engines_scan_keeps_the_label_values(tmp_path: Path) -> None:
     summary = CoreEngine().scan_audio(audio)
     assert summary["label_values"]["emotion"] == ["calm", "sad"]
     assert summary["label_values"]["speaker"] == ["s1"]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_head_input_term_pulls_what_the_students_head_reads_to_the_teachers(
+    tmp_path: Path, weighted: bool
+) -> None:
+    """`task_input_weight`: the student's head input (its last hidden state, or a weighted head's layer sum)
+    is trained towards the teacher's. The same fixed student trained with and without the term on the same
+    batches: with it, the two heads' inputs end closer on audio it never saw; without it the term is not
+    computed (not logged)."""
+    from core.distill.targets import ClusterTargets, TaskDistill, distill_loss
+    from core.distill.train import DistillStep
+    from core.models import load_huggingface
+    from core.models.heads import load_task_head
+    from core.spec import PRESETS, TrainRecipe
+    from tests.utils.models import pruned_student
+
+    task = "sequence" if weighted else "ctc"
+    directory = save_tiny_task_teacher(tmp_path / "teacher", task, weighted=weighted)
+    teacher, head = load_huggingface(directory).eval(), load_task_head(directory)
+    assert head is not None
+    recipe = TrainRecipe(**{**PRESETS["quick"][2], "warmup_steps": 0})
+    unseen = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    gaps = {}
+    for input_weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        student = pruned_student(teacher)
+        targets = ClusterTargets([[0], [1, 2]], teacher.config.hidden_size)
+        targets.add_task(TaskDistill(head, weight=1.0, temperature=1.0, input_weight=input_weight))
+        step = DistillStep(student, teacher, targets, recipe, torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        for i in range(30):
+            values, _, _ = step(i, torch.randn(2, 8000, generator=g))
+            assert ("task_input" in values) == bool(input_weight)
+        assert targets.task is not None
+        with torch.no_grad():
+            student_in = targets.task.student_head.input_of(student.eval(), student(unseen)[0])
+            teacher_in = targets.task.teacher_head.input_of(teacher, teacher(unseen)[0])
+        gaps[input_weight] = float(distill_loss([student_in], [teacher_in])[0])
+    assert gaps[5.0] < 0.75 * gaps[0.0], gaps  # without the term both runs are the same run
