@@ -176,7 +176,7 @@ class _StudentSide(nn.Module):
         self.student, self.targets = student, targets
         self.student_fn = student_fn  # the student, or its torch.compile wrapper
 
-    def forward(self, waveforms: Tensor, max_layer: int) -> tuple[list[Tensor], Tensor | None]:
+    def forward(self, waveforms: Tensor, max_layer: int) -> tuple[list[Tensor], HeadPass | None]:
         reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
         predictions = self.targets.student_predictions(reps)
         task = self.targets.task
