@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from core.calibrate.cka import StreamingCKA
+from core.calibrate.latency import cost_model_for
 from core.data import TrainBatches, iter_padded_batches
 from core.distill.build import cluster_targets, train_batches
 from core.distill.train import DistillStep
@@ -50,6 +51,7 @@ from core.evaluation.speed import (
 from core.events import OnEvent, ignore_event
 from core.inputs import JobInputs, prepare_inputs
 from core.models import SpeechEncoder, make_student
+from core.models.latency import CostModel
 from core.rules import dphubert_clusters, fixed_clusters
 from core.spec import Budget, CompressionSpec
 
@@ -96,22 +98,33 @@ def keep_fraction(student: SpeechEncoder, fraction: float, conv: bool = True) ->
                 hc.log_alpha.copy_(log_alpha.to(hc.log_alpha.device))
 
 
-def _sizes(student: SpeechEncoder, seconds: float) -> dict[str, float]:
+def _sizes(student: SpeechEncoder, seconds: float, cost_model: CostModel | None = None) -> dict[str, float]:
     with torch.no_grad():
-        return {"params": float(student.expected_num_params()), "macs": float(student.expected_macs(seconds))}
+        sizes = {
+            "params": float(student.expected_num_params()),
+            "macs": float(student.expected_macs(seconds)),
+        }
+        if cost_model is not None:
+            sizes["latency"] = float(cost_model.predict(student))
+        return sizes
 
 
 def uniform_student(
-    student: SpeechEncoder, budgets: list[Budget], seconds: float, conv: bool = True
+    student: SpeechEncoder,
+    budgets: list[Budget],
+    seconds: float,
+    conv: bool = True,
+    cost_model: CostModel | None = None,
 ) -> dict[str, Any] | None:
     """Set `student`'s masks (eval mode) to the largest uniform keep fraction that meets every budget;
     returns that fraction and the sizes it gives (None if even keeping nothing prunable misses a target).
-    `conv=False` keeps every conv channel and prunes only heads and FFN units."""
+    `conv=False` keeps every conv channel and prunes only heads and FFN units. A latency budget needs the
+    `cost_model` that predicts it."""
     student.eval()
 
     def fits(fraction: float) -> bool:
         keep_fraction(student, fraction, conv)
-        sizes = _sizes(student, seconds)
+        sizes = _sizes(student, seconds, cost_model)
         return all(sizes[b.kind] <= b.target for b in budgets)
 
     if not fits(0.0):
@@ -124,12 +137,15 @@ def uniform_student(
             middle = (low + high) / 2
             low, high = (middle, high) if fits(middle) else (low, middle)
     keep_fraction(student, low, conv)
-    sizes = _sizes(student, seconds)
-    return {
+    sizes = _sizes(student, seconds, cost_model)
+    out: dict[str, Any] = {
         "keep_fraction": round(low, 4),
         "num_params": round(sizes["params"]),
         "macs_per_second": round(sizes["macs"]),
     }
+    if "latency" in sizes:
+        out["predicted_latency_s"] = sizes["latency"]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -216,13 +232,14 @@ def _shapes(spec: CompressionSpec, inputs: JobInputs) -> tuple[SpeechEncoder, di
     seconds = spec.macs_reference_seconds
     torch.manual_seed(spec.seed)
     student = make_student(inputs.teacher, layers=spec.prune_layers)
+    cost_model = inputs.cost_model
     shapes = {
-        "conv_kept": uniform_student(student, inputs.budgets, seconds, conv=False),
-        "uniform": uniform_student(student, inputs.budgets, seconds),
+        "conv_kept": uniform_student(student, inputs.budgets, seconds, conv=False, cost_model=cost_model),
+        "uniform": uniform_student(student, inputs.budgets, seconds, cost_model=cost_model),
     }
     timed_shape = (
         "uniform"
-        if any(b.kind == "macs" for b in inputs.budgets) or shapes["conv_kept"] is None
+        if any(b.kind in ("macs", "latency") for b in inputs.budgets) or shapes["conv_kept"] is None
         else "conv_kept"
     )
     if shapes[timed_shape] is None:  # not even an empty transformer meets the targets
@@ -230,7 +247,7 @@ def _shapes(spec: CompressionSpec, inputs: JobInputs) -> tuple[SpeechEncoder, di
             "no student of this teacher's layout meets the targets "
             f"({', '.join(f'{b.kind} <= {b.target:.4g}' for b in inputs.budgets)})"
         )
-    uniform_student(student, inputs.budgets, seconds, conv=timed_shape == "uniform")
+    uniform_student(student, inputs.budgets, seconds, conv=timed_shape == "uniform", cost_model=cost_model)
     return student, shapes, timed_shape
 
 
@@ -260,6 +277,7 @@ def _time_training(
         device,
         budgets=inputs.budgets,
         macs_seconds=spec.macs_reference_seconds,
+        cost_model=inputs.cost_model,
     )
     timing1 = time_steps(step1, batches1, device, timed_steps)
     del step1, targets
@@ -295,6 +313,34 @@ def _work(
     }
 
 
+def _latency_budget(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any] | None:
+    """With target_speedup: the teacher's cost model on the speed target (the cache's, else fitted now and
+    cached, as the run's calibrate stage would), the latency budget resolved with it into `inputs`; what the
+    dry run says of it."""
+    if spec.target_speedup is None:
+        return None
+    document = cost_model_for(
+        inputs.teacher,
+        target=spec.speed_target,
+        threads=spec.speed_threads,
+        seconds=spec.macs_reference_seconds,
+        out=None,
+        seed=spec.seed,
+    )
+    inputs.use_cost_model(spec, CostModel.from_dict(document["cost_model"]))
+    fit = document["fit"]
+    return {
+        "target": spec.speed_target,
+        "threads": spec.speed_threads,
+        "target_speedup": spec.target_speedup,
+        "teacher_predicted_s": document["teacher_predicted_s"],
+        "target_s": document["teacher_predicted_s"] / spec.target_speedup,
+        "from_cache": document["from_cache"],
+        "mean_abs_relative_error": fit["mean_abs_relative_error"],
+        "fit_seconds": 0.0 if document["from_cache"] else fit["fit_seconds"],
+    }
+
+
 def estimate(
     spec: CompressionSpec,
     teacher: Path | str,
@@ -313,6 +359,7 @@ def estimate(
     inputs = prepare_inputs(
         spec, teacher, audio, calibration_audio=calibration_audio, emit=on_event or ignore_event
     )
+    latency = _latency_budget(spec, inputs)
     inputs_s = time.monotonic() - started
     model = inputs.teacher
     recipe1, recipe2 = spec.recipe(1), spec.recipe(2)
@@ -349,6 +396,7 @@ def estimate(
         "task_head": inputs.head_facts(spec),
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
+        **({"latency": latency} if latency is not None else {}),
         "student_estimate": {
             **shapes,
             "stage2_timed_on": timed_shape,
@@ -398,8 +446,26 @@ def render(result: dict[str, Any]) -> str:
             f"{b['kind']} <= {format_count(b['target'])}{' MACs/s' if b['kind'] == 'macs' else ''} "
             f"(sparsity {b['sparsity']:.3f})"
             for b in result["targets"]
+            if b["kind"] != "latency"
         )
         or "none"
+    )
+    latency = result.get("latency")
+    latency_lines = (
+        [
+            f"latency:  {latency['target_speedup']:g}x faster than the teacher on {latency['target']} "
+            f"({latency['threads']} thread{'s' if latency['threads'] != 1 else ''}): <= "
+            f"{1000 * latency['target_s']:.1f} ms per {ref} (teacher predicted "
+            f"{1000 * latency['teacher_predicted_s']:.1f} ms; cost model "
+            + (
+                "from the cache"
+                if latency["from_cache"]
+                else f"fitted in {latency['fit_seconds']:.1f} s and cached"
+            )
+            + f", mean error {100 * latency['mean_abs_relative_error']:.1f}% on its shapes)"
+        ]
+        if latency
+        else []
     )
     audio = result["audio"]
     stage2 = (
@@ -407,13 +473,15 @@ def render(result: dict[str, Any]) -> str:
     )
     timed2 = f", stage 2 {timing['stage2']['step_s']:.3f} s/step" if timing["stage2"] else ""
     lines = [
-        "dry run: inputs checked as a real run checks them; nothing was written",
+        "dry run: inputs checked as a real run checks them; nothing was written"
+        + (" but the latency cost model's cache" if latency and not latency["from_cache"] else ""),
         f"teacher:  {t['name']} ({t['architecture']}, {t['layout']} layout, {t['num_layers']} "
         "layers): "
         f"{format_count(t['num_params'])} params, {format_count(t['macs_per_second'])} MACs per audio second "
         f"({ref})",
         *_head_lines(result.get("task_head")),
         f"targets:  {targets}",
+        *latency_lines,
         *_student_lines(result["student_estimate"]),
         f"audio:    {audio.get('files')} files, {audio.get('hours', 0.0):.2f} h"
         + (f" ({sum(audio['skipped'].values())} skipped)" if audio.get("skipped") else ""),

@@ -18,7 +18,7 @@ import torch
 from core.data import AudioCatalog, scan_audio
 from core.errors import AudioError, SpecError, TeacherError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
-from core.models import SpeechEncoder, load_model
+from core.models import SpeechEncoder, load_model, make_student
 from core.models.heads import (
     LABEL_FIELDS,
     TaskHead,
@@ -27,6 +27,7 @@ from core.models.heads import (
     label_field_for,
     load_task_head,
 )
+from core.models.latency import CostModel
 from core.rules import check_against_teacher
 from core.spec import Budget, CompressionSpec
 
@@ -61,6 +62,16 @@ class JobInputs:
         None  # utterance id -> label index, for the supervised term (`task_labels`)
     )
     head_dropped: str | None = None  # the teacher's head the spec dropped (`drop_head`), described
+    cost_model: CostModel | None = None  # target_speedup: fitted in the calibrate stage (`use_cost_model`)
+
+    def use_cost_model(self, spec: CompressionSpec, cost_model: CostModel) -> None:
+        """Resolve the latency budget (target_speedup) with the teacher's latency predicted by `cost_model`,
+        fitted by the calibrate stage; a target below the smallest student's predicted latency (the cost
+        model's fixed part, which no pruning removes) is a SpecError."""
+        teacher_latency = cost_model.predict_seconds(self.teacher)
+        self.cost_model = cost_model
+        self.budgets = spec.budgets(self.teacher_params, self.teacher_macs, teacher_latency)
+        check_latency_reachable(spec, cost_model, self.teacher, teacher_latency)
 
     def head_facts(self, spec: CompressionSpec) -> dict[str, Any] | None:
         """What becomes of the teacher's task head (the report, the dry run): kept (and distilled with which
@@ -271,6 +282,29 @@ def prepare_inputs(
     )
 
 
+def check_latency_reachable(
+    spec: CompressionSpec, cost_model: CostModel, teacher: SpeechEncoder, teacher_latency: float
+) -> None:
+    """A SpecError when `target_speedup` asks for less time than the smallest student of the teacher's layout
+    (one channel per conv layer, no attention head or FFN unit) is predicted to take."""
+    if spec.target_speedup is None:
+        return
+    smallest = make_student(teacher, layers=False)
+    smallest.eval()
+    for hc in smallest.hard_concretes():
+        hc.keep_override = torch.zeros(hc.n, dtype=torch.bool, device=hc.log_alpha.device)
+    floor = cost_model.predict_seconds(smallest)
+    if teacher_latency / spec.target_speedup < floor:
+        raise SpecError(
+            f"target_speedup: {spec.target_speedup:g}x is beyond the smallest student of this teacher on "
+            f"{cost_model.target} ({cost_model.threads} thread(s)): one channel per conv layer and no "
+            f"attention head or FFN unit left is predicted to take {floor:.4g} s for a "
+            f"{cost_model.seconds:g} s utterance, "
+            f"only {teacher_latency / floor:.3g}x faster than the teacher's {teacher_latency:.4g} s",
+            field="target_speedup",
+        )
+
+
 @dataclass
 class Job:
     """One run as its stages see it: the spec, the paths it was given, the checked inputs, where to report
@@ -310,5 +344,6 @@ __all__ = [
     "task_head",
     "task_labels",
     "check_label_values",
+    "check_latency_reachable",
     "teacher_sha256",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import core.evaluation.speed as speed
+from core.calibrate.latency import COST_MODEL_FILE, load_cost_model
 from core.calibrate.stage import calibrate
 from core.distill.stage import distill_prune, final_distill
 from core.evaluation.stage import evaluate_student
@@ -83,6 +84,8 @@ def run(
         ),
     )
     clusters: list[list[int]] = cal["clusters"]
+    if spec.target_speedup is not None:  # the latency budget, now that its cost model is fitted
+        inputs.use_cost_model(spec, load_cost_model(wd.path / "calibrate" / COST_MODEL_FILE))
     wd.emit(Event("clusters", "calibrate", metrics={"clusters": clusters, "k": len(clusters)}))
     wd.finished("calibrate")
     wd.check_stop("calibrate")

@@ -21,6 +21,10 @@ DEFAULT_SPARSITY = 0.75
 MAX_SEED = 2**63 - 1
 MAX_DEVICE_INDEX = 63
 MIN_MACS_REFERENCE_SECONDS = 1.0
+# Where a latency budget's cost model can be fitted (`speed_target`): PyTorch fp32 on this machine's CPU. The
+# others are named so that asking for one says it is planned rather than unknown.
+SPEED_TARGETS = ("cpu",)
+PLANNED_SPEED_TARGETS = ("onnx-fp32", "onnx-int8", "cuda")
 
 Method = Literal["skill", "dphubert"]
 Preset = Literal["quick", "paper"]
@@ -28,10 +32,10 @@ Preset = Literal["quick", "paper"]
 
 @dataclass(frozen=True)
 class Budget:
-    """One size constraint: remove `sparsity` of the teacher's `kind` ("params", or "macs" per audio
-    second)."""
+    """One size constraint: remove `sparsity` of the teacher's `kind` ("params", "macs" per audio second, or
+    "latency": the cost model's predicted seconds of one forward pass over the reference utterance)."""
 
-    kind: Literal["params", "macs"]
+    kind: Literal["params", "macs", "latency"]
     teacher: float
     sparsity: float
 
@@ -202,6 +206,22 @@ class CompressionSpec(BaseModel):
         description="utterance length that MACs are counted for (attention "
         "grows with its square), in seconds (1 to 600)",
     )
+    target_speedup: float | None = Field(
+        default=None,
+        gt=1.0,
+        le=1000.0,
+        description="make the student this many times faster than the teacher on speed_target, as predicted "
+        "by a cost model fitted by timing pruned shapes of the teacher there (alone or with a parameter "
+        "target: then both hold; not with a MACs target)",
+    )
+    speed_target: str = Field(
+        default="cpu",
+        description="where target_speedup is measured: cpu (PyTorch fp32 on this machine's CPU, "
+        "speed_threads threads)",
+    )
+    speed_threads: int = Field(
+        default=1, ge=1, le=256, description="CPU threads of speed_target's timings (target_speedup)"
+    )
     clusters: int | Literal["auto"] | list[list[int]] = Field(
         default=4,
         description="k, 'auto', or explicit layer groups over r[0..L] e.g. [[0],[4],[8],[12]]",
@@ -361,6 +381,22 @@ class CompressionSpec(BaseModel):
     def _parse_count(cls, v: Any) -> Any:
         return parse_param_count(v, "a count") if isinstance(v, str) else v
 
+    @field_validator("speed_target")
+    @classmethod
+    def _check_speed_target(cls, v: str) -> str:
+        if v in SPEED_TARGETS:
+            return v
+        if v in PLANNED_SPEED_TARGETS:
+            raise ValueError(
+                f"speed_target {v!r} is not supported yet; the latency cost model can be fitted on: "
+                + ", ".join(SPEED_TARGETS)
+                + " (PyTorch fp32 on the CPU)"
+            )
+        raise ValueError(
+            f"unknown speed_target {v!r}; supported: {', '.join(SPEED_TARGETS)} (planned: "
+            f"{', '.join(PLANNED_SPEED_TARGETS)})"
+        )
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:
@@ -377,6 +413,13 @@ class CompressionSpec(BaseModel):
             raise ValueError("give either sparsity or target_params, not both")
         if self.macs_sparsity is not None and self.target_macs is not None:
             raise ValueError("give either macs_sparsity or target_macs, not both")
+        if self.target_speedup is not None and self.has_macs_target:
+            # both constrain compute, one by a proxy (MACs) and one by the time it is meant to stand for: a
+            # student cannot be steered by two compute figures that disagree on what is expensive
+            raise ValueError(
+                "target_speedup: give either a latency target (target_speedup) or a MACs target "
+                "(target_macs, macs_sparsity), not both"
+            )
         return self
 
     @classmethod
@@ -397,16 +440,26 @@ class CompressionSpec(BaseModel):
     def has_macs_target(self) -> bool:
         return self.macs_sparsity is not None or self.target_macs is not None
 
+    @property
+    def has_compute_target(self) -> bool:
+        """A MACs or a latency target: without a parameter target, then, no parameter budget."""
+        return self.has_macs_target or self.target_speedup is not None
+
+    @property
+    def latency_sparsity(self) -> float | None:
+        """Fraction of the teacher's predicted latency to remove (1 - 1 / target_speedup), or None."""
+        return None if self.target_speedup is None else 1.0 - 1.0 / self.target_speedup
+
     def target_sparsity(self, teacher_params: int) -> float | None:
         """Fraction of the teacher's parameters to remove, from `sparsity` or `target_params`; the default
-        0.75 when no target at all is given; None when only a MACs target is given."""
+        0.75 when no target at all is given; None when only a MACs or latency target is given."""
         if self.target_params is not None:
             if self.target_params >= teacher_params:
                 raise ValueError(
                     f"target_params={self.target_params} is not smaller than the teacher ({teacher_params})"
                 )
             return 1.0 - self.target_params / teacher_params
-        if self.sparsity is None and self.has_macs_target:
+        if self.sparsity is None and self.has_compute_target:
             return None
         return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
 
@@ -421,8 +474,12 @@ class CompressionSpec(BaseModel):
             return 1.0 - self.target_macs / teacher_macs
         return self.macs_sparsity
 
-    def budgets(self, teacher_params: int, teacher_macs: float) -> list[Budget]:
-        """The size constraints of stage 1, resolved against the teacher (one or two)."""
+    def budgets(
+        self, teacher_params: int, teacher_macs: float, teacher_latency: float | None = None
+    ) -> list[Budget]:
+        """The size constraints of stage 1, resolved against the teacher (one or two). The latency budget is
+        there once the teacher's predicted latency is known (`teacher_latency`, seconds: the cost model is
+        fitted in the calibrate stage)."""
         out = []
         params = self.target_sparsity(teacher_params)
         if params is not None:
@@ -430,6 +487,9 @@ class CompressionSpec(BaseModel):
         macs = self.target_macs_sparsity(teacher_macs)
         if macs is not None:
             out.append(Budget("macs", float(teacher_macs), macs))
+        latency = self.latency_sparsity
+        if latency is not None and teacher_latency is not None:
+            out.append(Budget("latency", float(teacher_latency), latency))
         return out
 
     def recipe(self, stage: int) -> TrainRecipe:
@@ -462,5 +522,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_DEVICE_INDEX",
     "MIN_MACS_REFERENCE_SECONDS",
+    "SPEED_TARGETS",
+    "PLANNED_SPEED_TARGETS",
     "parse_param_count",
 ]

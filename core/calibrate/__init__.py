@@ -3,5 +3,7 @@
 cka.py         StreamingCKA, linear_cka          linear CKA between all L+1 representations (float64)
 clustering.py  cluster_layers, Clustering        hierarchical clustering on 1 - CKA (contiguous runs)
 plots.py       plot_cka                          heatmap + dendrogram (cka.png)
-stage.py       calibrate(spec, teacher, ...)     the stage: CKA over calibration audio, then the clusters
+latency.py     cost_model_for, fit_cost_model    a latency budget's cost model, fitted by timing pruned shapes
+stage.py       calibrate(spec, teacher, ...)     the stage: CKA over calibration audio, then the clusters (and
+                                                 with target_speedup the cost model)
 """

@@ -13,6 +13,8 @@ import torch
 
 from core.calibrate.cka import StreamingCKA
 from core.calibrate.clustering import Clustering, cluster_layers
+from core.calibrate.latency import cost_model_for
+from core.calibrate.latency import summary as latency_summary
 from core.data import AudioCatalog, iter_padded_batches
 from core.errors import StopRequested
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
@@ -84,6 +86,17 @@ def calibrate(
         "frames": int(acc.count) if hasattr(acc, "count") else None,
     }
     (out / "clusters.json").write_text(json.dumps(info, indent=2, default=json_default))
+    if spec.target_speedup is not None:
+        # the latency budget's cost model, fitted (or read from the cache) on the spec's speed target
+        document = cost_model_for(
+            teacher,
+            target=spec.speed_target,
+            threads=spec.speed_threads,
+            seconds=spec.macs_reference_seconds,
+            out=out,
+            seed=spec.seed,
+        )
+        info["cost_model"] = latency_summary(document)
     return info
 
 

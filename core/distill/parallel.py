@@ -99,13 +99,20 @@ def train_rank(
     batches = build.train_batches(
         catalog, sr, recipe, seed, rank=rank, world_size=world_size, accumulation=job.accumulation
     )
+    budgets = [Budget.from_dict(b) for b in job.budgets]
+    cost_model = None
+    if any(b.kind == "latency" for b in budgets):  # fitted by the calibrate stage, in the shared workdir
+        from core.calibrate.latency import COST_MODEL_FILE, load_cost_model
+
+        cost_model = load_cost_model(workdir / "calibrate" / COST_MODEL_FILE)
     ctx = StageContext(
         workdir / job.stage,
         recipe,
         device,
         job.stage,
-        budgets=[Budget.from_dict(b) for b in job.budgets],
+        budgets=budgets,
         macs_seconds=spec.macs_reference_seconds,
+        cost_model=cost_model,
         on_event=on_event,
         should_stop=should_stop,
         seed=seed,

@@ -59,6 +59,7 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         data_workers=spec.data_workers,
         budgets=job.inputs.budgets,
         macs_seconds=spec.macs_reference_seconds,
+        cost_model=job.inputs.cost_model,
     )
     return train_stage(student, job.teacher, targets, batches, ctx)
 

@@ -33,6 +33,7 @@ from core.distill.targets import ClusterTargets, HeadPass, distill_loss
 from core.errors import CheckpointError, StopRequested, TrainingError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.models import SpeechEncoder
+from core.models.latency import CostModel
 from core.spec import Budget, TrainRecipe
 
 CHECKPOINT = "checkpoint.pt"
@@ -96,6 +97,7 @@ class StageContext:
     data_workers: int | None = None  # None: loader.default_workers
     budgets: list[Budget] | None = None  # stage 1's size constraints (params and/or MACs)
     macs_seconds: float = 10.0  # reference utterance length of the MACs count
+    cost_model: CostModel | None = None  # a latency budget's predicted seconds (core.models.latency)
     extra_state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -219,6 +221,7 @@ class DistillStep:
         teacher_params: int = 0,
         budgets: list[Budget] | None = None,
         macs_seconds: float = 10.0,
+        cost_model: CostModel | None = None,
         world_size: int = 1,
         compile: bool = False,
         on_event: OnEvent = ignore_event,
@@ -230,6 +233,9 @@ class DistillStep:
             budgets = [Budget("params", float(teacher_params), target_sparsity)] if teacher_params else []
         self.budgets = {b.kind: b for b in budgets}
         self.macs_seconds = macs_seconds
+        if "latency" in self.budgets and cost_model is None:
+            raise ValueError("a latency budget needs the cost model that predicts the student's latency")
+        self.cost_model = cost_model
         self.world_size = world_size
         self.pruning = student.config.has_masks
         self.on_event, self.stage = on_event, stage
@@ -411,6 +417,8 @@ class DistillStep:
                 sizes = {"params": self.student.expected_num_params()}
                 if "macs" in self.budgets:
                     sizes["macs"] = self.student.expected_macs(self.macs_seconds)
+                if "latency" in self.budgets and self.cost_model is not None:
+                    sizes["latency"] = self.cost_model.predict(self.student)
                 for kind, budget in self.budgets.items():
                     t_kind = sparsity_target(step, budget.sparsity, recipe)
                     targets_now["target_sparsity" if kind == "params" else f"target_{kind}_sparsity"] = t_kind
@@ -439,6 +447,11 @@ class DistillStep:
                 values.update(
                     expected_macs=sizes["macs"].detach(),
                     macs_sparsity=1.0 - sizes["macs"].detach() / self.budgets["macs"].teacher,
+                )
+            if "latency" in sizes:
+                values.update(
+                    expected_latency=sizes["latency"].detach(),
+                    latency_sparsity=1.0 - sizes["latency"].detach() / self.budgets["latency"].teacher,
                 )
         if count > 1:
             values = {name: value / count for name, value in values.items()}
@@ -584,6 +597,7 @@ def train_stage(
         teacher_params=ctx.teacher_params,
         budgets=ctx.budgets,
         macs_seconds=ctx.macs_seconds,
+        cost_model=ctx.cost_model,
         world_size=ctx.world_size,
         compile=ctx.compile,
         on_event=ctx.on_event if ctx.is_main else ignore_event,

@@ -4,6 +4,7 @@ clusters and CKA, calibration, audio, both training stages, finalize, environmen
 from __future__ import annotations
 
 import platform
+import statistics
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ def resolved_targets(job: Job, student: SpeechEncoder) -> dict[str, Any]:
     """What the spec asked for, resolved against the teacher, next to what the student achieved."""
     seconds = job.spec.macs_reference_seconds
     achieved = {"params": float(student.num_params()), "macs": float(student.expected_macs(seconds))}
+    if job.inputs.cost_model is not None:
+        achieved["latency"] = job.inputs.cost_model.predict_seconds(student)
     out: dict[str, Any] = {"macs_reference_seconds": seconds}
     for budget in job.inputs.budgets:
         out[budget.kind] = {
@@ -30,6 +33,48 @@ def resolved_targets(job: Job, student: SpeechEncoder) -> dict[str, Any]:
             "achieved_sparsity": 1.0 - achieved[budget.kind] / budget.teacher,
             "relative_error": achieved[budget.kind] / budget.target - 1.0,
         }
+    return out
+
+
+def latency_facts(
+    job: Job, student: SpeechEncoder, measured: dict[str, Any], cost_model_record: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A latency budget's outcome: the cost model (coefficients, its fit: measured against predicted times of
+    every shape, relative errors, whether it came from the cache) and the predicted speed-up of the final
+    student (teacher predicted / student predicted) beside the measured one (`measured`: the report's speed
+    section, PyTorch fp32 on the CPU, interleaved; timed again here when the target's threads or utterance
+    differ from that section's); None without a latency budget."""
+    cost_model = job.inputs.cost_model
+    if cost_model is None:
+        return None
+    teacher_s = cost_model.predict_seconds(job.teacher)
+    student_s = cost_model.predict_seconds(student)
+    out: dict[str, Any] = {
+        "target": cost_model.target,
+        "threads": cost_model.threads,
+        "utterance_seconds": cost_model.seconds,
+        "target_speedup": job.spec.target_speedup,
+        "teacher_predicted_s": teacher_s,
+        "student_predicted_s": student_s,
+        "predicted_speedup": teacher_s / student_s,
+        "measured_speedup": None,
+        "cost_model": cost_model_record,
+    }
+    runs = speed.default_runs()
+    if runs == 0:
+        out["measured"] = f"skipped ({speed.RUNS_ENV}=0)"
+        return out
+    if cost_model.threads == 1 and cost_model.seconds == speed.SECONDS and "cpu_1_thread" in measured:
+        out["measured_speedup"] = float(measured["cpu_1_thread"]["speedup"])
+        out["measured"] = "the speed section's cpu_1_thread"
+        return out
+    with speed.torch_threads(cost_model.threads):
+        times = speed.interleaved_times(
+            {"teacher": job.teacher, "student": student}, device="cpu", seconds=cost_model.seconds, runs=runs
+        )
+    teacher_t, student_t = (statistics.median(times[name]) for name in ("teacher", "student"))
+    out["measured_speedup"] = teacher_t / student_t
+    out["measured"] = f"median of {runs} interleaved passes, {cost_model.threads} thread(s)"
     return out
 
 
@@ -43,7 +88,8 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
     returned. Measures the student's speed against the teacher's (core.evaluation.speed)."""
     spec, inputs = job.spec, job.inputs
     cal = stages["calibrate"]
-    return {
+    measured = speed.measure(job.teacher, student, device=job.device)
+    report = {
         "skillkd_version": __version__,
         "method": spec.method,
         "spec": spec.model_dump(),
@@ -73,8 +119,12 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
             "python": platform.python_version(),
             "device": str(job.device),
         },
-        "speed": speed.measure(job.teacher, student, device=job.device),
+        "speed": measured,
     }
+    latency = latency_facts(job, student, measured, cal.get("cost_model"))
+    if latency is not None:
+        report["latency"] = latency
+    return report
 
 
-__all__ = ["build_report", "resolved_targets", "teacher_facts"]
+__all__ = ["build_report", "latency_facts", "resolved_targets", "teacher_facts"]

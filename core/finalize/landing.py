@@ -16,7 +16,8 @@ every size is within `tolerance` of its target:
   single unit helps, the best trade of one dropped unit for one restored unit of another mask.
 
 Sizes are the exact counts of what `prune()` would keep (`SpeechEncoder.expected_num_params` and
-`expected_macs` in eval mode). Both are multilinear in the number of units each mask keeps (every term is a
+`expected_macs` in eval mode, and a latency budget's predicted seconds, `CostModel.predict`, linear in the
+same counts). All are multilinear in the number of units each mask keeps (every term is a
 product of different masks' counts), so one backward pass through them with the counts as leaves gives the
 exact change that one unit more or less in each mask makes. The choices are written into the masks'
 `keep_override`, which `HardConcrete.deterministic()` and therefore `prune()` honour.
@@ -31,26 +32,36 @@ import torch
 
 from core.models import HardConcrete, SpeechEncoder
 from core.models.components import ConvLayerBlock
+from core.models.latency import CostModel
 from core.spec import Budget
 
 TOLERANCE = 0.005  # relative to each target
 
 
-def measure(student: SpeechEncoder, seconds: float) -> dict[str, float]:
-    """Exact parameters and MACs per audio second of the architecture `prune()` would produce now."""
+def _totals(student: SpeechEncoder, seconds: float, cost_model: CostModel | None) -> dict[str, Any]:
+    totals = {"params": student.expected_num_params(), "macs": student.expected_macs(seconds)}
+    if cost_model is not None:
+        totals["latency"] = cost_model.predict(student)
+    return totals
+
+
+def measure(student: SpeechEncoder, seconds: float, cost_model: CostModel | None = None) -> dict[str, float]:
+    """Exact parameters and MACs per audio second of the architecture `prune()` would produce now, and with a
+    `cost_model` its predicted latency in seconds."""
     was_training = student.training
     student.eval()
     with torch.no_grad():
-        sizes = {
-            "params": float(student.expected_num_params()),
-            "macs": float(student.expected_macs(seconds)),
-        }
+        sizes = {k: float(v) for k, v in _totals(student, seconds, cost_model).items()}
     student.train(was_training)
     return sizes
 
 
 def _sizes_and_unit_costs(
-    student: SpeechEncoder, masks: list[HardConcrete], kinds: list[Any], seconds: float
+    student: SpeechEncoder,
+    masks: list[HardConcrete],
+    kinds: list[Any],
+    seconds: float,
+    cost_model: CostModel | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Sizes now, and per mask the exact change of each size when the mask keeps one unit more."""
     leaves = []
@@ -61,7 +72,7 @@ def _sizes_and_unit_costs(
         leaves.append(leaf)
     try:
         with torch.enable_grad():
-            totals = {"params": student.expected_num_params(), "macs": student.expected_macs(seconds)}
+            totals = _totals(student, seconds, cost_model)
             sizes = {k: float(v.detach()) for k, v in totals.items()}
             costs = {}
             for kind in kinds:
@@ -212,9 +223,13 @@ def land(
     seconds: float = 10.0,
     tolerance: float = TOLERANCE,
     max_moves: int | None = None,
+    cost_model: CostModel | None = None,
 ) -> dict[str, Any]:
     """Adjust the student's eval gates until every budget is met within `tolerance`; returns a record with
-    each target, the size before and after, the number of units moved and whether all landed."""
+    each target, the size before and after, the number of units moved and whether all landed. A latency
+    budget needs the `cost_model` that predicts it."""
+    if any(b.kind == "latency" for b in budgets) and cost_model is None:
+        raise ValueError("a latency budget needs the cost model that predicts the student's latency")
     student.eval()
     masks = student.hard_concretes()
     floor, scores, orders, kept = _mask_state(student, masks)
@@ -231,12 +246,12 @@ def land(
         beyond = np.maximum(np.abs(misses(values)) - aim, 0.0)
         return (beyond**2).sum(-1) + 1e-6 * (misses(values) ** 2).sum(-1)
 
-    before = measure(student, seconds)
+    before = measure(student, seconds, cost_model)
     moves = 0
     limit = sum(hc.n for hc in masks) if max_moves is None else max_moves
     history: list[tuple[float, list[np.ndarray]]] = []
     while budgets and moves < limit:
-        sizes, costs = _sizes_and_unit_costs(student, masks, kinds, seconds)
+        sizes, costs = _sizes_and_unit_costs(student, masks, kinds, seconds, cost_model)
         now = np.array([sizes[k] for k in kinds])
         over, under = misses(now) > aim, misses(now) < -aim
         history.append((float(badness(now)), [k.copy() for k in kept]))
@@ -269,7 +284,7 @@ def land(
     best_badness, best_kept = min(history, key=lambda h: h[0]) if history else (0.0, kept)
     for hc, keep_mask in zip(masks, best_kept):  # the closest state seen (moves may oscillate at the end)
         hc.keep_override = torch.from_numpy(keep_mask).to(hc.log_alpha.device)
-    after = measure(student, seconds)
+    after = measure(student, seconds, cost_model)
     final = np.array([after[k] for k in kinds]) if budgets else np.zeros(0)
     return {
         "tolerance": tolerance,

@@ -22,7 +22,8 @@ def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
     state = load_checkpoint(job.workdir / "distill_prune" / CHECKPOINT)
     student, targets = build.restore(state, clusters, job.teacher.config.hidden_size, spec, job.inputs.head)
     student.eval()
-    landing = land(student, job.inputs.budgets, seconds=spec.macs_reference_seconds)
+    cost_model = job.inputs.cost_model
+    landing = land(student, job.inputs.budgets, seconds=spec.macs_reference_seconds, cost_model=cost_model)
     probe = torch.from_numpy(probe_audio(job.inputs.cal_catalog, job.teacher.config.sample_rate))[None]
     with torch.no_grad():
         expected = float(student.expected_num_params())
@@ -36,6 +37,7 @@ def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         "num_params": student.num_params(),
         "expected_params_before": expected,
         "macs_per_second": float(student.expected_macs(spec.macs_reference_seconds)),
+        **({"predicted_latency_s": cost_model.predict_seconds(student)} if cost_model is not None else {}),
         "landing": landing,
         "max_abs_diff_masked_vs_pruned": diff,
         **config.unit_counts(),

@@ -140,7 +140,10 @@ class SpeechEncoder(nn.Module):
             frames.append(samples)
         return frames
 
-    def _macs_parts(self, seconds: float) -> dict[str, Any]:
+    def macs_parts(self, seconds: float) -> dict[str, Any]:
+        """`expected_macs` per part, as tensors for the whole `seconds`-long utterance (not per second):
+        {"conv": [per conv layer], "feature_projection", "positional_conv", "layers": [{"attention", "ffn"}]};
+        differentiable in the masks, as `expected_macs` (the latency cost model builds on it)."""
         samples = int(round(seconds * self.config.sample_rate))
         frames = self.conv_frames(samples)
         if frames[-1] < 1:
@@ -172,7 +175,7 @@ class SpeechEncoder(nn.Module):
         T² term makes the figure depend on `seconds` (the spec's `macs_reference_seconds`). Counted: conv,
         projection, q/k/v/out, attention products, WavLM's gate, FFN, positional conv; not element-wise
         work."""
-        parts = self._macs_parts(seconds)
+        parts = self.macs_parts(seconds)
         total = torch.stack(parts["conv"]).sum() + parts["feature_projection"] + parts["positional_conv"]
         for layer in parts["layers"]:
             total = total + layer["attention"] + layer["ffn"]
@@ -182,7 +185,7 @@ class SpeechEncoder(nn.Module):
         """`expected_macs` per part, per second of audio, as floats: {"conv": [per conv layer],
         "feature_projection", "positional_conv", "layers": [{"attention", "ffn"}], "total"}."""
         with torch.no_grad():
-            parts = self._macs_parts(seconds)
+            parts = self.macs_parts(seconds)
             out: dict[str, Any] = {
                 "conv": [float(x) / seconds for x in parts["conv"]],
                 "feature_projection": float(parts["feature_projection"]) / seconds,

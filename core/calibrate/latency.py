@@ -1,0 +1,281 @@
+"""Fit the latency cost model (`core.models.latency.CostModel`) of a teacher on its speed target, before stage
+1 (a `target_speedup` run does it in the calibrate stage).
+
+The teacher and `shapes` randomly pruned copies of it (every mask keeps a random fraction of its units between
+0.1 and 1, seeded; then pruned physically, so the copies are exactly the kind of model a student becomes) are
+timed on one utterance of the reference length, in interleaved rounds (`core.evaluation.speed`), the median
+per model. Non-negative least squares (scipy's nnls) on the features of each model gives the coefficients:
+every cost is a time, none can be negative, and the columns are scaled by the teacher's features first so
+that MACs (1e9) and the intercept (1) weigh alike.
+
+Fits are cached under `SKILLKD_CACHE_DIR` (default ~/.cache/skillkd), `latency/<key>.json`, the key a hash of
+what the timings depend on: the teacher's architecture (its config, not its weights), the target, the
+threads, the utterance length, torch's version and the CPU model. `SKILLKD_LATENCY_SHAPES` and
+`SKILLKD_LATENCY_ROUNDS` (environment) cut the work (the test suite sets them).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+
+from core.evaluation.speed import interleaved_times, torch_threads
+from core.models import SpeechEncoder, make_student
+from core.models.latency import CostModel, conv_groups, feature_names, feature_vector
+
+SHAPES = 12  # randomly pruned copies besides the teacher
+ROUNDS = 3  # timed passes of each, after one untimed
+MIN_KEEP = 0.1
+SHAPES_ENV = "SKILLKD_LATENCY_SHAPES"
+ROUNDS_ENV = "SKILLKD_LATENCY_ROUNDS"
+CACHE_ENV = "SKILLKD_CACHE_DIR"
+COST_MODEL_FILE = "cost_model.json"
+
+# models -> median seconds of one forward pass of each over the utterance (injectable: tests fake the clock)
+Timer = Callable[[list[SpeechEncoder]], list[float]]
+
+
+def _env_count(name: str, default: int, least: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < least:
+        raise ValueError(f"{name} must be a whole number >= {least}, found {value!r}")
+    return int(value)
+
+
+def default_shapes() -> int:
+    return _env_count(SHAPES_ENV, SHAPES, 1)
+
+
+def default_rounds() -> int:
+    return _env_count(ROUNDS_ENV, ROUNDS, 1)
+
+
+def cache_dir() -> Path:
+    """`SKILLKD_CACHE_DIR`, else ~/.cache/skillkd."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "skillkd"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key(teacher: SpeechEncoder, target: str, threads: int, seconds: float) -> dict[str, Any]:
+    """What a fit depends on (the key's fields; `key_digest` hashes them)."""
+    return {
+        "architecture": asdict(teacher.config.without_masks()),
+        "target": target,
+        "threads": threads,
+        "seconds": seconds,
+        "torch": torch.__version__,
+        "cpu": cpu_model(),
+    }
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def random_shapes(teacher: SpeechEncoder, n: int, seed: int) -> list[SpeechEncoder]:
+    """`n` physically pruned copies of `teacher` (on the CPU): each mask keeps a random fraction of its units
+    in [MIN_KEEP, 1], the units themselves random too."""
+    rng = random.Random(seed)
+    base = copy.deepcopy(teacher).cpu()
+    shapes = []
+    for _ in range(n):
+        student = make_student(base)
+        student.eval()
+        for hc in student.hard_concretes():
+            keep = max(1, int(round(rng.uniform(MIN_KEEP, 1.0) * hc.n)))
+            chosen = rng.sample(range(hc.n), keep)
+            override = torch.zeros(hc.n, dtype=torch.bool)
+            override[chosen] = True
+            hc.keep_override = override
+        student.prune()
+        shapes.append(student)
+    return shapes
+
+
+def cpu_timer(seconds: float, threads: int, rounds: int) -> Timer:
+    """Median seconds per forward pass of each model in PyTorch fp32 on the CPU with `threads` threads,
+    interleaved rounds over one `seconds`-long utterance."""
+
+    def timer(models: list[SpeechEncoder]) -> list[float]:
+        named = {f"m{i}": m for i, m in enumerate(models)}
+        with torch_threads(threads):
+            times = interleaved_times(named, device="cpu", seconds=seconds, runs=rounds, warmup=1)
+        return [statistics.median(times[name]) for name in named]
+
+    return timer
+
+
+def fit_coefficients(features: np.ndarray, times: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Non-negative least squares of `times` (model,) on `features` (model, feature), with each column divided
+    by `scale` (feature,) first (the teacher's features: MACs and the intercept then weigh alike; a column
+    that is zero for the teacher is not scaled). Returns the coefficients in the features' own units."""
+    scale = np.where(scale > 0, scale, 1.0)
+    # relative errors: every row divided by its time, so the fastest shapes count as much as the teacher
+    weights = 1.0 / np.maximum(times, 1e-12)
+    a = features / scale[None, :] * weights[:, None]
+    solution, _ = nnls(a, times * weights)
+    return np.asarray(solution / scale, dtype=np.float64)
+
+
+def fit_cost_model(
+    teacher: SpeechEncoder,
+    *,
+    target: str = "cpu",
+    threads: int = 1,
+    seconds: float = 10.0,
+    shapes: int | None = None,
+    rounds: int | None = None,
+    seed: int = 0,
+    timer: Timer | None = None,
+) -> tuple[CostModel, dict[str, Any]]:
+    """Time the teacher and `shapes` random pruned copies of it, fit the cost model; returns it and a record
+    of the fit (each model's units, measured and predicted seconds, the relative errors)."""
+    if target != "cpu":
+        raise ValueError(f"cannot fit a cost model on {target!r}: only 'cpu' is supported")
+    start = time.monotonic()
+    shapes = default_shapes() if shapes is None else shapes
+    rounds = default_rounds() if rounds is None else rounds
+    groups = conv_groups(teacher)
+    names = feature_names(groups)
+    models = [copy.deepcopy(teacher).cpu(), *random_shapes(teacher, shapes, seed)]
+    timer = timer or cpu_timer(seconds, threads, rounds)
+    measured = np.array(timer(models), dtype=np.float64)
+    features = np.array([feature_vector(m, seconds, groups) for m in models], dtype=np.float64)
+    coefficients = fit_coefficients(features, measured, features[0])
+    model = CostModel(target, threads, seconds, groups, dict(zip(names, coefficients.tolist())))
+    predicted = features @ coefficients
+    relative = predicted / measured - 1.0
+    rows = [
+        {
+            "model": "teacher" if i == 0 else f"shape{i}",
+            **m.config.unit_counts(),
+            "measured_s": float(measured[i]),
+            "predicted_s": float(predicted[i]),
+            "relative_error": float(relative[i]),
+        }
+        for i, m in enumerate(models)
+    ]
+    record = {
+        "shapes": rows,
+        "rounds": rounds,
+        "seed": seed,
+        "mean_abs_relative_error": float(np.abs(relative).mean()),
+        "max_abs_relative_error": float(np.abs(relative).max()),
+        "teacher_by_feature_s": {n: float(c * f) for n, c, f in zip(names, coefficients, features[0])},
+        "fit_seconds": time.monotonic() - start,
+    }
+    return model, record
+
+
+def cost_model_for(
+    teacher: SpeechEncoder,
+    *,
+    target: str,
+    threads: int,
+    seconds: float,
+    out: Path | None,
+    seed: int = 0,
+    timer: Timer | None = None,
+) -> dict[str, Any]:
+    """The teacher's cost model on `target`: from the cache when it holds a fit for the same key, else fitted
+    (and cached). Returns the model, its fit record, the key and whether it was cached, and writes them to
+    `out/cost_model.json` unless `out` is None (the dry run)."""
+    key = cache_key(teacher, target, threads, seconds)
+    digest = key_digest(key)
+    cached = cache_dir() / "latency" / f"{digest}.json"
+    document: dict[str, Any] | None = None
+    if cached.exists():
+        try:
+            document = json.loads(cached.read_text())
+            CostModel.from_dict(document["cost_model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            document = None  # a damaged cache entry is fitted again
+    from_cache = document is not None
+    if document is None:
+        model, record = fit_cost_model(
+            teacher, target=target, threads=threads, seconds=seconds, seed=seed, timer=timer
+        )
+        document = {"cost_model": model.to_dict(), "fit": record, "key": key, "key_digest": digest}
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(document, indent=2))
+            tmp.replace(cached)
+        except OSError:
+            pass  # a read-only cache only costs the next run a fit
+    document = {**document, "from_cache": from_cache}
+    model = CostModel.from_dict(document["cost_model"])
+    document["teacher_predicted_s"] = model.predict_seconds(teacher)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / COST_MODEL_FILE).write_text(json.dumps(document, indent=2))
+    return document
+
+
+def load_cost_model(path: Path) -> CostModel:
+    """The cost model a calibrate stage wrote (`cost_model.json`)."""
+    return CostModel.from_dict(json.loads(Path(path).read_text())["cost_model"])
+
+
+def summary(document: dict[str, Any]) -> dict[str, Any]:
+    """What the report and the stage's record show of a cost model document (no per-shape rows' key)."""
+    fit = document["fit"]
+    return {
+        **document["cost_model"],
+        "from_cache": document["from_cache"],
+        "cache_key": document["key_digest"],
+        "teacher_predicted_s": document["teacher_predicted_s"],
+        "mean_abs_relative_error": fit["mean_abs_relative_error"],
+        "max_abs_relative_error": fit["max_abs_relative_error"],
+        "shapes": fit["shapes"],
+        "teacher_by_feature_s": fit["teacher_by_feature_s"],
+    }
+
+
+__all__ = [
+    "CACHE_ENV",
+    "COST_MODEL_FILE",
+    "ROUNDS_ENV",
+    "SHAPES_ENV",
+    "Timer",
+    "cache_dir",
+    "cache_key",
+    "cost_model_for",
+    "cpu_model",
+    "cpu_timer",
+    "default_rounds",
+    "default_shapes",
+    "fit_coefficients",
+    "fit_cost_model",
+    "key_digest",
+    "load_cost_model",
+    "random_shapes",
+    "summary",
+]

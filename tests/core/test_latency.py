@@ -1,0 +1,230 @@
+"""The latency budget (issue 25): the cost model's prediction against the counts it is built from, its
+gradient, the NNLS fit on a fake clock, the cache, the spec's fields, landing on a latency target, and a run
+end to end that reports the predicted and measured speed-ups. No assertion on real timings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+import core.calibrate.latency as fitting
+from core.calibrate.latency import cost_model_for, fit_cost_model, random_shapes
+from core.errors import SpecError
+from core.finalize.landing import land, measure
+from core.models import SpeechEncoder, load_huggingface, make_student
+from core.models.latency import CostModel, conv_groups, feature_names, feature_vector
+from core.pipeline import run
+from core.spec import Budget, CompressionSpec
+from tests.utils.audio import write_audio
+from tests.utils.models import randomise_masks, save_tiny_teacher
+from tests.utils.pipeline import SPEC
+
+ARCHS = [("hubert", False), ("wav2vec2", True), ("wavlm", False), ("wavlm", True)]
+
+
+def synthetic_model(teacher: SpeechEncoder, seconds: float = 10.0) -> CostModel:
+    """A cost model with known, distinct coefficients: each feature costs the teacher a different share."""
+    groups = conv_groups(teacher)
+    names = feature_names(groups)
+    values = feature_vector(teacher, seconds, groups)
+    shares = np.linspace(1.0, 2.0, len(names))
+    coefficients = {n: float(s * 1e-3 / v) for n, s, v in zip(names, shares, values) if v > 0}
+    return CostModel("cpu", 1, seconds, groups, coefficients)
+
+
+def fake_timer(model: CostModel) -> Any:
+    calls: list[int] = []
+
+    def timer(models: list[SpeechEncoder]) -> list[float]:
+        calls.append(len(models))
+        return [model.predict_seconds(m) for m in models]
+
+    timer.calls = calls  # type: ignore[attr-defined]
+    return timer
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(fitting.CACHE_ENV, str(cache))
+    return cache
+
+
+@pytest.mark.parametrize(("arch", "large"), ARCHS)
+def test_open_masks_predict_the_teachers_latency(tmp_path: Path, arch: str, large: bool) -> None:
+    """Masks fully open (training mode): the student's expected latency is the teacher's, which is the sum of
+    coefficient x feature over the teacher's counts."""
+    teacher = load_huggingface(save_tiny_teacher(tmp_path / "t", arch, large))
+    model = synthetic_model(teacher)
+    names = feature_names(model.groups)
+    by_hand = sum(
+        model.coefficients.get(n, 0.0) * v for n, v in zip(names, feature_vector(teacher, 10.0, model.groups))
+    )
+    assert float(model.predict(teacher)) == pytest.approx(by_hand, rel=1e-6)
+    student = make_student(teacher, layers=True)
+    with torch.no_grad():
+        for hc in student.hard_concretes():
+            hc.log_alpha.fill_(100.0)
+    student.train()
+    assert model.predict(student).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "large"), ARCHS)
+def test_eval_latency_is_the_pruned_students(tmp_path: Path, arch: str, large: bool) -> None:
+    """In eval mode the prediction is the model's on the architecture `prune()` produces."""
+    teacher = load_huggingface(save_tiny_teacher(tmp_path / "t", arch, large))
+    model = synthetic_model(teacher)
+    student = make_student(teacher, layers=True)
+    randomise_masks(student)
+    student.eval()
+    predicted = measure(student, 10.0, model)["latency"]
+    student.prune()
+    assert model.predict_seconds(student) == pytest.approx(predicted, rel=1e-6)
+    assert predicted < model.predict_seconds(teacher)
+
+
+def test_expected_latency_is_differentiable_in_every_mask(tiny_teacher_dir: Path) -> None:
+    teacher = load_huggingface(tiny_teacher_dir)
+    model = synthetic_model(teacher)
+    student = make_student(teacher)
+    model.predict(student).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.mask_parameters())
+
+
+def test_nnls_recovers_known_coefficients_from_a_fake_clock(tiny_teacher_dir: Path) -> None:
+    teacher = load_huggingface(tiny_teacher_dir)
+    truth = synthetic_model(teacher)
+    timer = fake_timer(truth)
+    fitted, record = fit_cost_model(teacher, seconds=10.0, shapes=12, timer=timer)
+    assert timer.calls == [13]  # the teacher and 12 shapes, timed together (interleaved)
+    for name, value in truth.coefficients.items():
+        assert fitted.coefficients[name] == pytest.approx(value, rel=1e-4), name
+    assert record["max_abs_relative_error"] < 1e-6
+    assert len(record["shapes"]) == 13 and record["shapes"][0]["model"] == "teacher"
+
+
+def test_random_shapes_are_seeded_pruned_copies(tiny_teacher_dir: Path) -> None:
+    teacher = load_huggingface(tiny_teacher_dir)
+    a = [m.config.unit_counts() for m in random_shapes(teacher, 3, seed=1)]
+    b = [m.config.unit_counts() for m in random_shapes(teacher, 3, seed=1)]
+    assert a == b and len({str(x) for x in a}) == 3
+    assert all(not m.config.has_masks for m in random_shapes(teacher, 1, seed=2))
+
+
+def test_the_cache_is_hit_the_second_time(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    teacher = load_huggingface(tiny_teacher_dir)
+    timer = fake_timer(synthetic_model(teacher))
+    first = cost_model_for(teacher, target="cpu", threads=1, seconds=10.0, out=tmp_path / "a", timer=timer)
+    second = cost_model_for(teacher, target="cpu", threads=1, seconds=10.0, out=tmp_path / "b", timer=timer)
+    assert not first["from_cache"] and second["from_cache"] and len(timer.calls) == 1
+    assert first["cost_model"] == second["cost_model"]
+    assert (tmp_path / "b" / fitting.COST_MODEL_FILE).exists()
+    # another thread count is another key
+    third = cost_model_for(teacher, target="cpu", threads=2, seconds=10.0, out=None, timer=timer)
+    assert not third["from_cache"] and len(timer.calls) == 2
+
+
+def test_spec_fields() -> None:
+    spec = CompressionSpec(target_speedup=2.0)
+    assert spec.latency_sparsity == pytest.approx(0.5)
+    assert spec.target_sparsity(1000) is None  # a latency target alone: no parameter budget
+    assert spec.budgets(1000, 1e9) == []  # the latency budget waits for the cost model
+    assert spec.budgets(1000, 1e9, 0.4) == [Budget("latency", 0.4, pytest.approx(0.5))]
+    both = CompressionSpec(target_speedup=4.0, sparsity=0.5).budgets(1000, 1e9, 0.4)
+    assert [b.kind for b in both] == ["params", "latency"]
+    for bad, field in [
+        ({"target_speedup": 1.0}, "target_speedup"),
+        ({"target_speedup": 0.5}, "target_speedup"),
+        ({"target_speedup": 2.0, "target_macs": "1G"}, "target_speedup"),
+        ({"target_speedup": 2.0, "macs_sparsity": 0.5}, "target_speedup"),
+        ({"speed_target": "cuda"}, "speed_target"),
+        ({"speed_threads": 0}, "speed_threads"),
+    ]:
+        with pytest.raises(ValidationError, match=field):
+            CompressionSpec(**bad)
+    with pytest.raises(ValidationError, match="not supported yet"):
+        CompressionSpec(target_speedup=2.0, speed_target="onnx-int8")
+
+
+def _fine_teacher(tmp_path: Path) -> Path:
+    """Fine-grained units (as tests/core/test_budgets.py's) so 0.5% of a target is more than one unit."""
+    return save_tiny_teacher(
+        tmp_path / "fine",
+        "hubert",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 4, 4),
+    )
+
+
+@pytest.mark.parametrize("kinds", [("latency",), ("params", "latency")])
+def test_landing_hits_a_latency_target(tmp_path: Path, kinds: tuple[str, ...]) -> None:
+    teacher = load_huggingface(_fine_teacher(tmp_path))
+    model = synthetic_model(teacher)
+    student = make_student(teacher)
+    randomise_masks(student, scale=2.0)
+    student.eval()
+    start = measure(student, 10.0, model)
+    teacher_sizes = {"params": float(teacher.num_params()), "latency": model.predict_seconds(teacher)}
+    wanted = {"params": 0.9 * start["params"], "latency": 1.06 * start["latency"]}
+    budgets = [Budget(k, teacher_sizes[k], 1 - wanted[k] / teacher_sizes[k]) for k in kinds]
+    record = land(student, budgets, seconds=10.0, cost_model=model)
+    assert record["landed"], record
+    student.prune()
+    achieved = {"params": student.num_params(), "latency": model.predict_seconds(student)}
+    for budget in budgets:
+        assert abs(achieved[budget.kind] / budget.target - 1) <= 0.005, (budget, achieved)
+        assert record["targets"][budget.kind]["after"] == pytest.approx(achieved[budget.kind], rel=1e-6)
+    with pytest.raises(ValueError, match="cost model"):
+        land(student, budgets)
+
+
+def test_a_run_with_target_speedup_reports_predicted_and_measured_speedups(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end on a tiny teacher, the clock faked for the fit (a synthetic cost model: the test must not
+    depend on this machine's timings) and one real interleaved pass for the report's measured speed-up."""
+    teacher = load_huggingface(tiny_teacher_dir)
+    timer = fake_timer(synthetic_model(teacher))
+    monkeypatch.setattr(fitting, "cpu_timer", lambda seconds, threads, rounds: timer)
+    monkeypatch.setenv("SKILLKD_SPEED_RUNS", "1")
+    monkeypatch.setenv(fitting.SHAPES_ENV, "10")
+    audio = write_audio(tmp_path / "audio")
+    spec = CompressionSpec(**SPEC, target_speedup=1.5)
+    report = run(spec, tiny_teacher_dir, audio, tmp_path / "w").report
+    latency = report["latency"]
+    assert latency["target_speedup"] == 1.5 and latency["target"] == "cpu" and latency["threads"] == 1
+    assert latency["predicted_speedup"] == pytest.approx(
+        latency["teacher_predicted_s"] / latency["student_predicted_s"]
+    )
+    assert abs(latency["predicted_speedup"] / 1.5 - 1) < 0.02  # landed within its tolerance
+    assert latency["measured_speedup"] == pytest.approx(report["speed"]["cpu_1_thread"]["speedup"])
+    assert latency["cost_model"]["from_cache"] is False and len(latency["cost_model"]["shapes"]) == 11
+    assert "params" not in report["targets"] and "latency" in report["targets"]
+    assert report["finalize"]["landing"]["landed"]
+    assert (tmp_path / "w" / "calibrate" / fitting.COST_MODEL_FILE).exists()
+    # a second run of the same teacher on the same target reads the fit from the cache
+    monkeypatch.setenv("SKILLKD_SPEED_RUNS", "0")
+    again = run(spec, tiny_teacher_dir, audio, tmp_path / "w2").report["latency"]
+    assert again["cost_model"]["from_cache"] is True and len(timer.calls) == 1
+    assert again["measured_speedup"] is None
+
+
+def test_a_speedup_beyond_the_smallest_student_is_a_spec_error(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher = load_huggingface(tiny_teacher_dir)
+    model = synthetic_model(teacher)  # its intercept alone is a tenth of the teacher's time or so
+    monkeypatch.setattr(fitting, "cpu_timer", lambda seconds, threads, rounds: fake_timer(model))
+    spec = CompressionSpec(**SPEC, target_speedup=500.0)
+    with pytest.raises(SpecError, match="target_speedup") as info:
+        run(spec, tiny_teacher_dir, write_audio(tmp_path / "audio"), tmp_path / "w")
+    assert info.value.field == "target_speedup"
