@@ -59,6 +59,13 @@ def postfix(stage: str | None, metrics: dict[str, Any]) -> dict[str, str]:
             out["MACs sparsity"] = f"{float(metrics['macs_sparsity']):.3f}" + (
                 f"→{float(target):.3f}" if target is not None else ""
             )
+        if "expected_latency" in metrics:
+            out["latency"] = f"{1000 * float(metrics['expected_latency']):.0f} ms"
+        if "latency_sparsity" in metrics:
+            target = metrics.get("target_latency_sparsity")
+            out["latency sparsity"] = f"{float(metrics['latency_sparsity']):.3f}" + (
+                f"→{float(target):.3f}" if target is not None else ""
+            )
         if "lambda1" in metrics:
             out["λ"] = f"{float(metrics['lambda1']):.3g}"
     return out

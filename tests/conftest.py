@@ -4,6 +4,7 @@ the process-wide settings of the test run. Plain helpers are in tests/utils/ and
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ torch.set_num_threads(1)
 # Every run's report times teacher and student (core.evaluation.speed); on the shared CPU the all-cores passes
 # alone take half a minute per run. Tests of the timing itself set this back.
 os.environ.setdefault("SKILLKD_SPEED_RUNS", "0")
+# A latency budget's cost model is cached (core/calibrate/latency.py): not in the user's ~/.cache from tests.
+os.environ.setdefault("SKILLKD_CACHE_DIR", tempfile.mkdtemp(prefix="skillkd-test-cache-"))
 
 
 @pytest.fixture

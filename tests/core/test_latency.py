@@ -228,3 +228,22 @@ def test_a_speedup_beyond_the_smallest_student_is_a_spec_error(
     with pytest.raises(SpecError, match="target_speedup") as info:
         run(spec, tiny_teacher_dir, write_audio(tmp_path / "audio"), tmp_path / "w")
     assert info.value.field == "target_speedup"
+
+
+def test_the_dry_run_says_the_latency_budget(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.estimate import estimate, render
+
+    teacher = load_huggingface(tiny_teacher_dir)
+    monkeypatch.setattr(
+        fitting, "cpu_timer", lambda seconds, threads, rounds: fake_timer(synthetic_model(teacher))
+    )
+    spec = CompressionSpec(**SPEC, target_speedup=1.5)
+    result = estimate(spec, tiny_teacher_dir, write_audio(tmp_path / "audio"), timed_steps=1)
+    latency = result["latency"]
+    assert latency["target_s"] == pytest.approx(latency["teacher_predicted_s"] / 1.5)
+    assert [b["kind"] for b in result["targets"]] == ["latency"]
+    assert result["student_estimate"]["uniform"]["predicted_latency_s"] <= latency["target_s"] * (1 + 1e-6)
+    text = render(result)
+    assert "latency:  1.5x faster than the teacher on cpu (1 thread)" in text and "cached" in text

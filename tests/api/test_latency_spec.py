@@ -1,0 +1,38 @@
+"""The API takes the latency budget's fields (issue 25) as it takes the MACs ones: a good spec is accepted, a
+bad one is a 422 naming the field, at creation and in the dry run alike."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def post_job(client, headers, teacher, dataset, spec, *, dry_run=False):
+    return client.post(
+        "/v1/jobs" + ("?dry_run=true" if dry_run else ""),
+        json={"teacher_id": teacher["id"], "dataset_id": dataset["id"], "spec": spec},
+        headers=headers,
+    )
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"target_speedup": 1.0}, "target_speedup"),
+        ({"target_speedup": 2.0, "target_macs": 10**4}, "target_speedup"),
+        ({"target_speedup": 2.0, "speed_target": "cuda"}, "speed_target"),
+        ({"target_speedup": 2.0, "speed_threads": 0}, "speed_threads"),
+    ],
+)
+def test_a_bad_latency_spec_is_422_naming_the_field(client, alice, teacher, dataset, enqueuer, spec, field):
+    for dry_run in (True, False):
+        r = post_job(client, alice, teacher, dataset, spec, dry_run=dry_run)
+        assert r.status_code == 422, r.text
+        assert field in r.json()["error"]["message"]
+    assert enqueuer.ids == []
+
+
+def test_a_latency_spec_is_accepted(client, alice, teacher, dataset, enqueuer):
+    spec = {"target_speedup": 2.0, "speed_threads": 2, "sparsity": 0.5}
+    r = post_job(client, alice, teacher, dataset, spec)
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["target_speedup"] == 2.0 and r.json()["spec"]["speed_threads"] == 2
