@@ -184,3 +184,62 @@ def test_ddp_throughput_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir
     assert report["runs"][1]["audio_s_per_step"] == 2 * report["runs"][0]["audio_s_per_step"] == 2.0
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["ddp_speedup_over_1_process_median"] > 0
     assert "old path" in (tmp_path / "r.md").read_text()
+
+
+def test_latency_model_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    """`python -m bench.latency_model`: the cost model fitted, held-out shapes timed against the teacher and
+    predicted by the cost model, MACs and parameters; the outputs' structure only (no timing assertions)."""
+    from bench import latency_model
+
+    report = latency_model.main(
+        [
+            str(tiny_teacher_dir),
+            "--shapes",
+            "3",
+            "--fit-rounds",
+            "1",
+            "--holdout",
+            "2",
+            "--rounds",
+            "1",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ]
+    )
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["command"].startswith("python -m bench.latency_model ")
+    assert saved["machine"]["torch"] == torch.__version__ and saved["machine"]["cpu"]
+    assert len(saved["loadavg_1min_before_after"]) == 2
+    [result] = saved["teachers"]
+    fit = result["fit"]
+    assert fit["fitted_shapes"] == 3 and len(fit["shapes"]) == 4 and fit["seed"] == 0 and fit["rounds"] == 1
+    coefficients = fit["cost_model"]["coefficients"]
+    assert set(fit["teacher_by_feature_s"]) == set(coefficients)
+    assert all(c >= 0 for c in coefficients.values())  # NNLS
+    assert sum(fit["teacher_by_part_s"].values()) == pytest.approx(sum(fit["teacher_by_feature_s"].values()))
+    validation = result["validation"]
+    assert validation["holdout"] == 2 and validation["rounds"] == 1 and validation["held_out_in_fit"] == 0
+    rows = validation["rows"]
+    assert [r["model"] for r in rows] == ["teacher", "holdout1", "holdout2"]
+    assert all(len(r["times_s"]) == 1 and r["measured_s"] > 0 for r in rows)
+    teacher = rows[0]
+    assert teacher["measured_speedup"] == 1.0
+    assert teacher["predicted_speedup"] == pytest.approx(dict.fromkeys(latency_model.PREDICTORS, 1.0))
+    for row in rows[1:]:
+        assert set(row["predicted_speedup"]) == set(row["relative_error"]) == set(latency_model.PREDICTORS)
+        assert all(v > 0 for v in row["predicted_speedup"].values())
+        assert row["predicted_speedup"]["params"] > 1.0 and row["predicted_speedup"]["macs"] > 1.0
+        for predictor, error in row["relative_error"].items():
+            predicted = row["predicted_speedup"][predictor]
+            assert error == pytest.approx(predicted / row["measured_speedup"] - 1.0)
+    summary = validation["summary"]
+    for predictor in latency_model.PREDICTORS:
+        s = summary[predictor]
+        assert 0 <= s["mean_abs_relative_error"] <= s["max_abs_relative_error"]
+        assert s["spearman"] is None or -1.0 <= s["spearman"] <= 1.0
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| cost model |" in markdown and "| MACs |" in markdown and "holdout2" in markdown
+    assert "attention.macs" in markdown and "conv front end" in markdown
