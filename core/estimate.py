@@ -448,7 +448,7 @@ def render(result: dict[str, Any]) -> str:
             for b in result["targets"]
             if b["kind"] != "latency"
         )
-        or "none"
+        or ("latency alone (below)" if result.get("latency") else "none")
     )
     latency = result.get("latency")
     latency_lines = (

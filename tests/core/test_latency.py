@@ -247,3 +247,4 @@ def test_the_dry_run_says_the_latency_budget(
     assert result["student_estimate"]["uniform"]["predicted_latency_s"] <= latency["target_s"] * (1 + 1e-6)
     text = render(result)
     assert "latency:  1.5x faster than the teacher on cpu (1 thread)" in text and "cached" in text
+    assert "targets:  latency alone (below)" in text
