@@ -107,9 +107,9 @@ class HeadSpec:
                 f"{self.teacher_class}: an x-vector head ({self.num_outputs}-dim speaker embeddings, trained "
                 f"on {len(self.config.get('id2label') or {})} speakers){weighted}"
             )
-        kind = "per-frame classifier" if self.task == "frame" else "utterance classifier"
+        kind = "a per-frame classifier" if self.task == "frame" else "an utterance classifier"
         weighted = ", weighted sum of all layers" if self.weighted else ""
-        return f"{self.teacher_class}: a {kind} over {self.num_outputs} labels{weighted}"
+        return f"{self.teacher_class}: {kind} over {self.num_outputs} labels{weighted}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "teacher_class": self.teacher_class, "config": dict(self.config)}
