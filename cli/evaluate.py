@@ -207,9 +207,10 @@ def evaluate_command(
 @click.option(
     "--budgets",
     default=None,
-    help="Compare size budgets instead of one sparsity: ';'-separated, each ','-separated spec "
-    "targets, "
-    "e.g. 'sparsity=0.75;macs_sparsity=0.75;sparsity=0.75,macs_sparsity=0.75'.",
+    help="Compare budgets instead of one sparsity: ';'-separated, each ','-separated spec targets "
+    "(sparsity, target_params, macs_sparsity, target_macs, target_speedup), "
+    "e.g. 'sparsity=0.75;macs_sparsity=0.75;target_speedup=4;sparsity=0.75,macs_sparsity=0.75'; "
+    "tradeoff.png then plots quality against the measured speed-up.",
 )
 @click.option(
     "--seeds",
@@ -246,7 +247,7 @@ def evaluate_command(
     "out_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="Directory for runs/, comparison.json, comparison.md and comparison.png.",
+    help="Directory for runs/, comparison.json, comparison.md, comparison.png and tradeoff.png.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison JSON on stdout.")
 def compare_command(

@@ -15,12 +15,14 @@ compress on `compress`, probe on `probe_train` / `probe_test`).
 Phases: 1. labels and the train view; 2. teacher features and probes (all seeds); 3. FBANK (all seeds);
 4. per method and seed: compress, then probe the student (its seed) and measure CKA to the teacher on the
 test split per distillation cluster; 5. aggregate and write `comparison.json`, `comparison.md`,
-`comparison.png`. Probe results are deterministic given the seeds; timings (RTF) are measurements and vary.
+`comparison.png` and `tradeoff.png` (quality against the measured speed-up, the Pareto front joined). Probe
+results are deterministic given the seeds; timings (RTF) are measurements and vary.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -55,12 +57,15 @@ from core.events import Event, OnEvent, ignore_event
 
 FORMAT = "skillkd-comparison"
 METHODS = ("skill", "dphubert")
-BUDGET_FIELDS = ("sparsity", "target_params", "macs_sparsity", "target_macs")
+BUDGET_FIELDS = ("sparsity", "target_params", "macs_sparsity", "target_macs", "target_speedup")
+# budget fields read as numbers here (the counts, e.g. 2.5G, are left to the spec to parse)
+_FLOAT_FIELDS = ("sparsity", "macs_sparsity", "target_speedup")
 
 
 def parse_budgets(text: str) -> list[dict[str, Any]]:
-    """'sparsity=0.75;macs_sparsity=0.75;sparsity=0.75,macs_sparsity=0.75' -> one dict of spec target fields
-    per budget (values as written: the spec parses counts such as 2.5G and checks ranges)."""
+    """'sparsity=0.75;macs_sparsity=0.75;target_speedup=4;sparsity=0.75,macs_sparsity=0.75' -> one dict of
+    spec target fields per budget (sparsities and speed-ups as numbers, counts as written: the spec parses
+    counts such as 2.5G and checks ranges)."""
     budgets: list[dict[str, Any]] = []
     for part in text.split(";"):
         budget: dict[str, Any] = {}
@@ -70,10 +75,10 @@ def parse_budgets(text: str) -> list[dict[str, Any]]:
             if not sep or key not in BUDGET_FIELDS or not value.strip():
                 raise ValueError(
                     f"cannot read budget {part.strip()!r}: expected field=value pairs of "
-                    f"{', '.join(BUDGET_FIELDS)}, e.g. 'sparsity=0.75;macs_sparsity=0.75'"
+                    f"{', '.join(BUDGET_FIELDS)}, e.g. 'sparsity=0.75;macs_sparsity=0.75;target_speedup=4'"
                 )
             try:
-                budget[key] = float(value) if key.endswith("sparsity") else value.strip()
+                budget[key] = float(value) if key in _FLOAT_FIELDS else value.strip()
             except ValueError:
                 raise ValueError(
                     f"budget {part.strip()!r}: {key} must be a number, found {value!r}"
@@ -452,6 +457,7 @@ def render_comparison(comparison: dict[str, Any]) -> str:
             "",
             *layer_table([(row["model"], row["sid_per_layer_mean"]) for row in layered]),
         ]
+    lines += render_tradeoff(comparison)
     if comparison["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in comparison["notes"]]
     return "\n".join(lines) + "\n"
@@ -482,19 +488,173 @@ def plot_comparison(comparison: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+# The trade-off picture: (key, axis title, mean field, sd field, higher is better) per quality metric.
+TRADEOFF_METRICS = (
+    ("per", "PER % (lower is better)", "per_mean", "per_std", False),
+    ("sid", "SID accuracy % (higher is better)", "sid_accuracy_mean", "sid_accuracy_std", True),
+)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the (speed-up, quality) points no other point dominates, fastest last.
+
+    A point dominates another when it is at least as fast (x, higher is better) and at least as good (y,
+    higher or lower is better as told) and strictly better in one of the two. Equal points dominate neither
+    other: both are on the front. Points with a non-finite coordinate are never on it."""
+    sign = 1.0 if higher_is_better else -1.0
+    finite = [i for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+
+    def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        ya, yb = sign * a[1], sign * b[1]
+        return a[0] >= b[0] and ya >= yb and (a[0] > b[0] or ya > yb)
+
+    front = [i for i in finite if not any(dominates(points[j], points[i]) for j in finite if j != i)]
+    return sorted(front, key=lambda i: (points[i][0], -sign * points[i][1]))
+
+
+def tradeoff(comparison: dict[str, Any]) -> dict[str, Any]:
+    """What `tradeoff.png` draws: per available metric, each row with a measured speed-up on one CPU thread
+    (the teacher at 1×) as {model, speedup, mean, sd} (metric in %) and the names on its Pareto front (slowest
+    first); `left_out` names the rows without a measured speed-up (FBANK; students of runs made with
+    SKILLKD_SPEED_RUNS=0)."""
+    placed: list[tuple[dict[str, Any], float]] = []
+    left_out: list[str] = []
+    for row in comparison["rows"]:
+        speedup = 1.0 if row["model"] == "teacher" else row.get("speedup_cpu_1_thread")
+        if speedup is None:
+            left_out.append(row["model"])
+        else:
+            placed.append((row, float(speedup)))
+    panels = []
+    for key, title, mean, std, higher in TRADEOFF_METRICS:
+        points = [
+            {
+                "model": row["model"],
+                "speedup": speedup,
+                "mean": 100 * row[mean],
+                "sd": 100 * (row[std] or 0.0),
+            }
+            for row, speedup in placed
+            if row.get(mean) is not None
+        ]
+        if not points:
+            continue
+        front = pareto_front([(p["speedup"], p["mean"]) for p in points], higher)
+        panels.append(
+            {
+                "metric": key,
+                "title": title,
+                "higher_is_better": higher,
+                "points": points,
+                "front": [points[i]["model"] for i in front],
+            }
+        )
+    return {"panels": panels, "left_out": left_out}
+
+
+def _tradeoff_caption(picture: dict[str, Any]) -> str:
+    left = picture["left_out"]
+    if not left:
+        return "every model placed"
+    return f"{len(left)} left out without a measured speed-up ({', '.join(left)})"
+
+
+def render_tradeoff(comparison: dict[str, Any]) -> list[str]:
+    """comparison.md's lines on `tradeoff.png`: what it shows, each metric's Pareto front, what is left
+    out."""
+    picture = tradeoff(comparison)
+    lines = [
+        "",
+        "Trade-off (`tradeoff.png`): quality against the measured speed-up on one CPU thread (the teacher at "
+        "1×), mean ± sd over seeds; the Pareto front joins the models no other model beats in both (at least "
+        f"as fast and at least as good, better in one); {_tradeoff_caption(picture)}.",
+    ]
+    if not picture["panels"]:
+        return [*lines, "", "No PER or SID accuracy to place."]
+    lines.append("")
+    for panel in picture["panels"]:
+        by_name = {p["model"]: p for p in panel["points"]}
+        front = ", ".join(
+            f"{name} ({by_name[name]['speedup']:.2f}×, {by_name[name]['mean']:.2f})"
+            for name in panel["front"]
+        )
+        lines.append(f"- Pareto front, {panel['title']}: {front}")
+    return lines
+
+
+def plot_tradeoff(comparison: dict[str, Any], path: Path) -> None:
+    """One panel per metric: mean with sd error bars against the measured speed-up, one labelled marker per
+    row, the Pareto front joined by a line; the caption says how many rows had no speed-up to place."""
+    picture = tradeoff(comparison)
+    panels = picture["panels"]
+    figure = Figure(figsize=(5.0 * max(1, len(panels)), 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    colours = {row["model"]: f"C{i % 10}" for i, row in enumerate(comparison["rows"])}
+    for ax, panel in zip(axes, panels, strict=False):
+        for point in panel["points"]:
+            ax.errorbar(
+                point["speedup"],
+                point["mean"],
+                yerr=point["sd"],
+                fmt="o",
+                color=colours[point["model"]],
+                capsize=4,
+                zorder=3,
+            )
+            ax.annotate(
+                point["model"],
+                (point["speedup"], point["mean"]),
+                textcoords="offset points",
+                xytext=(5, 5),
+                fontsize=7,
+            )
+        by_name = {p["model"]: p for p in panel["points"]}
+        front = [by_name[name] for name in panel["front"]]
+        ax.plot(
+            [p["speedup"] for p in front],
+            [p["mean"] for p in front],
+            "-",
+            color="0.35",
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.set_xlabel("measured speed-up, CPU 1 thread (×, teacher = 1)")
+        ax.set_ylabel(panel["title"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    if not panels:
+        axes[0].text(0.5, 0.5, "no PER or SID accuracy to place", ha="center", va="center")
+        axes[0].set_axis_off()
+    figure.suptitle(
+        f"Quality against speed-up, {_budget_text(comparison)}, seeds {comparison['seeds']}\n"
+        f"{_tradeoff_caption(picture)}",
+        fontsize=9,
+    )
+    figure.savefig(path, dpi=120)
+
+
 def write_comparison(comparison: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2, default=str) + "\n")
     (out_dir / "comparison.md").write_text(render_comparison(comparison))
     plot_comparison(comparison, out_dir / "comparison.png")
+    plot_tradeoff(comparison, out_dir / "tradeoff.png")
 
 
 __all__ = [
+    "BUDGET_FIELDS",
     "METHODS",
+    "TRADEOFF_METRICS",
     "compare",
     "link_or_copy",
+    "pareto_front",
+    "parse_budgets",
     "plot_comparison",
+    "plot_tradeoff",
     "render_comparison",
+    "render_tradeoff",
+    "tradeoff",
     "write_comparison",
     "write_split_view",
 ]

@@ -327,3 +327,119 @@ def test_pipeline_refuses_evaluate_without_phone_labels(tmp_path: Path) -> None:
             audio,
             tmp_path / "w",
         )
+
+
+def test_parse_budgets_reads_a_latency_budget() -> None:
+    from core.evaluation.compare import parse_budgets
+
+    assert parse_budgets("sparsity=0.75;macs_sparsity=0.75;target_speedup=4") == [
+        {"sparsity": 0.75},
+        {"macs_sparsity": 0.75},
+        {"target_speedup": 4.0},
+    ]
+    assert parse_budgets("target-speedup=2.5,sparsity=0.5") == [{"target_speedup": 2.5, "sparsity": 0.5}]
+    with pytest.raises(ValueError, match="target_speedup must be a number"):
+        parse_budgets("target_speedup=fast")
+
+
+def test_pareto_front_dominance_ties_and_direction() -> None:
+    from core.evaluation.compare import pareto_front
+
+    # (speed-up, PER): lower is better. (2, 30) is beaten by (3, 29): faster and better.
+    per = [(1.0, 28.0), (2.0, 30.0), (3.0, 29.0), (4.0, 35.0)]
+    assert pareto_front(per, higher_is_better=False) == [0, 2, 3]
+    # the same numbers as accuracies (higher is better): the fastest is also the best
+    assert pareto_front(per, higher_is_better=True) == [3]
+    acc = [(1.0, 74.0), (2.0, 68.0), (3.0, 69.0), (4.0, 60.0)]
+    assert pareto_front(acc, higher_is_better=True) == [0, 2, 3]
+    assert pareto_front(acc, higher_is_better=False) == [3]
+    # equal points dominate neither other; equal speed, worse quality is dominated
+    ties = [(2.0, 30.0), (2.0, 30.0), (2.0, 31.0), (1.0, 25.0)]
+    assert pareto_front(ties, higher_is_better=False) == [3, 0, 1]
+    assert pareto_front(ties, higher_is_better=True) == [2]
+    # one point is its own front; none gives none; a NaN is never on it
+    assert pareto_front([(1.0, 5.0)], higher_is_better=True) == [0]
+    assert pareto_front([], higher_is_better=True) == []
+    assert pareto_front([(1.0, float("nan")), (2.0, 3.0)], higher_is_better=True) == [1]
+
+
+def _synthetic_comparison() -> dict[str, Any]:
+    def row(model: str, per: float | None, acc: float | None, speedup: float | None) -> dict[str, Any]:
+        return {
+            "model": model,
+            "runs": 2,
+            "params": 1e6,
+            "per_mean": per,
+            "per_std": None if per is None else 0.01,
+            "sid_accuracy_mean": acc,
+            "sid_accuracy_std": None if acc is None else 0.02,
+            "macs_per_second": 1e9,
+            "rtf_cpu": None,
+            "rtf_cuda": None,
+            "speedup_cpu_1_thread": speedup,
+            "cka_mean": None,
+            "sid_per_layer_mean": None,
+        }
+
+    return {
+        "teacher": "t",
+        "dataset": {"path": "d", "train_split": "train", "test_split": "test"}
+        | {"compress_split": "train", "train_utterances": 10, "test_utterances": 4},
+        "methods": ["skill", "dphubert"],
+        "sparsity": None,
+        "budgets": ["sparsity=0.75", "target_speedup=4"],
+        "seeds": [0, 1],
+        "preset": "quick",
+        "rows": [
+            row("teacher", 0.28, 0.74, None),
+            row("fbank", 0.66, 0.73, None),
+            row("skill [sparsity=0.75]", 0.29, 0.68, 2.5),
+            row("dphubert [sparsity=0.75]", 0.30, 0.69, 2.4),
+            row("skill [target_speedup=4]", 0.33, 0.60, 4.1),
+            row("dphubert [target_speedup=4]", 0.34, 0.61, None),  # SKILLKD_SPEED_RUNS=0
+        ],
+        "notes": [],
+        "environment": {"threads": 1},
+    }
+
+
+def test_write_comparison_draws_the_tradeoff(tmp_path: Path) -> None:
+    from core.evaluation.compare import tradeoff, write_comparison
+
+    comparison = _synthetic_comparison()
+    picture = tradeoff(comparison)
+    assert picture["left_out"] == ["fbank", "dphubert [target_speedup=4]"]
+    per, sid = picture["panels"]
+    assert (per["metric"], sid["metric"]) == ("per", "sid")
+    assert [p["speedup"] for p in per["points"]] == [1.0, 2.5, 2.4, 4.1]  # the teacher at 1×
+    assert per["points"][1]["mean"] == pytest.approx(29.0) and per["points"][1]["sd"] == pytest.approx(1.0)
+    # dphubert [sparsity] is slower and worse on PER than skill [sparsity]; on SID it is better
+    assert per["front"] == ["teacher", "skill [sparsity=0.75]", "skill [target_speedup=4]"]
+    assert sid["front"] == [
+        "teacher",
+        "dphubert [sparsity=0.75]",
+        "skill [sparsity=0.75]",
+        "skill [target_speedup=4]",
+    ]
+
+    write_comparison(comparison, tmp_path)
+    png = (tmp_path / "tradeoff.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    table = (tmp_path / "comparison.md").read_text()
+    assert "`tradeoff.png`" in table
+    assert "2 left out without a measured speed-up (fbank, dphubert [target_speedup=4])" in table
+    assert (
+        "Pareto front, PER % (lower is better): teacher (1.00×, 28.00), "
+        "skill [sparsity=0.75] (2.50×, 29.00), skill [target_speedup=4] (4.10×, 33.00)" in table
+    )
+
+
+def test_tradeoff_without_a_metric_still_writes_a_picture(tmp_path: Path) -> None:
+    from core.evaluation.compare import plot_tradeoff, tradeoff
+
+    comparison = _synthetic_comparison()
+    for row in comparison["rows"]:
+        row["per_mean"] = row["sid_accuracy_mean"] = None
+    assert tradeoff(comparison)["panels"] == []
+    plot_tradeoff(comparison, tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
