@@ -441,15 +441,12 @@ def render(result: dict[str, Any]) -> str:
     t, w, e = result["teacher"], result["work"], result["estimated_seconds"]
     timing = result["timing"]
     ref = f"{result['macs_reference_seconds']:g} s utterance"
-    targets = (
-        ", ".join(
-            f"{b['kind']} <= {format_count(b['target'])}{' MACs/s' if b['kind'] == 'macs' else ''} "
-            f"(sparsity {b['sparsity']:.3f})"
-            for b in result["targets"]
-            if b["kind"] != "latency"
-        )
-        or ("latency alone (below)" if result.get("latency") else "none")
-    )
+    targets = ", ".join(
+        f"{b['kind']} <= {format_count(b['target'])}{' MACs/s' if b['kind'] == 'macs' else ''} "
+        f"(sparsity {b['sparsity']:.3f})"
+        for b in result["targets"]
+        if b["kind"] != "latency"
+    ) or ("latency alone (below)" if result.get("latency") else "none")
     latency = result.get("latency")
     latency_lines = (
         [
