@@ -101,7 +101,7 @@ def _create_keys(home: Path, owners: list[str]) -> dict[str, str]:
 def service(chromium_ready, tmp_path_factory) -> Iterator[Service]:
     home = tmp_path_factory.mktemp("dashboard") / "home"
     home.mkdir()
-    keys = _create_keys(home, ["alice", "bob"])
+    keys = _create_keys(home, ["alice", "bob", "carol"])
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLKD_")}
     env.update(
@@ -182,6 +182,29 @@ def finished(service, inputs) -> list[dict]:
                     "seed": seed,
                     "evaluate": method == "skill",
                 },
+            }
+            r = c.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            jobs.append(r.json())
+        return [wait_job(c, j["id"], {"succeeded"}) for j in jobs]
+
+
+@pytest.fixture(scope="session")
+def evaluated(service, tmp_path_factory) -> list[dict]:
+    """Three finished, evaluated jobs of carol's own teacher (alice's lists stay as they are): SKILL at 50%
+    and 80% (seed 0) and DPHuBERT at 80% (seed 1), so two land at about the same speed-up and one of those
+    two is beaten by the other."""
+    tmp = tmp_path_factory.mktemp("carol")
+    jobs = []
+    with service.client("carol") as c:
+        teacher = upload(c, "teachers", teacher_zip(tmp / "t.zip").read_bytes())
+        dataset = upload(c, "datasets", audio_zip(tmp / "a.zip", tmp).read_bytes())
+        for method, sparsity, seed in (("skill", 0.5, 0), ("skill", 0.8, 0), ("dphubert", 0.8, 1)):
+            spec = {"method": method, "sparsity": sparsity, "seed": seed, "stage1_steps": 8}
+            body = {
+                "teacher_id": teacher["id"],
+                "dataset_id": dataset["id"],
+                "spec": spec | {"evaluate": True},
             }
             r = c.post("/v1/jobs", json=body)
             assert r.status_code == 202, r.text

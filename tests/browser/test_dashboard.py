@@ -229,7 +229,7 @@ def test_compare_two_finished_jobs(page_for, service, finished, shots):
     assert header.count() == 3  # the row labels and two jobs
     text = page.inner_text("#compare-table")
     assert "dphubert" in text and "skill" in text
-    loss = page.locator("#comparison figure.chart").first
+    loss = page.locator("#cmp-curves figure.chart").first
     assert loss.locator("path.line[d^='M']").count() == 2  # curves overlaid
     page.screenshot(path=str(shots / "compare.png"), full_page=True)
     no_js_errors(page)

@@ -81,7 +81,7 @@ def test_compare_says_the_losses_have_different_targets(page_for, service, finis
     page = page_for("alice")
     page.goto(f"{service.url}/ui/#/compare?jobs={finished[0]['id']},{finished[1]['id']}")
     page.wait_for_selector("#compare-table")
-    loss = page.locator("#comparison figure.chart").first
+    loss = page.locator("#cmp-curves figure.chart").first
     note = loss.locator(".chart-note").inner_text()
     assert "different targets" in note and "not comparable" in note, note
     legend = loss.locator("ul.legend").inner_text()
@@ -89,10 +89,54 @@ def test_compare_says_the_losses_have_different_targets(page_for, service, finis
     assert f"means of {len(skill_clusters)} layer clusters" in legend, legend
     assert "layers 0, 4, 8, 12" in legend, legend
     # the sparsity overlay ends at each job's achieved size too
-    sparsity = page.locator("#comparison figure.chart").nth(1).locator("ul.legend").inner_text()
+    sparsity = page.locator("#cmp-curves figure.chart").nth(1).locator("ul.legend").inner_text()
     for job in finished:
         assert f"achieved {100 * job['metrics']['report']['achieved_sparsity']:.1f}%" in sparsity, sparsity
     # quality: a job without evaluation says so rather than a bare dash
     assert "not evaluated" in page.inner_text("#compare-table")
     page.screenshot(path=str(shots / "compare-targets.png"), full_page=True)
+    no_js_errors(page)
+
+
+def test_compare_plots_quality_against_the_measured_speedup(page_for, service, evaluated, shots):
+    from core.evaluation.compare import pareto_front
+
+    reports = [job["metrics"]["report"] for job in evaluated]
+    points = [
+        (r["speed"]["cpu_1_thread"]["speedup"], 100 * r["evaluation_headline"]["eval_per"]) for r in reports
+    ]
+    front = pareto_front(points, higher_is_better=False)
+    assert len(front) == 2, points  # the two 80% students: one beats the other
+    page = page_for("carol")
+    page.goto(f"{service.url}/ui/#/compare?jobs={','.join(job['id'] for job in evaluated)}")
+    chart = page.locator("#cmp-tradeoff figure.chart.tradeoff")
+    chart.wait_for()
+    assert chart.locator("figcaption").inner_text() == "PER against measured speed-up"
+    assert chart.locator("svg g.point").count() == 3
+    on_front = chart.locator("svg g.point.on-front")
+    assert on_front.count() == 2
+    ids = [on_front.nth(i).get_attribute("data-id") for i in range(2)]
+    assert ids == [evaluated[i]["id"] for i in front], (ids, points)
+    assert chart.locator("svg path.front").get_attribute("d").count("L") == 1  # the front, joined
+    # the teacher at 1x, and each point's figures in words (title, desc, legend)
+    assert "teacher (1×)" in chart.locator("ul.legend").inner_text()
+    desc = chart.locator("svg desc").text_content()
+    assert desc.startswith("3 points:") and "Pareto front (lower PER (%) is better)" in desc, desc
+    for speedup, per in points:
+        assert f"{float(f'{speedup:.3g}'):g}×: {float(f'{per:.2f}'):g}" in desc, desc
+    assert "carry no PER of the teacher" in chart.locator(".chart-note").inner_text()
+    chart.screenshot(path=str(shots / "compare-tradeoff.png"))
+    no_js_errors(page)
+
+
+def test_compare_without_evaluation_says_there_is_no_tradeoff_to_plot(page_for, service, finished, shots):
+    page = page_for("alice")
+    page.goto(f"{service.url}/ui/#/compare?jobs={finished[0]['id']},{finished[1]['id']}")
+    chart = page.locator("#cmp-tradeoff figure.chart.tradeoff")
+    chart.wait_for()
+    # one job evaluated: its point alone; the other one named as left out
+    assert chart.locator("svg g.point").count() == 1
+    note = chart.locator(".chart-note").inner_text()
+    assert "Left out: " in note and note.endswith(" (not evaluated)."), note
+    assert note.count("(not evaluated)") == 1, note
     no_js_errors(page)

@@ -1,4 +1,5 @@
-// Plots as inline SVG: line charts (axes with units, legend, reference lines) and a heatmap with boxes.
+// Plots as inline SVG: line charts (axes with units, legend, reference lines), a speed / quality trade-off with
+// its Pareto front, and a heatmap with boxes.
 // Small on purpose: the dashboard draws a handful of series of at most a few thousand points each.
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -171,6 +172,133 @@ export function lineChart(opts) {
 
   const figure = document.createElement("figure");
   figure.className = "chart";
+  const caption = document.createElement("figcaption");
+  caption.textContent = opts.title;
+  figure.append(caption, svg, legend);
+  if (opts.note) {
+    const note = document.createElement("p");
+    note.className = "chart-note";
+    note.textContent = opts.note;
+    figure.append(note);
+  }
+  return figure;
+}
+
+/**
+ * Indices of the points no other point dominates, by speed-up ascending: a point dominates another when it is
+ * at least as fast (x, higher is better) and at least as good (y, higher or lower is better as told) and
+ * strictly better in one. Equal points dominate neither other. (core.evaluation.compare.pareto_front.)
+ */
+export function paretoFront(points, higherIsBetter) {
+  const sign = higherIsBetter ? 1 : -1;
+  const ok = points.map((p, i) => i).filter((i) => Number.isFinite(points[i][0]) && Number.isFinite(points[i][1]));
+  const dominates = (a, b) => a[0] >= b[0] && sign * a[1] >= sign * b[1] && (a[0] > b[0] || sign * a[1] > sign * b[1]);
+  return ok.filter((i) => !ok.some((j) => j !== i && dominates(points[j], points[i])))
+    .sort((i, j) => points[i][0] - points[j][0] || sign * (points[j][1] - points[i][1]));
+}
+
+/**
+ * A speed / quality trade-off: one labelled marker per point (with ± sd bars when given), the Pareto front
+ * joined by a line.
+ * opts: title, xLabel, yLabel (with units), points [{name, x, y, sd, id}], higherIsBetter (of y), vLines
+ * [{x, label}] (e.g. the teacher at 1× when its quality is unknown), xFormat, yFormat, note.
+ * Returns a <figure class="chart tradeoff"> with the SVG, a caption and an HTML legend naming the front.
+ */
+export function tradeoffChart(opts) {
+  const W = 640;
+  const H = opts.height || 300;
+  const M = { left: 58, right: 24, top: 18, bottom: 44 };
+  const id = `chart${++uid}`;
+  const points = (opts.points || []).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y))
+    .map((p, i) => ({ ...p, color: p.color || PALETTE[i % PALETTE.length] }));
+  const front = paretoFront(points.map((p) => [p.x, p.y]), opts.higherIsBetter).map((i) => points[i]);
+  const xs = [...points.map((p) => p.x), ...(opts.vLines || []).map((l) => l.x)];
+  const ys = points.flatMap((p) => [p.y - (p.sd || 0), p.y + (p.sd || 0)]);
+  const [x0, x1] = extent(xs, 0.08);
+  const [y0, y1] = extent(ys, 0.12);
+  const fx = opts.xFormat || ((v) => `${+v.toPrecision(3)}×`);
+  const fy = opts.yFormat || defaultFormat;
+  const px = (x) => M.left + ((x - x0) / (x1 - x0 || 1)) * (W - M.left - M.right);
+  const py = (y) => H - M.bottom - ((y - y0) / (y1 - y0 || 1)) * (H - M.top - M.bottom);
+
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": `${id}-t ${id}-d`, class: "plot tradeoff" });
+  svg.append(s("title", { id: `${id}-t` }, opts.title));
+  const said = (p) => `${p.name} at ${fx(p.x)}: ${fy(p.y)}${p.sd ? ` ± ${fy(p.sd)}` : ""}`;
+  svg.append(s("desc", { id: `${id}-d` }, points.length
+    ? `${points.length} point${points.length > 1 ? "s" : ""}: ${points.map(said).join("; ")}. ` +
+      `Pareto front (${opts.higherIsBetter ? "higher" : "lower"} ${opts.yLabel} is better): ${front.map((p) => p.name).join(", ")}.`
+    : "no points"));
+
+  const axes = s("g", { class: "axes" });
+  for (const t of ticks(y0, y1, 5)) {
+    axes.append(s("line", { x1: M.left, x2: W - M.right, y1: py(t), y2: py(t), class: "grid" }));
+    axes.append(s("text", { x: M.left - 6, y: py(t), class: "tick", "text-anchor": "end", "dominant-baseline": "middle" }, fy(t)));
+  }
+  for (const t of xs.length ? ticks(x0, x1, 6) : []) {
+    axes.append(s("line", { x1: px(t), x2: px(t), y1: H - M.bottom, y2: H - M.bottom + 4, class: "axis" }));
+    axes.append(s("text", { x: px(t), y: H - M.bottom + 16, class: "tick", "text-anchor": "middle" }, fx(t)));
+  }
+  axes.append(s("line", { x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom, class: "axis" }));
+  axes.append(s("line", { x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom, class: "axis" }));
+  axes.append(s("text", { x: (M.left + W - M.right) / 2, y: H - 6, class: "label", "text-anchor": "middle" }, opts.xLabel));
+  axes.append(s("text", { x: 12, y: (M.top + H - M.bottom) / 2, class: "label", "text-anchor": "middle",
+    transform: `rotate(-90 12 ${(M.top + H - M.bottom) / 2})` }, opts.yLabel));
+  svg.append(axes);
+
+  const plot = s("g", {});
+  for (const l of opts.vLines || []) {
+    plot.append(s("line", { x1: px(l.x), x2: px(l.x), y1: M.top, y2: H - M.bottom, class: "ref" }));
+    plot.append(s("text", { x: px(l.x) + 4, y: M.top + 10, class: "ref-label" }, l.label));
+  }
+  if (front.length) {
+    plot.append(s("path", { class: "line front", stroke: "#57606a", "data-series": "Pareto front",
+      d: front.map((p, i) => `${i ? "L" : "M"}${px(p.x).toFixed(1)},${py(p.y).toFixed(1)}`).join("") }));
+  }
+  for (const p of points) {
+    const onFront = front.includes(p);
+    const g = s("g", { class: `point${onFront ? " on-front" : ""}`, "data-name": p.name, "data-id": p.id });
+    if (p.sd) {
+      const [a, b] = [py(p.y - p.sd), py(p.y + p.sd)];
+      g.append(s("path", { class: "errorbar", stroke: p.color, "stroke-width": 1.5,
+        d: `M${px(p.x) - 4},${a}H${px(p.x) + 4}M${px(p.x)},${a}V${b}M${px(p.x) - 4},${b}H${px(p.x) + 4}` }));
+    }
+    g.append(s("circle", { cx: px(p.x), cy: py(p.y), r: onFront ? 5 : 4, fill: onFront ? p.color : "#fff", stroke: p.color,
+      "stroke-width": 2 }, s("title", {}, said(p))));
+    const right = px(p.x) > W - M.right - 120;
+    g.append(s("text", { x: px(p.x) + (right ? -8 : 8), y: py(p.y) - 8, class: "tick", "text-anchor": right ? "end" : "start" }, p.name));
+    plot.append(g);
+  }
+  svg.append(plot);
+  if (!points.length) {
+    svg.append(s("text", { x: W / 2, y: H / 2, class: "empty-plot", "text-anchor": "middle" }, opts.empty || "nothing to place"));
+  }
+
+  const legend = document.createElement("ul");
+  legend.className = "legend";
+  for (const p of points) {
+    const li = document.createElement("li");
+    li.append(s("svg", { viewBox: "0 0 12 12", width: 12, height: 12, "aria-hidden": "true" },
+      s("circle", { cx: 6, cy: 6, r: 4, fill: front.includes(p) ? p.color : "#fff", stroke: p.color, "stroke-width": 2 })),
+    document.createTextNode(` ${said(p)}${front.includes(p) ? " (on the front)" : ""}`));
+    legend.append(li);
+  }
+  if (front.length) {
+    const li = document.createElement("li");
+    li.className = "front";
+    li.append(s("svg", { viewBox: "0 0 24 8", width: 24, height: 8, "aria-hidden": "true" },
+      s("line", { x1: 0, x2: 24, y1: 4, y2: 4, stroke: "#57606a", "stroke-width": 3 })),
+    document.createTextNode(` Pareto front: ${front.map((p) => p.name).join(" → ")}`));
+    legend.append(li);
+  }
+  for (const l of opts.vLines || []) {
+    const li = document.createElement("li");
+    li.append(s("svg", { viewBox: "0 0 24 8", width: 24, height: 8, "aria-hidden": "true" },
+      s("line", { x1: 0, x2: 24, y1: 4, y2: 4, class: "ref" })), document.createTextNode(" " + l.label));
+    legend.append(li);
+  }
+
+  const figure = document.createElement("figure");
+  figure.className = "chart tradeoff";
   const caption = document.createElement("figcaption");
   caption.textContent = opts.title;
   figure.append(caption, svg, legend);

@@ -1,12 +1,13 @@
-// #/compare[?jobs=a,b]: finished jobs of one teacher side by side: size, MACs, speed, PER / speaker ID,
-// and their training curves overlaid. Each loss is measured against its job's own targets (SKILL: means of
+// #/compare[?jobs=a,b]: finished jobs of one teacher side by side: size, MACs, speed, PER / speaker ID, the
+// speed / quality trade-off (quality against each job's measured speed-up, Pareto front marked), and their
+// training curves overlaid. Each loss is measured against its job's own targets (SKILL: means of
 // the teacher's layer clusters; DPHuBERT: single teacher layers); where these differ the chart says so
 // rather than rescaling the curves, since no rescaling makes losses against different targets comparable.
 
 import { get, getAll } from "../api.js";
 import { errorBox, fill, h, table } from "../dom.js";
 import * as fmt from "../format.js";
-import { lineChart } from "../plot.js";
+import { lineChart, tradeoffChart } from "../plot.js";
 import { clustersText, landedSparsity, landingPoints, trainingSeries } from "./job.js";
 import { describeTarget } from "./jobs.js";
 
@@ -92,6 +93,47 @@ async function allEvents(id, signal) {
   }
 }
 
+/** The speed-up a job measured when it ended: teacher time / student time on one CPU thread, the two
+ *  interleaved in one process (report.json `speed.cpu_1_thread`); null when the job timed nothing
+ *  (SKILLKD_SPEED_RUNS=0). */
+function measuredSpeedup(report) {
+  const v = report.speed && report.speed.cpu_1_thread && report.speed.cpu_1_thread.speedup;
+  return Number.isFinite(v) ? v : null;
+}
+
+const QUALITY = [
+  { key: "eval_per", name: "PER", label: "PER (%)", higher: false },
+  { key: "eval_sid_accuracy", name: "speaker ID accuracy", label: "speaker ID accuracy (%)", higher: true },
+];
+
+/** Quality against measured speed-up, one point per job, the Pareto front joined; PER when any chosen job has
+ *  one (evaluation), else speaker ID accuracy, else a note. The teacher sits at 1×: a job's report has no
+ *  quality figure of the teacher, so it is a reference line there. Jobs without the metric or a speed-up are
+ *  named in the note. */
+function tradeoff(jobs, reports) {
+  const headline = (r) => r.evaluation_headline || {};
+  const metric = QUALITY.find((m) => reports.some((r) => Number.isFinite(headline(r)[m.key])));
+  if (!metric) {
+    return h("p", { class: "muted", id: "tradeoff-none" }, "No quality to plot against speed: none of these jobs was evaluated " +
+      "(submit with evaluation on to get its PER and speaker ID accuracy).");
+  }
+  const points = [];
+  const out = [];
+  jobs.forEach((j, i) => {
+    const value = headline(reports[i])[metric.key];
+    const speedup = measuredSpeedup(reports[i]);
+    const name = `${fmt.shortId(j.id)} ${j.spec.method}, ${describeTarget(j.spec)}`;
+    if (!Number.isFinite(value)) out.push(`${fmt.shortId(j.id)} (not evaluated)`);
+    else if (speedup === null) out.push(`${fmt.shortId(j.id)} (no measured speed-up)`);
+    else points.push({ id: j.id, name, x: speedup, y: 100 * value });
+  });
+  const notes = [`The teacher is the line at 1×: the jobs' reports carry no ${metric.name} of the teacher.`];
+  if (out.length) notes.push(`Left out: ${out.join(", ")}.`);
+  return tradeoffChart({ title: `${metric.name} against measured speed-up`, xLabel: "measured speed-up, CPU 1 thread (× the teacher)",
+    yLabel: metric.label, points, higherIsBetter: metric.higher, yFormat: (v) => `${+v.toFixed(2)}`,
+    vLines: [{ x: 1, label: "teacher (1×)" }], note: notes.join(" ") });
+}
+
 function studentEval(report) {
   const models = (report.evaluation && report.evaluation.models) || [];
   return models[0] || null;
@@ -164,5 +206,7 @@ function comparison(jobs, events) {
         points: [...stage1, ...tail], marker: tail.length > 0 };
     }) });
   return [h("section", { "aria-labelledby": "cmp-table-h" }, h("h2", { id: "cmp-table-h" }, "Side by side"), grid),
-    h("section", { "aria-labelledby": "cmp-curves-h" }, h("h2", { id: "cmp-curves-h" }, "Curves"), h("div", { class: "charts" }, loss, sparsity))];
+    h("section", { "aria-labelledby": "cmp-tradeoff-h", id: "cmp-tradeoff" }, h("h2", { id: "cmp-tradeoff-h" }, "Speed against quality"),
+      tradeoff(jobs, reports)),
+    h("section", { "aria-labelledby": "cmp-curves-h", id: "cmp-curves" }, h("h2", { id: "cmp-curves-h" }, "Curves"), h("div", { class: "charts" }, loss, sparsity))];
 }

@@ -9,8 +9,8 @@ import { announce, errorBox, fill, h } from "../dom.js";
 import * as fmt from "../format.js";
 import { fieldErrors, specForm, specSchema } from "../specform.js";
 
-const PRIMARY = ["method", "sparsity", "target_params", "target_macs", "macs_sparsity", "preset", "clusters", "stage1_steps",
-  "stage2_steps", "device", "evaluate"];
+const PRIMARY = ["method", "sparsity", "target_params", "target_macs", "macs_sparsity", "target_speedup", "preset", "clusters",
+  "stage1_steps", "stage2_steps", "device", "evaluate"];
 
 export async function renderNewJob(main, params, signal) {
   const from = params.get("from");
