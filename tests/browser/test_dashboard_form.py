@@ -227,3 +227,14 @@ def test_the_form_offers_evaluation_and_says_what_it_costs(page_for, service, in
     assert overflow <= 1
     page.screenshot(path=str(shots / "new-job-phone.png"), full_page=True)
     no_js_errors(page)
+
+
+def test_the_form_offers_a_speedup_target_greater_than_one(page_for, service, inputs, shots):
+    page = open_form(page_for, service, inputs)
+    field = page.locator("#spec-target_speedup")
+    assert field.is_visible()  # among the main fields, beside the size and MACs targets
+    page.fill("#spec-target_speedup", "1")
+    page.click("#submit-job")
+    page.wait_for_selector("#spec-target_speedup-error:not([hidden])")
+    assert visible_field_errors(page)["target_speedup"] == "must be greater than 1"
+    no_js_errors(page)
