@@ -430,7 +430,9 @@ def _head_lines(head: dict[str, Any] | None) -> list[str]:
         return [f"head:     {head['dropped']}; dropped (drop_head): the student is an encoder alone"]
     return [
         f"head:     {head['description']}; the student keeps it, distilled on the teacher's outputs "
-        f"(weight {head['weight']:g}, temperature {head['temperature']:g}) and exports as the same task model"
+        f"(weight {head['weight']:g}, temperature {head['temperature']:g}"
+        + (f"; its input, weight {head['input_weight']:g}" if head.get("input_weight") else "")
+        + ") and exports as the same task model"
     ]
 
 

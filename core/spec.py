@@ -255,12 +255,13 @@ class CompressionSpec(BaseModel):
         default=1.0, gt=0.0, le=100.0, description="temperature of the task distillation term"
     )
     task_input_weight: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0.0,
         le=100.0,
         description="with a task head: weight of a term pulling what the student's head reads (its last "
         "hidden state, or a weighted head's layer sum) to what the teacher's head reads (L1 - cosine, as the "
-        "cluster targets); 0 turns it off",
+        "cluster targets; 1 by measurement: a CTC task student's PER 0.6-1.1 points lower on every seed and "
+        "teacher tried); 0 turns it off",
     )
     task_supervised_weight: float = Field(
         default=0.0,

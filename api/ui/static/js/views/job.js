@@ -600,8 +600,9 @@ function architectureSection(report) {
 /** What became of a fine-tuned teacher's head (report.task_head). */
 function headText(head) {
   if (!head.kept) return `${head.dropped}: dropped (drop_head), the student is an encoder alone`;
+  const input = head.input_weight ? `; its input, weight ${head.input_weight}` : "";
   return `${head.description}: kept, distilled on the teacher's outputs (weight ${head.weight}, ` +
-    `temperature ${head.temperature}); the hf artifact is the task model`;
+    `temperature ${head.temperature}${input}); the hf artifact is the task model`;
 }
 
 function renderArtifacts(container, items) {
