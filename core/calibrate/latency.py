@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from core.evaluation.speed import interleaved_times, torch_threads
 from core.models import SpeechEncoder, make_student
 from core.models.latency import CostModel, conv_groups, feature_names, feature_vector
+from core.timing import timed_rounds, torch_threads
 
 SHAPES = 12  # randomly pruned copies besides the teacher
 ROUNDS = 3  # timed passes of each, after one untimed
@@ -134,7 +134,10 @@ def cpu_timer(seconds: float, threads: int, rounds: int) -> Timer:
     def timer(models: list[SpeechEncoder]) -> list[float]:
         named = {f"m{i}": m for i, m in enumerate(models)}
         with torch_threads(threads):
-            times = interleaved_times(named, device="cpu", seconds=seconds, runs=rounds, warmup=1)
+            rate = models[0].config.sample_rate
+            times = timed_rounds(
+                named, sample_rate=rate, device="cpu", seconds=seconds, runs=rounds, warmup=1
+            )
         return [statistics.median(times[name]) for name in named]
 
     return timer

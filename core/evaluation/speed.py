@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from core.evaluation.facts import count_macs, count_parameters, device_of, sample_rate_of
+from core.evaluation.facts import count_macs, count_parameters, sample_rate_of
 from core.models import SpeechEncoder
+from core.timing import timed_rounds, torch_threads
 
 SECONDS = 10.0  # the reference utterance of every speed figure
 RUNS = 5
@@ -56,29 +54,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` intra-op threads, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _utterance(seconds: float, sample_rate: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    samples = int(round(seconds * sample_rate))
-    generator = torch.Generator().manual_seed(0)
-    waveforms = 0.1 * torch.randn(1, samples, generator=generator)  # (batch, time)
-    return waveforms.to(device), torch.tensor([samples], device=device)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def interleaved_times(
     models: dict[str, SpeechEncoder],
     *,
@@ -87,39 +62,14 @@ def interleaved_times(
     runs: int = RUNS,
     warmup: int = WARMUP,
 ) -> dict[str, list[float]]:
-    """Seconds per forward pass of each model over the same `seconds`-long utterance, `runs` each.
-
-    Rounds alternate the order (A B, B A, A B, ...), so neither model always runs right after the other. The
-    models are moved to `device` for the measurement and back afterwards; eval mode, no autograd.
-    """
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, found runs={runs}, warmup={warmup}")
-    device = torch.device(device)
+    """Seconds per forward pass of each model over the same `seconds`-long utterance, `runs` each, in
+    alternating rounds (`core.timing.timed_rounds`); the models must expect one sample rate."""
     rates = {sample_rate_of(m) for m in models.values()}
     if len(rates) != 1:
         raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
-    waveforms, lengths = _utterance(seconds, rates.pop(), device)
-    homes = {name: device_of(m) for name, m in models.items()}
-    modes = {name: m.training for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    try:
-        for m in models.values():
-            m.to(device).eval()
-        with torch.inference_mode():
-            for round_index in range(warmup + runs):
-                order = names if round_index % 2 == 0 else names[::-1]
-                for name in order:
-                    _sync(device)
-                    start = time.perf_counter()
-                    models[name](waveforms, lengths)
-                    _sync(device)
-                    if round_index >= warmup:
-                        times[name].append(time.perf_counter() - start)
-    finally:
-        for name, m in models.items():
-            m.to(homes[name]).train(modes[name])
-    return times
+    return timed_rounds(
+        models, sample_rate=rates.pop(), device=device, seconds=seconds, runs=runs, warmup=warmup
+    )
 
 
 def _setting(times: dict[str, list[float]], seconds: float, threads: int | None) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Timing forward passes alike for every model: the interleaved rounds behind every speed figure
+(`core.evaluation.speed`, the report's speed section) and the latency cost model's fit
+(`core.calibrate.latency`), in one ground-floor module that both stages use (torch only)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` intra-op threads, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _utterance(seconds: float, sample_rate: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = int(round(seconds * sample_rate))
+    generator = torch.Generator().manual_seed(0)
+    waveforms = 0.1 * torch.randn(1, samples, generator=generator)  # (batch, time)
+    return waveforms.to(device), torch.tensor([samples], device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _home(model: torch.nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def timed_rounds(
+    models: Mapping[str, torch.nn.Module],
+    *,
+    sample_rate: int,
+    device: torch.device | str,
+    seconds: float,
+    runs: int,
+    warmup: int,
+) -> dict[str, list[float]]:
+    """Seconds per forward pass of each model over the same `seconds`-long utterance at `sample_rate`, `runs`
+    each after `warmup` untimed passes.
+
+    Rounds alternate the order (A B, B A, A B, ...), so neither model always runs right after the other. The
+    models are moved to `device` for the measurement and back afterwards; eval mode, no autograd.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, found runs={runs}, warmup={warmup}")
+    device = torch.device(device)
+    waveforms, lengths = _utterance(seconds, sample_rate, device)
+    homes = {name: _home(m) for name, m in models.items()}
+    modes = {name: m.training for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    names = list(models)
+    try:
+        for m in models.values():
+            m.to(device).eval()
+        with torch.inference_mode():
+            for round_index in range(warmup + runs):
+                order = names if round_index % 2 == 0 else names[::-1]
+                for name in order:
+                    _sync(device)
+                    start = time.perf_counter()
+                    models[name](waveforms, lengths)
+                    _sync(device)
+                    if round_index >= warmup:
+                        times[name].append(time.perf_counter() - start)
+    finally:
+        for name, m in models.items():
+            m.to(homes[name]).train(modes[name])
+    return times
+
+
+__all__ = ["timed_rounds", "torch_threads"]
