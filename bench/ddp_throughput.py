@@ -23,7 +23,6 @@ run. Every process is pinned to one thread (`torch.set_num_threads(1)`), so 2 pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -38,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bench.output import write_outputs
 from core.distill.targets import ClusterTargets
 from core.distill.train import DistillStep, average_across_ranks
 from core.estimate import default_clusters
@@ -222,14 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "summary": summarise(runs),
     }
-    text = format_markdown(report)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+    write_outputs(report, format_markdown(report), args.json, args.markdown)
     return report
 
 

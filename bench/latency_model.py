@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from bench.output import write_outputs
 from core.calibrate.latency import cpu_model, default_rounds, default_shapes, fit_cost_model, random_shapes
 from core.evaluation.speed import available_cores, interleaved_times, torch_threads
 from core.models import SpeechEncoder, load_model
@@ -337,14 +338,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "teachers": results,
     }
-    text = format_markdown(report)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+    write_outputs(report, format_markdown(report), args.json, args.markdown)
     return report
 
 

@@ -485,8 +485,9 @@ def inspect(path: Path, seconds: float, as_json: bool) -> None:
     "--int8-mode",
     type=click.Choice(["dynamic", "static", "static_conv"]),
     default=None,
-    help="int8 quantisation: dynamic (default), static (MatMul, calibrated on --audio) or static_conv (the "
-    "conv front end too: faster, less faithful; kept only if it passes the int8 gate).",
+    help="int8 quantisation: dynamic, static (MatMul, calibrated on --audio) or static_conv (the conv front "
+    "end too: faster, less faithful; kept only if it passes the int8 gate) [default: static_conv for a "
+    "student trained --int8-aware, else dynamic].",
 )
 @click.option("--json", "as_json", is_flag=True)
 def export_cmd(
@@ -501,7 +502,7 @@ def export_cmd(
     """Export a student (or teacher) as a transformers model directory and/or verified ONNX files."""
     from core.export.for_users import carry_verified_onnx, export_for_users
     from core.export.hf import is_hf_export_dir
-    from core.export.onnx import DEFAULT_INT8_MODE, parse_onnx_variants
+    from core.export.onnx import parse_onnx_variants, student_int8_mode
     from core.models import load_model
 
     if fmt is None and onnx_variants is None:
@@ -527,7 +528,7 @@ def export_cmd(
         if hf_dir is not None and variants:  # the ONNX files go inside the hf export, under their Hub names
             onnx_dir = hf_dir / "onnx.tmp"
         info = export_for_users(
-            model, onnx_dir, hf_dir, variants, audio=audio, int8_mode=int8_mode or DEFAULT_INT8_MODE
+            model, onnx_dir, hf_dir, variants, audio=audio, int8_mode=int8_mode or student_int8_mode(path)
         )
         if hf_dir is not None and variants:
             shutil.rmtree(onnx_dir, ignore_errors=True)

@@ -394,6 +394,7 @@ def estimate(
         "dry_run": True,
         "teacher": inputs.teacher_facts(teacher),
         "task_head": inputs.head_facts(spec),
+        "int8_aware": spec.int8_aware,
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         **({"latency": latency} if latency is not None else {}),
@@ -482,6 +483,14 @@ def render(result: dict[str, Any]) -> str:
         f"targets:  {targets}",
         *latency_lines,
         *_student_lines(result["student_estimate"]),
+        *(
+            [
+                "int8:     stage 2 trains through the int8 export's rounding (int8_aware); the int8 ONNX "
+                "export then quantises the conv front end too (static_conv)"
+            ]
+            if result.get("int8_aware")
+            else []
+        ),
         f"audio:    {audio.get('files')} files, {audio.get('hours', 0.0):.2f} h"
         + (f" ({sum(audio['skipped'].values())} skipped)" if audio.get("skipped") else ""),
         f"work:     calibration {w['calibration_utterances']} utterances ({w['calibration_audio_seconds']:g} "
@@ -510,7 +519,11 @@ def _student_lines(estimate: dict[str, Any]) -> list[str]:
     for shape, label in labels.items():
         s = estimate.get(shape)
         text = (
-            "no such student meets the targets"
+            (
+                "none meets the targets: the conv front end alone costs more"
+                if shape == "conv_kept"
+                else "no such student meets the targets"
+            )
             if s is None
             else f"~{format_count(s['num_params'])} params, ~{format_count(s['macs_per_second'])} MACs/s "
             f"(keep {s['keep_fraction']:.3f} of heads, FFN "

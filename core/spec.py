@@ -330,6 +330,13 @@ class CompressionSpec(BaseModel):
         description="ONNX variants to export, each verified before it is offered: fp32, "
         "fp16, int8 (a list or 'fp16,int8'; true means fp32, false none)",
     )
+    int8_aware: bool = Field(
+        default=False,
+        description="stage 2 trains the fixed student through the rounding of its int8 export (uint8 "
+        "activations at every conv but the first and every linear layer, fake-quantised as onnxruntime "
+        "quantises them), and its int8 ONNX export quantises the conv front end too (static_conv): the int8 "
+        "file that is faster on a CPU; needs stage 2",
+    )
     evaluate: bool = False
 
     @field_validator("export_onnx", mode="before")
@@ -420,6 +427,10 @@ class CompressionSpec(BaseModel):
             raise ValueError(
                 "target_speedup: give either a latency target (target_speedup) or a MACs target "
                 "(target_macs, macs_sparsity), not both"
+            )
+        if self.int8_aware and self.stage2_steps == 0:
+            raise ValueError(
+                "int8_aware: the int8-aware training is stage 2's; it needs stage 2 (stage2_steps is 0)"
             )
         return self
 

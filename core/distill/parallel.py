@@ -71,6 +71,7 @@ def train_rank(
     rank's shard of the batches from `job`, train, return the stage's summary (rank 0's is the one used)."""
     from core.data import scan_audio
     from core.distill import build
+    from core.distill.quant_aware import int8_aware
     from core.distill.train import StageContext, train_stage
     from core.inputs import task_head, task_labels
     from core.models import load_model
@@ -122,6 +123,9 @@ def train_rank(
         compile=spec.compile,
         data_workers=spec.data_workers,
     )
+    if job.stage == "final_distill" and spec.int8_aware:  # each rank keeps its own running ranges
+        with int8_aware(student) as quantised:
+            return {**train_stage(student, teacher, targets, batches, ctx), "int8_aware": quantised}
     return train_stage(student, teacher, targets, batches, ctx)
 
 

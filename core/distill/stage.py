@@ -9,10 +9,12 @@ Each returns the training loop's summary (steps, final losses) for the workdir's
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from core.distill import build
 from core.distill.parallel import StageJob, run_parallel_stage
+from core.distill.quant_aware import int8_aware
 from core.distill.train import CHECKPOINT, StageContext, load_checkpoint, train_stage
 from core.inputs import Job
 
@@ -103,7 +105,10 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
             compile=spec.compile,
             data_workers=spec.data_workers,
         )
-        summary = train_stage(student, job.teacher, targets, batches, ctx)
+        with int8_aware(student) if spec.int8_aware else nullcontext() as quantised:
+            summary = train_stage(student, job.teacher, targets, batches, ctx)
+        if quantised is not None:
+            summary["int8_aware"] = quantised
     build.save_result(result, student, targets)
     return summary
 

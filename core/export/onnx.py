@@ -5,6 +5,7 @@ labels, the PER of a probe trained on fp32 features.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -203,6 +204,22 @@ def first_conv(path: Path) -> list[str]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return [n.name for n in graph.node if n.op_type == "Conv"][:1]
+
+
+def int8_mode_for(spec: dict[str, Any] | None) -> str:
+    """The int8 mode a model's export uses by default: `static_conv` for a student trained int8-aware (its
+    spec's `int8_aware`: it learned features that survive the conv front end's rounding), else
+    DEFAULT_INT8_MODE."""
+    return "static_conv" if spec and spec.get("int8_aware") else DEFAULT_INT8_MODE
+
+
+def student_int8_mode(model_dir: Path) -> str:
+    """`int8_mode_for` the spec in a student directory's report.json (DEFAULT_INT8_MODE without one)."""
+    try:
+        spec = json.loads((model_dir / "report.json").read_text()).get("spec")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_INT8_MODE
+    return int8_mode_for(spec if isinstance(spec, dict) else None)
 
 
 def quantize_int8(

@@ -14,6 +14,7 @@ import core.evaluation.speed as speed
 from core.distill import build
 from core.events import Event
 from core.export.for_users import export_for_users
+from core.export.onnx import int8_mode_for
 from core.export.report import build_report
 from core.export.student import save_student, world_readable
 from core.inputs import Job
@@ -62,6 +63,7 @@ def export(job: Job, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
             spec.export_onnx,
             audio=job.audio,
             seed=spec.seed,
+            int8_mode=int8_mode_for(spec.model_dump()),
             metadata={"teacher": report["teacher"]},
             head=head,
             processor_dir=job.teacher_dir if head is not None else None,

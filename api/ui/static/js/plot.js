@@ -163,25 +163,9 @@ export function lineChart(opts) {
     li.append(swatch, document.createTextNode(" " + sr.name));
     legend.append(li);
   });
-  for (const l of opts.hLines || []) {
-    const li = document.createElement("li");
-    li.append(s("svg", { viewBox: "0 0 24 8", width: 24, height: 8, "aria-hidden": "true" },
-      s("line", { x1: 0, x2: 24, y1: 4, y2: 4, class: "ref" })), document.createTextNode(" " + l.label));
-    legend.append(li);
-  }
+  for (const l of opts.hLines || []) legend.append(referenceItem(l.label));
 
-  const figure = document.createElement("figure");
-  figure.className = "chart";
-  const caption = document.createElement("figcaption");
-  caption.textContent = opts.title;
-  figure.append(caption, svg, legend);
-  if (opts.note) {
-    const note = document.createElement("p");
-    note.className = "chart-note";
-    note.textContent = opts.note;
-    figure.append(note);
-  }
-  return figure;
+  return chartFigure("chart", opts, svg, legend);
 }
 
 /**
@@ -290,15 +274,23 @@ export function tradeoffChart(opts) {
     document.createTextNode(` Pareto front: ${front.map((p) => p.name).join(" → ")}`));
     legend.append(li);
   }
-  for (const l of opts.vLines || []) {
-    const li = document.createElement("li");
-    li.append(s("svg", { viewBox: "0 0 24 8", width: 24, height: 8, "aria-hidden": "true" },
-      s("line", { x1: 0, x2: 24, y1: 4, y2: 4, class: "ref" })), document.createTextNode(" " + l.label));
-    legend.append(li);
-  }
+  for (const l of opts.vLines || []) legend.append(referenceItem(l.label));
 
+  return chartFigure("chart tradeoff", opts, svg, legend);
+}
+
+/** A legend item for a reference line (the teacher's value, a target). */
+function referenceItem(label) {
+  const li = document.createElement("li");
+  li.append(s("svg", { viewBox: "0 0 24 8", width: 24, height: 8, "aria-hidden": "true" },
+    s("line", { x1: 0, x2: 24, y1: 4, y2: 4, class: "ref" })), document.createTextNode(" " + label));
+  return li;
+}
+
+/** A chart's figure: its title as caption, the SVG, the legend and the note under it if any. */
+function chartFigure(className, opts, svg, legend) {
   const figure = document.createElement("figure");
-  figure.className = "chart tradeoff";
+  figure.className = className;
   const caption = document.createElement("figcaption");
   caption.textContent = opts.title;
   figure.append(caption, svg, legend);

@@ -1,0 +1,108 @@
+"""int8-aware final distillation: stage 2 trains the fixed student through its int8 export's rounding.
+
+The int8 export that pays on a CPU (`core.export.onnx.quantize_int8`, mode `static_conv`) quantises the input
+and output of every conv but the first (on the raw waveform) and of every MatMul/Gemm to uint8, one scale per
+tensor, calibrated on the job's audio. The conv front end's activations are heavy-tailed after GELU (median 0,
+max ~25 on hubert-mini), so one scale per tensor leaves most of their values one or two steps wide and the
+features drift below the int8 gate (bench/results/onnx_int8.md). Here the same rounding is simulated in
+stage 2 ("fake quantisation", straight-through gradients): every such tensor is quantised and dequantised as
+onnxruntime would (asymmetric uint8, the range including 0, scale (max - min) / 255, zero point rounded), its
+range an exponential moving average of each batch's min / max, and the student learns features that survive
+it. Weights are left alone: int8 per output channel changes a conv's output by nothing measurable.
+
+Nothing persists: `int8_aware(student)` installs forward hooks for the stage and removes them after; the
+student's parameters and state dict are those of a plain student.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+QMIN, QMAX = 0, 255  # uint8: the activation type of the static_conv export
+MOMENTUM = 0.01  # weight of each batch's min / max in the running range
+
+
+def scale_zero_point(lo: float, hi: float) -> tuple[float, int]:
+    """onnxruntime's asymmetric uint8 parameters for the range [lo, hi]: the range is widened to hold 0,
+    scale = (hi - lo) / 255 (1 for an all-zero range), zero point = round(-lo / scale) in [0, 255]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / (QMAX - QMIN)
+    if scale == 0.0:
+        scale = 1.0
+    zero_point = int(round(QMIN - lo / scale))
+    return scale, min(max(zero_point, QMIN), QMAX)
+
+
+def fake_quantize(x: Tensor, scale: float, zero_point: int) -> Tensor:
+    """Quantise to uint8 and back (onnxruntime's QuantizeLinear then DequantizeLinear: round half to even,
+    saturate); the gradient passes where x lies inside the representable range and is 0 where it saturates."""
+    q = torch.clamp(torch.round(x / scale) + zero_point, QMIN, QMAX)
+    y = (q - zero_point) * scale
+    inside = (x >= (QMIN - zero_point) * scale) & (x <= (QMAX - zero_point) * scale)
+    return y.detach() + (x - x.detach()) * inside
+
+
+class RunningRange:
+    """One tensor's calibration range: the first batch's min / max, then a moving average of them."""
+
+    def __init__(self, momentum: float = MOMENTUM) -> None:
+        self.momentum = momentum
+        self.lo: float | None = None
+        self.hi: float | None = None
+
+    def observe(self, x: Tensor) -> None:
+        lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+        if self.lo is None or self.hi is None:
+            self.lo, self.hi = lo, hi
+        else:
+            self.lo += self.momentum * (lo - self.lo)
+            self.hi += self.momentum * (hi - self.hi)
+
+    def __call__(self, x: Tensor, training: bool) -> Tensor:
+        if training or self.lo is None:
+            self.observe(x)
+        assert self.lo is not None and self.hi is not None
+        return fake_quantize(x, *scale_zero_point(self.lo, self.hi))
+
+
+def quantised_modules(student: nn.Module) -> list[nn.Module]:
+    """The modules whose input and output the static_conv export quantises: every Conv1d but the first (the
+    waveform conv) and every Linear of the encoder."""
+    convs: list[nn.Module] = [m for m in student.modules() if isinstance(m, nn.Conv1d)]
+    return convs[1:] + [m for m in student.modules() if isinstance(m, nn.Linear)]
+
+
+@contextmanager
+def int8_aware(student: nn.Module) -> Iterator[dict[str, Any]]:
+    """Within the block, `student`'s quantised modules see their input and output fake-quantised to uint8.
+    Yields a summary (how many tensors) for the stage's result; the hooks are gone after the block."""
+    handles = []
+    modules = quantised_modules(student)
+    for module in modules:
+        before, after = RunningRange(), RunningRange()
+
+        def pre(mod: nn.Module, args: tuple[Any, ...], _r: RunningRange = before) -> tuple[Any, ...]:
+            return (_r(args[0], mod.training), *args[1:])
+
+        def post(mod: nn.Module, _args: tuple[Any, ...], out: Tensor, _r: RunningRange = after) -> Tensor:
+            return _r(out, mod.training)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield {
+            "fake_quantised_tensors": 2 * len(modules),
+            "convs": sum(isinstance(m, nn.Conv1d) for m in modules),
+            "linears": sum(isinstance(m, nn.Linear) for m in modules),
+        }
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+__all__ = ["fake_quantize", "int8_aware", "quantised_modules", "scale_zero_point"]

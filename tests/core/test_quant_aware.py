@@ -1,0 +1,127 @@
+"""int8-aware final distillation (issue 25): the fake quantisation against onnxruntime's own quantiser, the
+hooks' reach and removal, and a run whose stage 2 trains int8-aware and exports static_conv int8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from core.distill.quant_aware import fake_quantize, int8_aware, quantised_modules, scale_zero_point
+from core.export.onnx import DEFAULT_INT8_MODE, int8_mode_for, student_int8_mode
+from core.models import load_model, make_student
+from core.pipeline import run
+from core.spec import CompressionSpec
+from tests.utils.audio import write_audio
+from tests.utils.models import save_tiny_teacher
+from tests.utils.pipeline import SPEC
+
+
+@pytest.mark.parametrize("lo, hi", [(-0.17, 24.9), (0.3, 2.0), (-3.0, -0.5), (-1.0, 1.0), (0.0, 0.0)])
+def test_scale_and_zero_point_are_onnxruntimes(lo: float, hi: float) -> None:
+    """The same scale and zero point as onnxruntime's calibrator computes for a uint8 tensor of that range."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    zero_point, scale = compute_scale_zp(
+        np.float32(lo), np.float32(hi), np.array(0, np.uint8), np.array(255, np.uint8), symmetric=False
+    )
+    got_scale, got_zp = scale_zero_point(lo, hi)
+    assert got_zp == int(zero_point)
+    assert got_scale == pytest.approx(float(scale), rel=1e-6)
+
+
+def test_fake_quantisation_matches_onnxruntimes_quantize_dequantize() -> None:
+    """fake_quantize(x) equals onnxruntime running QuantizeLinear -> DequantizeLinear (uint8) on x, values at
+    the rounding ties and beyond the range (saturation) included."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    scale, zero_point = scale_zero_point(-0.17, 24.9)
+    rng = np.random.default_rng(0)
+    ties = (np.arange(-30, 300) + 0.5 - zero_point) * scale  # exact half steps: round half to even
+    x = np.concatenate([rng.standard_normal(4000) * 6, ties, [-5.0, 40.0, 0.0]]).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])],
+        [
+            helper.make_tensor("s", TensorProto.FLOAT, [], [scale]),
+            helper.make_tensor("z", TensorProto.UINT8, [], [zero_point]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    got = fake_quantize(torch.from_numpy(x), scale, zero_point).numpy()
+    # the same integer step everywhere: at most float32 rounding of x / scale apart
+    assert np.abs(got - expected).max() <= 1e-5 * max(1.0, float(np.abs(expected).max()))
+    assert np.mean(np.isclose(got, expected, rtol=0, atol=1e-6)) > 0.999
+
+
+def test_the_gradient_passes_inside_the_range_and_stops_where_it_saturates() -> None:
+    scale, zero_point = scale_zero_point(-1.0, 1.0)
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.3, 0.99, 1.5], requires_grad=True)
+    fake_quantize(x, scale, zero_point).sum().backward()
+    assert x.grad is not None
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_hooks_quantise_every_conv_but_the_first_and_every_linear_then_leave(tmp_path: Path) -> None:
+    teacher = load_model(save_tiny_teacher(tmp_path / "t", "hubert"))
+    student = make_student(teacher)
+    modules = quantised_modules(student)
+    convs = [m for m in student.modules() if isinstance(m, nn.Conv1d)]
+    assert convs[0] not in modules and all(c in modules for c in convs[1:])  # the positional conv too
+    linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(m in modules for m in linears)
+    keys = sorted(student.state_dict())
+    x, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+    student.eval()
+    with torch.no_grad():
+        plain = student(x, lengths)[0][-1]
+        with int8_aware(student) as summary:
+            student.train()
+            student(x, lengths)  # calibrates the ranges
+            student.eval()
+            quantised = student(x, lengths)[0][-1]
+        after = student(x, lengths)[0][-1]
+    assert summary["fake_quantised_tensors"] == 2 * len(modules)
+    assert not torch.equal(plain, quantised)  # the rounding is in the forward pass
+    assert (plain - quantised).abs().max() < 0.5 * plain.abs().max()  # ... and only rounding
+    assert torch.equal(plain, after)  # gone after the block
+    assert sorted(student.state_dict()) == keys  # nothing persisted in the model
+
+
+def test_the_spec_refuses_int8_aware_without_stage_2() -> None:
+    with pytest.raises(ValidationError, match="int8_aware"):
+        CompressionSpec(int8_aware=True, stage2_steps=0)
+    assert int8_mode_for(CompressionSpec(int8_aware=True).model_dump()) == "static_conv"
+    assert int8_mode_for(CompressionSpec().model_dump()) == DEFAULT_INT8_MODE
+
+
+def test_an_int8_aware_run_trains_through_the_rounding_and_exports_static_conv(tmp_path: Path) -> None:
+    teacher_dir = save_tiny_teacher(tmp_path / "teacher", "hubert")
+    audio = write_audio(tmp_path / "audio")
+    result = run(
+        CompressionSpec(**{**SPEC, "int8_aware": True, "export_onnx": ["int8"]}),
+        teacher_dir,
+        audio,
+        tmp_path / "w",
+    )
+    report = result.report
+    assert report["spec"]["int8_aware"] is True
+    summary = report["stage2"]["int8_aware"]
+    # the front end's convs but the first, and the positional conv
+    assert summary["convs"] == len(report["student"]["conv_channels"]) and summary["linears"] > 0
+    assert report["onnx"]["int8_mode"] == "static_conv"
+    assert report["onnx"]["variants"]["int8"]["int8_mode"] == "static_conv"
+    assert student_int8_mode(result.export_dir) == "static_conv"
+    assert load_model(result.export_dir).num_params() == report["student"]["num_params"]
