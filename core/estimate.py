@@ -49,6 +49,7 @@ from core.evaluation.speed import (
     torch_threads,
 )
 from core.events import OnEvent, ignore_event
+from core.export.onnx import LATENCY_TIMERS
 from core.inputs import JobInputs, prepare_inputs
 from core.models import SpeechEncoder, make_student
 from core.models.latency import CostModel
@@ -326,6 +327,7 @@ def _latency_budget(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any] 
         seconds=spec.macs_reference_seconds,
         out=None,
         seed=spec.seed,
+        make_timer=LATENCY_TIMERS.get(spec.speed_target),
     )
     inputs.use_cost_model(spec, CostModel.from_dict(document["cost_model"]))
     fit = document["fit"]

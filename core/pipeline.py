@@ -23,6 +23,7 @@ from core.distill.stage import distill_prune, final_distill
 from core.evaluation.stage import evaluate_student
 from core.evaluation.stage import headline as evaluation_headline
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
+from core.export.onnx import LATENCY_TIMERS
 from core.export.stage import HF_DIR, STUDENT_DIR, export
 from core.finalize.stage import finalize
 from core.inputs import Job, prepare_inputs, select_device
@@ -81,6 +82,7 @@ def run(
             inputs.device,
             wd.emit,
             wd.should_stop,
+            LATENCY_TIMERS.get(spec.speed_target),
         ),
     )
     clusters: list[list[int]] = cal["clusters"]

@@ -53,6 +53,9 @@ COST_MODEL_FILE = "cost_model.json"
 
 # models -> median seconds of one forward pass of each over the utterance (injectable: tests fake the clock)
 Timer = Callable[[list[SpeechEncoder]], list[float]]
+# (seconds, threads, rounds) -> a Timer on one target: `cpu_timer` for "cpu"; the others' come from the caller
+# (core.export.onnx.LATENCY_TIMERS: timing an ONNX file needs the export, a later stage than this one)
+TimerFactory = Callable[[float, int, int], Timer]
 
 
 def _env_count(name: str, default: int, least: int) -> int:
@@ -165,18 +168,20 @@ def fit_cost_model(
     rounds: int | None = None,
     seed: int = 0,
     timer: Timer | None = None,
+    make_timer: TimerFactory | None = None,
 ) -> tuple[CostModel, dict[str, Any]]:
     """Time the teacher and `shapes` random pruned copies of it, fit the cost model; returns it and a record
-    of the fit (each model's units, measured and predicted seconds, the relative errors)."""
-    if target != "cpu":
-        raise ValueError(f"cannot fit a cost model on {target!r}: only 'cpu' is supported")
+    of the fit (each model's units, measured and predicted seconds, the relative errors). The timings are
+    `timer`'s, else `make_timer(seconds, threads, rounds)`'s, else (target "cpu") `cpu_timer`'s."""
+    if timer is None and make_timer is None and target != "cpu":
+        raise ValueError(f"cannot fit a cost model on {target!r} without its timer")
     start = time.monotonic()
     shapes = default_shapes() if shapes is None else shapes
     rounds = default_rounds() if rounds is None else rounds
     groups = conv_groups(teacher)
     names = feature_names(groups)
     models = [copy.deepcopy(teacher).cpu(), *random_shapes(teacher, shapes, seed)]
-    timer = timer or cpu_timer(seconds, threads, rounds)
+    timer = timer or (make_timer or cpu_timer)(seconds, threads, rounds)
     measured = np.array(timer(models), dtype=np.float64)
     features = np.array([feature_vector(m, seconds, groups) for m in models], dtype=np.float64)
     coefficients = fit_coefficients(features, measured, features[0])
@@ -214,6 +219,7 @@ def cost_model_for(
     out: Path | None,
     seed: int = 0,
     timer: Timer | None = None,
+    make_timer: TimerFactory | None = None,
 ) -> dict[str, Any]:
     """The teacher's cost model on `target`: from the cache when it holds a fit for the same key, else fitted
     (and cached). Returns the model, its fit record, the key and whether it was cached, and writes them to
@@ -231,7 +237,13 @@ def cost_model_for(
     from_cache = document is not None
     if document is None:
         model, record = fit_cost_model(
-            teacher, target=target, threads=threads, seconds=seconds, seed=seed, timer=timer
+            teacher,
+            target=target,
+            threads=threads,
+            seconds=seconds,
+            seed=seed,
+            timer=timer,
+            make_timer=make_timer,
         )
         document = {"cost_model": model.to_dict(), "fit": record, "key": key, "key_digest": digest}
         try:
@@ -276,6 +288,7 @@ __all__ = [
     "ROUNDS_ENV",
     "SHAPES_ENV",
     "Timer",
+    "TimerFactory",
     "cache_dir",
     "cache_key",
     "cost_model_for",

@@ -13,7 +13,7 @@ import torch
 
 from core.calibrate.cka import StreamingCKA
 from core.calibrate.clustering import Clustering, cluster_layers
-from core.calibrate.latency import cost_model_for
+from core.calibrate.latency import TimerFactory, cost_model_for
 from core.calibrate.latency import summary as latency_summary
 from core.data import AudioCatalog, iter_padded_batches
 from core.errors import StopRequested
@@ -32,8 +32,10 @@ def calibrate(
     device: torch.device,
     emit: OnEvent = ignore_event,
     should_stop: ShouldStop = never_stop,
+    make_timer: TimerFactory | None = None,
 ) -> dict[str, Any]:
-    """Streaming linear CKA over the teacher's L+1 representations, then the layer clusters."""
+    """Streaming linear CKA over the teacher's L+1 representations, then the layer clusters; with a latency
+    budget, the cost model on its speed target (timed by `make_timer` on a target other than "cpu")."""
     out.mkdir(parents=True, exist_ok=True)
     num_reps = teacher.num_layers + 1
     cal = catalog.subset(spec.calibration_utterances, spec.calibration_seconds, seed=spec.seed)
@@ -95,6 +97,7 @@ def calibrate(
             seconds=spec.macs_reference_seconds,
             out=out,
             seed=spec.seed,
+            make_timer=make_timer,
         )
         info["cost_model"] = latency_summary(document)
     return info

@@ -5,10 +5,11 @@ labels, the PER of a probe trained on fp32 features.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +115,11 @@ def onnx_session(path: Path, threads: int = 0) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(
-    model: SpeechEncoder,
-    path: Path,
-    *,
-    seconds: float = 2.0,
-    atol: float = 1e-3,
-    head: TaskHead | None = None,
-) -> dict[str, Any]:
-    """Export fp32 ONNX (dynamic batch and time) and check it against PyTorch with onnxruntime on a padded
-    batch of two lengths other than the traced one (every output, `logits` included for a task `head`).
-    Returns the check's figures."""
+def write_onnx(
+    model: SpeechEncoder, path: Path, *, seconds: float = 2.0, head: TaskHead | None = None
+) -> tuple[_OnnxGraph, list[str]]:
+    """Trace `model` (with its task `head`) to fp32 ONNX at `path`, dynamic batch and time, unchecked; returns
+    the traced graph and its output names (`export_onnx` checks the file)."""
     graph = torch_graph(model, head)
     outputs = ["hidden_states", "last_hidden_state"]
     axes: dict[str, dict[int, str]] = {
@@ -152,6 +147,22 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
+    return graph, outputs
+
+
+def export_onnx(
+    model: SpeechEncoder,
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    atol: float = 1e-3,
+    head: TaskHead | None = None,
+) -> dict[str, Any]:
+    """Export fp32 ONNX (dynamic batch and time) and check it against PyTorch with onnxruntime on a padded
+    batch of two lengths other than the traced one (every output, `logits` included for a task `head`).
+    Returns the check's figures."""
+    graph, outputs = write_onnx(model, path, seconds=seconds, head=head)
+    sr = model.config.sample_rate
     rng = np.random.default_rng(1)
     check = model_inputs(
         model,
@@ -286,6 +297,31 @@ def onnx_speedups(
             session.run(None, feeds)
             times[name].append(time.perf_counter() - t0)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def onnx_timer(seconds: float, threads: int, rounds: int) -> Callable[[list[SpeechEncoder]], list[float]]:
+    """The latency cost model's timer on the `onnx-fp32` target (`core.calibrate.latency.TimerFactory`):
+    each model traced to fp32 ONNX as the export traces it, then the files run in turn in onnxruntime with
+    `threads` intra-op threads on one `seconds`-long utterance, `rounds` passes each after one untimed; the
+    median per model."""
+
+    def timer(models: list[SpeechEncoder]) -> list[float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for i, model in enumerate(models):
+                paths[f"m{i}"] = Path(tmp) / f"m{i}.onnx"
+                write_onnx(copy.deepcopy(model).cpu().eval(), paths[f"m{i}"])
+            sr = models[0].config.sample_rate
+            median = onnx_speedups(paths, sr, threads=threads, seconds=seconds, runs=rounds)
+        return [median[f"m{i}"] for i in range(len(models))]
+
+    return timer
+
+
+# the latency cost model's timers on targets other than PyTorch on the CPU (`speed_target`)
+LATENCY_TIMERS: dict[str, Callable[[float, int, int], Callable[[list[SpeechEncoder]], list[float]]]] = {
+    "onnx-fp32": onnx_timer
+}
 
 
 # ---------------------------------------------------------------------------------------------- verification
