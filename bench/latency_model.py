@@ -114,6 +114,7 @@ def bench_teacher(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
     if make_timer is not None:  # another runtime: the fit's own timer, `rounds` passes each
         medians = make_timer(SECONDS, args.threads, args.rounds)(list(models.values()))
         median = dict(zip(models, medians))
+        times: dict[str, list[float]] = {}  # the timer gives medians only
     else:
         with torch_threads(args.threads):
             times = interleaved_times(models, device="cpu", seconds=SECONDS, runs=args.rounds, warmup=1)
@@ -140,7 +141,7 @@ def bench_teacher(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "params": model.num_params(),
                 "macs_per_s": macs(model),
                 "measured_s": median[name],
-                "times_s": [round(t, 6) for t in times[name]],
+                "times_s": [round(t, 6) for t in times[name]] if name in times else None,
                 "cost_model_s": predicted_s,
                 "cost_model_s_relative_error": predicted_s / median[name] - 1.0,
                 "measured_speedup": measured,
