@@ -125,3 +125,32 @@ def test_an_int8_aware_run_trains_through_the_rounding_and_exports_static_conv(t
     assert report["onnx"]["variants"]["int8"]["int8_mode"] == "static_conv"
     assert student_int8_mode(result.export_dir) == "static_conv"
     assert load_model(result.export_dir).num_params() == report["student"]["num_params"]
+
+
+def test_in_training_each_tensor_is_rounded_at_the_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quant noise: in a training pass each hooked tensor is rounded with probability RATE (0: never, the
+    plain forward; 1: always), drawn from the hooks' own random streams (dropout's stays as without them)."""
+    import core.distill.quant_aware as quant_aware
+
+    teacher = load_model(save_tiny_teacher(tmp_path / "t", "hubert"))
+    student = make_student(teacher).eval()
+    student.prune()  # a fixed student, as in stage 2: no mask noise in a training pass
+    x, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+
+    def forward() -> torch.Tensor:
+        torch.manual_seed(0)  # the same dropout in every pass
+        return student(x, lengths)[0][-1]
+
+    with torch.no_grad():
+        student.train()
+        plain = forward()
+        outs = {}
+        for rate in ("0", "1"):
+            monkeypatch.setenv(quant_aware.RATE_ENV, rate)
+            with int8_aware(student) as summary:
+                outs[rate] = forward()
+            assert summary["rate"] == float(rate)
+    assert torch.equal(outs["0"], plain)
+    assert not torch.equal(outs["1"], plain)
