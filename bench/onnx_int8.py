@@ -19,6 +19,8 @@ Recipes (onnxruntime.quantization; calibration on the job's audio as the export 
 - static_conv_first_too: static_conv with the first conv quantised as well
 - static_conv_s8s8: static_conv with int8 activations
 - static_conv_qoperator: static_conv in the QOperator format (QLinearConv / QLinearMatMul nodes)
+- static_conv_global_range: static_conv with each activation's range the global min / max over the calibration
+  utterances (onnxruntime's plain MinMax) instead of the mean of each utterance's
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ RECIPES = (
     "static_conv_first_too",
     "static_conv_s8s8",
     "static_conv_qoperator",
+    "static_conv_global_range",
 )
 
 
@@ -86,8 +89,12 @@ def quantize(recipe: str, fp32: Path, dst: Path, calib: list[dict[str, np.ndarra
             options["activation_type"] = QuantType.QInt8
         elif recipe == "static_conv_qoperator":
             options["quant_format"] = QuantFormat.QOperator
+        elif recipe == "static_conv_global_range":
+            pass  # the global min / max over the calibration utterances (static_conv before 2026-12-06)
         else:
             raise ValueError(recipe)
+        if recipe != "static_conv_global_range":
+            options["extra_options"] = {"CalibMovingAverage": True}  # as static_conv calibrates
         quantize_static(str(prepared), str(dst), CalibrationReader(calib), **options)  # type: ignore[arg-type]
 
 

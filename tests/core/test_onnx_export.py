@@ -212,3 +212,30 @@ def test_export_hf_carries_the_variants_the_run_verified(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "hf" / "onnx").iterdir()) == ["model.onnx"]
     assert (tmp_path / "hf" / "onnx" / "model.onnx").read_bytes() == b"fp32 graph"
     assert json.loads(res.stdout)["carried_onnx"] == {"fp32": str(tmp_path / "hf" / "onnx" / "model.onnx")}
+
+
+def test_static_conv_calibrates_each_range_as_the_mean_of_the_utterances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """static_conv's activation ranges are the mean of each calibration utterance's min / max (onnxruntime's
+    moving-average MinMax: one loud utterance no longer sets a whole tensor's step); static keeps the global
+    range. The quantiser is asked so; what it does with it is onnxruntime's."""
+    import onnxruntime.quantization as ort_quant
+
+    asked: dict[str, dict] = {}
+    real = ort_quant.quantize_static
+
+    def spy(*args, **kwargs):
+        asked[kwargs["activation_type"].name] = kwargs.get("extra_options") or {}
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort_quant, "quantize_static", spy)
+    student = _pruned(tmp_path, "hubert", False)
+    fp32 = tmp_path / "model.onnx"
+    export_module.export_onnx(student, fp32)
+    rng = np.random.default_rng(0)
+    calib = [model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(2)]
+    export_module.quantize_int8(fp32, tmp_path / "conv.onnx", "static_conv", calib)
+    export_module.quantize_int8(fp32, tmp_path / "static.onnx", "static", calib)
+    assert asked["QUInt8"] == {"CalibMovingAverage": True}  # static_conv
+    assert asked["QInt8"] == {}  # static
