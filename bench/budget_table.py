@@ -57,14 +57,27 @@ def parse_budget(text: str) -> tuple[str, list[Path]]:
     return label.strip(), paths
 
 
-def evaluation_of(path: Path) -> dict[str, float | None]:
-    """PER % and SID accuracy % of the first model in an evaluation.json (None where not probed)."""
-    model = json.loads(path.read_text())["models"][0]
+def evaluation_of(path: Path) -> dict[str, Any]:
+    """Probe seed, PER % and SID accuracy % of the first model in an evaluation.json (None where not
+    probed)."""
+    document = json.loads(path.read_text())
+    model = document["models"][0]
     per = model.get("pr", {}).get("per")
     sid = model.get("sid", {}).get("accuracy")
     return {
+        "seed": document.get("seed"),
         "per": None if per is None else 100 * per,
         "sid": None if sid is None else 100 * sid,
+    }
+
+
+def teacher_evaluations(dirs: str) -> dict[str, Any]:
+    """The teacher's evaluations (comma-separated evaluation directories), and its PER / SID lists."""
+    evaluations = [evaluation_of(Path(d) / "evaluation.json") for d in dirs.split(",") if d.strip()]
+    return {
+        "evaluations": evaluations,
+        "per": [e["per"] for e in evaluations if e["per"] is not None],
+        "sid": [e["sid"] for e in evaluations if e["sid"] is not None],
     }
 
 
@@ -137,20 +150,34 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}`",
         "",
         "| budget | params | MACs / audio-s | predicted speed-up | measured speed-up, 1 thread | PER % "
-        "| SID % |",
+        "(paired: - teacher) | SID % (paired) |",
         "|---|---|---|---|---|---|---|",
         f"| teacher | {t['params'] / 1e6:.2f}M | {t['macs_per_second'] / 1e9:.3f}G | 1 | 1 "
         f"| {mean_sd(t['per'])} | {mean_sd(t['sid'])} |",
     ]
+    teacher_by_seed = {e["seed"]: e for e in t.get("evaluations", [])}
+
+    def paired(students: list[dict[str, Any]], metric: str) -> str:
+        """Student minus teacher, each student against the teacher probed with its seed."""
+        diffs = [
+            s["evaluation"][metric] - teacher_by_seed[s["seed"]][metric]
+            for s in students
+            if s["evaluation"] and s["seed"] in teacher_by_seed
+        ]
+        return f"{statistics.mean(diffs):+.2f}" if diffs else "-"
+
     for b in report["budgets"]:
         st = b["students"]
+        b["paired_vs_teacher"] = {"per": paired(st, "per"), "sid": paired(st, "sid")}
         lines.append(
             f"| {b['label']} | {mean_sd([s['params'] / 1e6 for s in st])}M "
             f"| {mean_sd([s['macs_per_second'] / 1e6 for s in st])}M "
             f"| {mean_sd([s['predicted_speedup'] for s in st])}x "
             f"| **{mean_sd([s['measured_speedup'] for s in st])}x** "
             f"| {mean_sd([s['evaluation']['per'] for s in st if s['evaluation']])} "
-            f"| {mean_sd([s['evaluation']['sid'] for s in st if s['evaluation']])} |"
+            f"({b['paired_vs_teacher']['per']}) "
+            f"| {mean_sd([s['evaluation']['sid'] for s in st if s['evaluation']])} "
+            f"({b['paired_vs_teacher']['sid']}) |"
         )
     lines += [
         "",
@@ -192,14 +219,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("teacher", type=Path)
-    p.add_argument("--budget", type=parse_budget, action="append", required=True, help="LABEL=DIR,DIR,...")
+    p.add_argument("--budget", type=parse_budget, action="append", default=[], help="LABEL=DIR,DIR,...")
     p.add_argument("--teacher-eval", default="", help="the teacher's evaluation directories, comma-separated")
     p.add_argument("--eval-suffix", default="-eval")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--runs", type=int, default=11)
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
+    p.add_argument(
+        "--render",
+        type=Path,
+        help="measure nothing: re-render this earlier --json (with --teacher-eval read again) to --markdown",
+    )
     args = p.parse_args(argv)
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        report["teacher"].update(teacher_evaluations(args.teacher_eval))
+        write_outputs(report, format_markdown(report), args.json, args.markdown)
+        return report
+    if not args.budget:
+        p.error("give at least one --budget LABEL=DIR,DIR,...")
 
     load_before = os.getloadavg()[0]
     teacher = load_model(args.teacher)
@@ -214,9 +253,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     speed_log = measure_speed(teacher, students, args.rounds, args.runs)
     for s in students:
         del s["model"]
-    teacher_evals = [
-        evaluation_of(Path(d) / "evaluation.json") for d in args.teacher_eval.split(",") if d.strip()
-    ]
     report = {
         "benchmark": "budget_table",
         "command": "python -m bench.budget_table " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -225,8 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "name": args.teacher.name,
             "params": count_parameters(teacher),
             "macs_per_second": count_macs(teacher, seconds=SECONDS).macs_per_second,
-            "per": [e["per"] for e in teacher_evals if e["per"] is not None],
-            "sid": [e["sid"] for e in teacher_evals if e["sid"] is not None],
+            **teacher_evaluations(args.teacher_eval),
         },
         "cost_model": {"key_digest": document["key_digest"], "from_cache": document["from_cache"]},
         "rounds": args.rounds,
