@@ -1,0 +1,60 @@
+"""bench/budget_table.py's arithmetic on a made-up report: budgets parsed, mean ± sd, and each student paired
+with the teacher probed with its own seed (no timing)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench.budget_table import format_markdown, mean_sd, parse_budget
+
+
+def test_a_budget_is_a_label_and_its_run_directories() -> None:
+    label, dirs = parse_budget("latency 4x=runs/a, runs/b")
+    assert label == "latency 4x" and [str(d) for d in dirs] == ["runs/a", "runs/b"]
+    for bad in ("no-equals", "=runs/a", "label="):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_budget(bad)
+
+
+def test_students_are_paired_with_the_teacher_of_their_seed() -> None:
+    def student(seed: int, per: float, speedup: float) -> dict:
+        return {
+            "run": f"runs/s{seed}",
+            "seed": seed,
+            "params": 1.5e6,
+            "macs_per_second": 2.5e8,
+            "predicted_speedup": 4.0,
+            "measured_speedup": speedup,
+            "rounds": [speedup],
+            "job_latency": None,
+            "evaluation": {"seed": seed, "per": per, "sid": 70.0},
+        }
+
+    report = {
+        "command": "python -m bench.budget_table ...",
+        "teacher": {
+            "name": "t",
+            "params": 11e6,
+            "macs_per_second": 1.27e9,
+            "evaluations": [
+                {"seed": 1, "per": 20.0, "sid": 75.0},
+                {"seed": 0, "per": 30.0, "sid": 74.0},
+            ],
+            "per": [20.0, 30.0],
+            "sid": [75.0, 74.0],
+        },
+        "budgets": [{"label": "latency 4x", "students": [student(0, 31.0, 4.2), student(1, 23.0, 4.4)]}],
+        "speed_log": [{"other_processes_cores": 0.02}],
+        "machine": {"cpu": "x", "torch": "y"},
+        "load_average_before": 1.0,
+        "load_average_after": 1.0,
+    }
+    text = format_markdown(report)
+    # seed 0: 31 - 30 = +1; seed 1: 23 - 20 = +3 -> +2.00 (unpaired means would say 27 - 25 = +2 too, but
+    # the SID pairs differ: 70 - 74 = -4, 70 - 75 = -5 -> -4.50)
+    assert report["budgets"][0]["paired_vs_teacher"] == {"per": "+2.00", "sid": "-4.50"}
+    assert "| 27.00 ± 5.66 (+2.00) |" in text
+    assert "**4.30 ± 0.14x**" in text
+    assert mean_sd([]) == "-" and mean_sd([3.0]) == "3.00"
