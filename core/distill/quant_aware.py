@@ -32,7 +32,8 @@ MOMENTUM = 0.01  # weight of each batch's min / max in the running range
 # since the int8 gate compares the int8 file with the fp32 student. Rounding every tensor every step (rate 1)
 # trained the int8 path alone and moved the fp32 one away from it (hubert-mini, 4x latency student: linear
 # CKA int8 vs fp32 0.867, against 0.899 without int8-aware training). Measured on that student (static_conv,
-# mean ranges; bench/results/int8_aware.md): rate 0 (plain) 0.920, 0.15 0.958, 0.25 0.965, 0.35 0.960, 0.5 0.959.
+# mean ranges; bench/results/int8_aware.md): rate 0 (plain) 0.920, 0.15 0.958, 0.25 0.965, 0.35 0.960, 0.5
+# 0.959.
 RATE_ENV = "SKILLKD_INT8_AWARE_RATE"
 RATE = 0.25
 
