@@ -260,17 +260,16 @@ def test_the_onnx_target_fits_on_onnxruntime_timings_and_measures_the_student_th
     teacher = load_huggingface(tiny_teacher_dir)
     with pytest.raises(ValueError, match="without its timer"):
         fit_cost_model(teacher, target="onnx-fp32", shapes=2, rounds=1)
-    times = onnx_timer(2.0, 1, 2)([teacher, *random_shapes(teacher, 2, seed=0)])
-    assert len(times) == 3 and all(np.isfinite(t) and t > 0 for t in times)
     assert LATENCY_TIMERS["onnx-fp32"] is onnx_timer
 
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "2")
-    monkeypatch.setenv(fitting.SHAPES_ENV, "4")
+    monkeypatch.setenv(fitting.SHAPES_ENV, "3")
     monkeypatch.setenv(fitting.ROUNDS_ENV, "1")
     monkeypatch.setattr(fitting, "cpu_timer", None)  # nothing may time this target in PyTorch
     spec = CompressionSpec(**SPEC, target_speedup=1.2, speed_target="onnx-fp32")
     report = run(spec, tiny_teacher_dir, write_audio(tmp_path / "audio"), tmp_path / "w").report
     latency = report["latency"]
     assert latency["target"] == "onnx-fp32" and latency["cost_model"]["target"] == "onnx-fp32"
-    assert len(latency["cost_model"]["shapes"]) == 5
+    shapes = latency["cost_model"]["shapes"]
+    assert len(shapes) == 4 and all(np.isfinite(r["measured_s"]) and r["measured_s"] > 0 for r in shapes)
     assert latency["measured_speedup"] > 0 and latency["measured"].startswith("onnx-fp32")
