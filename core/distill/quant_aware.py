@@ -38,18 +38,21 @@ RATE_ENV = "SKILLKD_INT8_AWARE_RATE"
 RATE = 0.25
 
 
-def scale_zero_point(lo: float, hi: float) -> tuple[float, int]:
+def scale_zero_point(lo: Tensor | float, hi: Tensor | float) -> tuple[Tensor, Tensor]:
     """onnxruntime's asymmetric uint8 parameters for the range [lo, hi]: the range is widened to hold 0,
-    scale = (hi - lo) / 255 (1 for an all-zero range), zero point = round(-lo / scale) in [0, 255]."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255 (1 for an all-zero range), zero point = round(-lo / scale) in [0, 255]. As 0-d
+    tensors on the range's device (a training step reads no value back to the host), computed in float64 as
+    onnxruntime computes them (a zero point at a rounding tie, -lo / scale = 127.5, must round alike)."""
+    device = lo.device if isinstance(lo, Tensor) else torch.device("cpu")
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    lo = torch.clamp(torch.as_tensor(lo, device=device).to(dtype), max=0.0)
+    hi = torch.clamp(torch.as_tensor(hi, device=device).to(dtype), min=0.0)
     scale = (hi - lo) / (QMAX - QMIN)
-    if scale == 0.0:
-        scale = 1.0
-    zero_point = int(round(QMIN - lo / scale))
-    return scale, min(max(zero_point, QMIN), QMAX)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return scale.float(), torch.clamp(torch.round(QMIN - lo / scale), QMIN, QMAX).float()
 
 
-def fake_quantize(x: Tensor, scale: float, zero_point: int) -> Tensor:
+def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | int) -> Tensor:
     """Quantise to uint8 and back (onnxruntime's QuantizeLinear then DequantizeLinear: round half to even,
     saturate); the gradient passes where x lies inside the representable range and is 0 where it saturates."""
     q = torch.clamp(torch.round(x / scale) + zero_point, QMIN, QMAX)
@@ -65,16 +68,16 @@ class RunningRange:
         self.momentum = momentum
         self.rate = rate
         self.draws = random.Random(seed)  # its own stream: torch's (dropout, masks) stays as without it
-        self.lo: float | None = None
-        self.hi: float | None = None
+        self.lo: Tensor | None = None  # 0-d, on the tensor's device
+        self.hi: Tensor | None = None
 
     def observe(self, x: Tensor) -> None:
-        lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+        lo, hi = torch.aminmax(x.detach().float())
         if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
         else:
-            self.lo += self.momentum * (lo - self.lo)
-            self.hi += self.momentum * (hi - self.hi)
+            self.lo = self.lo + self.momentum * (lo - self.lo)
+            self.hi = self.hi + self.momentum * (hi - self.hi)
 
     def __call__(self, x: Tensor, training: bool) -> Tensor:
         if training or self.lo is None:

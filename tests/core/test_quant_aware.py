@@ -30,8 +30,8 @@ def test_scale_and_zero_point_are_onnxruntimes(lo: float, hi: float) -> None:
         np.float32(lo), np.float32(hi), np.array(0, np.uint8), np.array(255, np.uint8), symmetric=False
     )
     got_scale, got_zp = scale_zero_point(lo, hi)
-    assert got_zp == int(zero_point)
-    assert got_scale == pytest.approx(float(scale), rel=1e-6)
+    assert int(got_zp) == int(zero_point)
+    assert float(got_scale) == pytest.approx(float(scale), rel=1e-6)
 
 
 def test_fake_quantisation_matches_onnxruntimes_quantize_dequantize() -> None:
@@ -40,7 +40,8 @@ def test_fake_quantisation_matches_onnxruntimes_quantize_dequantize() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    scale, zero_point = scale_zero_point(-0.17, 24.9)
+    scale_t, zero_point_t = scale_zero_point(-0.17, 24.9)
+    scale, zero_point = float(scale_t), int(zero_point_t)
     rng = np.random.default_rng(0)
     ties = (np.arange(-30, 300) + 0.5 - zero_point) * scale  # exact half steps: round half to even
     x = np.concatenate([rng.standard_normal(4000) * 6, ties, [-5.0, 40.0, 0.0]]).astype(np.float32)
