@@ -9,9 +9,9 @@ import copy
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from core.errors import CheckpointError
 from core.evaluation.speed import RUNS_ENV, SECONDS, default_runs
 from core.models import SpeechEncoder
 from core.models.heads import TaskHead
+
+if TYPE_CHECKING:  # the cost model's timer types (calibrate's scipy fit stays out of this import)
+    from core.calibrate.latency import Timer, TimerFactory
 
 ONNX_VARIANTS = ("fp32", "fp16", "int8")
 # The Hub's names for these encoders' ONNX files (also used inside the hf export's onnx/ folder).
@@ -303,7 +306,7 @@ def onnx_speedups(
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def onnx_timer(seconds: float, threads: int, rounds: int) -> Callable[[list[SpeechEncoder]], list[float]]:
+def onnx_timer(seconds: float, threads: int, rounds: int) -> Timer:
     """The latency cost model's timer on the `onnx-fp32` target (`core.calibrate.latency.TimerFactory`):
     each model traced to fp32 ONNX as the export traces it, then the files run in turn in onnxruntime with
     `threads` intra-op threads on one `seconds`-long utterance, `rounds` passes each after one untimed; the
@@ -323,9 +326,7 @@ def onnx_timer(seconds: float, threads: int, rounds: int) -> Callable[[list[Spee
 
 
 # the latency cost model's timers on targets other than PyTorch on the CPU (`speed_target`)
-LATENCY_TIMERS: dict[str, Callable[[float, int, int], Callable[[list[SpeechEncoder]], list[float]]]] = {
-    "onnx-fp32": onnx_timer
-}
+LATENCY_TIMERS: dict[str, TimerFactory] = {"onnx-fp32": onnx_timer}
 
 
 # ---------------------------------------------------------------------------------------------- verification
