@@ -26,6 +26,9 @@ held out instead, FBANK alone identified 100% of the held-out speakers (bench/re
 `heldout.json` in the view records the rule, the speakers of each side, those left out, and the counts.
 `compress/` inside the view holds the `compress` rows alone, for `skillkd compress` (which reads every row).
 
+`labelled` writes a task student's compression audio (issue 23): the `compress` rows without their label
+fields and the `probe_train` rows with theirs, the labelled data a task teacher was fine-tuned on.
+
 `table` summarises students: each row is a list of `probe` outputs, one per compression seed (a student's
 mean over its probe seeds), against the teacher's row of a baseline `probe` output (paired by probe seed) and,
 optionally, against a reference row (paired by compression seed):
@@ -182,6 +185,32 @@ def write_heldout_view(
 
 # ------------------------------------------------------------------------------------------------------------
 # probe
+
+
+LABEL_FIELDS_OF_ROWS = ("arpabet", "phonemes", "text", "label", "emotion")
+
+
+def write_labelled_view(view: Path, dest: Path, labelled_split: str = "probe_train") -> dict[str, Any]:
+    """The compression audio of a task student that may use labels (issue 23's supervised term): the view's
+    `compress` rows with their label fields removed (arpabet, phonemes, text, label, emotion; the speaker
+    stays: it names the voice, not a class the head knows) plus the `labelled_split` rows as they are (the
+    labelled data the task teacher was fine-tuned on, which the two-step route fine-tunes on too)."""
+    from core.evaluation.compare import link_or_copy
+
+    rows = [json.loads(line) for line in (view / MANIFEST_NAME).read_text().splitlines() if line.strip()]
+    kept = []
+    for row in rows:
+        if row["split"] == "compress":
+            row = {k: v for k, v in row.items() if k not in LABEL_FIELDS_OF_ROWS}
+        elif row["split"] != labelled_split:
+            continue
+        link_or_copy(view / row["path"], dest / row["path"])
+        kept.append(json.dumps(row, ensure_ascii=False))
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / MANIFEST_NAME).write_text("\n".join(kept) + "\n", encoding="utf-8")
+    splits = [json.loads(line)["split"] for line in kept]
+    labelled = splits.count(labelled_split)
+    return {"rows": len(kept), "unlabelled": splits.count("compress"), "labelled": labelled}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -525,6 +554,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--variants", default=",".join(HELD_OUT_VARIANTS), help="held-out eSpeak variants, comma-separated"
     )
     split.add_argument("--probe-test-fraction", type=float, default=PROBE_TEST_FRACTION)
+    labelled = commands.add_parser(
+        "labelled",
+        help="a view's compress rows without labels plus one split's rows with theirs (task students' audio)",
+    )
+    labelled.add_argument("view", type=Path)
+    labelled.add_argument("--out", type=Path, required=True)
+    labelled.add_argument("--labelled-split", default="probe_train")
     probe = commands.add_parser("probe", help="probe models on a view with several seeds")
     probe.add_argument("view", type=Path)
     probe.add_argument("models", nargs="+", help="teacher or student directories, or 'fbank'")
@@ -572,6 +608,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         print(render_similarity(result))
         return result
+    if args.command == "labelled":
+        summary = write_labelled_view(args.view, args.out, args.labelled_split)
+        print(json.dumps(summary))
+        return summary
     if args.command == "split":
         summary = write_heldout_view(
             args.dataset,

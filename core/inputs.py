@@ -21,11 +21,14 @@ from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
 from core.models import SpeechEncoder, load_model, make_student
 from core.models.heads import (
     LABEL_FIELDS,
+    TRANSCRIPT_FIELDS,
     TaskHead,
     head_spec_from_config,
     item_label,
     label_field_for,
     load_task_head,
+    read_vocabulary,
+    transcript_ids,
 )
 from core.models.latency import CostModel
 from core.rules import check_against_teacher
@@ -58,9 +61,8 @@ class JobInputs:
     catalog: AudioCatalog
     cal_catalog: AudioCatalog
     head: TaskHead | None = None  # the teacher's task head the student keeps (`task_head`)
-    labels: dict[str, int] | None = (
-        None  # utterance id -> label index, for the supervised term (`task_labels`)
-    )
+    # utterance id -> label index (a classifier) or token ids (a CTC head), for the supervised term
+    labels: dict[str, Any] | None = None
     head_dropped: str | None = None  # the teacher's head the spec dropped (`drop_head`), described
     cost_model: CostModel | None = None  # target_speedup: fitted in the calibrate stage (`use_cost_model`)
 
@@ -112,22 +114,32 @@ def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None
                 "task_supervised_weight: the student keeps no task head (the teacher has none, or drop_head)",
                 field=field_name,
             )
-        if head.spec.task != "sequence":
+        if head.spec.task not in ("sequence", "ctc"):
             raise SpecError(
-                "task_supervised_weight: only an utterance classifier's labels can train the student here, "
-                f"not a {head.spec.describe()}: the training stages cut utterances into crops of a few "
-                "seconds, which a transcript or frame labels would no longer fit",
+                "task_supervised_weight: only an utterance classifier's labels or a CTC head's transcripts "
+                f"can train the student here, not a {head.spec.describe()}'s",
                 field=field_name,
             )
     return head
 
 
-def task_labels(head: TaskHead | None, catalog: AudioCatalog, spec: CompressionSpec) -> dict[str, int] | None:
-    """The labels of the supervised term (`task_supervised_weight` > 0): training utterance id -> the index of
-    its label among the head's, from the manifest field that names them; None when the term is off."""
+# A CTC head's supervised term trains on whole utterances, one per step: longer ones are left out of it.
+MAX_TRANSCRIBED_SECONDS = 16.0
+
+
+def task_labels(
+    head: TaskHead | None, catalog: AudioCatalog, spec: CompressionSpec, teacher_dir: Path | str
+) -> dict[str, Any] | None:
+    """The labels of the supervised term (`task_supervised_weight` > 0), None when the term is off: for an
+    utterance classifier, training utterance id -> the index of its label among the head's, from the manifest
+    field that names them; for a CTC head, utterance id -> its transcript as the head's token ids
+    (`transcript_ids` through the teacher's vocab.json), for the utterances of at most
+    MAX_TRANSCRIBED_SECONDS whose transcript the vocabulary spells."""
     if spec.task_supervised_weight == 0:
         return None
-    assert head is not None  # task_head refused the supervised term without an utterance classifier
+    assert head is not None  # task_head refused the supervised term without a head it can train
+    if head.spec.task == "ctc":
+        return _transcripts(catalog, spec, teacher_dir)
     index = {str(name): int(i) for i, name in head.spec.config["id2label"].items()}
     field = label_field_for(catalog.items, set(index), spec.task_label_field)
     labelled: dict[str, int] = {}
@@ -145,12 +157,62 @@ def task_labels(head: TaskHead | None, catalog: AudioCatalog, spec: CompressionS
     return labelled
 
 
+def _transcripts(
+    catalog: AudioCatalog, spec: CompressionSpec, teacher_dir: Path | str
+) -> dict[str, list[int]]:
+    vocab = read_vocabulary(teacher_dir)
+    if vocab is None:
+        raise SpecError(
+            "task_supervised_weight: the CTC teacher has no tokenizer (vocab.json) to turn the manifest's "
+            "transcripts into its tokens; add the processor's files to the teacher's folder",
+            field="task_supervised_weight",
+        )
+    fields = [spec.task_label_field] if spec.task_label_field else list(TRANSCRIPT_FIELDS)
+    best: dict[str, list[int]] = {}
+    unspelled = 0
+    for name in fields:
+        found: dict[str, list[int]] = {}
+        missed = 0
+        for item in catalog.items:
+            value = item.extra.get(name)
+            if not isinstance(value, str) or item.duration_s > MAX_TRANSCRIBED_SECONDS:
+                continue
+            ids = transcript_ids(value, vocab)
+            if ids is None:
+                missed += 1
+            else:
+                found[item.id] = ids
+        if len(found) > len(best):
+            best = found
+        unspelled = max(unspelled, missed)
+    if not best:
+        where = f"field {spec.task_label_field!r}" if spec.task_label_field else "fields " + ", ".join(fields)
+        lacking = f" ({unspelled} transcripts use tokens the vocabulary lacks)" if unspelled else ""
+        raise AudioError(
+            f"task_supervised_weight needs training utterances of at most {MAX_TRANSCRIBED_SECONDS:g} s "
+            f"whose transcript (manifest {where}) the CTC head's vocabulary ({len(vocab)} tokens) spells; "
+            f"this audio has none{lacking}"
+        )
+    return best
+
+
 def check_label_values(
     head: TaskHead, label_values: dict[str, list[str] | None], spec: CompressionSpec
 ) -> None:
     """A SpecError when no manifest field the supervised term would read (`task_label_field`, else label,
     emotion, speaker) holds any of the classifier's labels, by the dataset's listed values; a field too varied
-    to be listed (None) may hold them, and passes (the run checks the utterances themselves)."""
+    to be listed (None) may hold them, and passes (the run checks the utterances themselves). For a CTC head,
+    a SpecError when the dataset has no transcript field (`task_label_field`, else arpabet, phones, text)."""
+    if head.spec.task == "ctc":
+        fields = [spec.task_label_field] if spec.task_label_field else list(TRANSCRIPT_FIELDS)
+        if any(name in label_values for name in fields):
+            return
+        field = "task_label_field" if spec.task_label_field else "task_supervised_weight"
+        raise SpecError(
+            f"{field}: the supervised term trains the CTC head on transcripts, and the dataset's manifest "
+            f"has no field {' / '.join(repr(f) for f in fields)}",
+            field=field,
+        )
     labels = {str(name) for name in head.spec.config["id2label"].values()}
     fields = [spec.task_label_field] if spec.task_label_field else list(LABEL_FIELDS)
     for name in fields:
@@ -207,6 +269,7 @@ def _head_facts(head: TaskHead | None, dropped: str | None, spec: CompressionSpe
             "weight": spec.task_weight,
             "temperature": spec.task_temperature,
             "input_weight": spec.task_input_weight,
+            "supervised_weight": spec.task_supervised_weight,
         }
     if dropped is not None:
         return {"kept": False, "dropped": dropped}
@@ -277,7 +340,7 @@ def prepare_inputs(
         catalog,
         cal_catalog,
         head=head.to(device) if head is not None else None,
-        labels=task_labels(head, catalog, spec),
+        labels=task_labels(head, catalog, spec, teacher),
         head_dropped=dropped_head(teacher) if spec.drop_head else None,
     )
 

@@ -268,15 +268,17 @@ class CompressionSpec(BaseModel):
         default=0.0,
         ge=0.0,
         le=100.0,
-        description="with an utterance-classifier head: weight of the supervised term (cross-entropy of the "
-        "student's logits against the manifest's labels, task_label_field) on the labelled training "
-        "utterances; 0 turns it off",
+        description="with an utterance-classifier or CTC head: weight of the supervised term on the labelled "
+        "training utterances: a classifier's cross-entropy against the manifest's labels (on the training "
+        "crops), a CTC head's CTC loss against the manifest's transcripts tokenized by the teacher's "
+        "vocab.json (one whole utterance of at most 16 s per step beside the crops); 0 turns it off",
     )
     task_label_field: str | None = Field(
         default=None,
         max_length=64,
-        description="the manifest field holding the classifier's labels for the supervised term [default: "
-        "the first of label, emotion, speaker whose values the head knows]",
+        description="the manifest field holding the supervised term's labels [default: a classifier's, the "
+        "first of label, emotion, speaker whose values the head knows; a CTC head's transcripts, the first "
+        "of arpabet, phones, text that the vocabulary spells]",
     )
     preset: Preset = "quick"
     stage1_steps: int | None = Field(default=None, gt=0)

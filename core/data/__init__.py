@@ -3,10 +3,11 @@
 catalog.py    scan_audio(source) -> AudioCatalog   what is usable, what was skipped and why
 waveforms.py  load_waveform(item, sr)              mono float32 at the model's rate (soxr), WaveformCache
 batches.py    TrainBatches, iter_padded_batches    training stream (cropped, resumable) / one padded pass
+              WholeUtterances                      one whole utterance per step (a supervised CTC term)
 loader.py     BatchLoader                          batches prepared in worker processes, pinned for the GPU
 """
 
-from core.data.batches import Batch, TrainBatches, iter_padded_batches
+from core.data.batches import Batch, TrainBatches, WholeUtterances, iter_padded_batches
 from core.data.catalog import (
     AUDIO_EXTENSIONS,
     MANIFEST_NAME,
@@ -30,6 +31,7 @@ __all__ = [
     "SkippedFile",
     "TrainBatches",
     "WaveformCache",
+    "WholeUtterances",
     "iter_padded_batches",
     "load_waveform",
     "scan_audio",

@@ -3,6 +3,8 @@
     TrainBatches(catalog)     -> Batch, ...  infinite, duration-bucketed, cropped (no padding), resumable,
                                              optionally speed-perturbed (training)
     iter_padded_batches(...)  -> Batch, ...  one deterministic pass, zero-padded (calibration, evaluation)
+    WholeUtterances(...)      .serve(step) -> Batch of one whole utterance (a supervised term's transcripts
+                                             fit only uncropped audio)
 
 Shapes use the project's words: `waveforms (batch, time)`, `lengths (batch,)` in samples.
 """
@@ -308,6 +310,51 @@ class TrainBatches:
         if epoch < 0 or not 0 <= position < int(state.get("batches_per_epoch", 0)) or position % accumulation:
             raise CheckpointError(f"batch state out of range: epoch {epoch}, position {position}")
         self.epoch, self.position = epoch, position // accumulation * self.accumulation
+
+
+class WholeUtterances:
+    """One whole (uncropped, unperturbed) utterance per step for each rank, from `ids` of `catalog`: what a
+    CTC head's supervised term trains on, since a transcript fits only the utterance it transcribes. A pure
+    function of (seed, step, rank), so a resumed stage serves what it would have served: the n utterances
+    are visited in a fresh seeded order every n draws (draw = step x world_size + rank)."""
+
+    def __init__(
+        self,
+        catalog: AudioCatalog,
+        ids: Sequence[str],
+        sample_rate: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        cache: WaveformCache | None = None,
+    ) -> None:
+        wanted = set(ids)
+        self.items = sorted((item for item in catalog.items if item.id in wanted), key=lambda item: item.id)
+        if not self.items:
+            raise ValueError("no utterance of the catalog has the given ids")
+        self.sample_rate, self.seed = sample_rate, seed
+        self.rank, self.world_size = rank, world_size
+        self.cache = cache if cache is not None else WaveformCache()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def index(self, step: int) -> int:
+        draw = step * self.world_size + self.rank
+        n = len(self.items)
+        order = np.random.default_rng(seed_words(self.seed, draw // n)).permutation(n)
+        return int(order[draw % n])
+
+    def serve(self, step: int) -> Batch:
+        item = self.items[self.index(step)]
+        waveform = self.cache.get(item, self.sample_rate)
+        if waveform.shape[0] == 0:
+            raise AudioError(f"decoded an empty waveform for {item.id}")
+        return Batch(
+            waveforms=torch.from_numpy(np.array(waveform, dtype=np.float32))[None],
+            lengths=torch.tensor([waveform.shape[0]], dtype=torch.int64),
+            ids=[item.id],
+        )
 
 
 def iter_padded_batches(

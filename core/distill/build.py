@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.data import AudioCatalog, TrainBatches
+from core.data import AudioCatalog, TrainBatches, WholeUtterances
 from core.distill.targets import ClusterTargets, TaskDistill
 from core.errors import AudioError, SpecError
 from core.models import ModelConfig, SpeechEncoder, build_model, make_student
@@ -97,6 +97,22 @@ def train_batches(
         raise
     except ValueError as exc:
         raise AudioError(str(exc)) from None
+
+
+def transcribed(
+    catalog: AudioCatalog,
+    targets: ClusterTargets,
+    sample_rate: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> WholeUtterances | None:
+    """The whole utterances a CTC head's supervised term trains on (one per step and rank), or None when the
+    targets have no transcripts (no CTC head, or the term is off)."""
+    if targets.task is None or not targets.task.transcripts:
+        return None
+    ids = list(targets.task.transcripts)
+    return WholeUtterances(catalog, ids, sample_rate, seed, rank=rank, world_size=world_size)
 
 
 def restore(

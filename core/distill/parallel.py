@@ -82,7 +82,7 @@ def train_rank(
     same_inputs_everywhere(job, catalog)
     teacher = load_model(job.teacher).to(device)
     head = task_head(job.teacher, spec)
-    labels = task_labels(head, catalog, spec)
+    labels = task_labels(head, catalog, spec, job.teacher)
     head = head.to(device) if head is not None else None
     sr = teacher.config.sample_rate
     workdir = Path(job.workdir)
@@ -122,6 +122,7 @@ def train_rank(
         accumulation=job.accumulation,
         compile=spec.compile,
         data_workers=spec.data_workers,
+        whole=build.transcribed(catalog, targets, sr, seed, rank=rank, world_size=world_size),
     )
     if job.stage == "final_distill" and spec.int8_aware:  # each rank keeps its own running ranges
         with int8_aware(student) as quantised:

@@ -62,6 +62,7 @@ def distill_prune(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         budgets=job.inputs.budgets,
         macs_seconds=spec.macs_reference_seconds,
         cost_model=job.inputs.cost_model,
+        whole=build.transcribed(job.inputs.catalog, targets, job.teacher.config.sample_rate, spec.seed),
     )
     return train_stage(student, job.teacher, targets, batches, ctx)
 
@@ -104,6 +105,9 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
             accumulation=job.accumulation,
             compile=spec.compile,
             data_workers=spec.data_workers,
+            whole=build.transcribed(
+                job.inputs.catalog, targets, job.teacher.config.sample_rate, spec.seed + 1
+            ),
         )
         with int8_aware(student) if spec.int8_aware else nullcontext() as quantised:
             summary = train_stage(student, job.teacher, targets, batches, ctx)

@@ -8,7 +8,9 @@ one projection shared by the non-zero layers.
 A fine-tuned teacher's task head adds terms (`TaskDistill`): the student carries a trainable copy of the
 head and is trained to match the teacher head's softened outputs (core.models.heads.task_distill_loss)
 and, with `input_weight`, the student's head input (its last hidden state) is pulled to the teacher's, so
-the copied head reads what it was trained on.
+the copied head reads what it was trained on. With `supervised_weight`, labelled utterances train the head on
+their labels too: a classifier's on the training crops (a crop keeps its utterance's label), a CTC head's on
+whole utterances served beside the crops (a transcript fits only the utterance it transcribes).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.models.heads import TaskHead, embedding_distill_loss, task_distill_loss
+from core.models.heads import TaskHead, ctc_loss, embedding_distill_loss, task_distill_loss
 
 
 class ClusterTargets(nn.Module):
@@ -103,7 +105,9 @@ class HeadPass(NamedTuple):
 class TaskDistill(nn.Module):
     """The teacher's task head (frozen) and the student's copy of it (trained): the student's task outputs are
     pulled towards the teacher's with `weight` * KL at `temperature` (core.models.heads.task_distill_loss),
-    and its head input towards the teacher's with `input_weight` * (L1 - cosine), as the cluster targets."""
+    and its head input towards the teacher's with `input_weight` * (L1 - cosine), as the cluster targets.
+    `labels` (with `supervised_weight`): utterance id -> label index for a classifier, or -> token ids (its
+    transcript) for a CTC head, kept as `transcripts`."""
 
     def __init__(
         self,
@@ -112,7 +116,7 @@ class TaskDistill(nn.Module):
         weight: float,
         temperature: float,
         supervised_weight: float = 0.0,
-        labels: dict[str, int] | None = None,
+        labels: dict[str, Any] | None = None,
         input_weight: float = 0.0,
     ) -> None:
         super().__init__()
@@ -121,7 +125,10 @@ class TaskDistill(nn.Module):
         self.weight, self.temperature = float(weight), float(temperature)
         self.input_weight = float(input_weight)
         self.supervised_weight = float(supervised_weight) if labels else 0.0
-        self.labels = labels or {}
+        ctc = head.spec.task == "ctc"
+        self.labels: dict[str, int] = {} if ctc else dict(labels or {})
+        self.transcripts: dict[str, list[int]] = dict(labels or {}) if ctc else {}
+        self.blank = int(head.spec.config.get("pad_token_id") or 0)
         self.num_layers = head.num_layers
 
     def train(self, mode: bool = True) -> TaskDistill:
@@ -155,12 +162,17 @@ class TaskDistill(nn.Module):
     def supervised_loss(self, student_outputs: Tensor, ids: Sequence[str]) -> Tensor | None:
         """Cross-entropy of the student's utterance logits against the labels of the batch's labelled
         utterances (unweighted), or None when the term is off or no utterance of the batch has a label."""
-        if not self.supervised_weight or not ids:
+        if not self.supervised_weight or not ids or not self.labels:
             return None
         wanted = torch.tensor([self.labels.get(i, -100) for i in ids], device=student_outputs.device)
         if not bool((wanted >= 0).any()):
             return None
         return F.cross_entropy(student_outputs.float(), wanted, ignore_index=-100)
+
+    def transcript_loss(self, student_outputs: Tensor, ids: Sequence[str]) -> Tensor:
+        """CTC loss of the student's CTC logits (batch, frame, vocab) over whole utterances against their
+        transcripts (unweighted; transformers' ctc_loss_reduction "mean", blank = the head's pad token)."""
+        return ctc_loss(student_outputs, [self.transcripts[i] for i in ids], self.blank)
 
 
 def distill_loss(

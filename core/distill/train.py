@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from core.data import Batch
+from core.data import Batch, WholeUtterances
 from core.data.loader import BatchLoader, BatchStream, default_workers
 from core.distill.targets import ClusterTargets, HeadPass, distill_loss
 from core.errors import CheckpointError, StopRequested, TrainingError
@@ -98,6 +98,7 @@ class StageContext:
     budgets: list[Budget] | None = None  # stage 1's size constraints (params and/or MACs)
     macs_seconds: float = 10.0  # reference utterance length of the MACs count
     cost_model: CostModel | None = None  # a latency budget's predicted seconds (core.models.latency)
+    whole: WholeUtterances | None = None  # a CTC head's transcribed utterances (`build.transcribed`)
     extra_state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -226,8 +227,10 @@ class DistillStep:
         compile: bool = False,
         on_event: OnEvent = ignore_event,
         stage: str = "",
+        whole: WholeUtterances | None = None,
     ) -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
+        self.whole = whole if targets.task is not None and targets.task.transcripts else None
         self.recipe, self.device = recipe, device
         if budgets is None:
             budgets = [Budget("params", float(teacher_params), target_sparsity)] if teacher_params else []
@@ -354,6 +357,8 @@ class DistillStep:
         rng = _device_rng(self.device) if len(parts) > 1 else None
         values: dict[str, Tensor] = {}
         targets_now: dict[str, float] = {}
+        if self.whole is not None:
+            values["task_supervised"] = self._transcribed_step(step)
         for k, (part, part_ids) in enumerate(zip(parts, id_lists, strict=True)):
             if rng is not None:
                 _set_device_rng(self.device, rng)
@@ -376,6 +381,24 @@ class DistillStep:
                 values[f"{prefix}lambda1"] = lagrangian.lambda1.detach()
                 values[f"{prefix}lambda2"] = lagrangian.lambda2.detach()
         return values, targets_now, factor
+
+    def _transcribed_step(self, step: int) -> Tensor:
+        """A CTC head's supervised term: forward and backward of this step's whole labelled utterance
+        (`whole`), its CTC loss weighted by `supervised_weight`, gradients added to the step's (on several
+        ranks, kept local until the step's last micro-batch reduces them all). Returns the unweighted loss."""
+        task, whole = self.targets.task, self.whole
+        assert task is not None and whole is not None
+        batch = whole.serve(step)
+        sync = nullcontext() if self.ddp is None else self.ddp.no_sync()
+        with sync, record_function("task_supervised"):
+            with autocast(self.device):
+                _, student_pass = (self.ddp or self.side)(
+                    batch.waveforms.to(self.device, non_blocking=True), self.targets.max_layer
+                )
+            assert student_pass is not None
+            loss = task.transcript_loss(student_pass.outputs, batch.ids)
+            (task.supervised_weight * loss).backward()
+        return loss.detach()
 
     def _micro_step(
         self, step: int, waveforms: Tensor, ids: list[str], count: int
@@ -602,6 +625,7 @@ def train_stage(
         compile=ctx.compile,
         on_event=ctx.on_event if ctx.is_main else ignore_event,
         stage=ctx.stage,
+        whole=ctx.whole,
     )
     planned = getattr(batches, "accumulation", ctx.accumulation)
     if planned != ctx.accumulation:

@@ -347,21 +347,31 @@ def load_task_head(directory: Path | str, state: dict[str, Tensor] | None = None
     return head.eval()
 
 
-def check_vocabulary(directory: Path, vocab_size: int) -> None:
-    """A CTC teacher's tokenizer (vocab.json, when it has one) must name tokens of its head: ids below
-    `vocab_size`, or the student's transcripts would decode to other text."""
-    path = directory / "vocab.json"
+def read_vocabulary(directory: Path | str) -> dict[str, int] | None:
+    """A CTC teacher's tokenizer vocabulary (vocab.json: token -> id), or None when it has no vocab.json;
+    TeacherError when the file cannot be read or holds no ids."""
+    path = Path(directory) / "vocab.json"
     if not path.is_file():
-        return
+        return None
     try:
         vocab = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TeacherError(f"vocab.json cannot be read: {exc}") from None
     if isinstance(vocab, dict) and vocab and all(isinstance(v, dict) for v in vocab.values()):
         vocab = next(iter(vocab.values()))  # a multilingual tokenizer's vocab.json: {language: {token: id}}
-    ids = [v for v in vocab.values() if isinstance(v, int)] if isinstance(vocab, dict) else []
-    if not ids:
+    tokens = {str(t): i for t, i in vocab.items() if isinstance(i, int)} if isinstance(vocab, dict) else {}
+    if not tokens:
         raise TeacherError("vocab.json holds no token ids")
+    return tokens
+
+
+def check_vocabulary(directory: Path, vocab_size: int) -> None:
+    """A CTC teacher's tokenizer (vocab.json, when it has one) must name tokens of its head: ids below
+    `vocab_size`, or the student's transcripts would decode to other text."""
+    vocab = read_vocabulary(directory)
+    if vocab is None:
+        return
+    ids = list(vocab.values())
     if max(ids) >= vocab_size:
         raise TeacherError(
             f"the tokenizer (vocab.json) does not match the CTC head: it has token id {max(ids)}, the head "
@@ -387,6 +397,44 @@ def _read_head_weights(directory: Path, keys: list[str]) -> dict[str, Tensor]:
 
 
 LABEL_FIELDS = ("label", "emotion", "speaker")
+# Manifest fields a CTC head's supervised term reads transcripts from, in this order of preference: phones
+# (space-separated tokens of the vocabulary), then text (characters, words joined by the "|" delimiter).
+TRANSCRIPT_FIELDS = ("arpabet", "phones", "text")
+WORD_DELIMITER = "|"
+
+
+def transcript_ids(value: str, vocab: dict[str, int]) -> list[int] | None:
+    """A transcript as the CTC head's token ids, as transformers' Wav2Vec2CTCTokenizer reads it: tokens
+    separated by spaces when every one is in the vocabulary (phones), else characters with the words joined by
+    "|" (in the case the vocabulary uses; a run of spaces is one boundary); None when neither fits (a token
+    or character the head lacks) or the transcript is empty."""
+    tokens = value.split()
+    if not tokens:
+        return None
+    if all(t in vocab for t in tokens):
+        return [vocab[t] for t in tokens]
+    if WORD_DELIMITER not in vocab:
+        return None
+    for text in (value, value.upper(), value.lower()):
+        chars = list(WORD_DELIMITER.join(text.split()))
+        if all(c in vocab for c in chars):
+            return [vocab[c] for c in chars]
+    return None
+
+
+def ctc_loss(logits: Tensor, targets: Sequence[Sequence[int]], blank: int) -> Tensor:
+    """The CTC loss of a CTC head's logits (batch, frame, vocab) against token ids, one list per utterance and
+    every frame valid, as transformers' *ForCTC computes it with ctc_loss_reduction="mean": the negative log
+    likelihood of each utterance divided by its target length, averaged over the batch (impossible
+    alignments count 0, ctc_zero_infinity)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (frame, batch, vocab)
+    flat = torch.tensor([i for t in targets for i in t], dtype=torch.long, device=logits.device)
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=logits.device)
+    input_lengths = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+    with torch.backends.cudnn.flags(enabled=False):  # as transformers: cuDNN's CTC needs int32 on the CPU
+        return F.ctc_loss(
+            log_probs, flat, input_lengths, target_lengths, blank=blank, reduction="mean", zero_infinity=True
+        )
 
 
 def item_label(item: Any, field: str) -> str | None:

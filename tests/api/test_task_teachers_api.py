@@ -34,11 +34,11 @@ def test_a_ctc_teacher_is_accepted_and_its_job_keeps_the_head(client, alice, dat
     r = create(client, alice, teacher, dataset, {"stage1_steps": 3})
     assert r.status_code == 202, r.text
     assert create(client, alice, teacher, dataset, {"drop_head": True}).status_code == 202
-    # its transcripts cannot supervise cropped training utterances: refused at creation, naming the field
+    # its supervised term needs transcripts: a dataset without a transcript field is refused at creation
     r = create(client, alice, teacher, dataset, {"task_supervised_weight": 1.0})
     assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid", r.text
     assert r.json()["error"]["message"].startswith(
-        "spec.task_supervised_weight: only an utterance classifier"
+        "spec.task_supervised_weight: the supervised term trains the CTC head on transcripts"
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.errors import SpecError, TeacherError
+from core.errors import AudioError, SpecError, TeacherError
 from core.models import load_student
 from core.models.heads import HeadSpec, TaskHead
 from core.pipeline import run
@@ -72,6 +72,7 @@ def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
         "weight": 1.0,
         "temperature": 2.0,
         "input_weight": 0.5,
+        "supervised_weight": 0.0,
     }
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
     # the task terms are trained in both stages, and logged
@@ -269,10 +270,10 @@ def test_the_supervised_term_trains_an_utterance_classifier_on_the_manifest_labe
     # no utterance carries one of the head's labels in the field asked for: refused before any stage
     with pytest.raises(AudioError, match="its field 'emotion' hold none of them"):
         run(spec.model_copy(update={"task_label_field": "emotion"}), teacher, data, tmp_path / "w2")
-    # a CTC head cannot be supervised on cropped utterances
-    ctc = save_tiny_task_teacher(tmp_path / "ctc", "ctc")
-    with pytest.raises(SpecError, match="only an utterance classifier's labels"):
-        run(spec, ctc, data, tmp_path / "w3")
+    # a frame classifier's head cannot be supervised (no frame-label format)
+    frame = save_tiny_task_teacher(tmp_path / "frame", "frame", "wav2vec2")
+    with pytest.raises(SpecError, match="only an utterance classifier's labels or a CTC head's"):
+        run(spec, frame, data, tmp_path / "w3")
     plain = CompressionSpec(**SPEC)
     assert "task_supervised" not in json.loads(
         run(plain, teacher, data, tmp_path / "w4").artifacts["train_log"].read_text().splitlines()[0]
@@ -340,3 +341,115 @@ def test_the_head_input_term_pulls_what_the_students_head_reads_to_the_teachers(
             teacher_in = targets.task.teacher_head.input_of(teacher, teacher(unseen)[0])
         gaps[input_weight] = float(distill_loss([student_in], [teacher_in])[0])
     assert gaps[5.0] < 0.75 * gaps[0.0], gaps  # without the term both runs are the same run
+
+
+def write_phone_tokenizer(directory: Path) -> dict[str, int]:
+    """A phone tokenizer over the test dataset's phones (tests.utils.evaluation.PHONES) beside a tiny CTC
+    teacher of 8 tokens, as `bench/task_teachers.py` writes one: <pad> (the blank), <unk>, the phones."""
+    from tests.utils.evaluation import PHONES
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{p: 2 + i for i, p in enumerate(PHONES)}}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    return vocab
+
+
+def test_the_supervised_term_trains_a_ctc_head_on_whole_transcribed_utterances(tmp_path: Path) -> None:
+    """A CTC teacher's supervised term: each step also trains on one whole utterance of the manifest's phones
+    (the crops would cut a transcript), tokenized by the teacher's vocab.json; logged in both stages."""
+    from core.data import scan_audio
+    from core.inputs import task_head, task_labels
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", vocab_size=8)
+    vocab = write_phone_tokenizer(teacher)
+    data = write_dataset(tmp_path / "data", per_speaker={"train": 2, "test": 1})
+    spec = CompressionSpec(**SPEC, task_supervised_weight=1.0)
+    catalog = scan_audio(data)
+    labels = task_labels(task_head(teacher, spec), catalog, spec, teacher)
+    assert labels is not None and len(labels) == len(catalog.items)  # every utterance has phones
+    first = catalog.items[0]
+    assert labels[first.id] == [vocab[p] for p in first.extra["arpabet"].split()]
+
+    result = run(spec, teacher, data, tmp_path / "w")
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert all(row["task_supervised"] > 0 for row in log), log[0]
+    assert {row["stage"] for row in log} == {"distill_prune", "final_distill"}
+    assert result.report["task_head"]["supervised_weight"] == 1.0
+
+    # transcripts the vocabulary cannot spell: refused before any stage, saying why
+    (teacher / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1, "X": 2}))
+    with pytest.raises(AudioError, match="transcripts use tokens the vocabulary lacks"):
+        run(spec, teacher, data, tmp_path / "w2")
+    # no tokenizer: nothing to turn transcripts into tokens
+    (teacher / "vocab.json").unlink()
+    with pytest.raises(SpecError, match="no tokenizer"):
+        run(spec, teacher, data, tmp_path / "w3")
+
+
+def test_transcripts_become_the_ctc_heads_tokens_as_transformers_tokenizer_makes_them(tmp_path: Path) -> None:
+    from transformers import Wav2Vec2CTCTokenizer
+
+    from core.models.heads import transcript_ids
+
+    vocab = {
+        "<pad>": 0,
+        "<unk>": 1,
+        "|": 2,
+        **{c: 3 + i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ'")},
+    }
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))
+    for text in ("HELLO WORLD", "it's a test"):
+        assert transcript_ids(text, vocab) == tokenizer(text.upper()).input_ids
+    # runs of spaces are one word boundary (the tokenizer would emit "| |", two delimiters to align)
+    assert transcript_ids("it's a  test", vocab) == transcript_ids("it's a test", vocab)
+    assert transcript_ids("naïve", vocab) is None and transcript_ids("  ", vocab) is None
+    phones = {"<pad>": 0, "AA": 1, "B": 2}
+    assert transcript_ids("AA B AA", phones) == [1, 2, 1] and transcript_ids("AA ZH", phones) is None
+
+
+def test_the_ctc_loss_is_transformers_ctc_loss_with_mean_reduction() -> None:
+    """core.models.heads.ctc_loss against transformers' HubertForCTC computing its own loss from labels."""
+    from transformers import HubertConfig, HubertForCTC
+
+    from core.models.heads import ctc_loss
+
+    torch.manual_seed(0)
+    config = HubertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2, vocab_size=7, pad_token_id=0, ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
+    )  # fmt: skip
+    model = HubertForCTC(config).eval()
+    waves = torch.randn(2, 4000)
+    labels = [[1, 2, 3, 2], [4, 5, 6]]
+    padded = torch.tensor([labels[0], labels[1] + [-100]])
+    with torch.no_grad():
+        out = model(waves, labels=padded)
+    ours = ctc_loss(out.logits, labels, blank=0)
+    assert torch.allclose(ours, out.loss, atol=1e-5), (ours, out.loss)
+
+
+def test_whole_utterances_visit_every_labelled_utterance_once_per_pass_and_resume_alike(
+    tmp_path: Path,
+) -> None:
+    from core.data import WholeUtterances, scan_audio
+
+    catalog = scan_audio(write_dataset(tmp_path / "data", per_speaker={"train": 2, "test": 1}))
+    ids = [item.id for item in catalog.items][:5]
+    whole = WholeUtterances(catalog, ids, 16000, seed=3)
+    served = [whole.serve(step).ids[0] for step in range(10)]
+    assert sorted(served[:5]) == sorted(ids) and sorted(served[5:]) == sorted(ids)
+    assert served != served[:5] * 2 or len(ids) == 1  # a fresh order each pass
+    assert [WholeUtterances(catalog, ids, 16000, seed=3).serve(s).ids[0] for s in (7, 2)] == [
+        served[7],
+        served[2],
+    ]
+    batch = whole.serve(0)
+    item = next(i for i in catalog.items if i.id == batch.ids[0])
+    assert batch.waveforms.shape == (1, round(item.duration_s * 16000)) and batch.lengths.tolist() == [
+        batch.waveforms.shape[1]
+    ]
+    # two ranks draw different utterances at the same step
+    ranks = [WholeUtterances(catalog, ids, 16000, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert ranks[0].index(0) != ranks[1].index(0)
