@@ -29,17 +29,26 @@ def create(client, headers, teacher, dataset, spec, *, dry_run=False):
     )
 
 
+def test_a_ctc_teachers_supervised_term_needs_a_transcript_field_at_creation(
+    app, client, alice, dataset, enqueuer, tmp_path
+):
+    teacher = upload(client, alice, save_tiny_task_teacher(tmp_path / "ctc", "ctc"))
+    supervised = {"task_supervised_weight": 1.0}
+    _label_values(app, dataset, {"speaker": ["s1"]})
+    r = create(client, alice, teacher, dataset, supervised, dry_run=True)
+    assert r.status_code == 422 and "no field 'arpabet' / 'phones' / 'text'" in r.json()["error"]["message"]
+    r = create(client, alice, teacher, dataset, {**supervised, "task_label_field": "words"})
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("spec.task_label_field:"), r.text
+    assert enqueuer.ids == []
+    _label_values(app, dataset, {"speaker": ["s1"], "arpabet": None})  # a transcript: too varied to list
+    assert create(client, alice, teacher, dataset, supervised).status_code == 202
+
+
 def test_a_ctc_teacher_is_accepted_and_its_job_keeps_the_head(client, alice, dataset, enqueuer, tmp_path):
     teacher = upload(client, alice, save_tiny_task_teacher(tmp_path / "ctc", "ctc"))
     r = create(client, alice, teacher, dataset, {"stage1_steps": 3})
     assert r.status_code == 202, r.text
     assert create(client, alice, teacher, dataset, {"drop_head": True}).status_code == 202
-    # its supervised term needs transcripts: a dataset without a transcript field is refused at creation
-    r = create(client, alice, teacher, dataset, {"task_supervised_weight": 1.0})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "spec_invalid", r.text
-    assert r.json()["error"]["message"].startswith(
-        "spec.task_supervised_weight: the supervised term trains the CTC head on transcripts"
-    )
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
