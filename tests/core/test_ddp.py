@@ -155,6 +155,27 @@ def test_pipeline_with_two_processes_produces_a_student(tmp_path: Path) -> None:
     assert steps == [1, 2, 3, 4]  # rank 0's events reach the caller once each
 
 
+def test_a_ctc_heads_supervised_term_trains_on_two_processes(tmp_path: Path) -> None:
+    """Each rank trains on its own whole transcribed utterance per step beside its crops (kept local until
+    the step's last micro-batch reduces the gradients): the run ends with the term logged in both stages."""
+    import json
+
+    from core.pipeline import run
+    from tests.utils.evaluation import write_dataset
+    from tests.utils.models import save_tiny_task_teacher, write_phone_tokenizer
+
+    teacher = save_tiny_task_teacher(tmp_path / "teacher", "ctc", vocab_size=8)
+    write_phone_tokenizer(teacher)
+    data = write_dataset(tmp_path / "data", per_speaker={"train": 2})
+    spec = CompressionSpec(
+        stage1_steps=3, stage2_steps=2, batch_seconds=2.0, gpus=2, device="cpu", task_supervised_weight=1.0
+    )
+    result = run(spec, teacher, data, tmp_path / "w")
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 1, 2]
+    assert all(row["task_supervised"] > 0 for row in log), log
+
+
 def _check_inputs(rank: int, port: int, teachers: list[str], audio: str, out: str) -> None:
     from core.data import scan_audio
     from core.distill.parallel import StageJob, same_inputs_everywhere

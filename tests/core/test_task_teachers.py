@@ -19,7 +19,7 @@ from core.pipeline import run
 from core.spec import CompressionSpec
 from tests.utils.audio import write_audio
 from tests.utils.evaluation import write_dataset
-from tests.utils.models import save_tiny_task_teacher, save_tiny_teacher
+from tests.utils.models import save_tiny_task_teacher, save_tiny_teacher, write_phone_tokenizer
 from tests.utils.pipeline import SPEC
 
 
@@ -341,16 +341,6 @@ def test_the_head_input_term_pulls_what_the_students_head_reads_to_the_teachers(
             teacher_in = targets.task.teacher_head.input_of(teacher, teacher(unseen)[0])
         gaps[input_weight] = float(distill_loss([student_in], [teacher_in])[0])
     assert gaps[5.0] < 0.75 * gaps[0.0], gaps  # without the term both runs are the same run
-
-
-def write_phone_tokenizer(directory: Path) -> dict[str, int]:
-    """A phone tokenizer over the test dataset's phones (tests.utils.evaluation.PHONES) beside a tiny CTC
-    teacher of 8 tokens, as `bench/task_teachers.py` writes one: <pad> (the blank), <unk>, the phones."""
-    from tests.utils.evaluation import PHONES
-
-    vocab = {"<pad>": 0, "<unk>": 1, **{p: 2 + i for i, p in enumerate(PHONES)}}
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    return vocab
 
 
 def test_the_supervised_term_trains_a_ctc_head_on_whole_transcribed_utterances(tmp_path: Path) -> None:

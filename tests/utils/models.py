@@ -142,3 +142,16 @@ def save_tiny_task_teacher(
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(directory)
     return directory
+
+
+def write_phone_tokenizer(directory: Path) -> dict[str, int]:
+    """A phone tokenizer (vocab.json) over the test dataset's phones (tests.utils.evaluation.PHONES) beside a
+    tiny CTC teacher of 8 tokens, as `bench/task_teachers.py` writes one: <pad> (the blank), <unk>, the
+    phones."""
+    import json
+
+    from tests.utils.evaluation import PHONES
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{p: 2 + i for i, p in enumerate(PHONES)}}
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    return vocab
