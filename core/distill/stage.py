@@ -110,6 +110,7 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
             ),
         )
         with int8_aware(student) if spec.int8_aware else nullcontext() as quantised:
+            ctx.int8 = quantised
             summary = train_stage(student, job.teacher, targets, batches, ctx)
         if quantised is not None:
             summary["int8_aware"] = quantised

@@ -29,6 +29,7 @@ from torch.profiler import record_function
 
 from core.data import Batch, WholeUtterances
 from core.data.loader import BatchLoader, BatchStream, default_workers
+from core.distill.quant_aware import Int8Aware
 from core.distill.targets import ClusterTargets, HeadPass, distill_loss
 from core.errors import CheckpointError, StopRequested, TrainingError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
@@ -99,6 +100,7 @@ class StageContext:
     macs_seconds: float = 10.0  # reference utterance length of the MACs count
     cost_model: CostModel | None = None  # a latency budget's predicted seconds (core.models.latency)
     whole: WholeUtterances | None = None  # a CTC head's transcribed utterances (`build.transcribed`)
+    int8: Int8Aware | None = None  # stage 2's int8-aware rounding (core.distill.quant_aware), when on
     extra_state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -228,8 +230,10 @@ class DistillStep:
         on_event: OnEvent = ignore_event,
         stage: str = "",
         whole: WholeUtterances | None = None,
+        int8: Int8Aware | None = None,
     ) -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
+        self.int8 = int8 if int8 is not None and int8.consistency and world_size == 1 else None
         self.whole = whole if targets.task is not None and targets.task.transcripts else None
         self.recipe, self.device = recipe, device
         if budgets is None:
@@ -400,6 +404,18 @@ class DistillStep:
             (task.supervised_weight * loss).backward()
         return loss.detach()
 
+    def _int8_consistency(self, waveforms: Tensor) -> Tensor | None:
+        """int8-aware stage 2's consistency term (`Int8Aware.consistency`): the student's representations with
+        every hooked tensor rounded against its fp32 ones (detached), L1 - cosine; None when off."""
+        if self.int8 is None:
+            return None
+        layer = self.targets.max_layer
+        with torch.no_grad(), self.int8.rounding(False), autocast(self.device):
+            fp32, _ = self.student_fn(waveforms, None, max_layer=layer)
+        with self.int8.rounding(True), autocast(self.device):
+            rounded, _ = self.student_fn(waveforms, None, max_layer=layer)
+        return distill_loss(rounded, [r.float() for r in fp32])[0]
+
     def _micro_step(
         self, step: int, waveforms: Tensor, ids: list[str], count: int
     ) -> tuple[dict[str, Tensor], dict[str, float]]:
@@ -434,6 +450,10 @@ class DistillStep:
                 supervised = task.supervised_loss(student_pass.outputs, ids)
                 if supervised is not None:
                     total = total + task.supervised_weight * supervised
+            consistency = self._int8_consistency(waveforms)
+            if consistency is not None:
+                assert self.int8 is not None
+                total = total + self.int8.consistency * consistency
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}
             if self.pruning:
@@ -462,6 +482,8 @@ class DistillStep:
             values["task_input"] = task_input.detach()
         if supervised is not None:
             values["task_supervised"] = supervised.detach()
+        if consistency is not None:
+            values["int8_consistency"] = consistency.detach()
         if self.pruning:
             values.update(expected_params=sizes["params"].detach())
             if "params" in self.budgets:
@@ -626,6 +648,7 @@ def train_stage(
         on_event=ctx.on_event if ctx.is_main else ignore_event,
         stage=ctx.stage,
         whole=ctx.whole,
+        int8=ctx.int8,
     )
     planned = getattr(batches, "accumulation", ctx.accumulation)
     if planned != ctx.accumulation:

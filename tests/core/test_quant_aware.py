@@ -155,3 +155,27 @@ def test_in_training_each_tensor_is_rounded_at_the_rate(
             assert summary["rate"] == float(rate)
     assert torch.equal(outs["0"], plain)
     assert not torch.equal(outs["1"], plain)
+
+
+def test_the_consistency_term_pulls_the_rounded_student_to_its_fp32_self(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under measurement (SKILLKD_INT8_AWARE_CONSISTENCY): each stage-2 step also runs the student fully
+    rounded and fully fp32; the term is logged and said in the stage's summary."""
+    import json
+
+    from core.distill.quant_aware import CONSISTENCY_ENV
+
+    monkeypatch.setenv(CONSISTENCY_ENV, "1")
+    teacher_dir = save_tiny_teacher(tmp_path / "teacher", "hubert")
+    result = run(
+        CompressionSpec(**{**SPEC, "int8_aware": True}),
+        teacher_dir,
+        write_audio(tmp_path / "a"),
+        tmp_path / "w",
+    )
+    assert result.report["stage2"]["int8_aware"]["consistency"] == 1.0
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    stage2 = [row for row in log if row["stage"] == "final_distill"]
+    assert stage2 and all(-1.0 <= row["int8_consistency"] < 1.0 for row in stage2)  # L1 - cos, near -1
+    assert not any("int8_consistency" in row for row in log if row["stage"] == "distill_prune")
