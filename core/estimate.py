@@ -435,6 +435,11 @@ def _head_lines(head: dict[str, Any] | None) -> list[str]:
         f"head:     {head['description']}; the student keeps it, distilled on the teacher's outputs "
         f"(weight {head['weight']:g}, temperature {head['temperature']:g}"
         + (f"; its input, weight {head['input_weight']:g}" if head.get("input_weight") else "")
+        + (
+            f"; on the manifest's labels, weight {head['supervised_weight']:g}"
+            if head.get("supervised_weight")
+            else ""
+        )
         + ") and exports as the same task model"
     ]
 

@@ -222,6 +222,19 @@ def test_the_dry_run_says_what_the_teacher_head_is_and_what_the_student_keeps(
         "dropped": "HubertForCTC: a CTC head over 12 tokens",
     }
     assert not (tmp_path / "o").exists()
+    # the supervised term of a CTC head: said in the dry run; refused (exit 2) on audio without transcripts
+    write_phone_tokenizer(teacher)
+    data = write_dataset(tmp_path / "data", per_speaker={"train": 2})
+    supervised = [
+        "compress", str(teacher), str(data), "--out", str(tmp_path / "o"), "--dry-run",
+        "--task-supervised-weight", "0.5",
+    ]  # fmt: skip
+    shown = CliRunner().invoke(skillkd, supervised)
+    assert shown.exit_code == 0, shown.output
+    assert "on the manifest's labels, weight 0.5)" in shown.output
+    refused = CliRunner().invoke(skillkd, [*args, "--task-supervised-weight", "0.5"])
+    assert refused.exit_code == 2 and "whose transcript (manifest fields arpabet" in refused.output
+    assert "Traceback" not in refused.output and not (tmp_path / "o").exists()
 
 
 def test_the_onnx_variants_of_a_task_student_output_its_logits_gated_on_its_decisions(
