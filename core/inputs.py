@@ -330,6 +330,17 @@ def prepare_inputs(
             "(train/test); this audio has none. Run without evaluation, or `skillkd evaluate` later",
             field="evaluate",
         )
+    labels = task_labels(head, catalog, spec, teacher)
+    if labels is not None:
+        what = "transcribed" if head is not None and head.spec.task == "ctc" else "labelled"
+        emit(
+            Event(
+                "log",
+                "calibrate",
+                message=f"the supervised term trains on {len(labels)} {what} utterances of "
+                f"{len(catalog.items)}",
+            )
+        )
     return JobInputs(
         device,
         teacher_model,
@@ -340,7 +351,7 @@ def prepare_inputs(
         catalog,
         cal_catalog,
         head=head.to(device) if head is not None else None,
-        labels=task_labels(head, catalog, spec, teacher),
+        labels=labels,
         head_dropped=dropped_head(teacher) if spec.drop_head else None,
     )
 

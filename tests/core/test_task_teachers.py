@@ -372,10 +372,13 @@ def test_the_supervised_term_trains_a_ctc_head_on_whole_transcribed_utterances(t
     first = catalog.items[0]
     assert labels[first.id] == [vocab[p] for p in first.extra["arpabet"].split()]
 
-    result = run(spec, teacher, data, tmp_path / "w")
+    events: list = []
+    result = run(spec, teacher, data, tmp_path / "w", on_event=events.append)
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
     assert all(row["task_supervised"] > 0 for row in log), log[0]
     assert {row["stage"] for row in log} == {"distill_prune", "final_distill"}
+    said = f"the supervised term trains on {len(labels)} transcribed utterances of {len(catalog.items)}"
+    assert any(e.message == said for e in events)
     assert result.report["task_head"]["supervised_weight"] == 1.0
 
     # transcripts the vocabulary cannot spell: refused before any stage, saying why
