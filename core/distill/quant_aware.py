@@ -96,7 +96,7 @@ class RunningRange:
         return fake_quantize(x, *scale_zero_point(self.lo, self.hi))
 
 
-class Int8Aware(dict):  # type: ignore[type-arg]
+class Int8Aware(dict[str, Any]):
     """What `int8_aware` yields: its summary (a dict, for the stage's result) and `rounding(on)`, a block in
     which every hooked tensor is rounded (True) or none is (False), whatever the rate."""
 
