@@ -126,6 +126,7 @@ def train_rank(
     )
     if job.stage == "final_distill" and spec.int8_aware:  # each rank keeps its own running ranges
         with int8_aware(student) as quantised:
+            ctx.int8 = quantised
             return {**train_stage(student, teacher, targets, batches, ctx), "int8_aware": quantised}
     return train_stage(student, teacher, targets, batches, ctx)
 

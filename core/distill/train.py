@@ -181,8 +181,14 @@ class _StudentSide(nn.Module):
         self.student, self.targets = student, targets
         self.student_fn = student_fn  # the student, or its torch.compile wrapper
 
-    def forward(self, waveforms: Tensor, max_layer: int) -> tuple[list[Tensor], HeadPass | None]:
+    def forward(
+        self, waveforms: Tensor, max_layer: int, raw: bool = False
+    ) -> tuple[list[Tensor], HeadPass | None]:
+        """(the cluster predictions, the task head's pass or None); `raw`: (the representations r0..r_max,
+        None)."""
         reps, _ = self.student_fn(waveforms, None, max_layer=max_layer)
+        if raw:
+            return reps, None
         predictions = self.targets.student_predictions(reps)
         task = self.targets.task
         return predictions, task.student_pass(self.student, reps) if task is not None else None
@@ -233,7 +239,7 @@ class DistillStep:
         int8: Int8Aware | None = None,
     ) -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
-        self.int8 = int8 if int8 is not None and int8.consistency and world_size == 1 else None
+        self.int8 = int8 if int8 is not None and int8.consistency else None
         self.whole = whole if targets.task is not None and targets.task.transcripts else None
         self.recipe, self.device = recipe, device
         if budgets is None:
@@ -368,6 +374,9 @@ class DistillStep:
                 _set_device_rng(self.device, rng)
             last = k == len(parts) - 1
             sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            if self.int8 is not None:
+                term = self._int8_consistency(part, len(parts)) / len(parts)
+                values["int8_consistency"] = values.get("int8_consistency", 0.0) + term
             with sync:
                 figures, targets_now = self._micro_step(step, part, part_ids, len(parts))
             for name, value in figures.items():
@@ -404,17 +413,23 @@ class DistillStep:
             (task.supervised_weight * loss).backward()
         return loss.detach()
 
-    def _int8_consistency(self, waveforms: Tensor) -> Tensor | None:
-        """int8-aware stage 2's consistency term (`Int8Aware.consistency`): the student's representations with
-        every hooked tensor rounded against its fp32 ones (detached), L1 - cosine; None when off."""
-        if self.int8 is None:
-            return None
+    def _int8_consistency(self, waveforms: Tensor, count: int) -> Tensor:
+        """int8-aware stage 2's consistency term (`Int8Aware.consistency`) on one of the step's `count`
+        micro-batches: the student's representations with every hooked tensor rounded pulled to its fp32 ones
+        (detached), L1 - cosine, weighted and backpropagated at once (on several ranks kept local until the
+        step's last micro-batch reduces them all). Returns the unweighted term."""
+        int8 = self.int8
+        assert int8 is not None
         layer = self.targets.max_layer
-        with torch.no_grad(), self.int8.rounding(False), autocast(self.device):
+        with torch.no_grad(), int8.rounding(False), autocast(self.device):
             fp32, _ = self.student_fn(waveforms, None, max_layer=layer)
-        with self.int8.rounding(True), autocast(self.device):
-            rounded, _ = self.student_fn(waveforms, None, max_layer=layer)
-        return distill_loss(rounded, [r.float() for r in fp32])[0]
+        sync = nullcontext() if self.ddp is None else self.ddp.no_sync()
+        with sync, record_function("int8_consistency"):
+            with int8.rounding(True), autocast(self.device):
+                rounded, _ = (self.ddp or self.side)(waveforms, layer, raw=True)
+            term = distill_loss(rounded, [r.float() for r in fp32])[0]
+            (int8.consistency * term / count).backward()
+        return term.detach()
 
     def _micro_step(
         self, step: int, waveforms: Tensor, ids: list[str], count: int
@@ -450,10 +465,6 @@ class DistillStep:
                 supervised = task.supervised_loss(student_pass.outputs, ids)
                 if supervised is not None:
                     total = total + task.supervised_weight * supervised
-            consistency = self._int8_consistency(waveforms)
-            if consistency is not None:
-                assert self.int8 is not None
-                total = total + self.int8.consistency * consistency
             targets_now: dict[str, float] = {}
             sizes: dict[str, Tensor] = {}
             if self.pruning:
@@ -482,8 +493,6 @@ class DistillStep:
             values["task_input"] = task_input.detach()
         if supervised is not None:
             values["task_supervised"] = supervised.detach()
-        if consistency is not None:
-            values["int8_consistency"] = consistency.detach()
         if self.pruning:
             values.update(expected_params=sizes["params"].detach())
             if "params" in self.budgets:

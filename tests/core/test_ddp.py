@@ -8,6 +8,7 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -174,6 +175,28 @@ def test_a_ctc_heads_supervised_term_trains_on_two_processes(tmp_path: Path) -> 
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3, 1, 2]
     assert all(row["task_supervised"] > 0 for row in log), log
+
+
+def test_int8_aware_consistency_trains_on_two_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8-aware consistency term's rounded pass runs through DDP beside the step's (its gradients kept
+    local until the step's last backward reduces them): stage 2 logs it on two ranks."""
+    import json
+
+    from core.distill.quant_aware import CONSISTENCY_ENV
+    from core.pipeline import run
+    from tests.utils.audio import write_audio
+
+    monkeypatch.setenv(CONSISTENCY_ENV, "1")
+    spec = CompressionSpec(
+        stage1_steps=2, stage2_steps=3, batch_seconds=2.0, gpus=2, device="cpu", int8_aware=True
+    )
+    result = run(spec, save_tiny_teacher(tmp_path / "teacher"), write_audio(tmp_path / "a"), tmp_path / "w")
+    log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
+    assert [row["int8_consistency"] for row in log if row["stage"] == "final_distill"] != []
+    assert all("int8_consistency" in row for row in log if row["stage"] == "final_distill")
+    assert result.report["stage2"]["int8_aware"]["consistency"] == 1.0
 
 
 def _check_inputs(rank: int, port: int, teachers: list[str], audio: str, out: str) -> None:
