@@ -208,9 +208,11 @@ class DistillStep:
     Teacher forward in inference mode up to the highest target layer, student forward (masked in stage 1),
     distillation loss, Lagrangian on the expected sparsity (stage 1), backward (on several ranks through
     DistributedDataParallel: gradients averaged in buckets while the backward runs), the multipliers' ascent,
-    clipping and AdamW. Every figure it returns stays on the device: the
-    caller decides when to read them (one host sync for many steps). Regions are labelled for
-    `torch.profiler` (`teacher_forward`, `student_forward`, `loss`, `backward`, `optimizer`).
+    clipping and AdamW; with `whole`, a CTC head's supervised pass on one whole transcribed utterance, with
+    `int8` (int8-aware stage 2), its consistency pass, each with its own backward before the step's. Every
+    figure it returns stays on the device: the caller decides when to read them (one host sync for many
+    steps). Regions are labelled for `torch.profiler` (`teacher_forward`, `student_forward`, `loss`,
+    `backward`, `optimizer`, `task_supervised`, `int8_consistency`).
 
     `compile=True` wraps teacher and student in `torch.compile(dynamic=True)` (batches change shape from step
     to step). A new `DistillStep` is built per stage, so the pruned student of stage 2 is compiled afresh; if
