@@ -242,7 +242,7 @@ class DistillStep:
     ) -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
         self.int8 = int8 if int8 is not None and int8.consistency else None
-        self.whole = whole if targets.task is not None and targets.task.transcripts else None
+        self.whole = whole  # `build.transcribed`: None without a CTC head's transcripts
         self.recipe, self.device = recipe, device
         if budgets is None:
             budgets = [Budget("params", float(teacher_params), target_sparsity)] if teacher_params else []
