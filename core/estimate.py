@@ -340,6 +340,7 @@ def _latency_budget(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any] 
         "from_cache": document["from_cache"],
         "mean_abs_relative_error": fit["mean_abs_relative_error"],
         "fit_seconds": 0.0 if document["from_cache"] else fit["fit_seconds"],
+        "int8_aware": spec.int8_aware,
     }
 
 
@@ -471,6 +472,14 @@ def render(result: dict[str, Any]) -> str:
             )
             + f", mean error {100 * latency['mean_abs_relative_error']:.1f}% on its shapes)"
         ]
+        + (
+            [
+                "          onnx-int8 times static_conv files; without --int8-aware the student's int8 file "
+                "may miss the int8 gate (bench/results/onnx_int8.md)"
+            ]
+            if latency["target"] == "onnx-int8" and not latency.get("int8_aware")
+            else []
+        )
         if latency
         else []
     )

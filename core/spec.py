@@ -22,10 +22,10 @@ MAX_SEED = 2**63 - 1
 MAX_DEVICE_INDEX = 63
 MIN_MACS_REFERENCE_SECONDS = 1.0
 # Where a latency budget's cost model can be fitted (`speed_target`): PyTorch fp32 on this machine's CPU, or
-# the fp32 ONNX export in onnxruntime on it. The others are named so that asking for one says it is planned
-# rather than unknown.
-SPEED_TARGETS = ("cpu", "onnx-fp32")
-PLANNED_SPEED_TARGETS = ("onnx-int8", "cuda")
+# the fp32 or int8 (static_conv) ONNX export in onnxruntime on it. The others are named so that asking for one
+# says it is planned rather than unknown.
+SPEED_TARGETS = ("cpu", "onnx-fp32", "onnx-int8")
+PLANNED_SPEED_TARGETS = ("cuda",)
 
 Method = Literal["skill", "dphubert"]
 Preset = Literal["quick", "paper"]
@@ -218,7 +218,8 @@ class CompressionSpec(BaseModel):
     speed_target: str = Field(
         default="cpu",
         description="where target_speedup is measured: cpu (PyTorch fp32 on this machine's CPU) or "
-        "onnx-fp32 (the fp32 ONNX export in onnxruntime on this CPU), with speed_threads threads",
+        "onnx-fp32 / onnx-int8 (the fp32 ONNX export, or its static_conv int8 file, in onnxruntime on this "
+        "CPU), with speed_threads threads",
     )
     speed_threads: int = Field(
         default=1, ge=1, le=256, description="CPU threads of speed_target's timings (target_speedup)"
@@ -401,7 +402,7 @@ class CompressionSpec(BaseModel):
             raise ValueError(
                 f"speed_target {v!r} is not supported yet; the latency cost model can be fitted on: "
                 + ", ".join(SPEED_TARGETS)
-                + " (PyTorch fp32 and onnxruntime fp32 on the CPU)"
+                + " (PyTorch fp32, onnxruntime fp32 and int8 on the CPU)"
             )
         raise ValueError(
             f"unknown speed_target {v!r}; supported: {', '.join(SPEED_TARGETS)} (planned: "

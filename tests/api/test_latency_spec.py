@@ -32,7 +32,8 @@ def test_a_bad_latency_spec_is_422_naming_the_field(client, alice, teacher, data
 
 
 def test_a_latency_spec_is_accepted(client, alice, teacher, dataset, enqueuer):
-    spec = {"target_speedup": 2.0, "speed_threads": 2, "sparsity": 0.5}
+    spec = {"target_speedup": 2.0, "speed_threads": 2, "sparsity": 0.5, "speed_target": "onnx-int8"}
     r = post_job(client, alice, teacher, dataset, spec)
     assert r.status_code == 202, r.text
     assert r.json()["spec"]["target_speedup"] == 2.0 and r.json()["spec"]["speed_threads"] == 2
+    assert r.json()["spec"]["speed_target"] == "onnx-int8"

@@ -148,7 +148,8 @@ def test_spec_fields() -> None:
         with pytest.raises(ValidationError, match=field):
             CompressionSpec(**bad)
     with pytest.raises(ValidationError, match="not supported yet"):
-        CompressionSpec(target_speedup=2.0, speed_target="onnx-int8")
+        CompressionSpec(target_speedup=2.0, speed_target="cuda")
+    assert CompressionSpec(target_speedup=2.0, speed_target="onnx-int8").speed_target == "onnx-int8"
 
 
 def _fine_teacher(tmp_path: Path) -> Path:
@@ -248,6 +249,17 @@ def test_the_dry_run_says_the_latency_budget(
     text = render(result)
     assert "latency:  1.5x faster than the teacher on cpu (1 thread)" in text and "cached" in text
     assert "targets:  latency alone (below)" in text
+    assert "--int8-aware" not in text
+
+    import core.estimate as estimating
+
+    timers = {"onnx-int8": lambda seconds, threads, rounds: fake_timer(synthetic_model(teacher))}
+    monkeypatch.setattr(estimating, "LATENCY_TIMERS", timers)
+    for aware in (False, True):
+        spec = CompressionSpec(**SPEC, target_speedup=1.5, speed_target="onnx-int8", int8_aware=aware)
+        text = render(estimate(spec, tiny_teacher_dir, write_audio(tmp_path / "audio"), timed_steps=1))
+        assert "faster than the teacher on onnx-int8" in text
+        assert ("without --int8-aware the student's int8 file may miss the int8 gate" in text) is not aware
 
 
 def test_the_onnx_target_fits_on_onnxruntime_timings_and_measures_the_student_there(
@@ -273,3 +285,41 @@ def test_the_onnx_target_fits_on_onnxruntime_timings_and_measures_the_student_th
     shapes = latency["cost_model"]["shapes"]
     assert len(shapes) == 4 and all(np.isfinite(r["measured_s"]) and r["measured_s"] > 0 for r in shapes)
     assert latency["measured_speedup"] > 0 and latency["measured"].startswith("onnx-fp32")
+
+
+def test_the_int8_target_times_the_static_conv_files(
+    tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """speed_target onnx-int8: each model is exported, quantised as an int8-aware student's export is
+    (static_conv, calibrated on the timing input) and the int8 file is what is timed (onnxruntime runs a
+    quantised file's QDQ graph: its Conv and MatMul weights are int8)."""
+    import onnx
+
+    import core.export.onnx as onnx_export
+
+    assert onnx_export.LATENCY_TIMERS["onnx-int8"] is onnx_export.onnx_int8_timer
+    teacher = load_huggingface(tiny_teacher_dir)
+    (student,) = random_shapes(teacher, 1, seed=0)
+    timed: list[str] = []
+    quantised: list[tuple[str, int]] = []
+    real_quantize, real_speedups = onnx_export.quantize_int8, onnx_export.onnx_speedups
+
+    def quantize(src: Path, dst: Path, mode: str = "dynamic", calibration: Any = None) -> None:
+        quantised.append((mode, len(calibration or [])))
+        real_quantize(src, dst, mode, calibration)
+        graph = onnx.load(str(dst)).graph
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+
+    def speedups(paths: dict[str, Path], sr: int, **kw: Any) -> dict[str, float]:
+        timed.extend(p.name for p in paths.values())
+        return real_speedups(paths, sr, **kw)
+
+    monkeypatch.setattr(onnx_export, "quantize_int8", quantize)
+    monkeypatch.setattr(onnx_export, "onnx_speedups", speedups)
+    seconds = onnx_export.onnx_int8_timer(1.0, 1, 1)([teacher, student])
+    assert quantised == [("static_conv", 1), ("static_conv", 1)]
+    assert timed == ["m0.int8.onnx", "m1.int8.onnx"]
+    assert len(seconds) == 2 and all(np.isfinite(t) and t > 0 for t in seconds)
+    timed.clear()
+    onnx_export.onnx_timer(1.0, 1, 1)([teacher])
+    assert timed == ["m0.onnx"]

@@ -106,6 +106,8 @@ def test_the_spec_refuses_int8_aware_without_stage_2() -> None:
         CompressionSpec(int8_aware=True, stage2_steps=0)
     assert int8_mode_for(CompressionSpec(int8_aware=True).model_dump()) == "static_conv"
     assert int8_mode_for(CompressionSpec().model_dump()) == DEFAULT_INT8_MODE
+    on_int8 = CompressionSpec(target_speedup=2.0, speed_target="onnx-int8").model_dump()
+    assert int8_mode_for(on_int8) == "static_conv"
 
 
 def test_an_int8_aware_run_trains_through_the_rounding_and_exports_static_conv(tmp_path: Path) -> None:
