@@ -283,7 +283,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}`",
         "",
-        f"One {report['seconds']:g} s utterance, batch 1, fp32, "
+        f"One {report['seconds']:g} s utterance, batch 1, "
+        f"{'int8 (static_conv files)' if report.get('target') == 'onnx-int8' else 'fp32'}, "
         f"{'onnxruntime' if report.get('target', 'cpu') != 'cpu' else 'PyTorch'} on the CPU with "
         f"{report['threads']} thread(s) (target {report.get('target', 'cpu')}); CPU {m['cpu']} "
         f"({m['cpus']} CPUs, {m['available_cores']} available); torch "
