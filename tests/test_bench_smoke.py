@@ -243,3 +243,59 @@ def test_latency_model_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir:
     markdown = (tmp_path / "r.md").read_text()
     assert "| cost model |" in markdown and "| MACs |" in markdown and "holdout2" in markdown
     assert "attention.macs" in markdown and "conv front end" in markdown
+
+
+def test_inference_profile_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    """`python -m bench.inference_profile`: a report's student shape rebuilt from the teacher, both profiled
+    in PyTorch and onnxruntime fp32/int8; the regions split each pass's time (within the profilers' own
+    overhead) and the int8 file runs quantised kernels."""
+    from bench import inference_profile
+    from core.calibrate.latency import random_shapes
+    from core.models import load_model
+
+    teacher = load_model(tiny_teacher_dir)
+    (shape,) = random_shapes(teacher, 1, seed=3)
+    architecture = {
+        "layers": [{"heads": x.num_heads, "ffn": x.ffn_dim} for x in shape.config.layers],
+        "conv_channels": [c.out_channels for c in shape.config.conv],
+    }
+    report_json = tmp_path / "report.json"
+    report_json.write_text(json.dumps({"student": architecture}))
+    out = tmp_path / "profile.json"
+    report = inference_profile.main(
+        [str(tiny_teacher_dir), "--student-report", str(report_json), "--seconds", "0.5", "--rounds", "2"]
+        + ["--json", str(out), "--markdown", str(tmp_path / "profile.md")]
+    )
+    rebuilt = inference_profile.shaped_student(teacher, architecture)
+    assert rebuilt.config.unit_counts() == shape.config.unit_counts()
+    assert json.loads(out.read_text())["models"].keys() == {"teacher", "student"}
+    for model in report["models"].values():
+        for runtime in ("torch", "onnx-fp32", "onnx-int8"):
+            r = model[runtime]
+            assert r["total_ms"] > 0 and set(r["regions_ms"]) <= set(inference_profile.REGIONS)
+            assert sum(r["regions_ms"].values()) == pytest.approx(r["total_ms"], rel=0.5)
+        assert any(op.startswith("aten::") for op in model["torch"]["ops_ms"])
+        assert "QLinearConv" in model["onnx-int8"]["ops_ms"] or "ConvInteger" in model["onnx-int8"]["ops_ms"]
+    assert "## onnx-int8" in (tmp_path / "profile.md").read_text()
+    assert inference_profile.region_of("/encoder/layers.3/attention/MatMul") == "attention"
+    assert inference_profile.region_of("encoder.pos_conv") == "positional conv"
+
+
+def test_positional_conv_variants_equal_the_grouped_conv(tmp_path: Path) -> None:
+    """`python -m bench.positional_conv`: overlap-save by FFT and by DFT matmuls, in PyTorch and exported to
+    onnxruntime, compute the positional conv's output (odd and even frame counts, shorter and longer than a
+    block)."""
+    from bench import positional_conv
+
+    report = positional_conv.main(["--channels", "32", "--frames", "7", "200", "--rounds", "1"])
+    assert [(r["channels"], r["frames"]) for r in report["rows"]] == [(32, 7), (32, 200)]
+    for row in report["rows"]:
+        assert set(row["max_abs_diff"]) == {
+            "torch conv",
+            "torch fft-ols",
+            "torch dft-ols",
+            "onnxruntime conv",
+            "onnxruntime dft-ols",
+        }
+        assert max(row["max_abs_diff"].values()) < 1e-4, row["max_abs_diff"]
+        assert all(ms > 0 for ms in row["ms"].values())
