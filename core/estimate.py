@@ -475,7 +475,7 @@ def render(result: dict[str, Any]) -> str:
         + (
             [
                 "          onnx-int8 times static_conv files; without --int8-aware the student's int8 file "
-                "may miss the int8 gate (bench/results/onnx_int8.md)"
+                "may miss the int8 gate (README: int8 that is faster)"
             ]
             if latency["target"] == "onnx-int8" and not latency.get("int8_aware")
             else []
