@@ -15,6 +15,11 @@ Variants, each on one (1, channels, frames) input, one thread:
 
 Widths: hubert-mini's 256 channels and the Base models' 768; 250 / 500 / 1500 frames (5, 10, 30 s). Every
 variant's max |difference| from `conv` is printed with its time (median of `--rounds` interleaved passes).
+
+With `--teacher DIR --student-report REPORT.json` it also times whole models as the engine and the `hf`
+export run them (skillkd adopts `fft-ols` for inference in PyTorch: `core.models.components.overlap_save`):
+the teacher and that student shape (`bench.inference_profile.shaped_student`), each with the positional conv
+by overlap-save and by the plain conv, the four interleaved on one `--seconds` utterance.
 """
 
 from __future__ import annotations
@@ -192,6 +197,50 @@ def bench_width(channels: int, frames: Sequence[int], rounds: int, threads: int)
     return rows
 
 
+def bench_models(teacher_dir: Path, student_report: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """Teacher and student, positional conv by overlap-save ("fft") and plain ("conv"), interleaved."""
+    import json
+
+    import core.models.components as components
+    from bench.inference_profile import shaped_student
+    from core.models import load_model
+
+    teacher = load_model(teacher_dir).eval()
+    student = shaped_student(teacher, json.loads(student_report.read_text())["student"])
+    x = torch.randn(1, int(seconds * teacher.config.sample_rate), generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([x.shape[1]])
+    real = components.spectral_ok
+
+    def plain(*args: Any) -> bool:
+        return False
+
+    runs = {
+        f"{name} {way}": (model, real if way == "fft" else plain)
+        for name, model in (("teacher", teacher), ("student", student))
+        for way in ("fft", "conv")
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    try:
+        with torch.inference_mode():
+            for r in range(rounds + 1):
+                for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                    model, gate = runs[k]
+                    components.spectral_ok = gate
+                    start = time.perf_counter()
+                    model(x, lengths)
+                    if r:  # the first round is a warm-up
+                        times[k].append(time.perf_counter() - start)
+    finally:
+        components.spectral_ok = real
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    return {
+        "seconds": seconds,
+        "ms": ms,
+        "speedup_fft_vs_conv": {n: ms[f"{n} conv"] / ms[f"{n} fft"] for n in ("teacher", "student")},
+        "student_speedup_over_teacher": {w: ms[f"teacher {w}"] / ms[f"student {w}"] for w in ("fft", "conv")},
+    }
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# The positional conv: the grouped conv vs overlap-save FFT / DFT-by-matmul",
@@ -217,6 +266,26 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         "Each cell: median time (speed-up over the same runtime's conv, max |difference| from conv).",
     ]
+    models = report.get("models")
+    if models:
+        ms = models["ms"]
+        lines += [
+            "",
+            f"## Whole models, PyTorch fp32, one {models['seconds']:g} s utterance: {report['student']}",
+            "",
+            "| model | positional conv by overlap-save | plain conv | speed-up |",
+            "|---|---|---|---|",
+        ]
+        for n in ("teacher", "student"):
+            lines.append(
+                f"| {n} | {ms[f'{n} fft']:.1f} ms | {ms[f'{n} conv']:.1f} ms | "
+                f"{models['speedup_fft_vs_conv'][n]:.2f}x |"
+            )
+        over = models["student_speedup_over_teacher"]
+        lines += [
+            "",
+            f"Student over teacher: {over['fft']:.2f}x with overlap-save, {over['conv']:.2f}x plain.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--frames", type=int, nargs="+", default=[250, 500, 1500])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--teacher", type=Path, help="also time whole models: this teacher ...")
+    p.add_argument("--student-report", type=Path, help="... and the student shape in this report.json")
+    p.add_argument("--seconds", type=float, default=10.0, help="the whole models' utterance")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
@@ -242,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "load": [before, os.getloadavg()[0]],
         "rows": rows,
     }
+    if args.teacher is not None and args.student_report is not None:
+        report["student"] = f"the shape of {args.student_report}"
+        report["models"] = bench_models(args.teacher, args.student_report, args.seconds, args.rounds)
+        report["load"][1] = os.getloadavg()[0]
     write_outputs(report, format_markdown(report), args.json, args.markdown)
     return report
 

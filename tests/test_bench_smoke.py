@@ -288,6 +288,7 @@ def test_positional_conv_variants_equal_the_grouped_conv(tmp_path: Path) -> None
     from bench import positional_conv
 
     report = positional_conv.main(["--channels", "32", "--frames", "7", "200", "--rounds", "1"])
+    assert "models" not in report  # whole models only when asked for
     assert [(r["channels"], r["frames"]) for r in report["rows"]] == [(32, 7), (32, 200)]
     for row in report["rows"]:
         assert set(row["max_abs_diff"]) == {
@@ -299,3 +300,24 @@ def test_positional_conv_variants_equal_the_grouped_conv(tmp_path: Path) -> None
         }
         assert max(row["max_abs_diff"].values()) < 1e-4, row["max_abs_diff"]
         assert all(ms > 0 for ms in row["ms"].values())
+
+
+def test_positional_conv_bench_times_whole_models_both_ways(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    import core.models.components as components
+    from bench import positional_conv
+    from core.models import load_model
+
+    (tmp_path / "report.json").write_text(
+        json.dumps({"student": {"layers": [{"heads": 1, "ffn": 8}] * 2, "conv_channels": [8, 8, 8]}})
+    )
+    teacher = load_model(tiny_teacher_dir)
+    assert len(teacher.config.layers) == 2 and len(teacher.config.conv) == 3
+    gate = components.spectral_ok
+    report = positional_conv.main(
+        ["--channels", "32", "--frames", "20", "--rounds", "1", "--seconds", "0.5"]
+        + ["--teacher", str(tiny_teacher_dir), "--student-report", str(tmp_path / "report.json")]
+    )
+    assert components.spectral_ok is gate  # restored
+    models = report["models"]
+    assert set(models["ms"]) == {"teacher fft", "teacher conv", "student fft", "student conv"}
+    assert all(v > 0 for v in models["speedup_fft_vs_conv"].values())

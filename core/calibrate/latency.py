@@ -45,7 +45,9 @@ ROUNDS = 3  # timed passes of each, after one untimed
 # fit on shapes that keep 10-100% uniformly extrapolated to them badly (a hubert-mini student measured 6.1x
 # faster than its teacher was predicted 3.3x-4.0x; fitted on log-uniform shapes: 6.5x).
 MIN_KEEP = 0.02
-FIT_VERSION = 2  # in the cache key: fits made by an earlier sampling are not reused
+# in the cache key: fits made by an earlier sampling (1) or before the positional conv's overlap-save (2) are
+# not reused
+FIT_VERSION = 3
 SHAPES_ENV = "SKILLKD_LATENCY_SHAPES"
 ROUNDS_ENV = "SKILLKD_LATENCY_ROUNDS"
 CACHE_ENV = "SKILLKD_CACHE_DIR"

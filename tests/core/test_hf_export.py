@@ -95,9 +95,16 @@ def test_pruned_student_export_matches_load_student_with_padding(
     hidden, last, frames = _ours(reloaded, waves)
     assert int(frames[1]) < out.last_hidden_state.shape[1]  # the second utterance really is padded
     assert len(out.hidden_states) == student.num_layers + 1
+    # the padded utterance is compared on its frames: its padding frames are masked out of everything, and the
+    # layer norms of those near-constant frames magnify rounding (the positional conv's FFT) past TOL
+    def valid(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[b, : int(n)] for b, n in enumerate(frames)]
+
     for i, (theirs, ours) in enumerate(zip(out.hidden_states, hidden, strict=True)):
-        assert (theirs - ours).abs().max() < TOL, (i, (theirs - ours).abs().max())
-    assert (out.last_hidden_state - last).abs().max() < TOL
+        for b, (t_b, o_b) in enumerate(zip(valid(theirs), valid(ours))):
+            assert (t_b - o_b).abs().max() < TOL, (i, b, (t_b - o_b).abs().max())
+    for t_b, o_b in zip(valid(out.last_hidden_state), valid(last)):
+        assert (t_b - o_b).abs().max() < TOL
     # r0 (ours, before the positional conv) is not hidden_states[0]: the mapping matters
     with torch.no_grad():
         r0 = reloaded(torch.zeros(1, 4000) + torch.from_numpy(waves[0]), None)[0][0]

@@ -206,8 +206,54 @@ class FeatureProjection(nn.Module):
 # ------------------------------------------------------------------------------------------------------------
 # Transformer
 # ------------------------------------------------------------------------------------------------------------
+def spectral_kernel(conv: nn.Conv1d, n: int) -> Tensor:
+    """A grouped Conv1d's kernel for `overlap_save`: time-reversed, its `n`-point spectrum per (group,
+    frequency) an (out / groups, in / groups) complex matrix: (groups, n // 2 + 1, out / groups, in / groups),
+    fp32."""
+    g = conv.groups
+    spectrum = torch.fft.rfft(conv.weight.detach().float().flip(-1), n=n)  # (out, in / g, f)
+    out, per_group, f = spectrum.shape
+    return spectrum.view(g, out // g, per_group, f).permute(0, 3, 1, 2).contiguous()
+
+
+def overlap_save(x: Tensor, conv: nn.Conv1d, spectrum: Tensor, n: int) -> Tensor:
+    """`conv(x)`'s first T outputs (x: (batch, channel, T); a grouped Conv1d, stride 1, padding
+    kernel // 2), by overlap-save: blocks of n samples overlapping by kernel - 1, each block's spectrum
+    multiplied per frequency by its group's kernel matrix (`spectral_kernel`), the last n - kernel + 1 samples
+    of each inverse kept. Exact up to fp32 rounding (1e-6 on the positional conv) and 4-8x faster than the
+    direct grouped conv for the positional conv's kernel of 128 on a CPU (skillkd's
+    bench/results/positional_conv.md)."""
+    b, c, t = x.shape
+    k = conv.kernel_size[0]
+    g = spectrum.shape[0]
+    step = n - k + 1
+    blocks_n = -(-t // step)
+    padded = F.pad(x.float(), (k // 2, blocks_n * step + k - 1 - t - k // 2))
+    spectra = torch.fft.rfft(padded.unfold(2, n, step), n=n)  # (b, c, blocks, f)
+    f = spectra.shape[-1]
+    grouped = spectra.view(b, g, c // g, blocks_n, f).permute(1, 4, 2, 0, 3).reshape(g, f, c // g, -1)
+    mixed = torch.matmul(spectrum, grouped)  # (g, f, out / g, b x blocks)
+    out = g * spectrum.shape[2]
+    mixed = mixed.view(g, f, out // g, b, blocks_n).permute(3, 0, 2, 4, 1).reshape(b, out, blocks_n, f)
+    y = torch.fft.irfft(mixed, n=n)[..., k - 1 :].reshape(b, out, -1)[..., :t]
+    if conv.bias is not None:
+        y = y + conv.bias.float()[:, None]
+    return y.to(x.dtype)
+
+
+def spectral_ok(module: nn.Module, weight: Tensor) -> bool:
+    """Whether `overlap_save` may stand in for the conv: inference in eager PyTorch (eval mode, no gradient to
+    the weight; not while tracing, scripting, exporting to ONNX or compiling: those keep the plain conv)."""
+    if module.training or (torch.is_grad_enabled() and weight.requires_grad):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    return not torch.compiler.is_compiling()
+
+
 class ConvolutionalPositionalEmbedding(nn.Module):
-    """Grouped conv over time (weight norm already folded into `conv.weight`), then GELU."""
+    """Grouped conv over time (weight norm already folded into `conv.weight`), then GELU. In inference
+    (`spectral_ok`) the conv is computed by overlap-save FFT: the same output, several times faster."""
 
     def __init__(self, config: SkillkdConfig) -> None:
         super().__init__()
@@ -220,12 +266,27 @@ class ConvolutionalPositionalEmbedding(nn.Module):
             padding=kernel // 2,
             groups=config.num_conv_pos_embedding_groups,
         )
+        self.block = 1 << (2 * kernel - 1).bit_length()  # overlap-save block: a power of two >= 2 x kernel
+        self._spectrum: Tensor | None = None
+        self._spectrum_key: tuple[object, ...] | None = None
+
+    def _spectral(self, x: Tensor) -> Tensor:
+        weight = self.conv.weight
+        key = (x.device, weight.data_ptr(), weight._version)
+        if self._spectrum is None or self._spectrum_key != key:
+            self._spectrum = spectral_kernel(self.conv, self.block).to(x.device)
+            self._spectrum_key = key
+        return overlap_save(x, self.conv, self._spectrum, self.block)
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, frame, hidden) -> (batch, frame, hidden)"""
-        y = self.conv(x.transpose(1, 2))
-        if self.kernel % 2 == 0:
-            y = y[..., :-1]
+        x = x.transpose(1, 2)
+        if spectral_ok(self, self.conv.weight):
+            y = self._spectral(x)
+        else:
+            y = self.conv(x)
+            if self.kernel % 2 == 0:
+                y = y[..., :-1]
         return F.gelu(y).transpose(1, 2)
 
 
