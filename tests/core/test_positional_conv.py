@@ -83,3 +83,15 @@ def test_low_precision_inputs_are_computed_in_fp32_and_returned_as_given() -> No
         got = module(x.bfloat16().float().bfloat16())
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), reference(module, x.bfloat16().float()), atol=3e-2, rtol=3e-2)
+
+
+def test_a_macs_counter_sees_the_plain_conv() -> None:
+    """MACs are the architecture's: under a dispatch mode (core.evaluation.MacCounter) the conv runs as is, so
+    the counted MACs equal the formula's (`num_macs`)."""
+    from core.evaluation import MacCounter
+
+    module = ConvolutionalPositionalEmbedding(32, 16, 4).eval()
+    with torch.no_grad(), MacCounter() as counter:
+        module(torch.randn(1, 50, 32))
+    assert module._spectrum is None
+    assert counter.total == module.num_macs(50)

@@ -243,12 +243,15 @@ def overlap_save(x: Tensor, conv: nn.Conv1d, spectrum: Tensor, n: int) -> Tensor
 
 def spectral_ok(module: nn.Module, weight: Tensor) -> bool:
     """Whether `overlap_save` may stand in for the conv: inference in eager PyTorch (eval mode, no gradient to
-    the weight; not while tracing, scripting, exporting to ONNX or compiling: those keep the plain conv)."""
+    the weight; not while tracing, scripting, exporting to ONNX or compiling, nor under a dispatch mode such
+    as a MACs counter or fake tensors: those see the plain conv, the architecture's own operator)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
     if module.training or (torch.is_grad_enabled() and weight.requires_grad):
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
-    return not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
 
 
 class ConvolutionalPositionalEmbedding(nn.Module):
