@@ -95,6 +95,7 @@ def test_pruned_student_export_matches_load_student_with_padding(
     hidden, last, frames = _ours(reloaded, waves)
     assert int(frames[1]) < out.last_hidden_state.shape[1]  # the second utterance really is padded
     assert len(out.hidden_states) == student.num_layers + 1
+
     # the padded utterance is compared on its frames: its padding frames are masked out of everything, and the
     # layer norms of those near-constant frames magnify rounding (the positional conv's FFT) past TOL
     def valid(x: torch.Tensor) -> list[torch.Tensor]:
