@@ -95,3 +95,13 @@ def test_a_macs_counter_sees_the_plain_conv() -> None:
         module(torch.randn(1, 50, 32))
     assert module._spectrum is None
     assert counter.total == module.num_macs(50)
+
+
+def test_a_module_made_under_inference_mode_runs_the_plain_conv() -> None:
+    """Weights created under torch.inference_mode() have no version counter to key the cached spectrum by."""
+    with torch.inference_mode():
+        module = ConvolutionalPositionalEmbedding(32, 16, 4).eval()
+        x = torch.randn(1, 20, 32)
+        got = module(x)
+        assert module._spectrum is None
+        torch.testing.assert_close(got, reference(module, x))

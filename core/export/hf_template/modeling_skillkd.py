@@ -249,6 +249,10 @@ def spectral_ok(module: nn.Module, weight: Tensor) -> bool:
 
     if module.training or (torch.is_grad_enabled() and weight.requires_grad):
         return False
+    if weight.is_inference():  # made under inference_mode: no version counter to tell a changed weight by
+        return False
+    if weight.device.type not in ("cpu", "cuda"):  # where it was measured and tested
+        return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
     return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
