@@ -7,9 +7,9 @@ same grouped conv (kernel 128, 16 groups, padding 64, the last frame dropped) be
 
 Variants, each on one (1, channels, frames) input, one thread:
 - `conv`: the grouped Conv1d as the models run it (PyTorch; onnxruntime: the exported Conv node);
-- `fft-ols`: overlap-save with torch.fft (blocks of n = 2 x kernel samples, kernel - 1 overlap), the kernel's
-  spectrum computed once, per frequency a (out x in) complex matmul per group (PyTorch only: the TorchScript
-  ONNX exporter has no rfft);
+- `fft-ols`: overlap-save with torch.fft as PyTorch inference runs it (`core.models.components.overlap_save`:
+  blocks of n = 2 x kernel samples, kernel - 1 overlap), the kernel's spectrum computed once, per frequency a
+  (out x in) complex matmul per group (PyTorch only: the TorchScript ONNX exporter has no rfft);
 - `dft-ols`: the same overlap-save with the DFTs as real matmuls by fixed cos/sin matrices (exportable:
   PyTorch and onnxruntime).
 
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from bench.output import write_outputs
 from core.calibrate.latency import cpu_model
+from core.models.components import overlap_save, spectral_kernel
 
 KERNEL, GROUPS = 128, 16
 
@@ -59,25 +60,15 @@ def _blocks(x: Tensor, n: int, kernel: int) -> tuple[Tensor, int]:
 
 
 class FftOls(nn.Module):
+    """The overlap-save PyTorch inference runs (`core.models.components.overlap_save`), on a bare conv."""
+
     def __init__(self, conv: nn.Conv1d, n: int) -> None:
         super().__init__()
         self.conv, self.n = conv, n
-        c, cg = conv.out_channels, conv.in_channels // conv.groups
-        spectrum = torch.fft.rfft(conv.weight.detach().flip(-1), n=n).view(
-            conv.groups, c // conv.groups, cg, -1
-        )
-        self.register_buffer("w", spectrum.permute(0, 3, 1, 2).contiguous())  # g f o c
+        self.register_buffer("w", spectral_kernel(conv, n))
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, t = x.shape
-        g, k, n = self.conv.groups, self.conv.kernel_size[0], self.n
-        blocks, nb = _blocks(x, n, k)
-        xf = torch.fft.rfft(blocks, n=n)
-        f = xf.shape[-1]
-        xg = xf.view(b, g, c // g, nb, f).permute(1, 4, 2, 0, 3).reshape(g, f, c // g, b * nb)
-        yf = torch.matmul(self.w, xg).view(g, f, c // g, b, nb).permute(3, 0, 2, 4, 1).reshape(b, c, nb, f)
-        y = torch.fft.irfft(yf, n=n)[..., k - 1 :]
-        return y.reshape(b, c, -1)[..., :t] + self.conv.bias[:, None]
+        return overlap_save(x, self.conv, self.w, self.n)
 
 
 class DftOls(nn.Module):
