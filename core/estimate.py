@@ -426,6 +426,9 @@ def estimate(
     }
 
 
+BY_DEFAULT = " (by default: the audio has labels the head knows)"
+
+
 def _head_lines(head: dict[str, Any] | None) -> list[str]:
     """The teacher's task head and what the student keeps of it (nothing when the teacher has none)."""
     if head is None:
@@ -438,6 +441,7 @@ def _head_lines(head: dict[str, Any] | None) -> list[str]:
         + (f"; its input, weight {head['input_weight']:g}" if head.get("input_weight") else "")
         + (
             f"; on the manifest's labels, weight {head['supervised_weight']:g}"
+            + (BY_DEFAULT if head.get("supervised_by_default") else "")
             if head.get("supervised_weight")
             else ""
         )

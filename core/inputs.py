@@ -32,7 +32,7 @@ from core.models.heads import (
 )
 from core.models.latency import CostModel
 from core.rules import check_against_teacher
-from core.spec import Budget, CompressionSpec
+from core.spec import DEFAULT_TASK_SUPERVISED_WEIGHT, Budget, CompressionSpec
 
 
 def select_device(name: str) -> torch.device:
@@ -78,7 +78,9 @@ class JobInputs:
     def head_facts(self, spec: CompressionSpec) -> dict[str, Any] | None:
         """What becomes of the teacher's task head (the report, the dry run): kept (and distilled with which
         weight and temperature), dropped (`drop_head`, described), or None when the teacher has none."""
-        return _head_facts(self.head, self.head_dropped, spec)
+        return _head_facts(
+            self.head, self.head_dropped, spec, supervised_weight(spec, self.head, bool(self.labels))
+        )
 
     def teacher_facts(self, teacher_dir: Path) -> dict[str, Any]:
         """What the report and the dry run say of the teacher: named by its folder's name and the sha256 of
@@ -107,7 +109,7 @@ def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None
             "pruning would change what it reads. Run without prune_layers, or with drop_head",
             field="prune_layers",
         )
-    if spec.task_supervised_weight > 0:
+    if spec.task_supervised_weight:  # asked for; by default (None) the term is on when the audio allows it
         field_name = "task_supervised_weight"
         if head is None:
             raise SpecError(
@@ -125,6 +127,19 @@ def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None
 
 # A CTC head's supervised term trains on whole utterances, one per step: longer ones are left out of it.
 MAX_TRANSCRIBED_SECONDS = 16.0
+# The heads a supervised term can train: an utterance classifier on labels, a CTC head on transcripts.
+SUPERVISED_TASKS = ("sequence", "ctc")
+
+
+def supervised_weight(spec: CompressionSpec, head: TaskHead | None, labelled: bool) -> float:
+    """The weight of the supervised term a run uses: the spec's `task_supervised_weight`; left to the audio
+    (None), DEFAULT_TASK_SUPERVISED_WEIGHT when the head can learn from labels and the training audio has
+    some it can use (`labelled`), else 0."""
+    if head is None:
+        return 0.0
+    if spec.task_supervised_weight is not None:
+        return spec.task_supervised_weight
+    return DEFAULT_TASK_SUPERVISED_WEIGHT if labelled and head.spec.task in SUPERVISED_TASKS else 0.0
 
 
 def task_labels(
@@ -134,10 +149,24 @@ def task_labels(
     utterance classifier, training utterance id -> the index of its label among the head's, from the manifest
     field that names them; for a CTC head, utterance id -> its transcript as the head's token ids
     (`transcript_ids` through the teacher's vocab.json), for the utterances of at most
-    MAX_TRANSCRIBED_SECONDS whose transcript the vocabulary spells."""
+    MAX_TRANSCRIBED_SECONDS whose transcript the vocabulary spells. Left to the audio (None), the term is
+    off (None) without a head it can train or labels it can use, where a weight asked for is an error."""
     if spec.task_supervised_weight == 0:
         return None
+    if spec.task_supervised_weight is None:
+        if head is None or head.spec.task not in SUPERVISED_TASKS:
+            return None
+        try:
+            return _labels(head, catalog, spec, teacher_dir)
+        except (AudioError, SpecError):
+            return None
     assert head is not None  # task_head refused the supervised term without a head it can train
+    return _labels(head, catalog, spec, teacher_dir)
+
+
+def _labels(
+    head: TaskHead, catalog: AudioCatalog, spec: CompressionSpec, teacher_dir: Path | str
+) -> dict[str, Any]:
     if head.spec.task == "ctc":
         return _transcripts(catalog, spec, teacher_dir)
     index = {str(name): int(i) for i, name in head.spec.config["id2label"].items()}
@@ -253,13 +282,21 @@ def head_facts(
     `label_values` (AudioCatalog.label_values), also the refusal of a supervised term whose labels the dataset
     does not hold (`task_labels`'s, before any audio is read)."""
     head = task_head(teacher_dir, spec)
-    if head is not None and label_values is not None and spec.task_supervised_weight > 0:
-        check_label_values(head, label_values, spec)
+    labelled = False
+    if head is not None and label_values is not None and spec.task_supervised_weight != 0:
+        try:
+            check_label_values(head, label_values, spec)
+            labelled = head.spec.task in SUPERVISED_TASKS
+        except SpecError:
+            if spec.task_supervised_weight is not None:  # asked for, and the dataset cannot serve it
+                raise
     dropped = dropped_head(teacher_dir) if spec.drop_head else None
-    return _head_facts(head, dropped, spec)
+    return _head_facts(head, dropped, spec, supervised_weight(spec, head, labelled))
 
 
-def _head_facts(head: TaskHead | None, dropped: str | None, spec: CompressionSpec) -> dict[str, Any] | None:
+def _head_facts(
+    head: TaskHead | None, dropped: str | None, spec: CompressionSpec, supervised: float
+) -> dict[str, Any] | None:
     if head is not None:
         return {
             "kept": True,
@@ -269,7 +306,8 @@ def _head_facts(head: TaskHead | None, dropped: str | None, spec: CompressionSpe
             "weight": spec.task_weight,
             "temperature": spec.task_temperature,
             "input_weight": spec.task_input_weight,
-            "supervised_weight": spec.task_supervised_weight,
+            "supervised_weight": supervised,
+            "supervised_by_default": spec.task_supervised_weight is None and supervised > 0,
         }
     if dropped is not None:
         return {"kept": False, "dropped": dropped}
@@ -338,7 +376,12 @@ def prepare_inputs(
                 "log",
                 "calibrate",
                 message=f"the supervised term trains on {len(labels)} {what} utterances of "
-                f"{len(catalog.items)}",
+                f"{len(catalog.items)}"
+                + (
+                    " (on by default with labels in the manifest; task_supervised_weight 0 turns it off)"
+                    if spec.task_supervised_weight is None
+                    else ""
+                ),
             )
         )
     return JobInputs(
@@ -417,6 +460,7 @@ __all__ = [
     "select_device",
     "task_head",
     "task_labels",
+    "supervised_weight",
     "check_label_values",
     "check_latency_reachable",
     "teacher_sha256",

@@ -15,6 +15,7 @@ import torch
 from core.data import AudioCatalog, TrainBatches, WholeUtterances
 from core.distill.targets import ClusterTargets, TaskDistill
 from core.errors import AudioError, SpecError
+from core.inputs import supervised_weight
 from core.models import ModelConfig, SpeechEncoder, build_model, make_student
 from core.models.heads import TaskHead
 from core.spec import CompressionSpec, TrainRecipe
@@ -48,7 +49,7 @@ def cluster_targets(
                 head,
                 weight=spec.task_weight,
                 temperature=spec.task_temperature,
-                supervised_weight=spec.task_supervised_weight,
+                supervised_weight=supervised_weight(spec, head, bool(labels)),
                 labels=labels,
                 input_weight=spec.task_input_weight,
             )

@@ -73,6 +73,7 @@ def test_a_ctc_teacher_gives_a_ctc_student_that_transformers_loads_as_one(
         "temperature": 2.0,
         "input_weight": 0.5,
         "supervised_weight": 0.0,
+        "supervised_by_default": False,
     }
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
     # the task terms are trained in both stages, and logged
@@ -232,6 +233,9 @@ def test_the_dry_run_says_what_the_teacher_head_is_and_what_the_student_keeps(
     shown = CliRunner().invoke(skillkd, supervised)
     assert shown.exit_code == 0, shown.output
     assert "on the manifest's labels, weight 0.5)" in shown.output
+    by_default = CliRunner().invoke(skillkd, supervised[:-2])  # the term left to the audio: it has phones
+    assert by_default.exit_code == 0, by_default.output
+    assert "labels, weight 1 (by default: the audio has labels the head knows))" in by_default.output
     refused = CliRunner().invoke(skillkd, [*args, "--task-supervised-weight", "0.5"])
     assert refused.exit_code == 2 and "whose transcript (manifest fields arpabet" in refused.output
     assert "Traceback" not in refused.output and not (tmp_path / "o").exists()
@@ -287,10 +291,14 @@ def test_the_supervised_term_trains_an_utterance_classifier_on_the_manifest_labe
     frame = save_tiny_task_teacher(tmp_path / "frame", "frame", "wav2vec2")
     with pytest.raises(SpecError, match="only an utterance classifier's labels or a CTC head's"):
         run(spec, frame, data, tmp_path / "w3")
-    plain = CompressionSpec(**SPEC)
-    assert "task_supervised" not in json.loads(
-        run(plain, teacher, data, tmp_path / "w4").artifacts["train_log"].read_text().splitlines()[0]
-    )
+    # by default the term is on when the manifest names the head's labels, and the report says so; 0 is off
+    default = run(CompressionSpec(**SPEC), teacher, data, tmp_path / "w4")
+    assert "task_supervised" in json.loads(default.artifacts["train_log"].read_text().splitlines()[0])
+    facts = default.report["task_head"]
+    assert facts["supervised_weight"] == 1.0 and facts["supervised_by_default"] is True, facts
+    off = run(CompressionSpec(**SPEC, task_supervised_weight=0), teacher, data, tmp_path / "w5")
+    assert "task_supervised" not in json.loads(off.artifacts["train_log"].read_text().splitlines()[0])
+    assert off.report["task_head"]["supervised_weight"] == 0.0
 
 
 def test_label_values_list_each_fields_values_until_too_many() -> None:
@@ -381,14 +389,26 @@ def test_the_supervised_term_trains_a_ctc_head_on_whole_transcribed_utterances(t
     assert any(e.message == said for e in events)
     assert result.report["task_head"]["supervised_weight"] == 1.0
 
+    # left to the audio (the default), the term is on with these transcripts, and the run says why
+    default = CompressionSpec(**SPEC)
+    assert task_labels(task_head(teacher, default), catalog, default, teacher) == labels
+    events.clear()
+    result = run(default, teacher, data, tmp_path / "w1", on_event=events.append)
+    assert any(e.message == said + " (on by default with labels in the manifest; task_supervised_weight "
+               "0 turns it off)" for e in events), [e.message for e in events]  # fmt: skip
+    assert result.report["task_head"]["supervised_by_default"] is True
+
     # transcripts the vocabulary cannot spell: refused before any stage, saying why
     (teacher / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1, "X": 2}))
     with pytest.raises(AudioError, match="transcripts use tokens the vocabulary lacks"):
         run(spec, teacher, data, tmp_path / "w2")
+    # ... where by default the term is off, as for audio without transcripts
+    assert task_labels(task_head(teacher, default), catalog, default, teacher) is None
     # no tokenizer: nothing to turn transcripts into tokens
     (teacher / "vocab.json").unlink()
     with pytest.raises(SpecError, match="no tokenizer"):
         run(spec, teacher, data, tmp_path / "w3")
+    assert task_labels(task_head(teacher, default), catalog, default, teacher) is None
 
 
 def test_transcripts_become_the_ctc_heads_tokens_as_transformers_tokenizer_makes_them(tmp_path: Path) -> None:

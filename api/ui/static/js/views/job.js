@@ -601,7 +601,9 @@ function architectureSection(report) {
 function headText(head) {
   if (!head.kept) return `${head.dropped}: dropped (drop_head), the student is an encoder alone`;
   const input = head.input_weight ? `; its input, weight ${head.input_weight}` : "";
-  const labels = head.supervised_weight ? `; on the manifest's labels, weight ${head.supervised_weight}` : "";
+  const byDefault = head.supervised_by_default ? " (by default: the audio has labels the head knows)" : "";
+  const labels = head.supervised_weight
+    ? `; on the manifest's labels, weight ${head.supervised_weight}${byDefault}` : "";
   return `${head.description}: kept, distilled on the teacher's outputs (weight ${head.weight}, ` +
     `temperature ${head.temperature}${input}${labels}); the hf artifact is the task model`;
 }
