@@ -426,7 +426,7 @@ def estimate(
     }
 
 
-BY_DEFAULT = " (by default: the audio has labels the head knows)"
+BY_DEFAULT = " (by default: the manifest has transcripts)"
 
 
 def _head_lines(head: dict[str, Any] | None) -> list[str]:

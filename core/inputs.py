@@ -116,7 +116,7 @@ def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None
                 "task_supervised_weight: the student keeps no task head (the teacher has none, or drop_head)",
                 field=field_name,
             )
-        if head.spec.task not in ("sequence", "ctc"):
+        if head.spec.task not in SUPERVISED_TASKS:
             raise SpecError(
                 "task_supervised_weight: only an utterance classifier's labels or a CTC head's transcripts "
                 f"can train the student here, not a {head.spec.describe()}'s",
@@ -129,17 +129,20 @@ def task_head(teacher_dir: Path | str, spec: CompressionSpec) -> TaskHead | None
 MAX_TRANSCRIBED_SECONDS = 16.0
 # The heads a supervised term can train: an utterance classifier on labels, a CTC head on transcripts.
 SUPERVISED_TASKS = ("sequence", "ctc")
+# The heads whose supervised term is on by default when the audio has labels for it: measured for CTC heads
+# (bench/results/task_students.md); a classifier's term is asked for (its gain was not measured apart).
+SUPERVISED_BY_DEFAULT = ("ctc",)
 
 
 def supervised_weight(spec: CompressionSpec, head: TaskHead | None, labelled: bool) -> float:
     """The weight of the supervised term a run uses: the spec's `task_supervised_weight`; left to the audio
-    (None), DEFAULT_TASK_SUPERVISED_WEIGHT when the head can learn from labels and the training audio has
-    some it can use (`labelled`), else 0."""
+    (None), DEFAULT_TASK_SUPERVISED_WEIGHT for a CTC head (SUPERVISED_BY_DEFAULT) whose training audio has
+    transcripts it can use (`labelled`), else 0."""
     if head is None:
         return 0.0
     if spec.task_supervised_weight is not None:
         return spec.task_supervised_weight
-    return DEFAULT_TASK_SUPERVISED_WEIGHT if labelled and head.spec.task in SUPERVISED_TASKS else 0.0
+    return DEFAULT_TASK_SUPERVISED_WEIGHT if labelled and head.spec.task in SUPERVISED_BY_DEFAULT else 0.0
 
 
 def task_labels(
@@ -150,11 +153,11 @@ def task_labels(
     field that names them; for a CTC head, utterance id -> its transcript as the head's token ids
     (`transcript_ids` through the teacher's vocab.json), for the utterances of at most
     MAX_TRANSCRIBED_SECONDS whose transcript the vocabulary spells. Left to the audio (None), the term is
-    off (None) without a head it can train or labels it can use, where a weight asked for is an error."""
+    on for a CTC head with transcripts it can use, else off (None), where a weight asked for is an error."""
     if spec.task_supervised_weight == 0:
         return None
     if spec.task_supervised_weight is None:
-        if head is None or head.spec.task not in SUPERVISED_TASKS:
+        if head is None or head.spec.task not in SUPERVISED_BY_DEFAULT:
             return None
         try:
             return _labels(head, catalog, spec, teacher_dir)
@@ -286,7 +289,7 @@ def head_facts(
     if head is not None and label_values is not None and spec.task_supervised_weight != 0:
         try:
             check_label_values(head, label_values, spec)
-            labelled = head.spec.task in SUPERVISED_TASKS
+            labelled = True
         except SpecError:
             if spec.task_supervised_weight is not None:  # asked for, and the dataset cannot serve it
                 raise

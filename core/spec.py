@@ -278,9 +278,10 @@ class CompressionSpec(BaseModel):
         "training utterances: a classifier's cross-entropy against the manifest's labels (on the training "
         "crops), a CTC head's CTC loss against the manifest's transcripts tokenized by the teacher's "
         "vocab.json (one whole utterance of at most 16 s per step beside the crops); 0 turns it off "
-        "[default: 1 when the training audio holds labels the head can learn from, else off; by measurement "
-        "(bench/results/task_students.md): CTC task students 4.3 and 6.3 PER points better (hubert-mini, "
-        "wavlm-mini, 3 seeds), 2.2 of them the term itself (one seed on the same audio)]",
+        "[default: for a CTC head, 1 when the training audio holds transcripts its vocabulary spells, else "
+        "off; by measurement (bench/results/task_students.md): CTC task students 4.3 and 6.3 PER points "
+        "better (hubert-mini, wavlm-mini, 3 seeds), 2.2 of them the term itself (one seed on the same "
+        "audio); for a classifier, off]",
     )
     task_label_field: str | None = Field(
         default=None,

@@ -235,7 +235,7 @@ def test_the_dry_run_says_what_the_teacher_head_is_and_what_the_student_keeps(
     assert "on the manifest's labels, weight 0.5)" in shown.output
     by_default = CliRunner().invoke(skillkd, supervised[:-2])  # the term left to the audio: it has phones
     assert by_default.exit_code == 0, by_default.output
-    assert "labels, weight 1 (by default: the audio has labels the head knows))" in by_default.output
+    assert "labels, weight 1 (by default: the manifest has transcripts))" in by_default.output
     refused = CliRunner().invoke(skillkd, [*args, "--task-supervised-weight", "0.5"])
     assert refused.exit_code == 2 and "whose transcript (manifest fields arpabet" in refused.output
     assert "Traceback" not in refused.output and not (tmp_path / "o").exists()
@@ -291,14 +291,11 @@ def test_the_supervised_term_trains_an_utterance_classifier_on_the_manifest_labe
     frame = save_tiny_task_teacher(tmp_path / "frame", "frame", "wav2vec2")
     with pytest.raises(SpecError, match="only an utterance classifier's labels or a CTC head's"):
         run(spec, frame, data, tmp_path / "w3")
-    # by default the term is on when the manifest names the head's labels, and the report says so; 0 is off
+    # a classifier's term is asked for: by default it is off, labels or not (a CTC head's is on: below)
     default = run(CompressionSpec(**SPEC), teacher, data, tmp_path / "w4")
-    assert "task_supervised" in json.loads(default.artifacts["train_log"].read_text().splitlines()[0])
+    assert "task_supervised" not in json.loads(default.artifacts["train_log"].read_text().splitlines()[0])
     facts = default.report["task_head"]
-    assert facts["supervised_weight"] == 1.0 and facts["supervised_by_default"] is True, facts
-    off = run(CompressionSpec(**SPEC, task_supervised_weight=0), teacher, data, tmp_path / "w5")
-    assert "task_supervised" not in json.loads(off.artifacts["train_log"].read_text().splitlines()[0])
-    assert off.report["task_head"]["supervised_weight"] == 0.0
+    assert facts["supervised_weight"] == 0.0 and facts["supervised_by_default"] is False, facts
 
 
 def test_label_values_list_each_fields_values_until_too_many() -> None:

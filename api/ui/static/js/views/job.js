@@ -601,7 +601,7 @@ function architectureSection(report) {
 function headText(head) {
   if (!head.kept) return `${head.dropped}: dropped (drop_head), the student is an encoder alone`;
   const input = head.input_weight ? `; its input, weight ${head.input_weight}` : "";
-  const byDefault = head.supervised_by_default ? " (by default: the audio has labels the head knows)" : "";
+  const byDefault = head.supervised_by_default ? " (by default: the manifest has transcripts)" : "";
   const labels = head.supervised_weight
     ? `; on the manifest's labels, weight ${head.supervised_weight}${byDefault}` : "";
   return `${head.description}: kept, distilled on the teacher's outputs (weight ${head.weight}, ` +
