@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bench.output import write_outputs
+from core.distill.parallel import end_group
 from core.distill.targets import ClusterTargets
 from core.distill.train import DistillStep, average_across_ranks
 from core.estimate import default_clusters
@@ -101,7 +102,7 @@ def _rank(
             out.put({"step_s": statistics.median(times), "times_s": [round(t, 4) for t in times]})
     finally:
         if world > 1:
-            dist.destroy_process_group()
+            end_group()
 
 
 def run_case(case: str, teacher: Path, args: argparse.Namespace) -> dict[str, Any]:

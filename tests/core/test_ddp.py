@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.data import Batch
+from core.distill.parallel import end_group
 from core.distill.targets import ClusterTargets
 from core.distill.train import StageContext, train_stage
 from core.models import load_huggingface, make_student
@@ -85,7 +86,7 @@ def _worker(rank: int, world_size: int, port: int, teacher_dir: str, workdir: st
     try:
         _train(Path(teacher_dir), Path(workdir), rank, world_size)
     finally:
-        dist.destroy_process_group()
+        end_group()  # as the product's ranks end (a bare destroy sometimes aborts at exit)
 
 
 def _free_port() -> int:
@@ -212,7 +213,7 @@ def _check_inputs(rank: int, port: int, teachers: list[str], audio: str, out: st
     except SkillkdError as exc:
         message = exc.message
     finally:
-        dist.destroy_process_group()
+        end_group()  # as the product's ranks end (a bare destroy sometimes aborts at exit)
     Path(out, f"rank{rank}.txt").write_text(message)
 
 
