@@ -398,6 +398,7 @@ def estimate(
         "teacher": inputs.teacher_facts(teacher),
         "task_head": inputs.head_facts(spec),
         "int8_aware": spec.int8_aware,
+        "int8_aware_consistency": spec.int8_consistency,
         "macs_reference_seconds": spec.macs_reference_seconds,
         "targets": [b.to_dict() for b in inputs.budgets],
         **({"latency": latency} if latency is not None else {}),
@@ -506,7 +507,13 @@ def render(result: dict[str, Any]) -> str:
         *(
             [
                 "int8:     stage 2 trains through the int8 export's rounding (int8_aware); the int8 ONNX "
-                "export then quantises the conv front end too (static_conv)"
+                "export then quantises the conv front end too (static_conv)",
+                "          consistency term (rounded student to its fp32 self): "
+                + (
+                    f"weight {result.get('int8_aware_consistency', 0.0):g}"
+                    if result.get("int8_aware_consistency")
+                    else "off"
+                ),
             ]
             if result.get("int8_aware")
             else []

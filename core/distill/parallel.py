@@ -125,7 +125,7 @@ def train_rank(
         whole=build.transcribed(catalog, targets, sr, seed, rank=rank, world_size=world_size),
     )
     if job.stage == "final_distill" and spec.int8_aware:  # each rank keeps its own running ranges
-        with int8_aware(student) as quantised:
+        with int8_aware(student, spec.int8_consistency) as quantised:
             ctx.int8 = quantised
             return {**train_stage(student, teacher, targets, batches, ctx), "int8_aware": quantised}
     return train_stage(student, teacher, targets, batches, ctx)

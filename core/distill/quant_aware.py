@@ -36,10 +36,10 @@ MOMENTUM = 0.01  # weight of each batch's min / max in the running range
 # 0.959.
 RATE_ENV = "SKILLKD_INT8_AWARE_RATE"
 RATE = 0.25
-# Weight of the consistency term (0: off): each step also runs the student with every tensor rounded and pulls
-# its representations to the same student's fp32 ones (L1 - cosine, the fp32 side detached), what the int8
-# gate compares. Under measurement (bench/results/int8_aware.md); not adopted unless it measures better.
-CONSISTENCY_ENV = "SKILLKD_INT8_AWARE_CONSISTENCY"
+# The consistency term (`CompressionSpec.int8_aware_consistency`, default 0.2): each step also runs the
+# student with every tensor rounded and pulls its representations to the same student's fp32 ones (L1 -
+# cosine, the fp32 side detached), what the int8 gate compares. Quant noise alone reached 0.964-0.966, just
+# below the gate; with the term 0.976-0.979 (hubert-mini, 4x latency, bench/results/int8_aware.md).
 
 
 def scale_zero_point(lo: Tensor | float, hi: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -120,10 +120,10 @@ def quantised_modules(student: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def int8_aware(student: nn.Module) -> Iterator[Int8Aware]:
+def int8_aware(student: nn.Module, consistency: float = 0.0) -> Iterator[Int8Aware]:
     """Within the block, `student`'s quantised modules see their input and output fake-quantised to uint8.
-    Yields its summary (how many tensors; `Int8Aware`) for the stage's result; the hooks are gone after the
-    block."""
+    Yields its summary (how many tensors; `Int8Aware`) for the stage's result, `consistency` the weight of the
+    stage's consistency term (0: none); the hooks are gone after the block."""
     handles = []
     modules = quantised_modules(student)
     rate = float(os.environ.get(RATE_ENV) or RATE)
@@ -133,7 +133,7 @@ def int8_aware(student: nn.Module) -> Iterator[Int8Aware]:
         convs=sum(isinstance(m, nn.Conv1d) for m in modules),
         linears=sum(isinstance(m, nn.Linear) for m in modules),
     )
-    state.consistency = float(os.environ.get(CONSISTENCY_ENV) or 0.0)
+    state.consistency = consistency
     if state.consistency:
         state["consistency"] = state.consistency
     for i, module in enumerate(modules):

@@ -109,7 +109,7 @@ def final_distill(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
                 job.inputs.catalog, targets, job.teacher.config.sample_rate, spec.seed + 1
             ),
         )
-        with int8_aware(student) if spec.int8_aware else nullcontext() as quantised:
+        with int8_aware(student, spec.int8_consistency) if spec.int8_aware else nullcontext() as quantised:
             ctx.int8 = quantised
             summary = train_stage(student, job.teacher, targets, batches, ctx)
         if quantised is not None:

@@ -8,7 +8,6 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -178,20 +177,22 @@ def test_a_ctc_heads_supervised_term_trains_on_two_processes(tmp_path: Path) -> 
     assert all(row["task_supervised"] > 0 for row in log), log
 
 
-def test_int8_aware_consistency_trains_on_two_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_int8_aware_consistency_trains_on_two_processes(tmp_path: Path) -> None:
     """The int8-aware consistency term's rounded pass runs through DDP beside the step's (its gradients kept
     local until the step's last backward reduces them): stage 2 logs it on two ranks."""
     import json
 
-    from core.distill.quant_aware import CONSISTENCY_ENV
     from core.pipeline import run
     from tests.utils.audio import write_audio
 
-    monkeypatch.setenv(CONSISTENCY_ENV, "1")
     spec = CompressionSpec(
-        stage1_steps=2, stage2_steps=3, batch_seconds=2.0, gpus=2, device="cpu", int8_aware=True
+        stage1_steps=2,
+        stage2_steps=3,
+        batch_seconds=2.0,
+        gpus=2,
+        device="cpu",
+        int8_aware=True,
+        int8_aware_consistency=1.0,
     )
     result = run(spec, save_tiny_teacher(tmp_path / "teacher"), write_audio(tmp_path / "a"), tmp_path / "w")
     log = [json.loads(line) for line in result.artifacts["train_log"].read_text().splitlines()]
