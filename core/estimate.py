@@ -510,7 +510,7 @@ def render(result: dict[str, Any]) -> str:
                 "export then quantises the conv front end too (static_conv)",
                 "          consistency term (rounded student to its fp32 self): "
                 + (
-                    f"weight {result.get('int8_aware_consistency', 0.0):g}"
+                    f"weight {result['int8_aware_consistency']:g}"
                     if result.get("int8_aware_consistency")
                     else "off"
                 ),

@@ -1,5 +1,5 @@
-"""The API takes the latency budget's fields (issue 25) as it takes the MACs ones: a good spec is accepted, a
-bad one is a 422 naming the field, at creation and in the dry run alike."""
+"""The API takes the speed fields (issue 25: the latency budget's, int8-aware training's) as it takes the MACs
+ones: a good spec is accepted, a bad one is a 422 naming the field, at creation and in the dry run alike."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ def post_job(client, headers, teacher, dataset, spec, *, dry_run=False):
         ({"target_speedup": 2.0, "target_macs": 10**4}, "target_speedup"),
         ({"target_speedup": 2.0, "speed_target": "cuda"}, "speed_target"),
         ({"target_speedup": 2.0, "speed_threads": 0}, "speed_threads"),
+        ({"int8_aware_consistency": 0.5}, "int8_aware_consistency"),  # needs int8_aware
+        ({"int8_aware": True, "int8_aware_consistency": -0.1}, "int8_aware_consistency"),
     ],
 )
 def test_a_bad_latency_spec_is_422_naming_the_field(client, alice, teacher, dataset, enqueuer, spec, field):
     for dry_run in (True, False):
         r = post_job(client, alice, teacher, dataset, spec, dry_run=dry_run)
         assert r.status_code == 422, r.text
-        assert field in r.json()["error"]["message"]
+        assert field in r.json()["error"]["message"] and "Traceback" not in r.text
     assert enqueuer.ids == []
 
 
@@ -37,3 +39,9 @@ def test_a_latency_spec_is_accepted(client, alice, teacher, dataset, enqueuer):
     assert r.status_code == 202, r.text
     assert r.json()["spec"]["target_speedup"] == 2.0 and r.json()["spec"]["speed_threads"] == 2
     assert r.json()["spec"]["speed_target"] == "onnx-int8"
+
+
+def test_an_int8_aware_spec_takes_a_consistency_weight(client, alice, teacher, dataset, enqueuer):
+    r = post_job(client, alice, teacher, dataset, {"int8_aware": True, "int8_aware_consistency": 0.5})
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["int8_aware_consistency"] == 0.5

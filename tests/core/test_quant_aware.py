@@ -191,3 +191,24 @@ def test_the_consistency_term_pulls_the_rounded_student_to_its_fp32_self(
     stage2 = [row for row in log if row["stage"] == "final_distill"]
     assert stage2 and all(-1.0 <= row["int8_consistency"] < 1.0 for row in stage2)  # L1 - cos, near -1
     assert not any("int8_consistency" in row for row in log if row["stage"] == "distill_prune")
+
+
+def test_the_cli_refuses_a_consistency_weight_without_int8_aware_and_its_dry_run_says_the_term(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from cli import skillkd
+
+    teacher, audio = save_tiny_teacher(tmp_path / "t"), write_audio(tmp_path / "a", n=2)
+    out = str(tmp_path / "o")
+    base = ["compress", str(teacher), str(audio), "--out", out, "--dry-run", "--device", "cpu"]
+    result = CliRunner().invoke(skillkd, [*base, "--int8-aware-consistency", "0.5"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "int8_aware_consistency" in result.output and "needs int8_aware" in result.output
+    result = CliRunner().invoke(skillkd, [*base, "--int8-aware"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "consistency term (rounded student to its fp32 self): weight 0.2" in result.output
+    result = CliRunner().invoke(skillkd, [*base, "--int8-aware", "--int8-aware-consistency", "0"])
+    assert "consistency term (rounded student to its fp32 self): off" in result.output, result.output
+    assert not (tmp_path / "o").exists()
