@@ -21,6 +21,11 @@ Recipes (onnxruntime.quantization; calibration on the job's audio as the export 
 - static_conv_qoperator: static_conv in the QOperator format (QLinearConv / QLinearMatMul nodes)
 - static_conv_global_range: static_conv with each activation's range the global min / max over the calibration
   utterances (onnxruntime's plain MinMax) instead of the mean of each utterance's
+- static_conv_untuned: static_conv as it was before 2026-12-06, without `core.export.onnx.tune_static_conv`
+  (its GELUs left as the quantiser writes them, unfused by onnxruntime after a DequantizeLinear; its inferred
+  shapes kept, with which onnxruntime fuses SkipLayerNormalization, slow on one thread)
+- static_conv_keep_shapes: static_conv with its GELUs fused but its inferred shapes kept
+The other variants of static_conv are tuned as it is.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from core.export.onnx import (
     onnx_session,
     onnx_speedups,
     quantize_int8,
+    tune_static_conv,
 )
 from core.models import load_model
 
@@ -62,6 +68,8 @@ RECIPES = (
     "static_conv_s8s8",
     "static_conv_qoperator",
     "static_conv_global_range",
+    "static_conv_untuned",
+    "static_conv_keep_shapes",
 )
 
 
@@ -91,11 +99,13 @@ def quantize(recipe: str, fp32: Path, dst: Path, calib: list[dict[str, np.ndarra
             options["quant_format"] = QuantFormat.QOperator
         elif recipe == "static_conv_global_range":
             pass  # the global min / max over the calibration utterances (static_conv before 2026-12-06)
-        else:
+        elif recipe not in ("static_conv_untuned", "static_conv_keep_shapes"):
             raise ValueError(recipe)
         if recipe != "static_conv_global_range":
             options["extra_options"] = {"CalibMovingAverage": True}  # as static_conv calibrates
         quantize_static(str(prepared), str(dst), CalibrationReader(calib), **options)  # type: ignore[arg-type]
+    if recipe != "static_conv_untuned":
+        tune_static_conv(dst, drop_shapes=recipe != "static_conv_keep_shapes")
 
 
 def student_of_shape(teacher: Path, report: Path) -> Any:

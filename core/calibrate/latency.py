@@ -48,6 +48,9 @@ MIN_KEEP = 0.02
 # in the cache key: fits made by an earlier sampling (1) or before the positional conv's overlap-save (2) are
 # not reused
 FIT_VERSION = 3
+# in the key of a target that times int8 files: fits that timed static_conv files before their tuning for
+# onnxruntime (`core.export.onnx.tune_static_conv`, version 2) are not reused; other targets' keys unchanged
+INT8_FILE_VERSIONS = {"onnx-int8": 2}
 SHAPES_ENV = "SKILLKD_LATENCY_SHAPES"
 ROUNDS_ENV = "SKILLKD_LATENCY_ROUNDS"
 CACHE_ENV = "SKILLKD_CACHE_DIR"
@@ -96,7 +99,7 @@ def cpu_model() -> str:
 
 def cache_key(teacher: SpeechEncoder, target: str, threads: int, seconds: float) -> dict[str, Any]:
     """What a fit depends on (the key's fields; `key_digest` hashes them)."""
-    return {
+    key = {
         "architecture": asdict(teacher.config.without_masks()),
         "fit_version": FIT_VERSION,
         "target": target,
@@ -105,6 +108,9 @@ def cache_key(teacher: SpeechEncoder, target: str, threads: int, seconds: float)
         "torch": torch.__version__,
         "cpu": cpu_model(),
     }
+    if target in INT8_FILE_VERSIONS:
+        key["int8_file"] = INT8_FILE_VERSIONS[target]
+    return key
 
 
 def key_digest(key: dict[str, Any]) -> str:

@@ -129,6 +129,19 @@ def test_the_cache_is_hit_the_second_time(tmp_path: Path, tiny_teacher_dir: Path
     assert not third["from_cache"] and len(timer.calls) == 2
 
 
+def test_int8_fits_made_before_the_files_tuning_are_not_reused(
+    tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The onnx-int8 key names the int8 file's version (its tuning for onnxruntime changed its speed); the
+    other targets' keys, hence their cached fits, are as before."""
+    teacher = load_huggingface(tiny_teacher_dir)
+    int8 = fitting.cache_key(teacher, "onnx-int8", 1, 10.0)
+    assert int8["int8_file"] == fitting.INT8_FILE_VERSIONS["onnx-int8"]
+    assert all("int8_file" not in fitting.cache_key(teacher, t, 1, 10.0) for t in ("cpu", "onnx-fp32"))
+    monkeypatch.setitem(fitting.INT8_FILE_VERSIONS, "onnx-int8", int8["int8_file"] - 1)
+    assert fitting.key_digest(fitting.cache_key(teacher, "onnx-int8", 1, 10.0)) != fitting.key_digest(int8)
+
+
 def test_spec_fields() -> None:
     spec = CompressionSpec(target_speedup=2.0)
     assert spec.latency_sparsity == pytest.approx(0.5)

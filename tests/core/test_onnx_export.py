@@ -214,6 +214,46 @@ def test_export_hf_carries_the_variants_the_run_verified(tmp_path: Path) -> None
     assert json.loads(res.stdout)["carried_onnx"] == {"fp32": str(tmp_path / "hf" / "onnx" / "model.onnx")}
 
 
+def test_static_conv_files_are_tuned_for_onnxruntime_without_changing_their_arithmetic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A static_conv file has every GELU as one Gelu node (onnxruntime leaves the Div/Erf pattern unfused
+    after a DequantizeLinear) and no inferred shapes (with them onnxruntime fuses SkipLayerNormalization, slow
+    on one CPU thread): checked on onnxruntime's own optimised graph; the outputs match the untuned file's."""
+    import onnx
+    import onnxruntime as ort
+
+    student = _pruned(tmp_path, "hubert", False)
+    fp32 = tmp_path / "model.onnx"
+    export_module.export_onnx(student, fp32)
+    rng = np.random.default_rng(0)
+    calib = [model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(2)]
+    export_module.quantize_int8(fp32, tmp_path / "tuned.onnx", "static_conv", calib)
+    monkeypatch.setattr(export_module, "tune_static_conv", lambda path: {})
+    export_module.quantize_int8(fp32, tmp_path / "untuned.onnx", "static_conv", calib)
+
+    def optimised(name: str) -> list[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(tmp_path / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(tmp_path / f"{name}.opt.onnx")).graph.node]
+
+    tuned, untuned = optimised("tuned"), optimised("untuned")
+    gelus = len(student.config.conv) + 1 + student.config.num_layers  # conv layers, positional conv, FFNs
+    assert "Erf" in untuned and "SkipLayerNormalization" in untuned  # what the tuning is for
+    assert "Erf" not in tuned and "SkipLayerNormalization" not in tuned
+    assert tuned.count("Gelu") + tuned.count("BiasGelu") == gelus
+    assert not onnx.load(str(tmp_path / "tuned.onnx")).graph.value_info
+    feeds = model_inputs(student, [0.1 * rng.standard_normal(6000).astype(np.float32)])
+    got = onnx_session(tmp_path / "tuned.onnx").run(None, feeds)
+    want = onnx_session(tmp_path / "untuned.onnx").run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        # the same arithmetic up to erf's rounding, which can move a value across a uint8 step
+        np.testing.assert_allclose(g, w, atol=0.05 * float(np.abs(w).max()))
+
+
 def test_static_conv_calibrates_each_range_as_the_mean_of_the_utterances(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
