@@ -249,10 +249,11 @@ def quantize_int8(
     MatMul/Gemm, activation ranges calibrated on `calibration` inputs) or `static_conv` (QDQ over every Conv
     but the first, on the raw waveform, and every MatMul/Gemm: uint8 activations, int8 weights per output
     channel, calibrated). Only `static_conv` is faster than fp32 on a pruned student on x86 CPUs (its conv
-    front end holds most of the time; `dynamic` is 1.00x there, 1.20x on the unpruned teacher): 1.56x on a
-    quick student's shape, 1.67x on hubert-mini, over fp32 ONNX on one thread; but the front end's
-    activations are heavy-tailed (after GELU: median 0.00, max 24.9), so per-tensor uint8 loses most of them
-    and the features drift (linear CKA 0.90 on hubert-mini): below the int8 gate, which then rejects the file
+    front end holds most of the time; `dynamic` is 1.00x there, 1.20x on the unpruned teacher): 1.89x on a
+    4x latency student of wavlm-mini over fp32 ONNX on one thread, once `tune_static_conv` has fused its
+    GELUs and dropped its inferred shapes (1.54x without); but the front end's activations are heavy-tailed
+    (after GELU: median 0.00, max 24.9), so per-tensor uint8 loses most of them and the features drift
+    (linear CKA 0.90 on hubert-mini): below the int8 gate, which then rejects the file
     (bench/results/onnx_int8.md). `static_conv`'s activation ranges are the mean over the calibration
     utterances of each one's min and max (onnxruntime's moving-average MinMax; int8-aware training tracks its
     ranges alike), not their global min and max, which let one outlier set the step of a whole tensor: on a
