@@ -25,6 +25,7 @@ Recipes (onnxruntime.quantization; calibration on the job's audio as the export 
   (its GELUs left as the quantiser writes them, unfused by onnxruntime after a DequantizeLinear; its inferred
   shapes kept, with which onnxruntime fuses SkipLayerNormalization, slow on one thread)
 - static_conv_keep_shapes: static_conv with its GELUs fused but its inferred shapes kept
+- static_conv_convs_only: static_conv without the MatMul/Gemm (the transformer stays fp32)
 The other variants of static_conv are tuned as it is.
 """
 
@@ -70,10 +71,16 @@ RECIPES = (
     "static_conv_global_range",
     "static_conv_untuned",
     "static_conv_keep_shapes",
+    "static_conv_convs_only",
 )
 
 
-def quantize(recipe: str, fp32: Path, dst: Path, calib: list[dict[str, np.ndarray]]) -> None:
+def quantize(
+    recipe: str, fp32: Path, dst: Path, calib: list[dict[str, np.ndarray]], keep_fp32: str | None = None
+) -> None:
+    """`recipe`'s int8 file of `fp32`; `keep_fp32` (a static_conv variant): one more Conv left unquantised."""
+    if keep_fp32 is not None:
+        recipe = "static_conv_keep_fp32"
     if recipe in ("dynamic", "static", "static_conv"):
         quantize_int8(fp32, dst, recipe, calib)
         return
@@ -99,6 +106,10 @@ def quantize(recipe: str, fp32: Path, dst: Path, calib: list[dict[str, np.ndarra
             options["quant_format"] = QuantFormat.QOperator
         elif recipe == "static_conv_global_range":
             pass  # the global min / max over the calibration utterances (static_conv before 2026-12-06)
+        elif recipe == "static_conv_keep_fp32":
+            options["nodes_to_exclude"] = [*first_conv(prepared), keep_fp32]
+        elif recipe == "static_conv_convs_only":
+            options["op_types_to_quantize"] = ["Conv"]
         elif recipe not in ("static_conv_untuned", "static_conv_keep_shapes"):
             raise ValueError(recipe)
         if recipe != "static_conv_global_range":
@@ -175,6 +186,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=9, help="timed passes of each file, run in turn")
     parser.add_argument("--check-utterances", type=int, default=8)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--ablate-convs",
+        action="store_true",
+        help="static_conv with each conv in turn left in fp32: which one's rounding moves the features most",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -219,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in files:
             rows[name]["ms_per_10s_1_thread"] = round(1000 * median[name], 1)
             rows[name]["speedup_vs_fp32"] = round(median["fp32"] / median[name], 3)
+        ablation = conv_ablation(model, files["fp32"], calib, batches, reference) if args.ablate_convs else []
         profiles = (
             {name: profile(files[name], sr) for name in ("fp32", "static_conv") if name in files}
             if args.profile
@@ -233,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg_before_after": [round(x, 2) for x in (*load_before, *load_after)],
         "rows": rows,
         "profiles": profiles,
+        "conv_ablation": ablation,
         "environment": {
             "onnxruntime": __import__("onnxruntime").__version__,
             "torch": torch.__version__,
@@ -246,6 +264,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.with_suffix(".md").write_text(render(result))
     print(render(result))
     return result
+
+
+def conv_ablation(
+    model: Any,
+    fp32: Path,
+    calib: list[dict[str, np.ndarray]],
+    batches: list[dict[str, np.ndarray]],
+    reference: list[np.ndarray],
+) -> list[dict[str, Any]]:
+    """static_conv's min / last-layer CKA with fp32 PyTorch with each Conv but the first (already fp32) left
+    unquantised in turn."""
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(fp32), load_external_data=False).graph.node if n.op_type == "Conv"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in convs[1:]:
+            dst = Path(tmp) / "kept.onnx"
+            quantize("static_conv", fp32, dst, calib, keep_fp32=name)
+            session = onnx_session(dst)
+            layers = compare_outputs(model, batches, reference, [session.run(None, b)[0] for b in batches])
+            rows.append(
+                {"fp32_conv": name, "min_cka": min(x["cka"] for x in layers), "cka_last": layers[-1]["cka"]}
+            )
+    return rows
 
 
 def render(result: dict[str, Any]) -> str:
@@ -263,6 +306,18 @@ def render(result: dict[str, Any]) -> str:
             f"{row['speedup_vs_fp32']:.2f}x | {row['min_cka']:.5f} | {row['min_cosine']:.5f} | "
             f"{row['cosine_last']:.5f} |"
         )
+    if result.get("conv_ablation"):
+        lines += [
+            "",
+            "static_conv with one more conv left in fp32:",
+            "",
+            "| conv in fp32 | min CKA | CKA last |",
+        ]
+        lines += ["|---|---|---|"]
+        lines += [
+            f"| {r['fp32_conv']} | {r['min_cka']:.4f} | {r['cka_last']:.4f} |"
+            for r in result["conv_ablation"]
+        ]
     for name, ops in result["profiles"].items():
         lines += ["", f"profile of {name} (onnxruntime, one thread, by operator):", ""]
         lines += [f"- {o['op']}: {o['ms_per_pass']} ms ({100 * o['share']:.1f}%)" for o in ops]

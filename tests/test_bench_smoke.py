@@ -146,10 +146,17 @@ def test_onnx_int8_bench_on_a_tiny_student_shape(tmp_path: Path, tiny_teacher_di
             str(tmp_path),
             "--rounds",
             "1",
+            "--ablate-convs",
             "--out",
             str(tmp_path / "r"),
         ]
     )
+    # every conv but the first (fp32 already) left in fp32 in turn: the feature extractor's others, the
+    # positional conv
+    ablation = result["conv_ablation"]
+    assert len(ablation) == len(teacher.config.conv)
+    assert len({r["fp32_conv"] for r in ablation}) == len(ablation)
+    assert all(0 < r["min_cka"] <= min(r["cka_last"], 1.0) + 1e-6 for r in ablation)
     rows_out = result["rows"]
     assert list(rows_out) == ["fp32", *onnx_int8.RECIPES]
     assert rows_out["fp32"]["speedup_vs_fp32"] == 1.0 and rows_out["fp32"]["min_cka"] > 0.9999
