@@ -311,6 +311,15 @@ def tune_static_conv(path: Path, *, drop_shapes: bool = True) -> dict[str, int]:
     erf_before = sum(n.op_type == "Erf" for n in graph.node)
     FusionGelu(model).apply()
     model.prune_graph()
+    # a fused node is named "Gelu_N": name it after the module its output belongs to, as the exporter names
+    # nodes, so that profiles still attribute its time to the conv layer or FFN it runs in
+    names = {n.name for n in graph.node}
+    for node in graph.node:
+        if node.op_type == "Gelu" and not node.name.startswith("/") and "/" in node.output[0]:
+            name = node.output[0].rsplit("/", 1)[0] + "/Gelu"
+            if name not in names:
+                names.add(name)
+                node.name = name
     fused = erf_before - sum(n.op_type == "Erf" for n in graph.node)
     dropped = len(graph.value_info) if drop_shapes else 0
     if drop_shapes:
