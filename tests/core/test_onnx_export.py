@@ -31,6 +31,18 @@ def _pruned(tmp_path: Path, arch: str = "wavlm", large: bool = True, seed: int =
     return pruned_student(load_huggingface(teacher), seed)
 
 
+def _exported(tmp_path: Path, utterances: int):
+    """A pruned hubert student, its fp32 ONNX file and `utterances` calibration inputs of seeded noise."""
+    student = _pruned(tmp_path, "hubert", False)
+    fp32 = tmp_path / "model.onnx"
+    export_module.export_onnx(student, fp32)
+    rng = np.random.default_rng(0)
+    calib = [
+        model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(utterances)
+    ]
+    return student, fp32, calib
+
+
 @pytest.mark.parametrize(("arch", "large"), [("wavlm", True), ("hubert", False)])
 def test_variants_are_written_verified_and_match_pytorch_with_padding(
     tmp_path: Path, arch: str, large: bool, monkeypatch: pytest.MonkeyPatch
@@ -110,11 +122,8 @@ def test_static_conv_int8_quantises_the_conv_front_end_but_its_first_conv(tmp_pa
     hidden states stay close to fp32's."""
     import onnx
 
-    student = _pruned(tmp_path, "hubert", False)
-    fp32, int8 = tmp_path / "model.onnx", tmp_path / "int8.onnx"
-    export_module.export_onnx(student, fp32)
-    rng = np.random.default_rng(0)
-    calib = [model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(4)]
+    student, fp32, calib = _exported(tmp_path, 4)
+    int8 = tmp_path / "int8.onnx"
     export_module.quantize_int8(fp32, int8, "static_conv", calib)
     graph = onnx.load(str(int8)).graph
     made_by = {out: n for n in graph.node for out in n.output}
@@ -138,7 +147,7 @@ def test_static_conv_int8_quantises_the_conv_front_end_but_its_first_conv(tmp_pa
     ]
     assert activations  # uint8 activations (the fast u8 x s8 kernels on x86)
     assert any(n.op_type == "MatMul" and quantised(n, 1) for n in graph.node)
-    inputs = model_inputs(student, [0.1 * rng.standard_normal(6000).astype(np.float32)])
+    inputs = model_inputs(student, [0.1 * np.random.default_rng(1).standard_normal(6000).astype(np.float32)])
     ref = onnx_session(fp32).run(["last_hidden_state"], inputs)[0][0]
     got = onnx_session(int8).run(["last_hidden_state"], inputs)[0][0]
     cosine = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
@@ -223,11 +232,7 @@ def test_static_conv_files_are_tuned_for_onnxruntime_without_changing_their_arit
     import onnx
     import onnxruntime as ort
 
-    student = _pruned(tmp_path, "hubert", False)
-    fp32 = tmp_path / "model.onnx"
-    export_module.export_onnx(student, fp32)
-    rng = np.random.default_rng(0)
-    calib = [model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(2)]
+    student, fp32, calib = _exported(tmp_path, 2)
     export_module.quantize_int8(fp32, tmp_path / "tuned.onnx", "static_conv", calib)
     monkeypatch.setattr(export_module, "tune_static_conv", lambda path: {})
     export_module.quantize_int8(fp32, tmp_path / "untuned.onnx", "static_conv", calib)
@@ -250,7 +255,7 @@ def test_static_conv_files_are_tuned_for_onnxruntime_without_changing_their_arit
     assert {n.name for n in written.node if n.op_type == "Gelu"} >= {
         f"/hf_model/feature_extractor/conv_layers.{i}/Gelu" for i in range(1, len(student.config.conv))
     }
-    feeds = model_inputs(student, [0.1 * rng.standard_normal(6000).astype(np.float32)])
+    feeds = model_inputs(student, [0.1 * np.random.default_rng(1).standard_normal(6000).astype(np.float32)])
     got = onnx_session(tmp_path / "tuned.onnx").run(None, feeds)
     want = onnx_session(tmp_path / "untuned.onnx").run(None, feeds)
     for g, w in zip(got, want, strict=True):
@@ -275,11 +280,7 @@ def test_static_conv_calibrates_each_range_as_the_mean_of_the_utterances(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ort_quant, "quantize_static", spy)
-    student = _pruned(tmp_path, "hubert", False)
-    fp32 = tmp_path / "model.onnx"
-    export_module.export_onnx(student, fp32)
-    rng = np.random.default_rng(0)
-    calib = [model_inputs(student, [0.1 * rng.standard_normal(4000).astype(np.float32)]) for _ in range(2)]
+    _, fp32, calib = _exported(tmp_path, 2)
     export_module.quantize_int8(fp32, tmp_path / "conv.onnx", "static_conv", calib)
     export_module.quantize_int8(fp32, tmp_path / "static.onnx", "static", calib)
     assert asked["QUInt8"] == {"CalibMovingAverage": True}  # static_conv
