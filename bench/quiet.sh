@@ -1,10 +1,10 @@
 #!/bin/bash
 # Run a benchmark with this machine's running compressions and evaluations paused:
 #   flock /tmp/bench.lock bench/quiet.sh env OMP_NUM_THREADS=1 python -m bench.onnx_int8 ...
-# Every `skillkd compress` / `skillkd evaluate` process gets SIGSTOP before the command and SIGCONT after it,
+# Every `skillkd compress` / `evaluate` / `export` process gets SIGSTOP before the command and SIGCONT after it,
 # however the command ends. A paused job's own timings (its stage times, its report's speed check) then include
 # the pause: they are not figures. The load average the benchmarks record still counts the paused minute before.
-pids=$(pgrep -f "skillkd (compress|evaluate)")
+pids=$(pgrep -f "skillkd (compress|evaluate|export)")
 trap '[ -n "$pids" ] && kill -CONT $pids 2>/dev/null' EXIT INT TERM
 if [ -n "$pids" ]; then
   kill -STOP $pids
