@@ -164,6 +164,51 @@ def test_onnx_int8_bench_on_a_tiny_student_shape(tmp_path: Path, tiny_teacher_di
     assert result["check_utterances"] == 2 and (tmp_path / "r.md").exists()
 
 
+def test_int8_sensitivity_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
+    """`python -m bench.int8_sensitivity` (issue 25): rounding nothing agrees exactly, every group of tensors
+    is scored, each conv but the first has its own row; clipping the conv outputs' ranges at -C is recorded
+    in them."""
+    import numpy as np
+    import soundfile as sf
+
+    from bench import int8_sensitivity
+    from core.distill.quant_aware import quantised_modules
+    from core.export.onnx import TorchHiddenStates
+    from core.models import load_model
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        sf.write(tmp_path / f"u{i}.wav", (0.2 * rng.standard_normal(8000)).astype(np.float32), 16000)
+        rows.append(json.dumps({"path": f"u{i}.wav", "split": "test" if i < 2 else "train", "speaker": "s"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    teacher = load_model(tiny_teacher_dir)
+    graph = TorchHiddenStates(teacher).module
+    ranges = int8_sensitivity.calibrate(graph, quantised_modules(graph), [])
+    assert ranges == {}  # nothing run, nothing seen
+    result = int8_sensitivity.main(
+        [str(tiny_teacher_dir), str(tmp_path), "--clip-pre-gelu", "0.5", "--out", str(tmp_path / "r")]
+    )
+    groups = {r["group"]: r for r in result["groups"]}
+    assert set(groups) == {
+        "every quantised tensor",
+        "conv inputs and outputs",
+        "conv inputs",
+        "conv outputs (before GELU)",
+        "Linear inputs and outputs",
+    }
+    assert all(0 < r["min_cka"] <= r["cka_last"] + 1e-6 and r["min_cka"] < 1.0 for r in groups.values())
+    every = groups["every quantised tensor"]["tensors"]
+    assert (
+        every == groups["conv inputs and outputs"]["tensors"] + groups["Linear inputs and outputs"]["tensors"]
+    )
+    assert len(result["per_conv"]) == len(teacher.config.conv) - 1  # the feature extractor's, but the first
+    assert all(r["output range"][0] >= -0.5 for r in result["per_conv"])
+    assert (tmp_path / "r" / "sensitivity.md").exists()
+    with int8_sensitivity.rounded(quantised_modules(graph), {}, set()):
+        pass  # an empty group installs nothing
+
+
 def test_ddp_throughput_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     from bench import ddp_throughput
 
