@@ -36,8 +36,6 @@ MOMENTUM = 0.01  # weight of each batch's min / max in the running range
 # 0.959.
 RATE_ENV = "SKILLKD_INT8_AWARE_RATE"
 RATE = 0.25
-SCOPE_ENV = "SKILLKD_INT8_AWARE_SCOPE"  # experiment: "convs" rounds the conv front end's tensors only
-START_ENV = "SKILLKD_INT8_AWARE_START"  # experiment: share of stage 2 trained plain before the rounding
 # The consistency term (`CompressionSpec.int8_aware_consistency`, default 0.2): each step also runs the
 # student with every tensor rounded and pulls its representations to the same student's fp32 ones (L1 -
 # cosine, the fp32 side detached), what the int8 gate compares. Quant noise alone reached 0.964-0.966, just
@@ -104,7 +102,6 @@ class Int8Aware(dict[str, Any]):
 
     forced: bool | None = None
     consistency: float = 0.0
-    start: float = 0.0  # the share of the stage's steps before the rounding starts (0: from the first)
 
     @contextmanager
     def rounding(self, on: bool) -> Iterator[None]:
@@ -129,8 +126,6 @@ def int8_aware(student: nn.Module, consistency: float = 0.0) -> Iterator[Int8Awa
     stage's consistency term (0: none); the hooks are gone after the block."""
     handles = []
     modules = quantised_modules(student)
-    if os.environ.get(SCOPE_ENV) == "convs":
-        modules = [m for m in modules if isinstance(m, nn.Conv1d)]
     rate = float(os.environ.get(RATE_ENV) or RATE)
     state = Int8Aware(
         fake_quantised_tensors=2 * len(modules),
@@ -139,9 +134,6 @@ def int8_aware(student: nn.Module, consistency: float = 0.0) -> Iterator[Int8Awa
         linears=sum(isinstance(m, nn.Linear) for m in modules),
     )
     state.consistency = consistency
-    state.start = float(os.environ.get(START_ENV) or 0.0)
-    if state.start:
-        state["start"] = state.start
     if state.consistency:
         state["consistency"] = state.consistency
     for i, module in enumerate(modules):

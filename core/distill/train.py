@@ -242,7 +242,6 @@ class DistillStep:
     ) -> None:
         self.student, self.teacher, self.targets = student, teacher, targets
         self.int8 = int8 if int8 is not None and int8.consistency else None
-        self.quantised = int8
         self.whole = whole  # `build.transcribed`: None without a CTC head's transcripts
         self.recipe, self.device = recipe, device
         if budgets is None:
@@ -377,11 +376,10 @@ class DistillStep:
                 _set_device_rng(self.device, rng)
             last = k == len(parts) - 1
             sync = nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-            plain = self.quantised is not None and step < self.quantised.start * recipe.steps
-            if self.int8 is not None and not plain:
+            if self.int8 is not None:
                 term = self._int8_consistency(part, len(parts)) / len(parts)
                 values["int8_consistency"] = values.get("int8_consistency", 0.0) + term
-            with sync, self.quantised.rounding(False) if plain and self.quantised else nullcontext():
+            with sync:
                 figures, targets_now = self._micro_step(step, part, part_ids, len(parts))
             for name, value in figures.items():
                 values[name] = values[name] + value if name in values else value
@@ -432,18 +430,7 @@ class DistillStep:
             with int8.rounding(True), autocast(self.device):
                 rounded, _ = (self.ddp or self.side)(waveforms, layer, raw=True)
             term = distill_loss(rounded, [r.float() for r in fp32])[0]
-            if os.environ.get("SKILLKD_INT8_AWARE_GRAD") == "frontend":  # experiment: the term trains the convs only
-                front = [
-                    p
-                    for n, p in self.student.named_parameters()
-                    if p.requires_grad and n.startswith("feature_extractor.")
-                ]
-                grads = torch.autograd.grad(int8.consistency * term / count, front, allow_unused=True)
-                for p, g in zip(front, grads, strict=True):
-                    if g is not None:
-                        p.grad = g if p.grad is None else p.grad + g
-            else:
-                (int8.consistency * term / count).backward()
+            (int8.consistency * term / count).backward()
         return term.detach()
 
     def _micro_step(
