@@ -117,6 +117,21 @@ def test_the_spec_refuses_int8_aware_without_stage_2() -> None:
     assert int8_mode_for(on_int8) == "static_conv"
 
 
+def test_an_int8_aware_stage_2_runs_twice_the_presets_steps_unless_the_spec_says() -> None:
+    """Its warmup scales with it, as an explicit --stage2-steps scales it; stage 1 and plain runs keep the
+    preset's schedule."""
+    from core.spec import INT8_AWARE_STAGE2_FACTOR, PRESETS
+
+    for preset in PRESETS:
+        plain, aware = CompressionSpec(preset=preset), CompressionSpec(preset=preset, int8_aware=True)
+        base = PRESETS[preset][2]["steps"]
+        assert plain.recipe(2).steps == base
+        assert aware.recipe(2).steps == INT8_AWARE_STAGE2_FACTOR * base == 2 * base
+        assert aware.recipe(2) == CompressionSpec(preset=preset, stage2_steps=2 * base).recipe(2)
+        assert aware.recipe(1) == plain.recipe(1)
+    assert CompressionSpec(int8_aware=True, stage2_steps=100).recipe(2).steps == 100
+
+
 def test_an_int8_aware_run_trains_through_the_rounding_and_exports_static_conv(tmp_path: Path) -> None:
     teacher_dir = save_tiny_teacher(tmp_path / "teacher", "hubert")
     audio = write_audio(tmp_path / "audio")
