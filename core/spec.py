@@ -187,9 +187,9 @@ DEFAULT_TASK_SUPERVISED_WEIGHT = 1.0
 DEFAULT_INT8_AWARE_CONSISTENCY = 0.2
 # An int8-aware run's stage 2 is this many times its preset's when the spec leaves stage2_steps out: the
 # student learns features that survive the rounding besides the teacher's, and in the preset's steps the
-# first cost it the second (wavlm-mini's 4x latency students, quick: fp32 PER +1.7 to +3.5 points over the
-# plain stage 2, paired by seed). With twice the steps, +0.48 paired (-0.44, +0.88, +0.99) and the int8 files
-# at CKA 0.978-0.985 (bench/results/int8_aware.md, "twice the steps").
+# first cost it the second (wavlm-mini's 4x latency students, quick: fp32 PER +1.74 / +3.02 / +4.51 over the
+# plain stage 2 of the same stage 1, by seed). With twice the steps +0.48 (-0.44, +0.88, +0.99), the int8
+# files at CKA 0.978-0.985 (bench/results/int8_aware.md, "twice the steps").
 INT8_AWARE_STAGE2_FACTOR = 2
 
 
