@@ -15,6 +15,21 @@ from core.evaluation import MacCounter
 from core.models import build_model, make_student
 
 
+def _noise_audio(root: Path, count: int, samples: int, test: int = 0) -> None:
+    """`count` utterances of seeded noise at 16 kHz with a manifest, the first `test` in the test split."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(count):
+        sf.write(root / f"u{i}.wav", (0.2 * rng.standard_normal(samples)).astype(np.float32), 16000)
+        rows.append(
+            json.dumps({"path": f"u{i}.wav", "split": "test" if i < test else "train", "speaker": "s"})
+        )
+    (root / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+
+
 def test_distill_step_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "distill_step.json"
     # one thread: with two on a shared, oversubscribed CPU, OpenMP barrier stalls make a tiny step take
@@ -95,17 +110,10 @@ def test_analytic_macs_match_counted_macs(arch: str) -> None:
 
 
 def test_target_cka_script_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: Path) -> None:
-    import numpy as np
-    import soundfile as sf
 
     from bench import target_cka
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(3):
-        sf.write(tmp_path / f"u{i}.wav", (0.2 * rng.standard_normal(16000)).astype(np.float32), 16000)
-        rows.append(json.dumps({"path": f"u{i}.wav", "split": "train", "speaker": "s"}))
-    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    _noise_audio(tmp_path, 3, 16000)
     result = target_cka.main([str(tiny_teacher_dir), str(tmp_path), "--clusters", "0;1-2"])
     # DPHuBERT's layers as the engine distils them (core.rules.dphubert_clusters: floored, no duplicates)
     assert result["utterances"] == 3 and result["dphubert_layers"] == [0, 1, 2]
@@ -118,19 +126,11 @@ def test_target_cka_script_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_dir: P
 def test_onnx_int8_bench_on_a_tiny_student_shape(tmp_path: Path, tiny_teacher_dir: Path) -> None:
     """`python -m bench.onnx_int8` (issue 25): every recipe written, checked and timed against the fp32 file
     in turn; a report.json's shape with --teacher gives the teacher cut to that architecture."""
-    import numpy as np
-    import soundfile as sf
 
     from bench import onnx_int8
     from core.models import load_model
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        sf.write(tmp_path / f"u{i}.wav", (0.2 * rng.standard_normal(8000)).astype(np.float32), 16000)
-        split = "test" if i < 2 else "train"
-        rows.append(json.dumps({"path": f"u{i}.wav", "split": split, "speaker": "s"}))
-    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    _noise_audio(tmp_path, 6, 8000, test=2)
     teacher = load_model(tiny_teacher_dir)
     shape = {
         "conv_channels": [c.out_channels - 1 for c in teacher.config.conv],
@@ -168,20 +168,13 @@ def test_int8_sensitivity_bench_on_a_tiny_teacher(tmp_path: Path, tiny_teacher_d
     """`python -m bench.int8_sensitivity` (issue 25): rounding nothing agrees exactly, every group of tensors
     is scored, each conv but the first has its own row; clipping the conv outputs' ranges at -C is recorded
     in them."""
-    import numpy as np
-    import soundfile as sf
 
     from bench import int8_sensitivity
     from core.distill.quant_aware import quantised_modules
     from core.export.onnx import TorchHiddenStates
     from core.models import load_model
 
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        sf.write(tmp_path / f"u{i}.wav", (0.2 * rng.standard_normal(8000)).astype(np.float32), 16000)
-        rows.append(json.dumps({"path": f"u{i}.wav", "split": "test" if i < 2 else "train", "speaker": "s"}))
-    (tmp_path / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    _noise_audio(tmp_path, 6, 8000, test=2)
     teacher = load_model(tiny_teacher_dir)
     graph = TorchHiddenStates(teacher).module
     ranges = int8_sensitivity.calibrate(graph, quantised_modules(graph), [])
