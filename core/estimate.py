@@ -50,6 +50,8 @@ from core.evaluation.speed import (
 )
 from core.events import OnEvent, ignore_event
 from core.export.onnx import LATENCY_TIMERS
+from core.finalize.measured import ATTEMPTS
+from core.finalize.measured import RUNS as LANDING_RUNS
 from core.inputs import JobInputs, prepare_inputs
 from core.models import SpeechEncoder, make_student
 from core.models.latency import CostModel
@@ -223,6 +225,17 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
     return total
 
 
+def time_measured_landing(latency: dict[str, Any] | None) -> float:
+    """What finalize's timings of a latency budget (core.finalize.measured) will take at most: every timing
+    passes the teacher and a student at the target (by the cost model) WARMUP + runs times, up to ATTEMPTS
+    timings; 0 without a latency budget or with SKILLKD_SPEED_RUNS=0."""
+    runs = default_runs()
+    if latency is None or runs == 0:
+        return 0.0
+    passes = WARMUP + max(runs, LANDING_RUNS)
+    return ATTEMPTS * passes * (latency["teacher_predicted_s"] + latency["target_s"])
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The estimate
 
@@ -382,12 +395,14 @@ def estimate(
     del student
     pruned.cpu().eval()
     export_s = time_speed_measurement(model, pruned)
+    landing_s = time_measured_landing(latency)
 
     accumulation = spec.grad_accumulation or 1  # a step adds up this many timed batches
     estimated = {
         "inputs": inputs_s,
         "calibrate": calibration["audio_seconds"] * calibration["s_per_audio_s"],
         "distill_prune": recipe1.steps * timing1["step_s"] * accumulation,
+        "finalize": landing_s,
         "final_distill": stage2_steps * timing2["step_s"] * accumulation if timing2 else 0.0,
         "export": export_s,
     }
@@ -532,7 +547,9 @@ def render(result: dict[str, Any]) -> str:
         f"after one: stage 1 {timing['stage1']['step_s']:.3f} s/step{timed2}",
         f"estimate: {_duration(e['total'])} (inputs {e['inputs']:g} s, calibrate {e['calibrate']:g} s, stage "
         "1 "
-        f"{e['distill_prune']:g} s, stage 2 {e['final_distill']:g} s, export {e['export']:g} s)",
+        f"{e['distill_prune']:g} s, "
+        + (f"finalize's timings up to {e['finalize']:g} s, " if e["finalize"] else "")
+        + f"stage 2 {e['final_distill']:g} s, export {e['export']:g} s)",
         f"(this dry run took {result['dry_run_seconds']:g} s)",
     ]
     return "\n".join(lines)

@@ -95,7 +95,9 @@ def run(
     stages["distill_prune"] = s1 = wd.stage("distill_prune", lambda: distill_prune(job, clusters))
     wd.finished("distill_prune", s1.get("final", {}))
 
-    stages["finalize"] = fin = wd.stage("finalize", lambda: finalize(job, clusters))
+    stages["finalize"] = fin = wd.stage(
+        "finalize", lambda: finalize(job, clusters, LATENCY_TIMERS.get(spec.speed_target))
+    )
     wd.finished("finalize", {"num_params": fin["num_params"]})
     wd.check_stop("finalize")
 

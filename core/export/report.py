@@ -132,6 +132,9 @@ def build_report(job: Job, student: SpeechEncoder, stages: dict[str, dict[str, A
     }
     latency = latency_facts(job, student, measured, cal.get("cost_model"))
     if latency is not None:
+        # what the clock said when finalize landed the student (core.finalize.measured), beside the report's
+        # own measurement: a record, or why nothing was timed
+        latency["landing"] = stages["finalize"].get("landing", {}).get("measured")
         report["latency"] = latency
     return report
 

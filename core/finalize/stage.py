@@ -8,22 +8,32 @@ from typing import Any
 import numpy as np
 import torch
 
+import core.calibrate.latency as fitting
+import core.evaluation.speed as speed
+from core.calibrate.latency import TimerFactory
 from core.data import AudioCatalog, load_waveform
 from core.distill import build
 from core.distill.train import CHECKPOINT, load_checkpoint
+from core.events import Event
 from core.finalize.landing import land
+from core.finalize.measured import RUNS, land_measured
 from core.inputs import Job
+from core.models import SpeechEncoder
 
 
-def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
-    """Load stage 1's final state, land the eval gates on the budgets, prune physically and compare the pruned
-    model with the masked one on a few seconds of the job's audio; saves `build.FINALIZED`."""
+def finalize(job: Job, clusters: list[list[int]], make_timer: TimerFactory | None = None) -> dict[str, Any]:
+    """Load stage 1's final state, land the eval gates on the budgets (a latency budget then on the clock:
+    `core.finalize.measured`, timed by `make_timer` on a target other than "cpu"), prune physically and
+    compare the pruned model with the masked one on a few seconds of the job's audio; saves
+    `build.FINALIZED`."""
     spec = job.spec
     state = load_checkpoint(job.workdir / "distill_prune" / CHECKPOINT)
     student, targets = build.restore(state, clusters, job.teacher.config.hidden_size, spec, job.inputs.head)
     student.eval()
     cost_model = job.inputs.cost_model
     landing = land(student, job.inputs.budgets, seconds=spec.macs_reference_seconds, cost_model=cost_model)
+    if cost_model is not None and spec.target_speedup is not None:
+        landing["measured"] = _land_on_the_clock(job, student, make_timer)
     probe = torch.from_numpy(probe_audio(job.inputs.cal_catalog, job.teacher.config.sample_rate))[None]
     with torch.no_grad():
         expected = float(student.expected_num_params())
@@ -42,6 +52,33 @@ def finalize(job: Job, clusters: list[list[int]]) -> dict[str, Any]:
         "max_abs_diff_masked_vs_pruned": diff,
         **config.unit_counts(),
     }
+
+
+def _land_on_the_clock(
+    job: Job, student: SpeechEncoder, make_timer: TimerFactory | None
+) -> dict[str, Any] | str:
+    """`land_measured` on the latency budget's target, or why it was not timed."""
+    runs = speed.default_runs()
+    if runs == 0:
+        return f"skipped ({speed.RUNS_ENV}=0)"
+    cost_model, spec = job.inputs.cost_model, job.spec
+    assert cost_model is not None and spec.target_speedup is not None
+    factory = make_timer or fitting.cpu_timer
+    timer = factory(cost_model.seconds, cost_model.threads, max(runs, RUNS))
+
+    def log(message: str) -> None:
+        job.emit(Event("log", "finalize", message=message))
+
+    return land_measured(
+        student,
+        job.teacher,
+        job.inputs.budgets,
+        cost_model,
+        spec.target_speedup,
+        timer,
+        seconds=spec.macs_reference_seconds,
+        log=log,
+    )
 
 
 def probe_audio(catalog: AudioCatalog, sample_rate: int, seconds: float = 4.0) -> np.ndarray:

@@ -17,7 +17,7 @@ from core.calibrate.latency import cost_model_for, fit_cost_model, random_shapes
 from core.errors import SpecError
 from core.finalize.landing import land, measure
 from core.models import SpeechEncoder, load_huggingface, make_student
-from core.models.latency import CostModel, conv_groups, feature_names, feature_vector
+from core.models.latency import INTERCEPT, CostModel, conv_groups, feature_names, feature_vector
 from core.pipeline import run
 from core.spec import Budget, CompressionSpec
 from tests.utils.audio import write_audio
@@ -219,7 +219,12 @@ def test_a_run_with_target_speedup_reports_predicted_and_measured_speedups(
     assert latency["predicted_speedup"] == pytest.approx(
         latency["teacher_predicted_s"] / latency["student_predicted_s"]
     )
-    assert abs(latency["predicted_speedup"] / 1.5 - 1) < 0.02  # landed within its tolerance
+    # landed on the cost model, then on the clock (here the fit's own fake one): in [1.5, 1.56] measured
+    measured = report["finalize"]["landing"]["measured"]
+    assert measured["within_band"] and 1.5 <= measured["measured_speedup"] <= 1.56, measured
+    assert measured["predicted_speedup"] == pytest.approx(latency["predicted_speedup"])
+    assert latency["landing"] == measured
+    assert 1.5 * 0.98 < latency["predicted_speedup"] < 1.56 * 1.02
     assert latency["measured_speedup"] == pytest.approx(report["speed"]["cpu_1_thread"]["speedup"])
     assert latency["cost_model"]["from_cache"] is False and len(latency["cost_model"]["shapes"]) == 11
     assert "params" not in report["targets"] and "latency" in report["targets"]
@@ -227,8 +232,11 @@ def test_a_run_with_target_speedup_reports_predicted_and_measured_speedups(
     assert (tmp_path / "w" / "calibrate" / fitting.COST_MODEL_FILE).exists()
     # a second run of the same teacher on the same target reads the fit from the cache
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "0")
+    assert timer.calls[0] == 11 and all(n == 2 for n in timer.calls[1:])  # the fit, then teacher + student
+    calls = len(timer.calls)
     again = run(spec, tiny_teacher_dir, audio, tmp_path / "w2").report["latency"]
-    assert again["cost_model"]["from_cache"] is True and len(timer.calls) == 1
+    assert again["cost_model"]["from_cache"] is True and len(timer.calls) == calls
+    assert again["landing"] == "skipped (SKILLKD_SPEED_RUNS=0)"
     assert again["measured_speedup"] is None
 
 
@@ -336,3 +344,91 @@ def test_the_int8_target_times_the_static_conv_files(
     timed.clear()
     onnx_export.onnx_timer(1.0, 1, 1)([teacher])
     assert timed == ["m0.onnx"]
+
+
+def _skewed(model: CostModel, factor: float) -> CostModel:
+    """`model` with its fixed cost (the intercept) `factor` times as high: a clock on which every student's
+    speed-up differs from the model's (lower above 1, higher below)."""
+    coefficients = {
+        name: value * factor if name == INTERCEPT else value for name, value in model.coefficients.items()
+    }
+    return CostModel(model.target, model.threads, model.seconds, model.groups, coefficients)
+
+
+def _landed_student(teacher: SpeechEncoder, model: CostModel, speedup: float) -> tuple[Any, list[Budget]]:
+    student = make_student(teacher)
+    randomise_masks(student, scale=2.0)
+    student.eval()
+    teacher_s = model.predict_seconds(teacher)
+    budgets = [Budget("latency", teacher_s, 1 - 1 / speedup)]
+    assert land(student, budgets, seconds=10.0, cost_model=model)["landed"]
+    return student, budgets
+
+
+@pytest.mark.parametrize("factor", [3.0, 0.0])
+def test_measured_landing_corrects_a_cost_model_the_clock_disagrees_with(
+    tmp_path: Path, factor: float
+) -> None:
+    """The cost model predicts 1.5x; the clock (the model with `factor` times its fixed cost) reads
+    the landed student too slow (3) or too fast (0): landing again on the model's error at that student
+    brings the measured speed-up into [1.5, 1.56], and the kept masks are the ones timed in the band."""
+    from core.finalize.measured import BAND, land_measured
+
+    teacher = load_huggingface(_fine_teacher(tmp_path))
+    model = synthetic_model(teacher)
+    clock = fake_timer(_skewed(model, factor))
+    student, budgets = _landed_student(teacher, model, 1.5)
+    first = clock([teacher, _pruned_copy(student)])
+    assert not 1.5 <= first[0] / first[1] <= 1.5 * (1 + BAND)  # the cost model's landing misses on the clock
+    record = land_measured(student, teacher, budgets, model, 1.5, clock, seconds=10.0)
+    assert record["within_band"] and len(record["timings"]) >= 2, record
+    assert record["timings"][0]["measured_speedup"] == pytest.approx(first[0] / first[1])
+    teacher_s, student_s = clock([teacher, _pruned_copy(student)])  # the masks left are the kept ones
+    assert teacher_s / student_s == pytest.approx(record["measured_speedup"])
+    assert 1.5 <= record["measured_speedup"] <= 1.5 * (1 + BAND)
+    assert record["predicted_speedup"] == pytest.approx(
+        model.predict_seconds(teacher) / measure(student, 10.0, model)["latency"]
+    )
+
+
+def test_measured_landing_keeps_a_landing_the_clock_agrees_with(tmp_path: Path) -> None:
+    from core.finalize.measured import land_measured
+
+    teacher = load_huggingface(_fine_teacher(tmp_path))
+    model = synthetic_model(teacher)
+    # aimed at the band's middle, a cost model that is right lands in the band at once: one timing
+    student, budgets = _landed_student(teacher, model, 1.53)
+    before = [hc.keep_override.clone() for hc in student.hard_concretes()]
+    record = land_measured(student, teacher, budgets, model, 1.5, fake_timer(model), seconds=10.0)
+    assert len(record["timings"]) == 1 and record["within_band"] and record["kept"] == 0
+    assert all(torch.equal(a, hc.keep_override) for a, hc in zip(before, student.hard_concretes()))
+
+
+def test_measured_landing_keeps_the_fastest_when_the_band_is_out_of_reach(tmp_path: Path) -> None:
+    """A clock on which every student is slower than the target (a constant 1.2x): three timings, then the
+    fastest state timed is kept and the record says it is outside the band."""
+    from core.finalize.measured import land_measured
+
+    teacher = load_huggingface(_fine_teacher(tmp_path))
+    model = synthetic_model(teacher)
+    calls: list[int] = []
+
+    def stubborn(models: list[SpeechEncoder]) -> list[float]:
+        calls.append(len(models))
+        return [1.2, 1.0 + 0.01 * len(calls)]  # each timing a little slower than the one before
+
+    student, budgets = _landed_student(teacher, model, 1.5)
+    first = [hc.keep_override.clone() for hc in student.hard_concretes()]
+    record = land_measured(student, teacher, budgets, model, 1.5, stubborn, seconds=10.0)
+    assert len(calls) == 3 and not record["within_band"] and record["kept"] == 0
+    assert all(torch.equal(a, hc.keep_override) for a, hc in zip(first, student.hard_concretes()))
+    with pytest.raises(ValueError, match="latency budget"):
+        land_measured(student, teacher, [], model, 1.5, stubborn, seconds=10.0)
+
+
+def _pruned_copy(student: SpeechEncoder) -> SpeechEncoder:
+    import copy
+
+    pruned = copy.deepcopy(student)
+    pruned.prune()
+    return pruned
