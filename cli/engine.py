@@ -171,6 +171,18 @@ def compress(
         summary["macs_ratio"] = round(speed["macs_ratio"], 3)
         if "cpu_1_thread" in speed:
             summary["speedup_cpu_1_thread"] = round(speed["cpu_1_thread"]["speedup"], 3)
+    latency = report.get("latency")
+    if latency:
+        landing = latency.get("landing")
+        at_landing = landing.get("measured_speedup") if isinstance(landing, dict) else None
+        summary["latency"] = {
+            "target": latency["target"],
+            "threads": latency["threads"],
+            "target_speedup": latency["target_speedup"],
+            "predicted_speedup": latency["predicted_speedup"],
+            "landing_measured_speedup": at_landing,
+            "measured_speedup": latency["measured_speedup"],
+        }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -191,6 +203,21 @@ def compress(
                 else ""
             )
             click.echo(f"speed:   {speed['macs_ratio']:.2f}x fewer MACs than the teacher{faster}")
+        if latency:
+            click.echo(latency_line(summary["latency"]))
+
+
+def latency_line(latency: dict[str, Any]) -> str:
+    """A latency budget's outcome in one line: asked, predicted, timed at landing, timed in the report."""
+    figures = [f"{latency['predicted_speedup']:.2f}x predicted"]
+    if latency["landing_measured_speedup"] is not None:
+        figures.append(f"{latency['landing_measured_speedup']:.2f}x measured at landing")
+    if latency["measured_speedup"] is not None:
+        figures.append(f"{latency['measured_speedup']:.2f}x measured in the report")
+    return (
+        f"latency: {latency['target_speedup']:g}x asked on {latency['target']} ({latency['threads']} "
+        f"thread{'s' if latency['threads'] != 1 else ''}): " + ", ".join(figures)
+    )
 
 
 def _join_launched_group() -> tuple[int, int, Any] | None:

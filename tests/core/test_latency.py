@@ -432,3 +432,22 @@ def _pruned_copy(student: SpeechEncoder) -> SpeechEncoder:
     pruned = copy.deepcopy(student)
     pruned.prune()
     return pruned
+
+
+def test_the_command_line_says_asked_predicted_and_measured_speedups() -> None:
+    from cli.engine import latency_line
+
+    latency = {
+        "target": "cpu",
+        "threads": 1,
+        "target_speedup": 4.0,
+        "predicted_speedup": 4.1234,
+        "landing_measured_speedup": 4.051,
+        "measured_speedup": 3.987,
+    }
+    assert latency_line(latency) == (
+        "latency: 4x asked on cpu (1 thread): 4.12x predicted, 4.05x measured at landing, 3.99x measured "
+        "in the report"
+    )
+    untimed = {**latency, "threads": 4, "landing_measured_speedup": None, "measured_speedup": None}
+    assert latency_line(untimed) == "latency: 4x asked on cpu (4 threads): 4.12x predicted"
