@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -82,4 +83,35 @@ def timed_rounds(
     return times
 
 
-__all__ = ["timed_rounds", "torch_threads"]
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every core of this machine has spent busy since boot (/proc/stat: all but idle and iowait),
+    or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+@contextmanager
+def other_load() -> Iterator[dict[str, float | None]]:
+    """How many cores the machine's *other* processes kept busy, on average, while the block ran: the
+    machine's busy CPU time (/proc/stat) less this process's own (every thread), over the wall time.
+    Yields a dict whose "other_cores" is set when the block ends (None where /proc/stat is missing)."""
+    out: dict[str, float | None] = {"other_cores": None}
+    busy, own, start = _machine_busy_seconds(), time.process_time(), time.monotonic()
+    try:
+        yield out
+    finally:
+        after, wall = _machine_busy_seconds(), time.monotonic() - start
+        if busy is not None and after is not None and wall > 0:
+            others = (after - busy) - (time.process_time() - own)
+            out["other_cores"] = max(0.0, others / wall)
+
+
+__all__ = ["other_load", "timed_rounds", "torch_threads"]

@@ -4,6 +4,8 @@ end to end that reports the predicted and measured speed-ups. No assertion on re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 import core.calibrate.latency as fitting
+import core.finalize.measured as measured_landing
 from core.calibrate.latency import cost_model_for, fit_cost_model, random_shapes
 from core.errors import SpecError
 from core.finalize.landing import land, measure
@@ -209,6 +212,7 @@ def test_a_run_with_target_speedup_reports_predicted_and_measured_speedups(
     teacher = load_huggingface(tiny_teacher_dir)
     timer = fake_timer(synthetic_model(teacher))
     monkeypatch.setattr(fitting, "cpu_timer", lambda seconds, threads, rounds: timer)
+    monkeypatch.setattr(measured_landing, "other_load", _quiet)  # the fake clock is not disturbed by load
     monkeypatch.setenv("SKILLKD_SPEED_RUNS", "1")
     monkeypatch.setenv(fitting.SHAPES_ENV, "10")
     audio = write_audio(tmp_path / "audio")
@@ -355,6 +359,11 @@ def _skewed(model: CostModel, factor: float) -> CostModel:
     return CostModel(model.target, model.threads, model.seconds, model.groups, coefficients)
 
 
+@contextmanager
+def _quiet() -> Iterator[dict[str, float | None]]:
+    yield {"other_cores": 0.0}  # no other process on the machine: the timings judge the landing
+
+
 def _landed_student(teacher: SpeechEncoder, model: CostModel, speedup: float) -> tuple[Any, list[Budget]]:
     student = make_student(teacher)
     randomise_masks(student, scale=2.0)
@@ -380,7 +389,7 @@ def test_measured_landing_corrects_a_cost_model_the_clock_disagrees_with(
     student, budgets = _landed_student(teacher, model, 1.5)
     first = clock([teacher, _pruned_copy(student)])
     assert not 1.5 <= first[0] / first[1] <= 1.5 * (1 + BAND)  # the cost model's landing misses on the clock
-    record = land_measured(student, teacher, budgets, model, 1.5, clock, seconds=10.0)
+    record = land_measured(student, teacher, budgets, model, 1.5, clock, seconds=10.0, load=_quiet)
     assert record["within_band"] and len(record["timings"]) >= 2, record
     assert record["timings"][0]["measured_speedup"] == pytest.approx(first[0] / first[1])
     teacher_s, student_s = clock([teacher, _pruned_copy(student)])  # the masks left are the kept ones
@@ -399,31 +408,83 @@ def test_measured_landing_keeps_a_landing_the_clock_agrees_with(tmp_path: Path) 
     # aimed at the band's middle, a cost model that is right lands in the band at once: one timing
     student, budgets = _landed_student(teacher, model, 1.53)
     before = [hc.keep_override.clone() for hc in student.hard_concretes()]
-    record = land_measured(student, teacher, budgets, model, 1.5, fake_timer(model), seconds=10.0)
+    record = land_measured(
+        student, teacher, budgets, model, 1.5, fake_timer(model), seconds=10.0, load=_quiet
+    )
     assert len(record["timings"]) == 1 and record["within_band"] and record["kept"] == 0
     assert all(torch.equal(a, hc.keep_override) for a, hc in zip(before, student.hard_concretes()))
 
 
-def test_measured_landing_keeps_the_fastest_when_the_band_is_out_of_reach(tmp_path: Path) -> None:
-    """A clock on which every student is slower than the target (a constant 1.2x): three timings, then the
-    fastest state timed is kept and the record says it is outside the band."""
-    from core.finalize.measured import land_measured
+def test_measured_landing_stops_on_a_clock_that_contradicts_itself(tmp_path: Path) -> None:
+    """A clock on which the student gets slower when the cost model lands it faster (1.2x, then 1.19x after
+    a correction aimed 20% higher): the two timings contradict each other, the corrections stop after two,
+    the second timing is set aside and the first (the cost model's own landing) is kept; the record says
+    why."""
+    from core.finalize.measured import MAX_CORRECTION, land_measured
 
     teacher = load_huggingface(_fine_teacher(tmp_path))
     model = synthetic_model(teacher)
     calls: list[int] = []
 
-    def stubborn(models: list[SpeechEncoder]) -> list[float]:
+    def contrary(models: list[SpeechEncoder]) -> list[float]:
         calls.append(len(models))
-        return [1.2, 1.0 + 0.01 * len(calls)]  # each timing a little slower than the one before
+        return [1.2, 1.0 + 0.01 * (len(calls) - 1)]  # each timing a little slower than the one before
 
     student, budgets = _landed_student(teacher, model, 1.5)
     first = [hc.keep_override.clone() for hc in student.hard_concretes()]
-    record = land_measured(student, teacher, budgets, model, 1.5, stubborn, seconds=10.0)
-    assert len(calls) == 3 and not record["within_band"] and record["kept"] == 0
+    record = land_measured(student, teacher, budgets, model, 1.5, contrary, seconds=10.0, load=_quiet)
+    assert len(calls) == 2 and record["kept"] == 0 and not record["within_band"] and record["trusted"]
+    assert "contradicted itself" in record["stopped"], record["stopped"]
+    # a clock saying 1.2x where the model says 1.5x: the correction trusts the model's error by 20% at most
+    aim = record["timings"][0]["next_aim_predicted_speedup"]
+    assert aim == pytest.approx(1.5 * 1.02 * (1 + MAX_CORRECTION))
     assert all(torch.equal(a, hc.keep_override) for a, hc in zip(first, student.hard_concretes()))
     with pytest.raises(ValueError, match="latency budget"):
-        land_measured(student, teacher, [], model, 1.5, stubborn, seconds=10.0)
+        land_measured(student, teacher, [], model, 1.5, contrary, seconds=10.0, load=_quiet)
+
+
+def test_measured_landing_does_not_follow_a_busy_clock(tmp_path: Path) -> None:
+    """Other processes kept a core busy during the timing: it judges nothing, the cost model's landing stands
+    after one timing, and the record says the CPU was busy."""
+    from core.finalize.measured import land_measured
+
+    teacher = load_huggingface(_fine_teacher(tmp_path))
+    model = synthetic_model(teacher)
+    clock = fake_timer(_skewed(model, 3.0))  # would ask for a correction if it were believed
+
+    @contextmanager
+    def busy() -> Iterator[dict[str, float | None]]:
+        yield {"other_cores": 1.0}
+
+    student, budgets = _landed_student(teacher, model, 1.5)
+    first = [hc.keep_override.clone() for hc in student.hard_concretes()]
+    record = land_measured(student, teacher, budgets, model, 1.5, clock, seconds=10.0, load=busy)
+    assert len(clock.calls) == 1 and record["kept"] == 0 and not record["within_band"]
+    assert record["stopped"].startswith("the CPU was busy: other processes kept 1.00 cores busy")
+    assert record["timings"][0]["other_cores"] == 1.0
+    assert all(torch.equal(a, hc.keep_override) for a, hc in zip(first, student.hard_concretes()))
+
+
+def test_other_load_counts_another_process_and_not_this_one() -> None:
+    """`core.timing.other_load` on the real /proc/stat: this process spinning is not counted; a child
+    process spinning on one core for the whole block is (about one core; the bound leaves room for a busy
+    machine)."""
+    import subprocess
+    import sys
+    import time
+
+    from core.timing import other_load
+
+    with other_load() as own:
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            pass
+    spin = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
+    with other_load() as other:
+        child = subprocess.Popen([sys.executable, "-c", spin])
+        child.wait()
+    assert own["other_cores"] is not None and other["other_cores"] is not None
+    assert other["other_cores"] - own["other_cores"] > 0.6, (own, other)
 
 
 def _pruned_copy(student: SpeechEncoder) -> SpeechEncoder:
