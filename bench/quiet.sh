@@ -4,7 +4,9 @@
 # Every `skillkd compress` / `evaluate` / `export` process gets SIGSTOP before the command and SIGCONT after it,
 # however the command ends. A paused job's own timings (its stage times, its report's speed check) then include
 # the pause: they are not figures. The load average the benchmarks record still counts the paused minute before.
-pids=$(pgrep -f "skillkd (compress|evaluate|export)")
+# the jobs' Python processes only ("bin/skillkd ..."): a pattern on "skillkd compress" alone also matched this
+# script when its own command was a skillkd command, and it stopped itself
+pids=$(pgrep -f "bin/skillkd (compress|evaluate|export)")
 trap '[ -n "$pids" ] && kill -CONT $pids 2>/dev/null' EXIT INT TERM
 if [ -n "$pids" ]; then
   kill -STOP $pids
