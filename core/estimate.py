@@ -50,7 +50,7 @@ from core.evaluation.speed import (
 )
 from core.events import OnEvent, ignore_event
 from core.export.onnx import LATENCY_TIMERS
-from core.finalize.measured import ATTEMPTS
+from core.finalize.measured import CANDIDATES
 from core.finalize.measured import RUNS as LANDING_RUNS
 from core.inputs import JobInputs, prepare_inputs
 from core.models import SpeechEncoder, make_student
@@ -226,14 +226,14 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
 
 
 def time_measured_landing(latency: dict[str, Any] | None) -> float:
-    """What finalize's timings of a latency budget (core.finalize.measured) will take at most: every timing
-    passes the teacher and a student at the target (by the cost model) WARMUP + runs times, up to ATTEMPTS
-    timings; 0 without a latency budget or with SKILLKD_SPEED_RUNS=0."""
+    """What finalize's timing of a latency budget (core.finalize.measured) will take: the teacher and every
+    candidate student (about the target's time each, by the cost model) passed WARMUP + runs times; 0 without
+    a latency budget or with SKILLKD_SPEED_RUNS=0."""
     runs = default_runs()
     if latency is None or runs == 0:
         return 0.0
     passes = WARMUP + max(runs, LANDING_RUNS)
-    return ATTEMPTS * passes * (latency["teacher_predicted_s"] + latency["target_s"])
+    return passes * (latency["teacher_predicted_s"] + len(CANDIDATES) * latency["target_s"])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -548,7 +548,7 @@ def render(result: dict[str, Any]) -> str:
         f"estimate: {_duration(e['total'])} (inputs {e['inputs']:g} s, calibrate {e['calibrate']:g} s, stage "
         "1 "
         f"{e['distill_prune']:g} s, "
-        + (f"finalize's timings up to {e['finalize']:g} s, " if e["finalize"] else "")
+        + (f"finalize's timing {e['finalize']:g} s, " if e["finalize"] else "")
         + f"stage 2 {e['final_distill']:g} s, export {e['export']:g} s)",
         f"(this dry run took {result['dry_run_seconds']:g} s)",
     ]

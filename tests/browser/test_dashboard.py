@@ -307,6 +307,12 @@ def test_the_page_modules_small_functions(page_for, service):
                  duration_s: 4.5},
                 {kind: "stage_started", stage: "distill_prune", created_at: "2026-01-01T00:00:06Z"}]),
             shortId: fmt.shortId("job_01a2337f36963349a7853fbcd5c2"), duration: fmt.duration(3725),
+            latency: job.latencyText({latency: {target: "cpu", threads: 1, target_speedup: 4,
+                predicted_speedup: 4.3549, measured_speedup: 4.031,
+                landing: {measured_speedup: 4.0824, candidates: [{}, {}, {}, {}, {}, {}, {}]}}}),
+            latencyUntimed: job.latencyText({latency: {target: "onnx-int8", threads: 2, target_speedup: 2,
+                predicted_speedup: 2.01, measured_speedup: null, landing: "skipped (SKILLKD_SPEED_RUNS=0)"}}),
+            noLatency: job.latencyText({speed: {}}),
         };
     }""")
     assert got["ticks"] == [0, 0.2, 0.4, 0.6, 0.8, 1]
@@ -319,6 +325,12 @@ def test_the_page_modules_small_functions(page_for, service):
         got["stages"]["calibrate"]["duration"] == 4.5 and got["stages"]["distill_prune"]["finished"] is None
     )
     assert got["shortId"] == "job_…53fbcd5c2" and got["duration"] == "1 h 02 min"
+    assert got["latency"] == (
+        "Speed-up: asked 4× on cpu (1 thread), predicted 4.35×, measured 4.08× when landed (the kept one of 7 "
+        "candidates timed), measured 4.03× in the report."
+    )
+    assert got["latencyUntimed"] == "Speed-up: asked 2× on onnx-int8 (2 threads), predicted 2.01×."
+    assert got["noLatency"] is None
 
 
 def test_a_fine_tuned_teachers_job_says_what_its_student_kept(page_for, service, inputs, tmp_path):

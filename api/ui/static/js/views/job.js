@@ -491,6 +491,24 @@ function macsOf(part) {
   return null;
 }
 
+// A latency budget's outcome in one sentence: asked, predicted by the cost model, timed when finalize landed
+// the student, timed in the report (null without a latency budget)
+export function latencyText(report) {
+  const l = report && report.latency;
+  if (!l || typeof l.target_speedup !== "number") return null;
+  const x = (v) => `${fmt.num(v, 3)}×`;
+  const threads = `${l.threads} thread${l.threads === 1 ? "" : "s"}`;
+  const parts = [`asked ${x(l.target_speedup)} on ${l.target} (${threads})`];
+  if (typeof l.predicted_speedup === "number") parts.push(`predicted ${x(l.predicted_speedup)}`);
+  const landing = l.landing;
+  if (landing && typeof landing.measured_speedup === "number") {
+    const n = (landing.candidates || []).length;
+    parts.push(`measured ${x(landing.measured_speedup)} when landed (the kept one of ${n} candidate${n === 1 ? "" : "s"} timed)`);
+  }
+  if (typeof l.measured_speedup === "number") parts.push(`measured ${x(l.measured_speedup)} in the report`);
+  return `Speed-up: ${parts.join(", ")}.`;
+}
+
 export function resultSections(report, job) {
   const out = [];
   if (!report.student) {
@@ -522,7 +540,8 @@ export function resultSections(report, job) {
     h("p", {}, "Sparsity: target ", h("strong", {}, fmt.percent(report.target_sparsity)), ", achieved ",
       h("strong", { id: "achieved-sparsity" }, fmt.percent(report.achieved_sparsity, 2)),
       report.finalize && report.finalize.max_abs_diff_masked_vs_pruned !== undefined
-        ? ` · masked vs pruned model, max |difference|: ${fmt.num(report.finalize.max_abs_diff_masked_vs_pruned)}` : "")));
+        ? ` · masked vs pruned model, max |difference|: ${fmt.num(report.finalize.max_abs_diff_masked_vs_pruned)}` : ""),
+    latencyText(report) ? h("p", { id: "latency-outcome" }, latencyText(report)) : null));
 
   // CKA heatmap
   if (Array.isArray(report.cka) && report.cka.length) {
