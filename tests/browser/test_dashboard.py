@@ -326,8 +326,8 @@ def test_the_page_modules_small_functions(page_for, service):
     )
     assert got["shortId"] == "job_…53fbcd5c2" and got["duration"] == "1 h 02 min"
     assert got["latency"] == (
-        "Speed-up: asked 4× on cpu (1 thread), predicted 4.35×, measured 4.08× when landed (the kept one of 7 "
-        "candidates timed), measured 4.03× in the report."
+        "Speed-up: asked 4× on cpu (1 thread), predicted 4.35×, measured 4.08× when landed (the kept one "
+        "of 7 candidates timed), measured 4.03× in the report."
     )
     assert got["latencyUntimed"] == "Speed-up: asked 2× on onnx-int8 (2 threads), predicted 2.01×."
     assert got["noLatency"] is None
