@@ -7,9 +7,16 @@
 # the jobs' Python processes only ("bin/skillkd ..."): a pattern on "skillkd compress" alone also matched this
 # script when its own command was a skillkd command, and it stopped itself
 pids=$(pgrep -f "bin/skillkd (compress|evaluate|export)")
-trap '[ -n "$pids" ] && kill -CONT $pids 2>/dev/null' EXIT INT TERM
+trap '[ -n "${pids// /}" ] && kill -CONT $pids 2>/dev/null' EXIT INT TERM
 if [ -n "$pids" ]; then
   kill -STOP $pids
-  sleep 5
+fi
+sleep 5
+# a job that started between the first look and the stop (a queue handing this lock over while its next job
+# starts) is stopped too
+late=$(pgrep -f "bin/skillkd (compress|evaluate|export)")
+if [ -n "$late" ]; then
+  kill -STOP $late
+  pids="$pids $late"
 fi
 "$@"
