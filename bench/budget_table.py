@@ -81,6 +81,16 @@ def teacher_evaluations(dirs: str) -> dict[str, Any]:
     }
 
 
+def refresh_evaluations(report: dict[str, Any], eval_suffix: str) -> None:
+    """Read every student's evaluation again (`--render`: one finished after the speed was measured)."""
+    for budget in report["budgets"]:
+        for student in budget["students"]:
+            run = Path(student["run"])
+            path = run.parent / f"{run.name}{eval_suffix}" / "evaluation.json"
+            if path.exists():
+                student["evaluation"] = evaluation_of(path)
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -229,12 +239,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--render",
         type=Path,
-        help="measure nothing: re-render this earlier --json (with --teacher-eval read again) to --markdown",
+        help="measure nothing: re-render this earlier --json (with --teacher-eval and the students' "
+        "evaluations read again) to --markdown",
     )
     args = p.parse_args(argv)
     if args.render is not None:
         report = json.loads(args.render.read_text())
         report["teacher"].update(teacher_evaluations(args.teacher_eval))
+        refresh_evaluations(report, args.eval_suffix)
         write_outputs(report, format_markdown(report), args.json, args.markdown)
         return report
     if not args.budget:

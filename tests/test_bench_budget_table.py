@@ -58,3 +58,25 @@ def test_students_are_paired_with_the_teacher_of_their_seed() -> None:
     assert "| 27.00 ± 5.66 (+2.00) |" in text
     assert "**4.30 ± 0.14x**" in text
     assert mean_sd([]) == "-" and mean_sd([3.0]) == "3.00"
+
+
+def test_render_reads_the_students_evaluations_again(tmp_path) -> None:
+    """An evaluation that finished after the speed was measured is in the re-rendered table."""
+    import json
+
+    from bench.budget_table import refresh_evaluations
+
+    run = tmp_path / "runs" / "s0"
+    (tmp_path / "runs" / "s0-eval").mkdir(parents=True)
+    (tmp_path / "runs" / "s0-eval" / "evaluation.json").write_text(
+        json.dumps({"seed": 0, "models": [{"pr": {"per": 0.2512}, "sid": {"accuracy": 0.7}}]})
+    )
+    report = {
+        "budgets": [
+            {"students": [{"run": str(run), "evaluation": None}, {"run": "gone", "evaluation": None}]}
+        ]
+    }
+    refresh_evaluations(report, "-eval")
+    first, second = report["budgets"][0]["students"]
+    assert first["evaluation"] == {"seed": 0, "per": pytest.approx(25.12), "sid": pytest.approx(70.0)}
+    assert second["evaluation"] is None
