@@ -39,13 +39,12 @@ from typing import Any
 import torch
 
 from bench.output import write_outputs
-from bench.student_speed import cpu_busy_seconds, other_load
 from core.calibrate.latency import cost_model_for, cpu_model
 from core.evaluation.facts import count_macs, count_parameters
 from core.evaluation.speed import SECONDS, WARMUP, interleaved_times
 from core.models import load_model
 from core.models.latency import CostModel
-from core.timing import torch_threads
+from core.timing import other_load, torch_threads
 
 
 def parse_budget(text: str) -> tuple[str, list[Path]]:
@@ -124,14 +123,11 @@ def measure_speed(
     log = []
     for r in range(rounds):
         for s in students:
-            busy, own, wall = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-            with torch_threads(1):
+            with other_load() as busy, torch_threads(1):
                 times = interleaved_times(
                     {"teacher": teacher, "student": s["model"]}, seconds=SECONDS, runs=runs, warmup=WARMUP
                 )
-            others = other_load(
-                busy, cpu_busy_seconds(), time.process_time() - own, time.perf_counter() - wall
-            )
+            others = busy["other_cores"]
             ratio = statistics.median(times["teacher"]) / statistics.median(times["student"])
             s.setdefault("rounds", []).append(round(ratio, 4))
             log.append(

@@ -29,6 +29,7 @@ from core.errors import SkillkdError
 from core.evaluation.run import format_count
 from core.evaluation.speed import RUNS, SECONDS, WARMUP, measure
 from core.models import load_model
+from core.timing import other_load
 
 
 def teacher_of(student_dir: Path) -> Path:
@@ -77,27 +78,6 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cpu_busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat), or None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(x) for x in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def other_load(
-    busy_before: float | None, busy_after: float | None, own_cpu_s: float, wall_s: float
-) -> float | None:
-    """Cores' worth of CPU that other processes used while this one measured (machine busy time minus this
-    process's own CPU time, over the wall time)."""
-    if busy_before is None or busy_after is None or wall_s <= 0:
-        return None
-    return max(0.0, (busy_after - busy_before - own_cpu_s) / wall_s)
-
-
 def busy_warning(others: float | None) -> str | None:
     """A warning when other work shared the CPU during the measurement (over 0.25 of a core on average).
     Interleaving protects the ratio from drift, not from contention: another process on a 2-core machine
@@ -143,13 +123,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         teacher = load_model(teacher_dir)
     except SkillkdError as exc:
         raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
-    busy_before, cpu_before, wall_before = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    result = measure(
-        teacher, student, device=args.device, seconds=args.seconds, runs=args.runs, warmup=args.warmup
-    )
-    others = other_load(
-        busy_before, cpu_busy_seconds(), time.process_time() - cpu_before, time.perf_counter() - wall_before
-    )
+    with other_load() as busy:
+        result = measure(
+            teacher, student, device=args.device, seconds=args.seconds, runs=args.runs, warmup=args.warmup
+        )
+    others = busy["other_cores"]
     report = {
         "benchmark": "student_speed",
         "command": "python -m bench.student_speed " + " ".join(sys.argv[1:] if argv is None else argv),

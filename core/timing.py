@@ -83,7 +83,7 @@ def timed_rounds(
     return times
 
 
-def _machine_busy_seconds() -> float | None:
+def machine_busy_seconds() -> float | None:
     """CPU seconds every core of this machine has spent busy since boot (/proc/stat: all but idle and iowait),
     or None where there is no /proc/stat."""
     try:
@@ -98,20 +98,28 @@ def _machine_busy_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
 
 
+def other_cores(
+    busy_before: float | None, busy_after: float | None, own_cpu_s: float, wall_s: float
+) -> float | None:
+    """Cores' worth of CPU that other processes used over `wall_s`: the machine's busy time between the two
+    readings (`machine_busy_seconds`) less this process's own CPU time; None without both readings."""
+    if busy_before is None or busy_after is None or wall_s <= 0:
+        return None
+    return max(0.0, (busy_after - busy_before - own_cpu_s) / wall_s)
+
+
 @contextmanager
 def other_load() -> Iterator[dict[str, float | None]]:
-    """How many cores the machine's *other* processes kept busy, on average, while the block ran: the
-    machine's busy CPU time (/proc/stat) less this process's own (every thread), over the wall time.
-    Yields a dict whose "other_cores" is set when the block ends (None where /proc/stat is missing)."""
+    """How many cores the machine's *other* processes kept busy, on average, while the block ran
+    (`other_cores` over the block; this process's own time counts every thread). Yields a dict whose
+    "other_cores" is set when the block ends (None where /proc/stat is missing)."""
     out: dict[str, float | None] = {"other_cores": None}
-    busy, own, start = _machine_busy_seconds(), time.process_time(), time.monotonic()
+    busy, own, start = machine_busy_seconds(), time.process_time(), time.monotonic()
     try:
         yield out
     finally:
-        after, wall = _machine_busy_seconds(), time.monotonic() - start
-        if busy is not None and after is not None and wall > 0:
-            others = (after - busy) - (time.process_time() - own)
-            out["other_cores"] = max(0.0, others / wall)
+        wall = time.monotonic() - start
+        out["other_cores"] = other_cores(busy, machine_busy_seconds(), time.process_time() - own, wall)
 
 
-__all__ = ["other_load", "timed_rounds", "torch_threads"]
+__all__ = ["machine_busy_seconds", "other_cores", "other_load", "timed_rounds", "torch_threads"]
