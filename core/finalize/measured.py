@@ -67,20 +67,21 @@ def land_measured(
     timer: Timer,
     *,
     seconds: float,
-    candidates: Sequence[float] = CANDIDATES,
+    candidates: Sequence[float] | None = None,
     log: Callable[[str], None] | None = None,
     load: Callable[[], AbstractContextManager[dict[str, float | None]]] | None = None,
 ) -> dict[str, Any]:
     """Land the `student` (whose eval gates `core.finalize.landing.land` has set: the cost model's landing) on
-    each of `candidates` x `target_speedup` predicted, time every candidate against `teacher` with `timer` in
-    one session, and keep the least pruned one that measured at least `target_speedup` (else the fastest);
-    leaves its state in the masks' `keep_override`. When other processes kept BUSY_CORES or more busy during
-    the timing (`load`, default `core.timing.other_load`) the cost model's landing is kept. Returns a record:
-    every candidate (its factor, predicted and measured speed-up, seconds), the teacher's seconds, the other
-    processes' cores, which candidate was kept and why."""
+    each of `candidates` (default CANDIDATES) x `target_speedup` predicted, time every candidate against
+    `teacher` with `timer` in one session, and keep the least pruned one that measured at least
+    `target_speedup` (else the fastest); leaves its state in the masks' `keep_override`. When other processes
+    kept BUSY_CORES or more busy during the timing (`load`, default `core.timing.other_load`) the cost model's
+    landing is kept. Returns a record: every candidate (its factor, predicted and measured speed-up, seconds),
+    the teacher's seconds, the other processes' cores, which candidate was kept and why."""
     latency = [i for i, b in enumerate(budgets) if b.kind == "latency"]
     if len(latency) != 1:
         raise ValueError("measured landing needs exactly one latency budget")
+    candidates = CANDIDATES if candidates is None else candidates  # the module's, read at call time
     if not candidates or 1.0 not in candidates or any(c <= 0 for c in candidates):
         raise ValueError(
             f"candidates must be positive and include 1.0 (the cost model's landing): {candidates}"

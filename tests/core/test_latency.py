@@ -303,7 +303,12 @@ def test_the_onnx_target_fits_on_onnxruntime_timings_and_measures_the_student_th
     monkeypatch.setenv(fitting.SHAPES_ENV, "3")
     monkeypatch.setenv(fitting.ROUNDS_ENV, "1")
     monkeypatch.setattr(fitting, "cpu_timer", None)  # nothing may time this target in PyTorch
-    spec = CompressionSpec(**SPEC, target_speedup=1.2, speed_target="onnx-fp32")
+    # finalize's landing times its candidates in onnxruntime too: two here (each session of this tiny teacher
+    # over 10 s holds GBs of attention; seven candidates and the teacher at once took the machine's 24 GiB)
+    monkeypatch.setattr(measured_landing, "CANDIDATES", (1.0, 1.1))
+    # a 2 s reference utterance: this tiny teacher's attention over 10 s (7,999 frames) holds GBs in each
+    # onnxruntime session and its timings swing with the machine's memory state
+    spec = CompressionSpec(**SPEC, target_speedup=1.2, speed_target="onnx-fp32", macs_reference_seconds=2.0)
     report = run(spec, tiny_teacher_dir, write_audio(tmp_path / "audio"), tmp_path / "w").report
     latency = report["latency"]
     assert latency["target"] == "onnx-fp32" and latency["cost_model"]["target"] == "onnx-fp32"
