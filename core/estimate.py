@@ -50,8 +50,7 @@ from core.evaluation.speed import (
 )
 from core.events import OnEvent, ignore_event
 from core.export.onnx import LATENCY_TIMERS
-from core.finalize.measured import CANDIDATES
-from core.finalize.measured import RUNS as LANDING_RUNS
+from core.finalize.measured import CANDIDATES, landing_runs
 from core.inputs import JobInputs, prepare_inputs
 from core.models import SpeechEncoder, make_student
 from core.models.latency import CostModel
@@ -229,11 +228,10 @@ def time_measured_landing(latency: dict[str, Any] | None) -> float:
     """What finalize's timing of a latency budget (core.finalize.measured) will take: the teacher and every
     candidate student (about the target's time each, by the cost model) passed WARMUP + runs times; 0 without
     a latency budget or with SKILLKD_SPEED_RUNS=0."""
-    runs = default_runs()
+    runs = landing_runs()
     if latency is None or runs == 0:
         return 0.0
-    passes = WARMUP + max(runs, LANDING_RUNS)
-    return passes * (latency["teacher_predicted_s"] + len(CANDIDATES) * latency["target_s"])
+    return (WARMUP + runs) * (latency["teacher_predicted_s"] + len(CANDIDATES) * latency["target_s"])
 
 
 # ------------------------------------------------------------------------------------------------------------

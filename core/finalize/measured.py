@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+import core.evaluation.speed as speed
+from core.calibrate.latency import Timer
 from core.finalize.landing import TOLERANCE, land
 from core.models import SpeechEncoder
 from core.models.latency import CostModel
@@ -45,8 +47,12 @@ RUNS = 11  # timed passes of each model, interleaved (the floor; SKILLKD_SPEED_R
 # A timing during which the machine's other processes kept this many cores busy (on average) judges nothing
 BUSY_CORES = 0.5
 
-# models -> median seconds of one forward pass of each, on the budget's target (core.calibrate.latency.Timer)
-Timer = Callable[[list[SpeechEncoder]], list[float]]
+
+def landing_runs() -> int:
+    """Timed passes of each model in finalize's timing: SKILLKD_SPEED_RUNS, at least RUNS; 0 (no timing)
+    when that is 0."""
+    runs = speed.default_runs()
+    return 0 if runs == 0 else max(runs, RUNS)
 
 
 def _overrides(student: SpeechEncoder) -> list[torch.Tensor | None]:
@@ -159,4 +165,4 @@ def land_measured(
     }
 
 
-__all__ = ["BUSY_CORES", "CANDIDATES", "RUNS", "Timer", "land_measured"]
+__all__ = ["BUSY_CORES", "CANDIDATES", "RUNS", "land_measured", "landing_runs"]

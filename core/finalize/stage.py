@@ -16,7 +16,7 @@ from core.distill import build
 from core.distill.train import CHECKPOINT, load_checkpoint
 from core.events import Event
 from core.finalize.landing import land
-from core.finalize.measured import RUNS, land_measured
+from core.finalize.measured import land_measured, landing_runs
 from core.inputs import Job
 from core.models import SpeechEncoder
 
@@ -58,13 +58,13 @@ def _land_on_the_clock(
     job: Job, student: SpeechEncoder, make_timer: TimerFactory | None
 ) -> dict[str, Any] | str:
     """`land_measured` on the latency budget's target, or why it was not timed."""
-    runs = speed.default_runs()
+    runs = landing_runs()
     if runs == 0:
         return f"skipped ({speed.RUNS_ENV}=0)"
     cost_model, spec = job.inputs.cost_model, job.spec
     assert cost_model is not None and spec.target_speedup is not None
     factory = make_timer or fitting.cpu_timer
-    timer = factory(cost_model.seconds, cost_model.threads, max(runs, RUNS))
+    timer = factory(cost_model.seconds, cost_model.threads, runs)
 
     def log(message: str) -> None:
         job.emit(Event("log", "finalize", message=message))
