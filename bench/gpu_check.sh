@@ -8,6 +8,8 @@
 #   2. python -m pytest -m gpu -q                                   (tests/test_gpu.py and other gpu tests)
 #   3. python -m bench.distill_step --size all --device cuda --profile -> $OUT/distill_step_gpu.json
 #   4. the dry run of part 5 (`compress --dry-run`: its estimate) -> $OUT/dry_run_gpu.json
+#   4b. the latency budget on the GPU: `compress --target-speedup 2 --speed-target cuda --dry-run` fits the cost
+#       model by timing pruned shapes of the teacher on the GPU -> $OUT/dry_run_cuda_latency.json (its fit error)
 #   5. a short real compression of the demo teacher (quick preset, 200 + 100 steps, 40 s batches)
 #                                                                   -> $OUT/compress_gpu.json (the result; events are in the log)
 #                                                                      $OUT/compress_gpu_report.json (its speed block
@@ -100,9 +102,14 @@ dry_run() {
     "$PYTHON" -m cli compress "$TEACHER" "$AUDIO" --preset quick --stage1-steps 200 --stage2-steps 100 \
         --batch-seconds 40 --device cuda --dry-run --json >"$OUT/dry_run_gpu.json"
 }
-export -f compress dry_run
+cuda_latency() {
+    SKILLKD_CACHE_DIR="$(mktemp -d)" "$PYTHON" -m cli compress "$TEACHER" "$AUDIO" --preset quick \
+        --target-speedup 2 --speed-target cuda --device cuda --dry-run --json >"$OUT/dry_run_cuda_latency.json"
+}
+export -f compress dry_run cuda_latency
 export PYTHON TEACHER AUDIO RUN_DIR OUT
 run_part "dry run (estimate of the next part)" 120 bash -c dry_run
+run_part "latency cost model on cuda" 120 bash -c cuda_latency
 run_part "compress demo teacher" "$T_COMPRESS" bash -c compress
 cat "$OUT/compress_gpu.json" 2>/dev/null || true
 if [[ -f "$RUN_DIR/student/report.json" ]]; then

@@ -23,6 +23,7 @@ from cli.errors import fail
 from cli.progress import ProgressBars
 from cli.spec_options import build_spec, parse_clusters, spec_options
 from core.errors import SkillkdError, StopRequested, TeacherError
+from core.spec import target_words
 
 ASSETS = Path(core.__file__).resolve().parent / "assets"
 DEMO_TEACHER = ASSETS / "demo-teacher"
@@ -214,10 +215,8 @@ def latency_line(latency: dict[str, Any]) -> str:
         figures.append(f"{latency['landing_measured_speedup']:.2f}x measured at landing")
     if latency["measured_speedup"] is not None:
         figures.append(f"{latency['measured_speedup']:.2f}x measured in the report")
-    return (
-        f"latency: {latency['target_speedup']:g}x asked on {latency['target']} ({latency['threads']} "
-        f"thread{'s' if latency['threads'] != 1 else ''}): " + ", ".join(figures)
-    )
+    where = target_words(latency["target"], latency["threads"])
+    return f"latency: {latency['target_speedup']:g}x asked on {where}: " + ", ".join(figures)
 
 
 def _join_launched_group() -> tuple[int, int, Any] | None:

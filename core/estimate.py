@@ -55,7 +55,7 @@ from core.inputs import JobInputs, prepare_inputs
 from core.models import SpeechEncoder, make_student
 from core.models.latency import CostModel
 from core.rules import dphubert_clusters, fixed_clusters
-from core.spec import Budget, CompressionSpec
+from core.spec import Budget, CompressionSpec, target_words
 
 TIMED_STEPS = 3
 
@@ -479,8 +479,8 @@ def render(result: dict[str, Any]) -> str:
     latency = result.get("latency")
     latency_lines = (
         [
-            f"latency:  {latency['target_speedup']:g}x faster than the teacher on {latency['target']} "
-            f"({latency['threads']} thread{'s' if latency['threads'] != 1 else ''}): <= "
+            f"latency:  {latency['target_speedup']:g}x faster than the teacher on "
+            f"{target_words(latency['target'], latency['threads'])}: <= "
             f"{1000 * latency['target_s']:.1f} ms per {ref} (teacher predicted "
             f"{1000 * latency['teacher_predicted_s']:.1f} ms; cost model "
             + (

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from core import timing
 from core.data import AudioCatalog, scan_audio
 from core.errors import AudioError, SpecError, TeacherError
 from core.events import Event, OnEvent, ShouldStop, ignore_event, never_stop
@@ -46,6 +47,17 @@ def select_device(name: str) -> torch.device:
             f"device {name!r} was asked for but CUDA is not available on this machine", field="device"
         )
     return device
+
+
+def check_speed_target(spec: CompressionSpec) -> None:
+    """A latency budget on the `cuda` target needs a CUDA GPU where the job runs (its cost model is fitted and
+    its student landed by timing there): a SpecError on a machine without one."""
+    if spec.target_speedup is not None and spec.speed_target == "cuda" and timing.gpu_name() is None:
+        raise SpecError(
+            "speed_target 'cuda' times the teacher and the student on a CUDA GPU, and this machine has none: "
+            "run the job where one is, or choose cpu, onnx-fp32 or onnx-int8",
+            field="speed_target",
+        )
 
 
 @dataclass
@@ -344,6 +356,7 @@ def prepare_inputs(
     """Check the device, load the teacher, resolve the target, scan the audio and check the spec against
     them."""
     device = select_device(spec.device)
+    check_speed_target(spec)
     teacher_model = load_model(teacher).to(device)
     teacher_params = teacher_model.num_params()
     with torch.no_grad():

@@ -30,6 +30,11 @@ def _utterance(seconds: float, sample_rate: int, device: torch.device) -> tuple[
     return waveforms.to(device), torch.tensor([samples], device=device)
 
 
+def gpu_name() -> str | None:
+    """The current CUDA GPU's name, or None on a machine without one (the `cuda` speed target's check)."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -122,4 +127,4 @@ def other_load() -> Iterator[dict[str, float | None]]:
         out["other_cores"] = other_cores(busy, machine_busy_seconds(), time.process_time() - own, wall)
 
 
-__all__ = ["machine_busy_seconds", "other_cores", "other_load", "timed_rounds", "torch_threads"]
+__all__ = ["gpu_name", "machine_busy_seconds", "other_cores", "other_load", "timed_rounds", "torch_threads"]

@@ -28,3 +28,17 @@ def test_measure_on_cuda_adds_a_gpu_setting_and_leaves_the_models_where_they_wer
     assert cuda["device"] == torch.cuda.get_device_name(0)
     assert "speedup_cuda" in speed.headline(result)
     assert next(teacher.parameters()).is_cuda and not next(student.parameters()).is_cuda
+
+
+@pytest.mark.gpu
+def test_the_cuda_targets_cost_model_is_fitted_on_gpu_timings(tmp_path: Path) -> None:
+    """speed_target cuda: the fit times the teacher and its pruned shapes on the GPU (real timings: only
+    their count, sign and the key's GPU are asserted) and leaves the models on the CPU."""
+    from core.calibrate.latency import cache_key, fit_cost_model
+
+    teacher, _ = tiny_pair(tmp_path / "t")
+    model, record = fit_cost_model(teacher, target="cuda", seconds=2.0, shapes=4, rounds=2)
+    assert model.target == "cuda" and len(record["shapes"]) == 5
+    assert all(row["measured_s"] > 0 for row in record["shapes"])
+    assert cache_key(teacher, "cuda", 1, 2.0)["gpu"] == torch.cuda.get_device_name()
+    assert not next(teacher.parameters()).is_cuda

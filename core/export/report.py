@@ -11,9 +11,11 @@ import torch
 
 import core.evaluation.speed as speed
 from core import __version__
+from core.calibrate.latency import timer_factory
 from core.export.onnx import LATENCY_TIMERS
 from core.inputs import Job
 from core.models import SpeechEncoder
+from core.spec import target_words
 
 
 def teacher_facts(job: Job) -> dict[str, Any]:
@@ -65,12 +67,14 @@ def latency_facts(
     if runs == 0:
         out["measured"] = f"skipped ({speed.RUNS_ENV}=0)"
         return out
-    if cost_model.target in LATENCY_TIMERS:  # another runtime: both exported and timed there
-        timer = LATENCY_TIMERS[cost_model.target](cost_model.seconds, cost_model.threads, runs)
+    if cost_model.target != "cpu":  # another runtime (both exported and timed there) or the GPU
+        factory = timer_factory(cost_model.target, LATENCY_TIMERS.get(cost_model.target))
+        timer = factory(cost_model.seconds, cost_model.threads, runs)
         teacher_t, student_t = timer([job.teacher, student])
         out["measured_speedup"] = teacher_t / student_t
         out["measured"] = (
-            f"{cost_model.target}: median of {runs} passes, the files in turn, {cost_model.threads} thread(s)"
+            f"{target_words(cost_model.target, cost_model.threads)}: median of {runs} passes, "
+            "teacher and student in turn"
         )
         return out
     if cost_model.threads == 1 and cost_model.seconds == speed.SECONDS and "cpu_1_thread" in measured:

@@ -63,7 +63,7 @@ def _land_on_the_clock(
         return f"skipped ({speed.RUNS_ENV}=0)"
     cost_model, spec = job.inputs.cost_model, job.spec
     assert cost_model is not None and spec.target_speedup is not None
-    factory = make_timer or fitting.cpu_timer
+    factory = fitting.timer_factory(cost_model.target, make_timer)
     timer = factory(cost_model.seconds, cost_model.threads, runs)
 
     def log(message: str) -> None:

@@ -19,7 +19,7 @@ def post_job(client, headers, teacher, dataset, spec, *, dry_run=False):
     [
         ({"target_speedup": 1.0}, "target_speedup"),
         ({"target_speedup": 2.0, "target_macs": 10**4}, "target_speedup"),
-        ({"target_speedup": 2.0, "speed_target": "cuda"}, "speed_target"),
+        ({"target_speedup": 2.0, "speed_target": "tpu"}, "speed_target"),
         ({"target_speedup": 2.0, "speed_threads": 0}, "speed_threads"),
         ({"int8_aware_consistency": 0.5}, "int8_aware_consistency"),  # needs int8_aware
         ({"int8_aware": True, "int8_aware_consistency": -0.1}, "int8_aware_consistency"),
@@ -39,6 +39,14 @@ def test_a_latency_spec_is_accepted(client, alice, teacher, dataset, enqueuer):
     assert r.status_code == 202, r.text
     assert r.json()["spec"]["target_speedup"] == 2.0 and r.json()["spec"]["speed_threads"] == 2
     assert r.json()["spec"]["speed_target"] == "onnx-int8"
+
+
+def test_a_cuda_target_is_the_workers_to_time(client, alice, teacher, dataset, enqueuer):
+    """The API takes the cuda target: the GPU worker that runs the job times it (a machine without one
+    fails the job as spec_invalid on speed_target: tests/core/test_latency.py)."""
+    r = post_job(client, alice, teacher, dataset, {"target_speedup": 2.0, "speed_target": "cuda"})
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["speed_target"] == "cuda"
 
 
 def test_an_int8_aware_spec_takes_a_consistency_weight(client, alice, teacher, dataset, enqueuer):

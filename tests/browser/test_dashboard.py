@@ -289,6 +289,7 @@ def test_the_page_modules_small_functions(page_for, service):
     got = page.evaluate("""async () => {
         const plot = await import('/ui/js/plot.js');
         const job = await import('/ui/js/views/job.js');
+        const jobs = await import('/ui/js/views/jobs.js');
         const form = await import('/ui/js/specform.js');
         const fmt = await import('/ui/js/format.js');
         const many = Array.from({length: 10000}, (_, i) => [i, i * i]);
@@ -313,6 +314,10 @@ def test_the_page_modules_small_functions(page_for, service):
             latencyUntimed: job.latencyText({latency: {target: "onnx-int8", threads: 2, target_speedup: 2,
                 predicted_speedup: 2.01, measured_speedup: null, landing: "skipped (SKILLKD_SPEED_RUNS=0)"}}),
             noLatency: job.latencyText({speed: {}}),
+            latencyGpu: job.latencyText({latency: {target: "cuda", threads: 1, target_speedup: 3,
+                predicted_speedup: 3.1, measured_speedup: 2.95, landing: "skipped (SKILLKD_SPEED_RUNS=0)"}}),
+            targetGpu: jobs.describeTarget({target_speedup: 3, speed_target: "cuda"}),
+            targetCpu: jobs.describeTarget({target_speedup: 4, speed_threads: 2}),
         };
     }""")
     assert got["ticks"] == [0, 0.2, 0.4, 0.6, 0.8, 1]
@@ -331,6 +336,8 @@ def test_the_page_modules_small_functions(page_for, service):
     )
     assert got["latencyUntimed"] == "Speed-up: asked 2× on onnx-int8 (2 threads), predicted 2.01×."
     assert got["noLatency"] is None
+    assert got["latencyGpu"] == "Speed-up: asked 3× on cuda, predicted 3.1×, measured 2.95× in the report."
+    assert got["targetGpu"] == "3× faster (cuda)" and got["targetCpu"] == "4× faster (cpu, 2 threads)"
 
 
 def test_a_fine_tuned_teachers_job_says_what_its_student_kept(page_for, service, inputs, tmp_path):

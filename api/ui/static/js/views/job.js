@@ -497,8 +497,9 @@ export function latencyText(report) {
   const l = report && report.latency;
   if (!l || typeof l.target_speedup !== "number") return null;
   const x = (v) => `${fmt.num(v, 3)}×`;
-  const threads = `${l.threads} thread${l.threads === 1 ? "" : "s"}`;
-  const parts = [`asked ${x(l.target_speedup)} on ${l.target} (${threads})`];
+  // a GPU's time does not depend on the host's threads (core.spec.target_words)
+  const where = l.target === "cuda" ? "cuda" : `${l.target} (${l.threads} thread${l.threads === 1 ? "" : "s"})`;
+  const parts = [`asked ${x(l.target_speedup)} on ${where}`];
   if (typeof l.predicted_speedup === "number") parts.push(`predicted ${x(l.predicted_speedup)}`);
   const landing = l.landing;
   if (landing && typeof landing.measured_speedup === "number") {

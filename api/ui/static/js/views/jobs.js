@@ -159,7 +159,12 @@ export function describeTarget(spec) {
   if (spec.target_params) parts.push(`${fmt.si(spec.target_params)} params`);
   if (spec.target_macs) parts.push(`${fmt.si(spec.target_macs)} MACs/s`);
   if (spec.macs_sparsity) parts.push(`MACs −${fmt.percent(spec.macs_sparsity, 0)}`);
-  if (spec.target_speedup) parts.push(`${fmt.num(spec.target_speedup, 3)}× faster (${spec.speed_target || "cpu"}, ${spec.speed_threads || 1} thread${(spec.speed_threads || 1) > 1 ? "s" : ""})`);
+  if (spec.target_speedup) {
+    const target = spec.speed_target || "cpu";
+    const threads = spec.speed_threads || 1;
+    const where = target === "cuda" ? target : `${target}, ${threads} thread${threads > 1 ? "s" : ""}`;
+    parts.push(`${fmt.num(spec.target_speedup, 3)}× faster (${where})`);
+  }
   if (spec.sparsity || !parts.length) parts.push(`sparsity ${fmt.percent(spec.sparsity ?? 0.75, 0)}`);
   return parts.join(" + ");
 }
