@@ -227,7 +227,8 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
 def time_measured_landing(latency: dict[str, Any] | None) -> float:
     """What finalize's timing of a latency budget (core.finalize.measured) will take: the teacher and every
     candidate student (about the target's time each, by the cost model) passed WARMUP + runs times; 0 without
-    a latency budget or with SKILLKD_SPEED_RUNS=0."""
+    a latency budget or with SKILLKD_SPEED_RUNS=0. Its first session only: a second one, timed when the
+    first one's candidates all missed the target on one side, adds about as much again."""
     runs = landing_runs()
     if latency is None or runs == 0:
         return 0.0

@@ -13,7 +13,11 @@ the pruning becomes physical:
    whose speed drifts from one minute to the next (this project's shared machine: the teacher's time moved
    0.46-0.64 s within half an hour) moves all of them alike;
 3. the least pruned candidate that measured at least the target (less the landing's 0.5% tolerance) is kept
-   (the target is a floor: "4x faster" means at least 4x); when none did, the fastest one.
+   (the target is a floor: "4x faster" means at least 4x);
+4. when the candidates all measured on one side of the target (none fast enough, or even the least pruned
+   one), the cost model is off by more than their span (version-3 fits read 4x-predicted students at 3.1x):
+   a second session times SECOND_SESSION around the factor the edge candidate points at and decides (the
+   least pruned there that measured the target; else, too slow, the fastest there; else the first choice).
 
 A timing during which other processes kept BUSY_CORES or more busy judges nothing (one other training job on
 a 2-core machine read a 3.94x student as 3.37-3.74x): the cost model's landing stands and the record says
