@@ -79,14 +79,15 @@ def _landed_on(
     budgets: list[Budget],
     cost_model: CostModel,
     target_speedup: float,
+    index: int,
     factors: Sequence[float],
     landed: Sequence[torch.Tensor | None],
     seconds: float,
     teacher_predicted: float,
 ) -> tuple[list[list[torch.Tensor | None]], list[dict[str, Any]]]:
-    """The student landed on each of `factors` x `target_speedup` predicted (from the cost model's landing,
-    `landed`; factor 1.0 is that landing itself): the masks' states and a row per factor."""
-    index = next(i for i, b in enumerate(budgets) if b.kind == "latency")
+    """The student landed on each of `factors` x `target_speedup` predicted (`budgets[index]` the latency
+    budget; from the cost model's landing, `landed`; factor 1.0 is that landing itself): the masks' states and
+    a row per factor."""
     states: list[list[torch.Tensor | None]] = []
     rows: list[dict[str, Any]] = []
     for factor in factors:
@@ -128,6 +129,20 @@ def _timed(
         row["student_s"] = student_s
         row["measured_speedup"] = teacher_s / student_s
     return {"teacher_s": teacher_s, "other_cores": busy["other_cores"], "candidates": len(rows)}
+
+
+def _busy(session: dict[str, Any]) -> bool:
+    """Whether other processes kept BUSY_CORES or more busy during a session's timing."""
+    return session["other_cores"] is not None and session["other_cores"] >= BUSY_CORES
+
+
+def _fast_enough(rows: Sequence[dict[str, Any]], floor: float) -> list[int]:
+    """The candidates (indices, least pruned first) that measured `floor` or more."""
+    return [i for i, row in enumerate(rows) if row["measured_speedup"] >= floor]
+
+
+def _fastest(rows: Sequence[dict[str, Any]]) -> int:
+    return max(range(len(rows)), key=lambda i: rows[i]["measured_speedup"])
 
 
 def _inversions(rows: Sequence[dict[str, Any]]) -> int:
@@ -182,52 +197,58 @@ def land_measured(
     landed = _overrides(student)  # the cost model's landing
     factors = sorted(set(candidates))
     states, rows = _landed_on(
-        student, budgets, cost_model, target_speedup, factors, landed, seconds, teacher_predicted
+        student, budgets, cost_model, target_speedup, latency[0], factors, landed, seconds, teacher_predicted
     )
     sessions = [_timed(student, teacher, states, rows, timer, load, 1)]
     # the floor, less the landing's own tolerance: a clock that agrees with the cost model keeps its landing
     floor = target_speedup * (1.0 - TOLERANCE)
-    fast_enough = [i for i, row in enumerate(rows) if row["measured_speedup"] >= floor]
-    others = sessions[0]["other_cores"]
-    if others is not None and others >= BUSY_CORES:
+    fast_enough = _fast_enough(rows, floor)
+    if _busy(sessions[0]):
         kept = factors.index(1.0)
         reason = (
-            f"the CPU was busy (other processes kept {others:.2f} cores busy during the timing): the cost "
-            "model's landing stands"
+            f"the CPU was busy (other processes kept {sessions[0]['other_cores']:.2f} cores busy during the "
+            "timing): the cost model's landing stands"
         )
     else:
         if fast_enough:
             kept = fast_enough[0]  # the least pruned that is fast enough
             reason = "the least pruned candidate that measured at least the target"
         else:
-            kept = max(range(len(rows)), key=lambda i: rows[i]["measured_speedup"])
+            kept = _fastest(rows)
             reason = "no candidate measured the target: the fastest one"
-        missed = "slow" if not fast_enough else "fast" if fast_enough[0] == 0 else None
-        if missed is not None:  # every candidate on one side of the target: a second session around it
-            edge = rows[-1] if missed == "slow" else rows[0]
-            factors2 = _second_factors(edge, target_speedup)
+        too_slow = not fast_enough
+        if too_slow or fast_enough[0] == 0:  # every candidate on one side of the target: a second session
+            first = "too slow" if too_slow else "fast enough"
+            edge = rows[-1] if too_slow else rows[0]
             states2, rows2 = _landed_on(
-                student, budgets, cost_model, target_speedup, factors2, landed, seconds, teacher_predicted
+                student,
+                budgets,
+                cost_model,
+                target_speedup,
+                latency[0],
+                _second_factors(edge, target_speedup),
+                landed,
+                seconds,
+                teacher_predicted,
             )
             second = _timed(student, teacher, states2, rows2, timer, load, 2)
             sessions.append(second)
             offset = len(rows)
             states, rows = states + states2, rows + rows2
-            reach2 = [i for i, row in enumerate(rows2) if row["measured_speedup"] >= floor]
-            busy2 = second["other_cores"] is not None and second["other_cores"] >= BUSY_CORES
-            if busy2:
+            reach2 = _fast_enough(rows2, floor)
+            if _busy(second):
                 reason += (
-                    f" (a second session, all {'too slow' if missed == 'slow' else 'fast enough'} at first, "
-                    f"was busy: other processes kept {second['other_cores']:.2f} cores busy)"
+                    f" (a second session, all {first} at first, was busy: other processes kept "
+                    f"{second['other_cores']:.2f} cores busy)"
                 )
             elif reach2:
                 kept = offset + reach2[0]
                 reason = (
                     "the least pruned candidate that measured at least the target, in a second session "
-                    f"(every first candidate was {'too slow' if missed == 'slow' else 'fast enough'})"
+                    f"(every first candidate was {first})"
                 )
-            elif missed == "slow":
-                kept = offset + max(range(len(rows2)), key=lambda i: rows2[i]["measured_speedup"])
+            elif too_slow:
+                kept = offset + _fastest(rows2)
                 reason = "no candidate measured the target in two sessions: the fastest of the second"
             else:
                 reason += " (a second session, less pruned, measured none fast enough)"
