@@ -10,11 +10,15 @@ never imports the service (the dependency rule is a test).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import core.evaluation.speed as speed
 from core.calibrate.latency import COST_MODEL_FILE, load_cost_model
@@ -60,9 +64,32 @@ def run(
     should_stop: ShouldStop | None = None,
 ) -> PipelineResult:
     """Compress `teacher` on `audio` as `spec` says, in `workdir` (created, or resumed if it exists)."""
-    teacher, audio = Path(teacher), Path(audio)
-    select_device(spec.device)
-    wd = Workdir(Path(workdir), on_event or ignore_event, should_stop or never_stop)
+    with current_gpu(select_device(spec.device)):
+        return _run(spec, Path(teacher), Path(audio), Path(workdir), calibration_audio, on_event, should_stop)
+
+
+@contextlib.contextmanager
+def current_gpu(device: torch.device) -> Iterator[None]:
+    """The job's GPU (`cuda:N`) as the current CUDA device while it runs, so that what names or times "the"
+    GPU (the `cuda` speed target's timer, its cost model's cache key) means the job's; nothing for a job on
+    the CPU, or on `cuda` without an index (the current device already)."""
+    if device.type != "cuda" or device.index is None:
+        yield
+        return
+    with torch.cuda.device(device):
+        yield
+
+
+def _run(
+    spec: CompressionSpec,
+    teacher: Path,
+    audio: Path,
+    workdir: Path,
+    calibration_audio: Path | str | None,
+    on_event: OnEvent | None,
+    should_stop: ShouldStop | None,
+) -> PipelineResult:
+    wd = Workdir(workdir, on_event or ignore_event, should_stop or never_stop)
     batches_per_step = wd.claim(spec, teacher, audio)
 
     start = time.monotonic()

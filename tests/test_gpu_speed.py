@@ -42,3 +42,17 @@ def test_the_cuda_targets_cost_model_is_fitted_on_gpu_timings(tmp_path: Path) ->
     assert all(row["measured_s"] > 0 for row in record["shapes"])
     assert cache_key(teacher, "cuda", 1, 2.0)["gpu"] == torch.cuda.get_device_name()
     assert not next(teacher.parameters()).is_cuda
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_job_on_the_second_gpu_names_and_times_that_one(tmp_path: Path) -> None:
+    from core.calibrate.latency import cache_key, cuda_timer
+    from core.pipeline import current_gpu
+
+    teacher, _ = tiny_pair(tmp_path / "t")
+    with current_gpu(torch.device("cuda:1")):
+        assert cache_key(teacher, "cuda", 1, 2.0)["gpu"] == torch.cuda.get_device_name(1)
+        torch.cuda.reset_peak_memory_stats(1)
+        [seconds] = cuda_timer(2.0, 1, 2)([teacher])
+    assert seconds > 0 and torch.cuda.max_memory_allocated(1) > 0  # the passes ran on the second GPU

@@ -173,8 +173,8 @@ def cpu_timer(seconds: float, threads: int, rounds: int) -> Timer:
 
 
 def cuda_timer(seconds: float, threads: int, rounds: int) -> Timer:
-    """The timer of the `cuda` target: PyTorch fp32 on the current CUDA GPU, batch 1 (`threads` host
-    threads)."""
+    """The timer of the `cuda` target: PyTorch fp32 on the current CUDA GPU (a job's own: the pipeline makes
+    its `cuda:N` current), batch 1 (`threads` host threads)."""
     if timing.gpu_name() is None:
         raise RuntimeError("the cuda speed target needs a CUDA GPU")  # callers check first (SpecError)
     return _torch_timer("cuda", seconds, threads, rounds)

@@ -367,6 +367,35 @@ def test_the_cuda_target_fits_lands_and_measures_on_the_gpu(
     assert fitting.cache_key(teacher, "cpu", 1, 10.0).get("gpu") is None  # a CPU fit's key is as before
 
 
+def test_a_job_on_cuda_n_makes_its_gpu_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What times or names "the" GPU (the cuda target's timer, gpu_name in the cost model's key) reads the
+    current CUDA device: a job on cuda:N holds N current while it runs; on cpu or plain cuda nothing changes
+    (the GPU's context manager is faked: this machine may have none)."""
+    import torch
+
+    from core.pipeline import current_gpu
+
+    entered: list[int] = []
+
+    class FakeDevice:
+        def __init__(self, device: torch.device) -> None:
+            self.index = device.index
+
+        def __enter__(self) -> None:
+            entered.append(self.index)
+
+        def __exit__(self, *exc: object) -> None:
+            entered.append(-1)
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    for name in ("cpu", "cuda"):
+        with current_gpu(torch.device(name)):
+            assert entered == []
+    with current_gpu(torch.device("cuda:1")):
+        assert entered == [1]
+    assert entered == [1, -1]
+
+
 def test_the_cuda_target_on_a_machine_without_a_gpu_is_a_spec_error(
     tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
