@@ -337,7 +337,7 @@ def test_the_page_modules_small_functions(page_for, service):
     assert got["latencyUntimed"] == "Speed-up: asked 2× on onnx-int8 (2 threads), predicted 2.01×."
     assert got["noLatency"] is None
     assert got["latencyGpu"] == "Speed-up: asked 3× on cuda, predicted 3.1×, measured 2.95× in the report."
-    assert got["targetGpu"] == "3× faster (cuda)" and got["targetCpu"] == "4× faster (cpu, 2 threads)"
+    assert got["targetGpu"] == "3× faster on cuda" and got["targetCpu"] == "4× faster on cpu (2 threads)"
 
 
 def test_a_fine_tuned_teachers_job_says_what_its_student_kept(page_for, service, inputs, tmp_path):

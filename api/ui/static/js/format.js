@@ -68,3 +68,12 @@ export function parseTime(iso) {
 export function shortId(id) {
   return id ? id.replace(/^([a-z]+_)[0-9a-f]+([0-9a-f]{9})$/, "$1…$2") : "–";
 }
+
+// A speed target as the engine's messages name it (core.spec.target_words): "cpu (1 thread)",
+// "onnx-int8 (4 threads)", "cuda" (a GPU's time does not depend on the host's threads)
+export function speedTarget(target, threads) {
+  const t = target || "cpu";
+  if (t === "cuda") return t;
+  const n = threads || 1;
+  return `${t} (${n} thread${n === 1 ? "" : "s"})`;
+}

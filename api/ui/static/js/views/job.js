@@ -497,9 +497,7 @@ export function latencyText(report) {
   const l = report && report.latency;
   if (!l || typeof l.target_speedup !== "number") return null;
   const x = (v) => `${fmt.num(v, 3)}×`;
-  // a GPU's time does not depend on the host's threads (core.spec.target_words)
-  const where = l.target === "cuda" ? "cuda" : `${l.target} (${l.threads} thread${l.threads === 1 ? "" : "s"})`;
-  const parts = [`asked ${x(l.target_speedup)} on ${where}`];
+  const parts = [`asked ${x(l.target_speedup)} on ${fmt.speedTarget(l.target, l.threads)}`];
   if (typeof l.predicted_speedup === "number") parts.push(`predicted ${x(l.predicted_speedup)}`);
   const landing = l.landing;
   if (landing && typeof landing.measured_speedup === "number") {

@@ -160,10 +160,7 @@ export function describeTarget(spec) {
   if (spec.target_macs) parts.push(`${fmt.si(spec.target_macs)} MACs/s`);
   if (spec.macs_sparsity) parts.push(`MACs −${fmt.percent(spec.macs_sparsity, 0)}`);
   if (spec.target_speedup) {
-    const target = spec.speed_target || "cpu";
-    const threads = spec.speed_threads || 1;
-    const where = target === "cuda" ? target : `${target}, ${threads} thread${threads > 1 ? "s" : ""}`;
-    parts.push(`${fmt.num(spec.target_speedup, 3)}× faster (${where})`);
+    parts.push(`${fmt.num(spec.target_speedup, 3)}× faster on ${fmt.speedTarget(spec.speed_target, spec.speed_threads)}`);
   }
   if (spec.sparsity || !parts.length) parts.push(`sparsity ${fmt.percent(spec.sparsity ?? 0.75, 0)}`);
   return parts.join(" + ");
