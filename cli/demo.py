@@ -18,7 +18,7 @@ from cli.errors import fail
 from cli.remote import follow
 from cli.server import package_env
 
-# The quick preset's stage 2 is 480 steps (core/spec.py); the demo stops at 160 so the first command of the
+# The quick preset's stage 2 is 960 steps (core/spec.py); the demo stops at 160 so the first command of the
 # README finishes within 5 minutes on an idle 2-core CPU (measured: README, "Quick start"). Stage 1 (the
 # joint pruning) is the preset's whole 200 steps, so the demo student has the preset's size.
 DEMO_STAGE2_STEPS = 160
@@ -48,8 +48,8 @@ DEMO_STAGE2_STEPS = 160
     type=int,
     default=DEMO_STAGE2_STEPS,
     show_default=True,
-    help="Stage 2 of the demo is shorter than the quick preset's 480 steps, so the demo finishes in minutes; "
-    "480 runs the preset as `skillkd compress` does.",
+    help="Stage 2 of the demo is shorter than the quick preset's 960 steps, so the demo finishes in minutes; "
+    "960 runs the preset as `skillkd compress` does.",
 )
 def demo(home: Path, out: Path, port: int, stage1_steps: int | None, stage2_steps: int) -> None:
     """The whole product on one machine: start the embedded service (SQLite, no servers), submit the bundled

@@ -304,7 +304,7 @@ function readText(f, raw) {
   }
 }
 
-/** "quick" recipes -> "stage 1 200 steps, stage 2 480 steps, 6 s of audio per step, speed ±0.2". */
+/** "quick" recipes -> "stage 1 200 steps, stage 2 960 steps, 6 s of audio per step, speed ±0.2". */
 function presetSummary(stages) {
   const [one, two] = [stages.stage1 || {}, stages.stage2 || {}];
   const parts = [`stage 1 ${fmt.count(one.steps)} steps`, `stage 2 ${fmt.count(two.steps)} steps`];
