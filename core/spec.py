@@ -172,7 +172,7 @@ _QUICK: dict[int, dict[str, Any]] = {
 # of both mini teachers (`--target-speedup 4`, 3 seeds, one stage 1 and finalize per seed, probes on tts-dev),
 # 960 steps against 480 lowered PER by 0.85 (hubert-mini: -1.58, -1.05, +0.09) and 0.75 (wavlm-mini: -0.69,
 # -0.98, -0.57) paired by seed, speaker ID -1.20 / +1.68 (bench/results/budgets/README.md, "Stage 2 twice as
-# long"); stage 2 took 539-575 s against 217-239 s, two jobs side by side with one thread each): the
+# long"; stage 2 took 539-575 s against 217-239 s, two jobs side by side with one thread each): the
 # smallest students were still learning at 480.
 # An int8-aware stage 2 ran 960 steps before (twice the preset's 480) and runs the preset's 960 now.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK}
