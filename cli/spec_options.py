@@ -10,6 +10,7 @@ of r0..rL written `0;1-4;5-8;9-12` (the one syntax of both commands).
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -60,6 +61,8 @@ class CountType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
+        if re.fullmatch(r"\s*[+-]?[0-9]+\s*", str(value)):  # a plain integer, negative too: the spec says
+            return int(value)  # what range its field takes (a step count's "-5" is not a malformed size)
         try:
             return parse_param_count(str(value), "a count")
         except ValueError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -163,3 +165,21 @@ def test_recipe_overrides_scale_the_schedule() -> None:
     assert CompressionSpec(preset="paper").recipe(2).steps == 25_000
     short = CompressionSpec(preset="paper", stage1_steps=500).recipe(1)
     assert (short.steps, short.warmup_steps, short.sparsity_warmup_steps) == (500, 150, 50)
+
+
+def test_the_clis_count_options_say_what_is_wrong_with_the_number(tmp_path: Path) -> None:
+    """A negative step count is out of the field's range (the spec says so), not a malformed size; a
+    malformed count still gets the size examples."""
+    from click.testing import CliRunner
+
+    from cli import skillkd
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "a").mkdir()
+    args = ["compress", str(tmp_path / "t"), str(tmp_path / "a"), "--dry-run", "--stage2-steps"]
+    negative = CliRunner().invoke(skillkd, [*args, "-5"])
+    assert negative.exit_code == 2
+    assert "stage2_steps: Input should be greater than or equal to 0" in negative.output
+    assert "24M" not in negative.output and "Traceback" not in negative.output
+    malformed = CliRunner().invoke(skillkd, [*args, "5x"])
+    assert malformed.exit_code == 2 and "cannot read a count from '5x'" in malformed.output
