@@ -4,19 +4,48 @@
 # Every `skillkd compress` / `evaluate` / `export` process gets SIGSTOP before the command and SIGCONT after it,
 # however the command ends. A paused job's own timings (its stage times, its report's speed check) then include
 # the pause: they are not figures. The load average the benchmarks record still counts the paused minute before.
-# the jobs' Python processes only ("bin/skillkd ..."): a pattern on "skillkd compress" alone also matched this
-# script when its own command was a skillkd command, and it stopped itself
-pids=$(pgrep -f "bin/skillkd (compress|evaluate|export)")
+# Matched on "skillkd compress|evaluate|export" anywhere in a command line, so a job still in its launcher
+# (pyenv's shim, `pyenv exec`) is caught too: a pattern on "bin/skillkd ..." alone let one started in the 5 s
+# below run through a timing. This script, what started it (flock, a shell) and what it starts are never
+# matched, whatever their command lines say: a skillkd command given to this script stopped itself once.
+pattern="skillkd (compress|evaluate|export)"
+own=" $$ "
+p=$PPID
+while [ -n "$p" ] && [ "$p" -gt 1 ]; do
+  own="$own$p "
+  p=$(ps -o ppid= -p "$p" | tr -d ' ')
+done
+
+below_me() {  # is $1 this script or started by it (a command substitution's subshell included)?
+  local q=$1
+  while [ -n "$q" ] && [ "$q" -gt 1 ]; do
+    [ "$q" = "$$" ] && return 0
+    q=$(ps -o ppid= -p "$q" 2>/dev/null | tr -d ' ')
+  done
+  return 1
+}
+
+running_jobs() {
+  local found="" q
+  for q in $(pgrep -f "$pattern"); do
+    [[ "$own" == *" $q "* ]] && continue
+    below_me "$q" && continue
+    found="$found $q"
+  done
+  echo "$found"
+}
+
+pids=$(running_jobs)
 trap '[ -n "${pids// /}" ] && kill -CONT $pids 2>/dev/null' EXIT INT TERM
-if [ -n "$pids" ]; then
+if [ -n "${pids// /}" ]; then
   kill -STOP $pids
 fi
 sleep 5
 # a job that started between the first look and the stop (a queue handing this lock over while its next job
 # starts) is stopped too
-late=$(pgrep -f "bin/skillkd (compress|evaluate|export)")
-if [ -n "$late" ]; then
-  kill -STOP $late
+late=$(running_jobs)
+if [ -n "${late// /}" ]; then
+  kill -STOP $late 2>/dev/null
   pids="$pids $late"
 fi
 "$@"
