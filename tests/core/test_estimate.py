@@ -145,3 +145,28 @@ def test_too_few_batches_for_the_data_parallel_ranks_fails(tmp_path: Path, tiny_
     audio = write_audio(tmp_path / "audio", n=3)  # a few 2 s batches per epoch: not enough for 8 ranks
     with pytest.raises(AudioError, match="one optimiser step of 8 batches"):
         estimate(CompressionSpec(**SPEC, gpus=8), tiny_teacher_dir, audio)
+
+
+def test_an_int8_aware_stage_2_is_timed_through_the_rounding_and_its_consistency_pass(
+    tmp_path: Path, tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its steps cost more than plain ones (a second, rounded forward and backward): the dry run times them
+    as the run trains them, and says so; the hooks are gone after."""
+    from core.distill.train import DistillStep
+
+    audio = write_audio(tmp_path / "audio")
+    passes: list[int] = []
+    consistency = DistillStep._int8_consistency
+
+    def counted(self: DistillStep, waveforms, count: int):  # type: ignore[no-untyped-def]
+        passes.append(count)
+        return consistency(self, waveforms, count)
+
+    monkeypatch.setattr(DistillStep, "_int8_consistency", counted)
+    plain = estimate(CompressionSpec(**SPEC, sparsity=0.6), tiny_teacher_dir, audio, timed_steps=2)
+    assert passes == [] and plain["timing"]["stage2"]["int8_aware"] is False
+    aware = estimate(
+        CompressionSpec(**SPEC, sparsity=0.6, int8_aware=True), tiny_teacher_dir, audio, timed_steps=2
+    )
+    assert len(passes) >= 3  # one untimed step and two timed ones, each with its consistency pass
+    assert aware["timing"]["stage2"]["int8_aware"] is True
