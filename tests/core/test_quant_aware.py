@@ -117,18 +117,22 @@ def test_the_spec_refuses_int8_aware_without_stage_2() -> None:
     assert int8_mode_for(on_int8) == "static_conv"
 
 
-def test_an_int8_aware_stage_2_runs_the_presets_steps_the_quick_ones_it_was_measured_at() -> None:
-    """The quick preset's stage 2 (960 steps) is the length an int8-aware stage 2 was measured at (twice
-    the 480 it had; bench/results/int8_aware.md): int8-awareness changes no schedule, --stage2-steps wins."""
-    from core.spec import PRESETS
+def test_an_int8_aware_stage_2_runs_twice_the_presets_steps_unless_the_spec_says() -> None:
+    """Its warmup and checkpoints scale with it, as an explicit --stage2-steps scales them; stage 1 and plain
+    runs keep the preset's schedule; --stage2-steps wins."""
+    from core.spec import INT8_AWARE_STAGE2_FACTOR, PRESETS
 
-    assert PRESETS["quick"][2]["steps"] == 960 and PRESETS["quick"][2]["warmup_steps"] == 96
+    assert INT8_AWARE_STAGE2_FACTOR == 2
     for preset in PRESETS:
         plain, aware = CompressionSpec(preset=preset), CompressionSpec(preset=preset, int8_aware=True)
-        assert aware.recipe(2) == plain.recipe(2) and aware.recipe(1) == plain.recipe(1)
-    # the recipe int8-aware quick runs had when the preset was 480 steps and they ran twice it
-    before = CompressionSpec(int8_aware=True).recipe(2)
-    assert (before.steps, before.warmup_steps, before.checkpoint_every) == (960, 96, 25)
+        base = PRESETS[preset][2]["steps"]
+        assert plain.recipe(2).steps == base
+        assert aware.recipe(2).steps == 2 * base
+        assert aware.recipe(2) == CompressionSpec(preset=preset, stage2_steps=2 * base).recipe(2)
+        assert aware.recipe(1) == plain.recipe(1)
+    # the quick recipe the 1920-step int8-aware students were trained with
+    quick = CompressionSpec(int8_aware=True).recipe(2)
+    assert (quick.steps, quick.warmup_steps, quick.checkpoint_every) == (1920, 192, 25)
     assert CompressionSpec(int8_aware=True, stage2_steps=100).recipe(2).steps == 100
 
 
