@@ -206,8 +206,9 @@ DEFAULT_INT8_AWARE_CONSISTENCY = 0.2
 # the same stage 1s moved it from +1.73 to +1.17 (fp32 PER -1.48, -0.08, -0.12 by seed; SID -1.2), every int8
 # file within the gate either way, its probe-PER rise +2.26 to +2.42 against +2.35 to +2.83
 # (bench/results/budgets/README.md, "int8-aware stage 2 at twice the preset's steps"); the int8-aware
-# students then +1.86 over their teacher, against +2.42 at 960. Stage 2 then takes about five times a plain
-# one on a CPU (twice the steps, each about 2.5 plain ones with its consistency pass).
+# students then +1.86 over their teacher, against +2.42 at 960. Stage 2 then takes 3.7 times a plain one on a
+# CPU (twice the steps, each 1.9 plain ones with its consistency pass: wavlm-mini's dry run on one thread,
+# 0.559 against 0.299 s/step; the whole quick run 22 min against 9).
 INT8_AWARE_STAGE2_FACTOR = 2
 
 
