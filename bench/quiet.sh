@@ -9,18 +9,21 @@
 # below run through a timing. This script, what started it (flock, a shell) and what it starts are never
 # matched, whatever their command lines say: a skillkd command given to this script stopped itself once.
 pattern="skillkd (compress|evaluate|export)"
+
+parent() { ps -o ppid= -p "$1" 2>/dev/null | tr -d ' '; }
+
 own=" $$ "
 p=$PPID
 while [ -n "$p" ] && [ "$p" -gt 1 ]; do
   own="$own$p "
-  p=$(ps -o ppid= -p "$p" | tr -d ' ')
+  p=$(parent "$p")
 done
 
 below_me() {  # is $1 this script or started by it (a command substitution's subshell included)?
   local q=$1
   while [ -n "$q" ] && [ "$q" -gt 1 ]; do
     [ "$q" = "$$" ] && return 0
-    q=$(ps -o ppid= -p "$q" 2>/dev/null | tr -d ' ')
+    q=$(parent "$q")
   done
   return 1
 }
