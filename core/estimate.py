@@ -361,6 +361,7 @@ def _latency_budget(spec: CompressionSpec, inputs: JobInputs) -> dict[str, Any] 
         "mean_abs_relative_error": fit["mean_abs_relative_error"],
         "fit_seconds": 0.0 if document["from_cache"] else fit["fit_seconds"],
         "int8_aware": spec.int8_aware,
+        "margin": spec.speed_margin,
     }
 
 
@@ -497,7 +498,10 @@ def render(result: dict[str, Any]) -> str:
                 if latency["from_cache"]
                 else f"fitted in {latency['fit_seconds']:.1f} s and cached"
             )
-            + f", mean error {100 * latency['mean_abs_relative_error']:.1f}% on its shapes)"
+            + f", mean error {100 * latency['mean_abs_relative_error']:.1f}% on its shapes)",
+            "          finalize keeps the least pruned student timed at "
+            f"{latency['target_speedup'] * (1 + latency['margin']):.3g}x or more on the clock"
+            + (f" (speed_margin {latency['margin']:.0%})" if latency["margin"] else ""),
         ]
         + (
             [

@@ -210,6 +210,10 @@ DEFAULT_INT8_AWARE_CONSISTENCY = 0.2
 # CPU (twice the steps, each 1.9 plain ones with its consistency pass: wavlm-mini's dry run on one thread,
 # 0.559 against 0.299 s/step; the whole quick run 22 min against 9).
 INT8_AWARE_STAGE2_FACTOR = 2
+# A latency budget's landing on the clock keeps a student that measured this much faster than asked: the same
+# files timed again in later quiet tables read 0.84-1.08x of what finalize's timing read (39 readings of 4x
+# students over five sessions' tables, bench/results/budgets/README.md: median 0.985, 11 of 39 under 1/1.05)
+SPEED_MARGIN = 0.05
 
 
 class CompressionSpec(BaseModel):
@@ -258,6 +262,15 @@ class CompressionSpec(BaseModel):
     )
     speed_threads: int = Field(
         default=1, ge=1, le=256, description="CPU threads of speed_target's timings (target_speedup)"
+    )
+    speed_margin: float = Field(
+        default=SPEED_MARGIN,
+        ge=0.0,
+        le=0.5,
+        description="finalize keeps the least pruned student that measured at least target_speedup x "
+        "(1 + speed_margin) on the clock: a margin for the machine's drift between that timing and a later "
+        "one (later quiet timings of the same students read 0.84-1.08x of it on this project's hosts); 0 "
+        "keeps the least pruned one that measured the target itself",
     )
     clusters: int | Literal["auto"] | list[list[int]] = Field(
         default=4,

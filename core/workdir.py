@@ -62,6 +62,16 @@ class Timings(dict[str, float]):
         return {**stages, "total": round(sum(stages.values()), 3)}
 
 
+def _as_now(saved: Any) -> Any:
+    """A workdir's saved spec as this version reads it: a field added since (`speed_margin`, say) takes its
+    default, so an older run resumes unless something it recorded differs; a spec this version refuses is
+    compared as saved (and differs)."""
+    try:
+        return CompressionSpec.model_validate(saved).model_dump(exclude=EXECUTION_FIELDS)
+    except ValueError:  # pydantic's ValidationError is one
+        return saved
+
+
 class Workdir:
     def __init__(
         self, path: Path, emit: OnEvent = ignore_event, should_stop: ShouldStop = never_stop
@@ -87,7 +97,7 @@ class Workdir:
             path.write_text(json.dumps(current, indent=2))
             return int(current["batches_per_step"])
         previous = json.loads(path.read_text())
-        if previous.get("spec") != current["spec"]:
+        if _as_now(previous.get("spec")) != current["spec"]:
             raise SpecError(f"{self.path} holds a run with a different spec; use a new output directory")
         # a run directory written before the global batch was recorded: the resumed run's split is taken
         # (its checkpoints refuse another one)

@@ -77,6 +77,7 @@ def _land_on_the_clock(
         spec.target_speedup,
         timer,
         seconds=spec.macs_reference_seconds,
+        margin=spec.speed_margin,
         log=log,
     )
 

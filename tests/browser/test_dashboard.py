@@ -311,6 +311,9 @@ def test_the_page_modules_small_functions(page_for, service):
             latency: job.latencyText({latency: {target: "cpu", threads: 1, target_speedup: 4,
                 predicted_speedup: 4.3549, measured_speedup: 4.031,
                 landing: {measured_speedup: 4.0824, candidates: [{}, {}, {}, {}, {}, {}, {}]}}}),
+            latencyMargin: job.latencyText({latency: {target: "cpu", threads: 1, target_speedup: 4,
+                predicted_speedup: 4.5, measured_speedup: 4.25,
+                landing: {measured_speedup: 4.2312, margin: 0.05, candidates: [{}, {}]}}}),
             latencyUntimed: job.latencyText({latency: {target: "onnx-int8", threads: 2, target_speedup: 2,
                 predicted_speedup: 2.01, measured_speedup: null, landing: "skipped (SKILLKD_SPEED_RUNS=0)"}}),
             noLatency: job.latencyText({speed: {}}),
@@ -333,6 +336,10 @@ def test_the_page_modules_small_functions(page_for, service):
     assert got["latency"] == (
         "Speed-up: asked 4× on cpu (1 thread), predicted 4.35×, measured 4.08× when landed (the kept one "
         "of 7 candidates timed), measured 4.03× in the report."
+    )
+    assert got["latencyMargin"] == (
+        "Speed-up: asked 4× on cpu (1 thread), predicted 4.5×, measured 4.23× when landed (the kept one "
+        "of 2 candidates timed, aiming at 4.2× with its 5% margin), measured 4.25× in the report."
     )
     assert got["latencyUntimed"] == "Speed-up: asked 2× on onnx-int8 (2 threads), predicted 2.01×."
     assert got["noLatency"] is None

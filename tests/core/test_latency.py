@@ -354,7 +354,8 @@ def test_the_cuda_target_fits_lands_and_measures_on_the_gpu(
     latency = report["latency"]
     assert latency["target"] == "cuda" and latency["cost_model"]["target"] == "cuda"
     landing = latency["landing"]
-    assert landing["reached_target"] and landing["measured_speedup"] >= 1.5 * 0.995, landing
+    assert landing["reached_target"] and landing["margin"] == spec.speed_margin == 0.05, landing
+    assert landing["measured_speedup"] >= 1.5 * 1.05 * 0.995, landing  # the spec's margin reached finalize
     # the fit (teacher + 10 shapes), finalize's landing (teacher + candidates), the report (teacher, student)
     assert timer.calls == [11, 1 + len(landing["candidates"]), 2]
     assert [threads for _, threads, _ in asked] == [1, 1, 1]
@@ -518,6 +519,31 @@ def test_measured_landing_keeps_the_least_pruned_candidate_the_clock_finds_fast_
     )
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.05, 0.1])
+def test_measured_landing_keeps_a_student_faster_than_asked_by_the_margin(
+    tmp_path: Path, margin: float
+) -> None:
+    """A clock that agrees with the cost model: without a margin the cost model's own landing (1.0x the
+    target) is kept; with one, the least pruned candidate that measured the target x (1 + margin): the 1.05x
+    one for 5%, the 1.1x one for 10%. `reached_target` judges the target itself."""
+    from core.finalize.measured import land_measured
+
+    teacher = load_huggingface(_fine_teacher(tmp_path))
+    model = synthetic_model(teacher)
+    clock = _scaled_clock(model, 1.0)
+    student, budgets = _landed_student(teacher, model, 1.5)
+    record = land_measured(
+        student, teacher, budgets, model, 1.5, clock, seconds=10.0, margin=margin, load=_quiet
+    )
+    rows, kept = record["candidates"], record["kept"]
+    assert rows[kept]["factor"] == 1.0 + margin and record["margin"] == margin, rows[kept]
+    assert record["measured_speedup"] >= 1.5 * (1 + margin) * 0.995 and record["reached_target"]
+    assert all(r["measured_speedup"] < 1.5 * (1 + margin) * 0.995 for r in rows[:kept])
+    assert ("+" in record["reason"]) == (margin > 0), record["reason"]
+    with pytest.raises(ValueError, match="margin"):
+        land_measured(student, teacher, budgets, model, 1.5, clock, seconds=10.0, margin=-0.1, load=_quiet)
+
+
 def _scaled_clock(model: CostModel, factor: float) -> Any:
     """A clock on which every student takes `factor` x the cost model's time and the teacher its own."""
     calls: list[int] = []
@@ -602,7 +628,7 @@ def test_measured_landing_keeps_the_fastest_when_none_reaches_the_target(tmp_pat
     # none in the first session, so a second one (five candidates, its last the fastest): none there either
     assert record["kept"] == 7 + 4 and record["candidates"][11]["session"] == 2
     assert not record["reached_target"]
-    assert record["reason"] == "no candidate measured the target in two sessions: the fastest of the second"
+    assert record["reason"] == "no candidate measured 1.5x in two sessions: the fastest of the second"
     assert record["inversions"] > 0
     with pytest.raises(ValueError, match="latency budget"):
         land_measured(student, teacher, [], model, 1.5, slow, seconds=10.0, load=_quiet)

@@ -236,3 +236,25 @@ def test_a_run_keeps_its_global_batch_when_resumed_on_another_number_of_processe
     other = Workdir(tmp_path / "w2")
     assert other.claim(CompressionSpec(**SPEC, gpus=2, grad_accumulation=2), teacher, audio) == 4
     assert other.claim(CompressionSpec(**SPEC, gpus=4), teacher, audio) == 4
+
+
+def test_a_run_started_before_a_spec_field_existed_resumes_with_its_default(tmp_path: Path) -> None:
+    """A workdir whose job.json predates a field (`speed_margin`, added with a default) resumes with that
+    default; one that recorded another value of it, or a field this version does not know, is refused."""
+    from core.workdir import Workdir
+
+    teacher, audio = tmp_path / "t", tmp_path / "a"
+    spec = CompressionSpec(**SPEC, target_speedup=2.0)
+    wd = Workdir(tmp_path / "w")
+    wd.claim(spec, teacher, audio)
+    path = tmp_path / "w" / "job.json"
+    saved = json.loads(path.read_text())
+    del saved["spec"]["speed_margin"]  # as an older version wrote it
+    path.write_text(json.dumps(saved))
+    wd.claim(spec, teacher, audio)  # resumes
+    with pytest.raises(SpecError, match="different spec"):
+        wd.claim(CompressionSpec(**SPEC, target_speedup=2.0, speed_margin=0.1), teacher, audio)
+    saved["spec"]["a_field_from_elsewhere"] = 1
+    path.write_text(json.dumps(saved))
+    with pytest.raises(SpecError, match="different spec"):
+        wd.claim(spec, teacher, audio)

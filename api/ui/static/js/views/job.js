@@ -502,7 +502,10 @@ export function latencyText(report) {
   const landing = l.landing;
   if (landing && typeof landing.measured_speedup === "number") {
     const n = (landing.candidates || []).length;
-    parts.push(`measured ${x(landing.measured_speedup)} when landed (the kept one of ${n} candidate${n === 1 ? "" : "s"} timed)`);
+    const aim = typeof landing.margin === "number" && landing.margin > 0
+      ? `, aiming at ${x(l.target_speedup * (1 + landing.margin))} with its ${fmt.num(100 * landing.margin, 3)}% margin`
+      : "";
+    parts.push(`measured ${x(landing.measured_speedup)} when landed (the kept one of ${n} candidate${n === 1 ? "" : "s"} timed${aim})`);
   }
   if (typeof l.measured_speedup === "number") parts.push(`measured ${x(l.measured_speedup)} in the report`);
   return `Speed-up: ${parts.join(", ")}.`;
