@@ -285,6 +285,12 @@ def test_the_dry_run_says_the_latency_budget(
     assert "latency:  1.5x faster than the teacher on cpu (1 thread)" in text and "cached" in text
     assert "targets:  latency alone (below)" in text
     assert "--int8-aware" not in text
+    assert (
+        "finalize keeps the least pruned student timed at 1.58x or more on the clock (speed_margin 5%)"
+        in text
+    )
+    result["latency"]["margin"] = 0.0
+    assert "timed at 1.5x or more on the clock\n" in render(result)
 
     import core.estimate as estimating
 
