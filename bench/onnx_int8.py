@@ -15,7 +15,7 @@ Recipes (onnxruntime.quantization; calibration on the job's audio as the export 
 - dynamic, static, static_conv: the export's modes (`core.export.onnx.quantize_int8`): MatMul/Gemm weights
   int8 with activations quantised per call; QDQ over MatMul/Gemm (int8 activations, calibrated); QDQ with
   uint8 activations and per-channel int8 weights over every Conv but the first (on the raw waveform) and every
-  MatMul/Gemm with a weight
+  MatMul/Gemm
 - static_conv_first_too: static_conv with the first conv quantised as well
 - static_conv_s8s8: static_conv with int8 activations
 - static_conv_qoperator: static_conv in the QOperator format (QLinearConv / QLinearMatMul nodes)
@@ -26,8 +26,8 @@ Recipes (onnxruntime.quantization; calibration on the job's audio as the export 
   shapes kept, with which onnxruntime fuses SkipLayerNormalization, slow on one thread)
 - static_conv_keep_shapes: static_conv with its GELUs fused but its inferred shapes kept
 - static_conv_convs_only: static_conv without the MatMul/Gemm (the transformer stays fp32)
-- static_conv_attention_too: static_conv as it was until 2026-12-07, attention's products of two
-  activations (queries x keys, probabilities x values) quantised too
+- static_conv_attention_fp32: static_conv with attention's products of two activations (queries x keys,
+  probabilities x values: int8-aware training does not round them) left in fp32
 The other variants of static_conv are tuned as it is.
 """
 
@@ -51,7 +51,6 @@ from core.export.for_users import held_out_audio
 from core.export.onnx import (
     CalibrationReader,
     TorchHiddenStates,
-    activation_matmuls,
     check_batches,
     compare_outputs,
     export_onnx,
@@ -75,7 +74,7 @@ RECIPES = (
     "static_conv_untuned",
     "static_conv_keep_shapes",
     "static_conv_convs_only",
-    "static_conv_attention_too",
+    "static_conv_attention_fp32",
 )
 
 
@@ -100,12 +99,10 @@ def quantize(
             "weight_type": QuantType.QInt8,
             "per_channel": True,
             "op_types_to_quantize": ["Conv", "MatMul", "Gemm"],
-            "nodes_to_exclude": [*first_conv(prepared), *activation_matmuls(prepared)],
+            "nodes_to_exclude": first_conv(prepared),
         }
         if recipe == "static_conv_first_too":
-            options["nodes_to_exclude"] = activation_matmuls(prepared)
-        elif recipe == "static_conv_attention_too":
-            options["nodes_to_exclude"] = first_conv(prepared)
+            options["nodes_to_exclude"] = []
         elif recipe == "static_conv_s8s8":
             options["activation_type"] = QuantType.QInt8
         elif recipe == "static_conv_qoperator":
@@ -113,7 +110,9 @@ def quantize(
         elif recipe == "static_conv_global_range":
             pass  # the global min / max over the calibration utterances (static_conv before 2026-12-06)
         elif recipe == "static_conv_keep_fp32":
-            options["nodes_to_exclude"] = [*options["nodes_to_exclude"], keep_fp32]
+            options["nodes_to_exclude"] = [*first_conv(prepared), keep_fp32]
+        elif recipe == "static_conv_attention_fp32":
+            options["nodes_to_exclude"] = [*first_conv(prepared), *activation_matmuls(prepared)]
         elif recipe == "static_conv_convs_only":
             options["op_types_to_quantize"] = ["Conv"]
         elif recipe not in ("static_conv_untuned", "static_conv_keep_shapes"):
@@ -123,6 +122,19 @@ def quantize(
         quantize_static(str(prepared), str(dst), CalibrationReader(calib), **options)  # type: ignore[arg-type]
     if recipe != "static_conv_untuned":
         tune_static_conv(dst, drop_shapes=recipe != "static_conv_keep_shapes")
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """The graph's MatMul nodes with no weight among their inputs: attention's scores and context."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    weights |= {out for n in graph.node if n.op_type == "Constant" for out in n.output}
+    for node in graph.node:  # a weight reached through a Transpose (or a Cast) of one is a weight too
+        if node.op_type in ("Transpose", "Cast", "Identity") and node.input and node.input[0] in weights:
+            weights.update(node.output)
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
 
 
 def student_of_shape(teacher: Path, report: Path) -> Any:

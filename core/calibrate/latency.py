@@ -54,10 +54,8 @@ MIN_KEEP = 0.02
 # both mini teachers, which keep no head at all, measured 3.1x where it predicted 4.0x
 FIT_VERSION = 4
 # in the key of a target that times int8 files: fits that timed static_conv files before their tuning for
-# onnxruntime (`core.export.onnx.tune_static_conv`, version 2) or with attention's products of two
-# activations quantised (`core.export.onnx.activation_matmuls`, version 3) are not reused; other targets'
-# keys unchanged
-INT8_FILE_VERSIONS = {"onnx-int8": 3}
+# onnxruntime (`core.export.onnx.tune_static_conv`, version 2) are not reused; other targets' keys unchanged
+INT8_FILE_VERSIONS = {"onnx-int8": 2}
 SHAPES_ENV = "SKILLKD_LATENCY_SHAPES"
 ROUNDS_ENV = "SKILLKD_LATENCY_ROUNDS"
 CACHE_ENV = "SKILLKD_CACHE_DIR"

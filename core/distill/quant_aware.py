@@ -1,9 +1,8 @@
 """int8-aware final distillation: stage 2 trains the fixed student through its int8 export's rounding.
 
 The int8 export that pays on a CPU (`core.export.onnx.quantize_int8`, mode `static_conv`) quantises the input
-and output of every conv but the first (on the raw waveform) and of every MatMul/Gemm with a weight (the
-Linears; attention's products of two activations stay fp32) to uint8, one scale per tensor, calibrated on the
-job's audio. The conv front end's activations are heavy-tailed after GELU (median 0,
+and output of every conv but the first (on the raw waveform) and of every MatMul/Gemm to uint8, one scale per
+tensor, calibrated on the job's audio. The conv front end's activations are heavy-tailed after GELU (median 0,
 max ~25 on hubert-mini), so one scale per tensor leaves most of their values one or two steps wide and the
 features drift below the int8 gate (bench/results/onnx_int8.md). Here the same rounding is simulated in
 stage 2 ("fake quantisation", straight-through gradients): every such tensor is quantised and dequantised as

@@ -220,23 +220,6 @@ def first_conv(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Conv"][:1]
 
 
-def activation_matmuls(path: Path) -> list[str]:
-    """The MatMul nodes of the graph with no weight among their inputs: attention's scores (queries x keys)
-    and context (probabilities x values). static_conv leaves them in fp32: int8-aware training rounds what
-    enters and leaves each Linear and Conv, not these products, and uint8 per tensor rounds most attention
-    probabilities over a long utterance (about 1 / frames each, a step of 1 / 255) to 0."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    weights = {i.name for i in graph.initializer}
-    weights |= {out for n in graph.node if n.op_type == "Constant" for out in n.output}
-    # a weight reached through a Transpose (or a Cast) of one is a weight too
-    for node in graph.node:
-        if node.op_type in ("Transpose", "Cast", "Identity") and node.input and node.input[0] in weights:
-            weights.update(node.output)
-    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights & set(n.input)]
-
-
 def int8_mode_for(spec: dict[str, Any] | None) -> str:
     """The int8 mode a model's export uses by default: `static_conv` for a student trained int8-aware (its
     spec's `int8_aware`: it learned features that survive the conv front end's rounding) or budgeted for
@@ -264,9 +247,8 @@ def quantize_int8(
 ) -> None:
     """int8 weights: `dynamic` (MatMul/Gemm weights int8, activations quantised per call), `static` (QDQ over
     MatMul/Gemm, activation ranges calibrated on `calibration` inputs) or `static_conv` (QDQ over every Conv
-    but the first, on the raw waveform, and every MatMul/Gemm with a weight, attention's products of two
-    activations left in fp32 (`activation_matmuls`): uint8 activations, int8 weights per output channel,
-    calibrated). Only `static_conv` is faster than fp32 on a pruned student on x86 CPUs (its conv
+    but the first, on the raw waveform, and every MatMul/Gemm: uint8 activations, int8 weights per output
+    channel, calibrated). Only `static_conv` is faster than fp32 on a pruned student on x86 CPUs (its conv
     front end holds most of the time; `dynamic` is 1.00x there, 1.20x on the unpruned teacher): 1.89x on a
     4x latency student of wavlm-mini over fp32 ONNX on one thread, once `tune_static_conv` has fused its
     GELUs and dropped its inferred shapes (1.54x without); but the front end's activations are heavy-tailed
@@ -301,7 +283,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["Conv", "MatMul", "Gemm"] if conv else ["MatMul", "Gemm"],
-            nodes_to_exclude=[*first_conv(prepared), *activation_matmuls(prepared)] if conv else [],
+            nodes_to_exclude=first_conv(prepared) if conv else [],
             extra_options={"CalibMovingAverage": True} if conv else {},
         )
         if conv:
@@ -405,9 +387,9 @@ def onnx_timer(seconds: float, threads: int, rounds: int) -> Timer:
 def onnx_int8_timer(seconds: float, threads: int, rounds: int) -> Timer:
     """The timer of the `onnx-int8` target: as `onnx_timer`, each fp32 file then quantised as the int8
     export of an int8-aware student is (`static_conv`: QDQ over every Conv but the first and every
-    MatMul/Gemm with a weight, per-channel int8 weights; the only int8 mode faster than fp32 on a pruned
-    student), and the int8 files timed. The teacher is timed in int8 too: a speed-up on this target is int8
-    student over int8 teacher (over the teacher's fp32 ONNX it is larger: bench/results/onnx_int8.md)."""
+    MatMul/Gemm, per-channel int8 weights; the only int8 mode faster than fp32 on a pruned student), and the
+    int8 files timed. The teacher is timed in int8 too: a speed-up on this target is int8 student over int8
+    teacher (over the teacher's fp32 ONNX it is larger: bench/results/onnx_int8.md)."""
     return _onnx_files_timer(seconds, threads, rounds, "static_conv")
 
 
