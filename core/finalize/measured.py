@@ -16,7 +16,7 @@ the pruning becomes physical:
    default), less the landing's 0.5% tolerance, is kept (the target is a floor: "4x faster" means at least 4x,
    and the margin is for the machine's drift: the same files read 0.84-1.08x of their landing's speed-up in
    later quiet tables on this project's hosts);
-4. when the candidates all measured on one side of the target (none fast enough, or even the least pruned
+4. when the candidates all measured on one side of that aim (none fast enough, or even the least pruned
    one), the cost model is off by more than their span (version-3 fits read 4x-predicted students at 3.1x):
    a second session times SECOND_SESSION around the factor the edge candidate points at and decides (the
    least pruned there that measured the target; else, too slow, the fastest there; else the first choice).
