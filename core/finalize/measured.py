@@ -208,14 +208,13 @@ def land_measured(
     sessions = [_timed(student, teacher, states, rows, timer, load, 1)]
     # the aim (the floor and its margin), less the landing's own tolerance: a clock that agrees with the cost
     # model keeps its landing
-    aim = target_speedup * (1.0 + margin) * (1.0 - TOLERANCE)
+    aim_speedup = target_speedup * (1.0 + margin)
+    aim = aim_speedup * (1.0 - TOLERANCE)
     floor = target_speedup * (1.0 - TOLERANCE)
     fast_enough = _fast_enough(rows, aim)
-    aimed = (
-        f"{target_speedup:g}x"
-        if margin == 0
-        else f"{target_speedup:g}x + {margin:.0%} ({target_speedup * (1 + margin):.3g}x)"
-    )
+    aimed = f"{target_speedup:g}x"
+    if margin:
+        aimed += f" + {margin:.0%} ({aim_speedup:.3g}x)"
     if _busy(sessions[0]):
         kept = factors.index(1.0)
         reason = (
@@ -230,7 +229,7 @@ def land_measured(
             kept = _fastest(rows)
             reason = f"no candidate measured {aimed}: the fastest one"
         too_slow = not fast_enough
-        if too_slow or fast_enough[0] == 0:  # every candidate on one side of the target: a second session
+        if too_slow or fast_enough[0] == 0:  # every candidate on one side of the aim: a second session
             first = "too slow" if too_slow else "fast enough"
             edge = rows[-1] if too_slow else rows[0]
             states2, rows2 = _landed_on(
