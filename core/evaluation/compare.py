@@ -157,6 +157,14 @@ def _report_speedup(report: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
+def _paired(mine: list[dict[str, Any]], runs: list[dict[str, Any]], task: str, key: str) -> list[float]:
+    """Each of `mine`'s `task` `key` less the teacher's probed with the same seed: the difference a seed's
+    probe split and initialisation share, which the two groups' spreads alone would count twice. Runs whose
+    seed the teacher was not probed with are left out."""
+    teacher = {run["seed"]: run[task][key] for run in runs if run["group"] == "teacher" and task in run}
+    return [run[task][key] - teacher[run["seed"]] for run in mine if task in run and run["seed"] in teacher]
+
+
 def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     mine = [run for run in runs if run["group"] == group]
     per = [run["pr"]["per"] for run in mine if "pr" in run]
@@ -168,6 +176,8 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     speedups = [run["speedup_cpu_1_thread"] for run in mine if run.get("speedup_cpu_1_thread") is not None]
     per_mean, per_std = _mean_std(per)
     acc_mean, acc_std = _mean_std(acc)
+    per_diff = _mean_std(_paired(mine, runs, "pr", "per")) if group != "teacher" else (None, None)
+    acc_diff = _mean_std(_paired(mine, runs, "sid", "accuracy")) if group != "teacher" else (None, None)
     return {
         "model": group,
         "runs": len(mine),
@@ -176,6 +186,11 @@ def _aggregate(group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "per_std": per_std,
         "sid_accuracy_mean": acc_mean,
         "sid_accuracy_std": acc_std,
+        # minus the teacher's, paired by probe seed (None for the teacher itself)
+        "per_vs_teacher_mean": per_diff[0],
+        "per_vs_teacher_std": per_diff[1],
+        "sid_accuracy_vs_teacher_mean": acc_diff[0],
+        "sid_accuracy_vs_teacher_std": acc_diff[1],
         "macs_per_second": statistics.fmean(run["macs_per_second"] for run in mine),
         "rtf_cpu": _mean_std(rtf)[0],
         "rtf_cuda": _mean_std(gpu)[0],
@@ -399,8 +414,10 @@ def compare(
 # Report files
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    return "—" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:{'+' if signed else ''}.2f} ± {100 * (std or 0.0):.2f}"
 
 
 def _budget_text(comparison: dict[str, Any]) -> str:
@@ -421,10 +438,9 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         f"({data['train_utterances']} utterances) and scored on `{data['test_split']}` "
         f"({data['test_utterances']} utterances). Mean ± standard deviation over seeds.",
         "",
-        "| model | params | PER % ↓ | SID acc % ↑ | MACs / s of audio | speed-up, 1 thread | CPU RTF | GPU "
-        "RTF "
-        "| CKA to teacher |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params | PER % ↓ | SID acc % ↑ | PER − teacher | SID − teacher | MACs / s of audio "
+        "| speed-up, 1 thread | CPU RTF | GPU RTF | CKA to teacher |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in comparison["rows"]:
         rtf, gpu = format_rtf(row["rtf_cpu"]), format_rtf(row["rtf_cuda"])
@@ -434,11 +450,16 @@ def render_comparison(comparison: dict[str, Any]) -> str:
         lines.append(
             f"| {row['model']} | {format_count(row['params'])} | {_pm(row['per_mean'], row['per_std'])} | "
             f"{_pm(row['sid_accuracy_mean'], row['sid_accuracy_std'])} | "
+            f"{_pm(row.get('per_vs_teacher_mean'), row.get('per_vs_teacher_std'), signed=True)} | "
+            f"{_pm(row.get('sid_accuracy_vs_teacher_mean'), row.get('sid_accuracy_vs_teacher_std'), True)} | "
             f"{format_count(row['macs_per_second'])} | "
             f"{faster} | {rtf} | {gpu} | {cka} |"
         )
     lines += [
         "",
+        "PER − teacher, SID − teacher: each student run less the teacher probed with the same seed (the "
+        "same probe initialisation and order), mean ± standard deviation of those differences over seeds, "
+        "in points.",
         "CKA to teacher: linear CKA between the teacher's and the student's cluster-mean representations "
         "on the test split, averaged over the student's distillation clusters (per run in comparison.json).",
         "Speed-up: teacher time / student time for 10 s of audio on one CPU thread, the two interleaved in "

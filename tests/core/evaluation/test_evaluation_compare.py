@@ -123,6 +123,12 @@ def test_compare_orchestrates_methods_and_seeds(tmp_path: Path, monkeypatch: pyt
     assert [row["speedup_cpu_1_thread"] for row in result["rows"]] == [None, None, 3.5, 3.5]
     assert "speed-up, 1 thread" in table and "| 3.50× |" in table
     assert json.loads((out / "comparison.json").read_text())["rows"] == result["rows"]
+    # paired by seed a copy of the teacher differs from it by nothing, sd too (unpaired: the seeds' spread)
+    students = [row for row in result["rows"] if row["model"] in ("skill", "dphubert")]
+    assert all(row["per_vs_teacher_mean"] == 0.0 and row["per_vs_teacher_std"] == 0.0 for row in students)
+    assert all(row["sid_accuracy_vs_teacher_mean"] == 0.0 for row in students)
+    assert result["rows"][0]["per_vs_teacher_mean"] is None  # the teacher itself
+    assert "PER − teacher" in table and "| +0.00 ± 0.00 |" in table
 
     again = compare(
         teacher,
@@ -327,6 +333,33 @@ def test_pipeline_refuses_evaluate_without_phone_labels(tmp_path: Path) -> None:
             audio,
             tmp_path / "w",
         )
+
+
+def test_students_are_paired_with_the_teacher_probed_with_the_same_seed() -> None:
+    from core.evaluation.compare import _aggregate
+
+    def run(group: str, seed: int, per: float, accuracy: float) -> dict[str, Any]:
+        return {
+            "group": group,
+            "seed": seed,
+            "params": 1,
+            "macs_per_second": 1,
+            "speed": {},
+            "pr": {"per": per},
+            "sid": {"accuracy": accuracy},
+        }
+
+    runs = [run("teacher", 0, 0.30, 0.80), run("teacher", 1, 0.26, 0.70), run("teacher", 2, 0.20, 0.60)]
+    runs += [run("skill", 1, 0.29, 0.66), run("skill", 0, 0.31, 0.78)]  # order does not matter
+    runs += [run("dphubert", 3, 0.40, 0.50)]  # a seed the teacher was not probed with: no pair
+    row = _aggregate("skill", runs)
+    assert row["per_vs_teacher_mean"] == pytest.approx((0.01 + 0.03) / 2)
+    assert row["per_vs_teacher_std"] == pytest.approx(2**0.5 * 0.01)  # sample sd of 0.01 and 0.03
+    assert row["sid_accuracy_vs_teacher_mean"] == pytest.approx((-0.02 - 0.04) / 2)
+    assert row["per_mean"] == pytest.approx(0.30)  # the unpaired columns as before
+    # (against the mean of the teacher's three seeds, 0.2533 PER and 0.70 SID, the figures would differ)
+    assert _aggregate("dphubert", runs)["per_vs_teacher_mean"] is None
+    assert _aggregate("teacher", runs)["per_vs_teacher_mean"] is None
 
 
 def test_parse_budgets_reads_a_latency_budget() -> None:
