@@ -78,6 +78,9 @@ def render(out: Path, reference: str | None = None) -> str:
     groups = seed_figures(out)
     teacher = groups.get("teacher", {})
     students = [g for g in groups if g not in ("teacher", "fbank")]
+    if reference and reference not in groups:  # a method's name for its group ("dphubert [target_speedup=4]")
+        named = [g for g in students if g.split(" [")[0] == reference]
+        reference = named[0] if len(named) == 1 else reference
     lines = [f"`{out}`: mean ± sd over seeds (per seed in brackets, seeds {sorted(teacher)})", ""]
     lines += [f"- teacher: PER {_pm(_values(teacher, 'per'))}, SID {_pm(_values(teacher, 'sid'))}"]
     for group in students:
