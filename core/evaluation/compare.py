@@ -158,9 +158,9 @@ def _report_speedup(report: dict[str, Any]) -> float | None:
 
 
 def _paired(mine: list[dict[str, Any]], runs: list[dict[str, Any]], task: str, key: str) -> list[float]:
-    """Each of `mine`'s `task` `key` less the teacher's probed with the same seed: the difference a seed's
-    probe split and initialisation share, which the two groups' spreads alone would count twice. Runs whose
-    seed the teacher was not probed with are left out."""
+    """Each of `mine`'s `task` `key` less the teacher's probed with the same seed (the same probe
+    initialisation and batch order), so that what a seed does to both probes is not counted as a difference
+    between the models. Runs whose seed the teacher was not probed with are left out."""
     teacher = {run["seed"]: run[task][key] for run in runs if run["group"] == "teacher" and task in run}
     return [run[task][key] - teacher[run["seed"]] for run in mine if task in run and run["seed"] in teacher]
 
