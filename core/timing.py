@@ -116,15 +116,22 @@ def other_cores(
 @contextmanager
 def other_load() -> Iterator[dict[str, float | None]]:
     """How many cores the machine's *other* processes kept busy, on average, while the block ran
-    (`other_cores` over the block; this process's own time counts every thread). Yields a dict whose
-    "other_cores" is set when the block ends (None where /proc/stat is missing)."""
+    (`other_cores` over the block; this process's own time counts every thread, and that of the child
+    processes it started and waited for in the block: the fresh-process clock of `core.calibrate.clock`).
+    Yields a dict whose "other_cores" is set when the block ends (None where /proc/stat is missing)."""
     out: dict[str, float | None] = {"other_cores": None}
-    busy, own, start = machine_busy_seconds(), time.process_time(), time.monotonic()
+    busy, own, start = machine_busy_seconds(), _own_cpu_seconds(), time.monotonic()
     try:
         yield out
     finally:
         wall = time.monotonic() - start
-        out["other_cores"] = other_cores(busy, machine_busy_seconds(), time.process_time() - own, wall)
+        out["other_cores"] = other_cores(busy, machine_busy_seconds(), _own_cpu_seconds() - own, wall)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its children that ended and were waited for."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
 
 
 __all__ = ["gpu_name", "machine_busy_seconds", "other_cores", "other_load", "timed_rounds", "torch_threads"]

@@ -665,9 +665,9 @@ def test_measured_landing_does_not_follow_a_busy_clock(tmp_path: Path) -> None:
 
 
 def test_other_load_counts_another_process_and_not_this_one() -> None:
-    """`core.timing.other_load` on the real /proc/stat: this process spinning is not counted; a child
-    process spinning on one core for the whole block is (about one core; the bound leaves room for a busy
-    machine)."""
+    """`core.timing.other_load` on the real /proc/stat: this process spinning is not counted, nor a child it
+    starts and waits for in the block (the fresh-process clock); another process spinning on one core for the
+    whole block is (about one core; the bound leaves room for a busy machine)."""
     import subprocess
     import sys
     import time
@@ -679,11 +679,30 @@ def test_other_load_counts_another_process_and_not_this_one() -> None:
         while time.monotonic() < end:
             pass
     spin = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
-    with other_load() as other:
-        child = subprocess.Popen([sys.executable, "-c", spin])
-        child.wait()
-    assert own["other_cores"] is not None and other["other_cores"] is not None
+    with other_load() as child_of_ours:
+        subprocess.run([sys.executable, "-c", spin], check=True)
+    other_process = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(0.3)\n" + spin])
+    try:
+        with other_load() as other:
+            time.sleep(1.6)  # it spins through the block and is waited for only after
+    finally:
+        other_process.wait()
+    assert None not in (own["other_cores"], child_of_ours["other_cores"], other["other_cores"])
     assert other["other_cores"] - own["other_cores"] > 0.6, (own, other)
+    assert child_of_ours["other_cores"] - own["other_cores"] < 0.4, (own, child_of_ours)
+
+
+def test_the_cpu_clock_times_in_a_fresh_process(tiny_teacher_dir: Path) -> None:
+    """`cpu_timer` times the models in a child process (`core.calibrate.clock`), one positive time per model;
+    a child that fails says so in a RuntimeError."""
+    from core.calibrate import clock
+
+    teacher = load_huggingface(tiny_teacher_dir)
+    shape = random_shapes(teacher, 1, seed=2)[0]
+    times = fitting.cpu_timer(1.0, 1, 3)([teacher, shape])
+    assert len(times) == 2 and all(t > 0 for t in times)
+    with pytest.raises(RuntimeError, match="in a fresh process failed"):
+        clock.time_in_fresh_process([teacher], 1.0, 1, 0)  # no timed rounds: the child refuses
 
 
 def _pruned_copy(student: SpeechEncoder) -> SpeechEncoder:

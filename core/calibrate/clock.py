@@ -1,0 +1,86 @@
+"""The CPU clock of the latency cost model and of finalize: models timed in a fresh Python process.
+
+A job's own process is not a neutral clock. Finalize run on the same stage 1 result timed the teacher about
+13% faster and the pruned candidates about 15% slower when stage 1 had trained in that process than when the
+process had only loaded stage 1's result (bench/results/budgets/README.md, held-out section), so a latency
+landing in a job kept students 15-25% more pruned than a clean clock asked for. The cause inside the process
+was not found; this module takes the process out of the measurement: the models are pickled into a private
+temporary directory and timed by `python -m core.calibrate.clock` in a new interpreter, with
+`OMP_NUM_THREADS` set to the timed thread count, by the same protocol as before (`core.timing.timed_rounds`:
+interleaved rounds over one utterance, median per model).
+
+The pickle is this process's own file in a directory only this user can read (`tempfile.mkdtemp`), read back
+by the child it starts, and deleted after; nothing else is ever loaded with `weights_only=False` here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from core.models import SpeechEncoder
+from core.timing import timed_rounds, torch_threads
+
+# What the child may take at most (seconds) beyond its own timing, for the interpreter and torch to start.
+START_SECONDS = 120.0
+
+
+def time_in_place(models: list[SpeechEncoder], seconds: float, threads: int, rounds: int) -> list[float]:
+    """Median seconds per forward pass of each model on the CPU with `threads` threads, interleaved rounds
+    over one `seconds`-long utterance, in this process."""
+    named = {f"m{i}": m for i, m in enumerate(models)}
+    with torch_threads(threads):
+        rate = models[0].config.sample_rate
+        times = timed_rounds(named, sample_rate=rate, device="cpu", seconds=seconds, runs=rounds, warmup=1)
+    return [statistics.median(times[name]) for name in named]
+
+
+def time_in_fresh_process(
+    models: list[SpeechEncoder], seconds: float, threads: int, rounds: int
+) -> list[float]:
+    """`time_in_place` in a new Python process (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="skillkd-clock-") as tmp:
+        path = Path(tmp) / "models.pt"
+        torch.save(list(models), path)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        command = [sys.executable, "-m", "core.calibrate.clock", str(path), str(seconds), str(threads)]
+        limit = START_SECONDS + 60.0 * max(seconds, 1.0) * (max(rounds, 0) + 1) * len(models)
+        try:
+            done = subprocess.run(
+                [*command, str(rounds)], env=env, capture_output=True, text=True, timeout=limit, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            failed = f"timing the models in a fresh process failed: no answer in {limit:.0f} s"
+            raise RuntimeError(failed) from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"timing the models in a fresh process failed: {last}")
+    times = json.loads(done.stdout.strip().splitlines()[-1])
+    if len(times) != len(models):
+        raise RuntimeError(f"the timing process returned {len(times)} times for {len(models)} models")
+    return [float(t) for t in times]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="time pickled models (core.calibrate.clock's child)")
+    parser.add_argument("models", type=Path)
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("threads", type=int)
+    parser.add_argument("rounds", type=int)
+    args = parser.parse_args(argv)
+    models = torch.load(args.models, map_location="cpu", weights_only=False)  # our own file: see above
+    print(json.dumps(time_in_place(models, args.seconds, args.threads, args.rounds)))
+
+
+__all__ = ["time_in_fresh_process", "time_in_place"]
+
+if __name__ == "__main__":
+    main()
