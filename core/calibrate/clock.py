@@ -33,13 +33,16 @@ from core.timing import timed_rounds, torch_threads
 START_SECONDS = 120.0
 
 
-def time_in_place(models: list[SpeechEncoder], seconds: float, threads: int, rounds: int) -> list[float]:
-    """Median seconds per forward pass of each model on the CPU with `threads` threads, interleaved rounds
-    over one `seconds`-long utterance, in this process."""
+def time_in_place(
+    models: list[SpeechEncoder], seconds: float, threads: int, rounds: int, device: str = "cpu"
+) -> list[float]:
+    """Median seconds per forward pass of each model on `device` (the host with `threads` threads),
+    interleaved rounds over one `seconds`-long utterance, in this process; on CUDA each pass is synchronised
+    before and after (`core.timing.timed_rounds`)."""
     named = {f"m{i}": m for i, m in enumerate(models)}
     with torch_threads(threads):
         rate = models[0].config.sample_rate
-        times = timed_rounds(named, sample_rate=rate, device="cpu", seconds=seconds, runs=rounds, warmup=1)
+        times = timed_rounds(named, sample_rate=rate, device=device, seconds=seconds, runs=rounds, warmup=1)
     return [statistics.median(times[name]) for name in named]
 
 

@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import random
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -35,11 +34,10 @@ import torch
 from scipy.optimize import nnls
 
 from core import timing
-from core.calibrate.clock import time_in_fresh_process
+from core.calibrate.clock import time_in_fresh_process, time_in_place
 from core.models import SpeechEncoder, make_student
 from core.models.hardconcrete import HardConcrete
 from core.models.latency import CostModel, conv_groups, feature_names, feature_vector
-from core.timing import timed_rounds, torch_threads
 
 SHAPES = 12  # randomly pruned copies besides the teacher
 ROUNDS = 3  # timed passes of each, after one untimed
@@ -153,18 +151,11 @@ def random_shapes(teacher: SpeechEncoder, n: int, seed: int) -> list[SpeechEncod
 
 
 def _torch_timer(device: str, seconds: float, threads: int, rounds: int) -> Timer:
-    """Median seconds per forward pass of each model in PyTorch fp32 on `device` (the host with `threads`
-    threads), interleaved rounds over one `seconds`-long utterance; on CUDA each pass is synchronised before
-    and after (`core.timing.timed_rounds`)."""
+    """Median seconds per forward pass of each model in PyTorch fp32 on `device`, in this process
+    (`core.calibrate.clock.time_in_place`)."""
 
     def timer(models: list[SpeechEncoder]) -> list[float]:
-        named = {f"m{i}": m for i, m in enumerate(models)}
-        with torch_threads(threads):
-            rate = models[0].config.sample_rate
-            times = timed_rounds(
-                named, sample_rate=rate, device=device, seconds=seconds, runs=rounds, warmup=1
-            )
-        return [statistics.median(times[name]) for name in named]
+        return time_in_place(list(models), seconds, threads, rounds, device=device)
 
     return timer
 
