@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -128,10 +132,39 @@ def other_load() -> Iterator[dict[str, float | None]]:
         out["other_cores"] = other_cores(busy, machine_busy_seconds(), _own_cpu_seconds() - own, wall)
 
 
+def json_from_fresh_process(module: str, args: list[str], threads: int, limit_s: float, what: str) -> Any:
+    """Run `python -m module *args` in a new interpreter with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set to
+    `threads`, and return the JSON its last line of output holds: the clocks of the cost model and of
+    finalize time models there, since a job's own process is not a neutral clock (`core.calibrate.clock`).
+    A child that fails, answers nothing in `limit_s` seconds or prints no JSON raises a RuntimeError that
+    says `what` failed and the child's last line of error (never its traceback)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [sys.executable, "-m", module, *args]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{what} in a fresh process failed: no answer in {limit_s:.0f} s") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"{what} in a fresh process failed: {last}")
+    try:
+        return json.loads((done.stdout.strip().splitlines() or [""])[-1])
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"{what} in a fresh process failed: it printed no result") from exc
+
+
 def _own_cpu_seconds() -> float:
     """CPU seconds of this process (every thread) and of its children that ended and were waited for."""
     t = os.times()
     return time.process_time() + t.children_user + t.children_system
 
 
-__all__ = ["gpu_name", "machine_busy_seconds", "other_cores", "other_load", "timed_rounds", "torch_threads"]
+__all__ = [
+    "gpu_name",
+    "json_from_fresh_process",
+    "machine_busy_seconds",
+    "other_cores",
+    "other_load",
+    "timed_rounds",
+    "torch_threads",
+]

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 from core.models import SpeechEncoder
-from core.timing import timed_rounds, torch_threads
+from core.timing import json_from_fresh_process, timed_rounds, torch_threads
 
 # What the child may take at most (seconds) beyond its own timing, for the interpreter and torch to start.
 START_SECONDS = 120.0
@@ -53,22 +50,11 @@ def time_in_fresh_process(
     with tempfile.TemporaryDirectory(prefix="skillkd-clock-") as tmp:
         path = Path(tmp) / "models.pt"
         torch.save(list(models), path)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        command = [sys.executable, "-m", "core.calibrate.clock", str(path), str(seconds), str(threads)]
+        args = [str(path), str(seconds), str(threads), str(rounds)]
         limit = START_SECONDS + 60.0 * max(seconds, 1.0) * (max(rounds, 0) + 1) * len(models)
-        try:
-            done = subprocess.run(
-                [*command, str(rounds)], env=env, capture_output=True, text=True, timeout=limit, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            failed = f"timing the models in a fresh process failed: no answer in {limit:.0f} s"
-            raise RuntimeError(failed) from exc
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(f"timing the models in a fresh process failed: {last}")
-    times = json.loads(done.stdout.strip().splitlines()[-1])
-    if len(times) != len(models):
-        raise RuntimeError(f"the timing process returned {len(times)} times for {len(models)} models")
+        times = json_from_fresh_process("core.calibrate.clock", args, threads, limit, "timing the models")
+    if not isinstance(times, list) or len(times) != len(models):
+        raise RuntimeError(f"the timing process returned {times!r} for {len(models)} models")
     return [float(t) for t in times]
 
 

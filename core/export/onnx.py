@@ -21,6 +21,7 @@ from core.errors import CheckpointError
 from core.evaluation.speed import RUNS_ENV, SECONDS, default_runs
 from core.models import SpeechEncoder
 from core.models.heads import TaskHead
+from core.timing import json_from_fresh_process
 
 if TYPE_CHECKING:  # the cost model's timer types (calibrate's scipy fit stays out of this import)
     from core.calibrate.latency import Timer, TimerFactory
@@ -356,6 +357,27 @@ def onnx_speedups(
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def onnx_speedups_in_fresh_process(
+    paths: dict[str, Path], sample_rate: int, *, threads: int = 1, seconds: float | None = None, runs: int = 5
+) -> dict[str, float]:
+    """`onnx_speedups` in a new Python process (`python -m core.export.onnx`): the latency targets' clock is
+    never the job's own process, on onnxruntime as in PyTorch (`core.calibrate.clock`)."""
+    spec = {
+        "paths": {name: str(path) for name, path in paths.items()},
+        "sample_rate": sample_rate,
+        "threads": threads,
+        "seconds": seconds,
+        "runs": runs,
+    }
+    limit = 120.0 + 60.0 * max(seconds or SECONDS, 1.0) * (max(runs, 1) + 1) * len(paths)
+    out = json_from_fresh_process(
+        "core.export.onnx", [json.dumps(spec)], threads, limit, "timing the ONNX files"
+    )
+    if not isinstance(out, dict) or set(out) != set(paths):
+        raise RuntimeError(f"the timing process returned {out!r} for {sorted(paths)}")
+    return {name: float(out[name]) for name in paths}
+
+
 def _onnx_files_timer(seconds: float, threads: int, rounds: int, int8_mode: str | None) -> Timer:
     def timer(models: list[SpeechEncoder]) -> list[float]:
         sr = models[0].config.sample_rate
@@ -370,7 +392,7 @@ def _onnx_files_timer(seconds: float, threads: int, rounds: int, int8_mode: str 
                 if int8_mode is not None:
                     paths[f"m{i}"] = Path(tmp) / f"m{i}.int8.onnx"
                     quantize_int8(fp32, paths[f"m{i}"], int8_mode, calibration)
-            median = onnx_speedups(paths, sr, threads=threads, seconds=seconds, runs=rounds)
+            median = onnx_speedups_in_fresh_process(paths, sr, threads=threads, seconds=seconds, runs=rounds)
         return [median[f"m{i}"] for i in range(len(models))]
 
     return timer
@@ -379,8 +401,8 @@ def _onnx_files_timer(seconds: float, threads: int, rounds: int, int8_mode: str 
 def onnx_timer(seconds: float, threads: int, rounds: int) -> Timer:
     """The latency cost model's timer on the `onnx-fp32` target (`core.calibrate.latency.TimerFactory`):
     each model traced to fp32 ONNX as the export traces it, then the files run in turn in onnxruntime with
-    `threads` intra-op threads on one `seconds`-long utterance, `rounds` passes each after one untimed; the
-    median per model."""
+    `threads` intra-op threads on one `seconds`-long utterance, `rounds` passes each after one untimed, in a
+    fresh process (`onnx_speedups_in_fresh_process`); the median per model."""
     return _onnx_files_timer(seconds, threads, rounds, None)
 
 
@@ -720,3 +742,21 @@ def export_onnx_variants(
             figures["reason"] = "; ".join(reasons)
             target.unlink(missing_ok=True)
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m core.export.onnx SPEC`: the child of `onnx_speedups_in_fresh_process` (SPEC: its JSON)."""
+    import sys
+
+    spec = json.loads((sys.argv[1:] if argv is None else argv)[0])
+    paths = {name: Path(path) for name, path in spec["paths"].items()}
+    runs, seconds, threads = int(spec["runs"]), spec["seconds"], int(spec["threads"])
+    print(
+        json.dumps(
+            onnx_speedups(paths, int(spec["sample_rate"]), threads=threads, seconds=seconds, runs=runs)
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -442,7 +442,7 @@ def test_the_int8_target_times_the_static_conv_files(
     (student,) = random_shapes(teacher, 1, seed=0)
     timed: list[str] = []
     quantised: list[tuple[str, int]] = []
-    real_quantize, real_speedups = onnx_export.quantize_int8, onnx_export.onnx_speedups
+    real_quantize, real_speedups = onnx_export.quantize_int8, onnx_export.onnx_speedups_in_fresh_process
 
     def quantize(src: Path, dst: Path, mode: str = "dynamic", calibration: Any = None) -> None:
         quantised.append((mode, len(calibration or [])))
@@ -455,7 +455,7 @@ def test_the_int8_target_times_the_static_conv_files(
         return real_speedups(paths, sr, **kw)
 
     monkeypatch.setattr(onnx_export, "quantize_int8", quantize)
-    monkeypatch.setattr(onnx_export, "onnx_speedups", speedups)
+    monkeypatch.setattr(onnx_export, "onnx_speedups_in_fresh_process", speedups)
     seconds = onnx_export.onnx_int8_timer(1.0, 1, 1)([teacher, student])
     assert quantised == [("static_conv", 1), ("static_conv", 1)]
     assert timed == ["m0.int8.onnx", "m1.int8.onnx"]
@@ -703,6 +703,35 @@ def test_the_cpu_clock_times_in_a_fresh_process(tiny_teacher_dir: Path) -> None:
     assert len(times) == 2 and all(t > 0 for t in times)
     with pytest.raises(RuntimeError, match="in a fresh process failed"):
         clock.time_in_fresh_process([teacher], 1.0, 1, 0)  # no timed rounds: the child refuses
+
+
+def test_the_onnx_clock_times_in_a_fresh_process(
+    tiny_teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ONNX targets' timer runs the files in a child (`python -m core.export.onnx`): with this process's
+    own `onnx_speedups` broken it still returns one positive time per model; a child that cannot read a file
+    says so in a RuntimeError, without a traceback."""
+    import core.export.onnx as onnx_export
+
+    def broken(*args: Any, **kw: Any) -> dict[str, float]:
+        raise AssertionError("timed in the job's own process")
+
+    monkeypatch.setattr(onnx_export, "onnx_speedups", broken)
+    teacher = load_huggingface(tiny_teacher_dir)
+    times = onnx_export.onnx_timer(1.0, 1, 2)([teacher, random_shapes(teacher, 1, seed=3)[0]])
+    assert len(times) == 2 and all(np.isfinite(t) and t > 0 for t in times)
+    with pytest.raises(RuntimeError, match="timing the ONNX files in a fresh process failed") as failed:
+        onnx_export.onnx_speedups_in_fresh_process({"m0": tiny_teacher_dir / "missing.onnx"}, 16000, runs=1)
+    assert "Traceback" not in str(failed.value)
+
+
+def test_a_fresh_process_that_prints_no_result_is_a_clear_error() -> None:
+    from core.timing import json_from_fresh_process
+
+    with pytest.raises(RuntimeError, match="timing the moon in a fresh process failed: it printed no result"):
+        json_from_fresh_process("this", [], 1, 60.0, "timing the moon")  # `import this` prints a poem
+    with pytest.raises(RuntimeError, match="timing the moon in a fresh process failed: .*No module named"):
+        json_from_fresh_process("no_such_module_here", [], 1, 60.0, "timing the moon")
 
 
 def _pruned_copy(student: SpeechEncoder) -> SpeechEncoder:
