@@ -81,13 +81,11 @@ def latency_facts(
         out["measured_speedup"] = float(measured["cpu_1_thread"]["speedup"])
         out["measured"] = "the speed section's cpu_1_thread"
         return out
-    with speed.torch_threads(cost_model.threads):
-        times = speed.interleaved_times(
-            {"teacher": job.teacher, "student": student}, device="cpu", seconds=cost_model.seconds, runs=runs
-        )
+    models = {"teacher": job.teacher, "student": student}
+    times = speed.cpu_times(models, threads=cost_model.threads, seconds=cost_model.seconds, runs=runs)
     teacher_t, student_t = (statistics.median(times[name]) for name in ("teacher", "student"))
     out["measured_speedup"] = teacher_t / student_t
-    out["measured"] = f"median of {runs} interleaved passes, {cost_model.threads} thread(s)"
+    out["measured"] = f"median of {runs} interleaved passes, {cost_model.threads} thread(s), a fresh process"
     return out
 
 

@@ -69,3 +69,22 @@ def test_zero_runs_gives_sizes_and_macs_only(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv(speed.RUNS_ENV, "many")
     with pytest.raises(ValueError, match=speed.RUNS_ENV):
         speed.default_runs()
+
+
+def test_the_cpu_speed_is_timed_in_a_fresh_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's CPU figures come from a child process (`core.timing.timed_rounds_in_fresh_process`): with
+    this process's own timing loop broken they are still measured, every pass of both models."""
+    import core.timing
+
+    def broken(*args: object, **kw: object) -> None:
+        raise AssertionError("timed in the job's own process")
+
+    monkeypatch.setattr(core.timing, "timed_rounds", broken)
+    monkeypatch.setattr(speed, "timed_rounds", broken)
+    teacher, student = tiny_pair(tmp_path / "t")
+    result = speed.measure(teacher, student, seconds=1.0, runs=2, warmup=1)
+    assert result["protocol"]["cpu"] == "timed in a fresh Python process"
+    for setting in ("cpu_1_thread", "cpu_all_threads"):
+        times = result[setting]["times_s"]
+        assert len(times["teacher"]) == len(times["student"]) == 2
+        assert all(t > 0 for t in times["teacher"] + times["student"])
