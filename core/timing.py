@@ -123,7 +123,7 @@ def other_cores(
 def other_load() -> Iterator[dict[str, float | None]]:
     """How many cores the machine's *other* processes kept busy, on average, while the block ran
     (`other_cores` over the block; this process's own time counts every thread, and that of the child
-    processes it started and waited for in the block: the fresh-process clock of `core.calibrate.clock`).
+    processes it started and waited for in the block: `timed_rounds_in_fresh_process`).
     Yields a dict whose "other_cores" is set when the block ends (None where /proc/stat is missing)."""
     out: dict[str, float | None] = {"other_cores": None}
     busy, own, start = machine_busy_seconds(), _own_cpu_seconds(), time.monotonic()
@@ -137,7 +137,8 @@ def other_load() -> Iterator[dict[str, float | None]]:
 def json_from_fresh_process(module: str, args: list[str], threads: int, limit_s: float, what: str) -> Any:
     """Run `python -m module *args` in a new interpreter with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set to
     `threads`, and return the JSON its last line of output holds: the clocks of the cost model and of
-    finalize time models there, since a job's own process is not a neutral clock (`core.calibrate.clock`).
+    finalize time models there, since a job's own process is not a neutral clock
+    (`timed_rounds_in_fresh_process`).
     A child that fails, answers nothing in `limit_s` seconds or prints no JSON raises a RuntimeError that
     says `what` failed and the child's last line of error (never its traceback)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

@@ -51,7 +51,7 @@ MIN_KEEP = 0.02
 # least one head per layer (a quarter of a mini teacher's attention), so the fit never saw a layer without
 # attention and put the fixed costs (positional conv, LayerNorms) on the attention MACs: the 4x students of
 # both mini teachers, which keep no head at all, measured 3.1x where it predicted 4.0x; or (4) timed on the
-# CPU in the fitting process itself rather than in a fresh one (`core.calibrate.clock`)
+# CPU in the fitting process itself rather than in a fresh one (`core.timing.timed_rounds_in_fresh_process`)
 FIT_VERSION = 5
 # in the key of a target that times int8 files: fits that timed static_conv files before their tuning for
 # onnxruntime (`core.export.onnx.tune_static_conv`, version 2) are not reused; other targets' keys unchanged
@@ -162,8 +162,8 @@ def _torch_timer(device: str, seconds: float, threads: int, rounds: int) -> Time
 
 def cpu_timer(seconds: float, threads: int, rounds: int) -> Timer:
     """The timer of the `cpu` target: PyTorch fp32 on the CPU with `threads` threads, in a fresh process
-    (`core.calibrate.clock`: a job's own process times small students slower and the teacher faster once it
-    has trained)."""
+    (`core.calibrate.clock.time_in_fresh_process`: a job's own process times small students slower and the
+    teacher faster once it has trained)."""
 
     def timer(models: list[SpeechEncoder]) -> list[float]:
         return time_in_fresh_process(list(models), seconds, threads, rounds)

@@ -361,7 +361,7 @@ def onnx_speedups_in_fresh_process(
     paths: dict[str, Path], sample_rate: int, *, threads: int = 1, seconds: float | None = None, runs: int = 5
 ) -> dict[str, float]:
     """`onnx_speedups` in a new Python process (`python -m core.export.onnx`): the latency targets' clock is
-    never the job's own process, on onnxruntime as in PyTorch (`core.calibrate.clock`)."""
+    never the job's own process, on onnxruntime as in PyTorch (`core.timing`)."""
     spec = {
         "paths": {name: str(path) for name, path in paths.items()},
         "sample_rate": sample_rate,

@@ -693,8 +693,8 @@ def test_other_load_counts_another_process_and_not_this_one() -> None:
 
 
 def test_the_cpu_clock_times_in_a_fresh_process(tiny_teacher_dir: Path) -> None:
-    """`cpu_timer` times the models in a child process (`core.calibrate.clock`), one positive time per model;
-    a child that fails says so in a RuntimeError."""
+    """`cpu_timer` times the models in a child process (`core.timing.timed_rounds_in_fresh_process`), one
+    positive time per model; a child that fails says so in a RuntimeError."""
     from core.calibrate import clock
 
     teacher = load_huggingface(tiny_teacher_dir)
