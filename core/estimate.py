@@ -58,6 +58,7 @@ from core.models import SpeechEncoder, make_student
 from core.models.latency import CostModel
 from core.rules import dphubert_clusters, fixed_clusters
 from core.spec import Budget, CompressionSpec, target_words
+from core.timing import CHILD_START_SECONDS
 
 TIMED_STEPS = 3
 
@@ -219,6 +220,7 @@ def time_speed_measurement(teacher: SpeechEncoder, student: SpeechEncoder) -> fl
         one = interleaved_times(models, seconds=SECONDS, runs=1, warmup=0)
     total = passes * sum(v[0] for v in one.values())
     total += sum(v[0] for v in one.values())  # count_macs: one pass each
+    total += CHILD_START_SECONDS * (2 if available_cores() > 1 else 1)  # each setting in a fresh process
     if available_cores() > 1:
         with torch_threads(available_cores()):
             every = interleaved_times(models, seconds=SECONDS, runs=1, warmup=0)
@@ -234,7 +236,8 @@ def time_measured_landing(latency: dict[str, Any] | None) -> float:
     runs = landing_runs()
     if latency is None or runs == 0:
         return 0.0
-    return (WARMUP + runs) * (latency["teacher_predicted_s"] + len(CANDIDATES) * latency["target_s"])
+    passes = (WARMUP + runs) * (latency["teacher_predicted_s"] + len(CANDIDATES) * latency["target_s"])
+    return CHILD_START_SECONDS + passes  # in a fresh process (core.timing.timed_rounds_in_fresh_process)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -158,6 +158,9 @@ def json_from_fresh_process(module: str, args: list[str], threads: int, limit_s:
 
 # what a timing child may take at most (seconds) beyond its own timing: the interpreter and torch starting
 START_SECONDS = 120.0
+# what it usually takes (seconds): starting, loading the pickled models and answering; ~3.6 s per timing
+# session on this project's 2-core host (2026-12-07), for the dry run's estimate
+CHILD_START_SECONDS = 4.0
 
 
 def timed_rounds_in_fresh_process(
