@@ -30,12 +30,15 @@ from core.timing import other_load, timed_rounds, timed_rounds_in_fresh_process,
 def session(
     models: dict[str, Any], rate: int, *, fresh: bool, threads: int, runs: int, seconds: float
 ) -> dict:
-    kw = dict(sample_rate=rate, seconds=seconds, runs=runs, warmup=WARMUP)
     if fresh:
-        times = timed_rounds_in_fresh_process(models, threads=threads, **kw)
+        times = timed_rounds_in_fresh_process(
+            models, sample_rate=rate, seconds=seconds, runs=runs, warmup=WARMUP, threads=threads
+        )
     else:
         with torch_threads(threads):
-            times = timed_rounds(models, device="cpu", **kw)
+            times = timed_rounds(
+                models, sample_rate=rate, device="cpu", seconds=seconds, runs=runs, warmup=WARMUP
+            )
     teacher, student = (statistics.median(times[name]) for name in ("teacher", "student"))
     return {
         "clock": "fresh" if fresh else "here",
