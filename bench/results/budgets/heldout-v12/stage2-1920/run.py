@@ -1,7 +1,11 @@
 """Stage 2 at 1920 steps on the kept students of runs/hc-hubert-mini (SKILL, seeds 0-2): copies of calibrate/,
 distill_prune/, finalize/ and job.json (stage2_steps 1920), the pipeline resumed from final_distill."""
-import json, shutil, sys
+
+import json
+import shutil
+import sys
 from pathlib import Path
+
 from core import pipeline
 from core.spec import CompressionSpec
 
