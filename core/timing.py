@@ -134,13 +134,24 @@ def other_load() -> Iterator[dict[str, float | None]]:
         out["other_cores"] = other_cores(busy, machine_busy_seconds(), _own_cpu_seconds() - own, wall)
 
 
-def json_from_fresh_process(module: str, args: list[str], threads: int, limit_s: float, what: str) -> Any:
+# what a timing child may take at most (seconds) beyond its own timing: the interpreter and torch starting
+START_SECONDS = 120.0
+# what it usually takes (seconds): starting, loading the pickled models and answering; ~3.6 s per timing
+# session on this project's 2-core host (2026-12-07), for the dry run's estimate
+CHILD_START_SECONDS = 4.0
+
+
+def json_from_fresh_process(
+    module: str, args: list[str], threads: int, what: str, *, passes: int, seconds: float
+) -> Any:
     """Run `python -m module *args` in a new interpreter with `OMP_NUM_THREADS` and `MKL_NUM_THREADS` set to
     `threads`, and return the JSON its last line of output holds: the clocks of the cost model and of
     finalize time models there, since a job's own process is not a neutral clock
     (`timed_rounds_in_fresh_process`).
-    A child that fails, answers nothing in `limit_s` seconds or prints no JSON raises a RuntimeError that
-    says `what` failed and the child's last line of error (never its traceback)."""
+    The child may take START_SECONDS plus a minute per audio second of each of its `passes` forward passes
+    over a `seconds`-long utterance; one that fails, answers nothing in that time or prints no JSON raises a
+    RuntimeError that says `what` failed and the child's last line of error (never its traceback)."""
+    limit_s = START_SECONDS + 60.0 * max(seconds, 1.0) * passes
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", module, *args]
     try:
@@ -154,13 +165,6 @@ def json_from_fresh_process(module: str, args: list[str], threads: int, limit_s:
         return json.loads((done.stdout.strip().splitlines() or [""])[-1])
     except json.JSONDecodeError as exc:
         raise RuntimeError(f"{what} in a fresh process failed: it printed no result") from exc
-
-
-# what a timing child may take at most (seconds) beyond its own timing: the interpreter and torch starting
-START_SECONDS = 120.0
-# what it usually takes (seconds): starting, loading the pickled models and answering; ~3.6 s per timing
-# session on this project's 2-core host (2026-12-07), for the dry run's estimate
-CHILD_START_SECONDS = 4.0
 
 
 def timed_rounds_in_fresh_process(
@@ -190,9 +194,10 @@ def timed_rounds_in_fresh_process(
             "warmup": warmup,
             "threads": threads,
         }
-        limit = START_SECONDS + 60.0 * max(seconds, 1.0) * (max(runs, 0) + warmup) * len(models)
+        passes = (max(runs, 0) + warmup) * len(models)
+        args = [str(path), json.dumps(spec)]
         out = json_from_fresh_process(
-            "core.timing", [str(path), json.dumps(spec)], threads, limit, "timing the models"
+            "core.timing", args, threads, "timing the models", passes=passes, seconds=seconds
         )
     if not isinstance(out, dict) or set(out) != set(models) or any(len(t) != runs for t in out.values()):
         raise RuntimeError(f"the timing process returned {out!r} for {sorted(models)}, {runs} runs each")

@@ -55,6 +55,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _common_rate(models: dict[str, SpeechEncoder]) -> int:
+    """The one sample rate every model expects (a ValueError when they differ)."""
+    rates = {sample_rate_of(m) for m in models.values()}
+    if len(rates) != 1:
+        raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
+    return rates.pop()
+
+
 def interleaved_times(
     models: dict[str, SpeechEncoder],
     *,
@@ -65,12 +73,8 @@ def interleaved_times(
 ) -> dict[str, list[float]]:
     """Seconds per forward pass of each model over the same `seconds`-long utterance, `runs` each, in
     alternating rounds (`core.timing.timed_rounds`); the models must expect one sample rate."""
-    rates = {sample_rate_of(m) for m in models.values()}
-    if len(rates) != 1:
-        raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
-    return timed_rounds(
-        models, sample_rate=rates.pop(), device=device, seconds=seconds, runs=runs, warmup=warmup
-    )
+    rate = _common_rate(models)
+    return timed_rounds(models, sample_rate=rate, device=device, seconds=seconds, runs=runs, warmup=warmup)
 
 
 def cpu_times(
@@ -84,11 +88,9 @@ def cpu_times(
     """`interleaved_times` on the CPU with `threads` threads, in a fresh Python process
     (`core.timing.timed_rounds_in_fresh_process`): a job's process that has trained reads small students
     slower and its teacher faster than a clean one, so a report timed there under-states the speed-up."""
-    rates = {sample_rate_of(m) for m in models.values()}
-    if len(rates) != 1:
-        raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
+    rate = _common_rate(models)
     return timed_rounds_in_fresh_process(
-        models, sample_rate=rates.pop(), seconds=seconds, runs=runs, warmup=warmup, threads=threads
+        models, sample_rate=rate, seconds=seconds, runs=runs, warmup=warmup, threads=threads
     )
 
 

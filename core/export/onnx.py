@@ -369,9 +369,10 @@ def onnx_speedups_in_fresh_process(
         "seconds": seconds,
         "runs": runs,
     }
-    limit = 120.0 + 60.0 * max(seconds or SECONDS, 1.0) * (max(runs, 1) + 1) * len(paths)
+    passes = (max(runs, 1) + 1) * len(paths)
+    what = "timing the ONNX files"
     out = json_from_fresh_process(
-        "core.export.onnx", [json.dumps(spec)], threads, limit, "timing the ONNX files"
+        "core.export.onnx", [json.dumps(spec)], threads, what, passes=passes, seconds=seconds or SECONDS
     )
     if not isinstance(out, dict) or set(out) != set(paths):
         raise RuntimeError(f"the timing process returned {out!r} for {sorted(paths)}")

@@ -729,9 +729,10 @@ def test_a_fresh_process_that_prints_no_result_is_a_clear_error() -> None:
     from core.timing import json_from_fresh_process
 
     with pytest.raises(RuntimeError, match="timing the moon in a fresh process failed: it printed no result"):
-        json_from_fresh_process("this", [], 1, 60.0, "timing the moon")  # `import this` prints a poem
+        # `import this` prints a poem
+        json_from_fresh_process("this", [], 1, "timing the moon", passes=1, seconds=1.0)
     with pytest.raises(RuntimeError, match="timing the moon in a fresh process failed: .*No module named"):
-        json_from_fresh_process("no_such_module_here", [], 1, 60.0, "timing the moon")
+        json_from_fresh_process("no_such_module_here", [], 1, "timing the moon", passes=1, seconds=1.0)
 
 
 def _pruned_copy(student: SpeechEncoder) -> SpeechEncoder:
