@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.student_speed import teacher_of
+from core.errors import SkillkdError
 from core.evaluation.speed import SECONDS, WARMUP
 from core.models import load_model
 from core.timing import other_load, timed_rounds, timed_rounds_in_fresh_process, torch_threads
@@ -69,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     teacher_path = args.teacher or teacher_of(args.student)
-    models = {"teacher": load_model(teacher_path), "student": load_model(args.student)}
+    try:
+        models = {"teacher": load_model(teacher_path), "student": load_model(args.student)}
+    except SkillkdError as exc:  # a path that holds no model: its message, as student_speed says it
+        raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
     rate = models["teacher"].config.sample_rate
     rows: list[dict] = []
     with other_load() as load:

@@ -32,3 +32,10 @@ def test_clock_spread_times_sessions_in_fresh_processes_and_here(
         assert s["speedup"] == pytest.approx(s["teacher_s"] / s["student_s"])
     printed = capsys.readouterr().out
     assert "fresh: " in printed and "here : " in printed and "other processes:" in printed
+
+
+def test_clock_spread_says_when_a_path_holds_no_model(tmp_path: Path) -> None:
+    _, student = tiny_pair(tmp_path / "teacher")
+    student_dir = save_student(student, tmp_path / "student")
+    with pytest.raises(SystemExit, match=r"error \[.*\]: .*does not exist"):
+        clock_spread.main([str(student_dir), str(tmp_path / "missing")])
