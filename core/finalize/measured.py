@@ -23,8 +23,8 @@ the pruning becomes physical:
 
 A timing during which other processes kept BUSY_CORES or more busy judges nothing (one other training job on
 a 2-core machine read a 3.94x student as 3.37-3.74x): the cost model's landing stands and the record says
-why. The record keeps every candidate's predicted and measured speed-up, so the report shows what the clock
-said. With `SKILLKD_SPEED_RUNS=0` nothing is timed and the cost model's landing stands (the test suite does
+why. The record keeps every candidate's predicted and measured speed-up and its shape (parameters, heads and FFN
+units per layer, conv channels), so the report shows what the clock said about what. With `SKILLKD_SPEED_RUNS=0` nothing is timed and the cost model's landing stands (the test suite does
 that).
 """
 
@@ -117,10 +117,11 @@ def _timed(
     """Every state pruned (a copy) and timed against the teacher in one session; fills in each row's seconds
     and measured speed-up, returns the session's record (teacher's seconds, other processes' cores)."""
     pruned = []
-    for state in states:
+    for row, state in zip(rows, states):
         _restore(student, state)
         copy_ = copy.deepcopy(student)
-        copy_.prune()
+        row["units"] = copy_.prune().unit_counts()  # what the clock timed: heads, FFN, conv channels
+        row["params"] = copy_.num_params()
         pruned.append(copy_)
     with load() as busy:
         times = timer([teacher, *pruned])
@@ -185,7 +186,8 @@ def land_measured(
     first one's error points at and decides (else the first session's choice stands, or its fastest). Leaves
     the kept state in the masks' `keep_override`. When other processes kept BUSY_CORES or more busy during
     the first timing (`load`, default `core.timing.other_load`) the cost model's landing is kept. Returns a
-    record: every candidate (its session, factor, predicted and measured speed-up, seconds), each session's
+    record: every candidate (its session, factor, predicted and measured speed-up, seconds, parameters and
+    units), each session's
     teacher seconds and other processes' cores, which candidate was kept and why, and whether it reached the
     target itself (`reached_target`, without the margin)."""
     latency = [i for i, b in enumerate(budgets) if b.kind == "latency"]

@@ -516,10 +516,15 @@ def test_measured_landing_keeps_the_least_pruned_candidate_the_clock_finds_fast_
     assert rows[kept]["measured_speedup"] >= 1.5 * 0.995 and record["reached_target"], rows
     assert all(r["measured_speedup"] < 1.5 * 0.995 for r in rows[:kept])  # none less pruned was fast enough
     assert (kept > 2) if skew > 1 else (kept <= 2)  # pruned further when the clock reads it slow
-    teacher_s, student_s = truth.predict_seconds(teacher), truth.predict_seconds(_pruned_copy(student))
+    pruned = _pruned_copy(student)
+    teacher_s, student_s = truth.predict_seconds(teacher), truth.predict_seconds(pruned)
     assert teacher_s / student_s == pytest.approx(
         record["measured_speedup"]
     )  # the masks left are the kept ones
+    # each candidate's shape is in the record: the kept one's is the student's, and more pruned ones are smaller
+    assert rows[kept]["units"] == pruned.config.unit_counts() and rows[kept]["params"] == pruned.num_params()
+    params = [r["params"] for r in rows]
+    assert params == sorted(params, reverse=True) and len(set(params)) > 1, params
     assert record["predicted_speedup"] == pytest.approx(
         model.predict_seconds(teacher) / measure(student, 10.0, model)["latency"]
     )
