@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,31 @@ def _home(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def round_order(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of one timing round. Two models alternate (A B, B A, A B, ...). With more, the first (the
+    reference: a teacher) opens every round and the others follow it in turn (A B C D, A C D B, A D B C, ...):
+    a model that runs right after a much larger one reads slower (one hubert-mini 4x student copied seven times
+    and timed with its teacher, one thread: the copy after the teacher 3-5% slower than the six others in each
+    of three sessions when the first copy always followed the teacher, bench/results/clock_order.md), so no
+    one of them may be the one that always follows it."""
+    names = list(names)
+    if len(names) <= 2:
+        return names if round_index % 2 == 0 else names[::-1]
+    first, rest = names[0], names[1:]
+    shift = round_index % len(rest)
+    return [first, *rest[shift:], *rest[:shift]]
+
+
+def alternating_order(names: Sequence[str], round_index: int) -> list[str]:
+    """The order every timing round had until 2026-12-07 (A B C, C B A, A B C, ...): with more than two
+    models the second always runs right after the first in the rounds it opens. Kept for
+    `bench.clock_order`, which times it beside `round_order`."""
+    return list(names) if round_index % 2 == 0 else list(names)[::-1]
+
+
+ORDERS = {"balanced": round_order, "alternating": alternating_order}
+
+
 def timed_rounds(
     models: Mapping[str, torch.nn.Module],
     *,
@@ -60,15 +85,18 @@ def timed_rounds(
     seconds: float,
     runs: int,
     warmup: int,
+    order: str = "balanced",
 ) -> dict[str, list[float]]:
     """Seconds per forward pass of each model over the same `seconds`-long utterance at `sample_rate`, `runs`
-    each after `warmup` untimed passes.
-
-    Rounds alternate the order (A B, B A, A B, ...), so neither model always runs right after the other. The
-    models are moved to `device` for the measurement and back afterwards; eval mode, no autograd.
+    each after `warmup` untimed passes, in the rounds `round_order` gives (no model always runs right after
+    the same one; `order` "alternating": `alternating_order`). The models are moved to `device` for the measurement and back afterwards; eval mode, no
+    autograd.
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, found runs={runs}, warmup={warmup}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {sorted(ORDERS)}, found {order!r}")
+    arrange = ORDERS[order]
     device = torch.device(device)
     waveforms, lengths = _utterance(seconds, sample_rate, device)
     homes = {name: _home(m) for name, m in models.items()}
@@ -80,8 +108,7 @@ def timed_rounds(
             m.to(device).eval()
         with torch.inference_mode():
             for round_index in range(warmup + runs):
-                order = names if round_index % 2 == 0 else names[::-1]
-                for name in order:
+                for name in arrange(names, round_index):
                     _sync(device)
                     start = time.perf_counter()
                     models[name](waveforms, lengths)
@@ -175,6 +202,7 @@ def timed_rounds_in_fresh_process(
     runs: int,
     warmup: int,
     threads: int,
+    order: str = "balanced",
 ) -> dict[str, list[float]]:
     """`timed_rounds` on the CPU with `threads` threads, in a new Python process (`python -m core.timing`).
 
@@ -193,6 +221,7 @@ def timed_rounds_in_fresh_process(
             "runs": runs,
             "warmup": warmup,
             "threads": threads,
+            "order": order,
         }
         passes = (max(runs, 0) + warmup) * len(models)
         args = [str(path), json.dumps(spec)]
@@ -217,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds=float(spec["seconds"]),
             runs=int(spec["runs"]),
             warmup=int(spec["warmup"]),
+            order=str(spec.get("order", "balanced")),
         )
     print(json.dumps(times))
 
@@ -228,11 +258,14 @@ def _own_cpu_seconds() -> float:
 
 
 __all__ = [
+    "ORDERS",
+    "alternating_order",
     "gpu_name",
     "json_from_fresh_process",
     "machine_busy_seconds",
     "other_cores",
     "other_load",
+    "round_order",
     "timed_rounds",
     "timed_rounds_in_fresh_process",
     "torch_threads",
