@@ -54,10 +54,10 @@ def _home(model: torch.nn.Module) -> torch.device:
 
 def round_order(names: Sequence[str], round_index: int) -> list[str]:
     """The order of one timing round. Two models alternate (A B, B A, A B, ...). With more, the first (the
-    reference: a teacher) opens every round and the others follow it in turn (A B C D, A C D B, A D B C, ...):
-    a model that runs right after a much larger one reads slower (one hubert-mini 4x student copied seven times
-    and timed with its teacher, one thread: the copy after the teacher 3-5% slower than the six others in each
-    of three sessions when the first copy always followed the teacher, bench/results/clock_order.md), so no
+    reference: a teacher) opens every round and the others follow it in turn (A B C D, A C D B, A D B C,
+    ...): a model that runs right after a much larger one reads slower (a hubert-mini 4x student copied seven
+    times and timed with its teacher on one thread: the copy that followed the teacher in half the rounds read
+    4.2% slower than the median of the six others over three sessions, bench/results/clock_order.md), so no
     one of them may be the one that always follows it."""
     names = list(names)
     if len(names) <= 2:
@@ -89,8 +89,8 @@ def timed_rounds(
 ) -> dict[str, list[float]]:
     """Seconds per forward pass of each model over the same `seconds`-long utterance at `sample_rate`, `runs`
     each after `warmup` untimed passes, in the rounds `round_order` gives (no model always runs right after
-    the same one; `order` "alternating": `alternating_order`). The models are moved to `device` for the measurement and back afterwards; eval mode, no
-    autograd.
+    the same one; `order` "alternating": `alternating_order`). The models are moved to `device` for the
+    measurement and back afterwards; eval mode, no autograd.
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, found runs={runs}, warmup={warmup}")

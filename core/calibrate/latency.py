@@ -52,8 +52,8 @@ MIN_KEEP = 0.02
 # attention and put the fixed costs (positional conv, LayerNorms) on the attention MACs: the 4x students of
 # both mini teachers, which keep no head at all, measured 3.1x where it predicted 4.0x; or (4) timed on the
 # CPU in the fitting process itself rather than in a fresh one (`core.timing.timed_rounds_in_fresh_process`),
-# or (5) in rounds whose order let the first shape follow the teacher in half of them, where it reads 3-5% slow
-# (`core.timing.round_order`)
+# or (5) in rounds whose order let the first shape follow the teacher in half of them, where it reads a few
+# percent slow (`core.timing.round_order`)
 FIT_VERSION = 6
 # in the key of a target that times int8 files: fits that timed static_conv files before their tuning for
 # onnxruntime (`core.export.onnx.tune_static_conv`, version 2) are not reused; other targets' keys unchanged

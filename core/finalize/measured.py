@@ -23,9 +23,9 @@ the pruning becomes physical:
 
 A timing during which other processes kept BUSY_CORES or more busy judges nothing (one other training job on
 a 2-core machine read a 3.94x student as 3.37-3.74x): the cost model's landing stands and the record says
-why. The record keeps every candidate's predicted and measured speed-up and its shape (parameters, heads and FFN
-units per layer, conv channels), so the report shows what the clock said about what. With `SKILLKD_SPEED_RUNS=0` nothing is timed and the cost model's landing stands (the test suite does
-that).
+why. The record keeps every candidate's predicted and measured speed-up and its shape (parameters, heads and
+FFN units per layer, conv channels), so the report shows what the clock said about what. With
+`SKILLKD_SPEED_RUNS=0` nothing is timed and the cost model's landing stands (the test suite does that).
 """
 
 from __future__ import annotations

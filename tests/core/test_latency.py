@@ -521,7 +521,7 @@ def test_measured_landing_keeps_the_least_pruned_candidate_the_clock_finds_fast_
     assert teacher_s / student_s == pytest.approx(
         record["measured_speedup"]
     )  # the masks left are the kept ones
-    # each candidate's shape is in the record: the kept one's is the student's, and more pruned ones are smaller
+    # each candidate's shape is in the record: the kept one's is the student's; more pruned ones are smaller
     assert rows[kept]["units"] == pruned.config.unit_counts() and rows[kept]["params"] == pruned.num_params()
     params = [r["params"] for r in rows]
     assert params == sorted(params, reverse=True) and len(set(params)) > 1, params
