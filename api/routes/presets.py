@@ -14,15 +14,24 @@ from core.spec import PRESETS, CompressionSpec
 router = APIRouter(prefix="/v1/presets", tags=["presets"], responses=ERRORS)
 
 
+# Options that change stage 2's default length (CompressionSpec.recipe), each with a value that turns it on
+STAGE2_STEPS_OPTIONS: dict[str, Any] = {"int8_aware": True, "target_speedup": 2.0}
+
+
 def preset_recipes() -> dict[str, Any]:
-    """{"presets": {name: {"stage1": recipe, "stage2": recipe}}}: each stage's resolved recipe
-    (CompressionSpec.recipe) for a spec that names only the preset."""
+    """{"presets": {name: {"stage1": recipe, "stage2": recipe, "stage2_steps_with": {option: steps}}}}: each
+    stage's resolved recipe (CompressionSpec.recipe) for a spec that names only the preset, and stage 2's
+    steps when the spec also turns on an option that changes them (int8_aware, target_speedup)."""
     out = {}
     for name in PRESETS:
         spec = CompressionSpec.model_validate({"preset": name})
         out[name] = {
             "stage1": spec.recipe(1).model_dump(mode="json"),
             "stage2": spec.recipe(2).model_dump(mode="json"),
+            "stage2_steps_with": {
+                option: CompressionSpec.model_validate({"preset": name, option: value}).recipe(2).steps
+                for option, value in STAGE2_STEPS_OPTIONS.items()
+            },
         }
     return {"presets": out}
 

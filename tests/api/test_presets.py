@@ -17,5 +17,18 @@ def test_presets_are_each_stages_resolved_recipe(client, alice) -> None:
     assert body["quick"]["stage1"]["steps"] == 200
 
 
+def test_presets_say_which_options_lengthen_stage_2(client, alice) -> None:
+    """The form's default for stage2_steps is not the preset's alone: an int8-aware run and a latency budget
+    run longer (CompressionSpec.recipe)."""
+    body = client.get("/v1/presets", headers=alice).json()["presets"]
+    for name in PRESETS:
+        base = PRESETS[name][2]["steps"]
+        with_ = body[name]["stage2_steps_with"]
+        assert with_["int8_aware"] == CompressionSpec(preset=name, int8_aware=True).recipe(2).steps
+        assert with_["target_speedup"] == CompressionSpec(preset=name, target_speedup=3.0).recipe(2).steps
+        assert with_["int8_aware"] == 2 * base
+    assert body["quick"]["stage2_steps_with"]["target_speedup"] == 2 * PRESETS["quick"][2]["steps"]
+
+
 def test_presets_need_a_key(client) -> None:
     assert client.get("/v1/presets").status_code == 401

@@ -11,7 +11,7 @@ import pytest
 from dashboard_kit import no_js_errors, wait_job
 
 from cli.spec_options import parse_clusters
-from core.spec import DEFAULT_SPARSITY, PRESETS, CompressionSpec, parse_param_count
+from core.spec import DEFAULT_SPARSITY, parse_param_count
 
 pytestmark = pytest.mark.browser
 
@@ -28,16 +28,10 @@ PRESET_FIELDS = (
 
 def presets_body() -> dict:
     """What GET /v1/presets answers (the route the form reads the presets' defaults from): every preset's
-    resolved recipe of each stage, as `CompressionSpec(preset=name).recipe(stage)` gives it."""
-    return {
-        "presets": {
-            name: {
-                f"stage{stage}": CompressionSpec(preset=name).recipe(stage).model_dump(mode="json")
-                for stage in (1, 2)
-            }
-            for name in PRESETS
-        },
-    }
+    resolved recipe of each stage, and stage 2's steps with the options that lengthen it."""
+    from api.routes.presets import preset_recipes
+
+    return preset_recipes()
 
 
 def open_form(page_for, service, inputs, *, width: int = 1280):
@@ -186,6 +180,10 @@ def test_the_form_shows_the_presets_defaults(page_for, service, inputs, shots):
     assert "default with the quick preset: 200" in help_of("stage1_steps")
     assert page.get_attribute("#spec-stage1_steps", "placeholder") == "200"
     assert f"default with the quick preset: {quick['stage2']['steps']}" in help_of("stage2_steps")
+    longer = quick["stage2_steps_with"]["target_speedup"]
+    assert longer == quick["stage2_steps_with"]["int8_aware"] != quick["stage2"]["steps"]
+    stage2 = help_of("stage2_steps")
+    assert f"({longer:,} with int8_aware or target_speedup)" in stage2, stage2
     assert "default with the quick preset: 0.2" in help_of("speed_perturbation")
     for name in PRESET_FIELDS:
         assert "default: none" not in help_of(name), (name, help_of(name))

@@ -167,6 +167,29 @@ def test_recipe_overrides_scale_the_schedule() -> None:
     assert (short.steps, short.warmup_steps, short.sparsity_warmup_steps) == (500, 150, 50)
 
 
+def test_a_latency_budgets_stage_2_runs_twice_the_quick_presets_steps_unless_the_spec_says() -> None:
+    """Its warmup and checkpoints scale as an explicit --stage2-steps scales them; stage 1, parameter and MACs
+    budgets keep the preset's; --stage2-steps wins; with --int8-aware too it is twice (not four times); the
+    paper preset, where it was not measured, keeps its own."""
+    from core.spec import LATENCY_STAGE2_FACTORS, PRESETS
+
+    assert LATENCY_STAGE2_FACTORS == {"quick": 2}
+    base = PRESETS["quick"][2]["steps"]
+    plain = CompressionSpec(sparsity=0.75)
+    fast = CompressionSpec(target_speedup=4.0)
+    assert plain.recipe(2).steps == base
+    assert CompressionSpec(macs_sparsity=0.8).recipe(2).steps == base
+    assert fast.recipe(2) == CompressionSpec(stage2_steps=2 * base).recipe(2)
+    assert fast.recipe(1) == plain.recipe(1)
+    assert CompressionSpec(target_speedup=4.0, int8_aware=True).recipe(2).steps == 2 * base
+    assert CompressionSpec(target_speedup=4.0, stage2_steps=100).recipe(2).steps == 100
+    paper = PRESETS["paper"][2]["steps"]
+    assert CompressionSpec(preset="paper", target_speedup=4.0).recipe(2).steps == paper
+    # the quick recipe of the held-out 1920-step students (bench/results/budgets/README.md)
+    quick = fast.recipe(2)
+    assert (quick.steps, quick.warmup_steps, quick.checkpoint_every) == (1920, 192, 25)
+
+
 def test_the_clis_count_options_say_what_is_wrong_with_the_number(tmp_path: Path) -> None:
     """A negative step count is out of the field's range (the spec says so), not a malformed size; a
     malformed count still gets the size examples."""

@@ -58,12 +58,25 @@ function withoutDefault(description) {
 // Fields whose default the preset decides (null in the schema): where the preset's resolved recipe holds it.
 const PRESET_FIELDS = {
   stage1_steps: { stage: "stage1", key: "steps", format: fmt.count },
-  stage2_steps: { stage: "stage2", key: "steps", format: fmt.count },
+  stage2_steps: { stage: "stage2", key: "steps", format: fmt.count, more: stage2Longer },
   batch_seconds: { stage: "stage1", key: "batch_seconds" },
   speed_perturbation: { stage: "stage1", key: "speed_perturbation" },
   stage2_speed_perturbation: { stage: "stage2", key: "speed_perturbation", lead: "speed_perturbation if given, else " },
   checkpoint_every: { stage: "stage1", key: "checkpoint_every", tail: " (at most a quarter of the steps when you set fewer)" },
 };
+
+/** Where options lengthen stage 2 (GET /v1/presets's stage2_steps_with): " (1,920 with int8_aware or
+ * target_speedup)"; "" where none does. */
+function stage2Longer(stages) {
+  const base = stages.stage2 && stages.stage2.steps;
+  const bySteps = new Map();
+  for (const [option, steps] of Object.entries(stages.stage2_steps_with || {})) {
+    if (steps === base) continue;
+    bySteps.set(steps, [...(bySteps.get(steps) || []), option]);
+  }
+  const parts = [...bySteps].map(([steps, options]) => `${fmt.count(steps)} with ${options.join(" or ")}`);
+  return parts.length ? ` (${parts.join("; ")})` : "";
+}
 
 // What the form reads where the schema alone would mislead (the CLI's spellings) or says nothing.
 const HINTS = {
@@ -172,7 +185,7 @@ export function specForm(doc, schema, { prefix = "spec", primary = [], presets =
       if (from) {
         const value = stages && stages[from.stage] ? stages[from.stage][from.key] : undefined;
         if (value !== undefined) {
-          const shown = `${(from.format || fmt.num)(value)}${from.tail || ""}`;
+          const shown = `${(from.format || fmt.num)(value)}${from.tail || ""}${from.more ? from.more(stages) : ""}`;
           defaultText = from.lead ? `default: ${from.lead}the ${chosen} preset's ${shown}` : `default with the ${chosen} preset: ${shown}`;
           f.control.placeholder = String(value);
         } else {
