@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import statistics
 from pathlib import Path
 
-from bench.student_speed import teacher_of
-from core.errors import SkillkdError
+from bench.clock_spread import load_pair, write_json
 from core.evaluation.speed import SECONDS, WARMUP
-from core.models import load_model
 from core.timing import ORDERS, other_load, timed_rounds_in_fresh_process
 
 
@@ -49,11 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.copies < 2:
         raise SystemExit("error [bad_argument]: --copies must be 2 or more (a first copy and others)")
-    teacher_path = args.teacher or teacher_of(args.student)
-    try:
-        teacher, student = load_model(teacher_path), load_model(args.student)
-    except SkillkdError as exc:  # a path that holds no model: its message, as student_speed says it
-        raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
+    teacher_path, teacher, student = load_pair(args.student, args.teacher)
     models = {"teacher": teacher, **{f"copy{i}": copy.deepcopy(student) for i in range(args.copies)}}
     rate = teacher.config.sample_rate
     rows: list[dict] = []
@@ -98,18 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{statistics.mean(spread):.1%}"
         )
     if args.json:
-        out = {
-            "student": str(args.student),
-            "teacher": str(teacher_path),
-            "copies": args.copies,
-            "threads": args.threads,
-            "runs": args.runs,
-            "seconds": args.seconds,
-            "cpu": platform.processor() or platform.machine(),
-            "other_cores": load["other_cores"],
-            "sessions": rows,
-        }
-        args.json.write_text(json.dumps(out, indent=2))
+        write_json(args.json, args, teacher_path, load["other_cores"], copies=args.copies, sessions=rows)
 
 
 if __name__ == "__main__":

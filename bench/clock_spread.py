@@ -49,6 +49,34 @@ def session(
     }
 
 
+def load_pair(student: Path, teacher: Path | None) -> tuple[Path, Any, Any]:
+    """The teacher's path (the student's own when None), the teacher and the student; a path that holds no
+    model is an error line (its code and message, as bench.student_speed says it), not a traceback."""
+    teacher_path = teacher or teacher_of(student)
+    try:
+        return teacher_path, load_model(teacher_path), load_model(student)
+    except SkillkdError as exc:
+        raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
+
+
+def write_json(
+    path: Path, args: argparse.Namespace, teacher: Path, other_cores: float | None, **fields: Any
+) -> None:
+    """A timing bench's JSON: what was timed and how (student, teacher, threads, runs, seconds, CPU, other
+    processes' cores), then `fields`."""
+    out = {
+        "student": str(args.student),
+        "teacher": str(teacher),
+        "threads": args.threads,
+        "runs": args.runs,
+        "seconds": args.seconds,
+        "cpu": platform.processor() or platform.machine(),
+        "other_cores": other_cores,
+        **fields,
+    }
+    path.write_text(json.dumps(out, indent=2))
+
+
 def summary(rows: list[dict]) -> str:
     values = [r["speedup"] for r in rows]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -69,11 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-process", action="store_true", help="alternate with sessions in this process")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    teacher_path = args.teacher or teacher_of(args.student)
-    try:
-        models = {"teacher": load_model(teacher_path), "student": load_model(args.student)}
-    except SkillkdError as exc:  # a path that holds no model: its message, as student_speed says it
-        raise SystemExit(f"error [{exc.code}]: {exc.message}") from None
+    teacher_path, teacher, student = load_pair(args.student, args.teacher)
+    models = {"teacher": teacher, "student": student}
     rate = models["teacher"].config.sample_rate
     rows: list[dict] = []
     with other_load() as load:
@@ -94,17 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         if chosen:
             print(f"{clock:5}: {summary(chosen)}")
     if args.json:
-        out = {
-            "student": str(args.student),
-            "teacher": str(teacher_path),
-            "threads": args.threads,
-            "runs": args.runs,
-            "seconds": args.seconds,
-            "cpu": platform.processor() or platform.machine(),
-            "other_cores": load["other_cores"],
-            "sessions": rows,
-        }
-        args.json.write_text(json.dumps(out, indent=2))
+        write_json(args.json, args, teacher_path, load["other_cores"], sessions=rows)
 
 
 if __name__ == "__main__":
