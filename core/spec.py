@@ -215,7 +215,8 @@ INT8_AWARE_STAGE2_FACTOR = 2
 # 11M parameters) and still learn at the preset's steps. Measured on held-out speakers
 # (bench/heldout_speakers.py's split, quick, 4x, 3 seeds, stage 2 resumed on the same stage 1 and finalize):
 # hubert-mini's SKILL students, PER -1.49 ± 0.33 paired with 1920 against 960 (+1.81 against +3.30 over the
-# teacher; SID 0.00 ± 2.11), and DPHuBERT's at 1920 +1.15 (bench/results/budgets/README.md: held-out).
+# teacher; SID 0.00 ± 2.11), wavlm-mini's -0.49 ± 0.47 (+0.90 against +1.39; SID +0.41), and DPHuBERT's on
+# hubert-mini at 1920 +1.15 (bench/results/budgets/README.md: held-out).
 # Only where measured: the paper preset (the published 25k-step stage 2, on GPUs) keeps its steps.
 LATENCY_STAGE2_FACTORS = {"quick": 2}
 # A latency budget's landing on the clock keeps a student that measured this much faster than asked: the same
