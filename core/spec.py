@@ -211,7 +211,7 @@ DEFAULT_INT8_AWARE_CONSISTENCY = 0.2
 # 0.559 against 0.299 s/step; the whole quick run 22 min against 9).
 INT8_AWARE_STAGE2_FACTOR = 2
 # A latency budget's stage 2 (target_speedup) runs this many times its preset's steps when the spec leaves
-# stage2_steps out: its students are the smallest this product makes (4x on a mini teacher keeps 1.4-1.5M of
+# stage2_steps out: its students are the smallest this product makes (4x on a mini teacher keeps 1.4-1.9M of
 # 11M parameters) and still learn at the preset's steps. Measured on held-out speakers
 # (bench/heldout_speakers.py's split, quick, 4x, 3 seeds, stage 2 resumed on the same stage 1 and finalize):
 # hubert-mini's SKILL students, PER -1.49 ± 0.33 paired with 1920 against 960 (+1.81 against +3.30 over the
