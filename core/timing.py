@@ -59,10 +59,9 @@ def round_order(names: Sequence[str], round_index: int) -> list[str]:
     times and timed with its teacher on one thread: the copy that followed the teacher in half the rounds read
     4.2% slower than the median of the six others over three sessions, bench/results/clock_order.md), so no
     one of them may be the one that always follows it."""
-    names = list(names)
     if len(names) <= 2:
-        return names if round_index % 2 == 0 else names[::-1]
-    first, rest = names[0], names[1:]
+        return alternating_order(names, round_index)
+    first, *rest = names
     shift = round_index % len(rest)
     return [first, *rest[shift:], *rest[:shift]]
 

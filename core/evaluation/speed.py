@@ -72,7 +72,8 @@ def interleaved_times(
     warmup: int = WARMUP,
 ) -> dict[str, list[float]]:
     """Seconds per forward pass of each model over the same `seconds`-long utterance, `runs` each, in
-    alternating rounds (`core.timing.timed_rounds`); the models must expect one sample rate."""
+    interleaved rounds (`core.timing.timed_rounds`, ordered by `core.timing.round_order`); the models must
+    expect one sample rate."""
     rate = _common_rate(models)
     return timed_rounds(models, sample_rate=rate, device=device, seconds=seconds, runs=runs, warmup=warmup)
 

@@ -187,9 +187,8 @@ def land_measured(
     the kept state in the masks' `keep_override`. When other processes kept BUSY_CORES or more busy during
     the first timing (`load`, default `core.timing.other_load`) the cost model's landing is kept. Returns a
     record: every candidate (its session, factor, predicted and measured speed-up, seconds, parameters and
-    units), each session's
-    teacher seconds and other processes' cores, which candidate was kept and why, and whether it reached the
-    target itself (`reached_target`, without the margin)."""
+    units), each session's teacher seconds and other processes' cores, which candidate was kept and why, and
+    whether it reached the target itself (`reached_target`, without the margin)."""
     latency = [i for i, b in enumerate(budgets) if b.kind == "latency"]
     if len(latency) != 1:
         raise ValueError("measured landing needs exactly one latency budget")
