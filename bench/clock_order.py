@@ -13,14 +13,12 @@ the machine. Prints each session's speed-up per copy and the first copy's (the o
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
-from pathlib import Path
 
-from bench.clock_spread import load_pair, write_json
-from core.evaluation.speed import SECONDS, WARMUP
+from bench.clock_spread import load_pair, pair_parser, write_json
+from core.evaluation.speed import WARMUP
 from core.timing import ORDERS, other_load, timed_rounds_in_fresh_process
 
 
@@ -31,17 +29,9 @@ def first_copy_gap(speedups: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("student", type=Path)
-    parser.add_argument("teacher", type=Path, nargs="?")
+    parser = pair_parser(__doc__)
     parser.add_argument("--copies", type=int, default=7, help="student copies (7: finalize's candidates)")
     parser.add_argument("--sessions", type=int, default=3, help="sessions per order (3)")
-    parser.add_argument("--runs", type=int, default=11, help="timed passes per model and session (11)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=SECONDS)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.copies < 2:
         raise SystemExit("error [bad_argument]: --copies must be 2 or more (a first copy and others)")

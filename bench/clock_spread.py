@@ -49,6 +49,20 @@ def session(
     }
 
 
+def pair_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every clock bench takes: the student, its teacher (default: the student's own), timed
+    passes per model and session, threads, the utterance's seconds and the JSON to write (`write_json` reads
+    them)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("student", type=Path)
+    parser.add_argument("teacher", type=Path, nargs="?")
+    parser.add_argument("--runs", type=int, default=11, help="timed passes per model and session (11)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--json", type=Path)
+    return parser
+
+
 def load_pair(student: Path, teacher: Path | None) -> tuple[Path, Any, Any]:
     """The teacher's path (the student's own when None), the teacher and the student; a path that holds no
     model is an error line (its code and message, as bench.student_speed says it), not a traceback."""
@@ -85,17 +99,9 @@ def summary(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("student", type=Path)
-    parser.add_argument("teacher", type=Path, nargs="?")
+    parser = pair_parser(__doc__)
     parser.add_argument("--processes", type=int, default=6, help="fresh-process sessions (6)")
-    parser.add_argument("--runs", type=int, default=11, help="timed passes per model and session (11)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=SECONDS)
     parser.add_argument("--in-process", action="store_true", help="alternate with sessions in this process")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     teacher_path, teacher, student = load_pair(args.student, args.teacher)
     models = {"teacher": teacher, "student": student}
