@@ -148,6 +148,25 @@ def measure_speed(
     return log
 
 
+def clock_drift(speed_log: list[dict[str, Any]]) -> str:
+    """How far the teacher's own time moved between the timings (its median per timing, slowest over fastest)
+    beside the most any one student's moved: when the teacher's moves more, every ratio moves with it (on
+    this project's hosts the teacher's time, not the students', is what drifts)."""
+    teacher = [r["teacher_median_s"] for r in speed_log if r.get("teacher_median_s")]
+    if not teacher:
+        return ""
+    by_run: dict[str, list[float]] = {}
+    for r in speed_log:
+        if r.get("student_median_s"):
+            by_run.setdefault(r["run"], []).append(r["student_median_s"])
+    students = max((max(v) / min(v) - 1.0 for v in by_run.values() if len(v) > 1), default=0.0)
+    return (
+        f" The teacher's median per timing took {min(teacher):.3f}-{max(teacher):.3f} s "
+        f"(+{max(teacher) / min(teacher) - 1.0:.0%} slowest over fastest); the most any student's moved "
+        f"between its rounds: +{students:.0%}."
+    )
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     t = report["teacher"]
     lines = [
@@ -215,7 +234,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {report['machine']['cpu']}, torch {report['machine']['torch']}; other processes used "
         f"{min(others, default=0):.2f}-{max(others, default=0):.2f} cores during the measurements; 1-minute "
-        f"load average {report['load_average_before']:.2f} before, {report['load_average_after']:.2f} after.",
+        f"load average {report['load_average_before']:.2f} before, {report['load_average_after']:.2f} after."
+        + clock_drift(report["speed_log"]),
     ]
     return "\n".join(lines)
 

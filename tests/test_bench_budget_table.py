@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from bench.budget_table import format_markdown, mean_sd, parse_budget
+from bench.budget_table import clock_drift, format_markdown, mean_sd, parse_budget
 
 
 def test_a_budget_is_a_label_and_its_run_directories() -> None:
@@ -80,3 +80,16 @@ def test_render_reads_the_students_evaluations_again(tmp_path) -> None:
     first, second = report["budgets"][0]["students"]
     assert first["evaluation"] == {"seed": 0, "per": pytest.approx(25.12), "sid": pytest.approx(70.0)}
     assert second["evaluation"] is None
+
+
+def test_the_teachers_drift_is_said_beside_the_students() -> None:
+    log = [
+        {"run": "a", "teacher_median_s": 0.25, "student_median_s": 0.050},
+        {"run": "b", "teacher_median_s": 0.20, "student_median_s": 0.060},
+        {"run": "a", "teacher_median_s": 0.21, "student_median_s": 0.052},
+        {"run": "b", "teacher_median_s": 0.24, "student_median_s": 0.063},
+    ]
+    text = clock_drift(log)
+    assert "0.200-0.250 s (+25% slowest over fastest)" in text
+    assert "the most any student's moved between its rounds: +5%." in text  # b: 0.063 / 0.060; a: +4%
+    assert clock_drift([{"other_processes_cores": 0.0}]) == ""  # an old log without medians says nothing
