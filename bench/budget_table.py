@@ -40,6 +40,7 @@ import torch
 
 from bench.output import write_outputs
 from core.calibrate.latency import cost_model_for, cpu_model
+from core.errors import SkillkdError
 from core.evaluation.facts import count_macs, count_parameters
 from core.evaluation.speed import SECONDS, WARMUP, interleaved_times
 from core.models import load_model
@@ -260,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     args = p.parse_args(argv)
     if args.render is not None:
+        if not args.render.is_file():
+            p.error(f"--render: no earlier --json at {args.render}")
         report = json.loads(args.render.read_text())
         report["teacher"].update(teacher_evaluations(args.teacher_eval))
         refresh_evaluations(report, args.eval_suffix)
@@ -268,8 +271,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.budget:
         p.error("give at least one --budget LABEL=DIR,DIR,...")
 
+    runs = [d for _, dirs in args.budget for d in dirs]
+    missing = [str(d) for d in runs if not (d / "student" / "report.json").is_file()]
+    if missing:  # before the teacher is loaded and fitted: a typo costs nothing
+        p.error(f"--budget: no finished job (student/report.json) in {', '.join(missing)}")
     load_before = os.getloadavg()[0]
-    teacher = load_model(args.teacher)
+    try:
+        teacher = load_model(args.teacher)
+    except SkillkdError as exc:
+        p.error(f"teacher: [{exc.code}] {exc.message}")
     document = cost_model_for(teacher, target="cpu", threads=1, seconds=SECONDS, out=None)
     cost = CostModel.from_dict(document["cost_model"])
     teacher_s = document["teacher_predicted_s"]

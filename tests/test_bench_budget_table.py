@@ -93,3 +93,21 @@ def test_the_teachers_drift_is_said_beside_the_students() -> None:
     assert "0.200-0.250 s (+25% slowest over fastest)" in text
     assert "the most any student's moved between its rounds: +5%." in text  # b: 0.063 / 0.060; a: +4%
     assert clock_drift([{"other_processes_cores": 0.0}]) == ""  # an old log without medians says nothing
+
+
+def test_bad_paths_are_one_error_line_not_a_traceback(tmp_path, capsys) -> None:
+    from bench.budget_table import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--budget", f"x={tmp_path / 'nowhere'}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "no finished job (student/report.json) in" in err and "nowhere" in err and "Traceback" not in err
+    (tmp_path / "run" / "student").mkdir(parents=True)
+    (tmp_path / "run" / "student" / "report.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "no-teacher"), "--budget", f"x={tmp_path / 'run'}"])
+    assert "teacher: [" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--render", str(tmp_path / "none.json")])
+    assert "no earlier --json" in capsys.readouterr().err
